@@ -1,0 +1,966 @@
+//! The RocksDB side of the store: one column family per checkpoint instance
+//! from a pool created ahead of need, and a `meta` column family.
+//!
+//! Layout of `meta` (integers big-endian in keys so they sort, little-endian
+//! in values):
+//!
+//! ```text
+//! key                                   value
+//! "A"                                   applied lsn u64 | next instance id u64
+//! "N" name                              instance u64
+//! "C" instance(8)                       InstanceMeta (see `encode_instance`)
+//! "S" instance(8) section id            size u64 | expiration i64 | state u8 | last update i64
+//! "E" expiration(8, sign-flipped) instance(8) section id     (empty)
+//! ```
+//!
+//! A checkpoint's column family `cf-<slot>` holds its sections' data in
+//! chunks of [`CHUNK_BYTES`]: key = id length u16 | id | chunk index u32.
+//! A missing chunk, or bytes past a stored chunk's end, read as zeros, so
+//! growth by a write far past the end stores nothing for the gap. No chunk
+//! lies beyond a section's size.
+//!
+//! Column families at scale: RocksDB rewrites its OPTIONS file on every
+//! column family creation, at a cost that grows with their number. New
+//! column families are therefore created in batches through the C API's
+//! plural `rocksdb_create_column_families` (one OPTIONS write per batch) on
+//! a background thread, and a destroyed checkpoint's column family is
+//! range-deleted and returned to the pool, never dropped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{c_char, CStr, CString};
+use std::path::Path;
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use ckpt_proto::{
+    CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode, SectionId,
+    SectionState,
+};
+use librocksdb_sys as ffi;
+use rocksdb::{
+    AsColumnFamilyRef, AsRawPtr, ColumnFamilyDescriptor, FlushOptions, Options, ReadOptions,
+    WriteBatch, WriteBufferManager, WriteOptions, DB,
+};
+
+use crate::state::{Effect, InstanceMeta, SectionMeta};
+use crate::wal::record::{Epoch, InstanceId, Lsn, Seq};
+
+/// Bytes of section data per RocksDB value.
+pub const CHUNK_BYTES: u64 = 64 * 1024;
+
+const META_CF: &str = "meta";
+const CF_PREFIX: &str = "cf-";
+
+/// How RocksDB's own WAL is used (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RocksWalMode {
+    /// (a) RocksDB's WAL on, never synced by RocksDB: a process crash
+    /// recovers from it; before our WAL is truncated, `flush_wal(sync)`
+    /// makes RocksDB's copy durable.
+    Unsynced,
+    /// (b) RocksDB's WAL off, atomic flush across column families: before
+    /// our WAL is truncated every dirty column family is flushed together.
+    Disabled,
+}
+
+/// RocksDB tuning, with bounds.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// RocksDB WAL strategy.
+    pub wal_mode: RocksWalMode,
+    /// Budget shared by all memtables.
+    pub write_buffer_bytes_total: usize,
+    /// Memtable size of one column family.
+    pub write_buffer_bytes_per_cf: usize,
+    /// Most files RocksDB keeps open.
+    pub open_files_max: i32,
+    /// Free column families kept ready.
+    pub pool_low_water: usize,
+    /// Column families created per OPTIONS rewrite.
+    pub pool_batch: usize,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            wal_mode: RocksWalMode::Unsynced,
+            write_buffer_bytes_total: 256 * 1024 * 1024,
+            write_buffer_bytes_per_cf: 4 * 1024 * 1024,
+            open_files_max: 1024,
+            pool_low_water: 64,
+            pool_batch: 256,
+        }
+    }
+}
+
+/// A column family handle we can hand to rust-rocksdb's `_cf` methods.
+#[derive(Clone, Copy)]
+struct CfPtr {
+    raw: *mut ffi::rocksdb_column_family_handle_t,
+    /// Created through the C API: we destroy it before the DB closes.
+    owned: bool,
+}
+
+// SAFETY: RocksDB column family handles are thread-safe; the pointer stays
+// valid until `Db::drop`, which destroys owned handles before closing the DB.
+unsafe impl Send for CfPtr {}
+unsafe impl Sync for CfPtr {}
+
+impl AsColumnFamilyRef for CfPtr {
+    fn inner(&self) -> *mut ffi::rocksdb_column_family_handle_t {
+        self.raw
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    /// Slots whose column family exists and holds nothing.
+    free: Vec<u32>,
+    /// Next slot number never used.
+    next_slot: u32,
+    /// Set when a top-up failed; reported to whoever waits.
+    last_error: Option<String>,
+}
+
+/// Metadata read at open.
+pub struct Loaded {
+    /// Last lsn applied to RocksDB.
+    pub applied: Lsn,
+    /// Next instance id to hand out.
+    pub next_instance: u64,
+    /// Live names.
+    pub names: HashMap<CheckpointName, InstanceId>,
+    /// Every instance (named or unlinked).
+    pub instances: HashMap<InstanceId, InstanceMeta>,
+}
+
+/// RocksDB with the checkpoint layout.
+pub struct Db {
+    slots: RwLock<Vec<Option<CfPtr>>>,
+    pool: Mutex<Pool>,
+    pool_changed: Condvar,
+    meta: CfPtr,
+    cf_options: Options,
+    options: DbOptions,
+    // Declared last: dropped after every handle above is released.
+    db: DB,
+}
+
+fn storage_error(context: &str, error: impl std::fmt::Display) -> CkptError {
+    CkptError::new(ErrorCode::Library, format!("{context}: {error}"))
+}
+
+fn slot_name(slot: u32) -> String {
+    format!("{CF_PREFIX}{slot}")
+}
+
+fn parse_slot(name: &str) -> Option<u32> {
+    name.strip_prefix(CF_PREFIX)?.parse().ok()
+}
+
+mod keys {
+    use super::*;
+
+    pub const APPLIED: &[u8] = b"A";
+
+    pub fn name(name: &CheckpointName) -> Vec<u8> {
+        [b"N", name.as_bytes()].concat()
+    }
+
+    pub fn instance(instance: InstanceId) -> Vec<u8> {
+        [&b"C"[..], &instance.0.to_be_bytes()].concat()
+    }
+
+    pub fn section_prefix(instance: InstanceId) -> Vec<u8> {
+        [&b"S"[..], &instance.0.to_be_bytes()].concat()
+    }
+
+    pub fn section(instance: InstanceId, id: &SectionId) -> Vec<u8> {
+        [section_prefix(instance), id.as_bytes().to_vec()].concat()
+    }
+
+    pub fn expiry_time(expiration_time: i64) -> [u8; 8] {
+        // Flip the sign bit so negative times sort before positive ones.
+        ((expiration_time as u64) ^ (1 << 63)).to_be_bytes()
+    }
+
+    pub fn expiry(expiration_time: i64, instance: InstanceId, id: &SectionId) -> Vec<u8> {
+        [&b"E"[..], &expiry_time(expiration_time), &instance.0.to_be_bytes(), id.as_bytes()].concat()
+    }
+
+    pub fn data_prefix(id: &SectionId) -> Vec<u8> {
+        // Ids are at most SECTION_ID_BYTES_MAX (4096) bytes, so the length
+        // fits in u16 and every data key sorts below [0xff].
+        let len = id.as_bytes().len() as u16;
+        [&len.to_be_bytes()[..], id.as_bytes()].concat()
+    }
+
+    pub fn chunk(prefix: &[u8], index: u64) -> Vec<u8> {
+        [prefix, &(index as u32).to_be_bytes()].concat()
+    }
+}
+
+fn encode_section(meta: &SectionMeta) -> [u8; 25] {
+    let mut out = [0u8; 25];
+    out[0..8].copy_from_slice(&meta.size.to_le_bytes());
+    out[8..16].copy_from_slice(&meta.expiration_time.to_le_bytes());
+    out[16] = meta.state as u8;
+    out[17..25].copy_from_slice(&meta.last_update.to_le_bytes());
+    out
+}
+
+fn decode_section(bytes: &[u8]) -> CkptResult<SectionMeta> {
+    if bytes.len() != 25 {
+        return Err(storage_error("section metadata", format!("{} bytes, expected 25", bytes.len())));
+    }
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        b
+    };
+    Ok(SectionMeta {
+        size: u64::from_le_bytes(u64_at(0)),
+        expiration_time: i64::from_le_bytes(u64_at(8)),
+        state: if bytes[16] == SectionState::Corrupted as u8 { SectionState::Corrupted } else { SectionState::Valid },
+        last_update: i64::from_le_bytes(u64_at(17)),
+    })
+}
+
+fn encode_instance(meta: &InstanceMeta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + meta.name.as_bytes().len());
+    out.push(1u8); // value format version
+    out.extend_from_slice(&(meta.name.as_bytes().len() as u32).to_le_bytes());
+    out.extend_from_slice(meta.name.as_bytes());
+    let a = &meta.attributes;
+    out.extend_from_slice(&a.creation_flags.0.to_le_bytes());
+    out.extend_from_slice(&a.checkpoint_size.to_le_bytes());
+    out.extend_from_slice(&a.retention_duration_ns.to_le_bytes());
+    out.extend_from_slice(&a.max_sections.to_le_bytes());
+    out.extend_from_slice(&a.max_section_size.to_le_bytes());
+    out.extend_from_slice(&a.max_section_id_size.to_le_bytes());
+    out.extend_from_slice(&meta.column_family.to_le_bytes());
+    out.push(u8::from(meta.unlinked));
+    out.extend_from_slice(&meta.epoch.0.to_le_bytes());
+    out.extend_from_slice(&meta.seq.0.to_le_bytes());
+    out.extend_from_slice(&meta.generated_next.to_le_bytes());
+    out.extend_from_slice(&meta.section_count.to_le_bytes());
+    out.extend_from_slice(&meta.memory_used.to_le_bytes());
+    out.extend_from_slice(&meta.created_at.to_le_bytes());
+    out
+}
+
+fn decode_instance(bytes: &[u8]) -> CkptResult<InstanceMeta> {
+    let bad = |what: &str| storage_error("instance metadata", what.to_string());
+    let mut at = 0usize;
+    let mut take = |n: usize| -> CkptResult<&[u8]> {
+        let slice = bytes.get(at..at + n).ok_or_else(|| bad("truncated"))?;
+        at += n;
+        Ok(slice)
+    };
+    if take(1)?[0] != 1 {
+        return Err(bad("unknown format version"));
+    }
+    let u32v = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let u64v = |s: &[u8]| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(s);
+        u64::from_le_bytes(b)
+    };
+    let name_len = u32v(take(4)?) as usize;
+    let name = CheckpointName::new(take(name_len)?.to_vec()).map_err(|e| bad(&e.to_string()))?;
+    let attributes = CreationAttributes {
+        creation_flags: CreationFlags(u32v(take(4)?)),
+        checkpoint_size: u64v(take(8)?),
+        retention_duration_ns: u64v(take(8)?) as i64,
+        max_sections: u32v(take(4)?),
+        max_section_size: u64v(take(8)?),
+        max_section_id_size: u64v(take(8)?),
+    };
+    Ok(InstanceMeta {
+        name,
+        attributes,
+        column_family: u32v(take(4)?),
+        unlinked: take(1)?[0] != 0,
+        epoch: Epoch(u64v(take(8)?)),
+        seq: Seq(u64v(take(8)?)),
+        generated_next: u64v(take(8)?),
+        section_count: u32v(take(4)?),
+        memory_used: u64v(take(8)?),
+        created_at: u64v(take(8)?) as i64,
+    })
+}
+
+/// Chunk values being rewritten in the current batch, so that a second
+/// write to the same chunk in one batch builds on the first.
+#[derive(Default)]
+struct Overlay {
+    chunks: HashMap<(u32, Vec<u8>), Option<Vec<u8>>>,
+    cleared: HashSet<u32>,
+}
+
+impl Db {
+    /// Opens (or creates) the database at `path` with every existing
+    /// column family, and reads the metadata.
+    ///
+    /// # Errors
+    /// `IN_USE` when another process holds the directory; `LIBRARY` for
+    /// other RocksDB errors or undecodable metadata.
+    pub fn open(path: &Path, options: DbOptions) -> CkptResult<(Db, Loaded)> {
+        let manager = WriteBufferManager::new_write_buffer_manager(options.write_buffer_bytes_total, false);
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_open_files(options.open_files_max);
+        db_options.set_write_buffer_manager(&manager);
+        db_options.set_keep_log_file_num(4);
+        db_options.set_max_background_jobs(2);
+        db_options.set_skip_stats_update_on_db_open(true);
+        db_options.set_max_total_wal_size(512 * 1024 * 1024);
+        if options.wal_mode == RocksWalMode::Disabled {
+            db_options.set_atomic_flush(true);
+        }
+        // SAFETY: the options object is alive for the call. A crash must look
+        // the same as a clean stop minus memtables: we flush explicitly.
+        unsafe { ffi::rocksdb_options_set_avoid_flush_during_shutdown(db_options.as_raw_ptr(), 1) };
+        let mut cf_options = Options::default();
+        cf_options.set_write_buffer_size(options.write_buffer_bytes_per_cf);
+        cf_options.set_arena_block_size(64 * 1024);
+        cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+
+        let existing = match DB::list_cf(&db_options, path) {
+            Ok(names) => names,
+            Err(_) => vec!["default".to_string()],
+        };
+        let mut descriptors: Vec<ColumnFamilyDescriptor> = existing
+            .iter()
+            .filter(|name| name.as_str() != META_CF)
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()))
+            .collect();
+        descriptors.push(ColumnFamilyDescriptor::new(META_CF, cf_options.clone()));
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("lock") || text.contains("Resource temporarily unavailable") {
+                CkptError::new(
+                    ErrorCode::InUse,
+                    format!("data directory {} is in use by another process ({text})", path.display()),
+                )
+            } else {
+                storage_error("opening RocksDB", text)
+            }
+        })?;
+        let raw = |name: &str| {
+            db.cf_handle(name).map(|cf| CfPtr { raw: AsColumnFamilyRef::inner(&cf), owned: false })
+        };
+        let meta = raw(META_CF).ok_or_else(|| storage_error("opening RocksDB", "no meta column family"))?;
+        let mut slots: Vec<Option<CfPtr>> = Vec::new();
+        for name in &existing {
+            if let Some(slot) = parse_slot(name) {
+                let slot = slot as usize;
+                if slots.len() <= slot {
+                    slots.resize(slot + 1, None);
+                }
+                slots[slot] = raw(name);
+            }
+        }
+        let mut this = Db {
+            slots: RwLock::new(slots),
+            pool: Mutex::new(Pool::default()),
+            pool_changed: Condvar::new(),
+            meta,
+            cf_options,
+            options,
+            db,
+        };
+        let loaded = this.load()?;
+        let used: HashSet<u32> = loaded.instances.values().map(|m| m.column_family).collect();
+        let pool = this.pool.get_mut().unwrap_or_else(|p| p.into_inner());
+        let slots = this.slots.get_mut().unwrap_or_else(|p| p.into_inner());
+        pool.next_slot = slots.len() as u32;
+        pool.free = (0..slots.len() as u32)
+            .filter(|slot| slots[*slot as usize].is_some() && !used.contains(slot))
+            .rev()
+            .collect();
+        Ok((this, loaded))
+    }
+
+    fn load(&self) -> CkptResult<Loaded> {
+        let (applied, next_instance) = match self.get_meta(keys::APPLIED)? {
+            Some(v) if v.len() == 16 => {
+                let mut a = [0u8; 8];
+                let mut b = [0u8; 8];
+                a.copy_from_slice(&v[0..8]);
+                b.copy_from_slice(&v[8..16]);
+                (Lsn(u64::from_le_bytes(a)), u64::from_le_bytes(b))
+            }
+            Some(v) => return Err(storage_error("applied position", format!("{} bytes", v.len()))),
+            None => (Lsn(0), 1),
+        };
+        let mut names = HashMap::new();
+        for (key, value) in self.scan_meta(b"N")? {
+            let name = CheckpointName::new(key[1..].to_vec()).map_err(|e| storage_error("name index", e))?;
+            names.insert(name, InstanceId(u64_be(&value)?));
+        }
+        let mut instances = HashMap::new();
+        for (key, value) in self.scan_meta(b"C")? {
+            instances.insert(InstanceId(u64_be(&key[1..])?), decode_instance(&value)?);
+        }
+        Ok(Loaded { applied, next_instance, names, instances })
+    }
+
+    /// Re-reads names and instances (after a batch failed to reach the log).
+    ///
+    /// # Errors
+    /// RocksDB errors, undecodable metadata.
+    pub fn reload(&self) -> CkptResult<Loaded> {
+        self.load()
+    }
+
+    /// The instance a name points at.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn lookup_name(&self, name: &CheckpointName) -> CkptResult<Option<InstanceId>> {
+        self.get_meta(&keys::name(name))?.map(|v| u64_be(&v).map(InstanceId)).transpose()
+    }
+
+    /// Every instance in id order.
+    ///
+    /// # Errors
+    /// RocksDB errors, undecodable metadata.
+    pub fn list_instances(&self) -> CkptResult<Vec<(InstanceId, InstanceMeta)>> {
+        self.scan_meta(b"C")?
+            .into_iter()
+            .map(|(key, value)| Ok((InstanceId(u64_be(&key[1..])?), decode_instance(&value)?)))
+            .collect()
+    }
+
+    fn get_meta(&self, key: &[u8]) -> CkptResult<Option<Vec<u8>>> {
+        self.db.get_cf(&self.meta, key).map_err(|e| storage_error("reading metadata", e))
+    }
+
+    /// Every `(key, value)` of `meta` starting with `prefix`.
+    fn scan_meta(&self, prefix: &[u8]) -> CkptResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_meta_range(prefix, &prefix_end(prefix))
+    }
+
+    fn scan_meta_range(&self, from: &[u8], to: &[u8]) -> CkptResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(to.to_vec());
+        let iter = self.db.iterator_cf_opt(&self.meta, read, rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward));
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|e| storage_error("scanning metadata", e))?;
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every section of an instance.
+    ///
+    /// # Errors
+    /// RocksDB errors, undecodable metadata.
+    pub fn load_sections(&self, instance: InstanceId) -> CkptResult<BTreeMap<SectionId, SectionMeta>> {
+        let prefix = keys::section_prefix(instance);
+        let mut sections = BTreeMap::new();
+        for (key, value) in self.scan_meta(&prefix)? {
+            sections.insert(SectionId::new(key[prefix.len()..].to_vec()), decode_section(&value)?);
+        }
+        Ok(sections)
+    }
+
+    /// Sections whose expiration is at or before `now`, by the index.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn expiry_candidates(&self, now: i64) -> CkptResult<Vec<(InstanceId, SectionId)>> {
+        let to = [&b"E"[..], &keys::expiry_time(now.saturating_add(1))].concat();
+        let mut out = Vec::new();
+        for (key, _) in self.scan_meta_range(b"E", &to)? {
+            if key.len() < 17 {
+                return Err(storage_error("expiry index", "short key"));
+            }
+            out.push((InstanceId(u64_be(&key[9..17])?), SectionId::new(key[17..].to_vec())));
+        }
+        Ok(out)
+    }
+
+    fn cf(&self, slot: u32) -> CkptResult<CfPtr> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots
+            .get(slot as usize)
+            .copied()
+            .flatten()
+            .ok_or_else(|| storage_error("column family", format!("{} does not exist", slot_name(slot))))
+    }
+
+    /// Hands out a free column family, waiting for the pool to be topped up
+    /// if it is empty.
+    ///
+    /// # Errors
+    /// `NO_RESOURCE` if no column family could be created.
+    pub fn take_column_family(&self) -> CkptResult<u32> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(slot) = pool.free.pop() {
+                if pool.free.len() < self.options.pool_low_water {
+                    self.pool_changed.notify_all();
+                }
+                return Ok(slot);
+            }
+            if let Some(error) = pool.last_error.take() {
+                return Err(CkptError::new(
+                    ErrorCode::NoResource,
+                    format!("no column family for a new checkpoint: {error}"),
+                ));
+            }
+            self.pool_changed.notify_all();
+            pool = self
+                .pool_changed
+                .wait_timeout(pool, Duration::from_millis(100))
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Takes a specific free slot (replaying a creation from the log).
+    ///
+    /// # Errors
+    /// `LIBRARY` when the slot's column family does not exist or is in use.
+    pub fn claim_column_family(&self, slot: u32) -> CkptResult<()> {
+        self.cf(slot)?;
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.free.iter().position(|s| *s == slot) {
+            Some(at) => {
+                pool.free.remove(at);
+                Ok(())
+            }
+            None => Err(storage_error("replaying a creation", format!("{} is not free", slot_name(slot)))),
+        }
+    }
+
+    /// Wakes threads waiting on the pool (at shutdown).
+    pub fn wake_pool_waiters(&self) {
+        self.pool_changed.notify_all();
+    }
+
+    /// Returns slots handed out for a batch that never reached the log.
+    pub fn return_column_families(&self, slots: &[u32]) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.free.extend_from_slice(slots);
+    }
+
+    /// Number of free column families.
+    pub fn pool_free(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).free.len()
+    }
+
+    /// Whether the pool is below its low-water mark.
+    pub fn pool_needs_top_up(&self) -> bool {
+        self.pool_free() < self.options.pool_low_water
+    }
+
+    /// Blocks until the pool is below its low-water mark or `timeout` passes.
+    pub fn wait_for_pool_demand(&self, timeout: Duration) {
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.free.len() >= self.options.pool_low_water {
+            let _ = self.pool_changed.wait_timeout(pool, timeout);
+        }
+    }
+
+    /// Creates one batch of empty column families (one OPTIONS rewrite) and
+    /// adds them to the pool.
+    ///
+    /// # Errors
+    /// RocksDB's error; slots created before the error are kept.
+    pub fn top_up_pool(&self) -> CkptResult<usize> {
+        let first = self.pool.lock().unwrap_or_else(|p| p.into_inner()).next_slot;
+        let count = self.options.pool_batch.max(1);
+        let names: Vec<CString> = (0..count as u32)
+            .map(|i| CString::new(slot_name(first + i)).unwrap_or_default())
+            .collect();
+        let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
+        let mut created_len: usize = 0;
+        let mut error: *mut c_char = std::ptr::null_mut();
+        // SAFETY: db and options outlive the call; `names` outlives `name_ptrs`;
+        // the returned array holds `created_len` handles which we take over.
+        let handles: Vec<CfPtr> = unsafe {
+            let list = ffi::rocksdb_create_column_families(
+                self.db.as_raw_ptr(),
+                self.cf_options.as_raw_ptr(),
+                count as i32,
+                name_ptrs.as_ptr(),
+                &mut created_len,
+                &mut error,
+            );
+            let handles = (0..created_len).map(|i| CfPtr { raw: *list.add(i), owned: true }).collect();
+            ffi::rocksdb_create_column_families_destroy(list);
+            handles
+        };
+        let error_text = if error.is_null() {
+            None
+        } else {
+            // SAFETY: RocksDB returns a malloc'ed C string.
+            let text = unsafe { CStr::from_ptr(error).to_string_lossy().into_owned() };
+            unsafe { ffi::rocksdb_free(error.cast()) };
+            Some(text)
+        };
+        let created = handles.len();
+        {
+            let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+            for (i, handle) in handles.into_iter().enumerate() {
+                let slot = first as usize + i;
+                if slots.len() <= slot {
+                    slots.resize(slot + 1, None);
+                }
+                slots[slot] = Some(handle);
+            }
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.next_slot = first + created as u32;
+        pool.free.extend((first..first + created as u32).rev());
+        if let Some(text) = &error_text {
+            pool.last_error = Some(text.clone());
+        }
+        self.pool_changed.notify_all();
+        match error_text {
+            Some(text) => Err(storage_error("creating column families", text)),
+            None => Ok(created),
+        }
+    }
+
+    /// Writes the effects of a batch of records, with the applied position,
+    /// as one atomic `WriteBatch`. Returns the column families that became
+    /// free.
+    ///
+    /// # Errors
+    /// RocksDB errors (the caller poisons the store).
+    pub fn apply(&self, effects: &[Effect], applied: Lsn, next_instance: u64) -> CkptResult<Vec<u32>> {
+        let mut batch = WriteBatch::default();
+        let mut overlay = Overlay::default();
+        let mut cleared = Vec::new();
+        for effect in effects {
+            self.apply_effect(&mut batch, &mut overlay, effect, &mut cleared)?;
+        }
+        let mut position = Vec::with_capacity(16);
+        position.extend_from_slice(&applied.0.to_le_bytes());
+        position.extend_from_slice(&next_instance.to_le_bytes());
+        batch.put_cf(&self.meta, keys::APPLIED, position);
+        let mut write = WriteOptions::default();
+        write.disable_wal(self.options.wal_mode == RocksWalMode::Disabled);
+        self.db.write_opt(batch, &write).map_err(|e| storage_error("applying to RocksDB", e))?;
+        if !cleared.is_empty() {
+            self.return_column_families(&cleared);
+        }
+        Ok(cleared)
+    }
+
+    fn apply_effect(
+        &self,
+        batch: &mut WriteBatch,
+        overlay: &mut Overlay,
+        effect: &Effect,
+        cleared: &mut Vec<u32>,
+    ) -> CkptResult<()> {
+        match effect {
+            Effect::PutInstance { instance, meta } => {
+                batch.put_cf(&self.meta, keys::instance(*instance), encode_instance(meta));
+            }
+            Effect::DeleteInstance { instance } => {
+                batch.delete_cf(&self.meta, keys::instance(*instance));
+                let prefix = keys::section_prefix(*instance);
+                batch.delete_range_cf(&self.meta, prefix.clone(), prefix_end(&prefix));
+            }
+            Effect::PutName { name, instance } => {
+                batch.put_cf(&self.meta, keys::name(name), instance.0.to_be_bytes());
+            }
+            Effect::DeleteName { name } => batch.delete_cf(&self.meta, keys::name(name)),
+            Effect::PutSection { instance, section_id, meta } => {
+                batch.put_cf(&self.meta, keys::section(*instance, section_id), encode_section(meta));
+            }
+            Effect::DeleteSection { instance, section_id } => {
+                batch.delete_cf(&self.meta, keys::section(*instance, section_id));
+            }
+            Effect::PutExpiry { expiration_time, instance, section_id } => {
+                batch.put_cf(&self.meta, keys::expiry(*expiration_time, *instance, section_id), b"");
+            }
+            Effect::DeleteExpiry { expiration_time, instance, section_id } => {
+                batch.delete_cf(&self.meta, keys::expiry(*expiration_time, *instance, section_id));
+            }
+            Effect::WriteData { column_family, section_id, offset, data, .. } => {
+                let cf = self.cf(*column_family)?;
+                let prefix = keys::data_prefix(section_id);
+                let end = offset + data.len() as u64;
+                let mut chunk = offset / CHUNK_BYTES;
+                while chunk * CHUNK_BYTES < end {
+                    let chunk_start = chunk * CHUNK_BYTES;
+                    let from = (*offset).max(chunk_start);
+                    let to = end.min(chunk_start + CHUNK_BYTES);
+                    let key = keys::chunk(&prefix, chunk);
+                    let whole_chunk_replaced = from == chunk_start && to == chunk_start + CHUNK_BYTES;
+                    let mut value = if whole_chunk_replaced {
+                        Vec::new()
+                    } else {
+                        self.chunk_value(overlay, *column_family, &cf, &key)?.unwrap_or_default()
+                    };
+                    let needed = (to - chunk_start) as usize;
+                    if value.len() < needed {
+                        value.resize(needed, 0);
+                    }
+                    let src = &data[(from - offset) as usize..(to - offset) as usize];
+                    value[(from - chunk_start) as usize..needed].copy_from_slice(src);
+                    batch.put_cf(&cf, &key, &value);
+                    overlay.chunks.insert((*column_family, key), Some(value));
+                    chunk += 1;
+                }
+            }
+            Effect::ReplaceData { column_family, section_id, data, size_before } => {
+                let cf = self.cf(*column_family)?;
+                let prefix = keys::data_prefix(section_id);
+                let chunks_after = (data.len() as u64).div_ceil(CHUNK_BYTES);
+                for chunk in chunks_after..size_before.div_ceil(CHUNK_BYTES) {
+                    let key = keys::chunk(&prefix, chunk);
+                    batch.delete_cf(&cf, &key);
+                    overlay.chunks.insert((*column_family, key), None);
+                }
+                for (chunk, piece) in data.chunks(CHUNK_BYTES as usize).enumerate() {
+                    let key = keys::chunk(&prefix, chunk as u64);
+                    batch.put_cf(&cf, &key, piece);
+                    overlay.chunks.insert((*column_family, key), Some(piece.to_vec()));
+                }
+            }
+            Effect::RemoveData { column_family, section_id, size_before } => {
+                let cf = self.cf(*column_family)?;
+                let prefix = keys::data_prefix(section_id);
+                for chunk in 0..size_before.div_ceil(CHUNK_BYTES) {
+                    let key = keys::chunk(&prefix, chunk);
+                    batch.delete_cf(&cf, &key);
+                    overlay.chunks.insert((*column_family, key), None);
+                }
+            }
+            Effect::ClearColumnFamily { column_family } => {
+                let cf = self.cf(*column_family)?;
+                batch.delete_range_cf(&cf, &b""[..], &[0xffu8][..]);
+                overlay.cleared.insert(*column_family);
+                overlay.chunks.retain(|(slot, _), _| slot != column_family);
+                cleared.push(*column_family);
+            }
+        }
+        Ok(())
+    }
+
+    fn chunk_value(&self, overlay: &Overlay, slot: u32, cf: &CfPtr, key: &[u8]) -> CkptResult<Option<Vec<u8>>> {
+        if let Some(value) = overlay.chunks.get(&(slot, key.to_vec())) {
+            return Ok(value.clone());
+        }
+        if overlay.cleared.contains(&slot) {
+            return Ok(None);
+        }
+        self.db.get_cf(cf, key).map_err(|e| storage_error("reading section data", e))
+    }
+
+    /// Makes everything applied so far durable in RocksDB, so the log below
+    /// it may be deleted.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn make_durable(&self) -> CkptResult<()> {
+        match self.options.wal_mode {
+            RocksWalMode::Unsynced => self.db.flush_wal(true).map_err(|e| storage_error("syncing RocksDB WAL", e)),
+            RocksWalMode::Disabled => {
+                let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+                let mut cfs: Vec<&CfPtr> = slots.iter().flatten().collect();
+                cfs.push(&self.meta);
+                let mut flush = FlushOptions::default();
+                flush.set_wait(true);
+                self.db.flush_cfs_opt(&cfs, &flush).map_err(|e| storage_error("flushing RocksDB", e))
+            }
+        }
+    }
+
+    /// A consistent read view.
+    pub fn snapshot(&self) -> View<'_> {
+        View { db: self, snapshot: self.db.snapshot() }
+    }
+
+    /// RocksDB's own statistics text for one property, if known.
+    pub fn property(&self, name: &str) -> Option<String> {
+        self.db.property_value(name).ok().flatten()
+    }
+}
+
+/// Reads from one point in time.
+pub struct View<'a> {
+    db: &'a Db,
+    snapshot: rocksdb::SnapshotWithThreadMode<'a, DB>,
+}
+
+impl View<'_> {
+    fn read_options(&self) -> ReadOptions {
+        let mut read = ReadOptions::default();
+        read.set_snapshot(&self.snapshot);
+        read
+    }
+
+    /// An instance's metadata.
+    ///
+    /// # Errors
+    /// RocksDB errors, undecodable metadata.
+    pub fn instance(&self, instance: InstanceId) -> CkptResult<Option<InstanceMeta>> {
+        let value = self
+            .snapshot
+            .get_cf(&self.db.meta, keys::instance(instance))
+            .map_err(|e| storage_error("reading metadata", e))?;
+        value.map(|v| decode_instance(&v)).transpose()
+    }
+
+    /// A section's metadata.
+    ///
+    /// # Errors
+    /// RocksDB errors, undecodable metadata.
+    pub fn section(&self, instance: InstanceId, id: &SectionId) -> CkptResult<Option<SectionMeta>> {
+        let value = self
+            .snapshot
+            .get_cf(&self.db.meta, keys::section(instance, id))
+            .map_err(|e| storage_error("reading metadata", e))?;
+        value.map(|v| decode_section(&v)).transpose()
+    }
+
+    /// Every section of an instance, in id order.
+    ///
+    /// # Errors
+    /// RocksDB errors, undecodable metadata.
+    pub fn sections(&self, instance: InstanceId) -> CkptResult<Vec<(SectionId, SectionMeta)>> {
+        let prefix = keys::section_prefix(instance);
+        let mut read = self.read_options();
+        read.set_iterate_upper_bound(prefix_end(&prefix));
+        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.db.iterator_cf_opt(&self.db.meta, read, mode) {
+            let (key, value) = item.map_err(|e| storage_error("scanning sections", e))?;
+            out.push((SectionId::new(key[prefix.len()..].to_vec()), decode_section(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// `len` bytes of a section's data from `offset`; the caller has
+    /// checked the range against the section's size. Gaps read as zeros.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn read_data(&self, column_family: u32, id: &SectionId, offset: u64, len: u64) -> CkptResult<Vec<u8>> {
+        let mut out = vec![0u8; len as usize];
+        if len == 0 {
+            return Ok(out);
+        }
+        let cf = self.db.cf(column_family)?;
+        let prefix = keys::data_prefix(id);
+        let first = offset / CHUNK_BYTES;
+        let last = (offset + len - 1) / CHUNK_BYTES;
+        let start_key = keys::chunk(&prefix, first);
+        let mut read = self.read_options();
+        read.set_iterate_upper_bound(keys::chunk(&prefix, last + 1));
+        let mode = rocksdb::IteratorMode::From(&start_key, rocksdb::Direction::Forward);
+        for item in self.db.db.iterator_cf_opt(&cf, read, mode) {
+            let (key, value) = item.map_err(|e| storage_error("reading section data", e))?;
+            if key.len() != prefix.len() + 4 || !key.starts_with(&prefix) {
+                continue;
+            }
+            let index = u64::from(u32::from_be_bytes([
+                key[prefix.len()],
+                key[prefix.len() + 1],
+                key[prefix.len() + 2],
+                key[prefix.len() + 3],
+            ]));
+            let chunk_start = index * CHUNK_BYTES;
+            let chunk_end = chunk_start + value.len() as u64;
+            let from = offset.max(chunk_start);
+            let to = (offset + len).min(chunk_end);
+            if from < to {
+                out[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&value[(from - chunk_start) as usize..(to - chunk_start) as usize]);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn u64_be(bytes: &[u8]) -> CkptResult<u64> {
+    let array: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| storage_error("metadata key", "short integer"))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let slots = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
+        for slot in slots.iter_mut() {
+            if let Some(handle) = slot.take() {
+                if handle.owned {
+                    // SAFETY: created by rocksdb_create_column_families, not
+                    // yet destroyed, and the DB (dropped after this) is open.
+                    unsafe { ffi::rocksdb_column_family_handle_destroy(handle.raw) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_a_strict_upper_bound() {
+        assert_eq!(prefix_end(b"S"), b"T".to_vec());
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+        assert!(prefix_end(&[0xff, 0xff]).as_slice() > &[0xff, 0xff, 0xff][..2]);
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time_including_negative() {
+        let id = SectionId::new("x");
+        let a = keys::expiry(-5, InstanceId(1), &id);
+        let b = keys::expiry(3, InstanceId(1), &id);
+        let c = keys::expiry(i64::MAX - 1, InstanceId(1), &id);
+        assert!(a < b && b < c);
+    }
+
+    #[test]
+    fn instance_meta_round_trips() {
+        let meta = InstanceMeta {
+            name: CheckpointName::new("n").unwrap(),
+            attributes: CreationAttributes {
+                creation_flags: CreationFlags::WR_ALL_REPLICAS,
+                checkpoint_size: 10,
+                retention_duration_ns: -1,
+                max_sections: 2,
+                max_section_size: 5,
+                max_section_id_size: 3,
+            },
+            column_family: 9,
+            unlinked: true,
+            epoch: Epoch(2),
+            seq: Seq(3),
+            generated_next: 4,
+            section_count: 1,
+            memory_used: 5,
+            created_at: 6,
+        };
+        assert_eq!(decode_instance(&encode_instance(&meta)).unwrap(), meta);
+        assert!(decode_instance(&encode_instance(&meta)[..20]).is_err());
+    }
+}

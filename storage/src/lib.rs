@@ -1,0 +1,41 @@
+//! ckpt-storage: one node's durable checkpoint store.
+//!
+//! Layout:
+//! - [`io`]: the file trait every WAL access goes through, the real
+//!   implementation and a fault-injecting one (power loss, failed writes and
+//!   fsyncs, full disk).
+//! - [`wal`]: record format, segment files, the appending writer.
+//! - [`state`]: the checkpoint state machine — validation of operations into
+//!   records and their application — with no IO.
+//! - [`db`]: RocksDB layout: a pool of column families (one per checkpoint
+//!   instance), the metadata column family, chunked section data.
+//! - [`store`]: group commit, recovery, reads.
+//!
+//! Invariants:
+//! - a record is logged only after validation, so a rejected operation
+//!   leaves no trace;
+//! - an operation answered as durable has its record fsynced in the log;
+//! - RocksDB holds exactly the effects of the log's records up to its
+//!   applied position, written in the same batch as that position;
+//! - the log keeps every record above RocksDB's *durable* applied position.
+
+//!
+//! The `engine` feature (on by default) brings RocksDB and the store; the
+//! log format, the file layer and the state machine compile without it, so
+//! the fuzz targets build in seconds instead of rebuilding RocksDB.
+
+#[cfg(feature = "engine")]
+pub mod db;
+pub mod io;
+pub mod state;
+#[cfg(feature = "engine")]
+pub mod store;
+pub mod wal;
+
+#[cfg(feature = "engine")]
+pub use db::{DbOptions, RocksWalMode, CHUNK_BYTES};
+pub use io::{FaultFs, OsFs, WalFile, WalFs};
+pub use state::{InstanceMeta, Op, Outcome, SectionMeta};
+#[cfg(feature = "engine")]
+pub use store::{Durability, RecoveryReport, Store, StoreConfig, StoreStats};
+pub use wal::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq};

@@ -1,0 +1,710 @@
+//! The checkpoint state machine: validates operations into log records and
+//! applies records to in-memory metadata, returning the storage effects.
+//!
+//! This module does no IO. The writer calls [`StateMachine::plan`] for each
+//! operation of a group-commit batch; a rejected operation produces no
+//! record and so leaves no trace. Each accepted record is immediately
+//! [`StateMachine::apply`]-ed, so later operations in the same batch are
+//! validated against it, and `apply` returns the [`Effect`]s that the RocksDB
+//! layer turns into one `WriteBatch`. Recovery replays records through the
+//! same `apply`, so a record means the same thing live and on replay.
+//!
+//! Section maps are loaded lazily through [`Backing::load_sections`]: with
+//! ten thousand checkpoints only those touched since start-up are in memory.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ckpt_proto::{
+    CheckpointName, CkptError, CkptResult, CreationAttributes, ErrorCode, SectionCreationAttributes,
+    SectionId, SectionState, WriteElement, ELEMENTS_MAX, TIME_END, UPDATE_BYTES_MAX,
+};
+
+use crate::wal::record::{Epoch, InstanceId, RecordBody, Seq, WriteOp};
+
+/// A section's metadata (its data lives in the instance's column family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectionMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// Absolute expiration in ns, or `TIME_END`.
+    pub expiration_time: i64,
+    /// Always `Valid`: writes are atomic.
+    pub state: SectionState,
+    /// When the section last changed (ns).
+    pub last_update: i64,
+}
+
+/// A checkpoint instance's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceMeta {
+    /// The name it was created under (still reported after unlink).
+    pub name: CheckpointName,
+    /// Creation attributes; retention as last set.
+    pub attributes: CreationAttributes,
+    /// Slot of its column family in the pool.
+    pub column_family: u32,
+    /// Whether the name was removed (delete while open).
+    pub unlinked: bool,
+    /// Current epoch.
+    pub epoch: Epoch,
+    /// Last sequence number used.
+    pub seq: Seq,
+    /// Next generated-id counter value.
+    pub generated_next: u64,
+    /// Number of sections.
+    pub section_count: u32,
+    /// Sum of section sizes.
+    pub memory_used: u64,
+    /// When it was created (ns).
+    pub created_at: i64,
+}
+
+/// What the RocksDB layer must do for an applied record, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Store the instance's metadata.
+    PutInstance { instance: InstanceId, meta: InstanceMeta },
+    /// Remove the instance's metadata and every section meta of it.
+    DeleteInstance { instance: InstanceId },
+    /// Point the name at the instance.
+    PutName { name: CheckpointName, instance: InstanceId },
+    /// Remove the name.
+    DeleteName { name: CheckpointName },
+    /// Store a section's metadata.
+    PutSection { instance: InstanceId, section_id: SectionId, meta: SectionMeta },
+    /// Remove a section's metadata.
+    DeleteSection { instance: InstanceId, section_id: SectionId },
+    /// Index a section under its expiration time.
+    PutExpiry { expiration_time: i64, instance: InstanceId, section_id: SectionId },
+    /// Remove an expiry index entry.
+    DeleteExpiry { expiration_time: i64, instance: InstanceId, section_id: SectionId },
+    /// Write bytes at an offset (the section grows to `size_after`, gaps read as zeros).
+    WriteData { column_family: u32, section_id: SectionId, offset: u64, data: Vec<u8>, size_after: u64 },
+    /// Replace a section's data (create or overwrite).
+    ReplaceData { column_family: u32, section_id: SectionId, data: Vec<u8>, size_before: u64 },
+    /// Remove a section's data.
+    RemoveData { column_family: u32, section_id: SectionId, size_before: u64 },
+    /// Remove everything in a column family and return it to the pool.
+    ClearColumnFamily { column_family: u32 },
+}
+
+/// An operation on the store, before validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create a checkpoint, or open an identical existing one.
+    CreateCheckpoint { name: CheckpointName, attributes: CreationAttributes },
+    /// Remove a name; the instance stays until destroyed.
+    Unlink { name: CheckpointName },
+    /// Delete an instance and all its data.
+    Destroy { instance: InstanceId },
+    /// Change the retention duration.
+    SetRetention { instance: InstanceId, retention_duration_ns: i64 },
+    /// Create a section with initial data.
+    CreateSection { instance: InstanceId, attributes: SectionCreationAttributes, data: Vec<u8> },
+    /// Delete a section.
+    DeleteSection { instance: InstanceId, section_id: SectionId },
+    /// Change a section's expiration time.
+    SetExpiration { instance: InstanceId, section_id: SectionId, expiration_time: i64 },
+    /// Atomic multi-element write.
+    Write { instance: InstanceId, elements: Vec<WriteElement> },
+    /// Replace a section's data.
+    Overwrite { instance: InstanceId, section_id: SectionId, data: Vec<u8> },
+    /// Delete every section whose expiration time is at or before `now`.
+    ExpireDue,
+}
+
+/// What a successful operation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A checkpoint was created (`existed` = an identical one was opened).
+    Opened { instance: InstanceId, existed: bool },
+    /// A section was created under this id.
+    SectionCreated { section_id: SectionId },
+    /// Sections were expired.
+    Expired { count: u32 },
+    /// Done, nothing to report.
+    Done,
+}
+
+/// What the state machine needs from storage.
+pub trait Backing {
+    /// Every section of an instance as committed to storage.
+    ///
+    /// # Errors
+    /// A storage error.
+    fn load_sections(&self, instance: InstanceId) -> CkptResult<BTreeMap<SectionId, SectionMeta>>;
+    /// A free column family slot for a new instance.
+    ///
+    /// # Errors
+    /// `NO_RESOURCE` when none can be had.
+    fn take_column_family(&self) -> CkptResult<u32>;
+    /// Sections whose committed expiration is at or before `now`.
+    ///
+    /// # Errors
+    /// A storage error.
+    fn expiry_candidates(&self, now: i64) -> CkptResult<Vec<(InstanceId, SectionId)>>;
+}
+
+struct Instance {
+    meta: InstanceMeta,
+    sections: Option<BTreeMap<SectionId, SectionMeta>>,
+}
+
+/// Names, instances and (lazily) sections, ahead of storage by the records
+/// of the batch being planned.
+pub struct StateMachine {
+    names: HashMap<CheckpointName, InstanceId>,
+    instances: HashMap<InstanceId, Instance>,
+    next_instance: u64,
+}
+
+fn err(code: ErrorCode, detail: impl Into<String>) -> CkptError {
+    CkptError::new(code, detail)
+}
+
+impl StateMachine {
+    /// A state machine over committed metadata.
+    pub fn new(
+        names: HashMap<CheckpointName, InstanceId>,
+        instances: HashMap<InstanceId, InstanceMeta>,
+        next_instance: u64,
+    ) -> Self {
+        let instances = instances
+            .into_iter()
+            .map(|(id, meta)| (id, Instance { meta, sections: None }))
+            .collect();
+        StateMachine { names, instances, next_instance }
+    }
+
+    /// The next instance id to hand out.
+    pub fn next_instance(&self) -> u64 {
+        self.next_instance
+    }
+
+    /// An instance's metadata.
+    pub fn instance(&self, instance: InstanceId) -> Option<&InstanceMeta> {
+        self.instances.get(&instance).map(|i| &i.meta)
+    }
+
+    /// Forgets an instance's in-memory state so the next use reloads it from
+    /// storage (after a batch failed to reach the log).
+    pub fn forget(&mut self, instance: InstanceId) {
+        self.instances.remove(&instance);
+    }
+
+    /// Replaces names and instances from storage (after a failed batch).
+    pub fn reset(
+        &mut self,
+        names: HashMap<CheckpointName, InstanceId>,
+        instances: HashMap<InstanceId, InstanceMeta>,
+        next_instance: u64,
+    ) {
+        *self = StateMachine::new(names, instances, next_instance);
+    }
+
+    fn loaded(
+        &mut self,
+        backing: &dyn Backing,
+        instance: InstanceId,
+    ) -> CkptResult<(&mut InstanceMeta, &mut BTreeMap<SectionId, SectionMeta>)> {
+        load_instance(&mut self.instances, backing, instance)
+    }
+
+
+    /// Validates `op` against the current state and returns the records it
+    /// makes (each with its instance), or the outcome when nothing needs to
+    /// be logged. Nothing is changed; call [`StateMachine::apply`] for each
+    /// record, in order, before planning the next operation.
+    ///
+    /// # Errors
+    /// The user-facing error of DESIGN.md §2 for an invalid operation.
+    pub fn plan(
+        &mut self,
+        backing: &dyn Backing,
+        op: &Op,
+        now: i64,
+    ) -> CkptResult<(Vec<(InstanceId, RecordBody)>, Outcome)> {
+        match op {
+            Op::CreateCheckpoint { name, attributes } => {
+                attributes.validate()?;
+                if let Some(&existing) = self.names.get(name) {
+                    let meta = &self.instances[&existing].meta;
+                    if meta.attributes.same_except_retention(attributes) {
+                        return Ok((vec![], Outcome::Opened { instance: existing, existed: true }));
+                    }
+                    return Err(err(
+                        ErrorCode::AlreadyExist,
+                        format!("checkpoint {name} exists with different attributes"),
+                    ));
+                }
+                let instance = InstanceId(self.next_instance);
+                let column_family = backing.take_column_family()?;
+                let body = RecordBody::CheckpointCreate {
+                    name: name.clone(),
+                    attributes: attributes.clone(),
+                    column_family,
+                };
+                Ok((vec![(instance, body)], Outcome::Opened { instance, existed: false }))
+            }
+            Op::Unlink { name } => {
+                let instance = *self
+                    .names
+                    .get(name)
+                    .ok_or_else(|| err(ErrorCode::NotExist, format!("checkpoint {name} does not exist")))?;
+                Ok((vec![(instance, RecordBody::CheckpointUnlink)], Outcome::Done))
+            }
+            Op::Destroy { instance } => {
+                self.loaded(backing, *instance)?;
+                Ok((vec![(*instance, RecordBody::CheckpointDestroy)], Outcome::Done))
+            }
+            Op::SetRetention { instance, retention_duration_ns } => {
+                self.loaded(backing, *instance)?;
+                if *retention_duration_ns < 0 {
+                    return Err(err(
+                        ErrorCode::InvalidParameter,
+                        format!("retention duration {retention_duration_ns} is negative"),
+                    ));
+                }
+                let body = RecordBody::RetentionSet { retention_duration_ns: *retention_duration_ns };
+                Ok((vec![(*instance, body)], Outcome::Done))
+            }
+            Op::CreateSection { instance, attributes, data } => {
+                let (meta, sections) = self.loaded(backing, *instance)?;
+                let a = &meta.attributes;
+                let mut generated_next = meta.generated_next;
+                let section_id = match &attributes.section_id {
+                    Some(id) if id.is_default() => {
+                        return Err(err(ErrorCode::InvalidParameter, "the default section cannot be created"))
+                    }
+                    Some(id) => {
+                        if id.as_bytes().len() as u64 > a.max_section_id_size {
+                            return Err(err(
+                                ErrorCode::InvalidParameter,
+                                format!(
+                                    "section id is {} bytes, maxSectionIdSize is {}",
+                                    id.as_bytes().len(),
+                                    a.max_section_id_size
+                                ),
+                            ));
+                        }
+                        id.clone()
+                    }
+                    None => loop {
+                        let id = SectionId::new(generated_next.to_string());
+                        generated_next += 1;
+                        if id.as_bytes().len() as u64 > a.max_section_id_size {
+                            return Err(err(
+                                ErrorCode::NoSpace,
+                                "no generated section id fits in maxSectionIdSize",
+                            ));
+                        }
+                        if !sections.contains_key(&id) {
+                            break id;
+                        }
+                    },
+                };
+                if attributes.expiration_time < now {
+                    return Err(err(
+                        ErrorCode::InvalidParameter,
+                        format!("expiration time {} is in the past", attributes.expiration_time),
+                    ));
+                }
+                check_update_size(data.len())?;
+                if data.len() as u64 > a.max_section_size {
+                    return Err(err(
+                        ErrorCode::InvalidParameter,
+                        format!("initial data is {} bytes, maxSectionSize is {}", data.len(), a.max_section_size),
+                    ));
+                }
+                if sections.contains_key(&section_id) {
+                    return Err(err(ErrorCode::AlreadyExist, format!("section {section_id} exists")));
+                }
+                if sections.len() as u64 >= u64::from(a.max_sections) {
+                    return Err(err(
+                        ErrorCode::NoSpace,
+                        format!("checkpoint has maxSections = {} sections", a.max_sections),
+                    ));
+                }
+                check_checkpoint_size(meta.memory_used, data.len() as u64, a.checkpoint_size)?;
+                let body = RecordBody::SectionCreate {
+                    section_id: section_id.clone(),
+                    expiration_time: attributes.expiration_time,
+                    data: data.clone(),
+                    generated_next,
+                };
+                Ok((vec![(*instance, body)], Outcome::SectionCreated { section_id }))
+            }
+            Op::DeleteSection { instance, section_id } => {
+                let (meta, sections) = self.loaded(backing, *instance)?;
+                if section_id.is_default() && meta.attributes.has_default_section() {
+                    return Err(err(ErrorCode::InvalidParameter, "the default section cannot be deleted"));
+                }
+                if !sections.contains_key(section_id) {
+                    return Err(err(ErrorCode::NotExist, format!("section {section_id} does not exist")));
+                }
+                let body = RecordBody::SectionDelete { section_id: section_id.clone(), expired: false };
+                Ok((vec![(*instance, body)], Outcome::Done))
+            }
+            Op::SetExpiration { instance, section_id, expiration_time } => {
+                let (meta, sections) = self.loaded(backing, *instance)?;
+                if section_id.is_default() && meta.attributes.has_default_section() {
+                    return Err(err(ErrorCode::InvalidParameter, "the default section cannot expire"));
+                }
+                if !sections.contains_key(section_id) {
+                    return Err(err(ErrorCode::NotExist, format!("section {section_id} does not exist")));
+                }
+                if *expiration_time < now {
+                    return Err(err(
+                        ErrorCode::InvalidParameter,
+                        format!("expiration time {expiration_time} is in the past"),
+                    ));
+                }
+                let body = RecordBody::SectionExpirationSet {
+                    section_id: section_id.clone(),
+                    expiration_time: *expiration_time,
+                };
+                Ok((vec![(*instance, body)], Outcome::Done))
+            }
+            Op::Write { instance, elements } => {
+                let (meta, sections) = self.loaded(backing, *instance)?;
+                let body = plan_write(meta, sections, elements)?;
+                Ok((vec![(*instance, body)], Outcome::Done))
+            }
+            Op::Overwrite { instance, section_id, data } => {
+                let (meta, sections) = self.loaded(backing, *instance)?;
+                let a = &meta.attributes;
+                let section = sections
+                    .get(section_id)
+                    .ok_or_else(|| err(ErrorCode::NotExist, format!("section {section_id} does not exist")))?;
+                check_update_size(data.len())?;
+                if data.len() as u64 > a.max_section_size {
+                    return Err(err(
+                        ErrorCode::InvalidParameter,
+                        format!("data is {} bytes, maxSectionSize is {}", data.len(), a.max_section_size),
+                    ));
+                }
+                check_checkpoint_size(meta.memory_used - section.size, data.len() as u64, a.checkpoint_size)?;
+                let body = RecordBody::Overwrite { section_id: section_id.clone(), data: data.clone() };
+                Ok((vec![(*instance, body)], Outcome::Done))
+            }
+            Op::ExpireDue => {
+                let mut records = Vec::new();
+                for (instance, section_id) in backing.expiry_candidates(now)? {
+                    let Ok((_, sections)) = self.loaded(backing, instance) else { continue };
+                    let due = sections.get(&section_id).is_some_and(|s| s.expiration_time <= now);
+                    if due {
+                        records.push((instance, RecordBody::SectionDelete { section_id, expired: true }));
+                    }
+                }
+                let count = records.len() as u32;
+                Ok((records, Outcome::Expired { count }))
+            }
+        }
+    }
+
+    /// Applies a record (live after [`StateMachine::plan`], or on replay)
+    /// and returns what storage must do.
+    ///
+    /// # Errors
+    /// `LIBRARY` when the record does not fit the state (a log that does not
+    /// belong to this store); a storage error while loading sections.
+    pub fn apply(
+        &mut self,
+        backing: &dyn Backing,
+        instance: InstanceId,
+        epoch: Epoch,
+        seq: Seq,
+        timestamp_ns: i64,
+        body: &RecordBody,
+    ) -> CkptResult<Vec<Effect>> {
+        let mismatch = |what: &str| {
+            err(ErrorCode::Library, format!("log record does not fit the state: {what} (instance {})", instance.0))
+        };
+        let mut effects = Vec::new();
+        if let RecordBody::CheckpointCreate { name, attributes, column_family } = body {
+            if self.instances.contains_key(&instance) {
+                return Err(mismatch("instance created twice"));
+            }
+            let has_default = attributes.has_default_section();
+            let meta = InstanceMeta {
+                name: name.clone(),
+                attributes: attributes.clone(),
+                column_family: *column_family,
+                unlinked: false,
+                epoch,
+                seq,
+                generated_next: 1,
+                section_count: u32::from(has_default),
+                memory_used: 0,
+                created_at: timestamp_ns,
+            };
+            let mut sections = BTreeMap::new();
+            if has_default {
+                let section = SectionMeta {
+                    size: 0,
+                    expiration_time: TIME_END,
+                    state: SectionState::Valid,
+                    last_update: timestamp_ns,
+                };
+                sections.insert(SectionId::DEFAULT, section);
+                effects.push(Effect::PutSection { instance, section_id: SectionId::DEFAULT, meta: section });
+            }
+            if let Some(previous) = self.names.insert(name.clone(), instance) {
+                // The old instance keeps living under no name.
+                if let Some(old) = self.instances.get_mut(&previous) {
+                    old.meta.unlinked = true;
+                    effects.push(Effect::PutInstance { instance: previous, meta: old.meta.clone() });
+                }
+            }
+            self.next_instance = self.next_instance.max(instance.0 + 1);
+            effects.push(Effect::PutName { name: name.clone(), instance });
+            effects.push(Effect::PutInstance { instance, meta: meta.clone() });
+            self.instances.insert(instance, Instance { meta, sections: Some(sections) });
+            return Ok(effects);
+        }
+
+        let (meta, sections) = load_instance(&mut self.instances, backing, instance)?;
+        meta.epoch = epoch;
+        meta.seq = seq;
+        let column_family = meta.column_family;
+        let touch = |size: u64, expiration_time: i64| SectionMeta {
+            size,
+            expiration_time,
+            state: SectionState::Valid,
+            last_update: timestamp_ns,
+        };
+        match body {
+            RecordBody::CheckpointCreate { .. } => unreachable!("handled above"),
+            RecordBody::CheckpointUnlink => {
+                if meta.unlinked {
+                    return Err(mismatch("unlink of an unlinked instance"));
+                }
+                meta.unlinked = true;
+                let name = meta.name.clone();
+                if self.names.get(&name) == Some(&instance) {
+                    self.names.remove(&name);
+                    effects.push(Effect::DeleteName { name });
+                }
+            }
+            RecordBody::CheckpointDestroy => {
+                for (section_id, section) in sections.iter() {
+                    if section.expiration_time != TIME_END {
+                        effects.push(Effect::DeleteExpiry {
+                            expiration_time: section.expiration_time,
+                            instance,
+                            section_id: section_id.clone(),
+                        });
+                    }
+                }
+                let name = meta.name.clone();
+                effects.push(Effect::ClearColumnFamily { column_family });
+                effects.push(Effect::DeleteInstance { instance });
+                if self.names.get(&name) == Some(&instance) {
+                    self.names.remove(&name);
+                    effects.push(Effect::DeleteName { name });
+                }
+                self.instances.remove(&instance);
+                return Ok(effects);
+            }
+            RecordBody::RetentionSet { retention_duration_ns } => {
+                meta.attributes.retention_duration_ns = *retention_duration_ns;
+            }
+            RecordBody::SectionCreate { section_id, expiration_time, data, generated_next } => {
+                if sections.contains_key(section_id) {
+                    return Err(mismatch("section created twice"));
+                }
+                let section = touch(data.len() as u64, *expiration_time);
+                sections.insert(section_id.clone(), section);
+                meta.section_count += 1;
+                meta.memory_used += data.len() as u64;
+                meta.generated_next = *generated_next;
+                effects.push(Effect::PutSection { instance, section_id: section_id.clone(), meta: section });
+                if *expiration_time != TIME_END {
+                    effects.push(Effect::PutExpiry {
+                        expiration_time: *expiration_time,
+                        instance,
+                        section_id: section_id.clone(),
+                    });
+                }
+                effects.push(Effect::ReplaceData {
+                    column_family,
+                    section_id: section_id.clone(),
+                    data: data.clone(),
+                    size_before: 0,
+                });
+            }
+            RecordBody::SectionDelete { section_id, .. } => {
+                let section = sections.remove(section_id).ok_or_else(|| mismatch("delete of a missing section"))?;
+                meta.section_count -= 1;
+                meta.memory_used -= section.size;
+                effects.push(Effect::DeleteSection { instance, section_id: section_id.clone() });
+                if section.expiration_time != TIME_END {
+                    effects.push(Effect::DeleteExpiry {
+                        expiration_time: section.expiration_time,
+                        instance,
+                        section_id: section_id.clone(),
+                    });
+                }
+                effects.push(Effect::RemoveData {
+                    column_family,
+                    section_id: section_id.clone(),
+                    size_before: section.size,
+                });
+            }
+            RecordBody::SectionExpirationSet { section_id, expiration_time } => {
+                let section = sections.get_mut(section_id).ok_or_else(|| mismatch("expiry of a missing section"))?;
+                if section.expiration_time != TIME_END {
+                    effects.push(Effect::DeleteExpiry {
+                        expiration_time: section.expiration_time,
+                        instance,
+                        section_id: section_id.clone(),
+                    });
+                }
+                *section = touch(section.size, *expiration_time);
+                if *expiration_time != TIME_END {
+                    effects.push(Effect::PutExpiry {
+                        expiration_time: *expiration_time,
+                        instance,
+                        section_id: section_id.clone(),
+                    });
+                }
+                effects.push(Effect::PutSection { instance, section_id: section_id.clone(), meta: *section });
+            }
+            RecordBody::Write { elements } => {
+                for WriteOp { section_id, offset, data } in elements {
+                    let section = sections.get_mut(section_id).ok_or_else(|| mismatch("write to a missing section"))?;
+                    let end = offset.saturating_add(data.len() as u64);
+                    let size_after = section.size.max(end);
+                    meta.memory_used += size_after - section.size;
+                    *section = touch(size_after, section.expiration_time);
+                    effects.push(Effect::PutSection { instance, section_id: section_id.clone(), meta: *section });
+                    effects.push(Effect::WriteData {
+                        column_family,
+                        section_id: section_id.clone(),
+                        offset: *offset,
+                        data: data.clone(),
+                        size_after,
+                    });
+                }
+            }
+            RecordBody::Overwrite { section_id, data } => {
+                let section = sections.get_mut(section_id).ok_or_else(|| mismatch("overwrite of a missing section"))?;
+                let size_before = section.size;
+                meta.memory_used = meta.memory_used - size_before + data.len() as u64;
+                *section = touch(data.len() as u64, section.expiration_time);
+                effects.push(Effect::PutSection { instance, section_id: section_id.clone(), meta: *section });
+                effects.push(Effect::ReplaceData {
+                    column_family,
+                    section_id: section_id.clone(),
+                    data: data.clone(),
+                    size_before,
+                });
+            }
+        }
+        effects.push(Effect::PutInstance { instance, meta: meta.clone() });
+        Ok(effects)
+    }
+}
+
+fn load_instance<'a>(
+    instances: &'a mut HashMap<InstanceId, Instance>,
+    backing: &dyn Backing,
+    instance: InstanceId,
+) -> CkptResult<(&'a mut InstanceMeta, &'a mut BTreeMap<SectionId, SectionMeta>)> {
+    let entry = instances
+        .get_mut(&instance)
+        .ok_or_else(|| err(ErrorCode::NotExist, format!("checkpoint instance {} does not exist", instance.0)))?;
+    if entry.sections.is_none() {
+        entry.sections = Some(backing.load_sections(instance)?);
+    }
+    let Instance { meta, sections } = entry;
+    match sections {
+        Some(sections) => Ok((meta, sections)),
+        None => Err(err(ErrorCode::Library, "section map failed to load")),
+    }
+}
+
+fn check_update_size(len: usize) -> CkptResult<()> {
+    if len as u64 > UPDATE_BYTES_MAX {
+        return Err(err(
+            ErrorCode::TooBig,
+            format!("update carries {len} bytes, at most {UPDATE_BYTES_MAX} per call"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_checkpoint_size(used_without: u64, added: u64, checkpoint_size: u64) -> CkptResult<()> {
+    if used_without + added > checkpoint_size {
+        return Err(err(
+            ErrorCode::NoSpace,
+            format!("checkpoint would hold {} bytes, checkpointSize is {checkpoint_size}", used_without + added),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a multi-element write as a whole: the first failing element's
+/// index is reported and nothing is logged.
+fn plan_write(
+    meta: &InstanceMeta,
+    sections: &BTreeMap<SectionId, SectionMeta>,
+    elements: &[WriteElement],
+) -> CkptResult<RecordBody> {
+    let a = &meta.attributes;
+    if elements.is_empty() {
+        return Err(err(ErrorCode::InvalidParameter, "a write needs at least one element"));
+    }
+    if elements.len() > ELEMENTS_MAX {
+        return Err(err(
+            ErrorCode::InvalidParameter,
+            format!("{} elements, at most {ELEMENTS_MAX} per write", elements.len()),
+        ));
+    }
+    check_update_size(elements.iter().map(|e| e.data.len()).sum())?;
+    // Sizes as they will be after the elements so far, so that several
+    // elements on one section and the checkpoint total add up correctly.
+    let mut sizes: HashMap<&SectionId, u64> = HashMap::new();
+    let mut memory_used = meta.memory_used;
+    for (index, element) in elements.iter().enumerate() {
+        let at = |e: CkptError| e.at_index(index as u32);
+        let Some(section) = sections.get(&element.section_id) else {
+            return Err(at(err(ErrorCode::NotExist, format!("section {} does not exist", element.section_id))));
+        };
+        let end = element.offset.checked_add(element.data.len() as u64);
+        let end = match end {
+            Some(end) if end <= a.max_section_size => end,
+            _ => {
+                return Err(at(err(
+                    ErrorCode::InvalidParameter,
+                    format!(
+                        "offset {} + size {} exceeds maxSectionSize {}",
+                        element.offset,
+                        element.data.len(),
+                        a.max_section_size
+                    ),
+                )))
+            }
+        };
+        let size = sizes.entry(&element.section_id).or_insert(section.size);
+        if end > *size {
+            if memory_used + (end - *size) > a.checkpoint_size {
+                return Err(at(err(
+                    ErrorCode::NoSpace,
+                    format!(
+                        "checkpoint would hold {} bytes, checkpointSize is {}",
+                        memory_used + (end - *size),
+                        a.checkpoint_size
+                    ),
+                )));
+            }
+            memory_used += end - *size;
+            *size = end;
+        }
+    }
+    let elements = elements
+        .iter()
+        .map(|e| WriteOp { section_id: e.section_id.clone(), offset: e.offset, data: e.data.clone() })
+        .collect();
+    Ok(RecordBody::Write { elements })
+}

@@ -1,0 +1,786 @@
+//! The store: one node's durable checkpoints.
+//!
+//! Write path (one group-commit thread, [`Writer`]):
+//! 1. take every queued request, up to the batch bounds;
+//! 2. validate each against the state machine; a rejected one is answered
+//!    at once and leaves no trace; accepted ones become records;
+//! 3. append all records of the batch to the WAL with one write;
+//! 4. apply their effects to RocksDB as one `WriteBatch` carrying the new
+//!    applied position, so RocksDB always holds a prefix of the log;
+//! 5. answer requests that asked for [`Durability::Written`] (the
+//!    WR_ACTIVE_REPLICA_WEAK contract: visible now, durable with this batch);
+//! 6. `fdatasync` once for the whole batch, then answer the rest.
+//!
+//! Because RocksDB may receive a batch before its fsync, after a power cut
+//! RocksDB can be *ahead* of the log; recovery then simply continues the log
+//! after RocksDB's applied position. It can never be behind what was
+//! acknowledged as durable: those records are in the log and are replayed.
+//!
+//! Failures: a failed append (full disk) is undone — the segment is cut back
+//! and the in-memory state reloaded from RocksDB — and answered NO_SPACE;
+//! the store keeps serving. A failed fsync, a failed undo or a RocksDB
+//! write error poisons the store: every later write fails with a message
+//! naming the cause, because the durable state is no longer known.
+//!
+//! Reads never touch the writer: they read a RocksDB snapshot.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ckpt_proto::{
+    now_ns, CheckpointName, CheckpointStatus, CkptError, CkptResult, ErrorCode, ReadElement,
+    SectionDescriptor, SectionId, ELEMENTS_MAX, UPDATE_BYTES_MAX,
+};
+
+use crate::db::{Db, DbOptions};
+use crate::io::{OsFs, WalFs};
+use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine};
+use crate::wal::record::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq};
+use crate::wal::segment::{parse_segment_name, scan_segment, SegmentEnd};
+use crate::wal::writer::WalWriter;
+
+/// When a write is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the record is durable in the log (`fdatasync` returned).
+    Durable,
+    /// After the record is written and applied; durable with the batch's
+    /// fsync that follows (WR_ACTIVE_REPLICA_WEAK).
+    Written,
+}
+
+/// Store configuration. Every queue and batch has a bound.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Data directory: RocksDB in `db/`, the log in `wal/`.
+    pub data_dir: PathBuf,
+    /// A segment is closed once it holds this many bytes.
+    pub segment_bytes_max: u64,
+    /// Most requests in one group commit.
+    pub batch_requests_max: usize,
+    /// Most record bytes in one group commit (one request may exceed it alone).
+    pub batch_bytes_max: usize,
+    /// Requests queued for the writer before `submit` blocks.
+    pub queue_depth_max: usize,
+    /// Records applied per RocksDB batch during recovery.
+    pub recovery_batch_records: usize,
+    /// RocksDB tuning.
+    pub db: DbOptions,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            segment_bytes_max: 64 * 1024 * 1024,
+            batch_requests_max: 1024,
+            batch_bytes_max: 16 * 1024 * 1024,
+            queue_depth_max: 8192,
+            recovery_batch_records: 4096,
+            db: DbOptions::default(),
+        }
+    }
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// RocksDB's applied position at open.
+    pub applied_at_open: u64,
+    /// Records replayed from the log into RocksDB.
+    pub replayed: u64,
+    /// A torn final record that was cut off: segment, offset, reason.
+    pub torn_tail: Option<(String, u64, String)>,
+    /// The lsn the next record gets.
+    pub next_lsn: u64,
+    /// Segments found.
+    pub segments: usize,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Records appended.
+    pub records: AtomicU64,
+    /// Group commits.
+    pub batches: AtomicU64,
+    /// Bytes appended to the log.
+    pub wal_bytes: AtomicU64,
+    /// fdatasync calls of the log.
+    pub fsyncs: AtomicU64,
+    /// RocksDB durability points (flush_wal / flush).
+    pub rocksdb_flushes: AtomicU64,
+    /// Segments deleted.
+    pub segments_deleted: AtomicU64,
+}
+
+type Reply = Box<dyn FnOnce(CkptResult<Outcome>) + Send>;
+
+struct Request {
+    op: Op,
+    durability: Durability,
+    now: i64,
+    reply: Reply,
+}
+
+struct Shared {
+    db: Db,
+    poisoned: Mutex<Option<String>>,
+    stats: StoreStats,
+    applied: AtomicU64,
+    durable_applied: AtomicU64,
+    stopping: AtomicBool,
+    segments: AtomicU64,
+}
+
+impl Shared {
+    fn poison(&self, cause: String) {
+        tracing::error!(%cause, "store poisoned: refusing further writes");
+        let mut poisoned = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        poisoned.get_or_insert(cause);
+    }
+
+    fn poisoned_error(&self) -> Option<CkptError> {
+        let poisoned = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        poisoned.as_ref().map(|cause| {
+            CkptError::new(
+                ErrorCode::Library,
+                format!("store is poisoned after a storage failure ({cause}); restart to recover"),
+            )
+        })
+    }
+}
+
+struct DbBacking<'a>(&'a Db);
+
+impl Backing for DbBacking<'_> {
+    fn load_sections(&self, instance: InstanceId) -> CkptResult<std::collections::BTreeMap<SectionId, SectionMeta>> {
+        self.0.load_sections(instance)
+    }
+
+    fn take_column_family(&self) -> CkptResult<u32> {
+        self.0.take_column_family()
+    }
+
+    fn expiry_candidates(&self, now: i64) -> CkptResult<Vec<(InstanceId, SectionId)>> {
+        self.0.expiry_candidates(now)
+    }
+}
+
+/// One node's checkpoint store. Cheap to share behind an `Arc`.
+pub struct Store {
+    shared: Arc<Shared>,
+    sender: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    helpers: Vec<JoinHandle<()>>,
+    report: RecoveryReport,
+}
+
+impl Store {
+    /// Opens the store in `config.data_dir`, recovering from the log.
+    ///
+    /// # Errors
+    /// `IN_USE` if another process holds the directory; `LIBRARY` for IO
+    /// errors and for corruption before the log's tail (naming segment and
+    /// offset).
+    pub fn open(config: StoreConfig) -> CkptResult<Store> {
+        let fs = OsFs::new(config.data_dir.join("wal")).map_err(|e| io_error("creating WAL directory", &e))?;
+        Store::open_with_fs(config, Arc::new(fs))
+    }
+
+    /// Like [`Store::open`] with the log on `fs` (tests use a `FaultFs`).
+    ///
+    /// # Errors
+    /// See [`Store::open`].
+    pub fn open_with_fs(config: StoreConfig, fs: Arc<dyn WalFs>) -> CkptResult<Store> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| io_error("creating data directory", &e))?;
+        let (db, loaded) = Db::open(&config.data_dir.join("db"), config.db.clone())?;
+        let mut state = StateMachine::new(loaded.names, loaded.instances, loaded.next_instance);
+        let (writer, report) = recover(&config, fs, &db, &mut state, Lsn(loaded.applied.0))?;
+        tracing::info!(
+            replayed = report.replayed,
+            next_lsn = report.next_lsn,
+            segments = report.segments,
+            "store recovered"
+        );
+        let shared = Arc::new(Shared {
+            db,
+            poisoned: Mutex::new(None),
+            stats: StoreStats::default(),
+            applied: AtomicU64::new(report.next_lsn - 1),
+            durable_applied: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            segments: AtomicU64::new(writer.segment_count() as u64),
+        });
+        let (sender, receiver) = mpsc::sync_channel(config.queue_depth_max);
+        let (checkpoint_sender, checkpoint_receiver) = mpsc::sync_channel::<u64>(1);
+        let mut writer_thread = Writer {
+            shared: shared.clone(),
+            wal: writer,
+            state,
+            next_lsn: report.next_lsn,
+            config: config.clone(),
+            checkpoint: checkpoint_sender,
+        };
+        // Make what recovery replayed durable in RocksDB, so the log behind
+        // it can go at the first opportunity.
+        let _ = checkpoint_now(&shared, report.next_lsn - 1);
+        writer_thread.delete_covered();
+        let writer = std::thread::Builder::new()
+            .name("ckpt-wal".into())
+            .spawn(move || writer_thread.run(receiver))
+            .map_err(|e| io_error("starting the writer thread", &e))?;
+        let helpers = vec![spawn_pool_keeper(shared.clone())?, spawn_checkpointer(shared.clone(), checkpoint_receiver)?];
+        Ok(Store { shared, sender: Some(sender), writer: Some(writer), helpers, report })
+    }
+
+    /// What recovery found at open.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &StoreStats {
+        &self.shared.stats
+    }
+
+    /// Number of WAL segment files.
+    pub fn wal_segments(&self) -> u64 {
+        self.shared.segments.load(Ordering::Relaxed)
+    }
+
+    /// Free column families in the pool.
+    pub fn pool_free(&self) -> usize {
+        self.shared.db.pool_free()
+    }
+
+    /// Queues an operation; `reply` is called once, from the writer thread,
+    /// when it is answered. Blocks while the queue is full.
+    pub fn submit(&self, op: Op, durability: Durability, now: i64, reply: impl FnOnce(CkptResult<Outcome>) + Send + 'static) {
+        let request = Request { op, durability, now, reply: Box::new(reply) };
+        let Some(sender) = &self.sender else {
+            (request.reply)(Err(CkptError::new(ErrorCode::NotInitialized, "store is closed")));
+            return;
+        };
+        match sender.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(request)) => {
+                if let Err(mpsc::SendError(request)) = sender.send(request) {
+                    (request.reply)(Err(CkptError::new(ErrorCode::NotInitialized, "store is closed")));
+                }
+            }
+            Err(TrySendError::Disconnected(request)) => {
+                (request.reply)(Err(CkptError::new(ErrorCode::NotInitialized, "store is closed")));
+            }
+        }
+    }
+
+    /// Runs an operation and waits for its answer.
+    ///
+    /// # Errors
+    /// The operation's error.
+    pub fn execute_with(&self, op: Op, durability: Durability, now: i64) -> CkptResult<Outcome> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(op, durability, now, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(CkptError::new(ErrorCode::Library, "the writer stopped without answering")))
+    }
+
+    /// Runs an operation durably at the current time.
+    ///
+    /// # Errors
+    /// The operation's error.
+    pub fn execute(&self, op: Op) -> CkptResult<Outcome> {
+        self.execute_with(op, Durability::Durable, now_ns())
+    }
+
+    /// The instance a name refers to now.
+    ///
+    /// # Errors
+    /// `NOT_EXIST` for an unknown name; storage errors.
+    pub fn lookup(&self, name: &CheckpointName) -> CkptResult<InstanceId> {
+        self.shared
+            .db
+            .lookup_name(name)?
+            .ok_or_else(|| CkptError::new(ErrorCode::NotExist, format!("checkpoint {name} does not exist")))
+    }
+
+    /// An instance's metadata.
+    ///
+    /// # Errors
+    /// `NOT_EXIST` for an unknown instance; storage errors.
+    pub fn instance(&self, instance: InstanceId) -> CkptResult<InstanceMeta> {
+        self.shared.db.snapshot().instance(instance)?.ok_or_else(|| missing_instance(instance))
+    }
+
+    /// Every instance, named or unlinked, in id order.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn instances(&self) -> CkptResult<Vec<(InstanceId, InstanceMeta)>> {
+        self.shared.db.list_instances()
+    }
+
+    /// `clCkptCheckpointStatusGet`.
+    ///
+    /// # Errors
+    /// `NOT_EXIST` for an unknown instance; storage errors.
+    pub fn status(&self, instance: InstanceId) -> CkptResult<CheckpointStatus> {
+        let meta = self.instance(instance)?;
+        Ok(CheckpointStatus {
+            attributes: meta.attributes,
+            number_of_sections: meta.section_count,
+            memory_used: meta.memory_used,
+        })
+    }
+
+    /// Every section's descriptor, in id order, from one point in time.
+    ///
+    /// # Errors
+    /// `NOT_EXIST` for an unknown instance; storage errors.
+    pub fn sections(&self, instance: InstanceId) -> CkptResult<Vec<SectionDescriptor>> {
+        let view = self.shared.db.snapshot();
+        view.instance(instance)?.ok_or_else(|| missing_instance(instance))?;
+        Ok(view
+            .sections(instance)?
+            .into_iter()
+            .map(|(section_id, meta)| descriptor(section_id, &meta))
+            .collect())
+    }
+
+    /// `clCkptCheckpointRead`: every element from one point in time. An
+    /// element without a size reads to the end of its section; the result
+    /// holds the bytes actually read.
+    ///
+    /// # Errors
+    /// `NOT_EXIST` (missing section), `INVALID_PARAMETER` (offset past the
+    /// end) with the failing element's index; `NOT_EXIST` for an unknown
+    /// instance.
+    pub fn read(&self, instance: InstanceId, elements: &[ReadElement]) -> CkptResult<Vec<Vec<u8>>> {
+        if elements.len() > ELEMENTS_MAX {
+            return Err(CkptError::new(
+                ErrorCode::InvalidParameter,
+                format!("{} elements, at most {ELEMENTS_MAX} per read", elements.len()),
+            ));
+        }
+        let view = self.shared.db.snapshot();
+        let meta = view.instance(instance)?.ok_or_else(|| missing_instance(instance))?;
+        let mut total = 0u64;
+        let mut out = Vec::with_capacity(elements.len());
+        for (index, element) in elements.iter().enumerate() {
+            let at = |e: CkptError| e.at_index(index as u32);
+            let section = view.section(instance, &element.section_id)?.ok_or_else(|| {
+                at(CkptError::new(ErrorCode::NotExist, format!("section {} does not exist", element.section_id)))
+            })?;
+            if element.offset > section.size {
+                return Err(at(CkptError::new(
+                    ErrorCode::InvalidParameter,
+                    format!("offset {} is past the section's end ({})", element.offset, section.size),
+                )));
+            }
+            let available = section.size - element.offset;
+            let len = element.size.map_or(available, |size| size.min(available));
+            total += len;
+            if total > UPDATE_BYTES_MAX {
+                return Err(at(CkptError::new(
+                    ErrorCode::TooBig,
+                    format!("read would return more than {UPDATE_BYTES_MAX} bytes; read in parts"),
+                )));
+            }
+            out.push(view.read_data(meta.column_family, &element.section_id, element.offset, len)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether the store refuses writes, and why.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// RocksDB property (for metrics).
+    pub fn rocksdb_property(&self, name: &str) -> Option<String> {
+        self.shared.db.property(name)
+    }
+
+    /// Stops accepting requests, answers everything queued, makes RocksDB
+    /// durable and trims the log.
+    ///
+    /// # Errors
+    /// A storage error while flushing (nothing acknowledged is lost: the
+    /// log still holds it).
+    pub fn close(mut self) -> CkptResult<()> {
+        self.stop_threads();
+        if self.shared.poisoned_error().is_some() {
+            return Ok(());
+        }
+        checkpoint_now(&self.shared, self.shared.applied.load(Ordering::Acquire))
+    }
+
+    fn stop_threads(&mut self) {
+        self.sender = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.db.wake_pool_waiters();
+        for helper in self.helpers.drain(..) {
+            let _ = helper.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    /// Dropping without [`Store::close`] is a crash as far as RocksDB is
+    /// concerned: memtables are not flushed, and recovery replays the log.
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+fn missing_instance(instance: InstanceId) -> CkptError {
+    CkptError::new(ErrorCode::NotExist, format!("checkpoint instance {} does not exist", instance.0))
+}
+
+fn descriptor(section_id: SectionId, meta: &SectionMeta) -> SectionDescriptor {
+    SectionDescriptor {
+        section_id,
+        expiration_time: meta.expiration_time,
+        section_size: meta.size,
+        state: meta.state,
+        last_update: meta.last_update,
+    }
+}
+
+fn io_error(context: &str, error: &std::io::Error) -> CkptError {
+    let code = if error.raw_os_error() == Some(libc::ENOSPC) { ErrorCode::NoSpace } else { ErrorCode::Library };
+    CkptError::new(code, format!("{context}: {error}"))
+}
+
+/// Makes RocksDB durable up to at least `applied` and publishes it.
+fn checkpoint_now(shared: &Shared, applied: u64) -> CkptResult<()> {
+    shared.db.make_durable()?;
+    shared.stats.rocksdb_flushes.fetch_add(1, Ordering::Relaxed);
+    shared.durable_applied.fetch_max(applied, Ordering::AcqRel);
+    Ok(())
+}
+
+fn spawn_pool_keeper(shared: Arc<Shared>) -> CkptResult<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ckpt-cf-pool".into())
+        .spawn(move || {
+            while !shared.stopping.load(Ordering::Acquire) {
+                if shared.db.pool_needs_top_up() {
+                    if let Err(error) = shared.db.top_up_pool() {
+                        tracing::error!(%error, "creating column families for the pool failed");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                } else {
+                    shared.db.wait_for_pool_demand(Duration::from_millis(200));
+                }
+            }
+        })
+        .map_err(|e| io_error("starting the column family pool thread", &e))
+}
+
+fn spawn_checkpointer(shared: Arc<Shared>, requests: Receiver<u64>) -> CkptResult<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ckpt-checkpoint".into())
+        .spawn(move || loop {
+            match requests.recv_timeout(Duration::from_millis(200)) {
+                Ok(applied) => {
+                    if let Err(error) = checkpoint_now(&shared, applied) {
+                        tracing::error!(%error, "making RocksDB durable failed; the log is kept");
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if shared.stopping.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        })
+        .map_err(|e| io_error("starting the checkpoint thread", &e))
+}
+
+/// Reads the log, replays what RocksDB lacks, cuts a torn tail, and starts
+/// a fresh segment.
+fn recover(
+    config: &StoreConfig,
+    fs: Arc<dyn WalFs>,
+    db: &Db,
+    state: &mut StateMachine,
+    applied: Lsn,
+) -> CkptResult<(WalWriter, RecoveryReport)> {
+    let mut segments: Vec<(Lsn, String)> = fs
+        .list()
+        .map_err(|e| io_error("listing WAL segments", &e))?
+        .into_iter()
+        .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
+        .collect();
+    segments.sort();
+    let mut report = RecoveryReport { applied_at_open: applied.0, segments: segments.len(), ..Default::default() };
+    let backing = DbBacking(db);
+    let mut last_lsn = applied.0;
+    let mut expected = applied.0 + 1;
+    let mut pending: Vec<Effect> = Vec::new();
+    let mut pending_records = 0usize;
+    let mut kept = Vec::new();
+    let count = segments.len();
+    for (position, (first_lsn, name)) in segments.into_iter().enumerate() {
+        let is_last = position + 1 == count;
+        let bytes = fs.read(&name).map_err(|e| io_error(&format!("reading WAL segment {name}"), &e))?;
+        let scan = scan_segment(&bytes);
+        if scan.first_lsn.is_some_and(|lsn| lsn != first_lsn) {
+            return Err(corrupt(&name, 0, "header lsn does not match the file name"));
+        }
+        for (offset, record) in &scan.records {
+            if record.lsn.0 <= applied.0 {
+                last_lsn = last_lsn.max(record.lsn.0);
+                continue;
+            }
+            if record.lsn.0 != expected {
+                return Err(corrupt(
+                    &name,
+                    *offset,
+                    &format!("expected lsn {expected}, found {} (records are missing)", record.lsn.0),
+                ));
+            }
+            if let RecordBody::CheckpointCreate { column_family, .. } = &record.body {
+                db.claim_column_family(*column_family)?;
+            }
+            let effects = state
+                .apply(&backing, record.instance, record.epoch, record.seq, record.timestamp_ns, &record.body)
+                .map_err(|e| corrupt(&name, *offset, &e.detail))?;
+            pending.extend(effects);
+            pending_records += 1;
+            report.replayed += 1;
+            expected += 1;
+            last_lsn = record.lsn.0;
+            if pending_records >= config.recovery_batch_records {
+                db.apply(&pending, Lsn(last_lsn), state.next_instance())?;
+                pending.clear();
+                pending_records = 0;
+            }
+        }
+        match scan.end {
+            SegmentEnd::Clean => kept.push((first_lsn, name)),
+            SegmentEnd::Torn { offset, reason } if is_last => {
+                tracing::warn!(segment = %name, offset, %reason, "cutting off a torn record at the log's tail");
+                report.torn_tail = Some((name.clone(), offset, reason));
+                if scan.first_lsn.is_none() {
+                    fs.remove(&name).map_err(|e| io_error("removing a torn segment", &e))?;
+                } else {
+                    fs.truncate(&name, scan.valid_len).map_err(|e| io_error("cutting a torn tail", &e))?;
+                    kept.push((first_lsn, name));
+                }
+            }
+            SegmentEnd::Torn { offset, reason } | SegmentEnd::Corrupt { offset, reason } => {
+                return Err(corrupt(&name, offset, &reason));
+            }
+        }
+    }
+    if pending_records > 0 {
+        db.apply(&pending, Lsn(last_lsn), state.next_instance())?;
+    }
+    let next_lsn = last_lsn.max(applied.0) + 1;
+    report.next_lsn = next_lsn;
+    let writer = WalWriter::start(fs, Lsn(next_lsn), kept, config.segment_bytes_max)
+        .map_err(|e| io_error("starting a WAL segment", &e))?;
+    Ok((writer, report))
+}
+
+fn corrupt(segment: &str, offset: u64, reason: &str) -> CkptError {
+    CkptError::new(
+        ErrorCode::Library,
+        format!("WAL corrupt in segment {segment} at offset {offset}: {reason}; run `ckpt-tool salvage`"),
+    )
+}
+
+/// The group-commit thread.
+struct Writer {
+    shared: Arc<Shared>,
+    wal: WalWriter,
+    state: StateMachine,
+    next_lsn: u64,
+    config: StoreConfig,
+    checkpoint: SyncSender<u64>,
+}
+
+struct Accepted {
+    request: Request,
+    outcome: Outcome,
+}
+
+impl Writer {
+    fn run(mut self, requests: Receiver<Request>) {
+        while let Ok(first) = requests.recv() {
+            let mut batch = vec![first];
+            let mut bytes: usize = op_bytes(&batch[0].op);
+            while batch.len() < self.config.batch_requests_max && bytes < self.config.batch_bytes_max {
+                match requests.try_recv() {
+                    Ok(request) => {
+                        bytes += op_bytes(&request.op);
+                        batch.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Request>) {
+        if let Some(error) = self.shared.poisoned_error() {
+            for request in batch {
+                (request.reply)(Err(error.clone()));
+            }
+            return;
+        }
+        let backing = DbBacking(&self.shared.db);
+        let first_lsn = self.next_lsn;
+        let mut encoded = Vec::new();
+        let mut effects = Vec::new();
+        let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
+        let mut taken_slots = Vec::new();
+        let mut records = 0u64;
+        for request in batch {
+            let (planned, outcome) = match self.state.plan(&backing, &request.op, request.now) {
+                Ok(planned) => planned,
+                Err(error) => {
+                    (request.reply)(Err(error));
+                    continue;
+                }
+            };
+            for (instance, body) in planned {
+                let (epoch, seq) = match self.state.instance(instance) {
+                    Some(meta) => (meta.epoch, Seq(meta.seq.0 + 1)),
+                    None => (Epoch(1), Seq(1)),
+                };
+                if let RecordBody::CheckpointCreate { column_family, .. } = &body {
+                    taken_slots.push(*column_family);
+                }
+                match self.state.apply(&backing, instance, epoch, seq, request.now, &body) {
+                    Ok(record_effects) => effects.extend(record_effects),
+                    Err(error) => {
+                        // plan() accepted what apply() refuses: a bug, and
+                        // the in-memory state can no longer be trusted.
+                        self.shared.poison(format!("state machine inconsistency: {error}"));
+                    }
+                }
+                let record = Record { lsn: Lsn(self.next_lsn), instance, epoch, seq, timestamp_ns: request.now, body };
+                record.encode_into(&mut encoded);
+                self.next_lsn += 1;
+                records += 1;
+            }
+            accepted.push(Accepted { request, outcome });
+        }
+        if records == 0 {
+            for Accepted { request, outcome } in accepted {
+                (request.reply)(Ok(outcome));
+            }
+            return;
+        }
+        if let Some(error) = self.shared.poisoned_error() {
+            self.undo(first_lsn, &taken_slots);
+            return fail_all(accepted, &error);
+        }
+
+        if let Err(failure) = self.wal.append(&encoded) {
+            self.undo(first_lsn, &taken_slots);
+            let error = if failure.no_space {
+                CkptError::new(ErrorCode::NoSpace, format!("disk full writing the log: {}", failure.error))
+            } else {
+                CkptError::new(ErrorCode::Library, format!("writing the log failed: {}", failure.error))
+            };
+            if !failure.rolled_back || !failure.no_space {
+                self.shared.poison(format!("log write failed: {}", failure.error));
+            }
+            return fail_all(accepted, &error);
+        }
+        let last_lsn = Lsn(self.next_lsn - 1);
+        if let Err(error) = self.shared.db.apply(&effects, last_lsn, self.state.next_instance()) {
+            self.shared.poison(format!("RocksDB write failed: {}", error.detail));
+            return fail_all(accepted, &error);
+        }
+        self.shared.applied.store(last_lsn.0, Ordering::Release);
+        let stats = &self.shared.stats;
+        stats.records.fetch_add(records, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.wal_bytes.fetch_add(encoded.len() as u64, Ordering::Relaxed);
+
+        let (written, durable): (Vec<_>, Vec<_>) =
+            accepted.into_iter().partition(|a| a.request.durability == Durability::Written);
+        for Accepted { request, outcome } in written {
+            (request.reply)(Ok(outcome));
+        }
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = self.wal.sync() {
+            self.shared.poison(format!("fsync of the log failed: {error}"));
+            let error = self.shared.poisoned_error().unwrap_or_else(|| io_error("fsync", &error));
+            return fail_all(durable, &error);
+        }
+        for Accepted { request, outcome } in durable {
+            (request.reply)(Ok(outcome));
+        }
+        self.after_commit();
+    }
+
+    /// Forgets a batch that never reached the log: lsns are reused, taken
+    /// column families go back, in-memory state is reloaded from RocksDB.
+    fn undo(&mut self, first_lsn: u64, taken_slots: &[u32]) {
+        self.next_lsn = first_lsn;
+        self.shared.db.return_column_families(taken_slots);
+        match self.shared.db.reload() {
+            Ok(loaded) => self.state.reset(loaded.names, loaded.instances, loaded.next_instance),
+            Err(error) => self.shared.poison(format!("reloading state after a failed write: {}", error.detail)),
+        }
+    }
+
+    fn after_commit(&mut self) {
+        if self.wal.is_full() {
+            match self.wal.rotate(Lsn(self.next_lsn)) {
+                Ok(()) => {
+                    // Ask for RocksDB to be made durable up to here; if a
+                    // request is already pending it covers less, and the next
+                    // rotation asks again.
+                    let _ = self.checkpoint.try_send(self.next_lsn - 1);
+                }
+                Err(error) => tracing::warn!(%error, "could not start a new WAL segment; continuing in the current one"),
+            }
+        }
+        self.delete_covered();
+    }
+
+    fn delete_covered(&mut self) {
+        let durable = self.shared.durable_applied.load(Ordering::Acquire);
+        match self.wal.delete_covered(Lsn(durable)) {
+            Ok(deleted) => {
+                self.shared.stats.segments_deleted.fetch_add(deleted as u64, Ordering::Relaxed);
+            }
+            Err(error) => tracing::warn!(%error, "deleting old WAL segments failed; will retry"),
+        }
+        self.shared.segments.store(self.wal.segment_count() as u64, Ordering::Relaxed);
+    }
+}
+
+fn fail_all(accepted: Vec<Accepted>, error: &CkptError) {
+    for Accepted { request, .. } in accepted {
+        (request.reply)(Err(error.clone()));
+    }
+}
+
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::CreateSection { data, .. } | Op::Overwrite { data, .. } => data.len() + 64,
+        Op::Write { elements, .. } => elements.iter().map(|e| e.data.len() + 32).sum(),
+        _ => 64,
+    }
+}

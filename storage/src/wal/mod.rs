@@ -1,0 +1,13 @@
+//! The write-ahead log: records, segment files, the group-commit writer.
+//!
+//! - [`record`]: the byte format of one state change.
+//! - [`segment`]: segment files (header, naming) and scanning with torn-tail
+//!   versus corruption classification.
+//! - [`writer`]: appends batches of records to the current segment, rotates
+//!   segments, deletes segments below the durable applied position.
+
+pub mod record;
+pub mod segment;
+pub mod writer;
+
+pub use record::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq, WriteOp};

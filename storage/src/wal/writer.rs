@@ -1,0 +1,195 @@
+//! Appends to the current segment, rotates full segments, deletes segments
+//! the durable applied position has covered.
+//!
+//! The writer is owned by the store's single group-commit thread, so it
+//! needs no locking. A failed append is rolled back by cutting the segment
+//! to its length before the append; if even that fails the caller must
+//! poison the store, because the file's end is then unknown.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+use super::record::Lsn;
+use super::segment::{encode_header, segment_name, SEGMENT_HEADER_BYTES};
+use crate::io::{WalFile, WalFs};
+
+/// Why an append failed.
+#[derive(Debug)]
+pub struct AppendError {
+    /// The IO error.
+    pub error: io::Error,
+    /// The disk is full (ENOSPC).
+    pub no_space: bool,
+    /// The segment was cut back to its length before the append, so the log
+    /// is exactly as it was.
+    pub rolled_back: bool,
+}
+
+/// The appending end of the log.
+pub struct WalWriter {
+    fs: Arc<dyn WalFs>,
+    file: Box<dyn WalFile>,
+    current: (Lsn, String),
+    len: u64,
+    older: VecDeque<(Lsn, String)>,
+    segment_bytes_max: u64,
+}
+
+impl WalWriter {
+    /// Starts a new segment at `first_lsn` after the `older` segments
+    /// (oldest first), writing and syncing its header and the directory.
+    ///
+    /// # Errors
+    /// IO errors creating the segment.
+    pub fn start(
+        fs: Arc<dyn WalFs>,
+        first_lsn: Lsn,
+        older: Vec<(Lsn, String)>,
+        segment_bytes_max: u64,
+    ) -> io::Result<Self> {
+        let (file, name) = create_segment(fs.as_ref(), first_lsn)?;
+        Ok(WalWriter {
+            fs,
+            file,
+            current: (first_lsn, name),
+            len: SEGMENT_HEADER_BYTES as u64,
+            older: older.into(),
+            segment_bytes_max,
+        })
+    }
+
+    /// Appends encoded records (not yet durable).
+    ///
+    /// # Errors
+    /// The write failed; see [`AppendError`] for whether it was undone.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), AppendError> {
+        match self.file.write_all(bytes) {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                let no_space = error.raw_os_error() == Some(libc::ENOSPC)
+                    || error.kind() == io::ErrorKind::StorageFull;
+                let rolled_back = self.file.set_len(self.len).is_ok();
+                Err(AppendError { error, no_space, rolled_back })
+            }
+        }
+    }
+
+    /// Makes every appended byte durable.
+    ///
+    /// # Errors
+    /// The sync failed: durability of everything since the last successful
+    /// sync is unknown.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Whether the current segment reached its size bound.
+    pub fn is_full(&self) -> bool {
+        self.len >= self.segment_bytes_max
+    }
+
+    /// Closes the current (synced) segment and starts one at `next_lsn`.
+    ///
+    /// # Errors
+    /// IO errors creating the new segment; the current one stays in use.
+    pub fn rotate(&mut self, next_lsn: Lsn) -> io::Result<()> {
+        let (file, name) = create_segment(self.fs.as_ref(), next_lsn)?;
+        let previous = std::mem::replace(&mut self.current, (next_lsn, name));
+        self.older.push_back(previous);
+        self.file = file;
+        self.len = SEGMENT_HEADER_BYTES as u64;
+        Ok(())
+    }
+
+    /// Deletes closed segments holding only records at or below `durable`.
+    /// Returns how many were deleted.
+    ///
+    /// # Errors
+    /// IO errors removing a file (the rest stay for the next attempt).
+    pub fn delete_covered(&mut self, durable: Lsn) -> io::Result<usize> {
+        let mut deleted = 0;
+        loop {
+            // A closed segment's last record is just below the next
+            // segment's first lsn.
+            let next_first = match (self.older.get(1), self.older.front()) {
+                (Some((next, _)), Some(_)) => *next,
+                (None, Some(_)) => self.current.0,
+                _ => break,
+            };
+            if next_first.0 > durable.0 + 1 {
+                break;
+            }
+            if let Some((_, name)) = self.older.front() {
+                self.fs.remove(name)?;
+            }
+            self.older.pop_front();
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Number of segment files, the current one included.
+    pub fn segment_count(&self) -> usize {
+        self.older.len() + 1
+    }
+
+    /// Bytes in the current segment.
+    pub fn current_len(&self) -> u64 {
+        self.len
+    }
+}
+
+fn create_segment(fs: &dyn WalFs, first_lsn: Lsn) -> io::Result<(Box<dyn WalFile>, String)> {
+    let name = segment_name(first_lsn);
+    let mut file = fs.create(&name)?;
+    let result = file
+        .write_all(&encode_header(first_lsn))
+        .and_then(|()| file.sync_data())
+        .and_then(|()| fs.sync_dir());
+    if let Err(error) = result {
+        // Leave no half-made segment behind for recovery to puzzle over.
+        let _ = fs.remove(&name);
+        return Err(error);
+    }
+    Ok((file, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::FaultFs;
+    use crate::wal::segment::{scan_segment, SegmentEnd};
+
+    #[test]
+    fn rotation_and_deletion_keep_the_log_bounded() {
+        let fs = FaultFs::new();
+        let mut w = WalWriter::start(Arc::new(fs.clone()), Lsn(1), vec![], 64).unwrap();
+        w.append(&[1u8; 40]).unwrap();
+        w.sync().unwrap();
+        assert!(w.is_full());
+        w.rotate(Lsn(5)).unwrap();
+        w.rotate(Lsn(9)).unwrap();
+        assert_eq!(w.segment_count(), 3);
+        assert_eq!(w.delete_covered(Lsn(3)).unwrap(), 0, "segment 1 holds lsn 4");
+        assert_eq!(w.delete_covered(Lsn(4)).unwrap(), 1);
+        assert_eq!(w.delete_covered(Lsn(100)).unwrap(), 1);
+        assert_eq!(w.segment_count(), 1, "the current segment is never deleted");
+        assert_eq!(fs.list().unwrap(), vec![segment_name(Lsn(9))]);
+    }
+
+    #[test]
+    fn failed_append_is_rolled_back() {
+        let fs = FaultFs::new();
+        let mut w = WalWriter::start(Arc::new(fs.clone()), Lsn(1), vec![], 1 << 20).unwrap();
+        fs.set_free_bytes(Some(10));
+        let err = w.append(&[7u8; 20]).unwrap_err();
+        assert!(err.no_space && err.rolled_back);
+        let bytes = fs.get(&segment_name(Lsn(1))).unwrap();
+        assert_eq!(bytes.len(), SEGMENT_HEADER_BYTES);
+        assert_eq!(scan_segment(&bytes).end, SegmentEnd::Clean);
+    }
+}
