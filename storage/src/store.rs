@@ -60,6 +60,10 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// A segment is closed once it holds this many bytes.
     pub segment_bytes_max: u64,
+    /// Segments kept at most: past this the writer makes RocksDB durable
+    /// itself instead of waiting for the background checkpoint, so the log
+    /// stays bounded even when the background falls behind.
+    pub wal_segments_max: usize,
     /// Most requests in one group commit.
     pub batch_requests_max: usize,
     /// Most record bytes in one group commit (one request may exceed it alone).
@@ -78,6 +82,7 @@ impl StoreConfig {
         StoreConfig {
             data_dir: data_dir.into(),
             segment_bytes_max: 64 * 1024 * 1024,
+            wal_segments_max: 16,
             batch_requests_max: 1024,
             batch_bytes_max: 16 * 1024 * 1024,
             queue_depth_max: 8192,
@@ -754,6 +759,13 @@ impl Writer {
                     let _ = self.checkpoint.try_send(self.next_lsn - 1);
                 }
                 Err(error) => tracing::warn!(%error, "could not start a new WAL segment; continuing in the current one"),
+            }
+            if self.wal.segment_count() >= self.config.wal_segments_max {
+                // The background checkpoint fell behind: catch up here, at
+                // the cost of one stalled batch, rather than let the log grow.
+                if let Err(error) = checkpoint_now(&self.shared, self.next_lsn - 1) {
+                    tracing::error!(%error, "making RocksDB durable failed; the log is kept");
+                }
             }
         }
         self.delete_covered();
