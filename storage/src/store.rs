@@ -559,6 +559,13 @@ fn recover(
                 ));
             }
             if let RecordBody::CheckpointCreate { column_family, .. } = &record.body {
+                // A destroy replayed just before may have freed this column
+                // family; it returns to the pool when its batch is applied.
+                if pending_records > 0 {
+                    db.apply(&pending, Lsn(last_lsn), state.next_instance())?;
+                    pending.clear();
+                    pending_records = 0;
+                }
                 db.claim_column_family(*column_family)?;
             }
             let effects = state
@@ -597,6 +604,13 @@ fn recover(
     }
     let next_lsn = last_lsn.max(applied.0) + 1;
     report.next_lsn = next_lsn;
+    // A segment starting at or after next_lsn can hold no record (every
+    // record is below next_lsn): it was started by a run that crashed
+    // before logging anything. The new segment may even reuse its name.
+    let (empty, kept): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(lsn, _)| lsn.0 >= next_lsn);
+    for (_, name) in empty {
+        fs.remove(&name).map_err(|e| io_error("removing an empty segment", &e))?;
+    }
     let writer = WalWriter::start(fs, Lsn(next_lsn), kept, config.segment_bytes_max)
         .map_err(|e| io_error("starting a WAL segment", &e))?;
     Ok((writer, report))
