@@ -34,4 +34,4 @@ lint: deps
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 fuzz:
-	cd fuzz && $(CARGO) +nightly fuzz run wal_reader -- -max_total_time=300
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run wal_reader -- -max_total_time=300

@@ -132,7 +132,7 @@ fn corruption_before_the_tail_names_segment_and_offset() {
     assert_eq!(error.code, ErrorCode::Library);
     assert!(error.detail.contains(&name), "{}", error.detail);
     assert!(error.detail.contains(&format!("offset {victim}")), "{}", error.detail);
-    assert_eq!(fs.get(&name).unwrap().len() as u64 > victim, true, "nothing was cut away");
+    assert!(fs.get(&name).unwrap().len() as u64 > victim, "nothing was cut away");
 }
 
 #[test]
