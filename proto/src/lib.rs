@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod types;
+pub mod wire;
 
 pub use error::{CkptError, CkptResult, ErrorCode, CKPT_COMPONENT_ID};
 pub use types::*;
