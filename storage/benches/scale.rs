@@ -17,6 +17,11 @@
 //! families are recycled. A monitor thread watches the column family pool
 //! and logs every top-up it sees: how long the pool stayed below its
 //! low-water mark before the batch landed.
+//!
+//! Diagnostics: `CKPT_SCALE_KEEP=1` keeps the data directory;
+//! `CKPT_SCALE_STOP_AFTER_CREATE=1` keeps it and stops after the creation
+//! phase's close; `CKPT_SCALE_REOPEN_ONLY=<data dir>` only opens (timed) and
+//! closes an existing one.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -222,6 +227,71 @@ fn dir_bytes(path: &Path) -> u64 {
     total
 }
 
+/// What RocksDB keeps on disk: OPTIONS file size, SST and WAL files.
+fn print_db_files(dir: &Path) {
+    let mut options = (0usize, 0u64);
+    let mut ssts = (0usize, 0u64);
+    let mut logs = (0usize, 0u64);
+    let mut manifest = (0usize, 0u64);
+    if let Ok(entries) = std::fs::read_dir(dir.join("db")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let len = entry.metadata().map_or(0, |m| m.len());
+            let slot = if name.starts_with("OPTIONS-") {
+                &mut options
+            } else if name.ends_with(".sst") {
+                &mut ssts
+            } else if name.ends_with(".log") {
+                &mut logs
+            } else if name.starts_with("MANIFEST-") {
+                &mut manifest
+            } else {
+                continue;
+            };
+            slot.0 += 1;
+            slot.1 += len;
+        }
+    }
+    let m = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "  rocksdb files: OPTIONS {} ({:.1} MiB), MANIFEST {} ({:.1} MiB), SST {} ({:.1} MiB), WAL {} ({:.1} MiB)",
+        options.0,
+        m(options.1),
+        manifest.0,
+        m(manifest.1),
+        ssts.0,
+        m(ssts.1),
+        logs.0,
+        m(logs.1)
+    );
+}
+
+/// Opens an existing data directory once, timed, reports, closes.
+fn reopen_only(dir: &Path, mode: RocksWalMode) {
+    println!("reopen only: {}", dir.display());
+    print_db_files(dir);
+    let start = Instant::now();
+    let cfs = count_column_families(dir);
+    println!(
+        "  list_cf: {cfs} column families in {:.3} s",
+        start.elapsed().as_secs_f64()
+    );
+    let (store, reopen_s) = open_store(dir, mode);
+    let report = store.recovery_report().clone();
+    println!(
+        "  Store::open: {reopen_s:.3} s (replayed {}, segments {}); pool_free {}; rss {:.0} MiB hwm {:.0} MiB",
+        report.replayed,
+        report.segments,
+        store.pool_free(),
+        mib(proc_status_kib("VmRSS:")),
+        mib(proc_status_kib("VmHWM:"))
+    );
+    let start = Instant::now();
+    store.close().expect("close");
+    println!("  close: {:.3} s", start.elapsed().as_secs_f64());
+    print_db_files(dir);
+}
+
 fn main() {
     let checkpoints: usize = env_or("CKPT_SCALE_CHECKPOINTS", "10000")
         .trim()
@@ -238,8 +308,13 @@ fn main() {
         other => panic!("unknown CKPT_SCALE_MODE {other:?} (unsynced|disabled)"),
     };
     let defaults = DbOptions::default();
+    if let Ok(existing) = std::env::var("CKPT_SCALE_REOPEN_ONLY") {
+        reopen_only(Path::new(&existing), mode);
+        return;
+    }
     let base = tempfile::tempdir().expect("temp dir");
     let dir = base.path().join("data");
+    let keep = std::env::var("CKPT_SCALE_KEEP").is_ok_and(|v| v == "1");
     println!(
         "scale: {checkpoints} checkpoints x {sections} sections of {SECTION_BYTES} B, {CLIENTS} clients, mode {mode_name}, \
          pool low water {} batch {}, dir {}",
@@ -322,6 +397,7 @@ fn main() {
     let mut all: Vec<u64> = samples.iter().map(|(_, l)| *l).collect();
     all.sort_unstable();
     let over_10ms = all.iter().filter(|l| **l > 10_000_000).count();
+    let over_10ms_last = last_window.iter().filter(|l| **l > 10_000_000).count();
     let p50 = percentile_ms(&all, 50.0);
     let p99 = percentile_ms(&all, 99.0);
     let max = all.last().map_or(f64::NAN, |v| *v as f64 / 1e6);
@@ -347,7 +423,7 @@ fn main() {
     }
     println!(
         "CreateCheckpoint latency: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, p99 last {LAST_WINDOW} {p99_last:.2} ms, \
-         {over_10ms} over 10 ms"
+         {over_10ms} over 10 ms ({over_10ms_last} of the last {LAST_WINDOW})"
     );
     println!("pool top-ups observed ({}):", topups.len());
     println!("  at_s    created_before  waited_ms  free_before  min_free  free_after");
@@ -377,6 +453,7 @@ fn main() {
     let close_start = Instant::now();
     store.close().expect("close");
     let close_s = close_start.elapsed().as_secs_f64();
+    print_db_files(&dir);
     let cfs_after_create = count_column_families(&dir);
     println!(
         "close: {close_s:.3} s; column families on disk: {cfs_after_create}; data dir {:.1} MiB (db {:.1} MiB, wal {:.1} MiB)",
@@ -384,6 +461,15 @@ fn main() {
         dir_bytes(&dir.join("db")) as f64 / 1048576.0,
         dir_bytes(&dir.join("wal")) as f64 / 1048576.0
     );
+
+    if std::env::var("CKPT_SCALE_STOP_AFTER_CREATE").is_ok_and(|v| v == "1") {
+        let kept = base.keep();
+        println!(
+            "stopping after creation; data directory kept: {}",
+            kept.join("data").display()
+        );
+        return;
+    }
 
     // ------------------------------------------------------------ reopen --
     let hwm_before_reopen = proc_status_kib("VmHWM:");
@@ -470,6 +556,11 @@ fn main() {
     let cfs_final = count_column_families(&dir);
     let hwm = proc_status_kib("VmHWM:");
     println!("column families on disk: after creation {cfs_after_create}, after churn {cfs_final}");
+    print_db_files(&dir);
+    if keep {
+        let kept = base.keep();
+        println!("data directory kept: {}", kept.join("data").display());
+    }
 
     // ------------------------------------------------------------ report --
     let ok = |pass: bool| if pass { "yes" } else { "NO" };
@@ -497,7 +588,9 @@ fn main() {
         ok(p99_last < 10.0)
     );
     println!("| CreateCheckpoint max | {max:.2} ms | | |");
-    println!("| creations over 10 ms | {over_10ms} | | |");
+    println!(
+        "| creations over 10 ms (all / last {LAST_WINDOW}) | {over_10ms} / {over_10ms_last} | | |"
+    );
     println!("| pool top-ups observed | {} | | |", topups.len());
     println!("| close | {close_s:.3} s | | |");
     println!(

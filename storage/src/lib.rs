@@ -37,5 +37,5 @@ pub use db::{DbOptions, RocksWalMode, CHUNK_BYTES};
 pub use io::{FaultFs, OsFs, WalFile, WalFs};
 pub use state::{InstanceMeta, Op, Outcome, SectionMeta};
 #[cfg(feature = "engine")]
-pub use store::{Durability, RecoveryReport, Store, StoreConfig, StoreStats};
+pub use store::{CommitListener, Durability, RecoveryReport, Store, StoreConfig, StoreStats};
 pub use wal::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq};

@@ -111,6 +111,9 @@ pub enum Op {
     Overwrite { instance: InstanceId, section_id: SectionId, data: Vec<u8> },
     /// Delete every section whose expiration time is at or before `now`.
     ExpireDue,
+    /// Nothing; answered once everything queued before it is durable
+    /// (clCkptCheckpointSynchronize on one node).
+    Barrier,
 }
 
 /// What a successful operation produced.
@@ -399,6 +402,7 @@ impl StateMachine {
                 let count = records.len() as u32;
                 Ok((records, Outcome::Expired { count }))
             }
+            Op::Barrier => Ok((vec![], Outcome::Done)),
         }
     }
 

@@ -126,6 +126,9 @@ pub struct StoreStats {
 
 type Reply = Box<dyn FnOnce(CkptResult<Outcome>) + Send>;
 
+/// Called by the writer with every durable batch's records, in log order.
+pub type CommitListener = Arc<dyn Fn(&[Record]) + Send + Sync>;
+
 struct Request {
     op: Op,
     durability: Durability,
@@ -141,6 +144,7 @@ struct Shared {
     durable_applied: AtomicU64,
     stopping: AtomicBool,
     segments: AtomicU64,
+    listener: std::sync::RwLock<Option<CommitListener>>,
 }
 
 impl Shared {
@@ -221,6 +225,7 @@ impl Store {
             durable_applied: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             segments: AtomicU64::new(writer.segment_count() as u64),
+            listener: std::sync::RwLock::new(None),
         });
         let (sender, receiver) = mpsc::sync_channel(config.queue_depth_max);
         let (checkpoint_sender, checkpoint_receiver) = mpsc::sync_channel::<u64>(1);
@@ -247,6 +252,13 @@ impl Store {
     /// What recovery found at open.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
+    }
+
+    /// Registers the function told about every durable record, in log
+    /// order, from the writer thread (keep it quick: it delays the next
+    /// group commit).
+    pub fn set_commit_listener(&self, listener: CommitListener) {
+        *self.shared.listener.write().unwrap_or_else(|p| p.into_inner()) = Some(listener);
     }
 
     /// Counters.
@@ -358,6 +370,15 @@ impl Store {
             .into_iter()
             .map(|(section_id, meta)| descriptor(section_id, &meta))
             .collect())
+    }
+
+    /// One section's descriptor, if it exists.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn section(&self, instance: InstanceId, section_id: &SectionId) -> CkptResult<Option<SectionDescriptor>> {
+        let view = self.shared.db.snapshot();
+        Ok(view.section(instance, section_id)?.map(|meta| descriptor(section_id.clone(), &meta)))
     }
 
     /// `clCkptCheckpointRead`: every element from one point in time. An
@@ -670,6 +691,8 @@ impl Writer {
         let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
         let mut taken_slots = Vec::new();
         let mut records = 0u64;
+        let listener = self.shared.listener.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut logged: Vec<Record> = Vec::new();
         for request in batch {
             let (planned, outcome) = match self.state.plan(&backing, &request.op, request.now) {
                 Ok(planned) => planned,
@@ -696,6 +719,9 @@ impl Writer {
                 }
                 let record = Record { lsn: Lsn(self.next_lsn), instance, epoch, seq, timestamp_ns: request.now, body };
                 record.encode_into(&mut encoded);
+                if listener.is_some() {
+                    logged.push(record);
+                }
                 self.next_lsn += 1;
                 records += 1;
             }
@@ -748,6 +774,9 @@ impl Writer {
         }
         for Accepted { request, outcome } in durable {
             (request.reply)(Ok(outcome));
+        }
+        if let Some(listener) = listener {
+            listener(&logged);
         }
         self.after_commit();
     }

@@ -1,0 +1,219 @@
+//! Server configuration: defaults, then a TOML file, then `CKPT_*`
+//! environment variables, then command-line flags; then `validate()`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use ckpt_storage::{RocksWalMode, StoreConfig};
+use serde::Deserialize;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store keeps its data (default `./ckpt-data`).
+    pub data_dir: PathBuf,
+    /// Client API address (default `127.0.0.1:7400`).
+    pub listen: SocketAddr,
+    /// Admin HTTP address for `/metrics` and `/health` (default `127.0.0.1:7401`).
+    pub admin_listen: SocketAddr,
+    /// Largest frame body accepted from a client, bytes.
+    pub frame_body_bytes_max: u32,
+    /// Requests one connection may have in flight.
+    pub in_flight_max: u32,
+    /// Connections served at once.
+    pub connections_max: usize,
+    /// Notifications kept per subscribed checkpoint for resuming subscribers.
+    pub notification_history_max: usize,
+    /// How often due section expirations are applied, ms.
+    pub expiry_interval_ms: u64,
+    /// WAL segment size, bytes.
+    pub segment_bytes_max: u64,
+    /// RocksDB WAL strategy.
+    pub rocksdb_wal_mode: RocksWalMode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./ckpt-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            frame_body_bytes_max: ckpt_proto::wire::FRAME_BODY_BYTES_MAX,
+            in_flight_max: ckpt_proto::wire::IN_FLIGHT_MAX,
+            connections_max: 4096,
+            notification_history_max: 4096,
+            expiry_interval_ms: 100,
+            segment_bytes_max: 64 * 1024 * 1024,
+            rocksdb_wal_mode: RocksWalMode::Disabled,
+        }
+    }
+}
+
+/// The TOML file: every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    frame_body_bytes_max: Option<u32>,
+    in_flight_max: Option<u32>,
+    connections_max: Option<usize>,
+    notification_history_max: Option<usize>,
+    expiry_interval_ms: Option<u64>,
+    segment_bytes_max: Option<u64>,
+    rocksdb_wal_mode: Option<RocksWalMode>,
+}
+
+/// `ckpt-server [--config FILE] [--data-dir DIR] [--listen ADDR] [--admin-listen ADDR]`
+#[derive(Debug, Parser)]
+#[command(name = "ckpt-server", version, about = "Persistent checkpoint service (SA Forum / OpenClovis checkpoint API)")]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "CKPT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./ckpt-data].
+    #[arg(long, env = "CKPT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client API listen address [default: 127.0.0.1:7400].
+    #[arg(long, env = "CKPT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin (metrics, health) listen address [default: 127.0.0.1:7401].
+    #[arg(long, env = "CKPT_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Requests in flight per connection.
+    #[arg(long, env = "CKPT_IN_FLIGHT_MAX")]
+    pub in_flight_max: Option<u32>,
+    /// Largest frame body, bytes.
+    #[arg(long, env = "CKPT_FRAME_BODY_BYTES_MAX")]
+    pub frame_body_bytes_max: Option<u32>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Builds the configuration from the command line, the environment and
+    /// the file they name.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, or invalid values.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = &cli.config {
+            config.apply_file(path)?;
+        }
+        if let Some(v) = &cli.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = cli.listen {
+            config.listen = v;
+        }
+        if let Some(v) = cli.admin_listen {
+            config.admin_listen = v;
+        }
+        if let Some(v) = cli.in_flight_max {
+            config.in_flight_max = v;
+        }
+        if let Some(v) = cli.frame_body_bytes_max {
+            config.frame_body_bytes_max = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = file.$field { self.$field = v; } )* };
+        }
+        take!(
+            data_dir,
+            listen,
+            admin_listen,
+            frame_body_bytes_max,
+            in_flight_max,
+            connections_max,
+            notification_history_max,
+            expiry_interval_ms,
+            segment_bytes_max,
+            rocksdb_wal_mode
+        );
+        Ok(())
+    }
+
+    /// Checks bounds.
+    ///
+    /// # Errors
+    /// The first value out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.in_flight_max == 0 || self.in_flight_max > 65_536 {
+            return Err(ConfigError(format!("in_flight_max {} is not in 1..=65536", self.in_flight_max)));
+        }
+        if self.frame_body_bytes_max < 4096 {
+            return Err(ConfigError(format!("frame_body_bytes_max {} is below 4096", self.frame_body_bytes_max)));
+        }
+        if self.connections_max == 0 {
+            return Err(ConfigError("connections_max is 0".into()));
+        }
+        if self.expiry_interval_ms == 0 {
+            return Err(ConfigError("expiry_interval_ms is 0".into()));
+        }
+        if self.segment_bytes_max < 64 * 1024 {
+            return Err(ConfigError(format!("segment_bytes_max {} is below 64 KiB", self.segment_bytes_max)));
+        }
+        if self.listen == self.admin_listen {
+            return Err(ConfigError(format!("listen and admin_listen are both {}", self.listen)));
+        }
+        Ok(())
+    }
+
+    /// The store's configuration.
+    pub fn store(&self) -> StoreConfig {
+        let mut store = StoreConfig::new(&self.data_dir);
+        store.segment_bytes_max = self.segment_bytes_max;
+        store.db.wal_mode = self.rocksdb_wal_mode;
+        store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("ckpt-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_then_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ckpt.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\nrocksdb_wal_mode = \"Unsynced\"\n")
+            .unwrap();
+        let config = Config::load(&cli(&["--config", file.to_str().unwrap(), "--data-dir", "/from/flag"])).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(config.rocksdb_wal_mode, RocksWalMode::Unsynced);
+        assert_eq!(config.admin_listen, Config::default().admin_listen);
+    }
+
+    #[test]
+    fn bad_files_and_values_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ckpt.toml");
+        std::fs::write(&file, "no_such_setting = 1\n").unwrap();
+        let error = Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap_err();
+        assert!(error.0.contains("no_such_setting"), "{error}");
+        let error = Config::load(&cli(&["--in-flight-max", "0"])).unwrap_err();
+        assert!(error.0.contains("in_flight_max"), "{error}");
+        let missing = Config::load(&cli(&["--config", "/no/such/file.toml"])).unwrap_err();
+        assert!(missing.0.contains("cannot read"), "{missing}");
+    }
+}

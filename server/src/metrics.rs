@@ -1,0 +1,185 @@
+//! Prometheus metrics and the admin HTTP endpoint (`/metrics`, `/health`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use ckpt_proto::ErrorCode;
+use ckpt_storage::Store;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    wal_bytes: IntCounter,
+    wal_records: IntCounter,
+    wal_fsyncs: IntCounter,
+    group_commits: IntCounter,
+    batch_size: Histogram,
+    rocksdb_flushes: IntCounter,
+    wal_segments: IntGauge,
+    memtable_bytes: IntGauge,
+    connections: IntGauge,
+    serving: AtomicBool,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let counter = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(counter.clone())).expect("unique metric");
+    counter
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let gauge = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(gauge.clone())).expect("unique metric");
+    gauge
+}
+
+impl Metrics {
+    /// Registers all metrics.
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("ckpt_requests_total", "Requests served, by operation and result code"),
+            &["op", "result"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(requests.clone())).expect("unique metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new("ckpt_request_duration_seconds", "Request latency by operation").buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["op"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(latency.clone())).expect("unique metric");
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("ckpt_wal_batch_records", "Mean records per group commit between scrapes, per commit")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(batch_size.clone())).expect("unique metric");
+        Arc::new(Metrics {
+            wal_bytes: counter(&registry, "ckpt_wal_bytes_total", "Bytes appended to the write-ahead log"),
+            wal_records: counter(&registry, "ckpt_wal_records_total", "Records appended to the write-ahead log"),
+            wal_fsyncs: counter(&registry, "ckpt_wal_fsyncs_total", "fdatasync calls on the write-ahead log"),
+            group_commits: counter(&registry, "ckpt_wal_group_commits_total", "Group commits (batches)"),
+            rocksdb_flushes: counter(
+                &registry,
+                "ckpt_rocksdb_flushes_total",
+                "Times RocksDB was made durable so the log could be trimmed",
+            ),
+            wal_segments: gauge(&registry, "ckpt_wal_segments", "WAL segment files on disk"),
+            memtable_bytes: gauge(&registry, "ckpt_rocksdb_memtable_bytes", "Bytes in RocksDB memtables"),
+            connections: gauge(&registry, "ckpt_connections", "Client connections open"),
+            requests,
+            latency,
+            batch_size,
+            registry,
+            serving: AtomicBool::new(false),
+        })
+    }
+
+    /// Records one served request.
+    pub fn observe(&self, op: &str, elapsed: Duration, error: Option<ErrorCode>) {
+        let result = error.map_or("ok", |code| code.cl_name());
+        self.requests.with_label_values(&[op, result]).inc();
+        self.latency.with_label_values(&[op]).observe(elapsed.as_secs_f64());
+    }
+
+    /// A connection opened (+1) or closed (-1).
+    pub fn connection(&self, delta: i64) {
+        self.connections.add(delta);
+    }
+
+    /// Whether `/health` answers 200.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Release);
+    }
+
+    fn catch_up(counter: &IntCounter, total: u64) {
+        let current = counter.get();
+        if total > current {
+            counter.inc_by(total - current);
+        }
+    }
+
+    /// The text exposition, with the store's counters brought up to date.
+    pub fn render(&self, store: &Store) -> String {
+        let stats = store.stats();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let (records_before, batches_before) = (self.wal_records.get(), self.group_commits.get());
+        Self::catch_up(&self.wal_bytes, load(&stats.wal_bytes));
+        Self::catch_up(&self.wal_records, load(&stats.records));
+        Self::catch_up(&self.wal_fsyncs, load(&stats.fsyncs));
+        Self::catch_up(&self.group_commits, load(&stats.batches));
+        Self::catch_up(&self.rocksdb_flushes, load(&stats.rocksdb_flushes));
+        let (records, batches) = (self.wal_records.get() - records_before, self.group_commits.get() - batches_before);
+        if batches > 0 {
+            // The mean batch since the last scrape, weighted by batch count.
+            let mean = records as f64 / batches as f64;
+            for _ in 0..batches.min(10_000) {
+                self.batch_size.observe(mean);
+            }
+        }
+        self.wal_segments.set(store.wal_segments() as i64);
+        if let Some(bytes) = store.rocksdb_property("rocksdb.cur-size-all-mem-tables").and_then(|v| v.parse().ok()) {
+            self.memtable_bytes.set(bytes);
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+}
+
+async fn metrics_page(State(state): State<AdminState>) -> String {
+    state.metrics.render(&state.store)
+}
+
+async fn health(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if state.metrics.serving.load(Ordering::Acquire) && state.store.poisoned().is_none() {
+        (StatusCode::OK, "serving\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    }
+}
+
+/// Serves the admin endpoint until `shutdown` fires.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/health", get(health))
+        .with_state(AdminState { metrics, store });
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
+/// Binds the admin address.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn bind_admin(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

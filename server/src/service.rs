@@ -1,0 +1,555 @@
+//! The checkpoint service: every API function on top of the store, with
+//! handles, access checks, cluster-wide open counts (one node for now) and
+//! retention timers. Transport-free: sessions hand it decoded requests.
+//!
+//! Open counts live in memory only. After a restart nobody has a handle
+//! open, so every checkpoint starts its retention timer afresh (downtime
+//! never deletes data) and every instance left unlinked by a crash is
+//! destroyed — nobody can reach it any more.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ckpt_proto::wire::{CheckpointInfo, Handle, IteratorHandle, Reply, Request, Response};
+use ckpt_proto::{
+    now_ns, CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode, OpenFlags,
+    SectionsChosen, UpdateMode, TIME_END,
+};
+use ckpt_storage::{Durability, InstanceId, InstanceMeta, Op, Outcome, Store};
+use tokio::task::AbortHandle;
+
+use crate::hub::{Hub, Outbox};
+use crate::metrics::Metrics;
+
+/// One open handle.
+#[derive(Debug, Clone)]
+struct OpenHandle {
+    instance: InstanceId,
+    name: CheckpointName,
+    flags: OpenFlags,
+    durability: Durability,
+    collocated: bool,
+}
+
+struct SectionIteration {
+    handle: Handle,
+    instance: InstanceId,
+    ids: VecDeque<ckpt_proto::SectionId>,
+}
+
+/// A connection's handles and iterators.
+pub struct Session {
+    id: u64,
+    outbox: Outbox,
+    state: Mutex<SessionState>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    next_id: u64,
+    handles: HashMap<Handle, OpenHandle>,
+    iterations: HashMap<IteratorHandle, SectionIteration>,
+}
+
+impl Session {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, handle: Handle) -> CkptResult<OpenHandle> {
+        self.lock()
+            .handles
+            .get(&handle)
+            .cloned()
+            .ok_or_else(|| CkptError::new(ErrorCode::InvalidHandle, format!("handle {handle} is not open")))
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    opens: HashMap<InstanceId, u32>,
+    timers: HashMap<InstanceId, AbortHandle>,
+}
+
+/// The service shared by all sessions.
+pub struct Service {
+    store: Arc<Store>,
+    registry: tokio::sync::Mutex<Registry>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    next_session: AtomicU64,
+}
+
+fn permission(what: &str, needed: &str) -> CkptError {
+    CkptError::new(ErrorCode::OpNotPermitted, format!("{what} needs a handle opened with {needed}"))
+}
+
+impl Service {
+    /// The service over an open store.
+    pub fn new(store: Arc<Store>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Arc<Service> {
+        Arc::new(Service {
+            store,
+            registry: tokio::sync::Mutex::new(Registry::default()),
+            hub,
+            metrics,
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// The store (for metrics and shutdown).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Start-up: destroy instances left unlinked, start every checkpoint's
+    /// retention timer afresh.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn recover(self: &Arc<Self>) -> CkptResult<()> {
+        let store = self.store.clone();
+        let instances = tokio::task::spawn_blocking(move || store.instances())
+            .await
+            .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))??;
+        let mut registry = self.registry.lock().await;
+        for (instance, meta) in instances {
+            if meta.unlinked {
+                tracing::info!(name = %meta.name, instance = instance.0, "destroying a checkpoint deleted before the restart");
+                self.exec(Op::Destroy { instance }, Durability::Durable).await?;
+            } else {
+                self.start_retention(&mut registry, instance, &meta).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies due section expirations (called periodically).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn expire_due(&self) -> CkptResult<u32> {
+        match self.exec(Op::ExpireDue, Durability::Durable).await? {
+            Outcome::Expired { count } => Ok(count),
+            _ => Ok(0),
+        }
+    }
+
+    /// A new session.
+    pub fn open_session(&self, outbox: Outbox) -> Session {
+        Session { id: self.next_session.fetch_add(1, Ordering::Relaxed), outbox, state: Mutex::default() }
+    }
+
+    /// Closes every handle of a session (clCkptFinalize, connection loss).
+    pub async fn close_session(self: &Arc<Self>, session: &Session) {
+        let handles: Vec<Handle> = {
+            let mut state = session.lock();
+            state.iterations.clear();
+            state.handles.keys().copied().collect()
+        };
+        for handle in handles {
+            if let Err(error) = self.close(session, handle).await {
+                tracing::warn!(%error, handle, "closing a handle of a finished session");
+            }
+        }
+    }
+
+    async fn exec(&self, op: Op, durability: Durability) -> CkptResult<Outcome> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.submit(op, durability, now_ns(), move |result| {
+            let _ = tx.send(result);
+        });
+        rx.await.unwrap_or_else(|_| Err(CkptError::new(ErrorCode::Library, "the store stopped")))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> CkptResult<T> + Send + 'static,
+    ) -> CkptResult<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| CkptError::new(ErrorCode::Library, format!("read task failed: {e}")))?
+    }
+
+    /// Serves one request.
+    pub async fn handle(self: &Arc<Self>, session: &Session, request: Request) -> Response {
+        let op = request_name(&request);
+        let started = std::time::Instant::now();
+        let response = self.dispatch(session, request).await;
+        self.metrics.observe(op, started.elapsed(), response.as_ref().err().map(|e| e.code));
+        response
+    }
+
+    async fn dispatch(self: &Arc<Self>, session: &Session, request: Request) -> Response {
+        match request {
+            Request::Open { name, attributes, flags } => self.open(session, name, attributes, flags).await,
+            Request::Close { handle } => self.close(session, handle).await.map(|()| Reply::Done),
+            Request::Delete { name } => self.delete(name).await.map(|()| Reply::Done),
+            Request::RetentionDurationSet { handle, retention_duration_ns } => {
+                let h = session.handle(handle)?;
+                self.exec(Op::SetRetention { instance: h.instance, retention_duration_ns }, Durability::Durable)
+                    .await?;
+                Ok(Reply::Done)
+            }
+            Request::ActiveReplicaSet { handle } => {
+                let h = session.handle(handle)?;
+                if !h.flags.contains(OpenFlags::WRITE) {
+                    return Err(permission("ActiveReplicaSet", "WRITE"));
+                }
+                if !h.collocated {
+                    return Err(CkptError::new(
+                        ErrorCode::BadOperation,
+                        "ActiveReplicaSet applies to collocated checkpoints only",
+                    ));
+                }
+                // One node: the local replica is the only one, and active.
+                Ok(Reply::Done)
+            }
+            Request::StatusGet { handle } => {
+                let h = session.handle(handle)?;
+                let status = self.blocking(move |s| s.status(h.instance)).await?;
+                Ok(Reply::Status(status))
+            }
+            Request::SectionCreate { handle, attributes, initial_data } => {
+                let h = self.writable(session, handle, "SectionCreate")?;
+                let op = Op::CreateSection { instance: h.instance, attributes, data: initial_data };
+                match self.exec(op, h.durability).await? {
+                    Outcome::SectionCreated { section_id } => Ok(Reply::SectionCreated { section_id }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Request::SectionDelete { handle, section_id } => {
+                let h = self.writable(session, handle, "SectionDelete")?;
+                self.exec(Op::DeleteSection { instance: h.instance, section_id }, h.durability).await?;
+                Ok(Reply::Done)
+            }
+            Request::SectionExpirationTimeSet { handle, section_id, expiration_time } => {
+                let h = self.writable(session, handle, "SectionExpirationTimeSet")?;
+                let op = Op::SetExpiration { instance: h.instance, section_id, expiration_time };
+                self.exec(op, h.durability).await?;
+                Ok(Reply::Done)
+            }
+            Request::SectionOverwrite { handle, section_id, data } => {
+                let h = self.writable(session, handle, "SectionOverwrite")?;
+                self.exec(Op::Overwrite { instance: h.instance, section_id, data }, h.durability).await?;
+                Ok(Reply::Done)
+            }
+            Request::Write { handle, elements } => {
+                let h = self.writable(session, handle, "Write")?;
+                self.exec(Op::Write { instance: h.instance, elements }, h.durability).await?;
+                Ok(Reply::Done)
+            }
+            Request::Read { handle, elements } => {
+                let h = self.readable(session, handle, "Read")?;
+                let data = self.blocking(move |s| s.read(h.instance, &elements)).await?;
+                Ok(Reply::Data(data))
+            }
+            Request::Synchronize { handle } => {
+                self.writable(session, handle, "Synchronize")?;
+                // Everything queued before the barrier is durable when it
+                // is answered (WEAK writes included).
+                self.exec(Op::Barrier, Durability::Durable).await?;
+                Ok(Reply::Done)
+            }
+            Request::IterationInitialize { handle, sections_chosen, expiration_time } => {
+                let h = self.readable(session, handle, "SectionIterationInitialize")?;
+                let chosen = SectionsChosen::from_u32(sections_chosen)?;
+                let sections = self.blocking(move |s| s.sections(h.instance)).await?;
+                let ids = sections
+                    .into_iter()
+                    .filter(|d| chosen.matches(d.expiration_time, d.state, expiration_time))
+                    .map(|d| d.section_id)
+                    .collect();
+                let mut state = session.lock();
+                state.next_id += 1;
+                let iterator = state.next_id;
+                state.iterations.insert(iterator, SectionIteration { handle, instance: h.instance, ids });
+                Ok(Reply::Iterator { iterator })
+            }
+            Request::IterationNext { iterator } => loop {
+                let (instance, id) = {
+                    let mut state = session.lock();
+                    let SessionState { iterations, handles, .. } = &mut *state;
+                    let iteration = iterations.get_mut(&iterator).ok_or_else(|| {
+                        CkptError::new(ErrorCode::InvalidHandle, format!("iterator {iterator} is not open"))
+                    })?;
+                    if !handles.contains_key(&iteration.handle) {
+                        return Err(CkptError::new(ErrorCode::InvalidHandle, "the iterator's checkpoint handle was closed"));
+                    }
+                    (iteration.instance, iteration.ids.pop_front())
+                };
+                let Some(id) = id else {
+                    return Err(CkptError::new(ErrorCode::NoSections, "no more sections"));
+                };
+                // Sections deleted since the iteration started are skipped.
+                if let Some(descriptor) = self.blocking(move |s| s.section(instance, &id)).await? {
+                    return Ok(Reply::Section(descriptor));
+                }
+            },
+            Request::IterationFinalize { iterator } => {
+                session.lock().iterations.remove(&iterator).ok_or_else(|| {
+                    CkptError::new(ErrorCode::InvalidHandle, format!("iterator {iterator} is not open"))
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::ImmediateConsumptionRegister { handle, resume_after } => {
+                let h = self.readable(session, handle, "ImmediateConsumptionRegister")?;
+                let meta = self.blocking(move |s| s.instance(h.instance)).await?;
+                let next_seq = self.hub.subscribe(
+                    h.instance,
+                    h.name.clone(),
+                    meta.seq.0,
+                    session.id,
+                    handle,
+                    resume_after,
+                    session.outbox.clone(),
+                );
+                Ok(Reply::Registered { next_seq })
+            }
+            Request::List => {
+                let instances = self.blocking(|s| s.instances()).await?;
+                let registry = self.registry.lock().await;
+                Ok(Reply::Checkpoints(
+                    instances
+                        .into_iter()
+                        .filter(|(_, meta)| !meta.unlinked)
+                        .map(|(instance, meta)| info(&registry, instance, meta))
+                        .collect(),
+                ))
+            }
+            Request::Stat { name } => {
+                let lookup = name.clone();
+                let (instance, meta) = self
+                    .blocking(move |s| {
+                        let instance = s.lookup(&lookup)?;
+                        Ok((instance, s.instance(instance)?))
+                    })
+                    .await?;
+                let registry = self.registry.lock().await;
+                Ok(Reply::Checkpoint(info(&registry, instance, meta)))
+            }
+            Request::Finalize => {
+                self.close_session(session).await;
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    fn writable(&self, session: &Session, handle: Handle, what: &str) -> CkptResult<OpenHandle> {
+        let h = session.handle(handle)?;
+        if !h.flags.contains(OpenFlags::WRITE) {
+            return Err(permission(what, "CL_CKPT_CHECKPOINT_WRITE"));
+        }
+        Ok(h)
+    }
+
+    fn readable(&self, session: &Session, handle: Handle, what: &str) -> CkptResult<OpenHandle> {
+        let h = session.handle(handle)?;
+        if !h.flags.contains(OpenFlags::READ) {
+            return Err(permission(what, "CL_CKPT_CHECKPOINT_READ"));
+        }
+        Ok(h)
+    }
+
+    async fn open(
+        self: &Arc<Self>,
+        session: &Session,
+        name: CheckpointName,
+        attributes: Option<CreationAttributes>,
+        flags: OpenFlags,
+    ) -> Response {
+        flags.validate()?;
+        let create = flags.contains(OpenFlags::CREATE);
+        let mut registry = self.registry.lock().await;
+        let (instance, created) = match (create, attributes) {
+            (true, Some(attributes)) => {
+                match self.exec(Op::CreateCheckpoint { name: name.clone(), attributes }, Durability::Durable).await? {
+                    Outcome::Opened { instance, existed } => (instance, !existed),
+                    other => return Err(unexpected(other)),
+                }
+            }
+            (true, None) => {
+                return Err(CkptError::new(ErrorCode::InvalidParameter, "CL_CKPT_CHECKPOINT_CREATE needs creation attributes"))
+            }
+            (false, Some(_)) => {
+                return Err(CkptError::new(
+                    ErrorCode::InvalidParameter,
+                    "creation attributes are given without CL_CKPT_CHECKPOINT_CREATE",
+                ))
+            }
+            (false, None) => {
+                let lookup = name.clone();
+                (self.blocking(move |s| s.lookup(&lookup)).await?, false)
+            }
+        };
+        let meta = {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.instance(instance))
+                .await
+                .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))??
+        };
+        *registry.opens.entry(instance).or_insert(0) += 1;
+        if let Some(timer) = registry.timers.remove(&instance) {
+            timer.abort();
+        }
+        drop(registry);
+        let flags_c = meta.attributes.creation_flags;
+        let durability = match flags_c.update_mode() {
+            Ok(UpdateMode::ActiveReplicaWeak) => Durability::Written,
+            _ => Durability::Durable,
+        };
+        let open = OpenHandle {
+            instance,
+            name,
+            flags,
+            durability,
+            collocated: flags_c.contains(CreationFlags::CHECKPOINT_COLLOCATED),
+        };
+        let mut state = session.lock();
+        state.next_id += 1;
+        let handle = state.next_id;
+        state.handles.insert(handle, open);
+        Ok(Reply::Opened { handle, created })
+    }
+
+    async fn close(self: &Arc<Self>, session: &Session, handle: Handle) -> CkptResult<()> {
+        let open = {
+            let mut state = session.lock();
+            let open = state
+                .handles
+                .remove(&handle)
+                .ok_or_else(|| CkptError::new(ErrorCode::InvalidHandle, format!("handle {handle} is not open")))?;
+            state.iterations.retain(|_, it| it.handle != handle);
+            open
+        };
+        self.hub.unsubscribe(session.id, handle);
+        let mut registry = self.registry.lock().await;
+        let count = registry.opens.entry(open.instance).or_insert(1);
+        *count = count.saturating_sub(1);
+        if *count > 0 {
+            return Ok(());
+        }
+        registry.opens.remove(&open.instance);
+        let store = self.store.clone();
+        let meta = match tokio::task::spawn_blocking(move || store.instance(open.instance)).await {
+            Ok(Ok(meta)) => meta,
+            // Already destroyed (e.g. retention 0 raced): nothing to do.
+            _ => return Ok(()),
+        };
+        if meta.unlinked {
+            self.destroy(open.instance).await
+        } else {
+            self.start_retention(&mut registry, open.instance, &meta).await
+        }
+    }
+
+    async fn delete(self: &Arc<Self>, name: CheckpointName) -> CkptResult<()> {
+        let mut registry = self.registry.lock().await;
+        let lookup = name.clone();
+        let instance = self.blocking(move |s| s.lookup(&lookup)).await?;
+        self.exec(Op::Unlink { name }, Durability::Durable).await?;
+        if let Some(timer) = registry.timers.remove(&instance) {
+            timer.abort();
+        }
+        if registry.opens.get(&instance).copied().unwrap_or(0) == 0 {
+            self.destroy(instance).await?;
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, instance: InstanceId) -> CkptResult<()> {
+        self.exec(Op::Destroy { instance }, Durability::Durable).await?;
+        self.hub.forget(instance);
+        Ok(())
+    }
+
+    /// After the last close: retention 0 deletes now, TIME_END never,
+    /// anything else after that long unless it is opened again.
+    async fn start_retention(
+        self: &Arc<Self>,
+        registry: &mut Registry,
+        instance: InstanceId,
+        meta: &InstanceMeta,
+    ) -> CkptResult<()> {
+        let retention = meta.attributes.retention_duration_ns;
+        if retention == TIME_END {
+            return Ok(());
+        }
+        if retention <= 0 {
+            self.exec(Op::Unlink { name: meta.name.clone() }, Durability::Durable).await?;
+            return self.destroy(instance).await;
+        }
+        let service = self.clone();
+        let name = meta.name.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_nanos(retention as u64)).await;
+            if let Err(error) = service.retention_expired(instance, name).await {
+                tracing::error!(%error, instance = instance.0, "deleting a checkpoint after its retention failed");
+            }
+        });
+        if let Some(old) = registry.timers.insert(instance, timer.abort_handle()) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    async fn retention_expired(self: &Arc<Self>, instance: InstanceId, name: CheckpointName) -> CkptResult<()> {
+        let mut registry = self.registry.lock().await;
+        registry.timers.remove(&instance);
+        if registry.opens.get(&instance).copied().unwrap_or(0) > 0 {
+            return Ok(());
+        }
+        let lookup = name.clone();
+        let current = self.blocking(move |s| s.lookup(&lookup)).await;
+        if current.as_ref().ok() == Some(&instance) {
+            tracing::info!(%name, "retention duration elapsed; deleting the checkpoint");
+            self.exec(Op::Unlink { name }, Durability::Durable).await?;
+        }
+        self.destroy(instance).await
+    }
+}
+
+fn info(registry: &Registry, instance: InstanceId, meta: InstanceMeta) -> CheckpointInfo {
+    CheckpointInfo {
+        name: meta.name,
+        status: ckpt_proto::CheckpointStatus {
+            attributes: meta.attributes,
+            number_of_sections: meta.section_count,
+            memory_used: meta.memory_used,
+        },
+        open_count: registry.opens.get(&instance).copied().unwrap_or(0),
+        seq: meta.seq.0,
+    }
+}
+
+fn unexpected(outcome: Outcome) -> CkptError {
+    CkptError::new(ErrorCode::Library, format!("unexpected store outcome {outcome:?}"))
+}
+
+/// The metrics label of a request.
+pub fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Open { .. } => "open",
+        Request::Close { .. } => "close",
+        Request::Delete { .. } => "delete",
+        Request::RetentionDurationSet { .. } => "retention_duration_set",
+        Request::ActiveReplicaSet { .. } => "active_replica_set",
+        Request::StatusGet { .. } => "status_get",
+        Request::SectionCreate { .. } => "section_create",
+        Request::SectionDelete { .. } => "section_delete",
+        Request::SectionExpirationTimeSet { .. } => "section_expiration_time_set",
+        Request::SectionOverwrite { .. } => "section_overwrite",
+        Request::Write { .. } => "write",
+        Request::Read { .. } => "read",
+        Request::Synchronize { .. } => "synchronize",
+        Request::IterationInitialize { .. } => "iteration_initialize",
+        Request::IterationNext { .. } => "iteration_next",
+        Request::IterationFinalize { .. } => "iteration_finalize",
+        Request::ImmediateConsumptionRegister { .. } => "immediate_consumption_register",
+        Request::List => "list",
+        Request::Stat { .. } => "stat",
+        Request::Finalize => "finalize",
+    }
+}
