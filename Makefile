@@ -24,6 +24,7 @@ run: deps
 
 test: deps
 	$(CARGO) fmt --all -- --check
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
 
 bench: deps

@@ -168,7 +168,7 @@ impl Config {
         if self.segment_bytes_max < 64 * 1024 {
             return Err(ConfigError(format!("segment_bytes_max {} is below 64 KiB", self.segment_bytes_max)));
         }
-        if self.listen == self.admin_listen {
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(ConfigError(format!("listen and admin_listen are both {}", self.listen)));
         }
         Ok(())

@@ -1,0 +1,120 @@
+//! Graceful shutdown and the admin endpoint, against a real server process.
+
+mod common;
+
+use std::collections::HashSet;
+
+use ckpt_proto::wire::{FrameKind, Reply, Request, Response};
+use ckpt_proto::{
+    CheckpointName, CreationAttributes, CreationFlags, OpenFlags, ReadElement, SectionCreationAttributes, SectionId,
+    WriteElement, TIME_END,
+};
+use common::{http_get, RawClient, Server};
+
+fn attributes() -> CreationAttributes {
+    CreationAttributes {
+        creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
+        checkpoint_size: 1 << 20,
+        retention_duration_ns: TIME_END,
+        max_sections: 16,
+        max_section_size: 1 << 16,
+        max_section_id_size: 16,
+    }
+}
+
+fn open(client: &mut RawClient, name: &str) -> u64 {
+    let request = Request::Open {
+        name: CheckpointName::new(name).unwrap(),
+        attributes: Some(attributes()),
+        flags: OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE,
+    };
+    match client.call(&request) {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("open: {other:?}"),
+    }
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let mut client = RawClient::connect(&server.addr);
+    let handle = open(&mut client, "inflight");
+    let section = SectionCreationAttributes { section_id: Some(SectionId::new("s")), expiration_time: TIME_END };
+    let created = client.call(&Request::SectionCreate { handle, attributes: section, initial_data: vec![] });
+    assert!(created.is_ok(), "{created:?}");
+    // Pipeline a burst of writes, then ask the server to stop at once.
+    let mut ids = HashSet::new();
+    for i in 0..200u32 {
+        let element = WriteElement { section_id: SectionId::new("s"), offset: u64::from(i) * 4, data: i.to_le_bytes().to_vec() };
+        ids.insert(client.send(&Request::Write { handle, elements: vec![element] }));
+    }
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    // Every request that reached the server was answered, and successfully.
+    let mut answered = 0;
+    while let Some(frame) = client.read_frame() {
+        if frame.kind != FrameKind::Response {
+            continue;
+        }
+        assert!(ids.remove(&frame.request_id), "unexpected id {}", frame.request_id);
+        let response: Response = frame.decode().unwrap();
+        assert!(response.is_ok(), "{response:?}");
+        answered += 1;
+    }
+    assert!(answered > 0);
+    let log = server.drain_log().join("\n");
+    assert!(log.contains("store closed cleanly"), "{log}");
+    // Every answered write is there after a restart.
+    let server = Server::start(dir.path());
+    let mut client = RawClient::connect(&server.addr);
+    let handle = match client.call(&Request::Open {
+        name: CheckpointName::new("inflight").unwrap(),
+        attributes: None,
+        flags: OpenFlags::READ,
+    }) {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+    let read = ReadElement { section_id: SectionId::new("s"), offset: 0, size: None };
+    let Ok(Reply::Data(data)) = client.call(&Request::Read { handle, elements: vec![read] }) else { panic!() };
+    let data = &data[0];
+    assert!(data.len() >= answered * 4, "{} bytes for {answered} answered writes", data.len());
+    for i in 0..answered {
+        assert_eq!(&data[i * 4..i * 4 + 4], &(i as u32).to_le_bytes(), "write {i}");
+    }
+}
+
+#[test]
+fn metrics_and_health_report_the_work_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let (status, body) = http_get(&server.admin, "/health");
+    assert_eq!((status, body.trim()), (200, "serving"));
+    let mut client = RawClient::connect(&server.addr);
+    let handle = open(&mut client, "metered");
+    for _ in 0..5 {
+        let missing = client.call(&Request::SectionDelete { handle, section_id: SectionId::new("nope") });
+        assert!(missing.is_err());
+    }
+    let (status, metrics) = http_get(&server.admin, "/metrics");
+    assert_eq!(status, 200);
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    };
+    assert_eq!(value("ckpt_requests_total{op=\"section_delete\",result=\"CL_ERR_NOT_EXIST\"}"), 5.0);
+    assert_eq!(value("ckpt_requests_total{op=\"open\",result=\"ok\"}"), 1.0);
+    assert!(value("ckpt_request_duration_seconds_count{op=\"open\"}") >= 1.0);
+    assert!(value("ckpt_wal_records_total") >= 1.0, "the create was logged");
+    assert!(value("ckpt_wal_fsyncs_total") >= 1.0);
+    assert!(value("ckpt_wal_bytes_total") > 0.0);
+    assert!(value("ckpt_wal_batch_records_count") >= 1.0);
+    assert_eq!(value("ckpt_connections"), 1.0);
+    assert!(metrics.contains("ckpt_rocksdb_flushes_total"));
+    assert!(server.terminate().success());
+}
