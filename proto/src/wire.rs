@@ -478,3 +478,20 @@ mod tests {
         assert_eq!(garbage.decode::<Response>().unwrap_err().code, ErrorCode::InvalidBuffer);
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    /// The example frame of docs/protocol.md, byte for byte.
+    #[test]
+    fn documented_example_frame() {
+        let mut buf = BytesMut::new();
+        FrameCodec::default().encode(Frame::new(FrameKind::Request, 7, &Request::List).unwrap(), &mut buf).unwrap();
+        let expected: Vec<u8> = vec![
+            0x43, 0x4b, 0x50, 0x57, 0x01, 0x03, 0x00, 0x00, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0, 0x7f, 0xcf, 0xb2,
+            0xb8, 0x11,
+        ];
+        assert_eq!(buf.to_vec(), expected);
+    }
+}
