@@ -20,7 +20,8 @@
 //!
 //! Diagnostics: `CKPT_SCALE_KEEP=1` keeps the data directory;
 //! `CKPT_SCALE_STOP_AFTER_CREATE=1` keeps it and stops after the creation
-//! phase's close; `CKPT_SCALE_REOPEN_ONLY=<data dir>` only opens (timed) and
+//! phase's close; `CKPT_SCALE_TRIM=1` returns freed heap to the OS before
+//! the reopen; `CKPT_SCALE_REOPEN_ONLY=<data dir>` only opens (timed) and
 //! closes an existing one.
 
 use std::path::Path;
@@ -108,6 +109,7 @@ fn create_one(
     store: &Store,
     name: &CheckpointName,
     sections: u32,
+    section_latencies: &mut Vec<u64>,
 ) -> Result<(InstanceId, u64), String> {
     let start = Instant::now();
     let outcome = store
@@ -129,6 +131,7 @@ fn create_one(
         other => return Err(format!("create {name}: unexpected outcome {other:?}")),
     };
     for j in 0..sections {
+        let start = Instant::now();
         store
             .execute_with(
                 Op::CreateSection {
@@ -143,6 +146,7 @@ fn create_one(
                 now_ns(),
             )
             .map_err(|e| format!("create section s{j} of {name}: {e}"))?;
+        section_latencies.push(start.elapsed().as_nanos() as u64);
     }
     Ok((instance, latency))
 }
@@ -332,6 +336,7 @@ fn main() {
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let begin = Instant::now();
     let mut samples: Vec<(Instant, u64)> = Vec::with_capacity(checkpoints);
+    let mut section_samples: Vec<u64> = Vec::new();
     let mut topups = Vec::new();
     std::thread::scope(|scope| {
         let monitor =
@@ -359,23 +364,31 @@ fn main() {
                 let (store, next, created, failures) = (&store, &next, &created, &failures);
                 scope.spawn(move || {
                     let mut mine = Vec::new();
+                    let mut section_latencies = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= checkpoints {
                             break;
                         }
-                        match create_one(store, &checkpoint_name("ckpt", i), sections) {
+                        match create_one(
+                            store,
+                            &checkpoint_name("ckpt", i),
+                            sections,
+                            &mut section_latencies,
+                        ) {
                             Ok((_, latency)) => mine.push((Instant::now(), latency)),
                             Err(error) => failures.lock().unwrap().push(error),
                         }
                         created.fetch_add(1, Ordering::Relaxed);
                     }
-                    mine
+                    (mine, section_latencies)
                 })
             })
             .collect();
         for client in clients {
-            samples.extend(client.join().expect("client panicked"));
+            let (mine, section_latencies) = client.join().expect("client panicked");
+            samples.extend(mine);
+            section_samples.extend(section_latencies);
         }
         stop.store(true, Ordering::Relaxed);
         topups = monitor.join().expect("monitor panicked");
@@ -425,6 +438,16 @@ fn main() {
         "CreateCheckpoint latency: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, p99 last {LAST_WINDOW} {p99_last:.2} ms, \
          {over_10ms} over 10 ms ({over_10ms_last} of the last {LAST_WINDOW})"
     );
+    section_samples.sort_unstable();
+    let section_p99 = percentile_ms(&section_samples, 99.0);
+    let section_max = section_samples.last().map_or(f64::NAN, |v| *v as f64 / 1e6);
+    let section_over_10ms = section_samples.iter().filter(|l| **l > 10_000_000).count();
+    println!(
+        "CreateSection latency (same writer queue): p50 {:.2} ms, p99 {section_p99:.2} ms, max {section_max:.2} ms, \
+         {section_over_10ms} of {} over 10 ms",
+        percentile_ms(&section_samples, 50.0),
+        section_samples.len()
+    );
     println!("pool top-ups observed ({}):", topups.len());
     println!("  at_s    created_before  waited_ms  free_before  min_free  free_after");
     for t in &topups {
@@ -472,6 +495,15 @@ fn main() {
     }
 
     // ------------------------------------------------------------ reopen --
+    println!("rss after close: {:.0} MiB", mib(proc_status_kib("VmRSS:")));
+    if std::env::var("CKPT_SCALE_TRIM").is_ok_and(|v| v == "1") {
+        // SAFETY: malloc_trim only returns free heap memory to the OS.
+        unsafe { libc::malloc_trim(0) };
+        println!(
+            "rss after malloc_trim: {:.0} MiB",
+            mib(proc_status_kib("VmRSS:"))
+        );
+    }
     let hwm_before_reopen = proc_status_kib("VmHWM:");
     let (store, reopen_s) = open_store(&dir, mode);
     let report = store.recovery_report().clone();
@@ -538,7 +570,12 @@ fn main() {
     }
     let pool_after_delete = store.pool_free();
     for i in 0..churn {
-        if let Err(error) = create_one(&store, &checkpoint_name("new", i), sections) {
+        if let Err(error) = create_one(
+            &store,
+            &checkpoint_name("new", i),
+            sections,
+            &mut Vec::new(),
+        ) {
             churn_errors.push(error);
         }
     }
@@ -590,6 +627,9 @@ fn main() {
     println!("| CreateCheckpoint max | {max:.2} ms | | |");
     println!(
         "| creations over 10 ms (all / last {LAST_WINDOW}) | {over_10ms} / {over_10ms_last} | | |"
+    );
+    println!(
+        "| CreateSection p99 / max (other writes, same queue) | {section_p99:.2} ms / {section_max:.2} ms | | |"
     );
     println!("| pool top-ups observed | {} | | |", topups.len());
     println!("| close | {close_s:.3} s | | |");
