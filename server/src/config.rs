@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
 use ckpt_storage::{RocksWalMode, StoreConfig};
+use clap::Parser;
 use serde::Deserialize;
 
 /// Everything the server needs to start.
@@ -68,7 +68,11 @@ struct FileConfig {
 
 /// `ckpt-server [--config FILE] [--data-dir DIR] [--listen ADDR] [--admin-listen ADDR]`
 #[derive(Debug, Parser)]
-#[command(name = "ckpt-server", version, about = "Persistent checkpoint service (SA Forum / OpenClovis checkpoint API)")]
+#[command(
+    name = "ckpt-server",
+    version,
+    about = "Persistent checkpoint service (SA Forum / OpenClovis checkpoint API)"
+)]
 pub struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "CKPT_CONFIG")]
@@ -154,10 +158,16 @@ impl Config {
     /// The first value out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.in_flight_max == 0 || self.in_flight_max > 65_536 {
-            return Err(ConfigError(format!("in_flight_max {} is not in 1..=65536", self.in_flight_max)));
+            return Err(ConfigError(format!(
+                "in_flight_max {} is not in 1..=65536",
+                self.in_flight_max
+            )));
         }
         if self.frame_body_bytes_max < 4096 {
-            return Err(ConfigError(format!("frame_body_bytes_max {} is below 4096", self.frame_body_bytes_max)));
+            return Err(ConfigError(format!(
+                "frame_body_bytes_max {} is below 4096",
+                self.frame_body_bytes_max
+            )));
         }
         if self.connections_max == 0 {
             return Err(ConfigError("connections_max is 0".into()));
@@ -166,10 +176,16 @@ impl Config {
             return Err(ConfigError("expiry_interval_ms is 0".into()));
         }
         if self.segment_bytes_max < 64 * 1024 {
-            return Err(ConfigError(format!("segment_bytes_max {} is below 64 KiB", self.segment_bytes_max)));
+            return Err(ConfigError(format!(
+                "segment_bytes_max {} is below 64 KiB",
+                self.segment_bytes_max
+            )));
         }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
-            return Err(ConfigError(format!("listen and admin_listen are both {}", self.listen)));
+            return Err(ConfigError(format!(
+                "listen and admin_listen are both {}",
+                self.listen
+            )));
         }
         Ok(())
     }
@@ -197,7 +213,13 @@ mod tests {
         let file = dir.path().join("ckpt.toml");
         std::fs::write(&file, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\nrocksdb_wal_mode = \"Unsynced\"\n")
             .unwrap();
-        let config = Config::load(&cli(&["--config", file.to_str().unwrap(), "--data-dir", "/from/flag"])).unwrap();
+        let config = Config::load(&cli(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            "/from/flag",
+        ]))
+        .unwrap();
         assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(config.rocksdb_wal_mode, RocksWalMode::Unsynced);

@@ -83,7 +83,7 @@ pub struct DbOptions {
 impl Default for DbOptions {
     fn default() -> Self {
         DbOptions {
-            wal_mode: RocksWalMode::Unsynced,
+            wal_mode: RocksWalMode::Disabled,
             write_buffer_bytes_total: 256 * 1024 * 1024,
             write_buffer_bytes_per_cf: 4 * 1024 * 1024,
             open_files_max: 1024,
@@ -185,7 +185,13 @@ mod keys {
     }
 
     pub fn expiry(expiration_time: i64, instance: InstanceId, id: &SectionId) -> Vec<u8> {
-        [&b"E"[..], &expiry_time(expiration_time), &instance.0.to_be_bytes(), id.as_bytes()].concat()
+        [
+            &b"E"[..],
+            &expiry_time(expiration_time),
+            &instance.0.to_be_bytes(),
+            id.as_bytes(),
+        ]
+        .concat()
     }
 
     pub fn data_prefix(id: &SectionId) -> Vec<u8> {
@@ -211,7 +217,10 @@ fn encode_section(meta: &SectionMeta) -> [u8; 25] {
 
 fn decode_section(bytes: &[u8]) -> CkptResult<SectionMeta> {
     if bytes.len() != 25 {
-        return Err(storage_error("section metadata", format!("{} bytes, expected 25", bytes.len())));
+        return Err(storage_error(
+            "section metadata",
+            format!("{} bytes, expected 25", bytes.len()),
+        ));
     }
     let u64_at = |at: usize| {
         let mut b = [0u8; 8];
@@ -221,7 +230,11 @@ fn decode_section(bytes: &[u8]) -> CkptResult<SectionMeta> {
     Ok(SectionMeta {
         size: u64::from_le_bytes(u64_at(0)),
         expiration_time: i64::from_le_bytes(u64_at(8)),
-        state: if bytes[16] == SectionState::Corrupted as u8 { SectionState::Corrupted } else { SectionState::Valid },
+        state: if bytes[16] == SectionState::Corrupted as u8 {
+            SectionState::Corrupted
+        } else {
+            SectionState::Valid
+        },
         last_update: i64::from_le_bytes(u64_at(17)),
     })
 }
@@ -306,7 +319,8 @@ impl Db {
     /// `IN_USE` when another process holds the directory; `LIBRARY` for
     /// other RocksDB errors or undecodable metadata.
     pub fn open(path: &Path, options: DbOptions) -> CkptResult<(Db, Loaded)> {
-        let manager = WriteBufferManager::new_write_buffer_manager(options.write_buffer_bytes_total, false);
+        let manager =
+            WriteBufferManager::new_write_buffer_manager(options.write_buffer_bytes_total, false);
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
@@ -342,16 +356,23 @@ impl Db {
             if text.contains("lock") || text.contains("Resource temporarily unavailable") {
                 CkptError::new(
                     ErrorCode::InUse,
-                    format!("data directory {} is in use by another process ({text})", path.display()),
+                    format!(
+                        "data directory {} is in use by another process ({text})",
+                        path.display()
+                    ),
                 )
             } else {
                 storage_error("opening RocksDB", text)
             }
         })?;
         let raw = |name: &str| {
-            db.cf_handle(name).map(|cf| CfPtr { raw: AsColumnFamilyRef::inner(&cf), owned: false })
+            db.cf_handle(name).map(|cf| CfPtr {
+                raw: AsColumnFamilyRef::inner(&cf),
+                owned: false,
+            })
         };
-        let meta = raw(META_CF).ok_or_else(|| storage_error("opening RocksDB", "no meta column family"))?;
+        let meta = raw(META_CF)
+            .ok_or_else(|| storage_error("opening RocksDB", "no meta column family"))?;
         let mut slots: Vec<Option<CfPtr>> = Vec::new();
         for name in &existing {
             if let Some(slot) = parse_slot(name) {
@@ -392,19 +413,30 @@ impl Db {
                 b.copy_from_slice(&v[8..16]);
                 (Lsn(u64::from_le_bytes(a)), u64::from_le_bytes(b))
             }
-            Some(v) => return Err(storage_error("applied position", format!("{} bytes", v.len()))),
+            Some(v) => {
+                return Err(storage_error(
+                    "applied position",
+                    format!("{} bytes", v.len()),
+                ))
+            }
             None => (Lsn(0), 1),
         };
         let mut names = HashMap::new();
         for (key, value) in self.scan_meta(b"N")? {
-            let name = CheckpointName::new(key[1..].to_vec()).map_err(|e| storage_error("name index", e))?;
+            let name = CheckpointName::new(key[1..].to_vec())
+                .map_err(|e| storage_error("name index", e))?;
             names.insert(name, InstanceId(u64_be(&value)?));
         }
         let mut instances = HashMap::new();
         for (key, value) in self.scan_meta(b"C")? {
             instances.insert(InstanceId(u64_be(&key[1..])?), decode_instance(&value)?);
         }
-        Ok(Loaded { applied, next_instance, names, instances })
+        Ok(Loaded {
+            applied,
+            next_instance,
+            names,
+            instances,
+        })
     }
 
     /// Re-reads names and instances (after a batch failed to reach the log).
@@ -420,7 +452,9 @@ impl Db {
     /// # Errors
     /// RocksDB errors.
     pub fn lookup_name(&self, name: &CheckpointName) -> CkptResult<Option<InstanceId>> {
-        self.get_meta(&keys::name(name))?.map(|v| u64_be(&v).map(InstanceId)).transpose()
+        self.get_meta(&keys::name(name))?
+            .map(|v| u64_be(&v).map(InstanceId))
+            .transpose()
     }
 
     /// Every instance in id order.
@@ -435,7 +469,9 @@ impl Db {
     }
 
     fn get_meta(&self, key: &[u8]) -> CkptResult<Option<Vec<u8>>> {
-        self.db.get_cf(&self.meta, key).map_err(|e| storage_error("reading metadata", e))
+        self.db
+            .get_cf(&self.meta, key)
+            .map_err(|e| storage_error("reading metadata", e))
     }
 
     /// Every `(key, value)` of `meta` starting with `prefix`.
@@ -446,7 +482,11 @@ impl Db {
     fn scan_meta_range(&self, from: &[u8], to: &[u8]) -> CkptResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(to.to_vec());
-        let iter = self.db.iterator_cf_opt(&self.meta, read, rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward));
+        let iter = self.db.iterator_cf_opt(
+            &self.meta,
+            read,
+            rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
+        );
         let mut out = Vec::new();
         for item in iter {
             let (key, value) = item.map_err(|e| storage_error("scanning metadata", e))?;
@@ -459,11 +499,17 @@ impl Db {
     ///
     /// # Errors
     /// RocksDB errors, undecodable metadata.
-    pub fn load_sections(&self, instance: InstanceId) -> CkptResult<BTreeMap<SectionId, SectionMeta>> {
+    pub fn load_sections(
+        &self,
+        instance: InstanceId,
+    ) -> CkptResult<BTreeMap<SectionId, SectionMeta>> {
         let prefix = keys::section_prefix(instance);
         let mut sections = BTreeMap::new();
         for (key, value) in self.scan_meta(&prefix)? {
-            sections.insert(SectionId::new(key[prefix.len()..].to_vec()), decode_section(&value)?);
+            sections.insert(
+                SectionId::new(key[prefix.len()..].to_vec()),
+                decode_section(&value)?,
+            );
         }
         Ok(sections)
     }
@@ -479,47 +525,59 @@ impl Db {
             if key.len() < 17 {
                 return Err(storage_error("expiry index", "short key"));
             }
-            out.push((InstanceId(u64_be(&key[9..17])?), SectionId::new(key[17..].to_vec())));
+            out.push((
+                InstanceId(u64_be(&key[9..17])?),
+                SectionId::new(key[17..].to_vec()),
+            ));
         }
         Ok(out)
     }
 
     fn cf(&self, slot: u32) -> CkptResult<CfPtr> {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-        slots
-            .get(slot as usize)
-            .copied()
-            .flatten()
-            .ok_or_else(|| storage_error("column family", format!("{} does not exist", slot_name(slot))))
+        slots.get(slot as usize).copied().flatten().ok_or_else(|| {
+            storage_error(
+                "column family",
+                format!("{} does not exist", slot_name(slot)),
+            )
+        })
     }
 
-    /// Hands out a free column family, waiting for the pool to be topped up
-    /// if it is empty.
+    /// Hands out a free column family without waiting.
     ///
     /// # Errors
-    /// `NO_RESOURCE` if no column family could be created.
+    /// `TRY_AGAIN` when the pool is empty (the keeper is refilling it);
+    /// `NO_RESOURCE` when refilling failed.
     pub fn take_column_family(&self) -> CkptResult<u32> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(slot) = pool.free.pop() {
-                if pool.free.len() < self.options.pool_low_water {
-                    self.pool_changed.notify_all();
-                }
-                return Ok(slot);
-            }
-            if let Some(error) = pool.last_error.take() {
-                return Err(CkptError::new(
-                    ErrorCode::NoResource,
-                    format!("no column family for a new checkpoint: {error}"),
-                ));
-            }
+        let (low_water, _) = self.pool_targets(&pool);
+        let slot = pool.free.pop();
+        if pool.free.len() < low_water {
             self.pool_changed.notify_all();
-            pool = self
-                .pool_changed
-                .wait_timeout(pool, Duration::from_millis(100))
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|p| p.into_inner().0);
         }
+        if let Some(slot) = slot {
+            return Ok(slot);
+        }
+        if let Some(error) = pool.last_error.take() {
+            return Err(CkptError::new(
+                ErrorCode::NoResource,
+                format!("no column family for a new checkpoint: {error}"),
+            ));
+        }
+        Err(CkptError::new(
+            ErrorCode::TryAgain,
+            "no column family is ready; the pool is being refilled",
+        ))
+    }
+
+    /// Low-water mark and batch size of the pool. Each refill costs one
+    /// rewrite of RocksDB's OPTIONS file, whose size grows with the number
+    /// of column families, so batches grow with it (an eighth of the
+    /// total), keeping the cost per column family flat.
+    fn pool_targets(&self, pool: &Pool) -> (usize, usize) {
+        let total = pool.next_slot as usize;
+        let batch = (total / 8).clamp(self.options.pool_batch.max(1), 4096);
+        (self.options.pool_low_water.max(batch), batch)
     }
 
     /// Takes a specific free slot (replaying a creation from the log).
@@ -534,7 +592,10 @@ impl Db {
                 pool.free.remove(at);
                 Ok(())
             }
-            None => Err(storage_error("replaying a creation", format!("{} is not free", slot_name(slot)))),
+            None => Err(storage_error(
+                "replaying a creation",
+                format!("{} is not free", slot_name(slot)),
+            )),
         }
     }
 
@@ -551,18 +612,23 @@ impl Db {
 
     /// Number of free column families.
     pub fn pool_free(&self) -> usize {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).free.len()
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .free
+            .len()
     }
 
     /// Whether the pool is below its low-water mark.
     pub fn pool_needs_top_up(&self) -> bool {
-        self.pool_free() < self.options.pool_low_water
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.free.len() < self.pool_targets(&pool).0
     }
 
     /// Blocks until the pool is below its low-water mark or `timeout` passes.
     pub fn wait_for_pool_demand(&self, timeout: Duration) {
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.free.len() >= self.options.pool_low_water {
+        if pool.free.len() >= self.pool_targets(&pool).0 {
             let _ = self.pool_changed.wait_timeout(pool, timeout);
         }
     }
@@ -573,8 +639,10 @@ impl Db {
     /// # Errors
     /// RocksDB's error; slots created before the error are kept.
     pub fn top_up_pool(&self) -> CkptResult<usize> {
-        let first = self.pool.lock().unwrap_or_else(|p| p.into_inner()).next_slot;
-        let count = self.options.pool_batch.max(1);
+        let (first, count) = {
+            let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            (pool.next_slot, self.pool_targets(&pool).1)
+        };
         let names: Vec<CString> = (0..count as u32)
             .map(|i| CString::new(slot_name(first + i)).unwrap_or_default())
             .collect();
@@ -592,7 +660,12 @@ impl Db {
                 &mut created_len,
                 &mut error,
             );
-            let handles = (0..created_len).map(|i| CfPtr { raw: *list.add(i), owned: true }).collect();
+            let handles = (0..created_len)
+                .map(|i| CfPtr {
+                    raw: *list.add(i),
+                    owned: true,
+                })
+                .collect();
             ffi::rocksdb_create_column_families_destroy(list);
             handles
         };
@@ -634,7 +707,12 @@ impl Db {
     ///
     /// # Errors
     /// RocksDB errors (the caller poisons the store).
-    pub fn apply(&self, effects: &[Effect], applied: Lsn, next_instance: u64) -> CkptResult<Vec<u32>> {
+    pub fn apply(
+        &self,
+        effects: &[Effect],
+        applied: Lsn,
+        next_instance: u64,
+    ) -> CkptResult<Vec<u32>> {
         let mut batch = WriteBatch::default();
         let mut overlay = Overlay::default();
         let mut cleared = Vec::new();
@@ -647,7 +725,9 @@ impl Db {
         batch.put_cf(&self.meta, keys::APPLIED, position);
         let mut write = WriteOptions::default();
         write.disable_wal(self.options.wal_mode == RocksWalMode::Disabled);
-        self.db.write_opt(batch, &write).map_err(|e| storage_error("applying to RocksDB", e))?;
+        self.db
+            .write_opt(batch, &write)
+            .map_err(|e| storage_error("applying to RocksDB", e))?;
         if !cleared.is_empty() {
             self.return_column_families(&cleared);
         }
@@ -674,19 +754,51 @@ impl Db {
                 batch.put_cf(&self.meta, keys::name(name), instance.0.to_be_bytes());
             }
             Effect::DeleteName { name } => batch.delete_cf(&self.meta, keys::name(name)),
-            Effect::PutSection { instance, section_id, meta } => {
-                batch.put_cf(&self.meta, keys::section(*instance, section_id), encode_section(meta));
+            Effect::PutSection {
+                instance,
+                section_id,
+                meta,
+            } => {
+                batch.put_cf(
+                    &self.meta,
+                    keys::section(*instance, section_id),
+                    encode_section(meta),
+                );
             }
-            Effect::DeleteSection { instance, section_id } => {
+            Effect::DeleteSection {
+                instance,
+                section_id,
+            } => {
                 batch.delete_cf(&self.meta, keys::section(*instance, section_id));
             }
-            Effect::PutExpiry { expiration_time, instance, section_id } => {
-                batch.put_cf(&self.meta, keys::expiry(*expiration_time, *instance, section_id), b"");
+            Effect::PutExpiry {
+                expiration_time,
+                instance,
+                section_id,
+            } => {
+                batch.put_cf(
+                    &self.meta,
+                    keys::expiry(*expiration_time, *instance, section_id),
+                    b"",
+                );
             }
-            Effect::DeleteExpiry { expiration_time, instance, section_id } => {
-                batch.delete_cf(&self.meta, keys::expiry(*expiration_time, *instance, section_id));
+            Effect::DeleteExpiry {
+                expiration_time,
+                instance,
+                section_id,
+            } => {
+                batch.delete_cf(
+                    &self.meta,
+                    keys::expiry(*expiration_time, *instance, section_id),
+                );
             }
-            Effect::WriteData { column_family, section_id, offset, data, .. } => {
+            Effect::WriteData {
+                column_family,
+                section_id,
+                offset,
+                data,
+                size_after,
+            } => {
                 let cf = self.cf(*column_family)?;
                 let prefix = keys::data_prefix(section_id);
                 let end = offset + data.len() as u64;
@@ -696,11 +808,16 @@ impl Db {
                     let from = (*offset).max(chunk_start);
                     let to = end.min(chunk_start + CHUNK_BYTES);
                     let key = keys::chunk(&prefix, chunk);
-                    let whole_chunk_replaced = from == chunk_start && to == chunk_start + CHUNK_BYTES;
+                    // Nothing of the old chunk survives when the write
+                    // covers it from its start to its end or to the
+                    // section's end: then there is nothing to read.
+                    let whole_chunk_replaced = from == chunk_start
+                        && (to == chunk_start + CHUNK_BYTES || to >= *size_after);
                     let mut value = if whole_chunk_replaced {
                         Vec::new()
                     } else {
-                        self.chunk_value(overlay, *column_family, &cf, &key)?.unwrap_or_default()
+                        self.chunk_value(overlay, *column_family, &cf, &key)?
+                            .unwrap_or_default()
                     };
                     let needed = (to - chunk_start) as usize;
                     if value.len() < needed {
@@ -713,7 +830,12 @@ impl Db {
                     chunk += 1;
                 }
             }
-            Effect::ReplaceData { column_family, section_id, data, size_before } => {
+            Effect::ReplaceData {
+                column_family,
+                section_id,
+                data,
+                size_before,
+            } => {
                 let cf = self.cf(*column_family)?;
                 let prefix = keys::data_prefix(section_id);
                 let chunks_after = (data.len() as u64).div_ceil(CHUNK_BYTES);
@@ -725,10 +847,16 @@ impl Db {
                 for (chunk, piece) in data.chunks(CHUNK_BYTES as usize).enumerate() {
                     let key = keys::chunk(&prefix, chunk as u64);
                     batch.put_cf(&cf, &key, piece);
-                    overlay.chunks.insert((*column_family, key), Some(piece.to_vec()));
+                    overlay
+                        .chunks
+                        .insert((*column_family, key), Some(piece.to_vec()));
                 }
             }
-            Effect::RemoveData { column_family, section_id, size_before } => {
+            Effect::RemoveData {
+                column_family,
+                section_id,
+                size_before,
+            } => {
                 let cf = self.cf(*column_family)?;
                 let prefix = keys::data_prefix(section_id);
                 for chunk in 0..size_before.div_ceil(CHUNK_BYTES) {
@@ -748,14 +876,22 @@ impl Db {
         Ok(())
     }
 
-    fn chunk_value(&self, overlay: &Overlay, slot: u32, cf: &CfPtr, key: &[u8]) -> CkptResult<Option<Vec<u8>>> {
+    fn chunk_value(
+        &self,
+        overlay: &Overlay,
+        slot: u32,
+        cf: &CfPtr,
+        key: &[u8],
+    ) -> CkptResult<Option<Vec<u8>>> {
         if let Some(value) = overlay.chunks.get(&(slot, key.to_vec())) {
             return Ok(value.clone());
         }
         if overlay.cleared.contains(&slot) {
             return Ok(None);
         }
-        self.db.get_cf(cf, key).map_err(|e| storage_error("reading section data", e))
+        self.db
+            .get_cf(cf, key)
+            .map_err(|e| storage_error("reading section data", e))
     }
 
     /// Makes everything applied so far durable in RocksDB, so the log below
@@ -765,21 +901,36 @@ impl Db {
     /// RocksDB errors.
     pub fn make_durable(&self) -> CkptResult<()> {
         match self.options.wal_mode {
-            RocksWalMode::Unsynced => self.db.flush_wal(true).map_err(|e| storage_error("syncing RocksDB WAL", e)),
-            RocksWalMode::Disabled => {
-                let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-                let mut cfs: Vec<&CfPtr> = slots.iter().flatten().collect();
-                cfs.push(&self.meta);
-                let mut flush = FlushOptions::default();
-                flush.set_wait(true);
-                self.db.flush_cfs_opt(&cfs, &flush).map_err(|e| storage_error("flushing RocksDB", e))
-            }
+            RocksWalMode::Unsynced => self
+                .db
+                .flush_wal(true)
+                .map_err(|e| storage_error("syncing RocksDB WAL", e)),
+            RocksWalMode::Disabled => self.flush_all(),
         }
+    }
+
+    /// Flushes every memtable, so the next open has nothing to replay from
+    /// RocksDB's own WAL (used at a clean close).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn flush_all(&self) -> CkptResult<()> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let mut cfs: Vec<&CfPtr> = slots.iter().flatten().collect();
+        cfs.push(&self.meta);
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        self.db
+            .flush_cfs_opt(&cfs, &flush)
+            .map_err(|e| storage_error("flushing RocksDB", e))
     }
 
     /// A consistent read view.
     pub fn snapshot(&self) -> View<'_> {
-        View { db: self, snapshot: self.db.snapshot() }
+        View {
+            db: self,
+            snapshot: self.db.snapshot(),
+        }
     }
 
     /// RocksDB's own statistics text for one property, if known.
@@ -837,7 +988,10 @@ impl View<'_> {
         let mut out = Vec::new();
         for item in self.db.db.iterator_cf_opt(&self.db.meta, read, mode) {
             let (key, value) = item.map_err(|e| storage_error("scanning sections", e))?;
-            out.push((SectionId::new(key[prefix.len()..].to_vec()), decode_section(&value)?));
+            out.push((
+                SectionId::new(key[prefix.len()..].to_vec()),
+                decode_section(&value)?,
+            ));
         }
         Ok(out)
     }
@@ -847,7 +1001,13 @@ impl View<'_> {
     ///
     /// # Errors
     /// RocksDB errors.
-    pub fn read_data(&self, column_family: u32, id: &SectionId, offset: u64, len: u64) -> CkptResult<Vec<u8>> {
+    pub fn read_data(
+        &self,
+        column_family: u32,
+        id: &SectionId,
+        offset: u64,
+        len: u64,
+    ) -> CkptResult<Vec<u8>> {
         let mut out = vec![0u8; len as usize];
         if len == 0 {
             return Ok(out);
@@ -876,8 +1036,9 @@ impl View<'_> {
             let from = offset.max(chunk_start);
             let to = (offset + len).min(chunk_end);
             if from < to {
-                out[(from - offset) as usize..(to - offset) as usize]
-                    .copy_from_slice(&value[(from - chunk_start) as usize..(to - chunk_start) as usize]);
+                out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                    &value[(from - chunk_start) as usize..(to - chunk_start) as usize],
+                );
             }
         }
         Ok(out)

@@ -45,6 +45,9 @@ pub trait WalFile: Send {
     fn sync_data(&mut self) -> io::Result<()>;
     /// Cuts the file back to `len` bytes (undoing a failed append).
     fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// A second handle on the same file, so another thread can sync it
+    /// while this one appends.
+    fn try_clone(&self) -> io::Result<Box<dyn WalFile>>;
 }
 
 /// The real file system.
@@ -60,7 +63,9 @@ impl OsFs {
     /// Any IO error creating the directory.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
         std::fs::create_dir_all(dir.as_ref())?;
-        Ok(OsFs { dir: dir.as_ref().to_path_buf() })
+        Ok(OsFs {
+            dir: dir.as_ref().to_path_buf(),
+        })
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -85,6 +90,12 @@ impl WalFile for OsFile {
         self.file.set_len(len)?;
         self.file.seek(SeekFrom::Start(len))?;
         self.file.sync_data()
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn WalFile>> {
+        Ok(Box::new(OsFile {
+            file: self.file.try_clone()?,
+        }))
     }
 }
 
@@ -203,7 +214,9 @@ impl FaultFs {
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
         // A panic elsewhere in a test must not hide this one's data.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Loses every byte that was not synced and every file whose creation
@@ -250,7 +263,11 @@ impl FaultFs {
         let durable_len = data.len();
         self.lock().files.insert(
             name.to_string(),
-            MemFile { data, durable_len, durable_exists: true },
+            MemFile {
+                data,
+                durable_len,
+                durable_exists: true,
+            },
         );
     }
 
@@ -285,7 +302,10 @@ impl WalFile for FaultFile {
         if let Some(free) = state.faults.free_bytes.as_mut() {
             *free -= fits as u64;
         }
-        let file = state.files.get_mut(&self.name).ok_or_else(|| not_found(&self.name))?;
+        let file = state
+            .files
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
         file.data.extend_from_slice(&buf[..fits]);
         if full {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
@@ -301,7 +321,10 @@ impl WalFile for FaultFile {
         if std::mem::take(&mut state.faults.fail_next_sync) {
             return Err(io::Error::other("injected fsync failure"));
         }
-        let file = state.files.get_mut(&self.name).ok_or_else(|| not_found(&self.name))?;
+        let file = state
+            .files
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
         file.durable_len = file.data.len();
         Ok(())
     }
@@ -311,7 +334,10 @@ impl WalFile for FaultFile {
         if state.faults.crashed {
             return Err(powered_off());
         }
-        let file = state.files.get_mut(&self.name).ok_or_else(|| not_found(&self.name))?;
+        let file = state
+            .files
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
         let len = len as usize;
         let freed = file.data.len().saturating_sub(len) as u64;
         file.data.truncate(len);
@@ -320,6 +346,13 @@ impl WalFile for FaultFile {
             *free += freed;
         }
         Ok(())
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn WalFile>> {
+        Ok(Box::new(FaultFile {
+            fs: self.fs.clone(),
+            name: self.name.clone(),
+        }))
     }
 }
 
@@ -335,7 +368,10 @@ impl WalFs for FaultFs {
         }
         state.files.insert(name.to_string(), MemFile::default());
         drop(state);
-        Ok(Box::new(FaultFile { fs: self.clone(), name: name.to_string() }))
+        Ok(Box::new(FaultFile {
+            fs: self.clone(),
+            name: name.to_string(),
+        }))
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
@@ -358,7 +394,11 @@ impl WalFs for FaultFs {
         if state.faults.crashed {
             return Err(powered_off());
         }
-        state.files.remove(name).map(|_| ()).ok_or_else(|| not_found(name))
+        state
+            .files
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| not_found(name))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -398,7 +438,10 @@ mod tests {
         b.sync_data().unwrap();
         fs.power_loss();
         assert_eq!(fs.read("a").unwrap(), b"hello");
-        assert!(fs.read("b").is_err(), "a file whose directory entry was never synced is lost");
+        assert!(
+            fs.read("b").is_err(),
+            "a file whose directory entry was never synced is lost"
+        );
     }
 
     #[test]

@@ -15,8 +15,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ckpt_proto::{
-    CheckpointName, CkptError, CkptResult, CreationAttributes, ErrorCode, SectionCreationAttributes,
-    SectionId, SectionState, WriteElement, ELEMENTS_MAX, TIME_END, UPDATE_BYTES_MAX,
+    CheckpointName, CkptError, CkptResult, CreationAttributes, ErrorCode,
+    SectionCreationAttributes, SectionId, SectionState, WriteElement, ELEMENTS_MAX, TIME_END,
+    UPDATE_BYTES_MAX,
 };
 
 use crate::wal::record::{Epoch, InstanceId, RecordBody, Seq, WriteOp};
@@ -63,27 +64,63 @@ pub struct InstanceMeta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Store the instance's metadata.
-    PutInstance { instance: InstanceId, meta: InstanceMeta },
+    PutInstance {
+        instance: InstanceId,
+        meta: InstanceMeta,
+    },
     /// Remove the instance's metadata and every section meta of it.
     DeleteInstance { instance: InstanceId },
     /// Point the name at the instance.
-    PutName { name: CheckpointName, instance: InstanceId },
+    PutName {
+        name: CheckpointName,
+        instance: InstanceId,
+    },
     /// Remove the name.
     DeleteName { name: CheckpointName },
     /// Store a section's metadata.
-    PutSection { instance: InstanceId, section_id: SectionId, meta: SectionMeta },
+    PutSection {
+        instance: InstanceId,
+        section_id: SectionId,
+        meta: SectionMeta,
+    },
     /// Remove a section's metadata.
-    DeleteSection { instance: InstanceId, section_id: SectionId },
+    DeleteSection {
+        instance: InstanceId,
+        section_id: SectionId,
+    },
     /// Index a section under its expiration time.
-    PutExpiry { expiration_time: i64, instance: InstanceId, section_id: SectionId },
+    PutExpiry {
+        expiration_time: i64,
+        instance: InstanceId,
+        section_id: SectionId,
+    },
     /// Remove an expiry index entry.
-    DeleteExpiry { expiration_time: i64, instance: InstanceId, section_id: SectionId },
+    DeleteExpiry {
+        expiration_time: i64,
+        instance: InstanceId,
+        section_id: SectionId,
+    },
     /// Write bytes at an offset (the section grows to `size_after`, gaps read as zeros).
-    WriteData { column_family: u32, section_id: SectionId, offset: u64, data: Vec<u8>, size_after: u64 },
+    WriteData {
+        column_family: u32,
+        section_id: SectionId,
+        offset: u64,
+        data: Vec<u8>,
+        size_after: u64,
+    },
     /// Replace a section's data (create or overwrite).
-    ReplaceData { column_family: u32, section_id: SectionId, data: Vec<u8>, size_before: u64 },
+    ReplaceData {
+        column_family: u32,
+        section_id: SectionId,
+        data: Vec<u8>,
+        size_before: u64,
+    },
     /// Remove a section's data.
-    RemoveData { column_family: u32, section_id: SectionId, size_before: u64 },
+    RemoveData {
+        column_family: u32,
+        section_id: SectionId,
+        size_before: u64,
+    },
     /// Remove everything in a column family and return it to the pool.
     ClearColumnFamily { column_family: u32 },
 }
@@ -92,23 +129,47 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Create a checkpoint, or open an identical existing one.
-    CreateCheckpoint { name: CheckpointName, attributes: CreationAttributes },
+    CreateCheckpoint {
+        name: CheckpointName,
+        attributes: CreationAttributes,
+    },
     /// Remove a name; the instance stays until destroyed.
     Unlink { name: CheckpointName },
     /// Delete an instance and all its data.
     Destroy { instance: InstanceId },
     /// Change the retention duration.
-    SetRetention { instance: InstanceId, retention_duration_ns: i64 },
+    SetRetention {
+        instance: InstanceId,
+        retention_duration_ns: i64,
+    },
     /// Create a section with initial data.
-    CreateSection { instance: InstanceId, attributes: SectionCreationAttributes, data: Vec<u8> },
+    CreateSection {
+        instance: InstanceId,
+        attributes: SectionCreationAttributes,
+        data: Vec<u8>,
+    },
     /// Delete a section.
-    DeleteSection { instance: InstanceId, section_id: SectionId },
+    DeleteSection {
+        instance: InstanceId,
+        section_id: SectionId,
+    },
     /// Change a section's expiration time.
-    SetExpiration { instance: InstanceId, section_id: SectionId, expiration_time: i64 },
+    SetExpiration {
+        instance: InstanceId,
+        section_id: SectionId,
+        expiration_time: i64,
+    },
     /// Atomic multi-element write.
-    Write { instance: InstanceId, elements: Vec<WriteElement> },
+    Write {
+        instance: InstanceId,
+        elements: Vec<WriteElement>,
+    },
     /// Replace a section's data.
-    Overwrite { instance: InstanceId, section_id: SectionId, data: Vec<u8> },
+    Overwrite {
+        instance: InstanceId,
+        section_id: SectionId,
+        data: Vec<u8>,
+    },
     /// Delete every section whose expiration time is at or before `now`.
     ExpireDue,
     /// Nothing; answered once everything queued before it is durable
@@ -174,9 +235,21 @@ impl StateMachine {
     ) -> Self {
         let instances = instances
             .into_iter()
-            .map(|(id, meta)| (id, Instance { meta, sections: None }))
+            .map(|(id, meta)| {
+                (
+                    id,
+                    Instance {
+                        meta,
+                        sections: None,
+                    },
+                )
+            })
             .collect();
-        StateMachine { names, instances, next_instance }
+        StateMachine {
+            names,
+            instances,
+            next_instance,
+        }
     }
 
     /// The next instance id to hand out.
@@ -213,7 +286,6 @@ impl StateMachine {
         load_instance(&mut self.instances, backing, instance)
     }
 
-
     /// Validates `op` against the current state and returns the records it
     /// makes (each with its instance), or the outcome when nothing needs to
     /// be logged. Nothing is changed; call [`StateMachine::apply`] for each
@@ -233,7 +305,13 @@ impl StateMachine {
                 if let Some(&existing) = self.names.get(name) {
                     let meta = &self.instances[&existing].meta;
                     if meta.attributes.same_except_retention(attributes) {
-                        return Ok((vec![], Outcome::Opened { instance: existing, existed: true }));
+                        return Ok((
+                            vec![],
+                            Outcome::Opened {
+                                instance: existing,
+                                existed: true,
+                            },
+                        ));
                     }
                     return Err(err(
                         ErrorCode::AlreadyExist,
@@ -247,20 +325,37 @@ impl StateMachine {
                     attributes: attributes.clone(),
                     column_family,
                 };
-                Ok((vec![(instance, body)], Outcome::Opened { instance, existed: false }))
+                Ok((
+                    vec![(instance, body)],
+                    Outcome::Opened {
+                        instance,
+                        existed: false,
+                    },
+                ))
             }
             Op::Unlink { name } => {
-                let instance = *self
-                    .names
-                    .get(name)
-                    .ok_or_else(|| err(ErrorCode::NotExist, format!("checkpoint {name} does not exist")))?;
-                Ok((vec![(instance, RecordBody::CheckpointUnlink)], Outcome::Done))
+                let instance = *self.names.get(name).ok_or_else(|| {
+                    err(
+                        ErrorCode::NotExist,
+                        format!("checkpoint {name} does not exist"),
+                    )
+                })?;
+                Ok((
+                    vec![(instance, RecordBody::CheckpointUnlink)],
+                    Outcome::Done,
+                ))
             }
             Op::Destroy { instance } => {
                 self.loaded(backing, *instance)?;
-                Ok((vec![(*instance, RecordBody::CheckpointDestroy)], Outcome::Done))
+                Ok((
+                    vec![(*instance, RecordBody::CheckpointDestroy)],
+                    Outcome::Done,
+                ))
             }
-            Op::SetRetention { instance, retention_duration_ns } => {
+            Op::SetRetention {
+                instance,
+                retention_duration_ns,
+            } => {
                 self.loaded(backing, *instance)?;
                 if *retention_duration_ns < 0 {
                     return Err(err(
@@ -268,16 +363,25 @@ impl StateMachine {
                         format!("retention duration {retention_duration_ns} is negative"),
                     ));
                 }
-                let body = RecordBody::RetentionSet { retention_duration_ns: *retention_duration_ns };
+                let body = RecordBody::RetentionSet {
+                    retention_duration_ns: *retention_duration_ns,
+                };
                 Ok((vec![(*instance, body)], Outcome::Done))
             }
-            Op::CreateSection { instance, attributes, data } => {
+            Op::CreateSection {
+                instance,
+                attributes,
+                data,
+            } => {
                 let (meta, sections) = self.loaded(backing, *instance)?;
                 let a = &meta.attributes;
                 let mut generated_next = meta.generated_next;
                 let section_id = match &attributes.section_id {
                     Some(id) if id.is_default() => {
-                        return Err(err(ErrorCode::InvalidParameter, "the default section cannot be created"))
+                        return Err(err(
+                            ErrorCode::InvalidParameter,
+                            "the default section cannot be created",
+                        ))
                     }
                     Some(id) => {
                         if id.as_bytes().len() as u64 > a.max_section_id_size {
@@ -309,18 +413,28 @@ impl StateMachine {
                 if attributes.expiration_time < now {
                     return Err(err(
                         ErrorCode::InvalidParameter,
-                        format!("expiration time {} is in the past", attributes.expiration_time),
+                        format!(
+                            "expiration time {} is in the past",
+                            attributes.expiration_time
+                        ),
                     ));
                 }
                 check_update_size(data.len())?;
                 if data.len() as u64 > a.max_section_size {
                     return Err(err(
                         ErrorCode::InvalidParameter,
-                        format!("initial data is {} bytes, maxSectionSize is {}", data.len(), a.max_section_size),
+                        format!(
+                            "initial data is {} bytes, maxSectionSize is {}",
+                            data.len(),
+                            a.max_section_size
+                        ),
                     ));
                 }
                 if sections.contains_key(&section_id) {
-                    return Err(err(ErrorCode::AlreadyExist, format!("section {section_id} exists")));
+                    return Err(err(
+                        ErrorCode::AlreadyExist,
+                        format!("section {section_id} exists"),
+                    ));
                 }
                 if sections.len() as u64 >= u64::from(a.max_sections) {
                     return Err(err(
@@ -335,26 +449,51 @@ impl StateMachine {
                     data: data.clone(),
                     generated_next,
                 };
-                Ok((vec![(*instance, body)], Outcome::SectionCreated { section_id }))
+                Ok((
+                    vec![(*instance, body)],
+                    Outcome::SectionCreated { section_id },
+                ))
             }
-            Op::DeleteSection { instance, section_id } => {
+            Op::DeleteSection {
+                instance,
+                section_id,
+            } => {
                 let (meta, sections) = self.loaded(backing, *instance)?;
                 if section_id.is_default() && meta.attributes.has_default_section() {
-                    return Err(err(ErrorCode::InvalidParameter, "the default section cannot be deleted"));
+                    return Err(err(
+                        ErrorCode::InvalidParameter,
+                        "the default section cannot be deleted",
+                    ));
                 }
                 if !sections.contains_key(section_id) {
-                    return Err(err(ErrorCode::NotExist, format!("section {section_id} does not exist")));
+                    return Err(err(
+                        ErrorCode::NotExist,
+                        format!("section {section_id} does not exist"),
+                    ));
                 }
-                let body = RecordBody::SectionDelete { section_id: section_id.clone(), expired: false };
+                let body = RecordBody::SectionDelete {
+                    section_id: section_id.clone(),
+                    expired: false,
+                };
                 Ok((vec![(*instance, body)], Outcome::Done))
             }
-            Op::SetExpiration { instance, section_id, expiration_time } => {
+            Op::SetExpiration {
+                instance,
+                section_id,
+                expiration_time,
+            } => {
                 let (meta, sections) = self.loaded(backing, *instance)?;
                 if section_id.is_default() && meta.attributes.has_default_section() {
-                    return Err(err(ErrorCode::InvalidParameter, "the default section cannot expire"));
+                    return Err(err(
+                        ErrorCode::InvalidParameter,
+                        "the default section cannot expire",
+                    ));
                 }
                 if !sections.contains_key(section_id) {
-                    return Err(err(ErrorCode::NotExist, format!("section {section_id} does not exist")));
+                    return Err(err(
+                        ErrorCode::NotExist,
+                        format!("section {section_id} does not exist"),
+                    ));
                 }
                 if *expiration_time < now {
                     return Err(err(
@@ -373,30 +512,58 @@ impl StateMachine {
                 let body = plan_write(meta, sections, elements)?;
                 Ok((vec![(*instance, body)], Outcome::Done))
             }
-            Op::Overwrite { instance, section_id, data } => {
+            Op::Overwrite {
+                instance,
+                section_id,
+                data,
+            } => {
                 let (meta, sections) = self.loaded(backing, *instance)?;
                 let a = &meta.attributes;
-                let section = sections
-                    .get(section_id)
-                    .ok_or_else(|| err(ErrorCode::NotExist, format!("section {section_id} does not exist")))?;
+                let section = sections.get(section_id).ok_or_else(|| {
+                    err(
+                        ErrorCode::NotExist,
+                        format!("section {section_id} does not exist"),
+                    )
+                })?;
                 check_update_size(data.len())?;
                 if data.len() as u64 > a.max_section_size {
                     return Err(err(
                         ErrorCode::InvalidParameter,
-                        format!("data is {} bytes, maxSectionSize is {}", data.len(), a.max_section_size),
+                        format!(
+                            "data is {} bytes, maxSectionSize is {}",
+                            data.len(),
+                            a.max_section_size
+                        ),
                     ));
                 }
-                check_checkpoint_size(meta.memory_used - section.size, data.len() as u64, a.checkpoint_size)?;
-                let body = RecordBody::Overwrite { section_id: section_id.clone(), data: data.clone() };
+                check_checkpoint_size(
+                    meta.memory_used - section.size,
+                    data.len() as u64,
+                    a.checkpoint_size,
+                )?;
+                let body = RecordBody::Overwrite {
+                    section_id: section_id.clone(),
+                    data: data.clone(),
+                };
                 Ok((vec![(*instance, body)], Outcome::Done))
             }
             Op::ExpireDue => {
                 let mut records = Vec::new();
                 for (instance, section_id) in backing.expiry_candidates(now)? {
-                    let Ok((_, sections)) = self.loaded(backing, instance) else { continue };
-                    let due = sections.get(&section_id).is_some_and(|s| s.expiration_time <= now);
+                    let Ok((_, sections)) = self.loaded(backing, instance) else {
+                        continue;
+                    };
+                    let due = sections
+                        .get(&section_id)
+                        .is_some_and(|s| s.expiration_time <= now);
                     if due {
-                        records.push((instance, RecordBody::SectionDelete { section_id, expired: true }));
+                        records.push((
+                            instance,
+                            RecordBody::SectionDelete {
+                                section_id,
+                                expired: true,
+                            },
+                        ));
                     }
                 }
                 let count = records.len() as u32;
@@ -422,10 +589,21 @@ impl StateMachine {
         body: &RecordBody,
     ) -> CkptResult<Vec<Effect>> {
         let mismatch = |what: &str| {
-            err(ErrorCode::Library, format!("log record does not fit the state: {what} (instance {})", instance.0))
+            err(
+                ErrorCode::Library,
+                format!(
+                    "log record does not fit the state: {what} (instance {})",
+                    instance.0
+                ),
+            )
         };
         let mut effects = Vec::new();
-        if let RecordBody::CheckpointCreate { name, attributes, column_family } = body {
+        if let RecordBody::CheckpointCreate {
+            name,
+            attributes,
+            column_family,
+        } = body
+        {
             if self.instances.contains_key(&instance) {
                 return Err(mismatch("instance created twice"));
             }
@@ -451,19 +629,38 @@ impl StateMachine {
                     last_update: timestamp_ns,
                 };
                 sections.insert(SectionId::DEFAULT, section);
-                effects.push(Effect::PutSection { instance, section_id: SectionId::DEFAULT, meta: section });
+                effects.push(Effect::PutSection {
+                    instance,
+                    section_id: SectionId::DEFAULT,
+                    meta: section,
+                });
             }
             if let Some(previous) = self.names.insert(name.clone(), instance) {
                 // The old instance keeps living under no name.
                 if let Some(old) = self.instances.get_mut(&previous) {
                     old.meta.unlinked = true;
-                    effects.push(Effect::PutInstance { instance: previous, meta: old.meta.clone() });
+                    effects.push(Effect::PutInstance {
+                        instance: previous,
+                        meta: old.meta.clone(),
+                    });
                 }
             }
             self.next_instance = self.next_instance.max(instance.0 + 1);
-            effects.push(Effect::PutName { name: name.clone(), instance });
-            effects.push(Effect::PutInstance { instance, meta: meta.clone() });
-            self.instances.insert(instance, Instance { meta, sections: Some(sections) });
+            effects.push(Effect::PutName {
+                name: name.clone(),
+                instance,
+            });
+            effects.push(Effect::PutInstance {
+                instance,
+                meta: meta.clone(),
+            });
+            self.instances.insert(
+                instance,
+                Instance {
+                    meta,
+                    sections: Some(sections),
+                },
+            );
             return Ok(effects);
         }
 
@@ -510,10 +707,17 @@ impl StateMachine {
                 self.instances.remove(&instance);
                 return Ok(effects);
             }
-            RecordBody::RetentionSet { retention_duration_ns } => {
+            RecordBody::RetentionSet {
+                retention_duration_ns,
+            } => {
                 meta.attributes.retention_duration_ns = *retention_duration_ns;
             }
-            RecordBody::SectionCreate { section_id, expiration_time, data, generated_next } => {
+            RecordBody::SectionCreate {
+                section_id,
+                expiration_time,
+                data,
+                generated_next,
+            } => {
                 if sections.contains_key(section_id) {
                     return Err(mismatch("section created twice"));
                 }
@@ -522,7 +726,11 @@ impl StateMachine {
                 meta.section_count += 1;
                 meta.memory_used += data.len() as u64;
                 meta.generated_next = *generated_next;
-                effects.push(Effect::PutSection { instance, section_id: section_id.clone(), meta: section });
+                effects.push(Effect::PutSection {
+                    instance,
+                    section_id: section_id.clone(),
+                    meta: section,
+                });
                 if *expiration_time != TIME_END {
                     effects.push(Effect::PutExpiry {
                         expiration_time: *expiration_time,
@@ -538,10 +746,15 @@ impl StateMachine {
                 });
             }
             RecordBody::SectionDelete { section_id, .. } => {
-                let section = sections.remove(section_id).ok_or_else(|| mismatch("delete of a missing section"))?;
+                let section = sections
+                    .remove(section_id)
+                    .ok_or_else(|| mismatch("delete of a missing section"))?;
                 meta.section_count -= 1;
                 meta.memory_used -= section.size;
-                effects.push(Effect::DeleteSection { instance, section_id: section_id.clone() });
+                effects.push(Effect::DeleteSection {
+                    instance,
+                    section_id: section_id.clone(),
+                });
                 if section.expiration_time != TIME_END {
                     effects.push(Effect::DeleteExpiry {
                         expiration_time: section.expiration_time,
@@ -555,8 +768,13 @@ impl StateMachine {
                     size_before: section.size,
                 });
             }
-            RecordBody::SectionExpirationSet { section_id, expiration_time } => {
-                let section = sections.get_mut(section_id).ok_or_else(|| mismatch("expiry of a missing section"))?;
+            RecordBody::SectionExpirationSet {
+                section_id,
+                expiration_time,
+            } => {
+                let section = sections
+                    .get_mut(section_id)
+                    .ok_or_else(|| mismatch("expiry of a missing section"))?;
                 if section.expiration_time != TIME_END {
                     effects.push(Effect::DeleteExpiry {
                         expiration_time: section.expiration_time,
@@ -572,16 +790,31 @@ impl StateMachine {
                         section_id: section_id.clone(),
                     });
                 }
-                effects.push(Effect::PutSection { instance, section_id: section_id.clone(), meta: *section });
+                effects.push(Effect::PutSection {
+                    instance,
+                    section_id: section_id.clone(),
+                    meta: *section,
+                });
             }
             RecordBody::Write { elements } => {
-                for WriteOp { section_id, offset, data } in elements {
-                    let section = sections.get_mut(section_id).ok_or_else(|| mismatch("write to a missing section"))?;
+                for WriteOp {
+                    section_id,
+                    offset,
+                    data,
+                } in elements
+                {
+                    let section = sections
+                        .get_mut(section_id)
+                        .ok_or_else(|| mismatch("write to a missing section"))?;
                     let end = offset.saturating_add(data.len() as u64);
                     let size_after = section.size.max(end);
                     meta.memory_used += size_after - section.size;
                     *section = touch(size_after, section.expiration_time);
-                    effects.push(Effect::PutSection { instance, section_id: section_id.clone(), meta: *section });
+                    effects.push(Effect::PutSection {
+                        instance,
+                        section_id: section_id.clone(),
+                        meta: *section,
+                    });
                     effects.push(Effect::WriteData {
                         column_family,
                         section_id: section_id.clone(),
@@ -592,11 +825,17 @@ impl StateMachine {
                 }
             }
             RecordBody::Overwrite { section_id, data } => {
-                let section = sections.get_mut(section_id).ok_or_else(|| mismatch("overwrite of a missing section"))?;
+                let section = sections
+                    .get_mut(section_id)
+                    .ok_or_else(|| mismatch("overwrite of a missing section"))?;
                 let size_before = section.size;
                 meta.memory_used = meta.memory_used - size_before + data.len() as u64;
                 *section = touch(data.len() as u64, section.expiration_time);
-                effects.push(Effect::PutSection { instance, section_id: section_id.clone(), meta: *section });
+                effects.push(Effect::PutSection {
+                    instance,
+                    section_id: section_id.clone(),
+                    meta: *section,
+                });
                 effects.push(Effect::ReplaceData {
                     column_family,
                     section_id: section_id.clone(),
@@ -605,7 +844,10 @@ impl StateMachine {
                 });
             }
         }
-        effects.push(Effect::PutInstance { instance, meta: meta.clone() });
+        effects.push(Effect::PutInstance {
+            instance,
+            meta: meta.clone(),
+        });
         Ok(effects)
     }
 }
@@ -614,10 +856,16 @@ fn load_instance<'a>(
     instances: &'a mut HashMap<InstanceId, Instance>,
     backing: &dyn Backing,
     instance: InstanceId,
-) -> CkptResult<(&'a mut InstanceMeta, &'a mut BTreeMap<SectionId, SectionMeta>)> {
-    let entry = instances
-        .get_mut(&instance)
-        .ok_or_else(|| err(ErrorCode::NotExist, format!("checkpoint instance {} does not exist", instance.0)))?;
+) -> CkptResult<(
+    &'a mut InstanceMeta,
+    &'a mut BTreeMap<SectionId, SectionMeta>,
+)> {
+    let entry = instances.get_mut(&instance).ok_or_else(|| {
+        err(
+            ErrorCode::NotExist,
+            format!("checkpoint instance {} does not exist", instance.0),
+        )
+    })?;
     if entry.sections.is_none() {
         entry.sections = Some(backing.load_sections(instance)?);
     }
@@ -642,7 +890,10 @@ fn check_checkpoint_size(used_without: u64, added: u64, checkpoint_size: u64) ->
     if used_without + added > checkpoint_size {
         return Err(err(
             ErrorCode::NoSpace,
-            format!("checkpoint would hold {} bytes, checkpointSize is {checkpoint_size}", used_without + added),
+            format!(
+                "checkpoint would hold {} bytes, checkpointSize is {checkpoint_size}",
+                used_without + added
+            ),
         ));
     }
     Ok(())
@@ -657,12 +908,18 @@ fn plan_write(
 ) -> CkptResult<RecordBody> {
     let a = &meta.attributes;
     if elements.is_empty() {
-        return Err(err(ErrorCode::InvalidParameter, "a write needs at least one element"));
+        return Err(err(
+            ErrorCode::InvalidParameter,
+            "a write needs at least one element",
+        ));
     }
     if elements.len() > ELEMENTS_MAX {
         return Err(err(
             ErrorCode::InvalidParameter,
-            format!("{} elements, at most {ELEMENTS_MAX} per write", elements.len()),
+            format!(
+                "{} elements, at most {ELEMENTS_MAX} per write",
+                elements.len()
+            ),
         ));
     }
     check_update_size(elements.iter().map(|e| e.data.len()).sum())?;
@@ -673,7 +930,10 @@ fn plan_write(
     for (index, element) in elements.iter().enumerate() {
         let at = |e: CkptError| e.at_index(index as u32);
         let Some(section) = sections.get(&element.section_id) else {
-            return Err(at(err(ErrorCode::NotExist, format!("section {} does not exist", element.section_id))));
+            return Err(at(err(
+                ErrorCode::NotExist,
+                format!("section {} does not exist", element.section_id),
+            )));
         };
         let end = element.offset.checked_add(element.data.len() as u64);
         let end = match end {
@@ -708,7 +968,11 @@ fn plan_write(
     }
     let elements = elements
         .iter()
-        .map(|e| WriteOp { section_id: e.section_id.clone(), offset: e.offset, data: e.data.clone() })
+        .map(|e| WriteOp {
+            section_id: e.section_id.clone(),
+            offset: e.offset,
+            data: e.data.clone(),
+        })
         .collect();
     Ok(RecordBody::Write { elements })
 }

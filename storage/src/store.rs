@@ -41,7 +41,7 @@ use crate::io::{OsFs, WalFs};
 use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine};
 use crate::wal::record::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq};
 use crate::wal::segment::{parse_segment_name, scan_segment, SegmentEnd};
-use crate::wal::writer::WalWriter;
+use crate::wal::writer::{SyncHandle, WalWriter};
 
 /// When a write is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,8 @@ pub struct StoreConfig {
     pub batch_bytes_max: usize,
     /// Requests queued for the writer before `submit` blocks.
     pub queue_depth_max: usize,
+    /// Batches written and waiting for their fsync before the writer waits.
+    pub sync_queue_max: usize,
     /// Records applied per RocksDB batch during recovery.
     pub recovery_batch_records: usize,
     /// RocksDB tuning.
@@ -86,6 +88,7 @@ impl StoreConfig {
             batch_requests_max: 1024,
             batch_bytes_max: 16 * 1024 * 1024,
             queue_depth_max: 8192,
+            sync_queue_max: 64,
             recovery_batch_records: 4096,
             db: DbOptions::default(),
         }
@@ -145,9 +148,51 @@ struct Shared {
     stopping: AtomicBool,
     segments: AtomicU64,
     listener: std::sync::RwLock<Option<CommitListener>>,
+    /// Checkpoint creations waiting for a column family.
+    parked: Mutex<Vec<Request>>,
+    /// Where the pool keeper sends parked requests back; cleared at close.
+    resubmit: Mutex<Option<SyncSender<Request>>>,
 }
 
 impl Shared {
+    fn park(&self, request: Request) {
+        self.parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(request);
+        self.db.wake_pool_waiters();
+    }
+
+    /// Sends parked creations back to the writer once column families are
+    /// free; at close, answers them.
+    fn release_parked(&self) {
+        let parked = std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
+        if parked.is_empty() {
+            return;
+        }
+        let resubmit = self
+            .resubmit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for request in parked {
+            match &resubmit {
+                Some(sender) => {
+                    if let Err(mpsc::SendError(request)) = sender.send(request) {
+                        (request.reply)(Err(CkptError::new(
+                            ErrorCode::NotInitialized,
+                            "store is closed",
+                        )));
+                    }
+                }
+                None => (request.reply)(Err(CkptError::new(
+                    ErrorCode::NotInitialized,
+                    "store is closed",
+                ))),
+            }
+        }
+    }
+
     fn poison(&self, cause: String) {
         tracing::error!(%cause, "store poisoned: refusing further writes");
         let mut poisoned = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
@@ -168,7 +213,10 @@ impl Shared {
 struct DbBacking<'a>(&'a Db);
 
 impl Backing for DbBacking<'_> {
-    fn load_sections(&self, instance: InstanceId) -> CkptResult<std::collections::BTreeMap<SectionId, SectionMeta>> {
+    fn load_sections(
+        &self,
+        instance: InstanceId,
+    ) -> CkptResult<std::collections::BTreeMap<SectionId, SectionMeta>> {
         self.0.load_sections(instance)
     }
 
@@ -198,7 +246,8 @@ impl Store {
     /// errors and for corruption before the log's tail (naming segment and
     /// offset).
     pub fn open(config: StoreConfig) -> CkptResult<Store> {
-        let fs = OsFs::new(config.data_dir.join("wal")).map_err(|e| io_error("creating WAL directory", &e))?;
+        let fs = OsFs::new(config.data_dir.join("wal"))
+            .map_err(|e| io_error("creating WAL directory", &e))?;
         Store::open_with_fs(config, Arc::new(fs))
     }
 
@@ -207,7 +256,8 @@ impl Store {
     /// # Errors
     /// See [`Store::open`].
     pub fn open_with_fs(config: StoreConfig, fs: Arc<dyn WalFs>) -> CkptResult<Store> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| io_error("creating data directory", &e))?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| io_error("creating data directory", &e))?;
         let (db, loaded) = Db::open(&config.data_dir.join("db"), config.db.clone())?;
         let mut state = StateMachine::new(loaded.names, loaded.instances, loaded.next_instance);
         let (writer, report) = recover(&config, fs, &db, &mut state, Lsn(loaded.applied.0))?;
@@ -226,8 +276,11 @@ impl Store {
             stopping: AtomicBool::new(false),
             segments: AtomicU64::new(writer.segment_count() as u64),
             listener: std::sync::RwLock::new(None),
+            parked: Mutex::new(Vec::new()),
+            resubmit: Mutex::new(None),
         });
         let (sender, receiver) = mpsc::sync_channel(config.queue_depth_max);
+        *shared.resubmit.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
         let (checkpoint_sender, checkpoint_receiver) = mpsc::sync_channel::<u64>(1);
         let mut writer_thread = Writer {
             shared: shared.clone(),
@@ -245,8 +298,17 @@ impl Store {
             .name("ckpt-wal".into())
             .spawn(move || writer_thread.run(receiver))
             .map_err(|e| io_error("starting the writer thread", &e))?;
-        let helpers = vec![spawn_pool_keeper(shared.clone())?, spawn_checkpointer(shared.clone(), checkpoint_receiver)?];
-        Ok(Store { shared, sender: Some(sender), writer: Some(writer), helpers, report })
+        let helpers = vec![
+            spawn_pool_keeper(shared.clone())?,
+            spawn_checkpointer(shared.clone(), checkpoint_receiver)?,
+        ];
+        Ok(Store {
+            shared,
+            sender: Some(sender),
+            writer: Some(writer),
+            helpers,
+            report,
+        })
     }
 
     /// What recovery found at open.
@@ -258,7 +320,11 @@ impl Store {
     /// order, from the writer thread (keep it quick: it delays the next
     /// group commit).
     pub fn set_commit_listener(&self, listener: CommitListener) {
-        *self.shared.listener.write().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+        *self
+            .shared
+            .listener
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(listener);
     }
 
     /// Counters.
@@ -278,21 +344,41 @@ impl Store {
 
     /// Queues an operation; `reply` is called once, from the writer thread,
     /// when it is answered. Blocks while the queue is full.
-    pub fn submit(&self, op: Op, durability: Durability, now: i64, reply: impl FnOnce(CkptResult<Outcome>) + Send + 'static) {
-        let request = Request { op, durability, now, reply: Box::new(reply) };
+    pub fn submit(
+        &self,
+        op: Op,
+        durability: Durability,
+        now: i64,
+        reply: impl FnOnce(CkptResult<Outcome>) + Send + 'static,
+    ) {
+        let request = Request {
+            op,
+            durability,
+            now,
+            reply: Box::new(reply),
+        };
         let Some(sender) = &self.sender else {
-            (request.reply)(Err(CkptError::new(ErrorCode::NotInitialized, "store is closed")));
+            (request.reply)(Err(CkptError::new(
+                ErrorCode::NotInitialized,
+                "store is closed",
+            )));
             return;
         };
         match sender.try_send(request) {
             Ok(()) => {}
             Err(TrySendError::Full(request)) => {
                 if let Err(mpsc::SendError(request)) = sender.send(request) {
-                    (request.reply)(Err(CkptError::new(ErrorCode::NotInitialized, "store is closed")));
+                    (request.reply)(Err(CkptError::new(
+                        ErrorCode::NotInitialized,
+                        "store is closed",
+                    )));
                 }
             }
             Err(TrySendError::Disconnected(request)) => {
-                (request.reply)(Err(CkptError::new(ErrorCode::NotInitialized, "store is closed")));
+                (request.reply)(Err(CkptError::new(
+                    ErrorCode::NotInitialized,
+                    "store is closed",
+                )));
             }
         }
     }
@@ -306,8 +392,12 @@ impl Store {
         self.submit(op, durability, now, move |result| {
             let _ = tx.send(result);
         });
-        rx.recv()
-            .unwrap_or_else(|_| Err(CkptError::new(ErrorCode::Library, "the writer stopped without answering")))
+        rx.recv().unwrap_or_else(|_| {
+            Err(CkptError::new(
+                ErrorCode::Library,
+                "the writer stopped without answering",
+            ))
+        })
     }
 
     /// Runs an operation durably at the current time.
@@ -323,10 +413,12 @@ impl Store {
     /// # Errors
     /// `NOT_EXIST` for an unknown name; storage errors.
     pub fn lookup(&self, name: &CheckpointName) -> CkptResult<InstanceId> {
-        self.shared
-            .db
-            .lookup_name(name)?
-            .ok_or_else(|| CkptError::new(ErrorCode::NotExist, format!("checkpoint {name} does not exist")))
+        self.shared.db.lookup_name(name)?.ok_or_else(|| {
+            CkptError::new(
+                ErrorCode::NotExist,
+                format!("checkpoint {name} does not exist"),
+            )
+        })
     }
 
     /// An instance's metadata.
@@ -334,7 +426,11 @@ impl Store {
     /// # Errors
     /// `NOT_EXIST` for an unknown instance; storage errors.
     pub fn instance(&self, instance: InstanceId) -> CkptResult<InstanceMeta> {
-        self.shared.db.snapshot().instance(instance)?.ok_or_else(|| missing_instance(instance))
+        self.shared
+            .db
+            .snapshot()
+            .instance(instance)?
+            .ok_or_else(|| missing_instance(instance))
     }
 
     /// Every instance, named or unlinked, in id order.
@@ -364,7 +460,8 @@ impl Store {
     /// `NOT_EXIST` for an unknown instance; storage errors.
     pub fn sections(&self, instance: InstanceId) -> CkptResult<Vec<SectionDescriptor>> {
         let view = self.shared.db.snapshot();
-        view.instance(instance)?.ok_or_else(|| missing_instance(instance))?;
+        view.instance(instance)?
+            .ok_or_else(|| missing_instance(instance))?;
         Ok(view
             .sections(instance)?
             .into_iter()
@@ -376,9 +473,15 @@ impl Store {
     ///
     /// # Errors
     /// Storage errors.
-    pub fn section(&self, instance: InstanceId, section_id: &SectionId) -> CkptResult<Option<SectionDescriptor>> {
+    pub fn section(
+        &self,
+        instance: InstanceId,
+        section_id: &SectionId,
+    ) -> CkptResult<Option<SectionDescriptor>> {
         let view = self.shared.db.snapshot();
-        Ok(view.section(instance, section_id)?.map(|meta| descriptor(section_id.clone(), &meta)))
+        Ok(view
+            .section(instance, section_id)?
+            .map(|meta| descriptor(section_id.clone(), &meta)))
     }
 
     /// `clCkptCheckpointRead`: every element from one point in time. An
@@ -393,22 +496,35 @@ impl Store {
         if elements.len() > ELEMENTS_MAX {
             return Err(CkptError::new(
                 ErrorCode::InvalidParameter,
-                format!("{} elements, at most {ELEMENTS_MAX} per read", elements.len()),
+                format!(
+                    "{} elements, at most {ELEMENTS_MAX} per read",
+                    elements.len()
+                ),
             ));
         }
         let view = self.shared.db.snapshot();
-        let meta = view.instance(instance)?.ok_or_else(|| missing_instance(instance))?;
+        let meta = view
+            .instance(instance)?
+            .ok_or_else(|| missing_instance(instance))?;
         let mut total = 0u64;
         let mut out = Vec::with_capacity(elements.len());
         for (index, element) in elements.iter().enumerate() {
             let at = |e: CkptError| e.at_index(index as u32);
-            let section = view.section(instance, &element.section_id)?.ok_or_else(|| {
-                at(CkptError::new(ErrorCode::NotExist, format!("section {} does not exist", element.section_id)))
-            })?;
+            let section = view
+                .section(instance, &element.section_id)?
+                .ok_or_else(|| {
+                    at(CkptError::new(
+                        ErrorCode::NotExist,
+                        format!("section {} does not exist", element.section_id),
+                    ))
+                })?;
             if element.offset > section.size {
                 return Err(at(CkptError::new(
                     ErrorCode::InvalidParameter,
-                    format!("offset {} is past the section's end ({})", element.offset, section.size),
+                    format!(
+                        "offset {} is past the section's end ({})",
+                        element.offset, section.size
+                    ),
                 )));
             }
             let available = section.size - element.offset;
@@ -420,14 +536,23 @@ impl Store {
                     format!("read would return more than {UPDATE_BYTES_MAX} bytes; read in parts"),
                 )));
             }
-            out.push(view.read_data(meta.column_family, &element.section_id, element.offset, len)?);
+            out.push(view.read_data(
+                meta.column_family,
+                &element.section_id,
+                element.offset,
+                len,
+            )?);
         }
         Ok(out)
     }
 
     /// Whether the store refuses writes, and why.
     pub fn poisoned(&self) -> Option<String> {
-        self.shared.poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// RocksDB property (for metrics).
@@ -446,11 +571,19 @@ impl Store {
         if self.shared.poisoned_error().is_some() {
             return Ok(());
         }
+        // A full flush (not only RocksDB's WAL) so the next open replays
+        // nothing, in either RocksDB WAL mode.
+        self.shared.db.flush_all()?;
         checkpoint_now(&self.shared, self.shared.applied.load(Ordering::Acquire))
     }
 
     fn stop_threads(&mut self) {
         self.sender = None;
+        self.shared
+            .resubmit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
@@ -459,6 +592,7 @@ impl Store {
         for helper in self.helpers.drain(..) {
             let _ = helper.join();
         }
+        self.shared.release_parked();
     }
 }
 
@@ -471,7 +605,10 @@ impl Drop for Store {
 }
 
 fn missing_instance(instance: InstanceId) -> CkptError {
-    CkptError::new(ErrorCode::NotExist, format!("checkpoint instance {} does not exist", instance.0))
+    CkptError::new(
+        ErrorCode::NotExist,
+        format!("checkpoint instance {} does not exist", instance.0),
+    )
 }
 
 fn descriptor(section_id: SectionId, meta: &SectionMeta) -> SectionDescriptor {
@@ -485,7 +622,11 @@ fn descriptor(section_id: SectionId, meta: &SectionMeta) -> SectionDescriptor {
 }
 
 fn io_error(context: &str, error: &std::io::Error) -> CkptError {
-    let code = if error.raw_os_error() == Some(libc::ENOSPC) { ErrorCode::NoSpace } else { ErrorCode::Library };
+    let code = if error.raw_os_error() == Some(libc::ENOSPC) {
+        ErrorCode::NoSpace
+    } else {
+        ErrorCode::Library
+    };
     CkptError::new(code, format!("{context}: {error}"))
 }
 
@@ -502,10 +643,22 @@ fn spawn_pool_keeper(shared: Arc<Shared>) -> CkptResult<JoinHandle<()>> {
         .name("ckpt-cf-pool".into())
         .spawn(move || {
             while !shared.stopping.load(Ordering::Acquire) {
+                if shared.db.pool_free() > 0 {
+                    shared.release_parked();
+                }
                 if shared.db.pool_needs_top_up() {
-                    if let Err(error) = shared.db.top_up_pool() {
-                        tracing::error!(%error, "creating column families for the pool failed");
-                        std::thread::sleep(Duration::from_millis(500));
+                    let started = std::time::Instant::now();
+                    match shared.db.top_up_pool() {
+                        Ok(created) => tracing::debug!(
+                            created,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "column family pool refilled"
+                        ),
+                        Err(error) => {
+                            tracing::error!(%error, "creating column families for the pool failed");
+                            shared.release_parked();
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
                     }
                 } else {
                     shared.db.wait_for_pool_demand(Duration::from_millis(200));
@@ -552,7 +705,11 @@ fn recover(
         .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
         .collect();
     segments.sort();
-    let mut report = RecoveryReport { applied_at_open: applied.0, segments: segments.len(), ..Default::default() };
+    let mut report = RecoveryReport {
+        applied_at_open: applied.0,
+        segments: segments.len(),
+        ..Default::default()
+    };
     let backing = DbBacking(db);
     let mut last_lsn = applied.0;
     let mut expected = applied.0 + 1;
@@ -562,7 +719,9 @@ fn recover(
     let count = segments.len();
     for (position, (first_lsn, name)) in segments.into_iter().enumerate() {
         let is_last = position + 1 == count;
-        let bytes = fs.read(&name).map_err(|e| io_error(&format!("reading WAL segment {name}"), &e))?;
+        let bytes = fs
+            .read(&name)
+            .map_err(|e| io_error(&format!("reading WAL segment {name}"), &e))?;
         let scan = scan_segment(&bytes);
         if scan.first_lsn.is_some_and(|lsn| lsn != first_lsn) {
             return Err(corrupt(&name, 0, "header lsn does not match the file name"));
@@ -576,7 +735,10 @@ fn recover(
                 return Err(corrupt(
                     &name,
                     *offset,
-                    &format!("expected lsn {expected}, found {} (records are missing)", record.lsn.0),
+                    &format!(
+                        "expected lsn {expected}, found {} (records are missing)",
+                        record.lsn.0
+                    ),
                 ));
             }
             if let RecordBody::CheckpointCreate { column_family, .. } = &record.body {
@@ -590,7 +752,14 @@ fn recover(
                 db.claim_column_family(*column_family)?;
             }
             let effects = state
-                .apply(&backing, record.instance, record.epoch, record.seq, record.timestamp_ns, &record.body)
+                .apply(
+                    &backing,
+                    record.instance,
+                    record.epoch,
+                    record.seq,
+                    record.timestamp_ns,
+                    &record.body,
+                )
                 .map_err(|e| corrupt(&name, *offset, &e.detail))?;
             pending.extend(effects);
             pending_records += 1;
@@ -609,9 +778,11 @@ fn recover(
                 tracing::warn!(segment = %name, offset, %reason, "cutting off a torn record at the log's tail");
                 report.torn_tail = Some((name.clone(), offset, reason));
                 if scan.first_lsn.is_none() {
-                    fs.remove(&name).map_err(|e| io_error("removing a torn segment", &e))?;
+                    fs.remove(&name)
+                        .map_err(|e| io_error("removing a torn segment", &e))?;
                 } else {
-                    fs.truncate(&name, scan.valid_len).map_err(|e| io_error("cutting a torn tail", &e))?;
+                    fs.truncate(&name, scan.valid_len)
+                        .map_err(|e| io_error("cutting a torn tail", &e))?;
                     kept.push((first_lsn, name));
                 }
             }
@@ -630,7 +801,8 @@ fn recover(
     // before logging anything. The new segment may even reuse its name.
     let (empty, kept): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(lsn, _)| lsn.0 >= next_lsn);
     for (_, name) in empty {
-        fs.remove(&name).map_err(|e| io_error("removing an empty segment", &e))?;
+        fs.remove(&name)
+            .map_err(|e| io_error("removing an empty segment", &e))?;
     }
     let writer = WalWriter::start(fs, Lsn(next_lsn), kept, config.segment_bytes_max)
         .map_err(|e| io_error("starting a WAL segment", &e))?;
@@ -644,7 +816,9 @@ fn corrupt(segment: &str, offset: u64, reason: &str) -> CkptError {
     )
 }
 
-/// The group-commit thread.
+/// The group-commit thread: validates, appends and applies batches, then
+/// hands each to the [`Syncer`], so the next batch is written and applied
+/// while the previous one's fsync runs.
 struct Writer {
     shared: Arc<Shared>,
     wal: WalWriter,
@@ -659,12 +833,36 @@ struct Accepted {
     outcome: Outcome,
 }
 
+/// A batch written and applied, waiting for its fsync.
+struct SyncJob {
+    segment: SyncHandle,
+    durable: Vec<Accepted>,
+    records: Vec<Record>,
+}
+
 impl Writer {
     fn run(mut self, requests: Receiver<Request>) {
+        let (jobs, job_receiver) = mpsc::sync_channel::<SyncJob>(self.config.sync_queue_max);
+        let syncer = Syncer {
+            shared: self.shared.clone(),
+        };
+        let syncer = std::thread::Builder::new()
+            .name("ckpt-fsync".into())
+            .spawn(move || syncer.run(job_receiver));
+        let syncer = match syncer {
+            Ok(handle) => handle,
+            Err(error) => {
+                self.shared
+                    .poison(format!("cannot start the fsync thread: {error}"));
+                return self.refuse_all(requests);
+            }
+        };
         while let Ok(first) = requests.recv() {
             let mut batch = vec![first];
             let mut bytes: usize = op_bytes(&batch[0].op);
-            while batch.len() < self.config.batch_requests_max && bytes < self.config.batch_bytes_max {
+            while batch.len() < self.config.batch_requests_max
+                && bytes < self.config.batch_bytes_max
+            {
                 match requests.try_recv() {
                     Ok(request) => {
                         bytes += op_bytes(&request.op);
@@ -673,16 +871,36 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(batch);
+            if let Some(job) = self.commit(batch) {
+                if let Err(mpsc::SendError(job)) = jobs.send(job) {
+                    let error = CkptError::new(ErrorCode::Library, "the fsync thread stopped");
+                    fail_all(job.durable, &error);
+                }
+            }
+            self.after_commit();
+        }
+        drop(jobs);
+        let _ = syncer.join();
+    }
+
+    fn refuse_all(&self, requests: Receiver<Request>) {
+        while let Ok(request) = requests.recv() {
+            let error = self
+                .shared
+                .poisoned_error()
+                .unwrap_or_else(|| CkptError::new(ErrorCode::Library, "store failed"));
+            (request.reply)(Err(error));
         }
     }
 
-    fn commit(&mut self, batch: Vec<Request>) {
+    /// Validates, appends and applies one batch; answers what can be
+    /// answered now and returns what waits for the fsync.
+    fn commit(&mut self, batch: Vec<Request>) -> Option<SyncJob> {
         if let Some(error) = self.shared.poisoned_error() {
             for request in batch {
                 (request.reply)(Err(error.clone()));
             }
-            return;
+            return None;
         }
         let backing = DbBacking(&self.shared.db);
         let first_lsn = self.next_lsn;
@@ -690,12 +908,25 @@ impl Writer {
         let mut effects = Vec::new();
         let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
         let mut taken_slots = Vec::new();
-        let mut records = 0u64;
-        let listener = self.shared.listener.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut logged: Vec<Record> = Vec::new();
+        let keep_records = self
+            .shared
+            .listener
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
         for request in batch {
             let (planned, outcome) = match self.state.plan(&backing, &request.op, request.now) {
                 Ok(planned) => planned,
+                Err(error)
+                    if error.code == ErrorCode::TryAgain
+                        && matches!(request.op, Op::CreateCheckpoint { .. }) =>
+                {
+                    // No column family is ready: the request waits for the
+                    // pool keeper instead of stalling this thread.
+                    self.shared.park(request);
+                    continue;
+                }
                 Err(error) => {
                     (request.reply)(Err(error));
                     continue;
@@ -709,76 +940,102 @@ impl Writer {
                 if let RecordBody::CheckpointCreate { column_family, .. } = &body {
                     taken_slots.push(*column_family);
                 }
-                match self.state.apply(&backing, instance, epoch, seq, request.now, &body) {
+                match self
+                    .state
+                    .apply(&backing, instance, epoch, seq, request.now, &body)
+                {
                     Ok(record_effects) => effects.extend(record_effects),
                     Err(error) => {
                         // plan() accepted what apply() refuses: a bug, and
                         // the in-memory state can no longer be trusted.
-                        self.shared.poison(format!("state machine inconsistency: {error}"));
+                        self.shared
+                            .poison(format!("state machine inconsistency: {error}"));
                     }
                 }
-                let record = Record { lsn: Lsn(self.next_lsn), instance, epoch, seq, timestamp_ns: request.now, body };
+                let record = Record {
+                    lsn: Lsn(self.next_lsn),
+                    instance,
+                    epoch,
+                    seq,
+                    timestamp_ns: request.now,
+                    body,
+                };
                 record.encode_into(&mut encoded);
-                if listener.is_some() {
-                    logged.push(record);
-                }
                 self.next_lsn += 1;
-                records += 1;
+                logged.push(record);
             }
             accepted.push(Accepted { request, outcome });
         }
+        let records = logged.len() as u64;
         if records == 0 {
-            for Accepted { request, outcome } in accepted {
-                (request.reply)(Ok(outcome));
-            }
-            return;
+            // Nothing to log (rejections, an existing checkpoint opened, a
+            // barrier): answered once every earlier batch is durable, which
+            // the fsync queue's order guarantees.
+            return Some(SyncJob {
+                segment: self.wal.sync_handle(),
+                durable: accepted,
+                records: Vec::new(),
+            });
         }
         if let Some(error) = self.shared.poisoned_error() {
             self.undo(first_lsn, &taken_slots);
-            return fail_all(accepted, &error);
+            fail_all(accepted, &error);
+            return None;
         }
 
         if let Err(failure) = self.wal.append(&encoded) {
             self.undo(first_lsn, &taken_slots);
             let error = if failure.no_space {
-                CkptError::new(ErrorCode::NoSpace, format!("disk full writing the log: {}", failure.error))
+                CkptError::new(
+                    ErrorCode::NoSpace,
+                    format!("disk full writing the log: {}", failure.error),
+                )
             } else {
-                CkptError::new(ErrorCode::Library, format!("writing the log failed: {}", failure.error))
+                CkptError::new(
+                    ErrorCode::Library,
+                    format!("writing the log failed: {}", failure.error),
+                )
             };
             if !failure.rolled_back || !failure.no_space {
-                self.shared.poison(format!("log write failed: {}", failure.error));
+                self.shared
+                    .poison(format!("log write failed: {}", failure.error));
             }
-            return fail_all(accepted, &error);
+            fail_all(accepted, &error);
+            return None;
         }
         let last_lsn = Lsn(self.next_lsn - 1);
-        if let Err(error) = self.shared.db.apply(&effects, last_lsn, self.state.next_instance()) {
-            self.shared.poison(format!("RocksDB write failed: {}", error.detail));
-            return fail_all(accepted, &error);
+        if let Err(error) = self
+            .shared
+            .db
+            .apply(&effects, last_lsn, self.state.next_instance())
+        {
+            self.shared
+                .poison(format!("RocksDB write failed: {}", error.detail));
+            fail_all(accepted, &error);
+            return None;
         }
         self.shared.applied.store(last_lsn.0, Ordering::Release);
         let stats = &self.shared.stats;
         stats.records.fetch_add(records, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.wal_bytes.fetch_add(encoded.len() as u64, Ordering::Relaxed);
+        stats
+            .wal_bytes
+            .fetch_add(encoded.len() as u64, Ordering::Relaxed);
 
-        let (written, durable): (Vec<_>, Vec<_>) =
-            accepted.into_iter().partition(|a| a.request.durability == Durability::Written);
+        let (written, durable): (Vec<_>, Vec<_>) = accepted
+            .into_iter()
+            .partition(|a| a.request.durability == Durability::Written);
         for Accepted { request, outcome } in written {
             (request.reply)(Ok(outcome));
         }
-        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = self.wal.sync() {
-            self.shared.poison(format!("fsync of the log failed: {error}"));
-            let error = self.shared.poisoned_error().unwrap_or_else(|| io_error("fsync", &error));
-            return fail_all(durable, &error);
+        if !keep_records {
+            logged.clear();
         }
-        for Accepted { request, outcome } in durable {
-            (request.reply)(Ok(outcome));
-        }
-        if let Some(listener) = listener {
-            listener(&logged);
-        }
-        self.after_commit();
+        Some(SyncJob {
+            segment: self.wal.sync_handle(),
+            durable,
+            records: logged,
+        })
     }
 
     /// Forgets a batch that never reached the log: lsns are reused, taken
@@ -787,8 +1044,13 @@ impl Writer {
         self.next_lsn = first_lsn;
         self.shared.db.return_column_families(taken_slots);
         match self.shared.db.reload() {
-            Ok(loaded) => self.state.reset(loaded.names, loaded.instances, loaded.next_instance),
-            Err(error) => self.shared.poison(format!("reloading state after a failed write: {}", error.detail)),
+            Ok(loaded) => self
+                .state
+                .reset(loaded.names, loaded.instances, loaded.next_instance),
+            Err(error) => self.shared.poison(format!(
+                "reloading state after a failed write: {}",
+                error.detail
+            )),
         }
     }
 
@@ -801,7 +1063,9 @@ impl Writer {
                     // rotation asks again.
                     let _ = self.checkpoint.try_send(self.next_lsn - 1);
                 }
-                Err(error) => tracing::warn!(%error, "could not start a new WAL segment; continuing in the current one"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not start a new WAL segment; continuing in the current one")
+                }
             }
             if self.wal.segment_count() >= self.config.wal_segments_max {
                 // The background checkpoint fell behind: catch up here, at
@@ -818,11 +1082,86 @@ impl Writer {
         let durable = self.shared.durable_applied.load(Ordering::Acquire);
         match self.wal.delete_covered(Lsn(durable)) {
             Ok(deleted) => {
-                self.shared.stats.segments_deleted.fetch_add(deleted as u64, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .segments_deleted
+                    .fetch_add(deleted as u64, Ordering::Relaxed);
             }
             Err(error) => tracing::warn!(%error, "deleting old WAL segments failed; will retry"),
         }
-        self.shared.segments.store(self.wal.segment_count() as u64, Ordering::Relaxed);
+        self.shared
+            .segments
+            .store(self.wal.segment_count() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The fsync thread: syncs every batch the writer handed over (one
+/// `fdatasync` for all that queued meanwhile), then answers them and tells
+/// the commit listener, in log order.
+struct Syncer {
+    shared: Arc<Shared>,
+}
+
+impl Syncer {
+    fn run(self, jobs: Receiver<SyncJob>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            while let Ok(job) = jobs.try_recv() {
+                batch.push(job);
+            }
+            self.sync(batch);
+        }
+    }
+
+    fn sync(&self, batch: Vec<SyncJob>) {
+        let needs_sync = batch
+            .iter()
+            .any(|job| !job.records.is_empty() || !job.durable.is_empty());
+        let mut synced: Vec<&SyncHandle> = Vec::new();
+        let mut failure = self.shared.poisoned_error();
+        if needs_sync && failure.is_none() {
+            for job in &batch {
+                if synced.iter().any(|h| Arc::ptr_eq(h, &job.segment)) {
+                    continue;
+                }
+                synced.push(&job.segment);
+                self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                let result = job
+                    .segment
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sync_data();
+                if let Err(error) = result {
+                    self.shared
+                        .poison(format!("fsync of the log failed: {error}"));
+                    failure = Some(
+                        self.shared
+                            .poisoned_error()
+                            .unwrap_or_else(|| io_error("fsync", &error)),
+                    );
+                    break;
+                }
+            }
+        }
+        let listener = self
+            .shared
+            .listener
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for job in batch {
+            match &failure {
+                Some(error) => fail_all(job.durable, error),
+                None => {
+                    for Accepted { request, outcome } in job.durable {
+                        (request.reply)(Ok(outcome));
+                    }
+                    if let (Some(listener), false) = (&listener, job.records.is_empty()) {
+                        listener(&job.records);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -30,8 +30,14 @@ fn model_digest(model: &Model) -> Digest {
         .iter()
         .map(|(name, sections)| {
             let memory_used = sections.values().map(|d| d.len() as u64).sum();
-            let sections = sections.iter().map(|(id, data)| (id.clone(), (TIME_END, data.clone()))).collect();
-            (name.as_bytes().to_vec(), (sections_len(&sections), memory_used, sections))
+            let sections = sections
+                .iter()
+                .map(|(id, data)| (id.clone(), (TIME_END, data.clone())))
+                .collect();
+            (
+                name.as_bytes().to_vec(),
+                (sections_len(&sections), memory_used, sections),
+            )
         })
         .collect()
 }
@@ -66,18 +72,33 @@ fn next_step(rng: &mut StdRng, store: &Store, model: &Model) -> Step {
         if !exists || choice < 4 {
             if exists {
                 // Delete: unlink (the name goes) and destroy (the data goes).
-                let instance = store.lookup(&common::name(&name)).expect("model says it exists");
+                let instance = store
+                    .lookup(&common::name(&name))
+                    .expect("model says it exists");
                 after.remove(&name);
                 return Step {
-                    ops: vec![Op::Unlink { name: common::name(&name) }, Op::Destroy { instance }],
+                    ops: vec![
+                        Op::Unlink {
+                            name: common::name(&name),
+                        },
+                        Op::Destroy { instance },
+                    ],
                     after,
                 };
             }
             after.insert(name.clone(), BTreeMap::new());
             let attributes = attrs(MAX_SECTIONS, MAX_SECTION_SIZE, CHECKPOINT_SIZE);
-            return Step { ops: vec![Op::CreateCheckpoint { name: common::name(&name), attributes }], after };
+            return Step {
+                ops: vec![Op::CreateCheckpoint {
+                    name: common::name(&name),
+                    attributes,
+                }],
+                after,
+            };
         }
-        let instance: InstanceId = store.lookup(&common::name(&name)).expect("model says it exists");
+        let instance: InstanceId = store
+            .lookup(&common::name(&name))
+            .expect("model says it exists");
         let sections = after.get_mut(&name).expect("exists");
         let used: u64 = sections.values().map(|d| d.len() as u64).sum();
         let id = pick(rng, &IDS).as_bytes().to_vec();
@@ -92,23 +113,48 @@ fn next_step(rng: &mut StdRng, store: &Store, model: &Model) -> Step {
                     continue;
                 }
                 sections.insert(id, initial.clone());
-                let attributes = SectionCreationAttributes { section_id: Some(section_id), expiration_time: TIME_END };
-                return Step { ops: vec![Op::CreateSection { instance, attributes, data: initial }], after };
+                let attributes = SectionCreationAttributes {
+                    section_id: Some(section_id),
+                    expiration_time: TIME_END,
+                };
+                return Step {
+                    ops: vec![Op::CreateSection {
+                        instance,
+                        attributes,
+                        data: initial,
+                    }],
+                    after,
+                };
             }
             25..=34 => {
                 if sections.remove(&id).is_none() {
                     continue;
                 }
-                return Step { ops: vec![Op::DeleteSection { instance, section_id }], after };
+                return Step {
+                    ops: vec![Op::DeleteSection {
+                        instance,
+                        section_id,
+                    }],
+                    after,
+                };
             }
             35..=49 => {
-                let Some(old) = sections.get(&id) else { continue };
+                let Some(old) = sections.get(&id) else {
+                    continue;
+                };
                 let new = data(rng, 120);
                 if used - old.len() as u64 + new.len() as u64 > CHECKPOINT_SIZE {
                     continue;
                 }
                 sections.insert(id, new.clone());
-                return Step { ops: vec![Op::Overwrite { instance, section_id, data: new }], after };
+                return Step {
+                    ops: vec![Op::Overwrite {
+                        instance,
+                        section_id,
+                        data: new,
+                    }],
+                    after,
+                };
             }
             _ => {
                 // A write of 1..=3 elements, possibly past the end.
@@ -117,7 +163,9 @@ fn next_step(rng: &mut StdRng, store: &Store, model: &Model) -> Step {
                 let mut used = used;
                 for _ in 0..count {
                     let id = pick(rng, &IDS).as_bytes().to_vec();
-                    let Some(current) = sections.get_mut(&id) else { continue };
+                    let Some(current) = sections.get_mut(&id) else {
+                        continue;
+                    };
                     let offset = rng.random_range(0..=current.len() as u64 + 20);
                     let bytes = data(rng, 40);
                     let end = offset + bytes.len() as u64;
@@ -130,12 +178,19 @@ fn next_step(rng: &mut StdRng, store: &Store, model: &Model) -> Step {
                         current.resize(end as usize, 0);
                     }
                     current[offset as usize..end as usize].copy_from_slice(&bytes);
-                    elements.push(WriteElement { section_id: SectionId::new(id), offset, data: bytes });
+                    elements.push(WriteElement {
+                        section_id: SectionId::new(id),
+                        offset,
+                        data: bytes,
+                    });
                 }
                 if elements.is_empty() {
                     continue;
                 }
-                return Step { ops: vec![Op::Write { instance, elements }], after };
+                return Step {
+                    ops: vec![Op::Write { instance, elements }],
+                    after,
+                };
             }
         }
     }
@@ -146,8 +201,13 @@ fn crash_cycles(mode: RocksWalMode, default_cycles: u64, salt: u64) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::random::<u64>() ^ salt);
-    let cycles = std::env::var("CKPT_CRASH_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(default_cycles);
-    println!("crash test {mode:?}: seed {seed}, {cycles} cycles (CKPT_CRASH_SEED={seed} to replay)");
+    let cycles = std::env::var("CKPT_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_cycles);
+    println!(
+        "crash test {mode:?}: seed {seed}, {cycles} cycles (CKPT_CRASH_SEED={seed} to replay)"
+    );
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
@@ -174,7 +234,10 @@ fn crash_cycles(mode: RocksWalMode, default_cycles: u64, salt: u64) {
                     acknowledged += 1;
                 }
                 Some(error) => {
-                    assert!(fs.crashed(), "seed {seed} cycle {cycle}: an op the model allows failed: {error}");
+                    assert!(
+                        fs.crashed(),
+                        "seed {seed} cycle {cycle}: an op the model allows failed: {error}"
+                    );
                     in_doubt = Some(step.after);
                     break;
                 }
@@ -201,7 +264,10 @@ fn crash_cycles(mode: RocksWalMode, default_cycles: u64, salt: u64) {
         }
     }
     println!("{acknowledged} operations acknowledged, {in_doubt_applied} in-flight operations found whole");
-    assert!(acknowledged > cycles, "the workload did too little: {acknowledged} ops");
+    assert!(
+        acknowledged > cycles,
+        "the workload did too little: {acknowledged} ops"
+    );
 }
 
 #[test]

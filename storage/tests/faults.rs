@@ -23,14 +23,23 @@ fn a_failed_fsync_poisons_the_store() {
     // Every later write is refused, even though the disk works again.
     let again = run(&store, write(c, "a", 0, b"later")).unwrap_err();
     assert!(again.detail.contains("poisoned"), "{}", again.detail);
-    let create_again = run(&store, Op::CreateCheckpoint { name: name("q"), attributes: attrs(1, 1, 1) });
+    let create_again = run(
+        &store,
+        Op::CreateCheckpoint {
+            name: name("q"),
+            attributes: attrs(1, 1, 1),
+        },
+    );
     assert!(create_again.is_err());
     drop(store);
     fs.power_loss();
     let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
     assert!(store.poisoned().is_none(), "a restart recovers");
     let data = read_all(&store, c, "a");
-    assert!(data == b"durable" || data == b"DOOMEDe", "acknowledged data kept, the failed write whole or absent: {data:?}");
+    assert!(
+        data == b"durable" || data == b"DOOMEDe",
+        "acknowledged data kept, the failed write whole or absent: {data:?}"
+    );
     run(&store, write(c, "a", 0, b"fine")).unwrap();
 }
 
@@ -44,8 +53,15 @@ fn a_failed_log_write_poisons_the_store() {
     fs.fail_next_write();
     let error = run(&store, write(c, "a", 0, b"lost")).unwrap_err();
     assert_eq!(error.code, ErrorCode::Library);
-    assert_eq!(read_all(&store, c, "a"), b"kept", "a write that never reached the log is not visible");
-    assert!(run(&store, write(c, "a", 0, b"next")).unwrap_err().detail.contains("poisoned"));
+    assert_eq!(
+        read_all(&store, c, "a"),
+        b"kept",
+        "a write that never reached the log is not visible"
+    );
+    assert!(run(&store, write(c, "a", 0, b"next"))
+        .unwrap_err()
+        .detail
+        .contains("poisoned"));
     drop(store);
     fs.power_loss();
     let store = open(dir.path(), &fs, RocksWalMode::Disabled);
@@ -63,22 +79,42 @@ fn a_full_disk_answers_no_space_and_loses_nothing() {
     fs.set_free_bytes(Some(20));
     let error = run(&store, write(c, "a", 0, &[b'x'; 500])).unwrap_err();
     assert_eq!(error.code, ErrorCode::NoSpace, "{error}");
-    let create_error = run(&store, Op::CreateCheckpoint { name: name("other"), attributes: attrs(2, 10, 20) });
+    let create_error = run(
+        &store,
+        Op::CreateCheckpoint {
+            name: name("other"),
+            attributes: attrs(2, 10, 20),
+        },
+    );
     assert_eq!(create_error.unwrap_err().code, ErrorCode::NoSpace);
-    assert_eq!(digest(&store), before, "nothing of the refused writes is visible");
-    assert!(store.poisoned().is_none(), "a full disk does not poison the store");
+    assert_eq!(
+        digest(&store),
+        before,
+        "nothing of the refused writes is visible"
+    );
+    assert!(
+        store.poisoned().is_none(),
+        "a full disk does not poison the store"
+    );
     let pool_before = store.pool_free();
     // Space comes back: the store carries on where it was.
     fs.set_free_bytes(None);
     run(&store, write(c, "a", 0, b"AFTER")).unwrap();
     let other = create(&store, "other", attrs(2, 10, 20));
-    assert!(store.pool_free() <= pool_before, "the slot taken for the refused create went back");
+    assert!(
+        store.pool_free() <= pool_before,
+        "the slot taken for the refused create went back"
+    );
     section(&store, other, "s", b"1");
     let after = digest(&store);
     drop(store);
     fs.power_loss();
     let store = open(dir.path(), &fs, RocksWalMode::Disabled);
-    assert_eq!(digest(&store), after, "everything acknowledged survives a power cut");
+    assert_eq!(
+        digest(&store),
+        after,
+        "everything acknowledged survives a power cut"
+    );
     assert_eq!(read_all(&store, c, "a"), b"AFTERe");
 }
 
@@ -94,7 +130,11 @@ fn written_durability_resolves_before_the_fsync() {
     fs.fail_next_sync();
     let weak = store.execute_with(write(c, "a", 0, b"1"), Durability::Written, NOW);
     assert_eq!(weak.unwrap(), Outcome::Done);
-    assert_eq!(read_all(&store, c, "a"), b"1", "a returned write is visible to the next read");
+    assert_eq!(
+        read_all(&store, c, "a"),
+        b"1",
+        "a returned write is visible to the next read"
+    );
     // The writer thread reaches the failed fsync after answering; the next
     // durable write queues behind it and sees the poisoned store.
     let next = run(&store, write(c, "a", 0, b"2")).unwrap_err();

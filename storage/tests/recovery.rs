@@ -17,7 +17,10 @@ fn scripted_ops(store: &Store) -> Vec<Op> {
     let c = create(store, "cut", attrs(4, 4096, 16384));
     let mk = |id: &str, data: &[u8], expiration_time| Op::CreateSection {
         instance: c,
-        attributes: SectionCreationAttributes { section_id: Some(SectionId::new(id)), expiration_time },
+        attributes: SectionCreationAttributes {
+            section_id: Some(SectionId::new(id)),
+            expiration_time,
+        },
         data: data.to_vec(),
     };
     vec![
@@ -26,15 +29,37 @@ fn scripted_ops(store: &Store) -> Vec<Op> {
         Op::Write {
             instance: c,
             elements: vec![
-                WriteElement { section_id: SectionId::new("a"), offset: 8, data: b"zz".to_vec() },
-                WriteElement { section_id: SectionId::new("b"), offset: 0, data: b"BB".to_vec() },
+                WriteElement {
+                    section_id: SectionId::new("a"),
+                    offset: 8,
+                    data: b"zz".to_vec(),
+                },
+                WriteElement {
+                    section_id: SectionId::new("b"),
+                    offset: 0,
+                    data: b"BB".to_vec(),
+                },
             ],
         },
-        Op::Overwrite { instance: c, section_id: SectionId::new("b"), data: b"over".to_vec() },
-        Op::SetExpiration { instance: c, section_id: SectionId::new("b"), expiration_time: common::NOW + 5 },
-        Op::SetRetention { instance: c, retention_duration_ns: 77 },
+        Op::Overwrite {
+            instance: c,
+            section_id: SectionId::new("b"),
+            data: b"over".to_vec(),
+        },
+        Op::SetExpiration {
+            instance: c,
+            section_id: SectionId::new("b"),
+            expiration_time: common::NOW + 5,
+        },
+        Op::SetRetention {
+            instance: c,
+            retention_duration_ns: 77,
+        },
         mk("c", b"", TIME_END),
-        Op::DeleteSection { instance: c, section_id: SectionId::new("a") },
+        Op::DeleteSection {
+            instance: c,
+            section_id: SectionId::new("a"),
+        },
         write(c, "c", 2, b"q"),
     ]
 }
@@ -86,7 +111,10 @@ fn cutting_the_log_at_every_byte_recovers_exactly_a_prefix() {
         case_fs.put(&names[0], bytes[..cut].to_vec());
         let store = open(case.path(), &case_fs, RocksWalMode::Disabled);
         let report = store.recovery_report().clone();
-        assert_eq!(report.applied_at_open, 0, "RocksDB must hold nothing durable in this test");
+        assert_eq!(
+            report.applied_at_open, 0,
+            "RocksDB must hold nothing durable in this test"
+        );
         let complete = ends.iter().filter(|&&end| end <= cut as u64).count();
         assert_eq!(
             digest(&store),
@@ -94,17 +122,32 @@ fn cutting_the_log_at_every_byte_recovers_exactly_a_prefix() {
             "cut at byte {cut}: recovered state is not the prefix of {complete} records"
         );
         assert_eq!(report.replayed as usize, complete);
-        assert_eq!(report.torn_tail.is_some(), !ends.contains(&(cut as u64)), "cut at byte {cut}");
+        assert_eq!(
+            report.torn_tail.is_some(),
+            !ends.contains(&(cut as u64)),
+            "cut at byte {cut}"
+        );
         // The torn tail was cut off durably: a record written now follows
         // the prefix and survives the next power cut with it.
         if cut % 7 == 0 {
             let c = store.lookup(&name("cut")).unwrap();
-            run(&store, Op::SetRetention { instance: c, retention_duration_ns: 1 }).unwrap();
+            run(
+                &store,
+                Op::SetRetention {
+                    instance: c,
+                    retention_duration_ns: 1,
+                },
+            )
+            .unwrap();
             let expected = digest(&store);
             drop(store);
             case_fs.power_loss();
             let store = open(case.path(), &case_fs, RocksWalMode::Disabled);
-            assert_eq!(digest(&store), expected, "cut at byte {cut}: the write after recovery");
+            assert_eq!(
+                digest(&store),
+                expected,
+                "cut at byte {cut}: the write after recovery"
+            );
             assert_eq!(store.status(c).unwrap().attributes.retention_duration_ns, 1);
         }
         cuts += 1;
@@ -126,13 +169,23 @@ fn corruption_before_the_tail_names_segment_and_offset() {
     let victim = scan_segment(&bytes).records[3].0;
     bytes[victim as usize + 20] ^= 0x10;
     fs.put(&name, bytes);
-    let error = Store::open_with_fs(config(dir.path(), RocksWalMode::Disabled), std::sync::Arc::new(fs.clone()))
-        .err()
-        .expect("corruption must fail the open");
+    let error = Store::open_with_fs(
+        config(dir.path(), RocksWalMode::Disabled),
+        std::sync::Arc::new(fs.clone()),
+    )
+    .err()
+    .expect("corruption must fail the open");
     assert_eq!(error.code, ErrorCode::Library);
     assert!(error.detail.contains(&name), "{}", error.detail);
-    assert!(error.detail.contains(&format!("offset {victim}")), "{}", error.detail);
-    assert!(fs.get(&name).unwrap().len() as u64 > victim, "nothing was cut away");
+    assert!(
+        error.detail.contains(&format!("offset {victim}")),
+        "{}",
+        error.detail
+    );
+    assert!(
+        fs.get(&name).unwrap().len() as u64 > victim,
+        "nothing was cut away"
+    );
 }
 
 #[test]
@@ -152,7 +205,10 @@ fn rocksdb_ahead_of_the_log_continues_after_its_position() {
     fs.power_loss();
     let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
     let recovered = digest(&store);
-    assert_eq!(recovered, applied, "RocksDB's state is a whole prefix, the failed write included");
+    assert_eq!(
+        recovered, applied,
+        "RocksDB's state is a whole prefix, the failed write included"
+    );
     run(&store, write(c, "a", 0, b"three")).unwrap();
     drop(store);
     fs.power_loss();
@@ -180,12 +236,19 @@ fn the_log_stays_bounded_under_steady_writes() {
         // would be ~90 files; with it, never more than wal_segments_max.
         let deleted = store.stats().segments_deleted.load(Ordering::Relaxed);
         assert!(deleted > 50, "{mode:?}: only {deleted} segments deleted");
-        assert!(max_segments <= 6, "{mode:?}: the log grew to {max_segments} segments");
+        assert!(
+            max_segments <= 6,
+            "{mode:?}: the log grew to {max_segments} segments"
+        );
         assert!(fs.list().unwrap().len() <= 6);
         drop(store);
         fs.power_loss();
         let store = Store::open_with_fs(config, std::sync::Arc::new(fs.clone())).unwrap();
-        assert_eq!(read_all(&store, c, "a"), vec![2999u32 as u8; 200], "{mode:?}");
+        assert_eq!(
+            read_all(&store, c, "a"),
+            vec![2999u32 as u8; 200],
+            "{mode:?}"
+        );
     }
 }
 
@@ -201,17 +264,27 @@ fn a_deleted_checkpoints_column_family_is_recycled() {
     run(&store, Op::Destroy { instance: first }).unwrap();
     // The pool hands out most recently returned slots first.
     let second = create(&store, "two", attrs(3, 100, 300));
-    assert_eq!(store.instance(second).unwrap().column_family, slot, "the column family was reused");
+    assert_eq!(
+        store.instance(second).unwrap().column_family,
+        slot,
+        "the column family was reused"
+    );
     assert!(store.sections(second).unwrap().is_empty());
     section(&store, second, "a", b"");
     run(&store, write(second, "a", 50, b"x")).unwrap();
     let data = read_all(&store, second, "a");
     assert_eq!(data.len(), 51);
-    assert!(data[..50].iter().all(|&b| b == 0), "old data leaked into the recycled column family");
+    assert!(
+        data[..50].iter().all(|&b| b == 0),
+        "old data leaked into the recycled column family"
+    );
     // And after a crash and replay of the destroy, still nothing leaks.
     drop(store);
     fs.power_loss();
     let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
     assert_eq!(read_all(&store, second, "a")[..50], [0u8; 50]);
-    assert_eq!(store.lookup(&name("one")).unwrap_err().code, ErrorCode::NotExist);
+    assert_eq!(
+        store.lookup(&name("one")).unwrap_err().code,
+        ErrorCode::NotExist
+    );
 }

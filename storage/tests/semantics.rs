@@ -4,7 +4,8 @@
 mod common;
 
 use ckpt_proto::{
-    CreationFlags, ErrorCode, ReadElement, SectionCreationAttributes, SectionId, WriteElement, TIME_END,
+    CreationFlags, ErrorCode, ReadElement, SectionCreationAttributes, SectionId, WriteElement,
+    TIME_END,
 };
 use ckpt_storage::{FaultFs, Op, Outcome, RocksWalMode};
 use common::*;
@@ -26,15 +27,51 @@ fn create_validates_attributes() {
     let (_d, _f, s) = store();
     let mut a = attrs(4, 100, 400);
     a.checkpoint_size = 401;
-    assert_eq!(code(run(&s, Op::CreateCheckpoint { name: name("x"), attributes: a })).0, ErrorCode::InvalidParameter);
+    assert_eq!(
+        code(run(
+            &s,
+            Op::CreateCheckpoint {
+                name: name("x"),
+                attributes: a
+            }
+        ))
+        .0,
+        ErrorCode::InvalidParameter
+    );
     let mut a = attrs(4, 100, 400);
     a.creation_flags = CreationFlags::WR_ALL_REPLICAS | CreationFlags::WR_ACTIVE_REPLICA_WEAK;
-    assert_eq!(code(run(&s, Op::CreateCheckpoint { name: name("x"), attributes: a })).0, ErrorCode::InvalidParameter);
+    assert_eq!(
+        code(run(
+            &s,
+            Op::CreateCheckpoint {
+                name: name("x"),
+                attributes: a
+            }
+        ))
+        .0,
+        ErrorCode::InvalidParameter
+    );
     let mut a = attrs(4, 100, 400);
     a.creation_flags = CreationFlags(0x2 | 0x8000);
-    assert_eq!(code(run(&s, Op::CreateCheckpoint { name: name("x"), attributes: a })).0, ErrorCode::BadFlag);
-    assert!(s.lookup(&name("x")).is_err(), "a rejected create leaves no trace");
-    assert_eq!(s.stats().records.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        code(run(
+            &s,
+            Op::CreateCheckpoint {
+                name: name("x"),
+                attributes: a
+            }
+        ))
+        .0,
+        ErrorCode::BadFlag
+    );
+    assert!(
+        s.lookup(&name("x")).is_err(),
+        "a rejected create leaves no trace"
+    );
+    assert_eq!(
+        s.stats().records.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -43,9 +80,28 @@ fn reopen_with_same_attributes_opens_and_different_is_already_exist() {
     let first = create(&s, "c", attrs(4, 100, 400));
     let mut same_but_retention = attrs(4, 100, 400);
     same_but_retention.retention_duration_ns = 5;
-    let again = run(&s, Op::CreateCheckpoint { name: name("c"), attributes: same_but_retention }).unwrap();
-    assert_eq!(again, Outcome::Opened { instance: first, existed: true });
-    let other = run(&s, Op::CreateCheckpoint { name: name("c"), attributes: attrs(5, 100, 400) });
+    let again = run(
+        &s,
+        Op::CreateCheckpoint {
+            name: name("c"),
+            attributes: same_but_retention,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        again,
+        Outcome::Opened {
+            instance: first,
+            existed: true
+        }
+    );
+    let other = run(
+        &s,
+        Op::CreateCheckpoint {
+            name: name("c"),
+            attributes: attrs(5, 100, 400),
+        },
+    );
     assert_eq!(code(other).0, ErrorCode::AlreadyExist);
 }
 
@@ -59,23 +115,43 @@ fn default_section_exists_iff_one_section() {
     assert_eq!(sections[0].expiration_time, TIME_END);
     run(&s, write(single, "", 0, b"state")).unwrap();
     assert_eq!(read_all(&s, single, ""), b"state");
-    let delete = Op::DeleteSection { instance: single, section_id: SectionId::DEFAULT };
+    let delete = Op::DeleteSection {
+        instance: single,
+        section_id: SectionId::DEFAULT,
+    };
     assert_eq!(code(run(&s, delete)).0, ErrorCode::InvalidParameter);
-    let expire = Op::SetExpiration { instance: single, section_id: SectionId::DEFAULT, expiration_time: NOW + 10 };
+    let expire = Op::SetExpiration {
+        instance: single,
+        section_id: SectionId::DEFAULT,
+        expiration_time: NOW + 10,
+    };
     assert_eq!(code(run(&s, expire)).0, ErrorCode::InvalidParameter);
     let more = Op::CreateSection {
         instance: single,
-        attributes: SectionCreationAttributes { section_id: Some(SectionId::new("a")), expiration_time: TIME_END },
+        attributes: SectionCreationAttributes {
+            section_id: Some(SectionId::new("a")),
+            expiration_time: TIME_END,
+        },
         data: vec![],
     };
-    assert_eq!(code(run(&s, more)).0, ErrorCode::NoSpace, "the default section fills maxSections = 1");
+    assert_eq!(
+        code(run(&s, more)).0,
+        ErrorCode::NoSpace,
+        "the default section fills maxSections = 1"
+    );
 
     let multi = create(&s, "multi", attrs(3, 100, 300));
     assert!(s.sections(multi).unwrap().is_empty());
-    assert_eq!(code(run(&s, write(multi, "", 0, b"x"))), (ErrorCode::NotExist, Some(0)));
+    assert_eq!(
+        code(run(&s, write(multi, "", 0, b"x"))),
+        (ErrorCode::NotExist, Some(0))
+    );
     let default_create = Op::CreateSection {
         instance: multi,
-        attributes: SectionCreationAttributes { section_id: Some(SectionId::DEFAULT), expiration_time: TIME_END },
+        attributes: SectionCreationAttributes {
+            section_id: Some(SectionId::DEFAULT),
+            expiration_time: TIME_END,
+        },
         data: vec![],
     };
     assert_eq!(code(run(&s, default_create)).0, ErrorCode::InvalidParameter);
@@ -87,16 +163,38 @@ fn section_limits() {
     let c = create(&s, "c", attrs(2, 10, 20));
     let make = |id: &str, data: &[u8], expiration_time| Op::CreateSection {
         instance: c,
-        attributes: SectionCreationAttributes { section_id: Some(SectionId::new(id)), expiration_time },
+        attributes: SectionCreationAttributes {
+            section_id: Some(SectionId::new(id)),
+            expiration_time,
+        },
         data: data.to_vec(),
     };
-    assert_eq!(code(run(&s, make(&"i".repeat(17), b"", TIME_END))).0, ErrorCode::InvalidParameter, "id too long");
-    assert_eq!(code(run(&s, make("a", &[0; 11], TIME_END))).0, ErrorCode::InvalidParameter, "data over maxSectionSize");
-    assert_eq!(code(run(&s, make("a", b"", NOW - 1))).0, ErrorCode::InvalidParameter, "expiration in the past");
+    assert_eq!(
+        code(run(&s, make(&"i".repeat(17), b"", TIME_END))).0,
+        ErrorCode::InvalidParameter,
+        "id too long"
+    );
+    assert_eq!(
+        code(run(&s, make("a", &[0; 11], TIME_END))).0,
+        ErrorCode::InvalidParameter,
+        "data over maxSectionSize"
+    );
+    assert_eq!(
+        code(run(&s, make("a", b"", NOW - 1))).0,
+        ErrorCode::InvalidParameter,
+        "expiration in the past"
+    );
     run(&s, make(&"i".repeat(16), b"", TIME_END)).unwrap();
     run(&s, make("a", b"0123456789", TIME_END)).unwrap();
-    assert_eq!(code(run(&s, make("a", b"", TIME_END))).0, ErrorCode::AlreadyExist);
-    assert_eq!(code(run(&s, make("b", b"", TIME_END))).0, ErrorCode::NoSpace, "maxSections");
+    assert_eq!(
+        code(run(&s, make("a", b"", TIME_END))).0,
+        ErrorCode::AlreadyExist
+    );
+    assert_eq!(
+        code(run(&s, make("b", b"", TIME_END))).0,
+        ErrorCode::NoSpace,
+        "maxSections"
+    );
     let status = s.status(c).unwrap();
     assert_eq!((status.number_of_sections, status.memory_used), (2, 10));
 }
@@ -107,7 +205,10 @@ fn generated_ids_are_unique_and_never_reused() {
     let c = create(&s, "c", attrs(10, 10, 100));
     let generate = || Op::CreateSection {
         instance: c,
-        attributes: SectionCreationAttributes { section_id: None, expiration_time: TIME_END },
+        attributes: SectionCreationAttributes {
+            section_id: None,
+            expiration_time: TIME_END,
+        },
         data: b"g".to_vec(),
     };
     // A user-chosen id that a naive counter would hand out next is skipped.
@@ -119,10 +220,26 @@ fn generated_ids_are_unique_and_never_reused() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(ids, vec![SectionId::new("1"), SectionId::new("3"), SectionId::new("4")]);
-    run(&s, Op::DeleteSection { instance: c, section_id: SectionId::new("4") }).unwrap();
+    assert_eq!(
+        ids,
+        vec![
+            SectionId::new("1"),
+            SectionId::new("3"),
+            SectionId::new("4")
+        ]
+    );
+    run(
+        &s,
+        Op::DeleteSection {
+            instance: c,
+            section_id: SectionId::new("4"),
+        },
+    )
+    .unwrap();
     match run(&s, generate()).unwrap() {
-        Outcome::SectionCreated { section_id } => assert_eq!(section_id, SectionId::new("5"), "4 is not reused"),
+        Outcome::SectionCreated { section_id } => {
+            assert_eq!(section_id, SectionId::new("5"), "4 is not reused")
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(read_all(&s, c, "2"), b"user");
@@ -136,13 +253,20 @@ fn generated_ids_fit_max_section_id_size() {
     let c = create(&s, "c", a);
     let generate = || Op::CreateSection {
         instance: c,
-        attributes: SectionCreationAttributes { section_id: None, expiration_time: TIME_END },
+        attributes: SectionCreationAttributes {
+            section_id: None,
+            expiration_time: TIME_END,
+        },
         data: vec![],
     };
     for _ in 0..9 {
         run(&s, generate()).unwrap();
     }
-    assert_eq!(code(run(&s, generate())).0, ErrorCode::NoSpace, "id 10 does not fit in one byte");
+    assert_eq!(
+        code(run(&s, generate())).0,
+        ErrorCode::NoSpace,
+        "id 10 does not fit in one byte"
+    );
 }
 
 #[test]
@@ -157,17 +281,64 @@ fn multi_element_write_is_atomic_and_reports_the_failing_index() {
         offset,
         data: data.to_vec(),
     };
-    let bad_third = vec![element("a", 0, b"AA"), element("b", 0, b"BB"), element("missing", 0, b"x")];
-    assert_eq!(code(run(&s, Op::Write { instance: c, elements: bad_third })), (ErrorCode::NotExist, Some(2)));
-    let too_far = vec![element("a", 0, b"AA"), element("b", 0, b"BB"), element("b", 8, b"xyz")];
-    assert_eq!(code(run(&s, Op::Write { instance: c, elements: too_far })), (ErrorCode::InvalidParameter, Some(2)));
+    let bad_third = vec![
+        element("a", 0, b"AA"),
+        element("b", 0, b"BB"),
+        element("missing", 0, b"x"),
+    ];
+    assert_eq!(
+        code(run(
+            &s,
+            Op::Write {
+                instance: c,
+                elements: bad_third
+            }
+        )),
+        (ErrorCode::NotExist, Some(2))
+    );
+    let too_far = vec![
+        element("a", 0, b"AA"),
+        element("b", 0, b"BB"),
+        element("b", 8, b"xyz"),
+    ];
+    assert_eq!(
+        code(run(
+            &s,
+            Op::Write {
+                instance: c,
+                elements: too_far
+            }
+        )),
+        (ErrorCode::InvalidParameter, Some(2))
+    );
     assert_eq!(digest(&s), before, "a rejected write changes nothing");
-    let good = vec![element("a", 0, b"AA"), element("b", 2, b"BBB"), element("a", 3, b"Z")];
-    run(&s, Op::Write { instance: c, elements: good }).unwrap();
+    let good = vec![
+        element("a", 0, b"AA"),
+        element("b", 2, b"BBB"),
+        element("a", 3, b"Z"),
+    ];
+    run(
+        &s,
+        Op::Write {
+            instance: c,
+            elements: good,
+        },
+    )
+    .unwrap();
     assert_eq!(read_all(&s, c, "a"), b"AAaZ");
     assert_eq!(read_all(&s, c, "b"), b"bbBBB");
     assert_eq!(s.status(c).unwrap().memory_used, 9);
-    assert_eq!(code(run(&s, Op::Write { instance: c, elements: vec![] })).0, ErrorCode::InvalidParameter);
+    assert_eq!(
+        code(run(
+            &s,
+            Op::Write {
+                instance: c,
+                elements: vec![]
+            }
+        ))
+        .0,
+        ErrorCode::InvalidParameter
+    );
 }
 
 #[test]
@@ -184,14 +355,33 @@ fn writing_past_the_end_grows_and_zero_fills() {
     assert!(data[12..200_000].iter().all(|&b| b == 0));
     assert_eq!(&data[200_000..], b"tail");
     // A partial read in the middle, and a bounded read at the end.
-    let element = |offset, size| ReadElement { section_id: SectionId::new("a"), offset, size };
-    assert_eq!(s.read(c, &[element(199_998, Some(4))]).unwrap()[0], b"\0\0ta");
-    assert_eq!(s.read(c, &[element(200_002, Some(100))]).unwrap()[0], b"il", "readSize is what was read");
+    let element = |offset, size| ReadElement {
+        section_id: SectionId::new("a"),
+        offset,
+        size,
+    };
+    assert_eq!(
+        s.read(c, &[element(199_998, Some(4))]).unwrap()[0],
+        b"\0\0ta"
+    );
+    assert_eq!(
+        s.read(c, &[element(200_002, Some(100))]).unwrap()[0],
+        b"il",
+        "readSize is what was read"
+    );
     assert_eq!(s.read(c, &[element(200_004, None)]).unwrap()[0], b"");
-    let past = s.read(c, &[element(0, None), element(200_005, None)]).unwrap_err();
-    assert_eq!((past.code, past.index), (ErrorCode::InvalidParameter, Some(1)));
+    let past = s
+        .read(c, &[element(0, None), element(200_005, None)])
+        .unwrap_err();
+    assert_eq!(
+        (past.code, past.index),
+        (ErrorCode::InvalidParameter, Some(1))
+    );
     assert_eq!(s.status(c).unwrap().memory_used, 200_004);
-    assert_eq!(code(run(&s, write(c, "a", 299_999, b"xy"))), (ErrorCode::InvalidParameter, Some(0)));
+    assert_eq!(
+        code(run(&s, write(c, "a", 299_999, b"xy"))),
+        (ErrorCode::InvalidParameter, Some(0))
+    );
 }
 
 #[test]
@@ -199,17 +389,36 @@ fn overwrite_replaces_data_and_size() {
     let (_d, _f, s) = store();
     let c = create(&s, "c", attrs(2, 200_000, 200_000));
     section(&s, c, "a", &vec![7u8; 150_000]);
-    run(&s, Op::Overwrite { instance: c, section_id: SectionId::new("a"), data: b"short".to_vec() }).unwrap();
+    run(
+        &s,
+        Op::Overwrite {
+            instance: c,
+            section_id: SectionId::new("a"),
+            data: b"short".to_vec(),
+        },
+    )
+    .unwrap();
     assert_eq!(read_all(&s, c, "a"), b"short");
     assert_eq!(s.status(c).unwrap().memory_used, 5);
     // Growing again after shrinking must not resurrect the old bytes.
     run(&s, write(c, "a", 70_000, b"z")).unwrap();
     let data = read_all(&s, c, "a");
     assert_eq!(data.len(), 70_001);
-    assert!(data[5..70_000].iter().all(|&b| b == 0), "old data came back");
-    let missing = Op::Overwrite { instance: c, section_id: SectionId::new("nope"), data: vec![] };
+    assert!(
+        data[5..70_000].iter().all(|&b| b == 0),
+        "old data came back"
+    );
+    let missing = Op::Overwrite {
+        instance: c,
+        section_id: SectionId::new("nope"),
+        data: vec![],
+    };
     assert_eq!(code(run(&s, missing)).0, ErrorCode::NotExist);
-    let too_big = Op::Overwrite { instance: c, section_id: SectionId::new("a"), data: vec![0; 200_001] };
+    let too_big = Op::Overwrite {
+        instance: c,
+        section_id: SectionId::new("a"),
+        data: vec![0; 200_001],
+    };
     assert_eq!(code(run(&s, too_big)).0, ErrorCode::InvalidParameter);
 }
 
@@ -220,23 +429,57 @@ fn checkpoint_size_is_enforced() {
     section(&s, c, "a", &[1; 10]);
     let create_b = |len| Op::CreateSection {
         instance: c,
-        attributes: SectionCreationAttributes { section_id: Some(SectionId::new("b")), expiration_time: TIME_END },
+        attributes: SectionCreationAttributes {
+            section_id: Some(SectionId::new("b")),
+            expiration_time: TIME_END,
+        },
         data: vec![2; len],
     };
     assert_eq!(code(run(&s, create_b(6))).0, ErrorCode::NoSpace);
     run(&s, create_b(5)).unwrap();
-    assert_eq!(code(run(&s, write(c, "b", 5, b"x"))), (ErrorCode::NoSpace, Some(0)));
-    let grow = Op::Overwrite { instance: c, section_id: SectionId::new("b"), data: vec![3; 6] };
+    assert_eq!(
+        code(run(&s, write(c, "b", 5, b"x"))),
+        (ErrorCode::NoSpace, Some(0))
+    );
+    let grow = Op::Overwrite {
+        instance: c,
+        section_id: SectionId::new("b"),
+        data: vec![3; 6],
+    };
     assert_eq!(code(run(&s, grow)).0, ErrorCode::NoSpace);
     // Two elements that fit alone but not together: the second is at fault.
     let elements = vec![
-        WriteElement { section_id: SectionId::new("a"), offset: 0, data: vec![9; 10] },
-        WriteElement { section_id: SectionId::new("b"), offset: 5, data: vec![9; 1] },
+        WriteElement {
+            section_id: SectionId::new("a"),
+            offset: 0,
+            data: vec![9; 10],
+        },
+        WriteElement {
+            section_id: SectionId::new("b"),
+            offset: 5,
+            data: vec![9; 1],
+        },
     ];
-    assert_eq!(code(run(&s, Op::Write { instance: c, elements })), (ErrorCode::NoSpace, Some(1)));
+    assert_eq!(
+        code(run(
+            &s,
+            Op::Write {
+                instance: c,
+                elements
+            }
+        )),
+        (ErrorCode::NoSpace, Some(1))
+    );
     // Rewriting within the current size needs no space.
     run(&s, write(c, "b", 0, b"xxxxx")).unwrap();
-    run(&s, Op::DeleteSection { instance: c, section_id: SectionId::new("a") }).unwrap();
+    run(
+        &s,
+        Op::DeleteSection {
+            instance: c,
+            section_id: SectionId::new("a"),
+        },
+    )
+    .unwrap();
     run(&s, write(c, "b", 5, b"0123456789")).unwrap_err(); // over maxSectionSize
     run(&s, write(c, "b", 5, b"01234")).unwrap();
     assert_eq!(s.status(c).unwrap().memory_used, 10);
@@ -248,26 +491,69 @@ fn expiration_times_and_expiry() {
     let c = create(&s, "c", attrs(4, 10, 40));
     let make = |id: &str, expiration_time| Op::CreateSection {
         instance: c,
-        attributes: SectionCreationAttributes { section_id: Some(SectionId::new(id)), expiration_time },
+        attributes: SectionCreationAttributes {
+            section_id: Some(SectionId::new(id)),
+            expiration_time,
+        },
         data: b"d".to_vec(),
     };
     run(&s, make("soon", NOW + 100)).unwrap();
     run(&s, make("later", NOW + 1_000)).unwrap();
     run(&s, make("never", TIME_END)).unwrap();
-    let set = |id: &str, t| Op::SetExpiration { instance: c, section_id: SectionId::new(id), expiration_time: t };
-    assert_eq!(code(run(&s, set("later", NOW - 1))).0, ErrorCode::InvalidParameter);
-    assert_eq!(code(run(&s, set("missing", NOW + 1))).0, ErrorCode::NotExist);
+    let set = |id: &str, t| Op::SetExpiration {
+        instance: c,
+        section_id: SectionId::new(id),
+        expiration_time: t,
+    };
+    assert_eq!(
+        code(run(&s, set("later", NOW - 1))).0,
+        ErrorCode::InvalidParameter
+    );
+    assert_eq!(
+        code(run(&s, set("missing", NOW + 1))).0,
+        ErrorCode::NotExist
+    );
     run(&s, set("later", NOW + 500)).unwrap();
-    let by_id: Vec<_> = s.sections(c).unwrap().into_iter().map(|d| (d.section_id, d.expiration_time)).collect();
+    let by_id: Vec<_> = s
+        .sections(c)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.section_id, d.expiration_time))
+        .collect();
     assert!(by_id.contains(&(SectionId::new("later"), NOW + 500)));
 
     // Nothing is due yet.
-    assert_eq!(s.execute_with(Op::ExpireDue, ckpt_storage::Durability::Durable, NOW + 99).unwrap(), Outcome::Expired { count: 0 });
-    assert_eq!(s.execute_with(Op::ExpireDue, ckpt_storage::Durability::Durable, NOW + 100).unwrap(), Outcome::Expired { count: 1 });
+    assert_eq!(
+        s.execute_with(Op::ExpireDue, ckpt_storage::Durability::Durable, NOW + 99)
+            .unwrap(),
+        Outcome::Expired { count: 0 }
+    );
+    assert_eq!(
+        s.execute_with(Op::ExpireDue, ckpt_storage::Durability::Durable, NOW + 100)
+            .unwrap(),
+        Outcome::Expired { count: 1 }
+    );
     // The old expiry entry of "later" (NOW+1000) was replaced, so it expires at +500.
-    assert_eq!(s.execute_with(Op::ExpireDue, ckpt_storage::Durability::Durable, NOW + 600).unwrap(), Outcome::Expired { count: 1 });
-    assert_eq!(s.execute_with(Op::ExpireDue, ckpt_storage::Durability::Durable, NOW + 2_000).unwrap(), Outcome::Expired { count: 0 });
-    let left: Vec<_> = s.sections(c).unwrap().into_iter().map(|d| d.section_id).collect();
+    assert_eq!(
+        s.execute_with(Op::ExpireDue, ckpt_storage::Durability::Durable, NOW + 600)
+            .unwrap(),
+        Outcome::Expired { count: 1 }
+    );
+    assert_eq!(
+        s.execute_with(
+            Op::ExpireDue,
+            ckpt_storage::Durability::Durable,
+            NOW + 2_000
+        )
+        .unwrap(),
+        Outcome::Expired { count: 0 }
+    );
+    let left: Vec<_> = s
+        .sections(c)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.section_id)
+        .collect();
     assert_eq!(left, vec![SectionId::new("never")]);
     assert_eq!(s.status(c).unwrap().number_of_sections, 1);
 }
@@ -279,7 +565,10 @@ fn delete_while_open_keeps_the_old_instance_apart() {
     section(&s, old, "a", b"old");
     run(&s, Op::Unlink { name: name("c") }).unwrap();
     assert_eq!(s.lookup(&name("c")).unwrap_err().code, ErrorCode::NotExist);
-    assert_eq!(code(run(&s, Op::Unlink { name: name("c") })).0, ErrorCode::NotExist);
+    assert_eq!(
+        code(run(&s, Op::Unlink { name: name("c") })).0,
+        ErrorCode::NotExist
+    );
     // The old instance keeps working through its handle.
     run(&s, write(old, "a", 0, b"OLD")).unwrap();
     assert_eq!(read_all(&s, old, "a"), b"OLD");
@@ -294,16 +583,29 @@ fn delete_while_open_keeps_the_old_instance_apart() {
     run(&s, Op::Destroy { instance: old }).unwrap();
     assert_eq!(s.instance(old).unwrap_err().code, ErrorCode::NotExist);
     assert_eq!(read_all(&s, new, "a"), b"new");
-    assert_eq!(code(run(&s, Op::Destroy { instance: old })).0, ErrorCode::NotExist);
+    assert_eq!(
+        code(run(&s, Op::Destroy { instance: old })).0,
+        ErrorCode::NotExist
+    );
 }
 
 #[test]
 fn retention_is_logged_and_validated() {
     let (_d, _f, s) = store();
     let c = create(&s, "c", attrs(2, 10, 20));
-    run(&s, Op::SetRetention { instance: c, retention_duration_ns: 5_000 }).unwrap();
+    run(
+        &s,
+        Op::SetRetention {
+            instance: c,
+            retention_duration_ns: 5_000,
+        },
+    )
+    .unwrap();
     assert_eq!(s.status(c).unwrap().attributes.retention_duration_ns, 5_000);
-    let negative = Op::SetRetention { instance: c, retention_duration_ns: -1 };
+    let negative = Op::SetRetention {
+        instance: c,
+        retention_duration_ns: -1,
+    };
     assert_eq!(code(run(&s, negative)).0, ErrorCode::InvalidParameter);
 }
 
@@ -317,8 +619,14 @@ fn oversize_updates_are_refused_before_logging() {
     let records = s.stats().records.load(std::sync::atomic::Ordering::Relaxed);
     let huge = vec![0u8; ckpt_proto::UPDATE_BYTES_MAX as usize + 1];
     assert_eq!(code(run(&s, write(c, "a", 0, &huge))).0, ErrorCode::TooBig);
-    assert_eq!(code(run(&s, write(c, "a", u64::MAX - 1, b"xy"))), (ErrorCode::InvalidParameter, Some(0)));
-    assert_eq!(s.stats().records.load(std::sync::atomic::Ordering::Relaxed), records);
+    assert_eq!(
+        code(run(&s, write(c, "a", u64::MAX - 1, b"xy"))),
+        (ErrorCode::InvalidParameter, Some(0))
+    );
+    assert_eq!(
+        s.stats().records.load(std::sync::atomic::Ordering::Relaxed),
+        records
+    );
 }
 
 #[test]
@@ -332,6 +640,46 @@ fn data_survives_a_clean_close_and_reopen() {
     let before = digest(&s);
     s.close().unwrap();
     let s = open(dir.path(), &fs, RocksWalMode::Unsynced);
-    assert_eq!(s.recovery_report().replayed, 0, "a clean close leaves nothing to replay");
+    assert_eq!(
+        s.recovery_report().replayed,
+        0,
+        "a clean close leaves nothing to replay"
+    );
     assert_eq!(digest(&s), before);
+}
+
+#[test]
+fn creations_wait_for_the_column_family_pool_without_stalling_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), RocksWalMode::Disabled);
+    config.db.pool_batch = 1;
+    config.db.pool_low_water = 1;
+    let store = std::sync::Arc::new(ckpt_storage::Store::open(config).unwrap());
+    let busy = create(&store, "busy", attrs(2, 100, 200));
+    section(&store, busy, "a", b"");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    create(&store, &format!("c-{t}-{i}"), attrs(1, 10, 10));
+                }
+            })
+        })
+        .collect();
+    // Writes to an existing checkpoint go on while creations wait for the pool.
+    for i in 0..50u8 {
+        run(&store, write(busy, "a", 0, &[i])).unwrap();
+    }
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let names: Vec<_> = store
+        .instances()
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.name)
+        .collect();
+    assert_eq!(names.len(), 41, "every parked creation completed");
+    assert_eq!(read_all(&store, busy, "a"), vec![49]);
 }

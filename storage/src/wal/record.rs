@@ -60,7 +60,11 @@ pub struct WriteOp {
 pub enum RecordBody {
     /// A new checkpoint instance under `name`, stored in column family
     /// `column_family` of the pool.
-    CheckpointCreate { name: CheckpointName, attributes: CreationAttributes, column_family: u32 },
+    CheckpointCreate {
+        name: CheckpointName,
+        attributes: CreationAttributes,
+        column_family: u32,
+    },
     /// The name is removed; the instance lives on until destroyed.
     CheckpointUnlink,
     /// The instance and all its sections are gone; its column family is recycled.
@@ -69,15 +73,29 @@ pub enum RecordBody {
     RetentionSet { retention_duration_ns: i64 },
     /// A section was created; `generated_next` is the instance's
     /// generated-id counter after this record.
-    SectionCreate { section_id: SectionId, expiration_time: i64, data: Vec<u8>, generated_next: u64 },
+    SectionCreate {
+        section_id: SectionId,
+        expiration_time: i64,
+        data: Vec<u8>,
+        generated_next: u64,
+    },
     /// A section was deleted (by a user, or because it expired).
-    SectionDelete { section_id: SectionId, expired: bool },
+    SectionDelete {
+        section_id: SectionId,
+        expired: bool,
+    },
     /// A section's expiration time changed.
-    SectionExpirationSet { section_id: SectionId, expiration_time: i64 },
+    SectionExpirationSet {
+        section_id: SectionId,
+        expiration_time: i64,
+    },
     /// An atomic write of one or more elements.
     Write { elements: Vec<WriteOp> },
     /// A section's data and size were replaced.
-    Overwrite { section_id: SectionId, data: Vec<u8> },
+    Overwrite {
+        section_id: SectionId,
+        data: Vec<u8>,
+    },
 }
 
 /// The kind byte of each [`RecordBody`].
@@ -156,7 +174,9 @@ impl RecordBody {
     /// Data bytes this record carries (for batch sizing).
     pub fn data_len(&self) -> usize {
         match self {
-            RecordBody::SectionCreate { data, .. } | RecordBody::Overwrite { data, .. } => data.len(),
+            RecordBody::SectionCreate { data, .. } | RecordBody::Overwrite { data, .. } => {
+                data.len()
+            }
             RecordBody::Write { elements } => elements.iter().map(|e| e.data.len()).sum(),
             _ => 0,
         }
@@ -190,26 +210,43 @@ impl Record {
         out.extend_from_slice(&self.seq.0.to_le_bytes());
         out.extend_from_slice(&self.timestamp_ns.to_le_bytes());
         match &self.body {
-            RecordBody::CheckpointCreate { name, attributes, column_family } => {
+            RecordBody::CheckpointCreate {
+                name,
+                attributes,
+                column_family,
+            } => {
                 put_bytes(out, name.as_bytes());
                 put_attributes(out, attributes);
                 out.extend_from_slice(&column_family.to_le_bytes());
             }
             RecordBody::CheckpointUnlink | RecordBody::CheckpointDestroy => {}
-            RecordBody::RetentionSet { retention_duration_ns } => {
+            RecordBody::RetentionSet {
+                retention_duration_ns,
+            } => {
                 out.extend_from_slice(&retention_duration_ns.to_le_bytes());
             }
-            RecordBody::SectionCreate { section_id, expiration_time, data, generated_next } => {
+            RecordBody::SectionCreate {
+                section_id,
+                expiration_time,
+                data,
+                generated_next,
+            } => {
                 put_bytes(out, section_id.as_bytes());
                 out.extend_from_slice(&expiration_time.to_le_bytes());
                 out.extend_from_slice(&generated_next.to_le_bytes());
                 put_bytes(out, data);
             }
-            RecordBody::SectionDelete { section_id, expired } => {
+            RecordBody::SectionDelete {
+                section_id,
+                expired,
+            } => {
                 put_bytes(out, section_id.as_bytes());
                 out.push(u8::from(*expired));
             }
-            RecordBody::SectionExpirationSet { section_id, expiration_time } => {
+            RecordBody::SectionExpirationSet {
+                section_id,
+                expiration_time,
+            } => {
                 put_bytes(out, section_id.as_bytes());
                 out.extend_from_slice(&expiration_time.to_le_bytes());
             }
@@ -249,16 +286,24 @@ impl Record {
     pub fn decode(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
         let available = bytes.len() as u64;
         if bytes.len() < 8 {
-            return Err(DecodeError::Truncated { needed: 8, available });
+            return Err(DecodeError::Truncated {
+                needed: 8,
+                available,
+            });
         }
         let length = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
         let stored = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         if length + 8 > RECORD_BYTES_MAX {
-            return Err(DecodeError::Malformed(format!("record length {length} exceeds the maximum")));
+            return Err(DecodeError::Malformed(format!(
+                "record length {length} exceeds the maximum"
+            )));
         }
         let total = length + 8;
         if available < total {
-            return Err(DecodeError::Truncated { needed: total, available });
+            return Err(DecodeError::Truncated {
+                needed: total,
+                available,
+            });
         }
         let body = &bytes[8..total as usize];
         let computed = crc32fast::hash(body);
@@ -334,7 +379,10 @@ impl<'a> Cursor<'a> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::Malformed(format!("{} trailing bytes", self.bytes.len())))
+            Err(DecodeError::Malformed(format!(
+                "{} trailing bytes",
+                self.bytes.len()
+            )))
         }
     }
 }
@@ -355,17 +403,28 @@ fn decode_checked(body: &[u8]) -> Result<Record, DecodeError> {
                 .map_err(|e| DecodeError::Malformed(format!("checkpoint name: {e}")))?;
             let attributes = c.attributes()?;
             let column_family = c.u32()?;
-            RecordBody::CheckpointCreate { name, attributes, column_family }
+            RecordBody::CheckpointCreate {
+                name,
+                attributes,
+                column_family,
+            }
         }
         RecordKind::CheckpointUnlink => RecordBody::CheckpointUnlink,
         RecordKind::CheckpointDestroy => RecordBody::CheckpointDestroy,
-        RecordKind::RetentionSet => RecordBody::RetentionSet { retention_duration_ns: c.i64()? },
+        RecordKind::RetentionSet => RecordBody::RetentionSet {
+            retention_duration_ns: c.i64()?,
+        },
         RecordKind::SectionCreate => {
             let section_id = c.section_id()?;
             let expiration_time = c.i64()?;
             let generated_next = c.u64()?;
             let data = c.bytes()?;
-            RecordBody::SectionCreate { section_id, expiration_time, data, generated_next }
+            RecordBody::SectionCreate {
+                section_id,
+                expiration_time,
+                data,
+                generated_next,
+            }
         }
         RecordKind::SectionDelete => {
             let section_id = c.section_id()?;
@@ -374,35 +433,57 @@ fn decode_checked(body: &[u8]) -> Result<Record, DecodeError> {
                 1 => true,
                 other => return Err(DecodeError::Malformed(format!("expired flag {other}"))),
             };
-            RecordBody::SectionDelete { section_id, expired }
+            RecordBody::SectionDelete {
+                section_id,
+                expired,
+            }
         }
         RecordKind::SectionExpirationSet => {
             let section_id = c.section_id()?;
-            RecordBody::SectionExpirationSet { section_id, expiration_time: c.i64()? }
+            RecordBody::SectionExpirationSet {
+                section_id,
+                expiration_time: c.i64()?,
+            }
         }
         RecordKind::Write => {
             let count = c.u32()? as usize;
             // Each element needs at least 16 bytes, which bounds `count` by
             // the body size before anything is allocated.
             if count > c.bytes.len() / 16 {
-                return Err(DecodeError::Malformed(format!("write claims {count} elements")));
+                return Err(DecodeError::Malformed(format!(
+                    "write claims {count} elements"
+                )));
             }
             let mut elements = Vec::with_capacity(count);
             for _ in 0..count {
                 let section_id = c.section_id()?;
                 let offset = c.u64()?;
                 let data = c.bytes()?;
-                elements.push(WriteOp { section_id, offset, data });
+                elements.push(WriteOp {
+                    section_id,
+                    offset,
+                    data,
+                });
             }
             RecordBody::Write { elements }
         }
         RecordKind::Overwrite => {
             let section_id = c.section_id()?;
-            RecordBody::Overwrite { section_id, data: c.bytes()? }
+            RecordBody::Overwrite {
+                section_id,
+                data: c.bytes()?,
+            }
         }
     };
     c.finish()?;
-    Ok(Record { lsn, instance, epoch, seq, timestamp_ns, body })
+    Ok(Record {
+        lsn,
+        instance,
+        epoch,
+        seq,
+        timestamp_ns,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -426,22 +507,41 @@ pub(crate) mod tests {
             },
             RecordBody::CheckpointUnlink,
             RecordBody::CheckpointDestroy,
-            RecordBody::RetentionSet { retention_duration_ns: -1 },
+            RecordBody::RetentionSet {
+                retention_duration_ns: -1,
+            },
             RecordBody::SectionCreate {
                 section_id: SectionId::new("s1"),
                 expiration_time: 77,
                 data: b"hello".to_vec(),
                 generated_next: 4,
             },
-            RecordBody::SectionDelete { section_id: SectionId::new("s1"), expired: true },
-            RecordBody::SectionExpirationSet { section_id: SectionId::DEFAULT, expiration_time: 9 },
+            RecordBody::SectionDelete {
+                section_id: SectionId::new("s1"),
+                expired: true,
+            },
+            RecordBody::SectionExpirationSet {
+                section_id: SectionId::DEFAULT,
+                expiration_time: 9,
+            },
             RecordBody::Write {
                 elements: vec![
-                    WriteOp { section_id: SectionId::new("a"), offset: 3, data: b"xyz".to_vec() },
-                    WriteOp { section_id: SectionId::new("b"), offset: 0, data: vec![] },
+                    WriteOp {
+                        section_id: SectionId::new("a"),
+                        offset: 3,
+                        data: b"xyz".to_vec(),
+                    },
+                    WriteOp {
+                        section_id: SectionId::new("b"),
+                        offset: 0,
+                        data: vec![],
+                    },
                 ],
             },
-            RecordBody::Overwrite { section_id: SectionId::new("a"), data: vec![0; 300] },
+            RecordBody::Overwrite {
+                section_id: SectionId::new("a"),
+                data: vec![0; 300],
+            },
         ];
         bodies
             .into_iter()
@@ -475,7 +575,9 @@ pub(crate) mod tests {
             epoch: Epoch(3),
             seq: Seq(4),
             timestamp_ns: 5,
-            body: RecordBody::RetentionSet { retention_duration_ns: 6 },
+            body: RecordBody::RetentionSet {
+                retention_duration_ns: 6,
+            },
         };
         let bytes = record.encode();
         let mut expected = vec![49, 0, 0, 0];

@@ -83,11 +83,22 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
         // provided what is there agrees with a header.
         let is_prefix = bytes.iter().zip(SEGMENT_MAGIC.iter()).all(|(a, b)| a == b);
         let end = if is_prefix {
-            SegmentEnd::Torn { offset: 0, reason: format!("header is {total} of 32 bytes") }
+            SegmentEnd::Torn {
+                offset: 0,
+                reason: format!("header is {total} of 32 bytes"),
+            }
         } else {
-            SegmentEnd::Corrupt { offset: 0, reason: "bad segment magic".into() }
+            SegmentEnd::Corrupt {
+                offset: 0,
+                reason: "bad segment magic".into(),
+            }
         };
-        return SegmentScan { first_lsn: None, records: Vec::new(), valid_len: 0, end };
+        return SegmentScan {
+            first_lsn: None,
+            records: Vec::new(),
+            valid_len: 0,
+            end,
+        };
     }
     let header = &bytes[..SEGMENT_HEADER_BYTES];
     let corrupt = |reason: String| SegmentScan {
@@ -127,7 +138,12 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
             Err(error) => break classify(offset as u64, rest, &error),
         }
     };
-    SegmentScan { first_lsn: Some(first_lsn), records, valid_len: offset as u64, end }
+    SegmentScan {
+        first_lsn: Some(first_lsn),
+        records,
+        valid_len: offset as u64,
+        end,
+    }
 }
 
 /// Decides whether a record that failed to decode is a torn tail (it runs to
@@ -136,7 +152,10 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
 fn classify(offset: u64, rest: &[u8], error: &DecodeError) -> SegmentEnd {
     let reason = error.to_string();
     if rest.iter().all(|&b| b == 0) {
-        return SegmentEnd::Torn { offset, reason: "zeros after the last record".into() };
+        return SegmentEnd::Torn {
+            offset,
+            reason: "zeros after the last record".into(),
+        };
     }
     match error {
         DecodeError::Truncated { .. } => SegmentEnd::Torn { offset, reason },
@@ -172,7 +191,10 @@ mod tests {
         assert_eq!(segment_name(Lsn(42)), "wal-00000000000000000042.log");
         assert_eq!(parse_segment_name(&segment_name(Lsn(42))), Some(Lsn(42)));
         assert_eq!(parse_segment_name("wal-42.log"), None);
-        assert_eq!(parse_segment_name("wal-00000000000000000042.log.damaged"), None);
+        assert_eq!(
+            parse_segment_name("wal-00000000000000000042.log.damaged"),
+            None
+        );
         assert!(segment_name(Lsn(9)) < segment_name(Lsn(10)));
     }
 
@@ -217,7 +239,13 @@ mod tests {
     fn bad_header_is_corruption() {
         let mut bytes = segment();
         bytes[17] ^= 1;
-        assert!(matches!(scan_segment(&bytes).end, SegmentEnd::Corrupt { offset: 0, .. }));
-        assert!(matches!(scan_segment(b"XKPT").end, SegmentEnd::Corrupt { .. }));
+        assert!(matches!(
+            scan_segment(&bytes).end,
+            SegmentEnd::Corrupt { offset: 0, .. }
+        ));
+        assert!(matches!(
+            scan_segment(b"XKPT").end,
+            SegmentEnd::Corrupt { .. }
+        ));
     }
 }

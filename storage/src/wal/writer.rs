@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::record::Lsn;
 use super::segment::{encode_header, segment_name, SEGMENT_HEADER_BYTES};
@@ -26,10 +26,14 @@ pub struct AppendError {
     pub rolled_back: bool,
 }
 
+/// A handle that syncs one segment from another thread.
+pub type SyncHandle = Arc<Mutex<Box<dyn WalFile>>>;
+
 /// The appending end of the log.
 pub struct WalWriter {
     fs: Arc<dyn WalFs>,
     file: Box<dyn WalFile>,
+    sync_handle: SyncHandle,
     current: (Lsn, String),
     len: u64,
     older: VecDeque<(Lsn, String)>,
@@ -49,9 +53,11 @@ impl WalWriter {
         segment_bytes_max: u64,
     ) -> io::Result<Self> {
         let (file, name) = create_segment(fs.as_ref(), first_lsn)?;
+        let sync_handle = Arc::new(Mutex::new(file.try_clone()?));
         Ok(WalWriter {
             fs,
             file,
+            sync_handle,
             current: (first_lsn, name),
             len: SEGMENT_HEADER_BYTES as u64,
             older: older.into(),
@@ -73,7 +79,11 @@ impl WalWriter {
                 let no_space = error.raw_os_error() == Some(libc::ENOSPC)
                     || error.kind() == io::ErrorKind::StorageFull;
                 let rolled_back = self.file.set_len(self.len).is_ok();
-                Err(AppendError { error, no_space, rolled_back })
+                Err(AppendError {
+                    error,
+                    no_space,
+                    rolled_back,
+                })
             }
         }
     }
@@ -87,6 +97,12 @@ impl WalWriter {
         self.file.sync_data()
     }
 
+    /// A handle on the current segment for a syncing thread; appends made
+    /// before it is synced are durable once `sync_data` on it returns.
+    pub fn sync_handle(&self) -> SyncHandle {
+        self.sync_handle.clone()
+    }
+
     /// Whether the current segment reached its size bound.
     pub fn is_full(&self) -> bool {
         self.len >= self.segment_bytes_max
@@ -98,9 +114,11 @@ impl WalWriter {
     /// IO errors creating the new segment; the current one stays in use.
     pub fn rotate(&mut self, next_lsn: Lsn) -> io::Result<()> {
         let (file, name) = create_segment(self.fs.as_ref(), next_lsn)?;
+        let sync_handle = Arc::new(Mutex::new(file.try_clone()?));
         let previous = std::mem::replace(&mut self.current, (next_lsn, name));
         self.older.push_back(previous);
         self.file = file;
+        self.sync_handle = sync_handle;
         self.len = SEGMENT_HEADER_BYTES as u64;
         Ok(())
     }
@@ -174,7 +192,11 @@ mod tests {
         w.rotate(Lsn(5)).unwrap();
         w.rotate(Lsn(9)).unwrap();
         assert_eq!(w.segment_count(), 3);
-        assert_eq!(w.delete_covered(Lsn(3)).unwrap(), 0, "segment 1 holds lsn 4");
+        assert_eq!(
+            w.delete_covered(Lsn(3)).unwrap(),
+            0,
+            "segment 1 holds lsn 4"
+        );
         assert_eq!(w.delete_covered(Lsn(4)).unwrap(), 1);
         assert_eq!(w.delete_covered(Lsn(100)).unwrap(), 1);
         assert_eq!(w.segment_count(), 1, "the current segment is never deleted");

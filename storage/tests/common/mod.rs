@@ -6,10 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ckpt_proto::{
-    CheckpointName, CreationAttributes, CreationFlags, ReadElement, SectionCreationAttributes, SectionId,
-    WriteElement, TIME_END,
+    CheckpointName, CreationAttributes, CreationFlags, ReadElement, SectionCreationAttributes,
+    SectionId, WriteElement, TIME_END,
 };
-use ckpt_storage::{Durability, FaultFs, InstanceId, Op, Outcome, RocksWalMode, Store, StoreConfig};
+use ckpt_storage::{
+    Durability, FaultFs, InstanceId, Op, Outcome, RocksWalMode, Store, StoreConfig,
+};
 
 /// A fixed clock for tests: 2023-11-14T22:13:20Z in ns.
 pub const NOW: i64 = 1_700_000_000_000_000_000;
@@ -47,7 +49,15 @@ pub fn run(store: &Store, op: Op) -> ckpt_proto::CkptResult<Outcome> {
 }
 
 pub fn create(store: &Store, text: &str, attributes: CreationAttributes) -> InstanceId {
-    match run(store, Op::CreateCheckpoint { name: name(text), attributes }).expect("create") {
+    match run(
+        store,
+        Op::CreateCheckpoint {
+            name: name(text),
+            attributes,
+        },
+    )
+    .expect("create")
+    {
         Outcome::Opened { instance, .. } => instance,
         other => panic!("unexpected outcome {other:?}"),
     }
@@ -58,7 +68,10 @@ pub fn section(store: &Store, instance: InstanceId, id: &str, data: &[u8]) {
         store,
         Op::CreateSection {
             instance,
-            attributes: SectionCreationAttributes { section_id: Some(SectionId::new(id)), expiration_time: TIME_END },
+            attributes: SectionCreationAttributes {
+                section_id: Some(SectionId::new(id)),
+                expiration_time: TIME_END,
+            },
             data: data.to_vec(),
         },
     )
@@ -66,11 +79,22 @@ pub fn section(store: &Store, instance: InstanceId, id: &str, data: &[u8]) {
 }
 
 pub fn write(instance: InstanceId, id: &str, offset: u64, data: &[u8]) -> Op {
-    Op::Write { instance, elements: vec![WriteElement { section_id: SectionId::new(id), offset, data: data.to_vec() }] }
+    Op::Write {
+        instance,
+        elements: vec![WriteElement {
+            section_id: SectionId::new(id),
+            offset,
+            data: data.to_vec(),
+        }],
+    }
 }
 
 pub fn read_all(store: &Store, instance: InstanceId, id: &str) -> Vec<u8> {
-    let element = ReadElement { section_id: SectionId::new(id), offset: 0, size: None };
+    let element = ReadElement {
+        section_id: SectionId::new(id),
+        offset: 0,
+        size: None,
+    };
     store.read(instance, &[element]).expect("read").remove(0)
 }
 
@@ -86,16 +110,33 @@ pub fn digest(store: &Store) -> Digest {
         }
         let mut sections = BTreeMap::new();
         for descriptor in store.sections(instance).expect("sections") {
-            let element = ReadElement { section_id: descriptor.section_id.clone(), offset: 0, size: None };
+            let element = ReadElement {
+                section_id: descriptor.section_id.clone(),
+                offset: 0,
+                size: None,
+            };
             let data = store.read(instance, &[element]).expect("read").remove(0);
-            assert_eq!(data.len() as u64, descriptor.section_size, "size matches data");
-            sections.insert(descriptor.section_id.as_bytes().to_vec(), (descriptor.expiration_time, data));
+            assert_eq!(
+                data.len() as u64,
+                descriptor.section_size,
+                "size matches data"
+            );
+            sections.insert(
+                descriptor.section_id.as_bytes().to_vec(),
+                (descriptor.expiration_time, data),
+            );
         }
         let status = store.status(instance).expect("status");
         let total: u64 = sections.values().map(|(_, d)| d.len() as u64).sum();
-        assert_eq!(status.memory_used, total, "memoryUsed is the sum of section sizes");
+        assert_eq!(
+            status.memory_used, total,
+            "memoryUsed is the sum of section sizes"
+        );
         assert_eq!(status.number_of_sections as usize, sections.len());
-        out.insert(meta.name.as_bytes().to_vec(), (status.number_of_sections, status.memory_used, sections));
+        out.insert(
+            meta.name.as_bytes().to_vec(),
+            (status.number_of_sections, status.memory_used, sections),
+        );
     }
     out
 }
