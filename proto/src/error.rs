@@ -150,7 +150,13 @@ impl ErrorCode {
 
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (0x{:x}): {}", self.cl_name(), self.rc(), self.message())
+        write!(
+            f,
+            "{} (0x{:x}): {}",
+            self.cl_name(),
+            self.rc(),
+            self.message()
+        )
     }
 }
 
@@ -171,7 +177,11 @@ pub struct CkptError {
 impl CkptError {
     /// A new error with a detail message.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        CkptError { code, detail: detail.into(), index: None }
+        CkptError {
+            code,
+            detail: detail.into(),
+            index: None,
+        }
     }
 
     /// The same error, tagged with the failing element's index.
@@ -210,6 +220,9 @@ mod tests {
         assert_eq!(ErrorCode::TryAgain.code(), 0x16);
         assert_eq!(ErrorCode::NoSections.rc(), 0x0016_0101);
         assert_eq!(ErrorCode::InvalidParameter.rc(), 0x0016_0002);
-        assert_eq!(ErrorCode::NoSpace.to_string(), "CL_ERR_NO_SPACE (0x160021): no space");
+        assert_eq!(
+            ErrorCode::NoSpace.to_string(),
+            "CL_ERR_NO_SPACE (0x160021): no space"
+        );
     }
 }

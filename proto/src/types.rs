@@ -25,9 +25,19 @@ pub const UPDATE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// Upper bound on the number of elements in one write or read.
 pub const ELEMENTS_MAX: usize = 4096;
 
-/// A checkpoint's name: 1..=256 arbitrary bytes (`ClNameT`).
+/// A checkpoint's name: 1..=256 arbitrary bytes (`ClNameT`). Decoding
+/// checks the bounds too, so no peer can smuggle in an invalid name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Vec<u8>")]
 pub struct CheckpointName(Vec<u8>);
+
+impl TryFrom<Vec<u8>> for CheckpointName {
+    type Error = CkptError;
+
+    fn try_from(bytes: Vec<u8>) -> CkptResult<Self> {
+        CheckpointName::new(bytes)
+    }
+}
 
 impl CheckpointName {
     /// # Errors
@@ -35,12 +45,18 @@ impl CheckpointName {
     pub fn new(bytes: impl Into<Vec<u8>>) -> CkptResult<Self> {
         let bytes = bytes.into();
         if bytes.is_empty() {
-            return Err(CkptError::new(ErrorCode::InvalidParameter, "checkpoint name is empty"));
+            return Err(CkptError::new(
+                ErrorCode::InvalidParameter,
+                "checkpoint name is empty",
+            ));
         }
         if bytes.len() > NAME_BYTES_MAX {
             return Err(CkptError::new(
                 ErrorCode::NameTooLong,
-                format!("checkpoint name is {} bytes, at most {NAME_BYTES_MAX}", bytes.len()),
+                format!(
+                    "checkpoint name is {} bytes, at most {NAME_BYTES_MAX}",
+                    bytes.len()
+                ),
             ));
         }
         Ok(CheckpointName(bytes))
@@ -187,7 +203,10 @@ impl CreationFlags {
         let modes = [
             (CreationFlags::WR_ALL_REPLICAS, UpdateMode::AllReplicas),
             (CreationFlags::WR_ACTIVE_REPLICA, UpdateMode::ActiveReplica),
-            (CreationFlags::WR_ACTIVE_REPLICA_WEAK, UpdateMode::ActiveReplicaWeak),
+            (
+                CreationFlags::WR_ACTIVE_REPLICA_WEAK,
+                UpdateMode::ActiveReplicaWeak,
+            ),
         ];
         let mut chosen = modes.iter().filter(|(flag, _)| self.contains(*flag));
         match (chosen.next(), chosen.next()) {
@@ -250,7 +269,10 @@ impl CreationAttributes {
             return invalid("maxSections is 0".into());
         }
         if self.retention_duration_ns < 0 {
-            return invalid(format!("retentionDuration {} is negative", self.retention_duration_ns));
+            return invalid(format!(
+                "retentionDuration {} is negative",
+                self.retention_duration_ns
+            ));
         }
         if self.max_section_id_size > SECTION_ID_BYTES_MAX {
             return invalid(format!(
@@ -275,8 +297,13 @@ impl CreationAttributes {
     /// re-open rule: identical attributes open, different ones are
     /// ALREADY_EXIST).
     pub fn same_except_retention(&self, other: &CreationAttributes) -> bool {
-        CreationAttributes { retention_duration_ns: 0, ..self.clone() }
-            == CreationAttributes { retention_duration_ns: 0, ..other.clone() }
+        CreationAttributes {
+            retention_duration_ns: 0,
+            ..self.clone()
+        } == CreationAttributes {
+            retention_duration_ns: 0,
+            ..other.clone()
+        }
     }
 
     /// Whether the checkpoint has exactly one, default, section.
@@ -429,11 +456,29 @@ mod tests {
 
     #[test]
     fn names_are_bounded() {
-        assert_eq!(CheckpointName::new("").unwrap_err().code, ErrorCode::InvalidParameter);
+        assert_eq!(
+            CheckpointName::new("").unwrap_err().code,
+            ErrorCode::InvalidParameter
+        );
         assert!(CheckpointName::new(vec![b'a'; 256]).is_ok());
         assert_eq!(
             CheckpointName::new(vec![b'a'; 257]).unwrap_err().code,
             ErrorCode::NameTooLong
+        );
+    }
+
+    #[test]
+    fn decoding_checks_name_bounds() {
+        let empty = postcard::to_stdvec(&Vec::<u8>::new()).unwrap();
+        assert!(postcard::from_bytes::<CheckpointName>(&empty).is_err());
+        let long = postcard::to_stdvec(&vec![b'a'; 257]).unwrap();
+        assert!(postcard::from_bytes::<CheckpointName>(&long).is_err());
+        let ok = postcard::to_stdvec(&CheckpointName::new("ok").unwrap()).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<CheckpointName>(&ok)
+                .unwrap()
+                .as_bytes(),
+            b"ok"
         );
     }
 
@@ -460,8 +505,13 @@ mod tests {
 
     #[test]
     fn open_flags_other_than_rwc_are_bad() {
-        assert!((OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE).validate().is_ok());
-        assert_eq!(OpenFlags(0x8).validate().unwrap_err().code, ErrorCode::BadFlag);
+        assert!((OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE)
+            .validate()
+            .is_ok());
+        assert_eq!(
+            OpenFlags(0x8).validate().unwrap_err().code,
+            ErrorCode::BadFlag
+        );
     }
 
     #[test]

@@ -27,8 +27,8 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::{CkptError, ErrorCode};
 use crate::types::{
-    CheckpointName, CheckpointStatus, CreationAttributes, OpenFlags, ReadElement, SectionCreationAttributes,
-    SectionDescriptor, SectionId, WriteElement,
+    CheckpointName, CheckpointStatus, CreationAttributes, OpenFlags, ReadElement,
+    SectionCreationAttributes, SectionDescriptor, SectionId, WriteElement,
 };
 
 /// First bytes of every frame.
@@ -43,7 +43,11 @@ pub const FRAME_BODY_BYTES_MAX: u32 = 300 * 1024 * 1024;
 pub const IN_FLIGHT_MAX: u32 = 1024;
 
 /// The API version this server implements (`ClVersionT`).
-pub const API_VERSION: ApiVersion = ApiVersion { release_code: b'B', major: 1, minor: 1 };
+pub const API_VERSION: ApiVersion = ApiVersion {
+    release_code: b'B',
+    major: 1,
+    minor: 1,
+};
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +97,19 @@ impl Frame {
     ///
     /// # Errors
     /// Serialization failure (not expected for our types).
-    pub fn new<T: Serialize>(kind: FrameKind, request_id: u64, message: &T) -> Result<Frame, CkptError> {
-        let body = postcard::to_stdvec(message)
-            .map_err(|e| CkptError::new(ErrorCode::InvalidBuffer, format!("encoding a message: {e}")))?;
-        Ok(Frame { kind, request_id, body: Bytes::from(body) })
+    pub fn new<T: Serialize>(
+        kind: FrameKind,
+        request_id: u64,
+        message: &T,
+    ) -> Result<Frame, CkptError> {
+        let body = postcard::to_stdvec(message).map_err(|e| {
+            CkptError::new(ErrorCode::InvalidBuffer, format!("encoding a message: {e}"))
+        })?;
+        Ok(Frame {
+            kind,
+            request_id,
+            body: Bytes::from(body),
+        })
     }
 
     /// Decodes the body as `T`.
@@ -104,8 +117,12 @@ impl Frame {
     /// # Errors
     /// `INVALID_BUFFER` when the body is not a valid `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, CkptError> {
-        postcard::from_bytes(&self.body)
-            .map_err(|e| CkptError::new(ErrorCode::InvalidBuffer, format!("malformed {:?} body: {e}", self.kind)))
+        postcard::from_bytes(&self.body).map_err(|e| {
+            CkptError::new(
+                ErrorCode::InvalidBuffer,
+                format!("malformed {:?} body: {e}", self.kind),
+            )
+        })
     }
 }
 
@@ -136,7 +153,9 @@ impl FrameError {
     /// The code a peer is told before the connection closes.
     pub fn code(&self) -> ErrorCode {
         match self {
-            FrameError::BadMagic(_) | FrameError::UnknownKind(_) | FrameError::Checksum => ErrorCode::InvalidBuffer,
+            FrameError::BadMagic(_) | FrameError::UnknownKind(_) | FrameError::Checksum => {
+                ErrorCode::InvalidBuffer
+            }
             FrameError::Version(_) => ErrorCode::VersionMismatch,
             FrameError::TooLarge { .. } => ErrorCode::TooBig,
             FrameError::Io(_) => ErrorCode::MessageError,
@@ -192,7 +211,10 @@ impl Decoder for FrameCodec {
         let body_len = header.get_u32_le();
         let body_crc = header.get_u32_le();
         if body_len > self.body_bytes_max {
-            return Err(FrameError::TooLarge { len: body_len, max: self.body_bytes_max });
+            return Err(FrameError::TooLarge {
+                len: body_len,
+                max: self.body_bytes_max,
+            });
         }
         let total = FRAME_HEADER_BYTES + body_len as usize;
         if src.len() < total {
@@ -204,7 +226,11 @@ impl Decoder for FrameCodec {
         if crc32fast::hash(&body) != body_crc {
             return Err(FrameError::Checksum);
         }
-        Ok(Some(Frame { kind, request_id, body }))
+        Ok(Some(Frame {
+            kind,
+            request_id,
+            body,
+        }))
     }
 }
 
@@ -214,7 +240,10 @@ impl Encoder<Frame> for FrameCodec {
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
         let len = u32::try_from(frame.body.len()).unwrap_or(u32::MAX);
         if len > self.body_bytes_max {
-            return Err(FrameError::TooLarge { len, max: self.body_bytes_max });
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.body_bytes_max,
+            });
         }
         dst.reserve(FRAME_HEADER_BYTES + frame.body.len());
         dst.put_slice(&FRAME_MAGIC);
@@ -244,7 +273,9 @@ impl ApiVersion {
     /// The SA Forum negotiation: same release code and a major version the
     /// server has. The answer always carries the version the server supports.
     pub fn negotiate(requested: ApiVersion) -> Result<ApiVersion, ApiVersion> {
-        if requested.release_code == API_VERSION.release_code && requested.major <= API_VERSION.major {
+        if requested.release_code == API_VERSION.release_code
+            && requested.major <= API_VERSION.major
+        {
             Ok(API_VERSION)
         } else {
             Err(API_VERSION)
@@ -283,40 +314,75 @@ pub type IteratorHandle = u64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// clCkptCheckpointOpen / OpenAsync.
-    Open { name: CheckpointName, attributes: Option<CreationAttributes>, flags: OpenFlags },
+    Open {
+        name: CheckpointName,
+        attributes: Option<CreationAttributes>,
+        flags: OpenFlags,
+    },
     /// clCkptCheckpointClose.
     Close { handle: Handle },
     /// clCkptCheckpointDelete.
     Delete { name: CheckpointName },
     /// clCkptCheckpointRetentionDurationSet.
-    RetentionDurationSet { handle: Handle, retention_duration_ns: i64 },
+    RetentionDurationSet {
+        handle: Handle,
+        retention_duration_ns: i64,
+    },
     /// clCkptActiveReplicaSet.
     ActiveReplicaSet { handle: Handle },
     /// clCkptCheckpointStatusGet.
     StatusGet { handle: Handle },
     /// clCkptSectionCreate.
-    SectionCreate { handle: Handle, attributes: SectionCreationAttributes, initial_data: Vec<u8> },
+    SectionCreate {
+        handle: Handle,
+        attributes: SectionCreationAttributes,
+        initial_data: Vec<u8>,
+    },
     /// clCkptSectionDelete.
-    SectionDelete { handle: Handle, section_id: SectionId },
+    SectionDelete {
+        handle: Handle,
+        section_id: SectionId,
+    },
     /// clCkptSectionExpirationTimeSet.
-    SectionExpirationTimeSet { handle: Handle, section_id: SectionId, expiration_time: i64 },
+    SectionExpirationTimeSet {
+        handle: Handle,
+        section_id: SectionId,
+        expiration_time: i64,
+    },
     /// clCkptSectionOverwrite.
-    SectionOverwrite { handle: Handle, section_id: SectionId, data: Vec<u8> },
+    SectionOverwrite {
+        handle: Handle,
+        section_id: SectionId,
+        data: Vec<u8>,
+    },
     /// clCkptCheckpointWrite.
-    Write { handle: Handle, elements: Vec<WriteElement> },
+    Write {
+        handle: Handle,
+        elements: Vec<WriteElement>,
+    },
     /// clCkptCheckpointRead.
-    Read { handle: Handle, elements: Vec<ReadElement> },
+    Read {
+        handle: Handle,
+        elements: Vec<ReadElement>,
+    },
     /// clCkptCheckpointSynchronize / SynchronizeAsync.
     Synchronize { handle: Handle },
     /// clCkptSectionIterationInitialize.
-    IterationInitialize { handle: Handle, sections_chosen: u32, expiration_time: i64 },
+    IterationInitialize {
+        handle: Handle,
+        sections_chosen: u32,
+        expiration_time: i64,
+    },
     /// clCkptSectionIterationNext.
     IterationNext { iterator: IteratorHandle },
     /// clCkptSectionIterationFinalize.
     IterationFinalize { iterator: IteratorHandle },
     /// clCkptImmediateConsumptionRegister; `resume_after` is the last
     /// sequence number the subscriber saw, to resume without gaps.
-    ImmediateConsumptionRegister { handle: Handle, resume_after: Option<u64> },
+    ImmediateConsumptionRegister {
+        handle: Handle,
+        resume_after: Option<u64>,
+    },
     /// Every checkpoint name with its status (ckpt-tool ls).
     List,
     /// One checkpoint's status by name (ckpt-tool stat).
@@ -371,15 +437,27 @@ pub type Response = Result<Reply, CkptError>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// A section was created with this data.
-    SectionCreated { section_id: SectionId, data: Vec<u8> },
+    SectionCreated {
+        section_id: SectionId,
+        data: Vec<u8>,
+    },
     /// Bytes were written.
     Written { elements: Vec<WriteElement> },
     /// A section's data was replaced.
-    Overwritten { section_id: SectionId, data: Vec<u8> },
+    Overwritten {
+        section_id: SectionId,
+        data: Vec<u8>,
+    },
     /// A section was deleted (or expired).
-    SectionDeleted { section_id: SectionId, expired: bool },
+    SectionDeleted {
+        section_id: SectionId,
+        expired: bool,
+    },
     /// A section's expiration time changed.
-    ExpirationSet { section_id: SectionId, expiration_time: i64 },
+    ExpirationSet {
+        section_id: SectionId,
+        expiration_time: i64,
+    },
     /// The retention duration changed.
     RetentionSet { retention_duration_ns: i64 },
     /// The checkpoint was deleted (its name removed).
@@ -391,10 +469,19 @@ pub enum Change {
 pub enum Notification {
     /// A committed update, in log order; `seq` increases by one per update
     /// of the checkpoint.
-    Update { handle: Handle, name: CheckpointName, seq: u64, change: Change },
+    Update {
+        handle: Handle,
+        name: CheckpointName,
+        seq: u64,
+        change: Change,
+    },
     /// Updates after `after_seq` are no longer held: re-read the checkpoint,
     /// then updates continue from `next_seq`.
-    Resync { handle: Handle, after_seq: u64, next_seq: u64 },
+    Resync {
+        handle: Handle,
+        after_seq: u64,
+        next_seq: u64,
+    },
 }
 
 /// Sent before a side closes the connection on purpose.
@@ -416,7 +503,9 @@ mod tests {
 
     #[test]
     fn frames_round_trip_byte_by_byte() {
-        let request = Request::Delete { name: CheckpointName::new("x").unwrap() };
+        let request = Request::Delete {
+            name: CheckpointName::new("x").unwrap(),
+        };
         let frame = Frame::new(FrameKind::Request, 7, &request).unwrap();
         let bytes = encode(frame.clone());
         assert_eq!(&bytes[0..4], b"CKPW");
@@ -445,28 +534,67 @@ mod tests {
         let frame = Frame::new(FrameKind::Request, 1, &Request::List).unwrap();
         let good = encode(frame);
         let mut bad_magic = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
-        assert!(matches!(FrameCodec::default().decode(&mut bad_magic), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut bad_magic),
+            Err(FrameError::BadMagic(_))
+        ));
         let mut version = good.clone();
         version[4] = 9;
-        assert_eq!(FrameCodec::default().decode(&mut version).unwrap_err().code(), ErrorCode::VersionMismatch);
+        assert_eq!(
+            FrameCodec::default()
+                .decode(&mut version)
+                .unwrap_err()
+                .code(),
+            ErrorCode::VersionMismatch
+        );
         let mut kind = good.clone();
         kind[5] = 99;
-        assert!(matches!(FrameCodec::default().decode(&mut kind), Err(FrameError::UnknownKind(99))));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut kind),
+            Err(FrameError::UnknownKind(99))
+        ));
         let mut crc = good.clone();
         let last = crc.len() - 1;
         crc[last] ^= 1;
         crc[20] ^= 0; // body crc unchanged, body changed
-        assert!(matches!(FrameCodec::default().decode(&mut crc), Err(FrameError::Checksum)));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut crc),
+            Err(FrameError::Checksum)
+        ));
         let mut huge = good.clone();
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(FrameCodec::new(1024).decode(&mut huge), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            FrameCodec::new(1024).decode(&mut huge),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn version_negotiation() {
-        assert_eq!(ApiVersion::negotiate(ApiVersion { release_code: b'B', major: 1, minor: 0 }), Ok(API_VERSION));
-        assert_eq!(ApiVersion::negotiate(ApiVersion { release_code: b'B', major: 2, minor: 0 }), Err(API_VERSION));
-        assert_eq!(ApiVersion::negotiate(ApiVersion { release_code: b'A', major: 1, minor: 1 }), Err(API_VERSION));
+        assert_eq!(
+            ApiVersion::negotiate(ApiVersion {
+                release_code: b'B',
+                major: 1,
+                minor: 0
+            }),
+            Ok(API_VERSION)
+        );
+        assert_eq!(
+            ApiVersion::negotiate(ApiVersion {
+                release_code: b'B',
+                major: 2,
+                minor: 0
+            }),
+            Err(API_VERSION)
+        );
+        assert_eq!(
+            ApiVersion::negotiate(ApiVersion {
+                release_code: b'A',
+                major: 1,
+                minor: 1
+            }),
+            Err(API_VERSION)
+        );
     }
 
     #[test]
@@ -474,8 +602,15 @@ mod tests {
         let response: Response = Err(CkptError::new(ErrorCode::NotExist, "no").at_index(2));
         let frame = Frame::new(FrameKind::Response, 3, &response).unwrap();
         assert_eq!(frame.decode::<Response>().unwrap(), response);
-        let garbage = Frame { kind: FrameKind::Response, request_id: 3, body: Bytes::from_static(&[0xff, 0xff]) };
-        assert_eq!(garbage.decode::<Response>().unwrap_err().code, ErrorCode::InvalidBuffer);
+        let garbage = Frame {
+            kind: FrameKind::Response,
+            request_id: 3,
+            body: Bytes::from_static(&[0xff, 0xff]),
+        };
+        assert_eq!(
+            garbage.decode::<Response>().unwrap_err().code,
+            ErrorCode::InvalidBuffer
+        );
     }
 }
 
@@ -487,10 +622,15 @@ mod golden {
     #[test]
     fn documented_example_frame() {
         let mut buf = BytesMut::new();
-        FrameCodec::default().encode(Frame::new(FrameKind::Request, 7, &Request::List).unwrap(), &mut buf).unwrap();
+        FrameCodec::default()
+            .encode(
+                Frame::new(FrameKind::Request, 7, &Request::List).unwrap(),
+                &mut buf,
+            )
+            .unwrap();
         let expected: Vec<u8> = vec![
-            0x43, 0x4b, 0x50, 0x57, 0x01, 0x03, 0x00, 0x00, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0, 0x7f, 0xcf, 0xb2,
-            0xb8, 0x11,
+            0x43, 0x4b, 0x50, 0x57, 0x01, 0x03, 0x00, 0x00, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0,
+            0, 0x7f, 0xcf, 0xb2, 0xb8, 0x11,
         ];
         assert_eq!(buf.to_vec(), expected);
     }

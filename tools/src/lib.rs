@@ -1,1 +1,129 @@
-//! placeholder
+//! ckpt-tool: the operator's command-line tool for a running ckpt server.
+//!
+//! Layout:
+//! - [`cli`]: the command line (clap derive) and its value parsers.
+//! - [`admin`]: create, section-create, write, read, section-rm, sections,
+//!   ls, stat, rm, with their text and JSON views.
+//! - [`bench`]: the load generator, and [`histogram`], its latency histogram.
+//! - [`record`]: the acknowledgement record of `bench --record` and the
+//!   `check-acked` comparison.
+//!
+//! Contract: every failure ends in [`run`] returning a [`ClientError`]; the
+//! binary prints it as `error: CL_ERR_NAME: message` and exits 1. Output
+//! meant for scripts (read's bytes, JSON, `N acked, M lost`) goes to stdout;
+//! diagnostics go to stderr. ckpt-tool talks to the server only through
+//! ckpt-client; it does not open data directories (yet).
+
+pub mod admin;
+pub mod bench;
+pub mod cli;
+pub mod histogram;
+pub mod record;
+
+use ckpt_client::{Client, ClientError};
+use ckpt_proto::ErrorCode;
+
+use crate::cli::{Cli, Command};
+
+/// Runs one command.
+///
+/// # Errors
+/// Whatever made the command fail; the binary prints it and exits 1.
+pub async fn run(cli: Cli) -> Result<(), ClientError> {
+    let addr = cli.addr.as_str();
+    match &cli.command {
+        Command::Bench(args) => match bench::run(addr, args).await {
+            Ok(report) => print_bench(&report, args.json),
+            Err((report, error)) => {
+                if let Some(report) = report {
+                    print_bench(&report, args.json)?;
+                }
+                Err(error)
+            }
+        },
+        Command::CheckAcked(args) => check_acked(addr, &args.file).await,
+        command => {
+            let client = Client::connect(addr).await?;
+            let result = match command {
+                Command::Create(args) => admin::create(&client, args).await,
+                Command::SectionCreate(args) => admin::section_create(&client, args).await,
+                Command::Write(args) => admin::write(&client, args).await,
+                Command::Read(args) => admin::read(&client, args).await,
+                Command::SectionRm(args) => admin::section_rm(&client, args).await,
+                Command::Sections(args) => admin::sections(&client, args).await,
+                Command::Ls(args) => admin::ls(&client, args).await,
+                Command::Stat(args) => admin::stat(&client, args).await,
+                Command::Rm(args) => admin::rm(&client, args).await,
+                Command::Bench(_) | Command::CheckAcked(_) => unreachable!("handled above"),
+            };
+            // Release the handles and say goodbye; the command's own error
+            // matters more than a failure to finalize.
+            let finalized = client.finalize().await;
+            result?;
+            if let Err(error) = finalized {
+                if !error.is_connection_lost() {
+                    return Err(error);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_bench(report: &bench::BenchReport, json: bool) -> Result<(), ClientError> {
+    for error in &report.client_errors {
+        eprintln!("client {error}");
+    }
+    if json {
+        let mut text = serde_json::to_string_pretty(report)
+            .map_err(|e| ClientError::new(ErrorCode::Library, format!("encoding JSON: {e}")))?;
+        text.push('\n');
+        return admin::emit(text.as_bytes());
+    }
+    admin::emit(report.text().as_bytes())
+}
+
+async fn check_acked(addr: &str, path: &std::path::Path) -> Result<(), ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ClientError::new(
+            ErrorCode::Library,
+            format!("reading {}: {e}", path.display()),
+        )
+    })?;
+    let acked = record::parse_records(&text)?;
+    if acked.torn_tail {
+        eprintln!(
+            "warning: skipped an unterminated last line of {}",
+            path.display()
+        );
+    }
+    let report = record::check_against_server(addr, acked).await?;
+    for lost in &report.lost {
+        let stored = lost
+            .stored
+            .map_or_else(|| "missing".to_string(), |value| value.to_string());
+        eprintln!(
+            "lost: {} {}: acknowledged {}, stored {stored}",
+            lost.checkpoint, lost.section, lost.acked
+        );
+    }
+    admin::emit(
+        format!(
+            "{} acked, {} lost\n",
+            report.acked.writes,
+            report.lost.len()
+        )
+        .as_bytes(),
+    )?;
+    if !report.lost.is_empty() {
+        return Err(ClientError::new(
+            ErrorCode::FailedOperation,
+            format!(
+                "{} of {} sections hold less than their last acknowledged write",
+                report.lost.len(),
+                report.acked.highest.len()
+            ),
+        ));
+    }
+    Ok(())
+}

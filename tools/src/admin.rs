@@ -1,0 +1,594 @@
+//! The administrative commands: one short function per command, each
+//! opening what it needs, doing one thing and closing.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use ckpt_client::{Checkpoint, Client, ClientError};
+use ckpt_proto::wire::CheckpointInfo;
+use ckpt_proto::{
+    now_ns, CheckpointName, CreationAttributes, CreationFlags, ErrorCode, OpenFlags, ReadElement,
+    SectionCreationAttributes, SectionDescriptor, SectionState, SectionsChosen, WriteElement,
+    TIME_END,
+};
+use serde::Serialize;
+
+use crate::cli::{
+    CreateArgs, LsArgs, ReadArgs, RmArgs, SectionCreateArgs, SectionRmArgs, SectionsArgs, StatArgs,
+    WriteArgs,
+};
+
+/// Writes `bytes` to stdout.
+///
+/// # Errors
+/// `LIBRARY` when stdout is closed or full.
+pub fn emit(bytes: &[u8]) -> Result<(), ClientError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| ClientError::new(ErrorCode::Library, format!("writing to stdout: {e}")))
+}
+
+fn emit_json<T: Serialize>(value: &T) -> Result<(), ClientError> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| ClientError::new(ErrorCode::Library, format!("encoding JSON: {e}")))?;
+    text.push('\n');
+    emit(text.as_bytes())
+}
+
+/// Reads a file, or stdin for `None` and `-`.
+fn read_input(file: Option<&Path>) -> Result<Vec<u8>, ClientError> {
+    let mut data = Vec::new();
+    match file {
+        Some(path) if path != Path::new("-") => {
+            data = std::fs::read(path).map_err(|e| {
+                ClientError::new(
+                    ErrorCode::Library,
+                    format!("reading {}: {e}", path.display()),
+                )
+            })?;
+        }
+        _ => {
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut data)
+                .map_err(|e| ClientError::new(ErrorCode::Library, format!("reading stdin: {e}")))?;
+        }
+    }
+    Ok(data)
+}
+
+/// The names of the flags set in `flags` (`WR_ACTIVE_REPLICA`, ...).
+pub fn creation_flag_names(flags: CreationFlags) -> Vec<String> {
+    let known = [
+        (CreationFlags::WR_ALL_REPLICAS, "WR_ALL_REPLICAS"),
+        (CreationFlags::WR_ACTIVE_REPLICA, "WR_ACTIVE_REPLICA"),
+        (
+            CreationFlags::WR_ACTIVE_REPLICA_WEAK,
+            "WR_ACTIVE_REPLICA_WEAK",
+        ),
+        (
+            CreationFlags::CHECKPOINT_COLLOCATED,
+            "CHECKPOINT_COLLOCATED",
+        ),
+        (CreationFlags::DISTRIBUTED, "DISTRIBUTED"),
+        (CreationFlags::WR_ALL_SAFE, "WR_ALL_SAFE"),
+        (
+            CreationFlags::ALL_OPEN_ARE_REPLICAS,
+            "ALL_OPEN_ARE_REPLICAS",
+        ),
+        (CreationFlags::PEER_TO_PEER_REPLICA, "PEER_TO_PEER_REPLICA"),
+        (
+            CreationFlags::PEER_TO_PEER_CACHE_DISABLE,
+            "PEER_TO_PEER_CACHE_DISABLE",
+        ),
+    ];
+    let mut names: Vec<String> = known
+        .iter()
+        .filter(|(flag, _)| flags.contains(*flag))
+        .map(|(_, name)| (*name).to_string())
+        .collect();
+    if flags.unknown_bits() != 0 {
+        names.push(format!("0x{:x}", flags.unknown_bits()));
+    }
+    names
+}
+
+/// The attributes `create` asks for.
+///
+/// # Errors
+/// `INVALID_PARAMETER` when the default size overflows.
+pub fn create_attributes(args: &CreateArgs) -> Result<CreationAttributes, ClientError> {
+    let mut creation_flags = args.mode.flag();
+    for (set, flag) in [
+        (args.all_safe, CreationFlags::WR_ALL_SAFE),
+        (args.collocated, CreationFlags::CHECKPOINT_COLLOCATED),
+        (args.distributed, CreationFlags::DISTRIBUTED),
+    ] {
+        if set {
+            creation_flags = creation_flags | flag;
+        }
+    }
+    let checkpoint_size = match args.size {
+        Some(size) => size,
+        None => u64::from(args.max_sections)
+            .checked_mul(args.max_section_size)
+            .ok_or_else(|| {
+                ClientError::new(
+                    ErrorCode::InvalidParameter,
+                    "max-sections x max-section-size overflows; pass --size",
+                )
+            })?,
+    };
+    Ok(CreationAttributes {
+        creation_flags,
+        checkpoint_size,
+        retention_duration_ns: args.retention_ns,
+        max_sections: args.max_sections,
+        max_section_size: args.max_section_size,
+        max_section_id_size: args.max_section_id_size,
+    })
+}
+
+/// A checkpoint as `ls --json` and `stat --json` print it.
+#[derive(Debug, Serialize)]
+pub struct CheckpointJson {
+    /// Name (lossy UTF-8).
+    pub name: String,
+    /// Creation flags, numeric.
+    pub creation_flags: u32,
+    /// Creation flags, by name.
+    pub flags: Vec<String>,
+    /// checkpointSize, bytes.
+    pub checkpoint_size: u64,
+    /// Retention in ns; null = forever.
+    pub retention_duration_ns: Option<i64>,
+    /// maxSections.
+    pub max_sections: u32,
+    /// maxSectionSize, bytes.
+    pub max_section_size: u64,
+    /// maxSectionIdSize, bytes.
+    pub max_section_id_size: u64,
+    /// Sections now.
+    pub number_of_sections: u32,
+    /// Sum of section sizes, bytes.
+    pub memory_used: u64,
+    /// Open handles across the cluster.
+    pub open_count: u32,
+    /// Current update sequence number.
+    pub seq: u64,
+}
+
+impl From<&CheckpointInfo> for CheckpointJson {
+    fn from(info: &CheckpointInfo) -> Self {
+        let attributes = &info.status.attributes;
+        CheckpointJson {
+            name: info.name.to_string(),
+            creation_flags: attributes.creation_flags.0,
+            flags: creation_flag_names(attributes.creation_flags),
+            checkpoint_size: attributes.checkpoint_size,
+            retention_duration_ns: (attributes.retention_duration_ns != TIME_END)
+                .then_some(attributes.retention_duration_ns),
+            max_sections: attributes.max_sections,
+            max_section_size: attributes.max_section_size,
+            max_section_id_size: attributes.max_section_id_size,
+            number_of_sections: info.status.number_of_sections,
+            memory_used: info.status.memory_used,
+            open_count: info.open_count,
+            seq: info.seq,
+        }
+    }
+}
+
+/// A section as `sections --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct SectionJson {
+    /// Id (lossy UTF-8); empty for the default section.
+    pub id: String,
+    /// Whether this is the default section.
+    pub default: bool,
+    /// Size, bytes.
+    pub size: u64,
+    /// Absolute expiration, ns since the epoch; null = never.
+    pub expiration_time: Option<i64>,
+    /// `valid` or `corrupted`.
+    pub state: &'static str,
+    /// Last update, ns since the epoch.
+    pub last_update: i64,
+}
+
+fn state_name(state: SectionState) -> &'static str {
+    match state {
+        SectionState::Valid => "valid",
+        SectionState::Corrupted => "corrupted",
+    }
+}
+
+fn expiration_text(expiration_time: i64) -> String {
+    if expiration_time == TIME_END {
+        "forever".to_string()
+    } else {
+        expiration_time.to_string()
+    }
+}
+
+impl From<&SectionDescriptor> for SectionJson {
+    fn from(section: &SectionDescriptor) -> Self {
+        SectionJson {
+            id: String::from_utf8_lossy(section.section_id.as_bytes()).into_owned(),
+            default: section.section_id.is_default(),
+            size: section.section_size,
+            expiration_time: (section.expiration_time != TIME_END)
+                .then_some(section.expiration_time),
+            state: state_name(section.state),
+            last_update: section.last_update,
+        }
+    }
+}
+
+/// The line `sections` prints for one section: id, size, expiration, state,
+/// separated by tabs.
+pub fn section_line(section: &SectionDescriptor) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\n",
+        section.section_id,
+        section.section_size,
+        expiration_text(section.expiration_time),
+        state_name(section.state)
+    )
+}
+
+async fn open(
+    client: &Client,
+    name: &CheckpointName,
+    flags: OpenFlags,
+) -> Result<Checkpoint, ClientError> {
+    client.open(name, None, flags).await
+}
+
+/// Runs `f` on an open checkpoint, then closes it whatever `f` returned.
+async fn with_checkpoint<T, F>(
+    client: &Client,
+    name: &CheckpointName,
+    flags: OpenFlags,
+    f: F,
+) -> Result<T, ClientError>
+where
+    F: AsyncFnOnce(&Checkpoint) -> Result<T, ClientError>,
+{
+    let checkpoint = open(client, name, flags).await?;
+    let result = f(&checkpoint).await;
+    let closed = checkpoint.close().await;
+    let value = result?;
+    closed?;
+    Ok(value)
+}
+
+/// `create`.
+pub async fn create(client: &Client, args: &CreateArgs) -> Result<(), ClientError> {
+    let attributes = create_attributes(args)?;
+    let flags = OpenFlags::CREATE | OpenFlags::READ | OpenFlags::WRITE;
+    let checkpoint = client
+        .open(&args.name.name, Some(attributes), flags)
+        .await?;
+    let created = checkpoint.created();
+    checkpoint.close().await?;
+    let what = if created {
+        "created"
+    } else {
+        "exists with the same attributes:"
+    };
+    emit(format!("{what} {}\n", args.name.name).as_bytes())
+}
+
+/// `section-create`.
+pub async fn section_create(client: &Client, args: &SectionCreateArgs) -> Result<(), ClientError> {
+    let initial_data = match &args.file {
+        Some(path) => read_input(Some(path))?,
+        None => Vec::new(),
+    };
+    let expiration_time = match args.expires_in_s {
+        None => TIME_END,
+        Some(seconds) => seconds
+            .checked_mul(1_000_000_000)
+            .and_then(|ns| i64::try_from(ns).ok())
+            .and_then(|ns| now_ns().checked_add(ns))
+            .ok_or_else(|| {
+                ClientError::new(ErrorCode::InvalidParameter, "--expires-in-s is too large")
+            })?,
+    };
+    let section_id = args
+        .id
+        .as_ref()
+        .map(|id| ckpt_proto::SectionId::new(id.as_bytes()));
+    let attributes = SectionCreationAttributes {
+        section_id,
+        expiration_time,
+    };
+    let id = with_checkpoint(
+        client,
+        &args.name.name,
+        OpenFlags::WRITE,
+        async |checkpoint: &Checkpoint| checkpoint.section_create(attributes, initial_data).await,
+    )
+    .await?;
+    emit(format!("{id}\n").as_bytes())
+}
+
+/// `write`.
+pub async fn write(client: &Client, args: &WriteArgs) -> Result<(), ClientError> {
+    let data = read_input(args.file.as_deref())?;
+    let section_id = args.section.section_id();
+    with_checkpoint(
+        client,
+        &args.name.name,
+        OpenFlags::WRITE,
+        async |checkpoint: &Checkpoint| {
+            if args.overwrite {
+                checkpoint.section_overwrite(&section_id, data).await
+            } else {
+                checkpoint
+                    .write(vec![WriteElement {
+                        section_id,
+                        offset: args.offset,
+                        data,
+                    }])
+                    .await
+            }
+        },
+    )
+    .await
+}
+
+/// `read`.
+pub async fn read(client: &Client, args: &ReadArgs) -> Result<(), ClientError> {
+    let element = ReadElement {
+        section_id: args.section.section_id(),
+        offset: args.offset,
+        size: args.size,
+    };
+    let data = with_checkpoint(
+        client,
+        &args.name.name,
+        OpenFlags::READ,
+        async |checkpoint: &Checkpoint| checkpoint.read(vec![element]).await,
+    )
+    .await?;
+    emit(&data.concat())
+}
+
+/// `section-rm`.
+pub async fn section_rm(client: &Client, args: &SectionRmArgs) -> Result<(), ClientError> {
+    let section_id = args.section.section_id();
+    with_checkpoint(
+        client,
+        &args.name.name,
+        OpenFlags::WRITE,
+        async |checkpoint: &Checkpoint| checkpoint.section_delete(&section_id).await,
+    )
+    .await
+}
+
+/// `sections`.
+pub async fn sections(client: &Client, args: &SectionsArgs) -> Result<(), ClientError> {
+    let sections = with_checkpoint(
+        client,
+        &args.name.name,
+        OpenFlags::READ,
+        async |checkpoint: &Checkpoint| {
+            let mut iterator = checkpoint.iterate(SectionsChosen::Any, 0).await?;
+            let mut sections = Vec::new();
+            let walked = async {
+                while let Some(section) = iterator.next().await? {
+                    sections.push(section);
+                }
+                Ok::<_, ClientError>(())
+            }
+            .await;
+            let finalized = iterator.finalize().await;
+            walked?;
+            finalized?;
+            Ok(sections)
+        },
+    )
+    .await?;
+    if args.json {
+        let sections: Vec<SectionJson> = sections.iter().map(SectionJson::from).collect();
+        return emit_json(&sections);
+    }
+    let text: String = sections.iter().map(section_line).collect();
+    emit(text.as_bytes())
+}
+
+/// The `ls` table.
+pub fn ls_table(checkpoints: &[CheckpointInfo]) -> String {
+    let header = ["NAME", "SECTIONS", "USED", "SIZE", "FLAGS", "OPEN", "SEQ"].map(str::to_string);
+    let rows: Vec<[String; 7]> = checkpoints
+        .iter()
+        .map(|info| {
+            let attributes = &info.status.attributes;
+            [
+                info.name.to_string(),
+                format!(
+                    "{}/{}",
+                    info.status.number_of_sections, attributes.max_sections
+                ),
+                info.status.memory_used.to_string(),
+                attributes.checkpoint_size.to_string(),
+                creation_flag_names(attributes.creation_flags).join("|"),
+                info.open_count.to_string(),
+                info.seq.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|cell| cell.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut text = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// `ls`.
+pub async fn ls(client: &Client, args: &LsArgs) -> Result<(), ClientError> {
+    let checkpoints = client.list().await?;
+    if args.json {
+        let checkpoints: Vec<CheckpointJson> =
+            checkpoints.iter().map(CheckpointJson::from).collect();
+        return emit_json(&checkpoints);
+    }
+    emit(ls_table(&checkpoints).as_bytes())
+}
+
+/// The `stat` text.
+pub fn stat_text(info: &CheckpointInfo) -> String {
+    let attributes = &info.status.attributes;
+    let retention = if attributes.retention_duration_ns == TIME_END {
+        "forever".to_string()
+    } else {
+        format!("{} ns", attributes.retention_duration_ns)
+    };
+    format!(
+        "name: {}\nflags: {} (0x{:x})\ncheckpoint size: {} bytes\nmax sections: {}\nmax section size: {} bytes\n\
+         max section id size: {} bytes\nretention: {}\nsections: {}\nmemory used: {} bytes\nopen handles: {}\nseq: {}\n",
+        info.name,
+        creation_flag_names(attributes.creation_flags).join("|"),
+        attributes.creation_flags.0,
+        attributes.checkpoint_size,
+        attributes.max_sections,
+        attributes.max_section_size,
+        attributes.max_section_id_size,
+        retention,
+        info.status.number_of_sections,
+        info.status.memory_used,
+        info.open_count,
+        info.seq,
+    )
+}
+
+/// `stat`.
+pub async fn stat(client: &Client, args: &StatArgs) -> Result<(), ClientError> {
+    let info = client.stat(&args.name.name).await?;
+    if args.json {
+        return emit_json(&CheckpointJson::from(&info));
+    }
+    emit(stat_text(&info).as_bytes())
+}
+
+/// `rm`.
+pub async fn rm(client: &Client, args: &RmArgs) -> Result<(), ClientError> {
+    client.delete(&args.name.name).await
+}
+
+#[cfg(test)]
+mod tests {
+    use ckpt_proto::{CheckpointStatus, SectionId};
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn info() -> CheckpointInfo {
+        CheckpointInfo {
+            name: CheckpointName::new("orders").unwrap(),
+            status: CheckpointStatus {
+                attributes: CreationAttributes {
+                    creation_flags: CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE,
+                    checkpoint_size: 2048,
+                    retention_duration_ns: TIME_END,
+                    max_sections: 2,
+                    max_section_size: 1024,
+                    max_section_id_size: 64,
+                },
+                number_of_sections: 1,
+                memory_used: 10,
+            },
+            open_count: 3,
+            seq: 17,
+        }
+    }
+
+    #[test]
+    fn create_attributes_follow_the_flags() {
+        let Command::Create(args) = Cli::try_parse_from([
+            "ckpt-tool",
+            "create",
+            "x",
+            "--max-sections",
+            "3",
+            "--max-section-size",
+            "10",
+            "--mode",
+            "active-weak",
+            "--collocated",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not create")
+        };
+        let attributes = create_attributes(&args).unwrap();
+        assert_eq!(attributes.checkpoint_size, 30);
+        assert_eq!(
+            attributes.creation_flags,
+            CreationFlags::WR_ACTIVE_REPLICA_WEAK | CreationFlags::CHECKPOINT_COLLOCATED
+        );
+        attributes.validate().unwrap();
+    }
+
+    #[test]
+    fn json_views() {
+        let json = serde_json::to_value(CheckpointJson::from(&info())).unwrap();
+        assert_eq!(json["name"], "orders");
+        assert_eq!(
+            json["flags"],
+            serde_json::json!(["WR_ACTIVE_REPLICA", "WR_ALL_SAFE"])
+        );
+        assert_eq!(json["retention_duration_ns"], serde_json::Value::Null);
+        assert_eq!(json["seq"], 17);
+        let section = SectionDescriptor {
+            section_id: SectionId::DEFAULT,
+            expiration_time: 5,
+            section_size: 9,
+            state: SectionState::Valid,
+            last_update: 4,
+        };
+        let json = serde_json::to_value(SectionJson::from(&section)).unwrap();
+        assert_eq!(json["default"], true);
+        assert_eq!(json["expiration_time"], 5);
+        assert_eq!(json["state"], "valid");
+    }
+
+    #[test]
+    fn text_views() {
+        let table = ls_table(&[info()]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("NAME    SECTIONS"), "{table}");
+        assert!(lines[1].starts_with("orders  1/2"), "{table}");
+        assert!(
+            lines[1].contains("WR_ACTIVE_REPLICA|WR_ALL_SAFE"),
+            "{table}"
+        );
+        assert!(stat_text(&info()).contains("retention: forever\n"));
+        let section = SectionDescriptor {
+            section_id: SectionId::new("c1"),
+            expiration_time: TIME_END,
+            section_size: 9,
+            state: SectionState::Corrupted,
+            last_update: 4,
+        };
+        assert_eq!(section_line(&section), "c1\t9\tforever\tcorrupted\n");
+    }
+}

@@ -1,0 +1,518 @@
+//! The command line (clap derive). Parsing only: every value is checked here
+//! as far as it can be without the server, so a bad flag fails before any
+//! connection is made.
+
+use std::path::PathBuf;
+
+use ckpt_proto::{CheckpointName, CreationFlags, SectionId, TIME_END};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default server address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
+
+/// ckpt-tool: operate a ckpt checkpoint service from the shell.
+///
+/// Every command talks to the server at --addr (or $CKPT_ADDR). On failure
+/// the tool prints `error: CL_ERR_NAME: message` on stderr and exits 1.
+#[derive(Debug, Parser)]
+#[command(name = "ckpt-tool", version, propagate_version = true)]
+pub struct Cli {
+    /// Server address, host:port.
+    #[arg(long, global = true, env = "CKPT_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a checkpoint (open with CREATE|READ|WRITE, then close). An
+    /// existing checkpoint with the same attributes is fine; with other
+    /// attributes it is CL_ERR_ALREADY_EXIST.
+    Create(CreateArgs),
+    /// Create a section, with initial data from --file (empty without it).
+    /// Prints the section's id.
+    SectionCreate(SectionCreateArgs),
+    /// Write bytes from stdin (or --file) into a section at --offset; with
+    /// --overwrite, replace the section's data and size.
+    Write(WriteArgs),
+    /// Read a section's bytes (from --offset, --size bytes or to the end) to stdout, raw.
+    Read(ReadArgs),
+    /// Delete a section.
+    SectionRm(SectionRmArgs),
+    /// List a checkpoint's sections: one line per section with its id, size
+    /// in bytes, expiration (ns since the epoch, or "forever") and state.
+    Sections(SectionsArgs),
+    /// List every checkpoint.
+    Ls(LsArgs),
+    /// Show one checkpoint's attributes and usage.
+    Stat(StatArgs),
+    /// Delete a checkpoint's name (open handles keep working until closed).
+    Rm(RmArgs),
+    /// Load generator: N clients, each on its own connection, overwrite
+    /// their own section `c<i>` in a loop; prints throughput and latency.
+    ///
+    /// Each value is --value-size bytes whose first 8 bytes are an increasing
+    /// u64 counter (little-endian), starting after the value stored, so
+    /// reruns keep increasing. If the server goes away mid-run, the clients
+    /// stop and the summary covers what was acknowledged; the exit status is
+    /// 0 unless nothing at all succeeded.
+    Bench(BenchArgs),
+    /// Check that every acknowledged write recorded by `bench --record` is
+    /// still there.
+    ///
+    /// For every (checkpoint, section) in FILE, takes the highest counter
+    /// acknowledged, reads the section's stored counter from the server and
+    /// prints `N acked, M lost`: N is the number of acknowledged writes in
+    /// the file (its lines), M the number of sections whose stored counter is
+    /// lower than their last acknowledged one (a missing section or
+    /// checkpoint counts as lost). Each lost section is named on stderr.
+    /// Exits 1 when M > 0.
+    CheckAcked(CheckAckedArgs),
+}
+
+/// `--mode`: the update mode of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// CL_CKPT_WR_ALL_REPLICAS: a write returns when every replica has it.
+    AllReplicas,
+    /// CL_CKPT_WR_ACTIVE_REPLICA: a write returns when it is durable on the active replica.
+    Active,
+    /// CL_CKPT_WR_ACTIVE_REPLICA_WEAK: a write returns when applied; durable within one group commit.
+    ActiveWeak,
+}
+
+impl Mode {
+    /// The creation flag of this mode.
+    pub fn flag(self) -> CreationFlags {
+        match self {
+            Mode::AllReplicas => CreationFlags::WR_ALL_REPLICAS,
+            Mode::Active => CreationFlags::WR_ACTIVE_REPLICA,
+            Mode::ActiveWeak => CreationFlags::WR_ACTIVE_REPLICA_WEAK,
+        }
+    }
+
+    /// The name `--mode` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::AllReplicas => "all-replicas",
+            Mode::Active => "active",
+            Mode::ActiveWeak => "active-weak",
+        }
+    }
+}
+
+/// Parses a checkpoint name (its bytes are the argument's UTF-8 bytes).
+pub fn parse_name(text: &str) -> Result<CheckpointName, String> {
+    CheckpointName::new(text.as_bytes()).map_err(|e| e.detail)
+}
+
+/// Parses `--retention-ns`: a count of nanoseconds, or `forever`.
+pub fn parse_retention(text: &str) -> Result<i64, String> {
+    if text == "forever" {
+        return Ok(TIME_END);
+    }
+    match text.parse::<i64>() {
+        Ok(ns) if ns >= 0 => Ok(ns),
+        _ => Err(format!(
+            "`{text}` is neither a non-negative number of nanoseconds nor `forever`"
+        )),
+    }
+}
+
+/// Parses `--duration-s`: a positive number of seconds, fractions allowed.
+pub fn parse_duration_s(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() && s <= 1e9 => Ok(s),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
+}
+
+/// The checkpoint a command works on.
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Checkpoint name (1..=256 bytes).
+    #[arg(value_name = "NAME", value_parser = parse_name)]
+    pub name: CheckpointName,
+}
+
+/// A section: an ID argument, or `--default-section`.
+#[derive(Debug, Args)]
+pub struct SectionArg {
+    /// Section id (the argument's UTF-8 bytes). For the default section
+    /// (CL_CKPT_DEFAULT_SECTION_ID, the only section of a checkpoint created
+    /// with --max-sections 1), leave it out and pass --default-section.
+    #[arg(value_name = "ID", required_unless_present = "default_section")]
+    pub id: Option<String>,
+
+    /// Use the default section instead of an ID.
+    #[arg(long, conflicts_with = "id")]
+    pub default_section: bool,
+}
+
+impl SectionArg {
+    /// The section id these arguments name.
+    pub fn section_id(&self) -> SectionId {
+        match (&self.id, self.default_section) {
+            (Some(id), false) => SectionId::new(id.as_bytes()),
+            _ => SectionId::DEFAULT,
+        }
+    }
+}
+
+/// `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Most sections (1 = only the default section).
+    #[arg(long, default_value_t = 1)]
+    pub max_sections: u32,
+    /// Largest section, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_section_size: u64,
+    /// Upper bound on the sum of all section sizes, in bytes
+    /// [default: max-sections × max-section-size].
+    #[arg(long)]
+    pub size: Option<u64>,
+    /// Longest section id, in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub max_section_id_size: u64,
+    /// How long the checkpoint is kept once nobody has it open, in ns, or `forever`.
+    #[arg(long, default_value = "forever", value_parser = parse_retention)]
+    pub retention_ns: i64,
+    /// Update mode.
+    #[arg(long, value_enum, default_value_t = Mode::Active)]
+    pub mode: Mode,
+    /// CL_CKPT_WR_ALL_SAFE: acknowledge writes only when every in-sync replica has them.
+    #[arg(long)]
+    pub all_safe: bool,
+    /// CL_CKPT_CHECKPOINT_COLLOCATED.
+    #[arg(long)]
+    pub collocated: bool,
+    /// CL_CKPT_DISTRIBUTED.
+    #[arg(long)]
+    pub distributed: bool,
+}
+
+/// `section-create`.
+#[derive(Debug, Args)]
+pub struct SectionCreateArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Section id (the argument's UTF-8 bytes).
+    #[arg(value_name = "ID", required_unless_present = "generated")]
+    pub id: Option<String>,
+    /// Let the server choose the id (CL_CKPT_GENERATED_SECTION_ID).
+    #[arg(long, conflicts_with = "id")]
+    pub generated: bool,
+    /// Initial data from this file (`-` for stdin); empty without it.
+    #[arg(long, value_name = "F")]
+    pub file: Option<PathBuf>,
+    /// Expire the section this many seconds from now (default: never).
+    #[arg(long, value_name = "S")]
+    pub expires_in_s: Option<u64>,
+}
+
+/// `write`.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    #[command(flatten)]
+    pub section: SectionArg,
+    /// Byte offset in the section.
+    #[arg(long, default_value_t = 0, conflicts_with = "overwrite")]
+    pub offset: u64,
+    /// Data from this file instead of stdin (`-` is stdin).
+    #[arg(long, value_name = "F")]
+    pub file: Option<PathBuf>,
+    /// Replace the section's data and size (clCkptSectionOverwrite).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// `read`.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    #[command(flatten)]
+    pub section: SectionArg,
+    /// Byte offset in the section.
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// How many bytes (default: to the end of the section).
+    #[arg(long)]
+    pub size: Option<u64>,
+}
+
+/// `section-rm`.
+#[derive(Debug, Args)]
+pub struct SectionRmArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    #[command(flatten)]
+    pub section: SectionArg,
+}
+
+/// `sections`.
+#[derive(Debug, Args)]
+pub struct SectionsArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stat`.
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+}
+
+/// `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent clients, each on its own connection.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub clients: u32,
+    /// How long to run, in seconds (fractions allowed).
+    #[arg(long, default_value = "10", value_parser = parse_duration_s)]
+    pub duration_s: f64,
+    /// Bytes per value (at least 8: the counter).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(8..=ckpt_proto::UPDATE_BYTES_MAX))]
+    pub value_size: u64,
+    /// Update mode of the checkpoint, if the bench creates it.
+    #[arg(long, value_enum, default_value_t = Mode::Active)]
+    pub mode: Mode,
+    /// Add CL_CKPT_WR_ALL_SAFE.
+    #[arg(long)]
+    pub all_safe: bool,
+    /// The checkpoint to write (created if missing; an existing one must
+    /// have the same mode and room for the clients' sections).
+    #[arg(long, default_value = "bench", value_parser = parse_name)]
+    pub checkpoint: CheckpointName,
+    /// Append `CHECKPOINT SECTION COUNTER` for every acknowledged write to
+    /// FILE, each line written to the file before the next write is sent.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `check-acked`.
+#[derive(Debug, Args)]
+pub struct CheckAckedArgs {
+    /// A file written by `bench --record`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ckpt-tool").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_defaults() {
+        let cli = parse(&["create", "app"]).unwrap();
+        if std::env::var_os("CKPT_ADDR").is_none() {
+            assert_eq!(cli.addr, DEFAULT_ADDR);
+        }
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(args.name.name.as_bytes(), b"app");
+        assert_eq!(
+            (args.max_sections, args.max_section_size, args.size),
+            (1, 1024 * 1024, None)
+        );
+        assert_eq!(args.max_section_id_size, 64);
+        assert_eq!(args.retention_ns, TIME_END);
+        assert_eq!(args.mode, Mode::Active);
+        assert!(!args.all_safe && !args.collocated && !args.distributed);
+    }
+
+    #[test]
+    fn create_flags() {
+        let cli = parse(&[
+            "create",
+            "app",
+            "--addr",
+            "10.0.0.1:1",
+            "--max-sections",
+            "4",
+            "--size",
+            "100",
+            "--retention-ns",
+            "5",
+            "--mode",
+            "all-replicas",
+            "--all-safe",
+            "--collocated",
+            "--distributed",
+        ])
+        .unwrap();
+        assert_eq!(cli.addr, "10.0.0.1:1");
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(
+            (args.max_sections, args.size, args.retention_ns),
+            (4, Some(100), 5)
+        );
+        assert_eq!(args.mode, Mode::AllReplicas);
+        assert!(args.all_safe && args.collocated && args.distributed);
+        assert!(parse(&["create", "app", "--retention-ns", "-1"]).is_err());
+        assert!(parse(&["create", "app", "--mode", "eventual"]).is_err());
+        assert!(parse(&["create", ""]).is_err());
+        assert!(parse(&["create", &"x".repeat(257)]).is_err());
+    }
+
+    #[test]
+    fn sections_are_named_by_id_or_default_flag() {
+        let Command::Write(args) = parse(&["write", "app", "s1", "--offset", "3"])
+            .unwrap()
+            .command
+        else {
+            panic!("not write")
+        };
+        assert_eq!(args.section.section_id(), SectionId::new("s1"));
+        assert_eq!(args.offset, 3);
+        assert!(!args.overwrite);
+
+        let Command::Read(args) = parse(&["read", "app", "--default-section", "--size", "8"])
+            .unwrap()
+            .command
+        else {
+            panic!("not read")
+        };
+        assert!(args.section.section_id().is_default());
+        assert_eq!(args.size, Some(8));
+
+        // Exactly one of ID and --default-section.
+        assert!(parse(&["section-rm", "app"]).is_err());
+        assert!(parse(&["section-rm", "app", "s1", "--default-section"]).is_err());
+        // --overwrite replaces the whole section: no offset.
+        assert!(parse(&["write", "app", "s1", "--overwrite", "--offset", "2"]).is_err());
+        assert!(parse(&["write", "app", "s1", "--overwrite"]).is_ok());
+    }
+
+    #[test]
+    fn section_create_takes_an_id_or_generated() {
+        let Command::SectionCreate(args) = parse(&["section-create", "app", "--generated"])
+            .unwrap()
+            .command
+        else {
+            panic!("not section-create")
+        };
+        assert!(args.generated && args.id.is_none());
+        assert!(parse(&["section-create", "app"]).is_err());
+        assert!(parse(&["section-create", "app", "s", "--generated"]).is_err());
+    }
+
+    #[test]
+    fn json_flags() {
+        assert!(matches!(
+            parse(&["ls", "--json"]).unwrap().command,
+            Command::Ls(LsArgs { json: true })
+        ));
+        assert!(matches!(
+            parse(&["stat", "a", "--json"]).unwrap().command,
+            Command::Stat(StatArgs { json: true, .. })
+        ));
+        assert!(matches!(
+            parse(&["sections", "a", "--json"]).unwrap().command,
+            Command::Sections(SectionsArgs { json: true, .. })
+        ));
+        assert!(parse(&["rm", "a", "--json"]).is_err());
+    }
+
+    #[test]
+    fn bench_defaults_and_bounds() {
+        let Command::Bench(args) = parse(&["bench"]).unwrap().command else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            (args.clients, args.duration_s, args.value_size),
+            (16, 10.0, 1024)
+        );
+        assert_eq!(args.mode, Mode::Active);
+        assert_eq!(args.checkpoint.as_bytes(), b"bench");
+        assert!(args.record.is_none() && !args.json && !args.all_safe);
+
+        let Command::Bench(args) = parse(&[
+            "bench",
+            "--clients",
+            "2",
+            "--duration-s",
+            "0.5",
+            "--value-size",
+            "8",
+            "--mode",
+            "active-weak",
+            "--record",
+            "/tmp/r",
+            "--json",
+            "--checkpoint",
+            "b2",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            (args.clients, args.duration_s, args.value_size),
+            (2, 0.5, 8)
+        );
+        assert_eq!(args.mode, Mode::ActiveWeak);
+        assert_eq!(args.record.as_deref(), Some(std::path::Path::new("/tmp/r")));
+        assert!(parse(&["bench", "--value-size", "7"]).is_err());
+        assert!(parse(&["bench", "--clients", "0"]).is_err());
+        assert!(parse(&["bench", "--duration-s", "0"]).is_err());
+        assert!(parse(&["bench", "--duration-s", "nan"]).is_err());
+    }
+
+    #[test]
+    fn retention_parsing() {
+        assert_eq!(parse_retention("forever"), Ok(TIME_END));
+        assert_eq!(parse_retention("0"), Ok(0));
+        assert!(parse_retention("-5").is_err());
+        assert!(parse_retention("soon").is_err());
+    }
+}
