@@ -34,7 +34,7 @@ ckpt_pid=$!
 for _ in $(seq 100); do grep -q "ckpt-server ready" "$work/ckpt.log" && break; sleep 0.2; done
 target/release/ckpt-tool bench --addr "127.0.0.1:$ckpt_port" --clients $clients --value-size $value --duration-s "$duration" --json >"$work/ckpt.json"
 kill -TERM "$ckpt_pid"; wait "$ckpt_pid" || true; ckpt_pid=
-ckpt_ops=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["ops_per_sec"])' "$work/ckpt.json")
+ckpt_ops=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["ops_per_s"])' "$work/ckpt.json")
 ckpt_p99=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["p99_us"]/1000)' "$work/ckpt.json")
 ckpt_ops_done=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["ops"])' "$work/ckpt.json")
 
