@@ -14,7 +14,10 @@ use rand::{Rng, SeedableRng};
 
 #[test]
 fn sigkill_under_load_loses_nothing_acknowledged() {
-    let seed = std::env::var("CKPT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    let seed = std::env::var("CKPT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
     println!("seed {seed} (CKPT_CRASH_SEED={seed} to replay)");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -24,7 +27,17 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
         let mut server = Server::start(&data);
         let mode = ["active", "all-replicas"][round % 2];
         let mut bench = Command::new(bin("ckpt-tool"))
-            .args(["bench", "--addr", &server.addr, "--clients", "16", "--duration-s", "5", "--value-size", "512"])
+            .args([
+                "bench",
+                "--addr",
+                &server.addr,
+                "--clients",
+                "16",
+                "--duration-s",
+                "5",
+                "--value-size",
+                "512",
+            ])
             .args(["--mode", mode, "--checkpoint", &format!("crash-{mode}")])
             .arg("--record")
             .arg(&record)
@@ -39,7 +52,10 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
             if let Some(status) = bench.try_wait().unwrap() {
                 break status;
             }
-            assert!(Instant::now() < deadline, "seed {seed} round {round}: bench did not stop after the server died");
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed} round {round}: bench did not stop after the server died"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         let output = bench.wait_with_output().unwrap();
@@ -49,7 +65,10 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
             String::from_utf8_lossy(&output.stderr)
         );
         let acked = std::fs::read_to_string(&record).unwrap_or_default();
-        assert!(!acked.is_empty(), "seed {seed} round {round}: nothing was acknowledged before the kill");
+        assert!(
+            !acked.is_empty(),
+            "seed {seed} round {round}: nothing was acknowledged before the kill"
+        );
 
         let server = Server::start(&data);
         let check = Command::new(bin("ckpt-tool"))

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use ckpt_proto::wire::{FrameKind, Reply, Request, Response};
 use ckpt_proto::{
-    CheckpointName, CreationAttributes, CreationFlags, OpenFlags, ReadElement, SectionCreationAttributes, SectionId,
-    WriteElement, TIME_END,
+    CheckpointName, CreationAttributes, CreationFlags, OpenFlags, ReadElement,
+    SectionCreationAttributes, SectionId, WriteElement, TIME_END,
 };
 use common::{http_get, RawClient, Server};
 
@@ -40,14 +40,28 @@ fn sigterm_finishes_requests_in_flight_then_exits_zero() {
     let mut server = Server::start(dir.path());
     let mut client = RawClient::connect(&server.addr);
     let handle = open(&mut client, "inflight");
-    let section = SectionCreationAttributes { section_id: Some(SectionId::new("s")), expiration_time: TIME_END };
-    let created = client.call(&Request::SectionCreate { handle, attributes: section, initial_data: vec![] });
+    let section = SectionCreationAttributes {
+        section_id: Some(SectionId::new("s")),
+        expiration_time: TIME_END,
+    };
+    let created = client.call(&Request::SectionCreate {
+        handle,
+        attributes: section,
+        initial_data: vec![],
+    });
     assert!(created.is_ok(), "{created:?}");
     // Pipeline a burst of writes, then ask the server to stop at once.
     let mut ids = HashSet::new();
     for i in 0..200u32 {
-        let element = WriteElement { section_id: SectionId::new("s"), offset: u64::from(i) * 4, data: i.to_le_bytes().to_vec() };
-        ids.insert(client.send(&Request::Write { handle, elements: vec![element] }));
+        let element = WriteElement {
+            section_id: SectionId::new("s"),
+            offset: u64::from(i) * 4,
+            data: i.to_le_bytes().to_vec(),
+        };
+        ids.insert(client.send(&Request::Write {
+            handle,
+            elements: vec![element],
+        }));
     }
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");
@@ -57,7 +71,11 @@ fn sigterm_finishes_requests_in_flight_then_exits_zero() {
         if frame.kind != FrameKind::Response {
             continue;
         }
-        assert!(ids.remove(&frame.request_id), "unexpected id {}", frame.request_id);
+        assert!(
+            ids.remove(&frame.request_id),
+            "unexpected id {}",
+            frame.request_id
+        );
         let response: Response = frame.decode().unwrap();
         assert!(response.is_ok(), "{response:?}");
         answered += 1;
@@ -76,12 +94,29 @@ fn sigterm_finishes_requests_in_flight_then_exits_zero() {
         Ok(Reply::Opened { handle, .. }) => handle,
         other => panic!("{other:?}"),
     };
-    let read = ReadElement { section_id: SectionId::new("s"), offset: 0, size: None };
-    let Ok(Reply::Data(data)) = client.call(&Request::Read { handle, elements: vec![read] }) else { panic!() };
+    let read = ReadElement {
+        section_id: SectionId::new("s"),
+        offset: 0,
+        size: None,
+    };
+    let Ok(Reply::Data(data)) = client.call(&Request::Read {
+        handle,
+        elements: vec![read],
+    }) else {
+        panic!()
+    };
     let data = &data[0];
-    assert!(data.len() >= answered * 4, "{} bytes for {answered} answered writes", data.len());
+    assert!(
+        data.len() >= answered * 4,
+        "{} bytes for {answered} answered writes",
+        data.len()
+    );
     for i in 0..answered {
-        assert_eq!(&data[i * 4..i * 4 + 4], &(i as u32).to_le_bytes(), "write {i}");
+        assert_eq!(
+            &data[i * 4..i * 4 + 4],
+            &(i as u32).to_le_bytes(),
+            "write {i}"
+        );
     }
 }
 
@@ -94,7 +129,10 @@ fn metrics_and_health_report_the_work_done() {
     let mut client = RawClient::connect(&server.addr);
     let handle = open(&mut client, "metered");
     for _ in 0..5 {
-        let missing = client.call(&Request::SectionDelete { handle, section_id: SectionId::new("nope") });
+        let missing = client.call(&Request::SectionDelete {
+            handle,
+            section_id: SectionId::new("nope"),
+        });
         assert!(missing.is_err());
     }
     let (status, metrics) = http_get(&server.admin, "/metrics");
@@ -107,10 +145,16 @@ fn metrics_and_health_report_the_work_done() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
     };
-    assert_eq!(value("ckpt_requests_total{op=\"section_delete\",result=\"CL_ERR_NOT_EXIST\"}"), 5.0);
+    assert_eq!(
+        value("ckpt_requests_total{op=\"section_delete\",result=\"CL_ERR_NOT_EXIST\"}"),
+        5.0
+    );
     assert_eq!(value("ckpt_requests_total{op=\"open\",result=\"ok\"}"), 1.0);
     assert!(value("ckpt_request_duration_seconds_count{op=\"open\"}") >= 1.0);
-    assert!(value("ckpt_wal_records_total") >= 1.0, "the create was logged");
+    assert!(
+        value("ckpt_wal_records_total") >= 1.0,
+        "the create was logged"
+    );
     assert!(value("ckpt_wal_fsyncs_total") >= 1.0);
     assert!(value("ckpt_wal_bytes_total") > 0.0);
     assert!(value("ckpt_wal_batch_records_count") >= 1.0);

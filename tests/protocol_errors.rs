@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ckpt_proto::wire::{
-    ApiVersion, Frame, FrameCodec, FrameKind, Goodbye, Hello, HelloReply, Reply, Request, Response, API_VERSION,
-    FRAME_MAGIC, PROTOCOL_VERSION,
+    ApiVersion, Frame, FrameCodec, FrameKind, Goodbye, Hello, HelloReply, Reply, Request, Response,
+    API_VERSION, FRAME_MAGIC, PROTOCOL_VERSION,
 };
 use ckpt_proto::ErrorCode;
 use common::Server;
@@ -26,7 +26,9 @@ fn encode(frame: Frame) -> Vec<u8> {
 
 fn connect(server: &Server) -> TcpStream {
     let stream = TcpStream::connect(&server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream
 }
 
@@ -65,7 +67,15 @@ fn read_frame(stream: &mut TcpStream) -> Frame {
 }
 
 fn hello(stream: &mut TcpStream, version: ApiVersion) -> HelloReply {
-    let frame = Frame::new(FrameKind::Hello, 0, &Hello { version, client_name: "test".into() }).unwrap();
+    let frame = Frame::new(
+        FrameKind::Hello,
+        0,
+        &Hello {
+            version,
+            client_name: "test".into(),
+        },
+    )
+    .unwrap();
     stream.write_all(&encode(frame)).unwrap();
     let reply = read_frame(stream);
     assert_eq!(reply.kind, FrameKind::HelloReply);
@@ -73,7 +83,10 @@ fn hello(stream: &mut TcpStream, version: ApiVersion) -> HelloReply {
 }
 
 fn goodbye_code(frames: &[Frame]) -> Option<ErrorCode> {
-    frames.iter().find(|f| f.kind == FrameKind::Goodbye).map(|f| f.decode::<Goodbye>().unwrap().error.code)
+    frames
+        .iter()
+        .find(|f| f.kind == FrameKind::Goodbye)
+        .map(|f| f.decode::<Goodbye>().unwrap().error.code)
 }
 
 /// A healthy client still gets served.
@@ -84,7 +97,10 @@ fn still_serving(server: &Server) {
     stream.write_all(&encode(frame)).unwrap();
     let answer = read_frame(&mut stream);
     assert_eq!(answer.request_id, 9);
-    assert!(matches!(answer.decode::<Response>().unwrap(), Ok(Reply::Checkpoints(_))));
+    assert!(matches!(
+        answer.decode::<Response>().unwrap(),
+        Ok(Reply::Checkpoints(_))
+    ));
 }
 
 #[test]
@@ -104,7 +120,10 @@ fn bad_input_gets_an_error_or_a_clean_close_and_the_server_keeps_serving() {
     }
     noise[0] = b'X';
     let _ = stream.write_all(&noise);
-    assert_eq!(goodbye_code(&read_until_close(&mut stream)), Some(ErrorCode::InvalidBuffer));
+    assert_eq!(
+        goodbye_code(&read_until_close(&mut stream)),
+        Some(ErrorCode::InvalidBuffer)
+    );
     still_serving(&server);
 
     // An oversize length in an otherwise valid header.
@@ -119,7 +138,10 @@ fn bad_input_gets_an_error_or_a_clean_close_and_the_server_keeps_serving() {
     header.extend_from_slice(&u32::MAX.to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes());
     stream.write_all(&header).unwrap();
-    assert_eq!(goodbye_code(&read_until_close(&mut stream)), Some(ErrorCode::TooBig));
+    assert_eq!(
+        goodbye_code(&read_until_close(&mut stream)),
+        Some(ErrorCode::TooBig)
+    );
     still_serving(&server);
 
     // A truncated frame, then the client hangs up: the server just closes.
@@ -129,7 +151,10 @@ fn bad_input_gets_an_error_or_a_clean_close_and_the_server_keeps_serving() {
     stream.write_all(&full[..full.len() - 3]).unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     let frames = read_until_close(&mut stream);
-    assert!(frames.iter().all(|f| f.kind == FrameKind::Goodbye), "{frames:?}");
+    assert!(
+        frames.iter().all(|f| f.kind == FrameKind::Goodbye),
+        "{frames:?}"
+    );
     assert!(goodbye_code(&frames).is_none_or(|code| code == ErrorCode::MessageError));
     still_serving(&server);
 
@@ -139,43 +164,94 @@ fn bad_input_gets_an_error_or_a_clean_close_and_the_server_keeps_serving() {
     let mut bytes = encode(Frame::new(FrameKind::Request, 3, &Request::List).unwrap());
     bytes[5] = 42;
     stream.write_all(&bytes).unwrap();
-    assert_eq!(goodbye_code(&read_until_close(&mut stream)), Some(ErrorCode::InvalidBuffer));
+    assert_eq!(
+        goodbye_code(&read_until_close(&mut stream)),
+        Some(ErrorCode::InvalidBuffer)
+    );
 
     // A kind a client may not send.
     let mut stream = connect(&server);
     assert!(hello(&mut stream, API_VERSION).error.is_none());
     let response: Response = Ok(Reply::Done);
-    stream.write_all(&encode(Frame::new(FrameKind::Response, 3, &response).unwrap())).unwrap();
-    assert_eq!(goodbye_code(&read_until_close(&mut stream)), Some(ErrorCode::InvalidBuffer));
+    stream
+        .write_all(&encode(
+            Frame::new(FrameKind::Response, 3, &response).unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(
+        goodbye_code(&read_until_close(&mut stream)),
+        Some(ErrorCode::InvalidBuffer)
+    );
 
     // A wrong protocol version in the frame header.
     let mut stream = connect(&server);
-    let mut bytes = encode(Frame::new(FrameKind::Hello, 0, &Hello { version: API_VERSION, client_name: "x".into() }).unwrap());
+    let mut bytes = encode(
+        Frame::new(
+            FrameKind::Hello,
+            0,
+            &Hello {
+                version: API_VERSION,
+                client_name: "x".into(),
+            },
+        )
+        .unwrap(),
+    );
     bytes[4] = PROTOCOL_VERSION + 1;
     stream.write_all(&bytes).unwrap();
-    assert_eq!(goodbye_code(&read_until_close(&mut stream)), Some(ErrorCode::VersionMismatch));
+    assert_eq!(
+        goodbye_code(&read_until_close(&mut stream)),
+        Some(ErrorCode::VersionMismatch)
+    );
 
     // A wrong API version in Hello: VERSION_MISMATCH and the supported version.
     let mut stream = connect(&server);
-    let reply = hello(&mut stream, ApiVersion { release_code: b'B', major: 9, minor: 0 });
-    assert_eq!(reply.error.map(|e| e.code), Some(ErrorCode::VersionMismatch));
+    let reply = hello(
+        &mut stream,
+        ApiVersion {
+            release_code: b'B',
+            major: 9,
+            minor: 0,
+        },
+    );
+    assert_eq!(
+        reply.error.map(|e| e.code),
+        Some(ErrorCode::VersionMismatch)
+    );
     assert_eq!(reply.version, API_VERSION);
 
     // A request before Hello.
     let mut stream = connect(&server);
-    stream.write_all(&encode(Frame::new(FrameKind::Request, 1, &Request::List).unwrap())).unwrap();
-    assert_eq!(goodbye_code(&read_until_close(&mut stream)), Some(ErrorCode::NotInitialized));
+    stream
+        .write_all(&encode(
+            Frame::new(FrameKind::Request, 1, &Request::List).unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(
+        goodbye_code(&read_until_close(&mut stream)),
+        Some(ErrorCode::NotInitialized)
+    );
 
     // A request whose body does not decode: an error reply, and the
     // connection stays usable.
     let mut stream = connect(&server);
     assert!(hello(&mut stream, API_VERSION).error.is_none());
-    let garbage = Frame { kind: FrameKind::Request, request_id: 5, body: bytes::Bytes::from_static(&[0xff; 7]) };
+    let garbage = Frame {
+        kind: FrameKind::Request,
+        request_id: 5,
+        body: bytes::Bytes::from_static(&[0xff; 7]),
+    };
     stream.write_all(&encode(garbage)).unwrap();
     let answer = read_frame(&mut stream);
     assert_eq!(answer.request_id, 5);
-    assert_eq!(answer.decode::<Response>().unwrap().unwrap_err().code, ErrorCode::InvalidBuffer);
-    stream.write_all(&encode(Frame::new(FrameKind::Request, 6, &Request::List).unwrap())).unwrap();
+    assert_eq!(
+        answer.decode::<Response>().unwrap().unwrap_err().code,
+        ErrorCode::InvalidBuffer
+    );
+    stream
+        .write_all(&encode(
+            Frame::new(FrameKind::Request, 6, &Request::List).unwrap(),
+        ))
+        .unwrap();
     assert_eq!(read_frame(&mut stream).request_id, 6);
 
     still_serving(&server);

@@ -138,6 +138,9 @@ pub enum FrameError {
     /// An unknown frame kind.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
+    /// The reserved header bytes are not zero (a newer peer's extension).
+    #[error("reserved header bytes are {0:#06x}, not zero")]
+    Reserved(u16),
     /// The body is larger than allowed.
     #[error("frame body of {len} bytes exceeds the bound of {max}")]
     TooLarge { len: u32, max: u32 },
@@ -153,9 +156,10 @@ impl FrameError {
     /// The code a peer is told before the connection closes.
     pub fn code(&self) -> ErrorCode {
         match self {
-            FrameError::BadMagic(_) | FrameError::UnknownKind(_) | FrameError::Checksum => {
-                ErrorCode::InvalidBuffer
-            }
+            FrameError::BadMagic(_)
+            | FrameError::UnknownKind(_)
+            | FrameError::Reserved(_)
+            | FrameError::Checksum => ErrorCode::InvalidBuffer,
             FrameError::Version(_) => ErrorCode::VersionMismatch,
             FrameError::TooLarge { .. } => ErrorCode::TooBig,
             FrameError::Io(_) => ErrorCode::MessageError,
@@ -206,6 +210,10 @@ impl Decoder for FrameCodec {
             return Err(FrameError::Version(src[4]));
         }
         let kind = FrameKind::from_u8(src[5]).ok_or(FrameError::UnknownKind(src[5]))?;
+        let reserved = u16::from_le_bytes([src[6], src[7]]);
+        if reserved != 0 {
+            return Err(FrameError::Reserved(reserved));
+        }
         let mut header = &src[8..FRAME_HEADER_BYTES];
         let request_id = header.get_u64_le();
         let body_len = header.get_u32_le();
@@ -389,6 +397,37 @@ pub enum Request {
     Stat { name: CheckpointName },
     /// clCkptFinalize: closes every handle of the connection.
     Finalize,
+    /// Starts a consistent point-in-time dump of the named checkpoints (all
+    /// when empty): their attributes and section lists, from one snapshot.
+    DumpBegin { names: Vec<CheckpointName> },
+    /// Reads section data from a dump's snapshot (at most 16 MiB per call).
+    DumpRead {
+        dump: u64,
+        checkpoint: u32,
+        section_id: SectionId,
+        offset: u64,
+        size: u64,
+    },
+    /// Releases a dump's snapshot.
+    DumpEnd { dump: u64 },
+    /// Recreates a checkpoint from a dump (exact attributes and generated-id
+    /// counter) and opens it for writing; with `replace` an existing one of
+    /// that name is deleted first.
+    Restore {
+        name: CheckpointName,
+        attributes: CreationAttributes,
+        generated_next: u64,
+        replace: bool,
+    },
+    /// Recreates a section from a dump, expiration time included.
+    RestoreSection {
+        handle: Handle,
+        section_id: SectionId,
+        expiration_time: i64,
+        data: Vec<u8>,
+    },
+    /// Node-wide figures (log footprint, checkpoint count).
+    ServerStatus,
 }
 
 /// One checkpoint as `List`/`Stat` report it.
@@ -402,6 +441,36 @@ pub struct CheckpointInfo {
     pub open_count: u32,
     /// Its current update sequence number.
     pub seq: u64,
+    /// Bytes its data takes in RocksDB (SST files and memtables, estimated).
+    pub footprint_bytes: u64,
+    /// Nodes holding a replica (1 on a single node).
+    pub replicas: u32,
+}
+
+/// One checkpoint in a dump, as of the dump's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpCheckpoint {
+    /// Its name.
+    pub name: CheckpointName,
+    /// Creation attributes (retention as last set).
+    pub attributes: CreationAttributes,
+    /// The generated-id counter.
+    pub generated_next: u64,
+    /// Its update sequence number at the snapshot.
+    pub seq: u64,
+    /// Every section, in id order.
+    pub sections: Vec<SectionDescriptor>,
+}
+
+/// Node-wide figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Named checkpoints.
+    pub checkpoints: u64,
+    /// Bytes of write-ahead log segments on disk.
+    pub wal_bytes: u64,
+    /// Write-ahead log segment files.
+    pub wal_segments: u64,
 }
 
 /// The successful answer to a [`Request`].
@@ -428,6 +497,13 @@ pub enum Reply {
     Checkpoints(Vec<CheckpointInfo>),
     /// `Stat`.
     Checkpoint(CheckpointInfo),
+    /// `DumpBegin`.
+    Dump {
+        dump: u64,
+        checkpoints: Vec<DumpCheckpoint>,
+    },
+    /// `ServerStatus`.
+    ServerStatus(ServerStatus),
 }
 
 /// The answer to a request: a reply or an error with its code.
@@ -560,6 +636,12 @@ mod tests {
         assert!(matches!(
             FrameCodec::default().decode(&mut crc),
             Err(FrameError::Checksum)
+        ));
+        let mut reserved = good.clone();
+        reserved[7] = 1;
+        assert!(matches!(
+            FrameCodec::default().decode(&mut reserved),
+            Err(FrameError::Reserved(0x100))
         ));
         let mut huge = good.clone();
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ckpt_proto::wire::{
-    ApiVersion, Frame, FrameCodec, FrameKind, Goodbye, Hello, HelloReply, Notification, Request, Response,
+    ApiVersion, Frame, FrameCodec, FrameKind, Goodbye, Hello, HelloReply, Notification, Request,
+    Response,
 };
 use ckpt_proto::{CkptError, ErrorCode};
 use futures::{SinkExt, StreamExt};
@@ -28,14 +29,26 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one connection until the peer leaves, sends garbage, or the
 /// server shuts down (then in-flight requests are finished first).
-pub async fn serve(service: Arc<Service>, stream: TcpStream, config: Arc<Config>, shutdown: CancellationToken) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+pub async fn serve(
+    service: Arc<Service>,
+    stream: TcpStream,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, FrameCodec::new(config.frame_body_bytes_max));
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Frame>();
     let (note_tx, note_rx) = mpsc::unbounded_channel::<Notification>();
-    let writer = tokio::spawn(write_frames(FramedWrite::new(write, FrameCodec::new(u32::MAX)), out_rx, note_rx));
+    let writer = tokio::spawn(write_frames(
+        FramedWrite::new(write, FrameCodec::new(u32::MAX)),
+        out_rx,
+        note_rx,
+    ));
 
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, frames.next()).await {
         Ok(Some(Ok(frame))) if frame.kind == FrameKind::Hello => frame.decode::<Hello>(),
@@ -102,7 +115,13 @@ pub async fn serve(service: Arc<Service>, stream: TcpStream, config: Arc<Config>
             FrameKind::Request => {}
             FrameKind::Goodbye => break,
             other => {
-                goodbye(&out_tx, CkptError::new(ErrorCode::InvalidBuffer, format!("a client may not send {other:?} frames")));
+                goodbye(
+                    &out_tx,
+                    CkptError::new(
+                        ErrorCode::InvalidBuffer,
+                        format!("a client may not send {other:?} frames"),
+                    ),
+                );
                 break;
             }
         }
@@ -110,15 +129,28 @@ pub async fn serve(service: Arc<Service>, stream: TcpStream, config: Arc<Config>
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             let error = CkptError::new(
                 ErrorCode::NoResource,
-                format!("more than {} requests in flight on this connection", config.in_flight_max),
+                format!(
+                    "more than {} requests in flight on this connection",
+                    config.in_flight_max
+                ),
             );
-            send(&out_tx, FrameKind::Response, request_id, &Response::Err(error));
+            send(
+                &out_tx,
+                FrameKind::Response,
+                request_id,
+                &Response::Err(error),
+            );
             continue;
         };
         let request = match frame.decode::<Request>() {
             Ok(request) => request,
             Err(error) => {
-                send(&out_tx, FrameKind::Response, request_id, &Response::Err(error));
+                send(
+                    &out_tx,
+                    FrameKind::Response,
+                    request_id,
+                    &Response::Err(error),
+                );
                 continue;
             }
         };
@@ -135,7 +167,12 @@ pub async fn serve(service: Arc<Service>, stream: TcpStream, config: Arc<Config>
     finish(writer, out_tx).await;
 }
 
-fn send<T: serde::Serialize>(out: &mpsc::UnboundedSender<Frame>, kind: FrameKind, request_id: u64, message: &T) {
+fn send<T: serde::Serialize>(
+    out: &mpsc::UnboundedSender<Frame>,
+    kind: FrameKind,
+    request_id: u64,
+    message: &T,
+) {
     match Frame::new(kind, request_id, message) {
         Ok(frame) => {
             let _ = out.send(frame);

@@ -40,7 +40,10 @@ pub struct Hub {
 impl Hub {
     /// A hub keeping up to `history_max` changes per subscribed checkpoint.
     pub fn new(history_max: usize) -> Arc<Hub> {
-        Arc::new(Hub { feeds: Mutex::new(HashMap::new()), history_max })
+        Arc::new(Hub {
+            feeds: Mutex::new(HashMap::new()),
+            history_max,
+        })
     }
 
     fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Feed>> {
@@ -54,8 +57,12 @@ impl Hub {
             return;
         }
         for record in records {
-            let Some(feed) = feeds.get_mut(&record.instance) else { continue };
-            let Some(change) = change_of(&record.body) else { continue };
+            let Some(feed) = feeds.get_mut(&record.instance) else {
+                continue;
+            };
+            let Some(change) = change_of(&record.body) else {
+                continue;
+            };
             feed.last_seq = record.seq.0;
             feed.history.push_back((record.seq.0, change.clone()));
             while feed.history.len() > self.history_max {
@@ -63,8 +70,15 @@ impl Hub {
             }
             let name = feed.name.clone();
             feed.subscribers.retain(|s| {
-                let Some(name) = name.clone() else { return true };
-                let update = Notification::Update { handle: s.handle, name, seq: record.seq.0, change: change.clone() };
+                let Some(name) = name.clone() else {
+                    return true;
+                };
+                let update = Notification::Update {
+                    handle: s.handle,
+                    name,
+                    seq: record.seq.0,
+                    change: change.clone(),
+                };
                 s.outbox.send(update).is_ok()
             });
         }
@@ -95,23 +109,38 @@ impl Hub {
                 let oldest = feed.history.front().map(|(seq, _)| *seq);
                 if oldest.is_some_and(|oldest| oldest <= after + 1) {
                     for (seq, change) in feed.history.iter().filter(|(seq, _)| *seq > after) {
-                        let update = Notification::Update { handle, name: name.clone(), seq: *seq, change: change.clone() };
+                        let update = Notification::Update {
+                            handle,
+                            name: name.clone(),
+                            seq: *seq,
+                            change: change.clone(),
+                        };
                         let _ = outbox.send(update);
                     }
                 } else {
-                    let _ = outbox.send(Notification::Resync { handle, after_seq: after, next_seq });
+                    let _ = outbox.send(Notification::Resync {
+                        handle,
+                        after_seq: after,
+                        next_seq,
+                    });
                 }
             }
         }
-        feed.subscribers.retain(|s| !(s.session == session && s.handle == handle));
-        feed.subscribers.push(Subscriber { session, handle, outbox });
+        feed.subscribers
+            .retain(|s| !(s.session == session && s.handle == handle));
+        feed.subscribers.push(Subscriber {
+            session,
+            handle,
+            outbox,
+        });
         next_seq
     }
 
     /// Drops a handle's subscription (close).
     pub fn unsubscribe(&self, session: u64, handle: Handle) {
         for feed in self.feeds().values_mut() {
-            feed.subscribers.retain(|s| !(s.session == session && s.handle == handle));
+            feed.subscribers
+                .retain(|s| !(s.session == session && s.handle == handle));
         }
     }
 
@@ -124,28 +153,48 @@ impl Hub {
 
 fn change_of(body: &RecordBody) -> Option<Change> {
     Some(match body {
-        RecordBody::CheckpointCreate { .. } | RecordBody::CheckpointDestroy => return None,
+        RecordBody::CheckpointCreate { .. }
+        | RecordBody::CheckpointDestroy
+        | RecordBody::GeneratedIdSet { .. } => return None,
         RecordBody::CheckpointUnlink => Change::Deleted,
-        RecordBody::RetentionSet { retention_duration_ns } => {
-            Change::RetentionSet { retention_duration_ns: *retention_duration_ns }
-        }
-        RecordBody::SectionCreate { section_id, data, .. } => {
-            Change::SectionCreated { section_id: section_id.clone(), data: data.clone() }
-        }
-        RecordBody::SectionDelete { section_id, expired } => {
-            Change::SectionDeleted { section_id: section_id.clone(), expired: *expired }
-        }
-        RecordBody::SectionExpirationSet { section_id, expiration_time } => {
-            Change::ExpirationSet { section_id: section_id.clone(), expiration_time: *expiration_time }
-        }
+        RecordBody::RetentionSet {
+            retention_duration_ns,
+        } => Change::RetentionSet {
+            retention_duration_ns: *retention_duration_ns,
+        },
+        RecordBody::SectionCreate {
+            section_id, data, ..
+        } => Change::SectionCreated {
+            section_id: section_id.clone(),
+            data: data.clone(),
+        },
+        RecordBody::SectionDelete {
+            section_id,
+            expired,
+        } => Change::SectionDeleted {
+            section_id: section_id.clone(),
+            expired: *expired,
+        },
+        RecordBody::SectionExpirationSet {
+            section_id,
+            expiration_time,
+        } => Change::ExpirationSet {
+            section_id: section_id.clone(),
+            expiration_time: *expiration_time,
+        },
         RecordBody::Write { elements } => Change::Written {
             elements: elements
                 .iter()
-                .map(|e| WriteElement { section_id: e.section_id.clone(), offset: e.offset, data: e.data.clone() })
+                .map(|e| WriteElement {
+                    section_id: e.section_id.clone(),
+                    offset: e.offset,
+                    data: e.data.clone(),
+                })
                 .collect(),
         },
-        RecordBody::Overwrite { section_id, data } => {
-            Change::Overwritten { section_id: SectionId::new(section_id.as_bytes().to_vec()), data: data.clone() }
-        }
+        RecordBody::Overwrite { section_id, data } => Change::Overwritten {
+            section_id: SectionId::new(section_id.as_bytes().to_vec()),
+            data: data.clone(),
+        },
     })
 }

@@ -34,7 +34,10 @@ pub use config::{Cli, Config};
 pub enum ServerError {
     /// The store did not open.
     #[error("opening the store in {dir}: {error}")]
-    Store { dir: String, error: ckpt_proto::CkptError },
+    Store {
+        dir: String,
+        error: ckpt_proto::CkptError,
+    },
     /// An address could not be bound.
     #[error("binding {addr}: {error}")]
     Bind { addr: String, error: std::io::Error },
@@ -52,8 +55,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let store_config = config.store();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
-        .map_err(|e| ServerError::Store { dir: config.data_dir.display().to_string(), error: join_error(e) })?
-        .map_err(|error| ServerError::Store { dir: config.data_dir.display().to_string(), error })?;
+        .map_err(|e| ServerError::Store {
+            dir: config.data_dir.display().to_string(),
+            error: join_error(e),
+        })?
+        .map_err(|error| ServerError::Store {
+            dir: config.data_dir.display().to_string(),
+            error,
+        })?;
     let store = Arc::new(store);
     let hub = hub::Hub::new(config.notification_history_max);
     {
@@ -66,16 +75,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|error| ServerError::Bind { addr: config.listen.to_string(), error })?;
+        .map_err(|error| ServerError::Bind {
+            addr: config.listen.to_string(),
+            error,
+        })?;
     let admin = metrics::bind_admin(config.admin_listen)
         .await
-        .map_err(|error| ServerError::Bind { addr: config.admin_listen.to_string(), error })?;
-    let listen_addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let admin_addr = admin.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        .map_err(|error| ServerError::Bind {
+            addr: config.admin_listen.to_string(),
+            error,
+        })?;
+    let listen_addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let admin_addr = admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
 
     let tasks = TaskTracker::new();
     let admin_shutdown = CancellationToken::new();
-    tasks.spawn(metrics::serve_admin(admin, metrics.clone(), store.clone(), admin_shutdown.clone()));
+    tasks.spawn(metrics::serve_admin(
+        admin,
+        metrics.clone(),
+        store.clone(),
+        admin_shutdown.clone(),
+    ));
     let expiry = {
         let service = service.clone();
         let shutdown = shutdown.clone();
@@ -118,11 +144,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(limit = config.connections_max, "refusing a connection over the limit");
+            tracing::warn!(
+                limit = config.connections_max,
+                "refusing a connection over the limit"
+            );
             drop(stream);
             continue;
         };
-        let (service, config, shutdown, metrics) = (service.clone(), config.clone(), shutdown.clone(), metrics.clone());
+        let (service, config, shutdown, metrics) = (
+            service.clone(),
+            config.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+        );
         tasks.spawn(async move {
             metrics.connection(1);
             connection::serve(service, stream, config, shutdown).await;
@@ -143,11 +177,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             let closed = tokio::task::spawn_blocking(move || store.close()).await;
             match closed {
                 Ok(Ok(())) => tracing::info!("store closed cleanly"),
-                Ok(Err(error)) => tracing::error!(%error, "closing the store failed; the log keeps everything"),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "closing the store failed; the log keeps everything")
+                }
                 Err(error) => tracing::error!(%error, "closing the store panicked"),
             }
         }
-        Err(_) => tracing::warn!("store still referenced at shutdown; dropping it (the log keeps everything)"),
+        Err(_) => tracing::warn!(
+            "store still referenced at shutdown; dropping it (the log keeps everything)"
+        ),
     }
     Ok(())
 }

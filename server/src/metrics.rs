@@ -12,7 +12,8 @@ use axum::Router;
 use ckpt_proto::ErrorCode;
 use ckpt_storage::Store;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the server exports.
@@ -34,13 +35,17 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let counter = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(counter.clone())).expect("unique metric");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("unique metric");
     counter
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let gauge = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(gauge.clone())).expect("unique metric");
+    registry
+        .register(Box::new(gauge.clone()))
+        .expect("unique metric");
     gauge
 }
 
@@ -49,37 +54,76 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("ckpt_requests_total", "Requests served, by operation and result code"),
+            Opts::new(
+                "ckpt_requests_total",
+                "Requests served, by operation and result code",
+            ),
             &["op", "result"],
         )
         .expect("valid metric");
-        registry.register(Box::new(requests.clone())).expect("unique metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new("ckpt_request_duration_seconds", "Request latency by operation").buckets(vec![
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            HistogramOpts::new(
+                "ckpt_request_duration_seconds",
+                "Request latency by operation",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 1.0,
             ]),
             &["op"],
         )
         .expect("valid metric");
-        registry.register(Box::new(latency.clone())).expect("unique metric");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric");
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("ckpt_wal_batch_records", "Mean records per group commit between scrapes, per commit")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+            HistogramOpts::new(
+                "ckpt_wal_batch_records",
+                "Mean records per group commit between scrapes, per commit",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ]),
         )
         .expect("valid metric");
-        registry.register(Box::new(batch_size.clone())).expect("unique metric");
+        registry
+            .register(Box::new(batch_size.clone()))
+            .expect("unique metric");
         Arc::new(Metrics {
-            wal_bytes: counter(&registry, "ckpt_wal_bytes_total", "Bytes appended to the write-ahead log"),
-            wal_records: counter(&registry, "ckpt_wal_records_total", "Records appended to the write-ahead log"),
-            wal_fsyncs: counter(&registry, "ckpt_wal_fsyncs_total", "fdatasync calls on the write-ahead log"),
-            group_commits: counter(&registry, "ckpt_wal_group_commits_total", "Group commits (batches)"),
+            wal_bytes: counter(
+                &registry,
+                "ckpt_wal_bytes_total",
+                "Bytes appended to the write-ahead log",
+            ),
+            wal_records: counter(
+                &registry,
+                "ckpt_wal_records_total",
+                "Records appended to the write-ahead log",
+            ),
+            wal_fsyncs: counter(
+                &registry,
+                "ckpt_wal_fsyncs_total",
+                "fdatasync calls on the write-ahead log",
+            ),
+            group_commits: counter(
+                &registry,
+                "ckpt_wal_group_commits_total",
+                "Group commits (batches)",
+            ),
             rocksdb_flushes: counter(
                 &registry,
                 "ckpt_rocksdb_flushes_total",
                 "Times RocksDB was made durable so the log could be trimmed",
             ),
             wal_segments: gauge(&registry, "ckpt_wal_segments", "WAL segment files on disk"),
-            memtable_bytes: gauge(&registry, "ckpt_rocksdb_memtable_bytes", "Bytes in RocksDB memtables"),
+            memtable_bytes: gauge(
+                &registry,
+                "ckpt_rocksdb_memtable_bytes",
+                "Bytes in RocksDB memtables",
+            ),
             connections: gauge(&registry, "ckpt_connections", "Client connections open"),
             requests,
             latency,
@@ -93,7 +137,9 @@ impl Metrics {
     pub fn observe(&self, op: &str, elapsed: Duration, error: Option<ErrorCode>) {
         let result = error.map_or("ok", |code| code.cl_name());
         self.requests.with_label_values(&[op, result]).inc();
-        self.latency.with_label_values(&[op]).observe(elapsed.as_secs_f64());
+        self.latency
+            .with_label_values(&[op])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// A connection opened (+1) or closed (-1).
@@ -123,7 +169,10 @@ impl Metrics {
         Self::catch_up(&self.wal_fsyncs, load(&stats.fsyncs));
         Self::catch_up(&self.group_commits, load(&stats.batches));
         Self::catch_up(&self.rocksdb_flushes, load(&stats.rocksdb_flushes));
-        let (records, batches) = (self.wal_records.get() - records_before, self.group_commits.get() - batches_before);
+        let (records, batches) = (
+            self.wal_records.get() - records_before,
+            self.group_commits.get() - batches_before,
+        );
         if batches > 0 {
             // The mean batch since the last scrape, weighted by batch count.
             let mean = records as f64 / batches as f64;
@@ -132,7 +181,10 @@ impl Metrics {
             }
         }
         self.wal_segments.set(store.wal_segments() as i64);
-        if let Some(bytes) = store.rocksdb_property("rocksdb.cur-size-all-mem-tables").and_then(|v| v.parse().ok()) {
+        if let Some(bytes) = store
+            .rocksdb_property("rocksdb.cur-size-all-mem-tables")
+            .and_then(|v| v.parse().ok())
+        {
             self.memtable_bytes.set(bytes);
         }
         let mut out = Vec::new();
@@ -173,7 +225,9 @@ pub async fn serve_admin(
         .route("/metrics", get(metrics_page))
         .route("/health", get(health))
         .with_state(AdminState { metrics, store });
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 /// Binds the admin address.

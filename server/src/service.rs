@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use ckpt_proto::wire::{CheckpointInfo, Handle, IteratorHandle, Reply, Request, Response};
 use ckpt_proto::{
-    now_ns, CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode, OpenFlags,
-    SectionsChosen, UpdateMode, TIME_END,
+    now_ns, CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode,
+    OpenFlags, SectionsChosen, UpdateMode, TIME_END,
 };
 use ckpt_storage::{Durability, InstanceId, InstanceMeta, Op, Outcome, Store};
 use tokio::task::AbortHandle;
@@ -51,7 +51,17 @@ struct SessionState {
     next_id: u64,
     handles: HashMap<Handle, OpenHandle>,
     iterations: HashMap<IteratorHandle, SectionIteration>,
+    dumps: HashMap<u64, Arc<Dump>>,
 }
+
+/// A dump in progress: a snapshot and the instances it covers.
+struct Dump {
+    snapshot: ckpt_storage::StoreSnapshot,
+    instances: Vec<InstanceId>,
+}
+
+/// Most bytes one `DumpRead` returns.
+const DUMP_READ_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 impl Session {
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
@@ -59,11 +69,12 @@ impl Session {
     }
 
     fn handle(&self, handle: Handle) -> CkptResult<OpenHandle> {
-        self.lock()
-            .handles
-            .get(&handle)
-            .cloned()
-            .ok_or_else(|| CkptError::new(ErrorCode::InvalidHandle, format!("handle {handle} is not open")))
+        self.lock().handles.get(&handle).cloned().ok_or_else(|| {
+            CkptError::new(
+                ErrorCode::InvalidHandle,
+                format!("handle {handle} is not open"),
+            )
+        })
     }
 }
 
@@ -83,7 +94,10 @@ pub struct Service {
 }
 
 fn permission(what: &str, needed: &str) -> CkptError {
-    CkptError::new(ErrorCode::OpNotPermitted, format!("{what} needs a handle opened with {needed}"))
+    CkptError::new(
+        ErrorCode::OpNotPermitted,
+        format!("{what} needs a handle opened with {needed}"),
+    )
 }
 
 impl Service {
@@ -117,7 +131,8 @@ impl Service {
         for (instance, meta) in instances {
             if meta.unlinked {
                 tracing::info!(name = %meta.name, instance = instance.0, "destroying a checkpoint deleted before the restart");
-                self.exec(Op::Destroy { instance }, Durability::Durable).await?;
+                self.exec(Op::Destroy { instance }, Durability::Durable)
+                    .await?;
             } else {
                 self.start_retention(&mut registry, instance, &meta).await?;
             }
@@ -138,7 +153,11 @@ impl Service {
 
     /// A new session.
     pub fn open_session(&self, outbox: Outbox) -> Session {
-        Session { id: self.next_session.fetch_add(1, Ordering::Relaxed), outbox, state: Mutex::default() }
+        Session {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            outbox,
+            state: Mutex::default(),
+        }
     }
 
     /// Closes every handle of a session (clCkptFinalize, connection loss).
@@ -146,6 +165,7 @@ impl Service {
         let handles: Vec<Handle> = {
             let mut state = session.lock();
             state.iterations.clear();
+            state.dumps.clear();
             state.handles.keys().copied().collect()
         };
         for handle in handles {
@@ -160,7 +180,8 @@ impl Service {
         self.store.submit(op, durability, now_ns(), move |result| {
             let _ = tx.send(result);
         });
-        rx.await.unwrap_or_else(|_| Err(CkptError::new(ErrorCode::Library, "the store stopped")))
+        rx.await
+            .unwrap_or_else(|_| Err(CkptError::new(ErrorCode::Library, "the store stopped")))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -178,19 +199,36 @@ impl Service {
         let op = request_name(&request);
         let started = std::time::Instant::now();
         let response = self.dispatch(session, request).await;
-        self.metrics.observe(op, started.elapsed(), response.as_ref().err().map(|e| e.code));
+        self.metrics.observe(
+            op,
+            started.elapsed(),
+            response.as_ref().err().map(|e| e.code),
+        );
         response
     }
 
     async fn dispatch(self: &Arc<Self>, session: &Session, request: Request) -> Response {
         match request {
-            Request::Open { name, attributes, flags } => self.open(session, name, attributes, flags).await,
+            Request::Open {
+                name,
+                attributes,
+                flags,
+            } => self.open(session, name, attributes, flags).await,
             Request::Close { handle } => self.close(session, handle).await.map(|()| Reply::Done),
             Request::Delete { name } => self.delete(name).await.map(|()| Reply::Done),
-            Request::RetentionDurationSet { handle, retention_duration_ns } => {
+            Request::RetentionDurationSet {
+                handle,
+                retention_duration_ns,
+            } => {
                 let h = session.handle(handle)?;
-                self.exec(Op::SetRetention { instance: h.instance, retention_duration_ns }, Durability::Durable)
-                    .await?;
+                self.exec(
+                    Op::SetRetention {
+                        instance: h.instance,
+                        retention_duration_ns,
+                    },
+                    Durability::Durable,
+                )
+                .await?;
                 Ok(Reply::Done)
             }
             Request::ActiveReplicaSet { handle } => {
@@ -212,38 +250,84 @@ impl Service {
                 let status = self.blocking(move |s| s.status(h.instance)).await?;
                 Ok(Reply::Status(status))
             }
-            Request::SectionCreate { handle, attributes, initial_data } => {
+            Request::SectionCreate {
+                handle,
+                attributes,
+                initial_data,
+            } => {
                 let h = self.writable(session, handle, "SectionCreate")?;
-                let op = Op::CreateSection { instance: h.instance, attributes, data: initial_data };
+                let op = Op::CreateSection {
+                    instance: h.instance,
+                    attributes,
+                    data: initial_data,
+                };
                 match self.exec(op, h.durability).await? {
-                    Outcome::SectionCreated { section_id } => Ok(Reply::SectionCreated { section_id }),
+                    Outcome::SectionCreated { section_id } => {
+                        Ok(Reply::SectionCreated { section_id })
+                    }
                     other => Err(unexpected(other)),
                 }
             }
             Request::SectionDelete { handle, section_id } => {
                 let h = self.writable(session, handle, "SectionDelete")?;
-                self.exec(Op::DeleteSection { instance: h.instance, section_id }, h.durability).await?;
+                self.exec(
+                    Op::DeleteSection {
+                        instance: h.instance,
+                        section_id,
+                    },
+                    h.durability,
+                )
+                .await?;
                 Ok(Reply::Done)
             }
-            Request::SectionExpirationTimeSet { handle, section_id, expiration_time } => {
+            Request::SectionExpirationTimeSet {
+                handle,
+                section_id,
+                expiration_time,
+            } => {
                 let h = self.writable(session, handle, "SectionExpirationTimeSet")?;
-                let op = Op::SetExpiration { instance: h.instance, section_id, expiration_time };
+                let op = Op::SetExpiration {
+                    instance: h.instance,
+                    section_id,
+                    expiration_time,
+                };
                 self.exec(op, h.durability).await?;
                 Ok(Reply::Done)
             }
-            Request::SectionOverwrite { handle, section_id, data } => {
+            Request::SectionOverwrite {
+                handle,
+                section_id,
+                data,
+            } => {
                 let h = self.writable(session, handle, "SectionOverwrite")?;
-                self.exec(Op::Overwrite { instance: h.instance, section_id, data }, h.durability).await?;
+                self.exec(
+                    Op::Overwrite {
+                        instance: h.instance,
+                        section_id,
+                        data,
+                    },
+                    h.durability,
+                )
+                .await?;
                 Ok(Reply::Done)
             }
             Request::Write { handle, elements } => {
                 let h = self.writable(session, handle, "Write")?;
-                self.exec(Op::Write { instance: h.instance, elements }, h.durability).await?;
+                self.exec(
+                    Op::Write {
+                        instance: h.instance,
+                        elements,
+                    },
+                    h.durability,
+                )
+                .await?;
                 Ok(Reply::Done)
             }
             Request::Read { handle, elements } => {
                 let h = self.readable(session, handle, "Read")?;
-                let data = self.blocking(move |s| s.read(h.instance, &elements)).await?;
+                let data = self
+                    .blocking(move |s| s.read(h.instance, &elements))
+                    .await?;
                 Ok(Reply::Data(data))
             }
             Request::Synchronize { handle } => {
@@ -253,7 +337,11 @@ impl Service {
                 self.exec(Op::Barrier, Durability::Durable).await?;
                 Ok(Reply::Done)
             }
-            Request::IterationInitialize { handle, sections_chosen, expiration_time } => {
+            Request::IterationInitialize {
+                handle,
+                sections_chosen,
+                expiration_time,
+            } => {
                 let h = self.readable(session, handle, "SectionIterationInitialize")?;
                 let chosen = SectionsChosen::from_u32(sections_chosen)?;
                 let sections = self.blocking(move |s| s.sections(h.instance)).await?;
@@ -265,18 +353,35 @@ impl Service {
                 let mut state = session.lock();
                 state.next_id += 1;
                 let iterator = state.next_id;
-                state.iterations.insert(iterator, SectionIteration { handle, instance: h.instance, ids });
+                state.iterations.insert(
+                    iterator,
+                    SectionIteration {
+                        handle,
+                        instance: h.instance,
+                        ids,
+                    },
+                );
                 Ok(Reply::Iterator { iterator })
             }
             Request::IterationNext { iterator } => loop {
                 let (instance, id) = {
                     let mut state = session.lock();
-                    let SessionState { iterations, handles, .. } = &mut *state;
+                    let SessionState {
+                        iterations,
+                        handles,
+                        ..
+                    } = &mut *state;
                     let iteration = iterations.get_mut(&iterator).ok_or_else(|| {
-                        CkptError::new(ErrorCode::InvalidHandle, format!("iterator {iterator} is not open"))
+                        CkptError::new(
+                            ErrorCode::InvalidHandle,
+                            format!("iterator {iterator} is not open"),
+                        )
                     })?;
                     if !handles.contains_key(&iteration.handle) {
-                        return Err(CkptError::new(ErrorCode::InvalidHandle, "the iterator's checkpoint handle was closed"));
+                        return Err(CkptError::new(
+                            ErrorCode::InvalidHandle,
+                            "the iterator's checkpoint handle was closed",
+                        ));
                     }
                     (iteration.instance, iteration.ids.pop_front())
                 };
@@ -290,11 +395,17 @@ impl Service {
             },
             Request::IterationFinalize { iterator } => {
                 session.lock().iterations.remove(&iterator).ok_or_else(|| {
-                    CkptError::new(ErrorCode::InvalidHandle, format!("iterator {iterator} is not open"))
+                    CkptError::new(
+                        ErrorCode::InvalidHandle,
+                        format!("iterator {iterator} is not open"),
+                    )
                 })?;
                 Ok(Reply::Done)
             }
-            Request::ImmediateConsumptionRegister { handle, resume_after } => {
+            Request::ImmediateConsumptionRegister {
+                handle,
+                resume_after,
+            } => {
                 let h = self.readable(session, handle, "ImmediateConsumptionRegister")?;
                 let meta = self.blocking(move |s| s.instance(h.instance)).await?;
                 let next_seq = self.hub.subscribe(
@@ -315,7 +426,7 @@ impl Service {
                     instances
                         .into_iter()
                         .filter(|(_, meta)| !meta.unlinked)
-                        .map(|(instance, meta)| info(&registry, instance, meta))
+                        .map(|(instance, meta)| info(&registry, &self.store, instance, meta))
                         .collect(),
                 ))
             }
@@ -328,13 +439,190 @@ impl Service {
                     })
                     .await?;
                 let registry = self.registry.lock().await;
-                Ok(Reply::Checkpoint(info(&registry, instance, meta)))
+                Ok(Reply::Checkpoint(info(
+                    &registry,
+                    &self.store,
+                    instance,
+                    meta,
+                )))
             }
             Request::Finalize => {
                 self.close_session(session).await;
                 Ok(Reply::Done)
             }
+            Request::DumpBegin { names } => self.dump_begin(session, names).await,
+            Request::DumpRead {
+                dump,
+                checkpoint,
+                section_id,
+                offset,
+                size,
+            } => {
+                let dump = session.lock().dumps.get(&dump).cloned().ok_or_else(|| {
+                    CkptError::new(ErrorCode::InvalidHandle, format!("dump {dump} is not open"))
+                })?;
+                let instance = *dump.instances.get(checkpoint as usize).ok_or_else(|| {
+                    CkptError::new(
+                        ErrorCode::InvalidParameter,
+                        format!("the dump has no checkpoint {checkpoint}"),
+                    )
+                })?;
+                let size = size.min(DUMP_READ_BYTES_MAX);
+                let data = tokio::task::spawn_blocking(move || {
+                    dump.snapshot.read(instance, &section_id, offset, size)
+                })
+                .await
+                .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))??;
+                Ok(Reply::Data(vec![data]))
+            }
+            Request::DumpEnd { dump } => {
+                session.lock().dumps.remove(&dump).ok_or_else(|| {
+                    CkptError::new(ErrorCode::InvalidHandle, format!("dump {dump} is not open"))
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::Restore {
+                name,
+                attributes,
+                generated_next,
+                replace,
+            } => {
+                self.restore(session, name, attributes, generated_next, replace)
+                    .await
+            }
+            Request::RestoreSection {
+                handle,
+                section_id,
+                expiration_time,
+                data,
+            } => {
+                let h = self.writable(session, handle, "RestoreSection")?;
+                let op = Op::RestoreSection {
+                    instance: h.instance,
+                    section_id,
+                    expiration_time,
+                    data,
+                };
+                self.exec(op, Durability::Durable).await?;
+                Ok(Reply::Done)
+            }
+            Request::ServerStatus => {
+                let (checkpoints, (wal_bytes, wal_segments)) = self
+                    .blocking(|s| {
+                        let named = s
+                            .instances()?
+                            .into_iter()
+                            .filter(|(_, m)| !m.unlinked)
+                            .count() as u64;
+                        Ok((named, s.wal_footprint()))
+                    })
+                    .await?;
+                Ok(Reply::ServerStatus(ckpt_proto::wire::ServerStatus {
+                    checkpoints,
+                    wal_bytes,
+                    wal_segments,
+                }))
+            }
         }
+    }
+
+    async fn dump_begin(&self, session: &Session, names: Vec<CheckpointName>) -> Response {
+        let (dump, checkpoints) = self
+            .blocking(move |s| {
+                let snapshot = s.snapshot();
+                let all = snapshot.instances()?;
+                let chosen: Vec<(InstanceId, InstanceMeta)> = if names.is_empty() {
+                    all.into_iter().filter(|(_, m)| !m.unlinked).collect()
+                } else {
+                    let mut chosen = Vec::new();
+                    for name in &names {
+                        let found = all
+                            .iter()
+                            .find(|(_, m)| !m.unlinked && &m.name == name)
+                            .cloned();
+                        chosen.push(found.ok_or_else(|| {
+                            CkptError::new(
+                                ErrorCode::NotExist,
+                                format!("checkpoint {name} does not exist"),
+                            )
+                        })?);
+                    }
+                    chosen
+                };
+                let mut checkpoints = Vec::with_capacity(chosen.len());
+                for (instance, meta) in &chosen {
+                    checkpoints.push(ckpt_proto::wire::DumpCheckpoint {
+                        name: meta.name.clone(),
+                        attributes: meta.attributes.clone(),
+                        generated_next: meta.generated_next,
+                        seq: meta.seq.0,
+                        sections: snapshot.sections(*instance)?,
+                    });
+                }
+                let instances = chosen.into_iter().map(|(i, _)| i).collect();
+                Ok((
+                    Dump {
+                        snapshot,
+                        instances,
+                    },
+                    checkpoints,
+                ))
+            })
+            .await?;
+        let mut state = session.lock();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.dumps.insert(id, Arc::new(dump));
+        Ok(Reply::Dump {
+            dump: id,
+            checkpoints,
+        })
+    }
+
+    async fn restore(
+        self: &Arc<Self>,
+        session: &Session,
+        name: CheckpointName,
+        attributes: CreationAttributes,
+        generated_next: u64,
+        replace: bool,
+    ) -> Response {
+        if replace {
+            match self.delete(name.clone()).await {
+                Ok(()) => {}
+                Err(error) if error.code == ErrorCode::NotExist => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let mut registry = self.registry.lock().await;
+        let op = Op::Restore {
+            name: name.clone(),
+            attributes: attributes.clone(),
+            generated_next,
+        };
+        let instance = match self.exec(op, Durability::Durable).await? {
+            Outcome::Opened { instance, .. } => instance,
+            other => return Err(unexpected(other)),
+        };
+        *registry.opens.entry(instance).or_insert(0) += 1;
+        drop(registry);
+        let open = OpenHandle {
+            instance,
+            name,
+            flags: OpenFlags::READ | OpenFlags::WRITE,
+            durability: Durability::Durable,
+            collocated: attributes
+                .creation_flags
+                .contains(CreationFlags::CHECKPOINT_COLLOCATED),
+        };
+        let mut state = session.lock();
+        state.next_id += 1;
+        let handle = state.next_id;
+        state.handles.insert(handle, open);
+        Ok(Reply::Opened {
+            handle,
+            created: true,
+        })
     }
 
     fn writable(&self, session: &Session, handle: Handle, what: &str) -> CkptResult<OpenHandle> {
@@ -365,13 +653,25 @@ impl Service {
         let mut registry = self.registry.lock().await;
         let (instance, created) = match (create, attributes) {
             (true, Some(attributes)) => {
-                match self.exec(Op::CreateCheckpoint { name: name.clone(), attributes }, Durability::Durable).await? {
+                match self
+                    .exec(
+                        Op::CreateCheckpoint {
+                            name: name.clone(),
+                            attributes,
+                        },
+                        Durability::Durable,
+                    )
+                    .await?
+                {
                     Outcome::Opened { instance, existed } => (instance, !existed),
                     other => return Err(unexpected(other)),
                 }
             }
             (true, None) => {
-                return Err(CkptError::new(ErrorCode::InvalidParameter, "CL_CKPT_CHECKPOINT_CREATE needs creation attributes"))
+                return Err(CkptError::new(
+                    ErrorCode::InvalidParameter,
+                    "CL_CKPT_CHECKPOINT_CREATE needs creation attributes",
+                ))
             }
             (false, Some(_)) => {
                 return Err(CkptError::new(
@@ -417,10 +717,12 @@ impl Service {
     async fn close(self: &Arc<Self>, session: &Session, handle: Handle) -> CkptResult<()> {
         let open = {
             let mut state = session.lock();
-            let open = state
-                .handles
-                .remove(&handle)
-                .ok_or_else(|| CkptError::new(ErrorCode::InvalidHandle, format!("handle {handle} is not open")))?;
+            let open = state.handles.remove(&handle).ok_or_else(|| {
+                CkptError::new(
+                    ErrorCode::InvalidHandle,
+                    format!("handle {handle} is not open"),
+                )
+            })?;
             state.iterations.retain(|_, it| it.handle != handle);
             open
         };
@@ -441,7 +743,8 @@ impl Service {
         if meta.unlinked {
             self.destroy(open.instance).await
         } else {
-            self.start_retention(&mut registry, open.instance, &meta).await
+            self.start_retention(&mut registry, open.instance, &meta)
+                .await
         }
     }
 
@@ -460,7 +763,8 @@ impl Service {
     }
 
     async fn destroy(&self, instance: InstanceId) -> CkptResult<()> {
-        self.exec(Op::Destroy { instance }, Durability::Durable).await?;
+        self.exec(Op::Destroy { instance }, Durability::Durable)
+            .await?;
         self.hub.forget(instance);
         Ok(())
     }
@@ -478,7 +782,13 @@ impl Service {
             return Ok(());
         }
         if retention <= 0 {
-            self.exec(Op::Unlink { name: meta.name.clone() }, Durability::Durable).await?;
+            self.exec(
+                Op::Unlink {
+                    name: meta.name.clone(),
+                },
+                Durability::Durable,
+            )
+            .await?;
             return self.destroy(instance).await;
         }
         let service = self.clone();
@@ -495,7 +805,11 @@ impl Service {
         Ok(())
     }
 
-    async fn retention_expired(self: &Arc<Self>, instance: InstanceId, name: CheckpointName) -> CkptResult<()> {
+    async fn retention_expired(
+        self: &Arc<Self>,
+        instance: InstanceId,
+        name: CheckpointName,
+    ) -> CkptResult<()> {
         let mut registry = self.registry.lock().await;
         registry.timers.remove(&instance);
         if registry.opens.get(&instance).copied().unwrap_or(0) > 0 {
@@ -511,8 +825,15 @@ impl Service {
     }
 }
 
-fn info(registry: &Registry, instance: InstanceId, meta: InstanceMeta) -> CheckpointInfo {
+fn info(
+    registry: &Registry,
+    store: &Store,
+    instance: InstanceId,
+    meta: InstanceMeta,
+) -> CheckpointInfo {
     CheckpointInfo {
+        footprint_bytes: store.instance_footprint(instance).unwrap_or(0),
+        replicas: 1,
         name: meta.name,
         status: ckpt_proto::CheckpointStatus {
             attributes: meta.attributes,
@@ -525,7 +846,10 @@ fn info(registry: &Registry, instance: InstanceId, meta: InstanceMeta) -> Checkp
 }
 
 fn unexpected(outcome: Outcome) -> CkptError {
-    CkptError::new(ErrorCode::Library, format!("unexpected store outcome {outcome:?}"))
+    CkptError::new(
+        ErrorCode::Library,
+        format!("unexpected store outcome {outcome:?}"),
+    )
 }
 
 /// The metrics label of a request.
@@ -551,5 +875,11 @@ pub fn request_name(request: &Request) -> &'static str {
         Request::List => "list",
         Request::Stat { .. } => "stat",
         Request::Finalize => "finalize",
+        Request::DumpBegin { .. } => "dump_begin",
+        Request::DumpRead { .. } => "dump_read",
+        Request::DumpEnd { .. } => "dump_end",
+        Request::Restore { .. } => "restore",
+        Request::RestoreSection { .. } => "restore_section",
+        Request::ServerStatus => "server_status",
     }
 }

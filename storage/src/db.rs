@@ -925,6 +925,20 @@ impl Db {
             .map_err(|e| storage_error("flushing RocksDB", e))
     }
 
+    /// RocksDB's estimate of a column family's live data (SST files plus
+    /// memtables), in bytes.
+    pub fn column_family_bytes(&self, slot: u32) -> u64 {
+        let Ok(cf) = self.cf(slot) else { return 0 };
+        let property = |name: &str| {
+            self.db
+                .property_int_value_cf(&cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables")
+    }
+
     /// A consistent read view.
     pub fn snapshot(&self) -> View<'_> {
         View {
@@ -946,6 +960,22 @@ pub struct View<'a> {
 }
 
 impl View<'_> {
+    /// Every instance in id order.
+    ///
+    /// # Errors
+    /// RocksDB errors, undecodable metadata.
+    pub fn instances(&self) -> CkptResult<Vec<(InstanceId, InstanceMeta)>> {
+        let mut read = self.read_options();
+        read.set_iterate_upper_bound(b"D".to_vec());
+        let mode = rocksdb::IteratorMode::From(b"C", rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.db.iterator_cf_opt(&self.db.meta, read, mode) {
+            let (key, value) = item.map_err(|e| storage_error("scanning instances", e))?;
+            out.push((InstanceId(u64_be(&key[1..])?), decode_instance(&value)?));
+        }
+        Ok(out)
+    }
+
     fn read_options(&self) -> ReadOptions {
         let mut read = ReadOptions::default();
         read.set_snapshot(&self.snapshot);

@@ -27,6 +27,7 @@
 #[cfg(feature = "engine")]
 pub mod db;
 pub mod io;
+pub mod lock;
 pub mod state;
 #[cfg(feature = "engine")]
 pub mod store;
@@ -35,7 +36,10 @@ pub mod wal;
 #[cfg(feature = "engine")]
 pub use db::{DbOptions, RocksWalMode, CHUNK_BYTES};
 pub use io::{FaultFs, OsFs, WalFile, WalFs};
+pub use lock::DataDirLock;
 pub use state::{InstanceMeta, Op, Outcome, SectionMeta};
 #[cfg(feature = "engine")]
-pub use store::{CommitListener, Durability, RecoveryReport, Store, StoreConfig, StoreStats};
+pub use store::{
+    CommitListener, Durability, RecoveryReport, Store, StoreConfig, StoreSnapshot, StoreStats,
+};
 pub use wal::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq};

@@ -175,6 +175,21 @@ pub enum Op {
     /// Nothing; answered once everything queued before it is durable
     /// (clCkptCheckpointSynchronize on one node).
     Barrier,
+    /// Recreate a checkpoint from a dump: its attributes and generated-id
+    /// counter exactly; the name must be free.
+    Restore {
+        name: CheckpointName,
+        attributes: CreationAttributes,
+        generated_next: u64,
+    },
+    /// Recreate a section from a dump with its expiration time, even one
+    /// already past (it then expires at the next expiry pass).
+    RestoreSection {
+        instance: InstanceId,
+        section_id: SectionId,
+        expiration_time: i64,
+        data: Vec<u8>,
+    },
 }
 
 /// What a successful operation produced.
@@ -570,6 +585,96 @@ impl StateMachine {
                 Ok((records, Outcome::Expired { count }))
             }
             Op::Barrier => Ok((vec![], Outcome::Done)),
+            Op::Restore {
+                name,
+                attributes,
+                generated_next,
+            } => {
+                attributes.validate()?;
+                if self.names.contains_key(name) {
+                    return Err(err(
+                        ErrorCode::AlreadyExist,
+                        format!("checkpoint {name} exists"),
+                    ));
+                }
+                let instance = InstanceId(self.next_instance);
+                let column_family = backing.take_column_family()?;
+                let mut records = vec![(
+                    instance,
+                    RecordBody::CheckpointCreate {
+                        name: name.clone(),
+                        attributes: attributes.clone(),
+                        column_family,
+                    },
+                )];
+                if *generated_next > 1 {
+                    records.push((
+                        instance,
+                        RecordBody::GeneratedIdSet {
+                            next: *generated_next,
+                        },
+                    ));
+                }
+                Ok((
+                    records,
+                    Outcome::Opened {
+                        instance,
+                        existed: false,
+                    },
+                ))
+            }
+            Op::RestoreSection {
+                instance,
+                section_id,
+                expiration_time,
+                data,
+            } => {
+                let (meta, sections) = self.loaded(backing, *instance)?;
+                let a = &meta.attributes;
+                check_update_size(data.len())?;
+                if data.len() as u64 > a.max_section_size {
+                    return Err(err(
+                        ErrorCode::InvalidParameter,
+                        format!(
+                            "section data is {} bytes, maxSectionSize is {}",
+                            data.len(),
+                            a.max_section_size
+                        ),
+                    ));
+                }
+                if section_id.is_default() && a.has_default_section() {
+                    let body = RecordBody::Overwrite {
+                        section_id: section_id.clone(),
+                        data: data.clone(),
+                    };
+                    return Ok((vec![(*instance, body)], Outcome::Done));
+                }
+                if section_id.is_default()
+                    || section_id.as_bytes().len() as u64 > a.max_section_id_size
+                {
+                    return Err(err(
+                        ErrorCode::InvalidParameter,
+                        format!("section id {section_id} does not fit"),
+                    ));
+                }
+                if sections.contains_key(section_id) {
+                    return Err(err(
+                        ErrorCode::AlreadyExist,
+                        format!("section {section_id} exists"),
+                    ));
+                }
+                if sections.len() as u64 >= u64::from(a.max_sections) {
+                    return Err(err(ErrorCode::NoSpace, "maxSections reached"));
+                }
+                check_checkpoint_size(meta.memory_used, data.len() as u64, a.checkpoint_size)?;
+                let body = RecordBody::SectionCreate {
+                    section_id: section_id.clone(),
+                    expiration_time: *expiration_time,
+                    data: data.clone(),
+                    generated_next: meta.generated_next,
+                };
+                Ok((vec![(*instance, body)], Outcome::Done))
+            }
         }
     }
 
@@ -711,6 +816,9 @@ impl StateMachine {
                 retention_duration_ns,
             } => {
                 meta.attributes.retention_duration_ns = *retention_duration_ns;
+            }
+            RecordBody::GeneratedIdSet { next } => {
+                meta.generated_next = *next;
             }
             RecordBody::SectionCreate {
                 section_id,

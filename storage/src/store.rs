@@ -38,6 +38,7 @@ use ckpt_proto::{
 
 use crate::db::{Db, DbOptions};
 use crate::io::{OsFs, WalFs};
+use crate::lock::DataDirLock;
 use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine};
 use crate::wal::record::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq};
 use crate::wal::segment::{parse_segment_name, scan_segment, SegmentEnd};
@@ -148,6 +149,8 @@ struct Shared {
     stopping: AtomicBool,
     segments: AtomicU64,
     listener: std::sync::RwLock<Option<CommitListener>>,
+    /// Bytes of WAL segments on disk (approximate: updated per batch).
+    wal_bytes_on_disk: AtomicU64,
     /// Checkpoint creations waiting for a column family.
     parked: Mutex<Vec<Request>>,
     /// Where the pool keeper sends parked requests back; cleared at close.
@@ -236,6 +239,8 @@ pub struct Store {
     writer: Option<JoinHandle<()>>,
     helpers: Vec<JoinHandle<()>>,
     report: RecoveryReport,
+    // Released last, after every thread using the directory stopped.
+    _lock: DataDirLock,
 }
 
 impl Store {
@@ -256,8 +261,7 @@ impl Store {
     /// # Errors
     /// See [`Store::open`].
     pub fn open_with_fs(config: StoreConfig, fs: Arc<dyn WalFs>) -> CkptResult<Store> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| io_error("creating data directory", &e))?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let (db, loaded) = Db::open(&config.data_dir.join("db"), config.db.clone())?;
         let mut state = StateMachine::new(loaded.names, loaded.instances, loaded.next_instance);
         let (writer, report) = recover(&config, fs, &db, &mut state, Lsn(loaded.applied.0))?;
@@ -276,6 +280,7 @@ impl Store {
             stopping: AtomicBool::new(false),
             segments: AtomicU64::new(writer.segment_count() as u64),
             listener: std::sync::RwLock::new(None),
+            wal_bytes_on_disk: AtomicU64::new(0),
             parked: Mutex::new(Vec::new()),
             resubmit: Mutex::new(None),
         });
@@ -308,6 +313,7 @@ impl Store {
             writer: Some(writer),
             helpers,
             report,
+            _lock: lock,
         })
     }
 
@@ -469,6 +475,36 @@ impl Store {
             .collect())
     }
 
+    /// A point-in-time view that stays valid while writers go on (for
+    /// dumps); release it by dropping it.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        let view = self.shared.db.snapshot();
+        // SAFETY: the view borrows the Db inside `shared`, which lives at a
+        // stable address behind the Arc that the snapshot holds; the view
+        // is declared first in StoreSnapshot, so it is dropped (and the
+        // RocksDB snapshot released) before that Arc.
+        let view: crate::db::View<'static> = unsafe { std::mem::transmute(view) };
+        StoreSnapshot {
+            view,
+            _shared: self.shared.clone(),
+        }
+    }
+
+    /// Bytes the log's segments hold on disk now, and their number.
+    pub fn wal_footprint(&self) -> (u64, u64) {
+        (
+            self.shared.wal_bytes_on_disk.load(Ordering::Relaxed),
+            self.wal_segments(),
+        )
+    }
+
+    /// RocksDB's estimate of one instance's data size (SST files and
+    /// memtables of its column family).
+    pub fn instance_footprint(&self, instance: InstanceId) -> CkptResult<u64> {
+        let meta = self.instance(instance)?;
+        Ok(self.shared.db.column_family_bytes(meta.column_family))
+    }
+
     /// One section's descriptor, if it exists.
     ///
     /// # Errors
@@ -601,6 +637,63 @@ impl Drop for Store {
     /// concerned: memtables are not flushed, and recovery replays the log.
     fn drop(&mut self) {
         self.stop_threads();
+    }
+}
+
+/// A consistent point-in-time read view of the whole store, independent of
+/// later writes. Holding one keeps RocksDB from discarding old versions.
+pub struct StoreSnapshot {
+    view: crate::db::View<'static>,
+    _shared: Arc<Shared>,
+}
+
+impl StoreSnapshot {
+    /// Every instance, named or unlinked, in id order.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn instances(&self) -> CkptResult<Vec<(InstanceId, InstanceMeta)>> {
+        self.view.instances()
+    }
+
+    /// Every section of an instance, in id order.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn sections(&self, instance: InstanceId) -> CkptResult<Vec<SectionDescriptor>> {
+        Ok(self
+            .view
+            .sections(instance)?
+            .into_iter()
+            .map(|(id, meta)| descriptor(id, &meta))
+            .collect())
+    }
+
+    /// `len` bytes of a section from `offset` (clamped to its size).
+    ///
+    /// # Errors
+    /// `NOT_EXIST` for a missing instance or section; storage errors.
+    pub fn read(
+        &self,
+        instance: InstanceId,
+        section_id: &SectionId,
+        offset: u64,
+        len: u64,
+    ) -> CkptResult<Vec<u8>> {
+        let meta = self
+            .view
+            .instance(instance)?
+            .ok_or_else(|| missing_instance(instance))?;
+        let section = self.view.section(instance, section_id)?.ok_or_else(|| {
+            CkptError::new(
+                ErrorCode::NotExist,
+                format!("section {section_id} does not exist"),
+            )
+        })?;
+        let offset = offset.min(section.size);
+        let len = len.min(section.size - offset);
+        self.view
+            .read_data(meta.column_family, section_id, offset, len)
     }
 }
 
@@ -773,7 +866,7 @@ fn recover(
             }
         }
         match scan.end {
-            SegmentEnd::Clean => kept.push((first_lsn, name)),
+            SegmentEnd::Clean => kept.push((first_lsn, name, scan.valid_len)),
             SegmentEnd::Torn { offset, reason } if is_last => {
                 tracing::warn!(segment = %name, offset, %reason, "cutting off a torn record at the log's tail");
                 report.torn_tail = Some((name.clone(), offset, reason));
@@ -783,7 +876,7 @@ fn recover(
                 } else {
                     fs.truncate(&name, scan.valid_len)
                         .map_err(|e| io_error("cutting a torn tail", &e))?;
-                    kept.push((first_lsn, name));
+                    kept.push((first_lsn, name, scan.valid_len));
                 }
             }
             SegmentEnd::Torn { offset, reason } | SegmentEnd::Corrupt { offset, reason } => {
@@ -799,8 +892,9 @@ fn recover(
     // A segment starting at or after next_lsn can hold no record (every
     // record is below next_lsn): it was started by a run that crashed
     // before logging anything. The new segment may even reuse its name.
-    let (empty, kept): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(lsn, _)| lsn.0 >= next_lsn);
-    for (_, name) in empty {
+    let (empty, kept): (Vec<_>, Vec<_>) =
+        kept.into_iter().partition(|(lsn, _, _)| lsn.0 >= next_lsn);
+    for (_, name, _) in empty {
         fs.remove(&name)
             .map_err(|e| io_error("removing an empty segment", &e))?;
     }
@@ -1092,6 +1186,9 @@ impl Writer {
         self.shared
             .segments
             .store(self.wal.segment_count() as u64, Ordering::Relaxed);
+        self.shared
+            .wal_bytes_on_disk
+            .store(self.wal.bytes_on_disk(), Ordering::Relaxed);
     }
 }
 

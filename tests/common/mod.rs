@@ -20,7 +20,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build it first (cargo build --release --workspace --bins)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build --release --workspace --bins)",
+        path.display()
+    );
     path
 }
 
@@ -85,14 +89,24 @@ impl Server {
                     server.lines.push(line);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                        panic!("ckpt-server exited with {status} before it was ready:\n{}", server.lines.join("\n"));
+                    if let Some(status) = server
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten())
+                    {
+                        panic!(
+                            "ckpt-server exited with {status} before it was ready:\n{}",
+                            server.lines.join("\n")
+                        );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        panic!("ckpt-server was not ready in time:\n{}", server.lines.join("\n"));
+        panic!(
+            "ckpt-server was not ready in time:\n{}",
+            server.lines.join("\n")
+        );
     }
 
     /// Collects log lines logged so far.
@@ -152,12 +166,25 @@ fn field(line: &str, key: &str) -> String {
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("admin port");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -174,9 +201,25 @@ impl RawClient {
     pub fn connect(addr: &str) -> RawClient {
         use ckpt_proto::wire::{Frame, FrameKind, Hello, HelloReply, API_VERSION};
         let stream = std::net::TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut client = RawClient { stream, buf: bytes::BytesMut::new(), next_id: 1 };
-        client.send_frame(Frame::new(FrameKind::Hello, 0, &Hello { version: API_VERSION, client_name: "raw".into() }).unwrap());
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut client = RawClient {
+            stream,
+            buf: bytes::BytesMut::new(),
+            next_id: 1,
+        };
+        client.send_frame(
+            Frame::new(
+                FrameKind::Hello,
+                0,
+                &Hello {
+                    version: API_VERSION,
+                    client_name: "raw".into(),
+                },
+            )
+            .unwrap(),
+        );
         let reply: HelloReply = client.read_frame().expect("hello reply").decode().unwrap();
         assert!(reply.error.is_none(), "{:?}", reply.error);
         client
@@ -186,7 +229,9 @@ impl RawClient {
         use std::io::Write;
         use tokio_util::codec::Encoder;
         let mut out = bytes::BytesMut::new();
-        ckpt_proto::wire::FrameCodec::default().encode(frame, &mut out).unwrap();
+        ckpt_proto::wire::FrameCodec::default()
+            .encode(frame, &mut out)
+            .unwrap();
         self.stream.write_all(&out).expect("send");
     }
 
@@ -194,7 +239,10 @@ impl RawClient {
     pub fn send(&mut self, request: &ckpt_proto::wire::Request) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.send_frame(ckpt_proto::wire::Frame::new(ckpt_proto::wire::FrameKind::Request, id, request).unwrap());
+        self.send_frame(
+            ckpt_proto::wire::Frame::new(ckpt_proto::wire::FrameKind::Request, id, request)
+                .unwrap(),
+        );
         id
     }
 
@@ -205,7 +253,10 @@ impl RawClient {
         let mut codec = ckpt_proto::wire::FrameCodec::default();
         let mut chunk = [0u8; 65536];
         loop {
-            if let Some(frame) = codec.decode(&mut self.buf).expect("valid frames from the server") {
+            if let Some(frame) = codec
+                .decode(&mut self.buf)
+                .expect("valid frames from the server")
+            {
                 return Some(frame);
             }
             match self.stream.read(&mut chunk) {

@@ -96,6 +96,8 @@ pub enum RecordBody {
         section_id: SectionId,
         data: Vec<u8>,
     },
+    /// The generated-id counter was set (restoring a dump).
+    GeneratedIdSet { next: u64 },
 }
 
 /// The kind byte of each [`RecordBody`].
@@ -111,6 +113,7 @@ pub enum RecordKind {
     SectionExpirationSet = 7,
     Write = 8,
     Overwrite = 9,
+    GeneratedIdSet = 10,
 }
 
 impl RecordKind {
@@ -125,6 +128,7 @@ impl RecordKind {
             7 => RecordKind::SectionExpirationSet,
             8 => RecordKind::Write,
             9 => RecordKind::Overwrite,
+            10 => RecordKind::GeneratedIdSet,
             _ => return None,
         })
     }
@@ -168,6 +172,7 @@ impl RecordBody {
             RecordBody::SectionExpirationSet { .. } => RecordKind::SectionExpirationSet,
             RecordBody::Write { .. } => RecordKind::Write,
             RecordBody::Overwrite { .. } => RecordKind::Overwrite,
+            RecordBody::GeneratedIdSet { .. } => RecordKind::GeneratedIdSet,
         }
     }
 
@@ -262,6 +267,7 @@ impl Record {
                 put_bytes(out, section_id.as_bytes());
                 put_bytes(out, data);
             }
+            RecordBody::GeneratedIdSet { next } => out.extend_from_slice(&next.to_le_bytes()),
         }
         let length = (out.len() - start - 8) as u32;
         let crc = crc32fast::hash(&out[start + 8..]);
@@ -474,6 +480,7 @@ fn decode_checked(body: &[u8]) -> Result<Record, DecodeError> {
                 data: c.bytes()?,
             }
         }
+        RecordKind::GeneratedIdSet => RecordBody::GeneratedIdSet { next: c.u64()? },
     };
     c.finish()?;
     Ok(Record {

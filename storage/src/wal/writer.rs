@@ -36,7 +36,9 @@ pub struct WalWriter {
     sync_handle: SyncHandle,
     current: (Lsn, String),
     len: u64,
-    older: VecDeque<(Lsn, String)>,
+    /// Closed segments, oldest first: first lsn, name, bytes.
+    older: VecDeque<(Lsn, String, u64)>,
+    closed_bytes: u64,
     segment_bytes_max: u64,
 }
 
@@ -49,7 +51,7 @@ impl WalWriter {
     pub fn start(
         fs: Arc<dyn WalFs>,
         first_lsn: Lsn,
-        older: Vec<(Lsn, String)>,
+        older: Vec<(Lsn, String, u64)>,
         segment_bytes_max: u64,
     ) -> io::Result<Self> {
         let (file, name) = create_segment(fs.as_ref(), first_lsn)?;
@@ -60,6 +62,7 @@ impl WalWriter {
             sync_handle,
             current: (first_lsn, name),
             len: SEGMENT_HEADER_BYTES as u64,
+            closed_bytes: older.iter().map(|(_, _, bytes)| bytes).sum(),
             older: older.into(),
             segment_bytes_max,
         })
@@ -115,8 +118,9 @@ impl WalWriter {
     pub fn rotate(&mut self, next_lsn: Lsn) -> io::Result<()> {
         let (file, name) = create_segment(self.fs.as_ref(), next_lsn)?;
         let sync_handle = Arc::new(Mutex::new(file.try_clone()?));
-        let previous = std::mem::replace(&mut self.current, (next_lsn, name));
-        self.older.push_back(previous);
+        let (first, previous) = std::mem::replace(&mut self.current, (next_lsn, name));
+        self.older.push_back((first, previous, self.len));
+        self.closed_bytes += self.len;
         self.file = file;
         self.sync_handle = sync_handle;
         self.len = SEGMENT_HEADER_BYTES as u64;
@@ -134,15 +138,16 @@ impl WalWriter {
             // A closed segment's last record is just below the next
             // segment's first lsn.
             let next_first = match (self.older.get(1), self.older.front()) {
-                (Some((next, _)), Some(_)) => *next,
+                (Some((next, _, _)), Some(_)) => *next,
                 (None, Some(_)) => self.current.0,
                 _ => break,
             };
             if next_first.0 > durable.0 + 1 {
                 break;
             }
-            if let Some((_, name)) = self.older.front() {
+            if let Some((_, name, bytes)) = self.older.front() {
                 self.fs.remove(name)?;
+                self.closed_bytes -= bytes;
             }
             self.older.pop_front();
             deleted += 1;
@@ -153,6 +158,11 @@ impl WalWriter {
     /// Number of segment files, the current one included.
     pub fn segment_count(&self) -> usize {
         self.older.len() + 1
+    }
+
+    /// Bytes of all segments (closed ones at their full size).
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.closed_bytes + self.len
     }
 
     /// Bytes in the current segment.
