@@ -31,6 +31,24 @@ struct Feed {
     subscribers: Vec<Subscriber>,
 }
 
+/// Who subscribes to what (ImmediateConsumptionRegister).
+pub struct SubscribeRequest {
+    /// The checkpoint instance.
+    pub instance: InstanceId,
+    /// Its name, reported in notifications.
+    pub name: CheckpointName,
+    /// Its sequence number as stored now.
+    pub current_seq: u64,
+    /// The subscribing session.
+    pub session: u64,
+    /// The session's handle on the checkpoint.
+    pub handle: Handle,
+    /// The last sequence number the subscriber saw, to resume after.
+    pub resume_after: Option<u64>,
+    /// Where the session's notifications go.
+    pub outbox: Outbox,
+}
+
 /// The notification hub, shared by the commit listener and the sessions.
 pub struct Hub {
     feeds: Mutex<HashMap<InstanceId, Feed>>,
@@ -89,16 +107,16 @@ impl Hub {
     /// first update that will follow. With `resume_after`, the updates after
     /// it are sent first from the history, or a `Resync` if it no longer
     /// holds them.
-    pub fn subscribe(
-        &self,
-        instance: InstanceId,
-        name: CheckpointName,
-        current_seq: u64,
-        session: u64,
-        handle: Handle,
-        resume_after: Option<u64>,
-        outbox: Outbox,
-    ) -> u64 {
+    pub fn subscribe(&self, request: SubscribeRequest) -> u64 {
+        let SubscribeRequest {
+            instance,
+            name,
+            current_seq,
+            session,
+            handle,
+            resume_after,
+            outbox,
+        } = request;
         let mut feeds = self.feeds();
         let feed = feeds.entry(instance).or_default();
         feed.name = Some(name.clone());

@@ -20,7 +20,7 @@ use ckpt_proto::{
 use ckpt_storage::{Durability, InstanceId, InstanceMeta, Op, Outcome, Store};
 use tokio::task::AbortHandle;
 
-use crate::hub::{Hub, Outbox};
+use crate::hub::{Hub, Outbox, SubscribeRequest};
 use crate::metrics::Metrics;
 
 /// One open handle.
@@ -408,15 +408,15 @@ impl Service {
             } => {
                 let h = self.readable(session, handle, "ImmediateConsumptionRegister")?;
                 let meta = self.blocking(move |s| s.instance(h.instance)).await?;
-                let next_seq = self.hub.subscribe(
-                    h.instance,
-                    h.name.clone(),
-                    meta.seq.0,
-                    session.id,
+                let next_seq = self.hub.subscribe(SubscribeRequest {
+                    instance: h.instance,
+                    name: h.name.clone(),
+                    current_seq: meta.seq.0,
+                    session: session.id,
                     handle,
                     resume_after,
-                    session.outbox.clone(),
-                );
+                    outbox: session.outbox.clone(),
+                });
                 Ok(Reply::Registered { next_seq })
             }
             Request::List => {

@@ -462,7 +462,7 @@ fn main() {
         .enumerate()
         .map(|(k, (_, l))| (k, *l))
         .collect();
-    slowest.sort_by(|a, b| b.1.cmp(&a.1));
+    slowest.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     println!(
         "slowest creations (completion rank: ms): {}",
         slowest

@@ -502,6 +502,8 @@ mod tests {
 
     fn info() -> CheckpointInfo {
         CheckpointInfo {
+            footprint_bytes: 4096,
+            replicas: 1,
             name: CheckpointName::new("orders").unwrap(),
             status: CheckpointStatus {
                 attributes: CreationAttributes {
