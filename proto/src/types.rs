@@ -25,19 +25,15 @@ pub const UPDATE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// Upper bound on the number of elements in one write or read.
 pub const ELEMENTS_MAX: usize = 4096;
 
-/// A checkpoint's name: 1..=256 arbitrary bytes (`ClNameT`). Decoding
-/// checks the bounds too, so no peer can smuggle in an invalid name.
+/// A checkpoint's name: 1..=256 arbitrary bytes (`ClNameT`).
+///
+/// [`CheckpointName::new`] checks the bounds. Decoding from the wire does
+/// not, so that a peer's bad name gets the proper code
+/// (`INVALID_PARAMETER`, `NAME_TOO_LONG`) instead of a decoding error:
+/// the server checks every decoded request with `Request::validate`
+/// before serving it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "Vec<u8>")]
 pub struct CheckpointName(Vec<u8>);
-
-impl TryFrom<Vec<u8>> for CheckpointName {
-    type Error = CkptError;
-
-    fn try_from(bytes: Vec<u8>) -> CkptResult<Self> {
-        CheckpointName::new(bytes)
-    }
-}
 
 impl CheckpointName {
     /// # Errors
@@ -65,6 +61,14 @@ impl CheckpointName {
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// Checks the bounds again (for names decoded from a peer).
+    ///
+    /// # Errors
+    /// As [`CheckpointName::new`].
+    pub fn validate(&self) -> CkptResult<()> {
+        CheckpointName::new(self.0.clone()).map(|_| ())
     }
 }
 
@@ -468,18 +472,16 @@ mod tests {
     }
 
     #[test]
-    fn decoding_checks_name_bounds() {
-        let empty = postcard::to_stdvec(&Vec::<u8>::new()).unwrap();
-        assert!(postcard::from_bytes::<CheckpointName>(&empty).is_err());
+    fn decoded_names_can_be_revalidated() {
         let long = postcard::to_stdvec(&vec![b'a'; 257]).unwrap();
-        assert!(postcard::from_bytes::<CheckpointName>(&long).is_err());
-        let ok = postcard::to_stdvec(&CheckpointName::new("ok").unwrap()).unwrap();
+        let decoded: CheckpointName = postcard::from_bytes(&long).unwrap();
+        assert_eq!(decoded.validate().unwrap_err().code, ErrorCode::NameTooLong);
+        let empty: CheckpointName = postcard::from_bytes(&[0]).unwrap();
         assert_eq!(
-            postcard::from_bytes::<CheckpointName>(&ok)
-                .unwrap()
-                .as_bytes(),
-            b"ok"
+            empty.validate().unwrap_err().code,
+            ErrorCode::InvalidParameter
         );
+        assert!(CheckpointName::new("ok").unwrap().validate().is_ok());
     }
 
     #[test]

@@ -430,6 +430,24 @@ pub enum Request {
     ServerStatus,
 }
 
+impl Request {
+    /// Checks what decoding cannot: every checkpoint name's bounds.
+    ///
+    /// # Errors
+    /// `INVALID_PARAMETER` for an empty name, `NAME_TOO_LONG` for one over
+    /// 256 bytes.
+    pub fn validate(&self) -> Result<(), CkptError> {
+        match self {
+            Request::Open { name, .. }
+            | Request::Delete { name }
+            | Request::Stat { name }
+            | Request::Restore { name, .. } => name.validate(),
+            Request::DumpBegin { names } => names.iter().try_for_each(CheckpointName::validate),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// One checkpoint as `List`/`Stat` report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointInfo {

@@ -208,6 +208,7 @@ impl Service {
     }
 
     async fn dispatch(self: &Arc<Self>, session: &Session, request: Request) -> Response {
+        request.validate()?;
         match request {
             Request::Open {
                 name,

@@ -316,6 +316,7 @@ impl StateMachine {
     ) -> CkptResult<(Vec<(InstanceId, RecordBody)>, Outcome)> {
         match op {
             Op::CreateCheckpoint { name, attributes } => {
+                name.validate()?;
                 attributes.validate()?;
                 if let Some(&existing) = self.names.get(name) {
                     let meta = &self.instances[&existing].meta;
@@ -590,6 +591,7 @@ impl StateMachine {
                 attributes,
                 generated_next,
             } => {
+                name.validate()?;
                 attributes.validate()?;
                 if self.names.contains_key(name) {
                     return Err(err(
