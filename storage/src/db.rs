@@ -1,5 +1,7 @@
-//! The RocksDB side of the store: one column family per checkpoint instance
-//! from a pool created ahead of need, and a `meta` column family.
+//! The RocksDB side of the store: a `meta` column family and a fixed set of
+//! data column families `cf-0` … `cf-<n-1>` that checkpoint instances are
+//! spread over (instance id modulo n, recorded in the instance's creation
+//! record, so n may change between runs without moving anything).
 //!
 //! Layout of `meta` (integers big-endian in keys so they sort, little-endian
 //! in values):
@@ -13,24 +15,26 @@
 //! "E" expiration(8, sign-flipped) instance(8) section id     (empty)
 //! ```
 //!
-//! A checkpoint's column family `cf-<slot>` holds its sections' data in
-//! chunks of [`CHUNK_BYTES`]: key = id length u16 | id | chunk index u32.
+//! A data column family holds sections' data in chunks of [`CHUNK_BYTES`]:
+//! key = instance u64 | id length u16 | id | chunk index u32 (big-endian).
 //! A missing chunk, or bytes past a stored chunk's end, read as zeros, so
 //! growth by a write far past the end stores nothing for the gap. No chunk
-//! lies beyond a section's size.
+//! lies beyond a section's size. Destroying an instance range-deletes its
+//! key prefix in the same batch as its metadata.
 //!
-//! Column families at scale: RocksDB rewrites its OPTIONS file on every
-//! column family creation, at a cost that grows with their number. New
-//! column families are therefore created in batches through the C API's
-//! plural `rocksdb_create_column_families` (one OPTIONS write per batch) on
-//! a background thread, and a destroyed checkpoint's column family is
-//! range-deleted and returned to the pool, never dropped.
+//! Why not one column family per checkpoint (DESIGN.md §3): measured at
+//! 10,000 checkpoints with RocksDB 11.8, every column family creation and
+//! every memtable switch runs a loop over all column families
+//! (`InstallSuperVersionAndScheduleWork`), and every creation batch and
+//! every open rewrites and re-parses an OPTIONS file that grows by ~5 KiB
+//! per column family (123 MiB at 12k), building a cache per column family
+//! to verify it. Even with a pool refilled in batches off the request path,
+//! creation p99 was 1.4–2.2 s, reopen 6–10 s and peak RSS 2 GiB. A fixed
+//! set of column families keyed by instance keeps every one of those costs
+//! flat; see docs/storage.md.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::{c_char, CStr, CString};
 use std::path::Path;
-use std::sync::{Condvar, Mutex, RwLock};
-use std::time::Duration;
 
 use ckpt_proto::{
     CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode, SectionId,
@@ -74,10 +78,8 @@ pub struct DbOptions {
     pub write_buffer_bytes_per_cf: usize,
     /// Most files RocksDB keeps open.
     pub open_files_max: i32,
-    /// Free column families kept ready.
-    pub pool_low_water: usize,
-    /// Column families created per OPTIONS rewrite.
-    pub pool_batch: usize,
+    /// Data column families new checkpoints are spread over.
+    pub data_column_families: u32,
 }
 
 impl Default for DbOptions {
@@ -87,8 +89,7 @@ impl Default for DbOptions {
             write_buffer_bytes_total: 256 * 1024 * 1024,
             write_buffer_bytes_per_cf: 4 * 1024 * 1024,
             open_files_max: 1024,
-            pool_low_water: 64,
-            pool_batch: 256,
+            data_column_families: 16,
         }
     }
 }
@@ -97,12 +98,11 @@ impl Default for DbOptions {
 #[derive(Clone, Copy)]
 struct CfPtr {
     raw: *mut ffi::rocksdb_column_family_handle_t,
-    /// Created through the C API: we destroy it before the DB closes.
-    owned: bool,
 }
 
-// SAFETY: RocksDB column family handles are thread-safe; the pointer stays
-// valid until `Db::drop`, which destroys owned handles before closing the DB.
+// SAFETY: RocksDB column family handles are thread-safe; the pointers come
+// from the DB's own handle map and stay valid while the DB is open, which
+// outlives every `Db` method call.
 unsafe impl Send for CfPtr {}
 unsafe impl Sync for CfPtr {}
 
@@ -110,16 +110,6 @@ impl AsColumnFamilyRef for CfPtr {
     fn inner(&self) -> *mut ffi::rocksdb_column_family_handle_t {
         self.raw
     }
-}
-
-#[derive(Default)]
-struct Pool {
-    /// Slots whose column family exists and holds nothing.
-    free: Vec<u32>,
-    /// Next slot number never used.
-    next_slot: u32,
-    /// Set when a top-up failed; reported to whoever waits.
-    last_error: Option<String>,
 }
 
 /// Metadata read at open.
@@ -136,13 +126,10 @@ pub struct Loaded {
 
 /// RocksDB with the checkpoint layout.
 pub struct Db {
-    slots: RwLock<Vec<Option<CfPtr>>>,
-    pool: Mutex<Pool>,
-    pool_changed: Condvar,
+    /// Data column families by slot (`cf-<slot>`); None for a gap.
+    slots: Vec<Option<CfPtr>>,
     meta: CfPtr,
-    cf_options: Options,
     options: DbOptions,
-    // Declared last: dropped after every handle above is released.
     db: DB,
 }
 
@@ -194,11 +181,16 @@ mod keys {
         .concat()
     }
 
-    pub fn data_prefix(id: &SectionId) -> Vec<u8> {
+    pub fn data_prefix(instance: InstanceId, id: &SectionId) -> Vec<u8> {
         // Ids are at most SECTION_ID_BYTES_MAX (4096) bytes, so the length
-        // fits in u16 and every data key sorts below [0xff].
+        // fits in u16.
         let len = id.as_bytes().len() as u16;
-        [&len.to_be_bytes()[..], id.as_bytes()].concat()
+        [
+            &instance.0.to_be_bytes()[..],
+            &len.to_be_bytes()[..],
+            id.as_bytes(),
+        ]
+        .concat()
     }
 
     pub fn chunk(prefix: &[u8], index: u64) -> Vec<u8> {
@@ -308,7 +300,7 @@ fn decode_instance(bytes: &[u8]) -> CkptResult<InstanceMeta> {
 #[derive(Default)]
 struct Overlay {
     chunks: HashMap<(u32, Vec<u8>), Option<Vec<u8>>>,
-    cleared: HashSet<u32>,
+    cleared: HashSet<(u32, InstanceId)>,
 }
 
 impl Db {
@@ -345,9 +337,18 @@ impl Db {
             Ok(names) => names,
             Err(_) => vec!["default".to_string()],
         };
-        let mut descriptors: Vec<ColumnFamilyDescriptor> = existing
+        let mut names: Vec<String> = existing
             .iter()
-            .filter(|name| name.as_str() != META_CF)
+            .filter(|n| n.as_str() != META_CF)
+            .cloned()
+            .collect();
+        for slot in 0..options.data_column_families.max(1) {
+            if !names.contains(&slot_name(slot)) {
+                names.push(slot_name(slot));
+            }
+        }
+        let mut descriptors: Vec<ColumnFamilyDescriptor> = names
+            .iter()
             .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()))
             .collect();
         descriptors.push(ColumnFamilyDescriptor::new(META_CF, cf_options.clone()));
@@ -368,13 +369,12 @@ impl Db {
         let raw = |name: &str| {
             db.cf_handle(name).map(|cf| CfPtr {
                 raw: AsColumnFamilyRef::inner(&cf),
-                owned: false,
             })
         };
         let meta = raw(META_CF)
             .ok_or_else(|| storage_error("opening RocksDB", "no meta column family"))?;
         let mut slots: Vec<Option<CfPtr>> = Vec::new();
-        for name in &existing {
+        for name in &names {
             if let Some(slot) = parse_slot(name) {
                 let slot = slot as usize;
                 if slots.len() <= slot {
@@ -383,24 +383,13 @@ impl Db {
                 slots[slot] = raw(name);
             }
         }
-        let mut this = Db {
-            slots: RwLock::new(slots),
-            pool: Mutex::new(Pool::default()),
-            pool_changed: Condvar::new(),
+        let this = Db {
+            slots,
             meta,
-            cf_options,
             options,
             db,
         };
         let loaded = this.load()?;
-        let used: HashSet<u32> = loaded.instances.values().map(|m| m.column_family).collect();
-        let pool = this.pool.get_mut().unwrap_or_else(|p| p.into_inner());
-        let slots = this.slots.get_mut().unwrap_or_else(|p| p.into_inner());
-        pool.next_slot = slots.len() as u32;
-        pool.free = (0..slots.len() as u32)
-            .filter(|slot| slots[*slot as usize].is_some() && !used.contains(slot))
-            .rev()
-            .collect();
         Ok((this, loaded))
     }
 
@@ -534,190 +523,33 @@ impl Db {
     }
 
     fn cf(&self, slot: u32) -> CkptResult<CfPtr> {
-        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-        slots.get(slot as usize).copied().flatten().ok_or_else(|| {
-            storage_error(
-                "column family",
-                format!("{} does not exist", slot_name(slot)),
-            )
-        })
+        self.slots
+            .get(slot as usize)
+            .copied()
+            .flatten()
+            .ok_or_else(|| {
+                storage_error(
+                    "column family",
+                    format!("{} does not exist", slot_name(slot)),
+                )
+            })
     }
 
-    /// Hands out a free column family without waiting.
-    ///
-    /// # Errors
-    /// `TRY_AGAIN` when the pool is empty (the keeper is refilling it);
-    /// `NO_RESOURCE` when refilling failed.
-    pub fn take_column_family(&self) -> CkptResult<u32> {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let (low_water, _) = self.pool_targets(&pool);
-        let slot = pool.free.pop();
-        if pool.free.len() < low_water {
-            self.pool_changed.notify_all();
-        }
-        if let Some(slot) = slot {
-            return Ok(slot);
-        }
-        if let Some(error) = pool.last_error.take() {
-            return Err(CkptError::new(
-                ErrorCode::NoResource,
-                format!("no column family for a new checkpoint: {error}"),
-            ));
-        }
-        Err(CkptError::new(
-            ErrorCode::TryAgain,
-            "no column family is ready; the pool is being refilled",
-        ))
-    }
-
-    /// Low-water mark and batch size of the pool. Each refill costs one
-    /// rewrite of RocksDB's OPTIONS file, whose size grows with the number
-    /// of column families, so batches grow with it (an eighth of the
-    /// total), keeping the cost per column family flat.
-    fn pool_targets(&self, pool: &Pool) -> (usize, usize) {
-        let total = pool.next_slot as usize;
-        let batch = (total / 8).clamp(self.options.pool_batch.max(1), 4096);
-        (self.options.pool_low_water.max(batch), batch)
-    }
-
-    /// Takes a specific free slot (replaying a creation from the log).
-    ///
-    /// # Errors
-    /// `LIBRARY` when the slot's column family does not exist or is in use.
-    pub fn claim_column_family(&self, slot: u32) -> CkptResult<()> {
-        self.cf(slot)?;
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        match pool.free.iter().position(|s| *s == slot) {
-            Some(at) => {
-                pool.free.remove(at);
-                Ok(())
-            }
-            None => Err(storage_error(
-                "replaying a creation",
-                format!("{} is not free", slot_name(slot)),
-            )),
-        }
-    }
-
-    /// Wakes threads waiting on the pool (at shutdown).
-    pub fn wake_pool_waiters(&self) {
-        self.pool_changed.notify_all();
-    }
-
-    /// Returns slots handed out for a batch that never reached the log.
-    pub fn return_column_families(&self, slots: &[u32]) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        pool.free.extend_from_slice(slots);
-    }
-
-    /// Number of free column families.
-    pub fn pool_free(&self) -> usize {
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .free
-            .len()
-    }
-
-    /// Whether the pool is below its low-water mark.
-    pub fn pool_needs_top_up(&self) -> bool {
-        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        pool.free.len() < self.pool_targets(&pool).0
-    }
-
-    /// Blocks until the pool is below its low-water mark or `timeout` passes.
-    pub fn wait_for_pool_demand(&self, timeout: Duration) {
-        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.free.len() >= self.pool_targets(&pool).0 {
-            let _ = self.pool_changed.wait_timeout(pool, timeout);
-        }
-    }
-
-    /// Creates one batch of empty column families (one OPTIONS rewrite) and
-    /// adds them to the pool.
-    ///
-    /// # Errors
-    /// RocksDB's error; slots created before the error are kept.
-    pub fn top_up_pool(&self) -> CkptResult<usize> {
-        let (first, count) = {
-            let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            (pool.next_slot, self.pool_targets(&pool).1)
-        };
-        let names: Vec<CString> = (0..count as u32)
-            .map(|i| CString::new(slot_name(first + i)).unwrap_or_default())
-            .collect();
-        let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
-        let mut created_len: usize = 0;
-        let mut error: *mut c_char = std::ptr::null_mut();
-        // SAFETY: db and options outlive the call; `names` outlives `name_ptrs`;
-        // the returned array holds `created_len` handles which we take over.
-        let handles: Vec<CfPtr> = unsafe {
-            let list = ffi::rocksdb_create_column_families(
-                self.db.as_raw_ptr(),
-                self.cf_options.as_raw_ptr(),
-                count as i32,
-                name_ptrs.as_ptr(),
-                &mut created_len,
-                &mut error,
-            );
-            let handles = (0..created_len)
-                .map(|i| CfPtr {
-                    raw: *list.add(i),
-                    owned: true,
-                })
-                .collect();
-            ffi::rocksdb_create_column_families_destroy(list);
-            handles
-        };
-        let error_text = if error.is_null() {
-            None
-        } else {
-            // SAFETY: RocksDB returns a malloc'ed C string.
-            let text = unsafe { CStr::from_ptr(error).to_string_lossy().into_owned() };
-            unsafe { ffi::rocksdb_free(error.cast()) };
-            Some(text)
-        };
-        let created = handles.len();
-        {
-            let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-            for (i, handle) in handles.into_iter().enumerate() {
-                let slot = first as usize + i;
-                if slots.len() <= slot {
-                    slots.resize(slot + 1, None);
-                }
-                slots[slot] = Some(handle);
-            }
-        }
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        pool.next_slot = first + created as u32;
-        pool.free.extend((first..first + created as u32).rev());
-        if let Some(text) = &error_text {
-            pool.last_error = Some(text.clone());
-        }
-        self.pool_changed.notify_all();
-        match error_text {
-            Some(text) => Err(storage_error("creating column families", text)),
-            None => Ok(created),
-        }
+    /// The data column family a new instance goes to.
+    pub fn column_family_for(&self, instance: InstanceId) -> u32 {
+        (instance.0 % u64::from(self.options.data_column_families.max(1))) as u32
     }
 
     /// Writes the effects of a batch of records, with the applied position,
-    /// as one atomic `WriteBatch`. Returns the column families that became
-    /// free.
+    /// as one atomic `WriteBatch`.
     ///
     /// # Errors
     /// RocksDB errors (the caller poisons the store).
-    pub fn apply(
-        &self,
-        effects: &[Effect],
-        applied: Lsn,
-        next_instance: u64,
-    ) -> CkptResult<Vec<u32>> {
+    pub fn apply(&self, effects: &[Effect], applied: Lsn, next_instance: u64) -> CkptResult<()> {
         let mut batch = WriteBatch::default();
         let mut overlay = Overlay::default();
-        let mut cleared = Vec::new();
         for effect in effects {
-            self.apply_effect(&mut batch, &mut overlay, effect, &mut cleared)?;
+            self.apply_effect(&mut batch, &mut overlay, effect)?;
         }
         let mut position = Vec::with_capacity(16);
         position.extend_from_slice(&applied.0.to_le_bytes());
@@ -727,11 +559,7 @@ impl Db {
         write.disable_wal(self.options.wal_mode == RocksWalMode::Disabled);
         self.db
             .write_opt(batch, &write)
-            .map_err(|e| storage_error("applying to RocksDB", e))?;
-        if !cleared.is_empty() {
-            self.return_column_families(&cleared);
-        }
-        Ok(cleared)
+            .map_err(|e| storage_error("applying to RocksDB", e))
     }
 
     fn apply_effect(
@@ -739,7 +567,6 @@ impl Db {
         batch: &mut WriteBatch,
         overlay: &mut Overlay,
         effect: &Effect,
-        cleared: &mut Vec<u32>,
     ) -> CkptResult<()> {
         match effect {
             Effect::PutInstance { instance, meta } => {
@@ -794,13 +621,14 @@ impl Db {
             }
             Effect::WriteData {
                 column_family,
+                instance,
                 section_id,
                 offset,
                 data,
                 size_after,
             } => {
                 let cf = self.cf(*column_family)?;
-                let prefix = keys::data_prefix(section_id);
+                let prefix = keys::data_prefix(*instance, section_id);
                 let end = offset + data.len() as u64;
                 let mut chunk = offset / CHUNK_BYTES;
                 while chunk * CHUNK_BYTES < end {
@@ -816,7 +644,7 @@ impl Db {
                     let mut value = if whole_chunk_replaced {
                         Vec::new()
                     } else {
-                        self.chunk_value(overlay, *column_family, &cf, &key)?
+                        self.chunk_value(overlay, *column_family, *instance, &cf, &key)?
                             .unwrap_or_default()
                     };
                     let needed = (to - chunk_start) as usize;
@@ -832,12 +660,13 @@ impl Db {
             }
             Effect::ReplaceData {
                 column_family,
+                instance,
                 section_id,
                 data,
                 size_before,
             } => {
                 let cf = self.cf(*column_family)?;
-                let prefix = keys::data_prefix(section_id);
+                let prefix = keys::data_prefix(*instance, section_id);
                 let chunks_after = (data.len() as u64).div_ceil(CHUNK_BYTES);
                 for chunk in chunks_after..size_before.div_ceil(CHUNK_BYTES) {
                     let key = keys::chunk(&prefix, chunk);
@@ -854,23 +683,29 @@ impl Db {
             }
             Effect::RemoveData {
                 column_family,
+                instance,
                 section_id,
                 size_before,
             } => {
                 let cf = self.cf(*column_family)?;
-                let prefix = keys::data_prefix(section_id);
+                let prefix = keys::data_prefix(*instance, section_id);
                 for chunk in 0..size_before.div_ceil(CHUNK_BYTES) {
                     let key = keys::chunk(&prefix, chunk);
                     batch.delete_cf(&cf, &key);
                     overlay.chunks.insert((*column_family, key), None);
                 }
             }
-            Effect::ClearColumnFamily { column_family } => {
+            Effect::ClearInstance {
+                column_family,
+                instance,
+            } => {
                 let cf = self.cf(*column_family)?;
-                batch.delete_range_cf(&cf, &b""[..], &[0xffu8][..]);
-                overlay.cleared.insert(*column_family);
-                overlay.chunks.retain(|(slot, _), _| slot != column_family);
-                cleared.push(*column_family);
+                let from = instance.0.to_be_bytes();
+                batch.delete_range_cf(&cf, &from[..], &prefix_end(&from)[..]);
+                overlay.cleared.insert((*column_family, *instance));
+                overlay
+                    .chunks
+                    .retain(|(slot, key), _| !(slot == column_family && key.starts_with(&from)));
             }
         }
         Ok(())
@@ -880,13 +715,14 @@ impl Db {
         &self,
         overlay: &Overlay,
         slot: u32,
+        instance: InstanceId,
         cf: &CfPtr,
         key: &[u8],
     ) -> CkptResult<Option<Vec<u8>>> {
         if let Some(value) = overlay.chunks.get(&(slot, key.to_vec())) {
             return Ok(value.clone());
         }
-        if overlay.cleared.contains(&slot) {
+        if overlay.cleared.contains(&(slot, instance)) {
             return Ok(None);
         }
         self.db
@@ -915,8 +751,7 @@ impl Db {
     /// # Errors
     /// RocksDB errors.
     pub fn flush_all(&self) -> CkptResult<()> {
-        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-        let mut cfs: Vec<&CfPtr> = slots.iter().flatten().collect();
+        let mut cfs: Vec<&CfPtr> = self.slots.iter().flatten().collect();
         cfs.push(&self.meta);
         let mut flush = FlushOptions::default();
         flush.set_wait(true);
@@ -925,18 +760,36 @@ impl Db {
             .map_err(|e| storage_error("flushing RocksDB", e))
     }
 
-    /// RocksDB's estimate of a column family's live data (SST files plus
-    /// memtables), in bytes.
-    pub fn column_family_bytes(&self, slot: u32) -> u64 {
+    /// RocksDB's estimate of the bytes an instance's data takes on disk
+    /// (SST files; data still in memtables is not counted).
+    pub fn instance_bytes(&self, slot: u32, instance: InstanceId) -> u64 {
         let Ok(cf) = self.cf(slot) else { return 0 };
-        let property = |name: &str| {
-            self.db
-                .property_int_value_cf(&cf, name)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
-        property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables")
+        let from = instance.0.to_be_bytes();
+        let to = prefix_end(&from);
+        let range = rocksdb::Range::new(&from[..], &to[..]);
+        self.db
+            .get_approximate_sizes_cf(&cf, &[range])
+            .first()
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Keys an instance has in a data column family.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn count_data_keys(&self, slot: u32, instance: InstanceId) -> CkptResult<u64> {
+        let cf = self.cf(slot)?;
+        let from = instance.0.to_be_bytes();
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(prefix_end(&from));
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+        let mut count = 0;
+        for item in self.db.iterator_cf_opt(&cf, read, mode) {
+            item.map_err(|e| storage_error("scanning section data", e))?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// A consistent read view.
@@ -1034,6 +887,7 @@ impl View<'_> {
     pub fn read_data(
         &self,
         column_family: u32,
+        instance: InstanceId,
         id: &SectionId,
         offset: u64,
         len: u64,
@@ -1043,7 +897,7 @@ impl View<'_> {
             return Ok(out);
         }
         let cf = self.db.cf(column_family)?;
-        let prefix = keys::data_prefix(id);
+        let prefix = keys::data_prefix(instance, id);
         let first = offset / CHUNK_BYTES;
         let last = (offset + len - 1) / CHUNK_BYTES;
         let start_key = keys::chunk(&prefix, first);
@@ -1093,21 +947,6 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0xff; prefix.len() + 1]
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let slots = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
-        for slot in slots.iter_mut() {
-            if let Some(handle) = slot.take() {
-                if handle.owned {
-                    // SAFETY: created by rocksdb_create_column_families, not
-                    // yet destroyed, and the DB (dropped after this) is open.
-                    unsafe { ffi::rocksdb_column_family_handle_destroy(handle.raw) };
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

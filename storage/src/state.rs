@@ -103,6 +103,7 @@ pub enum Effect {
     /// Write bytes at an offset (the section grows to `size_after`, gaps read as zeros).
     WriteData {
         column_family: u32,
+        instance: InstanceId,
         section_id: SectionId,
         offset: u64,
         data: Vec<u8>,
@@ -111,6 +112,7 @@ pub enum Effect {
     /// Replace a section's data (create or overwrite).
     ReplaceData {
         column_family: u32,
+        instance: InstanceId,
         section_id: SectionId,
         data: Vec<u8>,
         size_before: u64,
@@ -118,11 +120,15 @@ pub enum Effect {
     /// Remove a section's data.
     RemoveData {
         column_family: u32,
+        instance: InstanceId,
         section_id: SectionId,
         size_before: u64,
     },
-    /// Remove everything in a column family and return it to the pool.
-    ClearColumnFamily { column_family: u32 },
+    /// Remove every data key of the instance from its column family.
+    ClearInstance {
+        column_family: u32,
+        instance: InstanceId,
+    },
 }
 
 /// An operation on the store, before validation.
@@ -212,11 +218,11 @@ pub trait Backing {
     /// # Errors
     /// A storage error.
     fn load_sections(&self, instance: InstanceId) -> CkptResult<BTreeMap<SectionId, SectionMeta>>;
-    /// A free column family slot for a new instance.
+    /// The data column family a new instance goes to.
     ///
     /// # Errors
-    /// `NO_RESOURCE` when none can be had.
-    fn take_column_family(&self) -> CkptResult<u32>;
+    /// A storage error.
+    fn take_column_family(&self, instance: InstanceId) -> CkptResult<u32>;
     /// Sections whose committed expiration is at or before `now`.
     ///
     /// # Errors
@@ -335,7 +341,7 @@ impl StateMachine {
                     ));
                 }
                 let instance = InstanceId(self.next_instance);
-                let column_family = backing.take_column_family()?;
+                let column_family = backing.take_column_family(instance)?;
                 let body = RecordBody::CheckpointCreate {
                     name: name.clone(),
                     attributes: attributes.clone(),
@@ -600,7 +606,7 @@ impl StateMachine {
                     ));
                 }
                 let instance = InstanceId(self.next_instance);
-                let column_family = backing.take_column_family()?;
+                let column_family = backing.take_column_family(instance)?;
                 let mut records = vec![(
                     instance,
                     RecordBody::CheckpointCreate {
@@ -805,7 +811,10 @@ impl StateMachine {
                     }
                 }
                 let name = meta.name.clone();
-                effects.push(Effect::ClearColumnFamily { column_family });
+                effects.push(Effect::ClearInstance {
+                    column_family,
+                    instance,
+                });
                 effects.push(Effect::DeleteInstance { instance });
                 if self.names.get(&name) == Some(&instance) {
                     self.names.remove(&name);
@@ -849,6 +858,7 @@ impl StateMachine {
                     });
                 }
                 effects.push(Effect::ReplaceData {
+                    instance,
                     column_family,
                     section_id: section_id.clone(),
                     data: data.clone(),
@@ -873,6 +883,7 @@ impl StateMachine {
                     });
                 }
                 effects.push(Effect::RemoveData {
+                    instance,
                     column_family,
                     section_id: section_id.clone(),
                     size_before: section.size,
@@ -926,6 +937,7 @@ impl StateMachine {
                         meta: *section,
                     });
                     effects.push(Effect::WriteData {
+                        instance,
                         column_family,
                         section_id: section_id.clone(),
                         offset: *offset,
@@ -947,6 +959,7 @@ impl StateMachine {
                     meta: *section,
                 });
                 effects.push(Effect::ReplaceData {
+                    instance,
                     column_family,
                     section_id: section_id.clone(),
                     data: data.clone(),

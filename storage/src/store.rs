@@ -40,7 +40,7 @@ use crate::db::{Db, DbOptions};
 use crate::io::{OsFs, WalFs};
 use crate::lock::DataDirLock;
 use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine};
-use crate::wal::record::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq};
+use crate::wal::record::{Epoch, InstanceId, Lsn, Record, Seq};
 use crate::wal::segment::{parse_segment_name, scan_segment, SegmentEnd};
 use crate::wal::writer::{SyncHandle, WalWriter};
 
@@ -151,51 +151,9 @@ struct Shared {
     listener: std::sync::RwLock<Option<CommitListener>>,
     /// Bytes of WAL segments on disk (approximate: updated per batch).
     wal_bytes_on_disk: AtomicU64,
-    /// Checkpoint creations waiting for a column family.
-    parked: Mutex<Vec<Request>>,
-    /// Where the pool keeper sends parked requests back; cleared at close.
-    resubmit: Mutex<Option<SyncSender<Request>>>,
 }
 
 impl Shared {
-    fn park(&self, request: Request) {
-        self.parked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(request);
-        self.db.wake_pool_waiters();
-    }
-
-    /// Sends parked creations back to the writer once column families are
-    /// free; at close, answers them.
-    fn release_parked(&self) {
-        let parked = std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
-        if parked.is_empty() {
-            return;
-        }
-        let resubmit = self
-            .resubmit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for request in parked {
-            match &resubmit {
-                Some(sender) => {
-                    if let Err(mpsc::SendError(request)) = sender.send(request) {
-                        (request.reply)(Err(CkptError::new(
-                            ErrorCode::NotInitialized,
-                            "store is closed",
-                        )));
-                    }
-                }
-                None => (request.reply)(Err(CkptError::new(
-                    ErrorCode::NotInitialized,
-                    "store is closed",
-                ))),
-            }
-        }
-    }
-
     fn poison(&self, cause: String) {
         tracing::error!(%cause, "store poisoned: refusing further writes");
         let mut poisoned = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
@@ -223,8 +181,8 @@ impl Backing for DbBacking<'_> {
         self.0.load_sections(instance)
     }
 
-    fn take_column_family(&self) -> CkptResult<u32> {
-        self.0.take_column_family()
+    fn take_column_family(&self, instance: InstanceId) -> CkptResult<u32> {
+        Ok(self.0.column_family_for(instance))
     }
 
     fn expiry_candidates(&self, now: i64) -> CkptResult<Vec<(InstanceId, SectionId)>> {
@@ -281,11 +239,8 @@ impl Store {
             segments: AtomicU64::new(writer.segment_count() as u64),
             listener: std::sync::RwLock::new(None),
             wal_bytes_on_disk: AtomicU64::new(0),
-            parked: Mutex::new(Vec::new()),
-            resubmit: Mutex::new(None),
         });
         let (sender, receiver) = mpsc::sync_channel(config.queue_depth_max);
-        *shared.resubmit.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
         let (checkpoint_sender, checkpoint_receiver) = mpsc::sync_channel::<u64>(1);
         let mut writer_thread = Writer {
             shared: shared.clone(),
@@ -303,10 +258,7 @@ impl Store {
             .name("ckpt-wal".into())
             .spawn(move || writer_thread.run(receiver))
             .map_err(|e| io_error("starting the writer thread", &e))?;
-        let helpers = vec![
-            spawn_pool_keeper(shared.clone())?,
-            spawn_checkpointer(shared.clone(), checkpoint_receiver)?,
-        ];
+        let helpers = vec![spawn_checkpointer(shared.clone(), checkpoint_receiver)?];
         Ok(Store {
             shared,
             sender: Some(sender),
@@ -341,11 +293,6 @@ impl Store {
     /// Number of WAL segment files.
     pub fn wal_segments(&self) -> u64 {
         self.shared.segments.load(Ordering::Relaxed)
-    }
-
-    /// Free column families in the pool.
-    pub fn pool_free(&self) -> usize {
-        self.shared.db.pool_free()
     }
 
     /// Queues an operation; `reply` is called once, from the writer thread,
@@ -498,11 +445,24 @@ impl Store {
         )
     }
 
-    /// RocksDB's estimate of one instance's data size (SST files and
-    /// memtables of its column family).
+    /// RocksDB's estimate of one instance's data size on disk (SST files).
     pub fn instance_footprint(&self, instance: InstanceId) -> CkptResult<u64> {
         let meta = self.instance(instance)?;
-        Ok(self.shared.db.column_family_bytes(meta.column_family))
+        Ok(self.shared.db.instance_bytes(meta.column_family, instance))
+    }
+
+    /// Data keys (chunks) an instance has in RocksDB now; for tests and
+    /// `ckpt-tool verify`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn data_keys(&self, instance: InstanceId) -> CkptResult<u64> {
+        let column_family = self.shared.db.column_family_for(instance);
+        let column_family = match self.shared.db.snapshot().instance(instance)? {
+            Some(meta) => meta.column_family,
+            None => column_family,
+        };
+        self.shared.db.count_data_keys(column_family, instance)
     }
 
     /// One section's descriptor, if it exists.
@@ -574,6 +534,7 @@ impl Store {
             }
             out.push(view.read_data(
                 meta.column_family,
+                instance,
                 &element.section_id,
                 element.offset,
                 len,
@@ -615,20 +576,13 @@ impl Store {
 
     fn stop_threads(&mut self) {
         self.sender = None;
-        self.shared
-            .resubmit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
         self.shared.stopping.store(true, Ordering::Release);
-        self.shared.db.wake_pool_waiters();
         for helper in self.helpers.drain(..) {
             let _ = helper.join();
         }
-        self.shared.release_parked();
     }
 }
 
@@ -693,7 +647,7 @@ impl StoreSnapshot {
         let offset = offset.min(section.size);
         let len = len.min(section.size - offset);
         self.view
-            .read_data(meta.column_family, section_id, offset, len)
+            .read_data(meta.column_family, instance, section_id, offset, len)
     }
 }
 
@@ -729,36 +683,6 @@ fn checkpoint_now(shared: &Shared, applied: u64) -> CkptResult<()> {
     shared.stats.rocksdb_flushes.fetch_add(1, Ordering::Relaxed);
     shared.durable_applied.fetch_max(applied, Ordering::AcqRel);
     Ok(())
-}
-
-fn spawn_pool_keeper(shared: Arc<Shared>) -> CkptResult<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("ckpt-cf-pool".into())
-        .spawn(move || {
-            while !shared.stopping.load(Ordering::Acquire) {
-                if shared.db.pool_free() > 0 {
-                    shared.release_parked();
-                }
-                if shared.db.pool_needs_top_up() {
-                    let started = std::time::Instant::now();
-                    match shared.db.top_up_pool() {
-                        Ok(created) => tracing::debug!(
-                            created,
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "column family pool refilled"
-                        ),
-                        Err(error) => {
-                            tracing::error!(%error, "creating column families for the pool failed");
-                            shared.release_parked();
-                            std::thread::sleep(Duration::from_millis(500));
-                        }
-                    }
-                } else {
-                    shared.db.wait_for_pool_demand(Duration::from_millis(200));
-                }
-            }
-        })
-        .map_err(|e| io_error("starting the column family pool thread", &e))
 }
 
 fn spawn_checkpointer(shared: Arc<Shared>, requests: Receiver<u64>) -> CkptResult<JoinHandle<()>> {
@@ -833,16 +757,6 @@ fn recover(
                         record.lsn.0
                     ),
                 ));
-            }
-            if let RecordBody::CheckpointCreate { column_family, .. } = &record.body {
-                // A destroy replayed just before may have freed this column
-                // family; it returns to the pool when its batch is applied.
-                if pending_records > 0 {
-                    db.apply(&pending, Lsn(last_lsn), state.next_instance())?;
-                    pending.clear();
-                    pending_records = 0;
-                }
-                db.claim_column_family(*column_family)?;
             }
             let effects = state
                 .apply(
@@ -1001,7 +915,6 @@ impl Writer {
         let mut encoded = Vec::new();
         let mut effects = Vec::new();
         let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
-        let mut taken_slots = Vec::new();
         let mut logged: Vec<Record> = Vec::new();
         let keep_records = self
             .shared
@@ -1012,15 +925,6 @@ impl Writer {
         for request in batch {
             let (planned, outcome) = match self.state.plan(&backing, &request.op, request.now) {
                 Ok(planned) => planned,
-                Err(error)
-                    if error.code == ErrorCode::TryAgain
-                        && matches!(request.op, Op::CreateCheckpoint { .. }) =>
-                {
-                    // No column family is ready: the request waits for the
-                    // pool keeper instead of stalling this thread.
-                    self.shared.park(request);
-                    continue;
-                }
                 Err(error) => {
                     (request.reply)(Err(error));
                     continue;
@@ -1031,9 +935,6 @@ impl Writer {
                     Some(meta) => (meta.epoch, Seq(meta.seq.0 + 1)),
                     None => (Epoch(1), Seq(1)),
                 };
-                if let RecordBody::CheckpointCreate { column_family, .. } = &body {
-                    taken_slots.push(*column_family);
-                }
                 match self
                     .state
                     .apply(&backing, instance, epoch, seq, request.now, &body)
@@ -1072,13 +973,13 @@ impl Writer {
             });
         }
         if let Some(error) = self.shared.poisoned_error() {
-            self.undo(first_lsn, &taken_slots);
+            self.undo(first_lsn);
             fail_all(accepted, &error);
             return None;
         }
 
         if let Err(failure) = self.wal.append(&encoded) {
-            self.undo(first_lsn, &taken_slots);
+            self.undo(first_lsn);
             let error = if failure.no_space {
                 CkptError::new(
                     ErrorCode::NoSpace,
@@ -1132,11 +1033,10 @@ impl Writer {
         })
     }
 
-    /// Forgets a batch that never reached the log: lsns are reused, taken
-    /// column families go back, in-memory state is reloaded from RocksDB.
-    fn undo(&mut self, first_lsn: u64, taken_slots: &[u32]) {
+    /// Forgets a batch that never reached the log: lsns are reused and the
+    /// in-memory state is reloaded from RocksDB.
+    fn undo(&mut self, first_lsn: u64) {
         self.next_lsn = first_lsn;
-        self.shared.db.return_column_families(taken_slots);
         match self.shared.db.reload() {
             Ok(loaded) => self
                 .state

@@ -96,15 +96,10 @@ fn a_full_disk_answers_no_space_and_loses_nothing() {
         store.poisoned().is_none(),
         "a full disk does not poison the store"
     );
-    let pool_before = store.pool_free();
     // Space comes back: the store carries on where it was.
     fs.set_free_bytes(None);
     run(&store, write(c, "a", 0, b"AFTER")).unwrap();
     let other = create(&store, "other", attrs(2, 10, 20));
-    assert!(
-        store.pool_free() <= pool_before,
-        "the slot taken for the refused create went back"
-    );
     section(&store, other, "s", b"1");
     let after = digest(&store);
     drop(store);

@@ -253,38 +253,38 @@ fn the_log_stays_bounded_under_steady_writes() {
 }
 
 #[test]
-fn a_deleted_checkpoints_column_family_is_recycled() {
+fn a_deleted_checkpoint_leaves_no_data_behind() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
-    let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
-    let first = create(&store, "one", attrs(3, 100, 300));
-    section(&store, first, "a", b"data of the first instance");
-    let slot = store.instance(first).unwrap().column_family;
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let first = create(&store, "one", attrs(3, 300_000, 900_000));
+    section(&store, first, "a", &vec![7u8; 200_000]);
+    section(&store, first, "b", b"small");
+    let neighbour = create(&store, "neighbour", attrs(3, 100, 300));
+    section(&store, neighbour, "a", b"kept");
+    assert_eq!(
+        store.data_keys(first).unwrap(),
+        5,
+        "four 64 KiB chunks of a, one of b"
+    );
     run(&store, Op::Unlink { name: name("one") }).unwrap();
     run(&store, Op::Destroy { instance: first }).unwrap();
-    // The pool hands out most recently returned slots first.
-    let second = create(&store, "two", attrs(3, 100, 300));
     assert_eq!(
-        store.instance(second).unwrap().column_family,
-        slot,
-        "the column family was reused"
+        store.data_keys(first).unwrap(),
+        0,
+        "the destroy range-deleted every chunk"
     );
+    assert_eq!(store.instance(first).unwrap_err().code, ErrorCode::NotExist);
+    // A new checkpoint of the same name is a new, empty instance.
+    let second = create(&store, "one", attrs(3, 300_000, 900_000));
+    assert_ne!(second, first);
     assert!(store.sections(second).unwrap().is_empty());
-    section(&store, second, "a", b"");
-    run(&store, write(second, "a", 50, b"x")).unwrap();
-    let data = read_all(&store, second, "a");
-    assert_eq!(data.len(), 51);
-    assert!(
-        data[..50].iter().all(|&b| b == 0),
-        "old data leaked into the recycled column family"
-    );
-    // And after a crash and replay of the destroy, still nothing leaks.
+    // After a crash the destroy is replayed: still nothing of the old one.
     drop(store);
     fs.power_loss();
-    let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
-    assert_eq!(read_all(&store, second, "a")[..50], [0u8; 50]);
-    assert_eq!(
-        store.lookup(&name("one")).unwrap_err().code,
-        ErrorCode::NotExist
-    );
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    assert!(store.recovery_report().replayed > 0);
+    assert_eq!(store.data_keys(first).unwrap(), 0);
+    assert_eq!(read_all(&store, neighbour, "a"), b"kept");
+    assert_eq!(store.lookup(&name("one")).unwrap(), second);
 }

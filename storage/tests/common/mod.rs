@@ -19,8 +19,6 @@ pub const NOW: i64 = 1_700_000_000_000_000_000;
 pub fn config(dir: &Path, mode: RocksWalMode) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
     config.db.wal_mode = mode;
-    config.db.pool_batch = 8;
-    config.db.pool_low_water = 4;
     config.db.write_buffer_bytes_total = 64 * 1024 * 1024;
     config
 }
