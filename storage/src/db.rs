@@ -87,7 +87,7 @@ impl Default for DbOptions {
         DbOptions {
             wal_mode: RocksWalMode::Disabled,
             write_buffer_bytes_total: 256 * 1024 * 1024,
-            write_buffer_bytes_per_cf: 4 * 1024 * 1024,
+            write_buffer_bytes_per_cf: 64 * 1024 * 1024,
             open_files_max: 1024,
             data_column_families: 16,
         }
@@ -330,7 +330,10 @@ impl Db {
         unsafe { ffi::rocksdb_options_set_avoid_flush_during_shutdown(db_options.as_raw_ptr(), 1) };
         let mut cf_options = Options::default();
         cf_options.set_write_buffer_size(options.write_buffer_bytes_per_cf);
-        cf_options.set_arena_block_size(64 * 1024);
+        // Room for memtables to queue while one flushes, so a burst of
+        // writes never waits on a flush (the shared budget still bounds
+        // the total).
+        cf_options.set_max_write_buffer_number(4);
         cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
 
         let existing = match DB::list_cf(&db_options, path) {
@@ -548,7 +551,20 @@ impl Db {
     pub fn apply(&self, effects: &[Effect], applied: Lsn, next_instance: u64) -> CkptResult<()> {
         let mut batch = WriteBatch::default();
         let mut overlay = Overlay::default();
-        for effect in effects {
+        // An instance's metadata is rewritten by every record of it; within
+        // one atomic batch only its last version matters.
+        let mut last_put: HashMap<InstanceId, usize> = HashMap::new();
+        for (index, effect) in effects.iter().enumerate() {
+            if let Effect::PutInstance { instance, .. } = effect {
+                last_put.insert(*instance, index);
+            }
+        }
+        for (index, effect) in effects.iter().enumerate() {
+            if let Effect::PutInstance { instance, .. } = effect {
+                if last_put.get(instance) != Some(&index) {
+                    continue;
+                }
+            }
             self.apply_effect(&mut batch, &mut overlay, effect)?;
         }
         let mut position = Vec::with_capacity(16);
