@@ -9,7 +9,8 @@
 //! Environment (defaults in brackets):
 //! - `CKPT_BENCH_SECONDS` [5]: measured seconds per run (after a 1 s warm-up);
 //! - `CKPT_BENCH_WRITERS` [1,8,64]: writer thread counts;
-//! - `CKPT_BENCH_MODES` [unsynced,disabled]: RocksDB WAL modes of the store;
+//! - `CKPT_BENCH_MODES` [unsynced,disabled]: RocksDB WAL modes of the store
+//!   (`-inline` appended: fsync on the writer thread);
 //! - `CKPT_BENCH_ROUNDS` [1]: repeat raw + modes back to back this many times
 //!   per writer count and add a table of medians (the machine is noisy).
 //!
@@ -290,18 +291,27 @@ fn run_raw(dir: &Path, writers: usize, seconds: f64) -> RunResult {
 
 // --------------------------------------------------------------- ckpt --
 
-fn mode_of(name: &str) -> RocksWalMode {
-    match name {
+/// A mode name: `unsynced` or `disabled` (RocksDB WAL), optionally with
+/// `-inline` (fsync on the writer thread instead of the fsync thread).
+fn mode_of(name: &str) -> (RocksWalMode, bool) {
+    let (wal, fsync_thread) = match name.strip_suffix("-inline") {
+        Some(wal) => (wal, false),
+        None => (name, true),
+    };
+    let wal = match wal {
         "unsynced" => RocksWalMode::Unsynced,
         "disabled" => RocksWalMode::Disabled,
-        other => panic!("unknown CKPT_BENCH_MODES entry {other:?} (unsynced|disabled)"),
-    }
+        other => panic!("unknown CKPT_BENCH_MODES entry {other:?} (unsynced|disabled[-inline])"),
+    };
+    (wal, fsync_thread)
 }
 
 fn run_ckpt(dir: &Path, mode_name: &str, writers: usize, seconds: f64) -> RunResult {
     let mut config = StoreConfig::new(dir);
+    let (wal_mode, fsync_thread) = mode_of(mode_name);
+    config.fsync_thread = fsync_thread;
     config.db = DbOptions {
-        wal_mode: mode_of(mode_name),
+        wal_mode,
         ..DbOptions::default()
     };
     let store = Store::open(config).expect("open store");
