@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use ckpt_client::{Checkpoint, Client, ClientError};
-use ckpt_proto::wire::CheckpointInfo;
+use ckpt_proto::wire::{CheckpointInfo, Reply, Request, ServerStatus};
 use ckpt_proto::{
     now_ns, CheckpointName, CreationAttributes, CreationFlags, ErrorCode, OpenFlags, ReadElement,
     SectionCreationAttributes, SectionDescriptor, SectionState, SectionsChosen, WriteElement,
@@ -30,10 +30,30 @@ pub fn emit(bytes: &[u8]) -> Result<(), ClientError> {
         .map_err(|e| ClientError::new(ErrorCode::Library, format!("writing to stdout: {e}")))
 }
 
-fn emit_json<T: Serialize>(value: &T) -> Result<(), ClientError> {
+/// Writes `value` as pretty JSON to stdout.
+///
+/// # Errors
+/// `LIBRARY` when stdout is closed or full.
+pub fn emit_json<T: Serialize>(value: &T) -> Result<(), ClientError> {
+    emit_json_to_stdout_or_stderr(value, false)
+}
+
+/// Writes `value` as pretty JSON to stdout, or to stderr when stdout
+/// carries data (a dump written to `-`).
+///
+/// # Errors
+/// `LIBRARY` when the stream is closed or full.
+pub fn emit_json_to_stdout_or_stderr<T: Serialize>(
+    value: &T,
+    to_stderr: bool,
+) -> Result<(), ClientError> {
     let mut text = serde_json::to_string_pretty(value)
         .map_err(|e| ClientError::new(ErrorCode::Library, format!("encoding JSON: {e}")))?;
     text.push('\n');
+    if to_stderr {
+        eprint!("{text}");
+        return Ok(());
+    }
     emit(text.as_bytes())
 }
 
@@ -158,6 +178,10 @@ pub struct CheckpointJson {
     pub open_count: u32,
     /// Current update sequence number.
     pub seq: u64,
+    /// Bytes its data takes in RocksDB (SST files and memtables, estimated).
+    pub footprint_bytes: u64,
+    /// Nodes holding a replica.
+    pub replicas: u32,
 }
 
 impl From<&CheckpointInfo> for CheckpointJson {
@@ -177,8 +201,22 @@ impl From<&CheckpointInfo> for CheckpointJson {
             memory_used: info.status.memory_used,
             open_count: info.open_count,
             seq: info.seq,
+            footprint_bytes: info.footprint_bytes,
+            replicas: info.replicas,
         }
     }
+}
+
+/// `stat --json`: the checkpoint and the node's log footprint.
+#[derive(Debug, Serialize)]
+pub struct StatJson {
+    /// The checkpoint.
+    #[serde(flatten)]
+    pub checkpoint: CheckpointJson,
+    /// Bytes of WAL segments on the node (shared by every checkpoint).
+    pub wal_bytes: Option<u64>,
+    /// WAL segment files on the node.
+    pub wal_segments: Option<u64>,
 }
 
 /// A section as `sections --json` prints it.
@@ -403,8 +441,19 @@ pub async fn sections(client: &Client, args: &SectionsArgs) -> Result<(), Client
 
 /// The `ls` table.
 pub fn ls_table(checkpoints: &[CheckpointInfo]) -> String {
-    let header = ["NAME", "SECTIONS", "USED", "SIZE", "FLAGS", "OPEN", "SEQ"].map(str::to_string);
-    let rows: Vec<[String; 7]> = checkpoints
+    let header = [
+        "NAME",
+        "SECTIONS",
+        "USED",
+        "SIZE",
+        "FLAGS",
+        "OPEN",
+        "SEQ",
+        "REPLICAS",
+        "FOOTPRINT",
+    ]
+    .map(str::to_string);
+    let rows: Vec<[String; 9]> = checkpoints
         .iter()
         .map(|info| {
             let attributes = &info.status.attributes;
@@ -419,6 +468,8 @@ pub fn ls_table(checkpoints: &[CheckpointInfo]) -> String {
                 creation_flag_names(attributes.creation_flags).join("|"),
                 info.open_count.to_string(),
                 info.seq.to_string(),
+                info.replicas.to_string(),
+                info.footprint_bytes.to_string(),
             ]
         })
         .collect();
@@ -441,15 +492,48 @@ pub fn ls_table(checkpoints: &[CheckpointInfo]) -> String {
     text
 }
 
-/// `ls`.
-pub async fn ls(client: &Client, args: &LsArgs) -> Result<(), ClientError> {
-    let checkpoints = client.list().await?;
-    if args.json {
+/// The node's figures, if the server answers `ServerStatus`.
+pub async fn server_status(client: &Client) -> Option<ServerStatus> {
+    match client.request(Request::ServerStatus).await {
+        Ok(Reply::ServerStatus(status)) => Some(status),
+        _ => None,
+    }
+}
+
+/// The line under `ls` and `stat` naming the node's log footprint.
+pub fn wal_line(node: &ServerStatus) -> String {
+    format!(
+        "wal: {} bytes in {} segments (shared by all {} checkpoints)\n",
+        node.wal_bytes, node.wal_segments, node.checkpoints
+    )
+}
+
+/// Prints `ls` output.
+///
+/// # Errors
+/// stdout errors.
+pub fn print_ls(
+    checkpoints: &[CheckpointInfo],
+    node: Option<&ServerStatus>,
+    json: bool,
+) -> Result<(), ClientError> {
+    if json {
         let checkpoints: Vec<CheckpointJson> =
             checkpoints.iter().map(CheckpointJson::from).collect();
         return emit_json(&checkpoints);
     }
-    emit(ls_table(&checkpoints).as_bytes())
+    let mut text = ls_table(checkpoints);
+    if let Some(node) = node {
+        text.push_str(&wal_line(node));
+    }
+    emit(text.as_bytes())
+}
+
+/// `ls`.
+pub async fn ls(client: &Client, args: &LsArgs) -> Result<(), ClientError> {
+    let checkpoints = client.list().await?;
+    let node = server_status(client).await;
+    print_ls(&checkpoints, node.as_ref(), args.json)
 }
 
 /// The `stat` text.
@@ -462,7 +546,8 @@ pub fn stat_text(info: &CheckpointInfo) -> String {
     };
     format!(
         "name: {}\nflags: {} (0x{:x})\ncheckpoint size: {} bytes\nmax sections: {}\nmax section size: {} bytes\n\
-         max section id size: {} bytes\nretention: {}\nsections: {}\nmemory used: {} bytes\nopen handles: {}\nseq: {}\n",
+         max section id size: {} bytes\nretention: {}\nsections: {}\nmemory used: {} bytes\nopen handles: {}\nseq: {}\n\
+         replicas: {}\nrocksdb footprint: {} bytes\n",
         info.name,
         creation_flag_names(attributes.creation_flags).join("|"),
         attributes.creation_flags.0,
@@ -475,16 +560,109 @@ pub fn stat_text(info: &CheckpointInfo) -> String {
         info.status.memory_used,
         info.open_count,
         info.seq,
+        info.replicas,
+        info.footprint_bytes,
     )
+}
+
+/// Prints `stat` output.
+///
+/// # Errors
+/// stdout errors.
+pub fn print_stat(
+    info: &CheckpointInfo,
+    node: Option<&ServerStatus>,
+    json: bool,
+) -> Result<(), ClientError> {
+    if json {
+        return emit_json(&StatJson {
+            checkpoint: CheckpointJson::from(info),
+            wal_bytes: node.map(|n| n.wal_bytes),
+            wal_segments: node.map(|n| n.wal_segments),
+        });
+    }
+    let mut text = stat_text(info);
+    if let Some(node) = node {
+        text.push_str(&wal_line(node));
+    }
+    emit(text.as_bytes())
 }
 
 /// `stat`.
 pub async fn stat(client: &Client, args: &StatArgs) -> Result<(), ClientError> {
     let info = client.stat(&args.name.name).await?;
-    if args.json {
-        return emit_json(&CheckpointJson::from(&info));
-    }
-    emit(stat_text(&info).as_bytes())
+    let node = server_status(client).await;
+    print_stat(&info, node.as_ref(), args.json)
+}
+
+/// Every named checkpoint of a data directory, as `ls` shows them, and
+/// the node's figures (opens the store: takes the lock and recovers).
+///
+/// # Errors
+/// `IN_USE` for a held directory; storage errors.
+pub fn offline_infos(dir: &Path) -> Result<(Vec<CheckpointInfo>, ServerStatus), ClientError> {
+    let store = crate::datadir::open_store(dir, true)?;
+    let result = (|| {
+        let mut infos = Vec::new();
+        for (instance, meta) in store.instances()? {
+            if meta.unlinked {
+                continue;
+            }
+            infos.push(CheckpointInfo {
+                footprint_bytes: store.instance_footprint(instance).unwrap_or(0),
+                replicas: 1,
+                status: ckpt_proto::CheckpointStatus {
+                    attributes: meta.attributes.clone(),
+                    number_of_sections: meta.section_count,
+                    memory_used: meta.memory_used,
+                },
+                name: meta.name,
+                open_count: 0,
+                seq: meta.seq.0,
+            });
+        }
+        let (wal_bytes, wal_segments) = store.wal_footprint();
+        Ok::<_, ClientError>((
+            infos,
+            ServerStatus {
+                checkpoints: 0,
+                wal_bytes,
+                wal_segments,
+            },
+        ))
+    })();
+    let closed = store.close();
+    let (infos, mut node) = result?;
+    closed.map_err(ClientError::from)?;
+    node.checkpoints = infos.len() as u64;
+    Ok((infos, node))
+}
+
+/// `ls --data-dir`.
+///
+/// # Errors
+/// See [`offline_infos`].
+pub fn ls_offline(dir: &Path, args: &LsArgs) -> Result<(), ClientError> {
+    let (infos, node) = offline_infos(dir)?;
+    print_ls(&infos, Some(&node), args.json)
+}
+
+/// `stat --data-dir`.
+///
+/// # Errors
+/// `NOT_EXIST` for an unknown name; see [`offline_infos`].
+pub fn stat_offline(dir: &Path, args: &StatArgs) -> Result<(), ClientError> {
+    let (infos, node) = offline_infos(dir)?;
+    let info = infos
+        .iter()
+        .find(|i| i.name == args.name.name)
+        .ok_or_else(|| {
+            ClientError::new(
+                ErrorCode::NotExist,
+                format!("checkpoint {} does not exist", args.name.name),
+            )
+        })?;
+    print_stat(info, Some(&node), args.json)
 }
 
 /// `rm`.

@@ -45,10 +45,35 @@ pub enum Command {
     /// List a checkpoint's sections: one line per section with its id, size
     /// in bytes, expiration (ns since the epoch, or "forever") and state.
     Sections(SectionsArgs),
-    /// List every checkpoint.
+    /// List every checkpoint with its size, sections, replicas and RocksDB
+    /// footprint, and the node's WAL footprint. Online, or offline with
+    /// --data-dir.
     Ls(LsArgs),
-    /// Show one checkpoint's attributes and usage.
+    /// Show one checkpoint's attributes, usage, replicas and footprint.
+    /// Online, or offline with --data-dir.
     Stat(StatArgs),
+    /// Write checkpoints to a portable dump file (docs/dump-format.md): one
+    /// consistent point in time, taken while writers go on. Online through
+    /// the server, or offline from a data directory no server holds.
+    Dump(DumpArgs),
+    /// Recreate the checkpoints of a dump exactly (attributes, sections,
+    /// expiration times, generated-id counters). The whole dump is checked
+    /// first: a damaged dump is refused before anything is written.
+    /// Existing checkpoints are refused unless --replace.
+    Restore(RestoreArgs),
+    /// Check a dump file, or a data directory (every WAL record checksum
+    /// and lsn, RocksDB invariants, every section read back). Prints each
+    /// problem with its location; exits 1 if there is any.
+    Verify(VerifyArgs),
+    /// Print the write-ahead log's records, one per line (or JSON lines):
+    /// lsn, segment and offset, time, checkpoint, epoch, seq, kind, ids,
+    /// offsets and sizes — never the data. Offline only.
+    Wal(WalArgs),
+    /// Recover a data directory whose log is damaged before its tail: keep
+    /// every record up to the damage, move the damaged segment and the
+    /// later ones aside (`<name>.damaged`, never deleted), and print
+    /// exactly which checkpoints and sequence ranges were dropped.
+    Salvage(SalvageArgs),
     /// Delete a checkpoint's name (open handles keep working until closed).
     Rm(RmArgs),
     /// Load generator: N clients, each on its own connection, overwrite
@@ -274,6 +299,9 @@ pub struct LsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Read a data directory instead of asking a server (no server may hold it).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// `stat`.
@@ -282,6 +310,115 @@ pub struct StatArgs {
     #[command(flatten)]
     pub name: NameArg,
     /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Read a data directory instead of asking a server (no server may hold it).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Parses `--rename OLD=NEW`.
+pub fn parse_rename(text: &str) -> Result<(CheckpointName, CheckpointName), String> {
+    let (old, new) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not OLD=NEW"))?;
+    Ok((parse_name(old)?, parse_name(new)?))
+}
+
+/// `dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Checkpoints to dump.
+    #[arg(value_name = "NAME", value_parser = parse_name, required_unless_present = "all", conflicts_with = "all")]
+    pub names: Vec<CheckpointName>,
+    /// Dump every checkpoint.
+    #[arg(long)]
+    pub all: bool,
+    /// The dump file (`-` for stdout). Written as FILE.partial, synced,
+    /// then renamed, so FILE is always a complete dump.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Dump from a data directory instead of a server (no server may hold it).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The dump file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Restore only these checkpoints of the dump (default: all).
+    #[arg(value_name = "NAME", value_parser = parse_name)]
+    pub names: Vec<CheckpointName>,
+    /// Restore checkpoint OLD of the dump under the name NEW (repeatable).
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_rename)]
+    pub rename: Vec<(CheckpointName, CheckpointName)>,
+    /// Delete an existing checkpoint of the same name first.
+    #[arg(long)]
+    pub replace: bool,
+    /// Restore into a data directory instead of a server (no server may
+    /// hold it; created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A dump file to check.
+    #[arg(
+        value_name = "FILE",
+        required_unless_present = "data_dir",
+        conflicts_with = "data_dir"
+    )]
+    pub file: Option<PathBuf>,
+    /// A data directory to check (no server may hold it).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `wal`.
+#[derive(Debug, Args)]
+pub struct WalArgs {
+    /// The data directory (no server may hold it).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Only records whose checkpoint sequence number is at least SEQ
+    /// (per checkpoint; most useful with --checkpoint).
+    #[arg(long, value_name = "SEQ")]
+    pub from: Option<u64>,
+    /// Only records at or after this log position.
+    #[arg(long, value_name = "LSN")]
+    pub from_lsn: Option<u64>,
+    /// Only records of the checkpoint(s) that had this name.
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub checkpoint: Option<CheckpointName>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `salvage`.
+#[derive(Debug, Args)]
+pub struct SalvageArgs {
+    /// The data directory (no server may hold it).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Say what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -449,7 +586,7 @@ mod tests {
     fn json_flags() {
         assert!(matches!(
             parse(&["ls", "--json"]).unwrap().command,
-            Command::Ls(LsArgs { json: true })
+            Command::Ls(LsArgs { json: true, .. })
         ));
         assert!(matches!(
             parse(&["stat", "a", "--json"]).unwrap().command,
@@ -506,6 +643,61 @@ mod tests {
         assert!(parse(&["bench", "--clients", "0"]).is_err());
         assert!(parse(&["bench", "--duration-s", "0"]).is_err());
         assert!(parse(&["bench", "--duration-s", "nan"]).is_err());
+    }
+
+    #[test]
+    fn operator_commands() {
+        let Command::Dump(args) = parse(&["dump", "a", "b", "-o", "f"]).unwrap().command else {
+            panic!("not dump")
+        };
+        assert_eq!(args.names.len(), 2);
+        assert!(!args.all && args.data_dir.is_none());
+        assert!(parse(&["dump", "--all", "-o", "f", "--data-dir", "d"]).is_ok());
+        assert!(parse(&["dump", "-o", "f"]).is_err());
+        assert!(parse(&["dump", "a", "--all", "-o", "f"]).is_err());
+        assert!(parse(&["dump", "a"]).is_err());
+        let Command::Restore(args) = parse(&[
+            "restore",
+            "f",
+            "--rename",
+            "a=b",
+            "--rename",
+            "c=d",
+            "--replace",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not restore")
+        };
+        assert_eq!(args.rename.len(), 2);
+        assert_eq!(args.rename[0].1.as_bytes(), b"b");
+        assert!(args.replace);
+        assert!(parse(&["restore", "f", "--rename", "ab"]).is_err());
+        let Command::Restore(args) = parse(&["restore", "f", "x", "y"]).unwrap().command else {
+            panic!("not restore")
+        };
+        assert_eq!(args.names.len(), 2);
+        assert!(parse(&["restore", "f", "--rename", "=b"]).is_err());
+        assert!(parse(&["verify", "f"]).is_ok());
+        assert!(parse(&["verify", "--data-dir", "d"]).is_ok());
+        assert!(parse(&["verify"]).is_err());
+        assert!(parse(&["verify", "f", "--data-dir", "d"]).is_err());
+        assert!(parse(&[
+            "wal",
+            "--data-dir",
+            "d",
+            "--from",
+            "3",
+            "--checkpoint",
+            "x",
+            "--json"
+        ])
+        .is_ok());
+        assert!(parse(&["wal"]).is_err());
+        assert!(parse(&["salvage", "--data-dir", "d", "--dry-run"]).is_ok());
+        assert!(parse(&["ls", "--data-dir", "d", "--json"]).is_ok());
+        assert!(parse(&["stat", "x", "--data-dir", "d"]).is_ok());
     }
 
     #[test]

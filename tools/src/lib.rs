@@ -11,14 +11,29 @@
 //! Contract: every failure ends in [`run`] returning a [`ClientError`]; the
 //! binary prints it as `error: CL_ERR_NAME: message` and exits 1. Output
 //! meant for scripts (read's bytes, JSON, `N acked, M lost`) goes to stdout;
-//! diagnostics go to stderr. ckpt-tool talks to the server only through
-//! ckpt-client; it does not open data directories (yet).
+//! diagnostics go to stderr. Online, ckpt-tool talks to the server only
+//! through ckpt-client; offline (`--data-dir`) it takes the directory's
+//! lock first and refuses a directory a server holds.
+//!
+//! Operator commands:
+//! - [`dump`]: the portable dump format (writer, reader, checker);
+//!   [`backup`]: `dump` and `restore`, online and offline.
+//! - [`walscan`]: reading WAL segments directly; [`logtool`]: `wal`,
+//!   `verify --data-dir` and `salvage`.
+//! - [`datadir`]: locking and opening a data directory; [`progress`]:
+//!   progress bars or log lines.
 
 pub mod admin;
+pub mod backup;
 pub mod bench;
 pub mod cli;
+pub mod datadir;
+pub mod dump;
 pub mod histogram;
+pub mod logtool;
+pub mod progress;
 pub mod record;
+pub mod walscan;
 
 use ckpt_client::{Client, ClientError};
 use ckpt_proto::ErrorCode;
@@ -42,6 +57,30 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         },
         Command::CheckAcked(args) => check_acked(addr, &args.file).await,
+        Command::Dump(args) => backup::dump(addr, args).await,
+        Command::Restore(args) => backup::restore(addr, args).await,
+        Command::Verify(args) => match (&args.data_dir, &args.file) {
+            (Some(dir), _) => logtool::verify_data_dir(dir, args.json),
+            (None, Some(file)) => verify_dump(file, args.json),
+            (None, None) => Err(ClientError::new(
+                ErrorCode::InvalidParameter,
+                "verify needs a dump FILE or --data-dir DIR",
+            )),
+        },
+        Command::Wal(args) => logtool::wal(args),
+        Command::Salvage(args) => logtool::salvage(args),
+        Command::Ls(args) if args.data_dir.is_some() => admin::ls_offline(
+            args.data_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new(".")),
+            args,
+        ),
+        Command::Stat(args) if args.data_dir.is_some() => admin::stat_offline(
+            args.data_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new(".")),
+            args,
+        ),
         command => {
             let client = Client::connect(addr).await?;
             let result = match command {
@@ -54,7 +93,13 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 Command::Ls(args) => admin::ls(&client, args).await,
                 Command::Stat(args) => admin::stat(&client, args).await,
                 Command::Rm(args) => admin::rm(&client, args).await,
-                Command::Bench(_) | Command::CheckAcked(_) => unreachable!("handled above"),
+                Command::Bench(_)
+                | Command::CheckAcked(_)
+                | Command::Dump(_)
+                | Command::Restore(_)
+                | Command::Verify(_)
+                | Command::Wal(_)
+                | Command::Salvage(_) => unreachable!("handled above"),
             };
             // Release the handles and say goodbye; the command's own error
             // matters more than a failure to finalize.
@@ -68,6 +113,60 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
             Ok(())
         }
     }
+}
+
+/// `verify FILE`: every record checksum, the structure, the whole-file
+/// checksum; each problem printed with its byte offset.
+fn verify_dump(file: &std::path::Path, json: bool) -> Result<(), ClientError> {
+    let (summary, problems) = backup::verify_dump_file(file, "verify")?;
+    if json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            file: String,
+            ok: bool,
+            summary: &'a dump::DumpSummary,
+            problems: &'a [dump::DumpProblem],
+        }
+        admin::emit_json(&Out {
+            file: file.display().to_string(),
+            ok: problems.is_empty(),
+            summary: &summary,
+            problems: &problems,
+        })?;
+    } else if problems.is_empty() {
+        admin::emit(
+            format!(
+                "{}: ok: {} checkpoints, {} sections, {} bytes of data, {} records, {} bytes, taken {} from {}\n",
+                file.display(),
+                summary.checkpoints.len(),
+                summary.sections,
+                summary.data_bytes,
+                summary.records,
+                summary.bytes,
+                walscan::rfc3339(summary.created_at_ns),
+                summary.source
+            )
+            .as_bytes(),
+        )?;
+    } else {
+        let mut text = String::new();
+        for problem in &problems {
+            text.push_str(&format!("problem: {}: {problem}\n", file.display()));
+        }
+        admin::emit(text.as_bytes())?;
+    }
+    if !problems.is_empty() {
+        return Err(ClientError::new(
+            ErrorCode::FailedOperation,
+            format!(
+                "{}: {} problem{} found",
+                file.display(),
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn print_bench(report: &bench::BenchReport, json: bool) -> Result<(), ClientError> {

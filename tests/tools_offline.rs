@@ -1,0 +1,96 @@
+//! Offline `ckpt-tool` commands refuse a data directory a running server
+//! holds, with a message naming the directory, the holder's pid and what
+//! to do — and change nothing; once the server stops they work.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{bin, Server};
+
+fn tool(args: &[&str]) -> Output {
+    Command::new(bin("ckpt-tool"))
+        .args(args)
+        .output()
+        .expect("ckpt-tool runs")
+}
+
+#[test]
+fn offline_commands_refuse_a_directory_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data);
+    let addr = server.addr.clone();
+    let created = tool(&["create", "held", "--addr", &addr]);
+    assert!(created.status.success());
+    let data_s = data.to_str().unwrap().to_string();
+    // A dump to restore offline.
+    let dump = dir.path().join("held.ckd");
+    let dump_s = dump.to_str().unwrap().to_string();
+    assert!(tool(&["dump", "held", "-o", &dump_s, "--addr", &addr])
+        .status
+        .success());
+    let out = dir.path().join("offline.ckd");
+    let out_s = out.to_str().unwrap().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["ls", "--data-dir", &data_s],
+        vec!["stat", "held", "--data-dir", &data_s],
+        vec!["dump", "--all", "-o", &out_s, "--data-dir", &data_s],
+        vec!["restore", &dump_s, "--replace", "--data-dir", &data_s],
+        vec!["verify", "--data-dir", &data_s],
+        vec!["wal", "--data-dir", &data_s],
+        vec!["salvage", "--data-dir", &data_s],
+    ];
+    let pid = server.pid().to_string();
+    let wal_before: Vec<_> = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    for args in &commands {
+        let output = tool(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{args:?} must fail: {stderr}"
+        );
+        assert!(
+            stderr.contains("CL_ERR_INUSE")
+                && stderr.contains("is in use by another process")
+                && stderr.contains(&format!("pid {pid}"))
+                && stderr.contains("stop the server first"),
+            "{args:?}: unclear refusal: {stderr}"
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?} printed {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    assert!(!out.exists(), "a refused dump must not leave a file");
+    assert!(!dir.path().join("offline.ckd.partial").exists());
+    let wal_after: Vec<_> = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(wal_before, wal_after, "the log was touched");
+    // The server is unharmed.
+    assert!(tool(&["stat", "held", "--addr", &addr]).status.success());
+
+    // Stopped, the directory is the tool's.
+    assert!(server.terminate().success());
+    for args in &commands {
+        let output = tool(args);
+        assert!(
+            output.status.success(),
+            "{args:?} after the server stopped: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // A missing directory is not created by an offline command.
+    let missing = dir.path().join("missing");
+    let output = tool(&["ls", "--data-dir", missing.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+    assert!(!missing.exists());
+}
