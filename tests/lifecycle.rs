@@ -52,21 +52,30 @@ fn sigterm_finishes_requests_in_flight_then_exits_zero() {
     assert!(created.is_ok(), "{created:?}");
     // Pipeline a burst of writes, then ask the server to stop at once.
     let mut ids = HashSet::new();
+    let mut offset_of = std::collections::HashMap::new();
     for i in 0..200u32 {
         let element = WriteElement {
             section_id: SectionId::new("s"),
             offset: u64::from(i) * 4,
             data: i.to_le_bytes().to_vec(),
         };
-        ids.insert(client.send(&Request::Write {
+        let id = client.send(&Request::Write {
             handle,
             elements: vec![element],
-        }));
+        });
+        ids.insert(id);
+        offset_of.insert(id, i);
     }
+    // Once the server is working through the burst, ask it to stop.
+    let first = client.read_frame().expect("a first answer");
+    assert_eq!(first.kind, FrameKind::Response);
+    assert!(ids.remove(&first.request_id));
+    assert!(first.decode::<Response>().unwrap().is_ok());
+    let mut answered_writes = vec![offset_of[&first.request_id]];
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");
     // Every request that reached the server was answered, and successfully.
-    let mut answered = 0;
+    let mut answered = 1;
     while let Some(frame) = client.read_frame() {
         if frame.kind != FrameKind::Response {
             continue;
@@ -78,6 +87,7 @@ fn sigterm_finishes_requests_in_flight_then_exits_zero() {
         );
         let response: Response = frame.decode().unwrap();
         assert!(response.is_ok(), "{response:?}");
+        answered_writes.push(offset_of[&frame.request_id]);
         answered += 1;
     }
     assert!(answered > 0);
@@ -106,18 +116,33 @@ fn sigterm_finishes_requests_in_flight_then_exits_zero() {
         panic!()
     };
     let data = &data[0];
-    assert!(
-        data.len() >= answered * 4,
-        "{} bytes for {answered} answered writes",
-        data.len()
-    );
-    for i in 0..answered {
-        assert_eq!(
-            &data[i * 4..i * 4 + 4],
-            &(i as u32).to_le_bytes(),
-            "write {i}"
-        );
+    for i in answered_writes {
+        let at = i as usize * 4;
+        assert!(data.len() >= at + 4, "answered write {i} is missing");
+        assert_eq!(&data[at..at + 4], &i.to_le_bytes(), "answered write {i}");
     }
+}
+
+#[test]
+fn sigterm_closes_the_store_cleanly_with_retention_timers_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let mut client = RawClient::connect(&server.addr);
+    let mut timed = attributes();
+    timed.retention_duration_ns = 1_000_000_000_000;
+    let request = Request::Open {
+        name: CheckpointName::new("timed").unwrap(),
+        attributes: Some(timed),
+        flags: OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE,
+    };
+    let Ok(Reply::Opened { handle, .. }) = client.call(&request) else {
+        panic!()
+    };
+    // The last close starts a 1000 s retention timer.
+    assert!(client.call(&Request::Close { handle }).is_ok());
+    assert!(server.terminate().success());
+    let log = server.drain_log().join("\n");
+    assert!(log.contains("store closed cleanly"), "{log}");
 }
 
 #[test]

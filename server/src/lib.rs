@@ -171,7 +171,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     admin_shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    // Pending retention timers hold the service (and so the store); they
+    // restart afresh at the next start anyway.
+    service.stop_timers().await;
     drop(service);
+    // Aborted tasks release their references when the runtime drops them.
+    for _ in 0..100 {
+        if Arc::strong_count(&store) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     match Arc::try_unwrap(store) {
         Ok(store) => {
             let closed = tokio::task::spawn_blocking(move || store.close()).await;

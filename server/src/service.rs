@@ -140,6 +140,14 @@ impl Service {
         Ok(())
     }
 
+    /// Cancels every retention timer (at shutdown).
+    pub async fn stop_timers(&self) {
+        let mut registry = self.registry.lock().await;
+        for (_, timer) in registry.timers.drain() {
+            timer.abort();
+        }
+    }
+
     /// Applies due section expirations (called periodically).
     ///
     /// # Errors
