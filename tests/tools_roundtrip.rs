@@ -61,18 +61,18 @@ fn attributes(i: usize) -> CreationAttributes {
         CreationFlags::WR_ALL_REPLICAS,
         CreationFlags::WR_ACTIVE_REPLICA_WEAK,
     ][i % 3];
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         flags = flags | CreationFlags::CHECKPOINT_COLLOCATED;
     }
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         flags = flags | CreationFlags::DISTRIBUTED;
     }
-    if i % 11 == 0 {
+    if i.is_multiple_of(11) {
         flags = flags | CreationFlags::WR_ALL_SAFE;
     }
     let max_sections = if i == BIG {
         3
-    } else if i % 4 == 0 {
+    } else if i.is_multiple_of(4) {
         1
     } else {
         2 + (i as u32 % 9)
@@ -81,7 +81,7 @@ fn attributes(i: usize) -> CreationAttributes {
     CreationAttributes {
         creation_flags: flags,
         checkpoint_size: u64::from(max_sections) * max_section_size - (i as u64 % 3) * 7,
-        retention_duration_ns: if i % 2 == 0 {
+        retention_duration_ns: if i.is_multiple_of(2) {
             TIME_END
         } else {
             (i as i64 + 1) * 1_000_000_000_000
