@@ -53,6 +53,8 @@ use crate::wal::record::{Epoch, InstanceId, Lsn, Seq};
 pub const CHUNK_BYTES: u64 = 64 * 1024;
 
 const META_CF: &str = "meta";
+/// Key layout of the RocksDB side (stored under `L` in `meta`).
+pub const LAYOUT_VERSION: u32 = 2;
 const CF_PREFIX: &str = "cf-";
 
 /// How RocksDB's own WAL is used (DESIGN.md §3).
@@ -149,6 +151,7 @@ mod keys {
     use super::*;
 
     pub const APPLIED: &[u8] = b"A";
+    pub const LAYOUT: &[u8] = b"L";
 
     pub fn name(name: &CheckpointName) -> Vec<u8> {
         [b"N", name.as_bytes()].concat()
@@ -392,8 +395,29 @@ impl Db {
             options,
             db,
         };
+        this.check_layout()?;
         let loaded = this.load()?;
         Ok((this, loaded))
+    }
+
+    /// Refuses a database written with another key layout instead of
+    /// misreading it, and stamps a new one with ours.
+    fn check_layout(&self) -> CkptResult<()> {
+        match self.get_meta(keys::LAYOUT)? {
+            Some(v) if v == LAYOUT_VERSION.to_le_bytes() => Ok(()),
+            Some(v) => Err(storage_error(
+                "opening RocksDB",
+                format!("data layout version {v:?} is not {LAYOUT_VERSION}; use the ckpt-tool of the version that wrote it to dump the data"),
+            )),
+            None if self.get_meta(keys::APPLIED)?.is_some() => Err(storage_error(
+                "opening RocksDB",
+                "the database predates layout versions (one column family per checkpoint); dump it with the ckpt-tool that wrote it",
+            )),
+            None => self
+                .db
+                .put_cf(&self.meta, keys::LAYOUT, LAYOUT_VERSION.to_le_bytes())
+                .map_err(|e| storage_error("stamping the data layout", e)),
+        }
     }
 
     fn load(&self) -> CkptResult<Loaded> {
