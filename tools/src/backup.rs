@@ -29,11 +29,6 @@ use crate::dump::{
 };
 use crate::progress::{human_bytes, Progress};
 
-/// How long a restore waits for a column family (TRY_AGAIN), and how often
-/// it asks.
-const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(120);
-const RETRY_STEP: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// DumpRead calls kept in flight per section.
 const READS_IN_FLIGHT: usize = 4;
 
@@ -583,19 +578,7 @@ impl Target for OnlineTarget {
             generated_next: header.generated_next,
             replace,
         };
-        let mut waited = std::time::Duration::ZERO;
-        let reply = loop {
-            match self.client.request(request.clone()).await {
-                // A server whose column family pool is being refilled (just
-                // started, or many creations) asks to try again.
-                Err(error) if error.code == ErrorCode::TryAgain && waited < RETRY_FOR => {
-                    tokio::time::sleep(RETRY_STEP).await;
-                    waited += RETRY_STEP;
-                }
-                other => break other?,
-            }
-        };
-        match reply {
+        match self.client.request(request).await? {
             Reply::Opened { handle, .. } => {
                 self.handle = Some(handle);
                 Ok(())
@@ -709,19 +692,7 @@ impl Target for OfflineTarget {
             attributes: header.attributes.clone(),
             generated_next: header.generated_next,
         };
-        let mut waited = std::time::Duration::ZERO;
-        let outcome = loop {
-            match self.store.execute(op.clone()) {
-                // The store's column family pool is being refilled (a fresh
-                // directory starts with none): wait for it.
-                Err(error) if error.code == ErrorCode::TryAgain && waited < RETRY_FOR => {
-                    std::thread::sleep(RETRY_STEP);
-                    waited += RETRY_STEP;
-                }
-                other => break other?,
-            }
-        };
-        match outcome {
+        match self.store.execute(op)? {
             Outcome::Opened { instance, .. } => {
                 self.instance = Some(instance);
                 Ok(())
