@@ -33,7 +33,7 @@ pub const ELEMENTS_MAX: usize = 4096;
 /// the server checks every decoded request with `Request::validate`
 /// before serving it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct CheckpointName(Vec<u8>);
+pub struct CheckpointName(#[serde(with = "serde_bytes")] Vec<u8>);
 
 impl CheckpointName {
     /// # Errors
@@ -82,7 +82,7 @@ impl std::fmt::Display for CheckpointName {
 /// `CL_CKPT_DEFAULT_SECTION_ID` (and, in a creation request,
 /// `CL_CKPT_GENERATED_SECTION_ID`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SectionId(Vec<u8>);
+pub struct SectionId(#[serde(with = "serde_bytes")] Vec<u8>);
 
 impl SectionId {
     /// The default section's id (empty).
@@ -420,6 +420,7 @@ pub struct WriteElement {
     /// Byte offset in the section.
     pub offset: u64,
     /// The bytes to write.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

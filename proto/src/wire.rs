@@ -344,6 +344,7 @@ pub enum Request {
     SectionCreate {
         handle: Handle,
         attributes: SectionCreationAttributes,
+        #[serde(with = "serde_bytes")]
         initial_data: Vec<u8>,
     },
     /// clCkptSectionDelete.
@@ -361,6 +362,7 @@ pub enum Request {
     SectionOverwrite {
         handle: Handle,
         section_id: SectionId,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// clCkptCheckpointWrite.
@@ -424,6 +426,7 @@ pub enum Request {
         handle: Handle,
         section_id: SectionId,
         expiration_time: i64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Node-wide figures (log footprint, checkpoint count).
@@ -533,6 +536,7 @@ pub enum Change {
     /// A section was created with this data.
     SectionCreated {
         section_id: SectionId,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Bytes were written.
@@ -540,6 +544,7 @@ pub enum Change {
     /// A section's data was replaced.
     Overwritten {
         section_id: SectionId,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// A section was deleted (or expired).
@@ -733,5 +738,25 @@ mod golden {
             0, 0x7f, 0xcf, 0xb2, 0xb8, 0x11,
         ];
         assert_eq!(buf.to_vec(), expected);
+    }
+}
+
+#[cfg(test)]
+mod byte_strings {
+    use super::*;
+
+    /// Byte strings are encoded as a varint length and the raw bytes, the
+    /// same bytes postcard gives a sequence of u8 (docs/protocol.md).
+    #[test]
+    fn byte_strings_are_length_and_bytes() {
+        let request = Request::SectionOverwrite {
+            handle: 1,
+            section_id: SectionId::new("ab"),
+            data: vec![7, 8, 9],
+        };
+        let body = postcard::to_stdvec(&request).unwrap();
+        assert_eq!(body, vec![9, 1, 2, b'a', b'b', 3, 7, 8, 9]);
+        let as_seq = postcard::to_stdvec(&(9u8, 1u8, vec![b'a', b'b'], vec![7u8, 8, 9])).unwrap();
+        assert_eq!(body, as_seq);
     }
 }
