@@ -4,16 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-use common::{bin, Server};
-
-fn tool(args: &[&str]) -> Output {
-    Command::new(bin("ckpt-tool"))
-        .args(args)
-        .output()
-        .expect("ckpt-tool runs")
-}
+use common::{tool, Server};
 
 #[test]
 fn offline_commands_refuse_a_directory_in_use() {

@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ckpt_client::Client;
 use ckpt_proto::{
@@ -16,17 +16,10 @@ use ckpt_proto::{
     ReadElement, SectionCreationAttributes, SectionDescriptor, SectionId, SectionsChosen,
     WriteElement, TIME_END,
 };
-use common::{bin, Server};
+use common::{tool, Server};
 
 const MIB: u64 = 1024 * 1024;
 const BIG: usize = 50;
-
-fn tool(args: &[&str]) -> Output {
-    Command::new(bin("ckpt-tool"))
-        .args(args)
-        .output()
-        .expect("ckpt-tool runs")
-}
 
 fn ok(output: &Output, what: &str) -> String {
     assert!(

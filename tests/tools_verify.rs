@@ -5,24 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{bin, Server};
-
-fn tool(args: &[&str]) -> Output {
-    Command::new(bin("ckpt-tool"))
-        .args(args)
-        .output()
-        .expect("ckpt-tool runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::{text, tool, Server};
 
 fn flip(path: &Path, offset: usize) {
     let mut bytes = std::fs::read(path).unwrap();

@@ -277,3 +277,20 @@ impl RawClient {
         }
     }
 }
+
+/// Runs `ckpt-tool` with `args` and waits for it.
+pub fn tool(args: &[&str]) -> std::process::Output {
+    Command::new(bin("ckpt-tool"))
+        .args(args)
+        .output()
+        .expect("ckpt-tool runs")
+}
+
+/// A finished command's stdout and stderr, for assertion messages.
+pub fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
