@@ -314,6 +314,21 @@ impl CreationAttributes {
     pub fn has_default_section(&self) -> bool {
         self.max_sections == 1
     }
+
+    /// Bytes of [`CreationAttributes::encode_le`].
+    pub const ENCODED_BYTES: usize = 40;
+
+    /// The fixed-width little-endian form used by the WAL, the RocksDB
+    /// metadata and dump files: creation flags u32, checkpointSize u64,
+    /// retention i64, maxSections u32, maxSectionSize u64, maxSectionIdSize u64.
+    pub fn encode_le(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.creation_flags.0.to_le_bytes());
+        out.extend_from_slice(&self.checkpoint_size.to_le_bytes());
+        out.extend_from_slice(&self.retention_duration_ns.to_le_bytes());
+        out.extend_from_slice(&self.max_sections.to_le_bytes());
+        out.extend_from_slice(&self.max_section_size.to_le_bytes());
+        out.extend_from_slice(&self.max_section_id_size.to_le_bytes());
+    }
 }
 
 /// `ClCkptSectionsChosenT`: which sections an iteration visits.

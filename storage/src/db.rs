@@ -239,13 +239,7 @@ fn encode_instance(meta: &InstanceMeta) -> Vec<u8> {
     out.push(1u8); // value format version
     out.extend_from_slice(&(meta.name.as_bytes().len() as u32).to_le_bytes());
     out.extend_from_slice(meta.name.as_bytes());
-    let a = &meta.attributes;
-    out.extend_from_slice(&a.creation_flags.0.to_le_bytes());
-    out.extend_from_slice(&a.checkpoint_size.to_le_bytes());
-    out.extend_from_slice(&a.retention_duration_ns.to_le_bytes());
-    out.extend_from_slice(&a.max_sections.to_le_bytes());
-    out.extend_from_slice(&a.max_section_size.to_le_bytes());
-    out.extend_from_slice(&a.max_section_id_size.to_le_bytes());
+    meta.attributes.encode_le(&mut out);
     out.extend_from_slice(&meta.column_family.to_le_bytes());
     out.push(u8::from(meta.unlinked));
     out.extend_from_slice(&meta.epoch.0.to_le_bytes());

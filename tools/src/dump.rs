@@ -128,15 +128,6 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn put_attributes(out: &mut Vec<u8>, a: &CreationAttributes) {
-    out.extend_from_slice(&a.creation_flags.0.to_le_bytes());
-    out.extend_from_slice(&a.checkpoint_size.to_le_bytes());
-    out.extend_from_slice(&a.retention_duration_ns.to_le_bytes());
-    out.extend_from_slice(&a.max_sections.to_le_bytes());
-    out.extend_from_slice(&a.max_section_size.to_le_bytes());
-    out.extend_from_slice(&a.max_section_id_size.to_le_bytes());
-}
-
 /// The encoded file header.
 pub fn encode_header() -> [u8; HEADER_BYTES as usize] {
     let mut header = [0u8; HEADER_BYTES as usize];
@@ -161,7 +152,7 @@ fn encode_body(record: &DumpRecord) -> Vec<u8> {
         DumpRecord::Checkpoint(c) => {
             out.push(kind::CHECKPOINT);
             put_bytes(&mut out, c.name.as_bytes());
-            put_attributes(&mut out, &c.attributes);
+            c.attributes.encode_le(&mut out);
             out.extend_from_slice(&c.generated_next.to_le_bytes());
             out.extend_from_slice(&c.seq.to_le_bytes());
             out.extend_from_slice(&c.sections.to_le_bytes());

@@ -194,15 +194,6 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn put_attributes(out: &mut Vec<u8>, a: &CreationAttributes) {
-    out.extend_from_slice(&a.creation_flags.0.to_le_bytes());
-    out.extend_from_slice(&a.checkpoint_size.to_le_bytes());
-    out.extend_from_slice(&a.retention_duration_ns.to_le_bytes());
-    out.extend_from_slice(&a.max_sections.to_le_bytes());
-    out.extend_from_slice(&a.max_section_size.to_le_bytes());
-    out.extend_from_slice(&a.max_section_id_size.to_le_bytes());
-}
-
 impl Record {
     /// Appends the encoded record to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
@@ -221,7 +212,7 @@ impl Record {
                 column_family,
             } => {
                 put_bytes(out, name.as_bytes());
-                put_attributes(out, attributes);
+                attributes.encode_le(out);
                 out.extend_from_slice(&column_family.to_le_bytes());
             }
             RecordBody::CheckpointUnlink | RecordBody::CheckpointDestroy => {}
