@@ -7,8 +7,8 @@
 //! - [`wal`]: record format, segment files, the appending writer.
 //! - [`state`]: the checkpoint state machine — validation of operations into
 //!   records and their application — with no IO.
-//! - [`db`]: RocksDB layout: a pool of column families (one per checkpoint
-//!   instance), the metadata column family, chunked section data.
+//! - [`db`]: RocksDB layout: a fixed set of data column families keyed by
+//!   instance id, the metadata column family, chunked section data.
 //! - [`store`]: group commit, recovery, reads.
 //!
 //! Invariants:
@@ -18,7 +18,6 @@
 //! - RocksDB holds exactly the effects of the log's records up to its
 //!   applied position, written in the same batch as that position;
 //! - the log keeps every record above RocksDB's *durable* applied position.
-
 //!
 //! The `engine` feature (on by default) brings RocksDB and the store; the
 //! log format, the file layer and the state machine compile without it, so

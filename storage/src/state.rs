@@ -42,7 +42,7 @@ pub struct InstanceMeta {
     pub name: CheckpointName,
     /// Creation attributes; retention as last set.
     pub attributes: CreationAttributes,
-    /// Slot of its column family in the pool.
+    /// Its data column family (`cf-<slot>`).
     pub column_family: u32,
     /// Whether the name was removed (delete while open).
     pub unlinked: bool,

@@ -67,7 +67,7 @@ pub enum RecordBody {
     },
     /// The name is removed; the instance lives on until destroyed.
     CheckpointUnlink,
-    /// The instance and all its sections are gone; its column family is recycled.
+    /// The instance and all its sections are gone; its data keys are range-deleted.
     CheckpointDestroy,
     /// The retention duration changed.
     RetentionSet { retention_duration_ns: i64 },
