@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ckpt_client::ClientError;
 use ckpt_proto::TIME_END;
-use ckpt_storage::wal::record::DecodeError;
-use ckpt_storage::wal::segment::{
-    parse_segment_name, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SEGMENT_VERSION,
-};
+use ckpt_storage::wal::segment::{self, parse_segment_name};
 use ckpt_storage::{Record, RecordBody};
 use serde_json::{json, Map, Value};
 
@@ -58,16 +55,8 @@ pub fn list_segments(wal: &Path) -> Result<(Vec<SegmentFile>, Vec<String>), Clie
     Ok((segments, others))
 }
 
-/// How a segment's bytes end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Tail {
-    /// Every byte belongs to a valid record.
-    Clean,
-    /// From `offset` on: an incomplete final record (what a crash leaves).
-    Torn { offset: u64, reason: String },
-    /// At `offset`: damage with more bytes after it.
-    Corrupt { offset: u64, reason: String },
-}
+/// How a segment's bytes end: the store's own classification.
+pub use ckpt_storage::wal::segment::SegmentEnd as Tail;
 
 /// A checked segment header.
 #[derive(Debug, Clone)]
@@ -80,69 +69,15 @@ pub struct Header {
 
 /// Checks a segment's header as the store does.
 pub fn check_header(bytes: &[u8]) -> Header {
-    let fail = |problem: Tail| Header {
-        first_lsn: None,
-        problem: Some(problem),
-    };
-    if bytes.len() < SEGMENT_HEADER_BYTES {
-        let is_prefix = bytes.iter().zip(SEGMENT_MAGIC.iter()).all(|(a, b)| a == b);
-        return fail(if is_prefix {
-            Tail::Torn {
-                offset: 0,
-                reason: format!("header is {} of 32 bytes", bytes.len()),
-            }
-        } else {
-            Tail::Corrupt {
-                offset: 0,
-                reason: "bad segment magic".into(),
-            }
-        });
-    }
-    let header = &bytes[..SEGMENT_HEADER_BYTES];
-    let corrupt = |reason: String| Tail::Corrupt { offset: 0, reason };
-    if header[0..8] != SEGMENT_MAGIC {
-        return fail(corrupt("bad segment magic".into()));
-    }
-    let stored = u32::from_le_bytes([header[24], header[25], header[26], header[27]]);
-    let computed = crc32fast::hash(&header[0..24]);
-    if stored != computed {
-        return fail(corrupt(format!(
-            "segment header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
-        )));
-    }
-    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    if version != SEGMENT_VERSION {
-        return fail(corrupt(format!("unsupported segment version {version}")));
-    }
-    let mut lsn = [0u8; 8];
-    lsn.copy_from_slice(&header[16..24]);
-    Header {
-        first_lsn: Some(u64::from_le_bytes(lsn)),
-        problem: None,
-    }
-}
-
-/// The store's rule: a record that fails to decode is a torn tail when it
-/// runs to or past the end, or only zeros follow; otherwise corruption.
-fn classify(offset: u64, rest: &[u8], error: &DecodeError) -> Tail {
-    let reason = error.to_string();
-    if rest.iter().all(|&b| b == 0) {
-        return Tail::Torn {
-            offset,
-            reason: "zeros after the last record".into(),
-        };
-    }
-    match error {
-        DecodeError::Truncated { .. } => Tail::Torn { offset, reason },
-        DecodeError::Checksum { .. } => {
-            let length = u64::from(u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]])) + 8;
-            if length >= rest.len() as u64 {
-                Tail::Torn { offset, reason }
-            } else {
-                Tail::Corrupt { offset, reason }
-            }
-        }
-        DecodeError::Malformed(_) => Tail::Corrupt { offset, reason },
+    match segment::check_header(bytes) {
+        Ok(lsn) => Header {
+            first_lsn: Some(lsn.0),
+            problem: None,
+        },
+        Err(problem) => Header {
+            first_lsn: None,
+            problem: Some(problem),
+        },
     }
 }
 
@@ -165,7 +100,12 @@ pub fn walk_records(
                 on_record(offset as u64, used as u64, record);
                 offset += used;
             }
-            Err(error) => return (offset as u64, classify(offset as u64, rest, &error)),
+            Err(error) => {
+                return (
+                    offset as u64,
+                    segment::classify(offset as u64, rest, &error),
+                )
+            }
         }
     }
 }
@@ -469,7 +409,9 @@ pub fn record_json(segment: &str, offset: u64, record: &Record, name: Option<&st
 mod tests {
     use super::*;
     use ckpt_proto::{CheckpointName, CreationAttributes, CreationFlags, SectionId};
-    use ckpt_storage::wal::segment::{encode_header, scan_segment, SegmentEnd};
+    use ckpt_storage::wal::segment::{
+        encode_header, scan_segment, SegmentEnd, SEGMENT_HEADER_BYTES,
+    };
     use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
 
     fn records() -> Vec<Record> {

@@ -77,52 +77,17 @@ pub struct SegmentScan {
 
 /// Reads a segment's bytes. Never panics, whatever the input.
 pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
-    let total = bytes.len() as u64;
-    if bytes.len() < SEGMENT_HEADER_BYTES {
-        // A header shorter than its size can only be a creation cut short,
-        // provided what is there agrees with a header.
-        let is_prefix = bytes.iter().zip(SEGMENT_MAGIC.iter()).all(|(a, b)| a == b);
-        let end = if is_prefix {
-            SegmentEnd::Torn {
-                offset: 0,
-                reason: format!("header is {total} of 32 bytes"),
+    let first_lsn = match check_header(bytes) {
+        Ok(lsn) => lsn,
+        Err(end) => {
+            return SegmentScan {
+                first_lsn: None,
+                records: Vec::new(),
+                valid_len: 0,
+                end,
             }
-        } else {
-            SegmentEnd::Corrupt {
-                offset: 0,
-                reason: "bad segment magic".into(),
-            }
-        };
-        return SegmentScan {
-            first_lsn: None,
-            records: Vec::new(),
-            valid_len: 0,
-            end,
-        };
-    }
-    let header = &bytes[..SEGMENT_HEADER_BYTES];
-    let corrupt = |reason: String| SegmentScan {
-        first_lsn: None,
-        records: Vec::new(),
-        valid_len: 0,
-        end: SegmentEnd::Corrupt { offset: 0, reason },
+        }
     };
-    if header[0..8] != SEGMENT_MAGIC {
-        return corrupt("bad segment magic".into());
-    }
-    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    let mut crc_bytes = [0u8; 4];
-    crc_bytes.copy_from_slice(&header[24..28]);
-    if u32::from_le_bytes(crc_bytes) != crc32fast::hash(&header[0..24]) {
-        return corrupt("segment header checksum mismatch".into());
-    }
-    if version != SEGMENT_VERSION {
-        return corrupt(format!("unsupported segment version {version}"));
-    }
-    let mut lsn_bytes = [0u8; 8];
-    lsn_bytes.copy_from_slice(&header[16..24]);
-    let first_lsn = Lsn(u64::from_le_bytes(lsn_bytes));
-
     let mut records = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
     let end = loop {
@@ -146,10 +111,51 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
     }
 }
 
-/// Decides whether a record that failed to decode is a torn tail (it runs to
-/// or past the end, or only zeros follow — preallocated space never written)
-/// or corruption followed by data.
-fn classify(offset: u64, rest: &[u8], error: &DecodeError) -> SegmentEnd {
+/// Checks a segment's header; returns its first lsn, or how the segment
+/// ends at offset 0 (torn while being created, or corrupt).
+pub fn check_header(bytes: &[u8]) -> Result<Lsn, SegmentEnd> {
+    if bytes.len() < SEGMENT_HEADER_BYTES {
+        // A header shorter than its size can only be a creation cut short,
+        // provided what is there agrees with a header.
+        let is_prefix = bytes.iter().zip(SEGMENT_MAGIC.iter()).all(|(a, b)| a == b);
+        return Err(if is_prefix {
+            SegmentEnd::Torn {
+                offset: 0,
+                reason: format!("header is {} of 32 bytes", bytes.len()),
+            }
+        } else {
+            SegmentEnd::Corrupt {
+                offset: 0,
+                reason: "bad segment magic".into(),
+            }
+        });
+    }
+    let header = &bytes[..SEGMENT_HEADER_BYTES];
+    let corrupt = |reason: String| Err(SegmentEnd::Corrupt { offset: 0, reason });
+    if header[0..8] != SEGMENT_MAGIC {
+        return corrupt("bad segment magic".into());
+    }
+    let stored = u32::from_le_bytes([header[24], header[25], header[26], header[27]]);
+    let computed = crc32fast::hash(&header[0..24]);
+    if stored != computed {
+        return corrupt(format!(
+            "segment header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+        ));
+    }
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if version != SEGMENT_VERSION {
+        return corrupt(format!("unsupported segment version {version}"));
+    }
+    let mut lsn_bytes = [0u8; 8];
+    lsn_bytes.copy_from_slice(&header[16..24]);
+    Ok(Lsn(u64::from_le_bytes(lsn_bytes)))
+}
+
+/// Decides whether a record at `offset` that failed to decode is a torn
+/// tail (it runs to or past the end, or only zeros follow — preallocated
+/// space never written) or corruption followed by data. `rest` is the
+/// segment from `offset` on.
+pub fn classify(offset: u64, rest: &[u8], error: &DecodeError) -> SegmentEnd {
     let reason = error.to_string();
     if rest.iter().all(|&b| b == 0) {
         return SegmentEnd::Torn {
