@@ -3,7 +3,7 @@
 //! A server with 64 KiB segments overwrites one section with a counter
 //! (seq = counter + 2) hundreds of times. The server trims segments once
 //! RocksDB has made them durable, so the test hard-links every segment as
-//! it appears and rebuilds a data directory whose RocksDB is from before
+//! it appears (after every acknowledged write) and rebuilds a data directory whose RocksDB is from before
 //! the writes (copied after the checkpoint was created) and whose log holds
 //! every segment: recovery needs all of them. Then one byte of a record in
 //! a middle segment is flipped:
@@ -19,8 +19,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{bin, text, tool, Server};
@@ -95,34 +93,27 @@ fn salvage_recovers_the_prefix_of_a_log_corrupt_in_the_middle() {
     let db_early = dir.path().join("db-early");
     copy_dir(&data.join("db"), &db_early);
 
-    // 2. Writes, with every segment hard-linked as it appears.
+    // 2. Writes, with every segment hard-linked as it appears. Linking
+    //    after every acknowledged write catches each segment before it can
+    //    be trimmed: a segment goes only once a later one exists and
+    //    RocksDB is durable past it, and the next segment is started only
+    //    after ~20 more writes filled this one — no polling, no timing.
     let links = dir.path().join("links");
     std::fs::create_dir_all(&links).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let linker = {
-        let stop = stop.clone();
-        let wal = data.join("wal");
-        let links = links.clone();
-        std::thread::spawn(move || {
-            let mut linked = BTreeSet::new();
-            loop {
-                let stopping = stop.load(Ordering::Relaxed);
-                for name in segments(&wal) {
-                    if !linked.contains(&name)
-                        && std::fs::hard_link(wal.join(&name), links.join(&name)).is_ok()
-                    {
-                        linked.insert(name);
-                    }
-                }
-                if stopping {
-                    return linked;
-                }
-                std::thread::sleep(Duration::from_millis(1));
+    let wal_dir = data.join("wal");
+    let mut linked = BTreeSet::new();
+    let mut link_new = |linked: &mut BTreeSet<String>| {
+        for name in segments(&wal_dir) {
+            if !linked.contains(&name) {
+                std::fs::hard_link(wal_dir.join(&name), links.join(&name))
+                    .unwrap_or_else(|e| panic!("linking {name}: {e}"));
+                linked.insert(name);
             }
-        })
+        }
     };
     let mut server = Server::start_with(&data, &extra);
     let addr = server.addr.clone();
+    link_new(&mut linked);
     let writes = 300u64;
     let value = dir.path().join("value");
     for counter in 1..=writes {
@@ -140,11 +131,11 @@ fn salvage_recovers_the_prefix_of_a_log_corrupt_in_the_middle() {
             &addr,
         ]);
         assert!(output.status.success(), "{}", text(&output));
+        link_new(&mut linked);
     }
     assert_eq!(read_counter(&addr), writes);
     assert!(server.terminate().success());
-    stop.store(true, Ordering::Relaxed);
-    let linked = linker.join().unwrap();
+    link_new(&mut linked);
     assert!(
         linked.len() >= 8,
         "only {} segments: {linked:?}",

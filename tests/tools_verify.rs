@@ -212,3 +212,190 @@ fn verify_finds_a_flipped_byte_in_a_wal_segment() {
     );
     assert!(String::from_utf8_lossy(&wal.stdout).lines().count() >= lines.len() - 1);
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `verify --data-dir` and `salvage --dry-run` pass a directory exactly when
+/// the store opens it, and name the same offset: on every bit flip of the
+/// length of a record in the middle and at the end of the last segment,
+/// on flips of its crc and lsn, and on a power cut's zeros-then-records
+/// tail above and at the durable mark.
+#[test]
+fn verify_and_salvage_judge_the_log_as_recovery_does() {
+    use ckpt_storage::wal::mark::{encode_slot, MARK_FILE, ROLLING_SLOT};
+    use ckpt_storage::wal::segment::scan_segment;
+    use ckpt_storage::{Durability, Op, RocksWalMode, Store, StoreConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let mut config = StoreConfig::new(&base);
+    config.db.wal_mode = RocksWalMode::Disabled;
+    let store = Store::open(config).unwrap();
+    let name = ckpt_proto::CheckpointName::new("agree").unwrap();
+    let attributes = ckpt_proto::CreationAttributes {
+        creation_flags: ckpt_proto::CreationFlags::WR_ACTIVE_REPLICA,
+        checkpoint_size: 16384,
+        retention_duration_ns: ckpt_proto::TIME_END,
+        max_sections: 2,
+        max_section_size: 4096,
+        max_section_id_size: 8,
+    };
+    let now = 1_700_000_000_000_000_000;
+    let instance = match store
+        .execute_with(
+            Op::CreateCheckpoint { name, attributes },
+            Durability::Durable,
+            now,
+        )
+        .unwrap()
+    {
+        ckpt_storage::Outcome::Opened { instance, .. } => instance,
+        other => panic!("{other:?}"),
+    };
+    let section_id = ckpt_proto::SectionId::new("s");
+    store
+        .execute_with(
+            Op::CreateSection {
+                instance,
+                attributes: ckpt_proto::SectionCreationAttributes {
+                    section_id: Some(section_id.clone()),
+                    expiration_time: ckpt_proto::TIME_END,
+                },
+                data: vec![],
+            },
+            Durability::Durable,
+            now,
+        )
+        .unwrap();
+    for i in 0..18u8 {
+        store
+            .execute_with(
+                Op::Overwrite {
+                    instance,
+                    section_id: section_id.clone(),
+                    data: vec![i; 300],
+                },
+                Durability::Durable,
+                now,
+            )
+            .unwrap();
+    }
+    // A crash, as far as RocksDB is concerned: recovery replays the log.
+    drop(store);
+    let wal = base.join("wal");
+    let segment = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| n.ends_with(".log") && std::fs::metadata(wal.join(n)).unwrap().len() > 32)
+        .expect("the segment with the records");
+    let bytes = std::fs::read(wal.join(&segment)).unwrap();
+    let offsets: Vec<usize> = scan_segment(&bytes)
+        .records
+        .iter()
+        .map(|(o, _)| *o as usize)
+        .collect();
+    assert_eq!(offsets.len(), 20);
+
+    // (description, segment bytes, mark file bytes or None to keep it)
+    let mut cases: Vec<(String, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    for victim in [10usize, 19] {
+        let at = offsets[victim];
+        // every bit of the length, one of the crc, one of the lsn
+        let fields = (0..32).chain([4 * 8 + 3, 9 * 8]);
+        for bit in fields {
+            let mut damaged = bytes.clone();
+            damaged[at + bit / 8] ^= 1 << (bit % 8);
+            cases.push((format!("record {victim} bit {bit}"), damaged, None));
+        }
+    }
+    let page_victim = offsets.iter().rposition(|&o| o < 4096).unwrap();
+    let mut zeroed = bytes.clone();
+    zeroed[offsets[page_victim]..4096].fill(0);
+    for mark in [page_victim as u64, page_victim as u64 + 1] {
+        let mut file = vec![0u8; ROLLING_SLOT as usize];
+        file[..24].copy_from_slice(&encode_slot(ckpt_storage::Lsn(mark)));
+        cases.push((
+            format!("zeros to the page boundary, mark {mark}"),
+            zeroed.clone(),
+            Some(file),
+        ));
+    }
+
+    let mut opened = 0;
+    for (index, (what, damaged, mark)) in cases.iter().enumerate() {
+        let for_tool = dir.path().join(format!("tool-{index}"));
+        let for_store = dir.path().join(format!("store-{index}"));
+        for copy in [&for_tool, &for_store] {
+            copy_tree(&base, copy);
+            std::fs::write(copy.join("wal").join(&segment), damaged).unwrap();
+            if let Some(mark) = mark {
+                std::fs::write(copy.join("wal").join(MARK_FILE), mark).unwrap();
+            }
+        }
+        let tool_s = for_tool.to_str().unwrap();
+        let verify = tool(&["verify", "--data-dir", tool_s]);
+        let salvage = tool(&["salvage", "--dry-run", "--data-dir", tool_s]);
+        let mut config = StoreConfig::new(&for_store);
+        config.db.wal_mode = RocksWalMode::Disabled;
+        match Store::open(config) {
+            Ok(store) => {
+                opened += 1;
+                assert!(
+                    verify.status.success(),
+                    "{what}: recovery opens, verify says\n{}",
+                    text(&verify)
+                );
+                assert!(
+                    text(&salvage).contains("nothing to salvage"),
+                    "{what}: recovery opens, salvage says\n{}",
+                    text(&salvage)
+                );
+                if let Some((_, offset, _)) = &store.recovery_report().torn_tail {
+                    assert!(
+                        text(&verify).contains(&format!("warning: wal/{segment} offset {offset}:")),
+                        "{what}: recovery cut a torn tail at {offset}, verify says\n{}",
+                        text(&verify)
+                    );
+                }
+            }
+            Err(error) => {
+                assert_eq!(
+                    verify.status.code(),
+                    Some(1),
+                    "{what}: recovery refuses ({}), verify says\n{}",
+                    error.detail,
+                    text(&verify)
+                );
+                let at = error
+                    .detail
+                    .split("at offset ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(':').next())
+                    .unwrap_or_else(|| panic!("{what}: {}", error.detail))
+                    .to_string();
+                assert!(
+                    text(&verify).contains(&format!("problem: wal/{segment} offset {at}:")),
+                    "{what}: recovery refuses at offset {at}, verify says\n{}",
+                    text(&verify)
+                );
+                assert!(
+                    text(&salvage).contains(&format!("damage: wal/{segment} offset {at}:")),
+                    "{what}: recovery refuses at offset {at}, salvage says\n{}",
+                    text(&salvage)
+                );
+            }
+        }
+    }
+    assert_eq!(opened, 1, "only the power-cut tail above the mark opens");
+}

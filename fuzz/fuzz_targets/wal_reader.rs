@@ -13,7 +13,9 @@
 #![no_main]
 
 use ckpt_storage::wal::record::{Lsn, Record};
-use ckpt_storage::wal::segment::{encode_header, scan_segment, SegmentEnd, SEGMENT_HEADER_BYTES};
+use ckpt_storage::wal::segment::{
+    encode_header, scan_segment, scan_segment_with, SegmentEnd, TailRule, SEGMENT_HEADER_BYTES,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -27,11 +29,23 @@ fuzz_target!(|data: &[u8]| {
     check_segment_with_header(&fixed);
 });
 
-/// Property 1.
+/// Property 1, under every kind of rule recovery uses: never panics, stays
+/// within the bytes, and only the last segment is ever torn.
 fn check_segment_raw(data: &[u8]) {
     let scan = scan_segment(data);
     assert!(scan.valid_len <= data.len() as u64);
     check_records(data, &scan);
+    for (position, count) in [(0, 1), (0, 2)] {
+        for mark in [None, Some(Lsn(0)), Some(Lsn(3)), Some(Lsn(u64::MAX))] {
+            let rule = TailRule::for_segment(position, count, mark);
+            let scan = scan_segment_with(data, Lsn(1), rule);
+            assert!(scan.valid_len <= data.len() as u64);
+            check_records(data, &scan);
+            if count == 2 {
+                assert!(!matches!(scan.end, SegmentEnd::Torn { .. }));
+            }
+        }
+    }
 }
 
 /// Property 2.

@@ -37,12 +37,15 @@ use ckpt_proto::{
 };
 
 use crate::db::{Db, DbOptions};
-use crate::io::{OsFs, WalFs};
+use crate::io::{OsFs, WalFile, WalFs};
 use crate::lock::DataDirLock;
 use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine};
+use crate::wal::mark;
 use crate::wal::record::{Epoch, InstanceId, Lsn, Record, Seq};
-use crate::wal::segment::{parse_segment_name, scan_segment, SegmentEnd};
-use crate::wal::writer::{SyncHandle, WalWriter};
+use crate::wal::segment::{
+    check_durable_end, parse_segment_name, scan_segment_with, SegmentEnd, TailRule,
+};
+use crate::wal::writer::{RotateError, SyncHandle, WalWriter};
 
 /// When a write is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +230,8 @@ impl Store {
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let (db, loaded) = Db::open(&config.data_dir.join("db"), config.db.clone())?;
         let mut state = StateMachine::new(loaded.names, loaded.instances, loaded.next_instance);
-        let (writer, report) = recover(&config, fs, &db, &mut state, Lsn(loaded.applied.0))?;
+        let (writer, mark_file, report) =
+            recover(&config, fs, &db, &mut state, Lsn(loaded.applied.0))?;
         tracing::info!(
             replayed = report.replayed,
             next_lsn = report.next_lsn,
@@ -254,6 +258,10 @@ impl Store {
             next_lsn: report.next_lsn,
             config: config.clone(),
             checkpoint: checkpoint_sender,
+            syncer: Some(Syncer {
+                shared: shared.clone(),
+                mark: mark_file,
+            }),
         };
         // Make what recovery replayed durable in RocksDB, so the log behind
         // it can go at the first opportunity.
@@ -711,15 +719,24 @@ fn spawn_checkpointer(shared: Arc<Shared>, requests: Receiver<u64>) -> CkptResul
         .map_err(|e| io_error("starting the checkpoint thread", &e))
 }
 
-/// Reads the log, replays what RocksDB lacks, cuts a torn tail, and starts
-/// a fresh segment.
+/// Reads the log, replays what RocksDB lacks, cuts a torn tail, makes what
+/// it kept durable, records that in the durable mark, and starts a fresh
+/// segment. Returns the writer and the mark file, open for the fsync
+/// thread's updates.
+///
+/// What is torn and what is corrupt is decided by
+/// [`scan_segment_with`] under a [`TailRule`] — the same code
+/// `ckpt-tool verify` and `salvage` use — and by [`check_durable_end`].
+/// Every step is safe to interrupt: a crash during recovery leaves a state
+/// the next recovery accepts (the cut is durable before the new segment
+/// exists; the mark only ever states what is durable).
 fn recover(
     config: &StoreConfig,
     fs: Arc<dyn WalFs>,
     db: &Db,
     state: &mut StateMachine,
     applied: Lsn,
-) -> CkptResult<(WalWriter, RecoveryReport)> {
+) -> CkptResult<(WalWriter, Box<dyn WalFile>, RecoveryReport)> {
     let mut segments: Vec<(Lsn, String)> = fs
         .list()
         .map_err(|e| io_error("listing WAL segments", &e))?
@@ -727,6 +744,8 @@ fn recover(
         .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
         .collect();
     segments.sort();
+    let durable_mark =
+        mark::read(fs.as_ref()).map_err(|e| io_error("reading the durable mark", &e))?;
     let mut report = RecoveryReport {
         applied_at_open: applied.0,
         segments: segments.len(),
@@ -734,21 +753,24 @@ fn recover(
     };
     let backing = DbBacking(db);
     let mut last_lsn = applied.0;
+    // The highest lsn the log itself holds after recovery.
+    let mut log_last: Option<u64> = None;
     let mut expected = applied.0 + 1;
     let mut pending: Vec<Effect> = Vec::new();
     let mut pending_records = 0usize;
     let mut kept = Vec::new();
     let count = segments.len();
     for (position, (first_lsn, name)) in segments.into_iter().enumerate() {
-        let is_last = position + 1 == count;
         let bytes = fs
             .read(&name)
             .map_err(|e| io_error(&format!("reading WAL segment {name}"), &e))?;
-        let scan = scan_segment(&bytes);
+        let rule = TailRule::for_segment(position, count, durable_mark);
+        let scan = scan_segment_with(&bytes, first_lsn, rule);
         if scan.first_lsn.is_some_and(|lsn| lsn != first_lsn) {
             return Err(corrupt(&name, 0, "header lsn does not match the file name"));
         }
         for (offset, record) in &scan.records {
+            log_last = Some(log_last.map_or(record.lsn.0, |l| l.max(record.lsn.0)));
             if record.lsn.0 <= applied.0 {
                 last_lsn = last_lsn.max(record.lsn.0);
                 continue;
@@ -786,8 +808,9 @@ fn recover(
         }
         match scan.end {
             SegmentEnd::Clean => kept.push((first_lsn, name, scan.valid_len)),
-            SegmentEnd::Torn { offset, reason } if is_last => {
-                tracing::warn!(segment = %name, offset, %reason, "cutting off a torn record at the log's tail");
+            SegmentEnd::Torn { offset, reason } => {
+                // Only the last segment can be torn (TailRule).
+                tracing::warn!(segment = %name, offset, %reason, "cutting off a torn tail of the log (never acknowledged as durable)");
                 report.torn_tail = Some((name.clone(), offset, reason));
                 if scan.first_lsn.is_none() {
                     fs.remove(&name)
@@ -798,10 +821,17 @@ fn recover(
                     kept.push((first_lsn, name, scan.valid_len));
                 }
             }
-            SegmentEnd::Torn { offset, reason } | SegmentEnd::Corrupt { offset, reason } => {
+            SegmentEnd::Corrupt { offset, reason } => {
                 return Err(corrupt(&name, offset, &reason));
             }
         }
+    }
+    if let Err(reason) = check_durable_end(durable_mark, log_last.map(Lsn), applied) {
+        let last = kept
+            .last()
+            .map_or_else(|| "(none)".to_string(), |(_, name, _)| name.clone());
+        let end = kept.last().map_or(0, |(_, _, len)| *len);
+        return Err(corrupt(&last, end, &reason));
     }
     if pending_records > 0 {
         db.apply(&pending, Lsn(last_lsn), state.next_instance())?;
@@ -817,9 +847,24 @@ fn recover(
         fs.remove(&name)
             .map_err(|e| io_error("removing an empty segment", &e))?;
     }
+    // What the log holds now was read back, but after a process crash it
+    // may sit only in the page cache: make it durable before anything is
+    // written after it, or a power cut could open a hole below new records.
+    // (Truncating to its own length syncs the file.)
+    if let Some((_, name, len)) = kept.last() {
+        fs.truncate(name, *len)
+            .map_err(|e| io_error("syncing the log's last segment", &e))?;
+    }
+    // Removals (of torn or empty segments) must not come back once the new
+    // segment exists: a resurrected one would sit after it in log order.
+    fs.sync_dir()
+        .map_err(|e| io_error("syncing the WAL directory", &e))?;
+    let durable_through = Lsn(log_last.unwrap_or(0).max(durable_mark.map_or(0, |m| m.0)));
+    let mark_file = mark::write_baseline(fs.as_ref(), durable_through)
+        .map_err(|e| io_error("writing the durable mark", &e))?;
     let writer = WalWriter::start(fs, Lsn(next_lsn), kept, config.segment_bytes_max)
         .map_err(|e| io_error("starting a WAL segment", &e))?;
-    Ok((writer, report))
+    Ok((writer, mark_file, report))
 }
 
 fn corrupt(segment: &str, offset: u64, reason: &str) -> CkptError {
@@ -839,6 +884,9 @@ struct Writer {
     next_lsn: u64,
     config: StoreConfig,
     checkpoint: SyncSender<u64>,
+    /// The fsync step: moved onto its own thread when `fsync_thread` is
+    /// set, else run here after each batch.
+    syncer: Option<Syncer>,
 }
 
 struct Accepted {
@@ -851,25 +899,29 @@ struct SyncJob {
     segment: SyncHandle,
     durable: Vec<Accepted>,
     records: Vec<Record>,
+    /// The batch's last lsn, if it logged anything.
+    last_lsn: Option<Lsn>,
 }
 
 impl Writer {
     fn run(mut self, requests: Receiver<Request>) {
         let (jobs, job_receiver) = mpsc::sync_channel::<SyncJob>(self.config.sync_queue_max);
-        let syncer = Syncer {
-            shared: self.shared.clone(),
-        };
-        let syncer = std::thread::Builder::new()
-            .name("ckpt-fsync".into())
-            .spawn(move || syncer.run(job_receiver));
-        let syncer = match syncer {
-            Ok(handle) => handle,
-            Err(error) => {
-                self.shared
-                    .poison(format!("cannot start the fsync thread: {error}"));
-                return self.refuse_all(requests);
+        let mut syncer_thread = None;
+        if self.config.fsync_thread {
+            if let Some(syncer) = self.syncer.take() {
+                let spawned = std::thread::Builder::new()
+                    .name("ckpt-fsync".into())
+                    .spawn(move || syncer.run(job_receiver));
+                match spawned {
+                    Ok(handle) => syncer_thread = Some(handle),
+                    Err(error) => {
+                        self.shared
+                            .poison(format!("cannot start the fsync thread: {error}"));
+                        return self.refuse_all(requests);
+                    }
+                }
             }
-        };
+        }
         while let Ok(first) = requests.recv() {
             let mut batch = vec![first];
             let mut bytes: usize = op_bytes(&batch[0].op);
@@ -885,11 +937,8 @@ impl Writer {
                 }
             }
             if let Some(job) = self.commit(batch) {
-                if !self.config.fsync_thread {
-                    Syncer {
-                        shared: self.shared.clone(),
-                    }
-                    .sync(vec![job]);
+                if let Some(syncer) = self.syncer.as_mut() {
+                    syncer.sync(vec![job]);
                 } else if let Err(mpsc::SendError(job)) = jobs.send(job) {
                     let error = CkptError::new(ErrorCode::Library, "the fsync thread stopped");
                     fail_all(job.durable, &error);
@@ -898,7 +947,9 @@ impl Writer {
             self.after_commit();
         }
         drop(jobs);
-        let _ = syncer.join();
+        if let Some(handle) = syncer_thread {
+            let _ = handle.join();
+        }
     }
 
     fn refuse_all(&self, requests: Receiver<Request>) {
@@ -980,6 +1031,7 @@ impl Writer {
                 segment: self.wal.sync_handle(),
                 durable: accepted,
                 records: Vec::new(),
+                last_lsn: None,
             });
         }
         if let Some(error) = self.shared.poisoned_error() {
@@ -1040,6 +1092,7 @@ impl Writer {
             segment: self.wal.sync_handle(),
             durable,
             records: logged,
+            last_lsn: Some(last_lsn),
         })
     }
 
@@ -1067,7 +1120,13 @@ impl Writer {
                     // rotation asks again.
                     let _ = self.checkpoint.try_send(self.next_lsn - 1);
                 }
-                Err(error) => {
+                Err(RotateError::Sync(error)) => {
+                    // Batches not yet answered wait on the fsync thread,
+                    // which sees the poison and fails them.
+                    self.shared
+                        .poison(format!("fsync of a full WAL segment failed: {error}"));
+                }
+                Err(RotateError::Create(error)) => {
                     tracing::warn!(%error, "could not start a new WAL segment; continuing in the current one")
                 }
             }
@@ -1103,14 +1162,17 @@ impl Writer {
 }
 
 /// The fsync thread: syncs every batch the writer handed over (one
-/// `fdatasync` for all that queued meanwhile), then answers them and tells
-/// the commit listener, in log order.
+/// `fdatasync` for all that queued meanwhile), records the lsn they reach in
+/// the durable mark, then answers them and tells the commit listener, in
+/// log order.
 struct Syncer {
     shared: Arc<Shared>,
+    /// The durable mark file (`wal/mark.rs`), rewritten after every fsync.
+    mark: Box<dyn WalFile>,
 }
 
 impl Syncer {
-    fn run(self, jobs: Receiver<SyncJob>) {
+    fn run(mut self, jobs: Receiver<SyncJob>) {
         while let Ok(first) = jobs.recv() {
             let mut batch = vec![first];
             while let Ok(job) = jobs.try_recv() {
@@ -1120,7 +1182,7 @@ impl Syncer {
         }
     }
 
-    fn sync(&self, batch: Vec<SyncJob>) {
+    fn sync(&mut self, batch: Vec<SyncJob>) {
         let needs_sync = batch
             .iter()
             .any(|job| !job.records.is_empty() || !job.durable.is_empty());
@@ -1147,6 +1209,15 @@ impl Syncer {
                             .unwrap_or_else(|| io_error("fsync", &error)),
                     );
                     break;
+                }
+            }
+        }
+        if needs_sync && failure.is_none() {
+            if let Some(last) = batch.iter().filter_map(|job| job.last_lsn).max() {
+                // Not synced (that would double the fsyncs): the mark is a
+                // lower bound of the durable end, which is all recovery needs.
+                if let Err(error) = mark::write_rolling(self.mark.as_mut(), last) {
+                    tracing::warn!(%error, "updating the durable mark failed");
                 }
             }
         }

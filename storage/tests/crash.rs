@@ -1,59 +1,177 @@
-//! Randomized crash test: random operations against the power-losing file
-//! layer and a `BTreeMap` model; the power goes at a random write or fsync;
-//! after every restart each acknowledged operation is present and the one
-//! in flight is either whole or absent.
+//! Randomized crash test: several threads submit random operations at once
+//! against the power-losing file layer ([`FaultFs`] in its harsh mode: the
+//! unsynced tail of every file comes back as a prefix, zeros, garbage or
+//! out-of-order pages; unsynced directory changes may be undone), each
+//! thread on its own checkpoints with its own model. The power goes at a
+//! random changing call — sometimes during recovery itself — and after
+//! every restart each thread's checkpoints must be exactly its model after
+//! every operation acknowledged as durable, plus a prefix of the ones still
+//! in doubt (acknowledged as written only, or in flight). The store must
+//! start every time: every state here is one a power cut can leave.
 //!
-//! Seeded: set `CKPT_CRASH_SEED` to replay a failure (the seed is printed),
-//! `CKPT_CRASH_CYCLES` to run longer.
+//! The configuration is tiny on purpose (4 KiB segments, a 3-segment log
+//! bound, 64 KiB memtables) so that rotation, log trimming, forced and
+//! background RocksDB flushes, and RocksDB ahead of the log all happen.
+//! Every operation kind is in the model: checkpoint create, delete, unlink
+//! while open and later destroy, retention, section create with given and
+//! generated ids, delete, expiration, expiry, write, overwrite, barrier,
+//! with weak (`Durability::Written`) and durable acknowledgements.
+//!
+//! Seeded: every cycle prints nothing but the run prints its seed range;
+//! `CKPT_CRASH_SEED=<first seed>` replays a run, `CKPT_CRASH_CYCLES=<n>`
+//! runs `n` cycles per mode (default 250 per mode, 500 in all).
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Barrier};
 
-use ckpt_proto::{SectionCreationAttributes, SectionId, WriteElement, TIME_END};
-use ckpt_storage::{FaultFs, InstanceId, Op, RocksWalMode, Store};
-use common::*;
+use ckpt_proto::{
+    CheckpointName, CkptError, CreationAttributes, SectionCreationAttributes, SectionId,
+    WriteElement, TIME_END,
+};
+use ckpt_storage::{
+    Durability, FaultFs, InstanceId, Op, Outcome, RocksWalMode, Store, StoreConfig,
+};
+use common::NOW;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const NAMES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
-const IDS: [&str; 5] = ["a", "b", "c", "d", "e"];
+const THREADS: usize = 4;
+const OPS_PER_THREAD_MAX: usize = 25;
+const NAMES: [&str; 2] = ["alpha", "beta"];
+const IDS: [&str; 4] = ["a", "b", "c", "d"];
 const MAX_SECTIONS: u32 = 4;
 const MAX_SECTION_SIZE: u64 = 256;
 const CHECKPOINT_SIZE: u64 = 700;
+/// Expirations of threads other than 0: never due within a run.
+const FAR_FUTURE: i64 = NOW + 1_000_000_000_000_000;
 
-/// name -> section id -> data
-type Model = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
-
-fn model_digest(model: &Model) -> Digest {
-    model
-        .iter()
-        .map(|(name, sections)| {
-            let memory_used = sections.values().map(|d| d.len() as u64).sum();
-            let sections = sections
-                .iter()
-                .map(|(id, data)| (id.clone(), (TIME_END, data.clone())))
-                .collect();
-            (
-                name.as_bytes().to_vec(),
-                (sections_len(&sections), memory_used, sections),
-            )
-        })
-        .collect()
+fn attributes(retention_duration_ns: i64) -> CreationAttributes {
+    CreationAttributes {
+        retention_duration_ns,
+        ..common::attrs(MAX_SECTIONS, MAX_SECTION_SIZE, CHECKPOINT_SIZE)
+    }
 }
 
-fn sections_len(sections: &BTreeMap<Vec<u8>, (i64, Vec<u8>)>) -> u32 {
-    sections.len() as u32
+fn config(dir: &std::path::Path, mode: RocksWalMode) -> StoreConfig {
+    let mut config = StoreConfig::new(dir);
+    config.db.wal_mode = mode;
+    config.db.write_buffer_bytes_total = 1024 * 1024;
+    config.db.write_buffer_bytes_per_cf = 64 * 1024;
+    config.db.data_column_families = 2;
+    config.segment_bytes_max = 4096;
+    config.wal_segments_max = 3;
+    config.batch_requests_max = 64;
+    config
 }
 
-/// One step of the workload: the store operation(s) and the model after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Section {
+    data: Vec<u8>,
+    expiration: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Checkpoint {
+    retention: i64,
+    generated_next: u64,
+    sections: BTreeMap<Vec<u8>, Section>,
+}
+
+impl Checkpoint {
+    fn used(&self) -> u64 {
+        self.sections.values().map(|s| s.data.len() as u64).sum()
+    }
+}
+
+/// Where a checkpoint is found: under its name, or (unlinked while open)
+/// by its instance id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Named(String),
+    Unlinked(u64),
+}
+
+/// One thread's checkpoints; instance ids of named ones are looked up
+/// again after every restart (an in-flight create has none yet).
+#[derive(Debug, Clone, Default)]
+struct Model {
+    checkpoints: BTreeMap<Key, Checkpoint>,
+}
+
+type Digest = BTreeMap<Key, Checkpoint>;
+
+/// What the store holds for thread `thread`.
+fn store_digest(store: &Store, thread: usize) -> Digest {
+    let prefix = format!("t{thread}-");
+    let mut out = BTreeMap::new();
+    for (instance, meta) in store.instances().expect("instances") {
+        let name = meta.name.to_string();
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        let mut sections = BTreeMap::new();
+        for descriptor in store.sections(instance).expect("sections") {
+            let data = store
+                .snapshot()
+                .read(instance, &descriptor.section_id, 0, descriptor.section_size)
+                .expect("read");
+            sections.insert(
+                descriptor.section_id.as_bytes().to_vec(),
+                Section {
+                    data,
+                    expiration: descriptor.expiration_time,
+                },
+            );
+        }
+        let key = if meta.unlinked {
+            Key::Unlinked(instance.0)
+        } else {
+            Key::Named(name)
+        };
+        let checkpoint = Checkpoint {
+            retention: meta.attributes.retention_duration_ns,
+            generated_next: meta.generated_next,
+            sections,
+        };
+        assert_eq!(
+            meta.memory_used,
+            checkpoint.used(),
+            "memoryUsed is the sum of section sizes"
+        );
+        out.insert(key, checkpoint);
+    }
+    out
+}
+
+/// A thread's state between operations.
+struct Worker {
+    thread: usize,
+    rng: StdRng,
+    /// Thread 0 owns expiry; its clock advances 1 ms per operation.
+    clock: i64,
+    model: Model,
+    /// Instance ids of this thread's checkpoints.
+    ids: BTreeMap<Key, InstanceId>,
+}
+
+/// One operation (or two, for a delete) and the model after it.
 struct Step {
     ops: Vec<Op>,
+    now: i64,
     after: Model,
+    /// For a delete (unlink, then destroy): the model between the two.
+    middle: Option<Model>,
 }
 
-fn pick<'a>(rng: &mut StdRng, items: &'a [&'a str]) -> &'a str {
-    items[rng.random_range(0..items.len())]
+/// The model after each of a step's operations, in order.
+fn states(step: &Step) -> Vec<Model> {
+    step.middle
+        .iter()
+        .cloned()
+        .chain(std::iter::once(step.after.clone()))
+        .collect()
 }
 
 fn data(rng: &mut StdRng, max: usize) -> Vec<u8> {
@@ -62,220 +180,564 @@ fn data(rng: &mut StdRng, max: usize) -> Vec<u8> {
     (0..len).map(|i| byte.wrapping_add(i as u8)).collect()
 }
 
-/// A random operation that the model predicts to succeed.
-fn next_step(rng: &mut StdRng, store: &Store, model: &Model) -> Step {
-    loop {
-        let name = pick(rng, &NAMES).to_string();
-        let exists = model.contains_key(&name);
-        let choice = rng.random_range(0..100);
-        let mut after = model.clone();
-        if !exists || choice < 4 {
-            if exists {
-                // Delete: unlink (the name goes) and destroy (the data goes).
-                let instance = store
-                    .lookup(&common::name(&name))
-                    .expect("model says it exists");
-                after.remove(&name);
-                return Step {
-                    ops: vec![
-                        Op::Unlink {
-                            name: common::name(&name),
-                        },
-                        Op::Destroy { instance },
-                    ],
-                    after,
-                };
+fn ckpt_name(thread: usize, name: &str) -> CheckpointName {
+    CheckpointName::new(format!("t{thread}-{name}")).unwrap()
+}
+
+impl Worker {
+    fn expiration(&mut self, now: i64) -> i64 {
+        if self.thread == 0 {
+            match self.rng.random_range(0..3) {
+                0 => TIME_END,
+                _ => now + self.rng.random_range(1..6) * 1_000_000,
             }
-            after.insert(name.clone(), BTreeMap::new());
-            let attributes = attrs(MAX_SECTIONS, MAX_SECTION_SIZE, CHECKPOINT_SIZE);
-            return Step {
-                ops: vec![Op::CreateCheckpoint {
-                    name: common::name(&name),
-                    attributes,
-                }],
-                after,
-            };
+        } else if self.rng.random_bool(0.5) {
+            TIME_END
+        } else {
+            FAR_FUTURE + self.rng.random_range(0..1000)
         }
-        let instance: InstanceId = store
-            .lookup(&common::name(&name))
-            .expect("model says it exists");
-        let sections = after.get_mut(&name).expect("exists");
-        let used: u64 = sections.values().map(|d| d.len() as u64).sum();
-        let id = pick(rng, &IDS).as_bytes().to_vec();
-        let section_id = SectionId::new(id.clone());
-        match choice {
-            4..=24 => {
-                if sections.contains_key(&id) || sections.len() as u32 >= MAX_SECTIONS {
-                    continue;
-                }
-                let initial = data(rng, 100);
-                if used + initial.len() as u64 > CHECKPOINT_SIZE {
-                    continue;
-                }
-                sections.insert(id, initial.clone());
-                let attributes = SectionCreationAttributes {
-                    section_id: Some(section_id),
-                    expiration_time: TIME_END,
-                };
-                return Step {
-                    ops: vec![Op::CreateSection {
-                        instance,
-                        attributes,
-                        data: initial,
-                    }],
-                    after,
-                };
-            }
-            25..=34 => {
-                if sections.remove(&id).is_none() {
-                    continue;
+    }
+
+    /// A random operation the model predicts to succeed.
+    fn next_step(&mut self) -> Step {
+        self.clock += 1_000_000;
+        let now = if self.thread == 0 { self.clock } else { NOW };
+        loop {
+            let mut after = self.model.clone();
+            let choice = self.rng.random_range(0..100);
+            if self.thread == 0 && choice < 6 {
+                // Expiry: every section of ours that is due goes.
+                for checkpoint in after.checkpoints.values_mut() {
+                    checkpoint.sections.retain(|_, s| s.expiration > now);
                 }
                 return Step {
-                    ops: vec![Op::DeleteSection {
-                        instance,
-                        section_id,
-                    }],
+                    ops: vec![Op::ExpireDue],
+                    now,
                     after,
+                    middle: None,
                 };
             }
-            35..=49 => {
-                let Some(old) = sections.get(&id) else {
-                    continue;
-                };
-                let new = data(rng, 120);
-                if used - old.len() as u64 + new.len() as u64 > CHECKPOINT_SIZE {
-                    continue;
-                }
-                sections.insert(id, new.clone());
+            if choice < 9 {
                 return Step {
-                    ops: vec![Op::Overwrite {
-                        instance,
-                        section_id,
-                        data: new,
-                    }],
+                    ops: vec![Op::Barrier],
+                    now,
                     after,
+                    middle: None,
                 };
             }
-            _ => {
-                // A write of 1..=3 elements, possibly past the end.
-                let count = rng.random_range(1..=3);
-                let mut elements = Vec::new();
-                let mut used = used;
-                for _ in 0..count {
-                    let id = pick(rng, &IDS).as_bytes().to_vec();
-                    let Some(current) = sections.get_mut(&id) else {
+            let name = NAMES[self.rng.random_range(0..NAMES.len())];
+            let named = Key::Named(format!("t{}-{name}", self.thread));
+            let unlinked: Vec<Key> = self
+                .model
+                .checkpoints
+                .keys()
+                .filter(|k| matches!(k, Key::Unlinked(_)))
+                .cloned()
+                .collect();
+            // Work on an unlinked (deleted while open) checkpoint sometimes.
+            let key = if !unlinked.is_empty() && self.rng.random_bool(0.25) {
+                unlinked[self.rng.random_range(0..unlinked.len())].clone()
+            } else {
+                named
+            };
+            let Some(current) = self.model.checkpoints.get(&key).cloned() else {
+                let retention = self.rng.random_range(1..1000) * 1_000_000_000;
+                after.checkpoints.insert(
+                    key,
+                    Checkpoint {
+                        retention,
+                        generated_next: 1,
+                        sections: BTreeMap::new(),
+                    },
+                );
+                return Step {
+                    ops: vec![Op::CreateCheckpoint {
+                        name: ckpt_name(self.thread, name),
+                        attributes: attributes(retention),
+                    }],
+                    now,
+                    after,
+                    middle: None,
+                };
+            };
+            let instance = self.ids[&key];
+            let checkpoint = after.checkpoints.get_mut(&key).expect("exists");
+            let used = checkpoint.used();
+            let id = IDS[self.rng.random_range(0..IDS.len())].as_bytes().to_vec();
+            let section_id = SectionId::new(id.clone());
+            match choice {
+                9..=12 => {
+                    return match &key {
+                        // Delete: unlink and destroy.
+                        Key::Named(_) if self.rng.random_bool(0.5) => {
+                            let checkpoint = after.checkpoints.remove(&key).expect("exists");
+                            let mut middle = after.clone();
+                            middle
+                                .checkpoints
+                                .insert(Key::Unlinked(instance.0), checkpoint);
+                            Step {
+                                ops: vec![
+                                    Op::Unlink {
+                                        name: ckpt_name(self.thread, name),
+                                    },
+                                    Op::Destroy { instance },
+                                ],
+                                now,
+                                after,
+                                middle: Some(middle),
+                            }
+                        }
+                        // Delete while open: only the name goes.
+                        Key::Named(_) => {
+                            let checkpoint = after.checkpoints.remove(&key).expect("exists");
+                            after
+                                .checkpoints
+                                .insert(Key::Unlinked(instance.0), checkpoint);
+                            Step {
+                                ops: vec![Op::Unlink {
+                                    name: ckpt_name(self.thread, name),
+                                }],
+                                now,
+                                after,
+                                middle: None,
+                            }
+                        }
+                        // The last close of an unlinked checkpoint.
+                        Key::Unlinked(_) => {
+                            after.checkpoints.remove(&key);
+                            Step {
+                                ops: vec![Op::Destroy { instance }],
+                                now,
+                                after,
+                                middle: None,
+                            }
+                        }
+                    };
+                }
+                13..=16 => {
+                    let retention = self.rng.random_range(1..1000) * 1_000_000_000;
+                    checkpoint.retention = retention;
+                    return Step {
+                        ops: vec![Op::SetRetention {
+                            instance,
+                            retention_duration_ns: retention,
+                        }],
+                        now,
+                        after,
+                        middle: None,
+                    };
+                }
+                17..=34 => {
+                    if checkpoint.sections.len() as u32 >= MAX_SECTIONS {
+                        continue;
+                    }
+                    let initial = data(&mut self.rng, 100);
+                    if used + initial.len() as u64 > CHECKPOINT_SIZE {
+                        continue;
+                    }
+                    let expiration = self.expiration(now);
+                    let checkpoint = after.checkpoints.get_mut(&key).expect("exists");
+                    let given = if self.rng.random_bool(0.3) {
+                        // A generated id: the counter, skipping ids in use.
+                        let mut next = checkpoint.generated_next;
+                        let id = loop {
+                            let id = next.to_string().into_bytes();
+                            next += 1;
+                            if !checkpoint.sections.contains_key(&id) {
+                                break id;
+                            }
+                        };
+                        checkpoint.generated_next = next;
+                        checkpoint.sections.insert(
+                            id,
+                            Section {
+                                data: initial.clone(),
+                                expiration,
+                            },
+                        );
+                        None
+                    } else {
+                        if checkpoint.sections.contains_key(&id) {
+                            continue;
+                        }
+                        checkpoint.sections.insert(
+                            id,
+                            Section {
+                                data: initial.clone(),
+                                expiration,
+                            },
+                        );
+                        Some(section_id)
+                    };
+                    return Step {
+                        ops: vec![Op::CreateSection {
+                            instance,
+                            attributes: SectionCreationAttributes {
+                                section_id: given,
+                                expiration_time: expiration,
+                            },
+                            data: initial,
+                        }],
+                        now,
+                        after,
+                        middle: None,
+                    };
+                }
+                35..=42 => {
+                    let Some(id) = checkpoint.sections.keys().next().cloned() else {
                         continue;
                     };
-                    let offset = rng.random_range(0..=current.len() as u64 + 20);
-                    let bytes = data(rng, 40);
-                    let end = offset + bytes.len() as u64;
-                    let growth = end.saturating_sub(current.len() as u64);
-                    if end > MAX_SECTION_SIZE || used + growth > CHECKPOINT_SIZE {
+                    checkpoint.sections.remove(&id);
+                    return Step {
+                        ops: vec![Op::DeleteSection {
+                            instance,
+                            section_id: SectionId::new(id),
+                        }],
+                        now,
+                        after,
+                        middle: None,
+                    };
+                }
+                43..=48 => {
+                    let Some(id) = checkpoint.sections.keys().last().cloned() else {
+                        continue;
+                    };
+                    if checkpoint.sections[&id].expiration <= now {
+                        // Due: only expiry may touch it now.
                         continue;
                     }
-                    used += growth;
-                    if (current.len() as u64) < end {
-                        current.resize(end as usize, 0);
+                    let expiration = self.expiration(now);
+                    let checkpoint = after.checkpoints.get_mut(&key).expect("exists");
+                    checkpoint.sections.get_mut(&id).expect("exists").expiration = expiration;
+                    return Step {
+                        ops: vec![Op::SetExpiration {
+                            instance,
+                            section_id: SectionId::new(id),
+                            expiration_time: expiration,
+                        }],
+                        now,
+                        after,
+                        middle: None,
+                    };
+                }
+                49..=62 => {
+                    let Some(id) = checkpoint.sections.keys().next().cloned() else {
+                        continue;
+                    };
+                    let new = data(&mut self.rng, 120);
+                    let old = checkpoint.sections[&id].data.len() as u64;
+                    if used - old + new.len() as u64 > CHECKPOINT_SIZE {
+                        continue;
                     }
-                    current[offset as usize..end as usize].copy_from_slice(&bytes);
-                    elements.push(WriteElement {
-                        section_id: SectionId::new(id),
-                        offset,
-                        data: bytes,
-                    });
+                    checkpoint.sections.get_mut(&id).expect("exists").data = new.clone();
+                    return Step {
+                        ops: vec![Op::Overwrite {
+                            instance,
+                            section_id: SectionId::new(id),
+                            data: new,
+                        }],
+                        now,
+                        after,
+                        middle: None,
+                    };
                 }
-                if elements.is_empty() {
-                    continue;
+                _ => {
+                    // A write of 1..=3 elements, possibly past the end.
+                    let ids: Vec<Vec<u8>> = checkpoint.sections.keys().cloned().collect();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let mut elements = Vec::new();
+                    let mut used = used;
+                    for _ in 0..self.rng.random_range(1..=3) {
+                        let id = ids[self.rng.random_range(0..ids.len())].clone();
+                        let current = &mut checkpoint.sections.get_mut(&id).expect("exists").data;
+                        let offset = self.rng.random_range(0..=current.len() as u64 + 20);
+                        let bytes = data(&mut self.rng, 40);
+                        let end = offset + bytes.len() as u64;
+                        let growth = end.saturating_sub(current.len() as u64);
+                        if end > MAX_SECTION_SIZE || used + growth > CHECKPOINT_SIZE {
+                            continue;
+                        }
+                        used += growth;
+                        if (current.len() as u64) < end {
+                            current.resize(end as usize, 0);
+                        }
+                        current[offset as usize..end as usize].copy_from_slice(&bytes);
+                        elements.push(WriteElement {
+                            section_id: SectionId::new(id),
+                            offset,
+                            data: bytes,
+                        });
+                    }
+                    if elements.is_empty() {
+                        continue;
+                    }
+                    return Step {
+                        ops: vec![Op::Write { instance, elements }],
+                        now,
+                        after,
+                        middle: None,
+                    };
                 }
-                return Step {
-                    ops: vec![Op::Write { instance, elements }],
-                    after,
-                };
             }
         }
+    }
+
+    /// Runs up to `ops` operations until one fails (the power went).
+    /// Returns the models still in doubt after the last durable one: the
+    /// state after each operation acknowledged only as written, then after
+    /// the one in flight.
+    fn run(&mut self, store: &Store, fs: &FaultFs, ops: usize) -> Result<Vec<Model>, String> {
+        let mut in_doubt: Vec<Model> = Vec::new();
+        for _ in 0..ops {
+            let step = self.next_step();
+            let durability = if self.rng.random_bool(0.25) {
+                Durability::Written
+            } else {
+                Durability::Durable
+            };
+            let mut failed: Option<(usize, CkptError)> = None;
+            let mut created = None;
+            for (index, op) in step.ops.iter().enumerate() {
+                match store.execute_with(op.clone(), durability, step.now) {
+                    Ok(Outcome::Opened { instance, existed }) => {
+                        if existed {
+                            return Err(format!("create opened an existing checkpoint: {op:?}"));
+                        }
+                        created = Some(instance);
+                    }
+                    Ok(Outcome::SectionCreated { section_id }) => {
+                        if let Op::CreateSection { instance, .. } = op {
+                            let key = self
+                                .ids
+                                .iter()
+                                .find(|(_, i)| **i == *instance)
+                                .map(|(k, _)| k.clone())
+                                .expect("known instance");
+                            if !step.after.checkpoints[&key]
+                                .sections
+                                .contains_key(section_id.as_bytes())
+                            {
+                                return Err(format!("unexpected section id {section_id}"));
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        failed = Some((index, error));
+                        break;
+                    }
+                }
+            }
+            if let Some((index, error)) = failed {
+                if !fs.crashed() {
+                    return Err(format!("an operation the model allows failed: {error}"));
+                }
+                let mut states = states(&step);
+                states.truncate(index + 1);
+                if durability == Durability::Durable && index > 0 {
+                    // The operations before the failed one were
+                    // acknowledged as durable.
+                    in_doubt.clear();
+                    self.model = states[index - 1].clone();
+                    self.forget_gone_ids();
+                    in_doubt.push(states[index].clone());
+                } else {
+                    in_doubt.extend(states);
+                }
+                return Ok(in_doubt);
+            }
+            // Acknowledged.
+            let all = states(&step);
+            self.model = step.after;
+            if let Some(instance) = created {
+                for key in self.model.checkpoints.keys() {
+                    if !self.ids.contains_key(key) {
+                        self.ids.insert(key.clone(), instance);
+                    }
+                }
+            }
+            self.forget_gone_ids();
+            match durability {
+                Durability::Durable => in_doubt.clear(),
+                Durability::Written => in_doubt.extend(all),
+            }
+        }
+        Ok(in_doubt)
+    }
+
+    fn forget_gone_ids(&mut self) {
+        let model = &self.model;
+        self.ids
+            .retain(|key, _| model.checkpoints.contains_key(key));
+        // An unlinked checkpoint keeps its instance id.
+        for key in model.checkpoints.keys() {
+            if let Key::Unlinked(id) = key {
+                self.ids.insert(key.clone(), InstanceId(*id));
+            }
+        }
+    }
+
+    /// After a restart: the store's state must be the model after every
+    /// durable acknowledgement plus a prefix of `in_doubt`; adopts it.
+    fn check_recovered(&mut self, store: &Store, in_doubt: Vec<Model>) -> Result<(), String> {
+        let recovered = store_digest(store, self.thread);
+        let mut candidates = vec![self.model.clone()];
+        candidates.extend(in_doubt);
+        let Some(found) = candidates.iter().position(|m| m.checkpoints == recovered) else {
+            return Err(format!(
+                "thread {}: recovered state is no prefix of its operations\nrecovered: {recovered:?}\nacknowledged as durable: {:?}\nin doubt: {}",
+                self.thread,
+                self.model.checkpoints,
+                candidates.len() - 1
+            ));
+        };
+        self.model = candidates.swap_remove(found);
+        self.ids.clear();
+        for key in self.model.checkpoints.keys() {
+            let id = match key {
+                Key::Named(name) => store
+                    .lookup(&CheckpointName::new(name.as_str()).unwrap())
+                    .map_err(|e| format!("lookup {name}: {e}"))?,
+                Key::Unlinked(id) => InstanceId(*id),
+            };
+            self.ids.insert(key.clone(), id);
+        }
+        Ok(())
     }
 }
 
-fn crash_cycles(mode: RocksWalMode, default_cycles: u64, salt: u64) {
-    let seed = std::env::var("CKPT_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random::<u64>() ^ salt);
-    let cycles = std::env::var("CKPT_CRASH_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default_cycles);
-    println!(
-        "crash test {mode:?}: seed {seed}, {cycles} cycles (CKPT_CRASH_SEED={seed} to replay)"
-    );
-    let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
-    let fs = FaultFs::new();
-    let mut model = Model::new();
-    let mut store = open(dir.path(), &fs, mode);
-    let mut acknowledged = 0u64;
-    let mut in_doubt_applied = 0u64;
-    for cycle in 0..cycles {
-        // Each operation costs one write and one fsync of the log.
-        fs.crash_after(rng.random_range(0..30));
-        let mut in_doubt: Option<Model> = None;
-        for _ in 0..40 {
-            let step = next_step(&mut rng, &store, &model);
-            let mut failed = None;
-            for op in &step.ops {
-                if let Err(error) = run(&store, op.clone()) {
-                    failed = Some(error);
-                    break;
-                }
-            }
-            match failed {
-                None => {
-                    model = step.after;
-                    acknowledged += 1;
-                }
-                Some(error) => {
-                    assert!(
-                        fs.crashed(),
-                        "seed {seed} cycle {cycle}: an op the model allows failed: {error}"
-                    );
-                    in_doubt = Some(step.after);
-                    break;
-                }
-            }
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// Opens the store, cutting the power during recovery when `crash_at` says
+/// so, and retrying after each cut: every attempt must either succeed or
+/// fail because of the cut, never refuse a state a power cut left.
+fn open_through_crashes(
+    dir: &std::path::Path,
+    fs: &FaultFs,
+    mode: RocksWalMode,
+    rng: &mut StdRng,
+    seed: u64,
+) -> Store {
+    for attempt in 0.. {
+        if attempt < 3 && rng.random_bool(0.3) {
+            fs.crash_after(rng.random_range(0..8));
         }
-        drop(store);
-        fs.power_loss();
-        store = open(dir.path(), &fs, mode);
-        let recovered = digest(&store);
-        if recovered == model_digest(&model) {
-            continue;
-        }
-        match in_doubt {
-            Some(after) if recovered == model_digest(&after) => {
-                // The operation in flight reached the disk before the power went.
-                model = after;
-                in_doubt_applied += 1;
+        match Store::open_with_fs(config(dir, mode), Arc::new(fs.clone())) {
+            // The cut came after recovery, while trimming the log at start.
+            Ok(store) if fs.crashed() => {
+                drop(store);
+                fs.power_loss();
             }
-            _ => panic!(
-                "seed {seed} cycle {cycle}: recovered state is neither the acknowledged state nor it plus the \
-                 operation in flight\nrecovered: {recovered:?}\nexpected:  {:?}",
-                model_digest(&model)
-            ),
+            Ok(store) => return store,
+            Err(error) => {
+                assert!(
+                    fs.crashed(),
+                    "seed {seed}: the store refused to start after a power cut: {}",
+                    error.detail
+                );
+                fs.power_loss();
+            }
         }
     }
-    println!("{acknowledged} operations acknowledged, {in_doubt_applied} in-flight operations found whole");
+    unreachable!()
+}
+
+/// Runs `cycles` power-cut cycles from `seed`; returns the group commits.
+fn crash_cycles(mode: RocksWalMode, seed: u64, cycles: u64) -> u64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::with_seed(seed);
+    let mut workers: Vec<Worker> = (0..THREADS)
+        .map(|thread| Worker {
+            thread,
+            rng: StdRng::seed_from_u64(seed ^ (thread as u64 + 1) * 0x9E37_79B9),
+            clock: NOW,
+            model: Model::default(),
+            ids: BTreeMap::new(),
+        })
+        .collect();
+    let mut store = open_through_crashes(dir.path(), &fs, mode, &mut rng, seed);
+    let mut batches = 0u64;
+    for cycle in 0..cycles {
+        // About three changing calls per operation (write, fsync, mark).
+        fs.crash_after(rng.random_range(0..(THREADS * OPS_PER_THREAD_MAX * 3) as u64));
+        let ops = rng.random_range(1..=OPS_PER_THREAD_MAX);
+        let start = Barrier::new(THREADS);
+        let results: Vec<Result<Vec<Model>, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = workers
+                .iter_mut()
+                .map(|worker| {
+                    let (store, fs, start) = (&store, &fs, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        worker.run(store, fs, ops)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker panicked"))
+                .collect()
+        });
+        let mut in_doubt = Vec::new();
+        for result in results {
+            match result {
+                Ok(models) => in_doubt.push(models),
+                Err(message) => panic!("seed {seed} cycle {cycle}: {message}"),
+            }
+        }
+        batches += store
+            .stats()
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed);
+        drop(store);
+        fs.power_loss();
+        store = open_through_crashes(dir.path(), &fs, mode, &mut rng, seed);
+        for (worker, models) in workers.iter_mut().zip(in_doubt) {
+            if let Err(message) = worker.check_recovered(&store, models) {
+                panic!("seed {seed} cycle {cycle} ({mode:?}): {message}");
+            }
+        }
+    }
+    batches
+}
+
+/// Runs the cycles of one mode as runs of 25 cycles on fresh directories
+/// (seeds `first..first + runs`), so a failure replays quickly.
+fn crash_test(mode: RocksWalMode, salt: u64) {
+    let cycles = env_u64("CKPT_CRASH_CYCLES").unwrap_or(250);
+    let first = env_u64("CKPT_CRASH_SEED").unwrap_or_else(|| rand::random::<u32>() as u64 ^ salt);
+    let runs = cycles.div_ceil(25);
+    println!(
+        "crash test {mode:?}: {cycles} cycles as {runs} runs of 25, seeds {first}..{} (CKPT_CRASH_SEED={first} replays)",
+        first + runs
+    );
+    let started = std::time::Instant::now();
+    let mut batches = 0;
+    for run in 0..runs {
+        let this = (cycles - run * 25).min(25);
+        batches += crash_cycles(mode, first + run, this);
+    }
+    println!(
+        "crash test {mode:?}: {cycles} cycles, {batches} group commits, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(
-        acknowledged > cycles,
-        "the workload did too little: {acknowledged} ops"
+        batches > cycles,
+        "the workload did too little: {batches} group commits"
     );
 }
 
 #[test]
 fn random_crashes_lose_nothing_acknowledged_rocksdb_wal_disabled() {
-    crash_cycles(RocksWalMode::Disabled, 500, 1);
+    crash_test(RocksWalMode::Disabled, 1);
 }
 
 #[test]
 fn random_crashes_lose_nothing_acknowledged_rocksdb_wal_unsynced() {
-    crash_cycles(RocksWalMode::Unsynced, 500, 2);
+    crash_test(RocksWalMode::Unsynced, 2);
 }

@@ -19,9 +19,11 @@ use crate::cli::{SalvageArgs, WalArgs};
 use crate::datadir::{io_error, library, lock, open_db, wal_dir};
 use crate::progress::{human_bytes, Progress};
 use crate::walscan::{
-    check_header, list_segments, record_json, record_line, walk_records, walk_with_resync, Gap,
+    judge_segment, list_segments, read_mark, record_json, record_line, walk_with_resync, Gap,
     SegmentFile, Tail,
 };
+use ckpt_storage::wal::segment::check_durable_end;
+use ckpt_storage::Lsn;
 
 fn read_segment(segment: &SegmentFile) -> Result<Vec<u8>, ClientError> {
     std::fs::read(&segment.path).map_err(|e| io_error("reading", &segment.path, &e))
@@ -65,16 +67,21 @@ pub fn wal(args: &WalArgs) -> Result<(), ClientError> {
     let mut problems = 0usize;
     let mut shown = 0u64;
     let count = segments.len();
+    let durable_mark = read_mark(&wal_dir(dir))?;
     for (position, segment) in segments.iter().enumerate() {
         let bytes = read_segment(segment)?;
-        let header = check_header(&bytes);
-        if let Some(problem) = &header.problem {
+        let judged = judge_segment(&bytes, segment, position, count, durable_mark);
+        if judged.first_lsn.is_none() {
+            let torn = matches!(judged.end, Tail::Torn { .. });
             eprintln!(
-                "problem: {} offset 0: {}",
+                "{}: {} offset 0: {}",
+                if torn { "note" } else { "problem" },
                 segment.name,
-                tail_reason(problem)
+                tail_reason(&judged.end)
             );
-            problems += 1;
+            if !torn {
+                problems += 1;
+            }
         }
         let mut failed: Option<std::io::Error> = None;
         let mut print = |offset: u64, _len: u64, record: Record| {
@@ -104,7 +111,6 @@ pub fn wal(args: &WalArgs) -> Result<(), ClientError> {
                 }
             }
         };
-        let is_last = position + 1 == count;
         let mut gaps: Vec<Gap> = Vec::new();
         walk_with_resync(
             &segment.name,
@@ -118,8 +124,7 @@ pub fn wal(args: &WalArgs) -> Result<(), ClientError> {
             return Err(library(format!("writing to stdout: {e}")));
         }
         for gap in gaps {
-            let at_tail = gap.end == bytes.len() as u64;
-            let torn = at_tail && is_last && torn_at(&bytes, gap.start);
+            let torn = torn_from(&judged.end, gap.start);
             let level = if torn { "note" } else { "problem" };
             if !torn {
                 problems += 1;
@@ -162,10 +167,10 @@ fn tail_reason(tail: &Tail) -> String {
     }
 }
 
-/// Whether the bytes from `offset` are what the store calls a torn tail.
-fn torn_at(bytes: &[u8], offset: u64) -> bool {
-    let (_, tail) = walk_records(bytes, offset as usize, |_, _, _| {});
-    matches!(tail, Tail::Torn { .. })
+/// Whether recovery cuts the segment judged `end` off as torn at or before
+/// `offset`: everything from a torn tail on is cut, decodable or not.
+fn torn_from(end: &Tail, offset: u64) -> bool {
+    matches!(end, Tail::Torn { offset: torn, .. } if *torn <= offset)
 }
 
 /// One finding of `verify --data-dir`.
@@ -316,27 +321,36 @@ fn verify_wal(
     let previous: std::cell::Cell<Option<u64>> = std::cell::Cell::new(None);
     let after_gap = std::cell::Cell::new(false);
     let count = segments.len();
+    let durable_mark = match segments.first() {
+        Some(first) => read_mark(first.path.parent().unwrap_or(Path::new(".")))?,
+        None => None,
+    };
+    // The highest lsn recovery would keep in the log.
+    let mut kept_last: Option<u64> = None;
     for (position, segment) in segments.iter().enumerate() {
         progress.step(format!("WAL {}", segment.name));
         report.segments += 1;
         let bytes = read_segment(segment)?;
         let at = |offset: u64| format!("wal/{} offset {offset}", segment.name);
-        let header = check_header(&bytes);
+        let judged = judge_segment(&bytes, segment, position, count, durable_mark);
+        if let Some((_, record)) = judged.records.last() {
+            kept_last = Some(kept_last.map_or(record.lsn.0, |k| k.max(record.lsn.0)));
+        }
         let mut problems: Vec<Finding> = Vec::new();
         let mut warnings: Vec<Finding> = Vec::new();
-        match (&header.problem, header.first_lsn) {
-            (Some(problem), _) => {
+        match (&judged.end, judged.first_lsn) {
+            (problem, None) => {
                 let finding = Finding {
                     location: at(0),
-                    message: format!("segment header: {}", tail_reason(problem)),
+                    message: tail_reason(problem),
                 };
-                if matches!(problem, Tail::Torn { .. }) && position + 1 == count {
+                if matches!(problem, Tail::Torn { .. }) {
                     warnings.push(finding);
                 } else {
                     problems.push(finding);
                 }
             }
-            (None, Some(lsn)) if lsn != segment.first_lsn => problems.push(Finding {
+            (_, Some(lsn)) if lsn != segment.first_lsn => problems.push(Finding {
                 location: at(16),
                 message: format!(
                     "the header names first lsn {lsn}, the file name {}",
@@ -346,7 +360,6 @@ fn verify_wal(
             _ => {}
         }
         let mut first_in_segment = true;
-        let is_last = position + 1 == count;
         let mut gaps: Vec<Gap> = Vec::new();
         walk_with_resync(
             &segment.name,
@@ -354,6 +367,12 @@ fn verify_wal(
             SEGMENT_HEADER_BYTES.min(bytes.len()),
             segment.first_lsn.saturating_sub(1),
             |offset, _, record| {
+                if torn_from(&judged.end, offset) {
+                    // In the torn tail recovery cuts off: written but never
+                    // acknowledged as durable (pages written back out of
+                    // order can leave whole records there).
+                    return;
+                }
                 let lsn = record.lsn.0;
                 report.records += 1;
                 report.first_lsn = Some(report.first_lsn.map_or(lsn, |f| f.min(lsn)));
@@ -408,20 +427,19 @@ fn verify_wal(
                 previous.set(Some(lsn));
             },
             |gap| {
-                let torn = is_last && gap.end == bytes.len() as u64 && torn_at(&bytes, gap.start);
-                if !torn {
+                if !torn_from(&judged.end, gap.start) {
                     after_gap.set(true);
                 }
                 gaps.push(gap);
             },
         );
         for gap in gaps {
-            let torn = is_last && gap.end == bytes.len() as u64 && torn_at(&bytes, gap.start);
+            let torn = torn_from(&judged.end, gap.start);
             let finding = Finding {
                 location: at(gap.start),
                 message: if torn {
                     format!(
-                        "torn final record ({} bytes: {}); the server cuts it off at start — normal after a crash or power loss",
+                        "torn tail ({} bytes: {}); the server cuts it off at start — normal after a crash or power loss",
                         gap.end - gap.start,
                         gap.reason
                     )
@@ -445,6 +463,12 @@ fn verify_wal(
         report.problems.extend(problems);
         report.warnings.extend(warnings);
         progress.inc(segment.len);
+    }
+    if let Err(reason) = check_durable_end(durable_mark, kept_last.map(Lsn), Lsn(applied_or_zero)) {
+        report.problems.push(Finding {
+            location: format!("wal/{}", ckpt_storage::wal::mark::MARK_FILE),
+            message: reason,
+        });
     }
     Ok(())
 }
@@ -774,6 +798,9 @@ struct Fatal {
     reason: String,
     /// Every record of the segment is at or below the applied position.
     covered: bool,
+    /// The log is whole but ends below the durable mark: nothing to move
+    /// aside; salvage lowers the mark to what the log holds.
+    durable_end: bool,
 }
 
 struct Scan {
@@ -783,13 +810,14 @@ struct Scan {
     names: BTreeMap<u64, String>,
 }
 
-/// Scans segments from `from` like recovery: records above `applied` must
-/// follow each other; damage anywhere, or a torn record before the last
-/// segment, stops it.
+/// Scans segments from `from` like recovery: each judged by
+/// [`judge_segment`] (recovery's own rule, under the durable mark); records
+/// above `applied` must follow each other; damage stops it.
 fn scan_like_recovery(
     segments: &[SegmentFile],
     from: usize,
     applied: u64,
+    durable_mark: Option<Lsn>,
     names: &mut BTreeMap<u64, String>,
 ) -> Result<Scan, ClientError> {
     let mut expected = applied + 1;
@@ -797,7 +825,6 @@ fn scan_like_recovery(
     let mut torn_tail = None;
     let count = segments.len();
     for (index, segment) in segments.iter().enumerate().skip(from) {
-        let is_last = index + 1 == count;
         let covered = segments
             .get(index + 1)
             .is_some_and(|next| next.first_lsn <= applied + 1);
@@ -807,90 +834,53 @@ fn scan_like_recovery(
             offset,
             reason,
             covered,
+            durable_end: false,
         };
-        let header = check_header(&bytes);
-        match (&header.problem, header.first_lsn) {
-            (Some(Tail::Torn { .. }), _) if is_last => {
-                torn_tail = Some(Finding {
-                    location: format!("wal/{} offset 0", segment.name),
-                    message: "torn segment header".into(),
-                });
-                continue;
-            }
-            (Some(problem), _) => {
-                return Ok(Scan {
-                    fatal: Some(fatal(
-                        0,
-                        format!("segment header: {}", tail_reason(problem)),
-                    )),
-                    kept_last_lsn,
-                    torn_tail,
-                    names: std::mem::take(names),
-                })
-            }
-            (None, Some(lsn)) if lsn != segment.first_lsn => {
+        let judged = judge_segment(&bytes, segment, index, count, durable_mark);
+        if let Some(lsn) = judged.first_lsn {
+            if lsn.0 != segment.first_lsn {
                 return Ok(Scan {
                     fatal: Some(fatal(
                         0,
                         format!(
-                            "the header names first lsn {lsn}, the file name {}",
-                            segment.first_lsn
+                            "the header names first lsn {}, the file name {}",
+                            lsn.0, segment.first_lsn
                         ),
                     )),
                     kept_last_lsn,
                     torn_tail,
                     names: std::mem::take(names),
-                })
+                });
             }
-            _ => {}
         }
-        let mut gap_at: Option<(u64, String)> = None;
-        let (_, tail) = walk_records(&bytes, SEGMENT_HEADER_BYTES, |offset, _, record| {
-            if gap_at.is_some() {
-                return;
-            }
+        for (offset, record) in &judged.records {
             let lsn = record.lsn.0;
             if lsn > applied {
                 if lsn != expected {
-                    gap_at = Some((
-                        offset,
-                        format!("expected lsn {expected}, found {lsn} (records are missing)"),
-                    ));
-                    return;
+                    return Ok(Scan {
+                        fatal: Some(fatal(
+                            *offset,
+                            format!("expected lsn {expected}, found {lsn} (records are missing)"),
+                        )),
+                        kept_last_lsn,
+                        torn_tail,
+                        names: std::mem::take(names),
+                    });
                 }
                 expected += 1;
             }
             if let RecordBody::CheckpointCreate { name, .. } = &record.body {
                 names.insert(record.instance.0, name.to_string());
             }
-            kept_last_lsn = Some(lsn);
-        });
-        if let Some((offset, reason)) = gap_at {
-            return Ok(Scan {
-                fatal: Some(fatal(offset, reason)),
-                kept_last_lsn,
-                torn_tail,
-                names: std::mem::take(names),
-            });
+            kept_last_lsn = Some(kept_last_lsn.map_or(lsn, |k: u64| k.max(lsn)));
         }
-        match tail {
+        match judged.end {
             Tail::Clean => {}
-            Tail::Torn { offset, reason } if is_last => {
+            Tail::Torn { offset, reason } => {
                 torn_tail = Some(Finding {
                     location: format!("wal/{} offset {offset}", segment.name),
                     message: reason,
                 });
-            }
-            Tail::Torn { offset, reason } => {
-                return Ok(Scan {
-                    fatal: Some(fatal(
-                        offset,
-                        format!("torn record before the log's last segment: {reason}"),
-                    )),
-                    kept_last_lsn,
-                    torn_tail,
-                    names: std::mem::take(names),
-                })
             }
             Tail::Corrupt { offset, reason } => {
                 return Ok(Scan {
@@ -902,12 +892,45 @@ fn scan_like_recovery(
             }
         }
     }
+    if let Err(reason) = check_durable_end(durable_mark, kept_last_lsn.map(Lsn), Lsn(applied)) {
+        let last = count.saturating_sub(1);
+        return Ok(Scan {
+            fatal: Some(Fatal {
+                segment: last,
+                offset: segments.get(last).map_or(0, |s| s.len),
+                reason,
+                covered: false,
+                durable_end: true,
+            }),
+            kept_last_lsn,
+            torn_tail,
+            names: std::mem::take(names),
+        });
+    }
     Ok(Scan {
         fatal: None,
         kept_last_lsn,
         torn_tail,
         names: std::mem::take(names),
     })
+}
+
+/// Replaces the durable mark by one stating `lsn`, durably (a fresh file
+/// renamed over the old one): after salvage dropped records the old mark
+/// may claim more than the log holds.
+fn reset_mark(wal: &Path, lsn: u64) -> Result<(), ClientError> {
+    let path = wal.join(ckpt_storage::wal::mark::MARK_FILE);
+    let temporary = wal.join(format!("{}.salvage", ckpt_storage::wal::mark::MARK_FILE));
+    let mut bytes = vec![0u8; ckpt_storage::wal::mark::ROLLING_SLOT as usize];
+    bytes[..ckpt_storage::wal::mark::MARK_SLOT_BYTES]
+        .copy_from_slice(&ckpt_storage::wal::mark::encode_slot(Lsn(lsn)));
+    let mut file = File::create(&temporary).map_err(|e| io_error("creating", &temporary, &e))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error("writing", &temporary, &e))?;
+    drop(file);
+    std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming to", &path, &e))?;
+    sync_dir(wal)
 }
 
 fn damaged_name(wal: &Path, name: &str) -> PathBuf {
@@ -951,6 +974,7 @@ pub fn salvage(args: &SalvageArgs) -> Result<(), ClientError> {
     };
     report.applied_lsn = applied;
     let (mut segments, _) = list_segments(&wal)?;
+    let durable_mark = read_mark(&wal)?;
     let total: u64 = segments.iter().map(|s| s.len).sum();
     let mut progress = Progress::new("salvage", total);
     progress.step(format!("scanning {} segments", segments.len()));
@@ -959,12 +983,26 @@ pub fn salvage(args: &SalvageArgs) -> Result<(), ClientError> {
     let pending: std::cell::RefCell<Vec<usize>> = Default::default();
     let mut from = 0usize;
     loop {
-        let scan = scan_like_recovery(&segments, from, applied, &mut names)?;
+        let scan = scan_like_recovery(&segments, from, applied, durable_mark, &mut names)?;
         names = scan.names;
         report.kept_last_lsn = scan.kept_last_lsn.or(report.kept_last_lsn);
         report.torn_tail = scan.torn_tail;
         let Some(fatal) = scan.fatal else { break };
         report.needed = true;
+        if fatal.durable_end {
+            // The log is whole as far as it goes but shorter than the mark
+            // says: nothing to set aside; the lost records are reported and
+            // the mark lowered to what the log holds.
+            report.damage.push(Finding {
+                location: format!("wal/{}", ckpt_storage::wal::mark::MARK_FILE),
+                message: fatal.reason.clone(),
+            });
+            if !args.dry_run {
+                reset_mark(&wal, report.kept_last_lsn.unwrap_or(0).max(applied))?;
+                report.applied_changes = true;
+            }
+            break;
+        }
         let segment = segments[fatal.segment].clone();
         report.damage.push(Finding {
             location: format!("wal/{} offset {}", segment.name, fatal.offset),
@@ -1108,9 +1146,13 @@ pub fn salvage(args: &SalvageArgs) -> Result<(), ClientError> {
         report.dropped.push(entry);
     }
     let still = if report.needed && !args.dry_run {
+        if report.applied_changes {
+            // Records the mark vouched for may have been set aside.
+            reset_mark(&wal, report.kept_last_lsn.unwrap_or(0).max(applied))?;
+        }
         let (segments, _) = list_segments(&wal)?;
         let mut scratch = BTreeMap::new();
-        scan_like_recovery(&segments, 0, applied, &mut scratch)?.fatal
+        scan_like_recovery(&segments, 0, applied, read_mark(&wal)?, &mut scratch)?.fatal
     } else {
         None
     };

@@ -1,14 +1,18 @@
 //! Reading WAL segment files directly (docs/storage.md): listing them in log
-//! order, walking a segment record by record with the same torn-tail versus
-//! corruption rule as the store's recovery, re-synchronising after damage to
+//! order, judging each segment with the store's own recovery rule
+//! ([`judge_segment`]: the same `scan_segment_with` and `TailRule` recovery
+//! calls, fed the same durable mark), re-synchronising after damage to
 //! decode what follows it, and formatting records for people and scripts.
 
 use std::path::{Path, PathBuf};
 
 use ckpt_client::ClientError;
 use ckpt_proto::TIME_END;
-use ckpt_storage::wal::segment::{self, parse_segment_name};
-use ckpt_storage::{Record, RecordBody};
+use ckpt_storage::wal::mark;
+use ckpt_storage::wal::segment::{
+    self, parse_segment_name, scan_segment_with, SegmentScan, TailRule,
+};
+use ckpt_storage::{Lsn, Record, RecordBody};
 use serde_json::{json, Map, Value};
 
 use crate::datadir::io_error;
@@ -81,18 +85,50 @@ pub fn check_header(bytes: &[u8]) -> Header {
     }
 }
 
+/// The durable mark of a WAL directory, as recovery reads it (`None` when
+/// the file is missing or no slot is readable).
+///
+/// # Errors
+/// An unreadable mark file.
+pub fn read_mark(wal: &Path) -> Result<Option<Lsn>, ClientError> {
+    let path = wal.join(mark::MARK_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(mark::decode(&bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(io_error("reading", &path, &error)),
+    }
+}
+
+/// Judges the segment at `position` of `count` exactly as recovery does:
+/// its records, where they end, and whether the rest is clean, torn or
+/// corrupt.
+pub fn judge_segment(
+    bytes: &[u8],
+    segment: &SegmentFile,
+    position: usize,
+    count: usize,
+    durable_mark: Option<Lsn>,
+) -> SegmentScan {
+    scan_segment_with(
+        bytes,
+        Lsn(segment.first_lsn),
+        TailRule::for_segment(position, count, durable_mark),
+    )
+}
+
 /// Walks the records of a segment from `start` (after the header), calling
 /// `on_record(offset, encoded length, record)`; returns where valid records
-/// end and how the bytes end.
+/// end and, if they end before the bytes do, why the next one did not
+/// decode. It does not judge torn versus corrupt: [`judge_segment`] does.
 pub fn walk_records(
     bytes: &[u8],
     start: usize,
     mut on_record: impl FnMut(u64, u64, Record),
-) -> (u64, Tail) {
+) -> (u64, Option<String>) {
     let mut offset = start;
     loop {
         if offset >= bytes.len() {
-            return (offset as u64, Tail::Clean);
+            return (offset as u64, None);
         }
         let rest = &bytes[offset..];
         match Record::decode(rest) {
@@ -100,41 +136,16 @@ pub fn walk_records(
                 on_record(offset as u64, used as u64, record);
                 offset += used;
             }
-            Err(error) => {
-                return (
-                    offset as u64,
-                    segment::classify(offset as u64, rest, &error),
-                )
-            }
+            Err(error) => return (offset as u64, Some(error.to_string())),
         }
     }
 }
 
 /// Looks for the next offset after `from` where a whole, checksummed record
-/// with an lsn in `(after_lsn, after_lsn + 2^32)` starts.
+/// with an lsn in `(after_lsn, after_lsn + 2^32)` starts (the store's own
+/// forward scan).
 pub fn resync(bytes: &[u8], from: usize, after_lsn: u64) -> Option<usize> {
-    const MIN: usize = 49;
-    let mut p = from + 1;
-    while p + MIN <= bytes.len() {
-        let kind = bytes[p + 8];
-        if (1..=10).contains(&kind) {
-            let mut lsn = [0u8; 8];
-            lsn.copy_from_slice(&bytes[p + 9..p + 17]);
-            let lsn = u64::from_le_bytes(lsn);
-            let length =
-                u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]) as usize;
-            if lsn > after_lsn
-                && lsn - after_lsn < (1 << 32)
-                && length + 8 >= MIN
-                && p + 8 + length <= bytes.len()
-                && Record::decode(&bytes[p..]).is_ok()
-            {
-                return Some(p);
-            }
-        }
-        p += 1;
-    }
-    None
+    segment::next_record_after(bytes, from, Lsn(after_lsn)).map(|(at, _)| at)
 }
 
 /// A stretch of bytes that holds no decodable record.
@@ -163,14 +174,11 @@ pub fn walk_with_resync(
 ) {
     let mut offset = start;
     loop {
-        let (end, tail) = walk_records(bytes, offset, |at, len, record| {
+        let (end, failure) = walk_records(bytes, offset, |at, len, record| {
             after_lsn = after_lsn.max(record.lsn.0);
             on_record(at, len, record);
         });
-        let reason = match tail {
-            Tail::Clean => return,
-            Tail::Torn { reason, .. } | Tail::Corrupt { reason, .. } => reason,
-        };
+        let Some(reason) = failure else { return };
         let from = end as usize;
         match resync(bytes, from, after_lsn.saturating_sub(1 << 20)) {
             Some(next) => {
@@ -468,7 +476,8 @@ mod tests {
         }
     }
 
-    /// The walker agrees with the store's own scanner on every flip and cut.
+    /// The tool's judgement is recovery's on every flip and cut, for every
+    /// place a segment can have in the log and every durable mark.
     #[test]
     fn agrees_with_the_store_scanner() {
         let good = segment();
@@ -479,21 +488,40 @@ mod tests {
             inputs.push(bad);
             inputs.push(good[..i].to_vec());
         }
+        let file = SegmentFile {
+            name: "wal-00000000000000000005.log".into(),
+            first_lsn: 5,
+            path: PathBuf::new(),
+            len: 0,
+        };
         for bytes in inputs {
-            let scan = scan_segment(&bytes);
+            for (position, count) in [(0, 1), (0, 2)] {
+                for durable_mark in [None, Some(Lsn(0)), Some(Lsn(7)), Some(Lsn(11))] {
+                    let ours = judge_segment(&bytes, &file, position, count, durable_mark);
+                    let rule = TailRule::for_segment(position, count, durable_mark);
+                    let store = ckpt_storage::wal::segment::scan_segment_with(&bytes, Lsn(5), rule);
+                    assert!(
+                        same_end(&ours.end, &store.end),
+                        "{:?} {:?}",
+                        ours.end,
+                        store.end
+                    );
+                    assert_eq!(ours.valid_len, store.valid_len);
+                    assert_eq!(ours.records.len(), store.records.len());
+                    if count == 2 {
+                        assert!(
+                            !matches!(ours.end, SegmentEnd::Torn { .. }),
+                            "only the last segment can be torn"
+                        );
+                    }
+                }
+            }
             let header = check_header(&bytes);
-            match header.problem {
-                Some(problem) => {
-                    assert!(same_end(&problem, &scan.end), "{problem:?} {:?}", scan.end)
-                }
-                None => {
-                    let mut count = 0;
-                    let (valid, tail) =
-                        walk_records(&bytes, SEGMENT_HEADER_BYTES, |_, _, _| count += 1);
-                    assert_eq!(count, scan.records.len());
-                    assert_eq!(valid, scan.valid_len);
-                    assert!(same_end(&tail, &scan.end), "{tail:?} {:?}", scan.end);
-                }
+            if header.problem.is_none() {
+                let mut count = 0;
+                let (valid, _) = walk_records(&bytes, SEGMENT_HEADER_BYTES, |_, _, _| count += 1);
+                assert_eq!(count, scan_segment(&bytes).records.len());
+                assert_eq!(valid, scan_segment(&bytes).valid_len);
             }
         }
     }

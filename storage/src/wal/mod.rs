@@ -2,10 +2,12 @@
 //!
 //! - [`record`]: the byte format of one state change.
 //! - [`segment`]: segment files (header, naming) and scanning with torn-tail
-//!   versus corruption classification.
+//!   versus corruption classification, shared by recovery and `ckpt-tool`.
+//! - [`mark`]: the durable mark, the lsn through which the log was synced.
 //! - [`writer`]: appends batches of records to the current segment, rotates
 //!   segments, deletes segments below the durable applied position.
 
+pub mod mark;
 pub mod record;
 pub mod segment;
 pub mod writer;

@@ -578,13 +578,47 @@ pub(crate) mod tests {
             },
         };
         let bytes = record.encode();
-        let mut expected = vec![49, 0, 0, 0];
-        expected.extend_from_slice(&crc32fast::hash(&bytes[8..]).to_le_bytes());
-        expected.push(4);
+        // Built by hand, with the crc computed by the bitwise reference
+        // below over the expected bytes (never over the encoder's output),
+        // so a wrong length, field order or checksum input fails the test.
+        let mut body = vec![4u8];
         for v in [1u64, 2, 3, 4, 5, 6] {
-            expected.extend_from_slice(&v.to_le_bytes());
+            body.extend_from_slice(&v.to_le_bytes());
         }
+        let mut expected = vec![49, 0, 0, 0];
+        expected.extend_from_slice(&reference_crc32(&body).to_le_bytes());
+        expected.extend_from_slice(&body);
         assert_eq!(bytes, expected);
+        // The same record, reviewed byte by byte (crc 0xa6003a18 pinned, computed with Python zlib.crc32).
+        assert_eq!(
+            &bytes[..9],
+            &[49, 0, 0, 0, 0x18, 0x3a, 0x00, 0xa6, 4],
+            "length, crc and kind"
+        );
+    }
+
+    /// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), one bit at a
+    /// time: an implementation independent of the table-driven one the
+    /// encoder uses.
+    fn reference_crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn reference_crc_matches_the_published_check_value() {
+        // The CRC-32 check value of the ASCII digits 1..9.
+        assert_eq!(reference_crc32(b"123456789"), 0xCBF4_3926);
     }
 
     #[test]

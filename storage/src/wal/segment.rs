@@ -13,11 +13,16 @@
 //!
 //! A segment is named `wal-<first_lsn, 20 digits>.log`, so names sort in log
 //! order. Scanning a segment classifies how it ends: cleanly, in a torn
-//! record (a prefix of a record, or a record running past the end — what a
-//! power cut during an append leaves), or in corruption followed by more
-//! bytes, which is never silently dropped.
+//! tail (bytes that were never synced, which a power cut may leave as a
+//! prefix, zeros, garbage or out-of-order pages — cut off by recovery), or
+//! in corruption (damage to bytes an fsync covered — never silently
+//! dropped). Bytes alone cannot tell the two apart (a flipped bit in a
+//! length field looks like a record running past the end), so the verdict
+//! depends on the segment's place in the log and on the durable mark: see
+//! [`TailRule`] and [`classify`]. Recovery and `ckpt-tool` both call
+//! [`scan_segment_with`], so they always agree.
 
-use super::record::{DecodeError, Lsn, Record};
+use super::record::{DecodeError, Lsn, Record, RECORD_HEADER_BYTES};
 
 /// First bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CKPTWAL\0";
@@ -56,16 +61,59 @@ pub fn encode_header(first_lsn: Lsn) -> [u8; SEGMENT_HEADER_BYTES] {
 pub enum SegmentEnd {
     /// Every byte belongs to a valid record.
     Clean,
-    /// The bytes from `offset` on are an incomplete final record.
+    /// The bytes from `offset` on are what a power cut can leave after the
+    /// last durable record: a prefix, zeros, garbage, or pages written out
+    /// of order. Recovery cuts them off.
     Torn { offset: u64, reason: String },
-    /// The bytes at `offset` are damaged and more bytes follow.
+    /// The bytes at `offset` are damaged where a power cut cannot have left
+    /// them (see [`TailRule`]); recovery refuses to start.
     Corrupt { offset: u64, reason: String },
+}
+
+/// What is known about a segment's place in the log; decides whether damage
+/// in it may be a torn tail. Recovery and `ckpt-tool` both build it with
+/// [`TailRule::for_segment`], so they judge every segment alike.
+///
+/// The writer keeps two invariants that make this decidable:
+/// - a segment is synced before its successor is created, so only the
+///   log's last segment can hold bytes that were never synced;
+/// - after each fsync the durable mark (`mark.rs`) records the highest lsn
+///   that fsync covered, so records up to it were durable — acknowledged —
+///   and no power cut can have damaged them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailRule {
+    /// The segment is the last of the log.
+    pub is_last: bool,
+    /// Every record up to this lsn was durable, from the durable mark.
+    /// `None` when no mark could be read (a log written before marks
+    /// existed): then damage is torn only if no valid later record follows.
+    pub durable_through: Option<Lsn>,
+}
+
+impl TailRule {
+    /// The rule for the segment at `position` of `count` segments, given the
+    /// durable mark.
+    pub fn for_segment(position: usize, count: usize, durable_through: Option<Lsn>) -> Self {
+        TailRule {
+            is_last: position + 1 == count,
+            durable_through,
+        }
+    }
+
+    /// The most lenient rule: the last segment, nothing known durable, so
+    /// damage is torn unless a valid later record follows it.
+    pub fn unknown_tail() -> Self {
+        TailRule {
+            is_last: true,
+            durable_through: None,
+        }
+    }
 }
 
 /// The result of reading one segment.
 #[derive(Debug, Clone)]
 pub struct SegmentScan {
-    /// The lsn named in the header (None if the header itself is torn).
+    /// The lsn named in the header (None if the header itself is damaged).
     pub first_lsn: Option<Lsn>,
     /// Valid records with their byte offsets, in order.
     pub records: Vec<(u64, Record)>,
@@ -75,8 +123,16 @@ pub struct SegmentScan {
     pub end: SegmentEnd,
 }
 
-/// Reads a segment's bytes. Never panics, whatever the input.
+/// Reads a segment's bytes as the log's last segment with nothing known to
+/// be durable ([`TailRule::unknown_tail`]). Never panics, whatever the input.
 pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
+    let first_lsn = check_header(bytes).map_or(Lsn(1), |lsn| lsn);
+    scan_segment_with(bytes, first_lsn, TailRule::unknown_tail())
+}
+
+/// Reads a segment's bytes; `name_lsn` is the first lsn its file name
+/// gives; `rule` decides torn versus corrupt. Never panics.
+pub fn scan_segment_with(bytes: &[u8], name_lsn: Lsn, rule: TailRule) -> SegmentScan {
     let first_lsn = match check_header(bytes) {
         Ok(lsn) => lsn,
         Err(end) => {
@@ -84,11 +140,11 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
                 first_lsn: None,
                 records: Vec::new(),
                 valid_len: 0,
-                end,
+                end: classify_header(bytes, name_lsn, rule, end),
             }
         }
     };
-    let mut records = Vec::new();
+    let mut records: Vec<(u64, Record)> = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
     let end = loop {
         if offset == bytes.len() {
@@ -100,7 +156,12 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
                 records.push((offset as u64, record));
                 offset += used;
             }
-            Err(error) => break classify(offset as u64, rest, &error),
+            Err(error) => {
+                let last = records
+                    .last()
+                    .map_or(Lsn(first_lsn.0.saturating_sub(1)), |(_, r)| r.lsn);
+                break classify(bytes, offset, &error, last, rule);
+            }
         }
     };
     SegmentScan {
@@ -112,7 +173,8 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan {
 }
 
 /// Checks a segment's header; returns its first lsn, or how the segment
-/// ends at offset 0 (torn while being created, or corrupt).
+/// ends at offset 0 — before [`TailRule`] is applied: `Torn` for a prefix of
+/// a header, `Corrupt` otherwise.
 pub fn check_header(bytes: &[u8]) -> Result<Lsn, SegmentEnd> {
     if bytes.len() < SEGMENT_HEADER_BYTES {
         // A header shorter than its size can only be a creation cut short,
@@ -151,32 +213,153 @@ pub fn check_header(bytes: &[u8]) -> Result<Lsn, SegmentEnd> {
     Ok(Lsn(u64::from_le_bytes(lsn_bytes)))
 }
 
-/// Decides whether a record at `offset` that failed to decode is a torn
-/// tail (it runs to or past the end, or only zeros follow — preallocated
-/// space never written) or corruption followed by data. `rest` is the
-/// segment from `offset` on.
-pub fn classify(offset: u64, rest: &[u8], error: &DecodeError) -> SegmentEnd {
+/// A damaged header. The writer syncs a header (and the directory) before
+/// it writes any record into the segment, so a damaged header is a creation
+/// cut short only in the last segment, holding no record, above the durable
+/// mark; anywhere else it is corruption.
+fn classify_header(bytes: &[u8], name_lsn: Lsn, rule: TailRule, end: SegmentEnd) -> SegmentEnd {
+    let reason = match end {
+        SegmentEnd::Clean => return SegmentEnd::Clean,
+        SegmentEnd::Torn { reason, .. } | SegmentEnd::Corrupt { reason, .. } => reason,
+    };
+    let corrupt = |why: String| SegmentEnd::Corrupt {
+        offset: 0,
+        reason: format!("segment header: {reason}; {why}"),
+    };
+    if !rule.is_last {
+        return corrupt("a later segment exists, so this one was complete".into());
+    }
+    if let Some(durable) = rule.durable_through {
+        if name_lsn <= durable {
+            return corrupt(format!(
+                "records from lsn {} were made durable (durable mark {})",
+                name_lsn.0, durable.0
+            ));
+        }
+    }
+    if let Some((at, lsn)) = next_record_after(bytes, 0, Lsn(name_lsn.0.saturating_sub(1))) {
+        return corrupt(format!(
+            "a valid record (lsn {}) follows at offset {at}",
+            lsn.0
+        ));
+    }
+    SegmentEnd::Torn {
+        offset: 0,
+        reason: format!("segment header: {reason} (creation cut short)"),
+    }
+}
+
+/// Decides whether the record at `offset` of `bytes`, which failed to decode
+/// with `error` after the record with lsn `last`, is a torn tail or
+/// corruption, by `rule`:
+/// - in a segment other than the last: corruption (it was synced whole
+///   before its successor was created);
+/// - at or below the durable mark: corruption (an fsync covered it and its
+///   write was acknowledged; a power cut cannot undo that);
+/// - above the mark: torn, whatever follows (zeros, garbage, or valid
+///   records from pages written back out of order — none of them was
+///   acknowledged as durable);
+/// - with no mark: torn only if no valid record with a higher lsn follows
+///   anywhere after it in the segment.
+pub fn classify(
+    bytes: &[u8],
+    offset: usize,
+    error: &DecodeError,
+    last: Lsn,
+    rule: TailRule,
+) -> SegmentEnd {
+    let at = offset as u64;
     let reason = error.to_string();
-    if rest.iter().all(|&b| b == 0) {
-        return SegmentEnd::Torn {
-            offset,
-            reason: "zeros after the last record".into(),
+    let next = last.0.saturating_add(1);
+    if !rule.is_last {
+        return SegmentEnd::Corrupt {
+            offset: at,
+            reason: format!(
+                "{reason}; in a segment that was synced whole before the next one was created"
+            ),
         };
     }
-    match error {
-        DecodeError::Truncated { .. } => SegmentEnd::Torn { offset, reason },
-        DecodeError::Checksum { .. } => {
-            // The record's own length says where it ends: when that is the end
-            // of the file, this was the final append, cut short.
-            let length = u64::from(u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]])) + 8;
-            if length >= rest.len() as u64 {
-                SegmentEnd::Torn { offset, reason }
-            } else {
-                SegmentEnd::Corrupt { offset, reason }
+    match rule.durable_through {
+        Some(durable) if next <= durable.0 => SegmentEnd::Corrupt {
+            offset: at,
+            reason: format!(
+                "{reason}; record lsn {next} was made durable (durable mark {})",
+                durable.0
+            ),
+        },
+        Some(durable) => SegmentEnd::Torn {
+            offset: at,
+            reason: format!(
+                "{reason}; past the durable mark (lsn {}): never acknowledged as durable",
+                durable.0
+            ),
+        },
+        None => match next_record_after(bytes, offset, last) {
+            Some((found, lsn)) => SegmentEnd::Corrupt {
+                offset: at,
+                reason: format!(
+                    "{reason}; a valid record (lsn {}) follows at offset {found}",
+                    lsn.0
+                ),
+            },
+            None => SegmentEnd::Torn { offset: at, reason },
+        },
+    }
+}
+
+/// Checks that the log reaches the durable mark: records up to the mark
+/// were acknowledged as durable, so if neither the log (`log_last`, its
+/// highest lsn) nor RocksDB (`applied`) holds them, some were lost.
+///
+/// # Errors
+/// Why the log is short, for the corruption message.
+pub fn check_durable_end(
+    mark: Option<Lsn>,
+    log_last: Option<Lsn>,
+    applied: Lsn,
+) -> Result<(), String> {
+    let Some(mark) = mark else { return Ok(()) };
+    let reach = log_last.map_or(applied, |last| last.max(applied));
+    if mark > reach {
+        return Err(format!(
+            "the durable mark says records up to lsn {} were made durable, but the log ends at lsn {} and RocksDB holds up to lsn {}: records {}..{} are missing",
+            mark.0,
+            log_last.map_or(0, |l| l.0),
+            applied.0,
+            reach.0 + 1,
+            mark.0
+        ));
+    }
+    Ok(())
+}
+
+/// The first offset after `from` where a whole, checksummed record with an
+/// lsn above `after` (and less than 2^32 above it, which garbage that
+/// happens to checksum would hardly meet) starts, scanning byte by byte.
+pub fn next_record_after(bytes: &[u8], from: usize, after: Lsn) -> Option<(usize, Lsn)> {
+    let mut p = from + 1;
+    while p + RECORD_HEADER_BYTES <= bytes.len() {
+        // Cheap tests first: the kind byte, the lsn, and a length that fits.
+        let kind = bytes[p + 8];
+        if (1..=10).contains(&kind) {
+            let mut lsn = [0u8; 8];
+            lsn.copy_from_slice(&bytes[p + 9..p + 17]);
+            let lsn = u64::from_le_bytes(lsn);
+            let length =
+                u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]) as usize;
+            if lsn > after.0
+                && lsn - after.0 < (1 << 32)
+                && length + 8 >= RECORD_HEADER_BYTES
+                && length + 8 <= bytes.len() - p
+            {
+                if let Ok((record, _)) = Record::decode(&bytes[p..]) {
+                    return Some((p, record.lsn));
+                }
             }
         }
-        DecodeError::Malformed(_) => SegmentEnd::Corrupt { offset, reason },
+        p += 1;
     }
+    None
 }
 
 #[cfg(test)]
@@ -249,9 +432,65 @@ mod tests {
             scan_segment(&bytes).end,
             SegmentEnd::Corrupt { offset: 0, .. }
         ));
+        // A garbage header with nothing after it: a creation cut short by
+        // a power cut (the header had not been synced) — but only in the
+        // last segment and above the durable mark.
         assert!(matches!(
             scan_segment(b"XKPT").end,
-            SegmentEnd::Corrupt { .. }
+            SegmentEnd::Torn { offset: 0, .. }
+        ));
+        let not_last = TailRule::for_segment(0, 2, Some(Lsn(0)));
+        assert!(matches!(
+            scan_segment_with(b"XKPT", Lsn(1), not_last).end,
+            SegmentEnd::Corrupt { offset: 0, .. }
+        ));
+        let covered = TailRule::for_segment(0, 1, Some(Lsn(1)));
+        assert!(matches!(
+            scan_segment_with(b"XKPT", Lsn(1), covered).end,
+            SegmentEnd::Corrupt { offset: 0, .. }
+        ));
+        let above = TailRule::for_segment(0, 1, Some(Lsn(0)));
+        assert!(matches!(
+            scan_segment_with(&[0u8; 32], Lsn(1), above).end,
+            SegmentEnd::Torn { offset: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn damage_is_torn_only_past_the_durable_mark_of_the_last_segment() {
+        let bytes = segment();
+        let scan = scan_segment(&bytes);
+        let offsets: Vec<u64> = scan.records.iter().map(|(o, _)| *o).collect();
+        // Zeros from record 4 (lsn 5) on, then record 6 and later intact:
+        // pages written back out of order.
+        let mut holed = bytes.clone();
+        holed[offsets[4] as usize..offsets[5] as usize].fill(0);
+        for (mark, last, torn) in [
+            (Some(Lsn(4)), true, true),
+            (Some(Lsn(5)), true, false),
+            (Some(Lsn(4)), false, false),
+            // No mark: valid records after the hole prove it was written.
+            (None, true, false),
+        ] {
+            let rule = TailRule {
+                is_last: last,
+                durable_through: mark,
+            };
+            let scan = scan_segment_with(&holed, Lsn(1), rule);
+            assert_eq!(scan.records.len(), 4);
+            match scan.end {
+                SegmentEnd::Torn { offset, .. } if torn => assert_eq!(offset, offsets[4]),
+                SegmentEnd::Corrupt { offset, .. } if !torn => assert_eq!(offset, offsets[4]),
+                other => panic!("mark {mark:?} last {last}: {other:?}"),
+            }
+        }
+        // Without a mark, a flipped length bit in the middle (the record now
+        // claims to run past the end) is corruption: valid records follow.
+        let mut flipped = bytes.clone();
+        flipped[offsets[2] as usize + 2] ^= 0x01;
+        assert!(matches!(
+            scan_segment(&flipped).end,
+            SegmentEnd::Corrupt { offset, .. } if offset == offsets[2]
         ));
     }
 }

@@ -26,6 +26,15 @@ pub struct AppendError {
     pub rolled_back: bool,
 }
 
+/// Why a rotation failed.
+#[derive(Debug)]
+pub enum RotateError {
+    /// Syncing the current segment failed: its durability is unknown.
+    Sync(io::Error),
+    /// Creating the next segment failed; the current one stays in use.
+    Create(io::Error),
+}
+
 /// A handle that syncs one segment from another thread.
 pub type SyncHandle = Arc<Mutex<Box<dyn WalFile>>>;
 
@@ -111,13 +120,24 @@ impl WalWriter {
         self.len >= self.segment_bytes_max
     }
 
-    /// Closes the current (synced) segment and starts one at `next_lsn`.
+    /// Syncs the current segment, then starts one at `next_lsn`.
+    ///
+    /// The sync comes first so that only the log's last segment can ever
+    /// hold bytes that were never synced: recovery relies on this to call
+    /// any damage before the last segment corruption rather than a torn
+    /// tail (fsyncs of the old segment still queued on the fsync thread
+    /// would otherwise race with the new segment's).
     ///
     /// # Errors
-    /// IO errors creating the new segment; the current one stays in use.
-    pub fn rotate(&mut self, next_lsn: Lsn) -> io::Result<()> {
-        let (file, name) = create_segment(self.fs.as_ref(), next_lsn)?;
-        let sync_handle = Arc::new(Mutex::new(file.try_clone()?));
+    /// [`RotateError::Sync`]: the sync failed, so the durability of the
+    /// segment is unknown (the caller must poison the store);
+    /// [`RotateError::Create`]: the new segment could not be made; the
+    /// current one stays in use.
+    pub fn rotate(&mut self, next_lsn: Lsn) -> Result<(), RotateError> {
+        self.file.sync_data().map_err(RotateError::Sync)?;
+        let (file, name) =
+            create_segment(self.fs.as_ref(), next_lsn).map_err(RotateError::Create)?;
+        let sync_handle = Arc::new(Mutex::new(file.try_clone().map_err(RotateError::Create)?));
         let (first, previous) = std::mem::replace(&mut self.current, (next_lsn, name));
         self.older.push_back((first, previous, self.len));
         self.closed_bytes += self.len;
@@ -127,12 +147,21 @@ impl WalWriter {
         Ok(())
     }
 
-    /// Deletes closed segments holding only records at or below `durable`.
-    /// Returns how many were deleted.
+    /// Deletes closed segments holding only records at or below `durable`,
+    /// and syncs the directory so the deletions are durable. Returns how
+    /// many were deleted.
     ///
     /// # Errors
     /// IO errors removing a file (the rest stay for the next attempt).
     pub fn delete_covered(&mut self, durable: Lsn) -> io::Result<usize> {
+        let deleted = self.remove_covered(durable)?;
+        if deleted > 0 {
+            self.fs.sync_dir()?;
+        }
+        Ok(deleted)
+    }
+
+    fn remove_covered(&mut self, durable: Lsn) -> io::Result<usize> {
         let mut deleted = 0;
         loop {
             // A closed segment's last record is just below the next
@@ -199,7 +228,14 @@ mod tests {
         w.append(&[1u8; 40]).unwrap();
         w.sync().unwrap();
         assert!(w.is_full());
+        w.append(&[2u8; 8]).unwrap();
         w.rotate(Lsn(5)).unwrap();
+        fs.power_loss();
+        assert_eq!(
+            fs.get(&segment_name(Lsn(1))).unwrap().len(),
+            SEGMENT_HEADER_BYTES + 48,
+            "rotation synced the old segment before starting the next"
+        );
         w.rotate(Lsn(9)).unwrap();
         assert_eq!(w.segment_count(), 3);
         assert_eq!(

@@ -1,0 +1,171 @@
+//! The durable mark: where the log's durable end was, so recovery can tell
+//! a torn tail (bytes never made durable, which a power cut may leave as a
+//! prefix, zeros, garbage or out-of-order pages) from corruption of records
+//! that were durable and acknowledged.
+//!
+//! The file `durable.mark` in the WAL directory holds three slots, each in
+//! its own 512-byte sector so that tearing one write damages one slot:
+//!
+//! ```text
+//! slot offset   0, 512: baseline — written and fsynced at the end of
+//!                       recovery, alternately, so one always survives intact
+//! slot offset 1024:     rolling  — rewritten (not fsynced) after every fsync
+//!                       of the log with the highest lsn that fsync covered
+//!
+//! each slot:
+//! offset size field
+//!      0    8 magic   b"CKPTDUR\0"
+//!      8    8 lsn     every record up to it was durable when written
+//!     16    4 crc32   of bytes 0..16
+//!     20    4 reserved zero
+//! ```
+//!
+//! Every valid slot states something that was true when it was written, and
+//! lsns up to a durable mark are never reused, so the mark is the highest
+//! valid slot. The rolling slot is not synced (that would double the
+//! fsyncs); after a power cut it may be older than the true durable end or
+//! unreadable, so the mark is a *lower* bound: damage at or below it is
+//! certainly corruption; damage above it is treated as torn. The residual
+//! risk — bit rot in records acknowledged after the last mark that reached
+//! the disk — is the price; docs/storage.md says so.
+
+use std::io;
+
+use super::record::Lsn;
+use crate::io::{WalFile, WalFs};
+
+/// File name of the durable mark in the WAL directory.
+pub const MARK_FILE: &str = "durable.mark";
+/// First bytes of every slot.
+pub const MARK_MAGIC: [u8; 8] = *b"CKPTDUR\0";
+/// Bytes of one slot.
+pub const MARK_SLOT_BYTES: usize = 24;
+/// Offsets of the two baseline slots and the rolling slot.
+pub const BASELINE_SLOTS: [u64; 2] = [0, 512];
+/// Offset of the slot rewritten after every fsync.
+pub const ROLLING_SLOT: u64 = 1024;
+
+/// One encoded slot stating that records up to `lsn` were durable.
+pub fn encode_slot(lsn: Lsn) -> [u8; MARK_SLOT_BYTES] {
+    let mut slot = [0u8; MARK_SLOT_BYTES];
+    slot[0..8].copy_from_slice(&MARK_MAGIC);
+    slot[8..16].copy_from_slice(&lsn.0.to_le_bytes());
+    let crc = crc32fast::hash(&slot[0..16]);
+    slot[16..20].copy_from_slice(&crc.to_le_bytes());
+    slot
+}
+
+fn decode_slot(bytes: &[u8], offset: u64) -> Option<Lsn> {
+    let start = usize::try_from(offset).ok()?;
+    let slot = bytes.get(start..start.checked_add(MARK_SLOT_BYTES)?)?;
+    if slot[0..8] != MARK_MAGIC {
+        return None;
+    }
+    let stored = u32::from_le_bytes([slot[16], slot[17], slot[18], slot[19]]);
+    if stored != crc32fast::hash(&slot[0..16]) {
+        return None;
+    }
+    let mut lsn = [0u8; 8];
+    lsn.copy_from_slice(&slot[8..16]);
+    Some(Lsn(u64::from_le_bytes(lsn)))
+}
+
+/// The mark a file's bytes state: the highest valid slot, or `None` when no
+/// slot is readable.
+pub fn decode(bytes: &[u8]) -> Option<Lsn> {
+    BASELINE_SLOTS
+        .iter()
+        .chain(std::iter::once(&ROLLING_SLOT))
+        .filter_map(|&offset| decode_slot(bytes, offset))
+        .max()
+}
+
+/// The baseline slot to overwrite next: an unreadable one, else the lower
+/// one, so the other (the higher, valid one) survives a torn write.
+fn next_baseline(bytes: &[u8]) -> u64 {
+    let [a, b] = BASELINE_SLOTS;
+    match (decode_slot(bytes, a), decode_slot(bytes, b)) {
+        (None, _) => a,
+        (_, None) => b,
+        (Some(x), Some(y)) if x <= y => a,
+        _ => b,
+    }
+}
+
+/// Reads the mark from `fs`; `None` if the file is missing or unreadable.
+///
+/// # Errors
+/// IO errors other than the file being missing.
+pub fn read(fs: &dyn WalFs) -> io::Result<Option<Lsn>> {
+    match fs.read(MARK_FILE) {
+        Ok(bytes) => Ok(decode(&bytes)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Durably records that every record up to `lsn` is durable (in a baseline
+/// slot, fsynced, and the file's directory entry synced), and returns the
+/// file open for [`write_rolling`].
+///
+/// # Errors
+/// IO errors writing or syncing.
+pub fn write_baseline(fs: &dyn WalFs, lsn: Lsn) -> io::Result<Box<dyn WalFile>> {
+    let existing = match fs.read(MARK_FILE) {
+        Ok(bytes) => Some(bytes),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error),
+    };
+    let mut file = fs.open(MARK_FILE)?;
+    let slot = existing.as_deref().map_or(BASELINE_SLOTS[0], next_baseline);
+    file.write_at(slot, &encode_slot(lsn))?;
+    file.sync_data()?;
+    if existing.is_none() {
+        fs.sync_dir()?;
+    }
+    Ok(file)
+}
+
+/// Records, without syncing, that every record up to `lsn` is durable.
+///
+/// # Errors
+/// IO errors writing.
+pub fn write_rolling(file: &mut dyn WalFile, lsn: Lsn) -> io::Result<()> {
+    file.write_at(ROLLING_SLOT, &encode_slot(lsn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::FaultFs;
+
+    #[test]
+    fn the_mark_is_the_highest_valid_slot() {
+        let fs = FaultFs::new();
+        assert_eq!(read(&fs).unwrap(), None);
+        let mut file = write_baseline(&fs, Lsn(5)).unwrap();
+        assert_eq!(read(&fs).unwrap(), Some(Lsn(5)));
+        write_rolling(file.as_mut(), Lsn(9)).unwrap();
+        assert_eq!(read(&fs).unwrap(), Some(Lsn(9)));
+        // A damaged rolling slot falls back to the baseline.
+        let mut bytes = fs.get(MARK_FILE).unwrap();
+        bytes[ROLLING_SLOT as usize + 9] ^= 1;
+        fs.put(MARK_FILE, bytes);
+        assert_eq!(read(&fs).unwrap(), Some(Lsn(5)));
+    }
+
+    #[test]
+    fn a_baseline_write_never_overwrites_the_only_valid_baseline() {
+        let fs = FaultFs::new();
+        drop(write_baseline(&fs, Lsn(3)).unwrap());
+        drop(write_baseline(&fs, Lsn(7)).unwrap());
+        let bytes = fs.get(MARK_FILE).unwrap();
+        assert_eq!(decode_slot(&bytes, BASELINE_SLOTS[0]), Some(Lsn(3)));
+        assert_eq!(decode_slot(&bytes, BASELINE_SLOTS[1]), Some(Lsn(7)));
+        // The next one replaces the lower (older) slot.
+        drop(write_baseline(&fs, Lsn(8)).unwrap());
+        let bytes = fs.get(MARK_FILE).unwrap();
+        assert_eq!(decode_slot(&bytes, BASELINE_SLOTS[0]), Some(Lsn(8)));
+        assert_eq!(decode_slot(&bytes, BASELINE_SLOTS[1]), Some(Lsn(7)));
+    }
+}
