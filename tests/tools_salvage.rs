@@ -102,7 +102,7 @@ fn salvage_recovers_the_prefix_of_a_log_corrupt_in_the_middle() {
     std::fs::create_dir_all(&links).unwrap();
     let wal_dir = data.join("wal");
     let mut linked = BTreeSet::new();
-    let mut link_new = |linked: &mut BTreeSet<String>| {
+    let link_new = |linked: &mut BTreeSet<String>| {
         for name in segments(&wal_dir) {
             if !linked.contains(&name) {
                 std::fs::hard_link(wal_dir.join(&name), links.join(&name))

@@ -245,7 +245,7 @@ fn verify_and_salvage_judge_the_log_as_recovery_does() {
     let name = ckpt_proto::CheckpointName::new("agree").unwrap();
     let attributes = ckpt_proto::CreationAttributes {
         creation_flags: ckpt_proto::CreationFlags::WR_ACTIVE_REPLICA,
-        checkpoint_size: 16384,
+        checkpoint_size: 8192,
         retention_duration_ns: ckpt_proto::TIME_END,
         max_sections: 2,
         max_section_size: 4096,

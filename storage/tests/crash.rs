@@ -156,6 +156,56 @@ struct Worker {
     ids: BTreeMap<Key, InstanceId>,
 }
 
+/// What a thread's checkpoints may be after a power cut.
+struct Candidates {
+    /// After the last operation acknowledged as durable.
+    base: Model,
+    /// After each later operation, in order: acknowledged as written only,
+    /// or in flight. Any prefix of them may have survived.
+    in_doubt: Vec<Model>,
+    /// For each of `in_doubt`: `Some(now)` if it is the state after an
+    /// expiry pass at `now`. One pass logs a record per expired section, so
+    /// a power cut may keep any prefix of them: any subset of the sections
+    /// due at `now` may be gone (each expiry stands on its own).
+    expiry_now: Vec<Option<i64>>,
+}
+
+impl Candidates {
+    fn push(&mut self, step: &Step, states: Vec<Model>) {
+        let expiry = matches!(step.ops.as_slice(), [Op::ExpireDue]);
+        for model in states {
+            self.in_doubt.push(model);
+            self.expiry_now.push(expiry.then_some(step.now));
+        }
+    }
+
+    fn settle(&mut self, base: Model) {
+        self.base = base;
+        self.in_doubt.clear();
+        self.expiry_now.clear();
+    }
+}
+
+/// Whether `recovered` is `before` with some sections due at `now` gone.
+fn partial_expiry(before: &Model, now: i64, recovered: &Digest) -> bool {
+    before.checkpoints.len() == recovered.len()
+        && before.checkpoints.iter().all(|(key, was)| {
+            let Some(is) = recovered.get(key) else {
+                return false;
+            };
+            is.retention == was.retention
+                && is.generated_next == was.generated_next
+                && was
+                    .sections
+                    .iter()
+                    .all(|(id, section)| match is.sections.get(id) {
+                        Some(kept) => kept == section,
+                        None => section.expiration <= now,
+                    })
+                && is.sections.keys().all(|id| was.sections.contains_key(id))
+        })
+}
+
 /// One operation (or two, for a delete) and the model after it.
 struct Step {
     ops: Vec<Op>,
@@ -240,7 +290,7 @@ impl Worker {
             } else {
                 named
             };
-            let Some(current) = self.model.checkpoints.get(&key).cloned() else {
+            if !self.model.checkpoints.contains_key(&key) {
                 let retention = self.rng.random_range(1..1000) * 1_000_000_000;
                 after.checkpoints.insert(
                     key,
@@ -259,7 +309,7 @@ impl Worker {
                     after,
                     middle: None,
                 };
-            };
+            }
             let instance = self.ids[&key];
             let checkpoint = after.checkpoints.get_mut(&key).expect("exists");
             let used = checkpoint.used();
@@ -485,11 +535,17 @@ impl Worker {
     }
 
     /// Runs up to `ops` operations until one fails (the power went).
-    /// Returns the models still in doubt after the last durable one: the
-    /// state after each operation acknowledged only as written, then after
-    /// the one in flight.
-    fn run(&mut self, store: &Store, fs: &FaultFs, ops: usize) -> Result<Vec<Model>, String> {
-        let mut in_doubt: Vec<Model> = Vec::new();
+    /// Returns the model after the last durable acknowledgement and the
+    /// models still in doubt after it: the state after each operation
+    /// acknowledged only as written, then after the one in flight.
+    fn run(&mut self, store: &Store, fs: &FaultFs, ops: usize) -> Result<Candidates, String> {
+        // The state after the last durable acknowledgement (what recovery
+        // left is durable: it synced what it kept).
+        let mut doubt = Candidates {
+            base: self.model.clone(),
+            in_doubt: Vec::new(),
+            expiry_now: Vec::new(),
+        };
         for _ in 0..ops {
             let step = self.next_step();
             let durability = if self.rng.random_bool(0.25) {
@@ -539,18 +595,17 @@ impl Worker {
                 if durability == Durability::Durable && index > 0 {
                     // The operations before the failed one were
                     // acknowledged as durable.
-                    in_doubt.clear();
-                    self.model = states[index - 1].clone();
-                    self.forget_gone_ids();
-                    in_doubt.push(states[index].clone());
+                    doubt.settle(states[index - 1].clone());
+                    let last = states.split_off(index);
+                    doubt.push(&step, last);
                 } else {
-                    in_doubt.extend(states);
+                    doubt.push(&step, states);
                 }
-                return Ok(in_doubt);
+                return Ok(doubt);
             }
             // Acknowledged.
             let all = states(&step);
-            self.model = step.after;
+            self.model = step.after.clone();
             if let Some(instance) = created {
                 for key in self.model.checkpoints.keys() {
                     if !self.ids.contains_key(key) {
@@ -560,11 +615,11 @@ impl Worker {
             }
             self.forget_gone_ids();
             match durability {
-                Durability::Durable => in_doubt.clear(),
-                Durability::Written => in_doubt.extend(all),
+                Durability::Durable => doubt.settle(self.model.clone()),
+                Durability::Written => doubt.push(&step, all),
             }
         }
-        Ok(in_doubt)
+        Ok(doubt)
     }
 
     fn forget_gone_ids(&mut self) {
@@ -581,15 +636,24 @@ impl Worker {
 
     /// After a restart: the store's state must be the model after every
     /// durable acknowledgement plus a prefix of `in_doubt`; adopts it.
-    fn check_recovered(&mut self, store: &Store, in_doubt: Vec<Model>) -> Result<(), String> {
+    fn check_recovered(&mut self, store: &Store, doubt: Candidates) -> Result<(), String> {
         let recovered = store_digest(store, self.thread);
-        let mut candidates = vec![self.model.clone()];
-        candidates.extend(in_doubt);
+        let base = doubt.base.checkpoints.clone();
+        let mut candidates = vec![doubt.base];
+        candidates.extend(doubt.in_doubt);
+        let partial =
+            doubt.expiry_now.iter().enumerate().any(|(i, now)| {
+                now.is_some_and(|now| partial_expiry(&candidates[i], now, &recovered))
+            });
+        if partial {
+            candidates.push(Model {
+                checkpoints: recovered.clone(),
+            });
+        }
         let Some(found) = candidates.iter().position(|m| m.checkpoints == recovered) else {
             return Err(format!(
-                "thread {}: recovered state is no prefix of its operations\nrecovered: {recovered:?}\nacknowledged as durable: {:?}\nin doubt: {}",
+                "thread {}: recovered state is no prefix of its operations\nrecovered: {recovered:?}\nacknowledged as durable: {base:?}\nin doubt: {}",
                 self.thread,
-                self.model.checkpoints,
                 candidates.len() - 1
             ));
         };
@@ -606,6 +670,60 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// The log's files as recovery sees them, for failure messages.
+fn describe_log(fs: &FaultFs) -> String {
+    use ckpt_storage::wal::segment::scan_segment;
+    use ckpt_storage::WalFs;
+    let mut out = String::new();
+    for name in fs.list().unwrap_or_default() {
+        let bytes = fs.get(&name).unwrap_or_default();
+        if name.ends_with(".log") {
+            let scan = scan_segment(&bytes);
+            let lsns: Vec<u64> = scan.records.iter().map(|(_, r)| r.lsn.0).collect();
+            out.push_str(&format!(
+                "\n  {name}: {} bytes, lsns {:?}..{:?} ({}), end {:?}",
+                bytes.len(),
+                lsns.first(),
+                lsns.last(),
+                lsns.len(),
+                scan.end
+            ));
+        } else {
+            out.push_str(&format!(
+                "\n  {name}: mark {:?}",
+                ckpt_storage::wal::mark::decode(&bytes)
+            ));
+        }
+    }
+    out
+}
+
+fn describe_log_records(fs: &FaultFs) -> String {
+    use ckpt_storage::wal::segment::scan_segment;
+    use ckpt_storage::WalFs;
+    let mut out = String::new();
+    for name in fs.list().unwrap_or_default() {
+        let bytes = fs.get(&name).unwrap_or_default();
+        if name.ends_with(".log") {
+            let scan = scan_segment(&bytes);
+            out.push_str(&format!(
+                "\n  {name}: {} bytes, end {:?}",
+                bytes.len(),
+                scan.end
+            ));
+            for (offset, r) in &scan.records {
+                out.push_str(&format!(
+                    "\n    {offset}: lsn {} instance {} {:?}",
+                    r.lsn.0,
+                    r.instance.0,
+                    r.body.kind()
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -654,7 +772,7 @@ fn crash_cycles(mode: RocksWalMode, seed: u64, cycles: u64) -> u64 {
     let mut workers: Vec<Worker> = (0..THREADS)
         .map(|thread| Worker {
             thread,
-            rng: StdRng::seed_from_u64(seed ^ (thread as u64 + 1) * 0x9E37_79B9),
+            rng: StdRng::seed_from_u64(seed ^ ((thread as u64 + 1) * 0x9E37_79B9)),
             clock: NOW,
             model: Model::default(),
             ids: BTreeMap::new(),
@@ -667,7 +785,7 @@ fn crash_cycles(mode: RocksWalMode, seed: u64, cycles: u64) -> u64 {
         fs.crash_after(rng.random_range(0..(THREADS * OPS_PER_THREAD_MAX * 3) as u64));
         let ops = rng.random_range(1..=OPS_PER_THREAD_MAX);
         let start = Barrier::new(THREADS);
-        let results: Vec<Result<Vec<Model>, String>> = std::thread::scope(|scope| {
+        let results: Vec<Result<Candidates, String>> = std::thread::scope(|scope| {
             let handles: Vec<_> = workers
                 .iter_mut()
                 .map(|worker| {
@@ -695,11 +813,23 @@ fn crash_cycles(mode: RocksWalMode, seed: u64, cycles: u64) -> u64 {
             .batches
             .load(std::sync::atomic::Ordering::Relaxed);
         drop(store);
+        let before = if std::env::var("CKPT_CRASH_DEBUG").is_ok() {
+            describe_log_records(&fs)
+        } else {
+            String::new()
+        };
         fs.power_loss();
         store = open_through_crashes(dir.path(), &fs, mode, &mut rng, seed);
+        if !before.is_empty() {
+            println!("cycle {cycle} before the power loss:{before}");
+        }
         for (worker, models) in workers.iter_mut().zip(in_doubt) {
             if let Err(message) = worker.check_recovered(&store, models) {
-                panic!("seed {seed} cycle {cycle} ({mode:?}): {message}");
+                panic!(
+                    "seed {seed} cycle {cycle} ({mode:?}): {message}\nrecovery: {:?}\nlog: {}",
+                    store.recovery_report(),
+                    describe_log(&fs)
+                );
             }
         }
     }

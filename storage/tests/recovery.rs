@@ -64,6 +64,18 @@ fn scripted_ops(store: &Store) -> Vec<Op> {
     ]
 }
 
+/// The WAL segments in `fs` (not the durable mark), in log order.
+fn segment_names(fs: &FaultFs) -> Vec<String> {
+    let mut names: Vec<String> = fs
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    names.sort();
+    names
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -91,7 +103,7 @@ fn cutting_the_log_at_every_byte_recovers_exactly_a_prefix() {
         digests.push(digest(&store));
     }
     drop(store);
-    let names = fs.list().unwrap();
+    let names = segment_names(&fs);
     assert_eq!(names.len(), 1, "one segment: {names:?}");
     let bytes = fs.get(&names[0]).unwrap();
     let scan = scan_segment(&bytes);
@@ -107,6 +119,8 @@ fn cutting_the_log_at_every_byte_recovers_exactly_a_prefix() {
     for cut in cut_from..=bytes.len() {
         let case = tempfile::tempdir().unwrap();
         copy_dir(&dir.path().join("db"), &case.path().join("db"));
+        // No durable mark: each cut is what a power cut leaves when no
+        // fsync has yet covered the bytes cut off.
         let case_fs = FaultFs::new();
         case_fs.put(&names[0], bytes[..cut].to_vec());
         let store = open(case.path(), &case_fs, RocksWalMode::Disabled);
@@ -164,7 +178,7 @@ fn corruption_before_the_tail_names_segment_and_offset() {
         run(&store, op).unwrap();
     }
     drop(store);
-    let name = fs.list().unwrap().remove(0);
+    let name = segment_names(&fs).remove(0);
     let mut bytes = fs.get(&name).unwrap();
     let victim = scan_segment(&bytes).records[3].0;
     bytes[victim as usize + 20] ^= 0x10;
@@ -240,7 +254,7 @@ fn the_log_stays_bounded_under_steady_writes() {
             max_segments <= 6,
             "{mode:?}: the log grew to {max_segments} segments"
         );
-        assert!(fs.list().unwrap().len() <= 6);
+        assert!(segment_names(&fs).len() <= 6);
         drop(store);
         fs.power_loss();
         let store = Store::open_with_fs(config, std::sync::Arc::new(fs.clone())).unwrap();
@@ -326,15 +340,15 @@ fn clone_fs(fs: &FaultFs) -> FaultFs {
 
 #[test]
 fn a_flipped_bit_in_a_record_header_never_drops_what_follows() {
+    use ckpt_storage::wal::mark::{self, MARK_FILE};
+    use ckpt_storage::wal::segment::{scan_segment_with, SegmentEnd, TailRule};
     let (_dir, fs, full, offsets) = twenty_records();
-    let segment = fs
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|n| n.ends_with(".log"))
-        .unwrap();
+    let segment = segment_names(&fs).remove(0);
     let bytes = fs.get(&segment).unwrap();
-    let mut cases = 0;
+    let durable_mark = mark::decode(&fs.get(MARK_FILE).unwrap());
+    assert_eq!(durable_mark, Some(ckpt_storage::Lsn(20)));
+    let rule = TailRule::for_segment(0, 1, durable_mark);
+    let mut opened_cases = 0;
     // A refused open changes nothing in RocksDB, so one directory serves
     // until an open succeeds.
     let mut case = tempfile::tempdir().unwrap();
@@ -346,13 +360,26 @@ fn a_flipped_bit_in_a_record_header_never_drops_what_follows() {
             for bit in 0..8 {
                 let mut damaged = bytes.clone();
                 damaged[byte] ^= 1 << bit;
+                let what = format!("record {victim} byte {} bit {bit}", byte - at);
+                // Every flip, judged by the code recovery runs.
+                let scan = scan_segment_with(&damaged, ckpt_storage::Lsn(1), rule);
+                match &scan.end {
+                    SegmentEnd::Corrupt { offset, .. } => {
+                        assert_eq!(*offset as usize, at, "{what}")
+                    }
+                    other => panic!("{what}: judged {other:?}, acknowledged records would go"),
+                }
+                // Every bit of the length and of the crc, and one bit of
+                // every other header byte, through a whole recovery.
+                if byte >= at + 8 && bit != byte % 8 {
+                    continue;
+                }
                 let case_fs = clone_fs(&fs);
                 case_fs.put(&segment, damaged);
                 let opened = Store::open_with_fs(
                     config(case.path(), RocksWalMode::Disabled),
                     std::sync::Arc::new(case_fs.clone()),
                 );
-                let what = format!("record {victim} byte {} bit {bit}", byte - at);
                 match opened {
                     Ok(store) => {
                         assert_eq!(
@@ -374,11 +401,11 @@ fn a_flipped_bit_in_a_record_header_never_drops_what_follows() {
                         );
                     }
                 }
-                cases += 1;
+                opened_cases += 1;
             }
         }
     }
-    assert_eq!(cases, 2 * 49 * 8);
+    assert_eq!(opened_cases, 2 * (64 + 41));
 }
 
 /// A durable mark file stating that records up to `lsn` were durable.

@@ -350,11 +350,11 @@ fn verify_wal(
                     problems.push(finding);
                 }
             }
-            (_, Some(lsn)) if lsn != segment.first_lsn => problems.push(Finding {
+            (_, Some(lsn)) if lsn.0 != segment.first_lsn => problems.push(Finding {
                 location: at(16),
                 message: format!(
-                    "the header names first lsn {lsn}, the file name {}",
-                    segment.first_lsn
+                    "the header names first lsn {}, the file name {}",
+                    lsn.0, segment.first_lsn
                 ),
             }),
             _ => {}
