@@ -222,7 +222,8 @@ fn powered_off() -> io::Error {
     io::Error::other("injected power loss: device is gone")
 }
 
-/// Page size of the simulated device: power loss keeps or loses whole pages.
+/// Default page size of the simulated device: power loss writes back or
+/// loses whole pages.
 pub const FAULT_PAGE_BYTES: usize = 4096;
 
 /// A small deterministic PRNG (splitmix64), so the library needs no `rand`.
@@ -297,8 +298,9 @@ impl MemFile {
         self.dirty_from = self.dirty_from.min(offset);
     }
 
-    /// The bytes a power loss leaves.
-    fn after_power_loss(&self, mode: PowerLoss, rng: &mut Prng) -> Vec<u8> {
+    /// The bytes a power loss leaves; `page_bytes` is the unit the disk
+    /// writes back.
+    fn after_power_loss(&self, mode: PowerLoss, page_bytes: usize, rng: &mut Prng) -> Vec<u8> {
         let from = self.dirty_from;
         if mode == PowerLoss::DropUnsynced || self.data == self.durable {
             return self.durable.clone();
@@ -348,7 +350,7 @@ impl MemFile {
                 let mut out = new[..from.min(len)].to_vec();
                 let mut page_start = from;
                 while page_start < len {
-                    let page_end = ((page_start / FAULT_PAGE_BYTES) + 1) * FAULT_PAGE_BYTES;
+                    let page_end = ((page_start / page_bytes) + 1) * page_bytes;
                     let page_end = page_end.min(len);
                     let pick = |source: &[u8]| -> Vec<u8> {
                         (page_start..page_end)
@@ -382,6 +384,7 @@ struct MemState {
     durable_names: BTreeMap<String, Inode>,
     faults: Faults,
     mode: PowerLoss,
+    page_bytes: usize,
     rng: Prng,
 }
 
@@ -394,6 +397,7 @@ impl Default for MemState {
             durable_names: BTreeMap::new(),
             faults: Faults::default(),
             mode: PowerLoss::Harsh,
+            page_bytes: FAULT_PAGE_BYTES,
             rng: Prng(0x5EED),
         }
     }
@@ -444,6 +448,13 @@ impl FaultFs {
         self.lock().mode = mode;
     }
 
+    /// Sets the unit in which unsynced bytes are written back out of order
+    /// (default [`FAULT_PAGE_BYTES`]); a smaller one, down to a 512-byte
+    /// sector, puts more boundaries inside a small unsynced tail.
+    pub fn set_page_bytes(&self, bytes: usize) {
+        self.lock().page_bytes = bytes.max(1);
+    }
+
     fn lock(&self) -> MutexGuard<'_, MemState> {
         // A panic elsewhere in a test must not hide this one's data.
         self.state
@@ -485,7 +496,7 @@ impl FaultFs {
                 continue;
             }
             if let Some(file) = state.inodes.get(inode) {
-                let bytes = file.after_power_loss(state.mode, &mut state.rng);
+                let bytes = file.after_power_loss(state.mode, state.page_bytes, &mut state.rng);
                 inodes.insert(
                     *inode,
                     MemFile {

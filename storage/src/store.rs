@@ -43,7 +43,8 @@ use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, Stat
 use crate::wal::mark;
 use crate::wal::record::{Epoch, InstanceId, Lsn, Record, Seq};
 use crate::wal::segment::{
-    check_durable_end, parse_segment_name, scan_segment_with, SegmentEnd, TailRule,
+    check_durable_end, next_record_after, parse_segment_name, scan_segment_with, SegmentEnd,
+    TailRule,
 };
 use crate::wal::writer::{RotateError, SyncHandle, WalWriter};
 
@@ -111,8 +112,12 @@ pub struct RecoveryReport {
     pub applied_at_open: u64,
     /// Records replayed from the log into RocksDB.
     pub replayed: u64,
-    /// A torn final record that was cut off: segment, offset, reason.
+    /// A torn tail that was cut off: segment, offset, reason.
     pub torn_tail: Option<(String, u64, String)>,
+    /// Whole, checksummed records found in the torn tail and cut off with
+    /// it (pages written back out of order): written, never acknowledged
+    /// as durable.
+    pub torn_records: u64,
     /// The lsn the next record gets.
     pub next_lsn: u64,
     /// Segments found.
@@ -810,7 +815,13 @@ fn recover(
             SegmentEnd::Clean => kept.push((first_lsn, name, scan.valid_len)),
             SegmentEnd::Torn { offset, reason } => {
                 // Only the last segment can be torn (TailRule).
-                tracing::warn!(segment = %name, offset, %reason, "cutting off a torn tail of the log (never acknowledged as durable)");
+                let mut after = offset as usize;
+                let mut last = scan.records.last().map_or(Lsn(0), |(_, r)| r.lsn);
+                while let Some((at, lsn)) = next_record_after(&bytes, after, last) {
+                    report.torn_records += 1;
+                    (after, last) = (at, lsn);
+                }
+                tracing::warn!(segment = %name, offset, %reason, whole_records_dropped = report.torn_records, "cutting off a torn tail of the log (never acknowledged as durable)");
                 report.torn_tail = Some((name.clone(), offset, reason));
                 if scan.first_lsn.is_none() {
                     fs.remove(&name)
