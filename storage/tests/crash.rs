@@ -643,8 +643,9 @@ impl Worker {
                     if !fs.crashed() {
                         return Err(format!("an operation the model allows failed: {error}"));
                     }
+                    // The step's later operations were submitted too (the
+                    // whole pipeline was), so they may be in the log as well.
                     let mut states = states(step);
-                    states.truncate(index + 1);
                     if *durability == Durability::Durable && index > 0 {
                         // The operations before the failed one were
                         // acknowledged as durable.
