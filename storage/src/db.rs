@@ -1027,4 +1027,72 @@ mod tests {
         assert_eq!(decode_instance(&encode_instance(&meta)).unwrap(), meta);
         assert!(decode_instance(&encode_instance(&meta)[..20]).is_err());
     }
+
+    fn open_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DbOptions {
+            data_column_families: 1,
+            ..DbOptions::default()
+        };
+        let (db, _) = Db::open(dir.path(), options).unwrap();
+        (dir, db)
+    }
+
+    fn replace(instance: InstanceId, id: &SectionId, data: &[u8], size_before: u64) -> Effect {
+        Effect::ReplaceData {
+            column_family: 0,
+            instance,
+            section_id: id.clone(),
+            data: data.to_vec(),
+            size_before,
+        }
+    }
+
+    #[test]
+    fn a_chunk_index_past_u32_is_refused_not_wrapped() {
+        let (_dir, db) = open_db();
+        let (instance, id) = (InstanceId(1), SectionId::new("a"));
+        db.apply(&[replace(instance, &id, b"chunk zero", 0)], Lsn(1), 2)
+            .unwrap();
+        // Offset 2^48 is chunk 2^32: its index does not fit the key's u32.
+        let wrapping = Effect::WriteData {
+            column_family: 0,
+            instance,
+            section_id: id.clone(),
+            offset: 1 << 48,
+            data: b"X".to_vec(),
+            size_after: (1 << 48) + 1,
+        };
+        assert!(db.apply(&[wrapping], Lsn(2), 2).is_err());
+        assert_eq!(
+            db.snapshot().read_data(0, instance, &id, 0, 10).unwrap(),
+            b"chunk zero"
+        );
+    }
+
+    #[test]
+    fn removing_or_replacing_a_huge_sparse_section_is_a_range_delete() {
+        let (_dir, db) = open_db();
+        let (instance, id) = (InstanceId(1), SectionId::new("a"));
+        // 64 GiB: a million chunk keys if each were deleted on its own.
+        let size_before = 1u64 << 36;
+        let remove = Effect::RemoveData {
+            column_family: 0,
+            instance,
+            section_id: id.clone(),
+            size_before,
+        };
+        let mut batch = WriteBatch::default();
+        db.apply_effect(&mut batch, &mut Overlay::default(), &remove)
+            .unwrap();
+        assert!(batch.len() <= 2, "{} operations", batch.len());
+        let mut batch = WriteBatch::default();
+        db.apply_effect(
+            &mut batch,
+            &mut Overlay::default(),
+            &replace(instance, &id, b"small", size_before),
+        )
+        .unwrap();
+        assert!(batch.len() <= 3, "{} operations", batch.len());
+    }
 }

@@ -149,6 +149,9 @@ impl WalFs for OsFs {
 struct Faults {
     fail_next_write: bool,
     fail_next_sync: bool,
+    /// The next write panics (a bug in the writer thread, for tests of
+    /// how a dead writer is reported).
+    panic_next_write: bool,
     /// Bytes that may still be written before writes fail with ENOSPC.
     free_bytes: Option<u64>,
     /// Writes and syncs left before the power goes: then every later call
@@ -247,6 +250,12 @@ impl FaultFs {
         self.lock().faults.fail_next_write = true;
     }
 
+    /// The next write panics in the calling thread (and writes nothing), as
+    /// a bug in the writer thread would.
+    pub fn panic_next_write(&self) {
+        self.lock().faults.panic_next_write = true;
+    }
+
     /// The next sync fails with EIO (and makes nothing durable).
     pub fn fail_next_sync(&self) {
         self.lock().faults.fail_next_sync = true;
@@ -294,6 +303,10 @@ impl WalFile for FaultFile {
         }
         if std::mem::take(&mut state.faults.fail_next_write) {
             return Err(io::Error::other("injected write failure"));
+        }
+        if std::mem::take(&mut state.faults.panic_next_write) {
+            drop(state);
+            panic!("injected panic in a WAL write");
         }
         let (fits, full) = match state.faults.free_bytes {
             Some(free) if (buf.len() as u64) > free => (free as usize, true),

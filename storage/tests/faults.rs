@@ -136,3 +136,49 @@ fn written_durability_resolves_before_the_fsync() {
     assert!(next.detail.contains("poisoned"), "{}", next.detail);
     assert!(store.poisoned().is_some());
 }
+
+#[test]
+fn after_a_failed_fsync_reads_fail_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
+    let c = create(&store, "p", attrs(2, 100, 200));
+    section(&store, c, "a", b"durable");
+    fs.fail_next_sync();
+    let error = run(&store, write(c, "a", 0, b"DOOMED")).unwrap_err();
+    assert!(error.detail.contains("poisoned"), "{}", error.detail);
+    // The failed batch is in RocksDB, but it was never acknowledged as
+    // durable: no read may return it.
+    let element = ckpt_proto::ReadElement {
+        section_id: ckpt_proto::SectionId::new("a"),
+        offset: 0,
+        size: None,
+    };
+    let read = store.read(c, &[element]);
+    assert!(
+        read.is_err(),
+        "a read after poisoning returned {:?}",
+        read.map(|r| String::from_utf8_lossy(&r[0]).into_owned())
+    );
+    let error = read.unwrap_err();
+    assert_eq!(error.code, ErrorCode::Library);
+    assert!(error.detail.contains("poisoned"), "{}", error.detail);
+    assert!(store.status(c).is_err(), "status after poisoning");
+    assert!(store.sections(c).is_err(), "section list after poisoning");
+}
+
+#[test]
+fn a_dead_writer_thread_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let c = create(&store, "p", attrs(2, 100, 200));
+    section(&store, c, "a", b"kept");
+    fs.panic_next_write();
+    // The batch in flight dies with the thread.
+    assert!(run(&store, write(c, "a", 0, b"lost")).is_err());
+    // Every later write names the cause instead of "store is closed".
+    let later = run(&store, write(c, "a", 0, b"later")).unwrap_err();
+    assert_eq!(later.code, ErrorCode::Library, "{later}");
+    assert!(later.detail.contains("writer thread"), "{}", later.detail);
+}

@@ -678,3 +678,46 @@ fn concurrent_creations_and_writes_all_complete() {
     assert_eq!(all[&b"c-3-24".to_vec()].2[&b"s".to_vec()].1, vec![3, 24]);
     assert_eq!(read_all(&store, busy, "a"), vec![49]);
 }
+
+/// Reads `len` bytes of a section from `offset`.
+fn read_range(
+    s: &ckpt_storage::Store,
+    c: ckpt_storage::InstanceId,
+    id: &str,
+    offset: u64,
+    len: u64,
+) -> Vec<u8> {
+    let element = ReadElement {
+        section_id: SectionId::new(id),
+        offset,
+        size: Some(len),
+    };
+    s.read(c, &[element]).expect("read").remove(0)
+}
+
+#[test]
+fn a_write_at_offset_2_48_is_invalid_parameter_and_chunk_zero_survives() {
+    let (_d, _f, s) = store();
+    // 2^48 = 2^32 chunks of 64 KiB: the first offset whose chunk index
+    // does not fit the key's u32.
+    let c = create(&s, "c", attrs(2, 1 << 60, 1 << 60));
+    section(&s, c, "a", b"chunk zero");
+    assert_eq!(
+        code(run(&s, write(c, "a", 1 << 48, b"X"))),
+        (ErrorCode::InvalidParameter, Some(0))
+    );
+    assert_eq!(read_range(&s, c, "a", 0, 10), b"chunk zero");
+}
+
+#[test]
+fn memory_used_cannot_wrap_past_checkpoint_size() {
+    let (_d, _f, s) = store();
+    let c = create(&s, "c", attrs(3, u64::MAX, u64::MAX));
+    section(&s, c, "a", b"");
+    section(&s, c, "b", b"");
+    run(&s, write(c, "a", u64::MAX - 10, b"12345")).unwrap();
+    assert_eq!(
+        code(run(&s, write(c, "b", 0, b"0123456789"))),
+        (ErrorCode::NoSpace, Some(0))
+    );
+}
