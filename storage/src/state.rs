@@ -1142,3 +1142,6 @@ fn plan_write(
     Ok(RecordBody::Write { elements })
 }
 
+
+#[cfg(test)]
+mod golden;
