@@ -4,8 +4,10 @@
 //!
 //! Open counts live in memory only. After a restart nobody has a handle
 //! open, so every checkpoint starts its retention timer afresh (downtime
-//! never deletes data) and every instance left unlinked by a crash is
-//! destroyed — nobody can reach it any more.
+//! never deletes data; a retention shorter than
+//! [`RESTART_RETENTION_GRACE_NS`], 0 included, counts as that grace, since
+//! its handles were lost to the crash, not closed) and every instance left
+//! unlinked by a crash is destroyed — nobody can reach it any more.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +64,12 @@ struct Dump {
 
 /// Most bytes one `DumpRead` returns.
 const DUMP_READ_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// After a restart every unopened checkpoint starts its retention timer
+/// afresh, but never shorter than this (60 s): handles open at a crash were
+/// never closed, so a checkpoint with retention 0 (or a few ms) must wait
+/// for its owners to reconnect rather than be deleted by the downtime.
+pub const RESTART_RETENTION_GRACE_NS: i64 = 60_000_000_000;
 
 impl Session {
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
@@ -134,7 +142,14 @@ impl Service {
                 self.exec(Op::Destroy { instance }, Durability::Durable)
                     .await?;
             } else {
-                self.start_retention(&mut registry, instance, &meta).await?;
+                // A crash is not a close: a checkpoint whose retention is
+                // shorter than the grace (retention 0 above all) may have
+                // been open, and its owner must be able to open it again.
+                let mut fresh = meta.clone();
+                let retention = &mut fresh.attributes.retention_duration_ns;
+                *retention = (*retention).max(RESTART_RETENTION_GRACE_NS);
+                self.start_retention(&mut registry, instance, &fresh)
+                    .await?;
             }
         }
         Ok(())
