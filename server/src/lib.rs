@@ -10,7 +10,10 @@
 //!
 //! Shutdown (SIGTERM/SIGINT): stop accepting, let every connection finish
 //! and answer the requests it has in flight, then close the store (which
-//! flushes RocksDB and trims the log) and exit 0.
+//! flushes RocksDB and trims the log) and exit 0. A store that fails while
+//! serving (poisoned, or a thread of it dead) takes the same path and the
+//! process exits non-zero with the cause logged, so that a supervisor
+//! restarts it into recovery.
 
 pub mod config;
 pub mod connection;
@@ -44,6 +47,10 @@ pub enum ServerError {
     /// Start-up recovery failed.
     #[error("recovering checkpoints: {0}")]
     Recover(ckpt_proto::CkptError),
+    /// The store failed while serving (poisoned, or a thread of it died);
+    /// the server stopped so that a restart recovers from the log.
+    #[error("the store failed: {0}")]
+    StoreFailed(String),
 }
 
 /// Runs the server until `shutdown` is cancelled.
@@ -121,6 +128,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         })
     };
 
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = {
+        let (store, metrics, stop, shutdown) = (
+            store.clone(),
+            metrics.clone(),
+            watchdog_stop.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let failure = metrics::watch_store(store, metrics, stop).await;
+            if failure.is_some() {
+                shutdown.cancel();
+            }
+            failure
+        })
+    };
+
     metrics.set_serving(true);
     tracing::info!(
         listen = %listen_addr,
@@ -171,6 +195,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     admin_shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    watchdog_stop.cancel();
+    let failure = watchdog.await.ok().flatten();
     // Pending retention timers hold the service (and so the store); they
     // restart afresh at the next start anyway.
     service.stop_timers().await;
@@ -197,7 +223,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             "store still referenced at shutdown; dropping it (the log keeps everything)"
         ),
     }
-    Ok(())
+    match failure {
+        Some(cause) => Err(ServerError::StoreFailed(cause)),
+        None => Ok(()),
+    }
 }
 
 fn join_error(error: tokio::task::JoinError) -> ckpt_proto::CkptError {
