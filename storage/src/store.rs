@@ -49,6 +49,11 @@ use crate::wal::record::{Epoch, InstanceId, Lsn, Record, Seq};
 use crate::wal::segment::{parse_segment_name, scan_segment, SegmentEnd};
 use crate::wal::writer::{SyncHandle, WalWriter};
 
+/// How long a request whose answer was dropped waits for the dying thread
+/// that dropped it to record its death (unwinding takes microseconds; the
+/// bound only keeps a caller from waiting forever on a bug).
+const DEATH_RECORD_WAIT_MS: u64 = 5_000;
+
 /// When a write is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -483,6 +488,9 @@ impl Store {
             let _ = tx.send(result);
         });
         rx.recv().unwrap_or_else(|_| {
+            // An answer is dropped unsent only by a store thread dying:
+            // wait for its death to be recorded, to name it.
+            self.wait_for_death();
             Err(self.shared.dead_error().unwrap_or_else(|| {
                 CkptError::new(ErrorCode::Library, "the writer stopped without answering")
             }))
@@ -505,6 +513,15 @@ impl Store {
             while !writer.is_finished() {
                 std::thread::sleep(Duration::from_millis(1));
             }
+        }
+    }
+
+    /// Waits until a dying store thread has recorded its death (it does so
+    /// once it has unwound), at most [`DEATH_RECORD_WAIT_MS`].
+    fn wait_for_death(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_millis(DEATH_RECORD_WAIT_MS);
+        while self.shared.dead_error().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
