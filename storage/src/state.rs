@@ -1142,6 +1142,5 @@ fn plan_write(
     Ok(RecordBody::Write { elements })
 }
 
-
 #[cfg(test)]
 mod golden;
