@@ -18,6 +18,21 @@ pub const NAME_BYTES_MAX: usize = 256;
 /// Upper bound on `maxSectionIdSize`, whatever the attributes ask for.
 pub const SECTION_ID_BYTES_MAX: u64 = 4096;
 
+/// Upper bound on `maxSectionSize` (1 TiB), and so on the end (offset +
+/// size) of any write. Storage keeps section data in 64 KiB chunks indexed
+/// by a u32, which would wrap at 2^48; 2^40 leaves a factor of 256 of
+/// margin, and a bigger section is not something one checkpoint should hold.
+pub const SECTION_BYTES_MAX: u64 = 1 << 40;
+
+/// Upper bound on `checkpointSize` (16 TiB): every sum of section sizes
+/// fits a u64 many times over.
+pub const CHECKPOINT_BYTES_MAX: u64 = 1 << 44;
+
+/// Upper bound on `maxSections` (1,048,576): a checkpoint's section map is
+/// held in memory while the checkpoint is in use, and iterated whole by
+/// status, iteration and delete.
+pub const SECTIONS_MAX: u32 = 1 << 20;
+
 /// Upper bound on the data of one update (all elements of one write, or one
 /// create/overwrite). Bigger sections are built with several writes.
 pub const UPDATE_BYTES_MAX: u64 = 256 * 1024 * 1024;
@@ -263,8 +278,10 @@ impl CreationAttributes {
     ///
     /// # Errors
     /// `BAD_FLAG` for unknown creation flags; `INVALID_PARAMETER` for no or
-    /// several update modes, zero sections, a negative retention, an id size
-    /// over [`SECTION_ID_BYTES_MAX`] or a checkpointSize larger than
+    /// several update modes, zero sections, a negative retention, maxSections
+    /// over [`SECTIONS_MAX`], maxSectionSize over [`SECTION_BYTES_MAX`],
+    /// checkpointSize over [`CHECKPOINT_BYTES_MAX`], an id size over
+    /// [`SECTION_ID_BYTES_MAX`] or a checkpointSize larger than
     /// maxSections × maxSectionSize.
     pub fn validate(&self) -> CkptResult<()> {
         self.creation_flags.update_mode()?;
@@ -276,6 +293,24 @@ impl CreationAttributes {
             return invalid(format!(
                 "retentionDuration {} is negative",
                 self.retention_duration_ns
+            ));
+        }
+        if self.max_sections > SECTIONS_MAX {
+            return invalid(format!(
+                "maxSections {} exceeds {SECTIONS_MAX}",
+                self.max_sections
+            ));
+        }
+        if self.max_section_size > SECTION_BYTES_MAX {
+            return invalid(format!(
+                "maxSectionSize {} exceeds {SECTION_BYTES_MAX} (1 TiB)",
+                self.max_section_size
+            ));
+        }
+        if self.checkpoint_size > CHECKPOINT_BYTES_MAX {
+            return invalid(format!(
+                "checkpointSize {} exceeds {CHECKPOINT_BYTES_MAX} (16 TiB)",
+                self.checkpoint_size
             ));
         }
         if self.max_section_id_size > SECTION_ID_BYTES_MAX {
@@ -519,6 +554,34 @@ mod tests {
         assert_eq!(a.validate().unwrap_err().code, ErrorCode::InvalidParameter);
         a.checkpoint_size = 1000;
         assert!(a.validate().is_ok());
+    }
+
+    #[test]
+    fn every_size_attribute_has_an_upper_bound() {
+        let mut a = attrs();
+        a.max_sections = SECTIONS_MAX;
+        a.max_section_size = SECTION_BYTES_MAX;
+        a.checkpoint_size = CHECKPOINT_BYTES_MAX;
+        assert!(a.validate().is_ok(), "the limits themselves are allowed");
+        for change in [
+            (|a: &mut CreationAttributes| a.max_sections = SECTIONS_MAX + 1)
+                as fn(&mut CreationAttributes),
+            |a| a.max_section_size = SECTION_BYTES_MAX + 1,
+            |a| a.checkpoint_size = CHECKPOINT_BYTES_MAX + 1,
+            |a| {
+                a.max_section_size = u64::MAX;
+                a.checkpoint_size = u64::MAX;
+                a.max_sections = u32::MAX;
+            },
+        ] {
+            let mut over = a.clone();
+            change(&mut over);
+            assert_eq!(
+                over.validate().unwrap_err().code,
+                ErrorCode::InvalidParameter,
+                "{over:?}"
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Config {
     pub segment_bytes_max: u64,
     /// RocksDB WAL strategy.
     pub rocksdb_wal_mode: RocksWalMode,
+    /// Space kept back for deletes and recovery on a full disk, bytes.
+    pub reserve_bytes: u64,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             expiry_interval_ms: 100,
             segment_bytes_max: 64 * 1024 * 1024,
             rocksdb_wal_mode: RocksWalMode::Disabled,
+            reserve_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -64,6 +67,7 @@ struct FileConfig {
     expiry_interval_ms: Option<u64>,
     segment_bytes_max: Option<u64>,
     rocksdb_wal_mode: Option<RocksWalMode>,
+    reserve_bytes: Option<u64>,
 }
 
 /// `ckpt-server [--config FILE] [--data-dir DIR] [--listen ADDR] [--admin-listen ADDR]`
@@ -147,7 +151,8 @@ impl Config {
             notification_history_max,
             expiry_interval_ms,
             segment_bytes_max,
-            rocksdb_wal_mode
+            rocksdb_wal_mode,
+            reserve_bytes
         );
         Ok(())
     }
@@ -195,6 +200,7 @@ impl Config {
         let mut store = StoreConfig::new(&self.data_dir);
         store.segment_bytes_max = self.segment_bytes_max;
         store.db.wal_mode = self.rocksdb_wal_mode;
+        store.reserve_bytes = self.reserve_bytes;
         store
     }
 }

@@ -10,7 +10,10 @@
 //!
 //! Shutdown (SIGTERM/SIGINT): stop accepting, let every connection finish
 //! and answer the requests it has in flight, then close the store (which
-//! flushes RocksDB and trims the log) and exit 0.
+//! flushes RocksDB and trims the log) and exit 0. A store that fails while
+//! serving (poisoned, or a thread of it dead) takes the same path and the
+//! process exits non-zero with the cause logged, so that a supervisor
+//! restarts it into recovery.
 
 pub mod config;
 pub mod connection;
@@ -44,6 +47,10 @@ pub enum ServerError {
     /// Start-up recovery failed.
     #[error("recovering checkpoints: {0}")]
     Recover(ckpt_proto::CkptError),
+    /// The store failed while serving (poisoned, or a thread of it died);
+    /// the server stopped so that a restart recovers from the log.
+    #[error("the store failed: {0}")]
+    StoreFailed(String),
 }
 
 /// Runs the server until `shutdown` is cancelled.
@@ -63,7 +70,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             dir: config.data_dir.display().to_string(),
             error,
         })?;
-    let store = Arc::new(store);
+    serve(config, Arc::new(store), shutdown).await
+}
+
+/// Serves an open store until `shutdown` is cancelled or the store fails.
+///
+/// # Errors
+/// Start-up failures; [`ServerError::StoreFailed`] when the store failed
+/// while serving (the server then shut down like at SIGTERM).
+pub async fn serve(
+    config: Arc<Config>,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let hub = hub::Hub::new(config.notification_history_max);
     {
         let hub = hub.clone();
@@ -121,6 +140,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         })
     };
 
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = {
+        let (store, metrics, stop, shutdown) = (
+            store.clone(),
+            metrics.clone(),
+            watchdog_stop.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let failure = metrics::watch_store(store, metrics, stop).await;
+            if failure.is_some() {
+                shutdown.cancel();
+            }
+            failure
+        })
+    };
+
     metrics.set_serving(true);
     tracing::info!(
         listen = %listen_addr,
@@ -171,6 +207,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     admin_shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    watchdog_stop.cancel();
+    let failure = watchdog.await.ok().flatten();
     // Pending retention timers hold the service (and so the store); they
     // restart afresh at the next start anyway.
     service.stop_timers().await;
@@ -197,9 +235,68 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             "store still referenced at shutdown; dropping it (the log keeps everything)"
         ),
     }
-    Ok(())
+    match failure {
+        Some(cause) => Err(ServerError::StoreFailed(cause)),
+        None => Ok(()),
+    }
 }
 
 fn join_error(error: tokio::task::JoinError) -> ckpt_proto::CkptError {
     ckpt_proto::CkptError::new(ckpt_proto::ErrorCode::Library, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ckpt_proto::{CheckpointName, CreationAttributes, CreationFlags, TIME_END};
+    use ckpt_storage::{Durability, FaultFs, Op};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_whose_writer_dies_stops_the_server_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let fs = FaultFs::new();
+        let store = Arc::new(Store::open_with_fs(config.store(), Arc::new(fs.clone())).unwrap());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(Arc::new(config), store.clone(), shutdown.clone()));
+        fs.panic_next_write();
+        let create = Op::CreateCheckpoint {
+            name: CheckpointName::new("doomed").unwrap(),
+            attributes: CreationAttributes {
+                creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
+                checkpoint_size: 10,
+                retention_duration_ns: TIME_END,
+                max_sections: 1,
+                max_section_size: 10,
+                max_section_id_size: 0,
+            },
+        };
+        let writer = store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            writer.execute_with(create, Durability::Durable, ckpt_proto::now_ns())
+        })
+        .await
+        .unwrap();
+        assert!(
+            result.is_err(),
+            "the request in flight dies with the writer"
+        );
+        drop(store);
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), server)
+            .await
+            .expect("the server stops by itself")
+            .unwrap();
+        match stopped {
+            Err(ServerError::StoreFailed(cause)) => {
+                assert!(cause.contains("writer thread panicked"), "{cause}")
+            }
+            other => panic!("expected StoreFailed, got {other:?}"),
+        }
+        assert!(shutdown.is_cancelled(), "the failure shut the server down");
+    }
 }

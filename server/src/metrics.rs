@@ -1,4 +1,5 @@
-//! Prometheus metrics and the admin HTTP endpoint (`/metrics`, `/health`).
+//! Prometheus metrics and the admin HTTP endpoint (`/metrics`, `/health`),
+//! and the watchdog that takes the server down when its store fails.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ pub struct Metrics {
     wal_segments: IntGauge,
     memtable_bytes: IntGauge,
     connections: IntGauge,
+    disk_full: IntGauge,
     serving: AtomicBool,
 }
 
@@ -125,6 +127,11 @@ impl Metrics {
                 "Bytes in RocksDB memtables",
             ),
             connections: gauge(&registry, "ckpt_connections", "Client connections open"),
+            disk_full: gauge(
+                &registry,
+                "ckpt_disk_full",
+                "1 while the disk is full (log writes failed with ENOSPC; only deletions accepted), else 0",
+            ),
             requests,
             latency,
             batch_size,
@@ -181,6 +188,7 @@ impl Metrics {
             }
         }
         self.wal_segments.set(store.wal_segments() as i64);
+        self.disk_full.set(i64::from(store.disk_full()));
         if let Some(bytes) = store
             .rocksdb_property("rocksdb.cur-size-all-mem-tables")
             .and_then(|v| v.parse().ok())
@@ -204,10 +212,47 @@ async fn metrics_page(State(state): State<AdminState>) -> String {
 }
 
 async fn health(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    if state.metrics.serving.load(Ordering::Acquire) && state.store.poisoned().is_none() {
+    health_status(&state.metrics, &state.store)
+}
+
+/// `/health`: 200 while serving with a working store; 503 before start-up
+/// ends, during shutdown, and once the store is poisoned or a thread of it
+/// died (requests then fail until a restart).
+pub fn health_status(metrics: &Metrics, store: &Store) -> (StatusCode, &'static str) {
+    if metrics.serving.load(Ordering::Acquire) && store.failure().is_none() {
         (StatusCode::OK, "serving\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    }
+}
+
+/// How often the watchdog asks the store whether it still works: a failed
+/// store answers every request with an error, so a second of that is
+/// enough before the process goes down and a supervisor restarts it.
+pub const STORE_WATCH_INTERVAL_MS: u64 = 200;
+
+/// Watches the store until `stop` fires. When the store fails (poisoned by a
+/// storage error, or its writer, fsync or checkpoint thread dead) `/health`
+/// turns 503, the cause is logged and returned: the caller shuts the server
+/// down so that a restart recovers from the log, instead of lingering with
+/// a store that refuses everything.
+pub async fn watch_store(
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Option<String> {
+    let mut tick = tokio::time::interval(Duration::from_millis(STORE_WATCH_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tick.tick() => {
+                if let Some(cause) = store.failure() {
+                    metrics.set_serving(false);
+                    tracing::error!(%cause, "the store failed; shutting down so that a restart recovers from the log");
+                    return Some(cause);
+                }
+            }
+        }
     }
 }
 
@@ -236,4 +281,73 @@ pub async fn serve_admin(
 /// The address cannot be bound.
 pub async fn bind_admin(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ckpt_proto::{CheckpointName, CreationAttributes, CreationFlags, SectionId, WriteElement};
+    use ckpt_storage::{Durability, FaultFs, Op, Outcome, StoreConfig};
+
+    #[tokio::test]
+    async fn a_dead_store_writer_turns_health_unhealthy_and_stops_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let store = Arc::new(
+            Store::open_with_fs(StoreConfig::new(dir.path()), Arc::new(fs.clone())).unwrap(),
+        );
+        let metrics = Metrics::new();
+        metrics.set_serving(true);
+        assert_eq!(health_status(&metrics, &store).0, StatusCode::OK);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let watchdog = tokio::spawn(watch_store(store.clone(), metrics.clone(), stop.clone()));
+
+        let attributes = CreationAttributes {
+            creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
+            checkpoint_size: 100,
+            retention_duration_ns: ckpt_proto::TIME_END,
+            max_sections: 1,
+            max_section_size: 100,
+            max_section_id_size: 0,
+        };
+        let create = Op::CreateCheckpoint {
+            name: CheckpointName::new("c").unwrap(),
+            attributes,
+        };
+        let writer = store.clone();
+        let Outcome::Opened { instance, .. } = tokio::task::spawn_blocking(move || {
+            writer.execute_with(create, Durability::Durable, ckpt_proto::now_ns())
+        })
+        .await
+        .unwrap()
+        .unwrap() else {
+            panic!("create did not open");
+        };
+        fs.panic_next_write();
+        let write = Op::Write {
+            instance,
+            elements: vec![WriteElement {
+                section_id: SectionId::DEFAULT,
+                offset: 0,
+                data: b"x".to_vec(),
+            }],
+        };
+        let writer = store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            writer.execute_with(write, Durability::Durable, ckpt_proto::now_ns())
+        })
+        .await
+        .unwrap();
+        assert!(result.is_err(), "the write in flight dies with the writer");
+
+        let cause = watchdog
+            .await
+            .unwrap()
+            .expect("the watchdog reports the failure");
+        assert!(cause.contains("writer thread panicked"), "{cause}");
+        assert_eq!(
+            health_status(&metrics, &store).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

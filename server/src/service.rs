@@ -4,8 +4,10 @@
 //!
 //! Open counts live in memory only. After a restart nobody has a handle
 //! open, so every checkpoint starts its retention timer afresh (downtime
-//! never deletes data) and every instance left unlinked by a crash is
-//! destroyed — nobody can reach it any more.
+//! never deletes data; retention 0 counts as [`RESTART_RETENTION_GRACE_NS`]
+//! then, since its handles were lost to the crash, not closed) and every
+//! instance left unlinked by a crash is destroyed — nobody can reach it any
+//! more.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +64,13 @@ struct Dump {
 
 /// Most bytes one `DumpRead` returns.
 const DUMP_READ_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// After a restart every unopened checkpoint starts its retention timer
+/// afresh; one with retention 0 ("deleted at the last close") gets this
+/// instead (60 s): it exists only because it was open at the crash, its
+/// handles were lost rather than closed, and its owners must be able to
+/// reconnect and open it again before it goes.
+pub const RESTART_RETENTION_GRACE_NS: i64 = 60_000_000_000;
 
 impl Session {
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
@@ -134,7 +143,16 @@ impl Service {
                 self.exec(Op::Destroy { instance }, Durability::Durable)
                     .await?;
             } else {
-                self.start_retention(&mut registry, instance, &meta).await?;
+                // A crash is not a close: retention 0 means "deleted at the
+                // last close", and a checkpoint with it that exists now was
+                // open at the crash; its owner must be able to open it again.
+                let mut fresh = meta.clone();
+                let retention = &mut fresh.attributes.retention_duration_ns;
+                if *retention == 0 {
+                    *retention = RESTART_RETENTION_GRACE_NS;
+                }
+                self.start_retention(&mut registry, instance, &fresh)
+                    .await?;
             }
         }
         Ok(())

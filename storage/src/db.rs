@@ -52,6 +52,13 @@ use crate::wal::record::{Epoch, InstanceId, Lsn, Seq};
 /// Bytes of section data per RocksDB value.
 pub const CHUNK_BYTES: u64 = 64 * 1024;
 
+/// Dropping more chunks than this from one section uses one range deletion
+/// instead of a delete per chunk: a sparse section of maxSectionSize may
+/// span 2^24 chunk indexes, nearly all never stored, and a delete per index
+/// would build a batch of gigabytes. Below it, point deletes are cheaper for
+/// later reads than a range tombstone.
+const RANGE_DELETE_CHUNKS_MIN: u64 = 16;
+
 const META_CF: &str = "meta";
 /// Key layout of the RocksDB side (stored under `L` in `meta`).
 pub const LAYOUT_VERSION: u32 = 2;
@@ -196,8 +203,17 @@ mod keys {
         .concat()
     }
 
-    pub fn chunk(prefix: &[u8], index: u64) -> Vec<u8> {
-        [prefix, &(index as u32).to_be_bytes()].concat()
+    /// A chunk's key. The attribute bounds (maxSectionSize ≤ 2^40) keep
+    /// every index far below 2^32; an index past it is refused rather than
+    /// wrapped onto chunk 0 of the same section.
+    pub fn chunk(prefix: &[u8], index: u64) -> CkptResult<Vec<u8>> {
+        let index = u32::try_from(index).map_err(|_| {
+            storage_error(
+                "section data",
+                format!("chunk index {index} does not fit the key (offset past 2^48)"),
+            )
+        })?;
+        Ok([prefix, &index.to_be_bytes()].concat())
     }
 }
 
@@ -298,6 +314,25 @@ fn decode_instance(bytes: &[u8]) -> CkptResult<InstanceMeta> {
 struct Overlay {
     chunks: HashMap<(u32, Vec<u8>), Option<Vec<u8>>>,
     cleared: HashSet<(u32, InstanceId)>,
+    /// Key ranges `[from, to)` range-deleted in this batch, by column family.
+    cleared_ranges: Vec<(u32, Vec<u8>, Vec<u8>)>,
+}
+
+impl Overlay {
+    /// Records a range deletion: chunks rewritten earlier in the batch
+    /// inside it are gone, and reads in it find nothing until rewritten.
+    fn clear_range(&mut self, slot: u32, from: Vec<u8>, to: Vec<u8>) {
+        self.chunks.retain(|(s, key), _| {
+            !(*s == slot && key.as_slice() >= from.as_slice() && key.as_slice() < to.as_slice())
+        });
+        self.cleared_ranges.push((slot, from, to));
+    }
+
+    fn in_cleared_range(&self, slot: u32, key: &[u8]) -> bool {
+        self.cleared_ranges
+            .iter()
+            .any(|(s, from, to)| *s == slot && key >= from.as_slice() && key < to.as_slice())
+    }
 }
 
 impl Db {
@@ -669,7 +704,7 @@ impl Db {
                     let chunk_start = chunk * CHUNK_BYTES;
                     let from = (*offset).max(chunk_start);
                     let to = end.min(chunk_start + CHUNK_BYTES);
-                    let key = keys::chunk(&prefix, chunk);
+                    let key = keys::chunk(&prefix, chunk)?;
                     // Nothing of the old chunk survives when the write
                     // covers it from its start to its end or to the
                     // section's end: then there is nothing to read.
@@ -702,13 +737,17 @@ impl Db {
                 let cf = self.cf(*column_family)?;
                 let prefix = keys::data_prefix(*instance, section_id);
                 let chunks_after = (data.len() as u64).div_ceil(CHUNK_BYTES);
-                for chunk in chunks_after..size_before.div_ceil(CHUNK_BYTES) {
-                    let key = keys::chunk(&prefix, chunk);
-                    batch.delete_cf(&cf, &key);
-                    overlay.chunks.insert((*column_family, key), None);
-                }
+                self.delete_chunks(
+                    batch,
+                    overlay,
+                    *column_family,
+                    &cf,
+                    &prefix,
+                    chunks_after,
+                    size_before.div_ceil(CHUNK_BYTES),
+                )?;
                 for (chunk, piece) in data.chunks(CHUNK_BYTES as usize).enumerate() {
-                    let key = keys::chunk(&prefix, chunk as u64);
+                    let key = keys::chunk(&prefix, chunk as u64)?;
                     batch.put_cf(&cf, &key, piece);
                     overlay
                         .chunks
@@ -723,11 +762,15 @@ impl Db {
             } => {
                 let cf = self.cf(*column_family)?;
                 let prefix = keys::data_prefix(*instance, section_id);
-                for chunk in 0..size_before.div_ceil(CHUNK_BYTES) {
-                    let key = keys::chunk(&prefix, chunk);
-                    batch.delete_cf(&cf, &key);
-                    overlay.chunks.insert((*column_family, key), None);
-                }
+                self.delete_chunks(
+                    batch,
+                    overlay,
+                    *column_family,
+                    &cf,
+                    &prefix,
+                    0,
+                    size_before.div_ceil(CHUNK_BYTES),
+                )?;
             }
             Effect::ClearInstance {
                 column_family,
@@ -745,6 +788,38 @@ impl Db {
         Ok(())
     }
 
+    /// Deletes a section's chunks `from..to` (every chunk from `from` on:
+    /// no chunk lies past a section's size), one by one when few, else as
+    /// one range deletion to the end of the section's key prefix.
+    #[allow(clippy::too_many_arguments)]
+    fn delete_chunks(
+        &self,
+        batch: &mut WriteBatch,
+        overlay: &mut Overlay,
+        slot: u32,
+        cf: &CfPtr,
+        prefix: &[u8],
+        from: u64,
+        to: u64,
+    ) -> CkptResult<()> {
+        if to <= from {
+            return Ok(());
+        }
+        if to - from < RANGE_DELETE_CHUNKS_MIN {
+            for chunk in from..to {
+                let key = keys::chunk(prefix, chunk)?;
+                batch.delete_cf(cf, &key);
+                overlay.chunks.insert((slot, key), None);
+            }
+            return Ok(());
+        }
+        let start = keys::chunk(prefix, from)?;
+        let end = prefix_end(prefix);
+        batch.delete_range_cf(cf, &start, &end);
+        overlay.clear_range(slot, start, end);
+        Ok(())
+    }
+
     fn chunk_value(
         &self,
         overlay: &Overlay,
@@ -756,7 +831,7 @@ impl Db {
         if let Some(value) = overlay.chunks.get(&(slot, key.to_vec())) {
             return Ok(value.clone());
         }
-        if overlay.cleared.contains(&(slot, instance)) {
+        if overlay.cleared.contains(&(slot, instance)) || overlay.in_cleared_range(slot, key) {
             return Ok(None);
         }
         self.db
@@ -934,9 +1009,15 @@ impl View<'_> {
         let prefix = keys::data_prefix(instance, id);
         let first = offset / CHUNK_BYTES;
         let last = (offset + len - 1) / CHUNK_BYTES;
-        let start_key = keys::chunk(&prefix, first);
+        let start_key = keys::chunk(&prefix, first)?;
         let mut read = self.read_options();
-        read.set_iterate_upper_bound(keys::chunk(&prefix, last + 1));
+        // The last chunk may be the highest index: bound by the prefix's end
+        // then, so the bound itself never needs an index past u32.
+        let upper = match keys::chunk(&prefix, last + 1) {
+            Ok(key) => key,
+            Err(_) => prefix_end(&prefix),
+        };
+        read.set_iterate_upper_bound(upper);
         let mode = rocksdb::IteratorMode::From(&start_key, rocksdb::Direction::Forward);
         for item in self.db.db.iterator_cf_opt(&cf, read, mode) {
             let (key, value) = item.map_err(|e| storage_error("reading section data", e))?;
@@ -1026,5 +1107,73 @@ mod tests {
         };
         assert_eq!(decode_instance(&encode_instance(&meta)).unwrap(), meta);
         assert!(decode_instance(&encode_instance(&meta)[..20]).is_err());
+    }
+
+    fn open_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DbOptions {
+            data_column_families: 1,
+            ..DbOptions::default()
+        };
+        let (db, _) = Db::open(dir.path(), options).unwrap();
+        (dir, db)
+    }
+
+    fn replace(instance: InstanceId, id: &SectionId, data: &[u8], size_before: u64) -> Effect {
+        Effect::ReplaceData {
+            column_family: 0,
+            instance,
+            section_id: id.clone(),
+            data: data.to_vec(),
+            size_before,
+        }
+    }
+
+    #[test]
+    fn a_chunk_index_past_u32_is_refused_not_wrapped() {
+        let (_dir, db) = open_db();
+        let (instance, id) = (InstanceId(1), SectionId::new("a"));
+        db.apply(&[replace(instance, &id, b"chunk zero", 0)], Lsn(1), 2)
+            .unwrap();
+        // Offset 2^48 is chunk 2^32: its index does not fit the key's u32.
+        let wrapping = Effect::WriteData {
+            column_family: 0,
+            instance,
+            section_id: id.clone(),
+            offset: 1 << 48,
+            data: b"X".to_vec(),
+            size_after: (1 << 48) + 1,
+        };
+        assert!(db.apply(&[wrapping], Lsn(2), 2).is_err());
+        assert_eq!(
+            db.snapshot().read_data(0, instance, &id, 0, 10).unwrap(),
+            b"chunk zero"
+        );
+    }
+
+    #[test]
+    fn removing_or_replacing_a_huge_sparse_section_is_a_range_delete() {
+        let (_dir, db) = open_db();
+        let (instance, id) = (InstanceId(1), SectionId::new("a"));
+        // 64 GiB: a million chunk keys if each were deleted on its own.
+        let size_before = 1u64 << 36;
+        let remove = Effect::RemoveData {
+            column_family: 0,
+            instance,
+            section_id: id.clone(),
+            size_before,
+        };
+        let mut batch = WriteBatch::default();
+        db.apply_effect(&mut batch, &mut Overlay::default(), &remove)
+            .unwrap();
+        assert!(batch.len() <= 2, "{} operations", batch.len());
+        let mut batch = WriteBatch::default();
+        db.apply_effect(
+            &mut batch,
+            &mut Overlay::default(),
+            &replace(instance, &id, b"small", size_before),
+        )
+        .unwrap();
+        assert!(batch.len() <= 3, "{} operations", batch.len());
     }
 }

@@ -176,6 +176,9 @@ impl WalFs for OsFs {
 struct Faults {
     fail_next_write: bool,
     fail_next_sync: bool,
+    /// The next write panics (a bug in the writer thread, for tests of
+    /// how a dead writer is reported).
+    panic_next_write: bool,
     /// Bytes that may still be written before writes fail with ENOSPC.
     free_bytes: Option<u64>,
     /// Changing calls left before the power goes: then that call is cut
@@ -530,6 +533,12 @@ impl FaultFs {
         self.lock().faults.fail_next_write = true;
     }
 
+    /// The next write panics in the calling thread (and writes nothing), as
+    /// a bug in the writer thread would.
+    pub fn panic_next_write(&self) {
+        self.lock().faults.panic_next_write = true;
+    }
+
     /// The next sync fails with EIO (and makes nothing durable).
     pub fn fail_next_sync(&self) {
         self.lock().faults.fail_next_sync = true;
@@ -585,6 +594,10 @@ impl FaultFile {
         }
         if fate == Fate::Runs && std::mem::take(&mut state.faults.fail_next_write) {
             return Err(io::Error::other("injected write failure"));
+        }
+        if fate == Fate::Runs && std::mem::take(&mut state.faults.panic_next_write) {
+            drop(guard);
+            panic!("injected panic in a WAL write");
         }
         let mut fits = buf.len();
         let mut full = false;

@@ -10,6 +10,7 @@
 //! - [`db`]: RocksDB layout: a fixed set of data column families keyed by
 //!   instance id, the metadata column family, chunked section data.
 //! - [`store`]: group commit, recovery, reads.
+//! - [`reserve`]: space kept back so deletes and recovery work on a full disk.
 //!
 //! Invariants:
 //! - a record is logged only after validation, so a rejected operation
@@ -27,6 +28,7 @@
 pub mod db;
 pub mod io;
 pub mod lock;
+pub mod reserve;
 pub mod state;
 #[cfg(feature = "engine")]
 pub mod store;

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use ckpt_proto::{
     CheckpointName, CkptError, CkptResult, CreationAttributes, ErrorCode,
-    SectionCreationAttributes, SectionId, SectionState, WriteElement, ELEMENTS_MAX, TIME_END,
-    UPDATE_BYTES_MAX,
+    SectionCreationAttributes, SectionId, SectionState, WriteElement, CHECKPOINT_BYTES_MAX,
+    ELEMENTS_MAX, SECTIONS_MAX, SECTION_BYTES_MAX, TIME_END, UPDATE_BYTES_MAX,
 };
 
 use crate::wal::record::{Epoch, InstanceId, RecordBody, Seq, WriteOp};
@@ -442,13 +442,13 @@ impl StateMachine {
                     ));
                 }
                 check_update_size(data.len())?;
-                if data.len() as u64 > a.max_section_size {
+                if data.len() as u64 > section_bytes_max(a) {
                     return Err(err(
                         ErrorCode::InvalidParameter,
                         format!(
                             "initial data is {} bytes, maxSectionSize is {}",
                             data.len(),
-                            a.max_section_size
+                            section_bytes_max(a)
                         ),
                     ));
                 }
@@ -458,13 +458,13 @@ impl StateMachine {
                         format!("section {section_id} exists"),
                     ));
                 }
-                if sections.len() as u64 >= u64::from(a.max_sections) {
+                if sections.len() as u64 >= u64::from(sections_max(a)) {
                     return Err(err(
                         ErrorCode::NoSpace,
-                        format!("checkpoint has maxSections = {} sections", a.max_sections),
+                        format!("checkpoint has maxSections = {} sections", sections_max(a)),
                     ));
                 }
-                check_checkpoint_size(meta.memory_used, data.len() as u64, a.checkpoint_size)?;
+                check_checkpoint_size(meta.memory_used, data.len() as u64, a)?;
                 let body = RecordBody::SectionCreate {
                     section_id: section_id.clone(),
                     expiration_time: attributes.expiration_time,
@@ -548,21 +548,26 @@ impl StateMachine {
                     )
                 })?;
                 check_update_size(data.len())?;
-                if data.len() as u64 > a.max_section_size {
+                if data.len() as u64 > section_bytes_max(a) {
                     return Err(err(
                         ErrorCode::InvalidParameter,
                         format!(
                             "data is {} bytes, maxSectionSize is {}",
                             data.len(),
-                            a.max_section_size
+                            section_bytes_max(a)
                         ),
                     ));
                 }
-                check_checkpoint_size(
-                    meta.memory_used - section.size,
-                    data.len() as u64,
-                    a.checkpoint_size,
-                )?;
+                let used_without = meta.memory_used.checked_sub(section.size).ok_or_else(|| {
+                    err(
+                        ErrorCode::Library,
+                        format!(
+                            "memoryUsed {} is less than section {section_id}'s size {}",
+                            meta.memory_used, section.size
+                        ),
+                    )
+                })?;
+                check_checkpoint_size(used_without, data.len() as u64, a)?;
                 let body = RecordBody::Overwrite {
                     section_id: section_id.clone(),
                     data: data.clone(),
@@ -640,13 +645,13 @@ impl StateMachine {
                 let (meta, sections) = self.loaded(backing, *instance)?;
                 let a = &meta.attributes;
                 check_update_size(data.len())?;
-                if data.len() as u64 > a.max_section_size {
+                if data.len() as u64 > section_bytes_max(a) {
                     return Err(err(
                         ErrorCode::InvalidParameter,
                         format!(
                             "section data is {} bytes, maxSectionSize is {}",
                             data.len(),
-                            a.max_section_size
+                            section_bytes_max(a)
                         ),
                     ));
                 }
@@ -671,10 +676,10 @@ impl StateMachine {
                         format!("section {section_id} exists"),
                     ));
                 }
-                if sections.len() as u64 >= u64::from(a.max_sections) {
+                if sections.len() as u64 >= u64::from(sections_max(a)) {
                     return Err(err(ErrorCode::NoSpace, "maxSections reached"));
                 }
-                check_checkpoint_size(meta.memory_used, data.len() as u64, a.checkpoint_size)?;
+                check_checkpoint_size(meta.memory_used, data.len() as u64, a)?;
                 let body = RecordBody::SectionCreate {
                     section_id: section_id.clone(),
                     expiration_time: *expiration_time,
@@ -841,9 +846,15 @@ impl StateMachine {
                     return Err(mismatch("section created twice"));
                 }
                 let section = touch(data.len() as u64, *expiration_time);
+                meta.section_count = meta
+                    .section_count
+                    .checked_add(1)
+                    .ok_or_else(|| mismatch("section count overflows"))?;
+                meta.memory_used = meta
+                    .memory_used
+                    .checked_add(data.len() as u64)
+                    .ok_or_else(|| mismatch("memoryUsed overflows"))?;
                 sections.insert(section_id.clone(), section);
-                meta.section_count += 1;
-                meta.memory_used += data.len() as u64;
                 meta.generated_next = *generated_next;
                 effects.push(Effect::PutSection {
                     instance,
@@ -866,11 +877,21 @@ impl StateMachine {
                 });
             }
             RecordBody::SectionDelete { section_id, .. } => {
-                let section = sections
-                    .remove(section_id)
-                    .ok_or_else(|| mismatch("delete of a missing section"))?;
-                meta.section_count -= 1;
-                meta.memory_used -= section.size;
+                let size = sections
+                    .get(section_id)
+                    .ok_or_else(|| mismatch("delete of a missing section"))?
+                    .size;
+                meta.section_count = meta
+                    .section_count
+                    .checked_sub(1)
+                    .ok_or_else(|| mismatch("section count below zero"))?;
+                meta.memory_used = meta
+                    .memory_used
+                    .checked_sub(size)
+                    .ok_or_else(|| mismatch("memoryUsed below zero"))?;
+                let Some(section) = sections.remove(section_id) else {
+                    return Err(mismatch("delete of a missing section"));
+                };
                 effects.push(Effect::DeleteSection {
                     instance,
                     section_id: section_id.clone(),
@@ -927,9 +948,14 @@ impl StateMachine {
                     let section = sections
                         .get_mut(section_id)
                         .ok_or_else(|| mismatch("write to a missing section"))?;
-                    let end = offset.saturating_add(data.len() as u64);
+                    let end = offset
+                        .checked_add(data.len() as u64)
+                        .ok_or_else(|| mismatch("write end overflows"))?;
                     let size_after = section.size.max(end);
-                    meta.memory_used += size_after - section.size;
+                    meta.memory_used = meta
+                        .memory_used
+                        .checked_add(size_after - section.size)
+                        .ok_or_else(|| mismatch("memoryUsed overflows"))?;
                     *section = touch(size_after, section.expiration_time);
                     effects.push(Effect::PutSection {
                         instance,
@@ -951,7 +977,11 @@ impl StateMachine {
                     .get_mut(section_id)
                     .ok_or_else(|| mismatch("overwrite of a missing section"))?;
                 let size_before = section.size;
-                meta.memory_used = meta.memory_used - size_before + data.len() as u64;
+                meta.memory_used = meta
+                    .memory_used
+                    .checked_sub(size_before)
+                    .and_then(|used| used.checked_add(data.len() as u64))
+                    .ok_or_else(|| mismatch("memoryUsed out of range"))?;
                 *section = touch(data.len() as u64, section.expiration_time);
                 effects.push(Effect::PutSection {
                     instance,
@@ -1009,17 +1039,37 @@ fn check_update_size(len: usize) -> CkptResult<()> {
     Ok(())
 }
 
-fn check_checkpoint_size(used_without: u64, added: u64, checkpoint_size: u64) -> CkptResult<()> {
-    if used_without + added > checkpoint_size {
-        return Err(err(
+/// The largest section size allowed: maxSectionSize, and never more than
+/// [`SECTION_BYTES_MAX`] even for a checkpoint whose attributes were stored
+/// before that bound existed.
+fn section_bytes_max(a: &CreationAttributes) -> u64 {
+    a.max_section_size.min(SECTION_BYTES_MAX)
+}
+
+/// checkpointSize, bounded by [`CHECKPOINT_BYTES_MAX`] (as above).
+fn checkpoint_bytes_max(a: &CreationAttributes) -> u64 {
+    a.checkpoint_size.min(CHECKPOINT_BYTES_MAX)
+}
+
+/// maxSections, bounded by [`SECTIONS_MAX`] (as above).
+fn sections_max(a: &CreationAttributes) -> u32 {
+    a.max_sections.min(SECTIONS_MAX)
+}
+
+/// NO_SPACE unless `used_without + added` fits checkpointSize; the sum is
+/// checked, so no value of either can wrap past the bound.
+fn check_checkpoint_size(used_without: u64, added: u64, a: &CreationAttributes) -> CkptResult<()> {
+    let limit = checkpoint_bytes_max(a);
+    match used_without.checked_add(added) {
+        Some(total) if total <= limit => Ok(()),
+        total => Err(err(
             ErrorCode::NoSpace,
             format!(
-                "checkpoint would hold {} bytes, checkpointSize is {checkpoint_size}",
-                used_without + added
+                "checkpoint would hold {} bytes, checkpointSize is {limit}",
+                total.map_or_else(|| format!("{used_without} + {added}"), |t| t.to_string())
             ),
-        ));
+        )),
     }
-    Ok(())
 }
 
 /// Validates a multi-element write as a whole: the first failing element's
@@ -1060,7 +1110,7 @@ fn plan_write(
         };
         let end = element.offset.checked_add(element.data.len() as u64);
         let end = match end {
-            Some(end) if end <= a.max_section_size => end,
+            Some(end) if end <= section_bytes_max(a) => end,
             _ => {
                 return Err(at(err(
                     ErrorCode::InvalidParameter,
@@ -1068,24 +1118,16 @@ fn plan_write(
                         "offset {} + size {} exceeds maxSectionSize {}",
                         element.offset,
                         element.data.len(),
-                        a.max_section_size
+                        section_bytes_max(a)
                     ),
                 )))
             }
         };
         let size = sizes.entry(&element.section_id).or_insert(section.size);
         if end > *size {
-            if memory_used + (end - *size) > a.checkpoint_size {
-                return Err(at(err(
-                    ErrorCode::NoSpace,
-                    format!(
-                        "checkpoint would hold {} bytes, checkpointSize is {}",
-                        memory_used + (end - *size),
-                        a.checkpoint_size
-                    ),
-                )));
-            }
-            memory_used += end - *size;
+            let grown = end - *size;
+            check_checkpoint_size(memory_used, grown, a).map_err(at)?;
+            memory_used += grown;
             *size = end;
         }
     }
@@ -1099,3 +1141,6 @@ fn plan_write(
         .collect();
     Ok(RecordBody::Write { elements })
 }
+
+#[cfg(test)]
+mod golden;

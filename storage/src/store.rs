@@ -19,8 +19,12 @@
 //! Failures: a failed append (full disk) is undone — the segment is cut back
 //! and the in-memory state reloaded from RocksDB — and answered NO_SPACE;
 //! the store keeps serving. A failed fsync, a failed undo or a RocksDB
-//! write error poisons the store: every later write fails with a message
-//! naming the cause, because the durable state is no longer known.
+//! write error poisons the store: every later write *and read* fails with a
+//! message naming the cause, because the durable state is no longer known
+//! and RocksDB may hold a batch that was never acknowledged as durable. A
+//! writer, fsync or checkpoint thread that dies (a panic) leaves the store
+//! dead: [`Store::failure`] says so and every request fails naming the
+//! thread. Either way only a restart (recovery from the log) helps.
 //!
 //! Reads never touch the writer: they read a RocksDB snapshot.
 
@@ -39,6 +43,7 @@ use ckpt_proto::{
 use crate::db::{Db, DbOptions};
 use crate::io::{OsFs, WalFile, WalFs};
 use crate::lock::DataDirLock;
+use crate::reserve::Reserve;
 use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine};
 use crate::wal::mark;
 use crate::wal::record::{Epoch, InstanceId, Lsn, Record, Seq};
@@ -47,6 +52,11 @@ use crate::wal::segment::{
     TailRule,
 };
 use crate::wal::writer::{RotateError, SyncHandle, WalWriter};
+
+/// How long a request whose answer was dropped waits for the dying thread
+/// that dropped it to record its death (unwinding takes microseconds; the
+/// bound only keeps a caller from waiting forever on a bug).
+const DEATH_RECORD_WAIT_MS: u64 = 5_000;
 
 /// When a write is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +93,10 @@ pub struct StoreConfig {
     pub fsync_thread: bool,
     /// Records applied per RocksDB batch during recovery.
     pub recovery_batch_records: usize,
+    /// Bytes kept back in a preallocated file in the data directory, freed
+    /// so that recovery and deletes work on a full disk (see [`crate::reserve`]);
+    /// 0 keeps none.
+    pub reserve_bytes: u64,
     /// RocksDB tuning.
     pub db: DbOptions,
 }
@@ -100,6 +114,7 @@ impl StoreConfig {
             sync_queue_max: 64,
             fsync_thread: true,
             recovery_batch_records: 4096,
+            reserve_bytes: 64 * 1024 * 1024,
             db: DbOptions::default(),
         }
     }
@@ -156,6 +171,11 @@ struct Request {
 struct Shared {
     db: Db,
     poisoned: Mutex<Option<String>>,
+    /// Why a thread of the store died, once one has.
+    dead: Mutex<Option<String>>,
+    /// Set before the threads are told to stop, so their exit is not taken
+    /// for a death.
+    closing: AtomicBool,
     stats: StoreStats,
     applied: AtomicU64,
     durable_applied: AtomicU64,
@@ -164,6 +184,10 @@ struct Shared {
     listener: std::sync::RwLock<Option<CommitListener>>,
     /// Bytes of WAL segments on disk (approximate: updated per batch).
     wal_bytes_on_disk: AtomicU64,
+    reserve: Reserve,
+    /// Whether the last log write failed for lack of space (and the reserve
+    /// is released): only operations that free space are accepted.
+    disk_full: AtomicBool,
 }
 
 impl Shared {
@@ -181,6 +205,86 @@ impl Shared {
                 format!("store is poisoned after a storage failure ({cause}); restart to recover"),
             )
         })
+    }
+
+    fn dead_error(&self) -> Option<CkptError> {
+        let dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+        dead.as_ref().map(|cause| {
+            CkptError::new(
+                ErrorCode::Library,
+                format!("store is dead: {cause}; restart to recover"),
+            )
+        })
+    }
+
+    /// Reads are refused once the store is poisoned or dead: RocksDB may
+    /// then hold a batch whose fsync failed (never acknowledged as durable,
+    /// possibly gone after a power cut), and a read must not return it.
+    fn check_readable(&self) -> CkptResult<()> {
+        match self.poisoned_error().or_else(|| self.dead_error()) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// A log write failed for lack of space: logged once per episode; the
+    /// reserve is released so that deletes can be logged and applied.
+    fn mark_disk_full(&self, detail: &str) {
+        if self.disk_full.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let released = self.reserve.release();
+        tracing::error!(
+            %detail,
+            reserve_bytes = self.reserve.bytes(),
+            reserve_released = ?released,
+            "disk full: writes get NO_SPACE; deletes are still accepted, using the reserve"
+        );
+    }
+
+    /// Ends a disk-full episode once the file system has room for the
+    /// reserve twice over and the reserve is held again; true if the disk
+    /// is (now) not full.
+    fn recover_disk_space(&self) -> bool {
+        if !self.disk_full.load(Ordering::Acquire) {
+            return true;
+        }
+        if !self.reserve.room_to_hold() || self.reserve.hold().is_err() {
+            return false;
+        }
+        if self.disk_full.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                reserve_bytes = self.reserve.bytes(),
+                "disk space available again: reserve re-created, all writes accepted"
+            );
+        }
+        true
+    }
+
+    fn record_death(&self, cause: String) {
+        tracing::error!(%cause, "a store thread died: the store refuses every request");
+        let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+        dead.get_or_insert(cause);
+    }
+}
+
+/// Runs a store thread's body and records its death — a panic, or (for the
+/// writer, `exit_is_death`) an exit while the store is not closing — so that
+/// it cannot pass unnoticed while requests queue up behind it. The fsync and
+/// checkpoint threads exit whenever the writer does, so only their panics
+/// count: the writer's exit is the cause to report.
+fn watched(shared: &Shared, thread: &str, exit_is_death: bool, body: impl FnOnce()) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(()) if !exit_is_death || shared.closing.load(Ordering::Acquire) => {}
+        Ok(()) => shared.record_death(format!("the {thread} thread exited")),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            shared.record_death(format!("the {thread} thread panicked: {message}"));
+        }
     }
 }
 
@@ -233,6 +337,12 @@ impl Store {
     /// See [`Store::open`].
     pub fn open_with_fs(config: StoreConfig, fs: Arc<dyn WalFs>) -> CkptResult<Store> {
         let lock = DataDirLock::acquire(&config.data_dir)?;
+        // Free the reserve first: opening RocksDB writes a MANIFEST and
+        // recovery applies the log, which must work on a full disk too.
+        let reserve = Reserve::new(&config.data_dir, config.reserve_bytes);
+        if let Err(error) = reserve.release() {
+            tracing::warn!(%error, "could not release the space reserve before recovery");
+        }
         let (db, loaded) = Db::open(&config.data_dir.join("db"), config.db.clone())?;
         let mut state = StateMachine::new(loaded.names, loaded.instances, loaded.next_instance);
         let (writer, mark_file, report) =
@@ -246,6 +356,8 @@ impl Store {
         let shared = Arc::new(Shared {
             db,
             poisoned: Mutex::new(None),
+            dead: Mutex::new(None),
+            closing: AtomicBool::new(false),
             stats: StoreStats::default(),
             applied: AtomicU64::new(report.next_lsn - 1),
             durable_applied: AtomicU64::new(0),
@@ -253,7 +365,12 @@ impl Store {
             segments: AtomicU64::new(writer.segment_count() as u64),
             listener: std::sync::RwLock::new(None),
             wal_bytes_on_disk: AtomicU64::new(0),
+            reserve,
+            disk_full: AtomicBool::new(false),
         });
+        if let Err(error) = shared.reserve.hold() {
+            shared.mark_disk_full(&format!("re-creating the space reserve: {error}"));
+        }
         let (sender, receiver) = mpsc::sync_channel(config.queue_depth_max);
         let (checkpoint_sender, checkpoint_receiver) = mpsc::sync_channel::<u64>(1);
         let mut writer_thread = Writer {
@@ -272,9 +389,10 @@ impl Store {
         // it can go at the first opportunity.
         let _ = checkpoint_now(&shared, report.next_lsn - 1);
         writer_thread.delete_covered();
+        let watch = shared.clone();
         let writer = std::thread::Builder::new()
             .name("ckpt-wal".into())
-            .spawn(move || writer_thread.run(receiver))
+            .spawn(move || watched(&watch, "writer", true, || writer_thread.run(receiver)))
             .map_err(|e| io_error("starting the writer thread", &e))?;
         let helpers = vec![spawn_checkpointer(shared.clone(), checkpoint_receiver)?];
         Ok(Store {
@@ -328,6 +446,31 @@ impl Store {
             now,
             reply: Box::new(reply),
         };
+        if let Some(error) = self.shared.dead_error() {
+            (request.reply)(Err(error));
+            return;
+        }
+        if !frees_space(&request.op) && !self.shared.recover_disk_space() {
+            (request.reply)(Err(CkptError::new(
+                ErrorCode::NoSpace,
+                "disk full: only deletions are accepted until space is freed",
+            )));
+            return;
+        }
+        let shared = self.shared.clone();
+        let reply = request.reply;
+        let request = Request {
+            reply: Box::new(move |result: CkptResult<Outcome>| {
+                if let Err(error) = &result {
+                    // The writer's wording for a log append that hit ENOSPC.
+                    if error.code == ErrorCode::NoSpace && error.detail.starts_with("disk full") {
+                        shared.mark_disk_full(&error.detail);
+                    }
+                }
+                reply(result)
+            }),
+            ..request
+        };
         let Some(sender) = &self.sender else {
             (request.reply)(Err(CkptError::new(
                 ErrorCode::NotInitialized,
@@ -339,17 +482,11 @@ impl Store {
             Ok(()) => {}
             Err(TrySendError::Full(request)) => {
                 if let Err(mpsc::SendError(request)) = sender.send(request) {
-                    (request.reply)(Err(CkptError::new(
-                        ErrorCode::NotInitialized,
-                        "store is closed",
-                    )));
+                    (request.reply)(Err(self.gone_error()));
                 }
             }
             Err(TrySendError::Disconnected(request)) => {
-                (request.reply)(Err(CkptError::new(
-                    ErrorCode::NotInitialized,
-                    "store is closed",
-                )));
+                (request.reply)(Err(self.gone_error()));
             }
         }
     }
@@ -364,11 +501,58 @@ impl Store {
             let _ = tx.send(result);
         });
         rx.recv().unwrap_or_else(|_| {
-            Err(CkptError::new(
-                ErrorCode::Library,
-                "the writer stopped without answering",
-            ))
+            // An answer is dropped unsent only by a store thread dying:
+            // wait for its death to be recorded, to name it.
+            self.wait_for_death();
+            Err(self.shared.dead_error().unwrap_or_else(|| {
+                CkptError::new(ErrorCode::Library, "the writer stopped without answering")
+            }))
         })
+    }
+
+    /// Why a request cannot reach the writer: its death, if it died.
+    fn gone_error(&self) -> CkptError {
+        self.wait_writer_exit();
+        self.shared
+            .dead_error()
+            .unwrap_or_else(|| CkptError::new(ErrorCode::NotInitialized, "store is closed"))
+    }
+
+    /// Waits until the writer thread has finished. Called only once its
+    /// queue is gone, so it is exiting, and its death is recorded as the
+    /// last step of that.
+    fn wait_writer_exit(&self) {
+        if let Some(writer) = &self.writer {
+            while !writer.is_finished() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Waits until a dying store thread has recorded its death (it does so
+    /// once it has unwound), at most [`DEATH_RECORD_WAIT_MS`].
+    fn wait_for_death(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_millis(DEATH_RECORD_WAIT_MS);
+        while self.shared.dead_error().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether the disk is full: the last log write failed for lack of
+    /// space and room for the reserve has not come back since. Only
+    /// operations that free space are accepted meanwhile.
+    pub fn disk_full(&self) -> bool {
+        self.shared.disk_full.load(Ordering::Acquire)
+    }
+
+    /// Why the store can serve nothing any more — poisoned after a storage
+    /// failure, or a thread of it dead — or `None` while it is healthy.
+    /// Only a restart (recovery from the log) brings it back.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .poisoned_error()
+            .or_else(|| self.shared.dead_error())
+            .map(|error| error.detail)
     }
 
     /// Runs an operation durably at the current time.
@@ -384,6 +568,7 @@ impl Store {
     /// # Errors
     /// `NOT_EXIST` for an unknown name; storage errors.
     pub fn lookup(&self, name: &CheckpointName) -> CkptResult<InstanceId> {
+        self.shared.check_readable()?;
         self.shared.db.lookup_name(name)?.ok_or_else(|| {
             CkptError::new(
                 ErrorCode::NotExist,
@@ -397,6 +582,7 @@ impl Store {
     /// # Errors
     /// `NOT_EXIST` for an unknown instance; storage errors.
     pub fn instance(&self, instance: InstanceId) -> CkptResult<InstanceMeta> {
+        self.shared.check_readable()?;
         self.shared
             .db
             .snapshot()
@@ -409,6 +595,7 @@ impl Store {
     /// # Errors
     /// Storage errors.
     pub fn instances(&self) -> CkptResult<Vec<(InstanceId, InstanceMeta)>> {
+        self.shared.check_readable()?;
         self.shared.db.list_instances()
     }
 
@@ -430,6 +617,7 @@ impl Store {
     /// # Errors
     /// `NOT_EXIST` for an unknown instance; storage errors.
     pub fn sections(&self, instance: InstanceId) -> CkptResult<Vec<SectionDescriptor>> {
+        self.shared.check_readable()?;
         let view = self.shared.db.snapshot();
         view.instance(instance)?
             .ok_or_else(|| missing_instance(instance))?;
@@ -451,7 +639,7 @@ impl Store {
         let view: crate::db::View<'static> = unsafe { std::mem::transmute(view) };
         StoreSnapshot {
             view,
-            _shared: self.shared.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -492,6 +680,7 @@ impl Store {
         instance: InstanceId,
         section_id: &SectionId,
     ) -> CkptResult<Option<SectionDescriptor>> {
+        self.shared.check_readable()?;
         let view = self.shared.db.snapshot();
         Ok(view
             .section(instance, section_id)?
@@ -516,6 +705,7 @@ impl Store {
                 ),
             ));
         }
+        self.shared.check_readable()?;
         let view = self.shared.db.snapshot();
         let meta = view
             .instance(instance)?
@@ -543,7 +733,7 @@ impl Store {
             }
             let available = section.size - element.offset;
             let len = element.size.map_or(available, |size| size.min(available));
-            total += len;
+            total = total.saturating_add(len);
             if total > UPDATE_BYTES_MAX {
                 return Err(at(CkptError::new(
                     ErrorCode::TooBig,
@@ -583,7 +773,9 @@ impl Store {
     /// log still holds it).
     pub fn close(mut self) -> CkptResult<()> {
         self.stop_threads();
-        if self.shared.poisoned_error().is_some() {
+        if self.shared.poisoned_error().is_some() || self.shared.dead_error().is_some() {
+            // Flushing could make a batch durable in RocksDB that the log
+            // never acknowledged; recovery sorts it out from the log.
             return Ok(());
         }
         // A full flush (not only RocksDB's WAL) so the next open replays
@@ -593,6 +785,7 @@ impl Store {
     }
 
     fn stop_threads(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
         self.sender = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -616,7 +809,7 @@ impl Drop for Store {
 /// later writes. Holding one keeps RocksDB from discarding old versions.
 pub struct StoreSnapshot {
     view: crate::db::View<'static>,
-    _shared: Arc<Shared>,
+    shared: Arc<Shared>,
 }
 
 impl StoreSnapshot {
@@ -625,6 +818,7 @@ impl StoreSnapshot {
     /// # Errors
     /// Storage errors.
     pub fn instances(&self) -> CkptResult<Vec<(InstanceId, InstanceMeta)>> {
+        self.shared.check_readable()?;
         self.view.instances()
     }
 
@@ -633,6 +827,7 @@ impl StoreSnapshot {
     /// # Errors
     /// Storage errors.
     pub fn sections(&self, instance: InstanceId) -> CkptResult<Vec<SectionDescriptor>> {
+        self.shared.check_readable()?;
         Ok(self
             .view
             .sections(instance)?
@@ -652,6 +847,7 @@ impl StoreSnapshot {
         offset: u64,
         len: u64,
     ) -> CkptResult<Vec<u8>> {
+        self.shared.check_readable()?;
         let meta = self
             .view
             .instance(instance)?
@@ -706,20 +902,22 @@ fn checkpoint_now(shared: &Shared, applied: u64) -> CkptResult<()> {
 fn spawn_checkpointer(shared: Arc<Shared>, requests: Receiver<u64>) -> CkptResult<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("ckpt-checkpoint".into())
-        .spawn(move || loop {
-            match requests.recv_timeout(Duration::from_millis(200)) {
-                Ok(applied) => {
-                    if let Err(error) = checkpoint_now(&shared, applied) {
-                        tracing::error!(%error, "making RocksDB durable failed; the log is kept");
+        .spawn(move || {
+            watched(&shared.clone(), "checkpoint", false, || loop {
+                match requests.recv_timeout(Duration::from_millis(200)) {
+                    Ok(applied) => {
+                        if let Err(error) = checkpoint_now(&shared, applied) {
+                            tracing::error!(%error, "making RocksDB durable failed; the log is kept");
+                        }
                     }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if shared.stopping.load(Ordering::Acquire) {
-                        return;
+                    Err(RecvTimeoutError::Timeout) => {
+                        if shared.stopping.load(Ordering::Acquire) {
+                            return;
+                        }
                     }
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
+            })
         })
         .map_err(|e| io_error("starting the checkpoint thread", &e))
 }
@@ -920,9 +1118,10 @@ impl Writer {
         let mut syncer_thread = None;
         if self.config.fsync_thread {
             if let Some(syncer) = self.syncer.take() {
+                let watch = self.shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name("ckpt-fsync".into())
-                    .spawn(move || syncer.run(job_receiver));
+                    .spawn(move || watched(&watch, "fsync", false, || syncer.run(job_receiver)));
                 match spawned {
                     Ok(handle) => syncer_thread = Some(handle),
                     Err(error) => {
@@ -1257,6 +1456,23 @@ impl Syncer {
 fn fail_all(accepted: Vec<Accepted>, error: &CkptError) {
     for Accepted { request, .. } in accepted {
         (request.reply)(Err(error.clone()));
+    }
+}
+
+/// Operations accepted on a full disk: they shrink what is stored (their
+/// log record is small and the reserve pays for it).
+fn frees_space(op: &Op) -> bool {
+    match op {
+        Op::Unlink { .. } | Op::Destroy { .. } | Op::DeleteSection { .. } | Op::ExpireDue => true,
+        Op::Barrier => true,
+        Op::CreateCheckpoint { .. }
+        | Op::SetRetention { .. }
+        | Op::CreateSection { .. }
+        | Op::SetExpiration { .. }
+        | Op::Write { .. }
+        | Op::Overwrite { .. }
+        | Op::Restore { .. }
+        | Op::RestoreSection { .. } => false,
     }
 }
 

@@ -53,11 +53,15 @@ fn a_failed_log_write_poisons_the_store() {
     fs.fail_next_write();
     let error = run(&store, write(c, "a", 0, b"lost")).unwrap_err();
     assert_eq!(error.code, ErrorCode::Library);
-    assert_eq!(
-        read_all(&store, c, "a"),
-        b"kept",
-        "a write that never reached the log is not visible"
-    );
+    // Reads are refused too: batches applied before the failure may still
+    // have been waiting for their fsync, which a poisoned store never does.
+    let element = ckpt_proto::ReadElement {
+        section_id: ckpt_proto::SectionId::new("a"),
+        offset: 0,
+        size: None,
+    };
+    let read = store.read(c, &[element]).unwrap_err();
+    assert!(read.detail.contains("poisoned"), "{read}");
     assert!(run(&store, write(c, "a", 0, b"next"))
         .unwrap_err()
         .detail
@@ -65,7 +69,11 @@ fn a_failed_log_write_poisons_the_store() {
     drop(store);
     fs.power_loss();
     let store = open(dir.path(), &fs, RocksWalMode::Disabled);
-    assert_eq!(read_all(&store, c, "a"), b"kept");
+    assert_eq!(
+        read_all(&store, c, "a"),
+        b"kept",
+        "a write that never reached the log is not visible after the restart"
+    );
 }
 
 #[test]
@@ -125,14 +133,118 @@ fn written_durability_resolves_before_the_fsync() {
     fs.fail_next_sync();
     let weak = store.execute_with(write(c, "a", 0, b"1"), Durability::Written, NOW);
     assert_eq!(weak.unwrap(), Outcome::Done);
-    assert_eq!(
-        read_all(&store, c, "a"),
-        b"1",
-        "a returned write is visible to the next read"
-    );
+    // A returned write is visible to the next read, unless the fsync has
+    // failed meanwhile: then the store refuses reads, since "1" never
+    // became durable.
+    let element = ckpt_proto::ReadElement {
+        section_id: ckpt_proto::SectionId::new("a"),
+        offset: 0,
+        size: None,
+    };
+    match store.read(c, &[element]) {
+        Ok(data) => assert_eq!(data[0], b"1", "a returned write is visible"),
+        Err(error) => assert!(error.detail.contains("poisoned"), "{error}"),
+    }
     // The writer thread reaches the failed fsync after answering; the next
     // durable write queues behind it and sees the poisoned store.
     let next = run(&store, write(c, "a", 0, b"2")).unwrap_err();
     assert!(next.detail.contains("poisoned"), "{}", next.detail);
     assert!(store.poisoned().is_some());
+}
+
+#[test]
+fn after_a_failed_fsync_reads_fail_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
+    let c = create(&store, "p", attrs(2, 100, 200));
+    section(&store, c, "a", b"durable");
+    fs.fail_next_sync();
+    let error = run(&store, write(c, "a", 0, b"DOOMED")).unwrap_err();
+    assert!(error.detail.contains("poisoned"), "{}", error.detail);
+    // The failed batch is in RocksDB, but it was never acknowledged as
+    // durable: no read may return it.
+    let element = ckpt_proto::ReadElement {
+        section_id: ckpt_proto::SectionId::new("a"),
+        offset: 0,
+        size: None,
+    };
+    let read = store.read(c, &[element]);
+    assert!(
+        read.is_err(),
+        "a read after poisoning returned {:?}",
+        read.map(|r| String::from_utf8_lossy(&r[0]).into_owned())
+    );
+    let error = read.unwrap_err();
+    assert_eq!(error.code, ErrorCode::Library);
+    assert!(error.detail.contains("poisoned"), "{}", error.detail);
+    assert!(store.status(c).is_err(), "status after poisoning");
+    assert!(store.sections(c).is_err(), "section list after poisoning");
+}
+
+#[test]
+fn a_dead_writer_thread_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let c = create(&store, "p", attrs(2, 100, 200));
+    section(&store, c, "a", b"kept");
+    fs.panic_next_write();
+    // The batch in flight dies with the thread.
+    assert!(run(&store, write(c, "a", 0, b"lost")).is_err());
+    // Every later write names the cause instead of "store is closed".
+    let later = run(&store, write(c, "a", 0, b"later")).unwrap_err();
+    assert_eq!(later.code, ErrorCode::Library, "{later}");
+    assert!(later.detail.contains("writer thread"), "{}", later.detail);
+    let failure = store.failure().expect("the store reports its death");
+    assert!(failure.contains("writer thread panicked"), "{failure}");
+    assert!(failure.contains("injected panic"), "{failure}");
+    assert!(store.read(c, &[]).is_err(), "a dead store serves no reads");
+}
+
+#[test]
+fn a_full_disk_is_reported_until_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let reserve = dir.path().join(ckpt_storage::reserve::RESERVE_FILE);
+    assert!(
+        reserve.exists(),
+        "the reserve is held while the disk has room"
+    );
+    let c = create(&store, "full", attrs(4, 1000, 4000));
+    section(&store, c, "a", b"before");
+    assert!(!store.disk_full());
+    fs.set_free_bytes(Some(20));
+    let error = run(&store, write(c, "a", 0, &[b'x'; 500])).unwrap_err();
+    assert_eq!(error.code, ErrorCode::NoSpace, "{error}");
+    assert!(
+        store.disk_full(),
+        "a log write that hit ENOSPC marks the disk full"
+    );
+    assert!(!reserve.exists(), "the reserve is released for deletes");
+    fs.set_free_bytes(None);
+    run(&store, write(c, "a", 0, b"after")).unwrap();
+    assert!(!store.disk_full(), "space came back");
+    assert!(reserve.exists(), "the reserve is held again");
+}
+
+#[test]
+fn recovery_releases_the_reserve_first_and_holds_it_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let c = create(&store, "r", attrs(2, 100, 200));
+    section(&store, c, "a", b"kept");
+    drop(store);
+    fs.power_loss();
+    let reserve = dir.path().join(ckpt_storage::reserve::RESERVE_FILE);
+    // A reserve of another size from an earlier configuration is replaced.
+    std::fs::write(&reserve, b"stale").unwrap();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    assert_eq!(read_all(&store, c, "a"), b"kept");
+    assert_eq!(
+        std::fs::metadata(&reserve).unwrap().len(),
+        ckpt_storage::StoreConfig::new(dir.path()).reserve_bytes
+    );
 }

@@ -214,15 +214,17 @@ fn rocksdb_ahead_of_the_log_continues_after_its_position() {
     // The next batch is written and applied, then the fsync fails.
     fs.fail_next_sync();
     assert!(run(&store, write(c, "a", 0, b"two")).is_err());
-    let applied = digest(&store);
+    // The poisoned store refuses reads (the batch was never acknowledged);
+    // what RocksDB kept shows after the restart.
     drop(store);
     fs.power_loss();
     let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
-    let recovered = digest(&store);
     assert_eq!(
-        recovered, applied,
+        read_all(&store, c, "a"),
+        b"two",
         "RocksDB's state is a whole prefix, the failed write included"
     );
+    digest(&store);
     run(&store, write(c, "a", 0, b"three")).unwrap();
     drop(store);
     fs.power_loss();

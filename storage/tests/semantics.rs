@@ -5,7 +5,7 @@ mod common;
 
 use ckpt_proto::{
     CreationFlags, ErrorCode, ReadElement, SectionCreationAttributes, SectionId, WriteElement,
-    TIME_END,
+    CHECKPOINT_BYTES_MAX, SECTION_BYTES_MAX, TIME_END,
 };
 use ckpt_storage::{FaultFs, Op, Outcome, RocksWalMode};
 use common::*;
@@ -612,7 +612,7 @@ fn retention_is_logged_and_validated() {
 #[test]
 fn oversize_updates_are_refused_before_logging() {
     let (_d, _f, s) = store();
-    let mut a = attrs(2, u64::MAX / 4, u64::MAX / 4);
+    let mut a = attrs(2, SECTION_BYTES_MAX, SECTION_BYTES_MAX);
     a.max_section_id_size = 8;
     let c = create(&s, "c", a);
     section(&s, c, "a", b"");
@@ -677,4 +677,142 @@ fn concurrent_creations_and_writes_all_complete() {
     assert_eq!(all.len(), 101, "every creation completed");
     assert_eq!(all[&b"c-3-24".to_vec()].2[&b"s".to_vec()].1, vec![3, 24]);
     assert_eq!(read_all(&store, busy, "a"), vec![49]);
+}
+
+/// Reads `len` bytes of a section from `offset`.
+fn read_range(
+    s: &ckpt_storage::Store,
+    c: ckpt_storage::InstanceId,
+    id: &str,
+    offset: u64,
+    len: u64,
+) -> Vec<u8> {
+    let element = ReadElement {
+        section_id: SectionId::new(id),
+        offset,
+        size: Some(len),
+    };
+    s.read(c, &[element]).expect("read").remove(0)
+}
+
+#[test]
+fn a_write_at_offset_2_48_is_invalid_parameter_and_chunk_zero_survives() {
+    let (_d, _f, s) = store();
+    let create_op = |attributes| Op::CreateCheckpoint {
+        name: name("c"),
+        attributes,
+    };
+    // Before the bounds this checkpoint was created, and a write at 2^48
+    // (chunk 2^32 of 64 KiB) wrapped the u32 chunk index onto chunk 0.
+    assert_eq!(
+        code(run(&s, create_op(attrs(2, 1 << 60, 1 << 60)))).0,
+        ErrorCode::InvalidParameter
+    );
+    let c = create(&s, "c", attrs(2, SECTION_BYTES_MAX, SECTION_BYTES_MAX));
+    section(&s, c, "a", b"chunk zero");
+    assert_eq!(
+        code(run(&s, write(c, "a", 1 << 48, b"X"))),
+        (ErrorCode::InvalidParameter, Some(0))
+    );
+    assert_eq!(
+        code(run(&s, write(c, "a", u64::MAX, b"X"))),
+        (ErrorCode::InvalidParameter, Some(0))
+    );
+    run(&s, write(c, "a", SECTION_BYTES_MAX - 1, b"X")).unwrap();
+    assert_eq!(read_range(&s, c, "a", 0, 10), b"chunk zero");
+    assert_eq!(read_range(&s, c, "a", SECTION_BYTES_MAX - 2, 2), b"\0X");
+    assert_eq!(s.status(c).unwrap().memory_used, SECTION_BYTES_MAX);
+}
+
+#[test]
+fn memory_used_cannot_wrap_past_checkpoint_size() {
+    let (_d, _f, s) = store();
+    // Before the bounds: memoryUsed u64::MAX - 5 plus a 10-byte write
+    // wrapped to 4 and the write was accepted past checkpointSize.
+    let unbounded = Op::CreateCheckpoint {
+        name: name("c"),
+        attributes: attrs(3, u64::MAX, u64::MAX),
+    };
+    assert_eq!(code(run(&s, unbounded)).0, ErrorCode::InvalidParameter);
+    // At the bounds: 16 sparse sections of 1 TiB fill 16 TiB exactly.
+    let c = create(&s, "c", attrs(17, SECTION_BYTES_MAX, CHECKPOINT_BYTES_MAX));
+    for i in 0..16 {
+        let id = format!("s{i}");
+        section(&s, c, &id, b"");
+        run(&s, write(c, &id, SECTION_BYTES_MAX - 1, b"X")).unwrap();
+    }
+    assert_eq!(s.status(c).unwrap().memory_used, CHECKPOINT_BYTES_MAX);
+    let one_more = Op::CreateSection {
+        instance: c,
+        attributes: SectionCreationAttributes {
+            section_id: Some(SectionId::new("last")),
+            expiration_time: TIME_END,
+        },
+        data: b"x".to_vec(),
+    };
+    assert_eq!(code(run(&s, one_more)).0, ErrorCode::NoSpace);
+    let overwrite = Op::Overwrite {
+        instance: c,
+        section_id: SectionId::new("s0"),
+        data: b"x".to_vec(),
+    };
+    run(&s, overwrite).unwrap();
+    assert_eq!(
+        s.status(c).unwrap().memory_used,
+        CHECKPOINT_BYTES_MAX - SECTION_BYTES_MAX + 1
+    );
+    assert_eq!(
+        code(run(&s, write(c, "s0", SECTION_BYTES_MAX - 1, b"XY"))),
+        (ErrorCode::InvalidParameter, Some(0))
+    );
+    run(&s, write(c, "s0", SECTION_BYTES_MAX - 1, b"X")).unwrap();
+    assert_eq!(
+        code(run(&s, write(c, "s0", SECTION_BYTES_MAX, b"X"))),
+        (ErrorCode::InvalidParameter, Some(0))
+    );
+}
+
+#[test]
+fn deleting_or_shrinking_a_huge_sparse_section_is_quick_and_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let s = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let c = create(&s, "c", attrs(3, SECTION_BYTES_MAX, 2 * SECTION_BYTES_MAX));
+    for id in ["a", "b"] {
+        section(&s, c, id, b"head");
+        // 2^24 chunk indexes, two of them stored.
+        run(&s, write(c, id, SECTION_BYTES_MAX - 1, b"X")).unwrap();
+    }
+    assert_eq!(s.data_keys(c).unwrap(), 4);
+    let started = std::time::Instant::now();
+    run(
+        &s,
+        Op::DeleteSection {
+            instance: c,
+            section_id: SectionId::new("a"),
+        },
+    )
+    .unwrap();
+    let overwrite = Op::Overwrite {
+        instance: c,
+        section_id: SectionId::new("b"),
+        data: b"small".to_vec(),
+    };
+    run(&s, overwrite).unwrap();
+    assert_eq!(s.data_keys(c).unwrap(), 1, "only b's one chunk is left");
+    section(&s, c, "a", b"new");
+    println!(
+        "delete + overwrite of 1 TiB sparse sections: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(read_all(&s, c, "a"), b"new");
+    assert_eq!(read_all(&s, c, "b"), b"small");
+    // The same range deletions on replay.
+    drop(s);
+    fs.power_loss();
+    let s = open(dir.path(), &fs, RocksWalMode::Disabled);
+    assert_eq!(read_all(&s, c, "a"), b"new");
+    assert_eq!(read_all(&s, c, "b"), b"small");
+    assert_eq!(s.data_keys(c).unwrap(), 2);
+    assert_eq!(s.status(c).unwrap().memory_used, 8);
 }
