@@ -1055,23 +1055,36 @@ async fn default_section_cannot_get_an_expiration_time() {
 }
 
 #[tokio::test]
-async fn single_section_checkpoint_has_no_room_for_other_sections() {
+async fn section_create_with_max_sections_one_is_already_exist() {
+    // DESIGN.md §2 "limits": the default section holds the only slot, so
+    // any SectionCreate answers ALREADY_EXIST (as OpenSAF does), whatever
+    // the id: explicit, generated, too long, or the default one itself.
     let client = connect().await;
     let attributes = CreationAttributes {
         max_section_id_size: 8,
         ..default_section_attrs()
     };
     let checkpoint = create(&client, &unique("default-full"), attributes).await;
-    expect_code(
-        checkpoint.section_create(forever("x"), b"x".to_vec()).await,
-        ErrorCode::NoSpace,
-    );
-    expect_code(
-        checkpoint.section_create(generated(), b"x".to_vec()).await,
-        ErrorCode::NoSpace,
-    );
+    let default_id = SectionCreationAttributes {
+        section_id: Some(SectionId::DEFAULT),
+        expiration_time: TIME_END,
+    };
+    for attributes in [
+        forever("x"),
+        generated(),
+        forever("far-too-long-id"),
+        default_id,
+    ] {
+        expect_code(
+            checkpoint
+                .section_create(attributes.clone(), b"x".to_vec())
+                .await,
+            ErrorCode::AlreadyExist,
+        );
+    }
     let status = checkpoint.status().await.unwrap();
     assert_eq!((status.number_of_sections, status.memory_used), (1, 0));
+    assert_eq!(read_all(&checkpoint, &SectionId::DEFAULT).await, b"");
 }
 
 #[tokio::test]
@@ -1424,19 +1437,56 @@ async fn read_without_a_size_reads_the_whole_section_from_the_offset() {
 }
 
 #[tokio::test]
-async fn read_offset_past_the_end_is_invalid_parameter_with_index() {
+async fn read_at_or_past_the_end_within_max_section_size_reads_nothing() {
+    // DESIGN.md §2 "read": an offset at or past the section's end, within
+    // maxSectionSize, is OK with readSize 0.
     let client = connect().await;
-    let checkpoint = create(&client, &unique("read-past-end"), attrs()).await;
+    let checkpoint = create(&client, &unique("read-past-end"), limits(4, 64, 256, 8)).await;
     section(&checkpoint, "a", b"0123456789").await;
     section(&checkpoint, "b", b"").await;
-    let elements = vec![re("a", 0, Some(1)), re("b", 0, None), re("a", 11, Some(1))];
+    let data = checkpoint
+        .read(vec![
+            re("a", 0, Some(1)),
+            re("b", 0, None),
+            re("a", 10, Some(1)),
+            re("a", 11, Some(1)),
+            re("a", 11, None),
+            re("b", 1, None),
+            re("b", 63, Some(5)),
+            re("a", 64, None),
+        ])
+        .await
+        .unwrap();
+    let empty: Vec<u8> = Vec::new();
+    assert_eq!(
+        data,
+        vec![
+            b"0".to_vec(),
+            empty.clone(),
+            empty.clone(),
+            empty.clone(),
+            empty.clone(),
+            empty.clone(),
+            empty.clone(),
+            empty
+        ]
+    );
+    assert_eq!(read_str(&checkpoint, "a").await, b"0123456789");
+}
+
+#[tokio::test]
+async fn read_offset_past_max_section_size_is_invalid_parameter_with_index() {
+    let client = connect().await;
+    let checkpoint = create(&client, &unique("read-past-max"), limits(4, 64, 256, 8)).await;
+    section(&checkpoint, "a", b"0123456789").await;
+    let elements = vec![re("a", 0, Some(1)), re("a", 11, None), re("a", 65, Some(1))];
     expect_code_at(
         checkpoint.read(elements).await,
         ErrorCode::InvalidParameter,
         2,
     );
     expect_code_at(
-        checkpoint.read(vec![re("b", 1, None)]).await,
+        checkpoint.read(vec![re("a", u64::MAX, None)]).await,
         ErrorCode::InvalidParameter,
         0,
     );
@@ -2087,6 +2137,50 @@ async fn retention_duration_set_negative_is_invalid_parameter() {
     assert!(exists(&client, &name).await);
 }
 
+#[tokio::test]
+async fn retention_duration_set_on_a_deleted_checkpoint_is_bad_operation() {
+    // DESIGN.md §2 "retention set": once unlinked, the instance is
+    // destroyed at its last close whatever its retention, so setting one is
+    // a BAD_OPERATION rather than an OK that changes nothing.
+    let client = connect().await;
+    let name = unique("retention-unlinked");
+    let checkpoint = create(&client, &name, with_retention(TIME_END)).await;
+    section(&checkpoint, "s", b"old").await;
+    client.delete(&name).await.unwrap();
+    for retention in [0, 5_000_000_000, TIME_END] {
+        let error = expect_code(
+            checkpoint.retention_duration_set(retention).await,
+            ErrorCode::BadOperation,
+        );
+        assert!(error.message.contains("deleted"), "{error}");
+    }
+    assert_eq!(
+        checkpoint
+            .status()
+            .await
+            .unwrap()
+            .attributes
+            .retention_duration_ns,
+        TIME_END
+    );
+    // A new instance under the same name takes retention as usual.
+    let fresh = create(&client, &name, with_retention(TIME_END)).await;
+    assert!(fresh.created());
+    fresh.retention_duration_set(7).await.unwrap();
+    assert_eq!(read_str(&checkpoint, "s").await, b"old");
+    checkpoint.close().await.unwrap();
+    assert_eq!(
+        client
+            .stat(&name)
+            .await
+            .unwrap()
+            .status
+            .attributes
+            .retention_duration_ns,
+        7
+    );
+}
+
 // ───────────────────────────── delete ─────────────────────────────
 
 #[tokio::test]
@@ -2321,8 +2415,8 @@ async fn create_transient(client: &Client, name: &CheckpointName) -> Checkpoint 
 async fn synchronize_is_ok_and_every_update_is_readable() {
     let client = connect().await;
     for flags in [
-        CreationFlags::WR_ALL_REPLICAS,
         CreationFlags::WR_ACTIVE_REPLICA,
+        CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE,
         CreationFlags::WR_ACTIVE_REPLICA_WEAK,
     ] {
         let attributes = CreationAttributes {
@@ -2335,6 +2429,39 @@ async fn synchronize_is_ok_and_every_update_is_readable() {
         checkpoint.synchronize().await.unwrap();
         assert_eq!(read_str(&checkpoint, "s").await, b"abcdef");
     }
+}
+
+#[tokio::test]
+async fn synchronize_on_a_wr_all_replicas_checkpoint_is_bad_operation() {
+    // DESIGN.md §2 "synchronize": every write to a WR_ALL_REPLICAS
+    // checkpoint already reaches every replica, so there is nothing to
+    // synchronize (SA_AIS_ERR_BAD_OPERATION).
+    let client = connect().await;
+    let name = unique("synchronize-all-replicas");
+    for flags in [
+        CreationFlags::WR_ALL_REPLICAS,
+        CreationFlags::WR_ALL_REPLICAS | CreationFlags::DISTRIBUTED,
+    ] {
+        let name = unique("synchronize-all-replicas");
+        let attributes = CreationAttributes {
+            creation_flags: flags,
+            ..attrs()
+        };
+        let checkpoint = create(&client, &name, attributes).await;
+        section(&checkpoint, "s", b"abc").await;
+        let error = expect_code(checkpoint.synchronize().await, ErrorCode::BadOperation);
+        assert!(error.message.contains("WR_ALL_REPLICAS"), "{error}");
+        assert_eq!(read_str(&checkpoint, "s").await, b"abc");
+    }
+    // A read-only handle is refused for its access first, as on the
+    // other update modes.
+    let attributes = CreationAttributes {
+        creation_flags: CreationFlags::WR_ALL_REPLICAS,
+        ..attrs()
+    };
+    let _writer = create(&client, &name, attributes).await;
+    let reader = open(&client, &name, OpenFlags::READ).await;
+    expect_code(reader.synchronize().await, ErrorCode::OpNotPermitted);
 }
 
 #[tokio::test]
@@ -3002,6 +3129,15 @@ async fn initialize_negotiates_the_version() {
             .map(|_| ())
             .unwrap_err();
         assert_eq!(error.code, ErrorCode::VersionMismatch, "{error}");
+        // The INOUT version of clCkptInitialize: the supported version comes
+        // back as data, not only inside the message.
+        assert_eq!(error.supported_version, Some(API_VERSION), "{error}");
+        let error = CkptService::initialize(&addr, Callbacks::default(), unsupported)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::VersionMismatch, "{error}");
+        assert_eq!(error.supported_version, Some(API_VERSION), "{error}");
     }
     // The negotiated connection works.
     let checkpoint = create(&client, &unique("initialize"), attrs()).await;
@@ -3028,10 +3164,7 @@ async fn open_async_completes_through_the_open_callback() {
     service
         .open_async(8, &missing, None, OpenFlags::READ)
         .unwrap();
-    service
-        .open_async(9, &name, Some(attrs()), OpenFlags(rwc().0 | 0x40))
-        .unwrap();
-    dispatch_until(&service, || opened.lock().unwrap().len() == 3).await;
+    dispatch_until(&service, || opened.lock().unwrap().len() == 2).await;
     let mut results = std::mem::take(&mut *opened.lock().unwrap());
     results.sort_by_key(|(invocation, _)| *invocation);
     let mut results = results.into_iter();
@@ -3041,9 +3174,7 @@ async fn open_async_completes_through_the_open_callback() {
     let (invocation, second) = results.next().unwrap();
     assert_eq!(invocation, 8);
     expect_code(second, ErrorCode::NotExist);
-    let (invocation, third) = results.next().unwrap();
-    assert_eq!(invocation, 9);
-    expect_code(third, ErrorCode::BadFlag);
+    assert!(results.next().is_none());
     // The handle from the callback is a real one.
     assert!(checkpoint.created());
     section(&checkpoint, "s", b"async").await;
@@ -3051,6 +3182,161 @@ async fn open_async_completes_through_the_open_callback() {
     let reader = open(&other, &name, OpenFlags::READ).await;
     assert_eq!(read_str(&reader, "s").await, b"async");
     assert_eq!(other.stat(&name).await.unwrap().open_count, 2);
+}
+
+#[tokio::test]
+async fn open_async_parameter_errors_are_returned_by_the_call() {
+    // DESIGN.md §2 "async calls": flags, attributes and name are checked
+    // by the call itself; nothing reaches the callback and nothing is created.
+    let opened: Collected<(Invocation, Result<Checkpoint, ClientError>)> = Default::default();
+    let sink = opened.clone();
+    let callbacks = Callbacks {
+        open: Some(Box::new(move |invocation, result| {
+            sink.lock().unwrap().push((invocation, result))
+        })),
+        synchronize: None,
+    };
+    let service = CkptService::initialize(&shared_addr(), callbacks, API_VERSION)
+        .await
+        .unwrap();
+    let name = unique("open-async-params");
+    let no_mode = CreationAttributes {
+        creation_flags: CreationFlags(0),
+        ..attrs()
+    };
+    let unknown_creation_flag = CreationAttributes {
+        creation_flags: CreationFlags(CreationFlags::WR_ACTIVE_REPLICA.0 | 0x8000),
+        ..attrs()
+    };
+    let too_big = CreationAttributes {
+        checkpoint_size: attrs().max_section_size * u64::from(attrs().max_sections) + 1,
+        ..attrs()
+    };
+    let zero_sections = CreationAttributes {
+        max_sections: 0,
+        ..attrs()
+    };
+    // Decoding does not check a name's bounds (the server's validation
+    // needs to see it); build an empty one the way a peer could.
+    let empty_name: CheckpointName = ckpt_proto::wire::Frame {
+        kind: ckpt_proto::wire::FrameKind::Request,
+        request_id: 0,
+        body: vec![0u8].into(),
+    }
+    .decode()
+    .unwrap();
+    let cases: Vec<(
+        &CheckpointName,
+        Option<CreationAttributes>,
+        OpenFlags,
+        ErrorCode,
+    )> = vec![
+        (
+            &name,
+            Some(attrs()),
+            OpenFlags(rwc().0 | 0x40),
+            ErrorCode::BadFlag,
+        ),
+        (&name, None, rwc(), ErrorCode::InvalidParameter),
+        (&name, Some(attrs()), rw(), ErrorCode::InvalidParameter),
+        (&name, Some(no_mode), rwc(), ErrorCode::InvalidParameter),
+        (
+            &name,
+            Some(unknown_creation_flag),
+            rwc(),
+            ErrorCode::BadFlag,
+        ),
+        (&name, Some(too_big), rwc(), ErrorCode::InvalidParameter),
+        (
+            &name,
+            Some(zero_sections),
+            rwc(),
+            ErrorCode::InvalidParameter,
+        ),
+        (
+            &empty_name,
+            Some(attrs()),
+            rwc(),
+            ErrorCode::InvalidParameter,
+        ),
+    ];
+    for (invocation, (name, attributes, flags, code)) in cases.into_iter().enumerate() {
+        let error = expect_code(
+            service.open_async(invocation as Invocation, name, attributes.clone(), flags),
+            code,
+        );
+        assert!(!error.message.is_empty());
+    }
+    // A valid call still completes through the callback, after every
+    // refused one: the refused ones queued nothing.
+    service
+        .open_async(100, &name, Some(attrs()), rwc())
+        .unwrap();
+    dispatch_until(&service, || !opened.lock().unwrap().is_empty()).await;
+    let results = std::mem::take(&mut *opened.lock().unwrap());
+    assert_eq!(results.len(), 1);
+    let (invocation, result) = results.into_iter().next().unwrap();
+    assert_eq!(invocation, 100);
+    assert!(result.expect("the valid open").created());
+    assert_eq!(service.dispatch(DispatchFlags::All).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn closing_a_handle_cancels_its_callbacks_not_yet_dispatched() {
+    // DESIGN.md §2 "async calls": a SynchronizeAsync that completed, and
+    // notifications that arrived, for a handle closed before dispatch never
+    // reach their callbacks; another handle's callbacks still do.
+    let synced: Collected<Invocation> = Default::default();
+    let sink = synced.clone();
+    let callbacks = Callbacks {
+        open: None,
+        synchronize: Some(Box::new(move |invocation, result| {
+            result.expect("synchronize");
+            sink.lock().unwrap().push(invocation)
+        })),
+    };
+    let service = CkptService::initialize(&shared_addr(), callbacks, API_VERSION)
+        .await
+        .unwrap();
+    let name = unique("close-cancels");
+    let writer = create(service.client(), &name, attrs()).await;
+    let closing = open(service.client(), &name, rw()).await;
+    let notified: Collected<Notification> = Default::default();
+    let sink = notified.clone();
+    service
+        .immediate_consumption_register(
+            &closing,
+            Box::new(move |notification| sink.lock().unwrap().push(notification)),
+        )
+        .await
+        .unwrap();
+    section(&writer, "s", b"update").await;
+    service.synchronize_async(1, &closing).unwrap();
+    service.synchronize_async(2, &writer).unwrap();
+    // Both completions and the notification are queued, none dispatched.
+    let selection = service.selection_object();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while selection.pending() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "callbacks were not queued within {DEADLINE:?}"
+        );
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), selection.ready()).await;
+    }
+    assert!(synced.lock().unwrap().is_empty());
+    closing.close().await.unwrap();
+    assert_eq!(
+        selection.pending(),
+        1,
+        "the closed handle's callbacks are dropped at the close"
+    );
+    assert_eq!(service.dispatch(DispatchFlags::All).await.unwrap(), 1);
+    assert_eq!(*synced.lock().unwrap(), [2]);
+    assert!(notified.lock().unwrap().is_empty(), "{notified:?}");
+    // Later work on the other handle is delivered as before.
+    service.synchronize_async(3, &writer).unwrap();
+    dispatch_until(&service, || synced.lock().unwrap().len() == 2).await;
+    assert_eq!(*synced.lock().unwrap(), [2, 3]);
 }
 
 #[tokio::test]
