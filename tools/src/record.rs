@@ -180,11 +180,12 @@ fn splitmix64(state: &mut u64) -> u64 {
 /// of `checkpoint` for `counter`: the counter (u64 LE), then bytes derived
 /// from all four (the size is `value.len()`).
 pub fn fill_value(checkpoint: &str, section: &str, counter: u64, value: &mut [u8]) {
+    let size = value.len() as u64;
     let Some((head, body)) = value.split_first_chunk_mut::<8>() else {
         return;
     };
     *head = counter.to_le_bytes();
-    let mut state = body_seed(checkpoint, section, counter, value.len() as u64);
+    let mut state = body_seed(checkpoint, section, counter, size);
     for chunk in body.chunks_mut(8) {
         let word = splitmix64(&mut state).to_le_bytes();
         chunk.copy_from_slice(&word[..chunk.len()]);
