@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::collections::HashSet;
-
 use ckpt_proto::wire::{FrameKind, Reply, Request, Response};
 use ckpt_proto::{
     CheckpointName, CreationAttributes, CreationFlags, OpenFlags, ReadElement,
@@ -50,10 +48,13 @@ fn sigterm_finishes_requests_in_flight_then_exits_zero() {
         initial_data: vec![],
     });
     assert!(created.is_ok(), "{created:?}");
-    // Pipeline a burst of writes, then ask the server to stop at once.
-    let mut ids = HashSet::new();
+    // Pipeline a burst of writes, then a StatusGet as a marker. The server
+    // reads a connection's frames in order, so once the marker is answered
+    // it has read — and taken on — every write: each must then be answered,
+    // and successfully, even though SIGTERM comes while they are in flight.
+    const WRITES: u32 = 200;
     let mut offset_of = std::collections::HashMap::new();
-    for i in 0..200u32 {
+    for i in 0..WRITES {
         let element = WriteElement {
             section_id: SectionId::new("s"),
             offset: u64::from(i) * 4,
@@ -63,34 +64,46 @@ fn sigterm_finishes_requests_in_flight_then_exits_zero() {
             handle,
             elements: vec![element],
         });
-        ids.insert(id);
         offset_of.insert(id, i);
     }
-    // Once the server is working through the burst, ask it to stop.
-    let first = client.read_frame().expect("a first answer");
-    assert_eq!(first.kind, FrameKind::Response);
-    assert!(ids.remove(&first.request_id));
-    assert!(first.decode::<Response>().unwrap().is_ok());
-    let mut answered_writes = vec![offset_of[&first.request_id]];
-    let status = server.terminate();
-    assert!(status.success(), "exit status {status}");
-    // Every request that reached the server was answered, and successfully.
-    let mut answered = 1;
-    while let Some(frame) = client.read_frame() {
+    let marker = client.send(&Request::StatusGet { handle });
+    let mut answered_writes = Vec::new();
+    let mut record_answer = |frame: ckpt_proto::wire::Frame, answered: &mut Vec<u32>| {
+        let write = offset_of
+            .remove(&frame.request_id)
+            .unwrap_or_else(|| panic!("unexpected or repeated id {}", frame.request_id));
+        let response: Response = frame.decode().unwrap();
+        assert!(response.is_ok(), "write {write}: {response:?}");
+        answered.push(write);
+    };
+    loop {
+        let frame = client.read_frame().expect("the marker's answer");
         if frame.kind != FrameKind::Response {
             continue;
         }
-        assert!(
-            ids.remove(&frame.request_id),
-            "unexpected id {}",
-            frame.request_id
-        );
-        let response: Response = frame.decode().unwrap();
-        assert!(response.is_ok(), "{response:?}");
-        answered_writes.push(offset_of[&frame.request_id]);
-        answered += 1;
+        if frame.request_id == marker {
+            let response: Response = frame.decode().unwrap();
+            assert!(response.is_ok(), "marker: {response:?}");
+            break;
+        }
+        record_answer(frame, &mut answered_writes);
     }
-    assert!(answered > 0);
+    let in_flight_at_sigterm = WRITES as usize - answered_writes.len();
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    while let Some(frame) = client.read_frame() {
+        if frame.kind == FrameKind::Response {
+            record_answer(frame, &mut answered_writes);
+        }
+    }
+    println!("{in_flight_at_sigterm} of {WRITES} writes were unanswered at SIGTERM");
+    let mut unanswered: Vec<u32> = offset_of.into_values().collect();
+    unanswered.sort_unstable();
+    assert!(
+        unanswered.is_empty(),
+        "writes the server had read were never answered: {unanswered:?}"
+    );
+    assert_eq!(answered_writes.len(), WRITES as usize);
     let log = server.drain_log().join("\n");
     assert!(log.contains("store closed cleanly"), "{log}");
     // Every answered write is there after a restart.
@@ -116,6 +129,7 @@ fn sigterm_finishes_requests_in_flight_then_exits_zero() {
         panic!()
     };
     let data = &data[0];
+    assert_eq!(data.len(), WRITES as usize * 4);
     for i in answered_writes {
         let at = i as usize * 4;
         assert!(data.len() >= at + 4, "answered write {i} is missing");

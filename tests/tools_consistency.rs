@@ -15,9 +15,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ckpt_client::Client;
 use ckpt_proto::{
@@ -27,6 +27,31 @@ use ckpt_proto::{
 use common::{bin, Server};
 
 const PAIR_BYTES: usize = 6 * 1024 * 1024;
+/// Bench clients: at most this many writes are applied but not yet in the
+/// bench's record at any moment (one in flight per client).
+const BENCH_CLIENTS: usize = 8;
+/// How long the writers may take to make the progress a step waits for; on
+/// a loaded machine it is still seconds.
+const PROGRESS_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Acknowledged writes in the bench's record so far (its complete lines).
+fn acked_lines(record: &Path) -> usize {
+    std::fs::read(record)
+        .map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Polls until `done` holds; panics naming `what` after [`PROGRESS_DEADLINE`].
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PROGRESS_DEADLINE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {PROGRESS_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 #[derive(Debug, Default)]
 struct DumpedCheckpoint {
@@ -176,28 +201,36 @@ async fn online_dump_under_writes_is_one_point_in_time() {
         .unwrap();
     }
 
-    let mut bench = Command::new(bin("ckpt-tool"))
+    // The bench runs until we stop it (Ctrl-C), not for a fixed time that a
+    // slow machine could use up before the dumps.
+    let record = dir.path().join("bench-acked.txt");
+    let bench = Command::new(bin("ckpt-tool"))
         .args([
             "bench",
             "--addr",
             &addr,
             "--clients",
-            "8",
+            &BENCH_CLIENTS.to_string(),
             "--duration-s",
-            "6",
+            "600",
             "--value-size",
             "4096",
             "--checkpoint",
             "bench",
         ])
+        .arg("--record")
+        .arg(&record)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
+    // The pair writer's last acknowledged counter.
+    let pair_acked = Arc::new(AtomicU64::new(0));
     let writer = {
         let stop = stop.clone();
+        let pair_acked = pair_acked.clone();
         tokio::spawn(async move {
             let mut counter = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -219,16 +252,32 @@ async fn online_dump_under_writes_is_one_point_in_time() {
                 ])
                 .await
                 .unwrap();
+                pair_acked.store(counter, Ordering::Release);
             }
             pair.close().await.unwrap();
             counter
         })
     };
 
-    // Wait for both writers to be under way, then dump repeatedly.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut seen = Vec::new();
+    // Both writers under way, then dump repeatedly; before each next dump,
+    // wait until both writers are past what the last dump saw, so every
+    // dump is taken under load and differs from the one before.
+    wait_for("both writers acknowledge a write", || {
+        acked_lines(&record) > 0 && pair_acked.load(Ordering::Acquire) > 0
+    })
+    .await;
+    let mut seen: Vec<(u64, u64)> = Vec::new();
     for round in 0..4 {
+        if let Some(&(_, last_pair)) = seen.last() {
+            // More new acknowledgements than the bench can have applied but
+            // not yet recorded: at least one was applied after that dump.
+            let bench_from = acked_lines(&record);
+            wait_for("both writers move on after a dump", || {
+                acked_lines(&record) > bench_from + BENCH_CLIENTS
+                    && pair_acked.load(Ordering::Acquire) > last_pair
+            })
+            .await;
+        }
         let file = dir.path().join(format!("during-{round}.ckd"));
         let addr = addr.clone();
         let path = file.clone();
@@ -239,13 +288,24 @@ async fn online_dump_under_writes_is_one_point_in_time() {
         let what = format!("dump {round} (taken under load)");
         let bench_sum = check_bench(&parsed, &what);
         let pair_counter = check_pair(&parsed, &what);
+        if let Some(&(last_bench, last_pair)) = seen.last() {
+            assert!(
+                bench_sum > last_bench && pair_counter > last_pair,
+                "{what}: ({bench_sum}, {pair_counter}) does not move on from ({last_bench}, {last_pair})"
+            );
+        }
         seen.push((bench_sum, pair_counter));
-        tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let status = tokio::task::spawn_blocking(move || bench.wait().unwrap())
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(bench.id() as i32, libc::SIGINT) };
+    let output = tokio::task::spawn_blocking(move || bench.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert!(status.success());
+    assert!(
+        output.status.success(),
+        "bench: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     stop.store(true, Ordering::Relaxed);
     let written = writer.await.unwrap();
 
@@ -262,12 +322,6 @@ async fn online_dump_under_writes_is_one_point_in_time() {
         check_pair(&parsed, "dump at rest"),
     );
     assert_eq!(pair_counter, written);
-    // The dumps under load really were under load: the writers moved
-    // between them.
-    assert!(seen.windows(2).any(|w| w[0] != w[1]), "{seen:?}");
     assert!(seen.iter().all(|(b, p)| *b <= bench_sum && *p <= written));
-    assert!(
-        seen.iter().any(|(b, _)| *b > 0),
-        "bench wrote nothing: {seen:?}"
-    );
+    assert!(seen[0].0 > 0 && seen[0].1 > 0, "{seen:?}");
 }

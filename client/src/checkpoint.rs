@@ -68,18 +68,21 @@ impl Checkpoint {
     }
 
     /// Closes the handle (clCkptCheckpointClose). After the last close
-    /// anywhere the retention timer starts.
+    /// anywhere the retention timer starts. Its subscription ends and, in a
+    /// [`crate::CkptService`], its callbacks not yet dispatched are dropped
+    /// (a SynchronizeAsync still running never calls back) — before the
+    /// request is sent, whatever its outcome.
     ///
     /// # Errors
     /// `INVALID_HANDLE` if the server no longer knows the handle; connection errors.
     pub async fn close(self) -> Result<(), ClientError> {
+        self.client.handle_closing(self.handle);
         let result = self
             .client
             .request(Request::Close {
                 handle: self.handle,
             })
             .await;
-        self.client.remove_subscriptions_of(self.handle);
         expect_done("Close", result?)
     }
 
@@ -88,7 +91,8 @@ impl Checkpoint {
     /// (clCkptCheckpointRetentionDurationSet).
     ///
     /// # Errors
-    /// `INVALID_PARAMETER` for a negative duration; connection errors.
+    /// `INVALID_PARAMETER` for a negative duration; `BAD_OPERATION` once the
+    /// checkpoint was deleted; connection errors.
     pub async fn retention_duration_set(
         &self,
         retention_duration_ns: i64,
@@ -138,7 +142,8 @@ impl Checkpoint {
     /// the section's id.
     ///
     /// # Errors
-    /// `ALREADY_EXIST` for a duplicate id; `NO_SPACE` beyond maxSections or
+    /// `ALREADY_EXIST` for a duplicate id, and for any section of a
+    /// checkpoint with maxSections == 1; `NO_SPACE` beyond maxSections or
     /// checkpointSize; `INVALID_PARAMETER` for an id over maxSectionIdSize,
     /// data over maxSectionSize or an expiration in the past.
     pub async fn section_create(
@@ -227,7 +232,8 @@ impl Checkpoint {
     }
 
     /// Reads each element; returns the bytes actually read for each, in order
-    /// (clCkptCheckpointRead).
+    /// (clCkptCheckpointRead). An offset at or past the section's end reads
+    /// nothing.
     ///
     /// # Errors
     /// The first failing element's error, with its position in [`ClientError::index`].
@@ -249,7 +255,9 @@ impl Checkpoint {
     /// (clCkptCheckpointSynchronize).
     ///
     /// # Errors
-    /// `TRY_AGAIN` when too few replicas are in sync; connection errors.
+    /// `BAD_OPERATION` on a WR_ALL_REPLICAS checkpoint; a permission error
+    /// without WRITE; `TRY_AGAIN` when too few replicas are in sync;
+    /// connection errors.
     pub async fn synchronize(&self) -> Result<(), ClientError> {
         expect_done(
             "Synchronize",

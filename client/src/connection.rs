@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use ckpt_proto::wire::{
@@ -136,6 +136,16 @@ struct State {
     closed: Option<ClientError>,
     pending: HashMap<u64, Pending>,
     subscriptions: HashMap<Handle, SubscriptionSender>,
+    /// Told of every handle being closed (the dispatch layers on this
+    /// connection); dead ones are pruned when the next one registers.
+    close_observers: Vec<Weak<dyn HandleCloseObserver>>,
+}
+
+/// Something holding work for handles of a connection (the dispatch layer's
+/// queued callbacks), told when one is being closed so it can drop that work.
+pub(crate) trait HandleCloseObserver: Send + Sync {
+    /// `handle` is being closed: nothing queued for it may run any more.
+    fn handle_closing(&self, handle: Handle);
 }
 
 struct Pending {
@@ -254,8 +264,9 @@ impl Client {
     /// server granted (the INOUT `version` of clCkptInitialize).
     ///
     /// # Errors
-    /// As [`Client::connect`]; a `VERSION_MISMATCH` error's message names the
-    /// version the server supports.
+    /// As [`Client::connect`]; a `VERSION_MISMATCH` error carries the version
+    /// the server supports in [`ClientError::supported_version`] (and names
+    /// it in its message).
     pub async fn connect_with_version(
         addr: &str,
         version: ApiVersion,
@@ -329,6 +340,7 @@ impl Client {
                     error.detail
                 ),
                 index: error.index,
+                supported_version: Some(reply.version),
             });
         }
 
@@ -483,9 +495,33 @@ impl Client {
         }
     }
 
-    /// Removes whatever subscription `handle` has (the handle was closed).
-    pub(crate) fn remove_subscriptions_of(&self, handle: Handle) {
-        self.inner.shared.lock().subscriptions.remove(&handle);
+    /// Registers `observer` to be told of every handle closed on this
+    /// connection from now on.
+    pub(crate) fn observe_closes(&self, observer: Weak<dyn HandleCloseObserver>) {
+        let mut state = self.inner.shared.lock();
+        state
+            .close_observers
+            .retain(|existing| existing.strong_count() > 0);
+        state.close_observers.push(observer);
+    }
+
+    /// `handle` is being closed: ends its subscription and tells every
+    /// observer, before the Close request goes out, so nothing for the handle
+    /// is delivered after [`Checkpoint::close`] starts.
+    pub(crate) fn handle_closing(&self, handle: Handle) {
+        let observers: Vec<Arc<dyn HandleCloseObserver>> = {
+            let mut state = self.inner.shared.lock();
+            state.subscriptions.remove(&handle);
+            state
+                .close_observers
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect()
+        };
+        // Outside our lock: observers take their own.
+        for observer in observers {
+            observer.handle_closing(handle);
+        }
     }
 
     /// Opens (and with `OpenFlags::CREATE` creates) a checkpoint
@@ -811,6 +847,7 @@ mod tests {
             "{error}"
         );
         assert!(error.message.contains("asked for A.1.1"), "{error}");
+        assert_eq!(error.supported_version, Some(API_VERSION));
     }
 
     #[tokio::test]

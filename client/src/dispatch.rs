@@ -16,6 +16,16 @@
 //!   something is queued.
 //! - [`CkptService::finalize`] drops every queued callback, stops the
 //!   background tasks, ends a blocking dispatch and finalizes the connection.
+//! - [`Checkpoint::close`] of a handle drops its callbacks not yet
+//!   dispatched — a completed SynchronizeAsync, its notifications — and any
+//!   SynchronizeAsync still running for it will not call back (DESIGN.md §2
+//!   "async calls"). The connection tells the service of the close before the
+//!   Close request goes out; a completion racing with it is dropped under the
+//!   queue lock, either when it is queued or by the close.
+//!
+//! Parameter errors of OpenAsync (flags, attributes, name) are returned by
+//! the call itself, as the synchronous open would return them; only what
+//! needs the server reaches the callback.
 //!
 //! Bounds: at most [`CALLBACKS_QUEUED_MAX`] callbacks wait in the queue; a
 //! background task with more waits for a dispatch. A notification forwarder
@@ -27,8 +37,8 @@
 //! Callbacks run while the service holds its callback lock: call
 //! [`CkptService::dispatch`] from one task at a time.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ckpt_proto::wire::{ApiVersion, Handle, Notification};
 use ckpt_proto::{CheckpointName, CreationAttributes, ErrorCode, OpenFlags};
@@ -36,7 +46,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::checkpoint::Checkpoint;
-use crate::connection::Client;
+use crate::connection::{Client, HandleCloseObserver};
 use crate::error::ClientError;
 
 /// Most callbacks waiting for [`CkptService::dispatch`].
@@ -92,14 +102,25 @@ struct ServiceInner {
     notification_callbacks: Mutex<HashMap<Handle, NotificationCallback>>,
     queue: Arc<Queue>,
     runtime: tokio::runtime::Handle,
-    forwarders: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Notification forwarders, by the handle they serve.
+    forwarders: Mutex<Vec<(Handle, tokio::task::AbortHandle)>>,
 }
 
 /// A completed call or a notification, waiting for its callback.
 enum Queued {
     Open(Invocation, Result<Checkpoint, ClientError>),
-    Synchronize(Invocation, Result<(), ClientError>),
+    Synchronize(Handle, Invocation, Result<(), ClientError>),
     Notification(Handle, Notification),
+}
+
+impl Queued {
+    /// The handle whose close cancels this callback, if any.
+    fn handle(&self) -> Option<Handle> {
+        match self {
+            Queued::Open(..) => None,
+            Queued::Synchronize(handle, ..) | Queued::Notification(handle, _) => Some(*handle),
+        }
+    }
 }
 
 struct Queue {
@@ -114,6 +135,46 @@ struct Queue {
 struct QueueState {
     items: VecDeque<(Queued, OwnedSemaphorePermit)>,
     finalized: bool,
+    /// Background tasks still running per handle (SynchronizeAsync calls,
+    /// notification forwarders); see [`HandleTask`].
+    tasks: HashMap<Handle, usize>,
+    /// Handles closed while tasks for them still ran: whatever those tasks
+    /// queue is dropped. Bounded by `tasks`: a handle leaves when its last
+    /// task ends.
+    closed: HashSet<Handle>,
+}
+
+/// Counts one background task for a handle while it lives.
+struct HandleTask {
+    queue: Arc<Queue>,
+    handle: Handle,
+}
+
+impl HandleTask {
+    fn start(queue: &Arc<Queue>, handle: Handle) -> HandleTask {
+        *lock(&queue.state).tasks.entry(handle).or_insert(0) += 1;
+        HandleTask {
+            queue: queue.clone(),
+            handle,
+        }
+    }
+}
+
+impl Drop for HandleTask {
+    fn drop(&mut self) {
+        let mut state = lock(&self.queue.state);
+        let last = match state.tasks.get_mut(&self.handle) {
+            Some(count) => {
+                *count = count.saturating_sub(1);
+                *count == 0
+            }
+            None => false,
+        };
+        if last {
+            state.tasks.remove(&self.handle);
+            state.closed.remove(&self.handle);
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,7 +184,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Queue {
-    /// Queues `item`, waiting for a free slot. False once finalized.
+    /// Queues `item`, waiting for a free slot. False once finalized or once
+    /// the item's handle is closed (the item is dropped).
     async fn push(&self, item: Queued) -> bool {
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return false;
@@ -133,10 +195,38 @@ impl Queue {
             if state.finalized {
                 return false;
             }
+            if item.handle().is_some_and(|h| state.closed.contains(&h)) {
+                drop(state);
+                drop(item);
+                return false;
+            }
             state.items.push_back((item, slot));
         }
         self.ready.notify_waiters();
         true
+    }
+
+    /// Drops every queued callback of `handle`, and whatever its running
+    /// tasks queue later.
+    fn cancel_handle(&self, handle: Handle) {
+        let dropped: VecDeque<(Queued, OwnedSemaphorePermit)> = {
+            let mut state = lock(&self.state);
+            if state.tasks.contains_key(&handle) {
+                state.closed.insert(handle);
+            }
+            let (dropped, kept) = std::mem::take(&mut state.items)
+                .into_iter()
+                .partition(|(item, _)| item.handle() == Some(handle));
+            state.items = kept;
+            dropped
+        };
+        if !dropped.is_empty() {
+            tracing::debug!(
+                handle,
+                dropped = dropped.len(),
+                "handle closed: dropping its callbacks"
+            );
+        }
     }
 
     fn pop(&self) -> Option<Queued> {
@@ -217,7 +307,7 @@ impl CkptService {
         version: ApiVersion,
     ) -> Result<CkptService, ClientError> {
         let (client, _granted) = Client::connect_with_version(addr, version).await?;
-        let inner = ServiceInner {
+        let inner = Arc::new(ServiceInner {
             client,
             has_open: callbacks.open.is_some(),
             has_synchronize: callbacks.synchronize.is_some(),
@@ -230,10 +320,10 @@ impl CkptService {
             }),
             runtime: tokio::runtime::Handle::current(),
             forwarders: Mutex::new(Vec::new()),
-        };
-        Ok(CkptService {
-            inner: Arc::new(inner),
-        })
+        });
+        let observer: Weak<ServiceInner> = Arc::downgrade(&inner);
+        inner.client.observe_closes(observer);
+        Ok(CkptService { inner })
     }
 
     /// The API version the server granted.
@@ -263,7 +353,9 @@ impl CkptService {
     ///
     /// # Errors
     /// `NO_CALLBACK` when initialize had no open callback; `INVALID_HANDLE`
-    /// after finalize. Everything else reaches the callback.
+    /// after finalize; the parameter errors of [`Client::open`] that need no
+    /// server (`BAD_FLAG`, `INVALID_PARAMETER`, `NAME_TOO_LONG`, see
+    /// [`check_open_parameters`]). Everything else reaches the callback.
     pub fn open_async(
         &self,
         invocation: Invocation,
@@ -278,6 +370,7 @@ impl CkptService {
                 "initialize was given no open callback",
             ));
         }
+        check_open_parameters(name, attributes.as_ref(), flags)?;
         let client = self.inner.client.clone();
         let queue = self.inner.queue.clone();
         let name = name.clone();
@@ -308,10 +401,17 @@ impl CkptService {
             ));
         }
         let checkpoint = checkpoint.alias();
+        let handle = checkpoint.handle();
         let queue = self.inner.queue.clone();
+        // Counted before the spawn, so a close right after this call
+        // already knows the task is out there.
+        let task = HandleTask::start(&queue, handle);
         self.inner.runtime.spawn(async move {
             let result = checkpoint.synchronize().await;
-            queue.push(Queued::Synchronize(invocation, result)).await;
+            queue
+                .push(Queued::Synchronize(handle, invocation, result))
+                .await;
+            drop(task);
         });
         Ok(())
     }
@@ -333,7 +433,9 @@ impl CkptService {
         lock(&self.inner.notification_callbacks).insert(handle, callback);
         let checkpoint = checkpoint.alias();
         let queue = self.inner.queue.clone();
+        let task = HandleTask::start(&queue, handle);
         let forwarder = self.inner.runtime.spawn(async move {
+            let _task = task;
             loop {
                 while let Some(notification) = subscription.next().await {
                     if !queue.push(Queued::Notification(handle, notification)).await {
@@ -355,8 +457,8 @@ impl CkptService {
             }
         });
         let mut forwarders = lock(&self.inner.forwarders);
-        forwarders.retain(|task| !task.is_finished());
-        forwarders.push(forwarder.abort_handle());
+        forwarders.retain(|(_, task)| !task.is_finished());
+        forwarders.push((handle, forwarder.abort_handle()));
         Ok(())
     }
 
@@ -410,7 +512,7 @@ impl CkptService {
                     callback(invocation, result);
                 }
             }
-            Queued::Synchronize(invocation, result) => {
+            Queued::Synchronize(_handle, invocation, result) => {
                 if let Some(callback) = lock(&self.inner.callbacks).synchronize.as_mut() {
                     callback(invocation, result);
                 }
@@ -434,12 +536,62 @@ impl CkptService {
     pub async fn finalize(&self) -> Result<(), ClientError> {
         self.check_open()?;
         self.inner.queue.finalize();
-        for forwarder in lock(&self.inner.forwarders).drain(..) {
+        for (_, forwarder) in lock(&self.inner.forwarders).drain(..) {
             forwarder.abort();
         }
         lock(&self.inner.notification_callbacks).clear();
         self.inner.client.finalize().await
     }
+}
+
+impl HandleCloseObserver for ServiceInner {
+    fn handle_closing(&self, handle: Handle) {
+        self.queue.cancel_handle(handle);
+        let mut forwarders = lock(&self.forwarders);
+        forwarders.retain(|(served, forwarder)| {
+            if *served == handle {
+                forwarder.abort();
+            }
+            *served != handle && !forwarder.is_finished()
+        });
+        drop(forwarders);
+        lock(&self.notification_callbacks).remove(&handle);
+    }
+}
+
+/// The checks of clCkptCheckpointOpen that need no server, in the server's
+/// order (DESIGN.md §2 "names", "create"): the name's length, the open
+/// flags, CREATE with attributes and only with them, the attributes on their
+/// own. What needs the checkpoint (does it exist, with which attributes) is
+/// left to the server.
+///
+/// # Errors
+/// `INVALID_PARAMETER` / `NAME_TOO_LONG` for the name, `BAD_FLAG` for open or
+/// creation flags, `INVALID_PARAMETER` for attributes.
+pub fn check_open_parameters(
+    name: &CheckpointName,
+    attributes: Option<&CreationAttributes>,
+    flags: OpenFlags,
+) -> Result<(), ClientError> {
+    name.validate()?;
+    flags.validate()?;
+    match (flags.contains(OpenFlags::CREATE), attributes) {
+        (true, Some(attributes)) => attributes.validate()?,
+        (true, None) => {
+            return Err(ClientError::new(
+                ErrorCode::InvalidParameter,
+                "CL_CKPT_CHECKPOINT_CREATE needs creation attributes",
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(ClientError::new(
+                ErrorCode::InvalidParameter,
+                "creation attributes are given without CL_CKPT_CHECKPOINT_CREATE",
+            ))
+        }
+        (false, None) => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -448,7 +600,7 @@ mod tests {
     use std::time::Duration;
 
     use ckpt_proto::wire::{Change, Notification, Reply, Request, API_VERSION};
-    use ckpt_proto::{CheckpointName, CkptError, ErrorCode, OpenFlags};
+    use ckpt_proto::{CheckpointName, CkptError, CreationAttributes, ErrorCode, OpenFlags};
 
     use super::*;
     use crate::testing::{hello_reply, FakeServer};
@@ -555,6 +707,135 @@ mod tests {
             ErrorCode::InvalidHandle
         );
         drop(script.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn close_drops_queued_and_running_callbacks_of_its_handle() {
+        let server = FakeServer::start().await;
+        let addr = server.addr();
+        let (answer_late_tx, answer_late_rx) = tokio::sync::oneshot::channel::<()>();
+        let script = tokio::spawn(async move {
+            let mut conn = server.accept(hello_reply(16)).await;
+            for handle in [3, 4] {
+                let (id, _) = conn.recv_request().await;
+                conn.respond(
+                    id,
+                    Ok(Reply::Opened {
+                        handle,
+                        created: false,
+                    }),
+                )
+                .await;
+            }
+            // Two synchronizes of handle 3 and one of handle 4, in any order.
+            let mut held = None;
+            for _ in 0..3 {
+                let (id, request) = conn.recv_request().await;
+                match request {
+                    Request::Synchronize { handle: 3 } if held.is_none() => held = Some(id),
+                    Request::Synchronize { .. } => conn.respond(id, Ok(Reply::Done)).await,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let (id, request) = conn.recv_request().await;
+            assert_eq!(request, Request::Close { handle: 3 });
+            conn.respond(id, Ok(Reply::Done)).await;
+            // Answered only after the close: completes, must not call back.
+            answer_late_rx.await.unwrap();
+            conn.respond(held.unwrap(), Ok(Reply::Done)).await;
+            conn
+        });
+        let log: Log = Arc::default();
+        let service = CkptService::initialize(&addr, logging_callbacks(&log), API_VERSION)
+            .await
+            .unwrap();
+        let name = CheckpointName::new("c").unwrap();
+        let closing = service
+            .client()
+            .open(&name, None, OpenFlags::READ | OpenFlags::WRITE)
+            .await
+            .unwrap();
+        let other = service
+            .client()
+            .open(&name, None, OpenFlags::READ | OpenFlags::WRITE)
+            .await
+            .unwrap();
+        service.synchronize_async(1, &closing).unwrap();
+        service.synchronize_async(2, &closing).unwrap();
+        service.synchronize_async(3, &other).unwrap();
+        let selection = service.selection_object();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while selection.pending() < 2 {
+                selection.ready().await;
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        closing.close().await.unwrap();
+        assert_eq!(selection.pending(), 1, "handle 3's completion is dropped");
+        answer_late_tx.send(()).unwrap();
+        // Once the late call's task has ended, nothing of handle 3 is left:
+        // neither a callback nor the bookkeeping of its close.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !lock(&service.inner.queue.state).tasks.is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(lock(&service.inner.queue.state).closed.is_empty());
+        assert_eq!(service.dispatch(DispatchFlags::All).await.unwrap(), 1);
+        assert_eq!(*log.lock().unwrap(), ["sync 3 ok"]);
+        drop(script.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn open_async_refuses_bad_parameters_at_the_call() {
+        let server = FakeServer::start().await;
+        let addr = server.addr();
+        let script = tokio::spawn(async move { server.accept(hello_reply(16)).await });
+        let log: Log = Arc::default();
+        let service = CkptService::initialize(&addr, logging_callbacks(&log), API_VERSION)
+            .await
+            .unwrap();
+        let name = CheckpointName::new("a").unwrap();
+        let create = OpenFlags::CREATE | OpenFlags::READ;
+        let attributes = CreationAttributes {
+            creation_flags: ckpt_proto::CreationFlags::WR_ACTIVE_REPLICA,
+            checkpoint_size: 10,
+            retention_duration_ns: 0,
+            max_sections: 1,
+            max_section_size: 10,
+            max_section_id_size: 0,
+        };
+        let bad_flags = OpenFlags(OpenFlags::READ.0 | 0x100);
+        let cases = [
+            (None, bad_flags, ErrorCode::BadFlag),
+            (None, create, ErrorCode::InvalidParameter),
+            (
+                Some(attributes.clone()),
+                OpenFlags::READ,
+                ErrorCode::InvalidParameter,
+            ),
+            (
+                Some(CreationAttributes {
+                    max_sections: 0,
+                    ..attributes.clone()
+                }),
+                create,
+                ErrorCode::InvalidParameter,
+            ),
+        ];
+        for (attributes, flags, code) in cases {
+            let error = service.open_async(1, &name, attributes, flags).unwrap_err();
+            assert_eq!(error.code, code, "{error}");
+        }
+        // Nothing was sent or queued: the connection saw no request.
+        assert_eq!(service.selection_object().pending(), 0);
+        let conn = script.await.unwrap();
+        drop(conn);
+        assert!(log.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

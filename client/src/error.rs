@@ -6,6 +6,7 @@
 //! all `CL_ERR_MESSAGE_ERROR`, so a caller can tell "the server said no"
 //! from "we do not know what happened" with [`ClientError::is_connection_lost`].
 
+use ckpt_proto::wire::ApiVersion;
 use ckpt_proto::{CkptError, ErrorCode};
 
 /// A failed call: the OpenClovis code, a message naming what went wrong and,
@@ -22,6 +23,10 @@ pub struct ClientError {
     pub message: String,
     /// The first failing element of a write or read, when the server named one.
     pub index: Option<u32>,
+    /// On `VERSION_MISMATCH` from [`crate::Client::connect_with_version`] or
+    /// [`crate::CkptService::initialize`]: the version the server supports,
+    /// the INOUT `version` of clCkptInitialize. `None` on every other error.
+    pub supported_version: Option<ApiVersion>,
 }
 
 impl ClientError {
@@ -31,6 +36,7 @@ impl ClientError {
             code,
             message: message.into(),
             index: None,
+            supported_version: None,
         }
     }
 
@@ -61,6 +67,7 @@ impl From<CkptError> for ClientError {
             code: error.code,
             message: error.detail,
             index: error.index,
+            supported_version: None,
         }
     }
 }

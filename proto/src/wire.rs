@@ -305,7 +305,9 @@ pub struct Hello {
 pub struct HelloReply {
     /// `None` on success; `VERSION_MISMATCH` otherwise (then the server closes).
     pub error: Option<CkptError>,
-    /// The version the server supports.
+    /// The version granted; with `VERSION_MISMATCH`, the version the server
+    /// supports, which the client hands back to its caller as data (the INOUT
+    /// `version` of clCkptInitialize).
     pub version: ApiVersion,
     /// Largest frame body the server accepts.
     pub frame_body_bytes_max: u32,

@@ -358,7 +358,16 @@ impl Service {
                 Ok(Reply::Data(data))
             }
             Request::Synchronize { handle } => {
-                self.writable(session, handle, "Synchronize")?;
+                let h = self.writable(session, handle, "Synchronize")?;
+                // DESIGN.md §2 "synchronize": WR_ALL_REPLICAS writes reach
+                // every replica before they return; nothing is left to do.
+                let meta = self.blocking(move |s| s.instance(h.instance)).await?;
+                if meta.attributes.creation_flags.update_mode()? == UpdateMode::AllReplicas {
+                    return Err(CkptError::new(
+                        ErrorCode::BadOperation,
+                        "Synchronize applies to WR_ACTIVE_REPLICA(_WEAK) checkpoints, not WR_ALL_REPLICAS",
+                    ));
+                }
                 // Everything queued before the barrier is durable when it
                 // is answered (WEAK writes included).
                 self.exec(Op::Barrier, Durability::Durable).await?;

@@ -378,7 +378,18 @@ impl StateMachine {
                 instance,
                 retention_duration_ns,
             } => {
-                self.loaded(backing, *instance)?;
+                let (meta, _) = self.loaded(backing, *instance)?;
+                // DESIGN.md §2 "retention set": an unlinked instance is
+                // destroyed at its last close whatever its retention.
+                if meta.unlinked {
+                    return Err(err(
+                        ErrorCode::BadOperation,
+                        format!(
+                            "checkpoint {} was deleted: its retention no longer applies",
+                            meta.name
+                        ),
+                    ));
+                }
                 if *retention_duration_ns < 0 {
                     return Err(err(
                         ErrorCode::InvalidParameter,
@@ -397,6 +408,14 @@ impl StateMachine {
             } => {
                 let (meta, sections) = self.loaded(backing, *instance)?;
                 let a = &meta.attributes;
+                // DESIGN.md §2 "limits": the default section holds the only
+                // slot, whatever id is asked for (OpenSAF's SA_AIS_ERR_EXIST).
+                if a.has_default_section() {
+                    return Err(err(
+                        ErrorCode::AlreadyExist,
+                        "maxSections is 1: the default section is the only one",
+                    ));
+                }
                 let mut generated_next = meta.generated_next;
                 let section_id = match &attributes.section_id {
                     Some(id) if id.is_default() => {

@@ -692,9 +692,10 @@ impl Store {
     /// holds the bytes actually read.
     ///
     /// # Errors
-    /// `NOT_EXIST` (missing section), `INVALID_PARAMETER` (offset past the
-    /// end) with the failing element's index; `NOT_EXIST` for an unknown
-    /// instance.
+    /// `NOT_EXIST` (missing section), `INVALID_PARAMETER` (offset past
+    /// maxSectionSize) with the failing element's index; `NOT_EXIST` for an
+    /// unknown instance. An offset at or past the section's end reads
+    /// nothing.
     pub fn read(&self, instance: InstanceId, elements: &[ReadElement]) -> CkptResult<Vec<Vec<u8>>> {
         if elements.len() > ELEMENTS_MAX {
             return Err(CkptError::new(
@@ -722,16 +723,20 @@ impl Store {
                         format!("section {} does not exist", element.section_id),
                     ))
                 })?;
-            if element.offset > section.size {
+            // DESIGN.md §2 "read": at or past the end, within
+            // maxSectionSize, reads nothing; only beyond maxSectionSize
+            // is the offset itself wrong.
+            let max_section_size = meta.attributes.max_section_size;
+            if element.offset > max_section_size {
                 return Err(at(CkptError::new(
                     ErrorCode::InvalidParameter,
                     format!(
-                        "offset {} is past the section's end ({})",
-                        element.offset, section.size
+                        "offset {} is past maxSectionSize ({max_section_size})",
+                        element.offset
                     ),
                 )));
             }
-            let available = section.size - element.offset;
+            let available = section.size.saturating_sub(element.offset);
             let len = element.size.map_or(available, |size| size.min(available));
             total = total.saturating_add(len);
             if total > UPDATE_BYTES_MAX {

@@ -136,8 +136,8 @@ fn default_section_exists_iff_one_section() {
     };
     assert_eq!(
         code(run(&s, more)).0,
-        ErrorCode::NoSpace,
-        "the default section fills maxSections = 1"
+        ErrorCode::AlreadyExist,
+        "the default section holds the only slot of maxSections = 1"
     );
 
     let multi = create(&s, "multi", attrs(3, 100, 300));
@@ -370,8 +370,13 @@ fn writing_past_the_end_grows_and_zero_fills() {
         "readSize is what was read"
     );
     assert_eq!(s.read(c, &[element(200_004, None)]).unwrap()[0], b"");
+    // Past the end but within maxSectionSize: nothing is read.
+    let beyond = s
+        .read(c, &[element(200_005, None), element(300_000, Some(7))])
+        .unwrap();
+    assert_eq!(beyond, [Vec::<u8>::new(), Vec::new()]);
     let past = s
-        .read(c, &[element(0, None), element(200_005, None)])
+        .read(c, &[element(0, None), element(300_001, None)])
         .unwrap_err();
     assert_eq!(
         (past.code, past.index),
@@ -607,6 +612,26 @@ fn retention_is_logged_and_validated() {
         retention_duration_ns: -1,
     };
     assert_eq!(code(run(&s, negative)).0, ErrorCode::InvalidParameter);
+    // Once unlinked, the instance goes at its last close whatever its
+    // retention: setting one is a BAD_OPERATION, and nothing is logged.
+    run(
+        &s,
+        Op::Unlink {
+            name: ckpt_proto::CheckpointName::new("c").unwrap(),
+        },
+    )
+    .unwrap();
+    let records = s.stats().records.load(std::sync::atomic::Ordering::Relaxed);
+    let after_unlink = Op::SetRetention {
+        instance: c,
+        retention_duration_ns: 0,
+    };
+    assert_eq!(code(run(&s, after_unlink)).0, ErrorCode::BadOperation);
+    assert_eq!(s.status(c).unwrap().attributes.retention_duration_ns, 5_000);
+    assert_eq!(
+        s.stats().records.load(std::sync::atomic::Ordering::Relaxed),
+        records
+    );
 }
 
 #[test]

@@ -398,3 +398,41 @@ pub fn done(result: Result<Reply, ClientError>) {
         other => panic!("expected Done, got {other:?}"),
     }
 }
+
+/// How one try of a timed scenario went (see [`with_growing_window`]).
+pub enum Window {
+    /// The scenario ran and every assertion held.
+    Done,
+    /// The machine was too slow to set the scenario up within its window
+    /// (e.g. a section meant to expire later had expired before the test
+    /// could look at it): nothing was wrong, try again with a larger one.
+    TooSlow(String),
+}
+
+/// Runs a scenario that needs the test to act within a window of time
+/// (before an expiry or a retention fires), with a window of `first_ms`,
+/// then 4 and 16 times that while the scenario reports [`Window::TooSlow`].
+/// A loaded machine thus costs time, never a false failure, and a fast one
+/// still gets the short window. Panics if even the largest was too small.
+pub async fn with_growing_window(
+    what: &str,
+    first_ms: i64,
+    mut scenario: impl AsyncFnMut(i64) -> Window,
+) {
+    let mut why = Vec::new();
+    for window_ms in [first_ms, first_ms * 4, first_ms * 16] {
+        match scenario(window_ms).await {
+            Window::Done => return,
+            Window::TooSlow(reason) => {
+                println!("{what}: the {window_ms} ms window was too short ({reason}); retrying");
+                why.push(format!("{window_ms} ms: {reason}"));
+            }
+        }
+    }
+    panic!("{what}: the machine was too slow for every window: {why:?}");
+}
+
+/// Whether `at` (ns since the epoch) has passed.
+pub fn passed(at: i64) -> bool {
+    ckpt_proto::now_ns() >= at
+}

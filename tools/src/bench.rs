@@ -3,9 +3,11 @@
 //! N clients, each on its own connection, own one section `c<i>` of one
 //! checkpoint and overwrite it in a closed loop (one write in flight per
 //! client). Every value starts with a u64 LE counter that increases by one
-//! per acknowledged write, starting after the value already stored, so the
-//! record of acknowledged writes (`--record`) can later be checked against
-//! the server (`check-acked`) even across reruns.
+//! per acknowledged write, starting after the value already stored, and the
+//! rest of its bytes derive from the checkpoint, section, counter and size
+//! ([`crate::record::fill_value`]), so the record of acknowledged writes
+//! (`--record`) can later be checked byte for byte against the server
+//! (`check-acked`) even across reruns.
 //!
 //! Phases: set up the checkpoint (create it, or check that the existing one
 //! fits), set up every client (connect, open, find or create its section),
@@ -28,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::cli::BenchArgs;
 use crate::histogram::Histogram;
-use crate::record::{decode_counter, valid_field, Recorder};
+use crate::record::{decode_counter, fill_value, valid_field, Recorder};
 
 /// Pause before retrying a write the server answered with `TRY_AGAIN`.
 pub const TRY_AGAIN_PAUSE_MS: u64 = 1;
@@ -287,12 +289,17 @@ async fn write_loop(
         error: None,
         record_failed: false,
     };
-    // The bytes after the counter are arbitrary; make them differ per section.
-    let filler = worker.section_text.len() as u8;
-    let mut value = vec![filler; value_size];
+    // Every byte derives from the checkpoint, section, counter and size, so
+    // `check-acked` can tell a wrong body from the right one.
+    let mut value = vec![0u8; value_size];
     let stopped = stop.subscribe();
     while Instant::now() < deadline && !*stopped.borrow() {
-        value[..8].copy_from_slice(&worker.counter.to_le_bytes());
+        fill_value(
+            &checkpoint_text,
+            &worker.section_text,
+            worker.counter,
+            &mut value,
+        );
         let started = Instant::now();
         let result = worker
             .checkpoint
@@ -304,9 +311,13 @@ async fn write_loop(
                 outcome.latency_ns.record(latency_ns);
                 outcome.ops += 1;
                 if let Some(recorder) = &recorder {
-                    if let Err(error) =
-                        recorder.append(&checkpoint_text, &worker.section_text, worker.counter)
-                    {
+                    let appended = recorder.append(
+                        &checkpoint_text,
+                        &worker.section_text,
+                        worker.counter,
+                        value.len() as u64,
+                    );
+                    if let Err(error) = appended {
                         outcome.error = Some(error);
                         outcome.record_failed = true;
                         let _ = stop.send(true);

@@ -81,20 +81,23 @@ pub enum Command {
     ///
     /// Each value is --value-size bytes whose first 8 bytes are an increasing
     /// u64 counter (little-endian), starting after the value stored, so
-    /// reruns keep increasing. If the server goes away mid-run, the clients
+    /// reruns keep increasing; the other bytes derive from the checkpoint,
+    /// section, counter and size. If the server goes away mid-run, the clients
     /// stop and the summary covers what was acknowledged; the exit status is
     /// 0 unless nothing at all succeeded.
     Bench(BenchArgs),
     /// Check that every acknowledged write recorded by `bench --record` is
     /// still there.
     ///
-    /// For every (checkpoint, section) in FILE, takes the highest counter
-    /// acknowledged, reads the section's stored counter from the server and
-    /// prints `N acked, M lost`: N is the number of acknowledged writes in
-    /// the file (its lines), M the number of sections whose stored counter is
-    /// lower than their last acknowledged one (a missing section or
-    /// checkpoint counts as lost). Each lost section is named on stderr.
-    /// Exits 1 when M > 0.
+    /// For every (checkpoint, section) in FILE, takes the acknowledged write
+    /// with the highest counter, reads the section's whole value from the
+    /// server and prints `N acked, M lost, K wrong`: N is the number of
+    /// acknowledged writes in the file (its lines), M the number of sections
+    /// whose stored counter is lower than their last acknowledged one (a
+    /// missing section or checkpoint counts as lost), K the number whose
+    /// value is not one the bench wrote there as that write or the one after
+    /// it (wrong size or bytes, or a counter further ahead). Each is named
+    /// on stderr. Exits 1 when M + K > 0.
     CheckAcked(CheckAckedArgs),
 }
 
@@ -452,7 +455,7 @@ pub struct BenchArgs {
     /// have the same mode and room for the clients' sections).
     #[arg(long, default_value = "bench", value_parser = parse_name)]
     pub checkpoint: CheckpointName,
-    /// Append `CHECKPOINT SECTION COUNTER` for every acknowledged write to
+    /// Append `CHECKPOINT SECTION COUNTER SIZE` for every acknowledged write to
     /// FILE, each line written to the file before the next write is sent.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,

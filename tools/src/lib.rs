@@ -197,29 +197,22 @@ async fn check_acked(addr: &str, path: &std::path::Path) -> Result<(), ClientErr
         );
     }
     let report = record::check_against_server(addr, acked).await?;
-    for lost in &report.lost {
-        let stored = lost
-            .stored
-            .map_or_else(|| "missing".to_string(), |value| value.to_string());
-        eprintln!(
-            "lost: {} {}: acknowledged {}, stored {stored}",
-            lost.checkpoint, lost.section, lost.acked
-        );
+    for problem in &report.problems {
+        eprintln!("{problem}");
     }
+    let (lost, wrong) = (report.lost(), report.wrong());
     admin::emit(
         format!(
-            "{} acked, {} lost\n",
-            report.acked.writes,
-            report.lost.len()
+            "{} acked, {lost} lost, {wrong} wrong\n",
+            report.acked.writes
         )
         .as_bytes(),
     )?;
-    if !report.lost.is_empty() {
+    if !report.problems.is_empty() {
         return Err(ClientError::new(
             ErrorCode::FailedOperation,
             format!(
-                "{} of {} sections hold less than their last acknowledged write",
-                report.lost.len(),
+                "of {} sections, {lost} hold less than their last acknowledged write and {wrong} a value the bench did not write",
                 report.acked.highest.len()
             ),
         ));
