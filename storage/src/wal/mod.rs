@@ -3,9 +3,12 @@
 //! - [`record`]: the byte format of one state change.
 //! - [`segment`]: segment files (header, naming) and scanning with torn-tail
 //!   versus corruption classification.
+//! - [`history`]: reading one checkpoint's recent records back (resuming
+//!   subscribers).
 //! - [`writer`]: appends batches of records to the current segment, rotates
 //!   segments, deletes segments below the durable applied position.
 
+pub mod history;
 pub mod record;
 pub mod segment;
 pub mod writer;
