@@ -43,7 +43,8 @@ pub struct Config {
     /// that resume (older ones are read back from the log).
     pub notification_history_bytes_max: u64,
     /// Bytes of log segments kept after RocksDB covers them, so subscribers
-    /// can resume from the log, across restarts too.
+    /// can resume from the log, across restarts too; at most 8 segments'
+    /// worth is kept (the store forces RocksDB flushes at 16 segments).
     pub wal_history_bytes: u64,
     /// How often due section expirations are applied, ms.
     pub expiry_interval_ms: u64,
@@ -254,14 +255,9 @@ impl Config {
                 self.notification_history_bytes_max
             )));
         }
-        // Kept history counts towards the segments the store allows before
-        // it forces RocksDB flushes; leave it half of them.
-        let history_max = self
-            .segment_bytes_max
-            .saturating_mul(WAL_HISTORY_SEGMENTS_MAX);
-        if self.wal_history_bytes > history_max {
+        if self.wal_history_bytes > QUEUE_BYTES_MAX {
             return Err(ConfigError(format!(
-                "wal_history_bytes {} is over {WAL_HISTORY_SEGMENTS_MAX} segments ({history_max} bytes)",
+                "wal_history_bytes {} is over {QUEUE_BYTES_MAX}",
                 self.wal_history_bytes
             )));
         }
@@ -279,7 +275,12 @@ impl Config {
         let mut store = StoreConfig::new(&self.data_dir);
         store.segment_bytes_max = self.segment_bytes_max;
         store.db.wal_mode = self.rocksdb_wal_mode;
-        store.wal_history_bytes = self.wal_history_bytes;
+        // Kept history counts towards the segments the store allows before
+        // it forces RocksDB flushes; leave it half of them.
+        store.wal_history_bytes = self.wal_history_bytes.min(
+            self.segment_bytes_max
+                .saturating_mul(WAL_HISTORY_SEGMENTS_MAX),
+        );
         store
     }
 }
@@ -331,6 +332,10 @@ mod tests {
         assert_eq!(config.notification_queue_bytes_max, 2 << 20);
         assert_eq!(config.notification_history_bytes_max, 0);
         assert_eq!(config.store().wal_history_bytes, 0);
+        // Small segments: the history kept is at most 8 of them.
+        std::fs::write(&file, "segment_bytes_max = 65536\n").unwrap();
+        let config = Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(config.store().wal_history_bytes, 8 * 65536);
     }
 
     #[test]
@@ -344,7 +349,7 @@ mod tests {
         assert!(error.0.contains("in_flight_max"), "{error}");
         let error = Config::load(&cli(&["--reply-queue-bytes-max", "10"])).unwrap_err();
         assert!(error.0.contains("reply_queue_bytes_max"), "{error}");
-        let error = Config::load(&cli(&["--wal-history-bytes", "1000000000000"])).unwrap_err();
+        let error = Config::load(&cli(&["--wal-history-bytes", "2000000000000"])).unwrap_err();
         assert!(error.0.contains("wal_history_bytes"), "{error}");
         let missing = Config::load(&cli(&["--config", "/no/such/file.toml"])).unwrap_err();
         assert!(missing.0.contains("cannot read"), "{missing}");
