@@ -155,6 +155,12 @@ fn a_slow_reader_cannot_grow_the_server_past_its_reply_bound() {
         answered += 1;
     }
     let peak = proc_bytes(pid, "VmHWM").saturating_sub(baseline);
+    eprintln!(
+        "slow reader: {READS} reads of {} MiB; reply bound {} MiB; peak RSS growth {} MiB",
+        SECTION_BYTES / MIB,
+        reply_bound / MIB,
+        peak / MIB
+    );
     assert!(
         peak < GROWTH_LIMIT,
         "the server's peak grew by {} MiB (limit {} MiB)",
@@ -219,6 +225,11 @@ fn a_flood_of_large_notifications_cannot_grow_the_server_past_its_bounds() {
             GROWTH_LIMIT / MIB
         );
     }
+    eprintln!(
+        "notification flood: {UPDATES} updates of {} MiB; RSS growth after them {} MiB",
+        UPDATE_BYTES / MIB,
+        proc_bytes(pid, "VmRSS").saturating_sub(baseline) / MIB
+    );
     for gauge in [
         "ckpt_notification_queue_bytes",
         "ckpt_notification_history_bytes",
@@ -317,6 +328,7 @@ fn a_huge_frame_before_hello_is_refused_not_buffered() {
         sender.join().unwrap();
     }
     let peak = proc_bytes(pid, "VmHWM").saturating_sub(baseline);
+    eprintln!("claims before Hello: peak RSS growth {} MiB", peak / MIB);
     assert!(
         peak < 32 * MIB,
         "an unauthenticated 300 MiB claim grew the server by {} MiB",

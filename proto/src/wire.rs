@@ -110,9 +110,12 @@ impl Frame {
         request_id: u64,
         message: &T,
     ) -> Result<Frame, CkptError> {
-        let body = postcard::to_stdvec(message).map_err(|e| {
+        let mut body = postcard::to_stdvec(message).map_err(|e| {
             CkptError::new(ErrorCode::InvalidBuffer, format!("encoding a message: {e}"))
         })?;
+        // The encoder grows its buffer by doubling; a frame may wait in a
+        // queue, so it should hold only its own bytes.
+        body.shrink_to_fit();
         Ok(Frame {
             kind,
             request_id,

@@ -286,7 +286,10 @@ pub async fn serve(
         );
         tokio::spawn(async move {
             let (response, mut room) = service.handle(&session, request).await;
-            match Frame::new(FrameKind::Response, request_id, &response) {
+            let encoded = Frame::new(FrameKind::Response, request_id, &response);
+            // Only the encoded copy waits for the socket.
+            drop(response);
+            match encoded {
                 Ok(frame) => {
                     budget.top_up(&mut room, frame.body.len() as u64);
                     let _ = out_tx.send(Outgoing {

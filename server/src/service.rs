@@ -562,30 +562,42 @@ impl Service {
                 Ok(Reply::Registered { next_seq })
             }
             Request::List => {
-                let instances = self.blocking(|s| s.instances()).await?;
+                // Storage work first, off the runtime; the registry only
+                // for the open counts.
+                let instances = self
+                    .blocking(|s| {
+                        Ok(s.instances()?
+                            .into_iter()
+                            .filter(|(_, meta)| !meta.unlinked)
+                            .map(|(instance, meta)| {
+                                let footprint = s.instance_footprint(instance).unwrap_or(0);
+                                (instance, meta, footprint)
+                            })
+                            .collect::<Vec<_>>())
+                    })
+                    .await?;
                 let registry = self.registry();
                 Ok(Reply::Checkpoints(
                     instances
                         .into_iter()
-                        .filter(|(_, meta)| !meta.unlinked)
-                        .map(|(instance, meta)| info(&registry, &self.store, instance, meta))
+                        .map(|(instance, meta, footprint)| {
+                            info(&registry, instance, meta, footprint)
+                        })
                         .collect(),
                 ))
             }
             Request::Stat { name } => {
                 let lookup = name.clone();
-                let (instance, meta) = self
+                let (instance, meta, footprint) = self
                     .blocking(move |s| {
                         let instance = s.lookup(&lookup)?;
-                        Ok((instance, s.instance(instance)?))
+                        let footprint = s.instance_footprint(instance).unwrap_or(0);
+                        Ok((instance, s.instance(instance)?, footprint))
                     })
                     .await?;
                 let registry = self.registry();
                 Ok(Reply::Checkpoint(info(
-                    &registry,
-                    &self.store,
-                    instance,
-                    meta,
+                    &registry, instance, meta, footprint,
                 )))
             }
             Request::Finalize => {
@@ -1011,12 +1023,12 @@ impl Service {
 
 fn info(
     registry: &Registry,
-    store: &Store,
     instance: InstanceId,
     meta: InstanceMeta,
+    footprint_bytes: u64,
 ) -> CheckpointInfo {
     CheckpointInfo {
-        footprint_bytes: store.instance_footprint(instance).unwrap_or(0),
+        footprint_bytes,
         replicas: 1,
         name: meta.name,
         status: ckpt_proto::CheckpointStatus {
