@@ -3766,10 +3766,21 @@ async fn section_expiry_is_applied_after_a_restart() {
     .await;
 }
 
-#[tokio::test]
-async fn resuming_a_subscription_after_a_server_restart_has_no_gap() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = common::Server::start(dir.path());
+/// Two updates a subscriber misses, then a crash: the subscriber that
+/// resubscribes with its last seen seq after the restart. Returns the server
+/// (restarted with `extra`), the subscription, a writer and the last seq.
+async fn miss_two_updates_across_a_crash(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (
+    common::Server,
+    Client,
+    Checkpoint,
+    Checkpoint,
+    ckpt_client::Subscription,
+    u64,
+) {
+    let mut server = common::Server::start_with(dir, extra);
     let name = unique("resume-restart");
     let last_seen;
     {
@@ -3782,36 +3793,58 @@ async fn resuming_a_subscription_after_a_server_restart_has_no_gap() {
             section(&writer, "s", b"1").await;
             last_seen = next_update(&mut subscription).await.0;
         }
-        // Two updates the subscriber misses, then a crash.
         writer.write(vec![we("s", 1, b"2")]).await.unwrap();
         writer.write(vec![we("s", 2, b"3")]).await.unwrap();
         server.kill();
     }
-    let server = common::Server::start(dir.path());
+    let server = common::Server::start_with(dir, extra);
     let client = connect_to(&server.addr).await;
     let writer = open(&client, &name, rw()).await;
     let watched = open(&client, &name, OpenFlags::READ).await;
-    let mut subscription = watched.subscribe(Some(last_seen)).await.unwrap();
-    // Either the missed updates, or an explicit "re-read" — never a gap.
-    let expected_next = match next_notification(&mut subscription).await {
-        Notification::Update { seq, change, .. } => {
-            assert_eq!(seq, last_seen + 1);
-            assert_eq!(
-                change,
-                Change::Written {
-                    elements: vec![we("s", 1, b"2")]
-                }
-            );
-            let (seq, change) = next_update(&mut subscription).await;
-            assert_eq!(seq, last_seen + 2);
-            assert_eq!(
-                change,
-                Change::Written {
-                    elements: vec![we("s", 2, b"3")]
-                }
-            );
-            last_seen + 3
+    let subscription = watched.subscribe(Some(last_seen)).await.unwrap();
+    (server, client, writer, watched, subscription, last_seen)
+}
+
+#[tokio::test]
+async fn resuming_a_subscription_after_a_server_restart_has_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _client, writer, _watched, mut subscription, last_seen) =
+        miss_two_updates_across_a_crash(dir.path(), &[]).await;
+    // The log still holds the missed updates: they come, in order.
+    let (seq, change) = next_update(&mut subscription).await;
+    assert_eq!(seq, last_seen + 1);
+    assert_eq!(
+        change,
+        Change::Written {
+            elements: vec![we("s", 1, b"2")]
         }
+    );
+    let (seq, change) = next_update(&mut subscription).await;
+    assert_eq!(seq, last_seen + 2);
+    assert_eq!(
+        change,
+        Change::Written {
+            elements: vec![we("s", 2, b"3")]
+        }
+    );
+    writer.write(vec![we("s", 3, b"4")]).await.unwrap();
+    let (seq, change) = next_update(&mut subscription).await;
+    assert_eq!(seq, last_seen + 3);
+    assert_eq!(
+        change,
+        Change::Written {
+            elements: vec![we("s", 3, b"4")]
+        }
+    );
+}
+
+#[tokio::test]
+async fn resuming_after_the_log_was_trimmed_is_told_to_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    // No log history kept: the restart trims every segment RocksDB covers.
+    let (_server, _client, writer, watched, mut subscription, last_seen) =
+        miss_two_updates_across_a_crash(dir.path(), &["--wal-history-bytes", "0"]).await;
+    match next_notification(&mut subscription).await {
         Notification::Resync {
             after_seq,
             next_seq,
@@ -3819,17 +3852,17 @@ async fn resuming_a_subscription_after_a_server_restart_has_no_gap() {
         } => {
             assert_eq!(after_seq, last_seen);
             assert_eq!(next_seq, last_seen + 3, "the resync names the next update");
-            assert_eq!(
-                read_str(&watched, "s").await,
-                b"123",
-                "re-reading gives the current state"
-            );
-            next_seq
         }
-    };
+        other => panic!("expected a Resync, the log no longer holds the updates: {other:?}"),
+    }
+    assert_eq!(
+        read_str(&watched, "s").await,
+        b"123",
+        "re-reading gives the current state"
+    );
     writer.write(vec![we("s", 3, b"4")]).await.unwrap();
     let (seq, change) = next_update(&mut subscription).await;
-    assert_eq!(seq, expected_next);
+    assert_eq!(seq, last_seen + 3);
     assert_eq!(
         change,
         Change::Written {

@@ -39,6 +39,14 @@ pub const PROTOCOL_VERSION: u8 = 1;
 pub const FRAME_HEADER_BYTES: usize = 24;
 /// Default bound on a frame body.
 pub const FRAME_BODY_BYTES_MAX: u32 = 300 * 1024 * 1024;
+/// Bound on a frame body before the handshake: a `Hello` is a version and a
+/// client name, so a peer that has not said hello cannot make the server
+/// buffer a large body.
+pub const HELLO_BODY_BYTES_MAX: u32 = 64 * 1024;
+/// Most bytes the decoder reserves ahead of a body it is waiting for: the
+/// buffer then grows with the bytes that actually arrive, not with what a
+/// header claims.
+pub const DECODE_RESERVE_BYTES_MAX: usize = 64 * 1024;
 /// Default bound on requests in flight per connection.
 pub const IN_FLIGHT_MAX: u32 = 1024;
 
@@ -102,9 +110,12 @@ impl Frame {
         request_id: u64,
         message: &T,
     ) -> Result<Frame, CkptError> {
-        let body = postcard::to_stdvec(message).map_err(|e| {
+        let mut body = postcard::to_stdvec(message).map_err(|e| {
             CkptError::new(ErrorCode::InvalidBuffer, format!("encoding a message: {e}"))
         })?;
+        // The encoder grows its buffer by doubling; a frame may wait in a
+        // queue, so it should hold only its own bytes.
+        body.shrink_to_fit();
         Ok(Frame {
             kind,
             request_id,
@@ -178,6 +189,16 @@ impl FrameCodec {
     pub fn new(body_bytes_max: u32) -> Self {
         FrameCodec { body_bytes_max }
     }
+
+    /// Changes the bound (after the handshake, for example).
+    pub fn set_body_bytes_max(&mut self, body_bytes_max: u32) {
+        self.body_bytes_max = body_bytes_max;
+    }
+
+    /// The bound on bodies.
+    pub fn body_bytes_max(&self) -> u32 {
+        self.body_bytes_max
+    }
 }
 
 impl Default for FrameCodec {
@@ -226,7 +247,7 @@ impl Decoder for FrameCodec {
         }
         let total = FRAME_HEADER_BYTES + body_len as usize;
         if src.len() < total {
-            src.reserve(total - src.len());
+            src.reserve((total - src.len()).min(DECODE_RESERVE_BYTES_MAX));
             return Ok(None);
         }
         src.advance(FRAME_HEADER_BYTES);
@@ -672,6 +693,29 @@ mod tests {
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             FrameCodec::new(1024).decode(&mut huge),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_claimed_length_reserves_at_most_a_bounded_amount() {
+        let frame = Frame::new(FrameKind::Hello, 0, &Request::List).unwrap();
+        let mut header = encode(frame);
+        header.truncate(FRAME_HEADER_BYTES);
+        header[16..20].copy_from_slice(&(200u32 << 20).to_le_bytes());
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&header);
+        let mut codec = FrameCodec::default();
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= FRAME_HEADER_BYTES + 2 * DECODE_RESERVE_BYTES_MAX,
+            "reserved {} bytes for a claimed 200 MiB body",
+            buf.capacity()
+        );
+        // Before the handshake the bound is small: the claim is refused.
+        codec.set_body_bytes_max(HELLO_BODY_BYTES_MAX);
+        assert!(matches!(
+            codec.decode(&mut buf),
             Err(FrameError::TooLarge { .. })
         ));
     }

@@ -8,6 +8,14 @@ use ckpt_storage::{RocksWalMode, StoreConfig};
 use clap::Parser;
 use serde::Deserialize;
 
+/// Smallest per-connection queue bound: a few frames.
+const QUEUE_BYTES_MIN: u64 = 64 * 1024;
+/// Largest byte bound accepted for a queue or history (1 TiB: beyond it the
+/// number is a typo, not a budget).
+const QUEUE_BYTES_MAX: u64 = 1 << 40;
+/// Most segments' worth of log kept as history.
+const WAL_HISTORY_SEGMENTS_MAX: u64 = 8;
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -23,8 +31,21 @@ pub struct Config {
     pub in_flight_max: u32,
     /// Connections served at once.
     pub connections_max: usize,
-    /// Notifications kept per subscribed checkpoint for resuming subscribers.
-    pub notification_history_max: usize,
+    /// Bytes of replies one connection may hold — being read for it, or
+    /// encoded and not yet written to its socket. A client that does not
+    /// read its answers stalls its own requests at this bound.
+    pub reply_queue_bytes_max: u64,
+    /// Bytes of notifications queued for one connection and not yet
+    /// written. A subscriber that falls further behind stops getting
+    /// updates and, once it has caught up, is told to re-read (`Resync`).
+    pub notification_queue_bytes_max: u64,
+    /// Bytes of recent updates kept in memory, node-wide, for subscribers
+    /// that resume (older ones are read back from the log).
+    pub notification_history_bytes_max: u64,
+    /// Bytes of log segments kept after RocksDB covers them, so subscribers
+    /// can resume from the log, across restarts too; at most 8 segments'
+    /// worth is kept (the store forces RocksDB flushes at 16 segments).
+    pub wal_history_bytes: u64,
     /// How often due section expirations are applied, ms.
     pub expiry_interval_ms: u64,
     /// WAL segment size, bytes.
@@ -44,7 +65,10 @@ impl Default for Config {
             frame_body_bytes_max: ckpt_proto::wire::FRAME_BODY_BYTES_MAX,
             in_flight_max: ckpt_proto::wire::IN_FLIGHT_MAX,
             connections_max: 4096,
-            notification_history_max: 4096,
+            reply_queue_bytes_max: 16 * 1024 * 1024,
+            notification_queue_bytes_max: 16 * 1024 * 1024,
+            notification_history_bytes_max: 64 * 1024 * 1024,
+            wal_history_bytes: 64 * 1024 * 1024,
             expiry_interval_ms: 100,
             segment_bytes_max: 64 * 1024 * 1024,
             rocksdb_wal_mode: RocksWalMode::Disabled,
@@ -63,7 +87,10 @@ struct FileConfig {
     frame_body_bytes_max: Option<u32>,
     in_flight_max: Option<u32>,
     connections_max: Option<usize>,
-    notification_history_max: Option<usize>,
+    reply_queue_bytes_max: Option<u64>,
+    notification_queue_bytes_max: Option<u64>,
+    notification_history_bytes_max: Option<u64>,
+    wal_history_bytes: Option<u64>,
     expiry_interval_ms: Option<u64>,
     segment_bytes_max: Option<u64>,
     rocksdb_wal_mode: Option<RocksWalMode>,
@@ -96,6 +123,19 @@ pub struct Cli {
     /// Largest frame body, bytes.
     #[arg(long, env = "CKPT_FRAME_BODY_BYTES_MAX")]
     pub frame_body_bytes_max: Option<u32>,
+    /// Reply bytes one connection may hold before its requests wait.
+    #[arg(long, env = "CKPT_REPLY_QUEUE_BYTES_MAX")]
+    pub reply_queue_bytes_max: Option<u64>,
+    /// Notification bytes queued per connection before its subscriptions
+    /// fall behind (then Resync).
+    #[arg(long, env = "CKPT_NOTIFICATION_QUEUE_BYTES_MAX")]
+    pub notification_queue_bytes_max: Option<u64>,
+    /// Bytes of recent updates kept in memory, node-wide, for resuming subscribers.
+    #[arg(long, env = "CKPT_NOTIFICATION_HISTORY_BYTES_MAX")]
+    pub notification_history_bytes_max: Option<u64>,
+    /// Bytes of covered log segments kept for resuming subscribers (0: trim at once).
+    #[arg(long, env = "CKPT_WAL_HISTORY_BYTES")]
+    pub wal_history_bytes: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -129,6 +169,18 @@ impl Config {
         if let Some(v) = cli.frame_body_bytes_max {
             config.frame_body_bytes_max = v;
         }
+        if let Some(v) = cli.reply_queue_bytes_max {
+            config.reply_queue_bytes_max = v;
+        }
+        if let Some(v) = cli.notification_queue_bytes_max {
+            config.notification_queue_bytes_max = v;
+        }
+        if let Some(v) = cli.notification_history_bytes_max {
+            config.notification_history_bytes_max = v;
+        }
+        if let Some(v) = cli.wal_history_bytes {
+            config.wal_history_bytes = v;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -148,7 +200,10 @@ impl Config {
             frame_body_bytes_max,
             in_flight_max,
             connections_max,
-            notification_history_max,
+            reply_queue_bytes_max,
+            notification_queue_bytes_max,
+            notification_history_bytes_max,
+            wal_history_bytes,
             expiry_interval_ms,
             segment_bytes_max,
             rocksdb_wal_mode,
@@ -186,6 +241,31 @@ impl Config {
                 self.segment_bytes_max
             )));
         }
+        for (name, value) in [
+            ("reply_queue_bytes_max", self.reply_queue_bytes_max),
+            (
+                "notification_queue_bytes_max",
+                self.notification_queue_bytes_max,
+            ),
+        ] {
+            if !(QUEUE_BYTES_MIN..=QUEUE_BYTES_MAX).contains(&value) {
+                return Err(ConfigError(format!(
+                    "{name} {value} is not in {QUEUE_BYTES_MIN}..={QUEUE_BYTES_MAX}"
+                )));
+            }
+        }
+        if self.notification_history_bytes_max > QUEUE_BYTES_MAX {
+            return Err(ConfigError(format!(
+                "notification_history_bytes_max {} is over {QUEUE_BYTES_MAX}",
+                self.notification_history_bytes_max
+            )));
+        }
+        if self.wal_history_bytes > QUEUE_BYTES_MAX {
+            return Err(ConfigError(format!(
+                "wal_history_bytes {} is over {QUEUE_BYTES_MAX}",
+                self.wal_history_bytes
+            )));
+        }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(ConfigError(format!(
                 "listen and admin_listen are both {}",
@@ -201,6 +281,12 @@ impl Config {
         store.segment_bytes_max = self.segment_bytes_max;
         store.db.wal_mode = self.rocksdb_wal_mode;
         store.reserve_bytes = self.reserve_bytes;
+        // Kept history counts towards the segments the store allows before
+        // it forces RocksDB flushes; leave it half of them.
+        store.wal_history_bytes = self.wal_history_bytes.min(
+            self.segment_bytes_max
+                .saturating_mul(WAL_HISTORY_SEGMENTS_MAX),
+        );
         store
     }
 }
@@ -233,6 +319,32 @@ mod tests {
     }
 
     #[test]
+    fn memory_bounds_come_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ckpt.toml");
+        std::fs::write(
+            &file,
+            "reply_queue_bytes_max = 1048576\nnotification_history_bytes_max = 0\nwal_history_bytes = 0\n",
+        )
+        .unwrap();
+        let config = Config::load(&cli(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--notification-queue-bytes-max",
+            "2097152",
+        ]))
+        .unwrap();
+        assert_eq!(config.reply_queue_bytes_max, 1 << 20);
+        assert_eq!(config.notification_queue_bytes_max, 2 << 20);
+        assert_eq!(config.notification_history_bytes_max, 0);
+        assert_eq!(config.store().wal_history_bytes, 0);
+        // Small segments: the history kept is at most 8 of them.
+        std::fs::write(&file, "segment_bytes_max = 65536\n").unwrap();
+        let config = Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(config.store().wal_history_bytes, 8 * 65536);
+    }
+
+    #[test]
     fn bad_files_and_values_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ckpt.toml");
@@ -241,6 +353,10 @@ mod tests {
         assert!(error.0.contains("no_such_setting"), "{error}");
         let error = Config::load(&cli(&["--in-flight-max", "0"])).unwrap_err();
         assert!(error.0.contains("in_flight_max"), "{error}");
+        let error = Config::load(&cli(&["--reply-queue-bytes-max", "10"])).unwrap_err();
+        assert!(error.0.contains("reply_queue_bytes_max"), "{error}");
+        let error = Config::load(&cli(&["--wal-history-bytes", "2000000000000"])).unwrap_err();
+        assert!(error.0.contains("wal_history_bytes"), "{error}");
         let missing = Config::load(&cli(&["--config", "/no/such/file.toml"])).unwrap_err();
         assert!(missing.0.contains("cannot read"), "{missing}");
     }

@@ -2,6 +2,16 @@
 //! (each served on its own task, answered by request id), notifications
 //! pushed as they come, and a clean close.
 //!
+//! Memory per connection is bounded in bytes: before `Hello` a frame body
+//! may be at most [`HELLO_BODY_BYTES_MAX`]; replies — from the moment a
+//! read reserves room for its data until the bytes are written to the
+//! socket — hold at most `reply_queue_bytes_max` ([`ReplyBudget`]); the
+//! in-flight permit of a request is released only when its reply is
+//! written; notifications are bounded by the session's [`Outbox`]. A
+//! client that does not read its socket therefore stalls its own requests
+//! (and, once its reply budget is spent, the reading of its further
+//! frames) instead of growing the server.
+//!
 //! Only a frame that cannot be decoded — bad magic, protocol version or
 //! checksum, an oversize length, a kind a client may not send — ends the
 //! connection, after a `Goodbye` that says why. A request whose body does
@@ -11,18 +21,122 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ckpt_proto::wire::{
-    ApiVersion, Frame, FrameCodec, FrameKind, Goodbye, Hello, HelloReply, Notification, Request,
-    Response,
+    ApiVersion, Frame, FrameCodec, FrameKind, Goodbye, Hello, HelloReply, Request, Response,
+    HELLO_BODY_BYTES_MAX,
 };
 use ckpt_proto::{CkptError, ErrorCode};
 use futures::{SinkExt, StreamExt};
+use prometheus::IntGauge;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::hub::{Outbox, QueuedNotification};
 use crate::service::Service;
+
+/// The unit the reply budget counts in: whole KiB, so that a bound of up
+/// to a TiB fits the semaphore's u32 acquisitions.
+const BUDGET_UNIT_BYTES: u64 = 1024;
+/// Notifications written with one flush at most (replies are not held up
+/// behind a long run of them).
+const NOTIFICATIONS_PER_FLUSH_MAX: usize = 64;
+/// What a reply other than a read is assumed to take before it is built.
+pub const SMALL_REPLY_BYTES: u64 = BUDGET_UNIT_BYTES;
+
+/// Node-wide gauges of the per-connection queues.
+#[derive(Clone)]
+pub struct QueueGauges {
+    /// Reply bytes held by all connections.
+    pub reply_bytes: IntGauge,
+    /// Notification bytes queued on all connections.
+    pub notification_bytes: IntGauge,
+}
+
+/// The bytes of replies one connection may hold at once.
+pub struct ReplyBudget {
+    units: Arc<Semaphore>,
+    units_max: u32,
+    gauge: IntGauge,
+}
+
+/// Room held in a [`ReplyBudget`] until the reply is written (dropped).
+pub struct Reservation {
+    permit: Option<OwnedSemaphorePermit>,
+    gauge: IntGauge,
+}
+
+impl ReplyBudget {
+    /// A budget of `bytes_max` bytes.
+    pub fn new(bytes_max: u64, gauge: IntGauge) -> Arc<ReplyBudget> {
+        let units_max = u32::try_from(bytes_max / BUDGET_UNIT_BYTES)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Arc::new(ReplyBudget {
+            units: Arc::new(Semaphore::new(units_max as usize)),
+            units_max,
+            gauge,
+        })
+    }
+
+    fn units(&self, bytes: u64) -> u32 {
+        let units = bytes.div_ceil(BUDGET_UNIT_BYTES).max(1);
+        u32::try_from(units).unwrap_or(u32::MAX).min(self.units_max)
+    }
+
+    /// Waits until `bytes` (at most the whole budget) are free and holds
+    /// them. Hold nothing else from the budget while waiting: a waiter is
+    /// served in order, so holding while waiting could wait forever.
+    pub async fn reserve(&self, bytes: u64) -> Reservation {
+        let units = self.units(bytes);
+        let permit = self.units.clone().acquire_many_owned(units).await.ok();
+        if permit.is_some() {
+            self.gauge.add(i64::from(units) * BUDGET_UNIT_BYTES as i64);
+        }
+        Reservation {
+            permit,
+            gauge: self.gauge.clone(),
+        }
+    }
+
+    /// Grows `reservation` to cover `bytes` if the room is free now (a
+    /// reply larger than estimated); never waits.
+    pub fn top_up(&self, reservation: &mut Reservation, bytes: u64) {
+        let held = reservation
+            .permit
+            .as_ref()
+            .map_or(0, |p| p.num_permits() as u32);
+        let wanted = self.units(bytes);
+        if wanted <= held {
+            return;
+        }
+        if let Ok(extra) = self.units.clone().try_acquire_many_owned(wanted - held) {
+            self.gauge
+                .add(i64::from(wanted - held) * BUDGET_UNIT_BYTES as i64);
+            match &mut reservation.permit {
+                Some(permit) => permit.merge(extra),
+                None => reservation.permit = Some(extra),
+            }
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(permit) = &self.permit {
+            self.gauge
+                .sub(permit.num_permits() as i64 * BUDGET_UNIT_BYTES as i64);
+        }
+    }
+}
+
+/// A frame for the writer, with what it holds until it is written.
+struct Outgoing {
+    frame: Frame,
+    _reservation: Option<Reservation>,
+    _in_flight: Option<OwnedSemaphorePermit>,
+}
 
 /// How long a client has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +147,7 @@ pub async fn serve(
     service: Arc<Service>,
     stream: TcpStream,
     config: Arc<Config>,
+    gauges: QueueGauges,
     shutdown: CancellationToken,
 ) {
     let peer = stream
@@ -41,13 +156,21 @@ pub async fn serve(
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let mut frames = FramedRead::new(read, FrameCodec::new(config.frame_body_bytes_max));
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Frame>();
-    let (note_tx, note_rx) = mpsc::unbounded_channel::<Notification>();
+    // Until the peer has said hello, only a hello-sized body is accepted.
+    let mut frames = FramedRead::new(read, FrameCodec::new(HELLO_BODY_BYTES_MAX));
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (note_tx, note_rx) = mpsc::unbounded_channel::<QueuedNotification>();
+    let outbox = Outbox::new(
+        note_tx,
+        config.notification_queue_bytes_max,
+        gauges.notification_bytes.clone(),
+    );
+    let budget = ReplyBudget::new(config.reply_queue_bytes_max, gauges.reply_bytes.clone());
     let writer = tokio::spawn(write_frames(
         FramedWrite::new(write, FrameCodec::new(u32::MAX)),
         out_rx,
         note_rx,
+        outbox.clone(),
     ));
 
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, frames.next()).await {
@@ -94,8 +217,11 @@ pub async fn serve(
         return finish(writer, out_tx).await;
     }
     tracing::debug!(%peer, client = %hello.client_name, "session started");
+    frames
+        .decoder_mut()
+        .set_body_bytes_max(config.frame_body_bytes_max);
 
-    let session = Arc::new(service.open_session(note_tx));
+    let session = Arc::new(service.open_session(outbox.clone(), budget.clone()));
     let permits = Arc::new(Semaphore::new(config.in_flight_max as usize));
     loop {
         let frame = tokio::select! {
@@ -134,92 +260,187 @@ pub async fn serve(
                     config.in_flight_max
                 ),
             );
-            send(
-                &out_tx,
-                FrameKind::Response,
-                request_id,
-                &Response::Err(error),
-            );
+            // Answers made here wait for room too, so a client that sends
+            // without reading stops being read.
+            let Some(room) = reserve_or_stop(&budget, &shutdown).await else {
+                break;
+            };
+            respond(&out_tx, request_id, &Response::Err(error), room, None);
             continue;
         };
         let request = match frame.decode::<Request>() {
             Ok(request) => request,
             Err(error) => {
-                send(
-                    &out_tx,
-                    FrameKind::Response,
-                    request_id,
-                    &Response::Err(error),
-                );
+                let Some(room) = reserve_or_stop(&budget, &shutdown).await else {
+                    break;
+                };
+                respond(&out_tx, request_id, &Response::Err(error), room, None);
                 continue;
             }
         };
-        let (service, session, out_tx) = (service.clone(), session.clone(), out_tx.clone());
+        let (service, session, out_tx, budget) = (
+            service.clone(),
+            session.clone(),
+            out_tx.clone(),
+            budget.clone(),
+        );
         tokio::spawn(async move {
-            let response = service.handle(&session, request).await;
-            send(&out_tx, FrameKind::Response, request_id, &response);
-            drop(permit);
+            let (response, mut room) = service.handle(&session, request).await;
+            let encoded = Frame::new(FrameKind::Response, request_id, &response);
+            // Only the encoded copy waits for the socket.
+            drop(response);
+            match encoded {
+                Ok(frame) => {
+                    budget.top_up(&mut room, frame.body.len() as u64);
+                    let _ = out_tx.send(Outgoing {
+                        frame,
+                        _reservation: Some(room),
+                        _in_flight: Some(permit),
+                    });
+                }
+                Err(error) => tracing::error!(%error, "encoding a response failed"),
+            }
         });
     }
-    // Let every request in flight finish and be answered.
+    // Let every request in flight finish and be answered (the writer
+    // releases a permit once the answer is written, or dropped with a
+    // closed socket).
     let _ = permits.acquire_many(config.in_flight_max).await;
     service.close_session(&session).await;
     finish(writer, out_tx).await;
 }
 
+/// Room for one small answer made by the reader loop, or None when the
+/// server shuts down first.
+async fn reserve_or_stop(
+    budget: &ReplyBudget,
+    shutdown: &CancellationToken,
+) -> Option<Reservation> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        room = budget.reserve(SMALL_REPLY_BYTES) => Some(room),
+    }
+}
+
+fn respond(
+    out: &mpsc::UnboundedSender<Outgoing>,
+    request_id: u64,
+    response: &Response,
+    room: Reservation,
+    in_flight: Option<OwnedSemaphorePermit>,
+) {
+    match Frame::new(FrameKind::Response, request_id, response) {
+        Ok(frame) => {
+            let _ = out.send(Outgoing {
+                frame,
+                _reservation: Some(room),
+                _in_flight: in_flight,
+            });
+        }
+        Err(error) => tracing::error!(%error, "encoding a frame failed"),
+    }
+}
+
 fn send<T: serde::Serialize>(
-    out: &mpsc::UnboundedSender<Frame>,
+    out: &mpsc::UnboundedSender<Outgoing>,
     kind: FrameKind,
     request_id: u64,
     message: &T,
 ) {
     match Frame::new(kind, request_id, message) {
         Ok(frame) => {
-            let _ = out.send(frame);
+            let _ = out.send(Outgoing {
+                frame,
+                _reservation: None,
+                _in_flight: None,
+            });
         }
         Err(error) => tracing::error!(%error, "encoding a frame failed"),
     }
 }
 
-fn goodbye(out: &mpsc::UnboundedSender<Frame>, error: CkptError) {
+fn goodbye(out: &mpsc::UnboundedSender<Outgoing>, error: CkptError) {
     send(out, FrameKind::Goodbye, 0, &Goodbye { error });
 }
 
-async fn finish(writer: tokio::task::JoinHandle<()>, out_tx: mpsc::UnboundedSender<Frame>) {
+async fn finish(writer: tokio::task::JoinHandle<()>, out_tx: mpsc::UnboundedSender<Outgoing>) {
     drop(out_tx);
     let _ = writer.await;
 }
 
+/// Writes replies (first) and notifications as they come, batching what is
+/// ready into one flush; what a frame holds (its reply room, its in-flight
+/// permit, its notification bytes) is released once the flush returns.
 async fn write_frames(
     mut sink: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
-    mut frames: mpsc::UnboundedReceiver<Frame>,
-    mut notifications: mpsc::UnboundedReceiver<Notification>,
+    mut frames: mpsc::UnboundedReceiver<Outgoing>,
+    mut notifications: mpsc::UnboundedReceiver<QueuedNotification>,
+    outbox: Arc<Outbox>,
 ) {
-    loop {
-        let frame = tokio::select! {
+    let mut written: Vec<Outgoing> = Vec::new();
+    let mut notes_written: u64 = 0;
+    'serve: loop {
+        tokio::select! {
             biased;
             frame = frames.recv() => match frame {
-                Some(frame) => frame,
-                None => break,
+                Some(frame) => written.push(frame),
+                None => break 'serve,
             },
-            Some(note) = notifications.recv() => match Frame::new(FrameKind::Notification, 0, &note) {
-                Ok(frame) => frame,
-                Err(_) => continue,
-            },
+            Some((note, bytes)) = notifications.recv() => {
+                notes_written += bytes;
+                match Frame::new(FrameKind::Notification, 0, &note) {
+                    Ok(frame) => written.push(Outgoing { frame, _reservation: None, _in_flight: None }),
+                    Err(error) => tracing::error!(%error, "encoding a notification failed"),
+                }
+            }
         };
         // Batch whatever else is ready into one flush.
-        if sink.feed(frame).await.is_err() {
-            return;
-        }
         while let Ok(frame) = frames.try_recv() {
-            if sink.feed(frame).await.is_err() {
-                return;
+            written.push(frame);
+        }
+        for _ in 0..NOTIFICATIONS_PER_FLUSH_MAX {
+            let Ok((note, bytes)) = notifications.try_recv() else {
+                break;
+            };
+            notes_written += bytes;
+            match Frame::new(FrameKind::Notification, 0, &note) {
+                Ok(frame) => written.push(Outgoing {
+                    frame,
+                    _reservation: None,
+                    _in_flight: None,
+                }),
+                Err(error) => tracing::error!(%error, "encoding a notification failed"),
             }
         }
-        if sink.flush().await.is_err() {
-            return;
+        // What the frames hold is kept until the flush returns; their
+        // bytes move into the sink as they are fed.
+        let mut held = Vec::with_capacity(written.len());
+        let mut failed = false;
+        for Outgoing {
+            frame,
+            _reservation,
+            _in_flight,
+        } in written.drain(..)
+        {
+            held.push((_reservation, _in_flight));
+            if !failed && sink.feed(frame).await.is_err() {
+                failed = true;
+            }
+        }
+        if failed || sink.flush().await.is_err() {
+            break 'serve;
+        }
+        drop(held);
+        if notes_written > 0 {
+            outbox.written(std::mem::take(&mut notes_written));
         }
     }
-    let _ = sink.flush().await;
-    let _ = sink.close().await;
+    if sink.flush().await.is_ok() {
+        let _ = sink.close().await;
+    }
+    // Whatever is left is never written: release it.
+    drop(written);
+    frames.close();
+    while frames.recv().await.is_some() {}
+    outbox.discard();
 }

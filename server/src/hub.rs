@@ -1,25 +1,197 @@
 //! Notifications: every durable record of a checkpoint with subscribers is
 //! turned into a [`Change`] and pushed, in log order, to each subscriber's
-//! session. A bounded history per checkpoint lets a subscriber that
-//! reconnects resume after its last sequence number without gaps; when the
-//! history no longer reaches back that far, it is told to re-read
-//! ([`Notification::Resync`]).
+//! session.
+//!
+//! Memory is bounded in bytes, never in counts:
+//! - each connection's queue of notifications not yet written ([`Outbox`])
+//!   holds at most `notification_queue_bytes_max`. A subscriber whose next
+//!   update does not fit *falls behind*: it gets nothing more until its
+//!   connection has written what is queued down to half the bound, then one
+//!   [`Notification::Resync`] naming exactly the updates it missed, then
+//!   live updates again. A slow subscriber never holds up writers.
+//! - recent updates are kept in memory for subscribers that resume, up to
+//!   `notification_history_bytes_max` for the whole node (oldest dropped
+//!   first, whichever checkpoint it belongs to).
+//!
+//! A subscriber that resumes after its last seen sequence number gets the
+//! updates it missed from that in-memory history, or — when it no longer
+//! reaches back, after a restart for example — from the log, read back
+//! through the store while the log still holds them; only when neither has
+//! every update since is it told to re-read ([`Notification::Resync`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ckpt_proto::wire::{Change, Handle, Notification};
 use ckpt_proto::{CheckpointName, SectionId, WriteElement};
-use ckpt_storage::{InstanceId, Record, RecordBody};
+use ckpt_storage::{InstanceId, Lsn, Record, RecordBody, Seq, Store};
+use prometheus::IntGauge;
 use tokio::sync::mpsc::UnboundedSender;
 
-/// Where a session wants its notifications.
-pub type Outbox = UnboundedSender<Notification>;
+/// Bytes counted for a notification besides its data: the frame header,
+/// the name and the fixed fields, rounded up.
+const NOTIFICATION_OVERHEAD_BYTES: u64 = 128;
+
+/// A notification and the bytes it is counted as.
+pub type QueuedNotification = (Notification, u64);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One connection's notification queue, bounded in bytes.
+pub struct Outbox {
+    sender: UnboundedSender<QueuedNotification>,
+    bytes_max: u64,
+    state: Mutex<OutboxState>,
+    /// Node-wide bytes queued in every outbox.
+    gauge: IntGauge,
+    /// Called once the queue has drained after a subscriber fell behind.
+    on_drained: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    queued_bytes: u64,
+    /// A subscription of this connection fell behind and waits for the
+    /// queue to drain.
+    behind: bool,
+}
+
+impl Outbox {
+    /// A queue feeding `sender`, holding at most `bytes_max` (one
+    /// notification larger than that is let through when the queue is empty).
+    pub fn new(
+        sender: UnboundedSender<QueuedNotification>,
+        bytes_max: u64,
+        gauge: IntGauge,
+    ) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            sender,
+            bytes_max,
+            state: Mutex::new(OutboxState::default()),
+            gauge,
+            on_drained: OnceLock::new(),
+        })
+    }
+
+    /// Sets what to call once the queue has drained after falling behind.
+    pub fn set_on_drained(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_drained.set(hook);
+    }
+
+    /// Queues `note` if it fits; otherwise marks the connection as behind
+    /// and returns false.
+    fn offer(&self, note: Notification, bytes: u64) -> bool {
+        let mut state = lock(&self.state);
+        let fits = state.queued_bytes == 0
+            || state
+                .queued_bytes
+                .checked_add(bytes)
+                .is_some_and(|total| total <= self.bytes_max);
+        if !fits {
+            state.behind = true;
+            return false;
+        }
+        self.push(&mut state, note, bytes)
+    }
+
+    /// Queues `note` whatever the queue holds (a small `Resync`, at most
+    /// one per subscription per time it fell behind).
+    fn force(&self, note: Notification, bytes: u64) -> bool {
+        let mut state = lock(&self.state);
+        self.push(&mut state, note, bytes)
+    }
+
+    fn push(&self, state: &mut OutboxState, note: Notification, bytes: u64) -> bool {
+        if self.sender.send((note, bytes)).is_err() {
+            return false;
+        }
+        state.queued_bytes = state.queued_bytes.saturating_add(bytes);
+        self.gauge.add(bytes as i64);
+        true
+    }
+
+    /// The connection wrote a notification of `bytes` to its socket. Calls
+    /// the drained hook when a subscription fell behind and the queue is
+    /// down to half its bound.
+    pub fn written(&self, bytes: u64) {
+        let drained = {
+            let mut state = lock(&self.state);
+            state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
+            self.gauge.sub(bytes as i64);
+            if state.behind && state.queued_bytes <= self.bytes_max / 2 {
+                state.behind = false;
+                true
+            } else {
+                false
+            }
+        };
+        if drained {
+            if let Some(hook) = self.on_drained.get() {
+                hook();
+            }
+        }
+    }
+
+    /// The connection is gone: what is still counted leaves the gauge.
+    pub fn discard(&self) {
+        let mut state = lock(&self.state);
+        self.gauge.sub(state.queued_bytes as i64);
+        state.queued_bytes = 0;
+    }
+}
 
 struct Subscriber {
     session: u64,
     handle: Handle,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
+    /// The last sequence number this subscriber was sent (or told about).
+    delivered: u64,
+    /// Updates after `delivered` were dropped; a `Resync` is owed.
+    behind: bool,
+}
+
+impl Subscriber {
+    /// Sends one update unless the subscriber is behind or it does not fit.
+    fn deliver(&mut self, name: &CheckpointName, seq: u64, change: &Change) {
+        if self.behind {
+            return;
+        }
+        let bytes = notification_bytes(name, change);
+        let update = Notification::Update {
+            handle: self.handle,
+            name: name.clone(),
+            seq,
+            change: change.clone(),
+        };
+        if self.outbox.offer(update, bytes) {
+            self.delivered = seq;
+        } else {
+            self.behind = true;
+        }
+    }
+
+    /// Tells the subscriber to re-read: updates after `delivered` up to
+    /// `last_seq` are not coming.
+    fn resync(&mut self, last_seq: u64) {
+        let note = Notification::Resync {
+            handle: self.handle,
+            after_seq: self.delivered,
+            next_seq: last_seq + 1,
+        };
+        self.outbox.force(note, NOTIFICATION_OVERHEAD_BYTES);
+        self.delivered = last_seq;
+        self.behind = false;
+    }
+}
+
+/// One record of a subscribed checkpoint kept for resuming subscribers.
+/// Records without a change (creation, generated-id counter) are kept too,
+/// so that gaps in the sequence numbers can be told from them.
+struct Entry {
+    seq: u64,
+    change: Option<Change>,
 }
 
 #[derive(Default)]
@@ -27,8 +199,21 @@ struct Feed {
     name: Option<CheckpointName>,
     /// Last sequence number seen for this instance.
     last_seq: u64,
-    history: VecDeque<(u64, Change)>,
+    history: VecDeque<Entry>,
     subscribers: Vec<Subscriber>,
+}
+
+#[derive(Default)]
+struct State {
+    feeds: HashMap<InstanceId, Feed>,
+    /// Every history entry in log order across feeds: (instance, seq,
+    /// bytes). Entries of forgotten feeds stay counted until they reach
+    /// the front, so this queue is bounded by the byte bound too.
+    order: VecDeque<(InstanceId, u64, u64)>,
+    history_bytes: u64,
+    /// Everything up to this log position is durable and was told to the
+    /// hub (or recovered at start).
+    durable_lsn: u64,
 }
 
 /// Who subscribes to what (ImmediateConsumptionRegister).
@@ -46,68 +231,90 @@ pub struct SubscribeRequest {
     /// The last sequence number the subscriber saw, to resume after.
     pub resume_after: Option<u64>,
     /// Where the session's notifications go.
-    pub outbox: Outbox,
+    pub outbox: Arc<Outbox>,
 }
 
 /// The notification hub, shared by the commit listener and the sessions.
 pub struct Hub {
-    feeds: Mutex<HashMap<InstanceId, Feed>>,
-    history_max: usize,
+    state: Mutex<State>,
+    history_bytes_max: u64,
+    history_gauge: IntGauge,
+    /// One read of the log at a time: each holds a segment in memory.
+    log_reads: tokio::sync::Semaphore,
 }
 
 impl Hub {
-    /// A hub keeping up to `history_max` changes per subscribed checkpoint.
-    pub fn new(history_max: usize) -> Arc<Hub> {
+    /// A hub keeping up to `history_bytes_max` bytes of recent updates,
+    /// node-wide; everything up to `durable_lsn` is in the log already.
+    pub fn new(history_bytes_max: u64, durable_lsn: u64, history_gauge: IntGauge) -> Arc<Hub> {
         Arc::new(Hub {
-            feeds: Mutex::new(HashMap::new()),
-            history_max,
+            state: Mutex::new(State {
+                durable_lsn,
+                ..State::default()
+            }),
+            history_bytes_max,
+            history_gauge,
+            log_reads: tokio::sync::Semaphore::new(1),
         })
-    }
-
-    fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Feed>> {
-        self.feeds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Called with every durable batch, in log order.
     pub fn on_commit(&self, records: &[Record]) {
-        let mut feeds = self.feeds();
-        if feeds.is_empty() {
+        let mut state = lock(&self.state);
+        if let Some(last) = records.last() {
+            state.durable_lsn = state.durable_lsn.max(last.lsn.0);
+        }
+        if state.feeds.is_empty() {
             return;
         }
         for record in records {
+            let State {
+                feeds,
+                order,
+                history_bytes,
+                ..
+            } = &mut *state;
             let Some(feed) = feeds.get_mut(&record.instance) else {
                 continue;
             };
-            let Some(change) = change_of(&record.body) else {
-                continue;
-            };
-            feed.last_seq = record.seq.0;
-            feed.history.push_back((record.seq.0, change.clone()));
-            while feed.history.len() > self.history_max {
-                feed.history.pop_front();
+            let change = change_of(&record.body);
+            let seq = record.seq.0;
+            feed.last_seq = seq;
+            if let (Some(name), Some(change)) = (&feed.name, &change) {
+                for subscriber in &mut feed.subscribers {
+                    subscriber.deliver(name, seq, change);
+                }
             }
-            let name = feed.name.clone();
-            feed.subscribers.retain(|s| {
-                let Some(name) = name.clone() else {
-                    return true;
-                };
-                let update = Notification::Update {
-                    handle: s.handle,
-                    name,
-                    seq: record.seq.0,
-                    change: change.clone(),
-                };
-                s.outbox.send(update).is_ok()
-            });
+            let bytes = change.as_ref().map_or(0, change_bytes) + NOTIFICATION_OVERHEAD_BYTES;
+            feed.history.push_back(Entry { seq, change });
+            order.push_back((record.instance, seq, bytes));
+            *history_bytes += bytes;
         }
+        self.trim(&mut state);
+    }
+
+    /// Drops the oldest history entries until the bound holds.
+    fn trim(&self, state: &mut State) {
+        while state.history_bytes > self.history_bytes_max {
+            let Some((instance, seq, bytes)) = state.order.pop_front() else {
+                break;
+            };
+            state.history_bytes -= bytes;
+            if let Some(feed) = state.feeds.get_mut(&instance) {
+                if feed.history.front().is_some_and(|e| e.seq == seq) {
+                    feed.history.pop_front();
+                }
+            }
+        }
+        self.history_gauge.set(state.history_bytes as i64);
     }
 
     /// Subscribes a session's handle. `current_seq` is the checkpoint's
     /// sequence number as stored now. Returns the sequence number of the
     /// first update that will follow. With `resume_after`, the updates after
-    /// it are sent first from the history, or a `Resync` if it no longer
-    /// holds them.
-    pub fn subscribe(&self, request: SubscribeRequest) -> u64 {
+    /// it are sent first — from memory, else from the log — or a `Resync`
+    /// when neither holds every one of them.
+    pub async fn subscribe(&self, store: &Arc<Store>, request: SubscribeRequest) -> u64 {
         let SubscribeRequest {
             instance,
             name,
@@ -117,56 +324,159 @@ impl Hub {
             resume_after,
             outbox,
         } = request;
-        let mut feeds = self.feeds();
-        let feed = feeds.entry(instance).or_default();
+        // Make sure the feed records from now on, so that together with
+        // the log (which holds everything up to `upto`) nothing is missed.
+        let (read_log, upto) = {
+            let mut state = lock(&self.state);
+            let upto = state.durable_lsn;
+            let feed = state.feeds.entry(instance).or_default();
+            feed.name = Some(name.clone());
+            feed.last_seq = feed.last_seq.max(current_seq);
+            let read_log = resume_after.is_some_and(|after| {
+                after < feed.last_seq
+                    && feed
+                        .history
+                        .front()
+                        .is_none_or(|e| e.seq > after.saturating_add(1))
+            });
+            (read_log, upto)
+        };
+        let from_log = match (read_log, resume_after) {
+            (true, Some(after)) => self.read_log(store, instance, after, upto).await,
+            _ => Vec::new(),
+        };
+
+        let mut state = lock(&self.state);
+        let feed = state.feeds.entry(instance).or_default();
         feed.name = Some(name.clone());
         feed.last_seq = feed.last_seq.max(current_seq);
-        let next_seq = feed.last_seq + 1;
-        if let Some(after) = resume_after {
-            if after < feed.last_seq {
-                let oldest = feed.history.front().map(|(seq, _)| *seq);
-                if oldest.is_some_and(|oldest| oldest <= after + 1) {
-                    for (seq, change) in feed.history.iter().filter(|(seq, _)| *seq > after) {
-                        let update = Notification::Update {
-                            handle,
-                            name: name.clone(),
-                            seq: *seq,
-                            change: change.clone(),
-                        };
-                        let _ = outbox.send(update);
+        let mut subscriber = Subscriber {
+            session,
+            handle,
+            outbox,
+            delivered: feed.last_seq,
+            behind: false,
+        };
+        if let Some(after) = resume_after.filter(|after| *after < feed.last_seq) {
+            // The log's records, then memory's from where they end.
+            let mut missed: Vec<(u64, Option<Change>)> = from_log;
+            let log_end = missed.last().map_or(after, |(seq, _)| *seq);
+            missed.extend(
+                feed.history
+                    .iter()
+                    .filter(|e| e.seq > log_end)
+                    .map(|e| (e.seq, e.change.clone())),
+            );
+            let gapless = missed
+                .iter()
+                .enumerate()
+                .all(|(i, (seq, _))| Some(*seq) == after.checked_add(1 + i as u64));
+            let reaches = missed.last().is_some_and(|(seq, _)| *seq >= feed.last_seq);
+            subscriber.delivered = after;
+            if gapless && reaches {
+                for (seq, change) in &missed {
+                    if let Some(change) = change {
+                        subscriber.deliver(&name, *seq, change);
                     }
-                } else {
-                    let _ = outbox.send(Notification::Resync {
-                        handle,
-                        after_seq: after,
-                        next_seq,
-                    });
                 }
+                if !subscriber.behind {
+                    subscriber.delivered = feed.last_seq;
+                }
+            } else {
+                subscriber.resync(feed.last_seq);
             }
         }
         feed.subscribers
             .retain(|s| !(s.session == session && s.handle == handle));
-        feed.subscribers.push(Subscriber {
-            session,
-            handle,
-            outbox,
-        });
-        next_seq
+        feed.subscribers.push(subscriber);
+        feed.last_seq + 1
+    }
+
+    /// The records of `instance` after `after` the log holds, as (seq,
+    /// change); empty when it cannot be read (then the caller resyncs).
+    async fn read_log(
+        &self,
+        store: &Arc<Store>,
+        instance: InstanceId,
+        after: u64,
+        upto: u64,
+    ) -> Vec<(u64, Option<Change>)> {
+        let Ok(_one_at_a_time) = self.log_reads.acquire().await else {
+            return Vec::new();
+        };
+        let store = store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            store.instance_records_after(instance, Seq(after), Lsn(upto))
+        })
+        .await;
+        match read {
+            Ok(Ok(history)) => history
+                .records
+                .into_iter()
+                .map(|r| (r.seq.0, change_of(&r.body)))
+                .collect(),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, instance = instance.0, "reading the log back for a resuming subscriber failed; it is told to re-read");
+                Vec::new()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading the log back panicked");
+                Vec::new()
+            }
+        }
+    }
+
+    /// A session's queue drained after some of its subscriptions fell
+    /// behind: each of those is told what it missed (`Resync`) and gets
+    /// live updates again.
+    pub fn catch_up(&self, session: u64) {
+        let mut state = lock(&self.state);
+        for feed in state.feeds.values_mut() {
+            let last_seq = feed.last_seq;
+            for subscriber in &mut feed.subscribers {
+                if subscriber.session == session && subscriber.behind {
+                    subscriber.resync(last_seq);
+                }
+            }
+        }
     }
 
     /// Drops a handle's subscription (close).
     pub fn unsubscribe(&self, session: u64, handle: Handle) {
-        for feed in self.feeds().values_mut() {
+        for feed in lock(&self.state).feeds.values_mut() {
             feed.subscribers
                 .retain(|s| !(s.session == session && s.handle == handle));
         }
     }
 
-    /// Tells subscribers the checkpoint was deleted and forgets it once the
-    /// instance is destroyed.
+    /// Forgets a destroyed instance (its history bytes leave the count as
+    /// they reach the front of the order).
     pub fn forget(&self, instance: InstanceId) {
-        self.feeds().remove(&instance);
+        lock(&self.state).feeds.remove(&instance);
     }
+}
+
+/// Bytes a change's data takes.
+fn change_bytes(change: &Change) -> u64 {
+    let id = |s: &SectionId| s.as_bytes().len() as u64;
+    match change {
+        Change::SectionCreated { section_id, data } | Change::Overwritten { section_id, data } => {
+            id(section_id) + data.len() as u64
+        }
+        Change::Written { elements } => elements
+            .iter()
+            .map(|e| id(&e.section_id) + e.data.len() as u64 + 16)
+            .sum(),
+        Change::SectionDeleted { section_id, .. } | Change::ExpirationSet { section_id, .. } => {
+            id(section_id)
+        }
+        Change::RetentionSet { .. } | Change::Deleted => 0,
+    }
+}
+
+/// Bytes a notification of `change` is counted as in a queue.
+fn notification_bytes(name: &CheckpointName, change: &Change) -> u64 {
+    change_bytes(change) + name.as_bytes().len() as u64 + NOTIFICATION_OVERHEAD_BYTES
 }
 
 fn change_of(body: &RecordBody) -> Option<Change> {

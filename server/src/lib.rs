@@ -83,12 +83,20 @@ pub async fn serve(
     store: Arc<Store>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let hub = hub::Hub::new(config.notification_history_max);
+    let metrics = metrics::Metrics::new();
+    let gauges = memory_gauges(&metrics, &config);
+    // Everything recovery found is in the log: resuming subscribers may
+    // read it back.
+    let recovered_lsn = store.recovery_report().next_lsn.saturating_sub(1);
+    let hub = hub::Hub::new(
+        config.notification_history_bytes_max,
+        recovered_lsn,
+        gauges.history_bytes.clone(),
+    );
     {
         let hub = hub.clone();
         store.set_commit_listener(Arc::new(move |records| hub.on_commit(records)));
     }
-    let metrics = metrics::Metrics::new();
     let service = service::Service::new(store.clone(), hub, metrics.clone());
     service.recover().await.map_err(ServerError::Recover)?;
 
@@ -187,15 +195,16 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let (service, config, shutdown, metrics) = (
+        let (service, config, shutdown, metrics, queues) = (
             service.clone(),
             config.clone(),
             shutdown.clone(),
             metrics.clone(),
+            gauges.queues.clone(),
         );
         tasks.spawn(async move {
             metrics.connection(1);
-            connection::serve(service, stream, config, shutdown).await;
+            connection::serve(service, stream, config, queues, shutdown).await;
             metrics.connection(-1);
             drop(permit);
         });
@@ -238,6 +247,52 @@ pub async fn serve(
     match failure {
         Some(cause) => Err(ServerError::StoreFailed(cause)),
         None => Ok(()),
+    }
+}
+
+/// The gauges of the memory bounds: levels, and the bounds themselves so a
+/// dashboard can show both.
+struct MemoryGauges {
+    queues: connection::QueueGauges,
+    history_bytes: prometheus::IntGauge,
+}
+
+fn memory_gauges(metrics: &metrics::Metrics, config: &Config) -> MemoryGauges {
+    let bound = |name: &str, help: &str, value: u64| {
+        metrics
+            .register_gauge(name, help)
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    };
+    bound(
+        "ckpt_reply_queue_bytes_max",
+        "Bound on the reply bytes one connection holds (reply_queue_bytes_max)",
+        config.reply_queue_bytes_max,
+    );
+    bound(
+        "ckpt_notification_queue_bytes_max",
+        "Bound on the notification bytes queued per connection (notification_queue_bytes_max)",
+        config.notification_queue_bytes_max,
+    );
+    bound(
+        "ckpt_notification_history_bytes_max",
+        "Bound on the bytes of recent updates kept in memory (notification_history_bytes_max)",
+        config.notification_history_bytes_max,
+    );
+    MemoryGauges {
+        queues: connection::QueueGauges {
+            reply_bytes: metrics.register_gauge(
+                "ckpt_reply_queue_bytes",
+                "Reply bytes held by all connections (being read or not yet written)",
+            ),
+            notification_bytes: metrics.register_gauge(
+                "ckpt_notification_queue_bytes",
+                "Notification bytes queued on all connections and not yet written",
+            ),
+        },
+        history_bytes: metrics.register_gauge(
+            "ckpt_notification_history_bytes",
+            "Bytes of recent updates kept in memory for resuming subscribers",
+        ),
     }
 }
 

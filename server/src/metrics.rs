@@ -149,6 +149,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Registers one more gauge (memory bounds and their levels).
+    pub fn register_gauge(&self, name: &str, help: &str) -> IntGauge {
+        gauge(&self.registry, name, help)
+    }
+
     /// A connection opened (+1) or closed (-1).
     pub fn connection(&self, delta: i64) {
         self.connections.add(delta);

@@ -2,6 +2,23 @@
 //! handles, access checks, cluster-wide open counts (one node for now) and
 //! retention timers. Transport-free: sessions hand it decoded requests.
 //!
+//! Concurrency: open, close, delete, restore and retention expiry of one
+//! checkpoint *name* are serialised by a lock per name ([`NameLocks`]), held
+//! across their storage work; different names proceed at once, so their
+//! records share group commits like writes do. The open counts and timers
+//! ([`Registry`]) sit behind a plain mutex held only for bookkeeping, never
+//! across an await. The races this allows are settled so:
+//! - two creates of one name: the store orders them; under the name lock
+//!   the second finds the first's checkpoint (`created: false`);
+//! - a delete racing opens: both take the name lock; an open that comes
+//!   first holds a handle on the instance the delete then unlinks (it lives
+//!   until that handle closes), an open that comes second gets NOT_EXIST;
+//! - a last close racing an open or a retention timer: the close counts
+//!   down under the registry mutex, then decides under the name lock after
+//!   checking again that nobody opened the instance meanwhile; a timer that
+//!   fires checks, under the name lock, that it is still the current timer
+//!   of an instance nobody has open.
+//!
 //! Open counts live in memory only. After a restart nobody has a handle
 //! open, so every checkpoint starts its retention timer afresh (downtime
 //! never deletes data; retention 0 counts as [`RESTART_RETENTION_GRACE_NS`]
@@ -22,6 +39,7 @@ use ckpt_proto::{
 use ckpt_storage::{Durability, InstanceId, InstanceMeta, Op, Outcome, Store};
 use tokio::task::AbortHandle;
 
+use crate::connection::{ReplyBudget, Reservation, SMALL_REPLY_BYTES};
 use crate::hub::{Hub, Outbox, SubscribeRequest};
 use crate::metrics::Metrics;
 
@@ -44,7 +62,8 @@ struct SectionIteration {
 /// A connection's handles and iterators.
 pub struct Session {
     id: u64,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
+    budget: Arc<ReplyBudget>,
     state: Mutex<SessionState>,
 }
 
@@ -87,16 +106,67 @@ impl Session {
     }
 }
 
+/// Open counts and retention timers. Behind a plain mutex: never held
+/// across an await.
 #[derive(Default)]
 struct Registry {
     opens: HashMap<InstanceId, u32>,
-    timers: HashMap<InstanceId, AbortHandle>,
+    /// Each instance's pending retention timer, with an id telling a timer
+    /// that fires from one that replaced it.
+    timers: HashMap<InstanceId, (u64, AbortHandle)>,
+    next_timer: u64,
+}
+
+/// One async lock per checkpoint name with an operation in progress.
+#[derive(Default)]
+struct NameLocks {
+    held: Mutex<HashMap<CheckpointName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a name's lock; the entry goes when nobody holds or waits for it.
+struct NameGuard<'a> {
+    locks: &'a NameLocks,
+    name: CheckpointName,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl NameLocks {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<CheckpointName, Arc<tokio::sync::Mutex<()>>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn lock(&self, name: &CheckpointName) -> NameGuard<'_> {
+        let lock = self.map().entry(name.clone()).or_default().clone();
+        NameGuard {
+            locks: self,
+            name: name.clone(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for NameGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.map();
+        // Waiters hold clones of the Arc (taken under this map lock), so a
+        // count of one means nobody needs the entry.
+        if map
+            .get(&self.name)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.name);
+        }
+    }
 }
 
 /// The service shared by all sessions.
 pub struct Service {
     store: Arc<Store>,
-    registry: tokio::sync::Mutex<Registry>,
+    registry: Mutex<Registry>,
+    names: NameLocks,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
@@ -114,11 +184,16 @@ impl Service {
     pub fn new(store: Arc<Store>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Arc<Service> {
         Arc::new(Service {
             store,
-            registry: tokio::sync::Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry::default()),
+            names: NameLocks::default(),
             hub,
             metrics,
             next_session: AtomicU64::new(1),
         })
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The store (for metrics and shutdown).
@@ -136,7 +211,6 @@ impl Service {
         let instances = tokio::task::spawn_blocking(move || store.instances())
             .await
             .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))??;
-        let mut registry = self.registry.lock().await;
         for (instance, meta) in instances {
             if meta.unlinked {
                 tracing::info!(name = %meta.name, instance = instance.0, "destroying a checkpoint deleted before the restart");
@@ -151,8 +225,8 @@ impl Service {
                 if *retention == 0 {
                     *retention = RESTART_RETENTION_GRACE_NS;
                 }
-                self.start_retention(&mut registry, instance, &fresh)
-                    .await?;
+                let _name = self.names.lock(&meta.name).await;
+                self.start_retention(instance, &fresh).await?;
             }
         }
         Ok(())
@@ -160,8 +234,8 @@ impl Service {
 
     /// Cancels every retention timer (at shutdown).
     pub async fn stop_timers(&self) {
-        let mut registry = self.registry.lock().await;
-        for (_, timer) in registry.timers.drain() {
+        let timers: Vec<_> = self.registry().timers.drain().collect();
+        for (_, (_, timer)) in timers {
             timer.abort();
         }
     }
@@ -177,11 +251,20 @@ impl Service {
         }
     }
 
-    /// A new session.
-    pub fn open_session(&self, outbox: Outbox) -> Session {
+    /// A new session with its notification queue and reply budget.
+    pub fn open_session(&self, outbox: Arc<Outbox>, budget: Arc<ReplyBudget>) -> Session {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        // Weak: the hub holds the outbox (through subscriptions).
+        let hub = Arc::downgrade(&self.hub);
+        outbox.set_on_drained(Box::new(move || {
+            if let Some(hub) = hub.upgrade() {
+                hub.catch_up(id);
+            }
+        }));
         Session {
-            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            id,
             outbox,
+            budget,
             state: Mutex::default(),
         }
     }
@@ -203,9 +286,14 @@ impl Service {
 
     async fn exec(&self, op: Op, durability: Durability) -> CkptResult<Outcome> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.submit(op, durability, now_ns(), move |result| {
+        let reply = move |result| {
             let _ = tx.send(result);
-        });
+        };
+        if let Err(submission) = self.store.try_submit(op, durability, now_ns(), reply) {
+            // The writer's queue is full: wait for room on a blocking
+            // thread, never on a runtime worker.
+            let _ = tokio::task::spawn_blocking(move || submission.wait()).await;
+        }
         rx.await
             .unwrap_or_else(|_| Err(CkptError::new(ErrorCode::Library, "the store stopped")))
     }
@@ -220,20 +308,47 @@ impl Service {
             .map_err(|e| CkptError::new(ErrorCode::Library, format!("read task failed: {e}")))?
     }
 
-    /// Serves one request.
-    pub async fn handle(self: &Arc<Self>, session: &Session, request: Request) -> Response {
+    /// Serves one request. Returns the response and the room its reply
+    /// holds in the session's reply budget until it is written: taken
+    /// before the work, sized by what a read will return.
+    pub async fn handle(
+        self: &Arc<Self>,
+        session: &Session,
+        request: Request,
+    ) -> (Response, Reservation) {
         let op = request_name(&request);
         let started = std::time::Instant::now();
-        let response = self.dispatch(session, request).await;
+        // Reads reserve once they know their size (holding nothing else
+        // from the budget while they wait).
+        let mut room = match &request {
+            Request::Read { .. } => None,
+            Request::DumpRead { size, .. } => Some(
+                session
+                    .budget
+                    .reserve((*size).min(DUMP_READ_BYTES_MAX))
+                    .await,
+            ),
+            _ => Some(session.budget.reserve(SMALL_REPLY_BYTES).await),
+        };
+        let response = self.dispatch(session, request, &mut room).await;
         self.metrics.observe(
             op,
             started.elapsed(),
             response.as_ref().err().map(|e| e.code),
         );
-        response
+        let room = match room {
+            Some(room) => room,
+            None => session.budget.reserve(SMALL_REPLY_BYTES).await,
+        };
+        (response, room)
     }
 
-    async fn dispatch(self: &Arc<Self>, session: &Session, request: Request) -> Response {
+    async fn dispatch(
+        self: &Arc<Self>,
+        session: &Session,
+        request: Request,
+        room: &mut Option<Reservation>,
+    ) -> Response {
         request.validate()?;
         match request {
             Request::Open {
@@ -352,6 +467,22 @@ impl Service {
             }
             Request::Read { handle, elements } => {
                 let h = self.readable(session, handle, "Read")?;
+                // What the read returns, from the sections' sizes now (a
+                // section growing meanwhile makes the reply a little larger).
+                let (elements, reply_bytes) = self
+                    .blocking(move |s| {
+                        let mut total: u64 = 0;
+                        for element in &elements {
+                            let size = s
+                                .section(h.instance, &element.section_id)?
+                                .map_or(0, |d| d.section_size.saturating_sub(element.offset));
+                            let wanted = element.size.map_or(size, |n| n.min(size));
+                            total = total.saturating_add(wanted);
+                        }
+                        Ok((elements, total))
+                    })
+                    .await?;
+                *room = Some(session.budget.reserve(reply_bytes).await);
                 let data = self
                     .blocking(move |s| s.read(h.instance, &elements))
                     .await?;
@@ -444,7 +575,7 @@ impl Service {
             } => {
                 let h = self.readable(session, handle, "ImmediateConsumptionRegister")?;
                 let meta = self.blocking(move |s| s.instance(h.instance)).await?;
-                let next_seq = self.hub.subscribe(SubscribeRequest {
+                let request = SubscribeRequest {
                     instance: h.instance,
                     name: h.name.clone(),
                     current_seq: meta.seq.0,
@@ -452,34 +583,47 @@ impl Service {
                     handle,
                     resume_after,
                     outbox: session.outbox.clone(),
-                });
+                };
+                let next_seq = self.hub.subscribe(&self.store, request).await;
                 Ok(Reply::Registered { next_seq })
             }
             Request::List => {
-                let instances = self.blocking(|s| s.instances()).await?;
-                let registry = self.registry.lock().await;
+                // Storage work first, off the runtime; the registry only
+                // for the open counts.
+                let instances = self
+                    .blocking(|s| {
+                        Ok(s.instances()?
+                            .into_iter()
+                            .filter(|(_, meta)| !meta.unlinked)
+                            .map(|(instance, meta)| {
+                                let footprint = s.instance_footprint(instance).unwrap_or(0);
+                                (instance, meta, footprint)
+                            })
+                            .collect::<Vec<_>>())
+                    })
+                    .await?;
+                let registry = self.registry();
                 Ok(Reply::Checkpoints(
                     instances
                         .into_iter()
-                        .filter(|(_, meta)| !meta.unlinked)
-                        .map(|(instance, meta)| info(&registry, &self.store, instance, meta))
+                        .map(|(instance, meta, footprint)| {
+                            info(&registry, instance, meta, footprint)
+                        })
                         .collect(),
                 ))
             }
             Request::Stat { name } => {
                 let lookup = name.clone();
-                let (instance, meta) = self
+                let (instance, meta, footprint) = self
                     .blocking(move |s| {
                         let instance = s.lookup(&lookup)?;
-                        Ok((instance, s.instance(instance)?))
+                        let footprint = s.instance_footprint(instance).unwrap_or(0);
+                        Ok((instance, s.instance(instance)?, footprint))
                     })
                     .await?;
-                let registry = self.registry.lock().await;
+                let registry = self.registry();
                 Ok(Reply::Checkpoint(info(
-                    &registry,
-                    &self.store,
-                    instance,
-                    meta,
+                    &registry, instance, meta, footprint,
                 )))
             }
             Request::Finalize => {
@@ -623,14 +767,14 @@ impl Service {
         generated_next: u64,
         replace: bool,
     ) -> Response {
+        let name_lock = self.names.lock(&name).await;
         if replace {
-            match self.delete(name.clone()).await {
+            match self.delete_locked(name.clone()).await {
                 Ok(()) => {}
                 Err(error) if error.code == ErrorCode::NotExist => {}
                 Err(error) => return Err(error),
             }
         }
-        let mut registry = self.registry.lock().await;
         let op = Op::Restore {
             name: name.clone(),
             attributes: attributes.clone(),
@@ -640,8 +784,8 @@ impl Service {
             Outcome::Opened { instance, .. } => instance,
             other => return Err(unexpected(other)),
         };
-        *registry.opens.entry(instance).or_insert(0) += 1;
-        drop(registry);
+        *self.registry().opens.entry(instance).or_insert(0) += 1;
+        drop(name_lock);
         let open = OpenHandle {
             instance,
             name,
@@ -686,7 +830,7 @@ impl Service {
     ) -> Response {
         flags.validate()?;
         let create = flags.contains(OpenFlags::CREATE);
-        let mut registry = self.registry.lock().await;
+        let name_lock = self.names.lock(&name).await;
         let (instance, created) = match (create, attributes) {
             (true, Some(attributes)) => {
                 match self
@@ -726,11 +870,14 @@ impl Service {
                 .await
                 .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))??
         };
-        *registry.opens.entry(instance).or_insert(0) += 1;
-        if let Some(timer) = registry.timers.remove(&instance) {
-            timer.abort();
+        {
+            let mut registry = self.registry();
+            *registry.opens.entry(instance).or_insert(0) += 1;
+            if let Some((_, timer)) = registry.timers.remove(&instance) {
+                timer.abort();
+            }
         }
-        drop(registry);
+        drop(name_lock);
         let flags_c = meta.attributes.creation_flags;
         let durability = match flags_c.update_mode() {
             Ok(UpdateMode::ActiveReplicaWeak) => Durability::Written,
@@ -763,36 +910,61 @@ impl Service {
             open
         };
         self.hub.unsubscribe(session.id, handle);
-        let mut registry = self.registry.lock().await;
-        let count = registry.opens.entry(open.instance).or_insert(1);
-        *count = count.saturating_sub(1);
-        if *count > 0 {
+        {
+            let mut registry = self.registry();
+            let count = registry.opens.entry(open.instance).or_insert(1);
+            *count = count.saturating_sub(1);
+            if *count > 0 {
+                return Ok(());
+            }
+            registry.opens.remove(&open.instance);
+        }
+        // The last handle closed. Decide under the name lock, after making
+        // sure nobody opened the instance again meanwhile.
+        let _name = self.names.lock(&open.name).await;
+        if self
+            .registry()
+            .opens
+            .get(&open.instance)
+            .copied()
+            .unwrap_or(0)
+            > 0
+        {
             return Ok(());
         }
-        registry.opens.remove(&open.instance);
         let store = self.store.clone();
         let meta = match tokio::task::spawn_blocking(move || store.instance(open.instance)).await {
             Ok(Ok(meta)) => meta,
-            // Already destroyed (e.g. retention 0 raced): nothing to do.
+            // Already destroyed (deleted, or retention 0 raced): nothing to do.
             _ => return Ok(()),
         };
         if meta.unlinked {
+            // Nobody can open an unlinked instance: this close was its last.
             self.destroy(open.instance).await
         } else {
-            self.start_retention(&mut registry, open.instance, &meta)
-                .await
+            self.start_retention(open.instance, &meta).await
         }
     }
 
     async fn delete(self: &Arc<Self>, name: CheckpointName) -> CkptResult<()> {
-        let mut registry = self.registry.lock().await;
+        let _name = self.names.lock(&name).await;
+        self.delete_locked(name).await
+    }
+
+    /// Delete, the caller holding the name's lock.
+    async fn delete_locked(self: &Arc<Self>, name: CheckpointName) -> CkptResult<()> {
         let lookup = name.clone();
         let instance = self.blocking(move |s| s.lookup(&lookup)).await?;
         self.exec(Op::Unlink { name }, Durability::Durable).await?;
-        if let Some(timer) = registry.timers.remove(&instance) {
-            timer.abort();
-        }
-        if registry.opens.get(&instance).copied().unwrap_or(0) == 0 {
+        let unused = {
+            let mut registry = self.registry();
+            if let Some((_, timer)) = registry.timers.remove(&instance) {
+                timer.abort();
+            }
+            registry.opens.get(&instance).copied().unwrap_or(0) == 0
+        };
+        // Otherwise the last close destroys it.
+        if unused {
             self.destroy(instance).await?;
         }
         Ok(())
@@ -806,10 +978,10 @@ impl Service {
     }
 
     /// After the last close: retention 0 deletes now, TIME_END never,
-    /// anything else after that long unless it is opened again.
+    /// anything else after that long unless it is opened again. The caller
+    /// holds the name's lock.
     async fn start_retention(
         self: &Arc<Self>,
-        registry: &mut Registry,
         instance: InstanceId,
         meta: &InstanceMeta,
     ) -> CkptResult<()> {
@@ -827,15 +999,21 @@ impl Service {
             .await?;
             return self.destroy(instance).await;
         }
+        let mut registry = self.registry();
+        registry.next_timer += 1;
+        let timer_id = registry.next_timer;
         let service = self.clone();
         let name = meta.name.clone();
         let timer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_nanos(retention as u64)).await;
-            if let Err(error) = service.retention_expired(instance, name).await {
+            if let Err(error) = service.retention_expired(instance, name, timer_id).await {
                 tracing::error!(%error, instance = instance.0, "deleting a checkpoint after its retention failed");
             }
         });
-        if let Some(old) = registry.timers.insert(instance, timer.abort_handle()) {
+        if let Some((_, old)) = registry
+            .timers
+            .insert(instance, (timer_id, timer.abort_handle()))
+        {
             old.abort();
         }
         Ok(())
@@ -845,11 +1023,19 @@ impl Service {
         self: &Arc<Self>,
         instance: InstanceId,
         name: CheckpointName,
+        timer_id: u64,
     ) -> CkptResult<()> {
-        let mut registry = self.registry.lock().await;
-        registry.timers.remove(&instance);
-        if registry.opens.get(&instance).copied().unwrap_or(0) > 0 {
-            return Ok(());
+        let _name = self.names.lock(&name).await;
+        {
+            let mut registry = self.registry();
+            // An open cancelled this timer, or a later close replaced it.
+            if registry.timers.get(&instance).map(|(id, _)| *id) != Some(timer_id) {
+                return Ok(());
+            }
+            registry.timers.remove(&instance);
+            if registry.opens.get(&instance).copied().unwrap_or(0) > 0 {
+                return Ok(());
+            }
         }
         let lookup = name.clone();
         let current = self.blocking(move |s| s.lookup(&lookup)).await;
@@ -863,12 +1049,12 @@ impl Service {
 
 fn info(
     registry: &Registry,
-    store: &Store,
     instance: InstanceId,
     meta: InstanceMeta,
+    footprint_bytes: u64,
 ) -> CheckpointInfo {
     CheckpointInfo {
-        footprint_bytes: store.instance_footprint(instance).unwrap_or(0),
+        footprint_bytes,
         replicas: 1,
         name: meta.name,
         status: ckpt_proto::CheckpointStatus {

@@ -42,5 +42,7 @@ pub use state::{InstanceMeta, Op, Outcome, SectionMeta};
 #[cfg(feature = "engine")]
 pub use store::{
     CommitListener, Durability, RecoveryReport, Store, StoreConfig, StoreSnapshot, StoreStats,
+    Submission,
 };
+pub use wal::history::InstanceHistory;
 pub use wal::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq};

@@ -46,6 +46,7 @@ use crate::lock::DataDirLock;
 use crate::reserve::Reserve;
 use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine};
 use crate::wal::mark;
+use crate::wal::history::{instance_records_after, InstanceHistory};
 use crate::wal::record::{Epoch, InstanceId, Lsn, Record, Seq};
 use crate::wal::segment::{
     check_durable_end, next_record_after, parse_segment_name, scan_segment_with, SegmentEnd,
@@ -97,6 +98,11 @@ pub struct StoreConfig {
     /// so that recovery and deletes work on a full disk (see [`crate::reserve`]);
     /// 0 keeps none.
     pub reserve_bytes: u64,
+    /// Closed segments RocksDB already covers are kept while they total no
+    /// more than this, bytes, so recent records can be read back
+    /// ([`Store::instance_records_after`]) — across restarts too. 0 trims
+    /// every covered segment at once.
+    pub wal_history_bytes: u64,
     /// RocksDB tuning.
     pub db: DbOptions,
 }
@@ -115,6 +121,7 @@ impl StoreConfig {
             fsync_thread: true,
             recovery_batch_records: 4096,
             reserve_bytes: 64 * 1024 * 1024,
+            wal_history_bytes: 0,
             db: DbOptions::default(),
         }
     }
@@ -166,6 +173,25 @@ struct Request {
     durability: Durability,
     now: i64,
     reply: Reply,
+}
+
+/// An operation [`Store::try_submit`] could not queue without blocking.
+pub struct Submission {
+    request: Request,
+    sender: SyncSender<Request>,
+}
+
+impl Submission {
+    /// Queues the operation, blocking while the queue is full; its reply
+    /// is called as for [`Store::submit`].
+    pub fn wait(self) {
+        if let Err(mpsc::SendError(request)) = self.sender.send(self.request) {
+            (request.reply)(Err(CkptError::new(
+                ErrorCode::NotInitialized,
+                "store is closed",
+            )));
+        }
+    }
 }
 
 struct Shared {
@@ -314,6 +340,8 @@ pub struct Store {
     writer: Option<JoinHandle<()>>,
     helpers: Vec<JoinHandle<()>>,
     report: RecoveryReport,
+    /// The log directory, for reading records back.
+    wal_fs: Arc<dyn WalFs>,
     // Released last, after every thread using the directory stopped.
     _lock: DataDirLock,
 }
@@ -345,6 +373,7 @@ impl Store {
         }
         let (db, loaded) = Db::open(&config.data_dir.join("db"), config.db.clone())?;
         let mut state = StateMachine::new(loaded.names, loaded.instances, loaded.next_instance);
+        let wal_fs = fs.clone();
         let (writer, mark_file, report) =
             recover(&config, fs, &db, &mut state, Lsn(loaded.applied.0))?;
         tracing::info!(
@@ -401,6 +430,7 @@ impl Store {
             writer: Some(writer),
             helpers,
             report,
+            wal_fs,
             _lock: lock,
         })
     }
@@ -489,6 +519,64 @@ impl Store {
                 (request.reply)(Err(self.gone_error()));
             }
         }
+    }
+
+    /// Like [`Store::submit`], but never blocks: when the queue is full the
+    /// operation is handed back, to be queued with [`Submission::wait`] on
+    /// a thread that may block (async callers use `spawn_blocking`).
+    ///
+    /// # Errors
+    /// The queue is full.
+    pub fn try_submit(
+        &self,
+        op: Op,
+        durability: Durability,
+        now: i64,
+        reply: impl FnOnce(CkptResult<Outcome>) + Send + 'static,
+    ) -> Result<(), Submission> {
+        let request = Request {
+            op,
+            durability,
+            now,
+            reply: Box::new(reply),
+        };
+        let Some(sender) = &self.sender else {
+            (request.reply)(Err(CkptError::new(
+                ErrorCode::NotInitialized,
+                "store is closed",
+            )));
+            return Ok(());
+        };
+        match sender.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(request)) => Err(Submission {
+                request,
+                sender: sender.clone(),
+            }),
+            Err(TrySendError::Disconnected(request)) => {
+                (request.reply)(Err(CkptError::new(
+                    ErrorCode::NotInitialized,
+                    "store is closed",
+                )));
+                Ok(())
+            }
+        }
+    }
+
+    /// The records of `instance` after sequence number `after` and up to
+    /// log position `upto` that the log still holds (see
+    /// [`crate::wal::history`]); the caller checks them for gaps.
+    ///
+    /// # Errors
+    /// `LIBRARY` for IO errors reading the log.
+    pub fn instance_records_after(
+        &self,
+        instance: InstanceId,
+        after: Seq,
+        upto: Lsn,
+    ) -> CkptResult<InstanceHistory> {
+        instance_records_after(self.wal_fs.as_ref(), instance, after, upto)
+            .map_err(|e| io_error("reading the log back", &e))
     }
 
     /// Runs an operation and waits for its answer.
@@ -1358,7 +1446,10 @@ impl Writer {
 
     fn delete_covered(&mut self) {
         let durable = self.shared.durable_applied.load(Ordering::Acquire);
-        match self.wal.delete_covered(Lsn(durable)) {
+        match self
+            .wal
+            .delete_covered(Lsn(durable), self.config.wal_history_bytes)
+        {
             Ok(deleted) => {
                 self.shared
                     .stats

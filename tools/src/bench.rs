@@ -16,6 +16,10 @@
 //! [`TRY_AGAIN_PAUSE_MS`]); the summary covers what was acknowledged.
 //! Latency is measured around each call only (the record write is outside
 //! it).
+//!
+//! `--op open` measures the control path instead: each client creates a
+//! checkpoint of its own, closes it and deletes it, in a closed loop; an op
+//! is one creation, its latency the whole cycle's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +32,7 @@ use ckpt_proto::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchOp};
 use crate::histogram::Histogram;
 use crate::record::{decode_counter, fill_value, valid_field, Recorder};
 
@@ -363,6 +367,9 @@ pub async fn run(
     addr: &str,
     args: &BenchArgs,
 ) -> Result<BenchReport, (Option<BenchReport>, ClientError)> {
+    if args.op == BenchOp::Open {
+        return run_opens(addr, args).await;
+    }
     let fail = |error: ClientError| (None, error);
     let checkpoint_text: Arc<str> = String::from_utf8_lossy(args.checkpoint.as_bytes()).into();
     let recorder = match &args.record {
@@ -503,6 +510,140 @@ pub async fn run(
         let error = ClientError::new(
             ErrorCode::FailedOperation,
             format!("no write was acknowledged (first error: {first})"),
+        );
+        return Err((Some(report), error));
+    }
+    Ok(report)
+}
+
+/// What one `--op open` client did.
+struct OpenOutcome {
+    ops: u64,
+    latency_ns: Histogram,
+    error: Option<ClientError>,
+}
+
+/// One `--op open` client: create, close, delete until the deadline.
+async fn open_loop(
+    client: Client,
+    prefix: String,
+    attributes: CreationAttributes,
+    deadline: Instant,
+    stop: watch::Receiver<bool>,
+) -> OpenOutcome {
+    let mut outcome = OpenOutcome {
+        ops: 0,
+        latency_ns: Histogram::default(),
+        error: None,
+    };
+    let flags = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE;
+    while Instant::now() < deadline && !*stop.borrow() {
+        let name = match CheckpointName::new(format!("{prefix}-{}", outcome.ops)) {
+            Ok(name) => name,
+            Err(error) => {
+                outcome.error = Some(ClientError::new(error.code, error.detail));
+                break;
+            }
+        };
+        let started = Instant::now();
+        let cycle = async {
+            let checkpoint = client.open(&name, Some(attributes.clone()), flags).await?;
+            checkpoint.close().await?;
+            client.delete(&name).await
+        };
+        if let Err(error) = cycle.await {
+            outcome.error = Some(error);
+            break;
+        }
+        outcome
+            .latency_ns
+            .record(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        outcome.ops += 1;
+    }
+    outcome
+}
+
+/// `--op open`: creations per second from `--clients` connections.
+async fn run_opens(
+    addr: &str,
+    args: &BenchArgs,
+) -> Result<BenchReport, (Option<BenchReport>, ClientError)> {
+    let fail = |error: ClientError| (None, error);
+    if args.record.is_some() {
+        return Err(fail(ClientError::new(
+            ErrorCode::InvalidParameter,
+            "--record applies to --op write only",
+        )));
+    }
+    let checkpoint_text = String::from_utf8_lossy(args.checkpoint.as_bytes()).into_owned();
+    let attributes = bench_attributes(args);
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        clients.push(Client::connect(addr).await.map_err(fail)?);
+    }
+    let (stop, _) = watch::channel(false);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration_s);
+    let run_id = std::process::id();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(index, client)| {
+            tokio::spawn(open_loop(
+                client,
+                format!("{checkpoint_text}-o{run_id}-{index}"),
+                attributes.clone(),
+                deadline,
+                stop.subscribe(),
+            ))
+        })
+        .collect();
+    let mut latency_ns = Histogram::default();
+    let mut ops = 0;
+    let mut client_errors = Vec::new();
+    for (index, task) in tasks.into_iter().enumerate() {
+        match task.await {
+            Ok(outcome) => {
+                latency_ns.merge(&outcome.latency_ns);
+                ops += outcome.ops;
+                if let Some(error) = outcome.error {
+                    client_errors.push(format!("c{index}: {error}"));
+                }
+            }
+            Err(error) => client_errors.push(format!("c{index}: the client task failed: {error}")),
+        }
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let report = BenchReport {
+        checkpoint: format!("{checkpoint_text}-o{run_id}-*"),
+        clients: args.clients,
+        clients_running: args.clients,
+        duration_s: args.duration_s,
+        elapsed_s,
+        value_size: args.value_size,
+        mode: format!("{} (op open)", args.mode.name()),
+        all_safe: args.all_safe,
+        ops,
+        ops_per_s: if elapsed_s > 0.0 {
+            ops as f64 / elapsed_s
+        } else {
+            0.0
+        },
+        retries: 0,
+        p50_us: us(latency_ns.quantile(0.5)),
+        p99_us: us(latency_ns.quantile(0.99)),
+        p999_us: us(latency_ns.quantile(0.999)),
+        max_us: us(latency_ns.max()),
+        stopped_early: !client_errors.is_empty(),
+        client_errors,
+        record: None,
+    };
+    if ops == 0 {
+        let first = report.client_errors.first().cloned().unwrap_or_default();
+        let error = ClientError::new(
+            ErrorCode::FailedOperation,
+            format!("no checkpoint was created (first error: {first})"),
         );
         return Err((Some(report), error));
     }

@@ -132,6 +132,16 @@ impl Mode {
     }
 }
 
+/// `bench --op`: what each client does in its loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchOp {
+    /// Overwrite the client's own section.
+    Write,
+    /// Create a checkpoint of the client's own, close it and delete it;
+    /// ops are creations.
+    Open,
+}
+
 /// Parses a checkpoint name (its bytes are the argument's UTF-8 bytes).
 pub fn parse_name(text: &str) -> Result<CheckpointName, String> {
     CheckpointName::new(text.as_bytes()).map_err(|e| e.detail)
@@ -451,6 +461,10 @@ pub struct BenchArgs {
     /// Add CL_CKPT_WR_ALL_SAFE.
     #[arg(long)]
     pub all_safe: bool,
+    /// What each client does: `write` its section, or `open` (create,
+    /// close and delete checkpoints named `<checkpoint>-o<client>-<n>`).
+    #[arg(long, value_enum, default_value_t = BenchOp::Write)]
+    pub op: BenchOp,
     /// The checkpoint to write (created if missing; an existing one must
     /// have the same mode and room for the clients' sections).
     #[arg(long, default_value = "bench", value_parser = parse_name)]

@@ -148,20 +148,22 @@ impl WalWriter {
     }
 
     /// Deletes closed segments holding only records at or below `durable`,
-    /// and syncs the directory so the deletions are durable. Returns how
+    /// oldest first, as long as the closed segments left total at least
+    /// `keep_bytes` (recent history kept for reading back), and syncs the
+    /// directory so the deletions are durable. Returns how
     /// many were deleted.
     ///
     /// # Errors
     /// IO errors removing a file (the rest stay for the next attempt).
-    pub fn delete_covered(&mut self, durable: Lsn) -> io::Result<usize> {
-        let deleted = self.remove_covered(durable)?;
+    pub fn delete_covered(&mut self, durable: Lsn, keep_bytes: u64) -> io::Result<usize> {
+        let deleted = self.remove_covered(durable, keep_bytes)?;
         if deleted > 0 {
             self.fs.sync_dir()?;
         }
         Ok(deleted)
     }
 
-    fn remove_covered(&mut self, durable: Lsn) -> io::Result<usize> {
+    fn remove_covered(&mut self, durable: Lsn, keep_bytes: u64) -> io::Result<usize> {
         let mut deleted = 0;
         loop {
             // A closed segment's last record is just below the next
@@ -172,6 +174,10 @@ impl WalWriter {
                 _ => break,
             };
             if next_first.0 > durable.0 + 1 {
+                break;
+            }
+            let front_bytes = self.older.front().map_or(0, |(_, _, bytes)| *bytes);
+            if self.closed_bytes.saturating_sub(front_bytes) < keep_bytes {
                 break;
             }
             if let Some((_, name, bytes)) = self.older.front() {
@@ -239,14 +245,35 @@ mod tests {
         w.rotate(Lsn(9)).unwrap();
         assert_eq!(w.segment_count(), 3);
         assert_eq!(
-            w.delete_covered(Lsn(3)).unwrap(),
+            w.delete_covered(Lsn(3), 0).unwrap(),
             0,
             "segment 1 holds lsn 4"
         );
-        assert_eq!(w.delete_covered(Lsn(4)).unwrap(), 1);
-        assert_eq!(w.delete_covered(Lsn(100)).unwrap(), 1);
+        assert_eq!(w.delete_covered(Lsn(4), 0).unwrap(), 1);
+        assert_eq!(w.delete_covered(Lsn(100), 0).unwrap(), 1);
         assert_eq!(w.segment_count(), 1, "the current segment is never deleted");
         assert_eq!(fs.list().unwrap(), vec![segment_name(Lsn(9))]);
+    }
+
+    #[test]
+    fn covered_segments_are_kept_up_to_the_history_bytes() {
+        let fs = FaultFs::new();
+        let mut w = WalWriter::start(Arc::new(fs.clone()), Lsn(1), vec![], 64).unwrap();
+        let header = SEGMENT_HEADER_BYTES as u64;
+        for next in [5, 9, 13] {
+            w.append(&[1u8; 40]).unwrap();
+            w.rotate(Lsn(next)).unwrap();
+        }
+        // Three closed segments of header + 40 bytes, all covered: keeping
+        // two segments' worth deletes only the oldest.
+        let closed = header + 40;
+        assert_eq!(w.delete_covered(Lsn(100), 2 * closed).unwrap(), 1);
+        assert_eq!(w.segment_count(), 3);
+        assert_eq!(w.delete_covered(Lsn(100), 2 * closed).unwrap(), 0);
+        assert_eq!(w.delete_covered(Lsn(100), closed + 1).unwrap(), 0);
+        assert_eq!(w.delete_covered(Lsn(100), closed).unwrap(), 1);
+        assert_eq!(w.delete_covered(Lsn(100), 0).unwrap(), 1);
+        assert_eq!(fs.list().unwrap(), vec![segment_name(Lsn(13))]);
     }
 
     #[test]
