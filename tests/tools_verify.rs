@@ -229,8 +229,8 @@ fn copy_tree(from: &Path, to: &Path) {
 /// `verify --data-dir` and `salvage --dry-run` pass a directory exactly when
 /// the store opens it, and name the same offset: on every bit flip of the
 /// length of a record in the middle and at the end of the last segment,
-/// on flips of its crc and lsn, and on a power cut's zeros-then-records
-/// tail above and at the durable mark.
+/// on flips of its crc and lsn, on a power cut's zeros-then-records tail
+/// above and at the durable mark, and on a log cut cleanly below the mark.
 #[test]
 fn verify_and_salvage_judge_the_log_as_recovery_does() {
     use ckpt_storage::wal::mark::{encode_slot, MARK_FILE, ROLLING_SLOT};
@@ -331,6 +331,14 @@ fn verify_and_salvage_judge_the_log_as_recovery_does() {
             Some(file),
         ));
     }
+
+    // Records 16..20 gone at a record boundary although the mark says they
+    // were durable: no byte is damaged, yet acknowledged records are lost.
+    cases.push((
+        "the log ends below the durable mark".into(),
+        bytes[..offsets[15]].to_vec(),
+        None,
+    ));
 
     let mut opened = 0;
     for (index, (what, damaged, mark)) in cases.iter().enumerate() {

@@ -247,7 +247,13 @@ pub fn verify_data_dir(dir: &Path, json: bool) -> Result<(), ClientError> {
             });
         }
     }
-    verify_wal(&segments, applied, &mut report, &mut progress)?;
+    verify_wal(
+        &wal_dir(dir),
+        &segments,
+        applied,
+        &mut report,
+        &mut progress,
+    )?;
     if let (Some(applied), Some(last)) = (applied, report.last_lsn) {
         if last > applied {
             report.warnings.push(Finding {
@@ -312,6 +318,7 @@ fn print_findings(report: &DataDirReport, json: bool) -> Result<(), ClientError>
 }
 
 fn verify_wal(
+    wal: &Path,
     segments: &[SegmentFile],
     applied: Option<u64>,
     report: &mut DataDirReport,
@@ -321,10 +328,7 @@ fn verify_wal(
     let previous: std::cell::Cell<Option<u64>> = std::cell::Cell::new(None);
     let after_gap = std::cell::Cell::new(false);
     let count = segments.len();
-    let durable_mark = match segments.first() {
-        Some(first) => read_mark(first.path.parent().unwrap_or(Path::new(".")))?,
-        None => None,
-    };
+    let durable_mark = read_mark(wal)?;
     // The highest lsn recovery would keep in the log.
     let mut kept_last: Option<u64> = None;
     for (position, segment) in segments.iter().enumerate() {
@@ -465,8 +469,13 @@ fn verify_wal(
         progress.inc(segment.len);
     }
     if let Err(reason) = check_durable_end(durable_mark, kept_last.map(Lsn), Lsn(applied_or_zero)) {
+        // Where recovery names it: the end of the last segment.
+        let location = segments.last().map_or_else(
+            || format!("wal/{}", ckpt_storage::wal::mark::MARK_FILE),
+            |last| format!("wal/{} offset {}", last.name, last.len),
+        );
         report.problems.push(Finding {
-            location: format!("wal/{}", ckpt_storage::wal::mark::MARK_FILE),
+            location,
             message: reason,
         });
     }
@@ -994,7 +1003,10 @@ pub fn salvage(args: &SalvageArgs) -> Result<(), ClientError> {
             // says: nothing to set aside; the lost records are reported and
             // the mark lowered to what the log holds.
             report.damage.push(Finding {
-                location: format!("wal/{}", ckpt_storage::wal::mark::MARK_FILE),
+                location: segments.get(fatal.segment).map_or_else(
+                    || format!("wal/{}", ckpt_storage::wal::mark::MARK_FILE),
+                    |s| format!("wal/{} offset {}", s.name, fatal.offset),
+                ),
                 message: fatal.reason.clone(),
             });
             if !args.dry_run {
