@@ -373,6 +373,11 @@ impl Worker {
                     };
                 }
                 13..=16 => {
+                    if matches!(key, Key::Unlinked(_)) {
+                        // DESIGN §2: RetentionDurationSet on a deleted
+                        // checkpoint is BAD_OPERATION, not a step that succeeds.
+                        continue;
+                    }
                     let retention = self.rng.random_range(1..1000) * 1_000_000_000;
                     checkpoint.retention = retention;
                     return Step {
