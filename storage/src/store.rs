@@ -45,8 +45,8 @@ use crate::io::{OsFs, WalFile, WalFs};
 use crate::lock::DataDirLock;
 use crate::reserve::Reserve;
 use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine};
-use crate::wal::mark;
 use crate::wal::history::{instance_records_after, InstanceHistory};
+use crate::wal::mark;
 use crate::wal::record::{Epoch, InstanceId, Lsn, Record, Seq};
 use crate::wal::segment::{
     check_durable_end, next_record_after, parse_segment_name, scan_segment_with, SegmentEnd,
