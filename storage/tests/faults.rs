@@ -4,7 +4,7 @@
 mod common;
 
 use ckpt_proto::ErrorCode;
-use ckpt_storage::{Durability, FaultFs, Op, Outcome, RocksWalMode};
+use ckpt_storage::{Durability, FaultFs, Op, Outcome, RocksWalMode, Store};
 use common::*;
 
 #[test]
@@ -202,8 +202,30 @@ fn a_dead_writer_thread_is_reported() {
     assert!(store.read(c, &[]).is_err(), "a dead store serves no reads");
 }
 
+/// Submits through [`Store::try_submit`], the server's path (never blocking
+/// a runtime worker), and waits for the reply.
+fn run_try(store: &Store, op: Op) -> ckpt_proto::CkptResult<Outcome> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reply = move |result| {
+        let _ = tx.send(result);
+    };
+    if let Err(submission) = store.try_submit(op, Durability::Durable, NOW, reply) {
+        submission.wait();
+    }
+    rx.recv().expect("the store answers every submission")
+}
+
 #[test]
 fn a_full_disk_is_reported_until_space_returns() {
+    full_disk_round_trip(run);
+}
+
+#[test]
+fn a_full_disk_is_reported_through_try_submit_too() {
+    full_disk_round_trip(run_try);
+}
+
+fn full_disk_round_trip(run: fn(&Store, Op) -> ckpt_proto::CkptResult<Outcome>) {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new();
     let store = open(dir.path(), &fs, RocksWalMode::Disabled);
