@@ -470,36 +470,8 @@ impl Store {
         now: i64,
         reply: impl FnOnce(CkptResult<Outcome>) + Send + 'static,
     ) {
-        let request = Request {
-            op,
-            durability,
-            now,
-            reply: Box::new(reply),
-        };
-        if let Some(error) = self.shared.dead_error() {
-            (request.reply)(Err(error));
+        let Some(request) = self.admit(op, durability, now, Box::new(reply)) else {
             return;
-        }
-        if !frees_space(&request.op) && !self.shared.recover_disk_space() {
-            (request.reply)(Err(CkptError::new(
-                ErrorCode::NoSpace,
-                "disk full: only deletions are accepted until space is freed",
-            )));
-            return;
-        }
-        let shared = self.shared.clone();
-        let reply = request.reply;
-        let request = Request {
-            reply: Box::new(move |result: CkptResult<Outcome>| {
-                if let Err(error) = &result {
-                    // The writer's wording for a log append that hit ENOSPC.
-                    if error.code == ErrorCode::NoSpace && error.detail.starts_with("disk full") {
-                        shared.mark_disk_full(&error.detail);
-                    }
-                }
-                reply(result)
-            }),
-            ..request
         };
         let Some(sender) = &self.sender else {
             (request.reply)(Err(CkptError::new(
@@ -521,6 +493,40 @@ impl Store {
         }
     }
 
+    /// What every submission goes through before it is queued: a dead
+    /// store answers at once; while the disk is full only operations that
+    /// free space pass; and the reply notices a log append that hit ENOSPC,
+    /// which starts a disk-full episode (logged once, reserve released).
+    /// Returns the request to queue, or `None` once it has been answered.
+    fn admit(&self, op: Op, durability: Durability, now: i64, reply: Reply) -> Option<Request> {
+        if let Some(error) = self.shared.dead_error() {
+            reply(Err(error));
+            return None;
+        }
+        if !frees_space(&op) && !self.shared.recover_disk_space() {
+            reply(Err(CkptError::new(
+                ErrorCode::NoSpace,
+                "disk full: only deletions are accepted until space is freed",
+            )));
+            return None;
+        }
+        let shared = self.shared.clone();
+        Some(Request {
+            op,
+            durability,
+            now,
+            reply: Box::new(move |result: CkptResult<Outcome>| {
+                if let Err(error) = &result {
+                    // The writer's wording for a log append that hit ENOSPC.
+                    if error.code == ErrorCode::NoSpace && error.detail.starts_with("disk full") {
+                        shared.mark_disk_full(&error.detail);
+                    }
+                }
+                reply(result)
+            }),
+        })
+    }
+
     /// Like [`Store::submit`], but never blocks: when the queue is full the
     /// operation is handed back, to be queued with [`Submission::wait`] on
     /// a thread that may block (async callers use `spawn_blocking`).
@@ -534,11 +540,8 @@ impl Store {
         now: i64,
         reply: impl FnOnce(CkptResult<Outcome>) + Send + 'static,
     ) -> Result<(), Submission> {
-        let request = Request {
-            op,
-            durability,
-            now,
-            reply: Box::new(reply),
+        let Some(request) = self.admit(op, durability, now, Box::new(reply)) else {
+            return Ok(());
         };
         let Some(sender) = &self.sender else {
             (request.reply)(Err(CkptError::new(
