@@ -1432,6 +1432,10 @@ impl Writer {
                     self.shared
                         .poison(format!("fsync of a full WAL segment failed: {error}"));
                 }
+                Err(RotateError::Stray(error)) => {
+                    self.shared
+                        .poison(format!("starting a WAL segment: {error}"));
+                }
                 Err(RotateError::Create(error)) => {
                     tracing::warn!(%error, "could not start a new WAL segment; continuing in the current one")
                 }

@@ -33,6 +33,20 @@ pub enum RotateError {
     Sync(io::Error),
     /// Creating the next segment failed; the current one stays in use.
     Create(io::Error),
+    /// Creating the next segment failed and the half-made file could not
+    /// be removed durably: the log's shape after a power cut is unknown
+    /// (the caller must poison the store).
+    Stray(io::Error),
+}
+
+impl From<RotateError> for io::Error {
+    fn from(error: RotateError) -> io::Error {
+        match error {
+            RotateError::Sync(error) | RotateError::Create(error) | RotateError::Stray(error) => {
+                error
+            }
+        }
+    }
 }
 
 /// A handle that syncs one segment from another thread.
@@ -135,9 +149,8 @@ impl WalWriter {
     /// current one stays in use.
     pub fn rotate(&mut self, next_lsn: Lsn) -> Result<(), RotateError> {
         self.file.sync_data().map_err(RotateError::Sync)?;
-        let (file, name) =
-            create_segment(self.fs.as_ref(), next_lsn).map_err(RotateError::Create)?;
-        let sync_handle = Arc::new(Mutex::new(file.try_clone().map_err(RotateError::Create)?));
+        let (file, name) = create_segment(self.fs.as_ref(), next_lsn)?;
+        let sync_handle = Arc::new(Mutex::new(file.try_clone().map_err(RotateError::Stray)?));
         let (first, previous) = std::mem::replace(&mut self.current, (next_lsn, name));
         self.older.push_back((first, previous, self.len));
         self.closed_bytes += self.len;
@@ -206,17 +219,30 @@ impl WalWriter {
     }
 }
 
-fn create_segment(fs: &dyn WalFs, first_lsn: Lsn) -> io::Result<(Box<dyn WalFile>, String)> {
+fn create_segment(
+    fs: &dyn WalFs,
+    first_lsn: Lsn,
+) -> Result<(Box<dyn WalFile>, String), RotateError> {
     let name = segment_name(first_lsn);
-    let mut file = fs.create(&name)?;
+    let mut file = fs.create(&name).map_err(RotateError::Create)?;
     let result = file
         .write_all(&encode_header(first_lsn))
         .and_then(|()| file.sync_data())
         .and_then(|()| fs.sync_dir());
     if let Err(error) = result {
-        // Leave no half-made segment behind for recovery to puzzle over.
-        let _ = fs.remove(&name);
-        return Err(error);
+        // Leave no half-made segment behind for recovery to puzzle over,
+        // and make its removal durable: a stray segment after the one in
+        // use would make recovery take the real last segment for a synced
+        // one (its torn tail for corruption). If that cannot be done the
+        // log's shape after a power cut is unknown: say so, so the caller
+        // stops writing.
+        if let Err(cleanup) = fs.remove(&name).and_then(|()| fs.sync_dir()) {
+            return Err(RotateError::Stray(io::Error::new(
+                cleanup.kind(),
+                format!("could not durably remove the half-made segment {name} after {error}: {cleanup}"),
+            )));
+        }
+        return Err(RotateError::Create(error));
     }
     Ok((file, name))
 }
@@ -226,6 +252,27 @@ mod tests {
     use super::*;
     use crate::io::FaultFs;
     use crate::wal::segment::{scan_segment, SegmentEnd};
+
+    #[test]
+    fn a_segment_whose_creation_failed_never_survives_a_power_cut() {
+        // A stray segment after the one in use would make recovery take the
+        // real last segment for a synced one (its torn tail for corruption),
+        // and trimming would infer its end from the stray's name.
+        for seed in 0..64 {
+            let fs = FaultFs::with_seed(seed);
+            let mut w = WalWriter::start(Arc::new(fs.clone()), Lsn(1), vec![], 64).unwrap();
+            w.append(&[1u8; 40]).unwrap();
+            w.sync().unwrap();
+            fs.fail_next_write();
+            assert!(matches!(w.rotate(Lsn(5)), Err(RotateError::Create(_))));
+            fs.power_loss();
+            let names = fs.list().unwrap();
+            assert!(
+                !names.contains(&segment_name(Lsn(5))),
+                "seed {seed}: the failed segment came back: {names:?}"
+            );
+        }
+    }
 
     #[test]
     fn rotation_and_deletion_keep_the_log_bounded() {
