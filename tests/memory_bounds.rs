@@ -338,3 +338,64 @@ fn a_huge_frame_before_hello_is_refused_not_buffered() {
     let mut client = RawClient::connect(&server.addr);
     assert!(client.call(&Request::List).is_ok());
 }
+
+#[test]
+fn a_client_that_does_not_read_cannot_hold_up_shutdown() {
+    const SECTION_BYTES: u64 = 2 * MIB;
+    const READS: u64 = 64; // far more than the reply bound and the socket buffers
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(
+        dir.path(),
+        &[
+            "--reply-queue-bytes-max",
+            "8388608",
+            "--shutdown-drain-ms",
+            "1000",
+        ],
+    );
+    let mut client = RawClient::connect(&server.addr);
+    let handle = open(
+        &mut client,
+        "stuck",
+        SECTION_BYTES,
+        OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE,
+    );
+    let created = client.call(&Request::SectionCreate {
+        handle,
+        attributes: SectionCreationAttributes {
+            section_id: Some(SectionId::new("s")),
+            expiration_time: TIME_END,
+        },
+        initial_data: pattern(SECTION_BYTES, 3),
+    });
+    assert!(created.is_ok(), "{created:?}");
+    let read = Request::Read {
+        handle,
+        elements: vec![ReadElement {
+            section_id: SectionId::new("s"),
+            offset: 0,
+            size: None,
+        }],
+    };
+    for _ in 0..READS {
+        client.send(&read);
+    }
+    // Wait until the server is stuck behind the client: its reply queue full.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let queued = metric(&server.admin, "ckpt_reply_queue_bytes").unwrap_or(0.0);
+        if queued + SECTION_BYTES as f64 > 8.0 * MIB as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reply queue did not fill within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGTERM: the server must exit (terminate() fails the test after 60 s),
+    // cleanly, although the client never reads its replies.
+    let status = server.terminate();
+    assert!(status.success(), "ckpt-server exited with {status}");
+    drop(client);
+}

@@ -54,6 +54,11 @@ pub struct Config {
     pub rocksdb_wal_mode: RocksWalMode,
     /// Space kept back for deletes and recovery on a full disk, bytes.
     pub reserve_bytes: u64,
+    /// At shutdown (SIGTERM, or a failed store), how long connections may
+    /// take to write the replies of requests in flight, ms; after it the
+    /// server exits anyway, so a client that does not read cannot keep it
+    /// running (its unwritten replies are lost with the connection).
+    pub shutdown_drain_ms: u64,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             segment_bytes_max: 64 * 1024 * 1024,
             rocksdb_wal_mode: RocksWalMode::Disabled,
             reserve_bytes: 64 * 1024 * 1024,
+            shutdown_drain_ms: 10_000,
         }
     }
 }
@@ -95,6 +101,7 @@ struct FileConfig {
     segment_bytes_max: Option<u64>,
     rocksdb_wal_mode: Option<RocksWalMode>,
     reserve_bytes: Option<u64>,
+    shutdown_drain_ms: Option<u64>,
 }
 
 /// `ckpt-server [--config FILE] [--data-dir DIR] [--listen ADDR] [--admin-listen ADDR]`
@@ -136,6 +143,9 @@ pub struct Cli {
     /// Bytes of covered log segments kept for resuming subscribers (0: trim at once).
     #[arg(long, env = "CKPT_WAL_HISTORY_BYTES")]
     pub wal_history_bytes: Option<u64>,
+    /// How long shutdown waits for replies to be written, ms.
+    #[arg(long, env = "CKPT_SHUTDOWN_DRAIN_MS")]
+    pub shutdown_drain_ms: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -181,6 +191,9 @@ impl Config {
         if let Some(v) = cli.wal_history_bytes {
             config.wal_history_bytes = v;
         }
+        if let Some(v) = cli.shutdown_drain_ms {
+            config.shutdown_drain_ms = v;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -207,7 +220,8 @@ impl Config {
             expiry_interval_ms,
             segment_bytes_max,
             rocksdb_wal_mode,
-            reserve_bytes
+            reserve_bytes,
+            shutdown_drain_ms
         );
         Ok(())
     }

@@ -215,7 +215,17 @@ pub async fn serve(
     let _ = expiry.await;
     admin_shutdown.cancel();
     tasks.close();
-    tasks.wait().await;
+    let drain = Duration::from_millis(config.shutdown_drain_ms);
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        // A client that does not read its socket must not keep the process
+        // alive (after a store failure above all: its supervisor must get
+        // to restart it into recovery). Its connection goes with the runtime.
+        tracing::warn!(
+            connections = tasks.len(),
+            shutdown_drain_ms = config.shutdown_drain_ms,
+            "connections still writing replies at the drain deadline; exiting without them"
+        );
+    }
     watchdog_stop.cancel();
     let failure = watchdog.await.ok().flatten();
     // Pending retention timers hold the service (and so the store); they
