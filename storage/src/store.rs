@@ -218,6 +218,8 @@ struct Shared {
     /// Bytes of WAL segments on disk (approximate: updated per batch).
     wal_bytes_on_disk: AtomicU64,
     reserve: Reserve,
+    /// Held by the one caller looking for space to end a disk-full episode.
+    disk_space_checked: Mutex<()>,
     /// Whether the last log write failed for lack of space (and the reserve
     /// is released): only operations that free space are accepted.
     disk_full: AtomicBool,
@@ -282,6 +284,12 @@ impl Shared {
         if !self.disk_full.load(Ordering::Acquire) {
             return true;
         }
+        // One caller at a time looks (a statvfs, then re-creating the
+        // reserve file): the others are refused as still full rather than
+        // queue behind it or race it on the reserve file.
+        let Ok(_looking) = self.disk_space_checked.try_lock() else {
+            return false;
+        };
         if !self.reserve.room_to_hold() || self.reserve.hold().is_err() {
             return false;
         }
@@ -402,6 +410,7 @@ impl Store {
             listener: std::sync::RwLock::new(None),
             wal_bytes_on_disk: AtomicU64::new(0),
             reserve,
+            disk_space_checked: Mutex::new(()),
             disk_full: AtomicBool::new(false),
         });
         if let Err(error) = shared.reserve.hold() {
