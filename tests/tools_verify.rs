@@ -233,7 +233,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// above and at the durable mark, and on a log cut cleanly below the mark.
 #[test]
 fn verify_and_salvage_judge_the_log_as_recovery_does() {
-    use ckpt_storage::wal::mark::{encode_slot, MARK_FILE, ROLLING_SLOT};
+    use ckpt_storage::wal::mark::{encode_slot, BASELINE_BYTES, MARK_FILE};
     use ckpt_storage::wal::segment::scan_segment;
     use ckpt_storage::{Durability, Op, RocksWalMode, Store, StoreConfig};
 
@@ -323,7 +323,7 @@ fn verify_and_salvage_judge_the_log_as_recovery_does() {
     let mut zeroed = bytes.clone();
     zeroed[offsets[page_victim]..4096].fill(0);
     for mark in [page_victim as u64, page_victim as u64 + 1] {
-        let mut file = vec![0u8; ROLLING_SLOT as usize];
+        let mut file = vec![0u8; BASELINE_BYTES as usize];
         file[..24].copy_from_slice(&encode_slot(ckpt_storage::Lsn(mark)));
         cases.push((
             format!("zeros to the page boundary, mark {mark}"),

@@ -428,9 +428,6 @@ impl Store {
             syncer: Some(Syncer {
                 shared: shared.clone(),
                 mark: mark_file,
-                mark_dirty: false,
-                mark_synced_at: Instant::now(),
-                mark_sync_interval: Duration::from_millis(config.mark_sync_interval_ms),
             }),
         };
         // Make what recovery replayed durable in RocksDB, so the log behind
@@ -1054,7 +1051,7 @@ fn recover(
     db: &Db,
     state: &mut StateMachine,
     applied: Lsn,
-) -> CkptResult<(WalWriter, Box<dyn WalFile>, RecoveryReport)> {
+) -> CkptResult<(WalWriter, MarkWriter, RecoveryReport)> {
     let mut segments: Vec<(Lsn, String)> = fs
         .list()
         .map_err(|e| io_error("listing WAL segments", &e))?
@@ -1184,8 +1181,17 @@ fn recover(
     fs.sync_dir()
         .map_err(|e| io_error("syncing the WAL directory", &e))?;
     let durable_through = Lsn(log_last.unwrap_or(0).max(durable_mark.map_or(0, |m| m.0)));
-    let mark_file = mark::write_baseline(fs.as_ref(), durable_through)
+    let (file, baseline_next) = mark::write_baseline(fs.as_ref(), durable_through)
         .map_err(|e| io_error("writing the durable mark", &e))?;
+    let mark_file = MarkWriter {
+        file,
+        index: 0,
+        baseline_next,
+        lsn: durable_through,
+        dirty: false,
+        synced_at: Instant::now(),
+        sync_interval: Duration::from_millis(config.mark_sync_interval_ms),
+    };
     let writer = WalWriter::start(fs, Lsn(next_lsn), kept, config.segment_bytes_max)
         .map_err(|e| io_error("starting a WAL segment", &e))?;
     Ok((writer, mark_file, report))
@@ -1499,12 +1505,64 @@ impl Writer {
 /// log order.
 struct Syncer {
     shared: Arc<Shared>,
-    /// The durable mark file (`wal/mark.rs`), rewritten after every fsync.
-    mark: Box<dyn WalFile>,
-    /// Whether the mark was rewritten since it was last synced.
-    mark_dirty: bool,
-    mark_synced_at: Instant,
-    mark_sync_interval: Duration,
+    /// The durable mark, rewritten after every fsync.
+    mark: MarkWriter,
+}
+
+/// The durable mark file (`wal/mark.rs`) as the fsync thread keeps it.
+struct MarkWriter {
+    file: Box<dyn WalFile>,
+    /// The rolling slot written until the next sync of the file.
+    index: u64,
+    /// The baseline slot written when the rolling slots wrap around.
+    baseline_next: u64,
+    /// The lsn last written.
+    lsn: Lsn,
+    /// Whether the file was written since it was last synced.
+    dirty: bool,
+    synced_at: Instant,
+    sync_interval: Duration,
+}
+
+impl MarkWriter {
+    /// Records, without syncing (that would double the fsyncs), that the
+    /// log is durable up to `lsn`: the mark is a lower bound of the durable
+    /// end, which is all recovery needs.
+    fn advance(&mut self, lsn: Lsn) {
+        match mark::write_rolling(self.file.as_mut(), self.index, lsn) {
+            Ok(()) => {
+                self.lsn = lsn;
+                self.dirty = true;
+            }
+            Err(error) => tracing::warn!(%error, "updating the durable mark failed"),
+        }
+    }
+
+    /// Syncs the file once the interval has passed and moves on to the
+    /// next rolling slot, so the slot just synced is never rewritten; after
+    /// the last slot, a synced baseline takes over and the slots start
+    /// again. A failure is not a durability failure (the log itself was
+    /// synced): the mark stays a lower bound and the next interval retries.
+    fn sync_if_due(&mut self) {
+        if !self.dirty || self.synced_at.elapsed() < self.sync_interval {
+            return;
+        }
+        if let Err(error) = self.file.sync_data() {
+            tracing::warn!(%error, "syncing the durable mark failed");
+            return;
+        }
+        self.dirty = false;
+        self.synced_at = Instant::now();
+        self.index += 1;
+        if self.index % mark::ROLLING_SLOTS_MAX == 0 {
+            match mark::rewrite_baseline(self.file.as_mut(), self.baseline_next, self.lsn) {
+                Ok(()) => self.baseline_next = mark::other_baseline(self.baseline_next),
+                Err(error) => {
+                    tracing::warn!(%error, "rewriting the durable mark's baseline failed")
+                }
+            }
+        }
+    }
 }
 
 impl Syncer {
@@ -1550,12 +1608,7 @@ impl Syncer {
         }
         if needs_sync && failure.is_none() {
             if let Some(last) = batch.iter().filter_map(|job| job.last_lsn).max() {
-                // Not synced (that would double the fsyncs): the mark is a
-                // lower bound of the durable end, which is all recovery needs.
-                match mark::write_rolling(self.mark.as_mut(), last) {
-                    Ok(()) => self.mark_dirty = true,
-                    Err(error) => tracing::warn!(%error, "updating the durable mark failed"),
-                }
+                self.mark.advance(last);
             }
         }
         let listener = self
@@ -1577,25 +1630,9 @@ impl Syncer {
                 }
             }
         }
-        self.sync_mark_if_due();
-    }
-
-    /// Syncs the durable mark once its interval has passed, after the
-    /// batch was answered (the mark is only a lower bound; syncing it now
-    /// and then bounds how far behind the disk's copy can be).
-    fn sync_mark_if_due(&mut self) {
-        if !self.mark_dirty || self.mark_synced_at.elapsed() < self.mark_sync_interval {
-            return;
-        }
-        match self.mark.sync_data() {
-            Ok(()) => {
-                self.mark_dirty = false;
-                self.mark_synced_at = Instant::now();
-            }
-            // Not a durability failure: the log itself was synced; the mark
-            // stays a lower bound and the next interval tries again.
-            Err(error) => tracing::warn!(%error, "syncing the durable mark failed"),
-        }
+        // After the answers: syncing the mark now and then bounds how far
+        // behind the disk's copy of it can be.
+        self.mark.sync_if_due();
     }
 }
 

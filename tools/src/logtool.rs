@@ -930,7 +930,7 @@ fn scan_like_recovery(
 fn reset_mark(wal: &Path, lsn: u64) -> Result<(), ClientError> {
     let path = wal.join(ckpt_storage::wal::mark::MARK_FILE);
     let temporary = wal.join(format!("{}.salvage", ckpt_storage::wal::mark::MARK_FILE));
-    let mut bytes = vec![0u8; ckpt_storage::wal::mark::ROLLING_SLOT as usize];
+    let mut bytes = vec![0u8; ckpt_storage::wal::mark::BASELINE_BYTES as usize];
     bytes[..ckpt_storage::wal::mark::MARK_SLOT_BYTES]
         .copy_from_slice(&ckpt_storage::wal::mark::encode_slot(Lsn(lsn)));
     let mut file = File::create(&temporary).map_err(|e| io_error("creating", &temporary, &e))?;

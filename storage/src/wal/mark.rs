@@ -3,14 +3,21 @@
 //! prefix, zeros, garbage or out-of-order pages) from corruption of records
 //! that were durable and acknowledged.
 //!
-//! The file `durable.mark` in the WAL directory holds three slots, each in
-//! its own 512-byte sector so that tearing one write damages one slot:
+//! The file `durable.mark` in the WAL directory holds slots, each in its
+//! own 512-byte sector so that tearing one write damages one slot:
 //!
 //! ```text
 //! slot offset   0, 512: baseline — written and fsynced at the end of
 //!                       recovery, alternately, so one always survives intact
-//! slot offset 1024:     rolling  — rewritten (not fsynced) after every fsync
-//!                       of the log with the highest lsn that fsync covered
+//! slot offset 1024 + 512 i, i < 64: rolling — rewritten (not fsynced)
+//!                       after every fsync of the log with the highest lsn
+//!                       that fsync covered. The file is synced now and then;
+//!                       each sync moves the writes on to the next slot, so
+//!                       no slot a sync made durable is rewritten, and the
+//!                       slot being written lies after every synced one
+//!                       (unsynced bytes cannot take a synced slot with them).
+//!                       After the last slot a fresh baseline is synced and
+//!                       the writes start again at slot 0.
 //!
 //! each slot:
 //! offset size field
@@ -22,9 +29,10 @@
 //!
 //! Every valid slot states something that was true when it was written, and
 //! lsns up to a durable mark are never reused, so the mark is the highest
-//! valid slot. The rolling slot is not synced (that would double the
-//! fsyncs); after a power cut it may be older than the true durable end or
-//! unreadable, so the mark is a *lower* bound: damage at or below it is
+//! valid slot. The rolling slots are not synced with every batch (that
+//! would double the fsyncs); after a power cut the one being written may be
+//! older than the true durable end or unreadable, while the ones before it
+//! hold what the last sync made durable, so the mark is a *lower* bound: damage at or below it is
 //! certainly corruption; damage above it is treated as torn. The residual
 //! risk — bit rot in records acknowledged after the last mark that reached
 //! the disk — is the price; docs/storage.md says so.
@@ -42,8 +50,16 @@ pub const MARK_MAGIC: [u8; 8] = *b"CKPTDUR\0";
 pub const MARK_SLOT_BYTES: usize = 24;
 /// Offsets of the two baseline slots and the rolling slot.
 pub const BASELINE_SLOTS: [u64; 2] = [0, 512];
-/// Offset of the slot rewritten after every fsync.
-pub const ROLLING_SLOT: u64 = 1024;
+/// Bytes of a mark file with its baseline slots only: rolling slots follow.
+pub const BASELINE_BYTES: u64 = 1024;
+/// Rolling slots, one sector each after the baselines.
+pub const ROLLING_SLOTS_MAX: u64 = 64;
+const SECTOR_BYTES: u64 = 512;
+
+/// Offset of rolling slot `index` (taken modulo [`ROLLING_SLOTS_MAX`]).
+pub fn rolling_slot(index: u64) -> u64 {
+    BASELINE_BYTES + SECTOR_BYTES * (index % ROLLING_SLOTS_MAX)
+}
 
 /// One encoded slot stating that records up to `lsn` were durable.
 pub fn encode_slot(lsn: Lsn) -> [u8; MARK_SLOT_BYTES] {
@@ -75,8 +91,9 @@ fn decode_slot(bytes: &[u8], offset: u64) -> Option<Lsn> {
 pub fn decode(bytes: &[u8]) -> Option<Lsn> {
     BASELINE_SLOTS
         .iter()
-        .chain(std::iter::once(&ROLLING_SLOT))
-        .filter_map(|&offset| decode_slot(bytes, offset))
+        .copied()
+        .chain((0..ROLLING_SLOTS_MAX).map(rolling_slot))
+        .filter_map(|offset| decode_slot(bytes, offset))
         .max()
 }
 
@@ -106,11 +123,11 @@ pub fn read(fs: &dyn WalFs) -> io::Result<Option<Lsn>> {
 
 /// Durably records that every record up to `lsn` is durable (in a baseline
 /// slot, fsynced, and the file's directory entry synced), and returns the
-/// file open for [`write_rolling`].
+/// file open for [`write_rolling`] and the baseline slot to write next.
 ///
 /// # Errors
 /// IO errors writing or syncing.
-pub fn write_baseline(fs: &dyn WalFs, lsn: Lsn) -> io::Result<Box<dyn WalFile>> {
+pub fn write_baseline(fs: &dyn WalFs, lsn: Lsn) -> io::Result<(Box<dyn WalFile>, u64)> {
     let existing = match fs.read(MARK_FILE) {
         Ok(bytes) => Some(bytes),
         Err(error) if error.kind() == io::ErrorKind::NotFound => None,
@@ -123,15 +140,37 @@ pub fn write_baseline(fs: &dyn WalFs, lsn: Lsn) -> io::Result<Box<dyn WalFile>> 
     if existing.is_none() {
         fs.sync_dir()?;
     }
-    Ok(file)
+    Ok((file, other_baseline(slot)))
 }
 
-/// Records, without syncing, that every record up to `lsn` is durable.
+/// Records, without syncing, that every record up to `lsn` is durable, in
+/// rolling slot `index`. The caller moves on to the next slot after each
+/// sync of the file, so a slot that a sync made durable is never rewritten.
 ///
 /// # Errors
 /// IO errors writing.
-pub fn write_rolling(file: &mut dyn WalFile, lsn: Lsn) -> io::Result<()> {
-    file.write_at(ROLLING_SLOT, &encode_slot(lsn))
+pub fn write_rolling(file: &mut dyn WalFile, index: u64, lsn: Lsn) -> io::Result<()> {
+    file.write_at(rolling_slot(index), &encode_slot(lsn))
+}
+
+/// Durably records `lsn` in the baseline slot at `offset` (one of
+/// [`BASELINE_SLOTS`]; the caller alternates them), before the rolling
+/// slots start again from the first.
+///
+/// # Errors
+/// IO errors writing or syncing.
+pub fn rewrite_baseline(file: &mut dyn WalFile, offset: u64, lsn: Lsn) -> io::Result<()> {
+    file.write_at(offset, &encode_slot(lsn))?;
+    file.sync_data()
+}
+
+/// The baseline slot after `offset`.
+pub fn other_baseline(offset: u64) -> u64 {
+    if offset == BASELINE_SLOTS[0] {
+        BASELINE_SLOTS[1]
+    } else {
+        BASELINE_SLOTS[0]
+    }
 }
 
 #[cfg(test)]
@@ -143,13 +182,19 @@ mod tests {
     fn the_mark_is_the_highest_valid_slot() {
         let fs = FaultFs::new();
         assert_eq!(read(&fs).unwrap(), None);
-        let mut file = write_baseline(&fs, Lsn(5)).unwrap();
+        let (mut file, _) = write_baseline(&fs, Lsn(5)).unwrap();
         assert_eq!(read(&fs).unwrap(), Some(Lsn(5)));
-        write_rolling(file.as_mut(), Lsn(9)).unwrap();
+        write_rolling(file.as_mut(), 0, Lsn(9)).unwrap();
         assert_eq!(read(&fs).unwrap(), Some(Lsn(9)));
-        // A damaged rolling slot falls back to the baseline.
+        write_rolling(file.as_mut(), 1, Lsn(12)).unwrap();
+        assert_eq!(read(&fs).unwrap(), Some(Lsn(12)));
+        // A damaged rolling slot falls back to the other one, then to the
+        // baseline.
         let mut bytes = fs.get(MARK_FILE).unwrap();
-        bytes[ROLLING_SLOT as usize + 9] ^= 1;
+        bytes[rolling_slot(1) as usize + 9] ^= 1;
+        fs.put(MARK_FILE, bytes.clone());
+        assert_eq!(read(&fs).unwrap(), Some(Lsn(9)));
+        bytes[rolling_slot(0) as usize + 9] ^= 1;
         fs.put(MARK_FILE, bytes);
         assert_eq!(read(&fs).unwrap(), Some(Lsn(5)));
     }
