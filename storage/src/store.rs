@@ -1554,7 +1554,7 @@ impl MarkWriter {
         self.dirty = false;
         self.synced_at = Instant::now();
         self.index += 1;
-        if self.index % mark::ROLLING_SLOTS_MAX == 0 {
+        if self.index.is_multiple_of(mark::ROLLING_SLOTS_MAX) {
             match mark::rewrite_baseline(self.file.as_mut(), self.baseline_next, self.lsn) {
                 Ok(()) => self.baseline_next = mark::other_baseline(self.baseline_next),
                 Err(error) => {
