@@ -63,6 +63,19 @@ fn open(client: &mut RawClient, name: &str, section_bytes: u64, flags: OpenFlags
     }
 }
 
+/// Creates section "s" of `handle` holding `data`.
+fn create_section(client: &mut RawClient, handle: u64, data: Vec<u8>) {
+    let created = client.call(&Request::SectionCreate {
+        handle,
+        attributes: SectionCreationAttributes {
+            section_id: Some(SectionId::new("s")),
+            expiration_time: TIME_END,
+        },
+        initial_data: data,
+    });
+    assert!(created.is_ok(), "{created:?}");
+}
+
 /// Bytes of a section's content: position-dependent so a wrong reply shows.
 fn pattern(len: u64, salt: u8) -> Vec<u8> {
     (0..len)
@@ -85,15 +98,7 @@ fn a_slow_reader_cannot_grow_the_server_past_its_reply_bound() {
         OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE,
     );
     let data = pattern(SECTION_BYTES, 7);
-    let created = client.call(&Request::SectionCreate {
-        handle,
-        attributes: SectionCreationAttributes {
-            section_id: Some(SectionId::new("s")),
-            expiration_time: TIME_END,
-        },
-        initial_data: data.clone(),
-    });
-    assert!(created.is_ok(), "{created:?}");
+    create_section(&mut client, handle, data.clone());
     let pid = server.pid();
     let baseline = proc_bytes(pid, "VmRSS");
 
@@ -185,15 +190,7 @@ fn a_flood_of_large_notifications_cannot_grow_the_server_past_its_bounds() {
         UPDATE_BYTES,
         OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE,
     );
-    let created = writer.call(&Request::SectionCreate {
-        handle,
-        attributes: SectionCreationAttributes {
-            section_id: Some(SectionId::new("s")),
-            expiration_time: TIME_END,
-        },
-        initial_data: vec![],
-    });
-    assert!(created.is_ok(), "{created:?}");
+    create_section(&mut writer, handle, vec![]);
 
     let mut subscriber = RawClient::connect(&server.addr);
     let watched = open(&mut subscriber, "flood", UPDATE_BYTES, OpenFlags::READ);
@@ -360,15 +357,7 @@ fn a_client_that_does_not_read_cannot_hold_up_shutdown() {
         SECTION_BYTES,
         OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE,
     );
-    let created = client.call(&Request::SectionCreate {
-        handle,
-        attributes: SectionCreationAttributes {
-            section_id: Some(SectionId::new("s")),
-            expiration_time: TIME_END,
-        },
-        initial_data: pattern(SECTION_BYTES, 3),
-    });
-    assert!(created.is_ok(), "{created:?}");
+    create_section(&mut client, handle, pattern(SECTION_BYTES, 3));
     let read = Request::Read {
         handle,
         elements: vec![ReadElement {
