@@ -1200,6 +1200,11 @@ impl Client {
             .map(|link| link.addr.clone())
     }
 
+    /// Requests sent (or waiting to be sent again) and not yet answered.
+    pub fn pending(&self) -> usize {
+        self.inner.shared.lock().pending.len()
+    }
+
     /// How many times the client reconnected.
     pub fn reconnects(&self) -> u64 {
         self.inner.shared.lock().reconnects
