@@ -308,6 +308,10 @@ pub(crate) trait HandleCloseObserver: Send + Sync {
 /// a retry).
 type Answer = (Result<Reply, ClientError>, Option<OwnedSemaphorePermit>);
 
+/// A registered request: where its answer comes, and the frame to send on
+/// the current connection (none while reconnecting: the reconnect sends it).
+type Submitted = (oneshot::Receiver<Answer>, Option<(Link, Frame)>);
+
 struct Pending {
     /// As the caller wrote it (caller ids), for sending again.
     request: Arc<Request>,
@@ -524,7 +528,7 @@ impl Shared {
         request: &Arc<Request>,
         permit: OwnedSemaphorePermit,
         prepared: Option<Frame>,
-    ) -> Result<(oneshot::Receiver<Answer>, Option<(Link, Frame)>), ClientError> {
+    ) -> Result<Submitted, ClientError> {
         let (reply, answer) = oneshot::channel();
         let (link, server_id) = {
             let mut state = self.lock();
