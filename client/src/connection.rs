@@ -857,26 +857,36 @@ async fn collect_answers(
 }
 
 /// Sends `requests` (key, request with server ids) on a connection being
-/// set up; returns request id → key.
-async fn send_all(
+/// set up and collects their answers by key, at most the server's
+/// `in_flight_max` at a time (it stops reading beyond that, and we read
+/// nothing while we write).
+async fn exchange(
     shared: &Shared,
     conn: &mut Handshaken,
     requests: Vec<(u64, Request)>,
-) -> Result<HashMap<u64, u64>, ClientError> {
-    let mut waiting = HashMap::new();
-    for (key, request) in requests {
-        let request_id = shared.next_request_id();
+    limit: Instant,
+    notifications: &mut Vec<Notification>,
+) -> Result<HashMap<u64, Response>, ClientError> {
+    let window = usize::try_from(conn.reply.in_flight_max.max(1)).unwrap_or(usize::MAX);
+    let mut answers = HashMap::new();
+    let mut requests = requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        let mut waiting = HashMap::new();
+        for (key, request) in requests.by_ref().take(window) {
+            let request_id = shared.next_request_id();
+            conn.writer
+                .feed(Frame::new(FrameKind::Request, request_id, &request)?)
+                .await
+                .map_err(|e| ClientError::connection_lost(format!("{}: {e}", conn.addr)))?;
+            waiting.insert(request_id, key);
+        }
         conn.writer
-            .feed(Frame::new(FrameKind::Request, request_id, &request)?)
+            .flush()
             .await
             .map_err(|e| ClientError::connection_lost(format!("{}: {e}", conn.addr)))?;
-        waiting.insert(request_id, key);
+        answers.extend(collect_answers(conn, waiting, limit, notifications).await?);
     }
-    conn.writer
-        .flush()
-        .await
-        .map_err(|e| ClientError::connection_lost(format!("{}: {e}", conn.addr)))?;
-    Ok(waiting)
+    Ok(answers)
 }
 
 /// Hands the session over to `addr`: hello, reopen the handles, register
@@ -914,9 +924,8 @@ async fn take_over(
             (*handle, open)
         })
         .collect();
-    let waiting = send_all(shared, &mut conn, requests).await?;
     let mut notifications = Vec::new();
-    let answers = collect_answers(&mut conn, waiting, limit, &mut notifications).await?;
+    let answers = exchange(shared, &mut conn, requests, limit, &mut notifications).await?;
     let mut rebound = HashMap::new();
     let mut lost = HashMap::new();
     for (handle, name, _) in &to_reopen {
@@ -961,8 +970,7 @@ async fn take_over(
             (*handle, register)
         })
         .collect();
-    let waiting = send_all(shared, &mut conn, requests).await?;
-    let answers = collect_answers(&mut conn, waiting, limit, &mut notifications).await?;
+    let answers = exchange(shared, &mut conn, requests, limit, &mut notifications).await?;
     let mut ended = Vec::new();
     for (handle, resume_after) in &to_resume {
         match answers.get(handle) {
@@ -1737,6 +1745,70 @@ mod tests {
         assert_ne!(hello1.session, 0);
         assert_eq!(hello1.session, hello2.session);
         assert_eq!(client.session(), hello1.session);
+    }
+
+    #[tokio::test]
+    async fn a_handle_that_cannot_be_reopened_is_lost_with_a_reason() {
+        let server = FakeServer::start().await;
+        let addr = server.addr();
+        let script = tokio::spawn(async move {
+            let mut conn = server.accept(hello_reply(16)).await;
+            let (id, _) = conn.recv_request().await;
+            conn.respond(
+                id,
+                Ok(Reply::Opened {
+                    handle: 3,
+                    created: false,
+                }),
+            )
+            .await;
+            let (id, _) = conn.recv_request().await;
+            conn.respond(id, Ok(Reply::Registered { next_seq: 1 }))
+                .await;
+            let (_, request) = conn.recv_request().await;
+            assert!(matches!(request, Request::Write { handle: 3, .. }));
+            drop(conn);
+            let mut conn = server.accept(hello_reply(16)).await;
+            // Reopening fails once with TRY_AGAIN (failover in progress):
+            // the client tries the whole takeover again.
+            let (id, request) = conn.recv_request().await;
+            assert!(matches!(request, Request::Open { .. }));
+            conn.respond(id, Err(CkptError::new(ErrorCode::TryAgain, "electing")))
+                .await;
+            let mut conn = server.accept(hello_reply(16)).await;
+            let (id, request) = conn.recv_request().await;
+            assert!(matches!(request, Request::Open { .. }));
+            conn.respond(id, Err(CkptError::new(ErrorCode::NotExist, "deleted")))
+                .await;
+            // Nothing on the lost handle reaches the server; the next
+            // request is the List below.
+            let (id, request) = conn.recv_request().await;
+            assert_eq!(request, Request::List);
+            conn.respond(id, Ok(Reply::Checkpoints(Vec::new()))).await;
+            conn
+        });
+        let client = Client::connect(&addr).await.unwrap();
+        let checkpoint = client
+            .open(&name("gone"), None, OpenFlags::READ | OpenFlags::WRITE)
+            .await
+            .unwrap();
+        let mut subscription = checkpoint.subscribe(None).await.unwrap();
+        let error = checkpoint.write(Vec::new()).await.unwrap_err();
+        assert!(error.is_connection_lost(), "outcome unknown: {error}");
+        assert!(
+            error
+                .message
+                .contains("reopening gone failed (CL_ERR_NOT_EXIST: deleted)"),
+            "{error}"
+        );
+        assert!(subscription.next().await.is_none(), "its subscription ends");
+        let later = checkpoint.status().await.unwrap_err();
+        assert_eq!(later.code, ErrorCode::InvalidHandle);
+        assert!(later.message.contains("handle 3 was lost"), "{later}");
+        assert!(client.list().await.unwrap().is_empty());
+        checkpoint.close().await.expect("closing a lost handle");
+        assert_eq!(client.reconnects(), 1);
+        drop(script.await.unwrap());
     }
 
     #[tokio::test]
