@@ -68,7 +68,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::ClientError;
-use crate::ids::{id_of, releases_id, with_id, IdKind, IdMap};
+use crate::ids::{id_of, releases_id, with_id, IdError, IdKind, IdMap};
 
 /// How long [`Client::connect`] waits for the TCP connection to one node.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
@@ -385,7 +385,7 @@ impl State {
     ///
     /// # Errors
     /// Why the id it names cannot be used any more.
-    fn outgoing_id(&mut self, request: &Request) -> Result<Option<u64>, String> {
+    fn outgoing_id(&mut self, request: &Request) -> Result<Option<u64>, IdError> {
         let Some((kind, caller_id)) = id_of(request) else {
             return Ok(None);
         };
@@ -547,7 +547,7 @@ impl Shared {
                     );
                     (state.link.clone(), server_id)
                 }
-                Err(why) if releases_id(request) => {
+                Err(IdError::Lost(why)) if releases_id(request) => {
                     // Releasing what is already gone: done.
                     if let Some((kind, caller_id)) = id_of(request) {
                         state.map(kind).remove(caller_id);
@@ -559,7 +559,7 @@ impl Shared {
                     let _ = reply.send((Ok(Reply::Done), Some(permit)));
                     return Ok((answer, None));
                 }
-                Err(why) => return Err(ClientError::new(ErrorCode::InvalidHandle, why)),
+                Err(why) => return Err(ClientError::new(ErrorCode::InvalidHandle, why.message())),
             }
         };
         let Some(link) = link else {
@@ -1048,7 +1048,7 @@ async fn take_over(
     );
     for (waiter, why) in failed {
         // Its outcome is unknown: it may have run on the old connection.
-        waiter.fail(ClientError::connection_lost(why));
+        waiter.fail(ClientError::connection_lost(why.message()));
     }
     for (request_id, request, server_id) in resend {
         let frame = match server_id {
