@@ -81,6 +81,10 @@ pub const RECONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const RECONNECT_BACKOFF_FIRST_MS: u64 = 50;
 /// Longest pause between reconnect attempts (and `TRY_AGAIN` retries).
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
+/// How long one reconnect attempt waits for a node's TCP connection and
+/// `HelloReply`, so an unreachable node (no reset, just silence) does not
+/// use up the whole reconnect timeout before the others are tried.
+pub const RECONNECT_ATTEMPT_TIMEOUT_MS: u64 = 2_000;
 /// Frames waiting for the writer task; a caller beyond it waits.
 pub const WRITE_QUEUE_FRAMES_MAX: usize = 1024;
 /// Frames the writer feeds before it flushes, however many are queued.
@@ -898,7 +902,8 @@ async fn take_over(
     left: Duration,
 ) -> Result<(), ClientError> {
     let limit = Instant::now() + left;
-    let mut conn = handshake(addr, shared.options.version, shared.session, left).await?;
+    let attempt = left.min(Duration::from_millis(RECONNECT_ATTEMPT_TIMEOUT_MS));
+    let mut conn = handshake(addr, shared.options.version, shared.session, attempt).await?;
 
     // Reopen every handle opened by name, by the same name and flags.
     let to_reopen: Vec<(Handle, CheckpointName, OpenFlags)> = {
@@ -1809,6 +1814,25 @@ mod tests {
         checkpoint.close().await.expect("closing a lost handle");
         assert_eq!(client.reconnects(), 1);
         drop(script.await.unwrap());
+    }
+
+    #[test]
+    fn node_lists_and_option_defaults() {
+        assert_eq!(parse_nodes("a:1").unwrap(), ["a:1"]);
+        assert_eq!(parse_nodes(" a:1 , b:2,").unwrap(), ["a:1", "b:2"]);
+        assert_eq!(
+            parse_nodes(" , ").unwrap_err().code,
+            ErrorCode::InvalidParameter
+        );
+        let options = ClientOptions::new();
+        assert_eq!(options.reconnect_timeout, Duration::from_secs(10));
+        assert_eq!(options.try_again_timeout, Duration::from_secs(10));
+        assert_eq!(options.version, API_VERSION);
+        let options = options
+            .reconnect_timeout(Duration::ZERO)
+            .try_again_timeout(Duration::from_millis(5));
+        assert_eq!(options.reconnect_timeout, Duration::ZERO);
+        assert_eq!(options.try_again_timeout, Duration::from_millis(5));
     }
 
     #[tokio::test]
