@@ -19,6 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod metrics;
+pub mod reads;
 pub mod service;
 
 use std::sync::Arc;
