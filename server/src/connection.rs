@@ -221,7 +221,10 @@ pub async fn serve(
         .decoder_mut()
         .set_body_bytes_max(config.frame_body_bytes_max);
 
-    let session = Arc::new(service.open_session(outbox.clone(), budget.clone()));
+    // The client's session id arrives with the client library's Hello
+    // (issue #8); until then a session has none and writes are not deduplicated.
+    let client_session = 0;
+    let session = Arc::new(service.open_session(outbox.clone(), budget.clone(), client_session));
     let permits = Arc::new(Semaphore::new(config.in_flight_max as usize));
     loop {
         let frame = tokio::select! {
@@ -285,7 +288,7 @@ pub async fn serve(
             budget.clone(),
         );
         tokio::spawn(async move {
-            let (response, mut room) = service.handle(&session, request).await;
+            let (response, mut room) = service.handle(&session, request, request_id).await;
             let encoded = Frame::new(FrameKind::Response, request_id, &response);
             // Only the encoded copy waits for the socket.
             drop(response);

@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod front;
 pub mod hub;
 pub mod metrics;
 pub mod reads;
