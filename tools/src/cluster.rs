@@ -537,37 +537,46 @@ pub fn status_text(view: &ClusterView, from: &str) -> String {
     text
 }
 
-/// `cluster status`.
+/// `GET /cluster` from the first of `addrs` that answers: its address,
+/// the body, and why the ones before it did not answer.
 ///
 /// # Errors
 /// `MESSAGE_ERROR` when no node answers (naming each failure).
-pub async fn status(args: &ClusterStatusArgs) -> Result<(), ClientError> {
-    let addrs = admin_addrs(&args.target)?;
+pub async fn fetch_cluster(
+    addrs: &[String],
+) -> Result<(String, Vec<u8>, Vec<String>), ClientError> {
     let mut failures = Vec::new();
-    for addr in &addrs {
-        let body = match http_get(addr, "/cluster").await {
-            Ok(body) => body,
-            Err(error) => {
-                failures.push(error.message);
-                continue;
-            }
-        };
-        for failure in &failures {
-            eprintln!("warning: {failure}");
+    for addr in addrs {
+        match http_get(addr, "/cluster").await {
+            Ok(body) => return Ok((addr.clone(), body, failures)),
+            Err(error) => failures.push(error.message),
         }
-        if args.json {
-            let value: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| http_error(addr, format!("GET /cluster: not JSON: {e}")))?;
-            return emit_json(&value);
-        }
-        let view: ClusterView = serde_json::from_slice(&body)
-            .map_err(|e| http_error(addr, format!("GET /cluster: unexpected JSON: {e}")))?;
-        return emit(status_text(&view, addr).as_bytes());
     }
     Err(ClientError::new(
         ErrorCode::MessageError,
         format!("no node answered GET /cluster: {}", failures.join("; ")),
     ))
+}
+
+/// `cluster status`.
+///
+/// # Errors
+/// `MESSAGE_ERROR` when no node answers or the answer is not the JSON
+/// expected.
+pub async fn status(args: &ClusterStatusArgs) -> Result<(), ClientError> {
+    let addrs = admin_addrs(&args.target)?;
+    let (addr, body, failures) = fetch_cluster(&addrs).await?;
+    for failure in &failures {
+        eprintln!("warning: {failure}");
+    }
+    if args.json {
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| http_error(&addr, format!("GET /cluster: not JSON: {e}")))?;
+        return emit_json(&value);
+    }
+    let view: ClusterView = serde_json::from_slice(&body)
+        .map_err(|e| http_error(&addr, format!("GET /cluster: unexpected JSON: {e}")))?;
+    emit(status_text(&view, &addr).as_bytes())
 }
 
 /// One node's view of one instance, in a verify report.
@@ -816,4 +825,356 @@ pub async fn verify(args: &ClusterVerifyArgs) -> Result<(), ClientError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A tiny HTTP/1.1 server on a free loopback port answering canned
+    /// bodies by path (404 otherwise), keep-alive, Content-Length or
+    /// chunked. Counts the connections it accepted.
+    struct CannedServer {
+        addr: String,
+        connections: Arc<AtomicUsize>,
+    }
+
+    async fn serve(routes: &[(&str, &str)], chunked: bool) -> CannedServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let routes: Arc<HashMap<String, String>> = Arc::new(
+            routes
+                .iter()
+                .map(|(p, b)| ((*p).to_string(), (*b).to_string()))
+                .collect(),
+        );
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    loop {
+                        let Some(end) = find(&buffer, b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                        buffer.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        let reply = match routes.get(&path) {
+                            Some(body) if chunked => {
+                                let (a, b) = body.split_at(body.len() / 2);
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n0\r\n\r\n",
+                                    a.len(),
+                                    b.len()
+                                )
+                            }
+                            Some(body) => format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            ),
+                            None => "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"
+                                .to_string(),
+                        };
+                        if stream.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        CannedServer { addr, connections }
+    }
+
+    /// An address where nothing listens.
+    async fn dead_addr() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+        // dropped: the port refuses connections
+    }
+
+    const CLUSTER: &str = r#"{"node_id":1,"leader":2,"term":5,
+        "nodes":[{"id":1,"client_addr":"127.0.0.1:1","admin_addr":"127.0.0.1:11","alive":true},
+                 {"id":2,"client_addr":"127.0.0.1:2","admin_addr":"127.0.0.1:12","alive":true},
+                 {"id":3,"client_addr":"127.0.0.1:3","admin_addr":"127.0.0.1:13","alive":false}],
+        "checkpoints":[{"name":"a","instance":7,"replicas":[1,2,3],"active":1,"epoch":2,
+                        "in_sync":[1,2],"lag":[{"node":3,"records":12,"bytes":4096}]},
+                       {"name":"b","instance":9,"replicas":[2,3],"active":null,"epoch":1,
+                        "in_sync":[2],"lag":[]}]}"#;
+
+    fn checksums(node: u64, entries: &[(&str, u64, u64, u64, &str)]) -> String {
+        let list: Vec<String> = entries
+            .iter()
+            .map(|(name, instance, epoch, seq, sum)| {
+                format!(r#"{{"name":"{name}","instance":{instance},"epoch":{epoch},"seq":{seq},"checksum":"{sum}"}}"#)
+            })
+            .collect();
+        format!(r#"{{"node_id":{node},"checkpoints":[{}]}}"#, list.join(","))
+    }
+
+    /// A cluster of three canned nodes: `entries[i]` is node i+1's checksums.
+    async fn three_nodes(entries: [&[(&str, u64, u64, u64, &str)]; 3]) -> Vec<String> {
+        let cluster = r#"{"node_id":1,"leader":1,"term":3,"nodes":[],
+            "checkpoints":[{"name":"a","instance":7,"replicas":[1,2,3],"active":1,"epoch":2,"in_sync":[1,2,3]},
+                           {"name":"b","instance":9,"replicas":[1,2,3],"active":2,"epoch":1,"in_sync":[1,2,3]}]}"#;
+        let mut addrs = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let body = checksums(i as u64 + 1, e);
+            addrs.push(
+                serve(&[("/checksums", &body), ("/cluster", cluster)], false)
+                    .await
+                    .addr,
+            );
+        }
+        addrs
+    }
+
+    const A: (&str, u64, u64, u64, &str) = ("a", 7, 2, 130, "00000000deadbeef");
+    const B: (&str, u64, u64, u64, &str) = ("b", 9, 1, 4, "0000000000000abc");
+
+    #[tokio::test]
+    async fn verify_identical_replicas() {
+        let addrs = three_nodes([&[A, B], &[B, A], &[A, B]]).await;
+        let report = gather(&addrs).await;
+        assert!(report.ok(), "{report:?}");
+        assert!(report.replica_lists_checked);
+        assert_eq!(report.checkpoints.len(), 2);
+        assert_eq!(report.checkpoints[0].replicas.len(), 3);
+        let text = report.text();
+        assert!(
+            text.contains("a (instance 7): identical on nodes 1,2,3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 checkpoints, 2 identical, 0 different, 0 nodes unreachable"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn verify_names_the_differing_node() {
+        let bad_sum = ("a", 7, 2, 130, "00000000deadbeee");
+        let behind = ("b", 9, 1, 3, "0000000000000abb");
+        let addrs = three_nodes([&[A, B], &[A, behind], &[bad_sum, B]]).await;
+        let report = gather(&addrs).await;
+        assert!(!report.ok());
+        let a = &report.checkpoints[0];
+        assert_eq!((a.instance, a.identical), (7, false));
+        assert_eq!(a.differing, vec![3]);
+        let b = &report.checkpoints[1];
+        assert_eq!(b.differing, vec![2]);
+        let text = report.text();
+        assert!(
+            text.contains("a (instance 7): DIFFERENT: differs on nodes 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("b (instance 9): DIFFERENT: differs on nodes 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node 2 epoch 1 seq 3 checksum 0000000000000abb"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn verify_reports_a_missing_replica() {
+        // Node 3 lacks b although /cluster lists it as a replica.
+        let addrs = three_nodes([&[A, B], &[A, B], &[A]]).await;
+        let report = gather(&addrs).await;
+        assert!(!report.ok());
+        assert!(report.checkpoints[0].identical);
+        assert_eq!(report.checkpoints[1].missing_on, vec![3]);
+        assert!(report.checkpoints[1].differing.is_empty());
+        assert!(report.text().contains("missing on nodes 3"));
+    }
+
+    #[tokio::test]
+    async fn verify_fails_when_a_node_is_down() {
+        let mut addrs = three_nodes([&[A, B], &[A, B], &[A, B]]).await;
+        let dead = dead_addr().await;
+        addrs[2] = dead.clone();
+        let report = gather(&addrs).await;
+        assert!(!report.ok());
+        assert_eq!(report.unreachable.len(), 1);
+        assert!(
+            report.unreachable[0].starts_with(&dead),
+            "{:?}",
+            report.unreachable
+        );
+        // The two that answered agree, but /cluster lists node 3 as a replica.
+        assert_eq!(report.checkpoints[0].missing_on, vec![3]);
+        assert!(report.text().starts_with(&format!("unreachable: {dead}")));
+    }
+
+    #[tokio::test]
+    async fn verify_without_cluster_lists_compares_what_answered() {
+        let one = serve(&[("/checksums", &checksums(1, &[A]))], false).await;
+        let two = serve(&[("/checksums", &checksums(2, &[A]))], false).await;
+        let report = gather(&[one.addr, two.addr]).await;
+        assert!(report.ok());
+        assert!(!report.replica_lists_checked);
+        assert!(report.text().contains("replica lists not checked"));
+    }
+
+    #[tokio::test]
+    async fn status_uses_the_first_node_that_answers() {
+        let dead = dead_addr().await;
+        let live = serve(&[("/cluster", CLUSTER)], false).await;
+        let (addr, body, failures) = fetch_cluster(&[dead.clone(), live.addr.clone()])
+            .await
+            .unwrap();
+        assert_eq!(addr, live.addr);
+        assert_eq!(failures.len(), 1);
+        assert!(failures[0].starts_with(&dead));
+        let view: ClusterView = serde_json::from_slice(&body).unwrap();
+        assert_eq!((view.node_id, view.leader, view.term), (1, Some(2), 5));
+        let text = status_text(&view, &addr);
+        assert!(text.contains("leader 2, term 5"), "{text}");
+        assert!(text.contains("3\tDOWN\tclient 127.0.0.1:3"), "{text}");
+        assert!(
+            text.contains("2\talive\tclient 127.0.0.1:2\tadmin 127.0.0.1:12\tleader"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a\tinstance 7\tepoch 2\tactive 1\treplicas [1,2,3]\tin-sync [1,2]\tlag 3:12rec/4096B"),
+            "{text}"
+        );
+        assert!(
+            text.contains("b\tinstance 9\tepoch 1\tactive none"),
+            "{text}"
+        );
+
+        let error = fetch_cluster(&[dead.clone()]).await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::MessageError);
+        assert!(error.message.contains(&dead), "{error}");
+    }
+
+    #[tokio::test]
+    async fn http_keeps_the_connection_and_reads_chunked_bodies() {
+        let server = serve(&[("/x", "hello chunked world")], true).await;
+        let timeout = Duration::from_secs(5);
+        let mut connection = HttpConnection::connect(&server.addr, timeout)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let response = connection
+                .request("GET", "/x", None, timeout)
+                .await
+                .unwrap();
+            assert_eq!(response.status, 200);
+            assert_eq!(response.body, b"hello chunked world");
+        }
+        let missing = connection
+            .request("GET", "/y", None, timeout)
+            .await
+            .unwrap();
+        assert_eq!(
+            (missing.status, missing.body.as_slice()),
+            (404, &b"not found"[..])
+        );
+        assert!(connection.is_open());
+        assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+        let error = http_get(&server.addr, "/y").await.unwrap_err();
+        assert!(error.message.contains("answered 404: not found"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn http_rejects_what_is_not_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(b"SSH-2.0-OpenSSH\r\n\r\n").await;
+        });
+        let error = http_get(&addr, "/cluster").await.unwrap_err();
+        assert!(
+            error.message.contains("not an HTTP/1.x status line"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn admin_addresses_from_a_list_or_a_config() {
+        assert_eq!(
+            split_addrs("a:1, b:2,c:3").unwrap(),
+            vec!["a:1".to_string(), "b:2".to_string(), "c:3".to_string()]
+        );
+        assert!(split_addrs("a:1,,b:2").is_err());
+        assert!(split_addrs("").is_err());
+        let config = r#"
+            replication_factor = 3
+            lease_timeout_ms = 1000
+            [[nodes]]
+            id = 1
+            client_addr = "127.0.0.1:7401"
+            peer_addr = "127.0.0.1:7501"
+            admin_addr = "127.0.0.1:7601"
+            [[nodes]]
+            id = 2
+            client_addr = "127.0.0.1:7402"
+            peer_addr = "127.0.0.1:7502"
+            admin_addr = "127.0.0.1:7602"
+        "#;
+        let path = Path::new("cluster.toml");
+        assert_eq!(
+            admin_addrs_from_config(config, path).unwrap(),
+            vec!["127.0.0.1:7601".to_string(), "127.0.0.1:7602".to_string()]
+        );
+        let error = admin_addrs_from_config("[[nodes]]\nid = 1\n", path).unwrap_err();
+        assert!(error.message.contains("admin_addr"), "{error}");
+        let error = admin_addrs_from_config("replication_factor = 3\n", path).unwrap_err();
+        assert!(error.message.contains("no [[nodes]]"), "{error}");
+        assert!(admin_addrs_from_config("nodes = [", path).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cluster.toml");
+        std::fs::write(&file, config).unwrap();
+        let target = AdminTarget {
+            admin: None,
+            config: Some(file),
+        };
+        assert_eq!(admin_addrs(&target).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_most_common_state_is_the_reference() {
+        let node = |id, seq, sum: &str| ChecksumsView {
+            node_id: id,
+            checkpoints: vec![ChecksumView {
+                name: "a".into(),
+                instance: 1,
+                epoch: 1,
+                seq,
+                checksum: sum.into(),
+            }],
+        };
+        // Two agree on seq 5: the third differs even though it is further.
+        let report = compare(
+            &[node(1, 5, "aa"), node(2, 5, "AA"), node(3, 6, "bb")],
+            None,
+            vec![],
+        );
+        assert_eq!(report.checkpoints[0].differing, vec![3]);
+        // A tie: the furthest state is the reference.
+        let report = compare(&[node(1, 5, "aa"), node(2, 6, "bb")], None, vec![]);
+        assert_eq!(report.checkpoints[0].differing, vec![1]);
+    }
 }
