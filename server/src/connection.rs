@@ -221,9 +221,9 @@ pub async fn serve(
         .decoder_mut()
         .set_body_bytes_max(config.frame_body_bytes_max);
 
-    // The client's session id arrives with the client library's Hello
-    // (issue #8); until then a session has none and writes are not deduplicated.
-    let client_session = 0;
+    // The client's own session id (0: none), kept across its reconnects:
+    // with a request's number it identifies a write for exactly-once.
+    let client_session = hello.session;
     let session = Arc::new(service.open_session(outbox.clone(), budget.clone(), client_session));
     let permits = Arc::new(Semaphore::new(config.in_flight_max as usize));
     loop {
