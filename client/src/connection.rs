@@ -1227,6 +1227,20 @@ impl Client {
         self.inner.shared.lock().reconnects
     }
 
+    /// Drops the current connection as a network failure would: the client
+    /// reconnects (to the next node of its list) and sends every unanswered
+    /// request again with its request id. For tests of exactly-once ("the
+    /// reply was lost") and to move a client off a node. Without
+    /// reconnecting (a zero [`ClientOptions::reconnect_timeout`]) the client
+    /// is closed.
+    pub fn cut_connection(&self) {
+        let generation = self.inner.shared.lock().generation;
+        self.inner.shared.link_died(
+            generation,
+            ClientError::connection_lost("the connection was cut by the client"),
+        );
+    }
+
     /// Why the client is closed for good, or `None` while it is usable
     /// (connected or reconnecting).
     pub fn closed_reason(&self) -> Option<ClientError> {
@@ -1814,6 +1828,42 @@ mod tests {
         checkpoint.close().await.expect("closing a lost handle");
         assert_eq!(client.reconnects(), 1);
         drop(script.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_cut_connection_resends_unanswered_requests_to_the_next_node() {
+        let first = FakeServer::start().await;
+        let second = FakeServer::start().await;
+        let addrs = format!("{},{}", first.addr(), second.addr());
+        let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
+        let script = tokio::spawn(async move {
+            let mut conn = first.accept(hello_reply(16)).await;
+            let (sent, request) = conn.recv_request().await;
+            assert_eq!(request, Request::Delete { name: name("x") });
+            // Applied, but the reply never reaches the client.
+            let _ = cut_tx.send(());
+            assert!(conn.at_eof().await, "the client drops the connection");
+            let mut conn = second.accept(hello_reply(16)).await;
+            let (again, request) = conn.recv_request().await;
+            assert_eq!(
+                (again, &request),
+                (sent, &Request::Delete { name: name("x") })
+            );
+            conn.respond(again, Ok(Reply::Done)).await;
+            conn
+        });
+        let client = Client::connect(&addrs).await.unwrap();
+        let delete = {
+            let client = client.clone();
+            tokio::spawn(async move { client.delete(&name("x")).await })
+        };
+        cut_rx.await.unwrap();
+        client.cut_connection();
+        delete.await.unwrap().expect("answered by the second node");
+        assert_eq!(client.reconnects(), 1);
+        let conn = script.await.unwrap();
+        assert_eq!(client.node(), Some(client.nodes()[1].clone()));
+        drop(conn);
     }
 
     #[test]
