@@ -31,6 +31,9 @@ pub mod message;
 pub mod plane;
 pub mod tracker;
 
+#[cfg(test)]
+mod tests;
+
 pub use catchup::{plan_catch_up, CatchUpPlan};
 pub use message::{DataMessage, WireEntry};
 pub use plane::{DataOutput, DataPlane, Proposal, LAG_WINDOW_ENTRIES_MAX, READ_BYTES_MAX_DEFAULT};

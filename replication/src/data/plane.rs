@@ -410,19 +410,17 @@ impl DataPlane {
     /// The store appended (and applied) these entries on this node, in log
     /// order; called before their fsync. Ships them to streaming backups.
     pub fn on_appended(&mut self, entries: &[ShippedEntry], now_ms: u64) {
-        let mut start = 0;
-        while start < entries.len() {
-            let instance = entries[start].instance;
-            let mut end = start + 1;
-            while end < entries.len() && entries[end].instance == instance {
-                end += 1;
-            }
-            self.append_run(&entries[start..end], now_ms);
-            start = end;
+        // One message per backup and instance per call, in log order.
+        let mut runs: BTreeMap<InstanceId, Vec<&ShippedEntry>> = BTreeMap::new();
+        for entry in entries {
+            runs.entry(entry.instance).or_default().push(entry);
+        }
+        for run in runs.values() {
+            self.append_run(run, now_ms);
         }
     }
 
-    fn append_run(&mut self, run: &[ShippedEntry], now_ms: u64) {
+    fn append_run(&mut self, run: &[&ShippedEntry], now_ms: u64) {
         let instance = run[0].instance;
         let Some(inst) = self.instances.get_mut(&instance) else {
             return;
@@ -458,7 +456,8 @@ impl DataPlane {
                 continue;
             }
             let sent_seq = seq_of(peer.sent);
-            let fresh: Vec<&ShippedEntry> = run.iter().filter(|e| e.seq > sent_seq).collect();
+            let fresh: Vec<&ShippedEntry> =
+                run.iter().copied().filter(|e| e.seq > sent_seq).collect();
             let Some(first) = fresh.first() else {
                 continue;
             };

@@ -407,11 +407,27 @@ mod tests {
             (Need::AllInSync, vec![Durable(5)], false),
             (Need::AllInSync, vec![Durable(5), Ack(2, 5)], false),
             (Need::AllInSync, vec![Ack(2, 5), Ack(3, 5)], false),
-            (Need::AllInSync, vec![Durable(5), Ack(2, 5), Ack(3, 4)], false),
-            (Need::AllInSync, vec![Durable(5), Ack(2, 5), Ack(3, 5)], true),
-            (Need::AllInSync, vec![Ack(2, 6), Ack(3, 9), Durable(5)], true),
+            (
+                Need::AllInSync,
+                vec![Durable(5), Ack(2, 5), Ack(3, 4)],
+                false,
+            ),
+            (
+                Need::AllInSync,
+                vec![Durable(5), Ack(2, 5), Ack(3, 5)],
+                true,
+            ),
+            (
+                Need::AllInSync,
+                vec![Ack(2, 6), Ack(3, 9), Durable(5)],
+                true,
+            ),
             // An ack from a node outside the in-sync set counts for nothing.
-            (Need::AllInSync, vec![Durable(5), Ack(2, 5), Ack(4, 5)], false),
+            (
+                Need::AllInSync,
+                vec![Durable(5), Ack(2, 5), Ack(4, 5)],
+                false,
+            ),
         ];
         for (i, (need, events, released)) in cases.into_iter().enumerate() {
             let mut t = tracker();
@@ -423,7 +439,11 @@ mod tests {
                 }
             }
             let got = t.take_released();
-            assert_eq!(got == vec![42], released, "case {i}: {need:?} released {got:?}");
+            assert_eq!(
+                got == vec![42],
+                released,
+                "case {i}: {need:?} released {got:?}"
+            );
             assert!(t.take_failed().is_empty(), "case {i}");
             assert_eq!(t.pending(I), usize::from(!released), "case {i}");
         }
@@ -513,8 +533,15 @@ mod tests {
         let failed = t.take_failed();
         let mut got = codes(&failed);
         got.sort_by_key(|(t, _)| *t);
-        assert_eq!(got, vec![(1, ErrorCode::TryAgain), (2, ErrorCode::TryAgain)]);
-        assert!(failed[0].1.detail.contains("epoch 2"), "{}", failed[0].1.detail);
+        assert_eq!(
+            got,
+            vec![(1, ErrorCode::TryAgain), (2, ErrorCode::TryAgain)]
+        );
+        assert!(
+            failed[0].1.detail.contains("epoch 2"),
+            "{}",
+            failed[0].1.detail
+        );
         assert_eq!(t.pending(I), 0);
         // A late registration of the old epoch fails too.
         t.register(3, pos(1, 7), Need::LocalDurable);
@@ -539,7 +566,11 @@ mod tests {
         t.register(3, pos(1, 6), Need::AllInSync);
         let failed = t.take_failed();
         assert_eq!(codes(&failed), vec![(3, ErrorCode::TryAgain)]);
-        assert!(failed[0].1.detail.contains("min_in_sync 2"), "{}", failed[0].1.detail);
+        assert!(
+            failed[0].1.detail.contains("min_in_sync 2"),
+            "{}",
+            failed[0].1.detail
+        );
         // Other needs are unaffected.
         t.local_durable(&[pos(1, 6)]);
         assert_eq!(t.take_released(), vec![2]);
@@ -580,7 +611,10 @@ mod tests {
         let err = CkptError::new(ErrorCode::TryAgain, "fenced");
         let mut got = codes(&t.fail_instance(I, err.clone()));
         got.sort_by_key(|(t, _)| *t);
-        assert_eq!(got, vec![(1, ErrorCode::TryAgain), (2, ErrorCode::TryAgain)]);
+        assert_eq!(
+            got,
+            vec![(1, ErrorCode::TryAgain), (2, ErrorCode::TryAgain)]
+        );
         assert!(t.take_failed().is_empty());
         t.register(3, pos(1, 7), Need::LocalDurable);
         t.forget(I, CkptError::new(ErrorCode::DoesntExist, "gone"));
