@@ -122,6 +122,7 @@ struct Peer {
     read_lsn: Option<Lsn>,
     remove_proposed_ms: Option<u64>,
     add_proposed_ms: Option<u64>,
+    probe_sent_ms: Option<u64>,
 }
 
 impl Peer {
@@ -134,6 +135,7 @@ impl Peer {
             read_lsn: None,
             remove_proposed_ms: None,
             add_proposed_ms: None,
+            probe_sent_ms: None,
         }
     }
 }
@@ -153,6 +155,16 @@ struct Primary {
     deferred: BTreeMap<NodeId, Option<(Epoch, Seq)>>,
     /// A peer knows a newer epoch: stop acting as primary.
     fenced: bool,
+    /// When members holding no replica were last proposed out of the in-sync set.
+    stray_proposed_ms: Option<u64>,
+}
+
+impl Primary {
+    /// The first remembered entry after `seq` (the window is in seq order).
+    fn window_after(&self, seq: Seq) -> Option<(Seq, Lsn, u64)> {
+        let index = self.window.partition_point(|(s, _, _)| *s <= seq);
+        self.window.get(index).copied()
+    }
 }
 
 #[derive(Debug)]
@@ -276,6 +288,7 @@ impl DataPlane {
                         }
                     }
                     if in_sync_changed {
+                        primary.stray_proposed_ms = None;
                         for peer in primary.peers.values_mut() {
                             peer.remove_proposed_ms = None;
                             peer.add_proposed_ms = None;
@@ -306,6 +319,7 @@ impl DataPlane {
                         peers,
                         deferred: BTreeMap::new(),
                         fenced: false,
+                        stray_proposed_ms: None,
                     })
                 }
             }
@@ -565,6 +579,9 @@ impl DataPlane {
             DataMessage::Fenced { instance, epoch } => {
                 self.fence_if_newer(instance, epoch, from);
             }
+            DataMessage::Probe { instance, epoch } => {
+                self.backup_probe(from, instance, epoch, now_ms)
+            }
         }
         self.flush_tracker();
     }
@@ -717,11 +734,10 @@ impl DataPlane {
         self.flush_tracker();
     }
 
-    /// Time passed: catch-up retries, in-sync removals and additions, WAL hold.
+    /// Time passed: catch-up retries and probes, in-sync removals and
+    /// additions, the WAL hold.
     pub fn tick(&mut self, now_ms: u64) {
-        let timeout = self.replica_lag_timeout_ms;
-        let me = self.me;
-        let retry_ms = (timeout / 2).max(1);
+        let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
         let instances: Vec<InstanceId> = self.instances.keys().copied().collect();
         for instance in instances {
             let Some(inst) = self.instances.get_mut(&instance) else {
@@ -739,70 +755,7 @@ impl DataPlane {
                         );
                     }
                 }
-                Role::Primary(primary) => {
-                    if primary.fenced || primary.begun_start.is_none() {
-                        continue;
-                    }
-                    let last = seq_of(primary.last);
-                    let required: BTreeSet<NodeId> =
-                        self.tracker.required(instance).into_iter().collect();
-                    let mut remove = BTreeSet::new();
-                    let mut give_up = Vec::new();
-                    let mut add = BTreeSet::new();
-                    for (node, peer) in primary.peers.iter_mut() {
-                        let acked = peer.acked.unwrap_or_default();
-                        let behind = acked < last;
-                        let stalled = behind && now_ms.saturating_sub(peer.progress_ms) >= timeout;
-                        let in_sync = inst.rs.in_sync.contains(node);
-                        if in_sync {
-                            let due = peer
-                                .remove_proposed_ms
-                                .is_none_or(|t| now_ms.saturating_sub(t) >= timeout);
-                            if stalled && due {
-                                remove.insert(*node);
-                                peer.remove_proposed_ms = Some(now_ms);
-                            } else if stalled {
-                                // Proposed already; keep it out of the set we propose.
-                                remove.insert(*node);
-                            }
-                        } else if required.contains(node) && stalled {
-                            // Its addition is pending but it fell behind:
-                            // stop waiting for it (it is not in the applied set).
-                            give_up.push(*node);
-                            peer.add_proposed_ms = None;
-                        } else if peer.mode == PeerMode::Streaming
-                            && peer.acked.is_some()
-                            && !behind
-                            && peer
-                                .add_proposed_ms
-                                .is_none_or(|t| now_ms.saturating_sub(t) >= timeout)
-                        {
-                            add.insert(*node);
-                            peer.add_proposed_ms = Some(now_ms);
-                        }
-                    }
-                    for node in give_up {
-                        self.tracker.drop_expected(instance, node);
-                    }
-                    let newly_removed = remove.iter().any(|n| {
-                        primary.peers.get(n).and_then(|p| p.remove_proposed_ms) == Some(now_ms)
-                    });
-                    if newly_removed || !add.is_empty() {
-                        let mut in_sync: BTreeSet<NodeId> =
-                            inst.rs.in_sync.iter().copied().collect();
-                        in_sync.retain(|n| !remove.contains(n));
-                        in_sync.extend(add.iter().copied());
-                        in_sync.insert(me);
-                        for node in &add {
-                            self.tracker.expect_in_sync(instance, *node);
-                        }
-                        self.outputs.push(DataOutput::Propose(Proposal::SetInSync {
-                            instance,
-                            epoch: primary.epoch,
-                            in_sync: in_sync.into_iter().collect(),
-                        }));
-                    }
-                }
+                Role::Primary(_) => self.tick_primary(instance, now_ms),
             }
         }
         self.flush_tracker();
@@ -810,6 +763,106 @@ impl DataPlane {
         if self.hold_sent != Some(hold) {
             self.hold_sent = Some(hold);
             self.outputs.push(DataOutput::HoldWal(hold));
+        }
+    }
+
+    fn tick_primary(&mut self, instance: InstanceId, now_ms: u64) {
+        let timeout = self.replica_lag_timeout_ms;
+        let retry_ms = (timeout / 2).max(1);
+        let me = self.me;
+        let required: BTreeSet<NodeId> = self.tracker.required(instance).into_iter().collect();
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        if primary.fenced || primary.begun_start.is_none() {
+            return;
+        }
+        let last = seq_of(primary.last);
+        let due = |at: Option<u64>| at.is_none_or(|t| now_ms.saturating_sub(t) >= timeout);
+        // Members of the in-sync set that hold no replica: nobody will ever
+        // acknowledge for them.
+        let mut remove: BTreeSet<NodeId> = inst
+            .rs
+            .in_sync
+            .iter()
+            .copied()
+            .filter(|n| *n != me && !primary.peers.contains_key(n))
+            .collect();
+        let mut propose = !remove.is_empty() && due(primary.stray_proposed_ms);
+        if propose {
+            primary.stray_proposed_ms = Some(now_ms);
+        }
+        let mut give_up = Vec::new();
+        let mut add = BTreeSet::new();
+        for (node, peer) in primary.peers.iter_mut() {
+            let acked = peer.acked.unwrap_or_default();
+            let behind = acked < last;
+            let idle_ms = now_ms.saturating_sub(peer.progress_ms);
+            let stalled = behind && idle_ms >= timeout;
+            // A backup that is behind and silent may not know it should ask
+            // for a catch-up (its CatchUp or our answer was lost, or we
+            // restarted): ask it where it is.
+            let waiting =
+                peer.mode == PeerMode::AwaitCatchUp || (peer.mode == PeerMode::Streaming && behind);
+            if waiting
+                && idle_ms >= retry_ms
+                && peer
+                    .probe_sent_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= retry_ms)
+            {
+                peer.probe_sent_ms = Some(now_ms);
+                self.outputs.push(DataOutput::Send {
+                    to: *node,
+                    msg: DataMessage::Probe {
+                        instance,
+                        epoch: primary.epoch,
+                    },
+                });
+            }
+            if inst.rs.in_sync.contains(node) {
+                if stalled {
+                    // Kept out of any set we propose; proposed once per timeout.
+                    remove.insert(*node);
+                    if due(peer.remove_proposed_ms) {
+                        peer.remove_proposed_ms = Some(now_ms);
+                        propose = true;
+                    }
+                }
+            } else if required.contains(node) && stalled {
+                // Its addition is pending but it fell behind: stop waiting for
+                // it (it is not in the applied set).
+                give_up.push(*node);
+                peer.add_proposed_ms = None;
+            } else if peer.mode == PeerMode::Streaming
+                && peer.acked.is_some()
+                && !behind
+                && due(peer.add_proposed_ms)
+            {
+                add.insert(*node);
+                peer.add_proposed_ms = Some(now_ms);
+                propose = true;
+            }
+        }
+        let epoch = primary.epoch;
+        for node in give_up {
+            self.tracker.drop_expected(instance, node);
+        }
+        if propose {
+            let mut in_sync: BTreeSet<NodeId> = inst.rs.in_sync.iter().copied().collect();
+            in_sync.retain(|n| !remove.contains(n));
+            in_sync.extend(add.iter().copied());
+            in_sync.insert(me);
+            for node in &add {
+                self.tracker.expect_in_sync(instance, *node);
+            }
+            self.outputs.push(DataOutput::Propose(Proposal::SetInSync {
+                instance,
+                epoch,
+                in_sync: in_sync.into_iter().collect(),
+            }));
         }
     }
 
@@ -840,10 +893,8 @@ impl DataPlane {
                     0
                 } else {
                     let before = primary
-                        .window
-                        .iter()
-                        .find(|(seq, _, _)| *seq > acked)
-                        .map_or(primary.bytes_total, |(_, _, before)| *before);
+                        .window_after(acked)
+                        .map_or(primary.bytes_total, |(_, _, before)| before);
                     primary.bytes_total.saturating_sub(before)
                 };
                 (*node, records, bytes)
@@ -1051,6 +1102,33 @@ impl DataPlane {
         Self::maybe_ack(&mut self.outputs, instance, backup, inst.durable);
     }
 
+    fn backup_probe(&mut self, from: NodeId, instance: InstanceId, epoch: Epoch, now_ms: u64) {
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Backup(backup) = &mut inst.role else {
+            return;
+        };
+        if epoch < backup.epoch {
+            self.outputs.push(DataOutput::Send {
+                to: from,
+                msg: DataMessage::Fenced {
+                    instance,
+                    epoch: backup.epoch,
+                },
+            });
+            return;
+        }
+        if epoch > backup.epoch || backup.active != Some(from) {
+            return;
+        }
+        // The primary does not know where we are: whatever we thought, we
+        // are not in step with it.
+        backup.synced = false;
+        backup.catch_up_sent_ms = None;
+        Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, 0);
+    }
+
     fn backup_snapshot(
         &mut self,
         from: NodeId,
@@ -1236,8 +1314,9 @@ impl DataPlane {
         }
     }
 
-    /// The lowest lsn any backup that is behind still needs, over every
-    /// instance this node is primary of.
+    /// The lowest lsn a lagging in-sync backup, or a backup being caught up
+    /// from the WAL, still needs, over every instance this node is primary of.
+    /// Backups out of sync hold nothing: they get a snapshot if the WAL moved on.
     fn wal_hold(&self) -> Option<Lsn> {
         let mut hold: Option<Lsn> = None;
         for inst in self.instances.values() {
@@ -1245,16 +1324,20 @@ impl DataPlane {
                 continue;
             };
             let last = seq_of(primary.last);
-            for peer in primary.peers.values() {
-                let acked = peer.acked.unwrap_or_default();
-                if acked >= last {
+            for (node, peer) in &primary.peers {
+                let reading = peer.mode == PeerMode::Reading;
+                if !reading && !inst.rs.in_sync.contains(node) {
                     continue;
                 }
-                let needed = primary
-                    .window
-                    .iter()
-                    .find(|(seq, _, _)| *seq > acked)
-                    .map(|(_, lsn, _)| *lsn);
+                let acked = peer.acked.unwrap_or_default();
+                if acked >= last && !reading {
+                    continue;
+                }
+                let needed = if acked >= last {
+                    None
+                } else {
+                    primary.window_after(acked).map(|(_, lsn, _)| lsn)
+                };
                 let needed = match (needed, peer.read_lsn) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),

@@ -84,6 +84,14 @@ fn drain(dp: &mut DataPlane) -> Vec<DataOutput> {
         .collect()
 }
 
+/// Only the proposals among the outputs.
+fn proposals(dp: &mut DataPlane) -> Vec<DataOutput> {
+    dp.drain()
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::Propose(_)))
+        .collect()
+}
+
 /// Node 1, primary of epoch 1 (started at seq 1), log up to (1, 3), every
 /// replica in sync; no backup streaming yet.
 fn primary() -> DataPlane {
@@ -777,15 +785,15 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
         in_sync: vec![1, 2],
     });
     dp.tick(100 + TIMEOUT - 1);
-    assert_eq!(drain(&mut dp), vec![]);
+    assert_eq!(proposals(&mut dp), vec![]);
     dp.tick(100 + TIMEOUT);
-    assert_eq!(drain(&mut dp), vec![remove3.clone()]);
+    assert_eq!(proposals(&mut dp), vec![remove3.clone()]);
     dp.tick(100 + TIMEOUT + 1);
     dp.tick(100 + 2 * TIMEOUT - 1);
-    assert_eq!(drain(&mut dp), vec![], "not repeated every tick");
+    assert_eq!(proposals(&mut dp), vec![], "not repeated every tick");
     dp.tick(100 + 2 * TIMEOUT);
     assert_eq!(
-        drain(&mut dp),
+        proposals(&mut dp),
         vec![remove3],
         "repeated after another timeout"
     );
@@ -796,7 +804,7 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
         100 + 2 * TIMEOUT,
     );
     dp.tick(100 + 5 * TIMEOUT);
-    assert_eq!(drain(&mut dp), vec![]);
+    assert_eq!(proposals(&mut dp), vec![]);
     // Node 3 catches up: proposed back in, and waited for from now on.
     dp.on_message(
         3,
@@ -809,7 +817,7 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
     );
     dp.tick(100 + 5 * TIMEOUT);
     assert_eq!(
-        drain(&mut dp),
+        proposals(&mut dp),
         vec![DataOutput::Propose(Proposal::SetInSync {
             instance: I,
             epoch: Epoch(1),
@@ -818,7 +826,7 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
     );
     assert_eq!(dp.tracker().required(I), vec![2, 3]);
     dp.tick(100 + 5 * TIMEOUT + 1);
-    assert_eq!(drain(&mut dp), vec![]);
+    assert_eq!(proposals(&mut dp), vec![]);
 }
 
 #[test]
@@ -856,7 +864,7 @@ fn a_caught_up_backup_does_not_lag_until_entries_arrive() {
     stream(&mut dp, 2);
     stream(&mut dp, 3);
     dp.tick(10 * TIMEOUT);
-    assert_eq!(drain(&mut dp), vec![]);
+    assert_eq!(proposals(&mut dp), vec![]);
     // The lag clock starts when it falls behind, not at its last ack.
     dp.on_appended(&[shipped(1, 4)], 10 * TIMEOUT);
     drain(&mut dp);
@@ -870,10 +878,10 @@ fn a_caught_up_backup_does_not_lag_until_entries_arrive() {
         10 * TIMEOUT,
     );
     dp.tick(11 * TIMEOUT - 1);
-    assert_eq!(drain(&mut dp), vec![]);
+    assert_eq!(proposals(&mut dp), vec![]);
     dp.tick(11 * TIMEOUT);
     assert_eq!(
-        drain(&mut dp),
+        proposals(&mut dp),
         vec![DataOutput::Propose(Proposal::SetInSync {
             instance: I,
             epoch: Epoch(1),
@@ -1353,4 +1361,152 @@ fn a_lost_catch_up_is_retried_and_a_restarted_backup_catches_up() {
     sim.metadata(&shrunk);
     sim.run();
     assert_eq!(sim.nodes[&3].log, sim.nodes[&1].log);
+}
+
+#[test]
+fn a_silent_backup_is_probed_and_answers_with_a_catch_up() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    let probe = |to| {
+        send(
+            to,
+            DataMessage::Probe {
+                instance: I,
+                epoch: Epoch(1),
+            },
+        )
+    };
+    // Node 3 never asked to catch up (say its CatchUp was lost, or we restarted).
+    dp.tick(TIMEOUT / 2 - 1);
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.tick(TIMEOUT / 2);
+    assert_eq!(drain(&mut dp), vec![probe(3)]);
+    dp.tick(TIMEOUT - 1);
+    assert_eq!(drain(&mut dp), vec![], "one probe per retry interval");
+    // A streaming backup is probed only once it is behind and silent.
+    dp.on_appended(&[shipped(1, 4)], TIMEOUT);
+    drain(&mut dp);
+    dp.tick(TIMEOUT + TIMEOUT / 2);
+    let sends: Vec<DataOutput> = drain(&mut dp)
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::Send { .. }))
+        .collect();
+    assert_eq!(sends, vec![probe(2), probe(3)]);
+
+    // The backup that believed itself in step asks again.
+    let mut b = backup();
+    b.on_message(1, entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4)]), 0);
+    drain(&mut b);
+    b.on_message(
+        1,
+        DataMessage::Probe {
+            instance: I,
+            epoch: Epoch(1),
+        },
+        5,
+    );
+    assert_eq!(
+        drain(&mut b),
+        vec![send(
+            1,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(1),
+                last: Some(pt(1, 4))
+            }
+        )]
+    );
+    // A probe of an older epoch is fenced, one from a stranger ignored.
+    b.on_message(
+        3,
+        DataMessage::Probe {
+            instance: I,
+            epoch: Epoch(1),
+        },
+        5,
+    );
+    b.on_message(
+        1,
+        DataMessage::Probe {
+            instance: I,
+            epoch: Epoch(0),
+        },
+        5,
+    );
+    assert_eq!(
+        drain(&mut b),
+        vec![send(
+            1,
+            DataMessage::Fenced {
+                instance: I,
+                epoch: Epoch(1)
+            }
+        )]
+    );
+}
+
+#[test]
+fn in_sync_members_without_a_replica_are_proposed_out_at_once() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    let mut meta = rs(Some(1), 1, &[(1, 1)], &[1, 2, 4]);
+    meta.replicas = vec![1, 2];
+    dp.on_metadata(&meta, Some(pos(1, 3)), 0);
+    stream(&mut dp, 2);
+    dp.tick(0);
+    let remove4 = DataOutput::Propose(Proposal::SetInSync {
+        instance: I,
+        epoch: Epoch(1),
+        in_sync: vec![1, 2],
+    });
+    assert_eq!(proposals(&mut dp), vec![remove4.clone()]);
+    dp.tick(TIMEOUT - 1);
+    assert_eq!(proposals(&mut dp), vec![]);
+    dp.tick(TIMEOUT);
+    assert_eq!(proposals(&mut dp), vec![remove4]);
+}
+
+#[test]
+fn backups_out_of_sync_hold_no_wal_unless_being_read_for() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2]), Some(pos(1, 3)), 0);
+    dp.on_appended(&[shipped(1, 4), shipped(1, 5)], 0);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(5),
+        },
+        0,
+    );
+    dp.tick(0);
+    let holds: Vec<DataOutput> = dp
+        .drain()
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::HoldWal(_)))
+        .collect();
+    assert_eq!(
+        holds,
+        vec![DataOutput::HoldWal(None)],
+        "node 3 is out of sync"
+    );
+    // Reading the WAL for node 3 holds it from what was read.
+    dp.on_message(
+        3,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(pt(1, 1)),
+        },
+        0,
+    );
+    dp.on_entries_read(3, I, vec![shipped(1, 2)], 0);
+    dp.tick(1);
+    let holds: Vec<DataOutput> = dp
+        .drain()
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::HoldWal(_)))
+        .collect();
+    assert_eq!(holds, vec![DataOutput::HoldWal(Some(Lsn(102)))]);
 }
