@@ -273,7 +273,8 @@ fn a_gap_in_what_a_streaming_backup_got_is_read_from_the_wal() {
 #[test]
 fn catch_up_requests_are_answered_per_kip101() {
     // Primary of epoch 2 (epoch 1 from seq 1, epoch 2 from seq 4), log up to (2, 6).
-    let cases: Vec<(&str, Option<(Epoch, Seq)>, DataOutput)> = vec![
+    type Case = (&'static str, Option<(Epoch, Seq)>, DataOutput);
+    let cases: Vec<Case> = vec![
         ("empty backup", None, read(None, 2)),
         (
             "same epoch, behind",
