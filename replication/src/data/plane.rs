@@ -143,7 +143,10 @@ impl Peer {
 #[derive(Debug)]
 struct Primary {
     epoch: Epoch,
-    /// First seq of `epoch` once the epoch began on this node.
+    /// The epoch began on this node: it may ship and answer catch-ups.
+    begun: bool,
+    /// First seq of `epoch`, when known exactly (from the control plane or
+    /// the EpochStart entry).
     begun_start: Option<Seq>,
     /// Last entry appended here.
     last: Option<(Epoch, Seq)>,
@@ -312,6 +315,7 @@ impl DataPlane {
                         .collect();
                     Role::Primary(Primary {
                         epoch: rs.epoch,
+                        begun: false,
                         begun_start: None,
                         last,
                         window: VecDeque::new(),
@@ -370,6 +374,7 @@ impl DataPlane {
                     .map(|(_, s)| *s)
                     .min()
                 {
+                    primary.begun = true;
                     primary.begun_start = Some(start);
                     if primary.last.is_none_or(|l| l.1 < start) {
                         primary.last = Some((rs.epoch, start));
@@ -400,9 +405,22 @@ impl DataPlane {
         self.flush_tracker();
     }
 
-    /// The new epoch began on this node as primary: its EpochStart entry is at
-    /// `pos`. Catch-ups that waited for it are answered now.
+    /// The new epoch began on this node as primary: its EpochStart entry (or,
+    /// for a new instance, its create entry) is at `pos`. Catch-ups that waited
+    /// for it are answered now.
     pub fn on_epoch_begun(&mut self, pos: Position, now_ms: u64) {
+        self.begin(pos, Some(pos.seq), now_ms);
+    }
+
+    /// This node restarted as the active replica of an epoch it began before;
+    /// `last` is its last entry (`store.position`). Unless the control plane
+    /// recorded the epoch's start, backups whose last entry is of an older
+    /// epoch get a snapshot (their divergence point cannot be proven).
+    pub fn on_epoch_resumed(&mut self, last: Position, now_ms: u64) {
+        self.begin(last, None, now_ms);
+    }
+
+    fn begin(&mut self, pos: Position, start: Option<Seq>, now_ms: u64) {
         let Some(inst) = self.instances.get_mut(&pos.instance) else {
             return;
         };
@@ -412,8 +430,9 @@ impl DataPlane {
         if primary.epoch != pos.epoch {
             return;
         }
+        primary.begun = true;
         if primary.begun_start.is_none() {
-            primary.begun_start = Some(pos.seq);
+            primary.begun_start = start;
         }
         if primary.last.is_none_or(|l| l < pos.point()) {
             primary.last = Some(pos.point());
@@ -462,7 +481,7 @@ impl DataPlane {
         while primary.window.len() > LAG_WINDOW_ENTRIES_MAX {
             primary.window.pop_front();
         }
-        if primary.fenced || primary.begun_start.is_none() {
+        if primary.fenced || !primary.begun {
             return;
         }
         for (node, peer) in primary.peers.iter_mut() {
@@ -613,7 +632,7 @@ impl DataPlane {
         let fresh: Vec<ShippedEntry> = entries.into_iter().filter(|e| e.seq > sent_seq).collect();
         let contiguous = fresh
             .first()
-            .is_none_or(|f| peer.sent.is_none() || f.seq.0 == sent_seq.0.saturating_add(1))
+            .is_none_or(|f| f.seq.0 == sent_seq.0.saturating_add(1))
             && fresh
                 .windows(2)
                 .all(|w| w[1].seq.0 == w[0].seq.0.saturating_add(1));
@@ -777,7 +796,7 @@ impl DataPlane {
         let Role::Primary(primary) = &mut inst.role else {
             return;
         };
-        if primary.fenced || primary.begun_start.is_none() {
+        if primary.fenced || !primary.begun {
             return;
         }
         let last = seq_of(primary.last);
@@ -905,9 +924,9 @@ impl DataPlane {
     /// Whether this node is the primary of `instance` and may ship (the epoch
     /// began here and no peer showed it a newer epoch).
     pub fn is_primary(&self, instance: InstanceId) -> bool {
-        self.instances.get(&instance).is_some_and(
-            |inst| matches!(&inst.role, Role::Primary(p) if p.begun_start.is_some() && !p.fenced),
-        )
+        self.instances
+            .get(&instance)
+            .is_some_and(|inst| matches!(&inst.role, Role::Primary(p) if p.begun && !p.fenced))
     }
 
     // ---- internals ----
@@ -1236,7 +1255,7 @@ impl DataPlane {
         if epoch < primary.epoch || !primary.peers.contains_key(&from) || primary.fenced {
             return;
         }
-        if primary.begun_start.is_none() {
+        if !primary.begun {
             primary.deferred.insert(from, last);
             return;
         }
@@ -1245,7 +1264,7 @@ impl DataPlane {
 
     fn run_deferred(&mut self, instance: InstanceId, now_ms: u64) {
         let deferred = match self.instances.get_mut(&instance).map(|i| &mut i.role) {
-            Some(Role::Primary(primary)) if primary.begun_start.is_some() && !primary.fenced => {
+            Some(Role::Primary(primary)) if primary.begun && !primary.fenced => {
                 std::mem::take(&mut primary.deferred)
             }
             _ => return,
@@ -1269,20 +1288,34 @@ impl DataPlane {
         let Role::Primary(primary) = &mut inst.role else {
             return;
         };
-        let (Some(start), Some(primary_last)) = (primary.begun_start, primary.last) else {
+        let Some(primary_last) = primary.last else {
             return;
         };
         let mut starts = inst.rs.epoch_starts.clone();
-        if !starts.iter().any(|(e, _)| *e == primary.epoch) {
-            starts.push((primary.epoch, start));
-        }
+        let plan = match primary.begun_start {
+            Some(start) => {
+                if !starts.iter().any(|(e, _)| *e == primary.epoch) {
+                    starts.push((primary.epoch, start));
+                }
+                plan_catch_up(last, &starts, primary_last)
+            }
+            // Where our epoch starts is unknown: only an empty log, or one
+            // whose last entry we wrote in this epoch, is provably our prefix.
+            None => match last {
+                None => CatchUpPlan::Stream { after: None },
+                Some((e, s)) if e == primary.epoch && s <= primary_last.1 => {
+                    CatchUpPlan::Stream { after: last }
+                }
+                Some(_) => CatchUpPlan::Snapshot,
+            },
+        };
         let epoch = primary.epoch;
         let Some(peer) = primary.peers.get_mut(&from) else {
             return;
         };
         let _ = now_ms;
         peer.read_lsn = None;
-        match plan_catch_up(last, &starts, primary_last) {
+        match plan {
             CatchUpPlan::Stream { after } => {
                 peer.sent = after;
                 if seq_of(after) >= primary_last.1 {

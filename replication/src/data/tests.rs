@@ -1511,3 +1511,91 @@ fn backups_out_of_sync_hold_no_wal_unless_being_read_for() {
         .collect();
     assert_eq!(holds, vec![DataOutput::HoldWal(Some(Lsn(102)))]);
 }
+
+#[test]
+fn a_resumed_epoch_of_unknown_start_streams_only_provable_prefixes() {
+    // (backup's last entry, expected answer) for a primary that restarted in
+    // epoch 2, log up to (2, 9), whose epoch-2 start the control plane never recorded.
+    let cases: Vec<(Option<(Epoch, Seq)>, DataOutput)> = vec![
+        (None, read(None, 2)),
+        (Some(pt(2, 7)), read(Some(pt(2, 7)), 2)),
+        (
+            Some(pt(2, 9)),
+            send(2, entries_msg(2, Some(pt(2, 9)), vec![])),
+        ),
+        (
+            Some(pt(2, 10)),
+            DataOutput::SendSnapshot { instance: I, to: 2 },
+        ),
+        // Epoch 1 may have ended anywhere before (2, 9): not provable.
+        (
+            Some(pt(1, 3)),
+            DataOutput::SendSnapshot { instance: I, to: 2 },
+        ),
+    ];
+    for (last, want) in cases {
+        let mut dp = DataPlane::new(1, TIMEOUT);
+        dp.on_metadata(&rs(Some(1), 2, &[(1, 1)], &[1, 2, 3]), Some(pos(2, 9)), 0);
+        dp.on_message(
+            2,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(2),
+                last,
+            },
+            0,
+        );
+        assert_eq!(drain(&mut dp), vec![], "deferred until resumed");
+        dp.on_epoch_resumed(pos(2, 9), 0);
+        assert!(dp.is_primary(I));
+        assert_eq!(drain(&mut dp), vec![want], "{last:?}");
+    }
+    // Once the start is recorded, the exact rule applies.
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 2, &[(1, 1)], &[1, 2, 3]), Some(pos(2, 9)), 0);
+    dp.on_epoch_resumed(pos(2, 9), 0);
+    dp.on_metadata(
+        &rs(Some(1), 2, &[(1, 1), (2, 6)], &[1, 2, 3]),
+        Some(pos(2, 9)),
+        0,
+    );
+    drain(&mut dp);
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(2),
+            last: Some(pt(1, 3)),
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
+}
+
+#[test]
+fn a_wal_read_with_a_hole_turns_into_a_snapshot() {
+    for (after, entries) in [
+        (None, vec![shipped(1, 3), shipped(1, 4)]),
+        (Some(pt(1, 1)), vec![shipped(1, 2), shipped(1, 4)]),
+        (Some(pt(1, 1)), vec![shipped(1, 3)]),
+    ] {
+        let mut dp = DataPlane::new(1, TIMEOUT);
+        dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 4)), 0);
+        dp.on_message(
+            2,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(1),
+                last: after,
+            },
+            0,
+        );
+        assert_eq!(drain(&mut dp), vec![read(after, 2)]);
+        dp.on_entries_read(2, I, entries, 0);
+        assert_eq!(
+            drain(&mut dp),
+            vec![DataOutput::SendSnapshot { instance: I, to: 2 }],
+            "{after:?}"
+        );
+    }
+}
