@@ -120,12 +120,26 @@ struct Peer {
     progress_ms: u64,
     /// Lsn of the last entry a WAL read returned for it.
     read_lsn: Option<Lsn>,
+    /// Entries read from the WAL and sent, not yet acknowledged: (last seq
+    /// of a message, its bytes). Reading pauses while they exceed the bound.
+    read_inflight: VecDeque<(Seq, u64)>,
+    read_paused: bool,
+    /// The `last` of the CatchUp being answered and when: a retry of it
+    /// within the retry interval is ignored.
+    serving: Option<(Option<(Epoch, Seq)>, u64)>,
     remove_proposed_ms: Option<u64>,
     add_proposed_ms: Option<u64>,
     probe_sent_ms: Option<u64>,
 }
 
 impl Peer {
+    /// Forgets any read or snapshot under way.
+    fn reset_read(&mut self) {
+        self.read_lsn = None;
+        self.read_inflight.clear();
+        self.read_paused = false;
+    }
+
     fn new(now_ms: u64) -> Self {
         Peer {
             mode: PeerMode::AwaitCatchUp,
@@ -133,6 +147,9 @@ impl Peer {
             acked: None,
             progress_ms: now_ms,
             read_lsn: None,
+            read_inflight: VecDeque::new(),
+            read_paused: false,
+            serving: None,
             remove_proposed_ms: None,
             add_proposed_ms: None,
             probe_sent_ms: None,
@@ -209,6 +226,16 @@ pub struct DataPlane {
     instances: BTreeMap<InstanceId, Instance>,
     outputs: Vec<DataOutput>,
     hold_sent: Option<Option<Lsn>>,
+}
+
+/// Bytes read from the WAL for one backup that may be unacknowledged before
+/// reading pauses.
+fn read_ahead_bytes_max(read_bytes_max: u64) -> u64 {
+    read_bytes_max.saturating_mul(4)
+}
+
+fn read_inflight_bytes(peer: &Peer) -> u64 {
+    peer.read_inflight.iter().map(|(_, b)| *b).sum()
 }
 
 fn try_again(detail: String) -> CkptError {
@@ -651,6 +678,11 @@ impl DataPlane {
             peer.read_lsn = Some(last.lsn);
         }
         let done = fresh.is_empty() || seq_of(peer.sent) >= primary_last;
+        let batch_bytes: u64 = fresh.iter().map(|e| e.bytes.len() as u64).sum();
+        if !fresh.is_empty() {
+            peer.read_inflight
+                .push_back((seq_of(peer.sent), batch_bytes));
+        }
         self.outputs.push(DataOutput::Send {
             to: for_node,
             msg: DataMessage::Entries {
@@ -669,7 +701,11 @@ impl DataPlane {
         });
         if done {
             peer.mode = PeerMode::Streaming;
-            peer.read_lsn = None;
+            peer.reset_read();
+        } else if read_inflight_bytes(peer) > read_ahead_bytes_max(read_bytes_max) {
+            // Wait for acknowledgements before reading more: a backup far
+            // behind must not pull the whole WAL into the send queue.
+            peer.read_paused = true;
         } else {
             self.outputs.push(DataOutput::ReadEntries {
                 instance,
@@ -685,7 +721,7 @@ impl DataPlane {
         if let Some(peer) = self.peer_mut(instance, for_node) {
             if peer.mode == PeerMode::Reading {
                 peer.mode = PeerMode::Snapshotting;
-                peer.read_lsn = None;
+                peer.reset_read();
                 self.outputs.push(DataOutput::SendSnapshot {
                     instance,
                     to: for_node,
@@ -699,7 +735,7 @@ impl DataPlane {
     pub fn on_read_failed(&mut self, for_node: NodeId, instance: InstanceId) {
         if let Some(peer) = self.peer_mut(instance, for_node) {
             peer.mode = PeerMode::AwaitCatchUp;
-            peer.read_lsn = None;
+            peer.reset_read();
         }
     }
 
@@ -824,8 +860,12 @@ impl DataPlane {
             // A backup that is behind and silent may not know it should ask
             // for a catch-up (its CatchUp or our answer was lost, or we
             // restarted): ask it where it is.
-            let waiting =
-                peer.mode == PeerMode::AwaitCatchUp || (peer.mode == PeerMode::Streaming && behind);
+            let waiting = match peer.mode {
+                PeerMode::AwaitCatchUp => true,
+                PeerMode::Streaming | PeerMode::Reading => behind,
+                // Waiting for the driver's snapshot, not for the backup.
+                PeerMode::Snapshotting => false,
+            };
             if waiting
                 && idle_ms >= retry_ms
                 && peer
@@ -833,6 +873,8 @@ impl DataPlane {
                     .is_none_or(|t| now_ms.saturating_sub(t) >= retry_ms)
             {
                 peer.probe_sent_ms = Some(now_ms);
+                // Its answer must not be taken for a retry.
+                peer.serving = None;
                 self.outputs.push(DataOutput::Send {
                     to: *node,
                     msg: DataMessage::Probe {
@@ -927,6 +969,30 @@ impl DataPlane {
         self.instances
             .get(&instance)
             .is_some_and(|inst| matches!(&inst.role, Role::Primary(p) if p.begun && !p.fenced))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn peer_debug(&self, instance: InstanceId, node: NodeId) -> String {
+        match self.instances.get(&instance).map(|i| &i.role) {
+            Some(Role::Primary(p)) => format!(
+                "last {:?} peer {:?}",
+                p.last,
+                p.peers.get(&node).map(|x| (
+                    x.mode,
+                    x.sent,
+                    x.acked,
+                    x.progress_ms,
+                    x.read_paused,
+                    x.add_proposed_ms,
+                    x.probe_sent_ms
+                ))
+            ),
+            Some(Role::Backup(b)) => format!(
+                "backup last {:?} synced {} floor {:?} acked_sent {:?} catch_up {:?}",
+                b.last, b.synced, b.floor, b.acked_sent, b.catch_up_sent_ms
+            ),
+            None => "none".into(),
+        }
     }
 
     // ---- internals ----
@@ -1221,6 +1287,28 @@ impl DataPlane {
             peer.acked = Some(seq);
             peer.progress_ms = now_ms;
         }
+        while peer.read_inflight.front().is_some_and(|(s, _)| *s <= seq) {
+            peer.read_inflight.pop_front();
+        }
+        if peer.mode == PeerMode::Reading && Some(seq) >= primary.last.map(|l| l.1) {
+            // It holds all we have (an earlier answer, say a snapshot, got
+            // there first): stream from here, whatever read is under way.
+            peer.mode = PeerMode::Streaming;
+            peer.sent = primary.last;
+            peer.reset_read();
+        }
+        if peer.mode == PeerMode::Reading
+            && peer.read_paused
+            && read_inflight_bytes(peer) <= read_ahead_bytes_max(self.read_bytes_max)
+        {
+            peer.read_paused = false;
+            self.outputs.push(DataOutput::ReadEntries {
+                instance,
+                after: peer.sent,
+                for_node: from,
+                max_bytes: self.read_bytes_max,
+            });
+        }
         let floor = primary
             .peers
             .values()
@@ -1254,6 +1342,17 @@ impl DataPlane {
         }
         if epoch < primary.epoch || !primary.peers.contains_key(&from) || primary.fenced {
             return;
+        }
+        if let Some(peer) = primary.peers.get(&from) {
+            let busy = matches!(peer.mode, PeerMode::Reading | PeerMode::Snapshotting);
+            let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
+            let recent = peer
+                .serving
+                .is_some_and(|(l, at)| l == last && now_ms.saturating_sub(at) < retry_ms);
+            if busy && recent {
+                // A retry of the CatchUp we are answering.
+                return;
+            }
         }
         if !primary.begun {
             primary.deferred.insert(from, last);
@@ -1313,8 +1412,8 @@ impl DataPlane {
         let Some(peer) = primary.peers.get_mut(&from) else {
             return;
         };
-        let _ = now_ms;
-        peer.read_lsn = None;
+        peer.reset_read();
+        peer.serving = Some((last, now_ms));
         match plan {
             CatchUpPlan::Stream { after } => {
                 peer.sent = after;
