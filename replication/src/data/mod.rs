@@ -44,24 +44,12 @@ use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
 /// A node of the cluster (the `id` of a `[[nodes]]` table).
 pub type NodeId = u64;
 
-/// Where an instance's log is: its last entry's epoch and sequence number.
-///
-/// Mirrors the storage crate's `Position` (same fields) until that lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Position {
-    /// The checkpoint instance.
-    pub instance: InstanceId,
-    /// Epoch of the entry.
-    pub epoch: Epoch,
-    /// Sequence number of the entry within the instance.
-    pub seq: Seq,
-}
+/// Where an instance's log is (the storage crate's type, re-exported).
+pub use ckpt_storage::Position;
 
-impl Position {
-    /// The `(epoch, seq)` pair, in log order.
-    pub fn point(&self) -> (Epoch, Seq) {
-        (self.epoch, self.seq)
-    }
+/// The `(epoch, seq)` of a position, in log order.
+pub fn point(position: &Position) -> (Epoch, Seq) {
+    (position.epoch, position.seq)
 }
 
 /// One entry appended on this node, as the data plane sees it: its header and

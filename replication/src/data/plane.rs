@@ -32,7 +32,7 @@ use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
 use super::catchup::{plan_catch_up, CatchUpPlan};
 use super::message::{DataMessage, WireEntry};
 use super::tracker::{Need, Tracker};
-use super::{NodeId, Position, ReplicaSet, ShippedEntry};
+use super::{point, NodeId, Position, ReplicaSet, ShippedEntry};
 
 /// Bytes one WAL read for a catching-up backup returns at most (default).
 pub const READ_BYTES_MAX_DEFAULT: u64 = 4 * 1024 * 1024;
@@ -296,7 +296,7 @@ impl DataPlane {
             }
             return;
         }
-        let local = local.map(|p| p.point());
+        let local = local.map(|p| point(&p));
         let previous = self.instances.remove(&instance);
         let (durable, prev_role, prev_rs) = match previous {
             Some(inst) => (inst.durable, Some(inst.role), Some(inst.rs)),
@@ -461,8 +461,8 @@ impl DataPlane {
         if primary.begun_start.is_none() {
             primary.begun_start = start;
         }
-        if primary.last.is_none_or(|l| l < pos.point()) {
-            primary.last = Some(pos.point());
+        if primary.last.is_none_or(|l| l < point(&pos)) {
+            primary.last = Some(point(&pos));
         }
         self.run_deferred(pos.instance, now_ms);
     }
@@ -559,8 +559,8 @@ impl DataPlane {
     pub fn on_local_durable(&mut self, positions: &[Position]) {
         for pos in positions {
             if let Some(inst) = self.instances.get_mut(&pos.instance) {
-                if inst.durable.is_none_or(|d| d < pos.point()) {
-                    inst.durable = Some(pos.point());
+                if inst.durable.is_none_or(|d| d < point(pos)) {
+                    inst.durable = Some(point(pos));
                 }
                 if let Role::Backup(backup) = &mut inst.role {
                     Self::maybe_ack(&mut self.outputs, pos.instance, backup, inst.durable);
@@ -591,7 +591,7 @@ impl DataPlane {
         let Role::Backup(backup) = &mut inst.role else {
             return;
         };
-        backup.last = store_last.map(|p| p.point());
+        backup.last = store_last.map(|p| point(&p));
         backup.synced = false;
         backup.catch_up_sent_ms = None;
         Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, 0);
@@ -764,11 +764,11 @@ impl DataPlane {
             msg: DataMessage::Snapshot {
                 instance,
                 epoch,
-                last: last.point(),
+                last: point(&last),
                 bytes,
             },
         });
-        peer.sent = Some(last.point());
+        peer.sent = Some(point(&last));
         if last.seq < primary_last {
             peer.mode = PeerMode::Reading;
             self.outputs.push(DataOutput::ReadEntries {

@@ -1736,7 +1736,7 @@ fn chaos(seed: u64) {
                     sim.append(active, meta.epoch.0, count);
                     let last = sim.last(active).unwrap();
                     next_ticket += 1;
-                    tickets.insert(next_ticket, last.point());
+                    tickets.insert(next_ticket, point(&last));
                     sim.nodes.get_mut(&active).unwrap().plane.register(
                         next_ticket,
                         last,
@@ -1794,7 +1794,7 @@ fn chaos(seed: u64) {
                             .unwrap()
                             .plane
                             .on_epoch_begun(start, sim.now);
-                        meta.epoch_starts.push(start.point());
+                        meta.epoch_starts.push(point(&start));
                         sim.metadata(&meta);
                     }
                 }

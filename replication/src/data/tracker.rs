@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ckpt_proto::{CkptError, ErrorCode};
 use ckpt_storage::{Epoch, InstanceId, Seq};
 
-use super::{NodeId, Position};
+use super::{point, NodeId, Position};
 
 /// What a client request waits for before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,8 +140,8 @@ impl Tracker {
     pub fn local_durable(&mut self, positions: &[Position]) {
         for pos in positions {
             let track = self.tracks.entry(pos.instance).or_default();
-            if track.durable.is_none_or(|d| d < pos.point()) {
-                track.durable = Some(pos.point());
+            if track.durable.is_none_or(|d| d < point(pos)) {
+                track.durable = Some(point(pos));
             }
             Self::evaluate(
                 self.me,
