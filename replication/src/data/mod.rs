@@ -25,6 +25,11 @@
 //!   added) acknowledged it; a member leaves that set only through the control
 //!   plane, never by a local decision.
 //! - Acknowledgements count only within the epoch they were sent in.
+//! - The log-matching rule needs every `(epoch, seq)` to name one entry: an
+//!   active replica that crashed must not go on writing in the same epoch (it
+//!   may have lost entries a backup holds); it gets a new epoch first.
+//! - Nothing is shipped to a backup, in sync or not, before its CatchUp of
+//!   the current epoch was answered: only then is its log known to match.
 
 pub mod catchup;
 pub mod message;

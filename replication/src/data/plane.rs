@@ -13,7 +13,12 @@
 //! [`tick`](DataPlane::tick) a backup that is behind without acknowledging
 //! anything new for `replica_lag_timeout_ms` is proposed out of the in-sync
 //! set, and a streaming backup that acknowledged everything is proposed back
-//! in — each proposal once per timeout, not every tick.
+//! in — each proposal once per timeout, not every tick. A backup that is
+//! behind and silent is sent a [`DataMessage::Probe`] so that it asks for a
+//! catch-up (its CatchUp or our answer may have been lost, or we restarted).
+//! WAL reads for a backup pause while more than four reads' worth of bytes
+//! are unacknowledged, and [`DataOutput::HoldWal`] keeps what lagging in-sync
+//! backups and backups being read for still need.
 //!
 //! Backup side. Entries from the active replica of the epoch the control plane
 //! named are appended in order ([`DataOutput::Apply`]) when their `prev` is
