@@ -897,11 +897,24 @@ impl DataPlane {
                         propose = true;
                     }
                 }
-            } else if required.contains(node) && stalled {
-                // Its addition is pending but it fell behind: stop waiting for
-                // it (it is not in the applied set).
-                give_up.push(*node);
-                peer.add_proposed_ms = None;
+            } else if required.contains(node) {
+                // Its addition is pending. If it fell behind, stop waiting for
+                // it (it is not in the applied set) — but only once the
+                // proposal is old enough to have been applied or lost: were
+                // it applied after we gave up, the control plane would name
+                // an in-sync member lacking writes released meanwhile.
+                let proposal_settled = peer
+                    .add_proposed_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= timeout.saturating_mul(2));
+                if stalled && proposal_settled {
+                    give_up.push(*node);
+                    peer.add_proposed_ms = None;
+                } else if !behind && peer.mode == PeerMode::Streaming && due(peer.add_proposed_ms) {
+                    // The proposal may have been lost: propose it again.
+                    add.insert(*node);
+                    peer.add_proposed_ms = Some(now_ms);
+                    propose = true;
+                }
             } else if peer.mode == PeerMode::Streaming
                 && peer.acked.is_some()
                 && !behind

@@ -1977,3 +1977,45 @@ fn a_retried_catch_up_is_not_answered_twice_within_the_retry_interval() {
     );
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
 }
+
+#[test]
+fn a_member_being_added_that_stalls_is_given_up_only_after_its_proposal_settled() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2]), Some(pos(1, 3)), 0);
+    drain(&mut dp);
+    dp.tick(0);
+    assert_eq!(
+        proposals(&mut dp),
+        vec![DataOutput::Propose(Proposal::SetInSync {
+            instance: I,
+            epoch: Epoch(1),
+            in_sync: vec![1, 2, 3]
+        })]
+    );
+    // Node 3 stops acknowledging right after; a write waits for it.
+    dp.on_appended(&[shipped(1, 4)], 0);
+    dp.register(9, pos(1, 4), Need::AllInSync);
+    dp.on_local_durable(&[pos(1, 4)]);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(4),
+        },
+        0,
+    );
+    drain(&mut dp);
+    dp.tick(2 * TIMEOUT - 1);
+    assert!(
+        !drain(&mut dp)
+            .iter()
+            .any(|o| matches!(o, DataOutput::Released(_))),
+        "still waiting for node 3"
+    );
+    dp.tick(2 * TIMEOUT);
+    assert!(drain(&mut dp).contains(&DataOutput::Released(vec![9])));
+    assert_eq!(dp.tracker().required(I), vec![2]);
+}
