@@ -1088,6 +1088,8 @@ struct SimNode {
     plane: DataPlane,
     log: Vec<WireEntry>,
     up: bool,
+    /// Cut off from the control plane: gets no metadata (but still talks to peers).
+    stale: bool,
 }
 
 struct Sim {
@@ -1110,6 +1112,7 @@ impl Sim {
                 plane: DataPlane::new(id, TIMEOUT),
                 log: Vec::new(),
                 up: true,
+                stale: false,
             };
             node.plane.set_read_bytes_max(25); // two entries per read
             nodes.insert(id, node);
@@ -1136,7 +1139,7 @@ impl Sim {
         for id in [1, 2, 3] {
             let last = self.last(id);
             let node = self.nodes.get_mut(&id).unwrap();
-            if node.up {
+            if node.up && !node.stale {
                 node.plane.on_metadata(meta, last, self.now);
             }
         }
@@ -1727,9 +1730,27 @@ fn chaos(seed: u64) {
     let mut tickets = BTreeMap::new();
     let mut next_ticket = 0;
     let mut failovers = 0;
+    // An old primary cut off from the control plane, and the epoch it believes in.
+    let mut stale: Option<(NodeId, u64)> = None;
+    let (mut stale_writes, mut partitions) = (0, 0);
     for step in 0..1500 {
         let active = meta.active.unwrap();
         match sim.rand() % 100 {
+            0..=9 if stale.is_some() => {
+                // The cut-off old primary still takes writes; none may be
+                // released unless every current in-sync member has it.
+                let (old, epoch) = stale.unwrap();
+                stale_writes += 1;
+                sim.append(old, epoch, 1);
+                let last = sim.last(old).unwrap();
+                next_ticket += 1;
+                tickets.insert(next_ticket, point(&last));
+                sim.nodes
+                    .get_mut(&old)
+                    .unwrap()
+                    .plane
+                    .register(next_ticket, last, Need::AllInSync);
+            }
             0..=29 => {
                 if sim.nodes[&active].up {
                     let count = 1 + sim.rand() % 3;
@@ -1762,7 +1783,11 @@ fn chaos(seed: u64) {
                     .filter(|(_, n)| !n.up)
                     .map(|(id, _)| *id)
                     .collect();
-                if let Some(id) = down.first() {
+                if let Some((old, _)) = stale.take() {
+                    // The cut-off node hears from the control plane again.
+                    sim.nodes.get_mut(&old).unwrap().stale = false;
+                    sim.metadata(&meta);
+                } else if let Some(id) = down.first() {
                     // The dead node restarts with its log and a fresh data plane.
                     let node = sim.nodes.get_mut(id).unwrap();
                     node.up = true;
@@ -1780,9 +1805,15 @@ fn chaos(seed: u64) {
                         failovers += 1;
                         let next = candidates[(sim.rand() % candidates.len() as u64) as usize];
                         let node = sim.nodes.get_mut(&active).unwrap();
-                        node.up = false;
-                        sim.net
-                            .retain(|(from, to, _)| *from != active && *to != active);
+                        if sim.rng % 2 == 0 {
+                            node.up = false;
+                            sim.net
+                                .retain(|(from, to, _)| *from != active && *to != active);
+                        } else {
+                            node.stale = true;
+                            partitions += 1;
+                            stale = Some((active, meta.epoch.0));
+                        }
                         meta.epoch = Epoch(meta.epoch.0 + 1);
                         meta.active = Some(next);
                         meta.in_sync.retain(|n| *n != active);
@@ -1803,16 +1834,18 @@ fn chaos(seed: u64) {
         apply_proposals(&mut sim, &mut meta);
         check_released(&sim, &meta, &tickets, step);
     }
+    eprintln!("seed {seed}: {failovers} failovers, {partitions} partitioned primaries, {stale_writes} writes to them");
     // Heal: no more losses, everyone up, time passes.
     sim.drop_per_mille = 0;
     for id in [1, 2, 3] {
+        sim.nodes.get_mut(&id).unwrap().stale = false;
         if !sim.nodes[&id].up {
             let node = sim.nodes.get_mut(&id).unwrap();
             node.up = true;
             node.plane = DataPlane::new(id, TIMEOUT);
-            sim.metadata(&meta);
         }
     }
+    sim.metadata(&meta);
     for _ in 0..20 {
         sim.now += TIMEOUT / 2;
         let now = sim.now;
