@@ -1805,7 +1805,7 @@ fn chaos(seed: u64) {
                         failovers += 1;
                         let next = candidates[(sim.rand() % candidates.len() as u64) as usize];
                         let node = sim.nodes.get_mut(&active).unwrap();
-                        if sim.rng % 2 == 0 {
+                        if sim.rng.is_multiple_of(2) {
                             node.up = false;
                             sim.net
                                 .retain(|(from, to, _)| *from != active && *to != active);
