@@ -342,6 +342,8 @@ mod tests {
                 max_section_size: 10,
                 max_section_id_size: 0,
             },
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         };
         let writer = store.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -969,6 +969,8 @@ impl Service {
             name: name.clone(),
             attributes: attributes.clone(),
             generated_next,
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         };
         let instance = match self.exec(op, Durability::Durable).await? {
             Outcome::Opened { instance, .. } => instance,
@@ -1032,6 +1034,8 @@ impl Service {
                         Op::CreateCheckpoint {
                             name: name.clone(),
                             attributes,
+                            instance: None,
+                            epoch: ckpt_storage::Epoch(1),
                         },
                         Durability::Durable,
                     )
