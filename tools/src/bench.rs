@@ -1194,4 +1194,257 @@ mod tests {
         );
         assert!(next_counter(Some(&u64::MAX.to_le_bytes().to_vec())).is_err());
     }
+    #[test]
+    fn clients_spread_over_checkpoints() {
+        assert_eq!(clients_of(64, 12, 0), 6);
+        assert_eq!(clients_of(64, 12, 3), 6);
+        assert_eq!(clients_of(64, 12, 4), 5);
+        assert_eq!((0..12).map(|j| clients_of(64, 12, j)).sum::<u32>(), 64);
+        assert_eq!(clients_of(5, 1, 0), 5);
+        let spread = args(&["--clients", "64", "--checkpoints", "12", "--size", "1024"]);
+        let names = checkpoint_names(&spread).unwrap();
+        assert_eq!(names.len(), 12);
+        assert_eq!(names[0].as_bytes(), b"bench-0");
+        assert_eq!(names[11].as_bytes(), b"bench-11");
+        // Each checkpoint has room for its busiest share of the clients.
+        let wanted = bench_attributes(&spread);
+        assert_eq!(wanted.max_sections, 6);
+        assert_eq!(wanted.checkpoint_size, 6 * 1024);
+        assert_eq!(unfit_reason(&wanted, &wanted, clients_of(64, 12, 0)), None);
+        assert_eq!(
+            checkpoint_names(&args(&["--checkpoint", "x"])).unwrap()[0].as_bytes(),
+            b"x"
+        );
+        let long = "n".repeat(255);
+        assert!(checkpoint_names(&args(&["--checkpoint", &long, "--checkpoints", "2"])).is_err());
+    }
+
+    #[test]
+    fn modes_set_the_creation_flags() {
+        let flags = |mode: &str| bench_attributes(&args(&["--mode", mode])).creation_flags;
+        assert_eq!(
+            flags("all-safe"),
+            CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE
+        );
+        assert_eq!(flags("active"), CreationFlags::WR_ACTIVE_REPLICA);
+        assert_eq!(flags("weak"), CreationFlags::WR_ACTIVE_REPLICA_WEAK);
+        assert_eq!(flags("active-weak"), CreationFlags::WR_ACTIVE_REPLICA_WEAK);
+    }
+
+    #[test]
+    fn errors_retry_the_same_value_or_stop() {
+        let error = |code| ClientError::new(code, "x");
+        let lost = ClientError::connection_lost("gone");
+        assert_eq!(
+            after_error(&error(ErrorCode::TryAgain), false),
+            AfterError::Retry
+        );
+        assert_eq!(
+            after_error(&error(ErrorCode::TryAgain), true),
+            AfterError::Retry
+        );
+        // Unknown outcome: reconnect only when allowed, else stop as before.
+        assert_eq!(after_error(&lost, true), AfterError::Reconnect);
+        assert_eq!(after_error(&lost, false), AfterError::Stop);
+        assert_eq!(
+            after_error(&error(ErrorCode::Timeout), true),
+            AfterError::Reconnect
+        );
+        assert_eq!(
+            after_error(&error(ErrorCode::Timeout), false),
+            AfterError::Stop
+        );
+        assert_eq!(
+            after_error(&error(ErrorCode::InvalidHandle), true),
+            AfterError::Reconnect
+        );
+        // A definite refusal stops the client.
+        assert_eq!(
+            after_error(&error(ErrorCode::NoSpace), true),
+            AfterError::Stop
+        );
+        assert_eq!(
+            after_error(&error(ErrorCode::NotExist), true),
+            AfterError::Stop
+        );
+    }
+
+    #[test]
+    fn reconnection_window_defaults_by_address_count() {
+        let none = args(&[]);
+        assert_eq!(reconnect_window(&none, "a:1"), Duration::ZERO);
+        assert_eq!(
+            reconnect_window(&none, "a:1,b:2"),
+            Duration::from_secs_f64(RECONNECT_S_DEFAULT_CLUSTER)
+        );
+        let set = args(&["--reconnect-s", "2.5"]);
+        assert_eq!(reconnect_window(&set, "a:1"), Duration::from_millis(2500));
+        let off = args(&["--reconnect-s", "0"]);
+        assert_eq!(reconnect_window(&off, "a:1,b:2"), Duration::ZERO);
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+        assert_eq!(
+            etcd_put_body("k", b"v"),
+            br#"{"key":"aw==","value":"dg=="}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn reports_show_errors_by_code() {
+        let mut errors = BTreeMap::new();
+        errors.insert("CL_ERR_TRY_AGAIN".to_string(), 3);
+        let report = BenchReport {
+            checkpoint: "bench-0..bench-11".into(),
+            checkpoints: 12,
+            target: "ckpt".into(),
+            clients: 64,
+            clients_running: 64,
+            duration_s: 1.0,
+            elapsed_s: 1.0,
+            value_size: 1024,
+            mode: "all-safe".into(),
+            all_safe: false,
+            ops: 10,
+            ops_per_s: 10.0,
+            retries: 3,
+            errors,
+            reconnects: 2,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            p999_us: 3.0,
+            max_us: 4.0,
+            stopped_early: false,
+            client_errors: Vec::new(),
+            record: None,
+        };
+        let text = report.text();
+        assert!(
+            text.contains("checkpoint bench-0..bench-11 (12 checkpoints)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("errors: CL_ERR_TRY_AGAIN 3; 2 reconnects"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["errors"]["CL_ERR_TRY_AGAIN"], 3);
+        assert_eq!(json["p999_us"], 3.0);
+    }
+
+    #[tokio::test]
+    async fn etcd_target_puts_through_the_json_gateway() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A fake gateway: answers every put 200 and keeps the bodies.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let (sender, mut bodies) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let text = String::from_utf8_lossy(&buffer).into_owned();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length: usize = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Length: "))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buffer.len() >= end + 4 + length {
+                                assert!(text.starts_with("POST /v3/kv/put HTTP/1.1"));
+                                let body =
+                                    String::from_utf8_lossy(&buffer[end + 4..end + 4 + length]);
+                                let _ = sender.send(body.into_owned());
+                                buffer.drain(..end + 4 + length);
+                                let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                                if stream.write_all(reply.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        let args = args(&[
+            "--target",
+            "etcd",
+            "--endpoints",
+            &endpoint,
+            "--clients",
+            "3",
+            "--checkpoints",
+            "2",
+            "--size",
+            "16",
+            "--duration-s",
+            "0.2",
+        ]);
+        let report = run("unused:1", &args).await.map_err(|(_, e)| e).unwrap();
+        assert!(report.ops > 0);
+        assert_eq!(report.clients_running, 3);
+        assert_eq!(report.target, "etcd");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let mut keys = std::collections::BTreeSet::new();
+        while let Ok(body) = bodies.try_recv() {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+            keys.insert(value["key"].as_str().unwrap().to_string());
+            assert_eq!(value["value"].as_str().unwrap().len(), 24); // 16 bytes
+        }
+        let expected: std::collections::BTreeSet<String> =
+            ["bench-0/c0", "bench-1/c1", "bench-0/c2"]
+                .iter()
+                .map(|k| base64(k.as_bytes()))
+                .collect();
+        assert_eq!(keys, expected);
+    }
+
+    #[tokio::test]
+    async fn etcd_target_stops_a_client_whose_endpoint_is_down() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let args = args(&[
+            "--target",
+            "etcd",
+            "--endpoints",
+            &dead,
+            "--clients",
+            "1",
+            "--duration-s",
+            "5",
+        ]);
+        let started = Instant::now();
+        let (report, error) = run("unused:1", &args).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert_eq!(error.code, ErrorCode::FailedOperation);
+        let report = report.unwrap();
+        assert_eq!(report.errors.get("connect failed"), Some(&1));
+        assert!(
+            report.client_errors[0].contains(&dead),
+            "{:?}",
+            report.client_errors
+        );
+    }
 }

@@ -289,3 +289,35 @@ async fn check_acked(addr: &str, path: &std::path::Path) -> Result<(), ClientErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn dead_addr() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn connect_names_every_node_that_failed() {
+        let (one, two) = (dead_addr().await, dead_addr().await);
+        let error = match connect(&format!("{one},{two}")).await {
+            Err(error) => error,
+            Ok(_) => panic!("connected to nothing"),
+        };
+        assert!(error.is_connection_lost(), "{error}");
+        assert!(
+            error.message.contains(&one) && error.message.contains(&two),
+            "{error}"
+        );
+        let error = usable_addr(&format!("{one}, {two}")).await.unwrap_err();
+        assert!(error.message.contains(&two), "{error}");
+        match connect(&format!("{one},")).await {
+            Err(error) => assert_eq!(error.code, ErrorCode::InvalidParameter),
+            Ok(_) => panic!("accepted an empty entry"),
+        }
+        // One address is passed through as it is.
+        assert_eq!(usable_addr("h:1").await.unwrap(), "h:1");
+    }
+}
