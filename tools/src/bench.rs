@@ -1068,12 +1068,14 @@ async fn run_opens(
     let mut latency_ns = Histogram::default();
     let mut ops = 0;
     let mut client_errors = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for (index, task) in tasks.into_iter().enumerate() {
         match task.await {
             Ok(outcome) => {
                 latency_ns.merge(&outcome.latency_ns);
                 ops += outcome.ops;
                 if let Some(error) = outcome.error {
+                    *errors.entry(error.code.cl_name().to_string()).or_default() += 1;
                     client_errors.push(format!("c{index}: {error}"));
                 }
             }
@@ -1095,7 +1097,7 @@ async fn run_opens(
         ops,
         ops_per_s: per_second(ops, elapsed_s),
         retries: 0,
-        errors: BTreeMap::new(),
+        errors,
         reconnects: 0,
         p50_us: us(latency_ns.quantile(0.5)),
         p99_us: us(latency_ns.quantile(0.99)),
