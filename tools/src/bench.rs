@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ckpt_client::{Checkpoint, Client, ClientError};
+use ckpt_client::{Checkpoint, Client, ClientError, ClientOptions};
 use ckpt_proto::{
     CheckpointName, CreationAttributes, CreationFlags, ErrorCode, OpenFlags, ReadElement,
     SectionCreationAttributes, SectionId, TIME_END,
@@ -39,7 +39,7 @@ use crate::record::{decode_counter, fill_value, valid_field, Recorder};
 
 /// Pause before retrying a write the server answered with `TRY_AGAIN`.
 pub const TRY_AGAIN_PAUSE_MS: u64 = 1;
-/// Pause between reconnection attempts after a lost connection.
+/// `--target etcd`: pause between reconnection attempts.
 pub const RECONNECT_PAUSE_MS: u64 = 100;
 /// `--reconnect-s` when --addr lists several nodes and the flag is absent.
 pub const RECONNECT_S_DEFAULT_CLUSTER: f64 = 10.0;
@@ -280,7 +280,8 @@ async fn open_bench_checkpoint(
 
 /// One client, ready to write.
 struct Worker {
-    name: CheckpointName,
+    /// Kept for its reconnection count.
+    client: Client,
     checkpoint_text: Arc<str>,
     section_text: String,
     section: SectionId,
@@ -299,12 +300,20 @@ fn next_counter(stored: Option<&Vec<u8>>) -> Result<u64, ClientError> {
     }
 }
 
+/// A client for the bench: it reconnects (to any node of `addr`) and
+/// resends unanswered writes with their request ids for up to `window`.
+async fn connect_client(addr: &str, window: Duration) -> Result<Client, ClientError> {
+    crate::cluster::split_addrs(addr)?;
+    Client::connect_with_options(addr, ClientOptions::new().reconnect_timeout(window)).await
+}
+
 async fn set_up_worker(
     addr: &str,
+    window: Duration,
     name: &CheckpointName,
     index: u32,
 ) -> Result<Worker, ClientError> {
-    let client = crate::connect(addr).await?;
+    let client = connect_client(addr, window).await?;
     let checkpoint = client
         .open(name, None, OpenFlags::READ | OpenFlags::WRITE)
         .await?;
@@ -336,8 +345,8 @@ async fn set_up_worker(
         Err(error) => return Err(error),
     };
     Ok(Worker {
+        client,
         checkpoint_text: String::from_utf8_lossy(name.as_bytes()).into(),
-        name: name.clone(),
         section_text,
         section,
         checkpoint,
@@ -364,76 +373,26 @@ struct WorkerOutcome {
 pub enum AfterError {
     /// Pause and send the same value again (the server refused it).
     Retry,
-    /// The outcome is unknown and the connection may be gone: reconnect
-    /// (if allowed), then send the same value again.
-    Reconnect,
     /// Stop this client.
     Stop,
 }
 
-/// How a write error is handled. The same counter is always rewritten
-/// after an error, so at most one value beyond the last acknowledged one
-/// can be stored: the invariant `check-acked` relies on.
-pub fn after_error(error: &ClientError, may_reconnect: bool) -> AfterError {
+/// How a write error is handled. A lost connection was already retried by
+/// the client for `--reconnect-s` (same request id, so applied at most
+/// once); what reaches the bench is final. The same counter is always
+/// rewritten after an error, so at most one value beyond the last
+/// acknowledged one can be stored: the invariant `check-acked` relies on.
+pub fn after_error(error: &ClientError) -> AfterError {
     match error.code {
         ErrorCode::TryAgain => AfterError::Retry,
-        ErrorCode::Timeout | ErrorCode::InvalidHandle if may_reconnect => AfterError::Reconnect,
-        _ if error.is_connection_lost() && may_reconnect => AfterError::Reconnect,
         _ => AfterError::Stop,
-    }
-}
-
-/// Reopens the worker's checkpoint through a fresh connection to any node
-/// of `addr`, until `window` has passed since `lost_at`, the deadline or a
-/// stop. Returns the last error when it gives up.
-async fn reconnect(
-    worker: &mut Worker,
-    addr: &str,
-    lost_at: Instant,
-    window: Duration,
-    deadline: Instant,
-    stopped: &watch::Receiver<bool>,
-    errors: &mut BTreeMap<String, u64>,
-) -> Result<(), ClientError> {
-    loop {
-        let attempt = async {
-            let client = crate::connect(addr).await?;
-            client
-                .open(&worker.name, None, OpenFlags::READ | OpenFlags::WRITE)
-                .await
-        };
-        let error = match attempt.await {
-            Ok(checkpoint) => {
-                let old = std::mem::replace(&mut worker.checkpoint, checkpoint);
-                drop(old);
-                return Ok(());
-            }
-            Err(error) => error,
-        };
-        *errors
-            .entry(format!("reconnect {}", error.code.cl_name()))
-            .or_default() += 1;
-        let now = Instant::now();
-        if now >= deadline || *stopped.borrow() || now.duration_since(lost_at) >= window {
-            return Err(ClientError::new(
-                error.code,
-                format!(
-                    "could not reconnect within {:.1} s: {}",
-                    window.as_secs_f64(),
-                    error.message
-                ),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(RECONNECT_PAUSE_MS)).await;
     }
 }
 
 async fn write_loop(
     mut worker: Worker,
-    addr: Arc<str>,
     value_size: usize,
     deadline: Instant,
-    reconnect_window: Duration,
     stop: watch::Sender<bool>,
     recorder: Option<Arc<Recorder>>,
 ) -> WorkerOutcome {
@@ -442,7 +401,6 @@ async fn write_loop(
     // `check-acked` can tell a wrong body from the right one.
     let mut value = vec![0u8; value_size];
     let stopped = stop.subscribe();
-    let may_reconnect = !reconnect_window.is_zero();
     while Instant::now() < deadline && !*stopped.borrow() {
         fill_value(
             &worker.checkpoint_text,
@@ -492,33 +450,10 @@ async fn write_loop(
             .errors
             .entry(error.code.cl_name().to_string())
             .or_default() += 1;
-        match after_error(&error, may_reconnect) {
+        match after_error(&error) {
             AfterError::Retry => {
                 outcome.retries += 1;
                 tokio::time::sleep(Duration::from_millis(TRY_AGAIN_PAUSE_MS)).await;
-            }
-            AfterError::Reconnect => {
-                let lost_at = Instant::now();
-                match reconnect(
-                    &mut worker,
-                    &addr,
-                    lost_at,
-                    reconnect_window,
-                    deadline,
-                    &stopped,
-                    &mut outcome.errors,
-                )
-                .await
-                {
-                    Ok(()) => outcome.reconnects += 1,
-                    Err(reconnect_error) => {
-                        outcome.error = Some(ClientError::new(
-                            error.code,
-                            format!("{} (then {})", error.message, reconnect_error.message),
-                        ));
-                        break;
-                    }
-                }
             }
             AfterError::Stop => {
                 outcome.error = Some(error);
@@ -526,6 +461,7 @@ async fn write_loop(
             }
         }
     }
+    outcome.reconnects = worker.client.reconnects();
     if outcome
         .error
         .as_ref()
@@ -598,7 +534,7 @@ pub async fn run(
     })?;
     let reconnect_window = reconnect_window(args, addr);
 
-    let setup_client = crate::connect(addr).await.map_err(fail)?;
+    let setup_client = connect_client(addr, reconnect_window).await.map_err(fail)?;
     let mut setup_checkpoints = Vec::new();
     for name in &names {
         setup_checkpoints.push(
@@ -610,7 +546,7 @@ pub async fn run(
 
     let setups = (0..args.clients).map(|index| {
         let name = &names[(index % args.checkpoints) as usize];
-        set_up_worker(addr, name, index)
+        set_up_worker(addr, reconnect_window, name, index)
     });
     let setups = futures::future::join_all(setups).await;
     let mut workers = Vec::new();
@@ -633,7 +569,6 @@ pub async fn run(
     let (stop, _) = watch::channel(false);
     let interrupt = spawn_interrupt(&stop);
 
-    let shared_addr: Arc<str> = addr.into();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let tasks: Vec<_> = workers
@@ -642,10 +577,8 @@ pub async fn run(
             let section = worker.section_text.clone();
             let task = tokio::spawn(write_loop(
                 worker,
-                shared_addr.clone(),
                 value_size,
                 deadline,
-                reconnect_window,
                 stop.clone(),
                 recorder.clone(),
             ));
@@ -1046,7 +979,11 @@ async fn run_opens(
     let attributes = bench_attributes(args);
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        clients.push(crate::connect(addr).await.map_err(fail)?);
+        clients.push(
+            connect_client(addr, reconnect_window(args, addr))
+                .await
+                .map_err(fail)?,
+        );
     }
     let (stop, _) = watch::channel(false);
     let started = Instant::now();
@@ -1236,39 +1173,15 @@ mod tests {
     #[test]
     fn errors_retry_the_same_value_or_stop() {
         let error = |code| ClientError::new(code, "x");
-        let lost = ClientError::connection_lost("gone");
+        assert_eq!(after_error(&error(ErrorCode::TryAgain)), AfterError::Retry);
+        // The client already reconnected for --reconnect-s: a lost
+        // connection is final here, as is a refusal.
         assert_eq!(
-            after_error(&error(ErrorCode::TryAgain), false),
-            AfterError::Retry
-        );
-        assert_eq!(
-            after_error(&error(ErrorCode::TryAgain), true),
-            AfterError::Retry
-        );
-        // Unknown outcome: reconnect only when allowed, else stop as before.
-        assert_eq!(after_error(&lost, true), AfterError::Reconnect);
-        assert_eq!(after_error(&lost, false), AfterError::Stop);
-        assert_eq!(
-            after_error(&error(ErrorCode::Timeout), true),
-            AfterError::Reconnect
-        );
-        assert_eq!(
-            after_error(&error(ErrorCode::Timeout), false),
+            after_error(&ClientError::connection_lost("gone")),
             AfterError::Stop
         );
-        assert_eq!(
-            after_error(&error(ErrorCode::InvalidHandle), true),
-            AfterError::Reconnect
-        );
-        // A definite refusal stops the client.
-        assert_eq!(
-            after_error(&error(ErrorCode::NoSpace), true),
-            AfterError::Stop
-        );
-        assert_eq!(
-            after_error(&error(ErrorCode::NotExist), true),
-            AfterError::Stop
-        );
+        assert_eq!(after_error(&error(ErrorCode::NoSpace)), AfterError::Stop);
+        assert_eq!(after_error(&error(ErrorCode::NotExist)), AfterError::Stop);
     }
 
     #[test]

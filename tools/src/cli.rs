@@ -554,10 +554,11 @@ pub struct BenchArgs {
     /// checkpoint `<checkpoint>`. With --target etcd: K key prefixes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub checkpoints: u32,
-    /// After losing its connection (or a write timing out), a client keeps
-    /// reconnecting to --addr's nodes for up to this many seconds and then
-    /// rewrites the value whose outcome is unknown; 0 = stop that client.
-    /// Default: 0 with one address, 10 with a list.
+    /// After losing its connection, a client keeps reconnecting to
+    /// --addr's nodes for up to this many seconds and resends its
+    /// unanswered write (same request id: applied at most once); then it
+    /// stops. 0 = stop at once. Default: 0 with one address, 10 with a
+    /// list. With --target etcd: how long a client retries its endpoint.
     #[arg(long, value_name = "S", value_parser = parse_reconnect_s)]
     pub reconnect_s: Option<f64>,
     /// The system to load.
