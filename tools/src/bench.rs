@@ -307,13 +307,25 @@ async fn connect_client(addr: &str, window: Duration) -> Result<Client, ClientEr
     Client::connect_with_options(addr, ClientOptions::new().reconnect_timeout(window)).await
 }
 
+/// The node list for client `index`: `addr` rotated to start at node
+/// `index % count`, so the clients' connections spread over the nodes
+/// (each still fails over to all of them).
+pub fn rotated_addrs(addr: &str, index: u32) -> String {
+    let mut nodes: Vec<&str> = addr.split(',').map(str::trim).collect();
+    if nodes.len() > 1 {
+        let first = index as usize % nodes.len();
+        nodes.rotate_left(first);
+    }
+    nodes.join(",")
+}
+
 async fn set_up_worker(
     addr: &str,
     window: Duration,
     name: &CheckpointName,
     index: u32,
 ) -> Result<Worker, ClientError> {
-    let client = connect_client(addr, window).await?;
+    let client = connect_client(&rotated_addrs(addr, index), window).await?;
     let checkpoint = client
         .open(name, None, OpenFlags::READ | OpenFlags::WRITE)
         .await?;
@@ -1182,6 +1194,14 @@ mod tests {
         );
         assert_eq!(after_error(&error(ErrorCode::NoSpace)), AfterError::Stop);
         assert_eq!(after_error(&error(ErrorCode::NotExist)), AfterError::Stop);
+    }
+
+    #[test]
+    fn clients_start_on_different_nodes() {
+        assert_eq!(rotated_addrs("a:1,b:2,c:3", 0), "a:1,b:2,c:3");
+        assert_eq!(rotated_addrs("a:1, b:2,c:3", 1), "b:2,c:3,a:1");
+        assert_eq!(rotated_addrs("a:1,b:2,c:3", 5), "c:3,a:1,b:2");
+        assert_eq!(rotated_addrs("a:1", 7), "a:1");
     }
 
     #[test]
