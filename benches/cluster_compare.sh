@@ -7,7 +7,10 @@
 #   ckpt-all-safe 3-node ckpt cluster, WR_ACTIVE_REPLICA|WR_ALL_SAFE
 #   ckpt-active   3-node ckpt cluster, WR_ACTIVE_REPLICA
 #   ckpt-single   one ckpt-server, WR_ACTIVE_REPLICA
-# each ckpt one `ckpt-tool bench --checkpoints 12 --clients 64 --size 1024`.
+# each ckpt one `ckpt-tool bench --checkpoints 12 --clients 64 --size 1024`
+# (client i writes checkpoint bench-<i % 12> and connects to node i % 3 first).
+# cluster.toml: replication_factor 3, min_in_sync 2, the control plane's
+# default timeouts.
 #
 # The machine is shared and noisy: every round starts each system fresh
 # (new data directories) and runs them one after the other, rounds
@@ -105,6 +108,7 @@ run_ckpt_cluster() { # DIR OUT MODE
   read -r -a ports < <(free_ports 9)
   {
     echo "replication_factor = 3"
+    echo "min_in_sync = 2"
     for i in 0 1 2; do
       echo
       echo "[[nodes]]"

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ckpt_client::{Checkpoint, Client, ClientError};
+use ckpt_client::{Checkpoint, Client, ClientError, ClientOptions};
 use ckpt_proto::{
     CheckpointName, CreationAttributes, CreationFlags, ErrorCode, OpenFlags, ReadElement,
     SectionCreationAttributes, SectionId, TIME_END,
@@ -39,7 +39,7 @@ use crate::record::{decode_counter, fill_value, valid_field, Recorder};
 
 /// Pause before retrying a write the server answered with `TRY_AGAIN`.
 pub const TRY_AGAIN_PAUSE_MS: u64 = 1;
-/// Pause between reconnection attempts after a lost connection.
+/// `--target etcd`: pause between reconnection attempts.
 pub const RECONNECT_PAUSE_MS: u64 = 100;
 /// `--reconnect-s` when --addr lists several nodes and the flag is absent.
 pub const RECONNECT_S_DEFAULT_CLUSTER: f64 = 10.0;
@@ -280,7 +280,8 @@ async fn open_bench_checkpoint(
 
 /// One client, ready to write.
 struct Worker {
-    name: CheckpointName,
+    /// Kept for its reconnection count.
+    client: Client,
     checkpoint_text: Arc<str>,
     section_text: String,
     section: SectionId,
@@ -299,12 +300,32 @@ fn next_counter(stored: Option<&Vec<u8>>) -> Result<u64, ClientError> {
     }
 }
 
+/// A client for the bench: it reconnects (to any node of `addr`) and
+/// resends unanswered writes with their request ids for up to `window`.
+async fn connect_client(addr: &str, window: Duration) -> Result<Client, ClientError> {
+    crate::cluster::split_addrs(addr)?;
+    Client::connect_with_options(addr, ClientOptions::new().reconnect_timeout(window)).await
+}
+
+/// The node list for client `index`: `addr` rotated to start at node
+/// `index % count`, so the clients' connections spread over the nodes
+/// (each still fails over to all of them).
+pub fn rotated_addrs(addr: &str, index: u32) -> String {
+    let mut nodes: Vec<&str> = addr.split(',').map(str::trim).collect();
+    if nodes.len() > 1 {
+        let first = index as usize % nodes.len();
+        nodes.rotate_left(first);
+    }
+    nodes.join(",")
+}
+
 async fn set_up_worker(
     addr: &str,
+    window: Duration,
     name: &CheckpointName,
     index: u32,
 ) -> Result<Worker, ClientError> {
-    let client = crate::connect(addr).await?;
+    let client = connect_client(&rotated_addrs(addr, index), window).await?;
     let checkpoint = client
         .open(name, None, OpenFlags::READ | OpenFlags::WRITE)
         .await?;
@@ -336,8 +357,8 @@ async fn set_up_worker(
         Err(error) => return Err(error),
     };
     Ok(Worker {
+        client,
         checkpoint_text: String::from_utf8_lossy(name.as_bytes()).into(),
-        name: name.clone(),
         section_text,
         section,
         checkpoint,
@@ -364,76 +385,26 @@ struct WorkerOutcome {
 pub enum AfterError {
     /// Pause and send the same value again (the server refused it).
     Retry,
-    /// The outcome is unknown and the connection may be gone: reconnect
-    /// (if allowed), then send the same value again.
-    Reconnect,
     /// Stop this client.
     Stop,
 }
 
-/// How a write error is handled. The same counter is always rewritten
-/// after an error, so at most one value beyond the last acknowledged one
-/// can be stored: the invariant `check-acked` relies on.
-pub fn after_error(error: &ClientError, may_reconnect: bool) -> AfterError {
+/// How a write error is handled. A lost connection was already retried by
+/// the client for `--reconnect-s` (same request id, so applied at most
+/// once); what reaches the bench is final. The same counter is always
+/// rewritten after an error, so at most one value beyond the last
+/// acknowledged one can be stored: the invariant `check-acked` relies on.
+pub fn after_error(error: &ClientError) -> AfterError {
     match error.code {
         ErrorCode::TryAgain => AfterError::Retry,
-        ErrorCode::Timeout | ErrorCode::InvalidHandle if may_reconnect => AfterError::Reconnect,
-        _ if error.is_connection_lost() && may_reconnect => AfterError::Reconnect,
         _ => AfterError::Stop,
-    }
-}
-
-/// Reopens the worker's checkpoint through a fresh connection to any node
-/// of `addr`, until `window` has passed since `lost_at`, the deadline or a
-/// stop. Returns the last error when it gives up.
-async fn reconnect(
-    worker: &mut Worker,
-    addr: &str,
-    lost_at: Instant,
-    window: Duration,
-    deadline: Instant,
-    stopped: &watch::Receiver<bool>,
-    errors: &mut BTreeMap<String, u64>,
-) -> Result<(), ClientError> {
-    loop {
-        let attempt = async {
-            let client = crate::connect(addr).await?;
-            client
-                .open(&worker.name, None, OpenFlags::READ | OpenFlags::WRITE)
-                .await
-        };
-        let error = match attempt.await {
-            Ok(checkpoint) => {
-                let old = std::mem::replace(&mut worker.checkpoint, checkpoint);
-                drop(old);
-                return Ok(());
-            }
-            Err(error) => error,
-        };
-        *errors
-            .entry(format!("reconnect {}", error.code.cl_name()))
-            .or_default() += 1;
-        let now = Instant::now();
-        if now >= deadline || *stopped.borrow() || now.duration_since(lost_at) >= window {
-            return Err(ClientError::new(
-                error.code,
-                format!(
-                    "could not reconnect within {:.1} s: {}",
-                    window.as_secs_f64(),
-                    error.message
-                ),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(RECONNECT_PAUSE_MS)).await;
     }
 }
 
 async fn write_loop(
     mut worker: Worker,
-    addr: Arc<str>,
     value_size: usize,
     deadline: Instant,
-    reconnect_window: Duration,
     stop: watch::Sender<bool>,
     recorder: Option<Arc<Recorder>>,
 ) -> WorkerOutcome {
@@ -442,7 +413,6 @@ async fn write_loop(
     // `check-acked` can tell a wrong body from the right one.
     let mut value = vec![0u8; value_size];
     let stopped = stop.subscribe();
-    let may_reconnect = !reconnect_window.is_zero();
     while Instant::now() < deadline && !*stopped.borrow() {
         fill_value(
             &worker.checkpoint_text,
@@ -492,33 +462,10 @@ async fn write_loop(
             .errors
             .entry(error.code.cl_name().to_string())
             .or_default() += 1;
-        match after_error(&error, may_reconnect) {
+        match after_error(&error) {
             AfterError::Retry => {
                 outcome.retries += 1;
                 tokio::time::sleep(Duration::from_millis(TRY_AGAIN_PAUSE_MS)).await;
-            }
-            AfterError::Reconnect => {
-                let lost_at = Instant::now();
-                match reconnect(
-                    &mut worker,
-                    &addr,
-                    lost_at,
-                    reconnect_window,
-                    deadline,
-                    &stopped,
-                    &mut outcome.errors,
-                )
-                .await
-                {
-                    Ok(()) => outcome.reconnects += 1,
-                    Err(reconnect_error) => {
-                        outcome.error = Some(ClientError::new(
-                            error.code,
-                            format!("{} (then {})", error.message, reconnect_error.message),
-                        ));
-                        break;
-                    }
-                }
             }
             AfterError::Stop => {
                 outcome.error = Some(error);
@@ -526,6 +473,7 @@ async fn write_loop(
             }
         }
     }
+    outcome.reconnects = worker.client.reconnects();
     if outcome
         .error
         .as_ref()
@@ -598,7 +546,7 @@ pub async fn run(
     })?;
     let reconnect_window = reconnect_window(args, addr);
 
-    let setup_client = crate::connect(addr).await.map_err(fail)?;
+    let setup_client = connect_client(addr, reconnect_window).await.map_err(fail)?;
     let mut setup_checkpoints = Vec::new();
     for name in &names {
         setup_checkpoints.push(
@@ -610,7 +558,7 @@ pub async fn run(
 
     let setups = (0..args.clients).map(|index| {
         let name = &names[(index % args.checkpoints) as usize];
-        set_up_worker(addr, name, index)
+        set_up_worker(addr, reconnect_window, name, index)
     });
     let setups = futures::future::join_all(setups).await;
     let mut workers = Vec::new();
@@ -633,7 +581,6 @@ pub async fn run(
     let (stop, _) = watch::channel(false);
     let interrupt = spawn_interrupt(&stop);
 
-    let shared_addr: Arc<str> = addr.into();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let tasks: Vec<_> = workers
@@ -642,10 +589,8 @@ pub async fn run(
             let section = worker.section_text.clone();
             let task = tokio::spawn(write_loop(
                 worker,
-                shared_addr.clone(),
                 value_size,
                 deadline,
-                reconnect_window,
                 stop.clone(),
                 recorder.clone(),
             ));
@@ -1046,7 +991,11 @@ async fn run_opens(
     let attributes = bench_attributes(args);
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        clients.push(crate::connect(addr).await.map_err(fail)?);
+        clients.push(
+            connect_client(addr, reconnect_window(args, addr))
+                .await
+                .map_err(fail)?,
+        );
     }
     let (stop, _) = watch::channel(false);
     let started = Instant::now();
@@ -1068,12 +1017,14 @@ async fn run_opens(
     let mut latency_ns = Histogram::default();
     let mut ops = 0;
     let mut client_errors = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for (index, task) in tasks.into_iter().enumerate() {
         match task.await {
             Ok(outcome) => {
                 latency_ns.merge(&outcome.latency_ns);
                 ops += outcome.ops;
                 if let Some(error) = outcome.error {
+                    *errors.entry(error.code.cl_name().to_string()).or_default() += 1;
                     client_errors.push(format!("c{index}: {error}"));
                 }
             }
@@ -1095,7 +1046,7 @@ async fn run_opens(
         ops,
         ops_per_s: per_second(ops, elapsed_s),
         retries: 0,
-        errors: BTreeMap::new(),
+        errors,
         reconnects: 0,
         p50_us: us(latency_ns.quantile(0.5)),
         p99_us: us(latency_ns.quantile(0.99)),
@@ -1193,5 +1144,242 @@ mod tests {
             42
         );
         assert!(next_counter(Some(&u64::MAX.to_le_bytes().to_vec())).is_err());
+    }
+    #[test]
+    fn clients_spread_over_checkpoints() {
+        assert_eq!(clients_of(64, 12, 0), 6);
+        assert_eq!(clients_of(64, 12, 3), 6);
+        assert_eq!(clients_of(64, 12, 4), 5);
+        assert_eq!((0..12).map(|j| clients_of(64, 12, j)).sum::<u32>(), 64);
+        assert_eq!(clients_of(5, 1, 0), 5);
+        let spread = args(&["--clients", "64", "--checkpoints", "12", "--size", "1024"]);
+        let names = checkpoint_names(&spread).unwrap();
+        assert_eq!(names.len(), 12);
+        assert_eq!(names[0].as_bytes(), b"bench-0");
+        assert_eq!(names[11].as_bytes(), b"bench-11");
+        // Each checkpoint has room for its busiest share of the clients.
+        let wanted = bench_attributes(&spread);
+        assert_eq!(wanted.max_sections, 6);
+        assert_eq!(wanted.checkpoint_size, 6 * 1024);
+        assert_eq!(unfit_reason(&wanted, &wanted, clients_of(64, 12, 0)), None);
+        assert_eq!(
+            checkpoint_names(&args(&["--checkpoint", "x"])).unwrap()[0].as_bytes(),
+            b"x"
+        );
+        let long = "n".repeat(255);
+        assert!(checkpoint_names(&args(&["--checkpoint", &long, "--checkpoints", "2"])).is_err());
+    }
+
+    #[test]
+    fn modes_set_the_creation_flags() {
+        let flags = |mode: &str| bench_attributes(&args(&["--mode", mode])).creation_flags;
+        assert_eq!(
+            flags("all-safe"),
+            CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE
+        );
+        assert_eq!(flags("active"), CreationFlags::WR_ACTIVE_REPLICA);
+        assert_eq!(flags("weak"), CreationFlags::WR_ACTIVE_REPLICA_WEAK);
+        assert_eq!(flags("active-weak"), CreationFlags::WR_ACTIVE_REPLICA_WEAK);
+    }
+
+    #[test]
+    fn errors_retry_the_same_value_or_stop() {
+        let error = |code| ClientError::new(code, "x");
+        assert_eq!(after_error(&error(ErrorCode::TryAgain)), AfterError::Retry);
+        // The client already reconnected for --reconnect-s: a lost
+        // connection is final here, as is a refusal.
+        assert_eq!(
+            after_error(&ClientError::connection_lost("gone")),
+            AfterError::Stop
+        );
+        assert_eq!(after_error(&error(ErrorCode::NoSpace)), AfterError::Stop);
+        assert_eq!(after_error(&error(ErrorCode::NotExist)), AfterError::Stop);
+    }
+
+    #[test]
+    fn clients_start_on_different_nodes() {
+        assert_eq!(rotated_addrs("a:1,b:2,c:3", 0), "a:1,b:2,c:3");
+        assert_eq!(rotated_addrs("a:1, b:2,c:3", 1), "b:2,c:3,a:1");
+        assert_eq!(rotated_addrs("a:1,b:2,c:3", 5), "c:3,a:1,b:2");
+        assert_eq!(rotated_addrs("a:1", 7), "a:1");
+    }
+
+    #[test]
+    fn reconnection_window_defaults_by_address_count() {
+        let none = args(&[]);
+        assert_eq!(reconnect_window(&none, "a:1"), Duration::ZERO);
+        assert_eq!(
+            reconnect_window(&none, "a:1,b:2"),
+            Duration::from_secs_f64(RECONNECT_S_DEFAULT_CLUSTER)
+        );
+        let set = args(&["--reconnect-s", "2.5"]);
+        assert_eq!(reconnect_window(&set, "a:1"), Duration::from_millis(2500));
+        let off = args(&["--reconnect-s", "0"]);
+        assert_eq!(reconnect_window(&off, "a:1,b:2"), Duration::ZERO);
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+        assert_eq!(
+            etcd_put_body("k", b"v"),
+            br#"{"key":"aw==","value":"dg=="}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn reports_show_errors_by_code() {
+        let mut errors = BTreeMap::new();
+        errors.insert("CL_ERR_TRY_AGAIN".to_string(), 3);
+        let report = BenchReport {
+            checkpoint: "bench-0..bench-11".into(),
+            checkpoints: 12,
+            target: "ckpt".into(),
+            clients: 64,
+            clients_running: 64,
+            duration_s: 1.0,
+            elapsed_s: 1.0,
+            value_size: 1024,
+            mode: "all-safe".into(),
+            all_safe: false,
+            ops: 10,
+            ops_per_s: 10.0,
+            retries: 3,
+            errors,
+            reconnects: 2,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            p999_us: 3.0,
+            max_us: 4.0,
+            stopped_early: false,
+            client_errors: Vec::new(),
+            record: None,
+        };
+        let text = report.text();
+        assert!(
+            text.contains("checkpoint bench-0..bench-11 (12 checkpoints)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("errors: CL_ERR_TRY_AGAIN 3; 2 reconnects"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["errors"]["CL_ERR_TRY_AGAIN"], 3);
+        assert_eq!(json["p999_us"], 3.0);
+    }
+
+    #[tokio::test]
+    async fn etcd_target_puts_through_the_json_gateway() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A fake gateway: answers every put 200 and keeps the bodies.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let (sender, mut bodies) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let text = String::from_utf8_lossy(&buffer).into_owned();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length: usize = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Length: "))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buffer.len() >= end + 4 + length {
+                                assert!(text.starts_with("POST /v3/kv/put HTTP/1.1"));
+                                let body =
+                                    String::from_utf8_lossy(&buffer[end + 4..end + 4 + length]);
+                                let _ = sender.send(body.into_owned());
+                                buffer.drain(..end + 4 + length);
+                                let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                                if stream.write_all(reply.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        let args = args(&[
+            "--target",
+            "etcd",
+            "--endpoints",
+            &endpoint,
+            "--clients",
+            "3",
+            "--checkpoints",
+            "2",
+            "--size",
+            "16",
+            "--duration-s",
+            "0.2",
+        ]);
+        let report = run("unused:1", &args).await.map_err(|(_, e)| e).unwrap();
+        assert!(report.ops > 0);
+        assert_eq!(report.clients_running, 3);
+        assert_eq!(report.target, "etcd");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let mut keys = std::collections::BTreeSet::new();
+        while let Ok(body) = bodies.try_recv() {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+            keys.insert(value["key"].as_str().unwrap().to_string());
+            assert_eq!(value["value"].as_str().unwrap().len(), 24); // 16 bytes
+        }
+        let expected: std::collections::BTreeSet<String> =
+            ["bench-0/c0", "bench-1/c1", "bench-0/c2"]
+                .iter()
+                .map(|k| base64(k.as_bytes()))
+                .collect();
+        assert_eq!(keys, expected);
+    }
+
+    #[tokio::test]
+    async fn etcd_target_stops_a_client_whose_endpoint_is_down() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let args = args(&[
+            "--target",
+            "etcd",
+            "--endpoints",
+            &dead,
+            "--clients",
+            "1",
+            "--duration-s",
+            "5",
+        ]);
+        let started = Instant::now();
+        let (report, error) = run("unused:1", &args).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert_eq!(error.code, ErrorCode::FailedOperation);
+        let report = report.unwrap();
+        assert_eq!(report.errors.get("connect failed"), Some(&1));
+        assert!(
+            report.client_errors[0].contains(&dead),
+            "{:?}",
+            report.client_errors
+        );
     }
 }

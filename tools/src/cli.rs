@@ -554,10 +554,11 @@ pub struct BenchArgs {
     /// checkpoint `<checkpoint>`. With --target etcd: K key prefixes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub checkpoints: u32,
-    /// After losing its connection (or a write timing out), a client keeps
-    /// reconnecting to --addr's nodes for up to this many seconds and then
-    /// rewrites the value whose outcome is unknown; 0 = stop that client.
-    /// Default: 0 with one address, 10 with a list.
+    /// After losing its connection, a client keeps reconnecting to
+    /// --addr's nodes for up to this many seconds and resends its
+    /// unanswered write (same request id: applied at most once); then it
+    /// stops. 0 = stop at once. Default: 0 with one address, 10 with a
+    /// list. With --target etcd: how long a client retries its endpoint.
     #[arg(long, value_name = "S", value_parser = parse_reconnect_s)]
     pub reconnect_s: Option<f64>,
     /// The system to load.
@@ -821,5 +822,92 @@ mod tests {
         assert_eq!(parse_retention("0"), Ok(0));
         assert!(parse_retention("-5").is_err());
         assert!(parse_retention("soon").is_err());
+    }
+    #[test]
+    fn cluster_commands_need_admin_or_config() {
+        let Command::Cluster(ClusterCommand::Status(args)) =
+            parse(&["cluster", "status", "--admin", "a:1,b:2", "--json"])
+                .unwrap()
+                .command
+        else {
+            panic!("not cluster status")
+        };
+        assert_eq!(args.target.admin.as_deref(), Some("a:1,b:2"));
+        assert!(args.json);
+        let Command::Cluster(ClusterCommand::Verify(args)) =
+            parse(&["cluster", "verify", "--config", "c.toml"])
+                .unwrap()
+                .command
+        else {
+            panic!("not cluster verify")
+        };
+        assert_eq!(
+            args.target.config.as_deref(),
+            Some(std::path::Path::new("c.toml"))
+        );
+        assert!(parse(&["cluster", "verify"]).is_err());
+        assert!(parse(&["cluster", "status", "--admin", "a:1", "--config", "c"]).is_err());
+        assert!(parse(&["cluster"]).is_err());
+    }
+
+    #[test]
+    fn bench_cluster_flags() {
+        let Command::Bench(args) = parse(&[
+            "bench",
+            "--addr",
+            "a:1,b:2",
+            "--checkpoints",
+            "12",
+            "--clients",
+            "64",
+            "--size",
+            "1024",
+            "--mode",
+            "all-safe",
+            "--reconnect-s",
+            "3",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            (args.checkpoints, args.clients, args.value_size),
+            (12, 64, 1024)
+        );
+        assert_eq!(args.mode, Mode::AllSafe);
+        assert_eq!(args.reconnect_s, Some(3.0));
+        assert_eq!(args.target, BenchTarget::Ckpt);
+        let Command::Bench(args) = parse(&["bench", "--mode", "weak"]).unwrap().command else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            (args.mode, args.checkpoints, args.reconnect_s),
+            (Mode::ActiveWeak, 1, None)
+        );
+        assert!(parse(&["bench", "--checkpoints", "0"]).is_err());
+        assert!(parse(&["bench", "--reconnect-s", "-1"]).is_err());
+        assert!(parse(&["bench", "--reconnect-s", "inf"]).is_err());
+        // etcd needs its endpoints.
+        assert!(parse(&["bench", "--target", "etcd"]).is_err());
+        let Command::Bench(args) = parse(&["bench", "--target", "etcd", "--endpoints", "e:1,e:2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not bench")
+        };
+        assert_eq!(args.endpoints.as_deref(), Some("e:1,e:2"));
+        // create takes the same modes.
+        let Command::Create(args) = parse(&["create", "x", "--mode", "all-safe"])
+            .unwrap()
+            .command
+        else {
+            panic!("not create")
+        };
+        assert_eq!(
+            args.mode.flag(),
+            CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE
+        );
     }
 }

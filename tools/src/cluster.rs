@@ -306,11 +306,7 @@ impl HttpConnection {
                     length = Some(n);
                 }
                 "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
-                "connection" => {
-                    if value.eq_ignore_ascii_case("close") {
-                        self.closed = true;
-                    }
-                }
+                "connection" if value.eq_ignore_ascii_case("close") => self.closed = true,
                 _ => {}
             }
         }
@@ -916,7 +912,10 @@ mod tests {
                        {"name":"b","instance":9,"replicas":[2,3],"active":null,"epoch":1,
                         "in_sync":[2],"lag":[]}]}"#;
 
-    fn checksums(node: u64, entries: &[(&str, u64, u64, u64, &str)]) -> String {
+    /// (name, instance, epoch, seq, checksum).
+    type Entry = (&'static str, u64, u64, u64, &'static str);
+
+    fn checksums(node: u64, entries: &[Entry]) -> String {
         let list: Vec<String> = entries
             .iter()
             .map(|(name, instance, epoch, seq, sum)| {
@@ -927,7 +926,7 @@ mod tests {
     }
 
     /// A cluster of three canned nodes: `entries[i]` is node i+1's checksums.
-    async fn three_nodes(entries: [&[(&str, u64, u64, u64, &str)]; 3]) -> Vec<String> {
+    async fn three_nodes(entries: [&[Entry]; 3]) -> Vec<String> {
         let cluster = r#"{"node_id":1,"leader":1,"term":3,"nodes":[],
             "checkpoints":[{"name":"a","instance":7,"replicas":[1,2,3],"active":1,"epoch":2,"in_sync":[1,2,3]},
                            {"name":"b","instance":9,"replicas":[1,2,3],"active":2,"epoch":1,"in_sync":[1,2,3]}]}"#;
@@ -943,8 +942,8 @@ mod tests {
         addrs
     }
 
-    const A: (&str, u64, u64, u64, &str) = ("a", 7, 2, 130, "00000000deadbeef");
-    const B: (&str, u64, u64, u64, &str) = ("b", 9, 1, 4, "0000000000000abc");
+    const A: Entry = ("a", 7, 2, 130, "00000000deadbeef");
+    const B: Entry = ("b", 9, 1, 4, "0000000000000abc");
 
     #[tokio::test]
     async fn verify_identical_replicas() {
@@ -1060,7 +1059,9 @@ mod tests {
             "{text}"
         );
 
-        let error = fetch_cluster(&[dead.clone()]).await.unwrap_err();
+        let error = fetch_cluster(std::slice::from_ref(&dead))
+            .await
+            .unwrap_err();
         assert_eq!(error.code, ErrorCode::MessageError);
         assert!(error.message.contains(&dead), "{error}");
     }

@@ -44,65 +44,16 @@ use ckpt_proto::ErrorCode;
 use crate::cli::{Cli, ClusterCommand, Command};
 
 /// Connects to `addrs`: one `host:port`, or a cluster's nodes as
-/// `h1:p1,h2:p2,...`. A list is first given whole to [`Client::connect`]
-/// (a client that knows lists fails over between them itself); if that
-/// fails, each address is tried in order and the first that answers wins.
+/// `h1:p1,h2:p2,...` ([`Client::connect`]: the first node that answers;
+/// the client moves to another node of the list by itself when its
+/// connection ends).
 ///
 /// # Errors
-/// `INVALID_PARAMETER` for an empty list entry; otherwise the last
-/// address's error, its message naming every address's failure.
+/// `INVALID_PARAMETER` for an empty list entry; otherwise the client's
+/// error, naming every node's failure.
 pub async fn connect(addrs: &str) -> Result<Client, ClientError> {
-    let list = cluster::split_addrs(addrs)?;
-    if list.len() == 1 {
-        return Client::connect(&list[0]).await;
-    }
-    let mut failures = Vec::new();
-    match Client::connect(addrs).await {
-        Ok(client) => return Ok(client),
-        Err(error) if error.code == ErrorCode::VersionMismatch => return Err(error),
-        Err(error) => failures.push(format!("as a list: {}", error.message)),
-    }
-    let mut last = None;
-    for addr in &list {
-        match Client::connect(addr).await {
-            Ok(client) => return Ok(client),
-            Err(error) => {
-                failures.push(error.message.clone());
-                last = Some(error);
-            }
-        }
-    }
-    let mut error = last.unwrap_or_else(|| {
-        ClientError::new(ErrorCode::InvalidParameter, "no address to connect to")
-    });
-    error.message = format!("no node of {addrs} answered: {}", failures.join("; "));
-    Err(error)
-}
-
-/// The address to hand to code that connects by itself (dump, restore,
-/// check-acked): `addrs` unchanged when it is one address or the client
-/// connects to the list as given, else the first address of the list
-/// that answers.
-///
-/// # Errors
-/// As [`connect`] when no node answers.
-pub async fn usable_addr(addrs: &str) -> Result<String, ClientError> {
-    let list = cluster::split_addrs(addrs)?;
-    if list.len() == 1 {
-        return Ok(list[0].clone());
-    }
-    if let Ok(client) = Client::connect(addrs).await {
-        let _ = client.finalize().await;
-        return Ok(addrs.to_string());
-    }
-    for addr in &list {
-        if let Ok(client) = Client::connect(addr).await {
-            let _ = client.finalize().await;
-            return Ok(addr.clone());
-        }
-    }
-    // Every one failed: connect again to report why.
-    connect(addrs).await.map(|_| addrs.to_string())
+    cluster::split_addrs(addrs)?;
+    Client::connect(addrs).await
 }
 
 /// Runs one command.
@@ -121,11 +72,9 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 Err(error)
             }
         },
-        Command::CheckAcked(args) => check_acked(&usable_addr(addr).await?, &args.file).await,
-        Command::Dump(args) if args.data_dir.is_some() => backup::dump(addr, args).await,
-        Command::Dump(args) => backup::dump(&usable_addr(addr).await?, args).await,
-        Command::Restore(args) if args.data_dir.is_some() => backup::restore(addr, args).await,
-        Command::Restore(args) => backup::restore(&usable_addr(addr).await?, args).await,
+        Command::CheckAcked(args) => check_acked(addr, &args.file).await,
+        Command::Dump(args) => backup::dump(addr, args).await,
+        Command::Restore(args) => backup::restore(addr, args).await,
         Command::Cluster(ClusterCommand::Status(args)) => cluster::status(args).await,
         Command::Cluster(ClusterCommand::Verify(args)) => cluster::verify(args).await,
         Command::Verify(args) => match (&args.data_dir, &args.file) {
@@ -288,4 +237,32 @@ async fn check_acked(addr: &str, path: &std::path::Path) -> Result<(), ClientErr
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn dead_addr() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn connect_names_every_node_that_failed() {
+        let (one, two) = (dead_addr().await, dead_addr().await);
+        let error = match connect(&format!("{one},{two}")).await {
+            Err(error) => error,
+            Ok(_) => panic!("connected to nothing"),
+        };
+        assert!(error.is_connection_lost(), "{error}");
+        assert!(
+            error.message.contains(&one) && error.message.contains(&two),
+            "{error}"
+        );
+        match connect(&format!("{one},,{two}")).await {
+            Err(error) => assert_eq!(error.code, ErrorCode::InvalidParameter),
+            Ok(_) => panic!("accepted an empty entry"),
+        }
+    }
 }
