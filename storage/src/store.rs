@@ -570,8 +570,9 @@ impl Store {
             .append = Some(listener);
     }
 
-    /// Registers the function told after every fsync the last durable
-    /// position of each instance the synced batches changed.
+    /// Registers the function told after every fsync (on the fsync thread,
+    /// before the synced requests are answered) the last durable position
+    /// of each instance the synced batches changed.
     pub fn set_durable_listener(&self, listener: DurableListener) {
         self.shared
             .listeners
@@ -2228,7 +2229,23 @@ impl Syncer {
             }
         }
         let listeners = self.shared.listeners();
-        let mut positions: Vec<Position> = Vec::new();
+        if let (Some(listener), None) = (&listeners.durable, &failure) {
+            // Before the answers, so that whoever is answered finds the
+            // position already reported durable.
+            let mut positions: Vec<Position> = Vec::new();
+            for position in batch.iter().flat_map(|job| job.positions.iter()) {
+                match positions
+                    .iter_mut()
+                    .find(|p| p.instance == position.instance)
+                {
+                    Some(last) => *last = *position,
+                    None => positions.push(*position),
+                }
+            }
+            if !positions.is_empty() {
+                listener(&positions);
+            }
+        }
         for job in batch {
             match &failure {
                 Some(error) => fail_all(job.durable, error),
@@ -2239,20 +2256,8 @@ impl Syncer {
                     if let (Some(listener), false) = (&listeners.commit, job.records.is_empty()) {
                         listener(&job.records);
                     }
-                    for position in job.positions {
-                        match positions
-                            .iter_mut()
-                            .find(|p| p.instance == position.instance)
-                        {
-                            Some(last) => *last = position,
-                            None => positions.push(position),
-                        }
-                    }
                 }
             }
-        }
-        if let (Some(listener), false) = (&listeners.durable, positions.is_empty()) {
-            listener(&positions);
         }
         // After the answers: syncing the mark now and then bounds how far
         // behind the disk's copy of it can be.
