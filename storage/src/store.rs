@@ -852,8 +852,16 @@ impl Store {
         let mut expected = seq.0 + 1;
         for record in history.records {
             // A snapshot install logs several entries at one seq, and a
-            // discard repeats the seq: the history must restart there.
-            if record.entry.seq.0 != expected {
+            // discard repeats the seq: what follows them is not a log to
+            // replay but a state to copy (send a snapshot).
+            let copies_state = matches!(
+                record.entry.body,
+                RecordBody::SnapshotBegin { .. }
+                    | RecordBody::SnapshotSection { .. }
+                    | RecordBody::SnapshotEnd
+                    | RecordBody::SuffixDiscard
+            );
+            if record.entry.seq.0 != expected || copies_state {
                 if out.is_empty() {
                     return Ok(EntriesAfter::Gone);
                 }

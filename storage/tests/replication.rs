@@ -540,3 +540,31 @@ fn checksums_differ_when_data_differs() {
     run(&primary, write(instance, "s", 1, b"X")).unwrap();
     assert_ne!(primary.checksum(instance).unwrap().1, sum);
 }
+
+#[test]
+fn entries_after_an_install_are_gone_so_a_snapshot_is_sent() {
+    let (_dir, primary, backup, shipped) = pair();
+    let instance = create(&primary, "a", attrs(10, 100, 1000));
+    section(&primary, instance, "s", b"x");
+    take(&shipped);
+    let snapshot = primary.instance_snapshot(instance).unwrap();
+    wait_position(|r| backup.install_snapshot(snapshot, r)).unwrap();
+    // The backup's log holds the install at seq 2, not the entries 1..2.
+    assert_eq!(
+        backup
+            .entries_after(instance, Epoch(1), Seq(1), u64::MAX)
+            .unwrap(),
+        EntriesAfter::Gone
+    );
+    run(&backup, write(instance, "s", 0, b"y")).unwrap();
+    match backup
+        .entries_after(instance, Epoch(1), Seq(2), u64::MAX)
+        .unwrap()
+    {
+        EntriesAfter::Entries(entries) => {
+            assert_eq!(entries.len(), 1);
+            assert_eq!(entries[0].1.seq, Seq(3));
+        }
+        EntriesAfter::Gone => panic!("the entry after the install is there"),
+    }
+}
