@@ -262,7 +262,7 @@ struct Request {
 
 /// An operation [`Store::try_submit`] could not queue without blocking.
 pub struct Submission {
-    request: Request,
+    request: Box<Request>,
     sender: SyncSender<Request>,
 }
 
@@ -270,7 +270,7 @@ impl Submission {
     /// Queues the operation, blocking while the queue is full; its reply
     /// is called as for [`Store::submit`].
     pub fn wait(self) {
-        if let Err(mpsc::SendError(request)) = self.sender.send(self.request) {
+        if let Err(mpsc::SendError(request)) = self.sender.send(*self.request) {
             (request.reply)(Err(CkptError::new(
                 ErrorCode::NotInitialized,
                 "store is closed",
@@ -764,7 +764,7 @@ impl Store {
         match sender.try_send(request) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(request)) => Err(Submission {
-                request,
+                request: Box::new(request),
                 sender: sender.clone(),
             }),
             Err(TrySendError::Disconnected(request)) => {
@@ -849,8 +849,7 @@ impl Store {
             .map_err(|e| io_error("reading the log back", &e))?;
         let mut out = Vec::new();
         let mut bytes = 0u64;
-        let mut expected = seq.0 + 1;
-        for record in history.records {
+        for (expected, record) in (seq.0 + 1..).zip(history.records) {
             // A snapshot install logs several entries at one seq, and a
             // discard repeats the seq: what follows them is not a log to
             // replay but a state to copy (send a snapshot).
@@ -871,7 +870,6 @@ impl Store {
                 break;
             }
             bytes += record.entry.encoded_len() as u64;
-            expected += 1;
             out.push((record.lsn, record.entry));
         }
         if out.is_empty() {
