@@ -568,3 +568,31 @@ fn entries_after_an_install_are_gone_so_a_snapshot_is_sent() {
         EntriesAfter::Gone => panic!("the entry after the install is there"),
     }
 }
+
+#[test]
+fn the_wal_hold_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), |c| {
+        c.segment_bytes_max = 4096;
+        c.wal_history_bytes = 0;
+        c.wal_hold_bytes_max = 16 * 1024;
+    });
+    let instance = create(&store, "a", attrs(16, 1 << 20, 1 << 24));
+    section(&store, instance, "s", b"");
+    store.set_wal_hold(Some(Lsn(1)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        run(&store, write(instance, "s", 0, &[3; 1000])).unwrap();
+        let (bytes, _) = store.wal_footprint();
+        if store
+            .entries_after(instance, Epoch(1), Seq(0), u64::MAX)
+            .unwrap()
+            == EntriesAfter::Gone
+        {
+            // Trimmed only once the held part outgrew the bound.
+            assert!(bytes <= 16 * 1024 + 2 * 4096 + 2048, "{bytes} bytes kept");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "hold never released");
+    }
+}
