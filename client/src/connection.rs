@@ -68,7 +68,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::ClientError;
-use crate::ids::{id_of, releases_id, with_id, IdKind, IdMap};
+use crate::ids::{id_of, releases_id, with_id, IdError, IdKind, IdMap};
 
 /// How long [`Client::connect`] waits for the TCP connection to one node.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
@@ -81,6 +81,10 @@ pub const RECONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const RECONNECT_BACKOFF_FIRST_MS: u64 = 50;
 /// Longest pause between reconnect attempts (and `TRY_AGAIN` retries).
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
+/// How long one reconnect attempt waits for a node's TCP connection and
+/// `HelloReply`, so an unreachable node (no reset, just silence) does not
+/// use up the whole reconnect timeout before the others are tried.
+pub const RECONNECT_ATTEMPT_TIMEOUT_MS: u64 = 2_000;
 /// Frames waiting for the writer task; a caller beyond it waits.
 pub const WRITE_QUEUE_FRAMES_MAX: usize = 1024;
 /// Frames the writer feeds before it flushes, however many are queued.
@@ -308,6 +312,10 @@ pub(crate) trait HandleCloseObserver: Send + Sync {
 /// a retry).
 type Answer = (Result<Reply, ClientError>, Option<OwnedSemaphorePermit>);
 
+/// A registered request: where its answer comes, and the frame to send on
+/// the current connection (none while reconnecting: the reconnect sends it).
+type Submitted = (oneshot::Receiver<Answer>, Option<(Link, Frame)>);
+
 struct Pending {
     /// As the caller wrote it (caller ids), for sending again.
     request: Arc<Request>,
@@ -381,7 +389,7 @@ impl State {
     ///
     /// # Errors
     /// Why the id it names cannot be used any more.
-    fn outgoing_id(&mut self, request: &Request) -> Result<Option<u64>, String> {
+    fn outgoing_id(&mut self, request: &Request) -> Result<Option<u64>, IdError> {
         let Some((kind, caller_id)) = id_of(request) else {
             return Ok(None);
         };
@@ -524,7 +532,7 @@ impl Shared {
         request: &Arc<Request>,
         permit: OwnedSemaphorePermit,
         prepared: Option<Frame>,
-    ) -> Result<(oneshot::Receiver<Answer>, Option<(Link, Frame)>), ClientError> {
+    ) -> Result<Submitted, ClientError> {
         let (reply, answer) = oneshot::channel();
         let (link, server_id) = {
             let mut state = self.lock();
@@ -543,7 +551,7 @@ impl Shared {
                     );
                     (state.link.clone(), server_id)
                 }
-                Err(why) if releases_id(request) => {
+                Err(IdError::Lost(why)) if releases_id(request) => {
                     // Releasing what is already gone: done.
                     if let Some((kind, caller_id)) = id_of(request) {
                         state.map(kind).remove(caller_id);
@@ -555,7 +563,7 @@ impl Shared {
                     let _ = reply.send((Ok(Reply::Done), Some(permit)));
                     return Ok((answer, None));
                 }
-                Err(why) => return Err(ClientError::new(ErrorCode::InvalidHandle, why)),
+                Err(why) => return Err(ClientError::new(ErrorCode::InvalidHandle, why.message())),
             }
         };
         let Some(link) = link else {
@@ -853,26 +861,36 @@ async fn collect_answers(
 }
 
 /// Sends `requests` (key, request with server ids) on a connection being
-/// set up; returns request id → key.
-async fn send_all(
+/// set up and collects their answers by key, at most the server's
+/// `in_flight_max` at a time (it stops reading beyond that, and we read
+/// nothing while we write).
+async fn exchange(
     shared: &Shared,
     conn: &mut Handshaken,
     requests: Vec<(u64, Request)>,
-) -> Result<HashMap<u64, u64>, ClientError> {
-    let mut waiting = HashMap::new();
-    for (key, request) in requests {
-        let request_id = shared.next_request_id();
+    limit: Instant,
+    notifications: &mut Vec<Notification>,
+) -> Result<HashMap<u64, Response>, ClientError> {
+    let window = usize::try_from(conn.reply.in_flight_max.max(1)).unwrap_or(usize::MAX);
+    let mut answers = HashMap::new();
+    let mut requests = requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        let mut waiting = HashMap::new();
+        for (key, request) in requests.by_ref().take(window) {
+            let request_id = shared.next_request_id();
+            conn.writer
+                .feed(Frame::new(FrameKind::Request, request_id, &request)?)
+                .await
+                .map_err(|e| ClientError::connection_lost(format!("{}: {e}", conn.addr)))?;
+            waiting.insert(request_id, key);
+        }
         conn.writer
-            .feed(Frame::new(FrameKind::Request, request_id, &request)?)
+            .flush()
             .await
             .map_err(|e| ClientError::connection_lost(format!("{}: {e}", conn.addr)))?;
-        waiting.insert(request_id, key);
+        answers.extend(collect_answers(conn, waiting, limit, notifications).await?);
     }
-    conn.writer
-        .flush()
-        .await
-        .map_err(|e| ClientError::connection_lost(format!("{}: {e}", conn.addr)))?;
-    Ok(waiting)
+    Ok(answers)
 }
 
 /// Hands the session over to `addr`: hello, reopen the handles, register
@@ -884,7 +902,8 @@ async fn take_over(
     left: Duration,
 ) -> Result<(), ClientError> {
     let limit = Instant::now() + left;
-    let mut conn = handshake(addr, shared.options.version, shared.session, left).await?;
+    let attempt = left.min(Duration::from_millis(RECONNECT_ATTEMPT_TIMEOUT_MS));
+    let mut conn = handshake(addr, shared.options.version, shared.session, attempt).await?;
 
     // Reopen every handle opened by name, by the same name and flags.
     let to_reopen: Vec<(Handle, CheckpointName, OpenFlags)> = {
@@ -910,9 +929,8 @@ async fn take_over(
             (*handle, open)
         })
         .collect();
-    let waiting = send_all(shared, &mut conn, requests).await?;
     let mut notifications = Vec::new();
-    let answers = collect_answers(&mut conn, waiting, limit, &mut notifications).await?;
+    let answers = exchange(shared, &mut conn, requests, limit, &mut notifications).await?;
     let mut rebound = HashMap::new();
     let mut lost = HashMap::new();
     for (handle, name, _) in &to_reopen {
@@ -957,8 +975,7 @@ async fn take_over(
             (*handle, register)
         })
         .collect();
-    let waiting = send_all(shared, &mut conn, requests).await?;
-    let answers = collect_answers(&mut conn, waiting, limit, &mut notifications).await?;
+    let answers = exchange(shared, &mut conn, requests, limit, &mut notifications).await?;
     let mut ended = Vec::new();
     for (handle, resume_after) in &to_resume {
         match answers.get(handle) {
@@ -1036,7 +1053,7 @@ async fn take_over(
     );
     for (waiter, why) in failed {
         // Its outcome is unknown: it may have run on the old connection.
-        waiter.fail(ClientError::connection_lost(why));
+        waiter.fail(ClientError::connection_lost(why.message()));
     }
     for (request_id, request, server_id) in resend {
         let frame = match server_id {
@@ -1208,6 +1225,20 @@ impl Client {
     /// How many times the client reconnected.
     pub fn reconnects(&self) -> u64 {
         self.inner.shared.lock().reconnects
+    }
+
+    /// Drops the current connection as a network failure would: the client
+    /// reconnects (to the next node of its list) and sends every unanswered
+    /// request again with its request id. For tests of exactly-once ("the
+    /// reply was lost") and to move a client off a node. Without
+    /// reconnecting (a zero [`ClientOptions::reconnect_timeout`]) the client
+    /// is closed.
+    pub fn cut_connection(&self) {
+        let generation = self.inner.shared.lock().generation;
+        self.inner.shared.link_died(
+            generation,
+            ClientError::connection_lost("the connection was cut by the client"),
+        );
     }
 
     /// Why the client is closed for good, or `None` while it is usable
@@ -1733,6 +1764,125 @@ mod tests {
         assert_ne!(hello1.session, 0);
         assert_eq!(hello1.session, hello2.session);
         assert_eq!(client.session(), hello1.session);
+    }
+
+    #[tokio::test]
+    async fn a_handle_that_cannot_be_reopened_is_lost_with_a_reason() {
+        let server = FakeServer::start().await;
+        let addr = server.addr();
+        let script = tokio::spawn(async move {
+            let mut conn = server.accept(hello_reply(16)).await;
+            let (id, _) = conn.recv_request().await;
+            conn.respond(
+                id,
+                Ok(Reply::Opened {
+                    handle: 3,
+                    created: false,
+                }),
+            )
+            .await;
+            let (id, _) = conn.recv_request().await;
+            conn.respond(id, Ok(Reply::Registered { next_seq: 1 }))
+                .await;
+            let (_, request) = conn.recv_request().await;
+            assert!(matches!(request, Request::Write { handle: 3, .. }));
+            drop(conn);
+            let mut conn = server.accept(hello_reply(16)).await;
+            // Reopening fails once with TRY_AGAIN (failover in progress):
+            // the client tries the whole takeover again.
+            let (id, request) = conn.recv_request().await;
+            assert!(matches!(request, Request::Open { .. }));
+            conn.respond(id, Err(CkptError::new(ErrorCode::TryAgain, "electing")))
+                .await;
+            let mut conn = server.accept(hello_reply(16)).await;
+            let (id, request) = conn.recv_request().await;
+            assert!(matches!(request, Request::Open { .. }));
+            conn.respond(id, Err(CkptError::new(ErrorCode::NotExist, "deleted")))
+                .await;
+            // Nothing on the lost handle reaches the server; the next
+            // request is the List below.
+            let (id, request) = conn.recv_request().await;
+            assert_eq!(request, Request::List);
+            conn.respond(id, Ok(Reply::Checkpoints(Vec::new()))).await;
+            conn
+        });
+        let client = Client::connect(&addr).await.unwrap();
+        let checkpoint = client
+            .open(&name("gone"), None, OpenFlags::READ | OpenFlags::WRITE)
+            .await
+            .unwrap();
+        let mut subscription = checkpoint.subscribe(None).await.unwrap();
+        let error = checkpoint.write(Vec::new()).await.unwrap_err();
+        assert!(error.is_connection_lost(), "outcome unknown: {error}");
+        assert!(
+            error
+                .message
+                .contains("reopening gone failed (CL_ERR_NOT_EXIST: deleted)"),
+            "{error}"
+        );
+        assert!(subscription.next().await.is_none(), "its subscription ends");
+        let later = checkpoint.status().await.unwrap_err();
+        assert_eq!(later.code, ErrorCode::InvalidHandle);
+        assert!(later.message.contains("handle 3 was lost"), "{later}");
+        assert!(client.list().await.unwrap().is_empty());
+        checkpoint.close().await.expect("closing a lost handle");
+        assert_eq!(client.reconnects(), 1);
+        drop(script.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_cut_connection_resends_unanswered_requests_to_the_next_node() {
+        let first = FakeServer::start().await;
+        let second = FakeServer::start().await;
+        let addrs = format!("{},{}", first.addr(), second.addr());
+        let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
+        let script = tokio::spawn(async move {
+            let mut conn = first.accept(hello_reply(16)).await;
+            let (sent, request) = conn.recv_request().await;
+            assert_eq!(request, Request::Delete { name: name("x") });
+            // Applied, but the reply never reaches the client.
+            let _ = cut_tx.send(());
+            assert!(conn.at_eof().await, "the client drops the connection");
+            let mut conn = second.accept(hello_reply(16)).await;
+            let (again, request) = conn.recv_request().await;
+            assert_eq!(
+                (again, &request),
+                (sent, &Request::Delete { name: name("x") })
+            );
+            conn.respond(again, Ok(Reply::Done)).await;
+            conn
+        });
+        let client = Client::connect(&addrs).await.unwrap();
+        let delete = {
+            let client = client.clone();
+            tokio::spawn(async move { client.delete(&name("x")).await })
+        };
+        cut_rx.await.unwrap();
+        client.cut_connection();
+        delete.await.unwrap().expect("answered by the second node");
+        assert_eq!(client.reconnects(), 1);
+        let conn = script.await.unwrap();
+        assert_eq!(client.node(), Some(client.nodes()[1].clone()));
+        drop(conn);
+    }
+
+    #[test]
+    fn node_lists_and_option_defaults() {
+        assert_eq!(parse_nodes("a:1").unwrap(), ["a:1"]);
+        assert_eq!(parse_nodes(" a:1 , b:2,").unwrap(), ["a:1", "b:2"]);
+        assert_eq!(
+            parse_nodes(" , ").unwrap_err().code,
+            ErrorCode::InvalidParameter
+        );
+        let options = ClientOptions::new();
+        assert_eq!(options.reconnect_timeout, Duration::from_secs(10));
+        assert_eq!(options.try_again_timeout, Duration::from_secs(10));
+        assert_eq!(options.version, API_VERSION);
+        let options = options
+            .reconnect_timeout(Duration::ZERO)
+            .try_again_timeout(Duration::from_millis(5));
+        assert_eq!(options.reconnect_timeout, Duration::ZERO);
+        assert_eq!(options.try_again_timeout, Duration::from_millis(5));
     }
 
     #[tokio::test]

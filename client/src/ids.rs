@@ -112,6 +112,25 @@ pub(crate) fn with_id(request: &Request, id: u64) -> Request {
     request
 }
 
+/// Why a caller's id cannot be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IdError {
+    /// Its object was lost with an earlier connection; the message says how.
+    Lost(String),
+    /// Never issued by this client (or released), and its number now names
+    /// another caller's object on the server.
+    Foreign(String),
+}
+
+impl IdError {
+    /// The message.
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            IdError::Lost(message) | IdError::Foreign(message) => message,
+        }
+    }
+}
+
 /// Where a caller's id points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slot {
@@ -177,15 +196,15 @@ impl IdMap {
     /// Why the id cannot be used: its object was lost with a connection, or
     /// it is an id this client never issued that now names another
     /// caller's object.
-    pub(crate) fn to_server(&self, caller_id: u64) -> Result<u64, String> {
+    pub(crate) fn to_server(&self, caller_id: u64) -> Result<u64, IdError> {
         match self.to_server.get(&caller_id) {
             Some(Slot::Live(server_id)) => Ok(*server_id),
-            Some(Slot::Lost(why)) => Err(why.clone()),
+            Some(Slot::Lost(why)) => Err(IdError::Lost(why.clone())),
             None => match self.to_caller.get(&caller_id) {
-                Some(other) if *other != caller_id => Err(format!(
+                Some(other) if *other != caller_id => Err(IdError::Foreign(format!(
                     "{} {caller_id} is not open on this client",
                     self.what
-                )),
+                ))),
                 _ => Ok(caller_id),
             },
         }
@@ -264,11 +283,13 @@ mod tests {
         let fresh = map.register(3);
         assert_eq!(fresh, 3);
         map.remove(1);
-        // Caller id 1 is free, but server id 2 (= old caller 1) is gone, so
-        // 1 passes through; server number 1 still belongs to caller 2.
+        // Caller id 1 is released, but server number 1 belongs to caller
+        // 2: a stray 1 is refused rather than sent to caller 2's object.
         assert_eq!(
             map.to_server(1),
-            Err("handle 1 is not open on this client".into())
+            Err(IdError::Foreign(
+                "handle 1 is not open on this client".into()
+            ))
         );
         // Server id 2 issued again while caller id 2 is taken: a fresh id.
         assert_eq!(map.register(2), FRESH_IDS_FIRST);
@@ -279,20 +300,28 @@ mod tests {
         let mut map = IdMap::new("iterator");
         assert_eq!(map.register(1), 1);
         map.rebind(&HashMap::new(), &|id| format!("iterator {id} was lost"));
-        assert_eq!(map.to_server(1), Err("iterator 1 was lost".into()));
+        assert_eq!(
+            map.to_server(1),
+            Err(IdError::Lost("iterator 1 was lost".into()))
+        );
         // The new connection issues 1 again: the caller gets a fresh id.
         let fresh = map.register(1);
         assert_eq!(fresh, FRESH_IDS_FIRST);
         assert_eq!(map.to_server(fresh), Ok(1));
         assert_eq!(map.to_caller(1), fresh);
-        assert_eq!(map.to_server(1), Err("iterator 1 was lost".into()));
+        assert_eq!(
+            map.to_server(1),
+            Err(IdError::Lost("iterator 1 was lost".into()))
+        );
         assert_eq!(map.live(), vec![(fresh, 1)]);
         map.remove(1);
         // Released; but server id 1 now names the fresh id's iterator, so a
         // stray 1 is refused rather than sent to it.
         assert_eq!(
             map.to_server(1),
-            Err("iterator 1 is not open on this client".into())
+            Err(IdError::Foreign(
+                "iterator 1 is not open on this client".into()
+            ))
         );
     }
 

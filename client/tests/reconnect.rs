@@ -88,6 +88,7 @@ impl Server {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
+                        // Exited (and reaped by try_wait).
                         panic!("ckpt-server exited with {status}:\n{}", lines.join("\n"));
                     }
                 }
@@ -95,6 +96,7 @@ impl Server {
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("ckpt-server was not ready in time:\n{}", lines.join("\n"));
     }
 
