@@ -1237,6 +1237,46 @@ mod tests {
         }
     }
 
+    fn done_at(seq: u64) -> Committed {
+        Committed {
+            outcome: crate::state::Outcome::Done,
+            position: Some(crate::wal::record::Position {
+                instance: InstanceId(1),
+                epoch: Epoch(1),
+                seq: Seq(seq),
+            }),
+        }
+    }
+
+    #[test]
+    fn origins_are_kept_per_session_up_to_the_bound() {
+        let (_dir, db) = open_db();
+        let origin = |session, request| Origin { session, request };
+        let writes: Vec<_> = [(1, 1), (1, 2), (2, 1)]
+            .into_iter()
+            .map(|(s, r)| (origin(s, r), done_at(r), 100))
+            .collect();
+        db.apply_with(&[], &writes, Lsn(1), 2).unwrap();
+        assert_eq!(db.origin(origin(1, 2)).unwrap(), Some(done_at(2)));
+        assert_eq!(db.origin(origin(1, 3)).unwrap(), None);
+        // Request ORIGINS_PER_SESSION + 2 of session 1 pushes out 1.
+        let far = ORIGINS_PER_SESSION + 2;
+        db.apply_with(&[], &[(origin(1, far), done_at(far), 200)], Lsn(2), 2)
+            .unwrap();
+        assert_eq!(db.origin(origin(1, 1)).unwrap(), None);
+        assert_eq!(db.origin(origin(1, 2)).unwrap(), Some(done_at(2)));
+        assert_eq!(
+            db.origin(origin(2, 1)).unwrap(),
+            Some(done_at(1)),
+            "other sessions stay"
+        );
+        // Sessions idle since before 150 are forgotten whole.
+        assert_eq!(db.forget_idle_sessions(150).unwrap(), 1);
+        assert_eq!(db.origin(origin(2, 1)).unwrap(), None);
+        assert_eq!(db.origin(origin(1, far)).unwrap(), Some(done_at(far)));
+        assert_eq!(db.forget_idle_sessions(150).unwrap(), 0);
+    }
+
     #[test]
     fn a_chunk_index_past_u32_is_refused_not_wrapped() {
         let (_dir, db) = open_db();

@@ -1511,3 +1511,139 @@ fn plan_write(
 
 #[cfg(test)]
 mod golden;
+
+#[cfg(test)]
+mod entry_checks {
+    use super::*;
+    use ckpt_proto::CreationFlags;
+
+    struct Empty;
+
+    impl Backing for Empty {
+        fn load_sections(&self, _: InstanceId) -> CkptResult<BTreeMap<SectionId, SectionMeta>> {
+            Ok(BTreeMap::new())
+        }
+        fn take_column_family(&self, _: InstanceId) -> CkptResult<u32> {
+            Ok(0)
+        }
+        fn expiry_candidates(&self, _: i64) -> CkptResult<Vec<(InstanceId, SectionId)>> {
+            Ok(vec![])
+        }
+    }
+
+    fn entry(epoch: u64, seq: u64, body: RecordBody) -> Entry {
+        Entry {
+            instance: InstanceId(5),
+            epoch: Epoch(epoch),
+            seq: Seq(seq),
+            timestamp: 1,
+            origin: None,
+            body,
+        }
+    }
+
+    fn retention(epoch: u64, seq: u64) -> Entry {
+        entry(
+            epoch,
+            seq,
+            RecordBody::RetentionSet {
+                retention_duration_ns: 7,
+            },
+        )
+    }
+
+    fn created() -> StateMachine {
+        let mut state = StateMachine::new(HashMap::new(), HashMap::new(), 1);
+        let create = entry(
+            1,
+            1,
+            RecordBody::CheckpointCreate {
+                name: CheckpointName::new("c").unwrap(),
+                attributes: CreationAttributes {
+                    creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
+                    checkpoint_size: 100,
+                    retention_duration_ns: 0,
+                    max_sections: 2,
+                    max_section_size: 50,
+                    max_section_id_size: 8,
+                },
+            },
+        );
+        state.apply(&Empty, &create).unwrap();
+        assert_eq!(state.next_instance(), 6, "the counter moves above the id");
+        state
+    }
+
+    #[test]
+    fn apply_refuses_a_seq_that_does_not_follow() {
+        let mut state = created();
+        for seq in [1, 3] {
+            let error = state.apply(&Empty, &retention(1, seq)).unwrap_err();
+            assert_eq!(error.code, ErrorCode::Library);
+            assert!(error.detail.contains("expected seq 2"), "{}", error.detail);
+        }
+        state.apply(&Empty, &retention(1, 2)).unwrap();
+        assert_eq!(state.instance(InstanceId(5)).unwrap().seq, Seq(2));
+    }
+
+    #[test]
+    fn only_an_epoch_start_moves_the_epoch_and_never_back() {
+        let mut state = created();
+        assert!(
+            state.check_entry(&retention(2, 2)).is_err(),
+            "no epoch start"
+        );
+        let start = |epoch| {
+            entry(
+                epoch,
+                2,
+                RecordBody::EpochStart {
+                    epoch: Epoch(epoch),
+                },
+            )
+        };
+        assert!(state.check_entry(&start(1)).is_err(), "not above");
+        let mismatched = entry(3, 2, RecordBody::EpochStart { epoch: Epoch(2) });
+        assert!(state.check_entry(&mismatched).is_err());
+        state.apply(&Empty, &start(2)).unwrap();
+        assert_eq!(state.instance(InstanceId(5)).unwrap().epoch, Epoch(2));
+        let why = state.check_entry(&retention(1, 3)).unwrap_err();
+        assert!(why.contains("epoch 2"), "{why}");
+        state.apply(&Empty, &retention(2, 3)).unwrap();
+    }
+
+    #[test]
+    fn a_stale_instance_takes_only_a_snapshot() {
+        let mut state = created();
+        state
+            .apply(&Empty, &entry(1, 1, RecordBody::SuffixDiscard))
+            .unwrap();
+        assert!(state.instance(InstanceId(5)).unwrap().stale);
+        let why = state.check_entry(&retention(1, 2)).unwrap_err();
+        assert!(why.contains("stale"), "{why}");
+        let error = state
+            .plan(
+                &Empty,
+                &Op::SetRetention {
+                    instance: InstanceId(5),
+                    retention_duration_ns: 1,
+                },
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::TryAgain);
+        assert!(state
+            .check_entry(&entry(
+                3,
+                9,
+                RecordBody::SnapshotBegin {
+                    name: CheckpointName::new("c").unwrap(),
+                    attributes: state.instance(InstanceId(5)).unwrap().attributes.clone(),
+                    unlinked: false,
+                    generated_next: 1,
+                    created_at: 0,
+                }
+            ))
+            .is_ok());
+    }
+}

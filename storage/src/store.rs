@@ -262,7 +262,7 @@ struct Request {
 
 /// An operation [`Store::try_submit`] could not queue without blocking.
 pub struct Submission {
-    request: Request,
+    request: Box<Request>,
     sender: SyncSender<Request>,
 }
 
@@ -270,7 +270,7 @@ impl Submission {
     /// Queues the operation, blocking while the queue is full; its reply
     /// is called as for [`Store::submit`].
     pub fn wait(self) {
-        if let Err(mpsc::SendError(request)) = self.sender.send(self.request) {
+        if let Err(mpsc::SendError(request)) = self.sender.send(*self.request) {
             (request.reply)(Err(CkptError::new(
                 ErrorCode::NotInitialized,
                 "store is closed",
@@ -570,8 +570,9 @@ impl Store {
             .append = Some(listener);
     }
 
-    /// Registers the function told after every fsync the last durable
-    /// position of each instance the synced batches changed.
+    /// Registers the function told after every fsync (on the fsync thread,
+    /// before the synced requests are answered) the last durable position
+    /// of each instance the synced batches changed.
     pub fn set_durable_listener(&self, listener: DurableListener) {
         self.shared
             .listeners
@@ -763,7 +764,7 @@ impl Store {
         match sender.try_send(request) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(request)) => Err(Submission {
-                request,
+                request: Box::new(request),
                 sender: sender.clone(),
             }),
             Err(TrySendError::Disconnected(request)) => {
@@ -848,11 +849,18 @@ impl Store {
             .map_err(|e| io_error("reading the log back", &e))?;
         let mut out = Vec::new();
         let mut bytes = 0u64;
-        let mut expected = seq.0 + 1;
-        for record in history.records {
+        for (expected, record) in (seq.0 + 1..).zip(history.records) {
             // A snapshot install logs several entries at one seq, and a
-            // discard repeats the seq: the history must restart there.
-            if record.entry.seq.0 != expected {
+            // discard repeats the seq: what follows them is not a log to
+            // replay but a state to copy (send a snapshot).
+            let copies_state = matches!(
+                record.entry.body,
+                RecordBody::SnapshotBegin { .. }
+                    | RecordBody::SnapshotSection { .. }
+                    | RecordBody::SnapshotEnd
+                    | RecordBody::SuffixDiscard
+            );
+            if record.entry.seq.0 != expected || copies_state {
                 if out.is_empty() {
                     return Ok(EntriesAfter::Gone);
                 }
@@ -862,7 +870,6 @@ impl Store {
                 break;
             }
             bytes += record.entry.encoded_len() as u64;
-            expected += 1;
             out.push((record.lsn, record.entry));
         }
         if out.is_empty() {
@@ -2228,7 +2235,23 @@ impl Syncer {
             }
         }
         let listeners = self.shared.listeners();
-        let mut positions: Vec<Position> = Vec::new();
+        if let (Some(listener), None) = (&listeners.durable, &failure) {
+            // Before the answers, so that whoever is answered finds the
+            // position already reported durable.
+            let mut positions: Vec<Position> = Vec::new();
+            for position in batch.iter().flat_map(|job| job.positions.iter()) {
+                match positions
+                    .iter_mut()
+                    .find(|p| p.instance == position.instance)
+                {
+                    Some(last) => *last = *position,
+                    None => positions.push(*position),
+                }
+            }
+            if !positions.is_empty() {
+                listener(&positions);
+            }
+        }
         for job in batch {
             match &failure {
                 Some(error) => fail_all(job.durable, error),
@@ -2239,20 +2262,8 @@ impl Syncer {
                     if let (Some(listener), false) = (&listeners.commit, job.records.is_empty()) {
                         listener(&job.records);
                     }
-                    for position in job.positions {
-                        match positions
-                            .iter_mut()
-                            .find(|p| p.instance == position.instance)
-                        {
-                            Some(last) => *last = position,
-                            None => positions.push(position),
-                        }
-                    }
                 }
             }
-        }
-        if let (Some(listener), false) = (&listeners.durable, positions.is_empty()) {
-            listener(&positions);
         }
         // After the answers: syncing the mark now and then bounds how far
         // behind the disk's copy of it can be.
