@@ -118,12 +118,18 @@ struct RawNode {
     admin_addr: Option<String>,
 }
 
-fn number(key: &str, value: Option<i64>, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+fn number(
+    key: &str,
+    value: Option<i64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
     let Some(value) = value else {
         return Ok(default);
     };
-    let value = u64::try_from(value)
-        .map_err(|_| ConfigError::new(key, format!("{value} is negative")))?;
+    let value =
+        u64::try_from(value).map_err(|_| ConfigError::new(key, format!("{value} is negative")))?;
     if value < min || value > max {
         return Err(ConfigError::new(
             key,
@@ -136,7 +142,10 @@ fn number(key: &str, value: Option<i64>, default: u64, min: u64, max: u64) -> Re
 fn address(key: String, value: Option<String>) -> Result<SocketAddr, ConfigError> {
     let value = value.ok_or_else(|| ConfigError::new(key.clone(), "missing"))?;
     value.parse().map_err(|e| {
-        ConfigError::new(key, format!("{value:?} is not an ip:port socket address ({e})"))
+        ConfigError::new(
+            key,
+            format!("{value:?} is not an ip:port socket address ({e})"),
+        )
     })
 }
 
@@ -151,9 +160,9 @@ impl ClusterConfig {
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| ConfigError::new("cluster.toml", e.to_string().trim_end().to_string()))?;
-        let raw_nodes = raw
-            .nodes
-            .ok_or_else(|| ConfigError::new("nodes", "missing: list every node as a [[nodes]] table"))?;
+        let raw_nodes = raw.nodes.ok_or_else(|| {
+            ConfigError::new("nodes", "missing: list every node as a [[nodes]] table")
+        })?;
         if raw_nodes.is_empty() {
             return Err(ConfigError::new("nodes", "empty: list at least one node"));
         }
@@ -168,29 +177,34 @@ impl ClusterConfig {
         let mut addrs: BTreeMap<SocketAddr, String> = BTreeMap::new();
         for (i, node) in raw_nodes.into_iter().enumerate() {
             let id_key = format!("nodes[{i}].id");
-            let id = node.id.ok_or_else(|| ConfigError::new(id_key.clone(), "missing"))?;
+            let id = node
+                .id
+                .ok_or_else(|| ConfigError::new(id_key.clone(), "missing"))?;
             let id = u64::try_from(id)
                 .ok()
                 .filter(|id| *id >= 1)
-                .ok_or_else(|| ConfigError::new(id_key.clone(), format!("{id} is not a positive node id")))?;
+                .ok_or_else(|| {
+                    ConfigError::new(id_key.clone(), format!("{id} is not a positive node id"))
+                })?;
             if let Some(first) = ids.insert(id, i) {
                 return Err(ConfigError::new(
                     id_key,
                     format!("node id {id} is a duplicate of nodes[{first}].id"),
                 ));
             }
-            let mut field = |name: &str, value: Option<String>| -> Result<SocketAddr, ConfigError> {
-                let key = format!("nodes[{i}].{name}");
-                let addr = address(key.clone(), value)?;
-                if let Some(first) = addrs.get(&addr) {
-                    return Err(ConfigError::new(
-                        key,
-                        format!("{addr} is a duplicate of {first}"),
-                    ));
-                }
-                addrs.insert(addr, key);
-                Ok(addr)
-            };
+            let mut field =
+                |name: &str, value: Option<String>| -> Result<SocketAddr, ConfigError> {
+                    let key = format!("nodes[{i}].{name}");
+                    let addr = address(key.clone(), value)?;
+                    if let Some(first) = addrs.get(&addr) {
+                        return Err(ConfigError::new(
+                            key,
+                            format!("{addr} is a duplicate of {first}"),
+                        ));
+                    }
+                    addrs.insert(addr, key);
+                    Ok(addr)
+                };
             let client_addr = field("client_addr", node.client_addr)?;
             let peer_addr = field("peer_addr", node.peer_addr)?;
             let admin_addr = field("admin_addr", node.admin_addr)?;
@@ -273,8 +287,9 @@ impl ClusterConfig {
     /// # Errors
     /// As [`ClusterConfig::parse`]; an unreadable file names its path.
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path.display().to_string(), format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
         ClusterConfig::parse(&text).map_err(|mut e| {
             e.key = format!("{}: {}", path.display(), e.key);
             e
@@ -297,7 +312,12 @@ impl ClusterConfig {
     }
 
     /// A one-node configuration on the given addresses (tests, embedded use).
-    pub fn single(id: NodeId, client_addr: SocketAddr, peer_addr: SocketAddr, admin_addr: SocketAddr) -> ClusterConfig {
+    pub fn single(
+        id: NodeId,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        admin_addr: SocketAddr,
+    ) -> ClusterConfig {
         ClusterConfig {
             replication_factor: 1,
             min_in_sync: 1,
@@ -328,7 +348,12 @@ mod tests {
     }
 
     fn three(head: &str) -> String {
-        format!("{head}\n{}{}{}", node(1, 7400), node(2, 7410), node(3, 7420))
+        format!(
+            "{head}\n{}{}{}",
+            node(1, 7400),
+            node(2, 7410),
+            node(3, 7420)
+        )
     }
 
     fn refused(text: &str) -> ConfigError {
@@ -350,7 +375,10 @@ mod tests {
         assert_eq!(c.lease_timeout_ms, 1500);
         assert_eq!(c.tick_ms, 50);
         assert_eq!(c.node_ids(), vec![1, 2, 3]);
-        assert_eq!(c.node(2).unwrap().peer_addr, "127.0.0.1:7510".parse().unwrap());
+        assert_eq!(
+            c.node(2).unwrap().peer_addr,
+            "127.0.0.1:7510".parse().unwrap()
+        );
         assert!(c.node(4).is_none());
     }
 
@@ -394,7 +422,11 @@ mod tests {
     fn min_in_sync_over_the_replication_factor_is_refused() {
         let e = refused(&three("replication_factor = 2\nmin_in_sync = 3"));
         assert_eq!(e.key, "min_in_sync");
-        assert!(e.to_string().starts_with("min_in_sync: 3 exceeds replication_factor 2"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("min_in_sync: 3 exceeds replication_factor 2"),
+            "{e}"
+        );
         // Explicit min_in_sync against a factor capped by the node count.
         let e = refused(&format!("min_in_sync = 2\n{}", node(1, 7400)));
         assert_eq!(e.key, "min_in_sync");
@@ -404,7 +436,8 @@ mod tests {
     fn missing_keys_are_named() {
         assert_eq!(refused("replication_factor = 3").key, "nodes");
         assert_eq!(refused("nodes = []").key, "nodes");
-        let text = "[[nodes]]\nid = 1\nclient_addr = \"127.0.0.1:1\"\nadmin_addr = \"127.0.0.1:3\"\n";
+        let text =
+            "[[nodes]]\nid = 1\nclient_addr = \"127.0.0.1:1\"\nadmin_addr = \"127.0.0.1:3\"\n";
         let e = refused(text);
         assert_eq!(e.to_string(), "nodes[0].peer_addr: missing");
         let text = "[[nodes]]\nclient_addr = \"127.0.0.1:1\"\npeer_addr = \"127.0.0.1:2\"\nadmin_addr = \"127.0.0.1:3\"\n";
@@ -419,7 +452,10 @@ mod tests {
             ("min_in_sync = 0", "min_in_sync"),
             ("min_in_sync = -1", "min_in_sync"),
             ("replica_lag_timeout_ms = 0", "replica_lag_timeout_ms"),
-            ("replica_lag_timeout_ms = 99999999999", "replica_lag_timeout_ms"),
+            (
+                "replica_lag_timeout_ms = 99999999999",
+                "replica_lag_timeout_ms",
+            ),
             ("lease_timeout_ms = 0", "lease_timeout_ms"),
             ("lease_timeout_ms = 100", "lease_timeout_ms"), // shorter than an election
             ("tick_ms = 0", "tick_ms"),

@@ -22,8 +22,8 @@ pub mod raftlog;
 
 pub use config::{ClusterConfig, ConfigError, NodeConfig};
 pub use control::{
-    Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, ControlReady, PersistedRaft,
-    RaftPersist, Ticket,
+    Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, ControlReady,
+    PersistedRaft, RaftPersist, Ticket,
 };
 pub use raftlog::RaftLog;
 

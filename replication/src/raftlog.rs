@@ -70,7 +70,10 @@ fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> ReplicationEr
 }
 
 fn encode<M: protobuf::Message>(m: &M) -> serde_bytes::ByteBuf {
-    serde_bytes::ByteBuf::from(m.write_to_bytes().expect("raft protobuf messages always encode"))
+    serde_bytes::ByteBuf::from(
+        m.write_to_bytes()
+            .expect("raft protobuf messages always encode"),
+    )
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ReplicationError> {
@@ -100,7 +103,11 @@ impl RaftLog {
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if version != VERSION {
-            return Err(io_error(&path, "open", format!("unsupported version {version}")));
+            return Err(io_error(
+                &path,
+                "open",
+                format!("unsupported version {version}"),
+            ));
         }
         let mut model = PersistedRaft::default();
         let mut pos = HEADER_BYTES;
@@ -111,9 +118,14 @@ impl RaftLog {
             match read_frame(&bytes, pos) {
                 FrameRead::Good(payload, next) => {
                     let frame: Frame = postcard::from_bytes(payload).map_err(|e| {
-                        io_error(&path, &format!("frame at byte {pos}"), format!("checksummed but undecodable: {e}"))
+                        io_error(
+                            &path,
+                            &format!("frame at byte {pos}"),
+                            format!("checksummed but undecodable: {e}"),
+                        )
                     })?;
-                    apply_frame(&mut model, &frame).map_err(|e| io_error(&path, &format!("frame at byte {pos}"), e))?;
+                    apply_frame(&mut model, &frame)
+                        .map_err(|e| io_error(&path, &format!("frame at byte {pos}"), e))?;
                     pos = next;
                 }
                 FrameRead::TornTail => {
@@ -203,7 +215,11 @@ impl RaftLog {
             snapshot: self.model.snapshot.as_ref().map(encode),
             compacted: None,
         };
-        let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let written = write_atomically(&dir, &self.path, Some(&frame))?;
         self.file = OpenOptions::new()
             .append(true)
@@ -233,7 +249,11 @@ fn frame_bytes(frame: &Frame) -> Result<Vec<u8>, ReplicationError> {
 
 /// Writes header (+ frame) to a temporary file, fsyncs, renames over
 /// `path`, fsyncs the directory. Returns the file's size.
-fn write_atomically(dir: &Path, path: &Path, frame: Option<&Frame>) -> Result<u64, ReplicationError> {
+fn write_atomically(
+    dir: &Path,
+    path: &Path,
+    frame: Option<&Frame>,
+) -> Result<u64, ReplicationError> {
     let tmp = path.with_extension("tmp");
     let mut bytes = Vec::new();
     bytes.extend_from_slice(MAGIC);
@@ -299,7 +319,8 @@ fn apply_frame(model: &mut PersistedRaft, frame: &Frame) -> Result<(), String> {
         model.snapshot = Some(snap);
     }
     if let Some(snap) = &frame.compacted {
-        let snap = Snapshot::parse_from_bytes(snap).map_err(|e| format!("compaction snapshot: {e}"))?;
+        let snap =
+            Snapshot::parse_from_bytes(snap).map_err(|e| format!("compaction snapshot: {e}"))?;
         let index = snap.get_metadata().index;
         model.entries.retain(|e| e.index > index);
         model.snapshot = Some(snap);
@@ -312,14 +333,18 @@ fn apply_frame(model: &mut PersistedRaft, frame: &Frame) -> Result<(), String> {
             let e = Entry::parse_from_bytes(bytes).map_err(|e| format!("entry: {e}"))?;
             if let Some(last) = model.entries.last() {
                 if e.index != last.index + 1 {
-                    return Err(format!("entry {} does not follow entry {}", e.index, last.index));
+                    return Err(format!(
+                        "entry {} does not follow entry {}",
+                        e.index, last.index
+                    ));
                 }
             }
             model.entries.push(e);
         }
     }
     if let Some(hs) = &frame.hard_state {
-        model.hard_state = HardState::parse_from_bytes(hs).map_err(|e| format!("hard state: {e}"))?;
+        model.hard_state =
+            HardState::parse_from_bytes(hs).map_err(|e| format!("hard state: {e}"))?;
     }
     Ok(())
 }
@@ -330,23 +355,25 @@ mod tests {
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
         let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
+        e.set_index(index);
+        e.set_term(term);
         e.set_data(data.to_vec().into());
         e
     }
 
     fn hs(term: u64, commit: u64) -> HardState {
         let mut h = HardState::default();
-        h.term = term;
-        h.vote = 1;
-        h.commit = commit;
+        h.set_term(term);
+        h.set_vote(1);
+        h.set_commit(commit);
         h
     }
 
     fn persist_entries(log: &mut RaftLog, from: u64, to: u64, term: u64) {
         let p = RaftPersist {
-            entries: (from..=to).map(|i| entry(i, term, &i.to_le_bytes())).collect(),
+            entries: (from..=to)
+                .map(|i| entry(i, term, &i.to_le_bytes()))
+                .collect(),
             hard_state: Some(hs(term, to)),
             ..Default::default()
         };
@@ -366,13 +393,26 @@ mod tests {
             snap.set_data(b"state".to_vec().into());
             snap.mut_metadata().index = 3;
             snap.mut_metadata().term = 1;
-            log.persist(&RaftPersist { compacted: Some(snap), ..Default::default() }).unwrap();
+            log.persist(&RaftPersist {
+                compacted: Some(snap),
+                ..Default::default()
+            })
+            .unwrap();
         }
         let (_, p) = RaftLog::open(dir.path()).unwrap();
-        assert_eq!(p.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(4, 2), (5, 2), (6, 2)]);
+        assert_eq!(
+            p.entries
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
+            vec![(4, 2), (5, 2), (6, 2)]
+        );
         assert_eq!(p.hard_state, hs(2, 6));
         let snap = p.snapshot.unwrap();
-        assert_eq!((snap.get_metadata().index, snap.get_data()), (3, &b"state"[..]));
+        assert_eq!(
+            (snap.get_metadata().index, snap.get_data()),
+            (3, &b"state"[..])
+        );
     }
 
     #[test]
@@ -382,7 +422,11 @@ mod tests {
         persist_entries(&mut log, 1, 5, 1);
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 3;
-        log.persist(&RaftPersist { snapshot: Some(snap), ..Default::default() }).unwrap();
+        log.persist(&RaftPersist {
+            snapshot: Some(snap),
+            ..Default::default()
+        })
+        .unwrap();
         drop(log);
         let (_, p) = RaftLog::open(dir.path()).unwrap();
         assert!(p.entries.is_empty());
@@ -463,7 +507,11 @@ mod tests {
             snap.set_data(vec![7u8; 100].into());
             snap.mut_metadata().index = base;
             snap.mut_metadata().term = 1;
-            log.persist(&RaftPersist { compacted: Some(snap), ..Default::default() }).unwrap();
+            log.persist(&RaftPersist {
+                compacted: Some(snap),
+                ..Default::default()
+            })
+            .unwrap();
             max_bytes = max_bytes.max(log.file_bytes());
         }
         assert!(max_bytes < 16 * 1024, "file grew to {max_bytes}");

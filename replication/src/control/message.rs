@@ -40,8 +40,12 @@ impl ControlMessage {
     /// # Errors
     /// `BAD_OPERATION` when the bytes are not a control message.
     pub fn decode(bytes: &[u8]) -> CkptResult<ControlMessage> {
-        postcard::from_bytes(bytes)
-            .map_err(|e| CkptError::new(ErrorCode::BadOperation, format!("undecodable control message: {e}")))
+        postcard::from_bytes(bytes).map_err(|e| {
+            CkptError::new(
+                ErrorCode::BadOperation,
+                format!("undecodable control message: {e}"),
+            )
+        })
     }
 }
 
@@ -63,7 +67,10 @@ pub struct RaftPersist {
 impl RaftPersist {
     /// Nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.hard_state.is_none() && self.snapshot.is_none() && self.compacted.is_none()
+        self.entries.is_empty()
+            && self.hard_state.is_none()
+            && self.snapshot.is_none()
+            && self.compacted.is_none()
     }
 }
 

@@ -87,7 +87,9 @@ impl Storage for ControlStorage {
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         if self.snapshot.get_metadata().index == 0 {
-            return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
         }
         Ok(self.snapshot.clone())
     }
@@ -159,6 +161,21 @@ pub struct ControlPlane {
     duties: Option<LeaderDuties>,
 }
 
+/// The command in a committed entry (none in the empty entries of new
+/// leaders).
+fn command_of(entry: &Entry) -> Option<Command> {
+    if entry.get_entry_type() != EntryType::EntryNormal || entry.get_data().is_empty() {
+        return None;
+    }
+    match Command::decode(entry.get_data()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(index = entry.index, error = %e, "committed raft entry is not a command");
+            None
+        }
+    }
+}
+
 fn raft_error(e: impl std::fmt::Display) -> ReplicationError {
     ReplicationError::Raft(e.to_string())
 }
@@ -224,8 +241,20 @@ impl ControlPlane {
             hs.term = hs.term.max(term);
             mem.wl().set_hardstate(hs);
         }
+        // Apply what is committed now, so that `state()` is current as soon
+        // as the node is constructed; raft-rs then starts from `applied`.
+        let commit = mem.rl().hard_state().commit.max(snapshot_index);
+        let mut state = state;
+        let mut replayed = Vec::new();
+        for e in entries.iter().filter(|e| e.index <= commit) {
+            if let Some(cmd) = command_of(e) {
+                let applied = state.apply(&cmd);
+                replayed.push((None, cmd, applied));
+            }
+        }
         let raft_config = raft::Config {
             id,
+            applied: commit,
             election_tick: ELECTION_TICKS,
             heartbeat_tick: HEARTBEAT_TICKS,
             check_quorum: true,
@@ -248,7 +277,9 @@ impl ControlPlane {
             lease_timeout_ms: config.lease_timeout_ms,
             tick_ms: config.tick_ms.max(1),
             margin_ms: election_ms,
-            proposal_timeout_ms: config.lease_timeout_ms.saturating_add(election_ms.saturating_mul(2)),
+            proposal_timeout_ms: config
+                .lease_timeout_ms
+                .saturating_add(election_ms.saturating_mul(2)),
             compact_entries: COMPACT_ENTRIES_DEFAULT,
             now_ms,
             last_tick_ms: now_ms,
@@ -261,7 +292,7 @@ impl ControlPlane {
             ready_number: 0,
             deferred: VecDeque::new(),
             out_messages: Vec::new(),
-            out_applied: Vec::new(),
+            out_applied: replayed,
             out_compacted: None,
             state_replaced: false,
             snapshot_index,
@@ -335,7 +366,12 @@ impl ControlPlane {
                     }
                 };
                 if msg.to != self.id || msg.from != from {
-                    tracing::warn!(from, msg_from = msg.from, msg_to = msg.to, "misaddressed raft message dropped");
+                    tracing::warn!(
+                        from,
+                        msg_from = msg.from,
+                        msg_to = msg.to,
+                        "misaddressed raft message dropped"
+                    );
                     return;
                 }
                 self.deferred.push_back(Deferred::Step(msg));
@@ -348,14 +384,18 @@ impl ControlPlane {
                 if let Some(d) = self.duties.as_mut() {
                     d.last_request_ms.insert(from, now);
                 }
-                self.out_messages.push((from, ControlMessage::LeaseGrant { sent_at_ms }));
+                self.out_messages
+                    .push((from, ControlMessage::LeaseGrant { sent_at_ms }));
                 if !self.state.node_alive(from) {
                     self.propose_duty(Duty::NodeUp(from), vec![Command::NodeUp { node: from }]);
                 }
             }
             ControlMessage::LeaseGrant { sent_at_ms } => {
                 if sent_at_ms <= self.now_ms {
-                    self.lease_sent_at_ms = Some(self.lease_sent_at_ms.map_or(sent_at_ms, |s| s.max(sent_at_ms)));
+                    self.lease_sent_at_ms = Some(
+                        self.lease_sent_at_ms
+                            .map_or(sent_at_ms, |s| s.max(sent_at_ms)),
+                    );
                 }
             }
         }
@@ -369,13 +409,17 @@ impl ControlPlane {
     /// `TRY_AGAIN` when no leader is known or raft refuses the proposal.
     pub fn propose(&mut self, cmd: Command) -> CkptResult<Ticket> {
         if self.leader().is_none() {
-            return Err(CkptError::new(ErrorCode::TryAgain, "no control-plane leader"));
+            return Err(CkptError::new(
+                ErrorCode::TryAgain,
+                "no control-plane leader",
+            ));
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.tickets.insert(ticket, (self.now_ms, cmd.clone()));
         if self.pending.is_some() {
-            self.deferred.push_back(Deferred::Propose(Some(ticket), cmd));
+            self.deferred
+                .push_back(Deferred::Propose(Some(ticket), cmd));
             return Ok(Ticket(ticket));
         }
         match self.raw_propose(Some(ticket), &cmd) {
@@ -397,9 +441,12 @@ impl ControlPlane {
             .expect("a proposal context always serializes"),
             None => Vec::new(),
         };
-        self.raw
-            .propose(context, cmd.encode())
-            .map_err(|e| CkptError::new(ErrorCode::TryAgain, format!("control-plane proposal dropped: {e}")))
+        self.raw.propose(context, cmd.encode()).map_err(|e| {
+            CkptError::new(
+                ErrorCode::TryAgain,
+                format!("control-plane proposal dropped: {e}"),
+            )
+        })
     }
 
     /// The next round of work, if any. Call again only after
@@ -466,11 +513,20 @@ impl ControlPlane {
     pub fn advance(&mut self, done: ControlReady) {
         if let Some((number, rd)) = self.pending.take() {
             if number != done.number {
-                tracing::error!(expected = number, got = done.number, "control ready advanced out of order");
+                tracing::error!(
+                    expected = number,
+                    got = done.number,
+                    "control ready advanced out of order"
+                );
             }
             let mut light = self.raw.advance(rd);
             if let Some(commit) = light.commit_index() {
-                self.raw.mut_store().mem.wl().mut_hard_state().set_commit(commit);
+                self.raw
+                    .mut_store()
+                    .mem
+                    .wl()
+                    .mut_hard_state()
+                    .set_commit(commit);
             }
             let messages = light.take_messages();
             self.queue_raft_messages(messages);
@@ -542,15 +598,8 @@ impl ControlPlane {
 
     fn apply_entries(&mut self, entries: Vec<Entry>) {
         for entry in entries {
-            if entry.get_entry_type() != EntryType::EntryNormal || entry.get_data().is_empty() {
+            let Some(cmd) = command_of(&entry) else {
                 continue;
-            }
-            let cmd = match Command::decode(entry.get_data()) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(index = entry.index, error = %e, "committed raft entry is not a command");
-                    continue;
-                }
             };
             let affected: Vec<InstanceId> = match &cmd {
                 Command::NodeRestarted { node } => self
@@ -619,7 +668,10 @@ impl ControlPlane {
         let Some(d) = self.duties.as_mut() else {
             return;
         };
-        if d.proposed_ms.get(&duty).is_some_and(|at| now < at.saturating_add(retry_ms)) {
+        if d.proposed_ms
+            .get(&duty)
+            .is_some_and(|at| now < at.saturating_add(retry_ms))
+        {
             return;
         }
         d.proposed_ms.insert(duty, now);
@@ -650,7 +702,8 @@ impl ControlPlane {
                     if let Err(e) = self.raw_propose(ticket, &cmd) {
                         if let Some(t) = ticket {
                             if self.tickets.remove(&t).is_some() {
-                                self.out_applied.push((Some(Ticket(t)), cmd, Applied::Failed(e)));
+                                self.out_applied
+                                    .push((Some(Ticket(t)), cmd, Applied::Failed(e)));
                             }
                         }
                     }
@@ -658,7 +711,9 @@ impl ControlPlane {
             }
         }
         let mut ticks = 0;
-        while self.now_ms >= self.last_tick_ms.saturating_add(self.tick_ms) && ticks < 2 * ELECTION_TICKS {
+        while self.now_ms >= self.last_tick_ms.saturating_add(self.tick_ms)
+            && ticks < 2 * ELECTION_TICKS
+        {
             self.raw.tick();
             self.last_tick_ms += self.tick_ms;
             ticks += 1;
@@ -686,7 +741,8 @@ impl ControlPlane {
                     ErrorCode::TryAgain,
                     format!("control-plane proposal not committed within {timeout} ms"),
                 );
-                self.out_applied.push((Some(Ticket(t)), cmd, Applied::Failed(e)));
+                self.out_applied
+                    .push((Some(Ticket(t)), cmd, Applied::Failed(e)));
             }
         }
     }
@@ -700,7 +756,8 @@ impl ControlPlane {
                     .last_lease_request_ms
                     .is_none_or(|at| now >= at.saturating_add(self.lease_timeout_ms / 4));
                 if due && leader != self.id {
-                    self.out_messages.push((leader, ControlMessage::LeaseRequest { sent_at_ms: now }));
+                    self.out_messages
+                        .push((leader, ControlMessage::LeaseRequest { sent_at_ms: now }));
                     self.last_lease_request_ms = Some(now);
                 }
             }
@@ -736,7 +793,12 @@ impl ControlPlane {
                 .copied()
                 .filter(|n| *n != me && self.state.node_alive(*n))
                 .filter(|n| {
-                    let last = d.last_request_ms.get(n).copied().unwrap_or(0).max(d.since_ms);
+                    let last = d
+                        .last_request_ms
+                        .get(n)
+                        .copied()
+                        .unwrap_or(0)
+                        .max(d.since_ms);
                     now > last.saturating_add(deadline_ms)
                 })
                 .collect()
@@ -757,13 +819,16 @@ impl ControlPlane {
             };
             if d.retention_dirty {
                 d.retention_dirty = false;
-                d.retention_deadline_ms.retain(|i, _| self.state.get(*i).is_some());
+                d.retention_deadline_ms
+                    .retain(|i, _| self.state.get(*i).is_some());
                 for meta in self.state.checkpoints() {
                     if !meta.open_on.is_empty() {
                         d.retention_deadline_ms.remove(&meta.instance);
                     } else if meta.unlinked {
                         destroy.push(meta.instance);
-                    } else if meta.retention_duration_ns != TIME_END && meta.retention_duration_ns >= 0 {
+                    } else if meta.retention_duration_ns != TIME_END
+                        && meta.retention_duration_ns >= 0
+                    {
                         let ms = (meta.retention_duration_ns as u64).div_ceil(1_000_000);
                         d.retention_deadline_ms
                             .entry(meta.instance)

@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ckpt_proto::{CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode};
+use ckpt_proto::{
+    CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode,
+};
 use ckpt_storage::{Epoch, InstanceId, Seq};
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +59,8 @@ impl CheckpointMeta {
     /// DISTRIBUTED or ALL_OPEN_ARE_REPLICAS: every opener gets a replica.
     pub fn replica_per_opener(&self) -> bool {
         let flags = self.attributes.creation_flags;
-        flags.contains(CreationFlags::DISTRIBUTED) || flags.contains(CreationFlags::ALL_OPEN_ARE_REPLICAS)
+        flags.contains(CreationFlags::DISTRIBUTED)
+            || flags.contains(CreationFlags::ALL_OPEN_ARE_REPLICAS)
     }
 }
 
@@ -103,7 +106,11 @@ impl From<MetaWire> for CheckpointMeta {
             replicas: m.replicas,
             active: m.active,
             epoch: Epoch(m.epoch),
-            epoch_starts: m.epoch_starts.iter().map(|(e, s)| (Epoch(*e), Seq(*s))).collect(),
+            epoch_starts: m
+                .epoch_starts
+                .iter()
+                .map(|(e, s)| (Epoch(*e), Seq(*s)))
+                .collect(),
             in_sync: m.in_sync,
             unlinked: m.unlinked,
             open_on: m.open_on,
@@ -210,43 +217,113 @@ pub enum Command {
 
 #[derive(Serialize, Deserialize)]
 enum CommandWire {
-    Create { name: CheckpointName, attributes: CreationAttributes, creator: NodeId },
-    Unlink { name: CheckpointName },
-    Destroy { instance: u64 },
-    Opened { instance: u64, node: NodeId },
-    Closed { instance: u64, node: NodeId },
-    NodeRestarted { node: NodeId },
-    SetRetention { instance: u64, ns: i64 },
-    SetActive { instance: u64, node: NodeId },
-    SetInSync { instance: u64, epoch: u64, in_sync: Vec<NodeId> },
-    EpochStarted { instance: u64, epoch: u64, start_seq: u64 },
-    AddReplica { instance: u64, node: NodeId },
-    Failover { node: NodeId },
-    NodeUp { node: NodeId },
+    Create {
+        name: CheckpointName,
+        attributes: CreationAttributes,
+        creator: NodeId,
+    },
+    Unlink {
+        name: CheckpointName,
+    },
+    Destroy {
+        instance: u64,
+    },
+    Opened {
+        instance: u64,
+        node: NodeId,
+    },
+    Closed {
+        instance: u64,
+        node: NodeId,
+    },
+    NodeRestarted {
+        node: NodeId,
+    },
+    SetRetention {
+        instance: u64,
+        ns: i64,
+    },
+    SetActive {
+        instance: u64,
+        node: NodeId,
+    },
+    SetInSync {
+        instance: u64,
+        epoch: u64,
+        in_sync: Vec<NodeId>,
+    },
+    EpochStarted {
+        instance: u64,
+        epoch: u64,
+        start_seq: u64,
+    },
+    AddReplica {
+        instance: u64,
+        node: NodeId,
+    },
+    Failover {
+        node: NodeId,
+    },
+    NodeUp {
+        node: NodeId,
+    },
 }
 
 impl From<Command> for CommandWire {
     fn from(c: Command) -> Self {
         match c {
-            Command::Create { name, attributes, creator } => CommandWire::Create { name, attributes, creator },
+            Command::Create {
+                name,
+                attributes,
+                creator,
+            } => CommandWire::Create {
+                name,
+                attributes,
+                creator,
+            },
             Command::Unlink { name } => CommandWire::Unlink { name },
-            Command::Destroy { instance } => CommandWire::Destroy { instance: instance.0 },
-            Command::Opened { instance, node } => CommandWire::Opened { instance: instance.0, node },
-            Command::Closed { instance, node } => CommandWire::Closed { instance: instance.0, node },
+            Command::Destroy { instance } => CommandWire::Destroy {
+                instance: instance.0,
+            },
+            Command::Opened { instance, node } => CommandWire::Opened {
+                instance: instance.0,
+                node,
+            },
+            Command::Closed { instance, node } => CommandWire::Closed {
+                instance: instance.0,
+                node,
+            },
             Command::NodeRestarted { node } => CommandWire::NodeRestarted { node },
-            Command::SetRetention { instance, ns } => CommandWire::SetRetention { instance: instance.0, ns },
-            Command::SetActive { instance, node } => CommandWire::SetActive { instance: instance.0, node },
-            Command::SetInSync { instance, epoch, in_sync } => CommandWire::SetInSync {
+            Command::SetRetention { instance, ns } => CommandWire::SetRetention {
+                instance: instance.0,
+                ns,
+            },
+            Command::SetActive { instance, node } => CommandWire::SetActive {
+                instance: instance.0,
+                node,
+            },
+            Command::SetInSync {
+                instance,
+                epoch,
+                in_sync,
+            } => CommandWire::SetInSync {
                 instance: instance.0,
                 epoch: epoch.0,
                 in_sync,
             },
-            Command::EpochStarted { instance, epoch, start_seq } => CommandWire::EpochStarted {
+            Command::EpochStarted {
+                instance,
+                epoch,
+                start_seq,
+            } => CommandWire::EpochStarted {
                 instance: instance.0,
                 epoch: epoch.0,
                 start_seq: start_seq.0,
             },
-            Command::AddReplica { instance, node } => CommandWire::AddReplica { instance: instance.0, node },
+            Command::AddReplica { instance, node } => CommandWire::AddReplica {
+                instance: instance.0,
+                node,
+            },
             Command::Failover { node } => CommandWire::Failover { node },
             Command::NodeUp { node } => CommandWire::NodeUp { node },
         }
@@ -256,25 +333,58 @@ impl From<Command> for CommandWire {
 impl From<CommandWire> for Command {
     fn from(c: CommandWire) -> Self {
         match c {
-            CommandWire::Create { name, attributes, creator } => Command::Create { name, attributes, creator },
+            CommandWire::Create {
+                name,
+                attributes,
+                creator,
+            } => Command::Create {
+                name,
+                attributes,
+                creator,
+            },
             CommandWire::Unlink { name } => Command::Unlink { name },
-            CommandWire::Destroy { instance } => Command::Destroy { instance: InstanceId(instance) },
-            CommandWire::Opened { instance, node } => Command::Opened { instance: InstanceId(instance), node },
-            CommandWire::Closed { instance, node } => Command::Closed { instance: InstanceId(instance), node },
+            CommandWire::Destroy { instance } => Command::Destroy {
+                instance: InstanceId(instance),
+            },
+            CommandWire::Opened { instance, node } => Command::Opened {
+                instance: InstanceId(instance),
+                node,
+            },
+            CommandWire::Closed { instance, node } => Command::Closed {
+                instance: InstanceId(instance),
+                node,
+            },
             CommandWire::NodeRestarted { node } => Command::NodeRestarted { node },
-            CommandWire::SetRetention { instance, ns } => Command::SetRetention { instance: InstanceId(instance), ns },
-            CommandWire::SetActive { instance, node } => Command::SetActive { instance: InstanceId(instance), node },
-            CommandWire::SetInSync { instance, epoch, in_sync } => Command::SetInSync {
+            CommandWire::SetRetention { instance, ns } => Command::SetRetention {
+                instance: InstanceId(instance),
+                ns,
+            },
+            CommandWire::SetActive { instance, node } => Command::SetActive {
+                instance: InstanceId(instance),
+                node,
+            },
+            CommandWire::SetInSync {
+                instance,
+                epoch,
+                in_sync,
+            } => Command::SetInSync {
                 instance: InstanceId(instance),
                 epoch: Epoch(epoch),
                 in_sync,
             },
-            CommandWire::EpochStarted { instance, epoch, start_seq } => Command::EpochStarted {
+            CommandWire::EpochStarted {
+                instance,
+                epoch,
+                start_seq,
+            } => Command::EpochStarted {
                 instance: InstanceId(instance),
                 epoch: Epoch(epoch),
                 start_seq: Seq(start_seq),
             },
-            CommandWire::AddReplica { instance, node } => Command::AddReplica { instance: InstanceId(instance), node },
+            CommandWire::AddReplica { instance, node } => Command::AddReplica {
+                instance: InstanceId(instance),
+                node,
+            },
             CommandWire::Failover { node } => Command::Failover { node },
             CommandWire::NodeUp { node } => Command::NodeUp { node },
         }
@@ -290,8 +400,12 @@ impl Command {
     /// # Errors
     /// `BAD_OPERATION` when the bytes are not a command.
     pub fn decode(bytes: &[u8]) -> CkptResult<Command> {
-        postcard::from_bytes(bytes)
-            .map_err(|e| CkptError::new(ErrorCode::BadOperation, format!("undecodable control command: {e}")))
+        postcard::from_bytes(bytes).map_err(|e| {
+            CkptError::new(
+                ErrorCode::BadOperation,
+                format!("undecodable control command: {e}"),
+            )
+        })
     }
 }
 
@@ -332,11 +446,12 @@ fn fail<T>(code: ErrorCode, detail: String) -> Result<T, CkptError> {
 }
 
 fn next_epoch(meta: &CheckpointMeta) -> CkptResult<Epoch> {
-    meta.epoch
-        .0
-        .checked_add(1)
-        .map(Epoch)
-        .ok_or_else(|| CkptError::new(ErrorCode::NoResource, format!("instance {}: epoch overflow", meta.instance.0)))
+    meta.epoch.0.checked_add(1).map(Epoch).ok_or_else(|| {
+        CkptError::new(
+            ErrorCode::NoResource,
+            format!("instance {}: epoch overflow", meta.instance.0),
+        )
+    })
 }
 
 impl ClusterState {
@@ -383,7 +498,9 @@ impl ClusterState {
 
     /// Instances `node` is the active replica of.
     pub fn active_on(&self, node: NodeId) -> impl Iterator<Item = &CheckpointMeta> {
-        self.checkpoints.values().filter(move |m| m.active == Some(node))
+        self.checkpoints
+            .values()
+            .filter(move |m| m.active == Some(node))
     }
 
     /// Snapshot bytes (postcard); see [`ClusterState::restore`].
@@ -402,8 +519,12 @@ impl ClusterState {
     /// # Errors
     /// `BAD_OPERATION` when the bytes do not decode.
     pub fn restore(bytes: &[u8], replication_factor: usize) -> CkptResult<ClusterState> {
-        let wire: StateWire = postcard::from_bytes(bytes)
-            .map_err(|e| CkptError::new(ErrorCode::BadOperation, format!("undecodable control snapshot: {e}")))?;
+        let wire: StateWire = postcard::from_bytes(bytes).map_err(|e| {
+            CkptError::new(
+                ErrorCode::BadOperation,
+                format!("undecodable control snapshot: {e}"),
+            )
+        })?;
         let mut state = ClusterState {
             checkpoints: BTreeMap::new(),
             names: BTreeMap::new(),
@@ -429,18 +550,28 @@ impl ClusterState {
     }
 
     fn meta_mut(&mut self, instance: InstanceId) -> CkptResult<&mut CheckpointMeta> {
-        self.checkpoints
-            .get_mut(&instance)
-            .ok_or_else(|| CkptError::new(ErrorCode::NotExist, format!("no checkpoint instance {}", instance.0)))
+        self.checkpoints.get_mut(&instance).ok_or_else(|| {
+            CkptError::new(
+                ErrorCode::NotExist,
+                format!("no checkpoint instance {}", instance.0),
+            )
+        })
     }
 
     fn load(&self, node: NodeId) -> usize {
-        self.checkpoints.values().filter(|m| m.replicas.contains(&node)).count()
+        self.checkpoints
+            .values()
+            .filter(|m| m.replicas.contains(&node))
+            .count()
     }
 
     fn try_apply(&mut self, cmd: &Command) -> CkptResult<Applied> {
         match cmd {
-            Command::Create { name, attributes, creator } => self.create(name, attributes, *creator),
+            Command::Create {
+                name,
+                attributes,
+                creator,
+            } => self.create(name, attributes, *creator),
             Command::Unlink { name } => {
                 let Some(instance) = self.names.remove(name) else {
                     return fail(ErrorCode::NotExist, format!("no checkpoint named {name}"));
@@ -453,7 +584,10 @@ impl ClusterState {
                 if !meta.open_on.is_empty() {
                     return fail(
                         ErrorCode::TryAgain,
-                        format!("instance {} is still open on nodes {:?}", instance.0, meta.open_on),
+                        format!(
+                            "instance {} is still open on nodes {:?}",
+                            instance.0, meta.open_on
+                        ),
                     );
                 }
                 let name = meta.name.clone();
@@ -485,7 +619,10 @@ impl ClusterState {
             }
             Command::SetRetention { instance, ns } => {
                 if *ns < 0 {
-                    return fail(ErrorCode::InvalidParameter, format!("retention {ns} ns is negative"));
+                    return fail(
+                        ErrorCode::InvalidParameter,
+                        format!("retention {ns} ns is negative"),
+                    );
                 }
                 self.meta_mut(*instance)?.retention_duration_ns = *ns;
                 Ok(Applied::Done)
@@ -512,7 +649,11 @@ impl ClusterState {
                 meta.active = Some(*node);
                 Ok(Applied::Done)
             }
-            Command::SetInSync { instance, epoch, in_sync } => {
+            Command::SetInSync {
+                instance,
+                epoch,
+                in_sync,
+            } => {
                 let meta = self.meta_mut(*instance)?;
                 if *epoch != meta.epoch {
                     return fail(
@@ -529,7 +670,10 @@ impl ClusterState {
                 if let Some(stranger) = set.iter().find(|n| !meta.replicas.contains(n)) {
                     return fail(
                         ErrorCode::InvalidParameter,
-                        format!("node {stranger} is not a replica of instance {}", instance.0),
+                        format!(
+                            "node {stranger} is not a replica of instance {}",
+                            instance.0
+                        ),
                     );
                 }
                 if let Some(active) = meta.active {
@@ -543,7 +687,11 @@ impl ClusterState {
                 meta.in_sync = set;
                 Ok(Applied::Done)
             }
-            Command::EpochStarted { instance, epoch, start_seq } => {
+            Command::EpochStarted {
+                instance,
+                epoch,
+                start_seq,
+            } => {
                 let meta = self.meta_mut(*instance)?;
                 if *epoch != meta.epoch {
                     return fail(
@@ -597,11 +745,19 @@ impl ClusterState {
         if self.nodes.contains_key(&node) {
             Ok(())
         } else {
-            fail(ErrorCode::InvalidParameter, format!("node {node} is not in the cluster"))
+            fail(
+                ErrorCode::InvalidParameter,
+                format!("node {node} is not in the cluster"),
+            )
         }
     }
 
-    fn create(&mut self, name: &CheckpointName, attributes: &CreationAttributes, creator: NodeId) -> CkptResult<Applied> {
+    fn create(
+        &mut self,
+        name: &CheckpointName,
+        attributes: &CreationAttributes,
+        creator: NodeId,
+    ) -> CkptResult<Applied> {
         name.validate()?;
         attributes.validate()?;
         if self.names.contains_key(name) {
@@ -615,7 +771,10 @@ impl ClusterState {
             .map(|(n, _)| (*n != creator, self.load(*n), *n))
             .collect();
         if candidates.is_empty() {
-            return fail(ErrorCode::TryAgain, "no live node to place a checkpoint on".into());
+            return fail(
+                ErrorCode::TryAgain,
+                "no live node to place a checkpoint on".into(),
+            );
         }
         candidates.sort_unstable();
         let replicas: Vec<NodeId> = candidates
@@ -623,8 +782,14 @@ impl ClusterState {
             .take(self.replication_factor)
             .map(|(_, _, n)| *n)
             .collect();
-        let collocated = attributes.creation_flags.contains(CreationFlags::CHECKPOINT_COLLOCATED);
-        let active = if collocated { None } else { replicas.first().copied() };
+        let collocated = attributes
+            .creation_flags
+            .contains(CreationFlags::CHECKPOINT_COLLOCATED);
+        let active = if collocated {
+            None
+        } else {
+            replicas.first().copied()
+        };
         let instance = InstanceId(self.next_instance);
         self.next_instance = self
             .next_instance
@@ -727,8 +892,17 @@ mod tests {
         CheckpointName::new(s).unwrap()
     }
 
-    fn create(state: &mut ClusterState, n: &str, flags: CreationFlags, creator: NodeId) -> CheckpointMeta {
-        match state.apply(&Command::Create { name: name(n), attributes: attrs(flags), creator }) {
+    fn create(
+        state: &mut ClusterState,
+        n: &str,
+        flags: CreationFlags,
+        creator: NodeId,
+    ) -> CheckpointMeta {
+        match state.apply(&Command::Create {
+            name: name(n),
+            attributes: attrs(flags),
+            creator,
+        }) {
             Applied::Created { meta } => meta,
             other => panic!("create {n}: {other:?}"),
         }
@@ -747,7 +921,12 @@ mod tests {
         // Node 4 carries nothing yet, so it comes before 1 and 3.
         assert_eq!(b.replicas, vec![2, 4, 1]);
         assert_eq!(b.instance, InstanceId(2));
-        let c = create(&mut s, "c", CreationFlags::WR_ALL_REPLICAS | CreationFlags::CHECKPOINT_COLLOCATED, 3);
+        let c = create(
+            &mut s,
+            "c",
+            CreationFlags::WR_ALL_REPLICAS | CreationFlags::CHECKPOINT_COLLOCATED,
+            3,
+        );
         assert_eq!(c.active, None);
         assert!(matches!(
             s.apply(&Command::Create { name: name("a"), attributes: attrs(CreationFlags::WR_ALL_REPLICAS), creator: 1 }),
@@ -761,8 +940,21 @@ mod tests {
         let mut s = ClusterState::new(&[1, 2, 3], 3);
         let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
         let b = create(&mut s, "b", CreationFlags::WR_ALL_REPLICAS, 1);
-        let c = create(&mut s, "c", CreationFlags::WR_ALL_REPLICAS | CreationFlags::CHECKPOINT_COLLOCATED, 1);
+        let c = create(
+            &mut s,
+            "c",
+            CreationFlags::WR_ALL_REPLICAS | CreationFlags::CHECKPOINT_COLLOCATED,
+            1,
+        );
         let d = create(&mut s, "d", CreationFlags::WR_ALL_REPLICAS, 2);
+        // ActiveReplicaSet on node 1 for the COLLOCATED one: epoch 2.
+        assert_eq!(
+            s.apply(&Command::SetActive {
+                instance: c.instance,
+                node: 1
+            }),
+            Applied::Done
+        );
         assert_eq!(s.apply(&Command::Failover { node: 1 }), Applied::Done);
         assert!(!s.node_alive(1));
         for inst in [a.instance, b.instance] {
@@ -772,10 +964,14 @@ mod tests {
             assert_eq!(m.in_sync, vec![2, 3]);
         }
         let m = s.get(c.instance).unwrap();
-        assert_eq!((m.active, m.epoch), (None, Epoch(2)));
+        assert_eq!((m.active, m.epoch), (None, Epoch(3)));
+        assert_eq!(m.in_sync, vec![2, 3]);
         // Not active on the dead node: same epoch, the dead backup leaves in_sync.
         let m = s.get(d.instance).unwrap();
-        assert_eq!((m.active, m.epoch, m.in_sync.clone()), (Some(2), Epoch(1), vec![2, 3]));
+        assert_eq!(
+            (m.active, m.epoch, m.in_sync.clone()),
+            (Some(2), Epoch(1), vec![2, 3])
+        );
         // Back: alive again, not in sync until the data plane says so.
         assert_eq!(s.apply(&Command::NodeUp { node: 1 }), Applied::Done);
         assert!(s.node_alive(1));
@@ -787,12 +983,24 @@ mod tests {
         let mut s = ClusterState::new(&[1, 2, 3], 3);
         let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
         let set = |s: &mut ClusterState, v: Vec<NodeId>, e: u64| {
-            s.apply(&Command::SetInSync { instance: a.instance, epoch: Epoch(e), in_sync: v })
+            s.apply(&Command::SetInSync {
+                instance: a.instance,
+                epoch: Epoch(e),
+                in_sync: v,
+            })
         };
         assert_eq!(set(&mut s, vec![1], 1), Applied::Done);
-        assert!(matches!(set(&mut s, vec![2], 1), Applied::Failed(_)), "lacks the active");
-        assert!(matches!(set(&mut s, vec![1, 9], 1), Applied::Failed(_)), "not a replica");
-        assert!(matches!(set(&mut s, vec![1], 7), Applied::Failed(e) if e.code == ErrorCode::TryAgain));
+        assert!(
+            matches!(set(&mut s, vec![2], 1), Applied::Failed(_)),
+            "lacks the active"
+        );
+        assert!(
+            matches!(set(&mut s, vec![1, 9], 1), Applied::Failed(_)),
+            "not a replica"
+        );
+        assert!(
+            matches!(set(&mut s, vec![1], 7), Applied::Failed(e) if e.code == ErrorCode::TryAgain)
+        );
         s.apply(&Command::Failover { node: 1 });
         let m = s.get(a.instance).unwrap();
         assert_eq!((m.active, m.in_sync.clone()), (None, vec![1]));
@@ -804,14 +1012,35 @@ mod tests {
     #[test]
     fn set_active_needs_an_in_sync_live_node_and_bumps_the_epoch() {
         let mut s = ClusterState::new(&[1, 2, 3], 3);
-        let c = create(&mut s, "c", CreationFlags::WR_ALL_REPLICAS | CreationFlags::CHECKPOINT_COLLOCATED, 1);
-        assert_eq!(s.apply(&Command::SetActive { instance: c.instance, node: 3 }), Applied::Done);
+        let c = create(
+            &mut s,
+            "c",
+            CreationFlags::WR_ALL_REPLICAS | CreationFlags::CHECKPOINT_COLLOCATED,
+            1,
+        );
+        assert_eq!(
+            s.apply(&Command::SetActive {
+                instance: c.instance,
+                node: 3
+            }),
+            Applied::Done
+        );
         let m = s.get(c.instance).unwrap();
         assert_eq!((m.active, m.epoch), (Some(3), Epoch(2)));
         // Same node again: nothing changes.
-        assert_eq!(s.apply(&Command::SetActive { instance: c.instance, node: 3 }), Applied::Done);
+        assert_eq!(
+            s.apply(&Command::SetActive {
+                instance: c.instance,
+                node: 3
+            }),
+            Applied::Done
+        );
         assert_eq!(s.get(c.instance).unwrap().epoch, Epoch(2));
-        s.apply(&Command::SetInSync { instance: c.instance, epoch: Epoch(2), in_sync: vec![3, 1] });
+        s.apply(&Command::SetInSync {
+            instance: c.instance,
+            epoch: Epoch(2),
+            in_sync: vec![3, 1],
+        });
         assert!(matches!(
             s.apply(&Command::SetActive { instance: c.instance, node: 2 }),
             Applied::Failed(e) if e.code == ErrorCode::TryAgain
@@ -821,21 +1050,42 @@ mod tests {
     #[test]
     fn open_close_unlink_destroy() {
         let mut s = ClusterState::new(&[1, 2, 3], 2);
-        let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS | CreationFlags::DISTRIBUTED, 1);
+        let a = create(
+            &mut s,
+            "a",
+            CreationFlags::WR_ALL_REPLICAS | CreationFlags::DISTRIBUTED,
+            1,
+        );
         assert_eq!(a.open_on, BTreeSet::from([1]));
         assert_eq!(a.replicas.len(), 2);
-        s.apply(&Command::Opened { instance: a.instance, node: 3 });
+        s.apply(&Command::Opened {
+            instance: a.instance,
+            node: 3,
+        });
         let m = s.get(a.instance).unwrap();
         assert!(m.replicas.contains(&3), "DISTRIBUTED openers get a replica");
         assert_eq!(s.apply(&Command::Unlink { name: name("a") }), Applied::Done);
         assert!(s.lookup(&name("a")).is_none());
-        assert!(matches!(s.apply(&Command::Destroy { instance: a.instance }), Applied::Failed(_)));
-        s.apply(&Command::Closed { instance: a.instance, node: 1 });
+        assert!(matches!(
+            s.apply(&Command::Destroy {
+                instance: a.instance
+            }),
+            Applied::Failed(_)
+        ));
+        s.apply(&Command::Closed {
+            instance: a.instance,
+            node: 1,
+        });
         s.apply(&Command::NodeRestarted { node: 3 });
         assert!(s.get(a.instance).unwrap().open_on.is_empty());
         // A new checkpoint may take the name meanwhile.
         let b = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 2);
-        assert_eq!(s.apply(&Command::Destroy { instance: a.instance }), Applied::Done);
+        assert_eq!(
+            s.apply(&Command::Destroy {
+                instance: a.instance
+            }),
+            Applied::Done
+        );
         assert!(s.get(a.instance).is_none());
         assert_eq!(s.lookup(&name("a")).unwrap().instance, b.instance);
     }
@@ -846,13 +1096,20 @@ mod tests {
         let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
         s.apply(&Command::Failover { node: 1 });
         let start = |s: &mut ClusterState, e, q| {
-            s.apply(&Command::EpochStarted { instance: a.instance, epoch: Epoch(e), start_seq: Seq(q) })
+            s.apply(&Command::EpochStarted {
+                instance: a.instance,
+                epoch: Epoch(e),
+                start_seq: Seq(q),
+            })
         };
         assert!(matches!(start(&mut s, 1, 5), Applied::Failed(_)));
         assert_eq!(start(&mut s, 2, 10), Applied::Done);
         assert_eq!(start(&mut s, 2, 10), Applied::Done);
         assert!(matches!(start(&mut s, 2, 11), Applied::Failed(_)));
-        assert_eq!(s.get(a.instance).unwrap().epoch_starts, vec![(Epoch(1), Seq(1)), (Epoch(2), Seq(10))]);
+        assert_eq!(
+            s.get(a.instance).unwrap().epoch_starts,
+            vec![(Epoch(1), Seq(1)), (Epoch(2), Seq(10))]
+        );
     }
 
     #[test]
@@ -864,7 +1121,11 @@ mod tests {
         s.apply(&Command::Failover { node: 3 });
         let back = ClusterState::restore(&s.encode(), 3).unwrap();
         assert_eq!(back, s);
-        let cmd = Command::SetInSync { instance: b.instance, epoch: Epoch(4), in_sync: vec![1, 2] };
+        let cmd = Command::SetInSync {
+            instance: b.instance,
+            epoch: Epoch(4),
+            in_sync: vec![1, 2],
+        };
         assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
         assert!(Command::decode(&[0xff, 0xff]).is_err());
     }
