@@ -6,6 +6,9 @@
 //! - [`control`]: the Raft control plane (raft-rs) and its metadata state
 //!   machine — registry, placement, active replicas, epochs, in-sync sets,
 //!   leases, open sets and retention — without IO.
+//! - [`data`]: the data plane — log shipping from active replicas to
+//!   backups, acknowledgements, catch-up, and the tracker that decides
+//!   which writes may be answered — without IO.
 //! - [`raftlog`]: the only IO here: the control plane's durable Raft log
 //!   and hard state (crc'd frames, fsync, torn tail dropped, compaction).
 //!
@@ -18,6 +21,7 @@
 
 pub mod config;
 pub mod control;
+pub mod data;
 pub mod raftlog;
 
 pub use config::{ClusterConfig, ConfigError, NodeConfig};

@@ -17,8 +17,10 @@
 
 pub mod config;
 pub mod connection;
+pub mod front;
 pub mod hub;
 pub mod metrics;
+pub mod reads;
 pub mod service;
 
 use std::sync::Arc;

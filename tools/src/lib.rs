@@ -5,6 +5,8 @@
 //! - [`admin`]: create, section-create, write, read, section-rm, sections,
 //!   ls, stat, rm, with their text and JSON views.
 //! - [`bench`]: the load generator, and [`histogram`], its latency histogram.
+//! - [`cluster`]: `cluster status` / `cluster verify` over the nodes'
+//!   admin HTTP ports, and the small HTTP client they use.
 //! - [`record`]: the acknowledgement record of `bench --record` and the
 //!   `check-acked` comparison.
 //!
@@ -27,6 +29,7 @@ pub mod admin;
 pub mod backup;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod datadir;
 pub mod dump;
 pub mod histogram;
@@ -38,7 +41,69 @@ pub mod walscan;
 use ckpt_client::{Client, ClientError};
 use ckpt_proto::ErrorCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, ClusterCommand, Command};
+
+/// Connects to `addrs`: one `host:port`, or a cluster's nodes as
+/// `h1:p1,h2:p2,...`. A list is first given whole to [`Client::connect`]
+/// (a client that knows lists fails over between them itself); if that
+/// fails, each address is tried in order and the first that answers wins.
+///
+/// # Errors
+/// `INVALID_PARAMETER` for an empty list entry; otherwise the last
+/// address's error, its message naming every address's failure.
+pub async fn connect(addrs: &str) -> Result<Client, ClientError> {
+    let list = cluster::split_addrs(addrs)?;
+    if list.len() == 1 {
+        return Client::connect(&list[0]).await;
+    }
+    let mut failures = Vec::new();
+    match Client::connect(addrs).await {
+        Ok(client) => return Ok(client),
+        Err(error) if error.code == ErrorCode::VersionMismatch => return Err(error),
+        Err(error) => failures.push(format!("as a list: {}", error.message)),
+    }
+    let mut last = None;
+    for addr in &list {
+        match Client::connect(addr).await {
+            Ok(client) => return Ok(client),
+            Err(error) => {
+                failures.push(error.message.clone());
+                last = Some(error);
+            }
+        }
+    }
+    let mut error = last.unwrap_or_else(|| {
+        ClientError::new(ErrorCode::InvalidParameter, "no address to connect to")
+    });
+    error.message = format!("no node of {addrs} answered: {}", failures.join("; "));
+    Err(error)
+}
+
+/// The address to hand to code that connects by itself (dump, restore,
+/// check-acked): `addrs` unchanged when it is one address or the client
+/// connects to the list as given, else the first address of the list
+/// that answers.
+///
+/// # Errors
+/// As [`connect`] when no node answers.
+pub async fn usable_addr(addrs: &str) -> Result<String, ClientError> {
+    let list = cluster::split_addrs(addrs)?;
+    if list.len() == 1 {
+        return Ok(list[0].clone());
+    }
+    if let Ok(client) = Client::connect(addrs).await {
+        let _ = client.finalize().await;
+        return Ok(addrs.to_string());
+    }
+    for addr in &list {
+        if let Ok(client) = Client::connect(addr).await {
+            let _ = client.finalize().await;
+            return Ok(addr.clone());
+        }
+    }
+    // Every one failed: connect again to report why.
+    connect(addrs).await.map(|_| addrs.to_string())
+}
 
 /// Runs one command.
 ///
@@ -56,9 +121,13 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 Err(error)
             }
         },
-        Command::CheckAcked(args) => check_acked(addr, &args.file).await,
-        Command::Dump(args) => backup::dump(addr, args).await,
-        Command::Restore(args) => backup::restore(addr, args).await,
+        Command::CheckAcked(args) => check_acked(&usable_addr(addr).await?, &args.file).await,
+        Command::Dump(args) if args.data_dir.is_some() => backup::dump(addr, args).await,
+        Command::Dump(args) => backup::dump(&usable_addr(addr).await?, args).await,
+        Command::Restore(args) if args.data_dir.is_some() => backup::restore(addr, args).await,
+        Command::Restore(args) => backup::restore(&usable_addr(addr).await?, args).await,
+        Command::Cluster(ClusterCommand::Status(args)) => cluster::status(args).await,
+        Command::Cluster(ClusterCommand::Verify(args)) => cluster::verify(args).await,
         Command::Verify(args) => match (&args.data_dir, &args.file) {
             (Some(dir), _) => logtool::verify_data_dir(dir, args.json),
             (None, Some(file)) => verify_dump(file, args.json),
@@ -82,7 +151,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
             args,
         ),
         command => {
-            let client = Client::connect(addr).await?;
+            let client = connect(addr).await?;
             let result = match command {
                 Command::Create(args) => admin::create(&client, args).await,
                 Command::SectionCreate(args) => admin::section_create(&client, args).await,
@@ -99,7 +168,8 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 | Command::Restore(_)
                 | Command::Verify(_)
                 | Command::Wal(_)
-                | Command::Salvage(_) => unreachable!("handled above"),
+                | Command::Salvage(_)
+                | Command::Cluster(_) => unreachable!("handled above"),
             };
             // Release the handles and say goodbye; the command's own error
             // matters more than a failure to finalize.
