@@ -157,7 +157,10 @@ pub enum Command {
         /// The closing node.
         node: NodeId,
     },
-    /// `node` started afresh: it has nothing open.
+    /// `node` started afresh: it has nothing open, and every checkpoint it
+    /// is active for gets a new epoch (same active): a crashed active may
+    /// have lost unsynced entries that a backup holds, so it must not go on
+    /// writing `(epoch, seq)` pairs that exist elsewhere with other bytes.
     NodeRestarted {
         /// The restarted node.
         node: NodeId,
@@ -612,8 +615,19 @@ impl ClusterState {
             }
             Command::NodeRestarted { node } => {
                 self.known_node(*node)?;
+                // Check every epoch first so that a failure changes nothing.
+                for meta in self
+                    .checkpoints
+                    .values()
+                    .filter(|m| m.active == Some(*node))
+                {
+                    next_epoch(meta)?;
+                }
                 for meta in self.checkpoints.values_mut() {
                     meta.open_on.remove(node);
+                    if meta.active == Some(*node) {
+                        meta.epoch = next_epoch(meta)?;
+                    }
                 }
                 Ok(Applied::Done)
             }
@@ -1076,8 +1090,21 @@ mod tests {
             instance: a.instance,
             node: 1,
         });
+        let epoch = s.get(a.instance).unwrap().epoch;
         s.apply(&Command::NodeRestarted { node: 3 });
         assert!(s.get(a.instance).unwrap().open_on.is_empty());
+        assert_eq!(
+            s.get(a.instance).unwrap().epoch,
+            epoch,
+            "node 3 is not its active"
+        );
+        s.apply(&Command::NodeRestarted { node: 1 });
+        let m = s.get(a.instance).unwrap();
+        assert_eq!(
+            (m.active, m.epoch),
+            (Some(1), Epoch(epoch.0 + 1)),
+            "restarted active: new epoch"
+        );
         // A new checkpoint may take the name meanwhile.
         let b = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 2);
         assert_eq!(

@@ -638,3 +638,69 @@ fn a_torn_raft_log_tail_is_dropped_and_the_node_rejoins() {
     std::fs::write(&path, &bytes).unwrap();
     assert!(RaftLog::open(path.parent().unwrap()).is_err());
 }
+
+#[test]
+fn an_unlinked_checkpoint_is_destroyed_after_its_last_close_and_a_restarted_active_gets_a_new_epoch(
+) {
+    let mut sim = Sim::new();
+    let leader = sim.elect();
+    let f = sim.follower();
+    let m = sim.create(f, "gone", TIME_END);
+    assert_eq!(
+        sim.propose(
+            leader,
+            Command::Opened {
+                instance: m.instance,
+                node: leader
+            }
+        ),
+        Applied::Done
+    );
+    assert_eq!(
+        sim.propose(f, Command::Unlink { name: name("gone") }),
+        Applied::Done
+    );
+    assert_eq!(
+        sim.propose(
+            f,
+            Command::Closed {
+                instance: m.instance,
+                node: f
+            }
+        ),
+        Applied::Done
+    );
+    sim.run_for(2_000);
+    assert!(
+        sim.cp(f).state().get(m.instance).is_some(),
+        "still open on the leader"
+    );
+    // The active (f) restarts: a new epoch before it writes again.
+    assert_eq!(
+        sim.propose(f, Command::NodeRestarted { node: f }),
+        Applied::Done
+    );
+    assert_eq!(sim.cp(f).state().get(m.instance).unwrap().epoch, Epoch(2));
+    assert_eq!(
+        sim.propose(
+            leader,
+            Command::Closed {
+                instance: m.instance,
+                node: leader
+            }
+        ),
+        Applied::Done
+    );
+    sim.run_until("destroyed everywhere", 5_000, |s| {
+        s.nodes
+            .values()
+            .all(|n| n.cp.state().get(m.instance).is_none())
+    });
+    assert_eq!(
+        sim.applied_count(f, |c| *c
+            == Command::Destroy {
+                instance: m.instance
+            }),
+        1
+    );
+}
