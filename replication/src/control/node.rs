@@ -266,7 +266,11 @@ impl ControlPlane {
         raft_config.validate().map_err(raft_error)?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let storage = ControlStorage { mem, snapshot };
-        let raw = RawNode::new(&raft_config, storage, &logger).map_err(raft_error)?;
+        let mut raw = RawNode::new(&raft_config, storage, &logger).map_err(raft_error)?;
+        if nodes == [id] {
+            // Alone in the cluster: no one to wait for, lead at once.
+            raw.campaign().map_err(raft_error)?;
+        }
         let election_ms = config.election_timeout_ms();
         Ok(ControlPlane {
             id,

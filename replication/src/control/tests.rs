@@ -704,3 +704,44 @@ fn an_unlinked_checkpoint_is_destroyed_after_its_last_close_and_a_restarted_acti
         1
     );
 }
+
+#[test]
+fn a_single_node_cluster_leads_at_once_and_applies_its_own_proposals() {
+    let config = ClusterConfig::parse(
+        "[[nodes]]\nid = 5\nclient_addr = \"127.0.0.1:1\"\npeer_addr = \"127.0.0.1:2\"\nadmin_addr = \"127.0.0.1:3\"\n",
+    )
+    .unwrap();
+    let mut cp = ControlPlane::new(5, &config, PersistedRaft::default(), 0).unwrap();
+    let mut applied = Vec::new();
+    let drain = |cp: &mut ControlPlane, applied: &mut Vec<_>| {
+        while let Some(rd) = cp.ready() {
+            assert!(rd.messages.is_empty(), "nobody to talk to");
+            applied.extend(rd.applied.iter().cloned());
+            cp.advance(rd);
+        }
+    };
+    drain(&mut cp, &mut applied);
+    assert!(
+        cp.is_leader(),
+        "a lone node leads without waiting for an election timeout"
+    );
+    cp.tick(50);
+    assert!(cp.holds_lease(50), "the leader grants itself its lease");
+    assert!(!cp.holds_lease(50 + config.lease_timeout_ms));
+    let ticket = cp
+        .propose(Command::Create {
+            name: name("solo"),
+            attributes: attrs(TIME_END, CreationFlags::WR_ACTIVE_REPLICA),
+            creator: 5,
+        })
+        .unwrap();
+    drain(&mut cp, &mut applied);
+    assert!(matches!(
+        applied.iter().find(|(t, _, _)| *t == Some(ticket)),
+        Some((_, _, Applied::Created { meta })) if meta.replicas == vec![5] && meta.active == Some(5)
+    ));
+    assert!(
+        ControlPlane::new(9, &config, PersistedRaft::default(), 0).is_err(),
+        "unknown node id"
+    );
+}
