@@ -18,7 +18,11 @@
 //! Leader duties, all driven by the `now_ms` of `tick`/`step`:
 //! - leases: every node asks the leader for its lease every
 //!   `lease_timeout_ms / 4`; the lease holds while
-//!   `now < sent_at of the last granted request + lease_timeout_ms`;
+//!   `now < sent_at of the last granted request + lease_timeout_ms`; the
+//!   leader grants only while a quorum has asked within an election timeout
+//!   and its own lease runs from the last time a quorum had asked, so a
+//!   leader cut off from the majority stops granting (and holding) before a
+//!   new leader can be elected;
 //! - dead nodes: the leader proposes one `Failover{node}` when a node has
 //!   sent no request for `lease_timeout_ms + margin` (`margin` = one election
 //!   timeout; a fresh leader counts from its election, so every lease an
@@ -159,6 +163,25 @@ pub struct ControlPlane {
     lease_sent_at_ms: Option<u64>,
     last_lease_request_ms: Option<u64>,
     duties: Option<LeaderDuties>,
+}
+
+/// The latest time by which a quorum of the nodes had asked this leader
+/// for a lease (a node not heard from yet counts from the election, which a
+/// quorum voted for).
+fn quorum_heard_ms(d: &LeaderDuties, nodes: &[NodeId]) -> u64 {
+    let mut times: Vec<u64> = nodes
+        .iter()
+        .map(|n| {
+            d.last_request_ms
+                .get(n)
+                .copied()
+                .unwrap_or(d.since_ms)
+                .max(d.since_ms)
+        })
+        .collect();
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    let quorum = nodes.len() / 2 + 1;
+    times.get(quorum - 1).copied().unwrap_or(d.since_ms)
 }
 
 /// The command in a committed entry (none in the empty entries of new
@@ -385,11 +408,21 @@ impl ControlPlane {
                     return;
                 }
                 let now = self.now_ms;
-                if let Some(d) = self.duties.as_mut() {
-                    d.last_request_ms.insert(from, now);
+                let Some(d) = self.duties.as_mut() else {
+                    // Leader since the last tick: duties start at the next one.
+                    return;
+                };
+                d.last_request_ms.insert(from, now);
+                d.last_request_ms.insert(self.id, now);
+                // Grant only while a quorum has been heard from within an
+                // election timeout: a leader cut off from the majority
+                // stops granting before a new leader can be elected, even
+                // though raft-rs may take two election timeouts to depose it.
+                let heard = quorum_heard_ms(d, &self.nodes);
+                if now <= heard.saturating_add(self.margin_ms) {
+                    self.out_messages
+                        .push((from, ControlMessage::LeaseGrant { sent_at_ms }));
                 }
-                self.out_messages
-                    .push((from, ControlMessage::LeaseGrant { sent_at_ms }));
                 if !self.state.node_alive(from) {
                     self.propose_duty(Duty::NodeUp(from), vec![Command::NodeUp { node: from }]);
                 }
@@ -779,13 +812,15 @@ impl ControlPlane {
                 retention_dirty: true,
             });
         }
-        // The leader's own lease: it asks itself.
-        self.lease_sent_at_ms = Some(now);
-        self.last_lease_request_ms = Some(now);
+        // The leader's own lease runs from the last time a quorum had
+        // contacted it (its own request counts, and so does its election).
         let me = self.id;
         if let Some(d) = self.duties.as_mut() {
             d.last_request_ms.insert(me, now);
+            let heard = quorum_heard_ms(d, &self.nodes);
+            self.lease_sent_at_ms = Some(self.lease_sent_at_ms.map_or(heard, |s| s.max(heard)));
         }
+        self.last_lease_request_ms = Some(now);
         if !self.state.node_alive(me) {
             self.propose_duty(Duty::NodeUp(me), vec![Command::NodeUp { node: me }]);
         }

@@ -745,3 +745,32 @@ fn a_single_node_cluster_leads_at_once_and_applies_its_own_proposals() {
         "unknown node id"
     );
 }
+
+#[test]
+fn an_isolated_leader_loses_its_lease_before_it_is_failed_over() {
+    let mut sim = Sim::new();
+    let old = sim.elect();
+    let m = sim.create(old, "held", TIME_END);
+    sim.run_until("every node holds its lease", 5_000, |s| {
+        s.nodes.values().all(|n| n.cp.holds_lease(s.now_ms))
+    });
+    sim.isolated.insert(old);
+    let cut_at = sim.now_ms;
+    let mut lost_at = None;
+    let others: Vec<NodeId> = sim.nodes.keys().copied().filter(|n| *n != old).collect();
+    sim.run_until("the old leader is failed over", 20_000, |s| {
+        if lost_at.is_none() && !s.cp(old).holds_lease(s.now_ms) {
+            lost_at = Some(s.now_ms);
+        }
+        others
+            .iter()
+            .any(|n| s.cp(*n).state().get(m.instance).unwrap().active != Some(old))
+    });
+    let lost_at = lost_at.expect("the old leader's lease ended before the failover applied");
+    assert!(!sim.cp(old).holds_lease(sim.now_ms));
+    assert!(
+        lost_at <= cut_at + sim.config.lease_timeout_ms + sim.config.tick_ms,
+        "lease held {} ms after the cut",
+        lost_at - cut_at
+    );
+}
