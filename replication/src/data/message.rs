@@ -75,6 +75,14 @@ pub enum DataMessage {
         #[serde(with = "epoch_serde")]
         epoch: Epoch,
     },
+    /// Primary → backup: I do not know where your log is (you are behind and
+    /// silent); answer with a CatchUp.
+    Probe {
+        #[serde(with = "instance_serde")]
+        instance: InstanceId,
+        #[serde(with = "epoch_serde")]
+        epoch: Epoch,
+    },
 }
 
 impl DataMessage {
@@ -85,7 +93,8 @@ impl DataMessage {
             | DataMessage::Ack { instance, .. }
             | DataMessage::CatchUp { instance, .. }
             | DataMessage::Snapshot { instance, .. }
-            | DataMessage::Fenced { instance, .. } => *instance,
+            | DataMessage::Fenced { instance, .. }
+            | DataMessage::Probe { instance, .. } => *instance,
         }
     }
 

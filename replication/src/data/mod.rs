@@ -25,11 +25,19 @@
 //!   added) acknowledged it; a member leaves that set only through the control
 //!   plane, never by a local decision.
 //! - Acknowledgements count only within the epoch they were sent in.
+//! - The log-matching rule needs every `(epoch, seq)` to name one entry: an
+//!   active replica that crashed must not go on writing in the same epoch (it
+//!   may have lost entries a backup holds); it gets a new epoch first.
+//! - Nothing is shipped to a backup, in sync or not, before its CatchUp of
+//!   the current epoch was answered: only then is its log known to match.
 
 pub mod catchup;
 pub mod message;
 pub mod plane;
 pub mod tracker;
+
+#[cfg(test)]
+mod tests;
 
 pub use catchup::{plan_catch_up, CatchUpPlan};
 pub use message::{DataMessage, WireEntry};
@@ -41,24 +49,12 @@ use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
 /// A node of the cluster (the `id` of a `[[nodes]]` table).
 pub type NodeId = u64;
 
-/// Where an instance's log is: its last entry's epoch and sequence number.
-///
-/// Mirrors the storage crate's `Position` (same fields) until that lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Position {
-    /// The checkpoint instance.
-    pub instance: InstanceId,
-    /// Epoch of the entry.
-    pub epoch: Epoch,
-    /// Sequence number of the entry within the instance.
-    pub seq: Seq,
-}
+/// Where an instance's log is (the storage crate's type, re-exported).
+pub use ckpt_storage::Position;
 
-impl Position {
-    /// The `(epoch, seq)` pair, in log order.
-    pub fn point(&self) -> (Epoch, Seq) {
-        (self.epoch, self.seq)
-    }
+/// The `(epoch, seq)` of a position, in log order.
+pub fn point(position: &Position) -> (Epoch, Seq) {
+    (position.epoch, position.seq)
 }
 
 /// One entry appended on this node, as the data plane sees it: its header and

@@ -13,7 +13,12 @@
 //! [`tick`](DataPlane::tick) a backup that is behind without acknowledging
 //! anything new for `replica_lag_timeout_ms` is proposed out of the in-sync
 //! set, and a streaming backup that acknowledged everything is proposed back
-//! in — each proposal once per timeout, not every tick.
+//! in — each proposal once per timeout, not every tick. A backup that is
+//! behind and silent is sent a [`DataMessage::Probe`] so that it asks for a
+//! catch-up (its CatchUp or our answer may have been lost, or we restarted).
+//! WAL reads for a backup pause while more than four reads' worth of bytes
+//! are unacknowledged, and [`DataOutput::HoldWal`] keeps what lagging in-sync
+//! backups and backups being read for still need.
 //!
 //! Backup side. Entries from the active replica of the epoch the control plane
 //! named are appended in order ([`DataOutput::Apply`]) when their `prev` is
@@ -32,7 +37,7 @@ use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
 use super::catchup::{plan_catch_up, CatchUpPlan};
 use super::message::{DataMessage, WireEntry};
 use super::tracker::{Need, Tracker};
-use super::{NodeId, Position, ReplicaSet, ShippedEntry};
+use super::{point, NodeId, Position, ReplicaSet, ShippedEntry};
 
 /// Bytes one WAL read for a catching-up backup returns at most (default).
 pub const READ_BYTES_MAX_DEFAULT: u64 = 4 * 1024 * 1024;
@@ -120,11 +125,26 @@ struct Peer {
     progress_ms: u64,
     /// Lsn of the last entry a WAL read returned for it.
     read_lsn: Option<Lsn>,
+    /// Entries read from the WAL and sent, not yet acknowledged: (last seq
+    /// of a message, its bytes). Reading pauses while they exceed the bound.
+    read_inflight: VecDeque<(Seq, u64)>,
+    read_paused: bool,
+    /// The `last` of the CatchUp being answered and when: a retry of it
+    /// within the retry interval is ignored.
+    serving: Option<(Option<(Epoch, Seq)>, u64)>,
     remove_proposed_ms: Option<u64>,
     add_proposed_ms: Option<u64>,
+    probe_sent_ms: Option<u64>,
 }
 
 impl Peer {
+    /// Forgets any read or snapshot under way.
+    fn reset_read(&mut self) {
+        self.read_lsn = None;
+        self.read_inflight.clear();
+        self.read_paused = false;
+    }
+
     fn new(now_ms: u64) -> Self {
         Peer {
             mode: PeerMode::AwaitCatchUp,
@@ -132,8 +152,12 @@ impl Peer {
             acked: None,
             progress_ms: now_ms,
             read_lsn: None,
+            read_inflight: VecDeque::new(),
+            read_paused: false,
+            serving: None,
             remove_proposed_ms: None,
             add_proposed_ms: None,
+            probe_sent_ms: None,
         }
     }
 }
@@ -141,7 +165,10 @@ impl Peer {
 #[derive(Debug)]
 struct Primary {
     epoch: Epoch,
-    /// First seq of `epoch` once the epoch began on this node.
+    /// The epoch began on this node: it may ship and answer catch-ups.
+    begun: bool,
+    /// First seq of `epoch`, when known exactly (from the control plane or
+    /// the EpochStart entry).
     begun_start: Option<Seq>,
     /// Last entry appended here.
     last: Option<(Epoch, Seq)>,
@@ -153,6 +180,16 @@ struct Primary {
     deferred: BTreeMap<NodeId, Option<(Epoch, Seq)>>,
     /// A peer knows a newer epoch: stop acting as primary.
     fenced: bool,
+    /// When members holding no replica were last proposed out of the in-sync set.
+    stray_proposed_ms: Option<u64>,
+}
+
+impl Primary {
+    /// The first remembered entry after `seq` (the window is in seq order).
+    fn window_after(&self, seq: Seq) -> Option<(Seq, Lsn, u64)> {
+        let index = self.window.partition_point(|(s, _, _)| *s <= seq);
+        self.window.get(index).copied()
+    }
 }
 
 #[derive(Debug)]
@@ -194,6 +231,16 @@ pub struct DataPlane {
     instances: BTreeMap<InstanceId, Instance>,
     outputs: Vec<DataOutput>,
     hold_sent: Option<Option<Lsn>>,
+}
+
+/// Bytes read from the WAL for one backup that may be unacknowledged before
+/// reading pauses.
+fn read_ahead_bytes_max(read_bytes_max: u64) -> u64 {
+    read_bytes_max.saturating_mul(4)
+}
+
+fn read_inflight_bytes(peer: &Peer) -> u64 {
+    peer.read_inflight.iter().map(|(_, b)| *b).sum()
 }
 
 fn try_again(detail: String) -> CkptError {
@@ -254,7 +301,7 @@ impl DataPlane {
             }
             return;
         }
-        let local = local.map(|p| p.point());
+        let local = local.map(|p| point(&p));
         let previous = self.instances.remove(&instance);
         let (durable, prev_role, prev_rs) = match previous {
             Some(inst) => (inst.durable, Some(inst.role), Some(inst.rs)),
@@ -276,6 +323,7 @@ impl DataPlane {
                         }
                     }
                     if in_sync_changed {
+                        primary.stray_proposed_ms = None;
                         for peer in primary.peers.values_mut() {
                             peer.remove_proposed_ms = None;
                             peer.add_proposed_ms = None;
@@ -299,6 +347,7 @@ impl DataPlane {
                         .collect();
                     Role::Primary(Primary {
                         epoch: rs.epoch,
+                        begun: false,
                         begun_start: None,
                         last,
                         window: VecDeque::new(),
@@ -306,6 +355,7 @@ impl DataPlane {
                         peers,
                         deferred: BTreeMap::new(),
                         fenced: false,
+                        stray_proposed_ms: None,
                     })
                 }
             }
@@ -356,6 +406,7 @@ impl DataPlane {
                     .map(|(_, s)| *s)
                     .min()
                 {
+                    primary.begun = true;
                     primary.begun_start = Some(start);
                     if primary.last.is_none_or(|l| l.1 < start) {
                         primary.last = Some((rs.epoch, start));
@@ -386,9 +437,22 @@ impl DataPlane {
         self.flush_tracker();
     }
 
-    /// The new epoch began on this node as primary: its EpochStart entry is at
-    /// `pos`. Catch-ups that waited for it are answered now.
+    /// The new epoch began on this node as primary: its EpochStart entry (or,
+    /// for a new instance, its create entry) is at `pos`. Catch-ups that waited
+    /// for it are answered now.
     pub fn on_epoch_begun(&mut self, pos: Position, now_ms: u64) {
+        self.begin(pos, Some(pos.seq), now_ms);
+    }
+
+    /// This node restarted as the active replica of an epoch it began before;
+    /// `last` is its last entry (`store.position`). Unless the control plane
+    /// recorded the epoch's start, backups whose last entry is of an older
+    /// epoch get a snapshot (their divergence point cannot be proven).
+    pub fn on_epoch_resumed(&mut self, last: Position, now_ms: u64) {
+        self.begin(last, None, now_ms);
+    }
+
+    fn begin(&mut self, pos: Position, start: Option<Seq>, now_ms: u64) {
         let Some(inst) = self.instances.get_mut(&pos.instance) else {
             return;
         };
@@ -398,11 +462,12 @@ impl DataPlane {
         if primary.epoch != pos.epoch {
             return;
         }
+        primary.begun = true;
         if primary.begun_start.is_none() {
-            primary.begun_start = Some(pos.seq);
+            primary.begun_start = start;
         }
-        if primary.last.is_none_or(|l| l < pos.point()) {
-            primary.last = Some(pos.point());
+        if primary.last.is_none_or(|l| l < point(&pos)) {
+            primary.last = Some(point(&pos));
         }
         self.run_deferred(pos.instance, now_ms);
     }
@@ -410,19 +475,17 @@ impl DataPlane {
     /// The store appended (and applied) these entries on this node, in log
     /// order; called before their fsync. Ships them to streaming backups.
     pub fn on_appended(&mut self, entries: &[ShippedEntry], now_ms: u64) {
-        let mut start = 0;
-        while start < entries.len() {
-            let instance = entries[start].instance;
-            let mut end = start + 1;
-            while end < entries.len() && entries[end].instance == instance {
-                end += 1;
-            }
-            self.append_run(&entries[start..end], now_ms);
-            start = end;
+        // One message per backup and instance per call, in log order.
+        let mut runs: BTreeMap<InstanceId, Vec<&ShippedEntry>> = BTreeMap::new();
+        for entry in entries {
+            runs.entry(entry.instance).or_default().push(entry);
+        }
+        for run in runs.values() {
+            self.append_run(run, now_ms);
         }
     }
 
-    fn append_run(&mut self, run: &[ShippedEntry], now_ms: u64) {
+    fn append_run(&mut self, run: &[&ShippedEntry], now_ms: u64) {
         let instance = run[0].instance;
         let Some(inst) = self.instances.get_mut(&instance) else {
             return;
@@ -450,7 +513,7 @@ impl DataPlane {
         while primary.window.len() > LAG_WINDOW_ENTRIES_MAX {
             primary.window.pop_front();
         }
-        if primary.fenced || primary.begun_start.is_none() {
+        if primary.fenced || !primary.begun {
             return;
         }
         for (node, peer) in primary.peers.iter_mut() {
@@ -458,7 +521,8 @@ impl DataPlane {
                 continue;
             }
             let sent_seq = seq_of(peer.sent);
-            let fresh: Vec<&ShippedEntry> = run.iter().filter(|e| e.seq > sent_seq).collect();
+            let fresh: Vec<&ShippedEntry> =
+                run.iter().copied().filter(|e| e.seq > sent_seq).collect();
             let Some(first) = fresh.first() else {
                 continue;
             };
@@ -500,8 +564,8 @@ impl DataPlane {
     pub fn on_local_durable(&mut self, positions: &[Position]) {
         for pos in positions {
             if let Some(inst) = self.instances.get_mut(&pos.instance) {
-                if inst.durable.is_none_or(|d| d < pos.point()) {
-                    inst.durable = Some(pos.point());
+                if inst.durable.is_none_or(|d| d < point(pos)) {
+                    inst.durable = Some(point(pos));
                 }
                 if let Role::Backup(backup) = &mut inst.role {
                     Self::maybe_ack(&mut self.outputs, pos.instance, backup, inst.durable);
@@ -532,7 +596,7 @@ impl DataPlane {
         let Role::Backup(backup) = &mut inst.role else {
             return;
         };
-        backup.last = store_last.map(|p| p.point());
+        backup.last = store_last.map(|p| point(&p));
         backup.synced = false;
         backup.catch_up_sent_ms = None;
         Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, 0);
@@ -566,6 +630,9 @@ impl DataPlane {
             DataMessage::Fenced { instance, epoch } => {
                 self.fence_if_newer(instance, epoch, from);
             }
+            DataMessage::Probe { instance, epoch } => {
+                self.backup_probe(from, instance, epoch, now_ms)
+            }
         }
         self.flush_tracker();
     }
@@ -597,7 +664,7 @@ impl DataPlane {
         let fresh: Vec<ShippedEntry> = entries.into_iter().filter(|e| e.seq > sent_seq).collect();
         let contiguous = fresh
             .first()
-            .is_none_or(|f| peer.sent.is_none() || f.seq.0 == sent_seq.0.saturating_add(1))
+            .is_none_or(|f| f.seq.0 == sent_seq.0.saturating_add(1))
             && fresh
                 .windows(2)
                 .all(|w| w[1].seq.0 == w[0].seq.0.saturating_add(1));
@@ -616,6 +683,11 @@ impl DataPlane {
             peer.read_lsn = Some(last.lsn);
         }
         let done = fresh.is_empty() || seq_of(peer.sent) >= primary_last;
+        let batch_bytes: u64 = fresh.iter().map(|e| e.bytes.len() as u64).sum();
+        if !fresh.is_empty() {
+            peer.read_inflight
+                .push_back((seq_of(peer.sent), batch_bytes));
+        }
         self.outputs.push(DataOutput::Send {
             to: for_node,
             msg: DataMessage::Entries {
@@ -634,7 +706,11 @@ impl DataPlane {
         });
         if done {
             peer.mode = PeerMode::Streaming;
-            peer.read_lsn = None;
+            peer.reset_read();
+        } else if read_inflight_bytes(peer) > read_ahead_bytes_max(read_bytes_max) {
+            // Wait for acknowledgements before reading more: a backup far
+            // behind must not pull the whole WAL into the send queue.
+            peer.read_paused = true;
         } else {
             self.outputs.push(DataOutput::ReadEntries {
                 instance,
@@ -650,7 +726,7 @@ impl DataPlane {
         if let Some(peer) = self.peer_mut(instance, for_node) {
             if peer.mode == PeerMode::Reading {
                 peer.mode = PeerMode::Snapshotting;
-                peer.read_lsn = None;
+                peer.reset_read();
                 self.outputs.push(DataOutput::SendSnapshot {
                     instance,
                     to: for_node,
@@ -664,7 +740,7 @@ impl DataPlane {
     pub fn on_read_failed(&mut self, for_node: NodeId, instance: InstanceId) {
         if let Some(peer) = self.peer_mut(instance, for_node) {
             peer.mode = PeerMode::AwaitCatchUp;
-            peer.read_lsn = None;
+            peer.reset_read();
         }
     }
 
@@ -693,11 +769,11 @@ impl DataPlane {
             msg: DataMessage::Snapshot {
                 instance,
                 epoch,
-                last: last.point(),
+                last: point(&last),
                 bytes,
             },
         });
-        peer.sent = Some(last.point());
+        peer.sent = Some(point(&last));
         if last.seq < primary_last {
             peer.mode = PeerMode::Reading;
             self.outputs.push(DataOutput::ReadEntries {
@@ -718,11 +794,10 @@ impl DataPlane {
         self.flush_tracker();
     }
 
-    /// Time passed: catch-up retries, in-sync removals and additions, WAL hold.
+    /// Time passed: catch-up retries and probes, in-sync removals and
+    /// additions, the WAL hold.
     pub fn tick(&mut self, now_ms: u64) {
-        let timeout = self.replica_lag_timeout_ms;
-        let me = self.me;
-        let retry_ms = (timeout / 2).max(1);
+        let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
         let instances: Vec<InstanceId> = self.instances.keys().copied().collect();
         for instance in instances {
             let Some(inst) = self.instances.get_mut(&instance) else {
@@ -740,70 +815,7 @@ impl DataPlane {
                         );
                     }
                 }
-                Role::Primary(primary) => {
-                    if primary.fenced || primary.begun_start.is_none() {
-                        continue;
-                    }
-                    let last = seq_of(primary.last);
-                    let required: BTreeSet<NodeId> =
-                        self.tracker.required(instance).into_iter().collect();
-                    let mut remove = BTreeSet::new();
-                    let mut give_up = Vec::new();
-                    let mut add = BTreeSet::new();
-                    for (node, peer) in primary.peers.iter_mut() {
-                        let acked = peer.acked.unwrap_or_default();
-                        let behind = acked < last;
-                        let stalled = behind && now_ms.saturating_sub(peer.progress_ms) >= timeout;
-                        let in_sync = inst.rs.in_sync.contains(node);
-                        if in_sync {
-                            let due = peer
-                                .remove_proposed_ms
-                                .is_none_or(|t| now_ms.saturating_sub(t) >= timeout);
-                            if stalled && due {
-                                remove.insert(*node);
-                                peer.remove_proposed_ms = Some(now_ms);
-                            } else if stalled {
-                                // Proposed already; keep it out of the set we propose.
-                                remove.insert(*node);
-                            }
-                        } else if required.contains(node) && stalled {
-                            // Its addition is pending but it fell behind:
-                            // stop waiting for it (it is not in the applied set).
-                            give_up.push(*node);
-                            peer.add_proposed_ms = None;
-                        } else if peer.mode == PeerMode::Streaming
-                            && peer.acked.is_some()
-                            && !behind
-                            && peer
-                                .add_proposed_ms
-                                .is_none_or(|t| now_ms.saturating_sub(t) >= timeout)
-                        {
-                            add.insert(*node);
-                            peer.add_proposed_ms = Some(now_ms);
-                        }
-                    }
-                    for node in give_up {
-                        self.tracker.drop_expected(instance, node);
-                    }
-                    let newly_removed = remove.iter().any(|n| {
-                        primary.peers.get(n).and_then(|p| p.remove_proposed_ms) == Some(now_ms)
-                    });
-                    if newly_removed || !add.is_empty() {
-                        let mut in_sync: BTreeSet<NodeId> =
-                            inst.rs.in_sync.iter().copied().collect();
-                        in_sync.retain(|n| !remove.contains(n));
-                        in_sync.extend(add.iter().copied());
-                        in_sync.insert(me);
-                        for node in &add {
-                            self.tracker.expect_in_sync(instance, *node);
-                        }
-                        self.outputs.push(DataOutput::Propose(Proposal::SetInSync {
-                            instance,
-                            epoch: primary.epoch,
-                            in_sync: in_sync.into_iter().collect(),
-                        }));
-                    }
-                }
+                Role::Primary(_) => self.tick_primary(instance, now_ms),
             }
         }
         self.flush_tracker();
@@ -811,6 +823,125 @@ impl DataPlane {
         if self.hold_sent != Some(hold) {
             self.hold_sent = Some(hold);
             self.outputs.push(DataOutput::HoldWal(hold));
+        }
+    }
+
+    fn tick_primary(&mut self, instance: InstanceId, now_ms: u64) {
+        let timeout = self.replica_lag_timeout_ms;
+        let retry_ms = (timeout / 2).max(1);
+        let me = self.me;
+        let required: BTreeSet<NodeId> = self.tracker.required(instance).into_iter().collect();
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        if primary.fenced || !primary.begun {
+            return;
+        }
+        let last = seq_of(primary.last);
+        let due = |at: Option<u64>| at.is_none_or(|t| now_ms.saturating_sub(t) >= timeout);
+        // Members of the in-sync set that hold no replica: nobody will ever
+        // acknowledge for them.
+        let mut remove: BTreeSet<NodeId> = inst
+            .rs
+            .in_sync
+            .iter()
+            .copied()
+            .filter(|n| *n != me && !primary.peers.contains_key(n))
+            .collect();
+        let mut propose = !remove.is_empty() && due(primary.stray_proposed_ms);
+        if propose {
+            primary.stray_proposed_ms = Some(now_ms);
+        }
+        let mut give_up = Vec::new();
+        let mut add = BTreeSet::new();
+        for (node, peer) in primary.peers.iter_mut() {
+            let acked = peer.acked.unwrap_or_default();
+            let behind = acked < last;
+            let idle_ms = now_ms.saturating_sub(peer.progress_ms);
+            let stalled = behind && idle_ms >= timeout;
+            // A backup that is behind and silent may not know it should ask
+            // for a catch-up (its CatchUp or our answer was lost, or we
+            // restarted): ask it where it is.
+            let waiting = match peer.mode {
+                PeerMode::AwaitCatchUp => true,
+                PeerMode::Streaming | PeerMode::Reading => behind,
+                // Waiting for the driver's snapshot, not for the backup.
+                PeerMode::Snapshotting => false,
+            };
+            if waiting
+                && idle_ms >= retry_ms
+                && peer
+                    .probe_sent_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= retry_ms)
+            {
+                peer.probe_sent_ms = Some(now_ms);
+                // Its answer must not be taken for a retry.
+                peer.serving = None;
+                self.outputs.push(DataOutput::Send {
+                    to: *node,
+                    msg: DataMessage::Probe {
+                        instance,
+                        epoch: primary.epoch,
+                    },
+                });
+            }
+            if inst.rs.in_sync.contains(node) {
+                if stalled {
+                    // Kept out of any set we propose; proposed once per timeout.
+                    remove.insert(*node);
+                    if due(peer.remove_proposed_ms) {
+                        peer.remove_proposed_ms = Some(now_ms);
+                        propose = true;
+                    }
+                }
+            } else if required.contains(node) {
+                // Its addition is pending. If it fell behind, stop waiting for
+                // it (it is not in the applied set) — but only once the
+                // proposal is old enough to have been applied or lost: were
+                // it applied after we gave up, the control plane would name
+                // an in-sync member lacking writes released meanwhile.
+                let proposal_settled = peer
+                    .add_proposed_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= timeout.saturating_mul(2));
+                if stalled && proposal_settled {
+                    give_up.push(*node);
+                    peer.add_proposed_ms = None;
+                } else if !behind && peer.mode == PeerMode::Streaming && due(peer.add_proposed_ms) {
+                    // The proposal may have been lost: propose it again.
+                    add.insert(*node);
+                    peer.add_proposed_ms = Some(now_ms);
+                    propose = true;
+                }
+            } else if peer.mode == PeerMode::Streaming
+                && peer.acked.is_some()
+                && !behind
+                && due(peer.add_proposed_ms)
+            {
+                add.insert(*node);
+                peer.add_proposed_ms = Some(now_ms);
+                propose = true;
+            }
+        }
+        let epoch = primary.epoch;
+        for node in give_up {
+            self.tracker.drop_expected(instance, node);
+        }
+        if propose {
+            let mut in_sync: BTreeSet<NodeId> = inst.rs.in_sync.iter().copied().collect();
+            in_sync.retain(|n| !remove.contains(n));
+            in_sync.extend(add.iter().copied());
+            in_sync.insert(me);
+            for node in &add {
+                self.tracker.expect_in_sync(instance, *node);
+            }
+            self.outputs.push(DataOutput::Propose(Proposal::SetInSync {
+                instance,
+                epoch,
+                in_sync: in_sync.into_iter().collect(),
+            }));
         }
     }
 
@@ -841,10 +972,8 @@ impl DataPlane {
                     0
                 } else {
                     let before = primary
-                        .window
-                        .iter()
-                        .find(|(seq, _, _)| *seq > acked)
-                        .map_or(primary.bytes_total, |(_, _, before)| *before);
+                        .window_after(acked)
+                        .map_or(primary.bytes_total, |(_, _, before)| before);
                     primary.bytes_total.saturating_sub(before)
                 };
                 (*node, records, bytes)
@@ -855,9 +984,33 @@ impl DataPlane {
     /// Whether this node is the primary of `instance` and may ship (the epoch
     /// began here and no peer showed it a newer epoch).
     pub fn is_primary(&self, instance: InstanceId) -> bool {
-        self.instances.get(&instance).is_some_and(
-            |inst| matches!(&inst.role, Role::Primary(p) if p.begun_start.is_some() && !p.fenced),
-        )
+        self.instances
+            .get(&instance)
+            .is_some_and(|inst| matches!(&inst.role, Role::Primary(p) if p.begun && !p.fenced))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn peer_debug(&self, instance: InstanceId, node: NodeId) -> String {
+        match self.instances.get(&instance).map(|i| &i.role) {
+            Some(Role::Primary(p)) => format!(
+                "last {:?} peer {:?}",
+                p.last,
+                p.peers.get(&node).map(|x| (
+                    x.mode,
+                    x.sent,
+                    x.acked,
+                    x.progress_ms,
+                    x.read_paused,
+                    x.add_proposed_ms,
+                    x.probe_sent_ms
+                ))
+            ),
+            Some(Role::Backup(b)) => format!(
+                "backup last {:?} synced {} floor {:?} acked_sent {:?} catch_up {:?}",
+                b.last, b.synced, b.floor, b.acked_sent, b.catch_up_sent_ms
+            ),
+            None => "none".into(),
+        }
     }
 
     // ---- internals ----
@@ -1052,6 +1205,33 @@ impl DataPlane {
         Self::maybe_ack(&mut self.outputs, instance, backup, inst.durable);
     }
 
+    fn backup_probe(&mut self, from: NodeId, instance: InstanceId, epoch: Epoch, now_ms: u64) {
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Backup(backup) = &mut inst.role else {
+            return;
+        };
+        if epoch < backup.epoch {
+            self.outputs.push(DataOutput::Send {
+                to: from,
+                msg: DataMessage::Fenced {
+                    instance,
+                    epoch: backup.epoch,
+                },
+            });
+            return;
+        }
+        if epoch > backup.epoch || backup.active != Some(from) {
+            return;
+        }
+        // The primary does not know where we are: whatever we thought, we
+        // are not in step with it.
+        backup.synced = false;
+        backup.catch_up_sent_ms = None;
+        Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, 0);
+    }
+
     fn backup_snapshot(
         &mut self,
         from: NodeId,
@@ -1125,6 +1305,28 @@ impl DataPlane {
             peer.acked = Some(seq);
             peer.progress_ms = now_ms;
         }
+        while peer.read_inflight.front().is_some_and(|(s, _)| *s <= seq) {
+            peer.read_inflight.pop_front();
+        }
+        if peer.mode == PeerMode::Reading && Some(seq) >= primary.last.map(|l| l.1) {
+            // It holds all we have (an earlier answer, say a snapshot, got
+            // there first): stream from here, whatever read is under way.
+            peer.mode = PeerMode::Streaming;
+            peer.sent = primary.last;
+            peer.reset_read();
+        }
+        if peer.mode == PeerMode::Reading
+            && peer.read_paused
+            && read_inflight_bytes(peer) <= read_ahead_bytes_max(self.read_bytes_max)
+        {
+            peer.read_paused = false;
+            self.outputs.push(DataOutput::ReadEntries {
+                instance,
+                after: peer.sent,
+                for_node: from,
+                max_bytes: self.read_bytes_max,
+            });
+        }
         let floor = primary
             .peers
             .values()
@@ -1159,7 +1361,18 @@ impl DataPlane {
         if epoch < primary.epoch || !primary.peers.contains_key(&from) || primary.fenced {
             return;
         }
-        if primary.begun_start.is_none() {
+        if let Some(peer) = primary.peers.get(&from) {
+            let busy = matches!(peer.mode, PeerMode::Reading | PeerMode::Snapshotting);
+            let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
+            let recent = peer
+                .serving
+                .is_some_and(|(l, at)| l == last && now_ms.saturating_sub(at) < retry_ms);
+            if busy && recent {
+                // A retry of the CatchUp we are answering.
+                return;
+            }
+        }
+        if !primary.begun {
             primary.deferred.insert(from, last);
             return;
         }
@@ -1168,7 +1381,7 @@ impl DataPlane {
 
     fn run_deferred(&mut self, instance: InstanceId, now_ms: u64) {
         let deferred = match self.instances.get_mut(&instance).map(|i| &mut i.role) {
-            Some(Role::Primary(primary)) if primary.begun_start.is_some() && !primary.fenced => {
+            Some(Role::Primary(primary)) if primary.begun && !primary.fenced => {
                 std::mem::take(&mut primary.deferred)
             }
             _ => return,
@@ -1192,20 +1405,34 @@ impl DataPlane {
         let Role::Primary(primary) = &mut inst.role else {
             return;
         };
-        let (Some(start), Some(primary_last)) = (primary.begun_start, primary.last) else {
+        let Some(primary_last) = primary.last else {
             return;
         };
         let mut starts = inst.rs.epoch_starts.clone();
-        if !starts.iter().any(|(e, _)| *e == primary.epoch) {
-            starts.push((primary.epoch, start));
-        }
+        let plan = match primary.begun_start {
+            Some(start) => {
+                if !starts.iter().any(|(e, _)| *e == primary.epoch) {
+                    starts.push((primary.epoch, start));
+                }
+                plan_catch_up(last, &starts, primary_last)
+            }
+            // Where our epoch starts is unknown: only an empty log, or one
+            // whose last entry we wrote in this epoch, is provably our prefix.
+            None => match last {
+                None => CatchUpPlan::Stream { after: None },
+                Some((e, s)) if e == primary.epoch && s <= primary_last.1 => {
+                    CatchUpPlan::Stream { after: last }
+                }
+                Some(_) => CatchUpPlan::Snapshot,
+            },
+        };
         let epoch = primary.epoch;
         let Some(peer) = primary.peers.get_mut(&from) else {
             return;
         };
-        let _ = now_ms;
-        peer.read_lsn = None;
-        match plan_catch_up(last, &starts, primary_last) {
+        peer.reset_read();
+        peer.serving = Some((last, now_ms));
+        match plan {
             CatchUpPlan::Stream { after } => {
                 peer.sent = after;
                 if seq_of(after) >= primary_last.1 {
@@ -1237,8 +1464,9 @@ impl DataPlane {
         }
     }
 
-    /// The lowest lsn any backup that is behind still needs, over every
-    /// instance this node is primary of.
+    /// The lowest lsn a lagging in-sync backup, or a backup being caught up
+    /// from the WAL, still needs, over every instance this node is primary of.
+    /// Backups out of sync hold nothing: they get a snapshot if the WAL moved on.
     fn wal_hold(&self) -> Option<Lsn> {
         let mut hold: Option<Lsn> = None;
         for inst in self.instances.values() {
@@ -1246,16 +1474,20 @@ impl DataPlane {
                 continue;
             };
             let last = seq_of(primary.last);
-            for peer in primary.peers.values() {
-                let acked = peer.acked.unwrap_or_default();
-                if acked >= last {
+            for (node, peer) in &primary.peers {
+                let reading = peer.mode == PeerMode::Reading;
+                if !reading && !inst.rs.in_sync.contains(node) {
                     continue;
                 }
-                let needed = primary
-                    .window
-                    .iter()
-                    .find(|(seq, _, _)| *seq > acked)
-                    .map(|(_, lsn, _)| *lsn);
+                let acked = peer.acked.unwrap_or_default();
+                if acked >= last && !reading {
+                    continue;
+                }
+                let needed = if acked >= last {
+                    None
+                } else {
+                    primary.window_after(acked).map(|(_, lsn, _)| lsn)
+                };
                 let needed = match (needed, peer.read_lsn) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),

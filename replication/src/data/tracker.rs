@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ckpt_proto::{CkptError, ErrorCode};
 use ckpt_storage::{Epoch, InstanceId, Seq};
 
-use super::{NodeId, Position};
+use super::{point, NodeId, Position};
 
 /// What a client request waits for before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,8 +140,8 @@ impl Tracker {
     pub fn local_durable(&mut self, positions: &[Position]) {
         for pos in positions {
             let track = self.tracks.entry(pos.instance).or_default();
-            if track.durable.is_none_or(|d| d < pos.point()) {
-                track.durable = Some(pos.point());
+            if track.durable.is_none_or(|d| d < point(pos)) {
+                track.durable = Some(point(pos));
             }
             Self::evaluate(
                 self.me,
@@ -361,4 +361,264 @@ fn below_min(instance: InstanceId, track: &Track) -> CkptError {
         track.in_sync.len(),
         track.min_in_sync
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const I: InstanceId = InstanceId(7);
+
+    fn pos(epoch: u64, seq: u64) -> Position {
+        Position {
+            instance: I,
+            epoch: Epoch(epoch),
+            seq: Seq(seq),
+        }
+    }
+
+    /// Node 1 is this node; in-sync {1, 2, 3}, min 2, epoch 1.
+    fn tracker() -> Tracker {
+        let mut t = Tracker::new(1);
+        t.set_in_sync(I, Epoch(1), &[1, 2, 3], 2);
+        t
+    }
+
+    fn codes(failed: &[(u64, CkptError)]) -> Vec<(u64, ErrorCode)> {
+        failed.iter().map(|(t, e)| (*t, e.code)).collect()
+    }
+
+    #[test]
+    fn each_need_is_released_by_its_own_condition() {
+        // (need, events, released after the events?)
+        #[derive(Clone, Copy)]
+        enum Event {
+            Durable(u64),
+            Ack(NodeId, u64),
+        }
+        use Event::*;
+        let cases: Vec<(Need, Vec<Event>, bool)> = vec![
+            (Need::Applied, vec![], true),
+            (Need::LocalDurable, vec![], false),
+            (Need::LocalDurable, vec![Durable(4)], false),
+            (Need::LocalDurable, vec![Durable(5)], true),
+            (Need::LocalDurable, vec![Durable(9)], true),
+            (Need::LocalDurable, vec![Ack(2, 5), Ack(3, 5)], false),
+            (Need::AllInSync, vec![Durable(5)], false),
+            (Need::AllInSync, vec![Durable(5), Ack(2, 5)], false),
+            (Need::AllInSync, vec![Ack(2, 5), Ack(3, 5)], false),
+            (
+                Need::AllInSync,
+                vec![Durable(5), Ack(2, 5), Ack(3, 4)],
+                false,
+            ),
+            (
+                Need::AllInSync,
+                vec![Durable(5), Ack(2, 5), Ack(3, 5)],
+                true,
+            ),
+            (
+                Need::AllInSync,
+                vec![Ack(2, 6), Ack(3, 9), Durable(5)],
+                true,
+            ),
+            // An ack from a node outside the in-sync set counts for nothing.
+            (
+                Need::AllInSync,
+                vec![Durable(5), Ack(2, 5), Ack(4, 5)],
+                false,
+            ),
+        ];
+        for (i, (need, events, released)) in cases.into_iter().enumerate() {
+            let mut t = tracker();
+            t.register(42, pos(1, 5), need);
+            for event in events {
+                match event {
+                    Durable(seq) => t.local_durable(&[pos(1, seq)]),
+                    Ack(node, seq) => t.replica_acked(node, I, Epoch(1), Seq(seq)),
+                }
+            }
+            let got = t.take_released();
+            assert_eq!(
+                got == vec![42],
+                released,
+                "case {i}: {need:?} released {got:?}"
+            );
+            assert!(t.take_failed().is_empty(), "case {i}");
+            assert_eq!(t.pending(I), usize::from(!released), "case {i}");
+        }
+    }
+
+    #[test]
+    fn tickets_are_released_in_seq_order_up_to_the_slowest_member() {
+        let mut t = tracker();
+        for seq in [3, 1, 2, 4] {
+            t.register(100 + seq, pos(1, seq), Need::AllInSync);
+        }
+        t.local_durable(&[pos(1, 4)]);
+        t.replica_acked(2, I, Epoch(1), Seq(4));
+        t.replica_acked(3, I, Epoch(1), Seq(2));
+        assert_eq!(t.take_released(), vec![101, 102]);
+        t.replica_acked(3, I, Epoch(1), Seq(1)); // going back changes nothing
+        assert!(t.take_released().is_empty());
+        t.replica_acked(3, I, Epoch(1), Seq(4));
+        assert_eq!(t.take_released(), vec![103, 104]);
+    }
+
+    #[test]
+    fn acks_of_another_epoch_do_not_count() {
+        let mut t = tracker();
+        t.register(1, pos(1, 5), Need::AllInSync);
+        t.local_durable(&[pos(1, 5)]);
+        t.replica_acked(2, I, Epoch(0), Seq(5));
+        t.replica_acked(3, I, Epoch(2), Seq(5));
+        t.replica_acked(2, I, Epoch(1), Seq(5));
+        assert!(t.take_released().is_empty());
+        t.replica_acked(3, I, Epoch(1), Seq(5));
+        assert_eq!(t.take_released(), vec![1]);
+    }
+
+    #[test]
+    fn a_lagging_member_holds_tickets_until_its_removal_is_applied() {
+        let mut t = tracker();
+        t.register(1, pos(1, 5), Need::AllInSync);
+        t.local_durable(&[pos(1, 5)]);
+        t.replica_acked(2, I, Epoch(1), Seq(5));
+        assert!(t.take_released().is_empty(), "node 3 has not acked");
+        // The control plane applied the set without node 3.
+        t.set_in_sync(I, Epoch(1), &[1, 2], 2);
+        assert_eq!(t.take_released(), vec![1]);
+        // New tickets no longer wait for node 3.
+        t.register(2, pos(1, 6), Need::AllInSync);
+        t.local_durable(&[pos(1, 6)]);
+        t.replica_acked(2, I, Epoch(1), Seq(6));
+        assert_eq!(t.take_released(), vec![2]);
+    }
+
+    #[test]
+    fn a_member_being_added_is_waited_for_from_the_proposal_on() {
+        let mut t = Tracker::new(1);
+        t.set_in_sync(I, Epoch(1), &[1, 2], 2);
+        t.register(1, pos(1, 5), Need::AllInSync);
+        t.expect_in_sync(I, 3);
+        assert_eq!(t.required(I), vec![2, 3]);
+        t.local_durable(&[pos(1, 5)]);
+        t.replica_acked(2, I, Epoch(1), Seq(5));
+        assert!(t.take_released().is_empty(), "node 3 is being added");
+        t.replica_acked(3, I, Epoch(1), Seq(5));
+        assert_eq!(t.take_released(), vec![1]);
+        // Giving the addition up releases what only waited for it.
+        t.register(2, pos(1, 6), Need::AllInSync);
+        t.local_durable(&[pos(1, 6)]);
+        t.replica_acked(2, I, Epoch(1), Seq(6));
+        assert!(t.take_released().is_empty());
+        t.drop_expected(I, 3);
+        assert_eq!(t.take_released(), vec![2]);
+        // Once applied it is a plain member.
+        t.expect_in_sync(I, 3);
+        t.set_in_sync(I, Epoch(1), &[1, 2, 3], 2);
+        assert_eq!(t.required(I), vec![2, 3]);
+        t.drop_expected(I, 3);
+        assert_eq!(t.required(I), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_new_epoch_fails_the_older_epochs_tickets_with_try_again() {
+        let mut t = tracker();
+        t.register(1, pos(1, 5), Need::AllInSync);
+        t.register(2, pos(1, 6), Need::LocalDurable);
+        t.local_durable(&[pos(1, 4)]);
+        t.replica_acked(2, I, Epoch(1), Seq(9));
+        t.set_in_sync(I, Epoch(2), &[2, 3], 2);
+        let failed = t.take_failed();
+        let mut got = codes(&failed);
+        got.sort_by_key(|(t, _)| *t);
+        assert_eq!(
+            got,
+            vec![(1, ErrorCode::TryAgain), (2, ErrorCode::TryAgain)]
+        );
+        assert!(
+            failed[0].1.detail.contains("epoch 2"),
+            "{}",
+            failed[0].1.detail
+        );
+        assert_eq!(t.pending(I), 0);
+        // A late registration of the old epoch fails too.
+        t.register(3, pos(1, 7), Need::LocalDurable);
+        assert_eq!(codes(&t.take_failed()), vec![(3, ErrorCode::TryAgain)]);
+        // Acks of the old epoch were forgotten.
+        t.register(4, pos(2, 10), Need::AllInSync);
+        t.local_durable(&[pos(2, 10)]);
+        assert!(t.take_released().is_empty());
+        // An older view arriving late changes nothing.
+        t.set_in_sync(I, Epoch(1), &[1], 1);
+        assert!(t.take_failed().is_empty());
+        assert_eq!(t.required(I), vec![2, 3]);
+    }
+
+    #[test]
+    fn fewer_than_min_in_sync_fails_pending_and_new_all_in_sync_writes() {
+        let mut t = tracker();
+        t.register(1, pos(1, 5), Need::AllInSync);
+        t.register(2, pos(1, 5), Need::LocalDurable);
+        t.set_in_sync(I, Epoch(1), &[1], 2);
+        assert_eq!(codes(&t.take_failed()), vec![(1, ErrorCode::TryAgain)]);
+        t.register(3, pos(1, 6), Need::AllInSync);
+        let failed = t.take_failed();
+        assert_eq!(codes(&failed), vec![(3, ErrorCode::TryAgain)]);
+        assert!(
+            failed[0].1.detail.contains("min_in_sync 2"),
+            "{}",
+            failed[0].1.detail
+        );
+        // Other needs are unaffected.
+        t.local_durable(&[pos(1, 6)]);
+        assert_eq!(t.take_released(), vec![2]);
+        // Back at the minimum, writes wait again.
+        t.set_in_sync(I, Epoch(1), &[1, 2], 2);
+        t.register(4, pos(1, 7), Need::AllInSync);
+        assert!(t.take_failed().is_empty());
+        assert_eq!(t.pending(I), 1);
+    }
+
+    #[test]
+    fn an_instance_without_metadata_refuses_all_in_sync_only() {
+        let mut t = Tracker::new(1);
+        t.register(1, pos(1, 1), Need::AllInSync);
+        assert_eq!(codes(&t.take_failed()), vec![(1, ErrorCode::TryAgain)]);
+        t.register(2, pos(1, 1), Need::LocalDurable);
+        t.register(3, pos(1, 1), Need::Applied);
+        assert_eq!(t.take_released(), vec![3]);
+        t.local_durable(&[pos(1, 1)]);
+        assert_eq!(t.take_released(), vec![2]);
+    }
+
+    #[test]
+    fn a_single_replica_needs_only_local_durability() {
+        let mut t = Tracker::new(1);
+        t.set_in_sync(I, Epoch(1), &[1], 1);
+        t.register(1, pos(1, 1), Need::AllInSync);
+        assert!(t.take_released().is_empty());
+        t.local_durable(&[pos(1, 1)]);
+        assert_eq!(t.take_released(), vec![1]);
+    }
+
+    #[test]
+    fn fail_instance_and_forget_fail_everything_pending() {
+        let mut t = tracker();
+        t.register(1, pos(1, 5), Need::AllInSync);
+        t.register(2, pos(1, 6), Need::LocalDurable);
+        let err = CkptError::new(ErrorCode::TryAgain, "fenced");
+        let mut got = codes(&t.fail_instance(I, err.clone()));
+        got.sort_by_key(|(t, _)| *t);
+        assert_eq!(
+            got,
+            vec![(1, ErrorCode::TryAgain), (2, ErrorCode::TryAgain)]
+        );
+        assert!(t.take_failed().is_empty());
+        t.register(3, pos(1, 7), Need::LocalDurable);
+        t.forget(I, CkptError::new(ErrorCode::DoesntExist, "gone"));
+        assert_eq!(codes(&t.take_failed()), vec![(3, ErrorCode::DoesntExist)]);
+        assert_eq!(t.pending(I), 0);
+    }
 }
