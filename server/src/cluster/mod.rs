@@ -3,3 +3,5 @@
 //! and the store.
 
 pub mod transport;
+pub mod metrics;
+pub mod reads;
