@@ -3,5 +3,6 @@
 //! and the store.
 
 pub mod transport;
+pub mod messages;
 pub mod metrics;
 pub mod reads;
