@@ -20,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod metrics;
+pub mod reads;
 pub mod service;
 
 use std::sync::Arc;
