@@ -7,7 +7,7 @@ use ckpt_proto::{
 use ckpt_storage::{InstanceId, Op, Outcome};
 use serde::{Deserialize, Serialize};
 
-use super::reads::{ReadReply, ReadRequest};
+use crate::reads::{ReadReply, ReadRequest};
 
 /// A request a node forwards to the node that can serve it (the active
 /// replica of an instance, or the Raft leader for a lookup).

@@ -5,4 +5,3 @@
 pub mod transport;
 pub mod messages;
 pub mod metrics;
-pub mod reads;
