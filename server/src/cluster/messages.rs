@@ -2,7 +2,7 @@
 //! mirrors of storage types that do not derive serde themselves.
 
 use ckpt_proto::{
-    CkptError, CkptResult, ErrorCode, SectionCreationAttributes, SectionId, WriteElement,
+    CheckpointName, CkptError, CkptResult, ErrorCode, SectionCreationAttributes, SectionId, WriteElement,
 };
 use ckpt_storage::{InstanceId, Op, Outcome};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,9 @@ pub enum ForwardRequest {
     /// Answered once the active replica created the instance or began its
     /// current epoch (writes are accepted from then on).
     AwaitReady { instance: u64 },
+    /// Asked of the Raft leader after a local miss: the instance `name`
+    /// refers to, if any.
+    Lookup { name: CheckpointName },
 }
 
 /// The successful answer to a [`ForwardRequest`].
@@ -35,6 +38,7 @@ pub enum ForwardOk {
     Outcome(WireOutcome),
     Read(ReadReply),
     Done,
+    Found(Option<u64>),
 }
 
 /// [`ckpt_replication::data::Need`] on the wire.
