@@ -135,7 +135,7 @@ pub fn need_for(flags: CreationFlags) -> Need {
     match flags.update_mode() {
         Ok(ckpt_proto::UpdateMode::ActiveReplicaWeak) => Need::Applied,
         Ok(ckpt_proto::UpdateMode::AllReplicas) => Need::AllInSync,
-        _ if flags.contains(CreationFlags::ALL_SAFE) => Need::AllInSync,
+        _ if flags.contains(CreationFlags::WR_ALL_SAFE) => Need::AllInSync,
         _ => Need::LocalDurable,
     }
 }
