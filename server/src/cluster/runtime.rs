@@ -1368,6 +1368,9 @@ impl Driver {
                 }
                 let applied = std::mem::take(&mut ready.applied);
                 let changed = !applied.is_empty() || ready.state_replaced;
+                // Answered once the new state is published, so that a
+                // proposer finds what it proposed in `state()`.
+                let mut answers = Vec::new();
                 for (ticket, command, outcome) in applied {
                     match &command {
                         Command::Failover { node } => {
@@ -1381,13 +1384,16 @@ impl Driver {
                     }
                     if let Some(ticket) = ticket {
                         if let Some(reply) = self.proposals.remove(&ticket) {
-                            let _ = reply.send(Ok(outcome));
+                            answers.push((reply, outcome));
                         }
                     }
                 }
                 self.control.advance(ready);
                 if changed {
                     self.sync_state();
+                }
+                for (reply, outcome) in answers {
+                    let _ = reply.send(Ok(outcome));
                 }
             }
             let outputs = self.data.drain();
@@ -1491,7 +1497,7 @@ impl Driver {
                 // Begun before (this node restarted as the active replica).
                 self.began.insert(instance, epoch);
                 self.publish_began();
-                self.data.on_epoch_begun(position, self.cluster.now_ms());
+                self.data.on_epoch_resumed(position, self.cluster.now_ms());
             }
             Some(_) => {
                 self.beginning.insert((instance, epoch));

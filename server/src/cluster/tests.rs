@@ -156,6 +156,10 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
 
     // Written through a node that is not the active replica: forwarded.
     let writer = nodes.iter().find(|n| n.id != active).unwrap();
+    // Opening by name on another node finds it (asking the leader if this
+    // node has not applied the creation yet).
+    let found = retrying("lookup", || writer.cluster.lookup(&name)).await;
+    assert_eq!(found, instance);
     let id = section("s1");
     let outcome = retrying("section create", || {
         writer.cluster.write(
