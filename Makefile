@@ -2,6 +2,7 @@
 #   make run    start ckpt-server on ./ckpt-data (single node, the embedded default)
 #   make test   install what the build needs if missing, then run every test
 #   make bench  storage benchmarks (group commit vs raw fdatasync, 10k checkpoints)
+#   make bench-deps  etcd and redis for benches/compare.sh and cluster_compare.sh
 #   make lint   rustfmt and clippy, as CI expects them
 #
 # Everything builds in the release profile: RocksDB's C++ build takes ~15
@@ -29,6 +30,15 @@ test: deps
 
 bench: deps
 	$(CARGO) bench -p ckpt-storage
+
+# What benches/compare.sh and benches/cluster_compare.sh run beside ckpt:
+# etcd (server and etcdctl) and redis, from Debian packages, if missing.
+.PHONY: bench-deps
+bench-deps:
+	@missing=; for p in etcd-server etcd-client redis-server; do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -73,6 +73,7 @@ fn hello(stream: &mut TcpStream, version: ApiVersion) -> HelloReply {
         &Hello {
             version,
             client_name: "test".into(),
+            session: 0,
         },
     )
     .unwrap();
@@ -192,6 +193,7 @@ fn bad_input_gets_an_error_or_a_clean_close_and_the_server_keeps_serving() {
             &Hello {
                 version: API_VERSION,
                 client_name: "x".into(),
+                session: 0,
             },
         )
         .unwrap(),

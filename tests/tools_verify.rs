@@ -254,7 +254,12 @@ fn verify_and_salvage_judge_the_log_as_recovery_does() {
     let now = 1_700_000_000_000_000_000;
     let instance = match store
         .execute_with(
-            Op::CreateCheckpoint { name, attributes },
+            Op::CreateCheckpoint {
+                name,
+                attributes,
+                instance: None,
+                epoch: ckpt_storage::Epoch(1),
+            },
             Durability::Durable,
             now,
         )

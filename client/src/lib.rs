@@ -27,8 +27,13 @@
 //!
 //! # Layout
 //!
-//! - [`connection`]: [`Client`], one pipelined TCP connection: the handshake,
-//!   request-id routing, the in-flight bound, connection loss.
+//! - [`connection`]: [`Client`] and [`ClientOptions`], a session over one
+//!   pipelined TCP connection at a time: the handshake, request-id routing,
+//!   the in-flight bound, reconnecting to another node of the list
+//!   (reopening handles, resuming subscriptions, resending pending requests
+//!   with their original request ids: exactly once with the server's help).
+//! - `ids`: the client's handle, iterator and dump ids, translated to each
+//!   connection's.
 //! - [`checkpoint`]: [`Checkpoint`] (an open handle) and [`SectionIterator`].
 //! - [`subscription`]: [`Subscription`], a checkpoint's updates as a stream.
 //! - [`dispatch`]: [`CkptService`], callbacks run by `dispatch`, for code
@@ -40,7 +45,10 @@
 //! # Invariants
 //!
 //! - Every call ends: with the server's answer, or with an error when the
-//!   connection ends (`CL_ERR_MESSAGE_ERROR`), never a hang.
+//!   client gives up reconnecting (`CL_ERR_MESSAGE_ERROR`), never a hang.
+//! - A request keeps its request id for life: sent again after a reconnect
+//!   or a `TRY_AGAIN`, it carries the same `(session, request_id)`, so the
+//!   server applies a write once.
 //! - No more than the server's `in_flight_max` requests are outstanding on a
 //!   connection, and no request body exceeds its `frame_body_bytes_max`.
 //! - A subscription sees its checkpoint's updates in log order without gaps,
@@ -50,13 +58,16 @@ pub mod checkpoint;
 pub mod connection;
 pub mod dispatch;
 pub mod error;
+mod ids;
 pub mod subscription;
 
 #[cfg(test)]
 mod testing;
 
 pub use checkpoint::{Checkpoint, SectionIterator};
-pub use connection::{version_string, Client, NOTIFICATIONS_QUEUED_MAX};
+pub use connection::{
+    parse_nodes, version_string, Client, ClientOptions, NOTIFICATIONS_QUEUED_MAX,
+};
 pub use dispatch::{Callbacks, CkptService, DispatchFlags, Invocation, SelectionObject};
 pub use error::ClientError;
 pub use subscription::Subscription;

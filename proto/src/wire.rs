@@ -16,6 +16,15 @@
 //! version negotiation). After it, the client sends `Request` frames, many
 //! in flight, each answered by one `Response` frame with the same request
 //! id, in any order. The server pushes `Notification` frames (request id 0).
+//!
+//! Exactly once: with a non-zero [`Hello::session`], a request frame's
+//! `request_id` is the session's request number — monotonic per client
+//! across all its connections (a reconnect does not restart it), and a
+//! request retried after a lost connection or a `TRY_AGAIN` reuses its
+//! ORIGINAL `request_id`. The server deduplicates writes by
+//! `(session, request_id)`: a write it already applied is answered with its
+//! first outcome instead of being applied again. With session 0 request ids
+//! only route answers on one connection.
 //! A frame that cannot be decoded (bad magic, version, crc, oversize) is
 //! answered with a `Goodbye` frame naming the problem and the connection is
 //! closed; a request that decodes but cannot be served gets an error
@@ -319,6 +328,12 @@ pub struct Hello {
     pub version: ApiVersion,
     /// Free text for logs.
     pub client_name: String,
+    /// The client's session for exactly-once writes: random and non-zero,
+    /// chosen once per client and sent again on every reconnect, so a
+    /// request retried on another connection (or node) is recognised by
+    /// `(session, request_id)`. `0` means no session: requests are not
+    /// deduplicated.
+    pub session: u64,
 }
 
 /// The server's answer to [`Hello`].
@@ -718,6 +733,36 @@ mod tests {
             codec.decode(&mut buf),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn hello_carries_its_session() {
+        for session in [0, 1, 0x8000_0000_0000_0001, u64::MAX] {
+            let hello = Hello {
+                version: API_VERSION,
+                client_name: "test".to_string(),
+                session,
+            };
+            let frame = Frame::new(FrameKind::Hello, 0, &hello).unwrap();
+            let mut buf = encode(frame);
+            let got = FrameCodec::default().decode(&mut buf).unwrap().unwrap();
+            assert_eq!(got.kind, FrameKind::Hello);
+            let decoded: Hello = got.decode().unwrap();
+            assert_eq!(decoded, hello);
+            assert_eq!(decoded.session, session);
+        }
+        // A Hello without the session (an older client) is refused as
+        // malformed rather than read with a made-up session.
+        let old = postcard::to_stdvec(&(API_VERSION, "old".to_string())).unwrap();
+        let frame = Frame {
+            kind: FrameKind::Hello,
+            request_id: 0,
+            body: Bytes::from(old),
+        };
+        assert_eq!(
+            frame.decode::<Hello>().unwrap_err().code,
+            ErrorCode::InvalidBuffer
+        );
     }
 
     #[test]

@@ -221,7 +221,10 @@ pub async fn serve(
         .decoder_mut()
         .set_body_bytes_max(config.frame_body_bytes_max);
 
-    let session = Arc::new(service.open_session(outbox.clone(), budget.clone()));
+    // The client's own session id (0: none), kept across its reconnects:
+    // with a request's number it identifies a write for exactly-once.
+    let client_session = hello.session;
+    let session = Arc::new(service.open_session(outbox.clone(), budget.clone(), client_session));
     let permits = Arc::new(Semaphore::new(config.in_flight_max as usize));
     loop {
         let frame = tokio::select! {
@@ -285,7 +288,7 @@ pub async fn serve(
             budget.clone(),
         );
         tokio::spawn(async move {
-            let (response, mut room) = service.handle(&session, request).await;
+            let (response, mut room) = service.handle(&session, request, request_id).await;
             let encoded = Frame::new(FrameKind::Response, request_id, &response);
             // Only the encoded copy waits for the socket.
             drop(response);

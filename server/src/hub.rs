@@ -274,11 +274,11 @@ impl Hub {
                 history_bytes,
                 ..
             } = &mut *state;
-            let Some(feed) = feeds.get_mut(&record.instance) else {
+            let Some(feed) = feeds.get_mut(&record.entry.instance) else {
                 continue;
             };
-            let change = change_of(&record.body);
-            let seq = record.seq.0;
+            let change = change_of(&record.entry.body);
+            let seq = record.entry.seq.0;
             feed.last_seq = seq;
             if let (Some(name), Some(change)) = (&feed.name, &change) {
                 for subscriber in &mut feed.subscribers {
@@ -287,7 +287,7 @@ impl Hub {
             }
             let bytes = change.as_ref().map_or(0, change_bytes) + NOTIFICATION_OVERHEAD_BYTES;
             feed.history.push_back(Entry { seq, change });
-            order.push_back((record.instance, seq, bytes));
+            order.push_back((record.entry.instance, seq, bytes));
             *history_bytes += bytes;
         }
         self.trim(&mut state);
@@ -413,7 +413,7 @@ impl Hub {
             Ok(Ok(history)) => history
                 .records
                 .into_iter()
-                .map(|r| (r.seq.0, change_of(&r.body)))
+                .map(|r| (r.entry.seq.0, change_of(&r.entry.body)))
                 .collect(),
             Ok(Err(error)) => {
                 tracing::warn!(%error, instance = instance.0, "reading the log back for a resuming subscriber failed; it is told to re-read");
@@ -481,9 +481,17 @@ fn notification_bytes(name: &CheckpointName, change: &Change) -> u64 {
 
 fn change_of(body: &RecordBody) -> Option<Change> {
     Some(match body {
+        // Bookkeeping of the replication log: no change a reader sees. (A
+        // snapshot installed on a backup replaces its state wholesale; its
+        // subscribers are told to re-read when their sequence numbers jump.)
         RecordBody::CheckpointCreate { .. }
         | RecordBody::CheckpointDestroy
-        | RecordBody::GeneratedIdSet { .. } => return None,
+        | RecordBody::GeneratedIdSet { .. }
+        | RecordBody::EpochStart { .. }
+        | RecordBody::SnapshotBegin { .. }
+        | RecordBody::SnapshotSection { .. }
+        | RecordBody::SnapshotEnd
+        | RecordBody::SuffixDiscard => return None,
         RecordBody::CheckpointUnlink => Change::Deleted,
         RecordBody::RetentionSet {
             retention_duration_ns,

@@ -18,6 +18,7 @@
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod front;
 pub mod hub;
 pub mod metrics;
 pub mod reads;
@@ -342,6 +343,8 @@ mod tests {
                 max_section_size: 10,
                 max_section_id_size: 0,
             },
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         };
         let writer = store.clone();
         let result = tokio::task::spawn_blocking(move || {

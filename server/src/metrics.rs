@@ -318,6 +318,8 @@ mod tests {
         let create = Op::CreateCheckpoint {
             name: CheckpointName::new("c").unwrap(),
             attributes,
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         };
         let writer = store.clone();
         let Outcome::Opened { instance, .. } = tokio::task::spawn_blocking(move || {

@@ -40,8 +40,10 @@ use ckpt_storage::{Durability, InstanceId, InstanceMeta, Op, Outcome, Store};
 use tokio::task::AbortHandle;
 
 use crate::connection::{ReplyBudget, Reservation, SMALL_REPLY_BYTES};
+use crate::front::{ClusterFront, WriteNeed, WriteOrigin};
 use crate::hub::{Hub, Outbox, SubscribeRequest};
 use crate::metrics::Metrics;
+use crate::reads::{ReadReply, ReadRequest};
 
 /// One open handle.
 #[derive(Debug, Clone)]
@@ -50,18 +52,59 @@ struct OpenHandle {
     name: CheckpointName,
     flags: OpenFlags,
     durability: Durability,
+    /// When a write through it is answered, in a cluster.
+    need: WriteNeed,
+    /// Whether its reads may come from this node's replica (in a cluster):
+    /// ALL_SAFE and WR_ALL_REPLICAS replicas in sync hold every
+    /// acknowledged write; DISTRIBUTED and ALL_OPEN_ARE_REPLICAS openers
+    /// read their local copy by design.
+    local_reads: bool,
     collocated: bool,
+}
+
+impl OpenHandle {
+    fn new(
+        instance: InstanceId,
+        name: CheckpointName,
+        flags: OpenFlags,
+        attributes: &CreationAttributes,
+    ) -> OpenHandle {
+        let creation = attributes.creation_flags;
+        let mode = creation.update_mode().unwrap_or(UpdateMode::AllReplicas);
+        let all_safe = creation.contains(CreationFlags::WR_ALL_SAFE);
+        let (durability, need) = match mode {
+            UpdateMode::ActiveReplicaWeak => (Durability::Written, WriteNeed::Applied),
+            UpdateMode::ActiveReplica if !all_safe => {
+                (Durability::Durable, WriteNeed::LocalDurable)
+            }
+            _ => (Durability::Durable, WriteNeed::AllInSync),
+        };
+        let local_reads = need == WriteNeed::AllInSync
+            || creation.contains(CreationFlags::DISTRIBUTED)
+            || creation.contains(CreationFlags::ALL_OPEN_ARE_REPLICAS);
+        OpenHandle {
+            instance,
+            name,
+            flags,
+            durability,
+            need,
+            local_reads,
+            collocated: creation.contains(CreationFlags::CHECKPOINT_COLLOCATED),
+        }
+    }
 }
 
 struct SectionIteration {
     handle: Handle,
-    instance: InstanceId,
     ids: VecDeque<ckpt_proto::SectionId>,
 }
 
 /// A connection's handles and iterators.
 pub struct Session {
     id: u64,
+    /// The client's own session id from its Hello (0: none), which with a
+    /// request's number identifies a write across reconnects.
+    client_session: u64,
     outbox: Arc<Outbox>,
     budget: Arc<ReplyBudget>,
     state: Mutex<SessionState>,
@@ -165,6 +208,9 @@ impl Drop for NameGuard<'_> {
 /// The service shared by all sessions.
 pub struct Service {
     store: Arc<Store>,
+    /// The cluster, when this node is one of several; `None` on the
+    /// embedded single node.
+    cluster: Option<Arc<dyn ClusterFront>>,
     registry: Mutex<Registry>,
     names: NameLocks,
     hub: Arc<Hub>,
@@ -182,8 +228,19 @@ fn permission(what: &str, needed: &str) -> CkptError {
 impl Service {
     /// The service over an open store.
     pub fn new(store: Arc<Store>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Arc<Service> {
+        Service::with_cluster(store, hub, metrics, None)
+    }
+
+    /// The service of a cluster node (`None`: a single node).
+    pub fn with_cluster(
+        store: Arc<Store>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        cluster: Option<Arc<dyn ClusterFront>>,
+    ) -> Arc<Service> {
         Arc::new(Service {
             store,
+            cluster,
             registry: Mutex::new(Registry::default()),
             names: NameLocks::default(),
             hub,
@@ -207,6 +264,11 @@ impl Service {
     /// # Errors
     /// Storage errors.
     pub async fn recover(self: &Arc<Self>) -> CkptResult<()> {
+        if self.cluster.is_some() {
+            // Retention and deletion are the control plane's, cluster-wide;
+            // it restarts the timers of unopened checkpoints itself.
+            return Ok(());
+        }
         let store = self.store.clone();
         let instances = tokio::task::spawn_blocking(move || store.instances())
             .await
@@ -252,7 +314,12 @@ impl Service {
     }
 
     /// A new session with its notification queue and reply budget.
-    pub fn open_session(&self, outbox: Arc<Outbox>, budget: Arc<ReplyBudget>) -> Session {
+    pub fn open_session(
+        &self,
+        outbox: Arc<Outbox>,
+        budget: Arc<ReplyBudget>,
+        client_session: u64,
+    ) -> Session {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         // Weak: the hub holds the outbox (through subscriptions).
         let hub = Arc::downgrade(&self.hub);
@@ -263,6 +330,7 @@ impl Service {
         }));
         Session {
             id,
+            client_session,
             outbox,
             budget,
             state: Mutex::default(),
@@ -308,6 +376,50 @@ impl Service {
             .map_err(|e| CkptError::new(ErrorCode::Library, format!("read task failed: {e}")))?
     }
 
+    /// A write of an open checkpoint: on the local store on a single node;
+    /// in a cluster on the checkpoint's active replica, answered per the
+    /// handle's durability, carrying the client's (session, request) so a
+    /// retry is applied once.
+    async fn write(
+        &self,
+        session: &Session,
+        h: &OpenHandle,
+        op: Op,
+        request_id: u64,
+    ) -> CkptResult<Outcome> {
+        match &self.cluster {
+            None => self.exec(op, h.durability).await,
+            Some(cluster) => {
+                let origin = (session.client_session != 0).then_some(WriteOrigin {
+                    session: session.client_session,
+                    request: request_id,
+                });
+                cluster.write(h.instance, op, origin, h.need).await
+            }
+        }
+    }
+
+    /// A read of an open checkpoint: the local store on a single node; in a
+    /// cluster the active replica's, or this node's where the handle allows.
+    async fn read(&self, h: &OpenHandle, request: ReadRequest) -> CkptResult<ReadReply> {
+        match &self.cluster {
+            None => {
+                let instance = h.instance;
+                self.blocking(move |s| crate::reads::serve(s, instance, &request))
+                    .await
+            }
+            Some(cluster) => cluster.read(h.instance, request, h.local_reads).await,
+        }
+    }
+
+    /// An open checkpoint's metadata, from where its reads come.
+    async fn meta(&self, h: &OpenHandle) -> CkptResult<crate::reads::MetaView> {
+        match self.read(h, ReadRequest::Meta).await? {
+            ReadReply::Meta(meta) => Ok(meta),
+            other => Err(unexpected_read(other)),
+        }
+    }
+
     /// Serves one request. Returns the response and the room its reply
     /// holds in the session's reply budget until it is written: taken
     /// before the work, sized by what a read will return.
@@ -315,6 +427,7 @@ impl Service {
         self: &Arc<Self>,
         session: &Session,
         request: Request,
+        request_id: u64,
     ) -> (Response, Reservation) {
         let op = request_name(&request);
         let started = std::time::Instant::now();
@@ -330,7 +443,7 @@ impl Service {
             ),
             _ => Some(session.budget.reserve(SMALL_REPLY_BYTES).await),
         };
-        let response = self.dispatch(session, request, &mut room).await;
+        let response = self.dispatch(session, request, request_id, &mut room).await;
         self.metrics.observe(
             op,
             started.elapsed(),
@@ -347,6 +460,7 @@ impl Service {
         self: &Arc<Self>,
         session: &Session,
         request: Request,
+        request_id: u64,
         room: &mut Option<Reservation>,
     ) -> Response {
         request.validate()?;
@@ -355,22 +469,28 @@ impl Service {
                 name,
                 attributes,
                 flags,
-            } => self.open(session, name, attributes, flags).await,
+            } => {
+                self.open(session, name, attributes, flags, request_id)
+                    .await
+            }
             Request::Close { handle } => self.close(session, handle).await.map(|()| Reply::Done),
             Request::Delete { name } => self.delete(name).await.map(|()| Reply::Done),
             Request::RetentionDurationSet {
                 handle,
                 retention_duration_ns,
             } => {
-                let h = session.handle(handle)?;
-                self.exec(
-                    Op::SetRetention {
-                        instance: h.instance,
-                        retention_duration_ns,
-                    },
-                    Durability::Durable,
-                )
-                .await?;
+                let mut h = session.handle(handle)?;
+                // A management change: durable wherever the checkpoint's
+                // writes are, whatever its update mode.
+                h.durability = Durability::Durable;
+                if h.need == WriteNeed::Applied {
+                    h.need = WriteNeed::LocalDurable;
+                }
+                let op = Op::SetRetention {
+                    instance: h.instance,
+                    retention_duration_ns,
+                };
+                self.write(session, &h, op, request_id).await?;
                 Ok(Reply::Done)
             }
             Request::ActiveReplicaSet { handle } => {
@@ -384,13 +504,21 @@ impl Service {
                         "ActiveReplicaSet applies to collocated checkpoints only",
                     ));
                 }
-                // One node: the local replica is the only one, and active.
-                Ok(Reply::Done)
+                match &self.cluster {
+                    // One node: the local replica is the only one, and active.
+                    None => Ok(Reply::Done),
+                    Some(cluster) => {
+                        cluster.set_active(h.instance).await?;
+                        Ok(Reply::Done)
+                    }
+                }
             }
             Request::StatusGet { handle } => {
                 let h = session.handle(handle)?;
-                let status = self.blocking(move |s| s.status(h.instance)).await?;
-                Ok(Reply::Status(status))
+                match self.read(&h, ReadRequest::Status).await? {
+                    ReadReply::Status(status) => Ok(Reply::Status(status)),
+                    other => Err(unexpected_read(other)),
+                }
             }
             Request::SectionCreate {
                 handle,
@@ -403,7 +531,7 @@ impl Service {
                     attributes,
                     data: initial_data,
                 };
-                match self.exec(op, h.durability).await? {
+                match self.write(session, &h, op, request_id).await? {
                     Outcome::SectionCreated { section_id } => {
                         Ok(Reply::SectionCreated { section_id })
                     }
@@ -412,14 +540,11 @@ impl Service {
             }
             Request::SectionDelete { handle, section_id } => {
                 let h = self.writable(session, handle, "SectionDelete")?;
-                self.exec(
-                    Op::DeleteSection {
-                        instance: h.instance,
-                        section_id,
-                    },
-                    h.durability,
-                )
-                .await?;
+                let op = Op::DeleteSection {
+                    instance: h.instance,
+                    section_id,
+                };
+                self.write(session, &h, op, request_id).await?;
                 Ok(Reply::Done)
             }
             Request::SectionExpirationTimeSet {
@@ -433,7 +558,7 @@ impl Service {
                     section_id,
                     expiration_time,
                 };
-                self.exec(op, h.durability).await?;
+                self.write(session, &h, op, request_id).await?;
                 Ok(Reply::Done)
             }
             Request::SectionOverwrite {
@@ -442,66 +567,59 @@ impl Service {
                 data,
             } => {
                 let h = self.writable(session, handle, "SectionOverwrite")?;
-                self.exec(
-                    Op::Overwrite {
-                        instance: h.instance,
-                        section_id,
-                        data,
-                    },
-                    h.durability,
-                )
-                .await?;
+                let op = Op::Overwrite {
+                    instance: h.instance,
+                    section_id,
+                    data,
+                };
+                self.write(session, &h, op, request_id).await?;
                 Ok(Reply::Done)
             }
             Request::Write { handle, elements } => {
                 let h = self.writable(session, handle, "Write")?;
-                self.exec(
-                    Op::Write {
-                        instance: h.instance,
-                        elements,
-                    },
-                    h.durability,
-                )
-                .await?;
+                let op = Op::Write {
+                    instance: h.instance,
+                    elements,
+                };
+                self.write(session, &h, op, request_id).await?;
                 Ok(Reply::Done)
             }
             Request::Read { handle, elements } => {
                 let h = self.readable(session, handle, "Read")?;
                 // What the read returns, from the sections' sizes now (a
                 // section growing meanwhile makes the reply a little larger).
-                let (elements, reply_bytes) = self
-                    .blocking(move |s| {
-                        let mut total: u64 = 0;
-                        for element in &elements {
-                            let size = s
-                                .section(h.instance, &element.section_id)?
-                                .map_or(0, |d| d.section_size.saturating_sub(element.offset));
-                            let wanted = element.size.map_or(size, |n| n.min(size));
-                            total = total.saturating_add(wanted);
-                        }
-                        Ok((elements, total))
-                    })
-                    .await?;
+                let sizing = ReadRequest::ReadSize {
+                    elements: elements.clone(),
+                };
+                let reply_bytes = match self.read(&h, sizing).await? {
+                    ReadReply::Size(bytes) => bytes,
+                    other => return Err(unexpected_read(other)),
+                };
                 *room = Some(session.budget.reserve(reply_bytes).await);
-                let data = self
-                    .blocking(move |s| s.read(h.instance, &elements))
-                    .await?;
-                Ok(Reply::Data(data))
+                match self.read(&h, ReadRequest::Read { elements }).await? {
+                    ReadReply::Data(data) => Ok(Reply::Data(data)),
+                    other => Err(unexpected_read(other)),
+                }
             }
             Request::Synchronize { handle } => {
                 let h = self.writable(session, handle, "Synchronize")?;
                 // DESIGN.md §2 "synchronize": WR_ALL_REPLICAS writes reach
                 // every replica before they return; nothing is left to do.
-                let meta = self.blocking(move |s| s.instance(h.instance)).await?;
+                let meta = self.meta(&h).await?;
                 if meta.attributes.creation_flags.update_mode()? == UpdateMode::AllReplicas {
                     return Err(CkptError::new(
                         ErrorCode::BadOperation,
                         "Synchronize applies to WR_ACTIVE_REPLICA(_WEAK) checkpoints, not WR_ALL_REPLICAS",
                     ));
                 }
-                // Everything queued before the barrier is durable when it
-                // is answered (WEAK writes included).
-                self.exec(Op::Barrier, Durability::Durable).await?;
+                match &self.cluster {
+                    // Everything queued before the barrier is durable when
+                    // it is answered (WEAK writes included).
+                    None => {
+                        self.exec(Op::Barrier, Durability::Durable).await?;
+                    }
+                    Some(cluster) => cluster.synchronize(h.instance).await?,
+                }
                 Ok(Reply::Done)
             }
             Request::IterationInitialize {
@@ -511,7 +629,10 @@ impl Service {
             } => {
                 let h = self.readable(session, handle, "SectionIterationInitialize")?;
                 let chosen = SectionsChosen::from_u32(sections_chosen)?;
-                let sections = self.blocking(move |s| s.sections(h.instance)).await?;
+                let sections = match self.read(&h, ReadRequest::Sections).await? {
+                    ReadReply::Sections(sections) => sections,
+                    other => return Err(unexpected_read(other)),
+                };
                 let ids = sections
                     .into_iter()
                     .filter(|d| chosen.matches(d.expiration_time, d.state, expiration_time))
@@ -520,18 +641,13 @@ impl Service {
                 let mut state = session.lock();
                 state.next_id += 1;
                 let iterator = state.next_id;
-                state.iterations.insert(
-                    iterator,
-                    SectionIteration {
-                        handle,
-                        instance: h.instance,
-                        ids,
-                    },
-                );
+                state
+                    .iterations
+                    .insert(iterator, SectionIteration { handle, ids });
                 Ok(Reply::Iterator { iterator })
             }
             Request::IterationNext { iterator } => loop {
-                let (instance, id) = {
+                let (h, id) = {
                     let mut state = session.lock();
                     let SessionState {
                         iterations,
@@ -544,20 +660,25 @@ impl Service {
                             format!("iterator {iterator} is not open"),
                         )
                     })?;
-                    if !handles.contains_key(&iteration.handle) {
+                    let Some(h) = handles.get(&iteration.handle) else {
                         return Err(CkptError::new(
                             ErrorCode::InvalidHandle,
                             "the iterator's checkpoint handle was closed",
                         ));
-                    }
-                    (iteration.instance, iteration.ids.pop_front())
+                    };
+                    (h.clone(), iteration.ids.pop_front())
                 };
                 let Some(id) = id else {
                     return Err(CkptError::new(ErrorCode::NoSections, "no more sections"));
                 };
                 // Sections deleted since the iteration started are skipped.
-                if let Some(descriptor) = self.blocking(move |s| s.section(instance, &id)).await? {
-                    return Ok(Reply::Section(descriptor));
+                match self
+                    .read(&h, ReadRequest::Section { section_id: id })
+                    .await?
+                {
+                    ReadReply::Section(Some(descriptor)) => return Ok(Reply::Section(descriptor)),
+                    ReadReply::Section(None) => {}
+                    other => return Err(unexpected_read(other)),
                 }
             },
             Request::IterationFinalize { iterator } => {
@@ -574,7 +695,20 @@ impl Service {
                 resume_after,
             } => {
                 let h = self.readable(session, handle, "ImmediateConsumptionRegister")?;
-                let meta = self.blocking(move |s| s.instance(h.instance)).await?;
+                // Notifications come from this node's replica (its commit
+                // feed), so its sequence numbers are what a subscriber
+                // resumes from, here or on the node it moves to.
+                let instance = h.instance;
+                let meta = self.blocking(move |s| s.instance(instance)).await.map_err(|e| {
+                    if self.cluster.is_some() && e.code == ErrorCode::NotExist {
+                        CkptError::new(
+                            ErrorCode::NotExist,
+                            "this node holds no replica of the checkpoint: subscribe on a node that does (DISTRIBUTED checkpoints get one on every opening node)",
+                        )
+                    } else {
+                        e
+                    }
+                })?;
                 let request = SubscribeRequest {
                     instance: h.instance,
                     name: h.name.clone(),
@@ -586,6 +720,19 @@ impl Service {
                 };
                 let next_seq = self.hub.subscribe(&self.store, request).await;
                 Ok(Reply::Registered { next_seq })
+            }
+            Request::List if self.cluster.is_some() => Ok(Reply::Checkpoints(
+                self.cluster_infos(self.cluster.as_ref().map(|c| c.checkpoints()))
+                    .await,
+            )),
+            Request::Stat { name } if self.cluster.is_some() => {
+                let cluster = self.cluster.clone();
+                let checkpoint = match &cluster {
+                    Some(cluster) => cluster.lookup(name).await?,
+                    None => unreachable!("guarded by the match arm"),
+                };
+                let mut infos = self.cluster_infos(Some(vec![checkpoint])).await;
+                Ok(Reply::Checkpoint(infos.remove(0)))
             }
             Request::List => {
                 // Storage work first, off the runtime; the registry only
@@ -706,6 +853,43 @@ impl Service {
         }
     }
 
+    /// List and Stat in a cluster: names, attributes, replicas and opens from
+    /// the control plane; sizes and sequence numbers from this node's replica
+    /// where it has one (zero where it has none).
+    async fn cluster_infos(
+        &self,
+        checkpoints: Option<Vec<crate::front::ClusterCheckpoint>>,
+    ) -> Vec<CheckpointInfo> {
+        let checkpoints = checkpoints.unwrap_or_default();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            checkpoints
+                .into_iter()
+                .map(|c| {
+                    let local = store.instance(c.instance).ok();
+                    let footprint = local
+                        .as_ref()
+                        .map(|_| store.instance_footprint(c.instance).unwrap_or(0))
+                        .unwrap_or(0);
+                    CheckpointInfo {
+                        footprint_bytes: footprint,
+                        replicas: c.replicas,
+                        name: c.name,
+                        status: ckpt_proto::CheckpointStatus {
+                            attributes: c.attributes,
+                            number_of_sections: local.as_ref().map_or(0, |m| m.section_count),
+                            memory_used: local.as_ref().map_or(0, |m| m.memory_used),
+                        },
+                        open_count: c.open_count,
+                        seq: local.as_ref().map_or(0, |m| m.seq.0),
+                    }
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     async fn dump_begin(&self, session: &Session, names: Vec<CheckpointName>) -> Response {
         let (dump, checkpoints) = self
             .blocking(move |s| {
@@ -767,6 +951,12 @@ impl Service {
         generated_next: u64,
         replace: bool,
     ) -> Response {
+        if self.cluster.is_some() {
+            return Err(CkptError::new(
+                ErrorCode::BadOperation,
+                "restore works on a single node only: restore the dump into a single-node server, then let the cluster's nodes catch up by copying it (docs/replication.md)",
+            ));
+        }
         let name_lock = self.names.lock(&name).await;
         if replace {
             match self.delete_locked(name.clone()).await {
@@ -779,6 +969,8 @@ impl Service {
             name: name.clone(),
             attributes: attributes.clone(),
             generated_next,
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         };
         let instance = match self.exec(op, Durability::Durable).await? {
             Outcome::Opened { instance, .. } => instance,
@@ -786,15 +978,13 @@ impl Service {
         };
         *self.registry().opens.entry(instance).or_insert(0) += 1;
         drop(name_lock);
-        let open = OpenHandle {
+        let mut open = OpenHandle::new(
             instance,
             name,
-            flags: OpenFlags::READ | OpenFlags::WRITE,
-            durability: Durability::Durable,
-            collocated: attributes
-                .creation_flags
-                .contains(CreationFlags::CHECKPOINT_COLLOCATED),
-        };
+            OpenFlags::READ | OpenFlags::WRITE,
+            &attributes,
+        );
+        open.durability = Durability::Durable;
         let mut state = session.lock();
         state.next_id += 1;
         let handle = state.next_id;
@@ -827,9 +1017,15 @@ impl Service {
         name: CheckpointName,
         attributes: Option<CreationAttributes>,
         flags: OpenFlags,
+        request_id: u64,
     ) -> Response {
         flags.validate()?;
         let create = flags.contains(OpenFlags::CREATE);
+        if let Some(cluster) = self.cluster.clone() {
+            return self
+                .open_clustered(cluster, session, name, attributes, flags, request_id)
+                .await;
+        }
         let name_lock = self.names.lock(&name).await;
         let (instance, created) = match (create, attributes) {
             (true, Some(attributes)) => {
@@ -838,6 +1034,8 @@ impl Service {
                         Op::CreateCheckpoint {
                             name: name.clone(),
                             attributes,
+                            instance: None,
+                            epoch: ckpt_storage::Epoch(1),
                         },
                         Durability::Durable,
                     )
@@ -878,18 +1076,72 @@ impl Service {
             }
         }
         drop(name_lock);
-        let flags_c = meta.attributes.creation_flags;
-        let durability = match flags_c.update_mode() {
-            Ok(UpdateMode::ActiveReplicaWeak) => Durability::Written,
-            _ => Durability::Durable,
+        let open = OpenHandle::new(instance, name, flags, &meta.attributes);
+        let mut state = session.lock();
+        state.next_id += 1;
+        let handle = state.next_id;
+        state.handles.insert(handle, open);
+        Ok(Reply::Opened { handle, created })
+    }
+
+    /// Open in a cluster: the control plane knows the checkpoint (creates
+    /// it); this node counts its own handles and tells the control plane
+    /// when it has the first one and when it closed the last, which runs
+    /// retention cluster-wide.
+    async fn open_clustered(
+        self: &Arc<Self>,
+        cluster: Arc<dyn ClusterFront>,
+        session: &Session,
+        name: CheckpointName,
+        attributes: Option<CreationAttributes>,
+        flags: OpenFlags,
+        request_id: u64,
+    ) -> Response {
+        let create = flags.contains(OpenFlags::CREATE);
+        let name_lock = self.names.lock(&name).await;
+        let (checkpoint, created) = match (create, attributes) {
+            (true, Some(attributes)) => {
+                let origin = (session.client_session != 0).then_some(WriteOrigin {
+                    session: session.client_session,
+                    request: request_id,
+                });
+                cluster.create(name.clone(), attributes, origin).await?
+            }
+            (true, None) => {
+                return Err(CkptError::new(
+                    ErrorCode::InvalidParameter,
+                    "CL_CKPT_CHECKPOINT_CREATE needs creation attributes",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(CkptError::new(
+                    ErrorCode::InvalidParameter,
+                    "creation attributes are given without CL_CKPT_CHECKPOINT_CREATE",
+                ))
+            }
+            (false, None) => (cluster.lookup(name.clone()).await?, false),
         };
-        let open = OpenHandle {
-            instance,
-            name,
-            flags,
-            durability,
-            collocated: flags_c.contains(CreationFlags::CHECKPOINT_COLLOCATED),
+        let instance = checkpoint.instance;
+        let first = {
+            let mut registry = self.registry();
+            let count = registry.opens.entry(instance).or_insert(0);
+            *count += 1;
+            *count == 1
         };
+        if first {
+            if let Err(error) = cluster.opened(instance).await {
+                let mut registry = self.registry();
+                if let Some(count) = registry.opens.get_mut(&instance) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        registry.opens.remove(&instance);
+                    }
+                }
+                return Err(error);
+            }
+        }
+        drop(name_lock);
+        let open = OpenHandle::new(instance, name, flags, &checkpoint.attributes);
         let mut state = session.lock();
         state.next_id += 1;
         let handle = state.next_id;
@@ -922,6 +1174,14 @@ impl Service {
         // The last handle closed. Decide under the name lock, after making
         // sure nobody opened the instance again meanwhile.
         let _name = self.names.lock(&open.name).await;
+        if let Some(cluster) = &self.cluster {
+            if self.registry().opens.contains_key(&open.instance) {
+                return Ok(());
+            }
+            // The control plane decides about retention and deletion, from
+            // every node's opens.
+            return cluster.closed(open.instance).await;
+        }
         if self
             .registry()
             .opens
@@ -948,6 +1208,9 @@ impl Service {
 
     async fn delete(self: &Arc<Self>, name: CheckpointName) -> CkptResult<()> {
         let _name = self.names.lock(&name).await;
+        if let Some(cluster) = &self.cluster {
+            return cluster.delete(name).await;
+        }
         self.delete_locked(name).await
     }
 
@@ -1065,6 +1328,13 @@ fn info(
         open_count: registry.opens.get(&instance).copied().unwrap_or(0),
         seq: meta.seq.0,
     }
+}
+
+fn unexpected_read(reply: ReadReply) -> CkptError {
+    CkptError::new(
+        ErrorCode::Library,
+        format!("unexpected read reply {reply:?}"),
+    )
 }
 
 fn unexpected(outcome: Outcome) -> CkptError {

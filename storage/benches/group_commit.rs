@@ -328,7 +328,12 @@ fn run_ckpt(dir: &Path, mode_name: &str, writers: usize, seconds: f64) -> RunRes
     let name = CheckpointName::new("group-commit-bench").expect("name");
     let instance: InstanceId = match store
         .execute_with(
-            Op::CreateCheckpoint { name, attributes },
+            Op::CreateCheckpoint {
+                name,
+                attributes,
+                instance: None,
+                epoch: ckpt_storage::Epoch(1),
+            },
             Durability::Durable,
             now_ns(),
         )

@@ -73,6 +73,8 @@ fn create(store: &Store, name: &str, sections: u32) -> (ckpt_storage::InstanceId
         Op::CreateCheckpoint {
             name: CheckpointName::new(name).unwrap(),
             attributes: attributes(sections),
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         },
     );
     let latency = started.elapsed();

@@ -46,8 +46,8 @@ use rocksdb::{
     WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 
-use crate::state::{Effect, InstanceMeta, SectionMeta};
-use crate::wal::record::{Epoch, InstanceId, Lsn, Seq};
+use crate::state::{Committed, Effect, InstanceMeta, SectionMeta};
+use crate::wal::record::{Epoch, InstanceId, Lsn, Origin, Seq};
 
 /// Bytes of section data per RocksDB value.
 pub const CHUNK_BYTES: u64 = 64 * 1024;
@@ -62,6 +62,14 @@ const RANGE_DELETE_CHUNKS_MIN: u64 = 16;
 const META_CF: &str = "meta";
 /// Key layout of the RocksDB side (stored under `L` in `meta`).
 pub const LAYOUT_VERSION: u32 = 2;
+
+/// Applied origins kept per client session: the last this many request
+/// numbers. Sessions idle for [`SESSION_IDLE_NS`] are forgotten whole.
+/// A client retries only its outstanding requests, far fewer than this.
+pub const ORIGINS_PER_SESSION: u64 = 4096;
+
+/// A session that applied nothing for this long (1 h) is forgotten.
+pub const SESSION_IDLE_NS: i64 = 3_600_000_000_000;
 const CF_PREFIX: &str = "cf-";
 
 /// How RocksDB's own WAL is used (DESIGN.md §3).
@@ -160,6 +168,22 @@ mod keys {
     pub const APPLIED: &[u8] = b"A";
     pub const LAYOUT: &[u8] = b"L";
 
+    /// An applied origin: `O` session request (big-endian, so a session's
+    /// requests sort together, in order).
+    pub fn origin(origin: Origin) -> Vec<u8> {
+        [
+            &b"O"[..],
+            &origin.session.to_be_bytes(),
+            &origin.request.to_be_bytes(),
+        ]
+        .concat()
+    }
+
+    /// When a session last applied an origin: `Q` session.
+    pub fn session(session: u64) -> Vec<u8> {
+        [&b"Q"[..], &session.to_be_bytes()].concat()
+    }
+
     pub fn name(name: &CheckpointName) -> Vec<u8> {
         [b"N", name.as_bytes()].concat()
     }
@@ -252,7 +276,7 @@ fn decode_section(bytes: &[u8]) -> CkptResult<SectionMeta> {
 
 fn encode_instance(meta: &InstanceMeta) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + meta.name.as_bytes().len());
-    out.push(1u8); // value format version
+    out.push(2u8); // value format version (2 added `stale`)
     out.extend_from_slice(&(meta.name.as_bytes().len() as u32).to_le_bytes());
     out.extend_from_slice(meta.name.as_bytes());
     meta.attributes.encode_le(&mut out);
@@ -264,6 +288,7 @@ fn encode_instance(meta: &InstanceMeta) -> Vec<u8> {
     out.extend_from_slice(&meta.section_count.to_le_bytes());
     out.extend_from_slice(&meta.memory_used.to_le_bytes());
     out.extend_from_slice(&meta.created_at.to_le_bytes());
+    out.push(u8::from(meta.stale));
     out
 }
 
@@ -275,7 +300,8 @@ fn decode_instance(bytes: &[u8]) -> CkptResult<InstanceMeta> {
         at += n;
         Ok(slice)
     };
-    if take(1)?[0] != 1 {
+    let version = take(1)?[0];
+    if version != 1 && version != 2 {
         return Err(bad("unknown format version"));
     }
     let u32v = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
@@ -305,6 +331,7 @@ fn decode_instance(bytes: &[u8]) -> CkptResult<InstanceMeta> {
         section_count: u32v(take(4)?),
         memory_used: u64v(take(8)?),
         created_at: u64v(take(8)?) as i64,
+        stale: version >= 2 && take(1)?[0] != 0,
     })
 }
 
@@ -559,6 +586,46 @@ impl Db {
         Ok(sections)
     }
 
+    /// What an applied origin produced, if it is remembered.
+    ///
+    /// # Errors
+    /// RocksDB errors, an undecodable value.
+    pub fn origin(&self, origin: Origin) -> CkptResult<Option<Committed>> {
+        self.get_meta(&keys::origin(origin))?
+            .map(|v| postcard::from_bytes(&v).map_err(|e| storage_error("an origin's outcome", e)))
+            .transpose()
+    }
+
+    /// Forgets every session whose last applied origin is older than
+    /// `idle_before` (ns); returns how many.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn forget_idle_sessions(&self, idle_before: i64) -> CkptResult<usize> {
+        let mut batch = WriteBatch::default();
+        let mut forgotten = 0;
+        for (key, value) in self.scan_meta(b"Q")? {
+            let last = <[u8; 8]>::try_from(value.as_slice())
+                .map(i64::from_le_bytes)
+                .unwrap_or(i64::MIN);
+            if last >= idle_before || key.len() != 9 {
+                continue;
+            }
+            let prefix = [&b"O"[..], &key[1..9]].concat();
+            batch.delete_range_cf(&self.meta, prefix.clone(), prefix_end(&prefix));
+            batch.delete_cf(&self.meta, key);
+            forgotten += 1;
+        }
+        if forgotten > 0 {
+            let mut write = WriteOptions::default();
+            write.disable_wal(self.options.wal_mode == RocksWalMode::Disabled);
+            self.db
+                .write_opt(batch, &write)
+                .map_err(|e| storage_error("forgetting idle sessions", e))?;
+        }
+        Ok(forgotten)
+    }
+
     /// Sections whose expiration is at or before `now`, by the index.
     ///
     /// # Errors
@@ -602,7 +669,41 @@ impl Db {
     /// # Errors
     /// RocksDB errors (the caller poisons the store).
     pub fn apply(&self, effects: &[Effect], applied: Lsn, next_instance: u64) -> CkptResult<()> {
+        self.apply_with(effects, &[], applied, next_instance)
+    }
+
+    /// [`Db::apply`], also remembering the origins the batch applied (in
+    /// the same atomic batch: exactly-once survives a crash). Per session
+    /// only the last [`ORIGINS_PER_SESSION`] request numbers are kept.
+    ///
+    /// # Errors
+    /// RocksDB errors (the caller poisons the store).
+    pub fn apply_with(
+        &self,
+        effects: &[Effect],
+        origins: &[(Origin, Committed, i64)],
+        applied: Lsn,
+        next_instance: u64,
+    ) -> CkptResult<()> {
         let mut batch = WriteBatch::default();
+        for (origin, committed, now) in origins {
+            let value = postcard::to_allocvec(committed)
+                .map_err(|e| storage_error("encoding an origin's outcome", e))?;
+            batch.put_cf(&self.meta, keys::origin(*origin), value);
+            batch.put_cf(&self.meta, keys::session(origin.session), now.to_le_bytes());
+            if origin.request > ORIGINS_PER_SESSION {
+                let below = origin.request - ORIGINS_PER_SESSION;
+                let from = keys::origin(Origin {
+                    session: origin.session,
+                    request: 0,
+                });
+                let to = keys::origin(Origin {
+                    session: origin.session,
+                    request: below,
+                });
+                batch.delete_range_cf(&self.meta, from, to);
+            }
+        }
         let mut overlay = Overlay::default();
         // An instance's metadata is rewritten by every record of it; within
         // one atomic batch only its last version matters.
@@ -1104,8 +1205,15 @@ mod tests {
             section_count: 1,
             memory_used: 5,
             created_at: 6,
+            stale: true,
         };
         assert_eq!(decode_instance(&encode_instance(&meta)).unwrap(), meta);
+        // Version 1 (no stale flag) still reads, as not stale.
+        let mut v1 = encode_instance(&meta);
+        v1[0] = 1;
+        v1.pop();
+        let decoded = decode_instance(&v1).unwrap();
+        assert!(!decoded.stale);
         assert!(decode_instance(&encode_instance(&meta)[..20]).is_err());
     }
 
@@ -1127,6 +1235,46 @@ mod tests {
             data: data.to_vec(),
             size_before,
         }
+    }
+
+    fn done_at(seq: u64) -> Committed {
+        Committed {
+            outcome: crate::state::Outcome::Done,
+            position: Some(crate::wal::record::Position {
+                instance: InstanceId(1),
+                epoch: Epoch(1),
+                seq: Seq(seq),
+            }),
+        }
+    }
+
+    #[test]
+    fn origins_are_kept_per_session_up_to_the_bound() {
+        let (_dir, db) = open_db();
+        let origin = |session, request| Origin { session, request };
+        let writes: Vec<_> = [(1, 1), (1, 2), (2, 1)]
+            .into_iter()
+            .map(|(s, r)| (origin(s, r), done_at(r), 100))
+            .collect();
+        db.apply_with(&[], &writes, Lsn(1), 2).unwrap();
+        assert_eq!(db.origin(origin(1, 2)).unwrap(), Some(done_at(2)));
+        assert_eq!(db.origin(origin(1, 3)).unwrap(), None);
+        // Request ORIGINS_PER_SESSION + 2 of session 1 pushes out 1.
+        let far = ORIGINS_PER_SESSION + 2;
+        db.apply_with(&[], &[(origin(1, far), done_at(far), 200)], Lsn(2), 2)
+            .unwrap();
+        assert_eq!(db.origin(origin(1, 1)).unwrap(), None);
+        assert_eq!(db.origin(origin(1, 2)).unwrap(), Some(done_at(2)));
+        assert_eq!(
+            db.origin(origin(2, 1)).unwrap(),
+            Some(done_at(1)),
+            "other sessions stay"
+        );
+        // Sessions idle since before 150 are forgotten whole.
+        assert_eq!(db.forget_idle_sessions(150).unwrap(), 1);
+        assert_eq!(db.origin(origin(2, 1)).unwrap(), None);
+        assert_eq!(db.origin(origin(1, far)).unwrap(), Some(done_at(far)));
+        assert_eq!(db.forget_idle_sessions(150).unwrap(), 0);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod db;
 pub mod io;
 pub mod lock;
 pub mod reserve;
+pub mod snapshot;
 pub mod state;
 #[cfg(feature = "engine")]
 pub mod store;
@@ -38,11 +39,12 @@ pub mod wal;
 pub use db::{DbOptions, RocksWalMode, CHUNK_BYTES};
 pub use io::{FaultFs, OsFs, WalFile, WalFs};
 pub use lock::DataDirLock;
-pub use state::{InstanceMeta, Op, Outcome, SectionMeta};
+pub use snapshot::{EntriesAfter, InstanceSnapshot, SnapshotSection};
+pub use state::{Committed, InstanceMeta, Op, Outcome, SectionMeta};
 #[cfg(feature = "engine")]
 pub use store::{
-    CommitListener, Durability, RecoveryReport, Store, StoreConfig, StoreSnapshot, StoreStats,
-    Submission,
+    AppendListener, CommitListener, Durability, DurableListener, RecoveryReport, Store,
+    StoreConfig, StoreSnapshot, StoreStats, Submission,
 };
 pub use wal::history::InstanceHistory;
-pub use wal::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq};
+pub use wal::{Entry, Epoch, InstanceId, Lsn, Origin, Position, Record, RecordBody, Seq};

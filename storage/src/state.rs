@@ -20,7 +20,7 @@ use ckpt_proto::{
     ELEMENTS_MAX, SECTIONS_MAX, SECTION_BYTES_MAX, TIME_END, UPDATE_BYTES_MAX,
 };
 
-use crate::wal::record::{Epoch, InstanceId, RecordBody, Seq, WriteOp};
+use crate::wal::record::{Entry, Epoch, InstanceId, Position, RecordBody, Seq, WriteOp};
 
 /// A section's metadata (its data lives in the instance's column family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,10 @@ pub struct InstanceMeta {
     pub memory_used: u64,
     /// When it was created (ns).
     pub created_at: i64,
+    /// Whether the instance refuses reads and writes until a snapshot is
+    /// installed: its log diverged from the active replica's
+    /// (`SuffixDiscard`), or a snapshot install has not finished.
+    pub stale: bool,
 }
 
 /// What the RocksDB layer must do for an applied record, in order.
@@ -138,6 +142,11 @@ pub enum Op {
     CreateCheckpoint {
         name: CheckpointName,
         attributes: CreationAttributes,
+        /// The cluster-assigned instance id, or `None` for the next one of
+        /// this node's counter (kept above every id assigned).
+        instance: Option<InstanceId>,
+        /// The epoch the instance starts at (`Epoch(1)` on a single node).
+        epoch: Epoch,
     },
     /// Remove a name; the instance stays until destroyed.
     Unlink { name: CheckpointName },
@@ -187,6 +196,10 @@ pub enum Op {
         name: CheckpointName,
         attributes: CreationAttributes,
         generated_next: u64,
+        /// As for [`Op::CreateCheckpoint`].
+        instance: Option<InstanceId>,
+        /// As for [`Op::CreateCheckpoint`].
+        epoch: Epoch,
     },
     /// Recreate a section from a dump with its expiration time, even one
     /// already past (it then expires at the next expiry pass).
@@ -198,8 +211,18 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// A creating operation's start epoch.
+    pub fn start_epoch(&self) -> Option<Epoch> {
+        match self {
+            Op::CreateCheckpoint { epoch, .. } | Op::Restore { epoch, .. } => Some(*epoch),
+            _ => None,
+        }
+    }
+}
+
 /// What a successful operation produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// A checkpoint was created (`existed` = an identical one was opened).
     Opened { instance: InstanceId, existed: bool },
@@ -209,6 +232,42 @@ pub enum Outcome {
     Expired { count: u32 },
     /// Done, nothing to report.
     Done,
+}
+
+/// What an ordered operation produced, and where: the position of the last
+/// entry it logged (`None` when it logged nothing).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Committed {
+    pub outcome: Outcome,
+    pub position: Option<Position>,
+}
+
+impl Committed {
+    /// What an entry with an origin produced, as a node that did not plan
+    /// it (a backup, or recovery replaying it) tells: creations answer
+    /// with the instance, section creations with the id, the rest `Done`.
+    /// `earlier` is what the same origin's earlier entries of the same
+    /// operation produced: the first outcome stays, the position moves on.
+    pub fn of_entry(entry: &Entry, earlier: Option<Committed>) -> Committed {
+        let position = Some(entry.position());
+        if let Some(earlier) = earlier {
+            return Committed {
+                outcome: earlier.outcome,
+                position,
+            };
+        }
+        let outcome = match &entry.body {
+            RecordBody::CheckpointCreate { .. } => Outcome::Opened {
+                instance: entry.instance,
+                existed: false,
+            },
+            RecordBody::SectionCreate { section_id, .. } => Outcome::SectionCreated {
+                section_id: section_id.clone(),
+            },
+            _ => Outcome::Done,
+        };
+        Committed { outcome, position }
+    }
 }
 
 /// What the state machine needs from storage.
@@ -299,12 +358,34 @@ impl StateMachine {
         *self = StateMachine::new(names, instances, next_instance);
     }
 
+    /// An instance that serves writes: loaded, and not stale.
     fn loaded(
         &mut self,
         backing: &dyn Backing,
         instance: InstanceId,
     ) -> CkptResult<(&mut InstanceMeta, &mut BTreeMap<SectionId, SectionMeta>)> {
-        load_instance(&mut self.instances, backing, instance)
+        let (meta, sections) = load_instance(&mut self.instances, backing, instance)?;
+        if meta.stale {
+            return Err(stale_error(instance));
+        }
+        Ok((meta, sections))
+    }
+
+    /// The id of an instance about to be created: the cluster-assigned one
+    /// (which must be new), else the next of the local counter.
+    fn new_instance_id(&self, assigned: Option<InstanceId>) -> CkptResult<InstanceId> {
+        match assigned {
+            None => Ok(InstanceId(self.next_instance)),
+            Some(id) if self.instances.contains_key(&id) => Err(err(
+                ErrorCode::AlreadyExist,
+                format!("checkpoint instance {} exists", id.0),
+            )),
+            Some(id) if id.0 == 0 || id.0 == u64::MAX => Err(err(
+                ErrorCode::InvalidParameter,
+                format!("instance id {} is out of range", id.0),
+            )),
+            Some(id) => Ok(id),
+        }
     }
 
     /// Validates `op` against the current state and returns the records it
@@ -321,7 +402,12 @@ impl StateMachine {
         now: i64,
     ) -> CkptResult<(Vec<(InstanceId, RecordBody)>, Outcome)> {
         match op {
-            Op::CreateCheckpoint { name, attributes } => {
+            Op::CreateCheckpoint {
+                name,
+                attributes,
+                instance,
+                epoch: _,
+            } => {
                 name.validate()?;
                 attributes.validate()?;
                 if let Some(&existing) = self.names.get(name) {
@@ -340,12 +426,10 @@ impl StateMachine {
                         format!("checkpoint {name} exists with different attributes"),
                     ));
                 }
-                let instance = InstanceId(self.next_instance);
-                let column_family = backing.take_column_family(instance)?;
+                let instance = self.new_instance_id(*instance)?;
                 let body = RecordBody::CheckpointCreate {
                     name: name.clone(),
                     attributes: attributes.clone(),
-                    column_family,
                 };
                 Ok((
                     vec![(instance, body)],
@@ -368,7 +452,8 @@ impl StateMachine {
                 ))
             }
             Op::Destroy { instance } => {
-                self.loaded(backing, *instance)?;
+                // A stale instance can still be destroyed.
+                load_instance(&mut self.instances, backing, *instance)?;
                 Ok((
                     vec![(*instance, RecordBody::CheckpointDestroy)],
                     Outcome::Done,
@@ -620,6 +705,8 @@ impl StateMachine {
                 name,
                 attributes,
                 generated_next,
+                instance,
+                epoch: _,
             } => {
                 name.validate()?;
                 attributes.validate()?;
@@ -629,14 +716,12 @@ impl StateMachine {
                         format!("checkpoint {name} exists"),
                     ));
                 }
-                let instance = InstanceId(self.next_instance);
-                let column_family = backing.take_column_family(instance)?;
+                let instance = self.new_instance_id(*instance)?;
                 let mut records = vec![(
                     instance,
                     RecordBody::CheckpointCreate {
                         name: name.clone(),
                         attributes: attributes.clone(),
-                        column_family,
                     },
                 )];
                 if *generated_next > 1 {
@@ -710,21 +795,109 @@ impl StateMachine {
         }
     }
 
-    /// Applies a record (live after [`StateMachine::plan`], or on replay)
+    /// Whether `entry` can follow the instance's current state: the
+    /// sequence number is the next one, the epoch the current one (only an
+    /// `EpochStart` raises it, a snapshot sets it), a creation is for an
+    /// unknown instance, and a stale instance takes only a snapshot.
+    /// Returns why not.
+    pub fn check_entry(&self, entry: &Entry) -> Result<(), String> {
+        let instance = entry.instance.0;
+        let at = format!(
+            "instance {instance} entry epoch {} seq {}",
+            entry.epoch.0, entry.seq.0
+        );
+        let meta = self.instances.get(&entry.instance).map(|i| &i.meta);
+        match (&entry.body, meta) {
+            (RecordBody::CheckpointCreate { .. }, Some(_)) => {
+                Err(format!("{at}: creates instance {instance}, which exists"))
+            }
+            (RecordBody::CheckpointCreate { .. }, None) if entry.seq != Seq(1) => {
+                Err(format!("{at}: a creation must have seq 1"))
+            }
+            (RecordBody::CheckpointCreate { .. }, None) => Ok(()),
+            (RecordBody::SnapshotBegin { .. }, _) => Ok(()),
+            (_, None) => Err(format!("{at}: instance {instance} does not exist")),
+            (RecordBody::SnapshotSection { .. } | RecordBody::SnapshotEnd, Some(meta)) => {
+                if !meta.stale {
+                    Err(format!("{at}: no snapshot is being installed"))
+                } else if (entry.epoch, entry.seq) != (meta.epoch, meta.seq) {
+                    Err(format!(
+                        "{at}: the snapshot being installed is at epoch {} seq {}",
+                        meta.epoch.0, meta.seq.0
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            (RecordBody::SuffixDiscard, Some(meta)) => {
+                if (entry.epoch, entry.seq) != (meta.epoch, meta.seq) {
+                    Err(format!(
+                        "{at}: a discard is stamped with the instance's position, epoch {} seq {}",
+                        meta.epoch.0, meta.seq.0
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            (body, Some(meta)) => {
+                if meta.stale {
+                    return Err(format!(
+                        "{at}: the instance is stale until a snapshot is installed"
+                    ));
+                }
+                let next = meta
+                    .seq
+                    .0
+                    .checked_add(1)
+                    .ok_or_else(|| format!("{at}: seq overflows"))?;
+                if entry.seq.0 != next {
+                    return Err(format!(
+                        "{at}: expected seq {next} (last applied epoch {} seq {})",
+                        meta.epoch.0, meta.seq.0
+                    ));
+                }
+                match body {
+                    RecordBody::EpochStart { epoch } => {
+                        if *epoch != entry.epoch {
+                            Err(format!(
+                                "{at}: starts epoch {} under another epoch",
+                                epoch.0
+                            ))
+                        } else if entry.epoch <= meta.epoch {
+                            Err(format!(
+                                "{at}: epoch {} does not follow the current epoch {}",
+                                entry.epoch.0, meta.epoch.0
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    _ if entry.epoch != meta.epoch => Err(format!(
+                        "{at}: the instance is at epoch {} (epochs change only by an epoch start)",
+                        meta.epoch.0
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Applies an entry (live after [`StateMachine::plan`], replicated from
+    /// an active replica after [`StateMachine::check_entry`], or on replay)
     /// and returns what storage must do.
     ///
     /// # Errors
-    /// `LIBRARY` when the record does not fit the state (a log that does not
+    /// `LIBRARY` when the entry does not fit the state (a log that does not
     /// belong to this store); a storage error while loading sections.
-    pub fn apply(
-        &mut self,
-        backing: &dyn Backing,
-        instance: InstanceId,
-        epoch: Epoch,
-        seq: Seq,
-        timestamp_ns: i64,
-        body: &RecordBody,
-    ) -> CkptResult<Vec<Effect>> {
+    pub fn apply(&mut self, backing: &dyn Backing, entry: &Entry) -> CkptResult<Vec<Effect>> {
+        let Entry {
+            instance,
+            epoch,
+            seq,
+            timestamp: timestamp_ns,
+            ref body,
+            ..
+        } = *entry;
         let mismatch = |what: &str| {
             err(
                 ErrorCode::Library,
@@ -734,73 +907,56 @@ impl StateMachine {
                 ),
             )
         };
+        self.check_entry(entry).map_err(|why| mismatch(&why))?;
         let mut effects = Vec::new();
-        if let RecordBody::CheckpointCreate {
-            name,
-            attributes,
-            column_family,
-        } = body
-        {
-            if self.instances.contains_key(&instance) {
-                return Err(mismatch("instance created twice"));
+        match body {
+            RecordBody::CheckpointCreate { name, attributes } => {
+                self.create_instance(
+                    backing,
+                    entry,
+                    name,
+                    attributes,
+                    Created {
+                        unlinked: false,
+                        generated_next: 1,
+                        created_at: timestamp_ns,
+                        stale: false,
+                    },
+                    &mut effects,
+                )?;
+                return Ok(effects);
             }
-            let has_default = attributes.has_default_section();
-            let meta = InstanceMeta {
-                name: name.clone(),
-                attributes: attributes.clone(),
-                column_family: *column_family,
-                unlinked: false,
-                epoch,
-                seq,
-                generated_next: 1,
-                section_count: u32::from(has_default),
-                memory_used: 0,
-                created_at: timestamp_ns,
-            };
-            let mut sections = BTreeMap::new();
-            if has_default {
-                let section = SectionMeta {
-                    size: 0,
-                    expiration_time: TIME_END,
-                    state: SectionState::Valid,
-                    last_update: timestamp_ns,
-                };
-                sections.insert(SectionId::DEFAULT, section);
-                effects.push(Effect::PutSection {
-                    instance,
-                    section_id: SectionId::DEFAULT,
-                    meta: section,
-                });
-            }
-            if let Some(previous) = self.names.insert(name.clone(), instance) {
-                // The old instance keeps living under no name.
-                if let Some(old) = self.instances.get_mut(&previous) {
-                    old.meta.unlinked = true;
-                    effects.push(Effect::PutInstance {
-                        instance: previous,
-                        meta: old.meta.clone(),
-                    });
+            RecordBody::SnapshotBegin {
+                name,
+                attributes,
+                unlinked,
+                generated_next,
+                created_at,
+            } => {
+                if self.instances.contains_key(&instance) {
+                    self.drop_instance(backing, instance, &mut effects)?;
                 }
+                self.create_instance(
+                    backing,
+                    entry,
+                    name,
+                    attributes,
+                    Created {
+                        unlinked: *unlinked,
+                        generated_next: *generated_next,
+                        created_at: *created_at,
+                        stale: true,
+                    },
+                    &mut effects,
+                )?;
+                return Ok(effects);
             }
-            self.next_instance = self.next_instance.max(instance.0 + 1);
-            effects.push(Effect::PutName {
-                name: name.clone(),
-                instance,
-            });
-            effects.push(Effect::PutInstance {
-                instance,
-                meta: meta.clone(),
-            });
-            self.instances.insert(
-                instance,
-                Instance {
-                    meta,
-                    sections: Some(sections),
-                },
-            );
-            return Ok(effects);
+            RecordBody::CheckpointDestroy => {
+                self.drop_instance(backing, instance, &mut effects)?;
+                return Ok(effects);
+            }
+            _ => {}
         }
-
         let (meta, sections) = load_instance(&mut self.instances, backing, instance)?;
         meta.epoch = epoch;
         meta.seq = seq;
@@ -812,7 +968,96 @@ impl StateMachine {
             last_update: timestamp_ns,
         };
         match body {
-            RecordBody::CheckpointCreate { .. } => unreachable!("handled above"),
+            RecordBody::CheckpointCreate { .. }
+            | RecordBody::SnapshotBegin { .. }
+            | RecordBody::CheckpointDestroy => unreachable!("handled above"),
+            RecordBody::EpochStart { .. } => {}
+            RecordBody::SnapshotEnd => meta.stale = false,
+            RecordBody::SuffixDiscard => meta.stale = true,
+            RecordBody::SnapshotSection {
+                section_id,
+                expiration_time,
+                last_update,
+                offset,
+                data,
+            } => {
+                let section = if *offset == 0 {
+                    if sections.contains_key(section_id) && !section_id.is_default() {
+                        return Err(mismatch("snapshot section installed twice"));
+                    }
+                    let size_before = sections.get(section_id).map_or(0, |s| s.size);
+                    if sections.get(section_id).is_none() {
+                        meta.section_count = meta
+                            .section_count
+                            .checked_add(1)
+                            .ok_or_else(|| mismatch("section count overflows"))?;
+                    }
+                    meta.memory_used = meta
+                        .memory_used
+                        .checked_sub(size_before)
+                        .and_then(|used| used.checked_add(data.len() as u64))
+                        .ok_or_else(|| mismatch("memoryUsed out of range"))?;
+                    if let Some(old) = sections.get(section_id) {
+                        if old.expiration_time != TIME_END {
+                            effects.push(Effect::DeleteExpiry {
+                                expiration_time: old.expiration_time,
+                                instance,
+                                section_id: section_id.clone(),
+                            });
+                        }
+                    }
+                    effects.push(Effect::ReplaceData {
+                        instance,
+                        column_family,
+                        section_id: section_id.clone(),
+                        data: data.clone(),
+                        size_before,
+                    });
+                    if *expiration_time != TIME_END {
+                        effects.push(Effect::PutExpiry {
+                            expiration_time: *expiration_time,
+                            instance,
+                            section_id: section_id.clone(),
+                        });
+                    }
+                    data.len() as u64
+                } else {
+                    let section = sections
+                        .get(section_id)
+                        .ok_or_else(|| mismatch("snapshot part of a missing section"))?;
+                    if section.size != *offset {
+                        return Err(mismatch("snapshot part does not continue its section"));
+                    }
+                    let size_after = offset
+                        .checked_add(data.len() as u64)
+                        .ok_or_else(|| mismatch("section size overflows"))?;
+                    meta.memory_used = meta
+                        .memory_used
+                        .checked_add(data.len() as u64)
+                        .ok_or_else(|| mismatch("memoryUsed overflows"))?;
+                    effects.push(Effect::WriteData {
+                        instance,
+                        column_family,
+                        section_id: section_id.clone(),
+                        offset: *offset,
+                        data: data.clone(),
+                        size_after,
+                    });
+                    size_after
+                };
+                let section = SectionMeta {
+                    size: section,
+                    expiration_time: *expiration_time,
+                    state: SectionState::Valid,
+                    last_update: *last_update,
+                };
+                sections.insert(section_id.clone(), section);
+                effects.push(Effect::PutSection {
+                    instance,
+                    section_id: section_id.clone(),
+                    meta: section,
+                });
+            }
             RecordBody::CheckpointUnlink => {
                 if meta.unlinked {
                     return Err(mismatch("unlink of an unlinked instance"));
@@ -823,29 +1068,6 @@ impl StateMachine {
                     self.names.remove(&name);
                     effects.push(Effect::DeleteName { name });
                 }
-            }
-            RecordBody::CheckpointDestroy => {
-                for (section_id, section) in sections.iter() {
-                    if section.expiration_time != TIME_END {
-                        effects.push(Effect::DeleteExpiry {
-                            expiration_time: section.expiration_time,
-                            instance,
-                            section_id: section_id.clone(),
-                        });
-                    }
-                }
-                let name = meta.name.clone();
-                effects.push(Effect::ClearInstance {
-                    column_family,
-                    instance,
-                });
-                effects.push(Effect::DeleteInstance { instance });
-                if self.names.get(&name) == Some(&instance) {
-                    self.names.remove(&name);
-                    effects.push(Effect::DeleteName { name });
-                }
-                self.instances.remove(&instance);
-                return Ok(effects);
             }
             RecordBody::RetentionSet {
                 retention_duration_ns,
@@ -1024,6 +1246,121 @@ impl StateMachine {
     }
 }
 
+/// How [`StateMachine::create_instance`] sets up a new instance.
+struct Created {
+    unlinked: bool,
+    generated_next: u64,
+    created_at: i64,
+    stale: bool,
+}
+
+impl StateMachine {
+    /// A new instance from a creation or the start of a snapshot install.
+    fn create_instance(
+        &mut self,
+        backing: &dyn Backing,
+        entry: &Entry,
+        name: &CheckpointName,
+        attributes: &CreationAttributes,
+        created: Created,
+        effects: &mut Vec<Effect>,
+    ) -> CkptResult<()> {
+        let instance = entry.instance;
+        let has_default = attributes.has_default_section();
+        // A snapshot brings its sections, the default one included.
+        let default_section = has_default && !created.stale;
+        let meta = InstanceMeta {
+            name: name.clone(),
+            attributes: attributes.clone(),
+            column_family: backing.take_column_family(instance)?,
+            unlinked: created.unlinked,
+            epoch: entry.epoch,
+            seq: entry.seq,
+            generated_next: created.generated_next,
+            section_count: u32::from(default_section),
+            memory_used: 0,
+            created_at: created.created_at,
+            stale: created.stale,
+        };
+        let mut sections = BTreeMap::new();
+        if default_section {
+            let section = SectionMeta {
+                size: 0,
+                expiration_time: TIME_END,
+                state: SectionState::Valid,
+                last_update: entry.timestamp,
+            };
+            sections.insert(SectionId::DEFAULT, section);
+            effects.push(Effect::PutSection {
+                instance,
+                section_id: SectionId::DEFAULT,
+                meta: section,
+            });
+        }
+        if !created.unlinked {
+            if let Some(previous) = self.names.insert(name.clone(), instance) {
+                // The old instance keeps living under no name.
+                if let Some(old) = self.instances.get_mut(&previous) {
+                    old.meta.unlinked = true;
+                    effects.push(Effect::PutInstance {
+                        instance: previous,
+                        meta: old.meta.clone(),
+                    });
+                }
+            }
+            effects.push(Effect::PutName {
+                name: name.clone(),
+                instance,
+            });
+        }
+        self.next_instance = self.next_instance.max(instance.0.saturating_add(1));
+        effects.push(Effect::PutInstance {
+            instance,
+            meta: meta.clone(),
+        });
+        self.instances.insert(
+            instance,
+            Instance {
+                meta,
+                sections: Some(sections),
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes an instance with all its sections and data (a destroy, or
+    /// the reset before a snapshot install).
+    fn drop_instance(
+        &mut self,
+        backing: &dyn Backing,
+        instance: InstanceId,
+        effects: &mut Vec<Effect>,
+    ) -> CkptResult<()> {
+        let (meta, sections) = load_instance(&mut self.instances, backing, instance)?;
+        for (section_id, section) in sections.iter() {
+            if section.expiration_time != TIME_END {
+                effects.push(Effect::DeleteExpiry {
+                    expiration_time: section.expiration_time,
+                    instance,
+                    section_id: section_id.clone(),
+                });
+            }
+        }
+        let name = meta.name.clone();
+        effects.push(Effect::ClearInstance {
+            column_family: meta.column_family,
+            instance,
+        });
+        effects.push(Effect::DeleteInstance { instance });
+        if self.names.get(&name) == Some(&instance) {
+            self.names.remove(&name);
+            effects.push(Effect::DeleteName { name });
+        }
+        self.instances.remove(&instance);
+        Ok(())
+    }
+}
+
 fn load_instance<'a>(
     instances: &'a mut HashMap<InstanceId, Instance>,
     backing: &dyn Backing,
@@ -1046,6 +1383,17 @@ fn load_instance<'a>(
         Some(sections) => Ok((meta, sections)),
         None => Err(err(ErrorCode::Library, "section map failed to load")),
     }
+}
+
+/// The error for an instance that is stale or mid-install.
+pub fn stale_error(instance: InstanceId) -> CkptError {
+    err(
+        ErrorCode::TryAgain,
+        format!(
+            "checkpoint instance {} is stale (its log diverged from the active replica's, or a snapshot install did not finish): it serves nothing until a snapshot is installed",
+            instance.0
+        ),
+    )
 }
 
 fn check_update_size(len: usize) -> CkptResult<()> {
@@ -1163,3 +1511,139 @@ fn plan_write(
 
 #[cfg(test)]
 mod golden;
+
+#[cfg(test)]
+mod entry_checks {
+    use super::*;
+    use ckpt_proto::CreationFlags;
+
+    struct Empty;
+
+    impl Backing for Empty {
+        fn load_sections(&self, _: InstanceId) -> CkptResult<BTreeMap<SectionId, SectionMeta>> {
+            Ok(BTreeMap::new())
+        }
+        fn take_column_family(&self, _: InstanceId) -> CkptResult<u32> {
+            Ok(0)
+        }
+        fn expiry_candidates(&self, _: i64) -> CkptResult<Vec<(InstanceId, SectionId)>> {
+            Ok(vec![])
+        }
+    }
+
+    fn entry(epoch: u64, seq: u64, body: RecordBody) -> Entry {
+        Entry {
+            instance: InstanceId(5),
+            epoch: Epoch(epoch),
+            seq: Seq(seq),
+            timestamp: 1,
+            origin: None,
+            body,
+        }
+    }
+
+    fn retention(epoch: u64, seq: u64) -> Entry {
+        entry(
+            epoch,
+            seq,
+            RecordBody::RetentionSet {
+                retention_duration_ns: 7,
+            },
+        )
+    }
+
+    fn created() -> StateMachine {
+        let mut state = StateMachine::new(HashMap::new(), HashMap::new(), 1);
+        let create = entry(
+            1,
+            1,
+            RecordBody::CheckpointCreate {
+                name: CheckpointName::new("c").unwrap(),
+                attributes: CreationAttributes {
+                    creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
+                    checkpoint_size: 100,
+                    retention_duration_ns: 0,
+                    max_sections: 2,
+                    max_section_size: 50,
+                    max_section_id_size: 8,
+                },
+            },
+        );
+        state.apply(&Empty, &create).unwrap();
+        assert_eq!(state.next_instance(), 6, "the counter moves above the id");
+        state
+    }
+
+    #[test]
+    fn apply_refuses_a_seq_that_does_not_follow() {
+        let mut state = created();
+        for seq in [1, 3] {
+            let error = state.apply(&Empty, &retention(1, seq)).unwrap_err();
+            assert_eq!(error.code, ErrorCode::Library);
+            assert!(error.detail.contains("expected seq 2"), "{}", error.detail);
+        }
+        state.apply(&Empty, &retention(1, 2)).unwrap();
+        assert_eq!(state.instance(InstanceId(5)).unwrap().seq, Seq(2));
+    }
+
+    #[test]
+    fn only_an_epoch_start_moves_the_epoch_and_never_back() {
+        let mut state = created();
+        assert!(
+            state.check_entry(&retention(2, 2)).is_err(),
+            "no epoch start"
+        );
+        let start = |epoch| {
+            entry(
+                epoch,
+                2,
+                RecordBody::EpochStart {
+                    epoch: Epoch(epoch),
+                },
+            )
+        };
+        assert!(state.check_entry(&start(1)).is_err(), "not above");
+        let mismatched = entry(3, 2, RecordBody::EpochStart { epoch: Epoch(2) });
+        assert!(state.check_entry(&mismatched).is_err());
+        state.apply(&Empty, &start(2)).unwrap();
+        assert_eq!(state.instance(InstanceId(5)).unwrap().epoch, Epoch(2));
+        let why = state.check_entry(&retention(1, 3)).unwrap_err();
+        assert!(why.contains("epoch 2"), "{why}");
+        state.apply(&Empty, &retention(2, 3)).unwrap();
+    }
+
+    #[test]
+    fn a_stale_instance_takes_only_a_snapshot() {
+        let mut state = created();
+        state
+            .apply(&Empty, &entry(1, 1, RecordBody::SuffixDiscard))
+            .unwrap();
+        assert!(state.instance(InstanceId(5)).unwrap().stale);
+        let why = state.check_entry(&retention(1, 2)).unwrap_err();
+        assert!(why.contains("stale"), "{why}");
+        let error = state
+            .plan(
+                &Empty,
+                &Op::SetRetention {
+                    instance: InstanceId(5),
+                    retention_duration_ns: 1,
+                },
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::TryAgain);
+        assert!(state
+            .check_entry(&entry(
+                3,
+                9,
+                RecordBody::SnapshotBegin {
+                    name: CheckpointName::new("c").unwrap(),
+                    attributes: state.instance(InstanceId(5)).unwrap().attributes.clone(),
+                    unlinked: false,
+                    generated_next: 1,
+                    created_at: 0,
+                }
+            ))
+            .is_ok());
+    }
+}

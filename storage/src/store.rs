@@ -28,6 +28,7 @@
 //!
 //! Reads never touch the writer: they read a RocksDB snapshot.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -40,14 +41,19 @@ use ckpt_proto::{
     SectionDescriptor, SectionId, ELEMENTS_MAX, UPDATE_BYTES_MAX,
 };
 
-use crate::db::{Db, DbOptions};
+use crate::db::{Db, DbOptions, SESSION_IDLE_NS};
 use crate::io::{OsFs, WalFile, WalFs};
 use crate::lock::DataDirLock;
 use crate::reserve::Reserve;
-use crate::state::{Backing, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine};
+use crate::snapshot::{EntriesAfter, Fnv64, InstanceSnapshot, SnapshotSection};
+use crate::state::{
+    stale_error, Backing, Committed, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine,
+};
 use crate::wal::history::{instance_records_after, InstanceHistory};
 use crate::wal::mark;
-use crate::wal::record::{Epoch, InstanceId, Lsn, Record, Seq};
+use crate::wal::record::{
+    encode_record, Entry, Epoch, InstanceId, Lsn, Origin, Position, Record, RecordBody, Seq,
+};
 use crate::wal::segment::{
     check_durable_end, next_record_after, parse_segment_name, scan_segment_with, SegmentEnd,
     TailRule,
@@ -58,6 +64,10 @@ use crate::wal::writer::{RotateError, SyncHandle, WalWriter};
 /// that dropped it to record its death (unwinding takes microseconds; the
 /// bound only keeps a caller from waiting forever on a bug).
 const DEATH_RECORD_WAIT_MS: u64 = 5_000;
+
+/// How often the writer forgets the applied origins of sessions idle for
+/// [`SESSION_IDLE_NS`].
+const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// When a write is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +119,10 @@ pub struct StoreConfig {
     /// taken for a torn tail (docs/storage.md, "Torn versus corrupt"), so
     /// this bounds that window. The sync runs after the batch is answered.
     pub mark_sync_interval_ms: u64,
+    /// Most bytes of log kept for [`Store::set_wal_hold`]: segments from
+    /// the hold on are kept while they total at most this; past it they
+    /// are trimmed as usual and readers find the entries gone.
+    pub wal_hold_bytes_max: u64,
     /// RocksDB tuning.
     pub db: DbOptions,
 }
@@ -129,6 +143,7 @@ impl StoreConfig {
             reserve_bytes: 64 * 1024 * 1024,
             wal_history_bytes: 0,
             mark_sync_interval_ms: 1000,
+            wal_hold_bytes_max: 1024 * 1024 * 1024,
             db: DbOptions::default(),
         }
     }
@@ -170,13 +185,76 @@ pub struct StoreStats {
     pub segments_deleted: AtomicU64,
 }
 
-type Reply = Box<dyn FnOnce(CkptResult<Outcome>) + Send>;
+type Reply = Box<dyn FnOnce(CkptResult<Committed>) + Send>;
 
 /// Called by the writer with every durable batch's records, in log order.
 pub type CommitListener = Arc<dyn Fn(&[Record]) + Send + Sync>;
 
+/// Called on the writer thread with every batch's entries right after they
+/// were appended and applied, before their fsync (to ship them meanwhile).
+pub type AppendListener = Arc<dyn Fn(&[Entry]) + Send + Sync>;
+
+/// Called after each fsync with the last durable position of every
+/// instance the synced batches changed.
+pub type DurableListener = Arc<dyn Fn(&[Position]) + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct Listeners {
+    commit: Option<CommitListener>,
+    append: Option<AppendListener>,
+    durable: Option<DurableListener>,
+}
+
+/// What the writer does for a request.
+enum Work {
+    /// Validate an operation into entries (on the active replica).
+    Plan { op: Op, origin: Option<Origin> },
+    /// Append and apply entries ordered by the active replica (a backup);
+    /// committed in a batch of its own, so a refusal undoes nothing else.
+    Replicated { entries: Vec<Entry> },
+    /// A node-local change of an instance.
+    Local(LocalWork),
+}
+
+enum LocalWork {
+    BeginEpoch { instance: InstanceId, epoch: Epoch },
+    Discard { instance: InstanceId },
+    Install { snapshot: InstanceSnapshot },
+}
+
+impl Work {
+    /// Whether the request is committed in a batch of its own.
+    fn alone(&self) -> bool {
+        matches!(self, Work::Replicated { .. })
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Work::Plan { op, .. } => op_bytes(op),
+            Work::Replicated { entries } => entries.iter().map(Entry::encoded_len).sum(),
+            Work::Local(LocalWork::Install { snapshot }) => snapshot
+                .sections
+                .iter()
+                .map(|s| s.data.len() + 64)
+                .sum::<usize>()
+                .saturating_add(256),
+            Work::Local(_) => 64,
+        }
+    }
+
+    /// Accepted on a full disk: shrinks what is stored, or is tiny and
+    /// needed to keep replicas consistent.
+    fn frees_space(&self) -> bool {
+        match self {
+            Work::Plan { op, .. } => frees_space(op),
+            Work::Local(LocalWork::Discard { .. } | LocalWork::BeginEpoch { .. }) => true,
+            Work::Replicated { .. } | Work::Local(LocalWork::Install { .. }) => false,
+        }
+    }
+}
+
 struct Request {
-    op: Op,
+    work: Work,
     durability: Durability,
     now: i64,
     reply: Reply,
@@ -184,7 +262,7 @@ struct Request {
 
 /// An operation [`Store::try_submit`] could not queue without blocking.
 pub struct Submission {
-    request: Request,
+    request: Box<Request>,
     sender: SyncSender<Request>,
 }
 
@@ -192,7 +270,7 @@ impl Submission {
     /// Queues the operation, blocking while the queue is full; its reply
     /// is called as for [`Store::submit`].
     pub fn wait(self) {
-        if let Err(mpsc::SendError(request)) = self.sender.send(self.request) {
+        if let Err(mpsc::SendError(request)) = self.sender.send(*self.request) {
             (request.reply)(Err(CkptError::new(
                 ErrorCode::NotInitialized,
                 "store is closed",
@@ -214,7 +292,10 @@ struct Shared {
     durable_applied: AtomicU64,
     stopping: AtomicBool,
     segments: AtomicU64,
-    listener: std::sync::RwLock<Option<CommitListener>>,
+    listeners: std::sync::RwLock<Listeners>,
+    /// The lowest lsn replication still wants to read back (see
+    /// [`Store::set_wal_hold`]).
+    wal_hold: AtomicU64,
     /// Bytes of WAL segments on disk (approximate: updated per batch).
     wal_bytes_on_disk: AtomicU64,
     reserve: Reserve,
@@ -226,6 +307,13 @@ struct Shared {
 }
 
 impl Shared {
+    fn listeners(&self) -> Listeners {
+        self.listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn poison(&self, cause: String) {
         tracing::error!(%cause, "store poisoned: refusing further writes");
         let mut poisoned = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
@@ -407,7 +495,8 @@ impl Store {
             durable_applied: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             segments: AtomicU64::new(writer.segment_count() as u64),
-            listener: std::sync::RwLock::new(None),
+            listeners: std::sync::RwLock::new(Listeners::default()),
+            wal_hold: AtomicU64::new(0),
             wal_bytes_on_disk: AtomicU64::new(0),
             reserve,
             disk_space_checked: Mutex::new(()),
@@ -429,6 +518,8 @@ impl Store {
                 shared: shared.clone(),
                 mark: mark_file,
             }),
+            origins: HashMap::new(),
+            sessions_swept: Instant::now(),
         };
         // Make what recovery replayed durable in RocksDB, so the log behind
         // it can go at the first opportunity.
@@ -460,11 +551,34 @@ impl Store {
     /// order, from the writer thread (keep it quick: it delays the next
     /// group commit).
     pub fn set_commit_listener(&self, listener: CommitListener) {
-        *self
-            .shared
-            .listener
+        self.shared
+            .listeners
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(listener);
+            .unwrap_or_else(|p| p.into_inner())
+            .commit = Some(listener);
+    }
+
+    /// Registers the function told, on the writer thread, about every
+    /// batch's entries right after they were appended and applied and
+    /// before their fsync (so they can be shipped while it runs). Keep it
+    /// quick: it delays the next group commit.
+    pub fn set_append_listener(&self, listener: AppendListener) {
+        self.shared
+            .listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .append = Some(listener);
+    }
+
+    /// Registers the function told after every fsync (on the fsync thread,
+    /// before the synced requests are answered) the last durable position
+    /// of each instance the synced batches changed.
+    pub fn set_durable_listener(&self, listener: DurableListener) {
+        self.shared
+            .listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .durable = Some(listener);
     }
 
     /// Counters.
@@ -486,7 +600,86 @@ impl Store {
         now: i64,
         reply: impl FnOnce(CkptResult<Outcome>) + Send + 'static,
     ) {
-        let Some(request) = self.admit(op, durability, now, Box::new(reply)) else {
+        let work = Work::Plan { op, origin: None };
+        let reply: Reply = Box::new(move |result| reply(result.map(|c| c.outcome)));
+        self.enqueue(work, durability, now, reply);
+    }
+
+    /// Like [`Store::submit`] on the active replica of a cluster: the
+    /// entries are stamped with `origin`, and the answer says where the
+    /// last of them is. An origin already applied (here, or on the replica
+    /// this one took over from) is answered with its first outcome and
+    /// position, and nothing is logged.
+    pub fn submit_ordered(
+        &self,
+        op: Op,
+        origin: Option<Origin>,
+        durability: Durability,
+        now: i64,
+        reply: impl FnOnce(CkptResult<Committed>) + Send + 'static,
+    ) {
+        self.enqueue(Work::Plan { op, origin }, durability, now, Box::new(reply));
+    }
+
+    /// Appends and applies entries ordered by the active replica (the
+    /// backup's path: no planning). Each must follow its instance's last
+    /// applied entry — the next seq, the current epoch (an `EpochStart`
+    /// raises it) — and a creation must be of a new instance; else the
+    /// whole call is refused with `BAD_OPERATION` naming instance, epoch
+    /// and seq, nothing is logged and the store serves on. Answered after
+    /// the fsync with the last entry's position.
+    pub fn submit_replicated(
+        &self,
+        entries: Vec<Entry>,
+        reply: impl FnOnce(CkptResult<Position>) + Send + 'static,
+    ) {
+        let work = Work::Replicated { entries };
+        self.enqueue(work, Durability::Durable, now_ns(), position_reply(reply));
+    }
+
+    /// Starts `epoch` on `instance` (this node became its active replica):
+    /// logs an `EpochStart` entry with the next seq; later entries planned
+    /// here carry the new epoch. Answered durable with its position.
+    ///
+    /// `BAD_OPERATION` unless `epoch` is above the instance's epoch.
+    pub fn begin_epoch(
+        &self,
+        instance: InstanceId,
+        epoch: Epoch,
+        reply: impl FnOnce(CkptResult<Position>) + Send + 'static,
+    ) {
+        let work = Work::Local(LocalWork::BeginEpoch { instance, epoch });
+        self.enqueue(work, Durability::Durable, now_ns(), position_reply(reply));
+    }
+
+    /// Marks `instance` stale (its log diverged from the active replica's):
+    /// it refuses reads and writes with `TRY_AGAIN` until a snapshot is
+    /// installed. Answered durable with its (unchanged) position.
+    pub fn discard_suffix(
+        &self,
+        instance: InstanceId,
+        reply: impl FnOnce(CkptResult<Position>) + Send + 'static,
+    ) {
+        let work = Work::Local(LocalWork::Discard { instance });
+        self.enqueue(work, Durability::Durable, now_ns(), position_reply(reply));
+    }
+
+    /// Replaces the instance's whole state with `snapshot` (creating it if
+    /// this node does not have it), logged as entries so that recovery
+    /// reproduces it; until the last is applied (after a crash in the
+    /// middle, until another install) the instance is stale. Answered
+    /// durable with the snapshot's position.
+    pub fn install_snapshot(
+        &self,
+        snapshot: InstanceSnapshot,
+        reply: impl FnOnce(CkptResult<Position>) + Send + 'static,
+    ) {
+        let work = Work::Local(LocalWork::Install { snapshot });
+        self.enqueue(work, Durability::Durable, now_ns(), position_reply(reply));
+    }
+
+    fn enqueue(&self, work: Work, durability: Durability, now: i64, reply: Reply) {
+        let Some(request) = self.admit(work, durability, now, reply) else {
             return;
         };
         let Some(sender) = &self.sender else {
@@ -514,12 +707,12 @@ impl Store {
     /// free space pass; and the reply notices a log append that hit ENOSPC,
     /// which starts a disk-full episode (logged once, reserve released).
     /// Returns the request to queue, or `None` once it has been answered.
-    fn admit(&self, op: Op, durability: Durability, now: i64, reply: Reply) -> Option<Request> {
+    fn admit(&self, work: Work, durability: Durability, now: i64, reply: Reply) -> Option<Request> {
         if let Some(error) = self.shared.dead_error() {
             reply(Err(error));
             return None;
         }
-        if !frees_space(&op) && !self.shared.recover_disk_space() {
+        if !work.frees_space() && !self.shared.recover_disk_space() {
             reply(Err(CkptError::new(
                 ErrorCode::NoSpace,
                 "disk full: only deletions are accepted until space is freed",
@@ -528,10 +721,10 @@ impl Store {
         }
         let shared = self.shared.clone();
         Some(Request {
-            op,
+            work,
             durability,
             now,
-            reply: Box::new(move |result: CkptResult<Outcome>| {
+            reply: Box::new(move |result: CkptResult<Committed>| {
                 if let Err(error) = &result {
                     // The writer's wording for a log append that hit ENOSPC.
                     if error.code == ErrorCode::NoSpace && error.detail.starts_with("disk full") {
@@ -556,7 +749,9 @@ impl Store {
         now: i64,
         reply: impl FnOnce(CkptResult<Outcome>) + Send + 'static,
     ) -> Result<(), Submission> {
-        let Some(request) = self.admit(op, durability, now, Box::new(reply)) else {
+        let work = Work::Plan { op, origin: None };
+        let reply: Reply = Box::new(move |result| reply(result.map(|c| c.outcome)));
+        let Some(request) = self.admit(work, durability, now, reply) else {
             return Ok(());
         };
         let Some(sender) = &self.sender else {
@@ -569,7 +764,7 @@ impl Store {
         match sender.try_send(request) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(request)) => Err(Submission {
-                request,
+                request: Box::new(request),
                 sender: sender.clone(),
             }),
             Err(TrySendError::Disconnected(request)) => {
@@ -596,6 +791,175 @@ impl Store {
     ) -> CkptResult<InstanceHistory> {
         instance_records_after(self.wal_fs.as_ref(), instance, after, upto)
             .map_err(|e| io_error("reading the log back", &e))
+    }
+
+    /// Where `instance` is: its last applied entry (not necessarily
+    /// durable yet), or `None` if this node does not have it.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn position(&self, instance: InstanceId) -> CkptResult<Option<Position>> {
+        self.shared.check_readable()?;
+        Ok(self
+            .shared
+            .db
+            .snapshot()
+            .instance(instance)?
+            .map(|meta| Position {
+                instance,
+                epoch: meta.epoch,
+                seq: meta.seq,
+            }))
+    }
+
+    /// The entries of `instance` after `(epoch, seq)` that the log still
+    /// holds, at most about `max_bytes` of them (always at least one when
+    /// there is one), or [`EntriesAfter::Gone`] when the entry right after
+    /// `seq` is no longer in the log. Whether the caller's `(epoch, seq)`
+    /// is on this node's history is the caller's question (epoch starts);
+    /// `epoch` is only checked not to be ahead of this node's.
+    ///
+    /// # Errors
+    /// `NOT_EXIST` for an unknown instance; `BAD_OPERATION` when the
+    /// position is ahead of this node's; IO errors reading the log.
+    pub fn entries_after(
+        &self,
+        instance: InstanceId,
+        epoch: Epoch,
+        seq: Seq,
+        max_bytes: u64,
+    ) -> CkptResult<EntriesAfter> {
+        let last = self
+            .position(instance)?
+            .ok_or_else(|| missing_instance(instance))?;
+        if (epoch, seq) > (last.epoch, last.seq) {
+            return Err(CkptError::new(
+                ErrorCode::BadOperation,
+                format!(
+                    "instance {} is at epoch {} seq {} here: epoch {} seq {} is ahead of it",
+                    instance.0, last.epoch.0, last.seq.0, epoch.0, seq.0
+                ),
+            ));
+        }
+        if seq >= last.seq {
+            return Ok(EntriesAfter::Entries(Vec::new()));
+        }
+        let upto = Lsn(self.shared.applied.load(Ordering::Acquire));
+        let history = instance_records_after(self.wal_fs.as_ref(), instance, seq, upto)
+            .map_err(|e| io_error("reading the log back", &e))?;
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for (expected, record) in (seq.0 + 1..).zip(history.records) {
+            // A snapshot install logs several entries at one seq, and a
+            // discard repeats the seq: what follows them is not a log to
+            // replay but a state to copy (send a snapshot).
+            let copies_state = matches!(
+                record.entry.body,
+                RecordBody::SnapshotBegin { .. }
+                    | RecordBody::SnapshotSection { .. }
+                    | RecordBody::SnapshotEnd
+                    | RecordBody::SuffixDiscard
+            );
+            if record.entry.seq.0 != expected || copies_state {
+                if out.is_empty() {
+                    return Ok(EntriesAfter::Gone);
+                }
+                break;
+            }
+            if !out.is_empty() && bytes >= max_bytes {
+                break;
+            }
+            bytes += record.entry.encoded_len() as u64;
+            out.push((record.lsn, record.entry));
+        }
+        if out.is_empty() {
+            return Ok(EntriesAfter::Gone);
+        }
+        Ok(EntriesAfter::Entries(out))
+    }
+
+    /// Keeps the log from `lsn` on (replication still reads it), within
+    /// [`StoreConfig::wal_hold_bytes_max`]; `None` releases the hold.
+    pub fn set_wal_hold(&self, lsn: Option<Lsn>) {
+        self.shared
+            .wal_hold
+            .store(lsn.map_or(0, |l| l.0.max(1)), Ordering::Release);
+    }
+
+    /// The whole instance at one consistent point, to install elsewhere.
+    ///
+    /// # Errors
+    /// `NOT_EXIST` for an unknown instance, `TRY_AGAIN` for a stale one;
+    /// storage errors.
+    pub fn instance_snapshot(&self, instance: InstanceId) -> CkptResult<InstanceSnapshot> {
+        self.shared.check_readable()?;
+        let view = self.shared.db.snapshot();
+        let meta = serving(instance, view.instance(instance)?)?;
+        let mut sections = Vec::new();
+        for (section_id, section) in view.sections(instance)? {
+            let data =
+                view.read_data(meta.column_family, instance, &section_id, 0, section.size)?;
+            sections.push(SnapshotSection {
+                section_id,
+                expiration_time: section.expiration_time,
+                last_update: section.last_update,
+                data,
+            });
+        }
+        Ok(InstanceSnapshot {
+            instance,
+            name: meta.name,
+            attributes: meta.attributes,
+            unlinked: meta.unlinked,
+            epoch: meta.epoch,
+            seq: meta.seq,
+            generated_next: meta.generated_next,
+            created_at: meta.created_at,
+            sections,
+        })
+    }
+
+    /// The instance's position and a checksum of its metadata (name,
+    /// attributes, unlinked, generated-id counter, section count, bytes
+    /// used) and of every section (id, expiration, data) in id order: the
+    /// same on every replica holding the same state (no lsn, no column
+    /// family, no time of the last update).
+    ///
+    /// # Errors
+    /// `NOT_EXIST` for an unknown instance, `TRY_AGAIN` for a stale one;
+    /// storage errors.
+    pub fn checksum(&self, instance: InstanceId) -> CkptResult<(Position, u64)> {
+        self.shared.check_readable()?;
+        let view = self.shared.db.snapshot();
+        let meta = serving(instance, view.instance(instance)?)?;
+        let mut hash = Fnv64::default();
+        hash.write_bytes(meta.name.as_bytes());
+        let mut attributes = Vec::new();
+        meta.attributes.encode_le(&mut attributes);
+        hash.write_bytes(&attributes);
+        hash.write(&[u8::from(meta.unlinked)]);
+        hash.write(&meta.generated_next.to_le_bytes());
+        hash.write(&meta.section_count.to_le_bytes());
+        hash.write(&meta.memory_used.to_le_bytes());
+        for (section_id, section) in view.sections(instance)? {
+            hash.write_bytes(section_id.as_bytes());
+            hash.write(&section.expiration_time.to_le_bytes());
+            hash.write(&section.size.to_le_bytes());
+            let mut offset = 0;
+            while offset < section.size {
+                let len = (section.size - offset).min(crate::db::CHUNK_BYTES * 16);
+                let data =
+                    view.read_data(meta.column_family, instance, &section_id, offset, len)?;
+                hash.write(&data);
+                offset += len;
+            }
+        }
+        let position = Position {
+            instance,
+            epoch: meta.epoch,
+            seq: meta.seq,
+        };
+        Ok((position, hash.finish()))
     }
 
     /// Runs an operation and waits for its answer.
@@ -711,7 +1075,7 @@ impl Store {
     /// # Errors
     /// `NOT_EXIST` for an unknown instance; storage errors.
     pub fn status(&self, instance: InstanceId) -> CkptResult<CheckpointStatus> {
-        let meta = self.instance(instance)?;
+        let meta = serving(instance, Some(self.instance(instance)?))?;
         Ok(CheckpointStatus {
             attributes: meta.attributes,
             number_of_sections: meta.section_count,
@@ -726,8 +1090,7 @@ impl Store {
     pub fn sections(&self, instance: InstanceId) -> CkptResult<Vec<SectionDescriptor>> {
         self.shared.check_readable()?;
         let view = self.shared.db.snapshot();
-        view.instance(instance)?
-            .ok_or_else(|| missing_instance(instance))?;
+        serving(instance, view.instance(instance)?)?;
         Ok(view
             .sections(instance)?
             .into_iter()
@@ -815,9 +1178,7 @@ impl Store {
         }
         self.shared.check_readable()?;
         let view = self.shared.db.snapshot();
-        let meta = view
-            .instance(instance)?
-            .ok_or_else(|| missing_instance(instance))?;
+        let meta = serving(instance, view.instance(instance)?)?;
         let mut total = 0u64;
         let mut out = Vec::with_capacity(elements.len());
         for (index, element) in elements.iter().enumerate() {
@@ -960,10 +1321,7 @@ impl StoreSnapshot {
         len: u64,
     ) -> CkptResult<Vec<u8>> {
         self.shared.check_readable()?;
-        let meta = self
-            .view
-            .instance(instance)?
-            .ok_or_else(|| missing_instance(instance))?;
+        let meta = serving(instance, self.view.instance(instance)?)?;
         let section = self.view.section(instance, section_id)?.ok_or_else(|| {
             CkptError::new(
                 ErrorCode::NotExist,
@@ -974,6 +1332,25 @@ impl StoreSnapshot {
         let len = len.min(section.size - offset);
         self.view
             .read_data(meta.column_family, instance, section_id, offset, len)
+    }
+}
+
+/// A reply for an operation answered with a position.
+fn position_reply(reply: impl FnOnce(CkptResult<Position>) + Send + 'static) -> Reply {
+    Box::new(move |result: CkptResult<Committed>| {
+        reply(result.and_then(|c| {
+            c.position
+                .ok_or_else(|| CkptError::new(ErrorCode::Library, "the operation logged no entry"))
+        }))
+    })
+}
+
+/// An instance's metadata if it exists and is not stale.
+fn serving(instance: InstanceId, meta: Option<InstanceMeta>) -> CkptResult<InstanceMeta> {
+    match meta {
+        None => Err(missing_instance(instance)),
+        Some(meta) if meta.stale => Err(stale_error(instance)),
+        Some(meta) => Ok(meta),
     }
 }
 
@@ -1073,6 +1450,9 @@ fn recover(
     let mut expected = applied.0 + 1;
     let mut pending: Vec<Effect> = Vec::new();
     let mut pending_records = 0usize;
+    // Origins of the replayed entries (all of them, so that an operation's
+    // entries split over two RocksDB batches keep the first outcome).
+    let mut replayed_origins: HashMap<Origin, (Committed, i64)> = HashMap::new();
     let mut kept = Vec::new();
     let count = segments.len();
     for (position, (first_lsn, name)) in segments.into_iter().enumerate() {
@@ -1101,22 +1481,28 @@ fn recover(
                 ));
             }
             let effects = state
-                .apply(
-                    &backing,
-                    record.instance,
-                    record.epoch,
-                    record.seq,
-                    record.timestamp_ns,
-                    &record.body,
-                )
+                .apply(&backing, &record.entry)
                 .map_err(|e| corrupt(&name, *offset, &e.detail))?;
             pending.extend(effects);
+            if let Some(origin) = record.entry.origin {
+                // Remembered again as a node that did not plan it would:
+                // the live answer was written with the batch, which
+                // RocksDB lost with everything after its applied position.
+                let earlier = replayed_origins.get(&origin).map(|(c, _)| c.clone());
+                let committed = Committed::of_entry(&record.entry, earlier);
+                replayed_origins.insert(origin, (committed, record.entry.timestamp));
+            }
             pending_records += 1;
             report.replayed += 1;
             expected += 1;
             last_lsn = record.lsn.0;
             if pending_records >= config.recovery_batch_records {
-                db.apply(&pending, Lsn(last_lsn), state.next_instance())?;
+                db.apply_with(
+                    &pending,
+                    &origin_writes(&replayed_origins),
+                    Lsn(last_lsn),
+                    state.next_instance(),
+                )?;
                 pending.clear();
                 pending_records = 0;
             }
@@ -1155,7 +1541,12 @@ fn recover(
         return Err(corrupt(&last, end, &reason));
     }
     if pending_records > 0 {
-        db.apply(&pending, Lsn(last_lsn), state.next_instance())?;
+        db.apply_with(
+            &pending,
+            &origin_writes(&replayed_origins),
+            Lsn(last_lsn),
+            state.next_instance(),
+        )?;
     }
     let next_lsn = last_lsn.max(applied.0) + 1;
     report.next_lsn = next_lsn;
@@ -1197,6 +1588,13 @@ fn recover(
     Ok((writer, mark_file, report))
 }
 
+fn origin_writes(origins: &HashMap<Origin, (Committed, i64)>) -> Vec<(Origin, Committed, i64)> {
+    origins
+        .iter()
+        .map(|(origin, (committed, at))| (*origin, committed.clone(), *at))
+        .collect()
+}
+
 fn corrupt(segment: &str, offset: u64, reason: &str) -> CkptError {
     CkptError::new(
         ErrorCode::Library,
@@ -1217,18 +1615,26 @@ struct Writer {
     /// The fsync step: moved onto its own thread when `fsync_thread` is
     /// set, else run here after each batch.
     syncer: Option<Syncer>,
+    /// Origins applied by the batch being committed, with what they
+    /// produced and when: written to RocksDB with the batch.
+    origins: HashMap<Origin, (Committed, i64)>,
+    /// When idle sessions were last forgotten.
+    sessions_swept: Instant,
 }
 
 struct Accepted {
     request: Request,
-    outcome: Outcome,
+    committed: Committed,
 }
 
 /// A batch written and applied, waiting for its fsync.
 struct SyncJob {
     segment: SyncHandle,
     durable: Vec<Accepted>,
+    /// The batch's records, kept only for a commit listener.
     records: Vec<Record>,
+    /// The last position of each instance the batch changed.
+    positions: Vec<Position>,
     /// The batch's last lsn, if it logged anything.
     last_lsn: Option<Lsn>,
 }
@@ -1253,15 +1659,29 @@ impl Writer {
                 }
             }
         }
-        while let Ok(first) = requests.recv() {
+        let mut carried: Option<Request> = None;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match requests.recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                },
+            };
+            let mut bytes: usize = first.work.bytes();
+            let alone = first.work.alone();
             let mut batch = vec![first];
-            let mut bytes: usize = op_bytes(&batch[0].op);
-            while batch.len() < self.config.batch_requests_max
+            while !alone
+                && batch.len() < self.config.batch_requests_max
                 && bytes < self.config.batch_bytes_max
             {
                 match requests.try_recv() {
+                    Ok(request) if request.work.alone() => {
+                        carried = Some(request);
+                        break;
+                    }
                     Ok(request) => {
-                        bytes += op_bytes(&request.op);
+                        bytes += request.work.bytes();
                         batch.push(request);
                     }
                     Err(_) => break,
@@ -1293,6 +1713,188 @@ impl Writer {
         }
     }
 
+    /// The entries one request makes, each applied to the state machine
+    /// (effects appended to `effects`), and what to answer; or the error
+    /// to answer with. A duplicate origin makes no entry.
+    fn plan_request(
+        &mut self,
+        work: &Work,
+        now: i64,
+        effects: &mut Vec<Effect>,
+    ) -> CkptResult<(Vec<Entry>, Committed)> {
+        let shared = self.shared.clone();
+        let backing = DbBacking(&shared.db);
+        let mut entries = Vec::new();
+        match work {
+            Work::Plan { op, origin } => {
+                if let Some(origin) = origin {
+                    if let Some(first) = self.origin_applied(*origin)? {
+                        return Ok((entries, first));
+                    }
+                }
+                let (planned, outcome) = self.state.plan(&backing, op, now)?;
+                for (instance, body) in planned {
+                    let (epoch, seq) = match self.state.instance(instance) {
+                        Some(meta) => (meta.epoch, Seq(meta.seq.0 + 1)),
+                        None => (op.start_epoch().unwrap_or(Epoch(1)), Seq(1)),
+                    };
+                    let entry = Entry {
+                        instance,
+                        epoch,
+                        seq,
+                        timestamp: now,
+                        origin: *origin,
+                        body,
+                    };
+                    match self.state.apply(&backing, &entry) {
+                        Ok(record_effects) => effects.extend(record_effects),
+                        Err(error) => {
+                            // plan() accepted what apply() refuses: a bug, and
+                            // the in-memory state can no longer be trusted.
+                            self.shared
+                                .poison(format!("state machine inconsistency: {error}"));
+                        }
+                    }
+                    entries.push(entry);
+                }
+                let committed = Committed {
+                    outcome,
+                    position: entries.last().map(Entry::position),
+                };
+                if let (Some(origin), false) = (origin, entries.is_empty()) {
+                    self.origins.insert(*origin, (committed.clone(), now));
+                }
+                Ok((entries, committed))
+            }
+            Work::Replicated { entries: incoming } => {
+                // Committed alone (see `Writer::run`): on an error the
+                // caller undoes the whole batch.
+                if incoming.is_empty() {
+                    return Err(CkptError::new(
+                        ErrorCode::BadOperation,
+                        "no entries to apply",
+                    ));
+                }
+                for entry in incoming {
+                    self.state.check_entry(entry).map_err(|why| {
+                        CkptError::new(ErrorCode::BadOperation, format!("refused: {why}"))
+                    })?;
+                    let entry_effects = self.state.apply(&backing, entry).map_err(|e| {
+                        CkptError::new(
+                            ErrorCode::BadOperation,
+                            format!(
+                                "refused: instance {} entry epoch {} seq {} does not fit: {}",
+                                entry.instance.0, entry.epoch.0, entry.seq.0, e.detail
+                            ),
+                        )
+                    })?;
+                    effects.extend(entry_effects);
+                    self.remember_entry_origin(entry);
+                }
+                let position = incoming.last().map(Entry::position);
+                entries.extend(incoming.iter().cloned());
+                Ok((
+                    entries,
+                    Committed {
+                        outcome: Outcome::Done,
+                        position,
+                    },
+                ))
+            }
+            Work::Local(local) => {
+                let made = self.local_entries(local, now)?;
+                for entry in made {
+                    self.state
+                        .check_entry(&entry)
+                        .map_err(|why| CkptError::new(ErrorCode::BadOperation, why))?;
+                    match self.state.apply(&backing, &entry) {
+                        Ok(entry_effects) => effects.extend(entry_effects),
+                        Err(error) => self
+                            .shared
+                            .poison(format!("state machine inconsistency: {error}")),
+                    }
+                    entries.push(entry);
+                }
+                Ok((
+                    entries.clone(),
+                    Committed {
+                        outcome: Outcome::Done,
+                        position: entries.last().map(Entry::position),
+                    },
+                ))
+            }
+        }
+    }
+
+    /// The entries of a node-local operation, validated.
+    fn local_entries(&mut self, local: &LocalWork, now: i64) -> CkptResult<Vec<Entry>> {
+        let entry = |instance, epoch, seq, body| Entry {
+            instance,
+            epoch,
+            seq,
+            timestamp: now,
+            origin: None,
+            body,
+        };
+        match local {
+            LocalWork::BeginEpoch { instance, epoch } => {
+                let meta = self
+                    .state
+                    .instance(*instance)
+                    .ok_or_else(|| missing_instance(*instance))?;
+                if meta.stale {
+                    return Err(stale_error(*instance));
+                }
+                if *epoch <= meta.epoch {
+                    return Err(CkptError::new(
+                        ErrorCode::BadOperation,
+                        format!(
+                            "instance {} is at epoch {}: epoch {} does not follow it",
+                            instance.0, meta.epoch.0, epoch.0
+                        ),
+                    ));
+                }
+                Ok(vec![entry(
+                    *instance,
+                    *epoch,
+                    Seq(meta.seq.0 + 1),
+                    RecordBody::EpochStart { epoch: *epoch },
+                )])
+            }
+            LocalWork::Discard { instance } => {
+                let meta = self
+                    .state
+                    .instance(*instance)
+                    .ok_or_else(|| missing_instance(*instance))?;
+                Ok(vec![entry(
+                    *instance,
+                    meta.epoch,
+                    meta.seq,
+                    RecordBody::SuffixDiscard,
+                )])
+            }
+            LocalWork::Install { snapshot } => snapshot.entries(now),
+        }
+    }
+
+    /// What an origin produced when it was applied, if it was: in this
+    /// batch, or remembered in RocksDB.
+    fn origin_applied(&self, origin: Origin) -> CkptResult<Option<Committed>> {
+        if let Some((committed, _)) = self.origins.get(&origin) {
+            return Ok(Some(committed.clone()));
+        }
+        self.shared.db.origin(origin)
+    }
+
+    /// Remembers the origin of an entry this node did not plan.
+    fn remember_entry_origin(&mut self, entry: &Entry) {
+        if let Some(origin) = entry.origin {
+            let earlier = self.origins.get(&origin).map(|(c, _)| c.clone());
+            let committed = Committed::of_entry(entry, earlier);
+            self.origins.insert(origin, (committed, entry.timestamp));
+        }
+    }
+
     /// Validates, appends and applies one batch; answers what can be
     /// answered now and returns what waits for the fsync.
     fn commit(&mut self, batch: Vec<Request>) -> Option<SyncJob> {
@@ -1302,66 +1904,46 @@ impl Writer {
             }
             return None;
         }
-        let backing = DbBacking(&self.shared.db);
         let first_lsn = self.next_lsn;
+        self.origins.clear();
         let mut encoded = Vec::new();
         let mut effects = Vec::new();
         let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
-        let mut logged: Vec<Record> = Vec::new();
-        let keep_records = self
-            .shared
-            .listener
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
+        let mut logged: Vec<Entry> = Vec::new();
+        let mut lsns: Vec<Lsn> = Vec::new();
         for request in batch {
-            let (planned, outcome) = match self.state.plan(&backing, &request.op, request.now) {
-                Ok(planned) => planned,
-                Err(error) => {
-                    (request.reply)(Err(error));
-                    continue;
-                }
-            };
-            for (instance, body) in planned {
-                let (epoch, seq) = match self.state.instance(instance) {
-                    Some(meta) => (meta.epoch, Seq(meta.seq.0 + 1)),
-                    None => (Epoch(1), Seq(1)),
-                };
-                match self
-                    .state
-                    .apply(&backing, instance, epoch, seq, request.now, &body)
-                {
-                    Ok(record_effects) => effects.extend(record_effects),
+            let alone = matches!(request.work, Work::Replicated { .. });
+            let (entries, committed) =
+                match self.plan_request(&request.work, request.now, &mut effects) {
+                    Ok(planned) => planned,
                     Err(error) => {
-                        // plan() accepted what apply() refuses: a bug, and
-                        // the in-memory state can no longer be trusted.
-                        self.shared
-                            .poison(format!("state machine inconsistency: {error}"));
+                        if alone {
+                            // Entries before the refused one may have been
+                            // applied in memory: forget them all.
+                            self.undo(first_lsn);
+                        }
+                        (request.reply)(Err(error));
+                        continue;
                     }
-                }
-                let record = Record {
-                    lsn: Lsn(self.next_lsn),
-                    instance,
-                    epoch,
-                    seq,
-                    timestamp_ns: request.now,
-                    body,
                 };
-                record.encode_into(&mut encoded);
+            for entry in entries {
+                encode_record(Lsn(self.next_lsn), &entry, &mut encoded);
+                lsns.push(Lsn(self.next_lsn));
                 self.next_lsn += 1;
-                logged.push(record);
+                logged.push(entry);
             }
-            accepted.push(Accepted { request, outcome });
+            accepted.push(Accepted { request, committed });
         }
         let records = logged.len() as u64;
         if records == 0 {
             // Nothing to log (rejections, an existing checkpoint opened, a
-            // barrier): answered once every earlier batch is durable, which
-            // the fsync queue's order guarantees.
+            // barrier, a duplicate origin): answered once every earlier
+            // batch is durable, which the fsync queue's order guarantees.
             return Some(SyncJob {
                 segment: self.wal.sync_handle(),
                 durable: accepted,
                 records: Vec::new(),
+                positions: Vec::new(),
                 last_lsn: None,
             });
         }
@@ -1392,10 +1974,15 @@ impl Writer {
             return None;
         }
         let last_lsn = Lsn(self.next_lsn - 1);
-        if let Err(error) = self
-            .shared
-            .db
-            .apply(&effects, last_lsn, self.state.next_instance())
+        let origins: Vec<(Origin, Committed, i64)> = self
+            .origins
+            .drain()
+            .map(|(origin, (committed, at))| (origin, committed, at))
+            .collect();
+        if let Err(error) =
+            self.shared
+                .db
+                .apply_with(&effects, &origins, last_lsn, self.state.next_instance())
         {
             self.shared
                 .poison(format!("RocksDB write failed: {}", error.detail));
@@ -1410,19 +1997,36 @@ impl Writer {
             .wal_bytes
             .fetch_add(encoded.len() as u64, Ordering::Relaxed);
 
+        let listeners = self.shared.listeners();
+        if let Some(append) = &listeners.append {
+            append(&logged);
+        }
+        let mut positions: Vec<Position> = Vec::new();
+        for entry in &logged {
+            match positions.iter_mut().find(|p| p.instance == entry.instance) {
+                Some(position) => *position = entry.position(),
+                None => positions.push(entry.position()),
+            }
+        }
         let (written, durable): (Vec<_>, Vec<_>) = accepted
             .into_iter()
             .partition(|a| a.request.durability == Durability::Written);
-        for Accepted { request, outcome } in written {
-            (request.reply)(Ok(outcome));
+        for Accepted { request, committed } in written {
+            (request.reply)(Ok(committed));
         }
-        if !keep_records {
-            logged.clear();
-        }
+        let records = if listeners.commit.is_some() {
+            lsns.into_iter()
+                .zip(logged)
+                .map(|(lsn, entry)| Record { lsn, entry })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Some(SyncJob {
             segment: self.wal.sync_handle(),
             durable,
-            records: logged,
+            records,
+            positions,
             last_lsn: Some(last_lsn),
         })
     }
@@ -1431,6 +2035,7 @@ impl Writer {
     /// in-memory state is reloaded from RocksDB.
     fn undo(&mut self, first_lsn: u64) {
         self.next_lsn = first_lsn;
+        self.origins.clear();
         match self.shared.db.reload() {
             Ok(loaded) => self
                 .state
@@ -1443,6 +2048,18 @@ impl Writer {
     }
 
     fn after_commit(&mut self) {
+        if self.sessions_swept.elapsed() >= SESSION_SWEEP_INTERVAL {
+            self.sessions_swept = Instant::now();
+            match self
+                .shared
+                .db
+                .forget_idle_sessions(now_ns().saturating_sub(SESSION_IDLE_NS))
+            {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::debug!(forgotten, "forgot idle client sessions"),
+                Err(error) => tracing::warn!(%error, "forgetting idle sessions failed"),
+            }
+        }
         if self.wal.is_full() {
             match self.wal.rotate(Lsn(self.next_lsn)) {
                 Ok(()) => {
@@ -1477,7 +2094,13 @@ impl Writer {
     }
 
     fn delete_covered(&mut self) {
-        let durable = self.shared.durable_applied.load(Ordering::Acquire);
+        let mut durable = self.shared.durable_applied.load(Ordering::Acquire);
+        let hold = self.shared.wal_hold.load(Ordering::Acquire);
+        if hold > 0 && self.wal.bytes_from(Lsn(hold)) <= self.config.wal_hold_bytes_max {
+            // Replication still reads from `hold` on: keep it while the
+            // bound allows (past it, readers are told the log is gone).
+            durable = durable.min(hold - 1);
+        }
         match self
             .wal
             .delete_covered(Lsn(durable), self.config.wal_history_bytes)
@@ -1579,7 +2202,7 @@ impl Syncer {
     fn sync(&mut self, batch: Vec<SyncJob>) {
         let needs_sync = batch
             .iter()
-            .any(|job| !job.records.is_empty() || !job.durable.is_empty());
+            .any(|job| job.last_lsn.is_some() || !job.durable.is_empty());
         let mut synced: Vec<&SyncHandle> = Vec::new();
         let mut failure = self.shared.poisoned_error();
         if needs_sync && failure.is_none() {
@@ -1611,20 +2234,32 @@ impl Syncer {
                 self.mark.advance(last);
             }
         }
-        let listener = self
-            .shared
-            .listener
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let listeners = self.shared.listeners();
+        if let (Some(listener), None) = (&listeners.durable, &failure) {
+            // Before the answers, so that whoever is answered finds the
+            // position already reported durable.
+            let mut positions: Vec<Position> = Vec::new();
+            for position in batch.iter().flat_map(|job| job.positions.iter()) {
+                match positions
+                    .iter_mut()
+                    .find(|p| p.instance == position.instance)
+                {
+                    Some(last) => *last = *position,
+                    None => positions.push(*position),
+                }
+            }
+            if !positions.is_empty() {
+                listener(&positions);
+            }
+        }
         for job in batch {
             match &failure {
                 Some(error) => fail_all(job.durable, error),
                 None => {
-                    for Accepted { request, outcome } in job.durable {
-                        (request.reply)(Ok(outcome));
+                    for Accepted { request, committed } in job.durable {
+                        (request.reply)(Ok(committed));
                     }
-                    if let (Some(listener), false) = (&listener, job.records.is_empty()) {
+                    if let (Some(listener), false) = (&listeners.commit, job.records.is_empty()) {
                         listener(&job.records);
                     }
                 }

@@ -312,6 +312,8 @@ impl Worker {
                     ops: vec![Op::CreateCheckpoint {
                         name: ckpt_name(self.thread, name),
                         attributes: attributes(retention),
+                        instance: None,
+                        epoch: ckpt_storage::Epoch(1),
                     }],
                     now,
                     after,
@@ -782,8 +784,8 @@ fn describe_log_records(fs: &FaultFs) -> String {
                 out.push_str(&format!(
                     "\n    {offset}: lsn {} instance {} {:?}",
                     r.lsn.0,
-                    r.instance.0,
-                    r.body.kind()
+                    r.entry.instance.0,
+                    r.entry.body.kind()
                 ));
             }
         }

@@ -28,6 +28,8 @@ fn a_failed_fsync_poisons_the_store() {
         Op::CreateCheckpoint {
             name: name("q"),
             attributes: attrs(1, 1, 1),
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         },
     );
     assert!(create_again.is_err());
@@ -92,6 +94,8 @@ fn a_full_disk_answers_no_space_and_loses_nothing() {
         Op::CreateCheckpoint {
             name: name("other"),
             attributes: attrs(2, 10, 20),
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         },
     );
     assert_eq!(create_error.unwrap_err().code, ErrorCode::NoSpace);

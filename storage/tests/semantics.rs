@@ -32,7 +32,9 @@ fn create_validates_attributes() {
             &s,
             Op::CreateCheckpoint {
                 name: name("x"),
-                attributes: a
+                attributes: a,
+                instance: None,
+                epoch: ckpt_storage::Epoch(1),
             }
         ))
         .0,
@@ -45,7 +47,9 @@ fn create_validates_attributes() {
             &s,
             Op::CreateCheckpoint {
                 name: name("x"),
-                attributes: a
+                attributes: a,
+                instance: None,
+                epoch: ckpt_storage::Epoch(1),
             }
         ))
         .0,
@@ -58,7 +62,9 @@ fn create_validates_attributes() {
             &s,
             Op::CreateCheckpoint {
                 name: name("x"),
-                attributes: a
+                attributes: a,
+                instance: None,
+                epoch: ckpt_storage::Epoch(1),
             }
         ))
         .0,
@@ -85,6 +91,8 @@ fn reopen_with_same_attributes_opens_and_different_is_already_exist() {
         Op::CreateCheckpoint {
             name: name("c"),
             attributes: same_but_retention,
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         },
     )
     .unwrap();
@@ -100,6 +108,8 @@ fn reopen_with_same_attributes_opens_and_different_is_already_exist() {
         Op::CreateCheckpoint {
             name: name("c"),
             attributes: attrs(5, 100, 400),
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         },
     );
     assert_eq!(code(other).0, ErrorCode::AlreadyExist);
@@ -726,6 +736,8 @@ fn a_write_at_offset_2_48_is_invalid_parameter_and_chunk_zero_survives() {
     let create_op = |attributes| Op::CreateCheckpoint {
         name: name("c"),
         attributes,
+        instance: None,
+        epoch: ckpt_storage::Epoch(1),
     };
     // Before the bounds this checkpoint was created, and a write at 2^48
     // (chunk 2^32 of 64 KiB) wrapped the u32 chunk index onto chunk 0.
@@ -757,6 +769,8 @@ fn memory_used_cannot_wrap_past_checkpoint_size() {
     let unbounded = Op::CreateCheckpoint {
         name: name("c"),
         attributes: attrs(3, u64::MAX, u64::MAX),
+        instance: None,
+        epoch: ckpt_storage::Epoch(1),
     };
     assert_eq!(code(run(&s, unbounded)).0, ErrorCode::InvalidParameter);
     // At the bounds: 16 sparse sections of 1 TiB fill 16 TiB exactly.

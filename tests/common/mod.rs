@@ -216,6 +216,7 @@ impl RawClient {
                 &Hello {
                     version: API_VERSION,
                     client_name: "raw".into(),
+                    session: 0,
                 },
             )
             .unwrap(),

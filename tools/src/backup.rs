@@ -691,6 +691,8 @@ impl Target for OfflineTarget {
             name: name.clone(),
             attributes: header.attributes.clone(),
             generated_next: header.generated_next,
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         };
         match self.store.execute(op)? {
             Outcome::Opened { instance, .. } => {

@@ -21,10 +21,11 @@
 //! checkpoint of its own, closes it and deletes it, in a closed loop; an op
 //! is one creation, its latency the whole cycle's.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ckpt_client::{Checkpoint, Client, ClientError};
+use ckpt_client::{Checkpoint, Client, ClientError, ClientOptions};
 use ckpt_proto::{
     CheckpointName, CreationAttributes, CreationFlags, ErrorCode, OpenFlags, ReadElement,
     SectionCreationAttributes, SectionId, TIME_END,
@@ -32,20 +33,28 @@ use ckpt_proto::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::cli::{BenchArgs, BenchOp};
+use crate::cli::{BenchArgs, BenchOp, BenchTarget};
 use crate::histogram::Histogram;
 use crate::record::{decode_counter, fill_value, valid_field, Recorder};
 
 /// Pause before retrying a write the server answered with `TRY_AGAIN`.
 pub const TRY_AGAIN_PAUSE_MS: u64 = 1;
+/// `--target etcd`: pause between reconnection attempts.
+pub const RECONNECT_PAUSE_MS: u64 = 100;
+/// `--reconnect-s` when --addr lists several nodes and the flag is absent.
+pub const RECONNECT_S_DEFAULT_CLUSTER: f64 = 10.0;
 /// Longest section id the bench's checkpoint allows (`c<i>` needs 5).
 const SECTION_ID_BYTES_MAX: u64 = 64;
 
 /// What a bench run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    /// The checkpoint written.
+    /// The checkpoint written (`<name>-0..<name>-<K-1>` with --checkpoints K).
     pub checkpoint: String,
+    /// How many checkpoints the clients were spread over.
+    pub checkpoints: u32,
+    /// `ckpt` or `etcd`.
+    pub target: String,
     /// Clients asked for.
     pub clients: u32,
     /// Clients that got through setup and ran.
@@ -66,6 +75,11 @@ pub struct BenchReport {
     pub ops_per_s: f64,
     /// Writes answered `TRY_AGAIN` and retried.
     pub retries: u64,
+    /// Failed attempts by error name (`CL_ERR_TRY_AGAIN`, ...; for etcd
+    /// `HTTP_<status>` or the connection failure), retried ones included.
+    pub errors: BTreeMap<String, u64>,
+    /// Times a client reconnected after losing its connection.
+    pub reconnects: u64,
     /// Latency quantiles of acknowledged writes, µs.
     pub p50_us: f64,
     /// 99th percentile, µs.
@@ -85,17 +99,38 @@ pub struct BenchReport {
 impl BenchReport {
     /// The human summary.
     pub fn text(&self) -> String {
+        let errors = if self.errors.is_empty() {
+            "none".to_string()
+        } else {
+            let errors: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(name, count)| format!("{name} {count}"))
+                .collect();
+            errors.join(", ")
+        };
         format!(
-            "bench: {} clients ({} ran), {:.1} s, {}-byte values, mode {}{}, checkpoint {}\n\
+            "bench: {} clients ({} ran), {:.1} s, {}-byte values, mode {}{}, {} {}{}\n\
              acknowledged {} writes in {:.2} s: {:.1} ops/s ({} retried after TRY_AGAIN)\n\
-             latency us: p50 {:.1}  p99 {:.1}  p999 {:.1}  max {:.1}\n",
+             latency us: p50 {:.1}  p99 {:.1}  p999 {:.1}  max {:.1}\n\
+             errors: {errors}; {} reconnects\n",
             self.clients,
             self.clients_running,
             self.duration_s,
             self.value_size,
             self.mode,
             if self.all_safe { " + all-safe" } else { "" },
+            if self.target == "etcd" {
+                "etcd keys"
+            } else {
+                "checkpoint"
+            },
             self.checkpoint,
+            if self.checkpoints > 1 {
+                format!(" ({} checkpoints)", self.checkpoints)
+            } else {
+                String::new()
+            },
             self.ops,
             self.elapsed_s,
             self.ops_per_s,
@@ -104,8 +139,48 @@ impl BenchReport {
             self.p99_us,
             self.p999_us,
             self.max_us,
+            self.reconnects,
         )
     }
+}
+
+/// The checkpoint names of a run: `<checkpoint>` alone, or
+/// `<checkpoint>-0` .. `<checkpoint>-<K-1>`.
+///
+/// # Errors
+/// `INVALID_PARAMETER` when a suffixed name is too long.
+pub fn checkpoint_names(args: &BenchArgs) -> Result<Vec<CheckpointName>, ClientError> {
+    if args.checkpoints == 1 {
+        return Ok(vec![args.checkpoint.clone()]);
+    }
+    (0..args.checkpoints)
+        .map(|j| {
+            let mut name = args.checkpoint.as_bytes().to_vec();
+            name.extend_from_slice(format!("-{j}").as_bytes());
+            CheckpointName::new(name).map_err(|e| {
+                ClientError::new(
+                    ErrorCode::InvalidParameter,
+                    format!("--checkpoint with --checkpoints: {}", e.detail),
+                )
+            })
+        })
+        .collect()
+}
+
+/// How many clients write checkpoint `j` of `k` (client i writes i % k).
+pub fn clients_of(clients: u32, k: u32, j: u32) -> u32 {
+    clients / k + u32::from(j < clients % k)
+}
+
+/// `--reconnect-s`, or its default for `addr` (0 for one address, a
+/// cluster's default for a list).
+pub fn reconnect_window(args: &BenchArgs, addr: &str) -> Duration {
+    let seconds = args.reconnect_s.unwrap_or(if addr.contains(',') {
+        RECONNECT_S_DEFAULT_CLUSTER
+    } else {
+        0.0
+    });
+    Duration::from_secs_f64(seconds)
 }
 
 /// The attributes the bench creates its checkpoint with.
@@ -115,7 +190,7 @@ pub fn bench_attributes(args: &BenchArgs) -> CreationAttributes {
         creation_flags = creation_flags | CreationFlags::WR_ALL_SAFE;
     }
     // Two at least: one section means only the default section exists.
-    let max_sections = args.clients.max(2);
+    let max_sections = clients_of(args.clients, args.checkpoints, 0).max(2);
     CreationAttributes {
         creation_flags,
         checkpoint_size: u64::from(max_sections).saturating_mul(args.value_size),
@@ -176,26 +251,24 @@ pub fn unfit_reason(
 async fn open_bench_checkpoint(
     client: &Client,
     args: &BenchArgs,
+    name: &CheckpointName,
 ) -> Result<Checkpoint, ClientError> {
     let wanted = bench_attributes(args);
+    let writers = clients_of(args.clients, args.checkpoints, 0);
     let flags = OpenFlags::CREATE | OpenFlags::READ | OpenFlags::WRITE;
-    match client
-        .open(&args.checkpoint, Some(wanted.clone()), flags)
-        .await
-    {
+    match client.open(name, Some(wanted.clone()), flags).await {
         Ok(checkpoint) => Ok(checkpoint),
         Err(error) if error.code == ErrorCode::AlreadyExist => {
             let checkpoint = client
-                .open(&args.checkpoint, None, OpenFlags::READ | OpenFlags::WRITE)
+                .open(name, None, OpenFlags::READ | OpenFlags::WRITE)
                 .await?;
             let existing = checkpoint.status().await?.attributes;
-            if let Some(reason) = unfit_reason(&existing, &wanted, args.clients) {
+            if let Some(reason) = unfit_reason(&existing, &wanted, writers) {
                 let _ = checkpoint.close().await;
                 return Err(ClientError::new(
                     ErrorCode::AlreadyExist,
                     format!(
-                        "checkpoint {} exists but does not fit this bench: {reason} (use another --checkpoint, or ckpt-tool rm it)",
-                        args.checkpoint
+                        "checkpoint {name} exists but does not fit this bench: {reason} (use another --checkpoint, or ckpt-tool rm it)"
                     ),
                 ));
             }
@@ -207,6 +280,9 @@ async fn open_bench_checkpoint(
 
 /// One client, ready to write.
 struct Worker {
+    /// Kept for its reconnection count.
+    client: Client,
+    checkpoint_text: Arc<str>,
     section_text: String,
     section: SectionId,
     checkpoint: Checkpoint,
@@ -224,12 +300,32 @@ fn next_counter(stored: Option<&Vec<u8>>) -> Result<u64, ClientError> {
     }
 }
 
+/// A client for the bench: it reconnects (to any node of `addr`) and
+/// resends unanswered writes with their request ids for up to `window`.
+async fn connect_client(addr: &str, window: Duration) -> Result<Client, ClientError> {
+    crate::cluster::split_addrs(addr)?;
+    Client::connect_with_options(addr, ClientOptions::new().reconnect_timeout(window)).await
+}
+
+/// The node list for client `index`: `addr` rotated to start at node
+/// `index % count`, so the clients' connections spread over the nodes
+/// (each still fails over to all of them).
+pub fn rotated_addrs(addr: &str, index: u32) -> String {
+    let mut nodes: Vec<&str> = addr.split(',').map(str::trim).collect();
+    if nodes.len() > 1 {
+        let first = index as usize % nodes.len();
+        nodes.rotate_left(first);
+    }
+    nodes.join(",")
+}
+
 async fn set_up_worker(
     addr: &str,
+    window: Duration,
     name: &CheckpointName,
     index: u32,
 ) -> Result<Worker, ClientError> {
-    let client = Client::connect(addr).await?;
+    let client = connect_client(&rotated_addrs(addr, index), window).await?;
     let checkpoint = client
         .open(name, None, OpenFlags::READ | OpenFlags::WRITE)
         .await?;
@@ -261,6 +357,8 @@ async fn set_up_worker(
         Err(error) => return Err(error),
     };
     Ok(Worker {
+        client,
+        checkpoint_text: String::from_utf8_lossy(name.as_bytes()).into(),
         section_text,
         section,
         checkpoint,
@@ -269,13 +367,38 @@ async fn set_up_worker(
 }
 
 /// What one client did in the write phase.
+#[derive(Default)]
 struct WorkerOutcome {
     latency_ns: Histogram,
     ops: u64,
     retries: u64,
+    reconnects: u64,
+    /// Failed attempts by error name.
+    errors: BTreeMap<String, u64>,
     error: Option<ClientError>,
     /// A record write failed: the record is incomplete.
     record_failed: bool,
+}
+
+/// What the loop does after a failed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterError {
+    /// Pause and send the same value again (the server refused it).
+    Retry,
+    /// Stop this client.
+    Stop,
+}
+
+/// How a write error is handled. A lost connection was already retried by
+/// the client for `--reconnect-s` (same request id, so applied at most
+/// once); what reaches the bench is final. The same counter is always
+/// rewritten after an error, so at most one value beyond the last
+/// acknowledged one can be stored: the invariant `check-acked` relies on.
+pub fn after_error(error: &ClientError) -> AfterError {
+    match error.code {
+        ErrorCode::TryAgain => AfterError::Retry,
+        _ => AfterError::Stop,
+    }
 }
 
 async fn write_loop(
@@ -284,22 +407,15 @@ async fn write_loop(
     deadline: Instant,
     stop: watch::Sender<bool>,
     recorder: Option<Arc<Recorder>>,
-    checkpoint_text: Arc<str>,
 ) -> WorkerOutcome {
-    let mut outcome = WorkerOutcome {
-        latency_ns: Histogram::default(),
-        ops: 0,
-        retries: 0,
-        error: None,
-        record_failed: false,
-    };
+    let mut outcome = WorkerOutcome::default();
     // Every byte derives from the checkpoint, section, counter and size, so
     // `check-acked` can tell a wrong body from the right one.
     let mut value = vec![0u8; value_size];
     let stopped = stop.subscribe();
     while Instant::now() < deadline && !*stopped.borrow() {
         fill_value(
-            &checkpoint_text,
+            &worker.checkpoint_text,
             &worker.section_text,
             worker.counter,
             &mut value,
@@ -310,13 +426,15 @@ async fn write_loop(
             .section_overwrite(&worker.section, value.clone())
             .await;
         let latency_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        match result {
+        let error = match result {
             Ok(()) => {
                 outcome.latency_ns.record(latency_ns);
                 outcome.ops += 1;
+                // Recorded only now that the server acknowledged it: a
+                // failed write, or one whose outcome is unknown, never is.
                 if let Some(recorder) = &recorder {
                     let appended = recorder.append(
-                        &checkpoint_text,
+                        &worker.checkpoint_text,
                         &worker.section_text,
                         worker.counter,
                         value.len() as u64,
@@ -336,17 +454,26 @@ async fn write_loop(
                     break;
                 };
                 worker.counter = next;
+                continue;
             }
-            Err(error) if error.code == ErrorCode::TryAgain => {
+            Err(error) => error,
+        };
+        *outcome
+            .errors
+            .entry(error.code.cl_name().to_string())
+            .or_default() += 1;
+        match after_error(&error) {
+            AfterError::Retry => {
                 outcome.retries += 1;
                 tokio::time::sleep(Duration::from_millis(TRY_AGAIN_PAUSE_MS)).await;
             }
-            Err(error) => {
+            AfterError::Stop => {
                 outcome.error = Some(error);
                 break;
             }
         }
     }
+    outcome.reconnects = worker.client.reconnects();
     if outcome
         .error
         .as_ref()
@@ -355,6 +482,21 @@ async fn write_loop(
         let _ = worker.checkpoint.close().await;
     }
     outcome
+}
+
+/// Waits for Ctrl-C and raises `stop` (a second Ctrl-C exits at once).
+fn spawn_interrupt(stop: &watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping the clients (Ctrl-C again to quit at once)");
+            let _ = stop.send(true);
+            // Every acknowledged write is already in the record file.
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    })
 }
 
 /// Runs the bench and reports. Clients that stop on errors (the server went
@@ -367,14 +509,26 @@ pub async fn run(
     addr: &str,
     args: &BenchArgs,
 ) -> Result<BenchReport, (Option<BenchReport>, ClientError)> {
+    if args.target == BenchTarget::Etcd {
+        return run_etcd(args).await;
+    }
     if args.op == BenchOp::Open {
         return run_opens(addr, args).await;
     }
     let fail = |error: ClientError| (None, error);
-    let checkpoint_text: Arc<str> = String::from_utf8_lossy(args.checkpoint.as_bytes()).into();
+    if args.checkpoints > args.clients {
+        return Err(fail(ClientError::new(
+            ErrorCode::InvalidParameter,
+            format!(
+                "--checkpoints {} is more than --clients {}: some checkpoints would get no writer",
+                args.checkpoints, args.clients
+            ),
+        )));
+    }
+    let names = checkpoint_names(args).map_err(fail)?;
     let recorder = match &args.record {
         Some(path) => {
-            if !valid_field(&checkpoint_text) {
+            if !valid_field(&String::from_utf8_lossy(args.checkpoint.as_bytes())) {
                 return Err(fail(ClientError::new(
                     ErrorCode::InvalidParameter,
                     "with --record the checkpoint name must not contain whitespace",
@@ -390,13 +544,22 @@ pub async fn run(
             "--value-size does not fit in memory",
         ))
     })?;
+    let reconnect_window = reconnect_window(args, addr);
 
-    let setup_client = Client::connect(addr).await.map_err(fail)?;
-    let setup_checkpoint = open_bench_checkpoint(&setup_client, args)
-        .await
-        .map_err(fail)?;
+    let setup_client = connect_client(addr, reconnect_window).await.map_err(fail)?;
+    let mut setup_checkpoints = Vec::new();
+    for name in &names {
+        setup_checkpoints.push(
+            open_bench_checkpoint(&setup_client, args, name)
+                .await
+                .map_err(fail)?,
+        );
+    }
 
-    let setups = (0..args.clients).map(|index| set_up_worker(addr, &args.checkpoint, index));
+    let setups = (0..args.clients).map(|index| {
+        let name = &names[(index % args.checkpoints) as usize];
+        set_up_worker(addr, reconnect_window, name, index)
+    });
     let setups = futures::future::join_all(setups).await;
     let mut workers = Vec::new();
     let mut client_errors = Vec::new();
@@ -416,19 +579,7 @@ pub async fn run(
     let clients_running = workers.len() as u32;
 
     let (stop, _) = watch::channel(false);
-    let interrupt = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping the clients (Ctrl-C again to quit at once)");
-                let _ = stop.send(true);
-                // Every acknowledged write is already in the record file.
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(130);
-                }
-            }
-        })
-    };
+    let interrupt = spawn_interrupt(&stop);
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
@@ -442,13 +593,13 @@ pub async fn run(
                 deadline,
                 stop.clone(),
                 recorder.clone(),
-                checkpoint_text.clone(),
             ));
             (section, task)
         })
         .collect();
     let mut latency_ns = Histogram::default();
-    let (mut ops, mut retries) = (0, 0);
+    let (mut ops, mut retries, mut reconnects) = (0, 0, 0);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut record_error = None;
     for (section, task) in tasks {
         let outcome = match task.await {
@@ -461,6 +612,10 @@ pub async fn run(
         latency_ns.merge(&outcome.latency_ns);
         ops += outcome.ops;
         retries += outcome.retries;
+        reconnects += outcome.reconnects;
+        for (name, count) in outcome.errors {
+            *errors.entry(name).or_default() += count;
+        }
         if let Some(error) = outcome.error {
             client_errors.push(format!("{section}: {error}"));
             if outcome.record_failed && record_error.is_none() {
@@ -471,11 +626,22 @@ pub async fn run(
     let elapsed_s = started.elapsed().as_secs_f64();
     interrupt.abort();
     let interrupted = *stop.borrow();
-    let _ = setup_checkpoint.close().await;
+    for checkpoint in setup_checkpoints {
+        let _ = checkpoint.close().await;
+    }
 
-    let us = |ns: u64| ns as f64 / 1000.0;
+    let checkpoint_text = String::from_utf8_lossy(args.checkpoint.as_bytes()).into_owned();
     let report = BenchReport {
-        checkpoint: checkpoint_text.to_string(),
+        checkpoint: if args.checkpoints > 1 {
+            format!(
+                "{checkpoint_text}-0..{checkpoint_text}-{}",
+                args.checkpoints - 1
+            )
+        } else {
+            checkpoint_text
+        },
+        checkpoints: args.checkpoints,
+        target: "ckpt".to_string(),
         clients: args.clients,
         clients_running,
         duration_s: args.duration_s,
@@ -484,12 +650,10 @@ pub async fn run(
         mode: args.mode.name().to_string(),
         all_safe: args.all_safe,
         ops,
-        ops_per_s: if elapsed_s > 0.0 {
-            ops as f64 / elapsed_s
-        } else {
-            0.0
-        },
+        ops_per_s: per_second(ops, elapsed_s),
         retries,
+        errors,
+        reconnects,
         p50_us: us(latency_ns.quantile(0.5)),
         p99_us: us(latency_ns.quantile(0.99)),
         p999_us: us(latency_ns.quantile(0.999)),
@@ -510,6 +674,254 @@ pub async fn run(
         let error = ClientError::new(
             ErrorCode::FailedOperation,
             format!("no write was acknowledged (first error: {first})"),
+        );
+        return Err((Some(report), error));
+    }
+    Ok(report)
+}
+
+/// Nanoseconds as microseconds.
+pub fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// Operations per second, 0 for an empty interval.
+pub fn per_second(ops: u64, elapsed_s: f64) -> f64 {
+    if elapsed_s > 0.0 {
+        ops as f64 / elapsed_s
+    } else {
+        0.0
+    }
+}
+
+/// Standard base64 (RFC 4648, with padding), for etcd's JSON gateway.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The JSON body of an etcd v3 gateway put.
+pub fn etcd_put_body(key: &str, value: &[u8]) -> Vec<u8> {
+    format!(
+        "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+        base64(key.as_bytes()),
+        base64(value)
+    )
+    .into_bytes()
+}
+
+/// How an etcd put went wrong, as the `errors` key: `HTTP_<status>`
+/// (with the gRPC code when the body has one) or the connection failure.
+fn etcd_error_name(response: &crate::cluster::HttpResponse) -> String {
+    let code = serde_json::from_slice::<serde_json::Value>(&response.body)
+        .ok()
+        .and_then(|v| v.get("code").and_then(serde_json::Value::as_u64));
+    match code {
+        Some(code) => format!("HTTP_{} grpc {code}", response.status),
+        None => format!("HTTP_{}", response.status),
+    }
+}
+
+/// One etcd client: puts its own key in a closed loop.
+async fn etcd_loop(
+    endpoint: String,
+    key: String,
+    value_size: usize,
+    deadline: Instant,
+    reconnect_window: Duration,
+    stopped: watch::Receiver<bool>,
+) -> WorkerOutcome {
+    use crate::cluster::HttpConnection;
+    let timeout = Duration::from_millis(crate::cluster::ADMIN_TIMEOUT_MS);
+    let mut outcome = WorkerOutcome::default();
+    let (prefix, section) = key.split_once('/').unwrap_or(("", key.as_str()));
+    let mut value = vec![0u8; value_size];
+    let mut counter: u64 = 1;
+    let mut connection: Option<HttpConnection> = None;
+    let mut lost_at: Option<Instant> = None;
+    while Instant::now() < deadline && !*stopped.borrow() {
+        let mut current = match connection.take() {
+            Some(current) if current.is_open() => current,
+            _ => match HttpConnection::connect(&endpoint, timeout).await {
+                Ok(fresh) => {
+                    if lost_at.take().is_some() {
+                        outcome.reconnects += 1;
+                    }
+                    fresh
+                }
+                Err(error) => {
+                    *outcome
+                        .errors
+                        .entry("connect failed".to_string())
+                        .or_default() += 1;
+                    let since = *lost_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= reconnect_window {
+                        outcome.error = Some(error);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(RECONNECT_PAUSE_MS)).await;
+                    continue;
+                }
+            },
+        };
+        fill_value(prefix, section, counter, &mut value);
+        let body = etcd_put_body(&key, &value);
+        let started = Instant::now();
+        let result = current
+            .request(
+                "POST",
+                "/v3/kv/put",
+                Some(("application/json", &body)),
+                timeout,
+            )
+            .await;
+        let latency_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        match result {
+            Ok(response) if response.status == 200 => {
+                outcome.latency_ns.record(latency_ns);
+                outcome.ops += 1;
+                counter = counter.saturating_add(1);
+                connection = Some(current);
+            }
+            Ok(response) => {
+                *outcome
+                    .errors
+                    .entry(etcd_error_name(&response))
+                    .or_default() += 1;
+                outcome.retries += 1;
+                connection = Some(current);
+                tokio::time::sleep(Duration::from_millis(TRY_AGAIN_PAUSE_MS)).await;
+            }
+            Err(error) => {
+                *outcome
+                    .errors
+                    .entry(error.code.cl_name().to_string())
+                    .or_default() += 1;
+                if reconnect_window.is_zero() {
+                    outcome.error = Some(error);
+                    break;
+                }
+                lost_at.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+    outcome
+}
+
+/// `--target etcd`: the same closed loop of 1-value puts against an etcd
+/// cluster's v3 JSON gateway, one keep-alive HTTP/1.1 connection per
+/// client; client i puts key `<checkpoint>-<i % K>/c<i>` through endpoint
+/// i % count.
+async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>, ClientError)> {
+    let fail = |error: ClientError| (None, error);
+    let invalid = |text: &str| fail(ClientError::new(ErrorCode::InvalidParameter, text));
+    if args.record.is_some() {
+        return Err(invalid("--record applies to --target ckpt only"));
+    }
+    if args.op != BenchOp::Write {
+        return Err(invalid("--target etcd runs --op write only"));
+    }
+    let endpoints = crate::cluster::split_addrs(
+        args.endpoints
+            .as_deref()
+            .ok_or_else(|| invalid("--target etcd needs --endpoints LIST"))?,
+    )
+    .map_err(fail)?;
+    let value_size = usize::try_from(args.value_size)
+        .map_err(|_| invalid("--value-size does not fit in memory"))?;
+    let reconnect_window = Duration::from_secs_f64(args.reconnect_s.unwrap_or(0.0));
+    let prefix = String::from_utf8_lossy(args.checkpoint.as_bytes()).into_owned();
+    let (stop, _) = watch::channel(false);
+    let interrupt = spawn_interrupt(&stop);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration_s);
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|i| {
+            let endpoint = endpoints[i as usize % endpoints.len()].clone();
+            let key = format!("{prefix}-{}/c{i}", i % args.checkpoints);
+            tokio::spawn(etcd_loop(
+                endpoint,
+                key,
+                value_size,
+                deadline,
+                reconnect_window,
+                stop.subscribe(),
+            ))
+        })
+        .collect();
+    let mut latency_ns = Histogram::default();
+    let (mut ops, mut retries, mut reconnects) = (0, 0, 0);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut client_errors = Vec::new();
+    let mut running = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await {
+            Ok(outcome) => {
+                latency_ns.merge(&outcome.latency_ns);
+                ops += outcome.ops;
+                retries += outcome.retries;
+                reconnects += outcome.reconnects;
+                if outcome.ops > 0 {
+                    running += 1;
+                }
+                for (name, count) in outcome.errors {
+                    *errors.entry(name).or_default() += count;
+                }
+                if let Some(error) = outcome.error {
+                    client_errors.push(format!("c{i}: {error}"));
+                }
+            }
+            Err(error) => client_errors.push(format!("c{i}: the client task failed: {error}")),
+        }
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    interrupt.abort();
+    let interrupted = *stop.borrow();
+    let report = BenchReport {
+        checkpoint: format!("{prefix}-*/c*"),
+        checkpoints: args.checkpoints,
+        target: "etcd".to_string(),
+        clients: args.clients,
+        clients_running: running,
+        duration_s: args.duration_s,
+        elapsed_s,
+        value_size: args.value_size,
+        mode: "etcd put".to_string(),
+        all_safe: false,
+        ops,
+        ops_per_s: per_second(ops, elapsed_s),
+        retries,
+        errors,
+        reconnects,
+        p50_us: us(latency_ns.quantile(0.5)),
+        p99_us: us(latency_ns.quantile(0.99)),
+        p999_us: us(latency_ns.quantile(0.999)),
+        max_us: us(latency_ns.max()),
+        stopped_early: interrupted || !client_errors.is_empty(),
+        client_errors,
+        record: None,
+    };
+    if ops == 0 {
+        let first = report.client_errors.first().cloned().unwrap_or_default();
+        let error = ClientError::new(
+            ErrorCode::FailedOperation,
+            format!("no etcd put succeeded (first error: {first})"),
         );
         return Err((Some(report), error));
     }
@@ -579,7 +991,11 @@ async fn run_opens(
     let attributes = bench_attributes(args);
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        clients.push(Client::connect(addr).await.map_err(fail)?);
+        clients.push(
+            connect_client(addr, reconnect_window(args, addr))
+                .await
+                .map_err(fail)?,
+        );
     }
     let (stop, _) = watch::channel(false);
     let started = Instant::now();
@@ -601,12 +1017,14 @@ async fn run_opens(
     let mut latency_ns = Histogram::default();
     let mut ops = 0;
     let mut client_errors = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for (index, task) in tasks.into_iter().enumerate() {
         match task.await {
             Ok(outcome) => {
                 latency_ns.merge(&outcome.latency_ns);
                 ops += outcome.ops;
                 if let Some(error) = outcome.error {
+                    *errors.entry(error.code.cl_name().to_string()).or_default() += 1;
                     client_errors.push(format!("c{index}: {error}"));
                 }
             }
@@ -614,9 +1032,10 @@ async fn run_opens(
         }
     }
     let elapsed_s = started.elapsed().as_secs_f64();
-    let us = |ns: u64| ns as f64 / 1000.0;
     let report = BenchReport {
         checkpoint: format!("{checkpoint_text}-o{run_id}-*"),
+        checkpoints: 1,
+        target: "ckpt".to_string(),
         clients: args.clients,
         clients_running: args.clients,
         duration_s: args.duration_s,
@@ -625,12 +1044,10 @@ async fn run_opens(
         mode: format!("{} (op open)", args.mode.name()),
         all_safe: args.all_safe,
         ops,
-        ops_per_s: if elapsed_s > 0.0 {
-            ops as f64 / elapsed_s
-        } else {
-            0.0
-        },
+        ops_per_s: per_second(ops, elapsed_s),
         retries: 0,
+        errors,
+        reconnects: 0,
         p50_us: us(latency_ns.quantile(0.5)),
         p99_us: us(latency_ns.quantile(0.99)),
         p999_us: us(latency_ns.quantile(0.999)),
@@ -727,5 +1144,242 @@ mod tests {
             42
         );
         assert!(next_counter(Some(&u64::MAX.to_le_bytes().to_vec())).is_err());
+    }
+    #[test]
+    fn clients_spread_over_checkpoints() {
+        assert_eq!(clients_of(64, 12, 0), 6);
+        assert_eq!(clients_of(64, 12, 3), 6);
+        assert_eq!(clients_of(64, 12, 4), 5);
+        assert_eq!((0..12).map(|j| clients_of(64, 12, j)).sum::<u32>(), 64);
+        assert_eq!(clients_of(5, 1, 0), 5);
+        let spread = args(&["--clients", "64", "--checkpoints", "12", "--size", "1024"]);
+        let names = checkpoint_names(&spread).unwrap();
+        assert_eq!(names.len(), 12);
+        assert_eq!(names[0].as_bytes(), b"bench-0");
+        assert_eq!(names[11].as_bytes(), b"bench-11");
+        // Each checkpoint has room for its busiest share of the clients.
+        let wanted = bench_attributes(&spread);
+        assert_eq!(wanted.max_sections, 6);
+        assert_eq!(wanted.checkpoint_size, 6 * 1024);
+        assert_eq!(unfit_reason(&wanted, &wanted, clients_of(64, 12, 0)), None);
+        assert_eq!(
+            checkpoint_names(&args(&["--checkpoint", "x"])).unwrap()[0].as_bytes(),
+            b"x"
+        );
+        let long = "n".repeat(255);
+        assert!(checkpoint_names(&args(&["--checkpoint", &long, "--checkpoints", "2"])).is_err());
+    }
+
+    #[test]
+    fn modes_set_the_creation_flags() {
+        let flags = |mode: &str| bench_attributes(&args(&["--mode", mode])).creation_flags;
+        assert_eq!(
+            flags("all-safe"),
+            CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE
+        );
+        assert_eq!(flags("active"), CreationFlags::WR_ACTIVE_REPLICA);
+        assert_eq!(flags("weak"), CreationFlags::WR_ACTIVE_REPLICA_WEAK);
+        assert_eq!(flags("active-weak"), CreationFlags::WR_ACTIVE_REPLICA_WEAK);
+    }
+
+    #[test]
+    fn errors_retry_the_same_value_or_stop() {
+        let error = |code| ClientError::new(code, "x");
+        assert_eq!(after_error(&error(ErrorCode::TryAgain)), AfterError::Retry);
+        // The client already reconnected for --reconnect-s: a lost
+        // connection is final here, as is a refusal.
+        assert_eq!(
+            after_error(&ClientError::connection_lost("gone")),
+            AfterError::Stop
+        );
+        assert_eq!(after_error(&error(ErrorCode::NoSpace)), AfterError::Stop);
+        assert_eq!(after_error(&error(ErrorCode::NotExist)), AfterError::Stop);
+    }
+
+    #[test]
+    fn clients_start_on_different_nodes() {
+        assert_eq!(rotated_addrs("a:1,b:2,c:3", 0), "a:1,b:2,c:3");
+        assert_eq!(rotated_addrs("a:1, b:2,c:3", 1), "b:2,c:3,a:1");
+        assert_eq!(rotated_addrs("a:1,b:2,c:3", 5), "c:3,a:1,b:2");
+        assert_eq!(rotated_addrs("a:1", 7), "a:1");
+    }
+
+    #[test]
+    fn reconnection_window_defaults_by_address_count() {
+        let none = args(&[]);
+        assert_eq!(reconnect_window(&none, "a:1"), Duration::ZERO);
+        assert_eq!(
+            reconnect_window(&none, "a:1,b:2"),
+            Duration::from_secs_f64(RECONNECT_S_DEFAULT_CLUSTER)
+        );
+        let set = args(&["--reconnect-s", "2.5"]);
+        assert_eq!(reconnect_window(&set, "a:1"), Duration::from_millis(2500));
+        let off = args(&["--reconnect-s", "0"]);
+        assert_eq!(reconnect_window(&off, "a:1,b:2"), Duration::ZERO);
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+        assert_eq!(
+            etcd_put_body("k", b"v"),
+            br#"{"key":"aw==","value":"dg=="}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn reports_show_errors_by_code() {
+        let mut errors = BTreeMap::new();
+        errors.insert("CL_ERR_TRY_AGAIN".to_string(), 3);
+        let report = BenchReport {
+            checkpoint: "bench-0..bench-11".into(),
+            checkpoints: 12,
+            target: "ckpt".into(),
+            clients: 64,
+            clients_running: 64,
+            duration_s: 1.0,
+            elapsed_s: 1.0,
+            value_size: 1024,
+            mode: "all-safe".into(),
+            all_safe: false,
+            ops: 10,
+            ops_per_s: 10.0,
+            retries: 3,
+            errors,
+            reconnects: 2,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            p999_us: 3.0,
+            max_us: 4.0,
+            stopped_early: false,
+            client_errors: Vec::new(),
+            record: None,
+        };
+        let text = report.text();
+        assert!(
+            text.contains("checkpoint bench-0..bench-11 (12 checkpoints)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("errors: CL_ERR_TRY_AGAIN 3; 2 reconnects"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["errors"]["CL_ERR_TRY_AGAIN"], 3);
+        assert_eq!(json["p999_us"], 3.0);
+    }
+
+    #[tokio::test]
+    async fn etcd_target_puts_through_the_json_gateway() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A fake gateway: answers every put 200 and keeps the bodies.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let (sender, mut bodies) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let text = String::from_utf8_lossy(&buffer).into_owned();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length: usize = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Length: "))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buffer.len() >= end + 4 + length {
+                                assert!(text.starts_with("POST /v3/kv/put HTTP/1.1"));
+                                let body =
+                                    String::from_utf8_lossy(&buffer[end + 4..end + 4 + length]);
+                                let _ = sender.send(body.into_owned());
+                                buffer.drain(..end + 4 + length);
+                                let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                                if stream.write_all(reply.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        let args = args(&[
+            "--target",
+            "etcd",
+            "--endpoints",
+            &endpoint,
+            "--clients",
+            "3",
+            "--checkpoints",
+            "2",
+            "--size",
+            "16",
+            "--duration-s",
+            "0.2",
+        ]);
+        let report = run("unused:1", &args).await.map_err(|(_, e)| e).unwrap();
+        assert!(report.ops > 0);
+        assert_eq!(report.clients_running, 3);
+        assert_eq!(report.target, "etcd");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let mut keys = std::collections::BTreeSet::new();
+        while let Ok(body) = bodies.try_recv() {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+            keys.insert(value["key"].as_str().unwrap().to_string());
+            assert_eq!(value["value"].as_str().unwrap().len(), 24); // 16 bytes
+        }
+        let expected: std::collections::BTreeSet<String> =
+            ["bench-0/c0", "bench-1/c1", "bench-0/c2"]
+                .iter()
+                .map(|k| base64(k.as_bytes()))
+                .collect();
+        assert_eq!(keys, expected);
+    }
+
+    #[tokio::test]
+    async fn etcd_target_stops_a_client_whose_endpoint_is_down() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let args = args(&[
+            "--target",
+            "etcd",
+            "--endpoints",
+            &dead,
+            "--clients",
+            "1",
+            "--duration-s",
+            "5",
+        ]);
+        let started = Instant::now();
+        let (report, error) = run("unused:1", &args).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert_eq!(error.code, ErrorCode::FailedOperation);
+        let report = report.unwrap();
+        assert_eq!(report.errors.get("connect failed"), Some(&1));
+        assert!(
+            report.client_errors[0].contains(&dead),
+            "{:?}",
+            report.client_errors
+        );
     }
 }

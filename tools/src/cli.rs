@@ -17,7 +17,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
 #[derive(Debug, Parser)]
 #[command(name = "ckpt-tool", version, propagate_version = true)]
 pub struct Cli {
-    /// Server address, host:port.
+    /// Server address, host:port; a cluster's nodes as a comma-separated
+    /// list `h1:p1,h2:p2,...` (the first that answers is used).
     #[arg(long, global = true, env = "CKPT_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
 
@@ -99,6 +100,58 @@ pub enum Command {
     /// it (wrong size or bytes, or a counter further ahead). Each is named
     /// on stderr. Exits 1 when M + K > 0.
     CheckAcked(CheckAckedArgs),
+    /// Look at a cluster through its nodes' admin HTTP ports: `status`
+    /// (nodes, leader, every checkpoint's replicas) and `verify` (every
+    /// replica of every checkpoint holds the same data).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// GET /cluster from the first node that answers: nodes and their
+    /// liveness, the Raft leader and term, and per checkpoint its replicas,
+    /// active replica, epoch, in-sync set and backup lag.
+    Status(ClusterStatusArgs),
+    /// GET /checksums from every node and compare each checkpoint's
+    /// (epoch, seq, checksum) across the nodes holding a replica. Prints
+    /// each checkpoint as identical or names the nodes that differ; exits 1
+    /// on any difference or unreachable node. Meaningful on a quiet cluster
+    /// (writes in flight make backups lag).
+    Verify(ClusterVerifyArgs),
+}
+
+/// Where the admin ports of a cluster's nodes are: `--admin` or `--config`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct AdminTarget {
+    /// The nodes' admin addresses, `h1:p1,h2:p2,...`.
+    #[arg(long, value_name = "LIST")]
+    pub admin: Option<String>,
+    /// A cluster.toml: the `admin_addr` of every `[[nodes]]` entry.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `cluster status`.
+#[derive(Debug, Args)]
+pub struct ClusterStatusArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    /// Print the node's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cluster verify`.
+#[derive(Debug, Args)]
+pub struct ClusterVerifyArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--mode`: the update mode of a checkpoint.
@@ -109,7 +162,11 @@ pub enum Mode {
     /// CL_CKPT_WR_ACTIVE_REPLICA: a write returns when it is durable on the active replica.
     Active,
     /// CL_CKPT_WR_ACTIVE_REPLICA_WEAK: a write returns when applied; durable within one group commit.
+    #[value(alias = "weak")]
     ActiveWeak,
+    /// CL_CKPT_WR_ACTIVE_REPLICA | CL_CKPT_WR_ALL_SAFE: a write returns
+    /// when it is durable on the active replica and every in-sync backup.
+    AllSafe,
 }
 
 impl Mode {
@@ -119,6 +176,7 @@ impl Mode {
             Mode::AllReplicas => CreationFlags::WR_ALL_REPLICAS,
             Mode::Active => CreationFlags::WR_ACTIVE_REPLICA,
             Mode::ActiveWeak => CreationFlags::WR_ACTIVE_REPLICA_WEAK,
+            Mode::AllSafe => CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE,
         }
     }
 
@@ -128,6 +186,7 @@ impl Mode {
             Mode::AllReplicas => "all-replicas",
             Mode::Active => "active",
             Mode::ActiveWeak => "active-weak",
+            Mode::AllSafe => "all-safe",
         }
     }
 }
@@ -140,6 +199,26 @@ pub enum BenchOp {
     /// Create a checkpoint of the client's own, close it and delete it;
     /// ops are creations.
     Open,
+}
+
+/// `bench --target`: what system the bench loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// A ckpt server or cluster at --addr.
+    Ckpt,
+    /// An etcd cluster at --endpoints, through its v3 JSON gateway
+    /// (POST /v3/kv/put), for side-by-side comparisons.
+    Etcd,
+}
+
+/// Parses `--reconnect-s`: a finite number of seconds, 0 or more.
+pub fn parse_reconnect_s(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds from 0 to 86400"
+        )),
+    }
 }
 
 /// Parses a checkpoint name (its bytes are the argument's UTF-8 bytes).
@@ -453,7 +532,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "10", value_parser = parse_duration_s)]
     pub duration_s: f64,
     /// Bytes per value (at least 8: the counter).
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(8..=ckpt_proto::UPDATE_BYTES_MAX))]
+    #[arg(long, alias = "size", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(8..=ckpt_proto::UPDATE_BYTES_MAX))]
     pub value_size: u64,
     /// Update mode of the checkpoint, if the bench creates it.
     #[arg(long, value_enum, default_value_t = Mode::Active)]
@@ -469,6 +548,26 @@ pub struct BenchArgs {
     /// have the same mode and room for the clients' sections).
     #[arg(long, default_value = "bench", value_parser = parse_name)]
     pub checkpoint: CheckpointName,
+    /// Spread the clients over K checkpoints named `<checkpoint>-0` ..
+    /// `<checkpoint>-<K-1>` (client i writes checkpoint i % K), so a
+    /// cluster's active replicas on every node get load. 1 = the one
+    /// checkpoint `<checkpoint>`. With --target etcd: K key prefixes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub checkpoints: u32,
+    /// After losing its connection, a client keeps reconnecting to
+    /// --addr's nodes for up to this many seconds and resends its
+    /// unanswered write (same request id: applied at most once); then it
+    /// stops. 0 = stop at once. Default: 0 with one address, 10 with a
+    /// list. With --target etcd: how long a client retries its endpoint.
+    #[arg(long, value_name = "S", value_parser = parse_reconnect_s)]
+    pub reconnect_s: Option<f64>,
+    /// The system to load.
+    #[arg(long, value_enum, default_value_t = BenchTarget::Ckpt)]
+    pub target: BenchTarget,
+    /// With --target etcd: the etcd client URLs' host:port, comma-separated
+    /// (client i uses endpoint i % count).
+    #[arg(long, value_name = "LIST", required_if_eq("target", "etcd"))]
+    pub endpoints: Option<String>,
     /// Append `CHECKPOINT SECTION COUNTER SIZE` for every acknowledged write to
     /// FILE, each line written to the file before the next write is sent.
     #[arg(long, value_name = "FILE")]
@@ -723,5 +822,92 @@ mod tests {
         assert_eq!(parse_retention("0"), Ok(0));
         assert!(parse_retention("-5").is_err());
         assert!(parse_retention("soon").is_err());
+    }
+    #[test]
+    fn cluster_commands_need_admin_or_config() {
+        let Command::Cluster(ClusterCommand::Status(args)) =
+            parse(&["cluster", "status", "--admin", "a:1,b:2", "--json"])
+                .unwrap()
+                .command
+        else {
+            panic!("not cluster status")
+        };
+        assert_eq!(args.target.admin.as_deref(), Some("a:1,b:2"));
+        assert!(args.json);
+        let Command::Cluster(ClusterCommand::Verify(args)) =
+            parse(&["cluster", "verify", "--config", "c.toml"])
+                .unwrap()
+                .command
+        else {
+            panic!("not cluster verify")
+        };
+        assert_eq!(
+            args.target.config.as_deref(),
+            Some(std::path::Path::new("c.toml"))
+        );
+        assert!(parse(&["cluster", "verify"]).is_err());
+        assert!(parse(&["cluster", "status", "--admin", "a:1", "--config", "c"]).is_err());
+        assert!(parse(&["cluster"]).is_err());
+    }
+
+    #[test]
+    fn bench_cluster_flags() {
+        let Command::Bench(args) = parse(&[
+            "bench",
+            "--addr",
+            "a:1,b:2",
+            "--checkpoints",
+            "12",
+            "--clients",
+            "64",
+            "--size",
+            "1024",
+            "--mode",
+            "all-safe",
+            "--reconnect-s",
+            "3",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            (args.checkpoints, args.clients, args.value_size),
+            (12, 64, 1024)
+        );
+        assert_eq!(args.mode, Mode::AllSafe);
+        assert_eq!(args.reconnect_s, Some(3.0));
+        assert_eq!(args.target, BenchTarget::Ckpt);
+        let Command::Bench(args) = parse(&["bench", "--mode", "weak"]).unwrap().command else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            (args.mode, args.checkpoints, args.reconnect_s),
+            (Mode::ActiveWeak, 1, None)
+        );
+        assert!(parse(&["bench", "--checkpoints", "0"]).is_err());
+        assert!(parse(&["bench", "--reconnect-s", "-1"]).is_err());
+        assert!(parse(&["bench", "--reconnect-s", "inf"]).is_err());
+        // etcd needs its endpoints.
+        assert!(parse(&["bench", "--target", "etcd"]).is_err());
+        let Command::Bench(args) = parse(&["bench", "--target", "etcd", "--endpoints", "e:1,e:2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not bench")
+        };
+        assert_eq!(args.endpoints.as_deref(), Some("e:1,e:2"));
+        // create takes the same modes.
+        let Command::Create(args) = parse(&["create", "x", "--mode", "all-safe"])
+            .unwrap()
+            .command
+        else {
+            panic!("not create")
+        };
+        assert_eq!(
+            args.mode.flag(),
+            CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE
+        );
     }
 }

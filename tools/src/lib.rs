@@ -5,6 +5,8 @@
 //! - [`admin`]: create, section-create, write, read, section-rm, sections,
 //!   ls, stat, rm, with their text and JSON views.
 //! - [`bench`]: the load generator, and [`histogram`], its latency histogram.
+//! - [`cluster`]: `cluster status` / `cluster verify` over the nodes'
+//!   admin HTTP ports, and the small HTTP client they use.
 //! - [`record`]: the acknowledgement record of `bench --record` and the
 //!   `check-acked` comparison.
 //!
@@ -27,6 +29,7 @@ pub mod admin;
 pub mod backup;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod datadir;
 pub mod dump;
 pub mod histogram;
@@ -38,7 +41,20 @@ pub mod walscan;
 use ckpt_client::{Client, ClientError};
 use ckpt_proto::ErrorCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, ClusterCommand, Command};
+
+/// Connects to `addrs`: one `host:port`, or a cluster's nodes as
+/// `h1:p1,h2:p2,...` ([`Client::connect`]: the first node that answers;
+/// the client moves to another node of the list by itself when its
+/// connection ends).
+///
+/// # Errors
+/// `INVALID_PARAMETER` for an empty list entry; otherwise the client's
+/// error, naming every node's failure.
+pub async fn connect(addrs: &str) -> Result<Client, ClientError> {
+    cluster::split_addrs(addrs)?;
+    Client::connect(addrs).await
+}
 
 /// Runs one command.
 ///
@@ -59,6 +75,8 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::CheckAcked(args) => check_acked(addr, &args.file).await,
         Command::Dump(args) => backup::dump(addr, args).await,
         Command::Restore(args) => backup::restore(addr, args).await,
+        Command::Cluster(ClusterCommand::Status(args)) => cluster::status(args).await,
+        Command::Cluster(ClusterCommand::Verify(args)) => cluster::verify(args).await,
         Command::Verify(args) => match (&args.data_dir, &args.file) {
             (Some(dir), _) => logtool::verify_data_dir(dir, args.json),
             (None, Some(file)) => verify_dump(file, args.json),
@@ -82,7 +100,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
             args,
         ),
         command => {
-            let client = Client::connect(addr).await?;
+            let client = connect(addr).await?;
             let result = match command {
                 Command::Create(args) => admin::create(&client, args).await,
                 Command::SectionCreate(args) => admin::section_create(&client, args).await,
@@ -99,7 +117,8 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 | Command::Restore(_)
                 | Command::Verify(_)
                 | Command::Wal(_)
-                | Command::Salvage(_) => unreachable!("handled above"),
+                | Command::Salvage(_)
+                | Command::Cluster(_) => unreachable!("handled above"),
             };
             // Release the handles and say goodbye; the command's own error
             // matters more than a failure to finalize.
@@ -218,4 +237,32 @@ async fn check_acked(addr: &str, path: &std::path::Path) -> Result<(), ClientErr
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn dead_addr() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn connect_names_every_node_that_failed() {
+        let (one, two) = (dead_addr().await, dead_addr().await);
+        let error = match connect(&format!("{one},{two}")).await {
+            Err(error) => error,
+            Ok(_) => panic!("connected to nothing"),
+        };
+        assert!(error.is_connection_lost(), "{error}");
+        assert!(
+            error.message.contains(&one) && error.message.contains(&two),
+            "{error}"
+        );
+        match connect(&format!("{one},,{two}")).await {
+            Err(error) => assert_eq!(error.code, ErrorCode::InvalidParameter),
+            Ok(_) => panic!("accepted an empty entry"),
+        }
+    }
 }

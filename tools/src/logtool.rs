@@ -85,16 +85,16 @@ pub fn wal(args: &WalArgs) -> Result<(), ClientError> {
         }
         let mut failed: Option<std::io::Error> = None;
         let mut print = |offset: u64, _len: u64, record: Record| {
-            if let RecordBody::CheckpointCreate { name, .. } = &record.body {
-                names.insert(record.instance.0, name.to_string());
+            if let RecordBody::CheckpointCreate { name, .. } = &record.entry.body {
+                names.insert(record.entry.instance.0, name.to_string());
             }
-            let name = names.get(&record.instance.0).map(String::as_str);
+            let name = names.get(&record.entry.instance.0).map(String::as_str);
             if let Some(wanted) = &wanted {
                 if name != Some(wanted.as_str()) {
                     return;
                 }
             }
-            if args.from.is_some_and(|from| record.seq.0 < from)
+            if args.from.is_some_and(|from| record.entry.seq.0 < from)
                 || args.from_lsn.is_some_and(|from| record.lsn.0 < from)
             {
                 return;
@@ -734,14 +734,14 @@ pub struct DroppedRange {
 impl DroppedRange {
     fn add(&mut self, record: &Record) {
         if self.records == 0 {
-            self.seq_first = record.seq.0;
-            self.seq_last = record.seq.0;
+            self.seq_first = record.entry.seq.0;
+            self.seq_last = record.entry.seq.0;
             self.lsn_first = record.lsn.0;
             self.lsn_last = record.lsn.0;
         }
         self.records += 1;
-        self.seq_first = self.seq_first.min(record.seq.0);
-        self.seq_last = self.seq_last.max(record.seq.0);
+        self.seq_first = self.seq_first.min(record.entry.seq.0);
+        self.seq_last = self.seq_last.max(record.entry.seq.0);
         self.lsn_first = self.lsn_first.min(record.lsn.0);
         self.lsn_last = self.lsn_last.max(record.lsn.0);
     }
@@ -878,8 +878,8 @@ fn scan_like_recovery(
                 }
                 expected += 1;
             }
-            if let RecordBody::CheckpointCreate { name, .. } = &record.body {
-                names.insert(record.instance.0, name.to_string());
+            if let RecordBody::CheckpointCreate { name, .. } = &record.entry.body {
+                names.insert(record.entry.instance.0, name.to_string());
             }
             kept_last_lsn = Some(kept_last_lsn.map_or(lsn, |k: u64| k.max(lsn)));
         }
@@ -1056,18 +1056,17 @@ pub fn salvage(args: &SalvageArgs) -> Result<(), ClientError> {
                         undecodable.borrow_mut()[gap].already_applied =
                             record.lsn.0.saturating_sub(1) <= applied;
                     }
-                    if let RecordBody::CheckpointCreate { name, .. } = &record.body {
+                    if let RecordBody::CheckpointCreate { name, .. } = &record.entry.body {
                         names
-                            .entry(record.instance.0)
+                            .entry(record.entry.instance.0)
                             .or_insert_with(|| name.to_string());
                     }
-                    let entry =
-                        dropped
-                            .entry(record.instance.0)
-                            .or_insert_with(|| DroppedCheckpoint {
-                                instance: record.instance.0,
-                                ..Default::default()
-                            });
+                    let entry = dropped.entry(record.entry.instance.0).or_insert_with(|| {
+                        DroppedCheckpoint {
+                            instance: record.entry.instance.0,
+                            ..Default::default()
+                        }
+                    });
                     let range = if record.lsn.0 <= applied {
                         entry.already_applied.get_or_insert_with(Default::default)
                     } else {

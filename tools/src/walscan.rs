@@ -241,6 +241,11 @@ pub fn kind_name(body: &RecordBody) -> &'static str {
         RecordBody::Write { .. } => "Write",
         RecordBody::Overwrite { .. } => "Overwrite",
         RecordBody::GeneratedIdSet { .. } => "GeneratedIdSet",
+        RecordBody::EpochStart { .. } => "EpochStart",
+        RecordBody::SnapshotBegin { .. } => "SnapshotBegin",
+        RecordBody::SnapshotSection { .. } => "SnapshotSection",
+        RecordBody::SnapshotEnd => "SnapshotEnd",
+        RecordBody::SuffixDiscard => "SuffixDiscard",
     }
 }
 
@@ -261,20 +266,16 @@ pub fn record_line(segment: &str, offset: u64, record: &Record, name: Option<&st
     let mut line = format!(
         "lsn={} seg={segment} off={offset} time={} ckpt={} inst={} epoch={} seq={} {}",
         record.lsn.0,
-        rfc3339(record.timestamp_ns),
+        rfc3339(record.entry.timestamp),
         name.map_or_else(|| "?".to_string(), quoted),
-        record.instance.0,
-        record.epoch.0,
-        record.seq.0,
-        kind_name(&record.body)
+        record.entry.instance.0,
+        record.entry.epoch.0,
+        record.entry.seq.0,
+        kind_name(&record.entry.body)
     );
-    let details = match &record.body {
-        RecordBody::CheckpointCreate {
-            name,
-            attributes: a,
-            column_family,
-        } => format!(
-            " name={} flags={} size={} retention={} max_sections={} max_section_size={} max_section_id_size={} cf={column_family}",
+    let details = match &record.entry.body {
+        RecordBody::CheckpointCreate { name, attributes: a } => format!(
+            " name={} flags={} size={} retention={} max_sections={} max_section_size={} max_section_id_size={}",
             quoted(name),
             crate::admin::creation_flag_names(a.creation_flags).join("|"),
             a.checkpoint_size,
@@ -326,7 +327,33 @@ pub fn record_line(segment: &str, offset: u64, record: &Record, name: Option<&st
             format!(" id={} len={}", quoted(section_id), data.len())
         }
         RecordBody::GeneratedIdSet { next } => format!(" next={next}"),
+        RecordBody::EpochStart { epoch } => format!(" epoch={}", epoch.0),
+        RecordBody::SnapshotBegin {
+            name,
+            unlinked,
+            generated_next,
+            ..
+        } => format!(
+            " name={} unlinked={unlinked} generated_next={generated_next}",
+            quoted(name)
+        ),
+        RecordBody::SnapshotSection {
+            section_id,
+            expiration_time,
+            offset,
+            data,
+            ..
+        } => format!(
+            " id={} expiration={} off={offset} len={}",
+            quoted(section_id),
+            time_text(*expiration_time),
+            data.len()
+        ),
+        RecordBody::SnapshotEnd | RecordBody::SuffixDiscard => String::new(),
     };
+    if let Some(origin) = record.entry.origin {
+        line.push_str(&format!(" origin={}:{}", origin.session, origin.request));
+    }
     line.push_str(&details);
     line
 }
@@ -340,20 +367,19 @@ pub fn record_json(segment: &str, offset: u64, record: &Record, name: Option<&st
     put("segment", json!(segment));
     put("offset", json!(offset));
     put("lsn", json!(record.lsn.0));
-    put("instance", json!(record.instance.0));
+    put("instance", json!(record.entry.instance.0));
     put("checkpoint", json!(name));
-    put("epoch", json!(record.epoch.0));
-    put("seq", json!(record.seq.0));
-    put("timestamp_ns", json!(record.timestamp_ns));
-    put("time", json!(rfc3339(record.timestamp_ns)));
-    put("kind", json!(kind_name(&record.body)));
+    put("epoch", json!(record.entry.epoch.0));
+    put("seq", json!(record.entry.seq.0));
+    put("timestamp_ns", json!(record.entry.timestamp));
+    put("time", json!(rfc3339(record.entry.timestamp)));
+    put("kind", json!(kind_name(&record.entry.body)));
     let time = |t: i64| if t == TIME_END { Value::Null } else { json!(t) };
     let id = |s: &ckpt_proto::SectionId| json!(String::from_utf8_lossy(s.as_bytes()));
-    match &record.body {
+    match &record.entry.body {
         RecordBody::CheckpointCreate {
             name,
             attributes: a,
-            column_family,
         } => {
             put("name", json!(name.to_string()));
             put("creation_flags", json!(a.creation_flags.0));
@@ -366,7 +392,6 @@ pub fn record_json(segment: &str, offset: u64, record: &Record, name: Option<&st
             put("max_sections", json!(a.max_sections));
             put("max_section_size", json!(a.max_section_size));
             put("max_section_id_size", json!(a.max_section_id_size));
-            put("column_family", json!(column_family));
         }
         RecordBody::CheckpointUnlink | RecordBody::CheckpointDestroy => {}
         RecordBody::RetentionSet {
@@ -409,6 +434,36 @@ pub fn record_json(segment: &str, offset: u64, record: &Record, name: Option<&st
             put("size", json!(data.len()));
         }
         RecordBody::GeneratedIdSet { next } => put("generated_next", json!(next)),
+        RecordBody::EpochStart { epoch } => put("started_epoch", json!(epoch.0)),
+        RecordBody::SnapshotBegin {
+            name,
+            unlinked,
+            generated_next,
+            ..
+        } => {
+            put("name", json!(name.to_string()));
+            put("unlinked", json!(unlinked));
+            put("generated_next", json!(generated_next));
+        }
+        RecordBody::SnapshotSection {
+            section_id,
+            expiration_time,
+            offset,
+            data,
+            ..
+        } => {
+            put("section_id", id(section_id));
+            put("expiration_time", time(*expiration_time));
+            put("offset", json!(offset));
+            put("size", json!(data.len()));
+        }
+        RecordBody::SnapshotEnd | RecordBody::SuffixDiscard => {}
+    }
+    if let Some(origin) = record.entry.origin {
+        put(
+            "origin",
+            json!({"session": origin.session, "request": origin.request}),
+        );
     }
     Value::Object(object)
 }
@@ -433,26 +488,31 @@ mod tests {
         };
         let mut out = vec![Record {
             lsn: Lsn(5),
-            instance: InstanceId(1),
-            epoch: Epoch(1),
-            seq: Seq(1),
-            timestamp_ns: 1_700_000_000_000_000_000,
-            body: RecordBody::CheckpointCreate {
-                name: CheckpointName::new("a").unwrap(),
-                attributes,
-                column_family: 0,
+            entry: ckpt_storage::Entry {
+                instance: InstanceId(1),
+                epoch: Epoch(1),
+                seq: Seq(1),
+                timestamp: 1_700_000_000_000_000_000,
+                body: RecordBody::CheckpointCreate {
+                    name: CheckpointName::new("a").unwrap(),
+                    attributes,
+                },
+                origin: None,
             },
         }];
         for i in 0..6u64 {
             out.push(Record {
                 lsn: Lsn(6 + i),
-                instance: InstanceId(1),
-                epoch: Epoch(1),
-                seq: Seq(2 + i),
-                timestamp_ns: 1_700_000_000_000_000_000,
-                body: RecordBody::Overwrite {
-                    section_id: SectionId::new("s"),
-                    data: vec![i as u8; 20],
+                entry: ckpt_storage::Entry {
+                    instance: InstanceId(1),
+                    epoch: Epoch(1),
+                    seq: Seq(2 + i),
+                    timestamp: 1_700_000_000_000_000_000,
+                    body: RecordBody::Overwrite {
+                        section_id: SectionId::new("s"),
+                        data: vec![i as u8; 20],
+                    },
+                    origin: None,
                 },
             });
         }

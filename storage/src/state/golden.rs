@@ -38,7 +38,7 @@ use ckpt_proto::{
 };
 
 use super::{Backing, Effect, Op, Outcome, SectionMeta, StateMachine};
-use crate::wal::record::{Epoch, InstanceId, RecordBody, Seq, WriteOp};
+use crate::wal::record::{Entry, Epoch, InstanceId, RecordBody, Seq, WriteOp};
 
 /// What storage holds, kept by applying the effects: section metadata, the
 /// expiry index and the data (sparse: byte offset → byte).
@@ -271,12 +271,8 @@ fn show_time(time: i64) -> String {
 
 fn show_record(body: &RecordBody) -> String {
     match body {
-        RecordBody::CheckpointCreate {
-            name,
-            attributes: a,
-            column_family,
-        } => format!(
-            "CheckpointCreate {name} cf={column_family} flags=0x{:x} size={} sections={} section_size={} id_size={} retention={}",
+        RecordBody::CheckpointCreate { name, attributes: a } => format!(
+            "CheckpointCreate {name} flags=0x{:x} size={} sections={} section_size={} id_size={} retention={}",
             a.creation_flags.0,
             a.checkpoint_size,
             a.max_sections,
@@ -323,6 +319,7 @@ fn show_record(body: &RecordBody) -> String {
             format!("Overwrite {section_id} data={}", show_data(data))
         }
         RecordBody::GeneratedIdSet { next } => format!("GeneratedIdSet {next}"),
+        other => format!("{other:?}"),
     }
 }
 
@@ -377,6 +374,8 @@ impl Script {
                         max_section_size: unsigned(&option("section_size", "0"))?,
                         max_section_id_size: unsigned(&option("id_size", "0"))?,
                     },
+                    instance: None,
+                    epoch: Epoch(1),
                 }
             }
             "unlink" => Op::Unlink {
@@ -493,10 +492,15 @@ impl Script {
                 seq.0,
                 show_record(&body)
             );
-            match self
-                .state
-                .apply(&self.backing, instance, epoch, seq, self.now, &body)
-            {
+            let entry = Entry {
+                instance,
+                epoch,
+                seq,
+                timestamp: self.now,
+                origin: None,
+                body,
+            };
+            match self.state.apply(&self.backing, &entry) {
                 Ok(effects) => effects.iter().for_each(|e| self.backing.apply(e)),
                 Err(error) => {
                     let _ = writeln!(
@@ -680,6 +684,7 @@ fn stored_attributes_past_the_bounds_are_bounded_anyway() {
         section_count: 2,
         memory_used: u64::MAX - 5,
         created_at: 0,
+        stale: false,
     };
     let backing = MemBacking::default();
     for (id, size) in [("a", u64::MAX - 5), ("b", 0)] {

@@ -63,14 +63,14 @@ pub fn instance_records_after(
         let mut reached_back = false;
         let mut mine = Vec::new();
         for (_, record) in scan.records {
-            if record.instance != instance || record.lsn > upto {
+            if record.entry.instance != instance || record.lsn > upto {
                 continue;
             }
-            if record.seq <= after {
+            if record.entry.seq <= after {
                 reached_back = true;
                 continue;
             }
-            if record.seq.0 == after.0.saturating_add(1) {
+            if record.entry.seq.0 == after.0.saturating_add(1) {
                 reached_back = true;
             }
             mine.push(record);
@@ -88,18 +88,21 @@ pub fn instance_records_after(
 mod tests {
     use super::*;
     use crate::io::{OsFs, WalFs};
-    use crate::wal::record::{Epoch, RecordBody};
+    use crate::wal::record::{Entry, Epoch, RecordBody};
     use crate::wal::segment::{encode_header, segment_name};
 
     fn record(lsn: u64, instance: u64, seq: u64) -> Record {
         Record {
             lsn: Lsn(lsn),
-            instance: InstanceId(instance),
-            epoch: Epoch(1),
-            seq: Seq(seq),
-            timestamp_ns: 0,
-            body: RecordBody::RetentionSet {
-                retention_duration_ns: seq as i64,
+            entry: Entry {
+                instance: InstanceId(instance),
+                epoch: Epoch(1),
+                seq: Seq(seq),
+                timestamp: 0,
+                origin: None,
+                body: RecordBody::RetentionSet {
+                    retention_duration_ns: seq as i64,
+                },
             },
         }
     }
@@ -125,7 +128,7 @@ mod tests {
     }
 
     fn seqs(history: &InstanceHistory) -> Vec<u64> {
-        history.records.iter().map(|r| r.seq.0).collect()
+        history.records.iter().map(|r| r.entry.seq.0).collect()
     }
 
     #[test]

@@ -15,4 +15,6 @@ pub mod record;
 pub mod segment;
 pub mod writer;
 
-pub use record::{Epoch, InstanceId, Lsn, Record, RecordBody, Seq, WriteOp};
+pub use record::{
+    Entry, Epoch, InstanceId, Lsn, Origin, Position, Record, RecordBody, Seq, WriteOp,
+};

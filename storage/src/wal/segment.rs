@@ -3,7 +3,7 @@
 //! ```text
 //! offset size field
 //!      0    8 magic         b"CKPTWAL\0"
-//!      8    4 version       format version, currently 1
+//!      8    4 version       format version, currently 2 (see record.rs, "Format history")
 //!     12    4 reserved      zero
 //!     16    8 first_lsn     lsn of the first record this segment may hold
 //!     24    4 header_crc    crc32 of bytes 0..24
@@ -22,12 +22,12 @@
 //! [`TailRule`] and [`classify`]. Recovery and `ckpt-tool` both call
 //! [`scan_segment_with`], so they always agree.
 
-use super::record::{DecodeError, Lsn, Record, RECORD_HEADER_BYTES};
+use super::record::{DecodeError, Lsn, Record, RecordKind, RECORD_HEADER_BYTES};
 
 /// First bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CKPTWAL\0";
 /// Format version written into new segments.
-pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_VERSION: u32 = 2;
 /// Size of the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 32;
 
@@ -340,10 +340,10 @@ pub fn next_record_after(bytes: &[u8], from: usize, after: Lsn) -> Option<(usize
     let mut p = from + 1;
     while p + RECORD_HEADER_BYTES <= bytes.len() {
         // Cheap tests first: the kind byte, the lsn, and a length that fits.
-        let kind = bytes[p + 8];
-        if (1..=10).contains(&kind) {
+        let kind = bytes[p + 16];
+        if RecordKind::from_u8(kind).is_some() {
             let mut lsn = [0u8; 8];
-            lsn.copy_from_slice(&bytes[p + 9..p + 17]);
+            lsn.copy_from_slice(&bytes[p + 8..p + 16]);
             let lsn = u64::from_le_bytes(lsn);
             let length =
                 u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]) as usize;

@@ -203,6 +203,22 @@ impl WalWriter {
         Ok(deleted)
     }
 
+    /// Bytes of the segments that hold records at or after `lsn` (the
+    /// current one included): what keeping them all costs.
+    pub fn bytes_from(&self, lsn: Lsn) -> u64 {
+        let mut bytes = self.len;
+        let mut next_first = self.current.0;
+        for (first, _, segment_bytes) in self.older.iter().rev() {
+            // This segment holds lsns first .. next_first - 1.
+            if next_first <= lsn {
+                break;
+            }
+            bytes += segment_bytes;
+            next_first = *first;
+        }
+        bytes
+    }
+
     /// Number of segment files, the current one included.
     pub fn segment_count(&self) -> usize {
         self.older.len() + 1

@@ -52,6 +52,8 @@ pub fn create(store: &Store, text: &str, attributes: CreationAttributes) -> Inst
         Op::CreateCheckpoint {
             name: name(text),
             attributes,
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
         },
     )
     .expect("create")

@@ -1,0 +1,106 @@
+//! What the control plane exchanges with its driver: messages between
+//! nodes, what to persist, what was applied.
+
+use ckpt_proto::{CkptError, CkptResult, ErrorCode};
+use raft::eraftpb::{Entry, HardState, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use super::state::{Applied, Command};
+use crate::NodeId;
+
+/// Identifies a local proposal; the applied command carries it back on the
+/// proposing node only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);
+
+/// A control-plane message between two nodes (postcard on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlMessage {
+    /// A raft-rs message, protobuf-encoded.
+    Raft(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A node asks the Raft leader for its lease; `sent_at_ms` is the
+    /// requester's clock, echoed in the grant.
+    LeaseRequest {
+        /// When the request left (requester's clock).
+        sent_at_ms: u64,
+    },
+    /// The leader grants the lease asked for at `sent_at_ms`.
+    LeaseGrant {
+        /// The request's `sent_at_ms`.
+        sent_at_ms: u64,
+    },
+}
+
+impl ControlMessage {
+    /// postcard bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a ControlMessage always serializes")
+    }
+
+    /// # Errors
+    /// `BAD_OPERATION` when the bytes are not a control message.
+    pub fn decode(bytes: &[u8]) -> CkptResult<ControlMessage> {
+        postcard::from_bytes(bytes).map_err(|e| {
+            CkptError::new(
+                ErrorCode::BadOperation,
+                format!("undecodable control message: {e}"),
+            )
+        })
+    }
+}
+
+/// What must be durable (see [`crate::raftlog::RaftLog::persist`]) before
+/// the messages of the same [`ControlReady`] are sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RaftPersist {
+    /// Log entries to append; an entry replaces any stored entry of the same
+    /// or a higher index.
+    pub entries: Vec<Entry>,
+    /// New hard state (term, vote, commit).
+    pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader: it replaces the whole log.
+    pub snapshot: Option<Snapshot>,
+    /// A local compaction: entries up to its index are covered by it.
+    pub compacted: Option<Snapshot>,
+}
+
+impl RaftPersist {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.hard_state.is_none()
+            && self.snapshot.is_none()
+            && self.compacted.is_none()
+    }
+}
+
+/// The raft state read back from disk at start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PersistedRaft {
+    /// Last persisted hard state (default for a new node).
+    pub hard_state: HardState,
+    /// The latest snapshot (installed or compacted), carrying a
+    /// [`super::ClusterState`] in its data.
+    pub snapshot: Option<Snapshot>,
+    /// Entries after the snapshot, ascending and contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// One round of work for the driver: persist, then send, then act on
+/// `applied`, then hand it back with [`super::ControlPlane::advance`].
+#[derive(Debug, Default)]
+pub struct ControlReady {
+    /// Sequence number, checked by `advance`.
+    pub number: u64,
+    /// Write and fsync before sending `messages` or calling `advance`.
+    pub persist: Option<RaftPersist>,
+    /// Send after `persist` is durable.
+    pub messages: Vec<(NodeId, ControlMessage)>,
+    /// Committed commands in log order with their outcome; the ticket is
+    /// `Some` on the node that proposed it (or a ticket that timed out /
+    /// could not be proposed, with `Failed`).
+    pub applied: Vec<(Option<Ticket>, Command, Applied)>,
+    /// The whole state was replaced by a snapshot from the leader: re-read
+    /// [`super::ControlPlane::state`] instead of relying on `applied`.
+    pub state_replaced: bool,
+}

@@ -1,0 +1,21 @@
+//! The control plane: cluster metadata replicated by Raft (raft-rs), with
+//! no IO — no sockets, threads, files or clocks. Time comes in as `now_ms`
+//! arguments; durability is the driver's job ([`crate::raftlog`]).
+//!
+//! - [`state`]: the deterministic metadata state machine ([`ClusterState`],
+//!   [`Command`], [`Applied`]).
+//! - [`message`]: what goes between nodes and to the driver
+//!   ([`ControlMessage`], [`ControlReady`], [`RaftPersist`], [`PersistedRaft`]).
+//! - [`node`]: [`ControlPlane`], one node's Raft member plus the leader's
+//!   duties (leases, dead-node failover, retention timers).
+
+pub mod message;
+pub mod node;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use message::{ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket};
+pub use node::{ControlPlane, COMPACT_ENTRIES_DEFAULT};
+pub use state::{Applied, CheckpointMeta, ClusterState, Command};

@@ -1,0 +1,905 @@
+//! [`ControlPlane`]: one node's member of the Raft group, without IO.
+//!
+//! The driver (the server, or a test harness) feeds it time (`tick`),
+//! messages from peers (`step`) and proposals (`propose`), and repeatedly
+//! drains [`ControlPlane::ready`]: it persists `persist` durably (fsync),
+//! then sends `messages`, acts on `applied`, and hands the ready back with
+//! [`ControlPlane::advance`]. That is raft-rs's `Ready` contract
+//! (persist before send, advance after persist), with two conveniences:
+//!
+//! - between `ready()` and `advance()` raft-rs must not be touched; steps,
+//!   proposals and ticks arriving meanwhile are queued and run right after
+//!   `advance`, so the driver may persist asynchronously;
+//! - every ticket gets exactly one answer: the applied command, or a
+//!   `Failed(TRY_AGAIN)` when the proposal was dropped or not committed
+//!   within `proposal_timeout_ms` (if it commits later it is reported
+//!   without its ticket).
+//!
+//! Leader duties, all driven by the `now_ms` of `tick`/`step`:
+//! - leases: every node asks the leader for its lease every
+//!   `lease_timeout_ms / 4`; the lease holds while
+//!   `now < sent_at of the last granted request + lease_timeout_ms`; the
+//!   leader grants only while a quorum has asked within an election timeout
+//!   and its own lease runs from the last time a quorum had asked, so a
+//!   leader cut off from the majority stops granting (and holding) before a
+//!   new leader can be elected;
+//! - dead nodes: the leader proposes one `Failover{node}` when a node has
+//!   sent no request for `lease_timeout_ms + margin` (`margin` = one election
+//!   timeout; a fresh leader counts from its election, so every lease an
+//!   earlier leader granted has expired first), and `NodeUp{node}` when a
+//!   dead node asks again;
+//! - retention: a linked checkpoint open nowhere gets a timer (in memory,
+//!   leader only, started afresh on every leader change and so after a
+//!   whole-cluster restart); on expiry the leader proposes `Unlink` then
+//!   `Destroy`; an unlinked checkpoint open nowhere gets `Destroy`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ckpt_proto::{CkptError, CkptResult, ErrorCode, TIME_END};
+use ckpt_storage::InstanceId;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, RaftState, RawNode, Ready, StateRole, Storage};
+
+use super::message::{ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket};
+use super::state::{Applied, ClusterState, Command};
+use crate::config::{ClusterConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
+use crate::{NodeId, ReplicationError};
+
+/// Applied entries kept in the in-memory log before a compaction snapshot.
+pub const COMPACT_ENTRIES_DEFAULT: u64 = 1024;
+
+/// raft-rs storage: MemStorage plus the latest snapshot *with* the cluster
+/// state in its data (MemStorage's own snapshots carry no data, so a
+/// lagging follower could not be brought up to date from them).
+struct ControlStorage {
+    mem: MemStorage,
+    snapshot: Snapshot,
+}
+
+impl Storage for ControlStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let meta = self.snapshot.get_metadata();
+        if idx == meta.index && idx > 0 {
+            return Ok(meta.term);
+        }
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.get_metadata().index == 0 {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+/// Who the proposer was, carried in the Raft entry's context.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ProposalContext {
+    node: NodeId,
+    incarnation: u64,
+    ticket: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Duty {
+    Failover(NodeId),
+    NodeUp(NodeId),
+    Expire(InstanceId),
+    Destroy(InstanceId),
+}
+
+/// What only the leader keeps, reset on every leader change.
+struct LeaderDuties {
+    term: u64,
+    since_ms: u64,
+    /// When each node's last lease request arrived (leader's clock).
+    last_request_ms: BTreeMap<NodeId, u64>,
+    /// Proposals made for a duty and when, so they are not repeated every
+    /// tick (retried after `retry_ms`).
+    proposed_ms: BTreeMap<Duty, u64>,
+    /// Retention deadlines of linked checkpoints open nowhere.
+    retention_deadline_ms: BTreeMap<InstanceId, u64>,
+    /// The open sets changed: reconcile the timers.
+    retention_dirty: bool,
+}
+
+enum Deferred {
+    Step(Message),
+    Propose(Option<u64>, Command),
+}
+
+/// One node's control plane (see the module docs).
+pub struct ControlPlane {
+    id: NodeId,
+    raw: RawNode<ControlStorage>,
+    state: ClusterState,
+    nodes: Vec<NodeId>,
+    replication_factor: usize,
+    lease_timeout_ms: u64,
+    tick_ms: u64,
+    margin_ms: u64,
+    proposal_timeout_ms: u64,
+    compact_entries: u64,
+    now_ms: u64,
+    last_tick_ms: u64,
+    incarnation: u64,
+    next_ticket: u64,
+    tickets: BTreeMap<u64, (u64, Command)>,
+    pending: Option<(u64, Ready)>,
+    ready_number: u64,
+    deferred: VecDeque<Deferred>,
+    out_messages: Vec<(NodeId, ControlMessage)>,
+    out_applied: Vec<(Option<Ticket>, Command, Applied)>,
+    out_compacted: Option<Snapshot>,
+    state_replaced: bool,
+    snapshot_index: u64,
+    lease_sent_at_ms: Option<u64>,
+    last_lease_request_ms: Option<u64>,
+    duties: Option<LeaderDuties>,
+}
+
+/// The latest time by which a quorum of the nodes had asked this leader
+/// for a lease (a node not heard from yet counts from the election, which a
+/// quorum voted for).
+fn quorum_heard_ms(d: &LeaderDuties, nodes: &[NodeId]) -> u64 {
+    let mut times: Vec<u64> = nodes
+        .iter()
+        .map(|n| {
+            d.last_request_ms
+                .get(n)
+                .copied()
+                .unwrap_or(d.since_ms)
+                .max(d.since_ms)
+        })
+        .collect();
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    let quorum = nodes.len() / 2 + 1;
+    times.get(quorum - 1).copied().unwrap_or(d.since_ms)
+}
+
+/// The command in a committed entry (none in the empty entries of new
+/// leaders).
+fn command_of(entry: &Entry) -> Option<Command> {
+    if entry.get_entry_type() != EntryType::EntryNormal || entry.get_data().is_empty() {
+        return None;
+    }
+    match Command::decode(entry.get_data()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(index = entry.index, error = %e, "committed raft entry is not a command");
+            None
+        }
+    }
+}
+
+fn raft_error(e: impl std::fmt::Display) -> ReplicationError {
+    ReplicationError::Raft(e.to_string())
+}
+
+impl ControlPlane {
+    /// A node's control plane, restored from what [`crate::raftlog::RaftLog::open`]
+    /// read (an empty [`PersistedRaft`] for a new node: every node of the
+    /// file starts as a voter with an empty log).
+    ///
+    /// # Errors
+    /// `id` not in the configuration; a persisted log that does not follow
+    /// its snapshot, or a snapshot whose state does not decode.
+    pub fn new(
+        id: NodeId,
+        config: &ClusterConfig,
+        persisted: PersistedRaft,
+        now_ms: u64,
+    ) -> Result<ControlPlane, ReplicationError> {
+        if config.node(id).is_none() {
+            return Err(ReplicationError::Raft(format!(
+                "node id {id} is not in the cluster file (nodes: {:?})",
+                config.node_ids()
+            )));
+        }
+        let nodes = config.node_ids();
+        let mem = MemStorage::new();
+        let mut snapshot = Snapshot::default();
+        let mut snapshot_index = 0;
+        let state = match persisted.snapshot {
+            Some(snap) => {
+                let state = ClusterState::restore(snap.get_data(), config.replication_factor)
+                    .map_err(|e| ReplicationError::Raft(format!("raft snapshot: {}", e.detail)))?;
+                snapshot_index = snap.get_metadata().index;
+                mem.wl().apply_snapshot(snap.clone()).map_err(raft_error)?;
+                snapshot = snap;
+                state
+            }
+            None => {
+                mem.initialize_with_conf_state(ConfState::from((nodes.clone(), vec![])));
+                ClusterState::new(&nodes, config.replication_factor)
+            }
+        };
+        let entries: Vec<Entry> = persisted
+            .entries
+            .into_iter()
+            .filter(|e| e.index > snapshot_index)
+            .collect();
+        for (i, e) in entries.iter().enumerate() {
+            let expected = snapshot_index + 1 + i as u64;
+            if e.index != expected {
+                return Err(ReplicationError::Raft(format!(
+                    "persisted raft log has entry {} where {expected} was expected",
+                    e.index
+                )));
+            }
+        }
+        mem.wl().append(&entries).map_err(raft_error)?;
+        let last_index = snapshot_index + entries.len() as u64;
+        if persisted.hard_state != Default::default() {
+            let mut hs = persisted.hard_state;
+            hs.commit = hs.commit.max(snapshot_index).min(last_index);
+            let term = mem.rl().hard_state().term;
+            hs.term = hs.term.max(term);
+            mem.wl().set_hardstate(hs);
+        }
+        // Apply what is committed now, so that `state()` is current as soon
+        // as the node is constructed; raft-rs then starts from `applied`.
+        let commit = mem.rl().hard_state().commit.max(snapshot_index);
+        let mut state = state;
+        let mut replayed = Vec::new();
+        for e in entries.iter().filter(|e| e.index <= commit) {
+            if let Some(cmd) = command_of(e) {
+                let applied = state.apply(&cmd);
+                replayed.push((None, cmd, applied));
+            }
+        }
+        let raft_config = raft::Config {
+            id,
+            applied: commit,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        raft_config.validate().map_err(raft_error)?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let storage = ControlStorage { mem, snapshot };
+        let mut raw = RawNode::new(&raft_config, storage, &logger).map_err(raft_error)?;
+        if nodes == [id] {
+            // Alone in the cluster: no one to wait for, lead at once.
+            raw.campaign().map_err(raft_error)?;
+        }
+        let election_ms = config.election_timeout_ms();
+        Ok(ControlPlane {
+            id,
+            raw,
+            state,
+            nodes,
+            replication_factor: config.replication_factor,
+            lease_timeout_ms: config.lease_timeout_ms,
+            tick_ms: config.tick_ms.max(1),
+            margin_ms: election_ms,
+            proposal_timeout_ms: config
+                .lease_timeout_ms
+                .saturating_add(election_ms.saturating_mul(2)),
+            compact_entries: COMPACT_ENTRIES_DEFAULT,
+            now_ms,
+            last_tick_ms: now_ms,
+            // Distinguishes this life's tickets from a previous life's
+            // proposals still in the log.
+            incarnation: now_ms ^ (last_index << 40),
+            next_ticket: 1,
+            tickets: BTreeMap::new(),
+            pending: None,
+            ready_number: 0,
+            deferred: VecDeque::new(),
+            out_messages: Vec::new(),
+            out_applied: replayed,
+            out_compacted: None,
+            state_replaced: false,
+            snapshot_index,
+            lease_sent_at_ms: None,
+            last_lease_request_ms: None,
+            duties: None,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The replicated metadata as applied on this node.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// The Raft leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.raw.raft.leader_id {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Whether this node is the Raft leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Index of the last applied log entry.
+    pub fn applied_index(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
+    /// Whether this node holds its lease at `now_ms`: an active replica
+    /// serves writes only while this is true.
+    pub fn holds_lease(&self, now_ms: u64) -> bool {
+        self.lease_sent_at_ms
+            .is_some_and(|sent| now_ms < sent.saturating_add(self.lease_timeout_ms))
+    }
+
+    /// Applied entries kept before compacting into a snapshot (tests use small values).
+    pub fn set_compact_entries(&mut self, entries: u64) {
+        self.compact_entries = entries.max(1);
+    }
+
+    /// Advances time: Raft ticks, lease requests, leader duties, proposal timeouts.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.drive();
+    }
+
+    /// A message from `from`.
+    pub fn step(&mut self, from: NodeId, msg: ControlMessage, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        match msg {
+            ControlMessage::Raft(bytes) => {
+                let msg = match Message::parse_from_bytes(&bytes) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(from, error = %e, "undecodable raft message dropped");
+                        return;
+                    }
+                };
+                if msg.to != self.id || msg.from != from {
+                    tracing::warn!(
+                        from,
+                        msg_from = msg.from,
+                        msg_to = msg.to,
+                        "misaddressed raft message dropped"
+                    );
+                    return;
+                }
+                self.deferred.push_back(Deferred::Step(msg));
+            }
+            ControlMessage::LeaseRequest { sent_at_ms } => {
+                if !self.is_leader() || !self.nodes.contains(&from) {
+                    return;
+                }
+                let now = self.now_ms;
+                let Some(d) = self.duties.as_mut() else {
+                    // Leader since the last tick: duties start at the next one.
+                    return;
+                };
+                d.last_request_ms.insert(from, now);
+                d.last_request_ms.insert(self.id, now);
+                // Grant only while a quorum has been heard from within an
+                // election timeout: a leader cut off from the majority
+                // stops granting before a new leader can be elected, even
+                // though raft-rs may take two election timeouts to depose it.
+                let heard = quorum_heard_ms(d, &self.nodes);
+                if now <= heard.saturating_add(self.margin_ms) {
+                    self.out_messages
+                        .push((from, ControlMessage::LeaseGrant { sent_at_ms }));
+                }
+                if !self.state.node_alive(from) {
+                    self.propose_duty(Duty::NodeUp(from), vec![Command::NodeUp { node: from }]);
+                }
+            }
+            ControlMessage::LeaseGrant { sent_at_ms } => {
+                if sent_at_ms <= self.now_ms {
+                    self.lease_sent_at_ms = Some(
+                        self.lease_sent_at_ms
+                            .map_or(sent_at_ms, |s| s.max(sent_at_ms)),
+                    );
+                }
+            }
+        }
+        self.drive();
+    }
+
+    /// Proposes a command; its outcome comes back in a later
+    /// [`ControlReady::applied`] with this ticket.
+    ///
+    /// # Errors
+    /// `TRY_AGAIN` when no leader is known or raft refuses the proposal.
+    pub fn propose(&mut self, cmd: Command) -> CkptResult<Ticket> {
+        if self.leader().is_none() {
+            return Err(CkptError::new(
+                ErrorCode::TryAgain,
+                "no control-plane leader",
+            ));
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.tickets.insert(ticket, (self.now_ms, cmd.clone()));
+        if self.pending.is_some() {
+            self.deferred
+                .push_back(Deferred::Propose(Some(ticket), cmd));
+            return Ok(Ticket(ticket));
+        }
+        match self.raw_propose(Some(ticket), &cmd) {
+            Ok(()) => Ok(Ticket(ticket)),
+            Err(e) => {
+                self.tickets.remove(&ticket);
+                Err(e)
+            }
+        }
+    }
+
+    fn raw_propose(&mut self, ticket: Option<u64>, cmd: &Command) -> CkptResult<()> {
+        let context = match ticket {
+            Some(ticket) => postcard::to_allocvec(&ProposalContext {
+                node: self.id,
+                incarnation: self.incarnation,
+                ticket,
+            })
+            .expect("a proposal context always serializes"),
+            None => Vec::new(),
+        };
+        self.raw.propose(context, cmd.encode()).map_err(|e| {
+            CkptError::new(
+                ErrorCode::TryAgain,
+                format!("control-plane proposal dropped: {e}"),
+            )
+        })
+    }
+
+    /// The next round of work, if any. Call again only after
+    /// [`ControlPlane::advance`].
+    pub fn ready(&mut self) -> Option<ControlReady> {
+        if self.pending.is_some() {
+            return None;
+        }
+        let mut persist = RaftPersist {
+            compacted: self.out_compacted.take(),
+            ..Default::default()
+        };
+        let mut raft_ready = None;
+        if self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            let messages = rd.take_messages();
+            self.queue_raft_messages(messages);
+            if rd.snapshot().get_metadata().index > 0 {
+                let snap = rd.snapshot().clone();
+                self.install_snapshot(&snap);
+                persist.snapshot = Some(snap);
+                persist.compacted = None;
+            }
+            let committed = rd.take_committed_entries();
+            self.apply_entries(committed);
+            if !rd.entries().is_empty() {
+                persist.entries = rd.entries().clone();
+                if let Err(e) = self.raw.mut_store().mem.wl().append(rd.entries()) {
+                    tracing::error!(error = %e, "raft entries could not be staged");
+                }
+            }
+            if let Some(hs) = rd.hs() {
+                self.raw.mut_store().mem.wl().set_hardstate(hs.clone());
+                persist.hard_state = Some(hs.clone());
+            }
+            let messages = rd.take_persisted_messages();
+            self.queue_raft_messages(messages);
+            raft_ready = Some(rd);
+        }
+        let state_replaced = std::mem::take(&mut self.state_replaced);
+        if raft_ready.is_none()
+            && persist.is_empty()
+            && self.out_messages.is_empty()
+            && self.out_applied.is_empty()
+            && !state_replaced
+        {
+            return None;
+        }
+        self.ready_number += 1;
+        let number = self.ready_number;
+        if let Some(rd) = raft_ready {
+            self.pending = Some((number, rd));
+        }
+        Some(ControlReady {
+            number,
+            persist: (!persist.is_empty()).then_some(persist),
+            messages: std::mem::take(&mut self.out_messages),
+            applied: std::mem::take(&mut self.out_applied),
+            state_replaced,
+        })
+    }
+
+    /// The ready's `persist` is durable and its messages are sent.
+    pub fn advance(&mut self, done: ControlReady) {
+        if let Some((number, rd)) = self.pending.take() {
+            if number != done.number {
+                tracing::error!(
+                    expected = number,
+                    got = done.number,
+                    "control ready advanced out of order"
+                );
+            }
+            let mut light = self.raw.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                self.raw
+                    .mut_store()
+                    .mem
+                    .wl()
+                    .mut_hard_state()
+                    .set_commit(commit);
+            }
+            let messages = light.take_messages();
+            self.queue_raft_messages(messages);
+            let committed = light.take_committed_entries();
+            self.apply_entries(committed);
+            self.raw.advance_apply();
+            self.maybe_compact();
+        }
+        self.drive();
+    }
+
+    fn queue_raft_messages(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            match m.write_to_bytes() {
+                Ok(bytes) => self.out_messages.push((m.to, ControlMessage::Raft(bytes))),
+                Err(e) => tracing::error!(error = %e, "raft message could not be encoded"),
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) {
+        match ClusterState::restore(snap.get_data(), self.replication_factor) {
+            Ok(state) => {
+                self.state = state;
+                self.state_replaced = true;
+                if let Some(d) = self.duties.as_mut() {
+                    d.retention_deadline_ms.clear();
+                    d.retention_dirty = true;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "raft snapshot without a cluster state"),
+        }
+        let store = self.raw.mut_store();
+        if let Err(e) = store.mem.wl().apply_snapshot(snap.clone()) {
+            tracing::error!(error = %e, "raft snapshot could not be staged");
+        }
+        store.snapshot = snap.clone();
+        self.snapshot_index = snap.get_metadata().index;
+    }
+
+    fn maybe_compact(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        if applied < self.snapshot_index.saturating_add(self.compact_entries) {
+            return;
+        }
+        let term = match self.raw.raft.raft_log.term(applied) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, applied, "no term for the compaction index");
+                return;
+            }
+        };
+        let conf_state = self.raw.raft.prs().conf().to_conf_state();
+        let mut snap = Snapshot::default();
+        snap.set_data(self.state.encode().into());
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        let store = self.raw.mut_store();
+        if let Err(e) = store.mem.wl().compact(applied) {
+            tracing::error!(error = %e, "raft log compaction failed");
+            return;
+        }
+        store.snapshot = snap.clone();
+        self.snapshot_index = applied;
+        self.out_compacted = Some(snap);
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            let Some(cmd) = command_of(&entry) else {
+                continue;
+            };
+            let affected: Vec<InstanceId> = match &cmd {
+                Command::NodeRestarted { node } => self
+                    .state
+                    .checkpoints()
+                    .filter(|m| m.open_on.contains(node))
+                    .map(|m| m.instance)
+                    .collect(),
+                Command::Opened { instance, .. }
+                | Command::Closed { instance, .. }
+                | Command::SetRetention { instance, .. }
+                | Command::Destroy { instance } => vec![*instance],
+                _ => Vec::new(),
+            };
+            let applied = self.state.apply(&cmd);
+            if let Applied::Created { meta } = &applied {
+                self.retention_changed(&[meta.instance]);
+            }
+            self.retention_changed(&affected);
+            self.duty_done(&cmd);
+            let ticket = postcard::from_bytes::<ProposalContext>(entry.get_context())
+                .ok()
+                .filter(|c| c.node == self.id && c.incarnation == self.incarnation)
+                .and_then(|c| self.tickets.remove(&c.ticket).map(|_| Ticket(c.ticket)));
+            self.out_applied.push((ticket, cmd, applied));
+        }
+    }
+
+    fn retention_changed(&mut self, instances: &[InstanceId]) {
+        if let Some(d) = self.duties.as_mut() {
+            for i in instances {
+                d.retention_deadline_ms.remove(i);
+                d.proposed_ms.remove(&Duty::Expire(*i));
+            }
+            d.retention_dirty = true;
+        }
+    }
+
+    fn duty_done(&mut self, cmd: &Command) {
+        let Some(d) = self.duties.as_mut() else {
+            return;
+        };
+        match cmd {
+            Command::Failover { node } => {
+                d.proposed_ms.remove(&Duty::Failover(*node));
+            }
+            Command::NodeUp { node } => {
+                d.proposed_ms.remove(&Duty::NodeUp(*node));
+                // Count from now: it just asked (or we would not have proposed).
+                let now = self.now_ms;
+                d.last_request_ms.entry(*node).or_insert(now);
+            }
+            Command::Destroy { instance } => {
+                d.proposed_ms.remove(&Duty::Destroy(*instance));
+                d.proposed_ms.remove(&Duty::Expire(*instance));
+            }
+            _ => {}
+        }
+    }
+
+    /// Proposes leader-duty commands unless the same duty was proposed
+    /// within the retry interval.
+    fn propose_duty(&mut self, duty: Duty, cmds: Vec<Command>) {
+        let now = self.now_ms;
+        let retry_ms = self.lease_timeout_ms;
+        let Some(d) = self.duties.as_mut() else {
+            return;
+        };
+        if d.proposed_ms
+            .get(&duty)
+            .is_some_and(|at| now < at.saturating_add(retry_ms))
+        {
+            return;
+        }
+        d.proposed_ms.insert(duty, now);
+        for cmd in cmds {
+            tracing::info!(?cmd, "control-plane leader proposes");
+            if self.pending.is_some() {
+                self.deferred.push_back(Deferred::Propose(None, cmd));
+            } else if let Err(e) = self.raw_propose(None, &cmd) {
+                tracing::warn!(error = %e, "leader duty proposal dropped");
+            }
+        }
+    }
+
+    /// Runs what can run now: queued steps and proposals, Raft ticks, lease
+    /// requests, leader duties, proposal timeouts.
+    fn drive(&mut self) {
+        if self.pending.is_some() {
+            return;
+        }
+        while let Some(d) = self.deferred.pop_front() {
+            match d {
+                Deferred::Step(msg) => {
+                    if let Err(e) = self.raw.step(msg) {
+                        tracing::debug!(error = %e, "raft message not stepped");
+                    }
+                }
+                Deferred::Propose(ticket, cmd) => {
+                    if let Err(e) = self.raw_propose(ticket, &cmd) {
+                        if let Some(t) = ticket {
+                            if self.tickets.remove(&t).is_some() {
+                                self.out_applied
+                                    .push((Some(Ticket(t)), cmd, Applied::Failed(e)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut ticks = 0;
+        while self.now_ms >= self.last_tick_ms.saturating_add(self.tick_ms)
+            && ticks < 2 * ELECTION_TICKS
+        {
+            self.raw.tick();
+            self.last_tick_ms += self.tick_ms;
+            ticks += 1;
+        }
+        if self.now_ms >= self.last_tick_ms.saturating_add(self.tick_ms) {
+            // A long pause: do not replay every missed tick.
+            self.last_tick_ms = self.now_ms;
+        }
+        self.lease_and_duties();
+        self.expire_tickets();
+    }
+
+    fn expire_tickets(&mut self) {
+        let now = self.now_ms;
+        let timeout = self.proposal_timeout_ms;
+        let expired: Vec<u64> = self
+            .tickets
+            .iter()
+            .filter(|(_, (at, _))| now > at.saturating_add(timeout))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            if let Some((_, cmd)) = self.tickets.remove(&t) {
+                let e = CkptError::new(
+                    ErrorCode::TryAgain,
+                    format!("control-plane proposal not committed within {timeout} ms"),
+                );
+                self.out_applied
+                    .push((Some(Ticket(t)), cmd, Applied::Failed(e)));
+            }
+        }
+    }
+
+    fn lease_and_duties(&mut self) {
+        let now = self.now_ms;
+        if !self.is_leader() {
+            self.duties = None;
+            if let Some(leader) = self.leader() {
+                let due = self
+                    .last_lease_request_ms
+                    .is_none_or(|at| now >= at.saturating_add(self.lease_timeout_ms / 4));
+                if due && leader != self.id {
+                    self.out_messages
+                        .push((leader, ControlMessage::LeaseRequest { sent_at_ms: now }));
+                    self.last_lease_request_ms = Some(now);
+                }
+            }
+            return;
+        }
+        let term = self.term();
+        if self.duties.as_ref().is_none_or(|d| d.term != term) {
+            tracing::info!(node = self.id, term, "control-plane leader");
+            self.duties = Some(LeaderDuties {
+                term,
+                since_ms: now,
+                last_request_ms: BTreeMap::new(),
+                proposed_ms: BTreeMap::new(),
+                retention_deadline_ms: BTreeMap::new(),
+                retention_dirty: true,
+            });
+        }
+        // The leader's own lease runs from the last time a quorum had
+        // contacted it (its own request counts, and so does its election).
+        let me = self.id;
+        if let Some(d) = self.duties.as_mut() {
+            d.last_request_ms.insert(me, now);
+            let heard = quorum_heard_ms(d, &self.nodes);
+            self.lease_sent_at_ms = Some(self.lease_sent_at_ms.map_or(heard, |s| s.max(heard)));
+        }
+        self.last_lease_request_ms = Some(now);
+        if !self.state.node_alive(me) {
+            self.propose_duty(Duty::NodeUp(me), vec![Command::NodeUp { node: me }]);
+        }
+        let deadline_ms = self.lease_timeout_ms.saturating_add(self.margin_ms);
+        let dead: Vec<NodeId> = {
+            let d = self.duties.as_ref().expect("duties set above");
+            self.nodes
+                .iter()
+                .copied()
+                .filter(|n| *n != me && self.state.node_alive(*n))
+                .filter(|n| {
+                    let last = d
+                        .last_request_ms
+                        .get(n)
+                        .copied()
+                        .unwrap_or(0)
+                        .max(d.since_ms);
+                    now > last.saturating_add(deadline_ms)
+                })
+                .collect()
+        };
+        for node in dead {
+            self.propose_duty(Duty::Failover(node), vec![Command::Failover { node }]);
+        }
+        self.retention();
+    }
+
+    fn retention(&mut self) {
+        let now = self.now_ms;
+        let mut destroy = Vec::new();
+        let mut expire = Vec::new();
+        {
+            let Some(d) = self.duties.as_mut() else {
+                return;
+            };
+            if d.retention_dirty {
+                d.retention_dirty = false;
+                d.retention_deadline_ms
+                    .retain(|i, _| self.state.get(*i).is_some());
+                for meta in self.state.checkpoints() {
+                    if !meta.open_on.is_empty() {
+                        d.retention_deadline_ms.remove(&meta.instance);
+                    } else if meta.unlinked {
+                        destroy.push(meta.instance);
+                    } else if meta.retention_duration_ns != TIME_END
+                        && meta.retention_duration_ns >= 0
+                    {
+                        let ms = (meta.retention_duration_ns as u64).div_ceil(1_000_000);
+                        d.retention_deadline_ms
+                            .entry(meta.instance)
+                            .or_insert(now.saturating_add(ms));
+                    } else {
+                        d.retention_deadline_ms.remove(&meta.instance);
+                    }
+                }
+            }
+            for (instance, deadline) in &d.retention_deadline_ms {
+                if now >= *deadline {
+                    if let Some(meta) = self.state.get(*instance) {
+                        if meta.open_on.is_empty() && !meta.unlinked {
+                            expire.push((*instance, meta.name.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        for instance in destroy {
+            self.propose_duty(Duty::Destroy(instance), vec![Command::Destroy { instance }]);
+        }
+        for (instance, name) in expire {
+            tracing::info!(instance = instance.0, %name, "retention expired");
+            // The Destroy is in flight with the Unlink: do not propose it again.
+            if let Some(d) = self.duties.as_mut() {
+                d.proposed_ms.insert(Duty::Destroy(instance), now);
+            }
+            self.propose_duty(
+                Duty::Expire(instance),
+                vec![Command::Unlink { name }, Command::Destroy { instance }],
+            );
+        }
+    }
+}

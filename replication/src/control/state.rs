@@ -1,0 +1,1159 @@
+//! The metadata state machine replicated by Raft: the checkpoint registry,
+//! placement, active replicas, epochs, in-sync sets, node liveness and
+//! cluster-wide open sets.
+//!
+//! [`ClusterState::apply`] is a pure function of the state and one
+//! committed [`Command`]: every node applies the same commands in the same
+//! order and reaches the same state, so nothing here may read a clock,
+//! iterate a hash map or depend on the local node. A command that cannot be
+//! applied leaves the state unchanged and yields [`Applied::Failed`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ckpt_proto::{
+    CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode,
+};
+use ckpt_storage::{Epoch, InstanceId, Seq};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+
+/// One checkpoint instance as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "MetaWire", from = "MetaWire")]
+pub struct CheckpointMeta {
+    /// Its name (still reported after an unlink).
+    pub name: CheckpointName,
+    /// Cluster-wide instance id, allocated by the state machine.
+    pub instance: InstanceId,
+    /// Creation attributes (retention as created; see `retention_duration_ns`).
+    pub attributes: CreationAttributes,
+    /// Nodes holding a copy, placement order (the first is the preferred active).
+    pub replicas: Vec<NodeId>,
+    /// The node ordering writes in the current epoch; `None` for a
+    /// COLLOCATED checkpoint before ActiveReplicaSet, or when no in-sync
+    /// replica is alive.
+    pub active: Option<NodeId>,
+    /// Bumped whenever the active replica changes.
+    pub epoch: Epoch,
+    /// The first seq of each epoch, ascending (KIP-101 divergence checks).
+    pub epoch_starts: Vec<(Epoch, Seq)>,
+    /// Replicas known to hold every acknowledged write, ascending.
+    pub in_sync: Vec<NodeId>,
+    /// Unlinked: no longer reachable by name, destroyed once closed everywhere.
+    pub unlinked: bool,
+    /// Nodes that have it open.
+    pub open_on: BTreeSet<NodeId>,
+    /// Current retention (SetRetention changes it).
+    pub retention_duration_ns: i64,
+}
+
+impl CheckpointMeta {
+    /// COLLOCATED: the active replica is only ever named by ActiveReplicaSet.
+    pub fn collocated(&self) -> bool {
+        self.attributes
+            .creation_flags
+            .contains(CreationFlags::CHECKPOINT_COLLOCATED)
+    }
+
+    /// DISTRIBUTED or ALL_OPEN_ARE_REPLICAS: every opener gets a replica.
+    pub fn replica_per_opener(&self) -> bool {
+        let flags = self.attributes.creation_flags;
+        flags.contains(CreationFlags::DISTRIBUTED)
+            || flags.contains(CreationFlags::ALL_OPEN_ARE_REPLICAS)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct MetaWire {
+    name: CheckpointName,
+    instance: u64,
+    attributes: CreationAttributes,
+    replicas: Vec<NodeId>,
+    active: Option<NodeId>,
+    epoch: u64,
+    epoch_starts: Vec<(u64, u64)>,
+    in_sync: Vec<NodeId>,
+    unlinked: bool,
+    open_on: BTreeSet<NodeId>,
+    retention_duration_ns: i64,
+}
+
+impl From<CheckpointMeta> for MetaWire {
+    fn from(m: CheckpointMeta) -> Self {
+        MetaWire {
+            name: m.name,
+            instance: m.instance.0,
+            attributes: m.attributes,
+            replicas: m.replicas,
+            active: m.active,
+            epoch: m.epoch.0,
+            epoch_starts: m.epoch_starts.iter().map(|(e, s)| (e.0, s.0)).collect(),
+            in_sync: m.in_sync,
+            unlinked: m.unlinked,
+            open_on: m.open_on,
+            retention_duration_ns: m.retention_duration_ns,
+        }
+    }
+}
+
+impl From<MetaWire> for CheckpointMeta {
+    fn from(m: MetaWire) -> Self {
+        CheckpointMeta {
+            name: m.name,
+            instance: InstanceId(m.instance),
+            attributes: m.attributes,
+            replicas: m.replicas,
+            active: m.active,
+            epoch: Epoch(m.epoch),
+            epoch_starts: m
+                .epoch_starts
+                .iter()
+                .map(|(e, s)| (Epoch(*e), Seq(*s)))
+                .collect(),
+            in_sync: m.in_sync,
+            unlinked: m.unlinked,
+            open_on: m.open_on,
+            retention_duration_ns: m.retention_duration_ns,
+        }
+    }
+}
+
+/// A change to the cluster metadata, proposed through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "CommandWire", from = "CommandWire")]
+pub enum Command {
+    /// A new checkpoint instance; `creator` is the node whose client asked
+    /// (it counts as having it open).
+    Create {
+        /// Name; must not name a linked checkpoint.
+        name: CheckpointName,
+        /// Validated attributes.
+        attributes: CreationAttributes,
+        /// The proposing node.
+        creator: NodeId,
+    },
+    /// The name goes; the instance lives on until closed everywhere.
+    Unlink {
+        /// The linked checkpoint's name.
+        name: CheckpointName,
+    },
+    /// Forget the instance (refused while it is open anywhere).
+    Destroy {
+        /// Which instance.
+        instance: InstanceId,
+    },
+    /// `node` opened the checkpoint.
+    Opened {
+        /// Which instance.
+        instance: InstanceId,
+        /// The opening node.
+        node: NodeId,
+    },
+    /// `node` closed its last handle on the checkpoint.
+    Closed {
+        /// Which instance.
+        instance: InstanceId,
+        /// The closing node.
+        node: NodeId,
+    },
+    /// `node` started afresh: it has nothing open, and every checkpoint it
+    /// is active for gets a new epoch (same active): a crashed active may
+    /// have lost unsynced entries that a backup holds, so it must not go on
+    /// writing `(epoch, seq)` pairs that exist elsewhere with other bytes.
+    NodeRestarted {
+        /// The restarted node.
+        node: NodeId,
+    },
+    /// New retention duration in ns.
+    SetRetention {
+        /// Which instance.
+        instance: InstanceId,
+        /// Non-negative; `TIME_END` = forever.
+        ns: i64,
+    },
+    /// ActiveReplicaSet: `node` (an in-sync replica) becomes active; epoch + 1.
+    SetActive {
+        /// Which instance.
+        instance: InstanceId,
+        /// The new active replica.
+        node: NodeId,
+    },
+    /// The active replica of `epoch` sets the in-sync set (refused for any
+    /// other epoch).
+    SetInSync {
+        /// Which instance.
+        instance: InstanceId,
+        /// The proposer's epoch.
+        epoch: Epoch,
+        /// Replicas holding every acknowledged write.
+        in_sync: Vec<NodeId>,
+    },
+    /// The active replica of `epoch` wrote its epoch-start entry at `start_seq`.
+    EpochStarted {
+        /// Which instance.
+        instance: InstanceId,
+        /// The epoch started.
+        epoch: Epoch,
+        /// Its first seq.
+        start_seq: Seq,
+    },
+    /// `node` gets a (catching-up, not in-sync) replica.
+    AddReplica {
+        /// Which instance.
+        instance: InstanceId,
+        /// The new replica.
+        node: NodeId,
+    },
+    /// `node` lost its lease: it is dead; every checkpoint it was active for
+    /// gets a new active replica from its in-sync set (COLLOCATED: none).
+    Failover {
+        /// The dead node.
+        node: NodeId,
+    },
+    /// `node` asks for leases again: alive, a catching-up backup.
+    NodeUp {
+        /// The returning node.
+        node: NodeId,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+enum CommandWire {
+    Create {
+        name: CheckpointName,
+        attributes: CreationAttributes,
+        creator: NodeId,
+    },
+    Unlink {
+        name: CheckpointName,
+    },
+    Destroy {
+        instance: u64,
+    },
+    Opened {
+        instance: u64,
+        node: NodeId,
+    },
+    Closed {
+        instance: u64,
+        node: NodeId,
+    },
+    NodeRestarted {
+        node: NodeId,
+    },
+    SetRetention {
+        instance: u64,
+        ns: i64,
+    },
+    SetActive {
+        instance: u64,
+        node: NodeId,
+    },
+    SetInSync {
+        instance: u64,
+        epoch: u64,
+        in_sync: Vec<NodeId>,
+    },
+    EpochStarted {
+        instance: u64,
+        epoch: u64,
+        start_seq: u64,
+    },
+    AddReplica {
+        instance: u64,
+        node: NodeId,
+    },
+    Failover {
+        node: NodeId,
+    },
+    NodeUp {
+        node: NodeId,
+    },
+}
+
+impl From<Command> for CommandWire {
+    fn from(c: Command) -> Self {
+        match c {
+            Command::Create {
+                name,
+                attributes,
+                creator,
+            } => CommandWire::Create {
+                name,
+                attributes,
+                creator,
+            },
+            Command::Unlink { name } => CommandWire::Unlink { name },
+            Command::Destroy { instance } => CommandWire::Destroy {
+                instance: instance.0,
+            },
+            Command::Opened { instance, node } => CommandWire::Opened {
+                instance: instance.0,
+                node,
+            },
+            Command::Closed { instance, node } => CommandWire::Closed {
+                instance: instance.0,
+                node,
+            },
+            Command::NodeRestarted { node } => CommandWire::NodeRestarted { node },
+            Command::SetRetention { instance, ns } => CommandWire::SetRetention {
+                instance: instance.0,
+                ns,
+            },
+            Command::SetActive { instance, node } => CommandWire::SetActive {
+                instance: instance.0,
+                node,
+            },
+            Command::SetInSync {
+                instance,
+                epoch,
+                in_sync,
+            } => CommandWire::SetInSync {
+                instance: instance.0,
+                epoch: epoch.0,
+                in_sync,
+            },
+            Command::EpochStarted {
+                instance,
+                epoch,
+                start_seq,
+            } => CommandWire::EpochStarted {
+                instance: instance.0,
+                epoch: epoch.0,
+                start_seq: start_seq.0,
+            },
+            Command::AddReplica { instance, node } => CommandWire::AddReplica {
+                instance: instance.0,
+                node,
+            },
+            Command::Failover { node } => CommandWire::Failover { node },
+            Command::NodeUp { node } => CommandWire::NodeUp { node },
+        }
+    }
+}
+
+impl From<CommandWire> for Command {
+    fn from(c: CommandWire) -> Self {
+        match c {
+            CommandWire::Create {
+                name,
+                attributes,
+                creator,
+            } => Command::Create {
+                name,
+                attributes,
+                creator,
+            },
+            CommandWire::Unlink { name } => Command::Unlink { name },
+            CommandWire::Destroy { instance } => Command::Destroy {
+                instance: InstanceId(instance),
+            },
+            CommandWire::Opened { instance, node } => Command::Opened {
+                instance: InstanceId(instance),
+                node,
+            },
+            CommandWire::Closed { instance, node } => Command::Closed {
+                instance: InstanceId(instance),
+                node,
+            },
+            CommandWire::NodeRestarted { node } => Command::NodeRestarted { node },
+            CommandWire::SetRetention { instance, ns } => Command::SetRetention {
+                instance: InstanceId(instance),
+                ns,
+            },
+            CommandWire::SetActive { instance, node } => Command::SetActive {
+                instance: InstanceId(instance),
+                node,
+            },
+            CommandWire::SetInSync {
+                instance,
+                epoch,
+                in_sync,
+            } => Command::SetInSync {
+                instance: InstanceId(instance),
+                epoch: Epoch(epoch),
+                in_sync,
+            },
+            CommandWire::EpochStarted {
+                instance,
+                epoch,
+                start_seq,
+            } => Command::EpochStarted {
+                instance: InstanceId(instance),
+                epoch: Epoch(epoch),
+                start_seq: Seq(start_seq),
+            },
+            CommandWire::AddReplica { instance, node } => Command::AddReplica {
+                instance: InstanceId(instance),
+                node,
+            },
+            CommandWire::Failover { node } => Command::Failover { node },
+            CommandWire::NodeUp { node } => Command::NodeUp { node },
+        }
+    }
+}
+
+impl Command {
+    /// postcard bytes (the Raft entry data).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a Command always serializes")
+    }
+
+    /// # Errors
+    /// `BAD_OPERATION` when the bytes are not a command.
+    pub fn decode(bytes: &[u8]) -> CkptResult<Command> {
+        postcard::from_bytes(bytes).map_err(|e| {
+            CkptError::new(
+                ErrorCode::BadOperation,
+                format!("undecodable control command: {e}"),
+            )
+        })
+    }
+}
+
+/// The outcome of one applied command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// `Create` succeeded: the new checkpoint.
+    Created {
+        /// Its metadata as created.
+        meta: CheckpointMeta,
+    },
+    /// Any other command took effect (or was already in effect).
+    Done,
+    /// Refused; the state is unchanged.
+    Failed(CkptError),
+}
+
+/// The replicated metadata. Equal on every node after the same commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterState {
+    checkpoints: BTreeMap<InstanceId, CheckpointMeta>,
+    names: BTreeMap<CheckpointName, InstanceId>,
+    /// Every configured node and whether it is alive.
+    nodes: BTreeMap<NodeId, bool>,
+    next_instance: u64,
+    replication_factor: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateWire {
+    checkpoints: Vec<CheckpointMeta>,
+    nodes: Vec<(NodeId, bool)>,
+    next_instance: u64,
+}
+
+fn fail<T>(code: ErrorCode, detail: String) -> Result<T, CkptError> {
+    Err(CkptError::new(code, detail))
+}
+
+fn next_epoch(meta: &CheckpointMeta) -> CkptResult<Epoch> {
+    meta.epoch.0.checked_add(1).map(Epoch).ok_or_else(|| {
+        CkptError::new(
+            ErrorCode::NoResource,
+            format!("instance {}: epoch overflow", meta.instance.0),
+        )
+    })
+}
+
+impl ClusterState {
+    /// The state before any command: every configured node alive, no checkpoint.
+    pub fn new(nodes: &[NodeId], replication_factor: usize) -> ClusterState {
+        ClusterState {
+            checkpoints: BTreeMap::new(),
+            names: BTreeMap::new(),
+            nodes: nodes.iter().map(|n| (*n, true)).collect(),
+            next_instance: 1,
+            replication_factor: replication_factor.max(1),
+        }
+    }
+
+    /// The linked checkpoint of this name.
+    pub fn lookup(&self, name: &CheckpointName) -> Option<&CheckpointMeta> {
+        self.names.get(name).and_then(|i| self.checkpoints.get(i))
+    }
+
+    /// An instance, linked or not.
+    pub fn get(&self, instance: InstanceId) -> Option<&CheckpointMeta> {
+        self.checkpoints.get(&instance)
+    }
+
+    /// Every instance, by id.
+    pub fn checkpoints(&self) -> impl Iterator<Item = &CheckpointMeta> {
+        self.checkpoints.values()
+    }
+
+    /// Whether the node is configured and not declared dead.
+    pub fn node_alive(&self, node: NodeId) -> bool {
+        self.nodes.get(&node).copied().unwrap_or(false)
+    }
+
+    /// Every configured node with its liveness, by id.
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeId, bool)> + '_ {
+        self.nodes.iter().map(|(n, a)| (*n, *a))
+    }
+
+    /// The id the next Create will get.
+    pub fn next_instance(&self) -> InstanceId {
+        InstanceId(self.next_instance)
+    }
+
+    /// Instances `node` is the active replica of.
+    pub fn active_on(&self, node: NodeId) -> impl Iterator<Item = &CheckpointMeta> {
+        self.checkpoints
+            .values()
+            .filter(move |m| m.active == Some(node))
+    }
+
+    /// Snapshot bytes (postcard); see [`ClusterState::restore`].
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = StateWire {
+            checkpoints: self.checkpoints.values().cloned().collect(),
+            nodes: self.nodes.iter().map(|(n, a)| (*n, *a)).collect(),
+            next_instance: self.next_instance,
+        };
+        postcard::to_allocvec(&wire).expect("the cluster state always serializes")
+    }
+
+    /// The state from snapshot bytes; the replication factor comes from the
+    /// local configuration.
+    ///
+    /// # Errors
+    /// `BAD_OPERATION` when the bytes do not decode.
+    pub fn restore(bytes: &[u8], replication_factor: usize) -> CkptResult<ClusterState> {
+        let wire: StateWire = postcard::from_bytes(bytes).map_err(|e| {
+            CkptError::new(
+                ErrorCode::BadOperation,
+                format!("undecodable control snapshot: {e}"),
+            )
+        })?;
+        let mut state = ClusterState {
+            checkpoints: BTreeMap::new(),
+            names: BTreeMap::new(),
+            nodes: wire.nodes.into_iter().collect(),
+            next_instance: wire.next_instance,
+            replication_factor: replication_factor.max(1),
+        };
+        for meta in wire.checkpoints {
+            if !meta.unlinked {
+                state.names.insert(meta.name.clone(), meta.instance);
+            }
+            state.checkpoints.insert(meta.instance, meta);
+        }
+        Ok(state)
+    }
+
+    /// Applies one committed command. Deterministic; a failure changes nothing.
+    pub fn apply(&mut self, cmd: &Command) -> Applied {
+        match self.try_apply(cmd) {
+            Ok(applied) => applied,
+            Err(e) => Applied::Failed(e),
+        }
+    }
+
+    fn meta_mut(&mut self, instance: InstanceId) -> CkptResult<&mut CheckpointMeta> {
+        self.checkpoints.get_mut(&instance).ok_or_else(|| {
+            CkptError::new(
+                ErrorCode::NotExist,
+                format!("no checkpoint instance {}", instance.0),
+            )
+        })
+    }
+
+    fn load(&self, node: NodeId) -> usize {
+        self.checkpoints
+            .values()
+            .filter(|m| m.replicas.contains(&node))
+            .count()
+    }
+
+    fn try_apply(&mut self, cmd: &Command) -> CkptResult<Applied> {
+        match cmd {
+            Command::Create {
+                name,
+                attributes,
+                creator,
+            } => self.create(name, attributes, *creator),
+            Command::Unlink { name } => {
+                let Some(instance) = self.names.remove(name) else {
+                    return fail(ErrorCode::NotExist, format!("no checkpoint named {name}"));
+                };
+                self.meta_mut(instance)?.unlinked = true;
+                Ok(Applied::Done)
+            }
+            Command::Destroy { instance } => {
+                let meta = self.meta_mut(*instance)?;
+                if !meta.open_on.is_empty() {
+                    return fail(
+                        ErrorCode::TryAgain,
+                        format!(
+                            "instance {} is still open on nodes {:?}",
+                            instance.0, meta.open_on
+                        ),
+                    );
+                }
+                let name = meta.name.clone();
+                self.checkpoints.remove(instance);
+                if self.names.get(&name) == Some(instance) {
+                    self.names.remove(&name);
+                }
+                Ok(Applied::Done)
+            }
+            Command::Opened { instance, node } => {
+                self.known_node(*node)?;
+                let meta = self.meta_mut(*instance)?;
+                meta.open_on.insert(*node);
+                if meta.replica_per_opener() && !meta.replicas.contains(node) {
+                    meta.replicas.push(*node);
+                }
+                Ok(Applied::Done)
+            }
+            Command::Closed { instance, node } => {
+                self.meta_mut(*instance)?.open_on.remove(node);
+                Ok(Applied::Done)
+            }
+            Command::NodeRestarted { node } => {
+                self.known_node(*node)?;
+                // Check every epoch first so that a failure changes nothing.
+                for meta in self
+                    .checkpoints
+                    .values()
+                    .filter(|m| m.active == Some(*node))
+                {
+                    next_epoch(meta)?;
+                }
+                for meta in self.checkpoints.values_mut() {
+                    meta.open_on.remove(node);
+                    if meta.active == Some(*node) {
+                        meta.epoch = next_epoch(meta)?;
+                    }
+                }
+                Ok(Applied::Done)
+            }
+            Command::SetRetention { instance, ns } => {
+                if *ns < 0 {
+                    return fail(
+                        ErrorCode::InvalidParameter,
+                        format!("retention {ns} ns is negative"),
+                    );
+                }
+                self.meta_mut(*instance)?.retention_duration_ns = *ns;
+                Ok(Applied::Done)
+            }
+            Command::SetActive { instance, node } => {
+                let alive = self.node_alive(*node);
+                let meta = self.meta_mut(*instance)?;
+                if meta.active == Some(*node) {
+                    return Ok(Applied::Done);
+                }
+                if !alive {
+                    return fail(ErrorCode::TryAgain, format!("node {node} is not alive"));
+                }
+                if !meta.in_sync.contains(node) {
+                    return fail(
+                        ErrorCode::TryAgain,
+                        format!(
+                            "node {node} is not an in-sync replica of instance {} (in sync: {:?})",
+                            instance.0, meta.in_sync
+                        ),
+                    );
+                }
+                meta.epoch = next_epoch(meta)?;
+                meta.active = Some(*node);
+                Ok(Applied::Done)
+            }
+            Command::SetInSync {
+                instance,
+                epoch,
+                in_sync,
+            } => {
+                let meta = self.meta_mut(*instance)?;
+                if *epoch != meta.epoch {
+                    return fail(
+                        ErrorCode::TryAgain,
+                        format!(
+                            "stale epoch {} for instance {} (now {})",
+                            epoch.0, instance.0, meta.epoch.0
+                        ),
+                    );
+                }
+                let mut set = in_sync.clone();
+                set.sort_unstable();
+                set.dedup();
+                if let Some(stranger) = set.iter().find(|n| !meta.replicas.contains(n)) {
+                    return fail(
+                        ErrorCode::InvalidParameter,
+                        format!(
+                            "node {stranger} is not a replica of instance {}",
+                            instance.0
+                        ),
+                    );
+                }
+                if let Some(active) = meta.active {
+                    if !set.contains(&active) {
+                        return fail(
+                            ErrorCode::InvalidParameter,
+                            format!("in-sync set {set:?} lacks the active replica {active}"),
+                        );
+                    }
+                }
+                meta.in_sync = set;
+                Ok(Applied::Done)
+            }
+            Command::EpochStarted {
+                instance,
+                epoch,
+                start_seq,
+            } => {
+                let meta = self.meta_mut(*instance)?;
+                if *epoch != meta.epoch {
+                    return fail(
+                        ErrorCode::TryAgain,
+                        format!(
+                            "stale epoch {} for instance {} (now {})",
+                            epoch.0, instance.0, meta.epoch.0
+                        ),
+                    );
+                }
+                match meta.epoch_starts.last() {
+                    Some((e, s)) if e == epoch => {
+                        if s == start_seq {
+                            return Ok(Applied::Done);
+                        }
+                        return fail(
+                            ErrorCode::BadOperation,
+                            format!(
+                                "instance {} epoch {} already started at seq {}, not {}",
+                                instance.0, epoch.0, s.0, start_seq.0
+                            ),
+                        );
+                    }
+                    Some((_, s)) if start_seq <= s => {
+                        return fail(
+                            ErrorCode::BadOperation,
+                            format!(
+                                "instance {} epoch {} start seq {} is not after the previous epoch's start {}",
+                                instance.0, epoch.0, start_seq.0, s.0
+                            ),
+                        );
+                    }
+                    _ => meta.epoch_starts.push((*epoch, *start_seq)),
+                }
+                Ok(Applied::Done)
+            }
+            Command::AddReplica { instance, node } => {
+                self.known_node(*node)?;
+                let meta = self.meta_mut(*instance)?;
+                if !meta.replicas.contains(node) {
+                    meta.replicas.push(*node);
+                }
+                Ok(Applied::Done)
+            }
+            Command::Failover { node } => self.failover(*node),
+            Command::NodeUp { node } => self.node_up(*node),
+        }
+    }
+
+    fn known_node(&self, node: NodeId) -> CkptResult<()> {
+        if self.nodes.contains_key(&node) {
+            Ok(())
+        } else {
+            fail(
+                ErrorCode::InvalidParameter,
+                format!("node {node} is not in the cluster"),
+            )
+        }
+    }
+
+    fn create(
+        &mut self,
+        name: &CheckpointName,
+        attributes: &CreationAttributes,
+        creator: NodeId,
+    ) -> CkptResult<Applied> {
+        name.validate()?;
+        attributes.validate()?;
+        if self.names.contains_key(name) {
+            return fail(ErrorCode::AlreadyExist, format!("checkpoint {name} exists"));
+        }
+        // Least-loaded live nodes, the creator first when it is alive.
+        let mut candidates: Vec<(bool, usize, NodeId)> = self
+            .nodes
+            .iter()
+            .filter(|(_, alive)| **alive)
+            .map(|(n, _)| (*n != creator, self.load(*n), *n))
+            .collect();
+        if candidates.is_empty() {
+            return fail(
+                ErrorCode::TryAgain,
+                "no live node to place a checkpoint on".into(),
+            );
+        }
+        candidates.sort_unstable();
+        let replicas: Vec<NodeId> = candidates
+            .iter()
+            .take(self.replication_factor)
+            .map(|(_, _, n)| *n)
+            .collect();
+        let collocated = attributes
+            .creation_flags
+            .contains(CreationFlags::CHECKPOINT_COLLOCATED);
+        let active = if collocated {
+            None
+        } else {
+            replicas.first().copied()
+        };
+        let instance = InstanceId(self.next_instance);
+        self.next_instance = self
+            .next_instance
+            .checked_add(1)
+            .ok_or_else(|| CkptError::new(ErrorCode::NoResource, "instance ids exhausted"))?;
+        let mut in_sync = replicas.clone();
+        in_sync.sort_unstable();
+        let meta = CheckpointMeta {
+            name: name.clone(),
+            instance,
+            attributes: attributes.clone(),
+            replicas,
+            active,
+            epoch: Epoch(1),
+            // The instance's first entry (its creation) is seq 1 of epoch 1.
+            epoch_starts: vec![(Epoch(1), Seq(1))],
+            in_sync,
+            unlinked: false,
+            open_on: if self.nodes.contains_key(&creator) {
+                BTreeSet::from([creator])
+            } else {
+                BTreeSet::new()
+            },
+            retention_duration_ns: attributes.retention_duration_ns,
+        };
+        self.names.insert(name.clone(), instance);
+        self.checkpoints.insert(instance, meta.clone());
+        Ok(Applied::Created { meta })
+    }
+
+    fn failover(&mut self, node: NodeId) -> CkptResult<Applied> {
+        self.known_node(node)?;
+        self.nodes.insert(node, false);
+        let alive = self.nodes.clone();
+        for meta in self.checkpoints.values_mut() {
+            if meta.active == Some(node) {
+                let epoch = next_epoch(meta)?;
+                let candidate = meta
+                    .in_sync
+                    .iter()
+                    .copied()
+                    .filter(|n| *n != node && alive.get(n).copied().unwrap_or(false))
+                    .min();
+                meta.epoch = epoch;
+                if meta.collocated() {
+                    meta.active = None;
+                    meta.in_sync.retain(|n| *n != node);
+                } else if let Some(next) = candidate {
+                    meta.active = Some(next);
+                    meta.in_sync.retain(|n| *n != node);
+                } else {
+                    // No live replica has every acknowledged write: keep the
+                    // dead node in the in-sync set so that it resumes as
+                    // active when it returns (NodeUp) instead of a stale copy.
+                    meta.active = None;
+                }
+            } else if meta.in_sync.contains(&node) && meta.in_sync.len() > 1 {
+                // A dead backup can acknowledge nothing; dropping it here
+                // saves ALL_SAFE writers the replica_lag_timeout.
+                meta.in_sync.retain(|n| *n != node);
+            }
+        }
+        Ok(Applied::Done)
+    }
+
+    fn node_up(&mut self, node: NodeId) -> CkptResult<Applied> {
+        self.known_node(node)?;
+        self.nodes.insert(node, true);
+        let factor = self.replication_factor;
+        for meta in self.checkpoints.values_mut() {
+            if meta.active.is_none() && !meta.collocated() && meta.in_sync.contains(&node) {
+                meta.epoch = next_epoch(meta)?;
+                meta.active = Some(node);
+            }
+            if meta.replicas.len() < factor && !meta.replicas.contains(&node) && !meta.unlinked {
+                meta.replicas.push(node);
+            }
+        }
+        Ok(Applied::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ckpt_proto::TIME_END;
+
+    pub(crate) fn attrs(flags: CreationFlags) -> CreationAttributes {
+        CreationAttributes {
+            creation_flags: flags,
+            checkpoint_size: 1 << 20,
+            retention_duration_ns: TIME_END,
+            max_sections: 8,
+            max_section_size: 1 << 17,
+            max_section_id_size: 32,
+        }
+    }
+
+    fn name(s: &str) -> CheckpointName {
+        CheckpointName::new(s).unwrap()
+    }
+
+    fn create(
+        state: &mut ClusterState,
+        n: &str,
+        flags: CreationFlags,
+        creator: NodeId,
+    ) -> CheckpointMeta {
+        match state.apply(&Command::Create {
+            name: name(n),
+            attributes: attrs(flags),
+            creator,
+        }) {
+            Applied::Created { meta } => meta,
+            other => panic!("create {n}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_places_on_least_loaded_nodes_creator_first() {
+        let mut s = ClusterState::new(&[1, 2, 3, 4], 3);
+        let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 2);
+        assert_eq!(a.instance, InstanceId(1));
+        assert_eq!(a.replicas, vec![2, 1, 3]);
+        assert_eq!(a.active, Some(2));
+        assert_eq!(a.in_sync, vec![1, 2, 3]);
+        assert_eq!(a.epoch, Epoch(1));
+        let b = create(&mut s, "b", CreationFlags::WR_ALL_REPLICAS, 2);
+        // Node 4 carries nothing yet, so it comes before 1 and 3.
+        assert_eq!(b.replicas, vec![2, 4, 1]);
+        assert_eq!(b.instance, InstanceId(2));
+        let c = create(
+            &mut s,
+            "c",
+            CreationFlags::WR_ALL_REPLICAS | CreationFlags::CHECKPOINT_COLLOCATED,
+            3,
+        );
+        assert_eq!(c.active, None);
+        assert!(matches!(
+            s.apply(&Command::Create { name: name("a"), attributes: attrs(CreationFlags::WR_ALL_REPLICAS), creator: 1 }),
+            Applied::Failed(e) if e.code == ErrorCode::AlreadyExist
+        ));
+        assert_eq!(s.next_instance(), InstanceId(4));
+    }
+
+    #[test]
+    fn failover_moves_every_active_role_of_the_dead_node_and_bumps_epochs() {
+        let mut s = ClusterState::new(&[1, 2, 3], 3);
+        let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
+        let b = create(&mut s, "b", CreationFlags::WR_ALL_REPLICAS, 1);
+        let c = create(
+            &mut s,
+            "c",
+            CreationFlags::WR_ALL_REPLICAS | CreationFlags::CHECKPOINT_COLLOCATED,
+            1,
+        );
+        let d = create(&mut s, "d", CreationFlags::WR_ALL_REPLICAS, 2);
+        // ActiveReplicaSet on node 1 for the COLLOCATED one: epoch 2.
+        assert_eq!(
+            s.apply(&Command::SetActive {
+                instance: c.instance,
+                node: 1
+            }),
+            Applied::Done
+        );
+        assert_eq!(s.apply(&Command::Failover { node: 1 }), Applied::Done);
+        assert!(!s.node_alive(1));
+        for inst in [a.instance, b.instance] {
+            let m = s.get(inst).unwrap();
+            assert_eq!(m.active, Some(2));
+            assert_eq!(m.epoch, Epoch(2));
+            assert_eq!(m.in_sync, vec![2, 3]);
+        }
+        let m = s.get(c.instance).unwrap();
+        assert_eq!((m.active, m.epoch), (None, Epoch(3)));
+        assert_eq!(m.in_sync, vec![2, 3]);
+        // Not active on the dead node: same epoch, the dead backup leaves in_sync.
+        let m = s.get(d.instance).unwrap();
+        assert_eq!(
+            (m.active, m.epoch, m.in_sync.clone()),
+            (Some(2), Epoch(1), vec![2, 3])
+        );
+        // Back: alive again, not in sync until the data plane says so.
+        assert_eq!(s.apply(&Command::NodeUp { node: 1 }), Applied::Done);
+        assert!(s.node_alive(1));
+        assert_eq!(s.get(a.instance).unwrap().active, Some(2));
+    }
+
+    #[test]
+    fn failover_without_a_live_in_sync_member_waits_for_the_node() {
+        let mut s = ClusterState::new(&[1, 2, 3], 3);
+        let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
+        let set = |s: &mut ClusterState, v: Vec<NodeId>, e: u64| {
+            s.apply(&Command::SetInSync {
+                instance: a.instance,
+                epoch: Epoch(e),
+                in_sync: v,
+            })
+        };
+        assert_eq!(set(&mut s, vec![1], 1), Applied::Done);
+        assert!(
+            matches!(set(&mut s, vec![2], 1), Applied::Failed(_)),
+            "lacks the active"
+        );
+        assert!(
+            matches!(set(&mut s, vec![1, 9], 1), Applied::Failed(_)),
+            "not a replica"
+        );
+        assert!(
+            matches!(set(&mut s, vec![1], 7), Applied::Failed(e) if e.code == ErrorCode::TryAgain)
+        );
+        s.apply(&Command::Failover { node: 1 });
+        let m = s.get(a.instance).unwrap();
+        assert_eq!((m.active, m.in_sync.clone()), (None, vec![1]));
+        s.apply(&Command::NodeUp { node: 1 });
+        let m = s.get(a.instance).unwrap();
+        assert_eq!((m.active, m.epoch), (Some(1), Epoch(3)));
+    }
+
+    #[test]
+    fn set_active_needs_an_in_sync_live_node_and_bumps_the_epoch() {
+        let mut s = ClusterState::new(&[1, 2, 3], 3);
+        let c = create(
+            &mut s,
+            "c",
+            CreationFlags::WR_ALL_REPLICAS | CreationFlags::CHECKPOINT_COLLOCATED,
+            1,
+        );
+        assert_eq!(
+            s.apply(&Command::SetActive {
+                instance: c.instance,
+                node: 3
+            }),
+            Applied::Done
+        );
+        let m = s.get(c.instance).unwrap();
+        assert_eq!((m.active, m.epoch), (Some(3), Epoch(2)));
+        // Same node again: nothing changes.
+        assert_eq!(
+            s.apply(&Command::SetActive {
+                instance: c.instance,
+                node: 3
+            }),
+            Applied::Done
+        );
+        assert_eq!(s.get(c.instance).unwrap().epoch, Epoch(2));
+        s.apply(&Command::SetInSync {
+            instance: c.instance,
+            epoch: Epoch(2),
+            in_sync: vec![3, 1],
+        });
+        assert!(matches!(
+            s.apply(&Command::SetActive { instance: c.instance, node: 2 }),
+            Applied::Failed(e) if e.code == ErrorCode::TryAgain
+        ));
+    }
+
+    #[test]
+    fn open_close_unlink_destroy() {
+        let mut s = ClusterState::new(&[1, 2, 3], 2);
+        let a = create(
+            &mut s,
+            "a",
+            CreationFlags::WR_ALL_REPLICAS | CreationFlags::DISTRIBUTED,
+            1,
+        );
+        assert_eq!(a.open_on, BTreeSet::from([1]));
+        assert_eq!(a.replicas.len(), 2);
+        s.apply(&Command::Opened {
+            instance: a.instance,
+            node: 3,
+        });
+        let m = s.get(a.instance).unwrap();
+        assert!(m.replicas.contains(&3), "DISTRIBUTED openers get a replica");
+        assert_eq!(s.apply(&Command::Unlink { name: name("a") }), Applied::Done);
+        assert!(s.lookup(&name("a")).is_none());
+        assert!(matches!(
+            s.apply(&Command::Destroy {
+                instance: a.instance
+            }),
+            Applied::Failed(_)
+        ));
+        s.apply(&Command::Closed {
+            instance: a.instance,
+            node: 1,
+        });
+        let epoch = s.get(a.instance).unwrap().epoch;
+        s.apply(&Command::NodeRestarted { node: 3 });
+        assert!(s.get(a.instance).unwrap().open_on.is_empty());
+        assert_eq!(
+            s.get(a.instance).unwrap().epoch,
+            epoch,
+            "node 3 is not its active"
+        );
+        s.apply(&Command::NodeRestarted { node: 1 });
+        let m = s.get(a.instance).unwrap();
+        assert_eq!(
+            (m.active, m.epoch),
+            (Some(1), Epoch(epoch.0 + 1)),
+            "restarted active: new epoch"
+        );
+        // A new checkpoint may take the name meanwhile.
+        let b = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 2);
+        assert_eq!(
+            s.apply(&Command::Destroy {
+                instance: a.instance
+            }),
+            Applied::Done
+        );
+        assert!(s.get(a.instance).is_none());
+        assert_eq!(s.lookup(&name("a")).unwrap().instance, b.instance);
+    }
+
+    #[test]
+    fn epoch_starts_are_recorded_once_per_epoch() {
+        let mut s = ClusterState::new(&[1, 2], 2);
+        let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
+        s.apply(&Command::Failover { node: 1 });
+        let start = |s: &mut ClusterState, e, q| {
+            s.apply(&Command::EpochStarted {
+                instance: a.instance,
+                epoch: Epoch(e),
+                start_seq: Seq(q),
+            })
+        };
+        assert!(matches!(start(&mut s, 1, 5), Applied::Failed(_)));
+        assert_eq!(start(&mut s, 2, 10), Applied::Done);
+        assert_eq!(start(&mut s, 2, 10), Applied::Done);
+        assert!(matches!(start(&mut s, 2, 11), Applied::Failed(_)));
+        assert_eq!(
+            s.get(a.instance).unwrap().epoch_starts,
+            vec![(Epoch(1), Seq(1)), (Epoch(2), Seq(10))]
+        );
+    }
+
+    #[test]
+    fn state_and_commands_round_trip() {
+        let mut s = ClusterState::new(&[1, 2, 3], 3);
+        create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
+        let b = create(&mut s, "b", CreationFlags::WR_ACTIVE_REPLICA, 2);
+        s.apply(&Command::Unlink { name: name("b") });
+        s.apply(&Command::Failover { node: 3 });
+        let back = ClusterState::restore(&s.encode(), 3).unwrap();
+        assert_eq!(back, s);
+        let cmd = Command::SetInSync {
+            instance: b.instance,
+            epoch: Epoch(4),
+            in_sync: vec![1, 2],
+        };
+        assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+        assert!(Command::decode(&[0xff, 0xff]).is_err());
+    }
+}

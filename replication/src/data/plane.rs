@@ -1,0 +1,1502 @@
+//! The per-node data plane: every checkpoint instance this node holds a
+//! replica of, as primary or as backup.
+//!
+//! Primary side. Entries the store appended ([`DataPlane::on_appended`], called
+//! right after the append, before the fsync) go at once to every backup that
+//! is streaming, one [`DataMessage::Entries`] per backup and instance per call,
+//! each naming the entry before it (`prev`). A backup starts streaming only
+//! after its [`DataMessage::CatchUp`] was answered: per KIP-101
+//! ([`plan_catch_up`]) either with entries read from the WAL
+//! ([`DataOutput::ReadEntries`]) or with a snapshot ([`DataOutput::SendSnapshot`]).
+//! In a new epoch, catch-ups wait until the epoch began on this node
+//! ([`DataPlane::on_epoch_begun`]). Acknowledgements feed the [`Tracker`]; on
+//! [`tick`](DataPlane::tick) a backup that is behind without acknowledging
+//! anything new for `replica_lag_timeout_ms` is proposed out of the in-sync
+//! set, and a streaming backup that acknowledged everything is proposed back
+//! in — each proposal once per timeout, not every tick. A backup that is
+//! behind and silent is sent a [`DataMessage::Probe`] so that it asks for a
+//! catch-up (its CatchUp or our answer may have been lost, or we restarted).
+//! WAL reads for a backup pause while more than four reads' worth of bytes
+//! are unacknowledged, and [`DataOutput::HoldWal`] keeps what lagging in-sync
+//! backups and backups being read for still need.
+//!
+//! Backup side. Entries from the active replica of the epoch the control plane
+//! named are appended in order ([`DataOutput::Apply`]) when their `prev` is
+//! this node's last entry; a gap or mismatch asks for a catch-up; entries of
+//! an older epoch are answered [`DataMessage::Fenced`]. Once the store made
+//! them durable ([`DataPlane::on_replica_durable`]) the backup acknowledges.
+//!
+//! The driver carries out the outputs in order; per instance, `Apply` and
+//! `InstallSnapshot` must reach the store in the order they were output.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ckpt_proto::{CkptError, ErrorCode};
+use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
+
+use super::catchup::{plan_catch_up, CatchUpPlan};
+use super::message::{DataMessage, WireEntry};
+use super::tracker::{Need, Tracker};
+use super::{point, NodeId, Position, ReplicaSet, ShippedEntry};
+
+/// Bytes one WAL read for a catching-up backup returns at most (default).
+pub const READ_BYTES_MAX_DEFAULT: u64 = 4 * 1024 * 1024;
+
+/// Appended entries remembered per instance for lag bytes and WAL holds.
+pub const LAG_WINDOW_ENTRIES_MAX: usize = 1 << 16;
+
+/// A change the data plane asks the control plane for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposal {
+    /// Replace the in-sync set of `instance` in `epoch` (ignored by the
+    /// control plane if the epoch moved on).
+    SetInSync {
+        instance: InstanceId,
+        epoch: Epoch,
+        in_sync: Vec<NodeId>,
+    },
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataOutput {
+    /// Send a message to a peer.
+    Send { to: NodeId, msg: DataMessage },
+    /// Backup: append and apply these entries (`store.submit_replicated`),
+    /// then call [`DataPlane::on_replica_durable`] with the reply's position,
+    /// or [`DataPlane::on_replica_failed`].
+    Apply {
+        instance: InstanceId,
+        from: NodeId,
+        entries: Vec<WireEntry>,
+    },
+    /// Primary: read the entries of `instance` after `after`
+    /// (`store.entries_after`, at most `max_bytes`), then call
+    /// [`DataPlane::on_entries_read`] or [`DataPlane::on_entries_gone`].
+    ReadEntries {
+        instance: InstanceId,
+        after: Option<(Epoch, Seq)>,
+        for_node: NodeId,
+        max_bytes: u64,
+    },
+    /// Primary: take a snapshot of `instance` for `to`
+    /// (`store.instance_snapshot`), then call [`DataPlane::on_snapshot_ready`]
+    /// or [`DataPlane::on_read_failed`].
+    SendSnapshot { instance: InstanceId, to: NodeId },
+    /// Backup: install this snapshot (`store.install_snapshot`), then call
+    /// [`DataPlane::on_replica_durable`] with its position, or
+    /// [`DataPlane::on_replica_failed`].
+    InstallSnapshot {
+        instance: InstanceId,
+        from: NodeId,
+        last: (Epoch, Seq),
+        bytes: Vec<u8>,
+    },
+    /// Propose to the control plane.
+    Propose(Proposal),
+    /// Answer these client tickets with success.
+    Released(Vec<u64>),
+    /// Answer these client tickets with the error.
+    Failed(Vec<(u64, CkptError)>),
+    /// Keep WAL segments from this lsn on (`store.set_wal_hold`); `None`: no hold.
+    HoldWal(Option<Lsn>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerMode {
+    /// Nothing is sent until the backup's CatchUp was answered.
+    AwaitCatchUp,
+    /// A WAL read for it is out.
+    Reading,
+    /// A snapshot for it is being taken.
+    Snapshotting,
+    /// Appended entries go to it as they come.
+    Streaming,
+}
+
+#[derive(Debug)]
+struct Peer {
+    mode: PeerMode,
+    /// The last entry sent (what the next `Entries` names as `prev`).
+    sent: Option<(Epoch, Seq)>,
+    /// Highest seq acknowledged durable in the current epoch.
+    acked: Option<Seq>,
+    /// When it last acknowledged progress, or fell behind after being caught up.
+    progress_ms: u64,
+    /// Lsn of the last entry a WAL read returned for it.
+    read_lsn: Option<Lsn>,
+    /// Entries read from the WAL and sent, not yet acknowledged: (last seq
+    /// of a message, its bytes). Reading pauses while they exceed the bound.
+    read_inflight: VecDeque<(Seq, u64)>,
+    read_paused: bool,
+    /// The `last` of the CatchUp being answered and when: a retry of it
+    /// within the retry interval is ignored.
+    serving: Option<(Option<(Epoch, Seq)>, u64)>,
+    remove_proposed_ms: Option<u64>,
+    add_proposed_ms: Option<u64>,
+    probe_sent_ms: Option<u64>,
+}
+
+impl Peer {
+    /// Forgets any read or snapshot under way.
+    fn reset_read(&mut self) {
+        self.read_lsn = None;
+        self.read_inflight.clear();
+        self.read_paused = false;
+    }
+
+    fn new(now_ms: u64) -> Self {
+        Peer {
+            mode: PeerMode::AwaitCatchUp,
+            sent: None,
+            acked: None,
+            progress_ms: now_ms,
+            read_lsn: None,
+            read_inflight: VecDeque::new(),
+            read_paused: false,
+            serving: None,
+            remove_proposed_ms: None,
+            add_proposed_ms: None,
+            probe_sent_ms: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Primary {
+    epoch: Epoch,
+    /// The epoch began on this node: it may ship and answer catch-ups.
+    begun: bool,
+    /// First seq of `epoch`, when known exactly (from the control plane or
+    /// the EpochStart entry).
+    begun_start: Option<Seq>,
+    /// Last entry appended here.
+    last: Option<(Epoch, Seq)>,
+    /// Recent appended entries: (seq, lsn, bytes appended before it).
+    window: VecDeque<(Seq, Lsn, u64)>,
+    bytes_total: u64,
+    peers: BTreeMap<NodeId, Peer>,
+    /// CatchUps that arrived before the epoch began here.
+    deferred: BTreeMap<NodeId, Option<(Epoch, Seq)>>,
+    /// A peer knows a newer epoch: stop acting as primary.
+    fenced: bool,
+    /// When members holding no replica were last proposed out of the in-sync set.
+    stray_proposed_ms: Option<u64>,
+}
+
+impl Primary {
+    /// The first remembered entry after `seq` (the window is in seq order).
+    fn window_after(&self, seq: Seq) -> Option<(Seq, Lsn, u64)> {
+        let index = self.window.partition_point(|(s, _, _)| *s <= seq);
+        self.window.get(index).copied()
+    }
+}
+
+#[derive(Debug)]
+struct Backup {
+    epoch: Epoch,
+    active: Option<NodeId>,
+    /// Last entry handed to the store (applied or in flight).
+    last: Option<(Epoch, Seq)>,
+    /// Durable positions below this (a snapshot's) are not acknowledged:
+    /// they may belong to a suffix the snapshot discarded.
+    floor: Option<(Epoch, Seq)>,
+    /// The primary showed our log matches its own.
+    synced: bool,
+    catch_up_sent_ms: Option<u64>,
+    acked_sent: Option<Seq>,
+}
+
+#[derive(Debug)]
+enum Role {
+    Primary(Primary),
+    Backup(Backup),
+}
+
+#[derive(Debug)]
+struct Instance {
+    rs: ReplicaSet,
+    /// This node's last durable position of the instance.
+    durable: Option<(Epoch, Seq)>,
+    role: Role,
+}
+
+/// The data plane of one node, for all checkpoint instances it holds.
+#[derive(Debug)]
+pub struct DataPlane {
+    me: NodeId,
+    replica_lag_timeout_ms: u64,
+    read_bytes_max: u64,
+    tracker: Tracker,
+    instances: BTreeMap<InstanceId, Instance>,
+    outputs: Vec<DataOutput>,
+    hold_sent: Option<Option<Lsn>>,
+}
+
+/// Bytes read from the WAL for one backup that may be unacknowledged before
+/// reading pauses.
+fn read_ahead_bytes_max(read_bytes_max: u64) -> u64 {
+    read_bytes_max.saturating_mul(4)
+}
+
+fn read_inflight_bytes(peer: &Peer) -> u64 {
+    peer.read_inflight.iter().map(|(_, b)| *b).sum()
+}
+
+fn try_again(detail: String) -> CkptError {
+    CkptError::new(ErrorCode::TryAgain, detail)
+}
+
+fn seq_of(point: Option<(Epoch, Seq)>) -> Seq {
+    point.map_or(Seq(0), |(_, s)| s)
+}
+
+impl DataPlane {
+    /// The data plane of node `me`; a backup behind for `replica_lag_timeout_ms`
+    /// without acknowledging progress is proposed out of the in-sync set.
+    pub fn new(me: NodeId, replica_lag_timeout_ms: u64) -> Self {
+        DataPlane {
+            me,
+            replica_lag_timeout_ms: replica_lag_timeout_ms.max(1),
+            read_bytes_max: READ_BYTES_MAX_DEFAULT,
+            tracker: Tracker::new(me),
+            instances: BTreeMap::new(),
+            outputs: Vec::new(),
+            hold_sent: None,
+        }
+    }
+
+    /// Sets the bytes one catch-up WAL read returns at most.
+    pub fn set_read_bytes_max(&mut self, bytes: u64) {
+        self.read_bytes_max = bytes.max(1);
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The reply tracker (read-only; feed it through the data plane).
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// The control plane applied a command touching `rs.instance` (call after
+    /// every apply, and once per instance at start). `local` is this node's
+    /// last entry of the instance (`store.position`), used when the instance
+    /// or this node's role in it is new.
+    pub fn on_metadata(&mut self, rs: &ReplicaSet, local: Option<Position>, now_ms: u64) {
+        let instance = rs.instance;
+        let me = self.me;
+        if !rs.replicas.contains(&me) {
+            if self.instances.remove(&instance).is_some() {
+                self.tracker.forget(
+                    instance,
+                    try_again(format!(
+                        "instance {}: this node no longer holds a replica",
+                        instance.0
+                    )),
+                );
+                self.flush_tracker();
+            }
+            return;
+        }
+        let local = local.map(|p| point(&p));
+        let previous = self.instances.remove(&instance);
+        let (durable, prev_role, prev_rs) = match previous {
+            Some(inst) => (inst.durable, Some(inst.role), Some(inst.rs)),
+            None => (local, None, None),
+        };
+        let in_sync_changed = prev_rs
+            .as_ref()
+            .is_none_or(|p| p.in_sync != rs.in_sync || p.epoch != rs.epoch);
+        let role = if rs.active == Some(me) {
+            match prev_role {
+                Some(Role::Primary(mut primary)) if primary.epoch == rs.epoch => {
+                    primary.peers.retain(|n, _| rs.replicas.contains(n));
+                    for node in &rs.replicas {
+                        if *node != me {
+                            primary
+                                .peers
+                                .entry(*node)
+                                .or_insert_with(|| Peer::new(now_ms));
+                        }
+                    }
+                    if in_sync_changed {
+                        primary.stray_proposed_ms = None;
+                        for peer in primary.peers.values_mut() {
+                            peer.remove_proposed_ms = None;
+                            peer.add_proposed_ms = None;
+                        }
+                    }
+                    Role::Primary(primary)
+                }
+                other => {
+                    if matches!(other, Some(Role::Primary(_))) {
+                        self.fail_pending(instance, "this node's epoch ended");
+                    }
+                    let last = match &other {
+                        Some(Role::Backup(b)) => b.last.max(local),
+                        _ => local,
+                    };
+                    let peers = rs
+                        .replicas
+                        .iter()
+                        .filter(|n| **n != me)
+                        .map(|n| (*n, Peer::new(now_ms)))
+                        .collect();
+                    Role::Primary(Primary {
+                        epoch: rs.epoch,
+                        begun: false,
+                        begun_start: None,
+                        last,
+                        window: VecDeque::new(),
+                        bytes_total: 0,
+                        peers,
+                        deferred: BTreeMap::new(),
+                        fenced: false,
+                        stray_proposed_ms: None,
+                    })
+                }
+            }
+        } else {
+            match prev_role {
+                Some(Role::Backup(backup))
+                    if backup.epoch == rs.epoch && backup.active == rs.active =>
+                {
+                    Role::Backup(backup)
+                }
+                other => {
+                    let last = match &other {
+                        Some(Role::Backup(b)) => b.last,
+                        Some(Role::Primary(p)) => {
+                            self.fail_pending(
+                                instance,
+                                "this node is no longer the active replica",
+                            );
+                            p.last.max(local)
+                        }
+                        None => local,
+                    };
+                    Role::Backup(Backup {
+                        epoch: rs.epoch,
+                        active: rs.active,
+                        last,
+                        floor: None,
+                        synced: false,
+                        catch_up_sent_ms: None,
+                        acked_sent: None,
+                    })
+                }
+            }
+        };
+        let mut inst = Instance {
+            rs: rs.clone(),
+            durable,
+            role,
+        };
+        self.tracker
+            .set_in_sync(instance, rs.epoch, &rs.in_sync, rs.min_in_sync);
+        if let Role::Primary(primary) = &mut inst.role {
+            if primary.begun_start.is_none() {
+                if let Some(start) = rs
+                    .epoch_starts
+                    .iter()
+                    .filter(|(e, _)| *e == rs.epoch)
+                    .map(|(_, s)| *s)
+                    .min()
+                {
+                    primary.begun = true;
+                    primary.begun_start = Some(start);
+                    if primary.last.is_none_or(|l| l.1 < start) {
+                        primary.last = Some((rs.epoch, start));
+                    }
+                }
+            }
+        }
+        if let Role::Backup(backup) = &mut inst.role {
+            if !backup.synced && backup.catch_up_sent_ms.is_none() {
+                Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, 0);
+            }
+        }
+        self.instances.insert(instance, inst);
+        self.run_deferred(instance, now_ms);
+        self.flush_tracker();
+    }
+
+    /// A destroyed instance: forget it, failing its pending tickets.
+    pub fn on_instance_removed(&mut self, instance: InstanceId) {
+        self.instances.remove(&instance);
+        self.tracker.forget(
+            instance,
+            CkptError::new(
+                ErrorCode::DoesntExist,
+                format!("instance {} was destroyed", instance.0),
+            ),
+        );
+        self.flush_tracker();
+    }
+
+    /// The new epoch began on this node as primary: its EpochStart entry (or,
+    /// for a new instance, its create entry) is at `pos`. Catch-ups that waited
+    /// for it are answered now.
+    pub fn on_epoch_begun(&mut self, pos: Position, now_ms: u64) {
+        self.begin(pos, Some(pos.seq), now_ms);
+    }
+
+    /// This node restarted as the active replica of an epoch it began before;
+    /// `last` is its last entry (`store.position`). Unless the control plane
+    /// recorded the epoch's start, backups whose last entry is of an older
+    /// epoch get a snapshot (their divergence point cannot be proven).
+    pub fn on_epoch_resumed(&mut self, last: Position, now_ms: u64) {
+        self.begin(last, None, now_ms);
+    }
+
+    fn begin(&mut self, pos: Position, start: Option<Seq>, now_ms: u64) {
+        let Some(inst) = self.instances.get_mut(&pos.instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        if primary.epoch != pos.epoch {
+            return;
+        }
+        primary.begun = true;
+        if primary.begun_start.is_none() {
+            primary.begun_start = start;
+        }
+        if primary.last.is_none_or(|l| l < point(&pos)) {
+            primary.last = Some(point(&pos));
+        }
+        self.run_deferred(pos.instance, now_ms);
+    }
+
+    /// The store appended (and applied) these entries on this node, in log
+    /// order; called before their fsync. Ships them to streaming backups.
+    pub fn on_appended(&mut self, entries: &[ShippedEntry], now_ms: u64) {
+        // One message per backup and instance per call, in log order.
+        let mut runs: BTreeMap<InstanceId, Vec<&ShippedEntry>> = BTreeMap::new();
+        for entry in entries {
+            runs.entry(entry.instance).or_default().push(entry);
+        }
+        for run in runs.values() {
+            self.append_run(run, now_ms);
+        }
+    }
+
+    fn append_run(&mut self, run: &[&ShippedEntry], now_ms: u64) {
+        let instance = run[0].instance;
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        let before = seq_of(primary.last);
+        for peer in primary.peers.values_mut() {
+            if peer.acked.unwrap_or_default() >= before {
+                // It was caught up: its lag clock starts now.
+                peer.progress_ms = now_ms;
+            }
+        }
+        for entry in run {
+            if primary.last.is_some_and(|l| l >= (entry.epoch, entry.seq)) {
+                continue;
+            }
+            primary.last = Some((entry.epoch, entry.seq));
+            primary
+                .window
+                .push_back((entry.seq, entry.lsn, primary.bytes_total));
+            primary.bytes_total = primary.bytes_total.saturating_add(entry.bytes.len() as u64);
+        }
+        while primary.window.len() > LAG_WINDOW_ENTRIES_MAX {
+            primary.window.pop_front();
+        }
+        if primary.fenced || !primary.begun {
+            return;
+        }
+        for (node, peer) in primary.peers.iter_mut() {
+            if peer.mode != PeerMode::Streaming {
+                continue;
+            }
+            let sent_seq = seq_of(peer.sent);
+            let fresh: Vec<&ShippedEntry> =
+                run.iter().copied().filter(|e| e.seq > sent_seq).collect();
+            let Some(first) = fresh.first() else {
+                continue;
+            };
+            if first.seq.0 != sent_seq.0.saturating_add(1) {
+                // Entries went by that this peer never got: read them.
+                peer.mode = PeerMode::Reading;
+                self.outputs.push(DataOutput::ReadEntries {
+                    instance,
+                    after: peer.sent,
+                    for_node: *node,
+                    max_bytes: self.read_bytes_max,
+                });
+                continue;
+            }
+            let wire: Vec<WireEntry> = fresh
+                .iter()
+                .map(|e| WireEntry {
+                    epoch: e.epoch,
+                    seq: e.seq,
+                    bytes: e.bytes.clone(),
+                })
+                .collect();
+            let prev = peer.sent;
+            peer.sent = wire.last().map(|w| (w.epoch, w.seq));
+            self.outputs.push(DataOutput::Send {
+                to: *node,
+                msg: DataMessage::Entries {
+                    instance,
+                    epoch: primary.epoch,
+                    prev,
+                    entries: wire,
+                },
+            });
+        }
+    }
+
+    /// This node's log is durable up to these positions (the store's durable
+    /// listener; one position per instance).
+    pub fn on_local_durable(&mut self, positions: &[Position]) {
+        for pos in positions {
+            if let Some(inst) = self.instances.get_mut(&pos.instance) {
+                if inst.durable.is_none_or(|d| d < point(pos)) {
+                    inst.durable = Some(point(pos));
+                }
+                if let Role::Backup(backup) = &mut inst.role {
+                    Self::maybe_ack(&mut self.outputs, pos.instance, backup, inst.durable);
+                }
+            }
+        }
+        self.tracker.local_durable(positions);
+        self.flush_tracker();
+    }
+
+    /// Backup: the store made replicated entries (or an installed snapshot)
+    /// durable up to `pos`.
+    pub fn on_replica_durable(&mut self, pos: Position) {
+        self.on_local_durable(&[pos]);
+    }
+
+    /// Backup: the store refused replicated entries or a snapshot; `store_last`
+    /// is its last entry of the instance now. Asks the primary to catch us up.
+    pub fn on_replica_failed(
+        &mut self,
+        instance: InstanceId,
+        store_last: Option<Position>,
+        now_ms: u64,
+    ) {
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Backup(backup) = &mut inst.role else {
+            return;
+        };
+        backup.last = store_last.map(|p| point(&p));
+        backup.synced = false;
+        backup.catch_up_sent_ms = None;
+        Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, 0);
+    }
+
+    /// A message from a peer.
+    pub fn on_message(&mut self, from: NodeId, msg: DataMessage, now_ms: u64) {
+        match msg {
+            DataMessage::Entries {
+                instance,
+                epoch,
+                prev,
+                entries,
+            } => self.backup_entries(from, instance, epoch, prev, entries, now_ms),
+            DataMessage::Snapshot {
+                instance,
+                epoch,
+                last,
+                bytes,
+            } => self.backup_snapshot(from, instance, epoch, last, bytes),
+            DataMessage::Ack {
+                instance,
+                epoch,
+                seq,
+            } => self.primary_ack(from, instance, epoch, seq, now_ms),
+            DataMessage::CatchUp {
+                instance,
+                epoch,
+                last,
+            } => self.primary_catch_up(from, instance, epoch, last, now_ms),
+            DataMessage::Fenced { instance, epoch } => {
+                self.fence_if_newer(instance, epoch, from);
+            }
+            DataMessage::Probe { instance, epoch } => {
+                self.backup_probe(from, instance, epoch, now_ms)
+            }
+        }
+        self.flush_tracker();
+    }
+
+    /// Primary: the WAL read for `for_node` returned these entries (in order).
+    pub fn on_entries_read(
+        &mut self,
+        for_node: NodeId,
+        instance: InstanceId,
+        entries: Vec<ShippedEntry>,
+        now_ms: u64,
+    ) {
+        let read_bytes_max = self.read_bytes_max;
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        let epoch = primary.epoch;
+        let primary_last = seq_of(primary.last);
+        let Some(peer) = primary.peers.get_mut(&for_node) else {
+            return;
+        };
+        if peer.mode != PeerMode::Reading || primary.fenced {
+            return;
+        }
+        let sent_seq = seq_of(peer.sent);
+        let fresh: Vec<ShippedEntry> = entries.into_iter().filter(|e| e.seq > sent_seq).collect();
+        let contiguous = fresh
+            .first()
+            .is_none_or(|f| f.seq.0 == sent_seq.0.saturating_add(1))
+            && fresh
+                .windows(2)
+                .all(|w| w[1].seq.0 == w[0].seq.0.saturating_add(1));
+        if !contiguous {
+            peer.mode = PeerMode::Snapshotting;
+            self.outputs.push(DataOutput::SendSnapshot {
+                instance,
+                to: for_node,
+            });
+            return;
+        }
+        let _ = now_ms;
+        let prev = peer.sent;
+        if let Some(last) = fresh.last() {
+            peer.sent = Some((last.epoch, last.seq));
+            peer.read_lsn = Some(last.lsn);
+        }
+        let done = fresh.is_empty() || seq_of(peer.sent) >= primary_last;
+        let batch_bytes: u64 = fresh.iter().map(|e| e.bytes.len() as u64).sum();
+        if !fresh.is_empty() {
+            peer.read_inflight
+                .push_back((seq_of(peer.sent), batch_bytes));
+        }
+        self.outputs.push(DataOutput::Send {
+            to: for_node,
+            msg: DataMessage::Entries {
+                instance,
+                epoch,
+                prev,
+                entries: fresh
+                    .into_iter()
+                    .map(|e| WireEntry {
+                        epoch: e.epoch,
+                        seq: e.seq,
+                        bytes: e.bytes,
+                    })
+                    .collect(),
+            },
+        });
+        if done {
+            peer.mode = PeerMode::Streaming;
+            peer.reset_read();
+        } else if read_inflight_bytes(peer) > read_ahead_bytes_max(read_bytes_max) {
+            // Wait for acknowledgements before reading more: a backup far
+            // behind must not pull the whole WAL into the send queue.
+            peer.read_paused = true;
+        } else {
+            self.outputs.push(DataOutput::ReadEntries {
+                instance,
+                after: peer.sent,
+                for_node,
+                max_bytes: read_bytes_max,
+            });
+        }
+    }
+
+    /// Primary: the WAL no longer holds what `for_node` needs; send a snapshot.
+    pub fn on_entries_gone(&mut self, for_node: NodeId, instance: InstanceId) {
+        if let Some(peer) = self.peer_mut(instance, for_node) {
+            if peer.mode == PeerMode::Reading {
+                peer.mode = PeerMode::Snapshotting;
+                peer.reset_read();
+                self.outputs.push(DataOutput::SendSnapshot {
+                    instance,
+                    to: for_node,
+                });
+            }
+        }
+    }
+
+    /// Primary: a WAL read or snapshot for `for_node` failed. The backup's
+    /// CatchUp retry starts over.
+    pub fn on_read_failed(&mut self, for_node: NodeId, instance: InstanceId) {
+        if let Some(peer) = self.peer_mut(instance, for_node) {
+            peer.mode = PeerMode::AwaitCatchUp;
+            peer.reset_read();
+        }
+    }
+
+    /// Primary: the snapshot for `to` is ready: the instance as of its entry
+    /// `last`, serialized as `bytes`. Sends it, then the entries after it.
+    pub fn on_snapshot_ready(&mut self, to: NodeId, last: Position, bytes: Vec<u8>, now_ms: u64) {
+        let read_bytes_max = self.read_bytes_max;
+        let instance = last.instance;
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        let epoch = primary.epoch;
+        let primary_last = seq_of(primary.last);
+        let Some(peer) = primary.peers.get_mut(&to) else {
+            return;
+        };
+        if peer.mode != PeerMode::Snapshotting || primary.fenced {
+            return;
+        }
+        let _ = now_ms;
+        self.outputs.push(DataOutput::Send {
+            to,
+            msg: DataMessage::Snapshot {
+                instance,
+                epoch,
+                last: point(&last),
+                bytes,
+            },
+        });
+        peer.sent = Some(point(&last));
+        if last.seq < primary_last {
+            peer.mode = PeerMode::Reading;
+            self.outputs.push(DataOutput::ReadEntries {
+                instance,
+                after: peer.sent,
+                for_node: to,
+                max_bytes: read_bytes_max,
+            });
+        } else {
+            peer.mode = PeerMode::Streaming;
+        }
+    }
+
+    /// Waits for `need` on the entry at `pos` (registered after it was
+    /// applied on this node, the active replica).
+    pub fn register(&mut self, ticket: u64, pos: Position, need: Need) {
+        self.tracker.register(ticket, pos, need);
+        self.flush_tracker();
+    }
+
+    /// Time passed: catch-up retries and probes, in-sync removals and
+    /// additions, the WAL hold.
+    pub fn tick(&mut self, now_ms: u64) {
+        let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
+        let instances: Vec<InstanceId> = self.instances.keys().copied().collect();
+        for instance in instances {
+            let Some(inst) = self.instances.get_mut(&instance) else {
+                continue;
+            };
+            match &mut inst.role {
+                Role::Backup(backup) => {
+                    if !backup.synced {
+                        Self::request_catch_up(
+                            &mut self.outputs,
+                            instance,
+                            backup,
+                            now_ms,
+                            retry_ms,
+                        );
+                    }
+                }
+                Role::Primary(_) => self.tick_primary(instance, now_ms),
+            }
+        }
+        self.flush_tracker();
+        let hold = self.wal_hold();
+        if self.hold_sent != Some(hold) {
+            self.hold_sent = Some(hold);
+            self.outputs.push(DataOutput::HoldWal(hold));
+        }
+    }
+
+    fn tick_primary(&mut self, instance: InstanceId, now_ms: u64) {
+        let timeout = self.replica_lag_timeout_ms;
+        let retry_ms = (timeout / 2).max(1);
+        let me = self.me;
+        let required: BTreeSet<NodeId> = self.tracker.required(instance).into_iter().collect();
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        if primary.fenced || !primary.begun {
+            return;
+        }
+        let last = seq_of(primary.last);
+        let due = |at: Option<u64>| at.is_none_or(|t| now_ms.saturating_sub(t) >= timeout);
+        // Members of the in-sync set that hold no replica: nobody will ever
+        // acknowledge for them.
+        let mut remove: BTreeSet<NodeId> = inst
+            .rs
+            .in_sync
+            .iter()
+            .copied()
+            .filter(|n| *n != me && !primary.peers.contains_key(n))
+            .collect();
+        let mut propose = !remove.is_empty() && due(primary.stray_proposed_ms);
+        if propose {
+            primary.stray_proposed_ms = Some(now_ms);
+        }
+        let mut give_up = Vec::new();
+        let mut add = BTreeSet::new();
+        for (node, peer) in primary.peers.iter_mut() {
+            let acked = peer.acked.unwrap_or_default();
+            let behind = acked < last;
+            let idle_ms = now_ms.saturating_sub(peer.progress_ms);
+            let stalled = behind && idle_ms >= timeout;
+            // A backup that is behind and silent may not know it should ask
+            // for a catch-up (its CatchUp or our answer was lost, or we
+            // restarted): ask it where it is.
+            let waiting = match peer.mode {
+                PeerMode::AwaitCatchUp => true,
+                PeerMode::Streaming | PeerMode::Reading => behind,
+                // Waiting for the driver's snapshot, not for the backup.
+                PeerMode::Snapshotting => false,
+            };
+            if waiting
+                && idle_ms >= retry_ms
+                && peer
+                    .probe_sent_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= retry_ms)
+            {
+                peer.probe_sent_ms = Some(now_ms);
+                // Its answer must not be taken for a retry.
+                peer.serving = None;
+                self.outputs.push(DataOutput::Send {
+                    to: *node,
+                    msg: DataMessage::Probe {
+                        instance,
+                        epoch: primary.epoch,
+                    },
+                });
+            }
+            if inst.rs.in_sync.contains(node) {
+                if stalled {
+                    // Kept out of any set we propose; proposed once per timeout.
+                    remove.insert(*node);
+                    if due(peer.remove_proposed_ms) {
+                        peer.remove_proposed_ms = Some(now_ms);
+                        propose = true;
+                    }
+                }
+            } else if required.contains(node) {
+                // Its addition is pending. If it fell behind, stop waiting for
+                // it (it is not in the applied set) — but only once the
+                // proposal is old enough to have been applied or lost: were
+                // it applied after we gave up, the control plane would name
+                // an in-sync member lacking writes released meanwhile.
+                let proposal_settled = peer
+                    .add_proposed_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= timeout.saturating_mul(2));
+                if stalled && proposal_settled {
+                    give_up.push(*node);
+                    peer.add_proposed_ms = None;
+                } else if !behind && peer.mode == PeerMode::Streaming && due(peer.add_proposed_ms) {
+                    // The proposal may have been lost: propose it again.
+                    add.insert(*node);
+                    peer.add_proposed_ms = Some(now_ms);
+                    propose = true;
+                }
+            } else if peer.mode == PeerMode::Streaming
+                && peer.acked.is_some()
+                && !behind
+                && due(peer.add_proposed_ms)
+            {
+                add.insert(*node);
+                peer.add_proposed_ms = Some(now_ms);
+                propose = true;
+            }
+        }
+        let epoch = primary.epoch;
+        for node in give_up {
+            self.tracker.drop_expected(instance, node);
+        }
+        if propose {
+            let mut in_sync: BTreeSet<NodeId> = inst.rs.in_sync.iter().copied().collect();
+            in_sync.retain(|n| !remove.contains(n));
+            in_sync.extend(add.iter().copied());
+            in_sync.insert(me);
+            for node in &add {
+                self.tracker.expect_in_sync(instance, *node);
+            }
+            self.outputs.push(DataOutput::Propose(Proposal::SetInSync {
+                instance,
+                epoch,
+                in_sync: in_sync.into_iter().collect(),
+            }));
+        }
+    }
+
+    /// Everything to carry out, in order.
+    pub fn drain(&mut self) -> Vec<DataOutput> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// Primary: how far each backup of `instance` is behind, as
+    /// `(node, records, bytes)`, by node id. Empty unless this node is the
+    /// instance's primary. Bytes are a lower bound once a backup is more than
+    /// [`LAG_WINDOW_ENTRIES_MAX`] entries behind.
+    pub fn lag(&self, instance: InstanceId) -> Vec<(NodeId, u64, u64)> {
+        let Some(inst) = self.instances.get(&instance) else {
+            return Vec::new();
+        };
+        let Role::Primary(primary) = &inst.role else {
+            return Vec::new();
+        };
+        let last = seq_of(primary.last);
+        primary
+            .peers
+            .iter()
+            .map(|(node, peer)| {
+                let acked = peer.acked.unwrap_or_default();
+                let records = last.0.saturating_sub(acked.0);
+                let bytes = if records == 0 {
+                    0
+                } else {
+                    let before = primary
+                        .window_after(acked)
+                        .map_or(primary.bytes_total, |(_, _, before)| before);
+                    primary.bytes_total.saturating_sub(before)
+                };
+                (*node, records, bytes)
+            })
+            .collect()
+    }
+
+    /// Whether this node is the primary of `instance` and may ship (the epoch
+    /// began here and no peer showed it a newer epoch).
+    pub fn is_primary(&self, instance: InstanceId) -> bool {
+        self.instances
+            .get(&instance)
+            .is_some_and(|inst| matches!(&inst.role, Role::Primary(p) if p.begun && !p.fenced))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn peer_debug(&self, instance: InstanceId, node: NodeId) -> String {
+        match self.instances.get(&instance).map(|i| &i.role) {
+            Some(Role::Primary(p)) => format!(
+                "last {:?} peer {:?}",
+                p.last,
+                p.peers.get(&node).map(|x| (
+                    x.mode,
+                    x.sent,
+                    x.acked,
+                    x.progress_ms,
+                    x.read_paused,
+                    x.add_proposed_ms,
+                    x.probe_sent_ms
+                ))
+            ),
+            Some(Role::Backup(b)) => format!(
+                "backup last {:?} synced {} floor {:?} acked_sent {:?} catch_up {:?}",
+                b.last, b.synced, b.floor, b.acked_sent, b.catch_up_sent_ms
+            ),
+            None => "none".into(),
+        }
+    }
+
+    // ---- internals ----
+
+    fn peer_mut(&mut self, instance: InstanceId, node: NodeId) -> Option<&mut Peer> {
+        match &mut self.instances.get_mut(&instance)?.role {
+            Role::Primary(primary) => primary.peers.get_mut(&node),
+            Role::Backup(_) => None,
+        }
+    }
+
+    fn flush_tracker(&mut self) {
+        let released = self.tracker.take_released();
+        if !released.is_empty() {
+            self.outputs.push(DataOutput::Released(released));
+        }
+        let failed = self.tracker.take_failed();
+        if !failed.is_empty() {
+            self.outputs.push(DataOutput::Failed(failed));
+        }
+    }
+
+    fn fail_pending(&mut self, instance: InstanceId, why: &str) {
+        let failed = self.tracker.fail_instance(
+            instance,
+            try_again(format!("instance {}: {why}", instance.0)),
+        );
+        if !failed.is_empty() {
+            self.outputs.push(DataOutput::Failed(failed));
+        }
+    }
+
+    fn fence_if_newer(&mut self, instance: InstanceId, epoch: Epoch, from: NodeId) {
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        if epoch <= primary.epoch {
+            return;
+        }
+        primary.fenced = true;
+        for peer in primary.peers.values_mut() {
+            peer.mode = PeerMode::AwaitCatchUp;
+        }
+        let ours = primary.epoch;
+        self.fail_pending(
+            instance,
+            &format!(
+                "node {from} knows epoch {}, newer than this node's {}",
+                epoch.0, ours.0
+            ),
+        );
+    }
+
+    fn request_catch_up(
+        outputs: &mut Vec<DataOutput>,
+        instance: InstanceId,
+        backup: &mut Backup,
+        now_ms: u64,
+        retry_ms: u64,
+    ) {
+        let Some(active) = backup.active else {
+            return;
+        };
+        if backup
+            .catch_up_sent_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < retry_ms)
+        {
+            return;
+        }
+        backup.synced = false;
+        backup.catch_up_sent_ms = Some(now_ms);
+        outputs.push(DataOutput::Send {
+            to: active,
+            msg: DataMessage::CatchUp {
+                instance,
+                epoch: backup.epoch,
+                last: backup.last,
+            },
+        });
+    }
+
+    fn maybe_ack(
+        outputs: &mut Vec<DataOutput>,
+        instance: InstanceId,
+        backup: &mut Backup,
+        durable: Option<(Epoch, Seq)>,
+    ) {
+        let (Some(active), Some(durable)) = (backup.active, durable) else {
+            return;
+        };
+        if !backup.synced || backup.floor.is_some_and(|f| durable < f) {
+            return;
+        }
+        if backup.last.is_none_or(|l| durable > l) {
+            return;
+        }
+        if backup.acked_sent.is_some_and(|a| a >= durable.1) {
+            return;
+        }
+        backup.acked_sent = Some(durable.1);
+        outputs.push(DataOutput::Send {
+            to: active,
+            msg: DataMessage::Ack {
+                instance,
+                epoch: backup.epoch,
+                seq: durable.1,
+            },
+        });
+    }
+
+    fn backup_entries(
+        &mut self,
+        from: NodeId,
+        instance: InstanceId,
+        epoch: Epoch,
+        prev: Option<(Epoch, Seq)>,
+        entries: Vec<WireEntry>,
+        now_ms: u64,
+    ) {
+        let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let known = match &inst.role {
+            Role::Backup(b) => b.epoch,
+            Role::Primary(p) => p.epoch,
+        };
+        if epoch < known {
+            self.outputs.push(DataOutput::Send {
+                to: from,
+                msg: DataMessage::Fenced {
+                    instance,
+                    epoch: known,
+                },
+            });
+            return;
+        }
+        let Role::Backup(backup) = &mut inst.role else {
+            return;
+        };
+        if epoch > backup.epoch || backup.active != Some(from) {
+            // Our metadata is behind; the catch-up after it arrives re-syncs.
+            return;
+        }
+        let well_formed = entries
+            .windows(2)
+            .all(|w| w[1].seq.0 == w[0].seq.0.saturating_add(1) && w[1].epoch >= w[0].epoch)
+            && entries.iter().all(|e| e.epoch <= epoch)
+            && entries
+                .first()
+                .is_none_or(|f| f.seq.0 == seq_of(prev).0.saturating_add(1));
+        if !well_formed {
+            Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, retry_ms);
+            return;
+        }
+        let accepted: Vec<WireEntry> = if prev == backup.last {
+            entries
+        } else {
+            let last_seq = seq_of(backup.last);
+            if seq_of(prev) > last_seq {
+                // A gap: entries we never got.
+                Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, retry_ms);
+                return;
+            }
+            if entries.last().is_none_or(|e| e.seq <= last_seq) {
+                // Nothing new (a resend of what we hold).
+                return;
+            }
+            let matches = match backup.last {
+                None => false,
+                Some(last) => entries.iter().any(|e| e.seq == last.1 && e.epoch == last.0),
+            };
+            if !matches {
+                Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, retry_ms);
+                return;
+            }
+            entries.into_iter().filter(|e| e.seq > last_seq).collect()
+        };
+        backup.synced = true;
+        backup.catch_up_sent_ms = None;
+        if let Some(last) = accepted.last() {
+            backup.last = Some((last.epoch, last.seq));
+            self.outputs.push(DataOutput::Apply {
+                instance,
+                from,
+                entries: accepted,
+            });
+        }
+        Self::maybe_ack(&mut self.outputs, instance, backup, inst.durable);
+    }
+
+    fn backup_probe(&mut self, from: NodeId, instance: InstanceId, epoch: Epoch, now_ms: u64) {
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Backup(backup) = &mut inst.role else {
+            return;
+        };
+        if epoch < backup.epoch {
+            self.outputs.push(DataOutput::Send {
+                to: from,
+                msg: DataMessage::Fenced {
+                    instance,
+                    epoch: backup.epoch,
+                },
+            });
+            return;
+        }
+        if epoch > backup.epoch || backup.active != Some(from) {
+            return;
+        }
+        // The primary does not know where we are: whatever we thought, we
+        // are not in step with it.
+        backup.synced = false;
+        backup.catch_up_sent_ms = None;
+        Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, 0);
+    }
+
+    fn backup_snapshot(
+        &mut self,
+        from: NodeId,
+        instance: InstanceId,
+        epoch: Epoch,
+        last: (Epoch, Seq),
+        bytes: Vec<u8>,
+    ) {
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let known = match &inst.role {
+            Role::Backup(b) => b.epoch,
+            Role::Primary(p) => p.epoch,
+        };
+        if epoch < known {
+            self.outputs.push(DataOutput::Send {
+                to: from,
+                msg: DataMessage::Fenced {
+                    instance,
+                    epoch: known,
+                },
+            });
+            return;
+        }
+        let Role::Backup(backup) = &mut inst.role else {
+            return;
+        };
+        if epoch > backup.epoch || backup.active != Some(from) {
+            return;
+        }
+        backup.last = Some(last);
+        backup.floor = Some(last);
+        backup.synced = true;
+        backup.catch_up_sent_ms = None;
+        backup.acked_sent = None;
+        inst.durable = None;
+        self.outputs.push(DataOutput::InstallSnapshot {
+            instance,
+            from,
+            last,
+            bytes,
+        });
+    }
+
+    fn primary_ack(
+        &mut self,
+        from: NodeId,
+        instance: InstanceId,
+        epoch: Epoch,
+        seq: Seq,
+        now_ms: u64,
+    ) {
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        if epoch > primary.epoch {
+            self.fence_if_newer(instance, epoch, from);
+            return;
+        }
+        if epoch < primary.epoch || seq > seq_of(primary.last) {
+            return;
+        }
+        let Some(peer) = primary.peers.get_mut(&from) else {
+            return;
+        };
+        if peer.acked.is_none_or(|a| a < seq) {
+            peer.acked = Some(seq);
+            peer.progress_ms = now_ms;
+        }
+        while peer.read_inflight.front().is_some_and(|(s, _)| *s <= seq) {
+            peer.read_inflight.pop_front();
+        }
+        if peer.mode == PeerMode::Reading && Some(seq) >= primary.last.map(|l| l.1) {
+            // It holds all we have (an earlier answer, say a snapshot, got
+            // there first): stream from here, whatever read is under way.
+            peer.mode = PeerMode::Streaming;
+            peer.sent = primary.last;
+            peer.reset_read();
+        }
+        if peer.mode == PeerMode::Reading
+            && peer.read_paused
+            && read_inflight_bytes(peer) <= read_ahead_bytes_max(self.read_bytes_max)
+        {
+            peer.read_paused = false;
+            self.outputs.push(DataOutput::ReadEntries {
+                instance,
+                after: peer.sent,
+                for_node: from,
+                max_bytes: self.read_bytes_max,
+            });
+        }
+        let floor = primary
+            .peers
+            .values()
+            .map(|p| p.acked.unwrap_or_default())
+            .min();
+        if let Some(floor) = floor {
+            while primary.window.front().is_some_and(|(s, _, _)| *s <= floor) {
+                primary.window.pop_front();
+            }
+        }
+        self.tracker.replica_acked(from, instance, epoch, seq);
+    }
+
+    fn primary_catch_up(
+        &mut self,
+        from: NodeId,
+        instance: InstanceId,
+        epoch: Epoch,
+        last: Option<(Epoch, Seq)>,
+        now_ms: u64,
+    ) {
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        if epoch > primary.epoch {
+            self.fence_if_newer(instance, epoch, from);
+            return;
+        }
+        if epoch < primary.epoch || !primary.peers.contains_key(&from) || primary.fenced {
+            return;
+        }
+        if let Some(peer) = primary.peers.get(&from) {
+            let busy = matches!(peer.mode, PeerMode::Reading | PeerMode::Snapshotting);
+            let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
+            let recent = peer
+                .serving
+                .is_some_and(|(l, at)| l == last && now_ms.saturating_sub(at) < retry_ms);
+            if busy && recent {
+                // A retry of the CatchUp we are answering.
+                return;
+            }
+        }
+        if !primary.begun {
+            primary.deferred.insert(from, last);
+            return;
+        }
+        self.answer_catch_up(instance, from, last, now_ms);
+    }
+
+    fn run_deferred(&mut self, instance: InstanceId, now_ms: u64) {
+        let deferred = match self.instances.get_mut(&instance).map(|i| &mut i.role) {
+            Some(Role::Primary(primary)) if primary.begun && !primary.fenced => {
+                std::mem::take(&mut primary.deferred)
+            }
+            _ => return,
+        };
+        for (node, last) in deferred {
+            self.answer_catch_up(instance, node, last, now_ms);
+        }
+    }
+
+    fn answer_catch_up(
+        &mut self,
+        instance: InstanceId,
+        from: NodeId,
+        last: Option<(Epoch, Seq)>,
+        now_ms: u64,
+    ) {
+        let read_bytes_max = self.read_bytes_max;
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        let Some(primary_last) = primary.last else {
+            return;
+        };
+        let mut starts = inst.rs.epoch_starts.clone();
+        let plan = match primary.begun_start {
+            Some(start) => {
+                if !starts.iter().any(|(e, _)| *e == primary.epoch) {
+                    starts.push((primary.epoch, start));
+                }
+                plan_catch_up(last, &starts, primary_last)
+            }
+            // Where our epoch starts is unknown: only an empty log, or one
+            // whose last entry we wrote in this epoch, is provably our prefix.
+            None => match last {
+                None => CatchUpPlan::Stream { after: None },
+                Some((e, s)) if e == primary.epoch && s <= primary_last.1 => {
+                    CatchUpPlan::Stream { after: last }
+                }
+                Some(_) => CatchUpPlan::Snapshot,
+            },
+        };
+        let epoch = primary.epoch;
+        let Some(peer) = primary.peers.get_mut(&from) else {
+            return;
+        };
+        peer.reset_read();
+        peer.serving = Some((last, now_ms));
+        match plan {
+            CatchUpPlan::Stream { after } => {
+                peer.sent = after;
+                if seq_of(after) >= primary_last.1 {
+                    peer.mode = PeerMode::Streaming;
+                    self.outputs.push(DataOutput::Send {
+                        to: from,
+                        msg: DataMessage::Entries {
+                            instance,
+                            epoch,
+                            prev: after,
+                            entries: Vec::new(),
+                        },
+                    });
+                } else {
+                    peer.mode = PeerMode::Reading;
+                    self.outputs.push(DataOutput::ReadEntries {
+                        instance,
+                        after,
+                        for_node: from,
+                        max_bytes: read_bytes_max,
+                    });
+                }
+            }
+            CatchUpPlan::Snapshot => {
+                peer.mode = PeerMode::Snapshotting;
+                self.outputs
+                    .push(DataOutput::SendSnapshot { instance, to: from });
+            }
+        }
+    }
+
+    /// The lowest lsn a lagging in-sync backup, or a backup being caught up
+    /// from the WAL, still needs, over every instance this node is primary of.
+    /// Backups out of sync hold nothing: they get a snapshot if the WAL moved on.
+    fn wal_hold(&self) -> Option<Lsn> {
+        let mut hold: Option<Lsn> = None;
+        for inst in self.instances.values() {
+            let Role::Primary(primary) = &inst.role else {
+                continue;
+            };
+            let last = seq_of(primary.last);
+            for (node, peer) in &primary.peers {
+                let reading = peer.mode == PeerMode::Reading;
+                if !reading && !inst.rs.in_sync.contains(node) {
+                    continue;
+                }
+                let acked = peer.acked.unwrap_or_default();
+                if acked >= last && !reading {
+                    continue;
+                }
+                let needed = if acked >= last {
+                    None
+                } else {
+                    primary.window_after(acked).map(|(_, lsn, _)| lsn)
+                };
+                let needed = match (needed, peer.read_lsn) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(lsn) = needed {
+                    hold = Some(hold.map_or(lsn, |h| h.min(lsn)));
+                }
+            }
+        }
+        hold
+    }
+}

@@ -1,0 +1,2054 @@
+//! Scenario tests of the data plane: one node driven by hand, and a small
+//! deterministic simulation of three nodes with in-memory logs.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ckpt_proto::ErrorCode;
+use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
+
+use super::*;
+
+const I: InstanceId = InstanceId(7);
+const J: InstanceId = InstanceId(8);
+const TIMEOUT: u64 = 1000;
+
+fn pos(epoch: u64, seq: u64) -> Position {
+    Position {
+        instance: I,
+        epoch: Epoch(epoch),
+        seq: Seq(seq),
+    }
+}
+
+fn pt(epoch: u64, seq: u64) -> (Epoch, Seq) {
+    (Epoch(epoch), Seq(seq))
+}
+
+fn shipped(epoch: u64, seq: u64) -> ShippedEntry {
+    ShippedEntry {
+        instance: I,
+        epoch: Epoch(epoch),
+        seq: Seq(seq),
+        lsn: Lsn(100 + seq),
+        bytes: vec![seq as u8; 10],
+    }
+}
+
+fn wire(epoch: u64, seq: u64) -> WireEntry {
+    WireEntry {
+        epoch: Epoch(epoch),
+        seq: Seq(seq),
+        bytes: vec![seq as u8; 10],
+    }
+}
+
+fn rs(active: Option<NodeId>, epoch: u64, starts: &[(u64, u64)], in_sync: &[NodeId]) -> ReplicaSet {
+    ReplicaSet {
+        instance: I,
+        replicas: vec![1, 2, 3],
+        active,
+        epoch: Epoch(epoch),
+        epoch_starts: starts.iter().map(|(e, s)| pt(*e, *s)).collect(),
+        in_sync: in_sync.to_vec(),
+        min_in_sync: 2,
+    }
+}
+
+fn entries_msg(epoch: u64, prev: Option<(Epoch, Seq)>, entries: Vec<WireEntry>) -> DataMessage {
+    DataMessage::Entries {
+        instance: I,
+        epoch: Epoch(epoch),
+        prev,
+        entries,
+    }
+}
+
+fn send(to: NodeId, msg: DataMessage) -> DataOutput {
+    DataOutput::Send { to, msg }
+}
+
+fn read(after: Option<(Epoch, Seq)>, for_node: NodeId) -> DataOutput {
+    DataOutput::ReadEntries {
+        instance: I,
+        after,
+        for_node,
+        max_bytes: READ_BYTES_MAX_DEFAULT,
+    }
+}
+
+/// Outputs other than WAL holds (checked by their own tests).
+fn drain(dp: &mut DataPlane) -> Vec<DataOutput> {
+    dp.drain()
+        .into_iter()
+        .filter(|o| !matches!(o, DataOutput::HoldWal(_)))
+        .collect()
+}
+
+/// Only the proposals among the outputs.
+fn proposals(dp: &mut DataPlane) -> Vec<DataOutput> {
+    dp.drain()
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::Propose(_)))
+        .collect()
+}
+
+/// Node 1, primary of epoch 1 (started at seq 1), log up to (1, 3), every
+/// replica in sync; no backup streaming yet.
+fn primary() -> DataPlane {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 3)), 0);
+    assert!(dp.is_primary(I));
+    assert_eq!(drain(&mut dp), vec![]);
+    dp
+}
+
+/// Makes `node` a streaming backup that holds (1, 3) and acked it.
+fn stream(dp: &mut DataPlane, node: NodeId) {
+    dp.on_message(
+        node,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(pt(1, 3)),
+        },
+        0,
+    );
+    assert_eq!(
+        drain(dp),
+        vec![send(node, entries_msg(1, Some(pt(1, 3)), vec![]))]
+    );
+    dp.on_message(
+        node,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(3),
+        },
+        0,
+    );
+    assert_eq!(drain(dp), vec![]);
+}
+
+/// Node 2, backup of epoch 1 under active 1, holding (1, 3) durably; its
+/// first CatchUp went out.
+fn backup() -> DataPlane {
+    let mut dp = DataPlane::new(2, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 3)), 0);
+    assert!(!dp.is_primary(I));
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            1,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(1),
+                last: Some(pt(1, 3))
+            }
+        )]
+    );
+    dp
+}
+
+// ---- primary: shipping ----
+
+#[test]
+fn appended_entries_go_to_streaming_backups_only_one_message_per_call() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    // Node 3 never asked to catch up: nothing goes to it.
+    dp.on_appended(&[shipped(1, 4), shipped(1, 5)], 10);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            2,
+            entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4), wire(1, 5)])
+        )]
+    );
+    stream_from(&mut dp, 3, pt(1, 5));
+    dp.on_appended(&[shipped(1, 6)], 20);
+    assert_eq!(
+        drain(&mut dp),
+        vec![
+            send(2, entries_msg(1, Some(pt(1, 5)), vec![wire(1, 6)])),
+            send(3, entries_msg(1, Some(pt(1, 5)), vec![wire(1, 6)])),
+        ]
+    );
+}
+
+fn stream_from(dp: &mut DataPlane, node: NodeId, last: (Epoch, Seq)) {
+    dp.on_message(
+        node,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(last),
+        },
+        0,
+    );
+    assert_eq!(
+        drain(dp),
+        vec![send(node, entries_msg(1, Some(last), vec![]))]
+    );
+}
+
+#[test]
+fn entries_of_several_instances_in_one_call_make_one_message_per_instance() {
+    let mut dp = primary();
+    let mut other = rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]);
+    other.instance = J;
+    dp.on_metadata(
+        &other,
+        Some(Position {
+            instance: J,
+            epoch: Epoch(1),
+            seq: Seq(1),
+        }),
+        0,
+    );
+    stream(&mut dp, 2);
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: J,
+            epoch: Epoch(1),
+            last: Some(pt(1, 1)),
+        },
+        0,
+    );
+    drain(&mut dp);
+    let j = |seq: u64| ShippedEntry {
+        instance: J,
+        ..shipped(1, seq)
+    };
+    dp.on_appended(&[shipped(1, 4), j(2), shipped(1, 5), j(3)], 0);
+    let out = drain(&mut dp);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(
+        out[0],
+        send(
+            2,
+            entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4), wire(1, 5)])
+        )
+    );
+    assert_eq!(
+        out[1],
+        send(
+            2,
+            DataMessage::Entries {
+                instance: J,
+                epoch: Epoch(1),
+                prev: Some(pt(1, 1)),
+                entries: vec![wire(1, 2), wire(1, 3)]
+            }
+        )
+    );
+}
+
+#[test]
+fn a_gap_in_what_a_streaming_backup_got_is_read_from_the_wal() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    dp.on_appended(&[shipped(1, 5)], 0); // 4 never reached the data plane
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
+    // While reading, appended entries are not shipped directly.
+    dp.on_appended(&[shipped(1, 6)], 0);
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_entries_read(2, I, vec![shipped(1, 4), shipped(1, 5), shipped(1, 6)], 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            2,
+            entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4), wire(1, 5), wire(1, 6)])
+        )]
+    );
+    dp.on_appended(&[shipped(1, 7)], 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(2, entries_msg(1, Some(pt(1, 6)), vec![wire(1, 7)]))]
+    );
+}
+
+// ---- primary: catch-up ----
+
+#[test]
+fn catch_up_requests_are_answered_per_kip101() {
+    // Primary of epoch 2 (epoch 1 from seq 1, epoch 2 from seq 4), log up to (2, 6).
+    type Case = (&'static str, Option<(Epoch, Seq)>, DataOutput);
+    let cases: Vec<Case> = vec![
+        ("empty backup", None, read(None, 2)),
+        (
+            "same epoch, behind",
+            Some(pt(2, 5)),
+            read(Some(pt(2, 5)), 2),
+        ),
+        (
+            "same epoch, caught up",
+            Some(pt(2, 6)),
+            send(2, entries_msg(2, Some(pt(2, 6)), vec![])),
+        ),
+        ("old epoch, prefix", Some(pt(1, 3)), read(Some(pt(1, 3)), 2)),
+        (
+            "old epoch, ahead of its end",
+            Some(pt(1, 5)),
+            DataOutput::SendSnapshot { instance: I, to: 2 },
+        ),
+        (
+            "same epoch, ahead of us",
+            Some(pt(2, 7)),
+            DataOutput::SendSnapshot { instance: I, to: 2 },
+        ),
+        (
+            "epoch we never had",
+            Some(pt(3, 1)),
+            DataOutput::SendSnapshot { instance: I, to: 2 },
+        ),
+    ];
+    for (name, last, want) in cases {
+        let mut dp = DataPlane::new(1, TIMEOUT);
+        dp.on_metadata(
+            &rs(Some(1), 2, &[(1, 1), (2, 4)], &[1, 2, 3]),
+            Some(pos(2, 6)),
+            0,
+        );
+        drain(&mut dp);
+        dp.on_message(
+            2,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(2),
+                last,
+            },
+            0,
+        );
+        assert_eq!(drain(&mut dp), vec![want], "{name}");
+    }
+}
+
+#[test]
+fn catch_ups_wait_until_the_epoch_began_here() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    // Epoch 2 named us active; its start is not recorded yet.
+    dp.on_metadata(&rs(Some(1), 2, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 5)), 0);
+    assert!(!dp.is_primary(I));
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(2),
+            last: Some(pt(1, 5)),
+        },
+        0,
+    );
+    dp.on_message(
+        3,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(2),
+            last: Some(pt(1, 7)),
+        },
+        0,
+    );
+    // A CatchUp of an older epoch is ignored.
+    dp.on_message(
+        3,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(pt(1, 7)),
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_epoch_begun(pos(2, 6), 0);
+    assert!(dp.is_primary(I));
+    assert_eq!(
+        drain(&mut dp),
+        vec![
+            read(Some(pt(1, 5)), 2),
+            DataOutput::SendSnapshot { instance: I, to: 3 }
+        ]
+    );
+}
+
+#[test]
+fn reads_continue_until_the_backup_reaches_the_tail_then_it_streams() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 6)), 0);
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(pt(1, 3)),
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
+    dp.on_entries_read(2, I, vec![shipped(1, 4), shipped(1, 5)], 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![
+            send(
+                2,
+                entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4), wire(1, 5)])
+            ),
+            read(Some(pt(1, 5)), 2)
+        ]
+    );
+    dp.on_appended(&[shipped(1, 7)], 0);
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_entries_read(2, I, vec![shipped(1, 6), shipped(1, 7)], 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            2,
+            entries_msg(1, Some(pt(1, 5)), vec![wire(1, 6), wire(1, 7)])
+        )]
+    );
+    dp.on_appended(&[shipped(1, 8)], 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(2, entries_msg(1, Some(pt(1, 7)), vec![wire(1, 8)]))]
+    );
+    // A read answer nobody waits for any more is dropped.
+    dp.on_entries_read(2, I, vec![shipped(1, 8)], 0);
+    assert_eq!(drain(&mut dp), vec![]);
+}
+
+#[test]
+fn entries_gone_from_the_wal_are_replaced_by_a_snapshot_then_the_tail() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 9)), 0);
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(pt(1, 2)),
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 2)), 2)]);
+    dp.on_entries_gone(2, I);
+    assert_eq!(
+        drain(&mut dp),
+        vec![DataOutput::SendSnapshot { instance: I, to: 2 }]
+    );
+    dp.on_snapshot_ready(2, pos(1, 8), vec![1, 2, 3], 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![
+            send(
+                2,
+                DataMessage::Snapshot {
+                    instance: I,
+                    epoch: Epoch(1),
+                    last: pt(1, 8),
+                    bytes: vec![1, 2, 3]
+                }
+            ),
+            read(Some(pt(1, 8)), 2),
+        ]
+    );
+    // A read that fails leaves the backup to ask again.
+    dp.on_read_failed(2, I);
+    dp.on_entries_read(2, I, vec![shipped(1, 9)], 0);
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(pt(1, 8)),
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 8)), 2)]);
+}
+
+// ---- backup ----
+
+#[test]
+fn a_backup_applies_in_order_and_acks_what_is_durable() {
+    let mut dp = backup();
+    dp.on_message(
+        1,
+        entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4), wire(1, 5)]),
+        0,
+    );
+    let apply = |entries| DataOutput::Apply {
+        instance: I,
+        from: 1,
+        entries,
+    };
+    // Its log was confirmed: the durable (1, 3) is acknowledged at once.
+    assert_eq!(
+        drain(&mut dp),
+        vec![
+            apply(vec![wire(1, 4), wire(1, 5)]),
+            send(
+                1,
+                DataMessage::Ack {
+                    instance: I,
+                    epoch: Epoch(1),
+                    seq: Seq(3)
+                }
+            )
+        ]
+    );
+    dp.on_message(1, entries_msg(1, Some(pt(1, 5)), vec![wire(1, 6)]), 0);
+    assert_eq!(drain(&mut dp), vec![apply(vec![wire(1, 6)])]);
+    dp.on_replica_durable(pos(1, 5));
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            1,
+            DataMessage::Ack {
+                instance: I,
+                epoch: Epoch(1),
+                seq: Seq(5)
+            }
+        )]
+    );
+    dp.on_replica_durable(pos(1, 5));
+    dp.on_replica_durable(pos(1, 4));
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_local_durable(&[pos(1, 6)]);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            1,
+            DataMessage::Ack {
+                instance: I,
+                epoch: Epoch(1),
+                seq: Seq(6)
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_backup_checks_each_message_against_its_log() {
+    let apply = |entries| DataOutput::Apply {
+        instance: I,
+        from: 1,
+        entries,
+    };
+    let catch_up = |last| {
+        send(
+            1,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(1),
+                last: Some(last),
+            },
+        )
+    };
+    // (name, message from node 1 to a backup holding (1, 3) whose first CatchUp
+    // is a full retry interval old, expected outputs)
+    let cases: Vec<(&str, NodeId, DataMessage, Vec<DataOutput>)> = vec![
+        (
+            "continues our log",
+            1,
+            entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4)]),
+            vec![apply(vec![wire(1, 4)])],
+        ),
+        (
+            "a gap",
+            1,
+            entries_msg(1, Some(pt(1, 4)), vec![wire(1, 5)]),
+            vec![catch_up(pt(1, 3))],
+        ),
+        (
+            "a resend of what we hold",
+            1,
+            entries_msg(1, Some(pt(1, 1)), vec![wire(1, 2), wire(1, 3)]),
+            vec![],
+        ),
+        (
+            "overlapping a resend, matching",
+            1,
+            entries_msg(1, Some(pt(1, 2)), vec![wire(1, 3), wire(1, 4)]),
+            vec![apply(vec![wire(1, 4)])],
+        ),
+        (
+            "overlapping, another epoch at our last seq",
+            1,
+            entries_msg(1, Some(pt(1, 2)), vec![wire(0, 3), wire(1, 4)]),
+            vec![catch_up(pt(1, 3))],
+        ),
+        (
+            "same seq, other epoch as prev",
+            1,
+            entries_msg(1, Some(pt(0, 3)), vec![wire(1, 4)]),
+            vec![catch_up(pt(1, 3))],
+        ),
+        (
+            "not consecutive",
+            1,
+            entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4), wire(1, 6)]),
+            vec![catch_up(pt(1, 3))],
+        ),
+        (
+            "an entry of a later epoch than the sender's",
+            1,
+            entries_msg(1, Some(pt(1, 3)), vec![wire(2, 4)]),
+            vec![catch_up(pt(1, 3))],
+        ),
+        (
+            "from a node that is not the active",
+            3,
+            entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4)]),
+            vec![],
+        ),
+        (
+            "of a newer epoch than we know",
+            1,
+            entries_msg(2, Some(pt(1, 3)), vec![wire(2, 4)]),
+            vec![],
+        ),
+    ];
+    for (name, from, msg, want) in cases {
+        let mut dp = backup();
+        dp.on_message(from, msg, TIMEOUT);
+        let got: Vec<DataOutput> = drain(&mut dp)
+            .into_iter()
+            .filter(|o| {
+                !matches!(
+                    o,
+                    DataOutput::Send {
+                        msg: DataMessage::Ack { .. },
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn catch_up_requests_are_rate_limited_and_retried_on_tick() {
+    let mut dp = backup(); // CatchUp sent at 0
+    let catch_up = send(
+        1,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(pt(1, 3)),
+        },
+    );
+    dp.on_message(1, entries_msg(1, Some(pt(1, 5)), vec![wire(1, 6)]), 10);
+    dp.tick(TIMEOUT / 2 - 1);
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.tick(TIMEOUT / 2);
+    assert_eq!(drain(&mut dp), vec![catch_up.clone()]);
+    dp.tick(TIMEOUT - 1);
+    assert_eq!(drain(&mut dp), vec![]);
+    // Once the primary answered, no more retries.
+    dp.on_message(1, entries_msg(1, Some(pt(1, 3)), vec![]), TIMEOUT);
+    drain(&mut dp);
+    dp.tick(10 * TIMEOUT);
+    assert_eq!(drain(&mut dp), vec![]);
+    // A refused append asks again at once, from the store's position.
+    dp.on_replica_failed(I, Some(pos(1, 2)), 10 * TIMEOUT);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            1,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(1),
+                last: Some(pt(1, 2))
+            }
+        )]
+    );
+}
+
+#[test]
+fn entries_and_snapshots_of_an_older_epoch_are_fenced() {
+    let mut dp = DataPlane::new(2, TIMEOUT);
+    dp.on_metadata(
+        &rs(Some(3), 2, &[(1, 1), (2, 4)], &[2, 3]),
+        Some(pos(1, 3)),
+        0,
+    );
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            3,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(2),
+                last: Some(pt(1, 3))
+            }
+        )]
+    );
+    let fenced = send(
+        1,
+        DataMessage::Fenced {
+            instance: I,
+            epoch: Epoch(2),
+        },
+    );
+    dp.on_message(1, entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4)]), 0);
+    assert_eq!(drain(&mut dp), vec![fenced.clone()]);
+    dp.on_message(
+        1,
+        DataMessage::Snapshot {
+            instance: I,
+            epoch: Epoch(1),
+            last: pt(1, 9),
+            bytes: vec![],
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![fenced]);
+}
+
+#[test]
+fn after_a_snapshot_positions_of_the_discarded_log_are_not_acknowledged() {
+    let mut dp = backup();
+    dp.on_message(1, entries_msg(1, Some(pt(1, 3)), vec![]), 0);
+    drain(&mut dp);
+    // A stale log (epoch 1 up to 15) is replaced by the snapshot at (2, 12).
+    dp.on_metadata(
+        &rs(Some(1), 2, &[(1, 1), (2, 10)], &[1, 2, 3]),
+        Some(pos(1, 15)),
+        0,
+    );
+    drain(&mut dp);
+    dp.on_message(
+        1,
+        DataMessage::Snapshot {
+            instance: I,
+            epoch: Epoch(2),
+            last: pt(2, 12),
+            bytes: vec![5],
+        },
+        0,
+    );
+    assert_eq!(
+        drain(&mut dp),
+        vec![DataOutput::InstallSnapshot {
+            instance: I,
+            from: 1,
+            last: pt(2, 12),
+            bytes: vec![5]
+        }]
+    );
+    dp.on_replica_durable(pos(1, 15)); // completion of an old append
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_replica_durable(pos(2, 12));
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            1,
+            DataMessage::Ack {
+                instance: I,
+                epoch: Epoch(2),
+                seq: Seq(12)
+            }
+        )]
+    );
+    dp.on_message(1, entries_msg(2, Some(pt(2, 12)), vec![wire(2, 13)]), 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![DataOutput::Apply {
+            instance: I,
+            from: 1,
+            entries: vec![wire(2, 13)]
+        }]
+    );
+}
+
+// ---- primary: acks, in-sync set, lag ----
+
+#[test]
+fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.on_appended(&[shipped(1, 4)], 100);
+    drain(&mut dp);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(4),
+        },
+        200,
+    );
+    let remove3 = DataOutput::Propose(Proposal::SetInSync {
+        instance: I,
+        epoch: Epoch(1),
+        in_sync: vec![1, 2],
+    });
+    dp.tick(100 + TIMEOUT - 1);
+    assert_eq!(proposals(&mut dp), vec![]);
+    dp.tick(100 + TIMEOUT);
+    assert_eq!(proposals(&mut dp), vec![remove3.clone()]);
+    dp.tick(100 + TIMEOUT + 1);
+    dp.tick(100 + 2 * TIMEOUT - 1);
+    assert_eq!(proposals(&mut dp), vec![], "not repeated every tick");
+    dp.tick(100 + 2 * TIMEOUT);
+    assert_eq!(
+        proposals(&mut dp),
+        vec![remove3],
+        "repeated after another timeout"
+    );
+    // Applied: node 3 is out; it is not proposed again while it lags.
+    dp.on_metadata(
+        &rs(Some(1), 1, &[(1, 1)], &[1, 2]),
+        Some(pos(1, 4)),
+        100 + 2 * TIMEOUT,
+    );
+    dp.tick(100 + 5 * TIMEOUT);
+    assert_eq!(proposals(&mut dp), vec![]);
+    // Node 3 catches up: proposed back in, and waited for from now on.
+    dp.on_message(
+        3,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(4),
+        },
+        100 + 5 * TIMEOUT,
+    );
+    dp.tick(100 + 5 * TIMEOUT);
+    assert_eq!(
+        proposals(&mut dp),
+        vec![DataOutput::Propose(Proposal::SetInSync {
+            instance: I,
+            epoch: Epoch(1),
+            in_sync: vec![1, 2, 3]
+        })]
+    );
+    assert_eq!(dp.tracker().required(I), vec![2, 3]);
+    dp.tick(100 + 5 * TIMEOUT + 1);
+    assert_eq!(proposals(&mut dp), vec![]);
+}
+
+#[test]
+fn a_backup_that_keeps_acknowledging_is_not_removed_while_behind() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    for step in 0..10u64 {
+        let now = step * TIMEOUT / 2;
+        dp.on_appended(&[shipped(1, 4 + step)], now);
+        // Each acknowledges the previous entry: always one behind.
+        for node in [2, 3] {
+            dp.on_message(
+                node,
+                DataMessage::Ack {
+                    instance: I,
+                    epoch: Epoch(1),
+                    seq: Seq(3 + step),
+                },
+                now,
+            );
+        }
+        dp.tick(now + TIMEOUT / 2 - 1);
+    }
+    let proposals: Vec<DataOutput> = drain(&mut dp)
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::Propose(_)))
+        .collect();
+    assert_eq!(proposals, vec![]);
+}
+
+#[test]
+fn a_caught_up_backup_does_not_lag_until_entries_arrive() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.tick(10 * TIMEOUT);
+    assert_eq!(proposals(&mut dp), vec![]);
+    // The lag clock starts when it falls behind, not at its last ack.
+    dp.on_appended(&[shipped(1, 4)], 10 * TIMEOUT);
+    drain(&mut dp);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(4),
+        },
+        10 * TIMEOUT,
+    );
+    dp.tick(11 * TIMEOUT - 1);
+    assert_eq!(proposals(&mut dp), vec![]);
+    dp.tick(11 * TIMEOUT);
+    assert_eq!(
+        proposals(&mut dp),
+        vec![DataOutput::Propose(Proposal::SetInSync {
+            instance: I,
+            epoch: Epoch(1),
+            in_sync: vec![1, 2]
+        })]
+    );
+}
+
+#[test]
+fn all_in_sync_tickets_are_released_by_durability_and_every_ack() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.on_appended(&[shipped(1, 4)], 0);
+    drain(&mut dp);
+    dp.register(1, pos(1, 4), Need::AllInSync);
+    dp.register(2, pos(1, 4), Need::LocalDurable);
+    dp.register(3, pos(1, 4), Need::Applied);
+    assert_eq!(drain(&mut dp), vec![DataOutput::Released(vec![3])]);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(4),
+        },
+        0,
+    );
+    dp.on_message(
+        3,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(4),
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_local_durable(&[pos(1, 4)]);
+    assert_eq!(drain(&mut dp), vec![DataOutput::Released(vec![2, 1])]);
+    // An ack of an older epoch or beyond what we appended counts for nothing.
+    dp.on_appended(&[shipped(1, 5)], 0);
+    dp.register(4, pos(1, 5), Need::AllInSync);
+    dp.on_local_durable(&[pos(1, 5)]);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(9),
+        },
+        0,
+    );
+    dp.on_message(
+        3,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(0),
+            seq: Seq(5),
+        },
+        0,
+    );
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(5),
+        },
+        0,
+    );
+    assert!(!drain(&mut dp)
+        .iter()
+        .any(|o| matches!(o, DataOutput::Released(_))));
+}
+
+#[test]
+fn losing_the_active_role_fails_pending_tickets_with_try_again() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    dp.on_appended(&[shipped(1, 4)], 0);
+    drain(&mut dp);
+    dp.register(1, pos(1, 4), Need::AllInSync);
+    dp.on_metadata(
+        &rs(Some(2), 2, &[(1, 1), (2, 5)], &[2, 3]),
+        Some(pos(1, 4)),
+        0,
+    );
+    let out = drain(&mut dp);
+    let failed: Vec<(u64, ErrorCode)> = out
+        .iter()
+        .filter_map(|o| match o {
+            DataOutput::Failed(f) => Some(f.iter().map(|(t, e)| (*t, e.code))),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(failed, vec![(1, ErrorCode::TryAgain)]);
+    assert!(out.contains(&send(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(2),
+            last: Some(pt(1, 4))
+        }
+    )));
+    assert!(!dp.is_primary(I));
+    assert_eq!(dp.lag(I), vec![]);
+}
+
+#[test]
+fn a_fenced_primary_fails_its_tickets_and_stops_shipping() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    dp.on_appended(&[shipped(1, 4)], 0);
+    drain(&mut dp);
+    dp.register(1, pos(1, 4), Need::AllInSync);
+    dp.on_message(
+        2,
+        DataMessage::Fenced {
+            instance: I,
+            epoch: Epoch(1),
+        },
+        0,
+    );
+    assert_eq!(
+        drain(&mut dp),
+        vec![],
+        "a Fenced of our own epoch means nothing"
+    );
+    dp.on_message(
+        2,
+        DataMessage::Fenced {
+            instance: I,
+            epoch: Epoch(2),
+        },
+        0,
+    );
+    let out = drain(&mut dp);
+    assert!(
+        matches!(&out[..], [DataOutput::Failed(f)] if f.len() == 1 && f[0].0 == 1 && f[0].1.code == ErrorCode::TryAgain),
+        "{out:?}"
+    );
+    assert!(!dp.is_primary(I));
+    dp.on_appended(&[shipped(1, 5)], 0);
+    dp.tick(10 * TIMEOUT);
+    assert_eq!(drain(&mut dp), vec![]);
+}
+
+#[test]
+fn lag_and_wal_hold_follow_the_slowest_backup() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.tick(0);
+    assert_eq!(dp.drain(), vec![DataOutput::HoldWal(None)]);
+    dp.on_appended(&[shipped(1, 4), shipped(1, 5), shipped(1, 6)], 0);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(5),
+        },
+        0,
+    );
+    assert_eq!(dp.lag(I), vec![(2, 1, 10), (3, 3, 30)]);
+    dp.drain();
+    dp.tick(1);
+    assert_eq!(dp.drain(), vec![DataOutput::HoldWal(Some(Lsn(104)))]);
+    dp.tick(2);
+    assert_eq!(dp.drain(), vec![], "an unchanged hold is not repeated");
+    dp.on_message(
+        3,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(6),
+        },
+        3,
+    );
+    dp.tick(3);
+    assert_eq!(dp.drain(), vec![DataOutput::HoldWal(Some(Lsn(106)))]);
+    assert_eq!(dp.lag(I), vec![(2, 1, 10), (3, 0, 0)]);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(6),
+        },
+        4,
+    );
+    dp.tick(4);
+    assert_eq!(dp.drain(), vec![DataOutput::HoldWal(None)]);
+    assert_eq!(dp.lag(I), vec![(2, 0, 0), (3, 0, 0)]);
+}
+
+// ---- a deterministic simulation of three nodes ----
+
+/// One node: its data plane and an in-memory log of one instance.
+struct SimNode {
+    plane: DataPlane,
+    log: Vec<WireEntry>,
+    up: bool,
+    /// Cut off from the control plane: gets no metadata (but still talks to peers).
+    stale: bool,
+}
+
+struct Sim {
+    nodes: BTreeMap<NodeId, SimNode>,
+    net: VecDeque<(NodeId, NodeId, Vec<u8>)>,
+    now: u64,
+    proposals: Vec<Proposal>,
+    released: Vec<u64>,
+    failed: Vec<(u64, ErrorCode)>,
+    /// Chance, in thousandths, that a message is lost.
+    drop_per_mille: u64,
+    rng: u64,
+}
+
+impl Sim {
+    fn new(meta: &ReplicaSet) -> Sim {
+        let mut nodes = BTreeMap::new();
+        for id in [1, 2, 3] {
+            let mut node = SimNode {
+                plane: DataPlane::new(id, TIMEOUT),
+                log: Vec::new(),
+                up: true,
+                stale: false,
+            };
+            node.plane.set_read_bytes_max(25); // two entries per read
+            nodes.insert(id, node);
+        }
+        let mut sim = Sim {
+            nodes,
+            net: VecDeque::new(),
+            now: 0,
+            proposals: Vec::new(),
+            released: Vec::new(),
+            failed: Vec::new(),
+            drop_per_mille: 0,
+            rng: 1,
+        };
+        sim.metadata(meta);
+        sim
+    }
+
+    fn last(&self, id: NodeId) -> Option<Position> {
+        self.nodes[&id].log.last().map(|e| pos(e.epoch.0, e.seq.0))
+    }
+
+    fn metadata(&mut self, meta: &ReplicaSet) {
+        for id in [1, 2, 3] {
+            let last = self.last(id);
+            let node = self.nodes.get_mut(&id).unwrap();
+            if node.up && !node.stale {
+                node.plane.on_metadata(meta, last, self.now);
+            }
+        }
+    }
+
+    /// The active node `id` appends `count` entries of `epoch`.
+    fn append(&mut self, id: NodeId, epoch: u64, count: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let mut batch = Vec::new();
+        for _ in 0..count {
+            let seq = node.log.last().map_or(1, |e| e.seq.0 + 1);
+            let entry = WireEntry {
+                epoch: Epoch(epoch),
+                seq: Seq(seq),
+                bytes: vec![epoch as u8, seq as u8],
+            };
+            node.log.push(entry.clone());
+            batch.push(ShippedEntry {
+                instance: I,
+                epoch: entry.epoch,
+                seq: entry.seq,
+                lsn: Lsn(seq),
+                bytes: entry.bytes,
+            });
+        }
+        node.plane.on_appended(&batch, self.now);
+        let last = batch.last().map(|e| pos(e.epoch.0, e.seq.0));
+        if let Some(last) = last {
+            node.plane.on_local_durable(&[last]);
+        }
+    }
+
+    /// xorshift64: deterministic per seed.
+    fn rand(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    fn carry_out_all(&mut self) {
+        loop {
+            let mut busy = false;
+            for id in [1, 2, 3] {
+                let outputs = self.nodes.get_mut(&id).unwrap().plane.drain();
+                busy |= !outputs.is_empty();
+                for output in outputs {
+                    self.carry_out(id, output);
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    /// Delivers (or loses) up to `count` messages, carrying out what follows.
+    fn deliver(&mut self, count: usize) {
+        for _ in 0..count {
+            self.carry_out_all();
+            let Some((from, to, bytes)) = self.net.pop_front() else {
+                return;
+            };
+            if self.rand() % 1000 < self.drop_per_mille {
+                continue;
+            }
+            let msg = DataMessage::decode(&bytes).unwrap();
+            let now = self.now;
+            let node = self.nodes.get_mut(&to).unwrap();
+            if node.up {
+                node.plane.on_message(from, msg, now);
+            }
+        }
+        self.carry_out_all();
+    }
+
+    /// Carries out every output and delivers every message until quiet.
+    fn run(&mut self) {
+        for _ in 0..200_000 {
+            let mut busy = false;
+            for id in [1, 2, 3] {
+                let outputs = self.nodes.get_mut(&id).unwrap().plane.drain();
+                busy |= !outputs.is_empty();
+                for output in outputs {
+                    self.carry_out(id, output);
+                }
+            }
+            if let Some((from, to, bytes)) = self.net.pop_front() {
+                busy = true;
+                let msg = DataMessage::decode(&bytes).unwrap();
+                let now = self.now;
+                let node = self.nodes.get_mut(&to).unwrap();
+                if node.up {
+                    node.plane.on_message(from, msg, now);
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+        let pending: Vec<String> = self
+            .net
+            .iter()
+            .take(12)
+            .map(|(f, t, b)| format!("{f}->{t} {:?}", DataMessage::decode(b).unwrap()))
+            .collect();
+        let logs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                format!(
+                    "node {id} up {} last {:?}",
+                    n.up,
+                    n.log.last().map(|e| (e.epoch.0, e.seq.0))
+                )
+            })
+            .collect();
+        panic!("the simulation did not settle: {logs:?}\n{pending:#?}");
+    }
+
+    fn carry_out(&mut self, id: NodeId, output: DataOutput) {
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).unwrap();
+        match output {
+            DataOutput::Send { to, msg } => {
+                if node.up {
+                    self.net.push_back((id, to, msg.encode().unwrap()));
+                }
+            }
+            DataOutput::Apply { entries, .. } => {
+                for entry in entries {
+                    let expected = node.log.last().map_or(1, |e| e.seq.0 + 1);
+                    assert_eq!(entry.seq.0, expected, "node {id} appends out of order");
+                    node.log.push(entry);
+                }
+                let last = node.log.last().map(|e| pos(e.epoch.0, e.seq.0)).unwrap();
+                node.plane.on_replica_durable(last);
+            }
+            DataOutput::ReadEntries {
+                after,
+                for_node,
+                max_bytes,
+                ..
+            } => {
+                let after_seq = after.map_or(0, |(_, s)| s.0);
+                let entries: Vec<ShippedEntry> = node
+                    .log
+                    .iter()
+                    .filter(|e| e.seq.0 > after_seq)
+                    .take((max_bytes / 10).max(1) as usize)
+                    .map(|e| ShippedEntry {
+                        instance: I,
+                        epoch: e.epoch,
+                        seq: e.seq,
+                        lsn: Lsn(e.seq.0),
+                        bytes: e.bytes.clone(),
+                    })
+                    .collect();
+                node.plane.on_entries_read(for_node, I, entries, now);
+            }
+            DataOutput::SendSnapshot { to, .. } => {
+                let bytes = postcard::to_stdvec(&node.log).unwrap();
+                let last = node.log.last().map(|e| pos(e.epoch.0, e.seq.0)).unwrap();
+                node.plane.on_snapshot_ready(to, last, bytes, now);
+            }
+            DataOutput::InstallSnapshot { last, bytes, .. } => {
+                node.log = postcard::from_bytes(&bytes).unwrap();
+                assert_eq!(node.log.last().map(|e| (e.epoch, e.seq)), Some(last));
+                node.plane.on_replica_durable(pos(last.0 .0, last.1 .0));
+            }
+            DataOutput::Propose(p) => self.proposals.push(p),
+            DataOutput::Released(t) => self.released.extend(t),
+            DataOutput::Failed(f) => self.failed.extend(f.into_iter().map(|(t, e)| (t, e.code))),
+            DataOutput::HoldWal(_) => {}
+        }
+    }
+}
+
+#[test]
+fn three_nodes_converge_through_failover_and_a_divergent_suffix() {
+    let epoch1 = rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]);
+    let mut sim = Sim::new(&epoch1);
+    sim.append(1, 1, 5);
+    sim.run();
+    for id in [2, 3] {
+        assert_eq!(sim.nodes[&id].log, sim.nodes[&1].log, "node {id}");
+    }
+    assert_eq!(sim.nodes[&1].plane.lag(I), vec![(2, 0, 0), (3, 0, 0)]);
+    sim.nodes
+        .get_mut(&1)
+        .unwrap()
+        .plane
+        .register(1, pos(1, 5), Need::AllInSync);
+    sim.run();
+    assert_eq!(sim.released, vec![1]);
+
+    // Node 1 appends 6..8 but its messages are lost; it is then replaced.
+    sim.append(1, 1, 3);
+    sim.net.clear();
+    sim.nodes.get_mut(&1).unwrap().plane.drain();
+    sim.now = 5 * TIMEOUT;
+    // Failover: node 2 is active in epoch 2; it begins the epoch at seq 6.
+    let mut epoch2 = rs(Some(2), 2, &[(1, 1)], &[2, 3]);
+    sim.metadata(&epoch2);
+    sim.run();
+    sim.append(2, 2, 1);
+    sim.nodes
+        .get_mut(&2)
+        .unwrap()
+        .plane
+        .on_epoch_begun(pos(2, 6), sim.now);
+    sim.run();
+    epoch2.epoch_starts.push(pt(2, 6));
+    sim.metadata(&epoch2);
+    sim.append(2, 2, 4);
+    sim.run();
+    // Node 1's epoch-1 suffix 6..8 was discarded through a snapshot.
+    let want: Vec<(u64, u64)> = (1..=5)
+        .map(|s| (1, s))
+        .chain((6..=10).map(|s| (2, s)))
+        .collect();
+    for id in [1, 2, 3] {
+        let got: Vec<(u64, u64)> = sim.nodes[&id]
+            .log
+            .iter()
+            .map(|e| (e.epoch.0, e.seq.0))
+            .collect();
+        assert_eq!(got, want, "node {id}");
+    }
+    assert_eq!(sim.nodes[&2].plane.lag(I), vec![(1, 0, 0), (3, 0, 0)]);
+    // Node 1 caught up and is proposed back into the in-sync set.
+    sim.nodes.get_mut(&2).unwrap().plane.tick(sim.now);
+    sim.run();
+    assert_eq!(
+        sim.proposals,
+        vec![Proposal::SetInSync {
+            instance: I,
+            epoch: Epoch(2),
+            in_sync: vec![1, 2, 3]
+        }]
+    );
+}
+
+#[test]
+fn a_lost_catch_up_is_retried_and_a_restarted_backup_catches_up() {
+    let meta = rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]);
+    let mut sim = Sim::new(&meta);
+    for id in [2, 3] {
+        // The first CatchUps are lost.
+        let lost = sim.nodes.get_mut(&id).unwrap().plane.drain();
+        assert!(
+            matches!(
+                &lost[..],
+                [DataOutput::Send {
+                    to: 1,
+                    msg: DataMessage::CatchUp { .. }
+                }]
+            ),
+            "{lost:?}"
+        );
+    }
+    sim.append(1, 1, 4);
+    sim.run();
+    assert!(sim.nodes[&2].log.is_empty());
+    sim.now = TIMEOUT / 2;
+    for id in [2, 3] {
+        sim.nodes.get_mut(&id).unwrap().plane.tick(sim.now);
+    }
+    sim.run();
+    assert_eq!(sim.nodes[&2].log.len(), 4);
+    assert_eq!(sim.nodes[&3].log.len(), 4);
+    // Node 3 goes down; writes continue; it comes back with a fresh data plane.
+    sim.nodes.get_mut(&3).unwrap().up = false;
+    sim.append(1, 1, 3);
+    sim.run();
+    sim.now += TIMEOUT;
+    sim.nodes.get_mut(&1).unwrap().plane.tick(sim.now);
+    sim.run();
+    assert_eq!(
+        sim.proposals,
+        vec![Proposal::SetInSync {
+            instance: I,
+            epoch: Epoch(1),
+            in_sync: vec![1, 2]
+        }]
+    );
+    let shrunk = rs(Some(1), 1, &[(1, 1)], &[1, 2]);
+    let node3 = sim.nodes.get_mut(&3).unwrap();
+    node3.up = true;
+    node3.plane = DataPlane::new(3, TIMEOUT);
+    sim.metadata(&shrunk);
+    sim.run();
+    assert_eq!(sim.nodes[&3].log, sim.nodes[&1].log);
+}
+
+#[test]
+fn a_silent_backup_is_probed_and_answers_with_a_catch_up() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    let probe = |to| {
+        send(
+            to,
+            DataMessage::Probe {
+                instance: I,
+                epoch: Epoch(1),
+            },
+        )
+    };
+    // Node 3 never asked to catch up (say its CatchUp was lost, or we restarted).
+    dp.tick(TIMEOUT / 2 - 1);
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.tick(TIMEOUT / 2);
+    assert_eq!(drain(&mut dp), vec![probe(3)]);
+    dp.tick(TIMEOUT - 1);
+    assert_eq!(drain(&mut dp), vec![], "one probe per retry interval");
+    // A streaming backup is probed only once it is behind and silent.
+    dp.on_appended(&[shipped(1, 4)], TIMEOUT);
+    drain(&mut dp);
+    dp.tick(TIMEOUT + TIMEOUT / 2);
+    let sends: Vec<DataOutput> = drain(&mut dp)
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::Send { .. }))
+        .collect();
+    assert_eq!(sends, vec![probe(2), probe(3)]);
+
+    // The backup that believed itself in step asks again.
+    let mut b = backup();
+    b.on_message(1, entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4)]), 0);
+    drain(&mut b);
+    b.on_message(
+        1,
+        DataMessage::Probe {
+            instance: I,
+            epoch: Epoch(1),
+        },
+        5,
+    );
+    assert_eq!(
+        drain(&mut b),
+        vec![send(
+            1,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(1),
+                last: Some(pt(1, 4))
+            }
+        )]
+    );
+    // A probe of an older epoch is fenced, one from a stranger ignored.
+    b.on_message(
+        3,
+        DataMessage::Probe {
+            instance: I,
+            epoch: Epoch(1),
+        },
+        5,
+    );
+    b.on_message(
+        1,
+        DataMessage::Probe {
+            instance: I,
+            epoch: Epoch(0),
+        },
+        5,
+    );
+    assert_eq!(
+        drain(&mut b),
+        vec![send(
+            1,
+            DataMessage::Fenced {
+                instance: I,
+                epoch: Epoch(1)
+            }
+        )]
+    );
+}
+
+#[test]
+fn in_sync_members_without_a_replica_are_proposed_out_at_once() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    let mut meta = rs(Some(1), 1, &[(1, 1)], &[1, 2, 4]);
+    meta.replicas = vec![1, 2];
+    dp.on_metadata(&meta, Some(pos(1, 3)), 0);
+    stream(&mut dp, 2);
+    dp.tick(0);
+    let remove4 = DataOutput::Propose(Proposal::SetInSync {
+        instance: I,
+        epoch: Epoch(1),
+        in_sync: vec![1, 2],
+    });
+    assert_eq!(proposals(&mut dp), vec![remove4.clone()]);
+    dp.tick(TIMEOUT - 1);
+    assert_eq!(proposals(&mut dp), vec![]);
+    dp.tick(TIMEOUT);
+    assert_eq!(proposals(&mut dp), vec![remove4]);
+}
+
+#[test]
+fn backups_out_of_sync_hold_no_wal_unless_being_read_for() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2]), Some(pos(1, 3)), 0);
+    dp.on_appended(&[shipped(1, 4), shipped(1, 5)], 0);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(5),
+        },
+        0,
+    );
+    dp.tick(0);
+    let holds: Vec<DataOutput> = dp
+        .drain()
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::HoldWal(_)))
+        .collect();
+    assert_eq!(
+        holds,
+        vec![DataOutput::HoldWal(None)],
+        "node 3 is out of sync"
+    );
+    // Reading the WAL for node 3 holds it from what was read.
+    dp.on_message(
+        3,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(pt(1, 1)),
+        },
+        0,
+    );
+    dp.on_entries_read(3, I, vec![shipped(1, 2)], 0);
+    dp.tick(1);
+    let holds: Vec<DataOutput> = dp
+        .drain()
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::HoldWal(_)))
+        .collect();
+    assert_eq!(holds, vec![DataOutput::HoldWal(Some(Lsn(102)))]);
+}
+
+#[test]
+fn a_resumed_epoch_of_unknown_start_streams_only_provable_prefixes() {
+    // (backup's last entry, expected answer) for a primary that restarted in
+    // epoch 2, log up to (2, 9), whose epoch-2 start the control plane never recorded.
+    let cases: Vec<(Option<(Epoch, Seq)>, DataOutput)> = vec![
+        (None, read(None, 2)),
+        (Some(pt(2, 7)), read(Some(pt(2, 7)), 2)),
+        (
+            Some(pt(2, 9)),
+            send(2, entries_msg(2, Some(pt(2, 9)), vec![])),
+        ),
+        (
+            Some(pt(2, 10)),
+            DataOutput::SendSnapshot { instance: I, to: 2 },
+        ),
+        // Epoch 1 may have ended anywhere before (2, 9): not provable.
+        (
+            Some(pt(1, 3)),
+            DataOutput::SendSnapshot { instance: I, to: 2 },
+        ),
+    ];
+    for (last, want) in cases {
+        let mut dp = DataPlane::new(1, TIMEOUT);
+        dp.on_metadata(&rs(Some(1), 2, &[(1, 1)], &[1, 2, 3]), Some(pos(2, 9)), 0);
+        dp.on_message(
+            2,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(2),
+                last,
+            },
+            0,
+        );
+        assert_eq!(drain(&mut dp), vec![], "deferred until resumed");
+        dp.on_epoch_resumed(pos(2, 9), 0);
+        assert!(dp.is_primary(I));
+        assert_eq!(drain(&mut dp), vec![want], "{last:?}");
+    }
+    // Once the start is recorded, the exact rule applies.
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 2, &[(1, 1)], &[1, 2, 3]), Some(pos(2, 9)), 0);
+    dp.on_epoch_resumed(pos(2, 9), 0);
+    dp.on_metadata(
+        &rs(Some(1), 2, &[(1, 1), (2, 6)], &[1, 2, 3]),
+        Some(pos(2, 9)),
+        0,
+    );
+    drain(&mut dp);
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(2),
+            last: Some(pt(1, 3)),
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
+}
+
+#[test]
+fn a_wal_read_with_a_hole_turns_into_a_snapshot() {
+    for (after, entries) in [
+        (None, vec![shipped(1, 3), shipped(1, 4)]),
+        (Some(pt(1, 1)), vec![shipped(1, 2), shipped(1, 4)]),
+        (Some(pt(1, 1)), vec![shipped(1, 3)]),
+    ] {
+        let mut dp = DataPlane::new(1, TIMEOUT);
+        dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 4)), 0);
+        dp.on_message(
+            2,
+            DataMessage::CatchUp {
+                instance: I,
+                epoch: Epoch(1),
+                last: after,
+            },
+            0,
+        );
+        assert_eq!(drain(&mut dp), vec![read(after, 2)]);
+        dp.on_entries_read(2, I, entries, 0);
+        assert_eq!(
+            drain(&mut dp),
+            vec![DataOutput::SendSnapshot { instance: I, to: 2 }],
+            "{after:?}"
+        );
+    }
+}
+
+/// The control plane of the chaos simulation: applies the data plane's
+/// proposals of the current epoch and tells every live node.
+fn apply_proposals(sim: &mut Sim, meta: &mut ReplicaSet) {
+    loop {
+        sim.carry_out_all();
+        let proposals = std::mem::take(&mut sim.proposals);
+        if proposals.is_empty() {
+            return;
+        }
+        for proposal in proposals {
+            let Proposal::SetInSync { epoch, in_sync, .. } = proposal;
+            if epoch == meta.epoch && meta.in_sync != in_sync {
+                meta.in_sync = in_sync;
+                sim.metadata(meta);
+            }
+        }
+    }
+}
+
+/// ALL_SAFE: every released write is in the log of every in-sync member.
+fn check_released(
+    sim: &Sim,
+    meta: &ReplicaSet,
+    tickets: &BTreeMap<u64, (Epoch, Seq)>,
+    step: usize,
+) {
+    for ticket in &sim.released {
+        let (epoch, seq) = tickets[ticket];
+        for node in &meta.in_sync {
+            let log = &sim.nodes[node].log;
+            let held = log.iter().any(|e| e.epoch == epoch && e.seq == seq);
+            assert!(
+                held,
+                "step {step}: released ({}, {}) missing on in-sync node {node}",
+                epoch.0, seq.0
+            );
+        }
+    }
+}
+
+/// Three nodes, lossy network, random writes, ticks, failovers and restarts;
+/// the ALL_SAFE guarantee is checked after every step and the logs must
+/// converge once the network heals.
+fn chaos(seed: u64) {
+    let mut meta = rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]);
+    let mut sim = Sim::new(&meta);
+    sim.rng = seed.max(1);
+    sim.drop_per_mille = 30;
+    sim.append(1, 1, 1);
+    sim.nodes
+        .get_mut(&1)
+        .unwrap()
+        .plane
+        .on_epoch_begun(pos(1, 1), 0);
+    let mut tickets = BTreeMap::new();
+    let mut next_ticket = 0;
+    let mut failovers = 0;
+    // An old primary cut off from the control plane, and the epoch it believes in.
+    let mut stale: Option<(NodeId, u64)> = None;
+    let (mut stale_writes, mut partitions) = (0, 0);
+    for step in 0..1500 {
+        let active = meta.active.unwrap();
+        match sim.rand() % 100 {
+            0..=9 if stale.is_some() => {
+                // The cut-off old primary still takes writes; none may be
+                // released unless every current in-sync member has it.
+                let (old, epoch) = stale.unwrap();
+                stale_writes += 1;
+                sim.append(old, epoch, 1);
+                let last = sim.last(old).unwrap();
+                next_ticket += 1;
+                tickets.insert(next_ticket, point(&last));
+                sim.nodes
+                    .get_mut(&old)
+                    .unwrap()
+                    .plane
+                    .register(next_ticket, last, Need::AllInSync);
+            }
+            0..=29 => {
+                if sim.nodes[&active].up {
+                    let count = 1 + sim.rand() % 3;
+                    sim.append(active, meta.epoch.0, count);
+                    let last = sim.last(active).unwrap();
+                    next_ticket += 1;
+                    tickets.insert(next_ticket, point(&last));
+                    sim.nodes.get_mut(&active).unwrap().plane.register(
+                        next_ticket,
+                        last,
+                        Need::AllInSync,
+                    );
+                }
+            }
+            30..=79 => {
+                let count = (sim.rand() % 8) as usize;
+                sim.deliver(count);
+            }
+            80..=97 => {
+                sim.now += sim.rand() % 300;
+                let now = sim.now;
+                for node in sim.nodes.values_mut().filter(|n| n.up) {
+                    node.plane.tick(now);
+                }
+            }
+            _ => {
+                let down: Vec<NodeId> = sim
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| !n.up)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if let Some((old, _)) = stale.take() {
+                    // The cut-off node hears from the control plane again.
+                    sim.nodes.get_mut(&old).unwrap().stale = false;
+                    sim.metadata(&meta);
+                } else if let Some(id) = down.first() {
+                    // The dead node restarts with its log and a fresh data plane.
+                    let node = sim.nodes.get_mut(id).unwrap();
+                    node.up = true;
+                    node.plane = DataPlane::new(*id, TIMEOUT);
+                    node.plane.set_read_bytes_max(25);
+                    sim.metadata(&meta);
+                } else if failovers < 4 {
+                    let candidates: Vec<NodeId> = meta
+                        .in_sync
+                        .iter()
+                        .copied()
+                        .filter(|n| *n != active)
+                        .collect();
+                    if !candidates.is_empty() {
+                        failovers += 1;
+                        let next = candidates[(sim.rand() % candidates.len() as u64) as usize];
+                        let node = sim.nodes.get_mut(&active).unwrap();
+                        if sim.rng.is_multiple_of(2) {
+                            node.up = false;
+                            sim.net
+                                .retain(|(from, to, _)| *from != active && *to != active);
+                        } else {
+                            node.stale = true;
+                            partitions += 1;
+                            stale = Some((active, meta.epoch.0));
+                        }
+                        meta.epoch = Epoch(meta.epoch.0 + 1);
+                        meta.active = Some(next);
+                        meta.in_sync.retain(|n| *n != active);
+                        sim.metadata(&meta);
+                        sim.append(next, meta.epoch.0, 1); // EpochStart
+                        let start = sim.last(next).unwrap();
+                        sim.nodes
+                            .get_mut(&next)
+                            .unwrap()
+                            .plane
+                            .on_epoch_begun(start, sim.now);
+                        meta.epoch_starts.push(point(&start));
+                        sim.metadata(&meta);
+                    }
+                }
+            }
+        }
+        apply_proposals(&mut sim, &mut meta);
+        check_released(&sim, &meta, &tickets, step);
+    }
+    eprintln!("seed {seed}: {failovers} failovers, {partitions} partitioned primaries, {stale_writes} writes to them");
+    // Heal: no more losses, everyone up, time passes.
+    sim.drop_per_mille = 0;
+    for id in [1, 2, 3] {
+        sim.nodes.get_mut(&id).unwrap().stale = false;
+        if !sim.nodes[&id].up {
+            let node = sim.nodes.get_mut(&id).unwrap();
+            node.up = true;
+            node.plane = DataPlane::new(id, TIMEOUT);
+        }
+    }
+    sim.metadata(&meta);
+    for _ in 0..20 {
+        sim.now += TIMEOUT / 2;
+        let now = sim.now;
+        for node in sim.nodes.values_mut() {
+            node.plane.tick(now);
+        }
+        sim.run();
+        apply_proposals(&mut sim, &mut meta);
+        check_released(&sim, &meta, &tickets, usize::MAX);
+    }
+    let active = meta.active.unwrap();
+    for id in [1, 2, 3] {
+        let (log, want) = (&sim.nodes[&id].log, &sim.nodes[&active].log);
+        if log != want {
+            let show = |l: &Vec<WireEntry>, i: usize| l.get(i).map(|e| (e.epoch.0, e.seq.0));
+            let i = log
+                .iter()
+                .zip(want.iter())
+                .position(|(a, b)| a != b)
+                .unwrap_or(log.len().min(want.len()));
+            panic!(
+                "seed {seed}: node {id} ({} entries, up {}) differs from active {active} ({} entries) at index {i}: {:?} vs {:?}; in_sync {:?}",
+                log.len(),
+                sim.nodes[&id].up,
+                want.len(),
+                show(log, i),
+                show(want, i),
+                meta.in_sync
+            );
+        }
+    }
+    if meta.in_sync != vec![1, 2, 3] {
+        let mut states = Vec::new();
+        for id in [1, 2, 3] {
+            states.push(sim.nodes[&active].plane.peer_debug(I, id));
+            states.push(sim.nodes[&id].plane.peer_debug(I, id));
+        }
+        panic!(
+            "seed {seed}: in_sync {:?} active {active} now {}: {states:#?}",
+            meta.in_sync, sim.now
+        );
+    }
+    assert!(
+        sim.released.len() > 10,
+        "seed {seed}: only {} writes released",
+        sim.released.len()
+    );
+    assert!(
+        sim.failed
+            .iter()
+            .all(|(_, code)| *code == ErrorCode::TryAgain),
+        "seed {seed}"
+    );
+}
+
+#[test]
+fn chaos_seeds_keep_all_safe_writes_and_converge() {
+    for seed in 1..=24u64 {
+        eprintln!("seed {seed}");
+        chaos(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+}
+
+#[test]
+fn wal_reads_pause_while_too_much_is_unacknowledged() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.set_read_bytes_max(20); // reading pauses past 80 unacknowledged bytes
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 20)), 0);
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: None,
+        },
+        0,
+    );
+    let read = |after| DataOutput::ReadEntries {
+        instance: I,
+        after,
+        for_node: 2,
+        max_bytes: 20,
+    };
+    assert_eq!(drain(&mut dp), vec![read(None)]);
+    // Reads of 30 bytes each: after the third (90 bytes out) it waits.
+    for (first, want_more) in [(1, true), (4, true), (7, false)] {
+        dp.on_entries_read(2, I, (first..first + 3).map(|s| shipped(1, s)).collect(), 0);
+        let out = drain(&mut dp);
+        assert!(matches!(out[0], DataOutput::Send { to: 2, .. }), "{out:?}");
+        let last = first + 2;
+        assert_eq!(
+            out.get(1),
+            want_more.then(|| read(Some(pt(1, last)))).as_ref(),
+            "after {last}"
+        );
+    }
+    // An acknowledgement that leaves too much out changes nothing; one that
+    // brings it under the bound resumes reading.
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(2),
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(3),
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 9)))]);
+    // An acknowledgement of everything ends the read: it streams.
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(20),
+        },
+        0,
+    );
+    dp.on_entries_read(2, I, vec![shipped(1, 10)], 0);
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_appended(&[shipped(1, 21)], 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(2, entries_msg(1, Some(pt(1, 20)), vec![wire(1, 21)]))]
+    );
+}
+
+#[test]
+fn a_retried_catch_up_is_not_answered_twice_within_the_retry_interval() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 9)), 0);
+    let catch_up = DataMessage::CatchUp {
+        instance: I,
+        epoch: Epoch(1),
+        last: Some(pt(1, 2)),
+    };
+    dp.on_message(2, catch_up.clone(), 0);
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 2)), 2)]);
+    dp.on_message(2, catch_up.clone(), TIMEOUT / 2 - 1);
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_message(2, catch_up.clone(), TIMEOUT / 2);
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 2)), 2)]);
+    // Another position is a new request.
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: Some(pt(1, 3)),
+        },
+        TIMEOUT / 2,
+    );
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
+}
+
+#[test]
+fn a_member_being_added_that_stalls_is_given_up_only_after_its_proposal_settled() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2]), Some(pos(1, 3)), 0);
+    drain(&mut dp);
+    dp.tick(0);
+    assert_eq!(
+        proposals(&mut dp),
+        vec![DataOutput::Propose(Proposal::SetInSync {
+            instance: I,
+            epoch: Epoch(1),
+            in_sync: vec![1, 2, 3]
+        })]
+    );
+    // Node 3 stops acknowledging right after; a write waits for it.
+    dp.on_appended(&[shipped(1, 4)], 0);
+    dp.register(9, pos(1, 4), Need::AllInSync);
+    dp.on_local_durable(&[pos(1, 4)]);
+    dp.on_message(
+        2,
+        DataMessage::Ack {
+            instance: I,
+            epoch: Epoch(1),
+            seq: Seq(4),
+        },
+        0,
+    );
+    drain(&mut dp);
+    dp.tick(2 * TIMEOUT - 1);
+    assert!(
+        !drain(&mut dp)
+            .iter()
+            .any(|o| matches!(o, DataOutput::Released(_))),
+        "still waiting for node 3"
+    );
+    dp.tick(2 * TIMEOUT);
+    assert!(drain(&mut dp).contains(&DataOutput::Released(vec![9])));
+    assert_eq!(dp.tracker().required(I), vec![2]);
+}

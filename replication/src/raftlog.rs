@@ -1,0 +1,525 @@
+//! The control plane's durable Raft state: log entries, hard state and the
+//! latest snapshot, in one append-only file per node.
+//!
+//! ```text
+//! raft.log := magic "CKPTRAFT" | version u32 LE | frame*
+//! frame    := length u32 LE | crc32 u32 LE (of payload) | payload
+//! payload  := postcard Frame { entries: [protobuf Entry], hard_state: protobuf?,
+//!                              snapshot: protobuf? (replaces the log),
+//!                              compacted: protobuf? (covers entries up to its index) }
+//! ```
+//!
+//! One [`RaftLog::persist`] call writes one frame and fsyncs it before
+//! returning, so a power cut can tear only the last frame: on open, a bad
+//! frame that runs to the end of the file (or is followed only by zeros)
+//! is a torn tail and is cut off; a bad frame followed by more data is
+//! corruption and the log is refused rather than silently shortened.
+//!
+//! The file stays bounded: the control plane compacts its log into a
+//! snapshot every [`crate::control::COMPACT_ENTRIES_DEFAULT`] entries, and
+//! once the file grows past a multiple of its live content it is rewritten
+//! (new file, fsync, rename, fsync of the directory) as a single frame.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, HardState, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::control::{PersistedRaft, RaftPersist};
+use crate::ReplicationError;
+
+/// File name inside the directory.
+pub const FILE_NAME: &str = "raft.log";
+const MAGIC: &[u8; 8] = b"CKPTRAFT";
+const VERSION: u32 = 1;
+const HEADER_BYTES: usize = 12;
+const FRAME_HEADER_BYTES: usize = 8;
+/// Largest frame accepted (a snapshot of a very large registry).
+pub const FRAME_BYTES_MAX: usize = 256 << 20;
+/// The file is rewritten once it is larger than this and than
+/// [`REWRITE_FACTOR`] times its content at the last rewrite.
+pub const REWRITE_BYTES_MIN_DEFAULT: u64 = 4 << 20;
+const REWRITE_FACTOR: u64 = 4;
+
+#[derive(Serialize, Deserialize, Default)]
+struct Frame {
+    entries: Vec<serde_bytes::ByteBuf>,
+    hard_state: Option<serde_bytes::ByteBuf>,
+    snapshot: Option<serde_bytes::ByteBuf>,
+    compacted: Option<serde_bytes::ByteBuf>,
+}
+
+/// The open log (see the module docs).
+pub struct RaftLog {
+    path: PathBuf,
+    file: File,
+    file_bytes: u64,
+    rewrite_bytes_min: u64,
+    last_rewrite_bytes: u64,
+    model: PersistedRaft,
+}
+
+fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> ReplicationError {
+    ReplicationError::RaftLog {
+        path: path.to_path_buf(),
+        detail: format!("{what}: {e}"),
+    }
+}
+
+fn encode<M: protobuf::Message>(m: &M) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(
+        m.write_to_bytes()
+            .expect("raft protobuf messages always encode"),
+    )
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ReplicationError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, "fsync of the directory", e))
+}
+
+impl RaftLog {
+    /// Opens (or creates) the log in `dir` and reads it back.
+    ///
+    /// # Errors
+    /// IO failures; a bad magic or version; a corrupt frame that is not the
+    /// file's torn tail.
+    pub fn open(dir: &Path) -> Result<(RaftLog, PersistedRaft), ReplicationError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
+        let path = dir.join(FILE_NAME);
+        if !path.exists() {
+            write_atomically(dir, &path, None)?;
+        }
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| io_error(&path, "read", e))?;
+        if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+            return Err(io_error(&path, "open", "not a ckpt raft log (bad magic)"));
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(io_error(
+                &path,
+                "open",
+                format!("unsupported version {version}"),
+            ));
+        }
+        let mut model = PersistedRaft::default();
+        let mut pos = HEADER_BYTES;
+        let good_end = loop {
+            if pos == bytes.len() {
+                break pos;
+            }
+            match read_frame(&bytes, pos) {
+                FrameRead::Good(payload, next) => {
+                    let frame: Frame = postcard::from_bytes(payload).map_err(|e| {
+                        io_error(
+                            &path,
+                            &format!("frame at byte {pos}"),
+                            format!("checksummed but undecodable: {e}"),
+                        )
+                    })?;
+                    apply_frame(&mut model, &frame)
+                        .map_err(|e| io_error(&path, &format!("frame at byte {pos}"), e))?;
+                    pos = next;
+                }
+                FrameRead::TornTail => {
+                    tracing::warn!(path = %path.display(), offset = pos, dropped_bytes = bytes.len() - pos, "torn raft log tail dropped");
+                    break pos;
+                }
+                FrameRead::Corrupt(why) => {
+                    return Err(io_error(
+                        &path,
+                        &format!("frame at byte {pos}"),
+                        format!("{why}, and data follows it: corruption inside the log, refusing to drop it"),
+                    ));
+                }
+            }
+        };
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, "open for append", e))?;
+        if good_end < bytes.len() {
+            file.set_len(good_end as u64)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| io_error(&path, "cut the torn tail", e))?;
+        }
+        let log = RaftLog {
+            path,
+            file,
+            file_bytes: good_end as u64,
+            rewrite_bytes_min: REWRITE_BYTES_MIN_DEFAULT,
+            last_rewrite_bytes: good_end as u64,
+            model: model.clone(),
+        };
+        Ok((log, model))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Current file size in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes
+    }
+
+    /// Lower bound for rewriting the file (tests use small values).
+    pub fn set_rewrite_bytes_min(&mut self, bytes: u64) {
+        self.rewrite_bytes_min = bytes;
+    }
+
+    /// Appends one frame and fsyncs it; rewrites the file when it has
+    /// grown well past its content. Durable when this returns `Ok`.
+    ///
+    /// # Errors
+    /// IO failures. After a failed write or fsync the log must not be used
+    /// again (the node stops): what is on disk is unknown.
+    pub fn persist(&mut self, p: &RaftPersist) -> Result<(), ReplicationError> {
+        if p.is_empty() {
+            return Ok(());
+        }
+        let frame = Frame {
+            entries: p.entries.iter().map(encode).collect(),
+            hard_state: p.hard_state.as_ref().map(encode),
+            snapshot: p.snapshot.as_ref().map(encode),
+            compacted: p.compacted.as_ref().map(encode),
+        };
+        apply_frame(&mut self.model, &frame).map_err(|e| io_error(&self.path, "persist", e))?;
+        let bytes = frame_bytes(&frame)?;
+        self.file
+            .write_all(&bytes)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| io_error(&self.path, "append", e))?;
+        self.file_bytes += bytes.len() as u64;
+        if self.file_bytes > self.rewrite_bytes_min
+            && self.file_bytes > self.last_rewrite_bytes.saturating_mul(REWRITE_FACTOR)
+        {
+            self.rewrite()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the file by one frame holding its current content.
+    fn rewrite(&mut self) -> Result<(), ReplicationError> {
+        let frame = Frame {
+            entries: self.model.entries.iter().map(encode).collect(),
+            hard_state: Some(encode(&self.model.hard_state)),
+            snapshot: self.model.snapshot.as_ref().map(encode),
+            compacted: None,
+        };
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let written = write_atomically(&dir, &self.path, Some(&frame))?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| io_error(&self.path, "reopen after rewrite", e))?;
+        self.file_bytes = written;
+        self.last_rewrite_bytes = written;
+        tracing::debug!(path = %self.path.display(), bytes = written, "raft log rewritten");
+        Ok(())
+    }
+}
+
+fn frame_bytes(frame: &Frame) -> Result<Vec<u8>, ReplicationError> {
+    let payload = postcard::to_allocvec(frame).expect("a raft log frame always serializes");
+    if payload.len() > FRAME_BYTES_MAX {
+        return Err(ReplicationError::RaftLog {
+            path: PathBuf::new(),
+            detail: format!("frame of {} bytes exceeds {FRAME_BYTES_MAX}", payload.len()),
+        });
+    }
+    let mut bytes = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
+/// Writes header (+ frame) to a temporary file, fsyncs, renames over
+/// `path`, fsyncs the directory. Returns the file's size.
+fn write_atomically(
+    dir: &Path,
+    path: &Path,
+    frame: Option<&Frame>,
+) -> Result<u64, ReplicationError> {
+    let tmp = path.with_extension("tmp");
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    if let Some(frame) = frame {
+        bytes.extend_from_slice(&frame_bytes(frame)?);
+    }
+    let mut f = File::create(&tmp).map_err(|e| io_error(&tmp, "create", e))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_error(&tmp, "write", e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| io_error(path, "rename", e))?;
+    sync_dir(dir)?;
+    Ok(bytes.len() as u64)
+}
+
+enum FrameRead<'a> {
+    Good(&'a [u8], usize),
+    TornTail,
+    Corrupt(String),
+}
+
+fn read_frame(bytes: &[u8], pos: usize) -> FrameRead<'_> {
+    let rest = &bytes[pos..];
+    let zeros_to_end = rest.iter().all(|b| *b == 0);
+    if rest.len() < FRAME_HEADER_BYTES {
+        return FrameRead::TornTail;
+    }
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if len > FRAME_BYTES_MAX {
+        return if zeros_to_end {
+            FrameRead::TornTail
+        } else {
+            // A length past the bound cannot have been written by us; if it
+            // also runs past the end it is the torn last frame.
+            if FRAME_HEADER_BYTES + len > rest.len() {
+                FrameRead::TornTail
+            } else {
+                FrameRead::Corrupt(format!("length {len} over the bound {FRAME_BYTES_MAX}"))
+            }
+        };
+    }
+    let end = FRAME_HEADER_BYTES + len;
+    if end > rest.len() {
+        return FrameRead::TornTail;
+    }
+    let payload = &rest[FRAME_HEADER_BYTES..end];
+    if len == 0 || crc32fast::hash(payload) != crc {
+        if zeros_to_end || end == rest.len() {
+            return FrameRead::TornTail;
+        }
+        return FrameRead::Corrupt("checksum mismatch".into());
+    }
+    FrameRead::Good(payload, pos + end)
+}
+
+fn apply_frame(model: &mut PersistedRaft, frame: &Frame) -> Result<(), String> {
+    if let Some(snap) = &frame.snapshot {
+        let snap = Snapshot::parse_from_bytes(snap).map_err(|e| format!("snapshot: {e}"))?;
+        model.entries.clear();
+        model.snapshot = Some(snap);
+    }
+    if let Some(snap) = &frame.compacted {
+        let snap =
+            Snapshot::parse_from_bytes(snap).map_err(|e| format!("compaction snapshot: {e}"))?;
+        let index = snap.get_metadata().index;
+        model.entries.retain(|e| e.index > index);
+        model.snapshot = Some(snap);
+    }
+    if let Some(first) = frame.entries.first() {
+        let first = Entry::parse_from_bytes(first).map_err(|e| format!("entry: {e}"))?;
+        // Raft overwrites a conflicting suffix: drop it.
+        model.entries.retain(|e| e.index < first.index);
+        for bytes in &frame.entries {
+            let e = Entry::parse_from_bytes(bytes).map_err(|e| format!("entry: {e}"))?;
+            if let Some(last) = model.entries.last() {
+                if e.index != last.index + 1 {
+                    return Err(format!(
+                        "entry {} does not follow entry {}",
+                        e.index, last.index
+                    ));
+                }
+            }
+            model.entries.push(e);
+        }
+    }
+    if let Some(hs) = &frame.hard_state {
+        model.hard_state =
+            HardState::parse_from_bytes(hs).map_err(|e| format!("hard state: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        let mut e = Entry::default();
+        e.set_index(index);
+        e.set_term(term);
+        e.set_data(data.to_vec().into());
+        e
+    }
+
+    fn hs(term: u64, commit: u64) -> HardState {
+        let mut h = HardState::default();
+        h.set_term(term);
+        h.set_vote(1);
+        h.set_commit(commit);
+        h
+    }
+
+    fn persist_entries(log: &mut RaftLog, from: u64, to: u64, term: u64) {
+        let p = RaftPersist {
+            entries: (from..=to)
+                .map(|i| entry(i, term, &i.to_le_bytes()))
+                .collect(),
+            hard_state: Some(hs(term, to)),
+            ..Default::default()
+        };
+        log.persist(&p).unwrap();
+    }
+
+    #[test]
+    fn persisted_state_reads_back_with_overwrites_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, p) = RaftLog::open(dir.path()).unwrap();
+            assert_eq!(p, PersistedRaft::default());
+            persist_entries(&mut log, 1, 5, 1);
+            // A new leader overwrites 4..: the old 4 and 5 go.
+            persist_entries(&mut log, 4, 6, 2);
+            let mut snap = Snapshot::default();
+            snap.set_data(b"state".to_vec().into());
+            snap.mut_metadata().index = 3;
+            snap.mut_metadata().term = 1;
+            log.persist(&RaftPersist {
+                compacted: Some(snap),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(
+            p.entries
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
+            vec![(4, 2), (5, 2), (6, 2)]
+        );
+        assert_eq!(p.hard_state, hs(2, 6));
+        let snap = p.snapshot.unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, snap.get_data()),
+            (3, &b"state"[..])
+        );
+    }
+
+    #[test]
+    fn installed_snapshot_replaces_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
+        persist_entries(&mut log, 1, 5, 1);
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 3;
+        log.persist(&RaftPersist {
+            snapshot: Some(snap),
+            ..Default::default()
+        })
+        .unwrap();
+        drop(log);
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert!(p.entries.is_empty());
+        assert_eq!(p.snapshot.unwrap().get_metadata().index, 3);
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_at_every_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
+        persist_entries(&mut log, 1, 3, 1);
+        let good = log.file_bytes();
+        persist_entries(&mut log, 4, 6, 1);
+        let full = log.file_bytes();
+        drop(log);
+        let path = dir.path().join(FILE_NAME);
+        let bytes = std::fs::read(&path).unwrap();
+        for cut in good..full {
+            std::fs::write(&path, &bytes[..cut as usize]).unwrap();
+            let (log, p) = RaftLog::open(dir.path()).unwrap();
+            assert_eq!(p.entries.len(), 3, "cut at {cut}");
+            assert_eq!(log.file_bytes(), good, "torn tail cut off at {cut}");
+        }
+        // A torn tail followed by zeros (file extended, data never written).
+        let mut zeroed = bytes.clone();
+        for b in &mut zeroed[good as usize + 3..] {
+            *b = 0;
+        }
+        std::fs::write(&path, &zeroed).unwrap();
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(p.entries.len(), 3);
+        // A flipped byte in the last frame: torn.
+        let mut flipped = bytes.clone();
+        flipped[full as usize - 2] ^= 0x40;
+        std::fs::write(&path, &flipped).unwrap();
+        let (mut log, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(p.entries.len(), 3);
+        // And the log goes on from there.
+        persist_entries(&mut log, 4, 4, 2);
+        drop(log);
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(p.entries.last().unwrap().term, 2);
+    }
+
+    #[test]
+    fn a_corrupt_middle_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
+        persist_entries(&mut log, 1, 3, 1);
+        let first_end = log.file_bytes();
+        persist_entries(&mut log, 4, 6, 1);
+        persist_entries(&mut log, 7, 9, 1);
+        drop(log);
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[first_end as usize + 12] ^= 0x01; // inside the second frame's payload
+        std::fs::write(&path, &bytes).unwrap();
+        let e = RaftLog::open(dir.path()).err().expect("corruption refused");
+        let text = e.to_string();
+        assert!(text.contains("corruption"), "{text}");
+        assert!(text.contains(&format!("byte {first_end}")), "{text}");
+        // Bad magic.
+        std::fs::write(&path, b"NOTRAFTLOG..").unwrap();
+        assert!(RaftLog::open(dir.path()).is_err());
+    }
+
+    #[test]
+    fn the_file_stays_bounded_by_rewrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
+        log.set_rewrite_bytes_min(4096);
+        let mut max_bytes = 0;
+        for round in 0..200u64 {
+            let base = round * 10;
+            persist_entries(&mut log, base + 1, base + 10, 1);
+            // Compact everything but the last 10 entries.
+            let mut snap = Snapshot::default();
+            snap.set_data(vec![7u8; 100].into());
+            snap.mut_metadata().index = base;
+            snap.mut_metadata().term = 1;
+            log.persist(&RaftPersist {
+                compacted: Some(snap),
+                ..Default::default()
+            })
+            .unwrap();
+            max_bytes = max_bytes.max(log.file_bytes());
+        }
+        assert!(max_bytes < 16 * 1024, "file grew to {max_bytes}");
+        drop(log);
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(p.entries.first().unwrap().index, 1991);
+        assert_eq!(p.entries.last().unwrap().index, 2000);
+        assert_eq!(p.snapshot.unwrap().get_metadata().index, 1990);
+        assert_eq!(p.hard_state, hs(1, 2000));
+    }
+}

@@ -1,0 +1,103 @@
+//! What the client-facing service needs from the cluster: the seam between
+//! [`crate::service`] (handles, sessions, access checks — the same code on
+//! one node and in a cluster) and the replication runtime (control plane,
+//! log shipping, forwarding to the active replica).
+//!
+//! Without a cluster configuration the service has no [`ClusterFront`] and
+//! works on its own store exactly as the single-node server always did.
+
+use ckpt_proto::{CheckpointName, CkptResult, CreationAttributes};
+use ckpt_storage::{InstanceId, Op, Outcome};
+use futures::future::BoxFuture;
+
+use crate::reads::{ReadReply, ReadRequest};
+
+/// Who asked for a write: the client session (chosen by the client, kept
+/// across reconnects) and its request number. The active replica logs it
+/// with the entry, so a retried write is answered with its first outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WriteOrigin {
+    /// The client's session id (never 0).
+    pub session: u64,
+    /// The request number within the session.
+    pub request: u64,
+}
+
+/// When a write may be answered (DESIGN.md §4, the durability table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteNeed {
+    /// Applied on the active replica (WR_ACTIVE_REPLICA_WEAK).
+    Applied,
+    /// Durable on the active replica (WR_ACTIVE_REPLICA).
+    LocalDurable,
+    /// Durable on every in-sync replica (ALL_SAFE, WR_ALL_REPLICAS).
+    AllInSync,
+}
+
+/// A checkpoint as the control plane knows it (List, Stat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterCheckpoint {
+    /// Its name.
+    pub name: CheckpointName,
+    /// The instance the name refers to.
+    pub instance: InstanceId,
+    /// Its creation attributes (retention as last set).
+    pub attributes: CreationAttributes,
+    /// Nodes holding a replica.
+    pub replicas: u32,
+    /// Handles open on it, cluster-wide (nodes with one open count as one
+    /// each when the control plane only knows which nodes have it open).
+    pub open_count: u32,
+}
+
+/// The cluster as the service sees it. Every call may forward to another
+/// node; errors are the API's codes (`TRY_AGAIN` while a checkpoint has no
+/// active replica or too few in-sync replicas, `NOT_EXIST`, ...).
+pub trait ClusterFront: Send + Sync {
+    /// This node's id.
+    fn node_id(&self) -> u64;
+    /// The checkpoint `name` refers to, cluster-wide (`NOT_EXIST`).
+    fn lookup(&self, name: CheckpointName) -> BoxFuture<'_, CkptResult<ClusterCheckpoint>>;
+    /// Creates the checkpoint (placement, instance id, epoch through the
+    /// control plane; its creation entry on the active replica), or finds
+    /// an identical existing one (`created` false); `EXIST` for a
+    /// different one of that name.
+    fn create(
+        &self,
+        name: CheckpointName,
+        attributes: CreationAttributes,
+        origin: Option<WriteOrigin>,
+    ) -> BoxFuture<'_, CkptResult<(ClusterCheckpoint, bool)>>;
+    /// A handle on `instance` was opened on this node.
+    fn opened(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>>;
+    /// The last handle on `instance` on this node was closed.
+    fn closed(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>>;
+    /// clCkptCheckpointDelete: the name goes now, the data once no node has
+    /// it open.
+    fn delete(&self, name: CheckpointName) -> BoxFuture<'_, CkptResult<()>>;
+    /// clCkptActiveReplicaSet from this node.
+    fn set_active(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>>;
+    /// A write of `instance`, on its active replica, answered per `need`.
+    /// `Op::SetRetention` also updates the control plane's retention.
+    fn write(
+        &self,
+        instance: InstanceId,
+        op: Op,
+        origin: Option<WriteOrigin>,
+        need: WriteNeed,
+    ) -> BoxFuture<'_, CkptResult<Outcome>>;
+    /// A read of `instance`: from the active replica, or from this node's
+    /// replica when `local_ok` and it is in sync (or the checkpoint is
+    /// DISTRIBUTED / ALL_OPEN_ARE_REPLICAS and this node holds a replica).
+    fn read(
+        &self,
+        instance: InstanceId,
+        request: ReadRequest,
+        local_ok: bool,
+    ) -> BoxFuture<'_, CkptResult<ReadReply>>;
+    /// clCkptCheckpointSynchronize: every in-sync replica holds everything
+    /// written before the call.
+    fn synchronize(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>>;
+    /// Every named checkpoint.
+    fn checkpoints(&self) -> Vec<ClusterCheckpoint>;
+}

@@ -1,0 +1,598 @@
+//! The store as a replication log: ordered submissions with origins,
+//! entries shipped to a backup store, epochs, reading the log back,
+//! snapshots and checksums.
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ckpt_proto::{CkptResult, ErrorCode, SectionCreationAttributes, SectionId, TIME_END};
+use ckpt_storage::{
+    Committed, Durability, EntriesAfter, Entry, Epoch, InstanceId, Lsn, Op, Origin, Outcome,
+    Position, RecordBody, RocksWalMode, Seq, Store, StoreConfig,
+};
+use common::*;
+
+fn open_at(dir: &std::path::Path, tweak: impl FnOnce(&mut StoreConfig)) -> Store {
+    let mut config = config(dir, RocksWalMode::Unsynced);
+    config.reserve_bytes = 0;
+    tweak(&mut config);
+    Store::open(config).expect("store opens")
+}
+
+fn ordered(
+    store: &Store,
+    op: Op,
+    origin: Option<Origin>,
+    durability: Durability,
+) -> CkptResult<Committed> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    store.submit_ordered(op, origin, durability, NOW, move |r| {
+        let _ = tx.send(r);
+    });
+    rx.recv().expect("answered")
+}
+
+fn wait_position<F>(call: F) -> CkptResult<Position>
+where
+    F: FnOnce(Box<dyn FnOnce(CkptResult<Position>) + Send>),
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    call(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.recv().expect("answered")
+}
+
+fn replicate(store: &Store, entries: Vec<Entry>) -> CkptResult<Position> {
+    wait_position(|reply| store.submit_replicated(entries, reply))
+}
+
+fn create_op(text: &str, instance: Option<InstanceId>, epoch: u64) -> Op {
+    Op::CreateCheckpoint {
+        name: name(text),
+        attributes: attrs(16, 1 << 20, 1 << 24),
+        instance,
+        epoch: Epoch(epoch),
+    }
+}
+
+fn new_section(instance: InstanceId, id: Option<&str>, data: &[u8]) -> Op {
+    Op::CreateSection {
+        instance,
+        attributes: SectionCreationAttributes {
+            section_id: id.map(SectionId::new),
+            expiration_time: TIME_END,
+        },
+        data: data.to_vec(),
+    }
+}
+
+/// Collects every entry the store appends.
+fn capture(store: &Store) -> Arc<Mutex<Vec<Entry>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    store.set_append_listener(Arc::new(move |entries: &[Entry]| {
+        sink.lock().unwrap().extend(entries.iter().cloned());
+    }));
+    seen
+}
+
+#[test]
+fn an_assigned_instance_id_and_epoch_are_used_and_the_counter_stays_above() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), |_| {});
+    let c = ordered(
+        &store,
+        create_op("a", Some(InstanceId(100)), 3),
+        None,
+        Durability::Durable,
+    )
+    .unwrap();
+    assert_eq!(
+        c.outcome,
+        Outcome::Opened {
+            instance: InstanceId(100),
+            existed: false
+        }
+    );
+    let expected = Position {
+        instance: InstanceId(100),
+        epoch: Epoch(3),
+        seq: Seq(1),
+    };
+    assert_eq!(c.position, Some(expected));
+    assert_eq!(store.position(InstanceId(100)).unwrap(), Some(expected));
+    // Entries planned later carry the instance's epoch.
+    let c = ordered(
+        &store,
+        new_section(InstanceId(100), Some("s"), b"x"),
+        None,
+        Durability::Durable,
+    )
+    .unwrap();
+    assert_eq!(c.position.unwrap().epoch, Epoch(3));
+    assert_eq!(c.position.unwrap().seq, Seq(2));
+    // The local counter continues above the assigned id.
+    let local = create(&store, "b", attrs(10, 100, 1000));
+    assert_eq!(local, InstanceId(101));
+    // An assigned id that exists is refused.
+    let error = ordered(
+        &store,
+        create_op("c", Some(InstanceId(100)), 1),
+        None,
+        Durability::Durable,
+    )
+    .unwrap_err();
+    assert_eq!(error.code, ErrorCode::AlreadyExist);
+}
+
+#[test]
+fn a_resubmitted_origin_gets_the_first_outcome_and_logs_nothing_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin {
+        session: 77,
+        request: 5,
+    };
+    let (instance, first) = {
+        let store = open_at(dir.path(), |_| {});
+        let instance = create(&store, "a", attrs(10, 100, 1000));
+        let first = ordered(
+            &store,
+            new_section(instance, None, b"one"),
+            Some(origin),
+            Durability::Durable,
+        )
+        .unwrap();
+        assert!(matches!(first.outcome, Outcome::SectionCreated { .. }));
+        let seen = capture(&store);
+        let again = ordered(
+            &store,
+            new_section(instance, None, b"one"),
+            Some(origin),
+            Durability::Written,
+        )
+        .unwrap();
+        assert_eq!(
+            again, first,
+            "same outcome (same generated id), same position"
+        );
+        assert_eq!(store.sections(instance).unwrap().len(), 1);
+        assert!(seen.lock().unwrap().is_empty(), "nothing appended");
+        // Another request of the same session is applied.
+        let other = ordered(
+            &store,
+            new_section(instance, None, b"two"),
+            Some(Origin {
+                session: 77,
+                request: 6,
+            }),
+            Durability::Durable,
+        )
+        .unwrap();
+        assert_ne!(other.outcome, first.outcome);
+        // Crash (no close): recovery replays the log.
+        drop(store);
+        (instance, first)
+    };
+    let store = open_at(dir.path(), |_| {});
+    let again = ordered(
+        &store,
+        new_section(instance, None, b"one"),
+        Some(origin),
+        Durability::Durable,
+    )
+    .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(store.sections(instance).unwrap().len(), 2);
+    store.close().unwrap();
+    let store = open_at(dir.path(), |_| {});
+    let again = ordered(
+        &store,
+        new_section(instance, None, b"one"),
+        Some(origin),
+        Durability::Durable,
+    )
+    .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(store.sections(instance).unwrap().len(), 2);
+}
+
+#[test]
+fn listeners_see_appended_entries_then_durable_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), |_| {});
+    let events = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = events.clone();
+    store.set_append_listener(Arc::new(move |entries: &[Entry]| {
+        for e in entries {
+            sink.lock()
+                .unwrap()
+                .push(format!("append {} {}", e.instance.0, e.seq.0));
+        }
+    }));
+    let sink = events.clone();
+    store.set_durable_listener(Arc::new(move |positions: &[Position]| {
+        for p in positions {
+            sink.lock()
+                .unwrap()
+                .push(format!("durable {} {}", p.instance.0, p.seq.0));
+        }
+    }));
+    let instance = create(&store, "a", attrs(10, 100, 1000));
+    section(&store, instance, "s", b"x");
+    let events = events.lock().unwrap().clone();
+    let i = instance.0;
+    assert_eq!(
+        events,
+        vec![
+            format!("append {i} 1"),
+            format!("durable {i} 1"),
+            format!("append {i} 2"),
+            format!("durable {i} 2"),
+        ]
+    );
+}
+
+/// A primary and a backup store; entries flow through the append listener.
+fn pair() -> (tempfile::TempDir, Store, Store, Arc<Mutex<Vec<Entry>>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = open_at(&dir.path().join("p"), |_| {});
+    let backup = open_at(&dir.path().join("b"), |c| c.db.data_column_families = 3);
+    let shipped = capture(&primary);
+    (dir, primary, backup, shipped)
+}
+
+fn take(shipped: &Arc<Mutex<Vec<Entry>>>) -> Vec<Entry> {
+    std::mem::take(&mut *shipped.lock().unwrap())
+}
+
+#[test]
+fn a_backup_applies_shipped_entries_to_the_same_state() {
+    let (_dir, primary, backup, shipped) = pair();
+    let instance = create(&primary, "a", attrs(16, 1 << 20, 1 << 24));
+    section(&primary, instance, "s", b"hello");
+    run(&primary, write(instance, "s", 3, b"LO world")).unwrap();
+    let origin = Origin {
+        session: 9,
+        request: 1,
+    };
+    ordered(
+        &primary,
+        new_section(instance, None, b"gen"),
+        Some(origin),
+        Durability::Durable,
+    )
+    .unwrap();
+    // Shipped as bytes.
+    let entries: Vec<Entry> = take(&shipped)
+        .iter()
+        .map(|e| Entry::decode(&e.encode()).unwrap())
+        .collect();
+    let last = replicate(&backup, entries).unwrap();
+    assert_eq!(Some(last), primary.position(instance).unwrap());
+    assert_eq!(
+        backup.checksum(instance).unwrap(),
+        primary.checksum(instance).unwrap()
+    );
+    assert_eq!(read_all(&backup, instance, "s"), b"helLO world");
+    // The backup remembers the origin: after a failover it answers it.
+    let again = ordered(
+        &backup,
+        new_section(instance, None, b"gen"),
+        Some(origin),
+        Durability::Durable,
+    )
+    .unwrap();
+    assert!(matches!(again.outcome, Outcome::SectionCreated { .. }));
+    assert_eq!(again.position, Some(last));
+    assert_eq!(backup.position(instance).unwrap(), Some(last));
+}
+
+#[test]
+fn a_gap_an_old_epoch_or_a_second_creation_is_refused_without_poisoning() {
+    let (_dir, primary, backup, shipped) = pair();
+    let instance = create(&primary, "a", attrs(10, 100, 1000));
+    replicate(&backup, take(&shipped)).unwrap();
+    section(&primary, instance, "s", b"1");
+    section(&primary, instance, "t", b"2");
+    let mut entries = take(&shipped);
+    let second = entries.pop().unwrap();
+    // Seq 3 after seq 1: a gap.
+    let error = replicate(&backup, vec![second.clone()]).unwrap_err();
+    assert_eq!(error.code, ErrorCode::BadOperation);
+    assert!(
+        error.detail.contains(&format!("instance {}", instance.0))
+            && error.detail.contains("seq 3")
+            && error.detail.contains("expected seq 2"),
+        "{}",
+        error.detail
+    );
+    assert_eq!(backup.failure(), None);
+    // A refused call applies nothing of itself, not even its valid prefix.
+    let mut with_gap = entries.clone();
+    with_gap.push(second.clone());
+    with_gap.push(second.clone());
+    replicate(&backup, with_gap).unwrap_err();
+    assert_eq!(backup.position(instance).unwrap().unwrap().seq, Seq(1));
+    replicate(&backup, entries).unwrap();
+    replicate(&backup, vec![second]).unwrap();
+    // A creation of an instance the backup has.
+    let create_again = Entry {
+        instance,
+        epoch: Epoch(1),
+        seq: Seq(1),
+        timestamp: NOW,
+        origin: None,
+        body: RecordBody::CheckpointCreate {
+            name: name("a"),
+            attributes: attrs(10, 100, 1000),
+        },
+    };
+    let error = replicate(&backup, vec![create_again]).unwrap_err();
+    assert_eq!(error.code, ErrorCode::BadOperation);
+    assert!(error.detail.contains("exists"), "{}", error.detail);
+    // Epochs: after an epoch start, entries of the old epoch are refused.
+    let started = wait_position(|r| primary.begin_epoch(instance, Epoch(2), r)).unwrap();
+    assert_eq!((started.epoch, started.seq), (Epoch(2), Seq(4)));
+    let epoch_start = take(&shipped);
+    assert!(matches!(
+        epoch_start[..],
+        [Entry {
+            body: RecordBody::EpochStart { epoch: Epoch(2) },
+            ..
+        }]
+    ));
+    replicate(&backup, epoch_start).unwrap();
+    let stale_epoch = Entry {
+        instance,
+        epoch: Epoch(1),
+        seq: Seq(5),
+        timestamp: NOW,
+        origin: None,
+        body: RecordBody::RetentionSet {
+            retention_duration_ns: 5,
+        },
+    };
+    let error = replicate(&backup, vec![stale_epoch]).unwrap_err();
+    assert!(error.detail.contains("epoch 2"), "{}", error.detail);
+    // The primary stamps the new epoch on what it plans.
+    section(&primary, instance, "u", b"3");
+    let next = take(&shipped);
+    assert_eq!((next[0].epoch, next[0].seq), (Epoch(2), Seq(5)));
+    replicate(&backup, next).unwrap();
+    // An epoch that does not go forward is refused.
+    let error = wait_position(|r| primary.begin_epoch(instance, Epoch(2), r)).unwrap_err();
+    assert_eq!(error.code, ErrorCode::BadOperation);
+    assert_eq!(
+        backup.checksum(instance).unwrap(),
+        primary.checksum(instance).unwrap()
+    );
+    assert_eq!(backup.failure(), None);
+    assert_eq!(primary.failure(), None);
+}
+
+#[test]
+fn entries_after_reads_the_log_back_until_it_is_trimmed_unless_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), |c| {
+        c.segment_bytes_max = 4096;
+        c.wal_history_bytes = 0;
+    });
+    let instance = create(&store, "a", attrs(16, 1 << 20, 1 << 24));
+    section(&store, instance, "s", b"");
+    store.set_wal_hold(Some(Lsn(1)));
+    for i in 0..40u8 {
+        run(&store, write(instance, "s", 0, &[i; 500])).unwrap();
+    }
+    let last = store.position(instance).unwrap().unwrap();
+    assert_eq!(last.seq, Seq(42));
+    match store
+        .entries_after(instance, Epoch(1), Seq(0), u64::MAX)
+        .unwrap()
+    {
+        EntriesAfter::Entries(entries) => {
+            let seqs: Vec<u64> = entries.iter().map(|(_, e)| e.seq.0).collect();
+            assert_eq!(seqs, (1..=42).collect::<Vec<_>>());
+        }
+        EntriesAfter::Gone => panic!("held log is gone"),
+    }
+    // Bounded by bytes, but at least one entry.
+    match store.entries_after(instance, Epoch(1), Seq(10), 1).unwrap() {
+        EntriesAfter::Entries(entries) => assert_eq!(entries.len(), 1),
+        EntriesAfter::Gone => panic!("gone"),
+    }
+    // Up to date: nothing.
+    assert_eq!(
+        store
+            .entries_after(instance, last.epoch, last.seq, u64::MAX)
+            .unwrap(),
+        EntriesAfter::Entries(vec![])
+    );
+    // Ahead: refused.
+    assert!(store
+        .entries_after(instance, Epoch(1), Seq(99), u64::MAX)
+        .is_err());
+    // Released: the covered segments go at the next checkpoint of RocksDB.
+    store.set_wal_hold(None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        run(&store, write(instance, "s", 0, &[1; 500])).unwrap();
+        if store
+            .entries_after(instance, Epoch(1), Seq(0), u64::MAX)
+            .unwrap()
+            == EntriesAfter::Gone
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "log never trimmed");
+    }
+}
+
+#[test]
+fn a_snapshot_replaces_a_diverged_instance_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = open_at(&dir.path().join("p"), |_| {});
+    let shipped = capture(&primary);
+    let instance = create(&primary, "a", attrs(10, 16 << 20, 64 << 20));
+    section(&primary, instance, "big", &vec![7u8; 9 << 20]);
+    section(&primary, instance, "small", b"s");
+    run(
+        &primary,
+        Op::SetExpiration {
+            instance,
+            section_id: SectionId::new("small"),
+            expiration_time: NOW + 1_000_000_000_000,
+        },
+    )
+    .unwrap();
+    let backup_dir = dir.path().join("b");
+    let backup = open_at(&backup_dir, |_| {});
+    let create_entry = take(&shipped);
+    replicate(&backup, create_entry[..1].to_vec()).unwrap();
+    // The backup wrote something of its own (a diverged suffix).
+    let diverged = Entry {
+        instance,
+        epoch: Epoch(1),
+        seq: Seq(2),
+        timestamp: NOW,
+        origin: None,
+        body: RecordBody::SectionCreate {
+            section_id: SectionId::new("wrong"),
+            expiration_time: TIME_END,
+            data: b"zzz".to_vec(),
+            generated_next: 1,
+        },
+    };
+    replicate(&backup, vec![diverged]).unwrap();
+    wait_position(|r| backup.discard_suffix(instance, r)).unwrap();
+    let error = backup.sections(instance).unwrap_err();
+    assert_eq!(error.code, ErrorCode::TryAgain);
+    assert!(error.detail.contains("stale"), "{}", error.detail);
+    assert_eq!(
+        backup.checksum(instance).unwrap_err().code,
+        ErrorCode::TryAgain
+    );
+    let snapshot = primary.instance_snapshot(instance).unwrap();
+    let snapshot =
+        ckpt_storage::InstanceSnapshot::from_bytes(&snapshot.to_bytes().unwrap()).unwrap();
+    let at = wait_position(|r| backup.install_snapshot(snapshot, r)).unwrap();
+    assert_eq!(Some(at), primary.position(instance).unwrap());
+    let want = primary.checksum(instance).unwrap();
+    assert_eq!(backup.checksum(instance).unwrap(), want);
+    assert_eq!(backup.lookup(&name("a")).unwrap(), instance);
+    // Entries after the snapshot's point apply on top.
+    run(&primary, write(instance, "small", 0, b"S")).unwrap();
+    replicate(&backup, take(&shipped)).unwrap();
+    let want = primary.checksum(instance).unwrap();
+    assert_eq!(backup.checksum(instance).unwrap(), want);
+    drop(backup);
+    let backup = open_at(&backup_dir, |_| {});
+    assert_eq!(backup.checksum(instance).unwrap(), want);
+    backup.close().unwrap();
+    let backup = open_at(&backup_dir, |_| {});
+    assert_eq!(backup.checksum(instance).unwrap(), want);
+}
+
+#[test]
+fn an_install_cut_short_leaves_the_instance_stale_not_half_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = open_at(&dir.path().join("p"), |_| {});
+    let instance = create(&primary, "a", attrs(10, 100, 1000));
+    section(&primary, instance, "s", b"x");
+    let snapshot = primary.instance_snapshot(instance).unwrap();
+    let mut entries = snapshot.entries(NOW).unwrap();
+    assert!(matches!(
+        entries.last().unwrap().body,
+        RecordBody::SnapshotEnd
+    ));
+    entries.pop();
+    let backup_dir = dir.path().join("b");
+    let backup = open_at(&backup_dir, |_| {});
+    // Logged as entries of the install, all but its end (a crash before it).
+    replicate(&backup, entries).unwrap();
+    drop(backup);
+    let backup = open_at(&backup_dir, |_| {});
+    assert_eq!(
+        backup.sections(instance).unwrap_err().code,
+        ErrorCode::TryAgain
+    );
+    let error = backup.execute(write(instance, "s", 0, b"y")).unwrap_err();
+    assert_eq!(error.code, ErrorCode::TryAgain);
+    // Installing again completes it.
+    wait_position(|r| backup.install_snapshot(snapshot, r)).unwrap();
+    assert_eq!(
+        backup.checksum(instance).unwrap(),
+        primary.checksum(instance).unwrap()
+    );
+}
+
+#[test]
+fn checksums_differ_when_data_differs() {
+    let (_dir, primary, backup, shipped) = pair();
+    let instance = create(&primary, "a", attrs(10, 100, 1000));
+    section(&primary, instance, "s", b"abc");
+    replicate(&backup, take(&shipped)).unwrap();
+    let (position, sum) = primary.checksum(instance).unwrap();
+    assert_eq!(backup.checksum(instance).unwrap(), (position, sum));
+    run(&primary, write(instance, "s", 1, b"X")).unwrap();
+    assert_ne!(primary.checksum(instance).unwrap().1, sum);
+}
+
+#[test]
+fn entries_after_an_install_are_gone_so_a_snapshot_is_sent() {
+    let (_dir, primary, backup, shipped) = pair();
+    let instance = create(&primary, "a", attrs(10, 100, 1000));
+    section(&primary, instance, "s", b"x");
+    take(&shipped);
+    let snapshot = primary.instance_snapshot(instance).unwrap();
+    wait_position(|r| backup.install_snapshot(snapshot, r)).unwrap();
+    // The backup's log holds the install at seq 2, not the entries 1..2.
+    assert_eq!(
+        backup
+            .entries_after(instance, Epoch(1), Seq(1), u64::MAX)
+            .unwrap(),
+        EntriesAfter::Gone
+    );
+    run(&backup, write(instance, "s", 0, b"y")).unwrap();
+    match backup
+        .entries_after(instance, Epoch(1), Seq(2), u64::MAX)
+        .unwrap()
+    {
+        EntriesAfter::Entries(entries) => {
+            assert_eq!(entries.len(), 1);
+            assert_eq!(entries[0].1.seq, Seq(3));
+        }
+        EntriesAfter::Gone => panic!("the entry after the install is there"),
+    }
+}
+
+#[test]
+fn the_wal_hold_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), |c| {
+        c.segment_bytes_max = 4096;
+        c.wal_history_bytes = 0;
+        c.wal_hold_bytes_max = 16 * 1024;
+    });
+    let instance = create(&store, "a", attrs(16, 1 << 20, 1 << 24));
+    section(&store, instance, "s", b"");
+    store.set_wal_hold(Some(Lsn(1)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        run(&store, write(instance, "s", 0, &[3; 1000])).unwrap();
+        let (bytes, _) = store.wal_footprint();
+        if store
+            .entries_after(instance, Epoch(1), Seq(0), u64::MAX)
+            .unwrap()
+            == EntriesAfter::Gone
+        {
+            // Trimmed only once the held part outgrew the bound.
+            assert!(bytes <= 16 * 1024 + 2 * 4096 + 2048, "{bytes} bytes kept");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "hold never released");
+    }
+}
