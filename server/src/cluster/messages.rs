@@ -2,7 +2,8 @@
 //! mirrors of storage types that do not derive serde themselves.
 
 use ckpt_proto::{
-    CheckpointName, CkptError, CkptResult, ErrorCode, SectionCreationAttributes, SectionId, WriteElement,
+    CheckpointName, CkptError, CkptResult, ErrorCode, SectionCreationAttributes, SectionId,
+    WriteElement,
 };
 use ckpt_storage::{InstanceId, Op, Outcome};
 use serde::{Deserialize, Serialize};

@@ -50,8 +50,8 @@ use ckpt_replication::data::{
 use ckpt_replication::raftlog::RaftLog;
 use ckpt_replication::NodeId;
 use ckpt_storage::{
-    Durability, EntriesAfter, Entry, Epoch, InstanceId, InstanceSnapshot, Lsn, Op, Origin,
-    Outcome, Position, Seq, Store,
+    Durability, EntriesAfter, Entry, Epoch, InstanceId, InstanceSnapshot, Lsn, Op, Origin, Outcome,
+    Position, Seq, Store,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -278,7 +278,10 @@ impl Cluster {
                 error,
             })?;
         let (inputs, input_rx) = mpsc::unbounded_channel();
-        let empty = Arc::new(ClusterState::new(&config.node_ids(), config.replication_factor));
+        let empty = Arc::new(ClusterState::new(
+            &config.node_ids(),
+            config.replication_factor,
+        ));
         let (state_tx, state) = watch::channel(empty.clone());
         let (began_tx, began) = watch::channel(Arc::new(BTreeMap::new()));
         let cluster = Arc::new(Cluster {
@@ -420,10 +423,8 @@ impl Cluster {
                     if error.code == ErrorCode::TryAgain
                         && tokio::time::Instant::now() < deadline =>
                 {
-                    tokio::time::sleep(Duration::from_millis(
-                        self.config.tick_ms.clamp(10, 100),
-                    ))
-                    .await;
+                    tokio::time::sleep(Duration::from_millis(self.config.tick_ms.clamp(10, 100)))
+                        .await;
                 }
                 Err(error) => return Err(error),
             }
@@ -746,7 +747,11 @@ impl Cluster {
         }
     }
 
-    async fn read_local(&self, instance: InstanceId, request: ReadRequest) -> CkptResult<ReadReply> {
+    async fn read_local(
+        &self,
+        instance: InstanceId,
+        request: ReadRequest,
+    ) -> CkptResult<ReadReply> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || reads::serve(&store, instance, &request))
             .await
@@ -896,7 +901,9 @@ impl Cluster {
                 .filter(|(_, p)| p.to == node)
                 .map(|(id, _)| *id)
                 .collect();
-            ids.into_iter().filter_map(|id| forwards.remove(&id)).collect()
+            ids.into_iter()
+                .filter_map(|id| forwards.remove(&id))
+                .collect()
         };
         for pending in failed {
             let _ = pending
@@ -1080,7 +1087,12 @@ async fn dispatch(cluster: Arc<Cluster>, mut inbound: mpsc::Receiver<(NodeId, Pe
                         let _ = pending.reply.send(result);
                     }
                     Some(pending) => {
-                        tracing::warn!(from, expected = pending.to, id, "a forward reply from the wrong node; ignored");
+                        tracing::warn!(
+                            from,
+                            expected = pending.to,
+                            id,
+                            "a forward reply from the wrong node; ignored"
+                        );
                         cluster
                             .forwards
                             .lock()

@@ -152,7 +152,9 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
     assert!(created);
     let meta = nodes[0].cluster.state().get(instance).cloned().unwrap();
     assert_eq!(meta.replicas.len(), 3, "{meta:?}");
-    let active = meta.active.expect("a non-collocated checkpoint has an active replica");
+    let active = meta
+        .active
+        .expect("a non-collocated checkpoint has an active replica");
 
     // Written through a node that is not the active replica: forwarded.
     let writer = nodes.iter().find(|n| n.id != active).unwrap();
@@ -177,7 +179,12 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
         )
     })
     .await;
-    assert_eq!(outcome, Outcome::SectionCreated { section_id: id.clone() });
+    assert_eq!(
+        outcome,
+        Outcome::SectionCreated {
+            section_id: id.clone()
+        }
+    );
     retrying("write", || {
         writer.cluster.write(
             instance,

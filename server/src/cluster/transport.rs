@@ -122,7 +122,9 @@ where
         };
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
-        Ok(Self::start_with_listener(me, nodes, listener, local_addr, shutdown))
+        Ok(Self::start_with_listener(
+            me, nodes, listener, local_addr, shutdown,
+        ))
     }
 
     /// [`Transport::start`] on an already bound listener (tests bind port 0
