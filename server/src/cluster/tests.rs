@@ -12,7 +12,7 @@ use ckpt_proto::{
 use ckpt_replication::config::{ClusterConfig, NodeConfig};
 use ckpt_replication::data::Need;
 use ckpt_replication::NodeId;
-use ckpt_storage::{InstanceId, Op, Outcome, Store, StoreConfig};
+use ckpt_storage::{InstanceId, Op, Origin, Outcome, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::Cluster;
@@ -138,6 +138,10 @@ async fn read_local(node: &Node, instance: InstanceId, id: &SectionId) -> Vec<u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
     let ids = [1, 2, 3];
     let config = config(&ids);
     let mut nodes = Vec::new();
@@ -174,7 +178,10 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
                 },
                 data: b"first".to_vec(),
             },
-            None,
+            Some(Origin {
+                session: 7,
+                request: 1,
+            }),
             Need::AllInSync,
         )
     })
@@ -196,7 +203,10 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
                     data: b"+second".to_vec(),
                 }],
             },
-            None,
+            Some(Origin {
+                session: 7,
+                request: 2,
+            }),
             Need::AllInSync,
         )
     })
@@ -229,7 +239,10 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
                     data: b"FIRST".to_vec(),
                 }],
             },
-            None,
+            Some(Origin {
+                session: 7,
+                request: 3,
+            }),
             Need::AllInSync,
         )
     })
@@ -251,5 +264,89 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
     for node in &nodes {
         node.shutdown.cancel();
         let _ = node.store.stats();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backup_leaves_the_in_sync_set_and_all_safe_writes_go_on() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let ids = [1, 2, 3];
+    let config = config(&ids);
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(start(&config, id).await);
+    }
+    let name = CheckpointName::new("backup-dies").unwrap();
+    let (instance, _) = retrying("create", || {
+        nodes[0].cluster.create(name.clone(), all_safe())
+    })
+    .await;
+    let meta = nodes[0].cluster.state().get(instance).cloned().unwrap();
+    let active = meta.active.unwrap();
+    let id = section("s");
+    let write = |node: &Node, data: &'static [u8]| {
+        let cluster = node.cluster.clone();
+        let id = id.clone();
+        async move {
+            cluster
+                .write(
+                    instance,
+                    Op::Overwrite {
+                        instance,
+                        section_id: id,
+                        data: data.to_vec(),
+                    },
+                    Some(Origin {
+                        session: 7,
+                        request: 5,
+                    }),
+                    Need::AllInSync,
+                )
+                .await
+        }
+    };
+    let primary = nodes.iter().find(|n| n.id == active).unwrap();
+    retrying("section create", || {
+        primary.cluster.write(
+            instance,
+            Op::CreateSection {
+                instance,
+                attributes: SectionCreationAttributes {
+                    section_id: Some(id.clone()),
+                    expiration_time: TIME_END,
+                },
+                data: b"one".to_vec(),
+            },
+            Some(Origin {
+                session: 7,
+                request: 4,
+            }),
+            Need::AllInSync,
+        )
+    })
+    .await;
+    // A backup dies: the next ALL_SAFE write is answered once the control
+    // plane removed it from the in-sync set (never before).
+    let victim = nodes.iter().position(|n| n.id != active).unwrap();
+    let dead = nodes.remove(victim);
+    dead.shutdown.cancel();
+    let primary = nodes.iter().find(|n| n.id == active).unwrap();
+    retrying("write without the dead backup", || write(primary, b"two")).await;
+    let meta = primary.cluster.state().get(instance).cloned().unwrap();
+    assert!(!meta.in_sync.contains(&dead.id), "{meta:?}");
+    assert_eq!(meta.active, Some(active), "the active replica stays");
+    for node in &nodes {
+        assert_eq!(
+            read_local(node, instance, &id).await,
+            b"two",
+            "node {}",
+            node.id
+        );
+    }
+    for node in &nodes {
+        node.shutdown.cancel();
     }
 }
