@@ -15,6 +15,7 @@
 //! process exits non-zero with the cause logged, so that a supervisor
 //! restarts it into recovery.
 
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod front;

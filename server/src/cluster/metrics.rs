@@ -1,0 +1,118 @@
+//! The cluster's Prometheus metrics, registered on the server's registry.
+
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Every metric of the cluster runtime.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// Records a backup is behind the active replica, by instance and node.
+    pub lag_records: IntGaugeVec,
+    /// Bytes a backup is behind, by instance and node.
+    pub lag_bytes: IntGaugeVec,
+    /// In-sync set size, by instance (of the checkpoints this node is active for).
+    pub in_sync: IntGaugeVec,
+    /// Epoch changes applied (any checkpoint).
+    pub epoch_changes: IntCounter,
+    /// Failovers applied (one per dead node, however many checkpoints).
+    pub failovers: IntCounter,
+    /// Requests this node forwarded to another node.
+    pub forwarded: IntCounter,
+    /// Requests other nodes forwarded to this one.
+    pub forwarded_in: IntCounter,
+    /// The Raft leader this node knows (0 = none).
+    pub raft_leader: IntGauge,
+    /// The Raft term.
+    pub raft_term: IntGauge,
+    /// Times this node found its lease expired while it was active for some checkpoint.
+    pub lease_expiries: IntCounter,
+    /// Whether this node holds its lease now.
+    pub lease_held: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl ClusterMetrics {
+    /// Registers every metric on `registry`.
+    ///
+    /// # Errors
+    /// A name already registered there.
+    pub fn register(registry: &Registry) -> prometheus::Result<ClusterMetrics> {
+        Ok(ClusterMetrics {
+            lag_records: gauge_vec(
+                registry,
+                "ckpt_replication_lag_records",
+                "Records a backup is behind the active replica",
+                &["instance", "node"],
+            )?,
+            lag_bytes: gauge_vec(
+                registry,
+                "ckpt_replication_lag_bytes",
+                "Bytes a backup is behind the active replica",
+                &["instance", "node"],
+            )?,
+            in_sync: gauge_vec(
+                registry,
+                "ckpt_in_sync_replicas",
+                "In-sync set size of the checkpoints this node is active for",
+                &["instance"],
+            )?,
+            epoch_changes: counter(
+                registry,
+                "ckpt_epoch_changes_total",
+                "Epoch changes applied by the control plane",
+            )?,
+            failovers: counter(
+                registry,
+                "ckpt_failovers_total",
+                "Failovers applied (one per dead node)",
+            )?,
+            forwarded: counter(
+                registry,
+                "ckpt_forwarded_requests_total",
+                "Requests forwarded to the active replica on another node",
+            )?,
+            forwarded_in: counter(
+                registry,
+                "ckpt_forwarded_in_requests_total",
+                "Requests other nodes forwarded to this one",
+            )?,
+            raft_leader: gauge(
+                registry,
+                "ckpt_raft_leader",
+                "The Raft leader this node knows (0 = none)",
+            )?,
+            raft_term: gauge(registry, "ckpt_raft_term", "The Raft term")?,
+            lease_expiries: counter(
+                registry,
+                "ckpt_lease_expiries_total",
+                "Times this node's lease expired while it was active for a checkpoint",
+            )?,
+            lease_held: gauge(
+                registry,
+                "ckpt_lease_held",
+                "Whether this node holds its lease (1) or not (0)",
+            )?,
+        })
+    }
+}

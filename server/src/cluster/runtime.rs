@@ -1,0 +1,1769 @@
+//! [`Cluster`]: the replication cores of one node, driven with real
+//! sockets, clocks and the store.
+//!
+//! One tokio task (the *driver*) owns the IO-free cores — the Raft
+//! [`ControlPlane`] and the [`DataPlane`] — and is the only code that calls
+//! them. Everything else talks to it through one unbounded channel of
+//! [`Input`]s: peer messages, the store's append and durable listeners,
+//! completions of store work, proposals and tickets from requests. After
+//! each input (or batch of inputs) and each tick the driver carries out what
+//! the cores asked for, in order:
+//!
+//! 1. control plane: persist the ready's Raft entries and hard state through
+//!    [`RaftLog`] on a blocking thread, and only once that is durable send
+//!    the ready's messages; then act on the applied commands (answer
+//!    proposals, publish the new [`ClusterState`], tell the data plane about
+//!    every checkpoint whose metadata changed, begin epochs this node became
+//!    active for, destroy instances that went);
+//! 2. data plane: send messages, hand replicated entries and snapshots to
+//!    the store, read entries or snapshots for catching-up backups, propose
+//!    in-sync changes, answer released and failed client tickets.
+//!
+//! Requests never wait inside the driver: a write on the active replica is
+//! ordered by the store (`submit_ordered`) from the request's own task and
+//! only its ticket is registered with the driver; reads are served from the
+//! store directly; requests for another node travel as
+//! [`PeerMessage::Forward`] and are served there by the same functions.
+//!
+//! An active replica serves writes only while it holds its lease (the
+//! control plane's `holds_lease`, checked against the node's monotonic
+//! clock) and once its epoch began here (`begin_epoch`, or the creation of
+//! the instance, is durable).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use ckpt_proto::{
+    now_ns, CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode,
+};
+use ckpt_replication::config::ClusterConfig;
+use ckpt_replication::control::{
+    Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, Ticket,
+};
+use ckpt_replication::data::{
+    DataMessage, DataOutput, DataPlane, Need, Proposal, ReplicaSet, ShippedEntry,
+};
+use ckpt_replication::raftlog::RaftLog;
+use ckpt_replication::NodeId;
+use ckpt_storage::{
+    Durability, EntriesAfter, Entry, Epoch, InstanceId, InstanceSnapshot, Lsn, Op, Origin, Outcome,
+    Position, Seq, Store,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::messages::{ForwardOk, ForwardRequest, WireNeed, WireOp};
+use super::metrics::ClusterMetrics;
+use super::transport::Transport;
+use crate::reads::{self, ReadReply, ReadRequest};
+
+/// The applied cluster metadata, shared (cheap to clone).
+pub type ClusterStateSnapshot = Arc<ClusterState>;
+
+/// What nodes send each other.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// Raft and leases.
+    Control(ControlMessage),
+    /// Log shipping.
+    Data(DataMessage),
+    /// A request for this node to serve on behalf of the sender.
+    Forward { id: u64, request: ForwardRequest },
+    /// The answer to the sender's `Forward` of the same id.
+    ForwardReply {
+        id: u64,
+        result: Result<ForwardOk, CkptError>,
+    },
+}
+
+/// Why the cluster runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// This node is not in the cluster file.
+    #[error("node {0} is not in the cluster configuration")]
+    UnknownNode(NodeId),
+    /// The Raft log could not be opened or the control plane not restored.
+    #[error("control plane: {0}")]
+    Control(String),
+    /// The peer address could not be bound.
+    #[error("binding the peer address {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The metrics could not be registered.
+    #[error("registering cluster metrics: {0}")]
+    Metrics(String),
+}
+
+/// How long a request forwarded to another node may take before it fails
+/// with TRY_AGAIN (a dead target fails sooner, at its failover).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a freshly created or activated checkpoint may take to become
+/// writable on its active replica before the waiter gets TRY_AGAIN.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a proposal is retried while no Raft leader is known.
+const NO_LEADER_RETRY: Duration = Duration::from_secs(5);
+/// How often the lag gauges and the admin view of lag are refreshed.
+const LAG_REFRESH_MS: u64 = 250;
+/// Inputs the driver takes before carrying out outputs.
+const INPUT_BATCH_MAX: usize = 256;
+
+fn try_again(detail: impl Into<String>) -> CkptError {
+    CkptError::new(ErrorCode::TryAgain, detail)
+}
+
+fn stopped() -> CkptError {
+    CkptError::new(ErrorCode::TryAgain, "the cluster runtime stopped")
+}
+
+fn not_exist(instance: InstanceId) -> CkptError {
+    CkptError::new(
+        ErrorCode::NotExist,
+        format!("checkpoint instance {} does not exist", instance.0),
+    )
+}
+
+/// The durability a checkpoint's writes need, from its creation flags
+/// (DESIGN.md §4 "Modes").
+pub fn need_for(flags: CreationFlags) -> Need {
+    match flags.update_mode() {
+        Ok(ckpt_proto::UpdateMode::ActiveReplicaWeak) => Need::Applied,
+        Ok(ckpt_proto::UpdateMode::AllReplicas) => Need::AllInSync,
+        _ if flags.contains(CreationFlags::WR_ALL_SAFE) => Need::AllInSync,
+        _ => Need::LocalDurable,
+    }
+}
+
+fn wire_need(need: Need) -> WireNeed {
+    match need {
+        Need::Applied => WireNeed::Applied,
+        Need::LocalDurable => WireNeed::LocalDurable,
+        Need::AllInSync => WireNeed::AllInSync,
+    }
+}
+
+fn from_wire_need(need: WireNeed) -> Need {
+    match need {
+        WireNeed::Applied => Need::Applied,
+        WireNeed::LocalDurable => Need::LocalDurable,
+        WireNeed::AllInSync => Need::AllInSync,
+    }
+}
+
+/// What the driver is told.
+enum Input {
+    Control(NodeId, ControlMessage),
+    Data(NodeId, DataMessage),
+    Appended(Vec<ShippedEntry>),
+    Durable(Vec<Position>),
+    /// `immediate` answers TRY_AGAIN at once (no leader) instead of through
+    /// the ticket, so that the caller may retry.
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Applied, CkptError>>,
+    },
+    Register {
+        ticket: u64,
+        position: Position,
+        need: Need,
+        reply: oneshot::Sender<CkptResult<()>>,
+    },
+    ReplicaDone {
+        instance: InstanceId,
+        result: CkptResult<Position>,
+    },
+    EntriesRead {
+        for_node: NodeId,
+        instance: InstanceId,
+        result: CkptResult<EntriesAfter>,
+    },
+    SnapshotReady {
+        to: NodeId,
+        instance: InstanceId,
+        result: CkptResult<(Position, Vec<u8>)>,
+    },
+    Begun {
+        instance: InstanceId,
+        epoch: Epoch,
+        result: CkptResult<Position>,
+        created: bool,
+    },
+}
+
+/// What the driver publishes for request tasks.
+#[derive(Default)]
+struct Published {
+    leader: Option<NodeId>,
+    term: u64,
+    /// By instance this node is primary of: `(node, records, bytes)` behind.
+    lag: BTreeMap<InstanceId, Vec<(NodeId, u64, u64)>>,
+}
+
+struct PendingForward {
+    to: NodeId,
+    reply: oneshot::Sender<CkptResult<ForwardOk>>,
+}
+
+/// One node's cluster runtime. See the module docs.
+pub struct Cluster {
+    me: NodeId,
+    config: ClusterConfig,
+    store: Arc<Store>,
+    inputs: mpsc::UnboundedSender<Input>,
+    state: watch::Receiver<ClusterStateSnapshot>,
+    /// Epochs begun on this node as active replica, by instance.
+    began: watch::Receiver<Arc<BTreeMap<InstanceId, Epoch>>>,
+    /// Instances this node is the active replica of (read by the store's
+    /// append listener to ship only what a primary appended).
+    primary_of: Arc<RwLock<HashSet<InstanceId>>>,
+    transport: Transport<PeerMessage>,
+    forwards: Mutex<HashMap<u64, PendingForward>>,
+    next_id: AtomicU64,
+    /// The lease holds until this many ms of `clock` (0: not held).
+    lease_until_ms: AtomicU64,
+    published: Mutex<Published>,
+    metrics: ClusterMetrics,
+    clock: Instant,
+    clock_base_ms: u64,
+    shutdown: CancellationToken,
+}
+
+impl Cluster {
+    /// Starts node `me` of `config`: opens the Raft log in `raft_dir`,
+    /// binds the peer address, installs the store's append and durable
+    /// listeners, registers the metrics on `registry` and starts the driver.
+    /// Everything stops when `shutdown` is cancelled.
+    ///
+    /// # Errors
+    /// See [`ClusterError`].
+    pub async fn start(
+        config: ClusterConfig,
+        me: NodeId,
+        store: Arc<Store>,
+        raft_dir: &Path,
+        registry: &prometheus::Registry,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let Some(node) = config.node(me) else {
+            return Err(ClusterError::UnknownNode(me));
+        };
+        let peer_addr = node.peer_addr;
+        let metrics =
+            ClusterMetrics::register(registry).map_err(|e| ClusterError::Metrics(e.to_string()))?;
+        let dir = raft_dir.to_path_buf();
+        let (raftlog, persisted) = tokio::task::spawn_blocking(move || RaftLog::open(&dir))
+            .await
+            .map_err(|e| ClusterError::Control(e.to_string()))?
+            .map_err(|e| ClusterError::Control(e.to_string()))?;
+        let clock = Instant::now();
+        let clock_base_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let control = ControlPlane::new(me, &config, persisted, clock_base_ms)
+            .map_err(|e| ClusterError::Control(e.to_string()))?;
+        let mut data = DataPlane::new(me, config.replica_lag_timeout_ms);
+        data.set_read_bytes_max(4 * 1024 * 1024);
+        let nodes: Vec<(NodeId, SocketAddr)> =
+            config.nodes.iter().map(|n| (n.id, n.peer_addr)).collect();
+        let started = Transport::<PeerMessage>::start(me, &nodes, shutdown.clone())
+            .await
+            .map_err(|error| ClusterError::Bind {
+                addr: peer_addr,
+                error,
+            })?;
+        let (inputs, input_rx) = mpsc::unbounded_channel();
+        let empty = Arc::new(ClusterState::new(
+            &config.node_ids(),
+            config.replication_factor,
+        ));
+        let (state_tx, state) = watch::channel(empty.clone());
+        let (began_tx, began) = watch::channel(Arc::new(BTreeMap::new()));
+        let cluster = Arc::new(Cluster {
+            me,
+            config,
+            store: store.clone(),
+            inputs: inputs.clone(),
+            state,
+            began,
+            primary_of: Arc::new(RwLock::new(HashSet::new())),
+            transport: started.transport,
+            forwards: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            lease_until_ms: AtomicU64::new(0),
+            published: Mutex::new(Published::default()),
+            metrics,
+            clock,
+            clock_base_ms,
+            shutdown: shutdown.clone(),
+        });
+        {
+            let inputs = inputs.clone();
+            let primary_of = cluster.primary_of.clone();
+            store.set_append_listener(Arc::new(move |entries: &[Entry]| {
+                let shipped: Vec<ShippedEntry> = {
+                    let primary_of = primary_of.read().unwrap_or_else(|p| p.into_inner());
+                    entries
+                        .iter()
+                        .filter(|e| primary_of.contains(&e.instance))
+                        .map(|e| ShippedEntry {
+                            instance: e.instance,
+                            epoch: e.epoch,
+                            seq: e.seq,
+                            // The listener does not say where the entry is
+                            // in the WAL; 0 makes a lagging backup's hold
+                            // keep the log up to wal_hold_bytes_max.
+                            lsn: Lsn(0),
+                            bytes: e.encode(),
+                        })
+                        .collect()
+                };
+                if !shipped.is_empty() {
+                    let _ = inputs.send(Input::Appended(shipped));
+                }
+            }));
+        }
+        {
+            let inputs = inputs.clone();
+            store.set_durable_listener(Arc::new(move |positions: &[Position]| {
+                let _ = inputs.send(Input::Durable(positions.to_vec()));
+            }));
+        }
+        let driver = Driver {
+            cluster: cluster.clone(),
+            control,
+            data,
+            raftlog: Some(raftlog),
+            proposals: HashMap::new(),
+            tickets: HashMap::new(),
+            shown: empty,
+            state_tx,
+            began_tx,
+            began: BTreeMap::new(),
+            beginning: BTreeSet::new(),
+            restarted: false,
+            lag_refreshed_ms: 0,
+            had_lease: false,
+        };
+        tokio::spawn(driver.run(input_rx));
+        tokio::spawn(dispatch(cluster.clone(), started.inbound));
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The cluster configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Milliseconds on this node's clock: monotonic, starting from the
+    /// wall clock at start so that two lives of a node never reuse times
+    /// (the control plane tells its proposals apart by them).
+    fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock_base_ms.saturating_add(elapsed)
+    }
+
+    fn holds_lease(&self) -> bool {
+        self.now_ms() < self.lease_until_ms.load(Ordering::Acquire)
+    }
+
+    /// The cluster metadata as applied on this node.
+    pub fn state(&self) -> ClusterStateSnapshot {
+        self.state.borrow().clone()
+    }
+
+    /// Every linked checkpoint (List, Stat).
+    pub fn checkpoints(&self) -> Vec<CheckpointMeta> {
+        self.state()
+            .checkpoints()
+            .filter(|m| !m.unlinked)
+            .cloned()
+            .collect()
+    }
+
+    /// The Raft leader and term this node knows.
+    pub fn leader_and_term(&self) -> (Option<NodeId>, u64) {
+        let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        (published.leader, published.term)
+    }
+
+    fn send_input(&self, input: Input) -> CkptResult<()> {
+        self.inputs.send(input).map_err(|_| stopped())
+    }
+
+    /// Proposes `command` and waits until it is applied on this node.
+    /// While no Raft leader is known the proposal is retried for a while.
+    ///
+    /// # Errors
+    /// The command's refusal (`Applied::Failed`), TRY_AGAIN without a
+    /// leader or when the proposal did not commit in time.
+    pub async fn propose(&self, command: Command) -> CkptResult<Applied> {
+        let deadline = tokio::time::Instant::now() + NO_LEADER_RETRY;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.send_input(Input::Propose {
+                command: command.clone(),
+                reply,
+            })?;
+            match rx.await.map_err(|_| stopped())? {
+                Ok(Applied::Failed(error)) => return Err(error),
+                Ok(applied) => return Ok(applied),
+                // Refused before reaching Raft (no leader yet): retry.
+                Err(error)
+                    if error.code == ErrorCode::TryAgain
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(self.config.tick_ms.clamp(10, 100)))
+                        .await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Creates checkpoint `name` (or opens the identical existing one):
+    /// proposes `Create`, then waits until its active replica created the
+    /// instance (COLLOCATED: until it is in the registry). Returns the
+    /// instance and whether it was created by this call.
+    ///
+    /// # Errors
+    /// `ALREADY_EXIST` when `name` exists with other attributes; TRY_AGAIN
+    /// without a Raft leader; validation errors of the attributes.
+    pub async fn create(
+        &self,
+        name: CheckpointName,
+        attributes: CreationAttributes,
+    ) -> CkptResult<(InstanceId, bool)> {
+        let command = Command::Create {
+            name: name.clone(),
+            attributes: attributes.clone(),
+            creator: self.me,
+        };
+        match self.propose(command).await {
+            Ok(Applied::Created { meta }) => {
+                self.await_ready(meta.instance).await?;
+                Ok((meta.instance, true))
+            }
+            Ok(other) => Err(CkptError::new(
+                ErrorCode::Library,
+                format!("Create applied as {other:?}"),
+            )),
+            Err(error) if error.code == ErrorCode::AlreadyExist => {
+                let existing = self.state().lookup(&name).cloned();
+                match existing {
+                    Some(meta) if same_attributes(&meta.attributes, &attributes) => {
+                        self.await_ready(meta.instance).await?;
+                        Ok((meta.instance, false))
+                    }
+                    Some(_) => Err(CkptError::new(
+                        ErrorCode::AlreadyExist,
+                        format!("checkpoint {name} exists with other creation attributes"),
+                    )),
+                    None => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The instance `name` refers to. On a local miss the Raft leader is
+    /// asked (this node may be behind), and the answer is waited for here.
+    ///
+    /// # Errors
+    /// `NOT_EXIST`; TRY_AGAIN when no leader is known.
+    pub async fn lookup(&self, name: &CheckpointName) -> CkptResult<InstanceId> {
+        if let Some(meta) = self.state().lookup(name) {
+            return Ok(meta.instance);
+        }
+        let missing = || {
+            CkptError::new(
+                ErrorCode::NotExist,
+                format!("checkpoint {name} does not exist"),
+            )
+        };
+        let (leader, _) = self.leader_and_term();
+        let leader = match leader {
+            Some(leader) if leader == self.me => return Err(missing()),
+            Some(leader) => leader,
+            None => return Err(try_again("no Raft leader is known")),
+        };
+        let found = match self
+            .forward(leader, ForwardRequest::Lookup { name: name.clone() })
+            .await?
+        {
+            ForwardOk::Found(found) => found,
+            other => return Err(unexpected_forward(other)),
+        };
+        let Some(instance) = found else {
+            return Err(missing());
+        };
+        let instance = InstanceId(instance);
+        // Catch up with the leader before answering, so that the caller's
+        // next request finds the instance here.
+        let mut state = self.state.clone();
+        let _ = tokio::time::timeout(READY_TIMEOUT, async {
+            loop {
+                if state.borrow_and_update().get(instance).is_some() {
+                    return;
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        Ok(instance)
+    }
+
+    /// The checkpoint was opened on this node (counts cluster-wide; adds a
+    /// replica here for DISTRIBUTED / ALL_OPEN_ARE_REPLICAS).
+    ///
+    /// # Errors
+    /// As [`Cluster::propose`].
+    pub async fn opened(&self, instance: InstanceId) -> CkptResult<()> {
+        self.propose(Command::Opened {
+            instance,
+            node: self.me,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The last handle of the checkpoint on this node closed.
+    ///
+    /// # Errors
+    /// As [`Cluster::propose`].
+    pub async fn closed(&self, instance: InstanceId) -> CkptResult<()> {
+        self.propose(Command::Closed {
+            instance,
+            node: self.me,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes `name`; the instance is destroyed on every replica once it
+    /// is open nowhere (the leader proposes that).
+    ///
+    /// # Errors
+    /// `NOT_EXIST`; as [`Cluster::propose`].
+    pub async fn delete(&self, name: CheckpointName) -> CkptResult<()> {
+        self.propose(Command::Unlink { name }).await.map(|_| ())
+    }
+
+    /// Changes the retention duration cluster-wide.
+    ///
+    /// # Errors
+    /// As [`Cluster::propose`].
+    pub async fn set_retention(&self, instance: InstanceId, ns: i64) -> CkptResult<()> {
+        self.propose(Command::SetRetention { instance, ns })
+            .await
+            .map(|_| ())
+    }
+
+    /// ActiveReplicaSet from this node: makes it the active replica (a new
+    /// epoch) and waits until it may write.
+    ///
+    /// # Errors
+    /// TRY_AGAIN when this node is not an in-sync replica (yet); as
+    /// [`Cluster::propose`].
+    pub async fn set_active(&self, instance: InstanceId) -> CkptResult<()> {
+        self.propose(Command::SetActive {
+            instance,
+            node: self.me,
+        })
+        .await?;
+        self.await_ready(instance).await
+    }
+
+    /// Where requests for `instance` go: `Ok(None)` here, `Ok(Some(node))`.
+    fn route(&self, instance: InstanceId) -> CkptResult<Option<NodeId>> {
+        let state = self.state();
+        let meta = state.get(instance).ok_or_else(|| not_exist(instance))?;
+        match meta.active {
+            Some(node) if node == self.me => Ok(None),
+            Some(node) => Ok(Some(node)),
+            None if meta.collocated() => Err(CkptError::new(
+                ErrorCode::NotExist,
+                format!(
+                    "checkpoint {} has no active replica: call ActiveReplicaSet",
+                    meta.name
+                ),
+            )),
+            None => Err(try_again(format!(
+                "checkpoint {} has no active replica (failover in progress)",
+                meta.name
+            ))),
+        }
+    }
+
+    /// Applies an update on the checkpoint's active replica — here, or
+    /// forwarded — and answers once `need` is met (DESIGN.md §4).
+    ///
+    /// # Errors
+    /// TRY_AGAIN: failover in progress, lease not held, fewer in-sync
+    /// replicas than `min_in_sync`, the active node unreachable;
+    /// `NOT_EXIST`: a COLLOCATED checkpoint without an active replica; the
+    /// store's validation errors.
+    pub async fn write(
+        &self,
+        instance: InstanceId,
+        op: Op,
+        origin: Option<Origin>,
+        need: Need,
+    ) -> CkptResult<Outcome> {
+        match self.route(instance)? {
+            None => self.write_local(instance, op, origin, need).await,
+            Some(node) => {
+                let request = ForwardRequest::Write {
+                    instance: instance.0,
+                    op: WireOp::from_op(op)?,
+                    origin: origin.map(|o| (o.session, o.request)),
+                    need: wire_need(need),
+                };
+                match self.forward(node, request).await? {
+                    ForwardOk::Outcome(outcome) => Ok(outcome.into()),
+                    other => Err(unexpected_forward(other)),
+                }
+            }
+        }
+    }
+
+    /// Checks that this node may write `instance` now.
+    fn check_writable(&self, instance: InstanceId) -> CkptResult<Epoch> {
+        let state = self.state();
+        let meta = state.get(instance).ok_or_else(|| not_exist(instance))?;
+        if meta.active != Some(self.me) {
+            return Err(try_again(format!(
+                "node {} is not the active replica of checkpoint {}",
+                self.me, meta.name
+            )));
+        }
+        if self.began.borrow().get(&instance) != Some(&meta.epoch) {
+            return Err(try_again(format!(
+                "checkpoint {}: epoch {} is still starting on this node",
+                meta.name, meta.epoch.0
+            )));
+        }
+        if !self.holds_lease() {
+            return Err(try_again(format!(
+                "node {} does not hold its lease",
+                self.me
+            )));
+        }
+        Ok(meta.epoch)
+    }
+
+    async fn write_local(
+        &self,
+        instance: InstanceId,
+        op: Op,
+        origin: Option<Origin>,
+        need: Need,
+    ) -> CkptResult<Outcome> {
+        let epoch = self.check_writable(instance)?;
+        let (tx, rx) = oneshot::channel();
+        let store = self.store.clone();
+        // The store may block the caller while its queue is full: not on a
+        // runtime worker.
+        tokio::task::spawn_blocking(move || {
+            store.submit_ordered(op, origin, Durability::Written, now_ns(), move |result| {
+                let _ = tx.send(result);
+            })
+        })
+        .await
+        .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))?;
+        let committed = rx.await.map_err(|_| stopped())??;
+        let Some(mut position) = committed.position else {
+            return Ok(committed.outcome);
+        };
+        if position.epoch < epoch {
+            // A retried origin first applied in an earlier epoch: it is
+            // safe once everything here is, up to the last entry.
+            if let Some(last) = self.store.position(instance)? {
+                position = last;
+            }
+        }
+        self.wait_ticket(position, need).await?;
+        Ok(committed.outcome)
+    }
+
+    async fn wait_ticket(&self, position: Position, need: Need) -> CkptResult<()> {
+        let ticket = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        self.send_input(Input::Register {
+            ticket,
+            position,
+            need,
+            reply,
+        })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Reads `instance`: here when this node is its active replica, or
+    /// when `local_ok` (DISTRIBUTED / ALL_OPEN_ARE_REPLICAS openers) and
+    /// this node holds a replica; else on the active replica.
+    ///
+    /// # Errors
+    /// The store's errors; as [`Cluster::write`] for routing.
+    pub async fn read(
+        &self,
+        instance: InstanceId,
+        request: ReadRequest,
+        local_ok: bool,
+    ) -> CkptResult<ReadReply> {
+        let state = self.state();
+        let meta = state.get(instance).ok_or_else(|| not_exist(instance))?;
+        let here = meta.active == Some(self.me)
+            || (meta.replicas.contains(&self.me) && (local_ok || meta.active.is_none()));
+        if here {
+            return self.read_local(instance, request).await;
+        }
+        match self.route(instance)? {
+            None => self.read_local(instance, request).await,
+            Some(node) => match self
+                .forward(
+                    node,
+                    ForwardRequest::Read {
+                        instance: instance.0,
+                        request,
+                    },
+                )
+                .await?
+            {
+                ForwardOk::Read(reply) => Ok(reply),
+                other => Err(unexpected_forward(other)),
+            },
+        }
+    }
+
+    async fn read_local(
+        &self,
+        instance: InstanceId,
+        request: ReadRequest,
+    ) -> CkptResult<ReadReply> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || reads::serve(&store, instance, &request))
+            .await
+            .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))?
+    }
+
+    /// Waits until every in-sync replica holds everything written to
+    /// `instance` before the call.
+    ///
+    /// # Errors
+    /// As [`Cluster::write`].
+    pub async fn synchronize(&self, instance: InstanceId) -> CkptResult<()> {
+        match self.route(instance)? {
+            None => self.synchronize_local(instance).await,
+            Some(node) => match self
+                .forward(
+                    node,
+                    ForwardRequest::Synchronize {
+                        instance: instance.0,
+                    },
+                )
+                .await?
+            {
+                ForwardOk::Done => Ok(()),
+                other => Err(unexpected_forward(other)),
+            },
+        }
+    }
+
+    async fn synchronize_local(&self, instance: InstanceId) -> CkptResult<()> {
+        self.check_writable(instance)?;
+        let store = self.store.clone();
+        let last = tokio::task::spawn_blocking(move || store.position(instance))
+            .await
+            .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))??;
+        match last {
+            Some(position) => self.wait_ticket(position, Need::AllInSync).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the active replica of `instance` may write (created the
+    /// instance, or began its epoch). COLLOCATED without an active replica:
+    /// at once.
+    ///
+    /// # Errors
+    /// TRY_AGAIN after [`READY_TIMEOUT`] or when the active node is
+    /// unreachable.
+    pub async fn await_ready(&self, instance: InstanceId) -> CkptResult<()> {
+        let active = {
+            let state = self.state();
+            let meta = state.get(instance).ok_or_else(|| not_exist(instance))?;
+            meta.active
+        };
+        match active {
+            None => Ok(()),
+            Some(node) if node == self.me => self.await_ready_local(instance).await,
+            Some(node) => match self
+                .forward(
+                    node,
+                    ForwardRequest::AwaitReady {
+                        instance: instance.0,
+                    },
+                )
+                .await?
+            {
+                ForwardOk::Done => Ok(()),
+                other => Err(unexpected_forward(other)),
+            },
+        }
+    }
+
+    async fn await_ready_local(&self, instance: InstanceId) -> CkptResult<()> {
+        let mut began = self.began.clone();
+        let mut state = self.state.clone();
+        let wait = async {
+            loop {
+                let epoch = {
+                    let state = state.borrow_and_update();
+                    let meta = state.get(instance).ok_or_else(|| not_exist(instance))?;
+                    if meta.active != Some(self.me) {
+                        return Err(try_again(format!(
+                            "node {} is no longer the active replica of instance {}",
+                            self.me, instance.0
+                        )));
+                    }
+                    meta.epoch
+                };
+                if began.borrow_and_update().get(&instance) == Some(&epoch) {
+                    return Ok(());
+                }
+                tokio::select! {
+                    changed = began.changed() => changed.map_err(|_| stopped())?,
+                    changed = state.changed() => changed.map_err(|_| stopped())?,
+                }
+            }
+        };
+        tokio::time::timeout(READY_TIMEOUT, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(try_again(format!(
+                    "instance {} did not become writable in time",
+                    instance.0
+                )))
+            })
+    }
+
+    /// Sends `request` to `to` and waits for its answer.
+    async fn forward(&self, to: NodeId, request: ForwardRequest) -> CkptResult<ForwardOk> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        self.forwards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, PendingForward { to, reply });
+        self.metrics.forwarded.inc();
+        if !self
+            .transport
+            .send(to, &PeerMessage::Forward { id, request })
+        {
+            self.forget_forward(id);
+            return Err(try_again(format!("node {to} is unreachable")));
+        }
+        match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(stopped()),
+            Err(_) => {
+                self.forget_forward(id);
+                Err(try_again(format!("node {to} did not answer in time")))
+            }
+        }
+    }
+
+    fn forget_forward(&self, id: u64) {
+        self.forwards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Fails every request forwarded to `node` (it died).
+    fn fail_forwards_to(&self, node: NodeId) {
+        let failed: Vec<PendingForward> = {
+            let mut forwards = self.forwards.lock().unwrap_or_else(|p| p.into_inner());
+            let ids: Vec<u64> = forwards
+                .iter()
+                .filter(|(_, p)| p.to == node)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| forwards.remove(&id))
+                .collect()
+        };
+        for pending in failed {
+            let _ = pending
+                .reply
+                .send(Err(try_again(format!("node {node} failed"))));
+        }
+    }
+
+    /// Serves a request a peer forwarded, and answers it.
+    async fn serve_forward(self: Arc<Self>, from: NodeId, id: u64, request: ForwardRequest) {
+        self.metrics.forwarded_in.inc();
+        let result = match request {
+            ForwardRequest::Write {
+                instance,
+                op,
+                origin,
+                need,
+            } => self
+                .write_local(
+                    InstanceId(instance),
+                    op.into_op(),
+                    origin.map(|(session, request)| Origin { session, request }),
+                    from_wire_need(need),
+                )
+                .await
+                .map(|o| ForwardOk::Outcome(o.into())),
+            ForwardRequest::Read { instance, request } => self
+                .read_local(InstanceId(instance), request)
+                .await
+                .map(ForwardOk::Read),
+            ForwardRequest::Synchronize { instance } => self
+                .synchronize_local(InstanceId(instance))
+                .await
+                .map(|()| ForwardOk::Done),
+            ForwardRequest::AwaitReady { instance } => self
+                .await_ready_local(InstanceId(instance))
+                .await
+                .map(|()| ForwardOk::Done),
+            ForwardRequest::Lookup { name } => Ok(ForwardOk::Found(
+                self.state().lookup(&name).map(|m| m.instance.0),
+            )),
+        };
+        self.transport
+            .send(from, &PeerMessage::ForwardReply { id, result });
+    }
+
+    /// GET /cluster (plan8.md): nodes, leader, term, and every checkpoint
+    /// with its replicas, active replica, epoch, in-sync set and — on its
+    /// active node — each backup's lag.
+    pub fn cluster_json(&self) -> serde_json::Value {
+        let state = self.state();
+        let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let nodes: Vec<serde_json::Value> = self
+            .config
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id,
+                    "client_addr": n.client_addr.to_string(),
+                    "admin_addr": n.admin_addr.to_string(),
+                    "alive": state.node_alive(n.id),
+                })
+            })
+            .collect();
+        let checkpoints: Vec<serde_json::Value> = state
+            .checkpoints()
+            .map(|m| {
+                let lag: Vec<serde_json::Value> = published
+                    .lag
+                    .get(&m.instance)
+                    .map(|lag| {
+                        lag.iter()
+                            .map(|(node, records, bytes)| {
+                                serde_json::json!({"node": node, "records": records, "bytes": bytes})
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                serde_json::json!({
+                    "name": m.name.to_string(),
+                    "instance": m.instance.0,
+                    "replicas": m.replicas,
+                    "active": m.active,
+                    "epoch": m.epoch.0,
+                    "in_sync": m.in_sync,
+                    "lag": lag,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "node_id": self.me,
+            "leader": published.leader,
+            "term": published.term,
+            "nodes": nodes,
+            "checkpoints": checkpoints,
+        })
+    }
+
+    /// GET /checksums (plan8.md): the checksum of every checkpoint this
+    /// node holds a replica of, at its last applied position.
+    pub async fn checksums_json(&self) -> serde_json::Value {
+        let state = self.state();
+        let held: Vec<(String, InstanceId)> = state
+            .checkpoints()
+            .filter(|m| m.replicas.contains(&self.me))
+            .map(|m| (m.name.to_string(), m.instance))
+            .collect();
+        let store = self.store.clone();
+        let sums = tokio::task::spawn_blocking(move || {
+            held.into_iter()
+                .filter_map(|(name, instance)| {
+                    store
+                        .checksum(instance)
+                        .ok()
+                        .map(|(position, sum)| (name, instance, position, sum))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let checkpoints: Vec<serde_json::Value> = sums
+            .into_iter()
+            .map(|(name, instance, position, sum)| {
+                serde_json::json!({
+                    "name": name,
+                    "instance": instance.0,
+                    "epoch": position.epoch.0,
+                    "seq": position.seq.0,
+                    "checksum": format!("{sum:016x}"),
+                })
+            })
+            .collect();
+        serde_json::json!({"node_id": self.me, "checkpoints": checkpoints})
+    }
+
+    /// Stops the runtime (the driver, the transport).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn same_attributes(a: &CreationAttributes, b: &CreationAttributes) -> bool {
+    a == b
+}
+
+fn unexpected_forward(ok: ForwardOk) -> CkptError {
+    CkptError::new(
+        ErrorCode::Library,
+        format!("unexpected answer from a peer: {ok:?}"),
+    )
+}
+
+/// Routes what peers send: cores' messages to the driver, forwarded
+/// requests to their own tasks, answers to their waiters.
+async fn dispatch(cluster: Arc<Cluster>, mut inbound: mpsc::Receiver<(NodeId, PeerMessage)>) {
+    loop {
+        let next = tokio::select! {
+            _ = cluster.shutdown.cancelled() => return,
+            next = inbound.recv() => next,
+        };
+        let Some((from, message)) = next else { return };
+        match message {
+            PeerMessage::Control(msg) => {
+                let _ = cluster.inputs.send(Input::Control(from, msg));
+            }
+            PeerMessage::Data(msg) => {
+                let _ = cluster.inputs.send(Input::Data(from, msg));
+            }
+            PeerMessage::Forward { id, request } => {
+                tokio::spawn(cluster.clone().serve_forward(from, id, request));
+            }
+            PeerMessage::ForwardReply { id, result } => {
+                let pending = cluster
+                    .forwards
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                match pending {
+                    Some(pending) if pending.to == from => {
+                        let _ = pending.reply.send(result);
+                    }
+                    Some(pending) => {
+                        tracing::warn!(
+                            from,
+                            expected = pending.to,
+                            id,
+                            "a forward reply from the wrong node; ignored"
+                        );
+                        cluster
+                            .forwards
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id, pending);
+                    }
+                    // Timed out meanwhile.
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// The task owning the cores.
+struct Driver {
+    cluster: Arc<Cluster>,
+    control: ControlPlane,
+    data: DataPlane,
+    /// `None` only while a persist runs on a blocking thread.
+    raftlog: Option<RaftLog>,
+    proposals: HashMap<Ticket, oneshot::Sender<Result<Applied, CkptError>>>,
+    tickets: HashMap<u64, oneshot::Sender<CkptResult<()>>>,
+    /// The state last published.
+    shown: ClusterStateSnapshot,
+    state_tx: watch::Sender<ClusterStateSnapshot>,
+    began_tx: watch::Sender<Arc<BTreeMap<InstanceId, Epoch>>>,
+    began: BTreeMap<InstanceId, Epoch>,
+    /// Creations and epoch starts under way here.
+    beginning: BTreeSet<(InstanceId, Epoch)>,
+    /// NodeRestarted{me} was applied in this life.
+    restarted: bool,
+    lag_refreshed_ms: u64,
+    had_lease: bool,
+}
+
+impl Driver {
+    fn now_ms(&self) -> u64 {
+        self.cluster.now_ms()
+    }
+
+    async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
+        let tick_ms = self.cluster.config.tick_ms.max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let shutdown = self.cluster.shutdown.clone();
+        // Everything the log held: publish it and act on it.
+        self.sync_state();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                input = inputs.recv() => {
+                    let Some(input) = input else { break };
+                    self.input(input);
+                    for _ in 1..INPUT_BATCH_MAX {
+                        match inputs.try_recv() {
+                            Ok(more) => self.input(more),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.tick(),
+            }
+            if !self.process().await {
+                shutdown.cancel();
+                break;
+            }
+        }
+        // Whoever waits gets an answer.
+        for (_, reply) in self.tickets.drain() {
+            let _ = reply.send(Err(stopped()));
+        }
+        for (_, reply) in self.proposals.drain() {
+            let _ = reply.send(Err(stopped()));
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now_ms();
+        match input {
+            Input::Control(from, msg) => self.control.step(from, msg, now),
+            Input::Data(from, msg) => self.data.on_message(from, msg, now),
+            Input::Appended(entries) => self.data.on_appended(&entries, now),
+            Input::Durable(positions) => self.data.on_local_durable(&positions),
+            Input::Propose { command, reply } => match self.control.propose(command) {
+                Ok(ticket) => {
+                    self.proposals.insert(ticket, reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            Input::Register {
+                ticket,
+                position,
+                need,
+                reply,
+            } => {
+                self.tickets.insert(ticket, reply);
+                self.data.register(ticket, position, need);
+            }
+            Input::ReplicaDone { instance, result } => match result {
+                Ok(position) => self.data.on_replica_durable(position),
+                Err(error) => {
+                    tracing::warn!(instance = instance.0, %error, "the store refused replicated entries; catching up");
+                    let last = self.cluster.store.position(instance).ok().flatten();
+                    self.data.on_replica_failed(instance, last, now);
+                }
+            },
+            Input::EntriesRead {
+                for_node,
+                instance,
+                result,
+            } => match result {
+                Ok(EntriesAfter::Entries(entries)) => {
+                    let shipped = entries
+                        .into_iter()
+                        .map(|(lsn, e)| ShippedEntry {
+                            instance: e.instance,
+                            epoch: e.epoch,
+                            seq: e.seq,
+                            lsn,
+                            bytes: e.encode(),
+                        })
+                        .collect();
+                    self.data.on_entries_read(for_node, instance, shipped, now);
+                }
+                Ok(EntriesAfter::Gone) => self.data.on_entries_gone(for_node, instance),
+                Err(error) => {
+                    tracing::warn!(instance = instance.0, for_node, %error, "reading entries for a backup failed");
+                    self.data.on_read_failed(for_node, instance);
+                }
+            },
+            Input::SnapshotReady {
+                to,
+                instance,
+                result,
+            } => match result {
+                Ok((last, bytes)) => self.data.on_snapshot_ready(to, last, bytes, now),
+                Err(error) => {
+                    tracing::warn!(instance = instance.0, to, %error, "a snapshot for a backup failed");
+                    self.data.on_read_failed(to, instance);
+                }
+            },
+            Input::Begun {
+                instance,
+                epoch,
+                result,
+                created,
+            } => self.begun(instance, epoch, result, created),
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.now_ms();
+        self.control.tick(now);
+        self.data.tick(now);
+        // The lease as seen from this node's clock, conservatively: the
+        // longest of a few steps ahead for which it still holds.
+        let step = self.cluster.config.tick_ms.max(1);
+        let mut until = 0;
+        for k in [8u64, 4, 2, 1] {
+            let at = now.saturating_add(step.saturating_mul(k));
+            if self.control.holds_lease(at) {
+                until = at;
+                break;
+            }
+        }
+        self.cluster.lease_until_ms.store(until, Ordering::Release);
+        let held = until > now;
+        let active_somewhere = !self.began.is_empty();
+        if self.had_lease && !held && active_somewhere {
+            self.cluster.metrics.lease_expiries.inc();
+            tracing::warn!(
+                node = self.cluster.me,
+                "lease expired while active; writes answer TRY_AGAIN"
+            );
+        }
+        self.had_lease = held;
+        self.cluster.metrics.lease_held.set(i64::from(held));
+        let leader = self.control.leader();
+        let term = self.control.term();
+        self.cluster
+            .metrics
+            .raft_leader
+            .set(i64::try_from(leader.unwrap_or(0)).unwrap_or(0));
+        self.cluster
+            .metrics
+            .raft_term
+            .set(i64::try_from(term).unwrap_or(i64::MAX));
+        {
+            let mut published = self
+                .cluster
+                .published
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            published.leader = leader;
+            published.term = term;
+        }
+        if !self.restarted && leader.is_some() && self.proposals.len() < 1024 {
+            // A restart closed every handle this node had: tell the
+            // cluster once per life (its open counts forget this node).
+            if let Ok(ticket) = self.control.propose(Command::NodeRestarted {
+                node: self.cluster.me,
+            }) {
+                let (reply, _) = oneshot::channel();
+                self.proposals.insert(ticket, reply);
+                self.restarted = true;
+            }
+        }
+        if now.saturating_sub(self.lag_refreshed_ms) >= LAG_REFRESH_MS {
+            self.lag_refreshed_ms = now;
+            self.refresh_lag();
+        }
+        self.retry_begins();
+    }
+
+    fn refresh_lag(&mut self) {
+        let metrics = &self.cluster.metrics;
+        let mut lag = BTreeMap::new();
+        for meta in self.shown.checkpoints() {
+            if meta.active != Some(self.cluster.me) {
+                continue;
+            }
+            let behind = self.data.lag(meta.instance);
+            let instance = meta.instance.0.to_string();
+            for (node, records, bytes) in &behind {
+                let node = node.to_string();
+                metrics
+                    .lag_records
+                    .with_label_values(&[instance.as_str(), node.as_str()])
+                    .set(i64::try_from(*records).unwrap_or(i64::MAX));
+                metrics
+                    .lag_bytes
+                    .with_label_values(&[instance.as_str(), node.as_str()])
+                    .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+            }
+            metrics
+                .in_sync
+                .with_label_values(&[instance.as_str()])
+                .set(i64::try_from(meta.in_sync.len()).unwrap_or(i64::MAX));
+            lag.insert(meta.instance, behind);
+        }
+        self.cluster
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lag = lag;
+    }
+
+    /// Carries out what the cores asked for. False: a fatal failure (the
+    /// Raft log could not be made durable); the runtime stops.
+    async fn process(&mut self) -> bool {
+        loop {
+            let mut progressed = false;
+            while let Some(mut ready) = self.control.ready() {
+                progressed = true;
+                if let Some(persist) = ready.persist.take() {
+                    if !persist.is_empty() {
+                        let Some(mut log) = self.raftlog.take() else {
+                            return false;
+                        };
+                        let done = tokio::task::spawn_blocking(move || {
+                            let result = log.persist(&persist);
+                            (log, result)
+                        })
+                        .await;
+                        match done {
+                            Ok((log, Ok(()))) => self.raftlog = Some(log),
+                            Ok((_, Err(error))) => {
+                                tracing::error!(%error, "persisting the Raft log failed; stopping the cluster runtime");
+                                return false;
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "the Raft log persist task failed");
+                                return false;
+                            }
+                        }
+                    }
+                }
+                // Durable: now the messages may go.
+                for (to, msg) in std::mem::take(&mut ready.messages) {
+                    self.cluster.transport.send(to, &PeerMessage::Control(msg));
+                }
+                let applied = std::mem::take(&mut ready.applied);
+                let changed = !applied.is_empty() || ready.state_replaced;
+                // Answered once the new state is published, so that a
+                // proposer finds what it proposed in `state()`.
+                let mut answers = Vec::new();
+                for (ticket, command, outcome) in applied {
+                    match &command {
+                        Command::Failover { node } => {
+                            self.cluster.metrics.failovers.inc();
+                            tracing::info!(node, "failover applied");
+                        }
+                        Command::NodeRestarted { node } if *node == self.cluster.me => {
+                            self.restarted = true;
+                        }
+                        _ => {}
+                    }
+                    if let Some(ticket) = ticket {
+                        if let Some(reply) = self.proposals.remove(&ticket) {
+                            answers.push((reply, outcome));
+                        }
+                    }
+                }
+                self.control.advance(ready);
+                if changed {
+                    self.sync_state();
+                }
+                for (reply, outcome) in answers {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            let outputs = self.data.drain();
+            if !outputs.is_empty() {
+                progressed = true;
+                for output in outputs {
+                    self.execute(output);
+                }
+            }
+            if !progressed {
+                return true;
+            }
+        }
+    }
+
+    /// Publishes the applied state and acts on what changed.
+    fn sync_state(&mut self) {
+        let new = Arc::new(self.control.state().clone());
+        let old = std::mem::replace(&mut self.shown, new.clone());
+        let me = self.cluster.me;
+        let now = self.now_ms();
+        for (node, alive) in new.nodes() {
+            if !alive && old.node_alive(node) {
+                self.cluster.fail_forwards_to(node);
+            }
+        }
+        let mut primary_of = HashSet::new();
+        for meta in new.checkpoints() {
+            if meta.active == Some(me) {
+                primary_of.insert(meta.instance);
+            }
+        }
+        *self
+            .cluster
+            .primary_of
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = primary_of;
+        for meta in new.checkpoints() {
+            let before = old.get(meta.instance);
+            if before == Some(meta) {
+                continue;
+            }
+            if before.is_some_and(|b| b.epoch != meta.epoch) {
+                self.cluster.metrics.epoch_changes.inc();
+            }
+            let local = self.cluster.store.position(meta.instance).ok().flatten();
+            self.data.on_metadata(&self.replica_set(meta), local, now);
+            if meta.active == Some(me) {
+                if self.began.get(&meta.instance) != Some(&meta.epoch) {
+                    self.begin(meta, local);
+                }
+                if meta.unlinked && !before.is_some_and(|b| b.unlinked) {
+                    self.unlink_locally(meta);
+                }
+            } else if self.began.remove(&meta.instance).is_some() {
+                self.publish_began();
+            }
+        }
+        for meta in old.checkpoints() {
+            if new.get(meta.instance).is_none() {
+                self.data.on_instance_removed(meta.instance);
+                if self.began.remove(&meta.instance).is_some() {
+                    self.publish_began();
+                }
+                if meta.replicas.contains(&me) {
+                    self.destroy_locally(meta.instance);
+                }
+            }
+        }
+        let _ = self.state_tx.send(new);
+    }
+
+    fn replica_set(&self, meta: &CheckpointMeta) -> ReplicaSet {
+        ReplicaSet {
+            instance: meta.instance,
+            replicas: meta.replicas.clone(),
+            active: meta.active,
+            epoch: meta.epoch,
+            epoch_starts: meta.epoch_starts.clone(),
+            in_sync: meta.in_sync.clone(),
+            min_in_sync: self.cluster.config.min_in_sync,
+        }
+    }
+
+    fn publish_began(&self) {
+        let _ = self.began_tx.send(Arc::new(self.began.clone()));
+    }
+
+    /// This node is the active replica of `meta`'s epoch: create the
+    /// instance (its first epoch) or begin the epoch in the store.
+    fn begin(&mut self, meta: &CheckpointMeta, local: Option<Position>) {
+        let instance = meta.instance;
+        let epoch = meta.epoch;
+        if self.beginning.contains(&(instance, epoch)) {
+            return;
+        }
+        let store = &self.cluster.store;
+        let inputs = self.cluster.inputs.clone();
+        match local {
+            Some(position) if position.epoch >= epoch => {
+                // Begun before (this node restarted as the active replica).
+                self.began.insert(instance, epoch);
+                self.publish_began();
+                self.data.on_epoch_resumed(position, self.cluster.now_ms());
+            }
+            Some(_) => {
+                self.beginning.insert((instance, epoch));
+                store.begin_epoch(instance, epoch, move |result| {
+                    let _ = inputs.send(Input::Begun {
+                        instance,
+                        epoch,
+                        result,
+                        created: false,
+                    });
+                });
+            }
+            None if epoch == Epoch(1) => {
+                self.beginning.insert((instance, epoch));
+                let op = Op::CreateCheckpoint {
+                    name: meta.name.clone(),
+                    attributes: meta.attributes.clone(),
+                    instance: Some(instance),
+                    epoch,
+                };
+                store.submit_ordered(op, None, Durability::Durable, now_ns(), move |result| {
+                    let result = result.and_then(|committed| {
+                        committed.position.ok_or_else(|| {
+                            CkptError::new(
+                                ErrorCode::Library,
+                                format!("creating instance {} logged nothing", instance.0),
+                            )
+                        })
+                    });
+                    let _ = inputs.send(Input::Begun {
+                        instance,
+                        epoch,
+                        result,
+                        created: true,
+                    });
+                });
+            }
+            None => {
+                tracing::error!(
+                    instance = instance.0,
+                    epoch = epoch.0,
+                    "named active replica of an instance this node does not hold"
+                );
+            }
+        }
+    }
+
+    fn begun(
+        &mut self,
+        instance: InstanceId,
+        epoch: Epoch,
+        result: CkptResult<Position>,
+        created: bool,
+    ) {
+        self.beginning.remove(&(instance, epoch));
+        let current = self
+            .shown
+            .get(instance)
+            .filter(|m| m.active == Some(self.cluster.me) && m.epoch == epoch)
+            .cloned();
+        let position = match result {
+            Ok(position) => position,
+            Err(error) => {
+                tracing::warn!(instance = instance.0, epoch = epoch.0, %error, "starting an epoch failed; retrying");
+                return;
+            }
+        };
+        let Some(meta) = current else {
+            // Superseded meanwhile.
+            return;
+        };
+        self.began.insert(instance, epoch);
+        self.publish_began();
+        self.data.on_epoch_begun(position, self.cluster.now_ms());
+        let recorded = meta.epoch_starts.iter().any(|(e, _)| *e == epoch);
+        if !created || !recorded {
+            let command = Command::EpochStarted {
+                instance,
+                epoch,
+                start_seq: position.seq,
+            };
+            match self.control.propose(command) {
+                Ok(ticket) => {
+                    let (reply, _) = oneshot::channel();
+                    self.proposals.insert(ticket, reply);
+                }
+                Err(error) => {
+                    tracing::warn!(instance = instance.0, %error, "proposing EpochStarted failed")
+                }
+            }
+        }
+    }
+
+    /// Epochs this node should have begun but has not (a failed attempt).
+    fn retry_begins(&mut self) {
+        let me = self.cluster.me;
+        let due: Vec<CheckpointMeta> = self
+            .shown
+            .checkpoints()
+            .filter(|m| {
+                m.active == Some(me)
+                    && self.began.get(&m.instance) != Some(&m.epoch)
+                    && !self.beginning.contains(&(m.instance, m.epoch))
+            })
+            .cloned()
+            .collect();
+        for meta in due {
+            let local = self.cluster.store.position(meta.instance).ok().flatten();
+            self.begin(&meta, local);
+        }
+    }
+
+    fn unlink_locally(&self, meta: &CheckpointMeta) {
+        let name = meta.name.clone();
+        let instance = meta.instance;
+        self.cluster.store.submit_ordered(
+            Op::Unlink { name },
+            None,
+            Durability::Durable,
+            now_ns(),
+            move |result| {
+                if let Err(error) = result {
+                    tracing::warn!(instance = instance.0, %error, "unlinking on the active replica failed");
+                }
+            },
+        );
+    }
+
+    fn destroy_locally(&self, instance: InstanceId) {
+        if !matches!(self.cluster.store.position(instance), Ok(Some(_))) {
+            return;
+        }
+        self.cluster.store.submit_ordered(
+            Op::Destroy { instance },
+            None,
+            Durability::Durable,
+            now_ns(),
+            move |result| {
+                if let Err(error) = result {
+                    tracing::warn!(instance = instance.0, %error, "destroying a replica failed");
+                }
+            },
+        );
+    }
+
+    fn execute(&mut self, output: DataOutput) {
+        let now = self.now_ms();
+        let store = self.cluster.store.clone();
+        let inputs = self.cluster.inputs.clone();
+        match output {
+            DataOutput::Send { to, msg } => {
+                self.cluster.transport.send(to, &PeerMessage::Data(msg));
+            }
+            DataOutput::Apply {
+                instance,
+                from,
+                entries,
+            } => {
+                let decoded: CkptResult<Vec<Entry>> =
+                    entries.iter().map(|w| Entry::decode(&w.bytes)).collect();
+                match decoded {
+                    Ok(entries) => store.submit_replicated(entries, move |result| {
+                        let _ = inputs.send(Input::ReplicaDone { instance, result });
+                    }),
+                    Err(error) => {
+                        tracing::warn!(instance = instance.0, from, %error, "entries from a peer do not decode");
+                        let last = store.position(instance).ok().flatten();
+                        self.data.on_replica_failed(instance, last, now);
+                    }
+                }
+            }
+            DataOutput::ReadEntries {
+                instance,
+                after,
+                for_node,
+                max_bytes,
+            } => {
+                let (epoch, seq) = after.unwrap_or((Epoch(0), Seq(0)));
+                tokio::task::spawn_blocking(move || {
+                    let result = store.entries_after(instance, epoch, seq, max_bytes);
+                    let _ = inputs.send(Input::EntriesRead {
+                        for_node,
+                        instance,
+                        result,
+                    });
+                });
+            }
+            DataOutput::SendSnapshot { instance, to } => {
+                tokio::task::spawn_blocking(move || {
+                    let result = store.instance_snapshot(instance).and_then(|snapshot| {
+                        let last = Position {
+                            instance,
+                            epoch: snapshot.epoch,
+                            seq: snapshot.seq,
+                        };
+                        Ok((last, snapshot.to_bytes()?))
+                    });
+                    let _ = inputs.send(Input::SnapshotReady {
+                        to,
+                        instance,
+                        result,
+                    });
+                });
+            }
+            DataOutput::InstallSnapshot {
+                instance,
+                from,
+                last: _,
+                bytes,
+            } => match InstanceSnapshot::from_bytes(&bytes) {
+                Ok(snapshot) => store.install_snapshot(snapshot, move |result| {
+                    let _ = inputs.send(Input::ReplicaDone { instance, result });
+                }),
+                Err(error) => {
+                    tracing::warn!(instance = instance.0, from, %error, "a snapshot from a peer does not decode");
+                    let last = store.position(instance).ok().flatten();
+                    self.data.on_replica_failed(instance, last, now);
+                }
+            },
+            DataOutput::Propose(Proposal::SetInSync {
+                instance,
+                epoch,
+                in_sync,
+            }) => {
+                let command = Command::SetInSync {
+                    instance,
+                    epoch,
+                    in_sync,
+                };
+                match self.control.propose(command) {
+                    Ok(ticket) => {
+                        let (reply, _) = oneshot::channel();
+                        self.proposals.insert(ticket, reply);
+                    }
+                    Err(error) => {
+                        tracing::debug!(instance = instance.0, %error, "in-sync change not proposed; the data plane retries")
+                    }
+                }
+            }
+            DataOutput::Released(tickets) => {
+                for ticket in tickets {
+                    if let Some(reply) = self.tickets.remove(&ticket) {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+            DataOutput::Failed(failed) => {
+                for (ticket, error) in failed {
+                    if let Some(reply) = self.tickets.remove(&ticket) {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            DataOutput::HoldWal(lsn) => store.set_wal_hold(lsn),
+        }
+    }
+}

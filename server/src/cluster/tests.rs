@@ -1,0 +1,352 @@
+//! Three cluster runtimes in one process: real stores in temporary
+//! directories, real peer connections on loopback ports.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ckpt_proto::{
+    CheckpointName, CkptResult, CreationAttributes, CreationFlags, ErrorCode, ReadElement,
+    SectionCreationAttributes, SectionId, WriteElement, TIME_END,
+};
+use ckpt_replication::config::{ClusterConfig, NodeConfig};
+use ckpt_replication::data::Need;
+use ckpt_replication::NodeId;
+use ckpt_storage::{InstanceId, Op, Origin, Outcome, Store, StoreConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::runtime::Cluster;
+use crate::reads::{ReadReply, ReadRequest};
+
+/// Conditions are waited for up to this long, never slept for.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn free_addr() -> SocketAddr {
+    // Bound and released: nothing else on loopback takes it meanwhile in
+    // practice, and the runtime binds it again at once.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+struct Node {
+    id: NodeId,
+    cluster: Arc<Cluster>,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+fn config(ids: &[NodeId]) -> ClusterConfig {
+    ClusterConfig {
+        replication_factor: 3,
+        min_in_sync: 2,
+        replica_lag_timeout_ms: 1000,
+        lease_timeout_ms: 600,
+        tick_ms: 10,
+        nodes: ids
+            .iter()
+            .map(|id| NodeConfig {
+                id: *id,
+                client_addr: free_addr(),
+                peer_addr: free_addr(),
+                admin_addr: free_addr(),
+            })
+            .collect(),
+    }
+}
+
+async fn start(config: &ClusterConfig, id: NodeId) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let store_config = StoreConfig::new(dir.path().join("data"));
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(store_config))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    let registry = prometheus::Registry::new();
+    let cluster = Cluster::start(
+        config.clone(),
+        id,
+        store.clone(),
+        &dir.path().join("raft"),
+        &registry,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    Node {
+        id,
+        cluster,
+        store,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+/// Retries `attempt` while it answers TRY_AGAIN, until [`DEADLINE`].
+async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = CkptResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) if error.code == ErrorCode::TryAgain => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what}: still TRY_AGAIN at the deadline: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("{what}: {error}"),
+        }
+    }
+}
+
+fn all_safe() -> CreationAttributes {
+    CreationAttributes {
+        creation_flags: CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE,
+        checkpoint_size: 1 << 20,
+        retention_duration_ns: TIME_END,
+        max_sections: 16,
+        max_section_size: 1 << 16,
+        max_section_id_size: 16,
+    }
+}
+
+fn section(name: &str) -> SectionId {
+    SectionId::new(name.as_bytes().to_vec())
+}
+
+async fn read_local(node: &Node, instance: InstanceId, id: &SectionId) -> Vec<u8> {
+    let request = ReadRequest::Read {
+        elements: vec![ReadElement {
+            section_id: id.clone(),
+            offset: 0,
+            size: None,
+        }],
+    };
+    match node.cluster.read(instance, request, true).await.unwrap() {
+        ReadReply::Data(mut data) => data.remove(0),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let ids = [1, 2, 3];
+    let config = config(&ids);
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(start(&config, id).await);
+    }
+    let name = CheckpointName::new("replicated").unwrap();
+    let (instance, created) = retrying("create", || {
+        nodes[0].cluster.create(name.clone(), all_safe())
+    })
+    .await;
+    assert!(created);
+    let meta = nodes[0].cluster.state().get(instance).cloned().unwrap();
+    assert_eq!(meta.replicas.len(), 3, "{meta:?}");
+    let active = meta
+        .active
+        .expect("a non-collocated checkpoint has an active replica");
+
+    // Written through a node that is not the active replica: forwarded.
+    let writer = nodes.iter().find(|n| n.id != active).unwrap();
+    // Opening by name on another node finds it (asking the leader if this
+    // node has not applied the creation yet).
+    let found = retrying("lookup", || writer.cluster.lookup(&name)).await;
+    assert_eq!(found, instance);
+    let id = section("s1");
+    let outcome = retrying("section create", || {
+        writer.cluster.write(
+            instance,
+            Op::CreateSection {
+                instance,
+                attributes: SectionCreationAttributes {
+                    section_id: Some(id.clone()),
+                    expiration_time: TIME_END,
+                },
+                data: b"first".to_vec(),
+            },
+            Some(Origin {
+                session: 7,
+                request: 1,
+            }),
+            Need::AllInSync,
+        )
+    })
+    .await;
+    assert_eq!(
+        outcome,
+        Outcome::SectionCreated {
+            section_id: id.clone()
+        }
+    );
+    retrying("write", || {
+        writer.cluster.write(
+            instance,
+            Op::Write {
+                instance,
+                elements: vec![WriteElement {
+                    section_id: id.clone(),
+                    offset: 5,
+                    data: b"+second".to_vec(),
+                }],
+            },
+            Some(Origin {
+                session: 7,
+                request: 2,
+            }),
+            Need::AllInSync,
+        )
+    })
+    .await;
+    // ALL_SAFE: acknowledged means on every in-sync replica, so each
+    // replica's own copy has it now, without waiting.
+    for node in &nodes {
+        assert_eq!(
+            read_local(node, instance, &id).await,
+            b"first+second",
+            "node {}",
+            node.id
+        );
+    }
+
+    // The active node dies.
+    let victim = nodes.iter().position(|n| n.id == active).unwrap();
+    let dead = nodes.remove(victim);
+    dead.shutdown.cancel();
+    let started = std::time::Instant::now();
+    let survivor = &nodes[0];
+    retrying("write after failover", || {
+        survivor.cluster.write(
+            instance,
+            Op::Write {
+                instance,
+                elements: vec![WriteElement {
+                    section_id: id.clone(),
+                    offset: 0,
+                    data: b"FIRST".to_vec(),
+                }],
+            },
+            Some(Origin {
+                session: 7,
+                request: 3,
+            }),
+            Need::AllInSync,
+        )
+    })
+    .await;
+    let pause = started.elapsed();
+    let meta = survivor.cluster.state().get(instance).cloned().unwrap();
+    assert_ne!(meta.active, Some(active), "{meta:?}");
+    assert!(meta.epoch.0 > 1, "failover bumps the epoch: {meta:?}");
+    for node in &nodes {
+        assert_eq!(
+            read_local(node, instance, &id).await,
+            b"FIRST+second",
+            "node {} after failover",
+            node.id
+        );
+    }
+    eprintln!("writes resumed {pause:?} after the active node stopped");
+    drop(dead);
+    for node in &nodes {
+        node.shutdown.cancel();
+        let _ = node.store.stats();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backup_leaves_the_in_sync_set_and_all_safe_writes_go_on() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let ids = [1, 2, 3];
+    let config = config(&ids);
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(start(&config, id).await);
+    }
+    let name = CheckpointName::new("backup-dies").unwrap();
+    let (instance, _) = retrying("create", || {
+        nodes[0].cluster.create(name.clone(), all_safe())
+    })
+    .await;
+    let meta = nodes[0].cluster.state().get(instance).cloned().unwrap();
+    let active = meta.active.unwrap();
+    let id = section("s");
+    let write = |node: &Node, data: &'static [u8]| {
+        let cluster = node.cluster.clone();
+        let id = id.clone();
+        async move {
+            cluster
+                .write(
+                    instance,
+                    Op::Overwrite {
+                        instance,
+                        section_id: id,
+                        data: data.to_vec(),
+                    },
+                    Some(Origin {
+                        session: 7,
+                        request: 5,
+                    }),
+                    Need::AllInSync,
+                )
+                .await
+        }
+    };
+    let primary = nodes.iter().find(|n| n.id == active).unwrap();
+    retrying("section create", || {
+        primary.cluster.write(
+            instance,
+            Op::CreateSection {
+                instance,
+                attributes: SectionCreationAttributes {
+                    section_id: Some(id.clone()),
+                    expiration_time: TIME_END,
+                },
+                data: b"one".to_vec(),
+            },
+            Some(Origin {
+                session: 7,
+                request: 4,
+            }),
+            Need::AllInSync,
+        )
+    })
+    .await;
+    // A backup dies: the next ALL_SAFE write is answered once the control
+    // plane removed it from the in-sync set (never before).
+    let victim = nodes.iter().position(|n| n.id != active).unwrap();
+    let dead = nodes.remove(victim);
+    dead.shutdown.cancel();
+    let primary = nodes.iter().find(|n| n.id == active).unwrap();
+    retrying("write without the dead backup", || write(primary, b"two")).await;
+    let meta = primary.cluster.state().get(instance).cloned().unwrap();
+    assert!(!meta.in_sync.contains(&dead.id), "{meta:?}");
+    assert_eq!(meta.active, Some(active), "the active replica stays");
+    for node in &nodes {
+        assert_eq!(
+            read_local(node, instance, &id).await,
+            b"two",
+            "node {}",
+            node.id
+        );
+    }
+    for node in &nodes {
+        node.shutdown.cancel();
+    }
+}

@@ -1,0 +1,561 @@
+//! Peer connections between the nodes of a cluster.
+//!
+//! Every node listens on its `peer_addr` and keeps ONE outbound connection
+//! to every other node, used only for sending; what a node receives comes
+//! over the connections the others opened to it. Two connections per pair
+//! keep each direction simple: a sender never reads, a receiver never
+//! writes.
+//!
+//! Frames are tokio-util length-delimited (4-byte big-endian length, at
+//! most [`FRAME_BYTES_MAX`]), each carrying one postcard-encoded
+//! [`Wire`]: first a `Hello` naming the sender and a check of the cluster
+//! configuration, then messages. A connection that sends anything that does
+//! not decode, a message before its `Hello`, a `Hello` from an unknown node,
+//! from this node itself or from a differently configured cluster is logged
+//! and dropped; the node carries on.
+//!
+//! Messages to a peer that is down are dropped, not queued: Raft and the
+//! data plane retransmit what matters. The queue towards a peer is bounded
+//! ([`SEND_QUEUE_MAX`]) for the same reason — a slow peer loses messages
+//! instead of growing this node. A lost connection is reconnected with a
+//! backoff from [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+/// A node's id in the cluster configuration.
+pub type NodeId = u64;
+
+/// Largest frame accepted or sent (a snapshot chunk or a batch of entries
+/// must fit; bigger ones are refused by both ends).
+pub const FRAME_BYTES_MAX: usize = 80 * 1024 * 1024;
+/// Messages queued towards one peer before further ones are dropped.
+pub const SEND_QUEUE_MAX: usize = 4096;
+/// First reconnect delay after a failed connection attempt.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(20);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// How long a new inbound connection may take to say `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages received but not yet taken by the node.
+const INBOUND_QUEUE_MAX: usize = 8192;
+
+/// What travels in one frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Wire<M> {
+    /// The first frame of a connection.
+    Hello {
+        /// The sending node.
+        from: NodeId,
+        /// [`cluster_check`] of the sender's configuration.
+        cluster: u64,
+    },
+    /// Everything after it.
+    Message(M),
+}
+
+/// A fingerprint of the node list (ids and peer addresses): two nodes
+/// started with different cluster files refuse each other's connections.
+pub fn cluster_check(nodes: &[(NodeId, SocketAddr)]) -> u64 {
+    // FNV-1a over a canonical text: stable across builds and platforms.
+    let mut sorted: Vec<_> = nodes.to_vec();
+    sorted.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, addr) in sorted {
+        for byte in format!("{id}={addr};").bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// Sends to peers; cheap to clone.
+#[derive(Clone)]
+pub struct Transport<M> {
+    me: NodeId,
+    peers: Arc<HashMap<NodeId, mpsc::Sender<Bytes>>>,
+    _message: std::marker::PhantomData<fn(M)>,
+}
+
+/// What [`Transport::start`] returns: the sender and the stream of
+/// `(from, message)` received from peers.
+pub struct Started<M> {
+    /// Sends to peers.
+    pub transport: Transport<M>,
+    /// Messages from peers, in the order each connection delivered them.
+    pub inbound: mpsc::Receiver<(NodeId, M)>,
+    /// The address the listener is bound to.
+    pub local_addr: SocketAddr,
+}
+
+impl<M> Transport<M>
+where
+    M: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Binds `me`'s peer address and starts a sender task per other node.
+    /// Everything stops when `shutdown` is cancelled.
+    ///
+    /// # Errors
+    /// The listen address cannot be bound, or `me` is not among `nodes`.
+    pub async fn start(
+        me: NodeId,
+        nodes: &[(NodeId, SocketAddr)],
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Started<M>> {
+        let Some(&(_, listen)) = nodes.iter().find(|(id, _)| *id == me) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("node {me} is not in the cluster configuration"),
+            ));
+        };
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self::start_with_listener(
+            me, nodes, listener, local_addr, shutdown,
+        ))
+    }
+
+    /// [`Transport::start`] on an already bound listener (tests bind port 0
+    /// first to learn the addresses).
+    pub fn start_with_listener(
+        me: NodeId,
+        nodes: &[(NodeId, SocketAddr)],
+        listener: TcpListener,
+        local_addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Started<M> {
+        let check = cluster_check(nodes);
+        let known: Arc<Vec<NodeId>> = Arc::new(nodes.iter().map(|(id, _)| *id).collect());
+        let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE_MAX);
+        tokio::spawn(accept_loop::<M>(
+            me,
+            check,
+            known,
+            listener,
+            inbound_tx,
+            shutdown.clone(),
+        ));
+        let mut peers = HashMap::new();
+        for &(id, addr) in nodes {
+            if id == me {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(SEND_QUEUE_MAX);
+            tokio::spawn(sender_loop(me, check, id, addr, rx, shutdown.clone()));
+            peers.insert(id, tx);
+        }
+        Started {
+            transport: Transport {
+                me,
+                peers: Arc::new(peers),
+                _message: std::marker::PhantomData,
+            },
+            inbound,
+            local_addr,
+        }
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// Queues `message` for `to`. Returns false when it was dropped: an
+    /// unknown node, a full queue, or a message larger than a frame.
+    pub fn send(&self, to: NodeId, message: &M) -> bool {
+        let Some(queue) = self.peers.get(&to) else {
+            tracing::warn!(to, "dropping a message to a node that is not a peer");
+            return false;
+        };
+        let bytes = match postcard::to_stdvec(&Wire::Message(message)) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, to, "encoding a peer message failed; dropped");
+                return false;
+            }
+        };
+        if bytes.len() > FRAME_BYTES_MAX {
+            tracing::error!(
+                to,
+                bytes = bytes.len(),
+                frame_bytes_max = FRAME_BYTES_MAX,
+                "a peer message is larger than a frame; dropped"
+            );
+            return false;
+        }
+        queue.try_send(Bytes::from(bytes)).is_ok()
+    }
+}
+
+// `Wire::Message(&M)` must encode exactly like `Wire::Message(M)`; serde
+// serialises a reference like its referent, so a `Wire<&M>` is a `Wire<M>`
+// on the wire.
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(FRAME_BYTES_MAX)
+        .new_codec()
+}
+
+async fn accept_loop<M>(
+    me: NodeId,
+    check: u64,
+    known: Arc<Vec<NodeId>>,
+    listener: TcpListener,
+    inbound: mpsc::Sender<(NodeId, M)>,
+    shutdown: CancellationToken,
+) where
+    M: DeserializeOwned + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(receive(
+                    me,
+                    check,
+                    known.clone(),
+                    stream,
+                    remote,
+                    inbound.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting a peer connection failed");
+                tokio::time::sleep(BACKOFF_MIN).await;
+            }
+        }
+    }
+}
+
+/// Reads one inbound connection until it ends or misbehaves.
+async fn receive<M>(
+    me: NodeId,
+    check: u64,
+    known: Arc<Vec<NodeId>>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    inbound: mpsc::Sender<(NodeId, M)>,
+    shutdown: CancellationToken,
+) where
+    M: DeserializeOwned + Send + 'static,
+{
+    let mut frames = FramedRead::new(stream, codec());
+    let hello = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        hello = tokio::time::timeout(HELLO_TIMEOUT, frames.next()) => hello,
+    };
+    let from = match hello {
+        Ok(Some(Ok(frame))) => match postcard::from_bytes::<Wire<M>>(&frame) {
+            Ok(Wire::Hello { from, cluster }) => {
+                if cluster != check {
+                    tracing::warn!(%remote, from, "a peer with a different cluster configuration; dropping its connection");
+                    return;
+                }
+                if from == me || !known.contains(&from) {
+                    tracing::warn!(%remote, from, "a peer connection claims a node id that is not a peer; dropped");
+                    return;
+                }
+                from
+            }
+            Ok(Wire::Message(_)) => {
+                tracing::warn!(%remote, "a peer sent a message before Hello; dropping its connection");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%remote, %error, "a peer's Hello does not decode; dropping its connection");
+                return;
+            }
+        },
+        Ok(Some(Err(error))) => {
+            tracing::warn!(%remote, %error, "bad frame from a peer; dropping its connection");
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            tracing::warn!(%remote, "a peer connection sent no Hello in time; dropped");
+            return;
+        }
+    };
+    tracing::debug!(%remote, from, "peer connected");
+    loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            frame = frames.next() => frame,
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                tracing::warn!(%remote, from, %error, "bad frame from a peer; dropping its connection");
+                return;
+            }
+            None => {
+                tracing::debug!(%remote, from, "peer connection closed");
+                return;
+            }
+        };
+        match postcard::from_bytes::<Wire<M>>(&frame) {
+            Ok(Wire::Message(message)) => {
+                if inbound.send((from, message)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Wire::Hello { from: again, .. }) => {
+                tracing::warn!(%remote, from, again, "a second Hello on a peer connection; dropped");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%remote, from, %error, "a peer message does not decode; dropping its connection");
+                return;
+            }
+        }
+    }
+}
+
+/// Keeps the outbound connection to one peer and writes its queue.
+async fn sender_loop(
+    me: NodeId,
+    check: u64,
+    peer: NodeId,
+    addr: SocketAddr,
+    mut queue: mpsc::Receiver<Bytes>,
+    shutdown: CancellationToken,
+) {
+    let hello = match postcard::to_stdvec(&Wire::<()>::Hello {
+        from: me,
+        cluster: check,
+    }) {
+        Ok(hello) => Bytes::from(hello),
+        Err(error) => {
+            tracing::error!(%error, "encoding Hello failed");
+            return;
+        }
+    };
+    let mut backoff = BACKOFF_MIN;
+    let mut was_connected = true;
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            connected = TcpStream::connect(addr) => connected,
+        };
+        let stream = match connected {
+            Ok(stream) => stream,
+            Err(error) => {
+                if was_connected {
+                    tracing::info!(peer, %addr, %error, "peer unreachable; retrying");
+                    was_connected = false;
+                }
+                // The peer is down: what was queued for it is dropped.
+                while queue.try_recv().is_ok() {}
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut frames = FramedWrite::new(stream, codec());
+        if frames.send(hello.clone()).await.is_err() {
+            continue;
+        }
+        tracing::info!(peer, %addr, "connected to peer");
+        was_connected = true;
+        backoff = BACKOFF_MIN;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = queue.recv() => next,
+            };
+            let Some(bytes) = next else { return };
+            // Batch what is queued behind it into one flush.
+            let mut failed = frames.feed(bytes).await.is_err();
+            while !failed {
+                match queue.try_recv() {
+                    Ok(more) => failed = frames.feed(more).await.is_err(),
+                    Err(_) => break,
+                }
+            }
+            if failed || SinkExt::<Bytes>::flush(&mut frames).await.is_err() {
+                tracing::info!(peer, %addr, "lost the connection to a peer; reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Test {
+        Ping(u64),
+        Blob(Vec<u8>),
+    }
+
+    async fn bound() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    async fn next(inbound: &mut mpsc::Receiver<(NodeId, Test)>) -> (NodeId, Test) {
+        tokio::time::timeout(Duration::from_secs(20), inbound.recv())
+            .await
+            .expect("a message arrives")
+            .expect("the transport runs")
+    }
+
+    /// Sends `message` until one arrives (the first ones may be dropped
+    /// while the connection is being made), then returns what arrived.
+    async fn deliver(
+        from: &Transport<Test>,
+        to: NodeId,
+        inbound: &mut mpsc::Receiver<(NodeId, Test)>,
+        message: Test,
+    ) -> (NodeId, Test) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            from.send(to, &message);
+            if let Ok(Some(got)) =
+                tokio::time::timeout(Duration::from_millis(50), inbound.recv()).await
+            {
+                return got;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never delivered");
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_go_both_ways_in_order() {
+        let shutdown = CancellationToken::new();
+        let (l1, a1) = bound().await;
+        let (l2, a2) = bound().await;
+        let nodes = [(1, a1), (2, a2)];
+        let n1 = Transport::<Test>::start_with_listener(1, &nodes, l1, a1, shutdown.clone());
+        let mut n2 = Transport::<Test>::start_with_listener(2, &nodes, l2, a2, shutdown.clone());
+        let mut n1 = n1;
+        assert_eq!(
+            deliver(&n1.transport, 2, &mut n2.inbound, Test::Ping(0)).await,
+            (1, Test::Ping(0))
+        );
+        // Connected: now everything arrives, in order.
+        for i in 1..100 {
+            assert!(n1.transport.send(2, &Test::Ping(i)));
+        }
+        let mut seen = 0;
+        while seen < 99 {
+            match next(&mut n2.inbound).await {
+                (1, Test::Ping(0)) => {}
+                (1, Test::Ping(i)) => {
+                    seen += 1;
+                    assert_eq!(i, seen, "in order");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let blob = Test::Blob(vec![7; 1 << 20]);
+        assert_eq!(
+            deliver(&n2.transport, 1, &mut n1.inbound, blob.clone()).await,
+            (2, blob)
+        );
+        assert!(!n1.transport.send(9, &Test::Ping(1)), "not a peer");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn garbage_and_impostors_are_dropped_and_the_node_keeps_serving() {
+        let shutdown = CancellationToken::new();
+        let (l1, a1) = bound().await;
+        let (l2, a2) = bound().await;
+        let nodes = [(1, a1), (2, a2)];
+        let mut n1 = Transport::<Test>::start_with_listener(1, &nodes, l1, a1, shutdown.clone());
+
+        // Raw garbage: a length prefix followed by bytes that do not decode.
+        let mut raw = TcpStream::connect(a1).await.unwrap();
+        raw.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        // An oversize length.
+        let mut huge = TcpStream::connect(a1).await.unwrap();
+        huge.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+
+        // A well-formed Hello from a node id that is not a peer, then a message.
+        let mut impostor = FramedWrite::new(TcpStream::connect(a1).await.unwrap(), codec());
+        let hello = postcard::to_stdvec(&Wire::<Test>::Hello {
+            from: 7,
+            cluster: cluster_check(&nodes),
+        })
+        .unwrap();
+        impostor.send(Bytes::from(hello)).await.unwrap();
+        let msg = postcard::to_stdvec(&Wire::Message(Test::Ping(666))).unwrap();
+        let _ = impostor.send(Bytes::from(msg.clone())).await;
+        // A message without Hello.
+        let mut rude = FramedWrite::new(TcpStream::connect(a1).await.unwrap(), codec());
+        let _ = rude.send(Bytes::from(msg.clone())).await;
+        // A right node id with another cluster's configuration.
+        let mut foreign = FramedWrite::new(TcpStream::connect(a1).await.unwrap(), codec());
+        let hello = postcard::to_stdvec(&Wire::<Test>::Hello {
+            from: 2,
+            cluster: cluster_check(&nodes) ^ 1,
+        })
+        .unwrap();
+        foreign.send(Bytes::from(hello)).await.unwrap();
+        let _ = foreign.send(Bytes::from(msg)).await;
+
+        // The genuine peer still gets through, and nothing of the above did.
+        let n2 = Transport::<Test>::start_with_listener(2, &nodes, l2, a2, shutdown.clone());
+        let got = deliver(&n2.transport, 1, &mut n1.inbound, Test::Ping(1)).await;
+        assert_eq!(got, (2, Test::Ping(1)));
+        // Only more copies of the genuine message may follow.
+        while let Ok(more) = n1.inbound.try_recv() {
+            assert_eq!(more, (2, Test::Ping(1)), "only the genuine peer's messages");
+        }
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_restarted_peer_is_reconnected() {
+        let shutdown = CancellationToken::new();
+        let (l1, a1) = bound().await;
+        let (l2, a2) = bound().await;
+        let nodes = [(1, a1), (2, a2)];
+        let n1 = Transport::<Test>::start_with_listener(1, &nodes, l1, a1, shutdown.clone());
+        let first = CancellationToken::new();
+        let mut n2 = Transport::<Test>::start_with_listener(2, &nodes, l2, a2, first.clone());
+        deliver(&n1.transport, 2, &mut n2.inbound, Test::Ping(1)).await;
+        first.cancel();
+        drop(n2);
+        // Node 2 comes back on the same address.
+        let l2 = loop {
+            match TcpListener::bind(a2).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let mut n2 = Transport::<Test>::start_with_listener(2, &nodes, l2, a2, shutdown.clone());
+        let got = deliver(&n1.transport, 2, &mut n2.inbound, Test::Ping(2)).await;
+        assert_eq!(got, (1, Test::Ping(2)));
+        shutdown.cancel();
+    }
+}
