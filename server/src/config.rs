@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use ckpt_replication::{ClusterConfig, NodeId};
 use ckpt_storage::{RocksWalMode, StoreConfig};
 use clap::Parser;
 use serde::Deserialize;
@@ -59,6 +60,9 @@ pub struct Config {
     /// server exits anyway, so a client that does not read cannot keep it
     /// running (its unwritten replies are lost with the connection).
     pub shutdown_drain_ms: u64,
+    /// This node's cluster (the file's `[[nodes]]` and replication keys)
+    /// and its id in it; `None` is the embedded single node.
+    pub cluster: Option<(ClusterConfig, NodeId)>,
 }
 
 impl Default for Config {
@@ -79,6 +83,7 @@ impl Default for Config {
             rocksdb_wal_mode: RocksWalMode::Disabled,
             reserve_bytes: 64 * 1024 * 1024,
             shutdown_drain_ms: 10_000,
+            cluster: None,
         }
     }
 }
@@ -103,6 +108,26 @@ struct FileConfig {
     reserve_bytes: Option<u64>,
     shutdown_drain_ms: Option<u64>,
 }
+
+/// The keys of [`FileConfig`]: in a cluster file, these are the server's
+/// and every other key is the cluster's.
+const SERVER_KEYS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "admin_listen",
+    "frame_body_bytes_max",
+    "in_flight_max",
+    "connections_max",
+    "reply_queue_bytes_max",
+    "notification_queue_bytes_max",
+    "notification_history_bytes_max",
+    "wal_history_bytes",
+    "expiry_interval_ms",
+    "segment_bytes_max",
+    "rocksdb_wal_mode",
+    "reserve_bytes",
+    "shutdown_drain_ms",
+];
 
 /// `ckpt-server [--config FILE] [--data-dir DIR] [--listen ADDR] [--admin-listen ADDR]`
 #[derive(Debug, Parser)]
@@ -146,6 +171,9 @@ pub struct Cli {
     /// How long shutdown waits for replies to be written, ms.
     #[arg(long, env = "CKPT_SHUTDOWN_DRAIN_MS")]
     pub shutdown_drain_ms: Option<u64>,
+    /// This node's id in the cluster file's `[[nodes]]` (cluster mode only).
+    #[arg(long, env = "CKPT_NODE_ID")]
+    pub node_id: Option<NodeId>,
 }
 
 /// A configuration that cannot be used.
@@ -161,8 +189,38 @@ impl Config {
     /// An unreadable or invalid file, or invalid values.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
         let mut config = Config::default();
+        let mut cluster = None;
         if let Some(path) = &cli.config {
-            config.apply_file(path)?;
+            cluster = config.apply_file(path)?;
+        }
+        match (cluster, cli.node_id) {
+            (Some(cluster), Some(id)) => {
+                let node = cluster.node(id).ok_or_else(|| {
+                    ConfigError(format!(
+                        "--node-id {id}: no [[nodes]] entry with id = {id} in the cluster file (ids: {:?})",
+                        cluster.node_ids()
+                    ))
+                })?;
+                if cli.listen.is_some() || cli.admin_listen.is_some() {
+                    return Err(ConfigError(
+                        "--listen/--admin-listen: a cluster node listens on its client_addr and admin_addr from the cluster file".into(),
+                    ));
+                }
+                config.listen = node.client_addr;
+                config.admin_listen = node.admin_addr;
+                config.cluster = Some((cluster, id));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError(
+                    "--node-id: the configuration file describes a cluster ([[nodes]]); say which node this is".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "--node-id: given without a cluster file (--config with [[nodes]])".into(),
+                ))
+            }
+            (None, None) => {}
         }
         if let Some(v) = &cli.data_dir {
             config.data_dir = v.clone();
@@ -198,11 +256,32 @@ impl Config {
         Ok(config)
     }
 
-    fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+    /// Applies the server keys of the file; returns its cluster when it
+    /// has `[[nodes]]` (every other key then belongs to the cluster).
+    fn apply_file(&mut self, path: &Path) -> Result<Option<ClusterConfig>, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        let file: FileConfig =
+        let mut table: toml::Table =
             toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let cluster = if table.contains_key("nodes") {
+            let mut server = toml::Table::new();
+            for key in SERVER_KEYS {
+                if let Some(value) = table.remove(*key) {
+                    server.insert(key.to_string(), value);
+                }
+            }
+            let cluster_text = toml::to_string(&table)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            let cluster = ClusterConfig::parse(&cluster_text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            table = server;
+            Some(cluster)
+        } else {
+            None
+        };
+        let file: FileConfig = table
+            .try_into()
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = file.$field { self.$field = v; } )* };
         }
@@ -223,7 +302,7 @@ impl Config {
             reserve_bytes,
             shutdown_drain_ms
         );
-        Ok(())
+        Ok(cluster)
     }
 
     /// Checks bounds.

@@ -101,3 +101,122 @@ pub trait ClusterFront: Send + Sync {
     /// Every named checkpoint.
     fn checkpoints(&self) -> Vec<ClusterCheckpoint>;
 }
+
+impl ClusterFront for crate::cluster::Cluster {
+    fn node_id(&self) -> u64 {
+        self.me()
+    }
+
+    fn lookup(&self, name: CheckpointName) -> BoxFuture<'_, CkptResult<ClusterCheckpoint>> {
+        Box::pin(async move {
+            let instance = crate::cluster::Cluster::lookup(self, &name).await?;
+            self.checkpoint(instance)
+        })
+    }
+
+    fn create(
+        &self,
+        name: CheckpointName,
+        attributes: CreationAttributes,
+        _origin: Option<WriteOrigin>,
+    ) -> BoxFuture<'_, CkptResult<(ClusterCheckpoint, bool)>> {
+        // A create is idempotent by itself: a retried one finds the
+        // checkpoint it created, with the same attributes (created: false).
+        Box::pin(async move {
+            let (instance, created) =
+                crate::cluster::Cluster::create(self, name, attributes).await?;
+            Ok((self.checkpoint(instance)?, created))
+        })
+    }
+
+    fn opened(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>> {
+        Box::pin(crate::cluster::Cluster::opened(self, instance))
+    }
+
+    fn closed(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>> {
+        Box::pin(crate::cluster::Cluster::closed(self, instance))
+    }
+
+    fn delete(&self, name: CheckpointName) -> BoxFuture<'_, CkptResult<()>> {
+        Box::pin(crate::cluster::Cluster::delete(self, name))
+    }
+
+    fn set_active(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>> {
+        Box::pin(crate::cluster::Cluster::set_active(self, instance))
+    }
+
+    fn write(
+        &self,
+        instance: InstanceId,
+        op: Op,
+        origin: Option<WriteOrigin>,
+        need: WriteNeed,
+    ) -> BoxFuture<'_, CkptResult<Outcome>> {
+        Box::pin(async move {
+            if let Op::SetRetention {
+                retention_duration_ns,
+                ..
+            } = &op
+            {
+                // The control plane runs retention: it must know the new
+                // duration as well as the replicas.
+                self.set_retention(instance, *retention_duration_ns).await?;
+            }
+            let origin = origin.map(|o| ckpt_storage::Origin {
+                session: o.session,
+                request: o.request,
+            });
+            let need = match need {
+                WriteNeed::Applied => ckpt_replication::data::Need::Applied,
+                WriteNeed::LocalDurable => ckpt_replication::data::Need::LocalDurable,
+                WriteNeed::AllInSync => ckpt_replication::data::Need::AllInSync,
+            };
+            crate::cluster::Cluster::write(self, instance, op, origin, need).await
+        })
+    }
+
+    fn read(
+        &self,
+        instance: InstanceId,
+        request: ReadRequest,
+        local_ok: bool,
+    ) -> BoxFuture<'_, CkptResult<ReadReply>> {
+        Box::pin(crate::cluster::Cluster::read(
+            self, instance, request, local_ok,
+        ))
+    }
+
+    fn synchronize(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>> {
+        Box::pin(crate::cluster::Cluster::synchronize(self, instance))
+    }
+
+    fn checkpoints(&self) -> Vec<ClusterCheckpoint> {
+        crate::cluster::Cluster::checkpoints(self)
+            .into_iter()
+            .filter(|meta| !meta.unlinked)
+            .map(|meta| view(&meta))
+            .collect()
+    }
+}
+
+impl crate::cluster::Cluster {
+    /// The control plane's view of `instance` (`NOT_EXIST` once destroyed).
+    fn checkpoint(&self, instance: InstanceId) -> CkptResult<ClusterCheckpoint> {
+        self.state().get(instance).map(view).ok_or_else(|| {
+            ckpt_proto::CkptError::new(
+                ckpt_proto::ErrorCode::NotExist,
+                format!("checkpoint instance {} does not exist", instance.0),
+            )
+        })
+    }
+}
+
+fn view(meta: &ckpt_replication::CheckpointMeta) -> ClusterCheckpoint {
+    ClusterCheckpoint {
+        name: meta.name.clone(),
+        instance: meta.instance,
+        attributes: meta.attributes.clone(),
+        replicas: u32::try_from(meta.replicas.len()).unwrap_or(u32::MAX),
+        open_count: u32::try_from(meta.open_on.len()).unwrap_or(u32::MAX),
+    }
+}

@@ -54,6 +54,9 @@ pub enum ServerError {
     /// the server stopped so that a restart recovers from the log.
     #[error("the store failed: {0}")]
     StoreFailed(String),
+    /// The cluster runtime did not start (Raft log, peer address, ...).
+    #[error("starting the cluster: {0}")]
+    Cluster(String),
 }
 
 /// Runs the server until `shutdown` is cancelled.
@@ -100,7 +103,23 @@ pub async fn serve(
         let hub = hub.clone();
         store.set_commit_listener(Arc::new(move |records| hub.on_commit(records)));
     }
-    let service = service::Service::new(store.clone(), hub, metrics.clone());
+    let cluster = match &config.cluster {
+        None => None,
+        Some((cluster_config, node_id)) => Some(
+            cluster::Cluster::start(
+                cluster_config.clone(),
+                *node_id,
+                store.clone(),
+                &config.data_dir.join("raft"),
+                metrics.registry(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|error| ServerError::Cluster(error.to_string()))?,
+        ),
+    };
+    let front = cluster.clone().map(|c| c as Arc<dyn front::ClusterFront>);
+    let service = service::Service::with_cluster(store.clone(), hub, metrics.clone(), front);
     service.recover().await.map_err(ServerError::Recover)?;
 
     let listener = TcpListener::bind(config.listen)
@@ -130,6 +149,7 @@ pub async fn serve(
         admin,
         metrics.clone(),
         store.clone(),
+        cluster.clone(),
         admin_shutdown.clone(),
     ));
     let expiry = {

@@ -52,6 +52,11 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl Metrics {
+    /// The registry every metric is on (the cluster runtime adds its own).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Registers all metrics.
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
@@ -210,6 +215,31 @@ impl Metrics {
 struct AdminState {
     metrics: Arc<Metrics>,
     store: Arc<Store>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+/// `/cluster`: nodes, leader, and every checkpoint's placement and lag
+/// (docs/replication.md); 404 on a single node.
+async fn cluster_page(State(state): State<AdminState>) -> (StatusCode, String) {
+    match &state.cluster {
+        Some(cluster) => (StatusCode::OK, cluster.cluster_json().to_string()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "not a cluster node: started without a cluster file\n".into(),
+        ),
+    }
+}
+
+/// `/checksums`: each local replica's position and checksum, for
+/// `ckpt-tool cluster verify`; 404 on a single node.
+async fn checksums_page(State(state): State<AdminState>) -> (StatusCode, String) {
+    match &state.cluster {
+        Some(cluster) => (StatusCode::OK, cluster.checksums_json().await.to_string()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "not a cluster node: started without a cluster file\n".into(),
+        ),
+    }
 }
 
 async fn metrics_page(State(state): State<AdminState>) -> String {
@@ -269,12 +299,19 @@ pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     store: Arc<Store>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/health", get(health))
-        .with_state(AdminState { metrics, store });
+        .route("/cluster", get(cluster_page))
+        .route("/checksums", get(checksums_page))
+        .with_state(AdminState {
+            metrics,
+            store,
+            cluster,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -55,9 +55,8 @@ struct OpenHandle {
     /// When a write through it is answered, in a cluster.
     need: WriteNeed,
     /// Whether its reads may come from this node's replica (in a cluster):
-    /// ALL_SAFE and WR_ALL_REPLICAS replicas in sync hold every
-    /// acknowledged write; DISTRIBUTED and ALL_OPEN_ARE_REPLICAS openers
-    /// read their local copy by design.
+    /// DISTRIBUTED and ALL_OPEN_ARE_REPLICAS openers read their local copy
+    /// by design; every other read goes to the active replica.
     local_reads: bool,
     collocated: bool,
 }
@@ -79,8 +78,7 @@ impl OpenHandle {
             }
             _ => (Durability::Durable, WriteNeed::AllInSync),
         };
-        let local_reads = need == WriteNeed::AllInSync
-            || creation.contains(CreationFlags::DISTRIBUTED)
+        let local_reads = creation.contains(CreationFlags::DISTRIBUTED)
             || creation.contains(CreationFlags::ALL_OPEN_ARE_REPLICAS);
         OpenHandle {
             instance,

@@ -26,7 +26,8 @@ use crate::common::{RawClient, Server};
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 struct SharedServer {
-    server: Server,
+    _server: Option<Server>,
+    _cluster: Option<crate::common::Cluster>,
     _dir: tempfile::TempDir,
 }
 
@@ -44,14 +45,35 @@ extern "C" fn stop_shared_server() {
 
 /// The address of the server shared by every test of this binary, started on
 /// first use and killed when the test process exits.
+///
+/// With `CKPT_TEST_CLUSTER=N` (N ≥ 2) it is a cluster of N nodes instead,
+/// placing new checkpoints' active replicas away from their creator, and the
+/// address is node 1's: every checkpoint a test creates through it is
+/// active on another node, so every request is routed (issue #8,
+/// acceptance 1).
 pub fn shared_addr() -> String {
     SHARED_ADDR
         .get_or_init(|| {
             let dir = tempfile::tempdir().expect("temp dir");
-            let server = Server::start(dir.path());
-            let addr = server.addr.clone();
-            *SHARED.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(SharedServer { server, _dir: dir });
+            let nodes: usize = std::env::var("CKPT_TEST_CLUSTER")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            let (server, cluster, addr) = if nodes >= 2 {
+                let cluster =
+                    crate::common::Cluster::start(nodes, "placement_avoid_creator = true");
+                let addr = cluster.client_addrs[0].clone();
+                (None, Some(cluster), addr)
+            } else {
+                let server = Server::start(dir.path());
+                let addr = server.addr.clone();
+                (Some(server), None, addr)
+            };
+            *SHARED.lock().unwrap_or_else(|p| p.into_inner()) = Some(SharedServer {
+                _server: server,
+                _cluster: cluster,
+                _dir: dir,
+            });
             // SAFETY: registering a plain extern "C" function with atexit(3).
             unsafe { libc::atexit(stop_shared_server) };
             addr

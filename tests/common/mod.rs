@@ -47,12 +47,38 @@ impl Server {
 
     /// Like [`Server::start`] with extra arguments.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut args: Vec<String> = vec![
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Server::spawn(data_dir, &args)
+    }
+
+    /// Starts node `node_id` of the cluster described by `config`.
+    pub fn start_node(config: &Path, node_id: u64, data_dir: &Path) -> Server {
+        let args = vec![
+            "--config".to_string(),
+            config.display().to_string(),
+            "--node-id".to_string(),
+            node_id.to_string(),
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+        ];
+        Server::spawn(data_dir, &args)
+    }
+
+    fn spawn(data_dir: &Path, args: &[String]) -> Server {
         let mut child = Command::new(bin("ckpt-server"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("CKPT_LOG", "info")
+            .args(args)
+            .env(
+                "CKPT_LOG",
+                std::env::var("CKPT_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -155,6 +181,106 @@ impl Drop for Server {
     }
 }
 
+/// A port free on loopback now (bound, then released): a cluster's file
+/// names every node's addresses before any node starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A cluster of real `ckpt-server` processes on loopback, one data
+/// directory each, all reading one `cluster.toml`.
+pub struct Cluster {
+    /// Running nodes (`None` while killed), index = node id - 1.
+    pub nodes: Vec<Option<Server>>,
+    /// The shared configuration file.
+    pub config: PathBuf,
+    /// Every node's client address, index = node id - 1.
+    pub client_addrs: Vec<String>,
+    /// Every node's admin address, index = node id - 1.
+    pub admin_addrs: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with `extra` TOML keys (top level) in the file.
+    pub fn start(n: usize, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut text = format!("{extra}\n");
+        let mut client_addrs = Vec::new();
+        let mut admin_addrs = Vec::new();
+        for id in 1..=n {
+            let (client, peer, admin) = (free_port(), free_port(), free_port());
+            client_addrs.push(format!("127.0.0.1:{client}"));
+            admin_addrs.push(format!("127.0.0.1:{admin}"));
+            text.push_str(&format!(
+                "[[nodes]]\nid = {id}\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\nadmin_addr = \"127.0.0.1:{admin}\"\n"
+            ));
+        }
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, text).expect("write cluster.toml");
+        let mut cluster = Cluster {
+            nodes: (0..n).map(|_| None).collect(),
+            config,
+            client_addrs,
+            admin_addrs,
+            dir,
+        };
+        // Every node waits for its peers only after it is ready to serve,
+        // so they can start one after the other.
+        for id in 1..=n as u64 {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    /// The data directory of node `id`.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// (Re)starts node `id` on its data directory.
+    pub fn restart(&mut self, id: u64) {
+        let data = self.data_dir(id);
+        std::fs::create_dir_all(&data).expect("node data dir");
+        let server = Server::start_node(&self.config, id, &data);
+        self.nodes[(id - 1) as usize] = Some(server);
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut server) = self.nodes[(id - 1) as usize].take() {
+            server.kill();
+        }
+    }
+
+    /// Every node's client address, comma-separated (what clients and
+    /// ckpt-tool take).
+    pub fn addrs(&self) -> String {
+        self.client_addrs.join(",")
+    }
+
+    /// Every node's admin address, comma-separated.
+    pub fn admins(&self) -> String {
+        self.admin_addrs.join(",")
+    }
+
+    /// GET /cluster from the first live node that answers, as JSON text.
+    pub fn status(&self) -> Option<String> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.is_some() {
+                let (code, body) = http_get(&self.admin_addrs[i], "/cluster");
+                if code == 200 {
+                    return Some(body);
+                }
+            }
+        }
+        None
+    }
+}
+
 fn field(line: &str, key: &str) -> String {
     line.split_whitespace()
         .find_map(|word| word.strip_prefix(key))
@@ -199,6 +325,12 @@ pub struct RawClient {
 impl RawClient {
     /// Connects and says hello.
     pub fn connect(addr: &str) -> RawClient {
+        RawClient::connect_session(addr, 0)
+    }
+
+    /// Connects as client session `session` (0: none), as a client library
+    /// reconnecting after a failure does.
+    pub fn connect_session(addr: &str, session: u64) -> RawClient {
         use ckpt_proto::wire::{Frame, FrameKind, Hello, HelloReply, API_VERSION};
         let stream = std::net::TcpStream::connect(addr).expect("connect");
         stream
@@ -216,7 +348,7 @@ impl RawClient {
                 &Hello {
                     version: API_VERSION,
                     client_name: "raw".into(),
-                    session: 0,
+                    session,
                 },
             )
             .unwrap(),
@@ -270,6 +402,24 @@ impl RawClient {
     /// Sends a request and waits for its response (skipping notifications).
     pub fn call(&mut self, request: &ckpt_proto::wire::Request) -> ckpt_proto::wire::Response {
         let id = self.send(request);
+        self.answer(id)
+    }
+
+    /// Sends `request` as request number `id` (a retry reuses its number)
+    /// and waits for its answer.
+    pub fn call_as(
+        &mut self,
+        id: u64,
+        request: &ckpt_proto::wire::Request,
+    ) -> ckpt_proto::wire::Response {
+        let frame = ckpt_proto::wire::Frame::new(ckpt_proto::wire::FrameKind::Request, id, request)
+            .unwrap();
+        self.send_frame(frame);
+        self.next_id = self.next_id.max(id + 1);
+        self.answer(id)
+    }
+
+    fn answer(&mut self, id: u64) -> ckpt_proto::wire::Response {
         loop {
             let frame = self.read_frame().expect("response");
             if frame.kind == ckpt_proto::wire::FrameKind::Response && frame.request_id == id {

@@ -1,0 +1,291 @@
+//! The checkpoint API on a real 3-node cluster (issue #8): the cluster
+//! file, routing to the active replica, exactly-once retries, COLLOCATED
+//! checkpoints and ActiveReplicaSet, the DISTRIBUTED hot standby.
+
+#[path = "common/client.rs"]
+mod client_helpers;
+#[path = "common/cluster.rs"]
+mod cluster_helpers;
+mod common;
+
+use std::process::Command;
+
+use ckpt_client::Client;
+use ckpt_proto::wire::{Reply, Request, Response};
+use ckpt_proto::{CreationAttributes, CreationFlags, ErrorCode, SectionId};
+use client_helpers::*;
+use cluster_helpers::*;
+use common::{bin, Cluster, RawClient};
+
+fn flags_attrs(flags: CreationFlags) -> CreationAttributes {
+    CreationAttributes {
+        creation_flags: flags,
+        ..attrs()
+    }
+}
+
+fn all_safe() -> CreationAttributes {
+    flags_attrs(CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE)
+}
+
+/// Node `id`'s client address.
+fn node(cluster: &Cluster, id: u64) -> String {
+    cluster.client_addrs[(id - 1) as usize].clone()
+}
+
+/// `(active, in_sync)` of checkpoint `name` in `/cluster`.
+fn placement(cluster: &Cluster, name: &str) -> (Option<u64>, Vec<u64>) {
+    let status = status(cluster).expect("a node answers /cluster");
+    let c = checkpoints(&status)
+        .into_iter()
+        .find(|c| c["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("{name} not in /cluster: {status:#}"));
+    (c["active"].as_u64(), ids(&c["in_sync"]))
+}
+
+#[test]
+fn a_bad_cluster_file_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = "[[nodes]]\nid = 1\nclient_addr = \"127.0.0.1:17400\"\npeer_addr = \"127.0.0.1:17500\"\nadmin_addr = \"127.0.0.1:17401\"\n\
+                 [[nodes]]\nid = 2\nclient_addr = \"127.0.0.1:17410\"\npeer_addr = \"127.0.0.1:17510\"\nadmin_addr = \"127.0.0.1:17411\"\n";
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "replication_factor = 2\nmin_in_sync = 3\n",
+            "1",
+            "min_in_sync",
+        ),
+        ("", "7", "node-id"),
+        ("lease_timeout_ms = \"soon\"\n", "1", "lease_timeout_ms"),
+        ("colour = 3\n", "1", "colour"),
+    ];
+    for (extra, id, key) in cases {
+        let file = dir.path().join("cluster.toml");
+        std::fs::write(&file, format!("{extra}{nodes}")).unwrap();
+        let output = Command::new(bin("ckpt-server"))
+            .args(["--config", file.to_str().unwrap(), "--node-id", id])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{extra:?} was accepted");
+        assert!(
+            stderr.contains(key),
+            "{extra:?}: the error does not name {key}: {stderr}"
+        );
+    }
+    // Duplicate addresses.
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(&file, nodes.replace("17510", "17500")).unwrap();
+    let output = Command::new(bin("ckpt-server"))
+        .args(["--config", file.to_str().unwrap(), "--node-id", "1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("peer_addr"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_node_reach_every_replica_and_survive_its_active_dying() {
+    let mut cluster = Cluster::start(3, "");
+    let client = Client::connect(&cluster.addrs()).await.unwrap();
+    let name = unique("replicated");
+    let checkpoint = create(&client, &name, all_safe()).await;
+    section(&checkpoint, "s", b"").await;
+    for i in 0..50u32 {
+        checkpoint
+            .write(vec![we("s", 0, format!("value {i:04}").as_bytes())])
+            .await
+            .unwrap();
+    }
+    let (active, in_sync) = placement(&cluster, &name.to_string());
+    let active = active.expect("an active replica");
+    assert_eq!(in_sync.len(), 3, "every replica in sync: {in_sync:?}");
+    // Every node answers reads with the last acknowledged value.
+    for id in 1..=3 {
+        let reader = Client::connect(&node(&cluster, id)).await.unwrap();
+        let opened = open(&reader, &name, rw()).await;
+        assert_eq!(read_str(&opened, "s").await, b"value 0049", "node {id}");
+    }
+    cluster.kill(active);
+    // The client retries across the failover; the write lands on the new
+    // active replica.
+    checkpoint
+        .write(vec![we("s", 0, b"after 0001")])
+        .await
+        .unwrap();
+    assert_eq!(read_str(&checkpoint, "s").await, b"after 0001");
+    let (new_active, _) = placement(&cluster, &name.to_string());
+    assert_ne!(new_active, Some(active));
+    cluster.restart(active);
+    wait_settled(&cluster, &[1, 2, 3]);
+    let (same, output) = verify(&cluster);
+    assert!(same, "{output}");
+}
+
+/// Issue #8 acceptance 5: a write whose reply is lost is retried with its
+/// number and applied once — SectionCreate does not answer ALREADY_EXIST,
+/// a generated-id create returns the same id, a Write is not applied twice.
+#[test]
+fn a_retried_write_is_applied_once() {
+    let cluster = Cluster::start(3, "");
+    let session = 0x5eed_0001;
+    let name = unique("once");
+    let open = Request::Open {
+        name: name.clone(),
+        attributes: Some(all_safe()),
+        flags: rwc(),
+    };
+    let handle_of = |response: Response| match response {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("open: {other:?}"),
+    };
+    let mut first = RawClient::connect_session(&node(&cluster, 1), session);
+    let handle = handle_of(first.call_as(1, &open));
+    let create = |handle| Request::SectionCreate {
+        handle,
+        attributes: forever("a"),
+        initial_data: b"one".to_vec(),
+    };
+    let generate = |handle| Request::SectionCreate {
+        handle,
+        attributes: generated(),
+        initial_data: b"gen".to_vec(),
+    };
+    assert_eq!(
+        first.call_as(2, &create(handle)),
+        Ok(Reply::SectionCreated {
+            section_id: sid("a")
+        })
+    );
+    let generated_id: SectionId = match first.call_as(3, &generate(handle)) {
+        Ok(Reply::SectionCreated { section_id }) => section_id,
+        other => panic!("generated create: {other:?}"),
+    };
+    // The connection is lost before the replies were read; the client
+    // reconnects — to another node — and retries with the same numbers.
+    drop(first);
+    let mut retry = RawClient::connect_session(&node(&cluster, 2), session);
+    let handle = handle_of(retry.call_as(1, &open));
+    assert_eq!(
+        retry.call_as(2, &create(handle)),
+        Ok(Reply::SectionCreated {
+            section_id: sid("a")
+        }),
+        "a retried SectionCreate answers its first outcome, not ALREADY_EXIST"
+    );
+    assert_eq!(
+        retry.call_as(3, &generate(handle)),
+        Ok(Reply::SectionCreated {
+            section_id: generated_id.clone()
+        }),
+        "a retried generated-id create returns the same id"
+    );
+    // A new request number is a new write.
+    match retry.call_as(4, &create(handle)) {
+        Err(error) => assert_eq!(error.code, ErrorCode::AlreadyExist),
+        other => panic!("a new create of an existing section: {other:?}"),
+    }
+    let sections = match retry.call(&Request::StatusGet { handle }) {
+        Ok(Reply::Status(status)) => status.number_of_sections,
+        other => panic!("status: {other:?}"),
+    };
+    assert_eq!(sections, 2, "each create applied once");
+}
+
+/// Issue #8 acceptance 6, COLLOCATED: no writes before ActiveReplicaSet;
+/// after the active node dies, none until ActiveReplicaSet on a survivor,
+/// and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collocated_writes_wait_for_active_replica_set_on_a_surviving_node() {
+    let mut cluster = Cluster::start(3, "");
+    let name = unique("colloc");
+    let attributes = flags_attrs(
+        CreationFlags::WR_ACTIVE_REPLICA
+            | CreationFlags::WR_ALL_SAFE
+            | CreationFlags::CHECKPOINT_COLLOCATED,
+    );
+    let a = Client::connect(&node(&cluster, 1)).await.unwrap();
+    let on_a = create(&a, &name, attributes).await;
+    expect_code(
+        on_a.section_create(forever("s"), b"x".to_vec()).await,
+        ErrorCode::NotExist,
+    );
+    on_a.active_replica_set().await.unwrap();
+    section(&on_a, "s", b"").await;
+    for i in 0..20u32 {
+        on_a.write(vec![we("s", 0, format!("v{i:03}").as_bytes())])
+            .await
+            .unwrap();
+    }
+    let b = Client::connect(&node(&cluster, 2)).await.unwrap();
+    let on_b = open(&b, &name, rw()).await;
+    cluster.kill(1);
+    wait_status(
+        &cluster,
+        "the collocated checkpoint loses its active replica",
+        |s| {
+            checkpoints(s)
+                .iter()
+                .any(|c| c["name"].as_str() == Some(&name.to_string()) && c["active"].is_null())
+        },
+    );
+    expect_code(
+        on_b.write(vec![we("s", 0, b"nope")]).await,
+        ErrorCode::NotExist,
+    );
+    on_b.active_replica_set().await.unwrap();
+    assert_eq!(
+        read_str(&on_b, "s").await,
+        b"v019",
+        "nothing acknowledged lost"
+    );
+    on_b.write(vec![we("s", 0, b"v100")]).await.unwrap();
+    assert_eq!(read_str(&on_b, "s").await, b"v100");
+}
+
+/// Issue #8 acceptance 6, DISTRIBUTED hot standby: a subscriber on node B
+/// sees every update written through node A, in order; after A dies, B
+/// writes and nothing acknowledged is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_hot_standby_follows_in_order_and_takes_over() {
+    let mut cluster = Cluster::start(3, "replication_factor = 2");
+    let name = unique("standby");
+    let attributes = flags_attrs(
+        CreationFlags::WR_ACTIVE_REPLICA | CreationFlags::WR_ALL_SAFE | CreationFlags::DISTRIBUTED,
+    );
+    let a = Client::connect(&node(&cluster, 1)).await.unwrap();
+    let writer = create(&a, &name, attributes).await;
+    section(&writer, "s", b"").await;
+    // Node 3 opens: DISTRIBUTED adds a replica there.
+    let b = Client::connect(&node(&cluster, 3)).await.unwrap();
+    let standby = open(&b, &name, rw()).await;
+    let mut updates = standby.subscribe(None).await.unwrap();
+    for i in 0..30u32 {
+        writer
+            .write(vec![we("s", 0, format!("u{i:03}").as_bytes())])
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 30 {
+        let (seq, change) = next_update(&mut updates).await;
+        if let ckpt_proto::wire::Change::Written { elements } = change {
+            seen.push((seq, elements[0].data.clone()));
+        }
+    }
+    for (i, (_, data)) in seen.iter().enumerate() {
+        assert_eq!(
+            data,
+            format!("u{i:03}").as_bytes(),
+            "in order, none missing"
+        );
+    }
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+    cluster.kill(1);
+    standby.write(vec![we("s", 0, b"took over")]).await.unwrap();
+    assert_eq!(read_str(&standby, "s").await, b"took over");
+}

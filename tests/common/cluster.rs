@@ -1,0 +1,233 @@
+//! Helpers for cluster tests: reading `/cluster` from the admin port, waiting
+//! for a cluster to settle, running `ckpt-tool bench` in the background.
+//!
+//! Include with `mod common; #[path = "common/cluster.rs"] mod cluster_helpers;`.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{bin, http_get, Cluster};
+
+/// How long a cluster gets to do something it must do eventually (elect a
+/// leader, fail over, let a node catch up) on a loaded 2-core CI box.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// `/cluster` of the first live node that answers, parsed.
+pub fn status(cluster: &Cluster) -> Option<Value> {
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if node.is_none() {
+            continue;
+        }
+        let addr = &cluster.admin_addrs[i];
+        if std::net::TcpStream::connect(addr).is_err() {
+            continue;
+        }
+        let (code, body) = http_get(addr, "/cluster");
+        if code == 200 {
+            if let Ok(value) = serde_json::from_str(&body) {
+                return Some(value);
+            }
+        }
+    }
+    None
+}
+
+/// The checkpoints of a `/cluster` answer.
+pub fn checkpoints(status: &Value) -> Vec<Value> {
+    status["checkpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Node ids in a JSON array.
+pub fn ids(value: &Value) -> Vec<u64> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// Polls `condition` on `/cluster` every 100 ms until it holds; panics with
+/// the last status after [`SETTLE`].
+pub fn wait_status(cluster: &Cluster, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + SETTLE;
+    let mut last = None;
+    loop {
+        if let Some(status) = status(cluster) {
+            if condition(&status) {
+                return status;
+            }
+            last = Some(status);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {SETTLE:?}; last /cluster: {last:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until a leader is known and every checkpoint has an active replica
+/// and every one of its replicas in sync (nothing lagging, nobody missing).
+pub fn wait_settled(cluster: &Cluster, live: &[u64]) -> Value {
+    wait_status(cluster, "the cluster settles", |status| {
+        status["leader"].as_u64().is_some()
+            && checkpoints(status).iter().all(|c| {
+                let replicas = ids(&c["replicas"]);
+                let in_sync = ids(&c["in_sync"]);
+                c["active"].as_u64().is_some_and(|a| live.contains(&a))
+                    && replicas
+                        .iter()
+                        .filter(|r| live.contains(r))
+                        .all(|r| in_sync.contains(r))
+            })
+    })
+}
+
+/// The node active for most checkpoints in `status` (the failover victim).
+pub fn busiest_active(status: &Value) -> u64 {
+    let mut counts = std::collections::BTreeMap::new();
+    for c in checkpoints(status) {
+        if let Some(active) = c["active"].as_u64() {
+            *counts.entry(active).or_insert(0u32) += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(node, _)| node)
+        .expect("some checkpoint has an active replica")
+}
+
+/// `ckpt-tool bench` running in the background against `addrs`, recording
+/// every acknowledged write to `record`.
+pub struct Bench {
+    child: Child,
+}
+
+impl Bench {
+    /// Starts `bench` with `args` after the common ones.
+    pub fn start(addrs: &str, record: &Path, args: &[&str]) -> Bench {
+        let child = Command::new(bin("ckpt-tool"))
+            .args(["bench", "--addr", addrs, "--record"])
+            .arg(record)
+            .args(["--duration", "3600"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ckpt-tool bench starts");
+        Bench { child }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of the record file (acknowledged writes so far).
+pub fn acked_lines(record: &Path) -> Vec<String> {
+    std::fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().count() == 4)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the record file holds at least `n` more lines than `from`.
+pub fn wait_acks(record: &Path, from: usize, n: usize, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        if acked_lines(record).len() >= from + n {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < SETTLE,
+            "{what}: fewer than {n} acknowledged writes within {SETTLE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until every checkpoint in `names` has an acknowledged write after
+/// line `from` of the record: the time from the call until the last of them
+/// resumed.
+pub fn wait_all_resume(record: &Path, from: usize, names: &[String]) -> Duration {
+    let started = Instant::now();
+    loop {
+        let lines = acked_lines(record);
+        let resumed = names.iter().all(|name| {
+            lines
+                .iter()
+                .skip(from)
+                .any(|l| l.split_whitespace().next() == Some(name.as_str()))
+        });
+        if resumed {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < SETTLE,
+            "writes to {names:?} did not resume within {SETTLE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `ckpt-tool check-acked` against `addrs`: (acked, lost, wrong), panicking
+/// with its output if it cannot run.
+pub fn check_acked(addrs: &str, record: &Path) -> (u64, u64, u64) {
+    let output = Command::new(bin("ckpt-tool"))
+        .args(["check-acked", "--addr", addrs, "--record"])
+        .arg(record)
+        .output()
+        .expect("ckpt-tool check-acked runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // "N acked, M lost, K wrong"
+    let numbers: Vec<u64> = text
+        .lines()
+        .find(|l| l.contains(" acked, ") && l.contains(" lost, "))
+        .unwrap_or_else(|| panic!("check-acked printed no summary:\n{text}"))
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(numbers.len() >= 3, "check-acked summary: {text}");
+    if numbers[1] + numbers[2] > 0 {
+        eprintln!("check-acked:\n{text}");
+    }
+    (numbers[0], numbers[1], numbers[2])
+}
+
+/// `ckpt-tool cluster verify` against every admin address: (success, output).
+pub fn verify(cluster: &Cluster) -> (bool, String) {
+    let output = Command::new(bin("ckpt-tool"))
+        .args(["cluster", "verify", "--admin", &cluster.admins()])
+        .output()
+        .expect("ckpt-tool cluster verify runs");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
