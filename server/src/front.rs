@@ -130,7 +130,20 @@ impl ClusterFront for crate::cluster::Cluster {
     }
 
     fn opened(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>> {
-        Box::pin(crate::cluster::Cluster::opened(self, instance))
+        Box::pin(async move {
+            crate::cluster::Cluster::opened(self, instance).await?;
+            // DISTRIBUTED / ALL_OPEN_ARE_REPLICAS: opening adds a replica
+            // here, which its openers read and subscribe to; it must hold
+            // the checkpoint before the open returns.
+            let per_opener = self
+                .state()
+                .get(instance)
+                .is_some_and(|meta| meta.replica_per_opener());
+            if per_opener {
+                self.await_local_replica(instance).await?;
+            }
+            Ok(())
+        })
     }
 
     fn closed(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>> {

@@ -233,7 +233,43 @@ impl Cluster {
         for id in 1..=n as u64 {
             cluster.restart(id);
         }
+        cluster.wait_formed();
         cluster
+    }
+
+    /// Waits until every running node knows a Raft leader and sees every
+    /// running node alive (leases granted): the cluster takes writes.
+    pub fn wait_formed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let running: Vec<u64> = (1..=self.nodes.len() as u64)
+            .filter(|id| self.nodes[(*id - 1) as usize].is_some())
+            .collect();
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let formed = running.iter().all(|id| {
+                let (code, body) = http_get(&self.admin_addrs[(*id - 1) as usize], "/cluster");
+                let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else {
+                    last = body;
+                    return false;
+                };
+                let alive = status["nodes"].as_array().is_some_and(|nodes| {
+                    nodes.iter().all(|n| {
+                        !running.contains(&n["id"].as_u64().unwrap_or(0))
+                            || n["alive"].as_bool() == Some(true)
+                    })
+                });
+                let ok = code == 200 && status["leader"].as_u64().is_some() && alive;
+                if !ok {
+                    last = body;
+                }
+                ok
+            });
+            if formed {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the cluster did not form within 60 s; last /cluster: {last}");
     }
 
     /// The data directory of node `id`.

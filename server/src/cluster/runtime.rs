@@ -824,6 +824,39 @@ impl Cluster {
         }
     }
 
+    /// Waits until this node holds an in-sync replica of `instance` (a
+    /// DISTRIBUTED / ALL_OPEN_ARE_REPLICAS checkpoint just opened here, whose
+    /// openers read and subscribe locally), at most [`READY_TIMEOUT`].
+    ///
+    /// # Errors
+    /// TRY_AGAIN after the timeout; `NOT_EXIST` once it is gone.
+    pub async fn await_local_replica(&self, instance: InstanceId) -> CkptResult<()> {
+        let mut state = self.state.clone();
+        let wait = async {
+            loop {
+                let in_sync = {
+                    let state = state.borrow_and_update();
+                    let meta = state.get(instance).ok_or_else(|| not_exist(instance))?;
+                    meta.in_sync.contains(&self.me)
+                };
+                if in_sync && matches!(self.store.position(instance), Ok(Some(_))) {
+                    return Ok(());
+                }
+                // The store's replica grows without a state change: look
+                // again at the next change or every 10 ms.
+                let _ = tokio::time::timeout(Duration::from_millis(10), state.changed()).await;
+            }
+        };
+        tokio::time::timeout(READY_TIMEOUT, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(try_again(format!(
+                    "the replica of instance {} on node {} did not catch up in time",
+                    instance.0, self.me
+                )))
+            })
+    }
+
     async fn await_ready_local(&self, instance: InstanceId) -> CkptResult<()> {
         let mut began = self.began.clone();
         let mut state = self.state.clone();
@@ -1522,7 +1555,10 @@ impl Driver {
                     });
                 });
             }
-            None if epoch == Epoch(1) => {
+            // Never created anywhere: its first epoch, or a COLLOCATED
+            // checkpoint's first ActiveReplicaSet (no epoch start was ever
+            // recorded past the initial one, so no replica holds entries).
+            None if meta.epoch_starts.iter().all(|(e, _)| *e == Epoch(1)) => {
                 self.beginning.insert((instance, epoch));
                 let op = Op::CreateCheckpoint {
                     name: meta.name.clone(),
