@@ -19,6 +19,8 @@
 # Usage: benches/cluster_compare.sh [DURATION_S] [ROUNDS]   (defaults 15 and 3)
 #   SYSTEMS="etcd ckpt-all-safe ckpt-active ckpt-single"  which to run, in order
 #   KEEP=1   keep the work directory (logs, JSON) and print its path
+#   BIN_DIR=DIR  take ckpt-tool and ckpt-server from DIR (default target/release);
+#            when set, nothing is built (e.g. a copy of binaries a build may replace)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-15}
@@ -31,12 +33,16 @@ value=1024
 make -s bench-deps
 need_ckpt=0
 case " $systems " in *" ckpt-"*) need_ckpt=1 ;; esac
-if [ "$need_ckpt" = 1 ]; then
-  cargo build --release -p ckpt-server -p ckpt-tool >/dev/null
-else
-  cargo build --release -p ckpt-tool >/dev/null
+if [ -z "${BIN_DIR:-}" ]; then
+  if [ "$need_ckpt" = 1 ]; then
+    cargo build --release -p ckpt-server -p ckpt-tool >/dev/null
+  else
+    cargo build --release -p ckpt-tool >/dev/null
+  fi
 fi
-tool=target/release/ckpt-tool
+bin_dir=${BIN_DIR:-target/release}
+tool=$bin_dir/ckpt-tool
+server=$bin_dir/ckpt-server
 
 work=$(mktemp -d)
 pids=()
@@ -120,7 +126,7 @@ run_ckpt_cluster() { # DIR OUT MODE
   } >"$dir/cluster.toml"
   for i in 0 1 2; do
     addrs+="${addrs:+,}127.0.0.1:${ports[$i]}"
-    target/release/ckpt-server --config "$dir/cluster.toml" --node-id $((i + 1)) \
+    "$server" --config "$dir/cluster.toml" --node-id $((i + 1)) \
       --data-dir "$dir/n$((i + 1))" 2>"$dir/n$((i + 1)).log" &
     pids+=($!)
   done
@@ -133,7 +139,7 @@ run_ckpt_cluster() { # DIR OUT MODE
 run_ckpt_single() { # DIR OUT
   local dir=$1 out=$2 ports
   read -r -a ports < <(free_ports 2)
-  target/release/ckpt-server --data-dir "$dir/data" --listen "127.0.0.1:${ports[0]}" \
+  "$server" --data-dir "$dir/data" --listen "127.0.0.1:${ports[0]}" \
     --admin-listen "127.0.0.1:${ports[1]}" 2>"$dir/server.log" &
   pids+=($!)
   wait_for 60 grep -q "ckpt-server ready" "$dir/server.log"
