@@ -121,7 +121,7 @@ async fn writes_through_any_node_reach_every_replica_and_survive_its_active_dyin
     let (new_active, _) = placement(&cluster, &name.to_string());
     assert_ne!(new_active, Some(active));
     cluster.restart(active);
-    wait_settled(&cluster, &[1, 2, 3]);
+    wait_settled(&mut cluster, &[1, 2, 3]);
     let (same, output) = verify(&cluster);
     assert!(same, "{output}");
 }
@@ -288,4 +288,34 @@ async fn a_distributed_hot_standby_follows_in_order_and_takes_over() {
     cluster.kill(1);
     standby.write(vec![we("s", 0, b"took over")]).await.unwrap();
     assert_eq!(read_str(&standby, "s").await, b"took over");
+}
+
+/// A backup that was down while writes went on catches up when it returns
+/// and rejoins the in-sync set, also when no writes follow its return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_backup_catches_up_and_rejoins_the_in_sync_set() {
+    let mut cluster = Cluster::start(3, "");
+    let client = Client::connect(&node(&cluster, 1)).await.unwrap();
+    let name = unique("rejoin");
+    let checkpoint = create(&client, &name, all_safe()).await;
+    section(&checkpoint, "s", b"").await;
+    let (active, _) = placement(&cluster, &name.to_string());
+    let backup = (1..=3).find(|n| Some(*n) != active).unwrap();
+    for i in 0..100u32 {
+        checkpoint
+            .write(vec![we("s", 0, format!("a{i:04}").as_bytes())])
+            .await
+            .unwrap();
+    }
+    cluster.kill(backup);
+    for i in 0..300u32 {
+        checkpoint
+            .write(vec![we("s", 0, format!("b{i:04}").as_bytes())])
+            .await
+            .unwrap();
+    }
+    cluster.restart(backup);
+    wait_settled(&mut cluster, &[1, 2, 3]);
+    let (same, output) = verify(&cluster);
+    assert!(same, "{output}");
 }

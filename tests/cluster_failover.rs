@@ -52,7 +52,7 @@ fn all_safe_failover_under_load_loses_nothing_and_the_victim_rejoins() {
     wait_acks(&record, 0, 200, "bench starts writing");
     let mut pauses = Vec::new();
     for round in 0..rounds() {
-        let status = wait_settled(&cluster, &[1, 2, 3]);
+        let status = wait_settled(&mut cluster, &[1, 2, 3]);
         let victim = busiest_active(&status);
         let moved = active_on(&status, victim);
         let before = acked_lines(&record).len();
@@ -68,7 +68,7 @@ fn all_safe_failover_under_load_loses_nothing_and_the_victim_rejoins() {
             "the bench keeps running across the failover"
         );
         cluster.restart(victim);
-        wait_settled(&cluster, &[1, 2, 3]);
+        wait_settled(&mut cluster, &[1, 2, 3]);
         wait_acks(
             &record,
             acked_lines(&record).len(),
@@ -87,7 +87,7 @@ fn all_safe_failover_under_load_loses_nothing_and_the_victim_rejoins() {
     eprintln!("check-acked: {acked} acked, {lost} lost, {wrong} wrong");
     assert!(acked > 0);
     assert_eq!((lost, wrong), (0, 0), "ALL_SAFE lost acknowledged writes");
-    wait_settled(&cluster, &[1, 2, 3]);
+    wait_settled(&mut cluster, &[1, 2, 3]);
     let (same, output) = verify(&cluster);
     assert!(same, "replicas differ after the rounds:\n{output}");
 }
@@ -119,7 +119,7 @@ fn a_whole_cluster_killed_at_once_keeps_every_acknowledged_write() {
     for id in 1..=3 {
         cluster.restart(id);
     }
-    wait_settled(&cluster, &[1, 2, 3]);
+    wait_settled(&mut cluster, &[1, 2, 3]);
     let (acked, lost, wrong) = check_acked(&cluster.addrs(), &record);
     eprintln!("after the whole-cluster restart: {acked} acked, {lost} lost, {wrong} wrong");
     assert!(acked >= 500);
@@ -143,13 +143,13 @@ fn active_replica_and_weak_losses_are_reported_and_bounded_by_the_lag() {
             &["--checkpoints", "12", "--clients", "24", "--mode", mode],
         );
         wait_acks(&record, 0, 500, "bench writes");
-        let status = wait_settled(&cluster, &[1, 2, 3]);
+        let status = wait_settled(&mut cluster, &[1, 2, 3]);
         let victim = busiest_active(&status);
         // The lag of the victim's backups just before the kill.
         let lag: u64 = status::max_lag(&cluster, victim);
         cluster.kill(victim);
         let survivors: Vec<u64> = (1..=3).filter(|n| *n != victim).collect();
-        wait_settled(&cluster, &survivors);
+        wait_settled(&mut cluster, &survivors);
         drop(bench);
         let addrs: Vec<String> = survivors
             .iter()

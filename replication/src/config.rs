@@ -76,6 +76,11 @@ pub struct ClusterConfig {
     pub tick_ms: u64,
     /// Every node, sorted by id.
     pub nodes: Vec<NodeConfig>,
+    /// Place a new checkpoint's active replica on another node than the
+    /// one whose client created it (default false: the creator, which saves
+    /// the forwarding hop for the usual writer). Tests set it so that every
+    /// request is routed.
+    pub placement_avoid_creator: bool,
 }
 
 /// A refused cluster file. `Display` starts with the offending key.
@@ -106,6 +111,7 @@ struct RawConfig {
     replica_lag_timeout_ms: Option<i64>,
     lease_timeout_ms: Option<i64>,
     tick_ms: Option<i64>,
+    placement_avoid_creator: Option<bool>,
     nodes: Option<Vec<RawNode>>,
 }
 
@@ -279,6 +285,7 @@ impl ClusterConfig {
             lease_timeout_ms,
             tick_ms,
             nodes,
+            placement_avoid_creator: raw.placement_avoid_creator.unwrap_or(false),
         })
     }
 
@@ -324,6 +331,7 @@ impl ClusterConfig {
             replica_lag_timeout_ms: DEFAULT_REPLICA_LAG_TIMEOUT_MS,
             lease_timeout_ms: DEFAULT_LEASE_TIMEOUT_MS,
             tick_ms: DEFAULT_TICK_MS,
+            placement_avoid_creator: false,
             nodes: vec![NodeConfig {
                 id,
                 client_addr,

@@ -72,21 +72,55 @@ pub fn wait_status(cluster: &Cluster, what: &str, condition: impl Fn(&Value) -> 
     }
 }
 
-/// Waits until a leader is known and every checkpoint has an active replica
-/// and every one of its replicas in sync (nothing lagging, nobody missing).
-pub fn wait_settled(cluster: &Cluster, live: &[u64]) -> Value {
-    wait_status(cluster, "the cluster settles", |status| {
-        status["leader"].as_u64().is_some()
-            && checkpoints(status).iter().all(|c| {
-                let replicas = ids(&c["replicas"]);
-                let in_sync = ids(&c["in_sync"]);
-                c["active"].as_u64().is_some_and(|a| live.contains(&a))
-                    && replicas
-                        .iter()
-                        .filter(|r| live.contains(r))
-                        .all(|r| in_sync.contains(r))
-            })
-    })
+/// Whether `status` shows a leader, and every checkpoint with an active
+/// replica among `live` and every live replica of it in sync.
+pub fn is_settled(status: &Value, live: &[u64]) -> bool {
+    status["leader"].as_u64().is_some()
+        && checkpoints(status).iter().all(|c| {
+            let replicas = ids(&c["replicas"]);
+            let in_sync = ids(&c["in_sync"]);
+            c["active"].as_u64().is_some_and(|a| live.contains(&a))
+                && replicas
+                    .iter()
+                    .filter(|r| live.contains(r))
+                    .all(|r| in_sync.contains(r))
+        })
+}
+
+/// Waits until the cluster [`is_settled`]; on timeout prints the last lines
+/// every running node logged, then panics with the last `/cluster`.
+pub fn wait_settled(cluster: &mut Cluster, live: &[u64]) -> Value {
+    let deadline = Instant::now() + SETTLE;
+    let mut last = None;
+    loop {
+        if let Some(status) = status(cluster) {
+            if is_settled(&status, live) {
+                return status;
+            }
+            last = Some(status);
+        }
+        if Instant::now() >= deadline {
+            dump_logs(cluster, 80);
+            panic!(
+                "the cluster did not settle within {SETTLE:?}; last /cluster: {last:#}",
+                last = last.unwrap_or(Value::Null)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Prints the last `n` log lines of every running node to stderr.
+pub fn dump_logs(cluster: &mut Cluster, n: usize) {
+    for (i, server) in cluster.nodes.iter_mut().enumerate() {
+        if let Some(server) = server {
+            let lines = server.drain_log().to_vec();
+            eprintln!("---- node {} log (last {n} lines)", i + 1);
+            for line in lines.iter().rev().take(n).rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
 }
 
 /// The node active for most checkpoints in `status` (the failover victim).
@@ -116,7 +150,7 @@ impl Bench {
         let child = Command::new(bin("ckpt-tool"))
             .args(["bench", "--addr", addrs, "--record"])
             .arg(record)
-            .args(["--duration", "3600"])
+            .args(["--duration-s", "3600", "--reconnect-s", "120"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -192,7 +226,7 @@ pub fn wait_all_resume(record: &Path, from: usize, names: &[String]) -> Duration
 /// with its output if it cannot run.
 pub fn check_acked(addrs: &str, record: &Path) -> (u64, u64, u64) {
     let output = Command::new(bin("ckpt-tool"))
-        .args(["check-acked", "--addr", addrs, "--record"])
+        .args(["check-acked", "--addr", addrs])
         .arg(record)
         .output()
         .expect("ckpt-tool check-acked runs");

@@ -142,6 +142,8 @@ pub struct ControlPlane {
     state: ClusterState,
     nodes: Vec<NodeId>,
     replication_factor: usize,
+    /// `placement_avoid_creator` from the configuration.
+    avoid_creator: bool,
     lease_timeout_ms: u64,
     tick_ms: u64,
     margin_ms: u64,
@@ -230,7 +232,8 @@ impl ControlPlane {
         let state = match persisted.snapshot {
             Some(snap) => {
                 let state = ClusterState::restore(snap.get_data(), config.replication_factor)
-                    .map_err(|e| ReplicationError::Raft(format!("raft snapshot: {}", e.detail)))?;
+                    .map_err(|e| ReplicationError::Raft(format!("raft snapshot: {}", e.detail)))?
+                    .avoiding_creator(config.placement_avoid_creator);
                 snapshot_index = snap.get_metadata().index;
                 mem.wl().apply_snapshot(snap.clone()).map_err(raft_error)?;
                 snapshot = snap;
@@ -239,6 +242,7 @@ impl ControlPlane {
             None => {
                 mem.initialize_with_conf_state(ConfState::from((nodes.clone(), vec![])));
                 ClusterState::new(&nodes, config.replication_factor)
+                    .avoiding_creator(config.placement_avoid_creator)
             }
         };
         let entries: Vec<Entry> = persisted
@@ -301,6 +305,7 @@ impl ControlPlane {
             state,
             nodes,
             replication_factor: config.replication_factor,
+            avoid_creator: config.placement_avoid_creator,
             lease_timeout_ms: config.lease_timeout_ms,
             tick_ms: config.tick_ms.max(1),
             margin_ms: election_ms,
@@ -587,6 +592,7 @@ impl ControlPlane {
     fn install_snapshot(&mut self, snap: &Snapshot) {
         match ClusterState::restore(snap.get_data(), self.replication_factor) {
             Ok(state) => {
+                let state = state.avoiding_creator(self.avoid_creator);
                 self.state = state;
                 self.state_replaced = true;
                 if let Some(d) = self.duties.as_mut() {

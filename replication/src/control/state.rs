@@ -435,6 +435,9 @@ pub struct ClusterState {
     nodes: BTreeMap<NodeId, bool>,
     next_instance: u64,
     replication_factor: usize,
+    /// From the configuration (the same on every node): place the active
+    /// replica away from the creator.
+    avoid_creator: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -466,7 +469,15 @@ impl ClusterState {
             nodes: nodes.iter().map(|n| (*n, true)).collect(),
             next_instance: 1,
             replication_factor: replication_factor.max(1),
+            avoid_creator: false,
         }
+    }
+
+    /// Places active replicas away from their creator (configuration
+    /// `placement_avoid_creator`); returns the state.
+    pub fn avoiding_creator(mut self, avoid: bool) -> ClusterState {
+        self.avoid_creator = avoid;
+        self
     }
 
     /// The linked checkpoint of this name.
@@ -534,6 +545,7 @@ impl ClusterState {
             nodes: wire.nodes.into_iter().collect(),
             next_instance: wire.next_instance,
             replication_factor: replication_factor.max(1),
+            avoid_creator: false,
         };
         for meta in wire.checkpoints {
             if !meta.unlinked {
@@ -777,12 +789,13 @@ impl ClusterState {
         if self.names.contains_key(name) {
             return fail(ErrorCode::AlreadyExist, format!("checkpoint {name} exists"));
         }
-        // Least-loaded live nodes, the creator first when it is alive.
+        // Least-loaded live nodes, the creator first when it is alive (last
+        // with `avoid_creator`).
         let mut candidates: Vec<(bool, usize, NodeId)> = self
             .nodes
             .iter()
             .filter(|(_, alive)| **alive)
-            .map(|(n, _)| (*n != creator, self.load(*n), *n))
+            .map(|(n, _)| ((*n != creator) != self.avoid_creator, self.load(*n), *n))
             .collect();
         if candidates.is_empty() {
             return fail(

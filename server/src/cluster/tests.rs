@@ -43,6 +43,7 @@ fn config(ids: &[NodeId]) -> ClusterConfig {
         replica_lag_timeout_ms: 1000,
         lease_timeout_ms: 600,
         tick_ms: 10,
+        placement_avoid_creator: false,
         nodes: ids
             .iter()
             .map(|id| NodeConfig {
