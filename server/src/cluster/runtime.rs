@@ -864,16 +864,25 @@ impl Cluster {
             loop {
                 let epoch = {
                     let state = state.borrow_and_update();
-                    let meta = state.get(instance).ok_or_else(|| not_exist(instance))?;
-                    if meta.active != Some(self.me) {
-                        return Err(try_again(format!(
-                            "node {} is no longer the active replica of instance {}",
-                            self.me, instance.0
-                        )));
+                    let meta = match state.get(instance) {
+                        Some(meta) => Some(meta),
+                        // Created through a node that is ahead of this one:
+                        // not applied here yet.
+                        None if instance >= state.next_instance() => None,
+                        None => return Err(not_exist(instance)),
+                    };
+                    match meta {
+                        None => None,
+                        Some(meta) if meta.active != Some(self.me) => {
+                            return Err(try_again(format!(
+                                "node {} is no longer the active replica of instance {}",
+                                self.me, instance.0
+                            )))
+                        }
+                        Some(meta) => Some(meta.epoch),
                     }
-                    meta.epoch
                 };
-                if began.borrow_and_update().get(&instance) == Some(&epoch) {
+                if epoch.is_some() && began.borrow_and_update().get(&instance) == epoch.as_ref() {
                     return Ok(());
                 }
                 tokio::select! {
