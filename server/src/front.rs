@@ -45,9 +45,9 @@ pub struct ClusterCheckpoint {
     pub attributes: CreationAttributes,
     /// Nodes holding a replica.
     pub replicas: u32,
-    /// Handles open on it, cluster-wide (nodes with one open count as one
-    /// each when the control plane only knows which nodes have it open).
-    pub open_count: u32,
+    /// Nodes other than this one with a handle open on it (the control
+    /// plane knows which nodes have it open, each node its own handles).
+    pub open_elsewhere: u32,
 }
 
 /// The cluster as the service sees it. Every call may forward to another
@@ -147,7 +147,33 @@ impl ClusterFront for crate::cluster::Cluster {
     }
 
     fn closed(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>> {
-        Box::pin(crate::cluster::Cluster::closed(self, instance))
+        Box::pin(async move {
+            crate::cluster::Cluster::closed(self, instance).await?;
+            // Retention 0 (or an unlinked checkpoint) deletes at the last
+            // close anywhere: as on a single node, the close returns once
+            // the name is gone, not when the leader gets round to it.
+            let goes_now = |state: &ckpt_replication::ClusterState| {
+                state.get(instance).is_some_and(|meta| {
+                    meta.open_on.is_empty() && (meta.unlinked || meta.retention_duration_ns == 0)
+                })
+            };
+            if !goes_now(&self.state()) {
+                return Ok(());
+            }
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline {
+                // Destroyed, or opened again meanwhile (then it stays).
+                if self
+                    .state()
+                    .get(instance)
+                    .is_none_or(|meta| !meta.open_on.is_empty())
+                {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Ok(())
+        })
     }
 
     fn delete(&self, name: CheckpointName) -> BoxFuture<'_, CkptResult<()>> {
@@ -207,7 +233,7 @@ impl ClusterFront for crate::cluster::Cluster {
         crate::cluster::Cluster::checkpoints(self)
             .into_iter()
             .filter(|meta| !meta.unlinked)
-            .map(|meta| view(&meta))
+            .map(|meta| view(&meta, self.me()))
             .collect()
     }
 }
@@ -215,21 +241,25 @@ impl ClusterFront for crate::cluster::Cluster {
 impl crate::cluster::Cluster {
     /// The control plane's view of `instance` (`NOT_EXIST` once destroyed).
     fn checkpoint(&self, instance: InstanceId) -> CkptResult<ClusterCheckpoint> {
-        self.state().get(instance).map(view).ok_or_else(|| {
-            ckpt_proto::CkptError::new(
-                ckpt_proto::ErrorCode::NotExist,
-                format!("checkpoint instance {} does not exist", instance.0),
-            )
-        })
+        self.state()
+            .get(instance)
+            .map(|m| view(m, self.me()))
+            .ok_or_else(|| {
+                ckpt_proto::CkptError::new(
+                    ckpt_proto::ErrorCode::NotExist,
+                    format!("checkpoint instance {} does not exist", instance.0),
+                )
+            })
     }
 }
 
-fn view(meta: &ckpt_replication::CheckpointMeta) -> ClusterCheckpoint {
+fn view(meta: &ckpt_replication::CheckpointMeta, me: u64) -> ClusterCheckpoint {
     ClusterCheckpoint {
         name: meta.name.clone(),
         instance: meta.instance,
         attributes: meta.attributes.clone(),
         replicas: u32::try_from(meta.replicas.len()).unwrap_or(u32::MAX),
-        open_count: u32::try_from(meta.open_on.len()).unwrap_or(u32::MAX),
+        open_elsewhere: u32::try_from(meta.open_on.iter().filter(|n| **n != me).count())
+            .unwrap_or(u32::MAX),
     }
 }

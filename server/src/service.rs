@@ -859,6 +859,23 @@ impl Service {
         checkpoints: Option<Vec<crate::front::ClusterCheckpoint>>,
     ) -> Vec<CheckpointInfo> {
         let checkpoints = checkpoints.unwrap_or_default();
+        let opens: HashMap<InstanceId, u32> = self.registry().opens.clone();
+        // Sizes and sequence numbers from the active replica (a local
+        // replica may lag), where it answers.
+        let mut statuses = HashMap::new();
+        if let Some(cluster) = &self.cluster {
+            for c in &checkpoints {
+                if let Ok(ReadReply::Meta(meta)) =
+                    cluster.read(c.instance, ReadRequest::Meta, false).await
+                {
+                    if let Ok(ReadReply::Status(status)) =
+                        cluster.read(c.instance, ReadRequest::Status, false).await
+                    {
+                        statuses.insert(c.instance, (meta.seq, status));
+                    }
+                }
+            }
+        }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             checkpoints
@@ -869,17 +886,30 @@ impl Service {
                         .as_ref()
                         .map(|_| store.instance_footprint(c.instance).unwrap_or(0))
                         .unwrap_or(0);
-                    CheckpointInfo {
-                        footprint_bytes: footprint,
-                        replicas: c.replicas,
-                        name: c.name,
-                        status: ckpt_proto::CheckpointStatus {
-                            attributes: c.attributes,
-                            number_of_sections: local.as_ref().map_or(0, |m| m.section_count),
-                            memory_used: local.as_ref().map_or(0, |m| m.memory_used),
+                    let open_count = c
+                        .open_elsewhere
+                        .saturating_add(opens.get(&c.instance).copied().unwrap_or(0));
+                    match statuses.remove(&c.instance) {
+                        Some((seq, status)) => CheckpointInfo {
+                            footprint_bytes: footprint,
+                            replicas: c.replicas,
+                            name: c.name,
+                            status,
+                            open_count,
+                            seq,
                         },
-                        open_count: c.open_count,
-                        seq: local.as_ref().map_or(0, |m| m.seq.0),
+                        None => CheckpointInfo {
+                            footprint_bytes: footprint,
+                            replicas: c.replicas,
+                            name: c.name,
+                            status: ckpt_proto::CheckpointStatus {
+                                attributes: c.attributes,
+                                number_of_sections: local.as_ref().map_or(0, |m| m.section_count),
+                                memory_used: local.as_ref().map_or(0, |m| m.memory_used),
+                            },
+                            open_count,
+                            seq: local.as_ref().map_or(0, |m| m.seq.0),
+                        },
                     }
                 })
                 .collect()

@@ -211,8 +211,17 @@ impl Cluster {
         let mut text = format!("{extra}\n");
         let mut client_addrs = Vec::new();
         let mut admin_addrs = Vec::new();
+        // Every port bound at once, so none is handed out twice.
+        let held: Vec<std::net::TcpListener> = (0..3 * n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+            .collect();
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().expect("bound").port())
+            .collect();
+        drop(held);
         for id in 1..=n {
-            let (client, peer, admin) = (free_port(), free_port(), free_port());
+            let (client, peer, admin) = (ports[3 * id - 3], ports[3 * id - 2], ports[3 * id - 1]);
             client_addrs.push(format!("127.0.0.1:{client}"));
             admin_addrs.push(format!("127.0.0.1:{admin}"));
             text.push_str(&format!(

@@ -1088,8 +1088,14 @@ impl Cluster {
     }
 }
 
+/// Whether an open with `b` finds the checkpoint created with `a`: the
+/// same attributes, the retention duration aside (DESIGN.md §2: it is
+/// changed by RetentionDurationSet, and an open with another one is an open
+/// of the same checkpoint, as on a single node).
 fn same_attributes(a: &CreationAttributes, b: &CreationAttributes) -> bool {
-    a == b
+    let mut b = b.clone();
+    b.retention_duration_ns = a.retention_duration_ns;
+    *a == b
 }
 
 fn unexpected_forward(ok: ForwardOk) -> CkptError {
