@@ -100,6 +100,8 @@ pub trait ClusterFront: Send + Sync {
     fn synchronize(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>>;
     /// Every named checkpoint.
     fn checkpoints(&self) -> Vec<ClusterCheckpoint>;
+    /// The instances this node is the active replica of now.
+    fn active_here(&self) -> Vec<InstanceId>;
 }
 
 impl ClusterFront for crate::cluster::Cluster {
@@ -138,7 +140,9 @@ impl ClusterFront for crate::cluster::Cluster {
             let per_opener = self
                 .state()
                 .get(instance)
-                .is_some_and(|meta| meta.replica_per_opener());
+                // (A COLLOCATED one without an active replica has no data
+                // anywhere yet: nothing to wait for.)
+                .is_some_and(|meta| meta.replica_per_opener() && meta.active.is_some());
             if per_opener {
                 self.await_local_replica(instance).await?;
             }
@@ -236,9 +240,22 @@ impl ClusterFront for crate::cluster::Cluster {
             .map(|meta| view(&meta, self.me()))
             .collect()
     }
+
+    fn active_here(&self) -> Vec<InstanceId> {
+        self.active_instances()
+    }
 }
 
 impl crate::cluster::Cluster {
+    fn active_instances(&self) -> Vec<InstanceId> {
+        let me = self.me();
+        self.state()
+            .checkpoints()
+            .filter(|meta| meta.active == Some(me))
+            .map(|meta| meta.instance)
+            .collect()
+    }
+
     /// The control plane's view of `instance` (`NOT_EXIST` once destroyed).
     fn checkpoint(&self, instance: InstanceId) -> CkptResult<ClusterCheckpoint> {
         self.state()

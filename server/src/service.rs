@@ -305,12 +305,32 @@ impl Service {
     /// # Errors
     /// Storage errors.
     pub async fn expire_due(&self) -> CkptResult<u32> {
-        if self.cluster.is_some() {
+        if let Some(cluster) = &self.cluster {
             // Store-wide expiry would log entries on backups, outside their
-            // checkpoints' replication streams; in a cluster expiry must be
-            // ordered by each checkpoint's active replica, which is not
-            // built yet (docs/replication.md, "Not yet").
-            return Ok(0);
+            // checkpoints' replication streams: each active replica expires
+            // its own checkpoints, and backups get the deletions shipped.
+            let now = now_ns();
+            let due = self
+                .blocking(move |s| s.instances_with_expiry_due(now))
+                .await?;
+            let active = cluster.active_here();
+            let mut count = 0u32;
+            for instance in due.into_iter().filter(|i| active.contains(i)) {
+                let op = Op::ExpireDueIn { instance };
+                match cluster
+                    .write(instance, op, None, WriteNeed::LocalDurable)
+                    .await
+                {
+                    Ok(Outcome::Expired { count: n }) => count = count.saturating_add(n),
+                    Ok(_) => {}
+                    // Not writable here right now (epoch starting, lease,
+                    // failover): the next pass tries again.
+                    Err(error) => {
+                        tracing::debug!(%error, instance = instance.0, "expiry pass skipped")
+                    }
+                }
+            }
+            return Ok(count);
         }
         match self.exec(Op::ExpireDue, Durability::Durable).await? {
             Outcome::Expired { count } => Ok(count),
@@ -704,6 +724,17 @@ impl Service {
                 // feed), so its sequence numbers are what a subscriber
                 // resumes from, here or on the node it moves to.
                 let instance = h.instance;
+                if self.cluster.is_some() {
+                    // This node's replica may not have applied the
+                    // checkpoint's creation yet (writes of WR_ACTIVE_REPLICA
+                    // checkpoints return before backups apply them).
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                    while tokio::time::Instant::now() < deadline
+                        && self.blocking(move |s| s.instance(instance)).await.is_err()
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
                 let meta = self.blocking(move |s| s.instance(instance)).await.map_err(|e| {
                     if self.cluster.is_some() && e.code == ErrorCode::NotExist {
                         CkptError::new(

@@ -187,6 +187,10 @@ pub enum Op {
     },
     /// Delete every section whose expiration time is at or before `now`.
     ExpireDue,
+    /// Delete every section of one instance whose expiration time is at or
+    /// before `now` (a cluster's active replica expires its own checkpoints
+    /// only: backups receive the deletions as entries).
+    ExpireDueIn { instance: InstanceId },
     /// Nothing; answered once everything queued before it is durable
     /// (clCkptCheckpointSynchronize on one node).
     Barrier,
@@ -678,9 +682,16 @@ impl StateMachine {
                 };
                 Ok((vec![(*instance, body)], Outcome::Done))
             }
-            Op::ExpireDue => {
+            Op::ExpireDue | Op::ExpireDueIn { .. } => {
+                let only = match op {
+                    Op::ExpireDueIn { instance } => Some(*instance),
+                    _ => None,
+                };
                 let mut records = Vec::new();
                 for (instance, section_id) in backing.expiry_candidates(now)? {
+                    if only.is_some_and(|only| only != instance) {
+                        continue;
+                    }
                     let Ok((_, sections)) = self.loaded(backing, instance) else {
                         continue;
                     };

@@ -1009,6 +1009,24 @@ impl Store {
         }
     }
 
+    /// Instances with a section whose expiration time is at or before
+    /// `now` (an index scan; what [`Op::ExpireDueIn`] would delete).
+    ///
+    /// # Errors
+    /// Storage errors; a poisoned or dead store.
+    pub fn instances_with_expiry_due(&self, now: i64) -> CkptResult<Vec<InstanceId>> {
+        self.shared.check_readable()?;
+        let mut instances: Vec<InstanceId> = self
+            .shared
+            .db
+            .expiry_candidates(now)?
+            .into_iter()
+            .map(|(instance, _)| instance)
+            .collect();
+        instances.dedup();
+        Ok(instances)
+    }
+
     /// Whether the disk is full: the last log write failed for lack of
     /// space and room for the reserve has not come back since. Only
     /// operations that free space are accepted meanwhile.
@@ -2281,7 +2299,11 @@ fn fail_all(accepted: Vec<Accepted>, error: &CkptError) {
 /// log record is small and the reserve pays for it).
 fn frees_space(op: &Op) -> bool {
     match op {
-        Op::Unlink { .. } | Op::Destroy { .. } | Op::DeleteSection { .. } | Op::ExpireDue => true,
+        Op::Unlink { .. }
+        | Op::Destroy { .. }
+        | Op::DeleteSection { .. }
+        | Op::ExpireDue
+        | Op::ExpireDueIn { .. } => true,
         Op::Barrier => true,
         Op::CreateCheckpoint { .. }
         | Op::SetRetention { .. }

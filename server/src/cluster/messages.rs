@@ -233,6 +233,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Unlink { .. } => "Unlink",
         Op::Destroy { .. } => "Destroy",
         Op::ExpireDue => "ExpireDue",
+        Op::ExpireDueIn { .. } => "ExpireDueIn",
         Op::Restore { .. } => "Restore",
         _ => "this operation",
     }
