@@ -27,6 +27,15 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace
+	# The conformance suite again, against a 3-node cluster with every
+	# checkpoint active on another node than the client's (issue #8). Three
+	# scenarios write to a COLLOCATED checkpoint without ActiveReplicaSet,
+	# which a single node allows (its replica is the only one) and a cluster
+	# refuses with NOT_EXIST (DESIGN.md §4); they are skipped here.
+	CKPT_TEST_CLUSTER=3 $(CARGO) test --release --test conformance -- \
+		--skip active_replica_set_through_a_read_only_handle_is_op_not_permitted \
+		--skip create_with_each_single_update_mode_is_ok \
+		--skip read_only_handle_rejects_every_write_operation
 
 bench: deps
 	$(CARGO) bench -p ckpt-storage
