@@ -546,14 +546,22 @@ pub async fn run(
     })?;
     let reconnect_window = reconnect_window(args, addr);
 
-    let setup_client = connect_client(addr, reconnect_window).await.map_err(fail)?;
+    // Checkpoint k is created through node k of the list (rotated), and a
+    // cluster makes its creator the active replica: the checkpoints' active
+    // replicas, and so the load, spread over every node.
+    let mut setup_clients = Vec::new();
     let mut setup_checkpoints = Vec::new();
-    for name in &names {
+    for (k, name) in names.iter().enumerate() {
+        let index = u32::try_from(k).unwrap_or(u32::MAX);
+        let client = connect_client(&rotated_addrs(addr, index), reconnect_window)
+            .await
+            .map_err(fail)?;
         setup_checkpoints.push(
-            open_bench_checkpoint(&setup_client, args, name)
+            open_bench_checkpoint(&client, args, name)
                 .await
                 .map_err(fail)?,
         );
+        setup_clients.push(client);
     }
 
     let setups = (0..args.clients).map(|index| {
