@@ -89,8 +89,7 @@ fn all_safe_failover_under_load_loses_nothing_and_the_victim_rejoins() {
     assert!(acked > 0);
     assert_eq!((lost, wrong), (0, 0), "ALL_SAFE lost acknowledged writes");
     wait_settled(&mut cluster, &[1, 2, 3]);
-    let (same, output) = verify(&cluster);
-    assert!(same, "replicas differ after the rounds:\n{output}");
+    wait_verified(&cluster);
 }
 
 #[test]
@@ -125,8 +124,7 @@ fn a_whole_cluster_killed_at_once_keeps_every_acknowledged_write() {
     eprintln!("after the whole-cluster restart: {acked} acked, {lost} lost, {wrong} wrong");
     assert!(acked >= 500);
     assert_eq!((lost, wrong), (0, 0));
-    let (same, output) = verify(&cluster);
-    assert!(same, "replicas differ after the restart:\n{output}");
+    wait_verified(&cluster);
 }
 
 /// WR_ACTIVE_REPLICA and WEAK may lose the unshipped tail when the active

@@ -275,3 +275,21 @@ pub fn verify(cluster: &Cluster) -> (bool, String) {
         ),
     )
 }
+
+/// Runs `cluster verify` until it finds every replica identical (replicas
+/// still catching up differ for a moment); panics with its last output after
+/// [`SETTLE`].
+pub fn wait_verified(cluster: &Cluster) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (same, output) = verify(cluster);
+        if same {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas still differ after {SETTLE:?}:\n{output}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -347,6 +347,7 @@ impl Cluster {
             began: BTreeMap::new(),
             beginning: BTreeSet::new(),
             restarted: false,
+            restart_ticket: None,
             lag_refreshed_ms: 0,
             had_lease: false,
         };
@@ -1173,6 +1174,8 @@ struct Driver {
     beginning: BTreeSet<(InstanceId, Epoch)>,
     /// NodeRestarted{me} was applied in this life.
     restarted: bool,
+    /// The ticket of this life's NodeRestarted proposal.
+    restart_ticket: Option<Ticket>,
     lag_refreshed_ms: u64,
     had_lease: bool,
 }
@@ -1350,6 +1353,7 @@ impl Driver {
                 let (reply, _) = oneshot::channel();
                 self.proposals.insert(ticket, reply);
                 self.restarted = true;
+                self.restart_ticket = Some(ticket);
             }
         }
         if now.saturating_sub(self.lag_refreshed_ms) >= LAG_REFRESH_MS {
@@ -1437,8 +1441,17 @@ impl Driver {
                             self.cluster.metrics.failovers.inc();
                             tracing::info!(node, "failover applied");
                         }
-                        Command::NodeRestarted { node } if *node == self.cluster.me => {
-                            self.restarted = true;
+                        // Only this life's proposal counts: the log replays
+                        // the NodeRestarted of earlier lives (ticket None).
+                        // Refused (no leader, ...): propose it again.
+                        Command::NodeRestarted { node }
+                            if *node == self.cluster.me
+                                && ticket.is_some()
+                                && ticket == self.restart_ticket
+                                && matches!(outcome, Applied::Failed(_)) =>
+                        {
+                            self.restarted = false;
+                            self.restart_ticket = None;
                         }
                         _ => {}
                     }
