@@ -815,9 +815,9 @@ impl Store {
     /// The entries of `instance` after `(epoch, seq)` that the log still
     /// holds, at most about `max_bytes` of them (always at least one when
     /// there is one), or [`EntriesAfter::Gone`] when the entry right after
-    /// `seq` is no longer in the log. Whether the caller's `(epoch, seq)`
-    /// is on this node's history is the caller's question (epoch starts);
-    /// `epoch` is only checked not to be ahead of this node's.
+    /// `seq` is no longer in the log — or when this node's entry at `seq`
+    /// is not `(epoch, seq)` (another epoch's: the caller's log diverged
+    /// from this one there, and only a snapshot brings it back in step).
     ///
     /// # Errors
     /// `NOT_EXIST` for an unknown instance; `BAD_OPERATION` when the
@@ -842,11 +842,29 @@ impl Store {
             ));
         }
         if seq >= last.seq {
+            if (epoch, seq) != (last.epoch, last.seq) {
+                return Ok(EntriesAfter::Gone);
+            }
             return Ok(EntriesAfter::Entries(Vec::new()));
         }
         let upto = Lsn(self.shared.applied.load(Ordering::Acquire));
         let history = instance_records_after(self.wal_fs.as_ref(), instance, seq, upto)
             .map_err(|e| io_error("reading the log back", &e))?;
+        if seq.0 > 0 {
+            // Streaming continues a log only from an entry both hold: our
+            // newest record at `seq` must be (epoch, seq) itself (an entry,
+            // or the install of a snapshot taken there). Anything else —
+            // another epoch's entry at that seq, a discard, or nothing left —
+            // means the reader needs a snapshot.
+            let continues = history.at_after.as_ref().is_some_and(|r| {
+                r.entry.seq == seq
+                    && r.entry.epoch == epoch
+                    && !matches!(r.entry.body, RecordBody::SuffixDiscard)
+            });
+            if !continues {
+                return Ok(EntriesAfter::Gone);
+            }
+        }
         let mut out = Vec::new();
         let mut bytes = 0u64;
         for (expected, record) in (seq.0 + 1..).zip(history.records) {

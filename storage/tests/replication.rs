@@ -596,3 +596,50 @@ fn the_wal_hold_is_bounded() {
         assert!(std::time::Instant::now() < deadline, "hold never released");
     }
 }
+
+/// The primary streams to a backup only from an entry both logs hold. Its
+/// own entry at the backup's last seq must be that very entry (same epoch):
+/// after two quick failovers a primary may never have held an epoch whose
+/// recorded range covers the backup's last entry.
+#[test]
+fn entries_after_an_entry_of_another_epoch_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_at(dir.path(), |_| {});
+    let instance = create(&store, "a", attrs(16, 1 << 20, 1 << 24));
+    section(&store, instance, "s", b"");
+    run(&store, write(instance, "s", 0, b"x")).unwrap();
+    let started = wait_position(|r| store.begin_epoch(instance, Epoch(3), r)).unwrap();
+    assert_eq!((started.epoch, started.seq), (Epoch(3), Seq(4)));
+    run(&store, write(instance, "s", 0, b"y")).unwrap();
+    let seqs = |got: EntriesAfter| match got {
+        EntriesAfter::Entries(entries) => entries.iter().map(|(_, e)| e.seq.0).collect(),
+        EntriesAfter::Gone => Vec::<u64>::new(),
+    };
+    // This log holds (1, 3) and (3, 4): reading after them works.
+    assert_eq!(
+        seqs(
+            store
+                .entries_after(instance, Epoch(1), Seq(3), u64::MAX)
+                .unwrap()
+        ),
+        vec![4, 5]
+    );
+    assert_eq!(
+        seqs(
+            store
+                .entries_after(instance, Epoch(3), Seq(4), u64::MAX)
+                .unwrap()
+        ),
+        vec![5]
+    );
+    // A backup's (2, 3) is not this log's (1, 3); nor is (2, 4) its (3, 4).
+    for (epoch, seq) in [(2, 3), (2, 4)] {
+        assert_eq!(
+            store
+                .entries_after(instance, Epoch(epoch), Seq(seq), u64::MAX)
+                .unwrap(),
+            EntriesAfter::Gone,
+            "after ({epoch}, {seq})"
+        );
+    }
+}

@@ -22,6 +22,10 @@ pub struct InstanceHistory {
     /// Records of the instance with `after < seq` and `lsn <= upto`, in log
     /// (and so sequence) order. Possibly with gaps, possibly empty.
     pub records: Vec<Record>,
+    /// The newest record of the instance with `seq <= after` (for `after > 0`),
+    /// if the log still holds one: the entry `records` continue, unless its
+    /// seq is below `after` or it is not a plain entry.
+    pub at_after: Option<Record>,
     /// Segment bytes read to find them.
     pub bytes_read: u64,
 }
@@ -67,10 +71,15 @@ pub fn instance_records_after(
                 continue;
             }
             if record.entry.seq <= after {
+                // Newest segment first: the first segment reaching back this
+                // far holds the newest such record (its last one).
                 reached_back = true;
+                if after.0 > 0 {
+                    history.at_after = Some(record);
+                }
                 continue;
             }
-            if record.entry.seq.0 == after.0.saturating_add(1) {
+            if after.0 == 0 && record.entry.seq.0 == 1 {
                 reached_back = true;
             }
             mine.push(record);
