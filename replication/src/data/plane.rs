@@ -12,8 +12,10 @@
 //! ([`DataPlane::on_epoch_begun`]). Acknowledgements feed the [`Tracker`]; on
 //! [`tick`](DataPlane::tick) a backup that is behind without acknowledging
 //! anything new for `replica_lag_timeout_ms` is proposed out of the in-sync
-//! set, and a streaming backup that acknowledged everything is proposed back
-//! in — each proposal once per timeout, not every tick. A backup that is
+//! set, and a streaming backup that acknowledged every write released so far
+//! (the high watermark) is proposed back in — each proposal once per timeout,
+//! not every tick. One that keeps acknowledging but is a round trip behind
+//! under steady writes is waited for first, so that it reaches the watermark. A backup that is
 //! behind and silent is sent a [`DataMessage::Probe`] so that it asks for a
 //! catch-up (its CatchUp or our answer may have been lost, or we restarted).
 //! WAL reads for a backup pause while more than four reads' worth of bytes
@@ -72,7 +74,12 @@ pub enum DataOutput {
     },
     /// Primary: read the entries of `instance` after `after`
     /// (`store.entries_after`, at most `max_bytes`), then call
-    /// [`DataPlane::on_entries_read`] or [`DataPlane::on_entries_gone`].
+    /// [`DataPlane::on_entries_read`], or [`DataPlane::on_entries_gone`] when
+    /// the log no longer holds them — or when this node's entry at
+    /// `after`'s seq is not `after` itself. That check is what makes
+    /// streaming safe: a backup's last entry can lie inside an epoch's range
+    /// by the recorded starts while this node, primary after two quick
+    /// failovers, never held that epoch.
     ReadEntries {
         instance: InstanceId,
         after: Option<(Epoch, Seq)>,
@@ -857,6 +864,18 @@ impl DataPlane {
         }
         let mut give_up = Vec::new();
         let mut add = BTreeSet::new();
+        let mut expect = Vec::new();
+        // A backup may join the in-sync set once it acknowledged, in this
+        // epoch, this node's log up to the epoch's start (which holds every
+        // write released in earlier epochs) and every AllInSync write
+        // released since: then the set the control plane applies never names
+        // a member lacking one. Where the epoch's start is unknown, all of
+        // this node's log counts as released.
+        let watermark = self
+            .tracker
+            .released_through(instance)
+            .max(Some(primary.begun_start.unwrap_or(last)));
+        let holds_released = |peer: &Peer| peer.acked.is_some() && peer.acked >= watermark;
         for (node, peer) in primary.peers.iter_mut() {
             let acked = peer.acked.unwrap_or_default();
             let behind = acked < last;
@@ -898,36 +917,51 @@ impl DataPlane {
                     }
                 }
             } else if required.contains(node) {
-                // Its addition is pending. If it fell behind, stop waiting for
-                // it (it is not in the applied set) — but only once the
-                // proposal is old enough to have been applied or lost: were
-                // it applied after we gave up, the control plane would name
-                // an in-sync member lacking writes released meanwhile.
+                // Its addition is pending (or it is being waited for before
+                // being proposed). If it fell behind, stop waiting for it (it
+                // is not in the applied set) — but only once the proposal is
+                // old enough to have been applied or lost: were it applied
+                // after we gave up, the control plane would name an in-sync
+                // member lacking writes released meanwhile.
                 let proposal_settled = peer
                     .add_proposed_ms
                     .is_none_or(|t| now_ms.saturating_sub(t) >= timeout.saturating_mul(2));
                 if stalled && proposal_settled {
                     give_up.push(*node);
                     peer.add_proposed_ms = None;
-                } else if !behind && peer.mode == PeerMode::Streaming && due(peer.add_proposed_ms) {
-                    // The proposal may have been lost: propose it again.
+                } else if holds_released(peer)
+                    && !stalled
+                    && peer.mode == PeerMode::Streaming
+                    && due(peer.add_proposed_ms)
+                {
+                    // First proposal, or the last one may have been lost.
                     add.insert(*node);
                     peer.add_proposed_ms = Some(now_ms);
                     propose = true;
                 }
-            } else if peer.mode == PeerMode::Streaming
-                && peer.acked.is_some()
-                && !behind
-                && due(peer.add_proposed_ms)
-            {
-                add.insert(*node);
-                peer.add_proposed_ms = Some(now_ms);
-                propose = true;
+            } else if peer.mode == PeerMode::Streaming && peer.acked.is_some() && !stalled {
+                if holds_released(peer) {
+                    if due(peer.add_proposed_ms) {
+                        add.insert(*node);
+                        peer.add_proposed_ms = Some(now_ms);
+                        propose = true;
+                    }
+                } else {
+                    // Under steady writes a streaming backup is always a
+                    // round trip behind, so it would never hold the high
+                    // watermark at a tick: wait for it from now on (the
+                    // watermark stops passing it) and propose it once it
+                    // holds what was released before.
+                    expect.push(*node);
+                }
             }
         }
         let epoch = primary.epoch;
         for node in give_up {
             self.tracker.drop_expected(instance, node);
+        }
+        for node in expect {
+            self.tracker.expect_in_sync(instance, node);
         }
         if propose {
             let mut in_sync: BTreeSet<NodeId> = inst.rs.in_sync.iter().copied().collect();
@@ -1085,6 +1119,10 @@ impl DataPlane {
         }
         backup.synced = false;
         backup.catch_up_sent_ms = Some(now_ms);
+        // Whatever we acknowledged may have been lost (a probe means the
+        // primary does not know where we are): once re-synced, acknowledge
+        // what we hold again, even if no entry follows.
+        backup.acked_sent = None;
         outputs.push(DataOutput::Send {
             to: active,
             msg: DataMessage::CatchUp {

@@ -58,6 +58,9 @@ struct Track {
     local: BTreeMap<(Seq, u64), Epoch>,
     /// AllInSync tickets by (seq, ticket) → the epoch they were ordered in.
     all: BTreeMap<(Seq, u64), Epoch>,
+    /// Highest seq of an AllInSync ticket released in `epoch` (the high
+    /// watermark): a member may join the in-sync set once it holds it.
+    released_all: Option<Seq>,
 }
 
 /// The pure reply rule for every instance of one node.
@@ -194,6 +197,7 @@ impl Tracker {
         if !track.known || epoch > track.epoch {
             track.acked.clear();
             track.adding.clear();
+            track.released_all = None;
             let old: Vec<((Seq, u64), Epoch)> = track
                 .local
                 .iter()
@@ -297,6 +301,13 @@ impl Tracker {
             .map_or(0, |t| t.local.len() + t.all.len())
     }
 
+    /// The highest seq of `instance` an AllInSync ticket was released at in
+    /// the current epoch: every in-sync member holds the log up to it, so a
+    /// member that acknowledged it (in this epoch) may join the in-sync set.
+    pub fn released_through(&self, instance: InstanceId) -> Option<Seq> {
+        self.tracks.get(&instance).and_then(|t| t.released_all)
+    }
+
     /// The members (other than this node) AllInSync tickets of `instance` wait for.
     pub fn required(&self, instance: InstanceId) -> Vec<NodeId> {
         self.tracks.get(&instance).map_or_else(Vec::new, |t| {
@@ -348,6 +359,8 @@ impl Tracker {
             if entry.key().0 > threshold {
                 break;
             }
+            let seq = entry.key().0;
+            track.released_all = track.released_all.max(Some(seq));
             released.push(entry.key().1);
             entry.remove();
         }
