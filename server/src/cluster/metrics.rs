@@ -27,6 +27,10 @@ pub struct ClusterMetrics {
     pub lease_expiries: IntCounter,
     /// Whether this node holds its lease now.
     pub lease_held: IntGauge,
+    /// Snapshots this node sent to backups whose log could not be continued.
+    pub snapshots_sent: IntCounter,
+    /// Snapshots this node received as a backup and installed.
+    pub snapshots_installed: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -112,6 +116,16 @@ impl ClusterMetrics {
                 registry,
                 "ckpt_lease_held",
                 "Whether this node holds its lease (1) or not (0)",
+            )?,
+            snapshots_sent: counter(
+                registry,
+                "ckpt_replication_snapshots_sent_total",
+                "Checkpoint snapshots sent to backups whose log could not be continued",
+            )?,
+            snapshots_installed: counter(
+                registry,
+                "ckpt_replication_snapshots_installed_total",
+                "Checkpoint snapshots received from the active replica and installed",
             )?,
         })
     }

@@ -1283,7 +1283,18 @@ impl Driver {
                 instance,
                 result,
             } => match result {
-                Ok((last, bytes)) => self.data.on_snapshot_ready(to, last, bytes, now),
+                Ok((last, bytes)) => {
+                    tracing::info!(
+                        instance = instance.0,
+                        to,
+                        epoch = last.epoch.0,
+                        seq = last.seq.0,
+                        bytes = bytes.len(),
+                        "sending a snapshot to a backup whose log cannot be continued"
+                    );
+                    self.cluster.metrics.snapshots_sent.inc();
+                    self.data.on_snapshot_ready(to, last, bytes, now);
+                }
                 Err(error) => {
                     tracing::warn!(instance = instance.0, to, %error, "a snapshot for a backup failed");
                     self.data.on_read_failed(to, instance);
@@ -1784,9 +1795,19 @@ impl Driver {
                 last: _,
                 bytes,
             } => match InstanceSnapshot::from_bytes(&bytes) {
-                Ok(snapshot) => store.install_snapshot(snapshot, move |result| {
-                    let _ = inputs.send(Input::ReplicaDone { instance, result });
-                }),
+                Ok(snapshot) => {
+                    tracing::info!(
+                        instance = instance.0,
+                        from,
+                        epoch = snapshot.epoch.0,
+                        seq = snapshot.seq.0,
+                        "installing a snapshot from the active replica"
+                    );
+                    self.cluster.metrics.snapshots_installed.inc();
+                    store.install_snapshot(snapshot, move |result| {
+                        let _ = inputs.send(Input::ReplicaDone { instance, result });
+                    })
+                }
                 Err(error) => {
                     tracing::warn!(instance = instance.0, from, %error, "a snapshot from a peer does not decode");
                     let last = store.position(instance).ok().flatten();

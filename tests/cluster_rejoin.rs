@@ -1,0 +1,151 @@
+//! Rejoin by snapshot (issue #9, acceptance 3): a backup is stopped while
+//! 100,000 ALL_SAFE writes happen and the active replica's log is trimmed
+//! past them; on restart it gets a snapshot of the checkpoint, then follows
+//! the log, and `cluster verify` finds the replicas identical.
+//!
+//! `CKPT_REJOIN_WRITES` sets the number of writes made while the backup is
+//! down (default 100,000).
+
+#[path = "common/cluster.rs"]
+mod cluster_helpers;
+mod common;
+
+use cluster_helpers::*;
+use common::{http_get, Cluster};
+
+fn writes() -> usize {
+    std::env::var("CKPT_REJOIN_WRITES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// A counter of node `id`'s `/metrics` (0 when absent).
+fn metric(cluster: &Cluster, id: u64, name: &str) -> f64 {
+    let (_, body) = http_get(&cluster.admin_addrs[(id - 1) as usize], "/metrics");
+    body.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Bytes of log segments in node `id`'s data directory.
+fn wal_bytes(cluster: &Cluster, id: u64) -> u64 {
+    let dir = cluster.data_dir(id).join("wal");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+#[test]
+fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
+    // Small segments and no history kept for subscribers: the log is
+    // trimmed soon after RocksDB holds what it covers.
+    let mut cluster = Cluster::start(3, "segment_bytes_max = 262144\nwal_history_bytes = 0");
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("acked.txt");
+    let size = 256;
+    let bench = Bench::start(
+        &cluster.addrs(),
+        &record,
+        &[
+            "--checkpoints",
+            "1",
+            "--clients",
+            "16",
+            "--size",
+            &size.to_string(),
+            "--mode",
+            "active",
+            "--all-safe",
+        ],
+    );
+    wait_acks(&record, 0, 200, "bench starts writing");
+    let status = wait_settled(&mut cluster, &[1, 2, 3]);
+    let checkpoint = &checkpoints(&status)[0];
+    let active = checkpoint["active"].as_u64().expect("an active replica");
+    let backup = ids(&checkpoint["replicas"])
+        .into_iter()
+        .find(|n| *n != active)
+        .expect("a backup");
+    assert_eq!(
+        metric(
+            &cluster,
+            backup,
+            "ckpt_replication_snapshots_installed_total"
+        ),
+        0.0
+    );
+
+    cluster.kill(backup);
+    let from = acked_lines(&record).len();
+    let n = writes();
+    let took = wait_acks_within(&record, from, n, std::time::Duration::from_secs(600));
+    eprintln!("{n} writes with node {backup} down took {took:?}");
+    // The active replica no longer holds the log the backup would need:
+    // far less than the bytes written while it was down is left.
+    let written = (n * size) as u64;
+    let left = wal_bytes(&cluster, active);
+    eprintln!("node {active}'s log holds {left} bytes after {written} written");
+    assert!(
+        left < written / 2,
+        "node {active}'s log still holds {left} bytes of the {written} written"
+    );
+
+    let sent_before = metric(&cluster, active, "ckpt_replication_snapshots_sent_total");
+    cluster.restart(backup);
+    wait_settled(&mut cluster, &[1, 2, 3]);
+    assert!(
+        metric(
+            &cluster,
+            backup,
+            "ckpt_replication_snapshots_installed_total"
+        ) >= 1.0,
+        "node {backup} rejoined without installing a snapshot"
+    );
+    assert!(metric(&cluster, active, "ckpt_replication_snapshots_sent_total") > sent_before);
+    // Then it follows the log: writes keep being acknowledged by every
+    // in-sync replica (ALL_SAFE), the restarted one included.
+    let resumed = acked_lines(&record).len();
+    wait_acks(&record, resumed, 2000, "writes after the rejoin");
+    let status = wait_settled(&mut cluster, &[1, 2, 3]);
+    assert!(ids(&checkpoints(&status)[0]["in_sync"]).contains(&backup));
+    drop(bench);
+    wait_verified(&cluster);
+    let (acked, lost, wrong) = check_acked(&cluster.addrs(), &record);
+    assert!(acked as usize >= from + n, "{acked} acked");
+    assert_eq!((lost, wrong), (0, 0), "of {acked} acknowledged writes");
+}
+
+/// [`wait_acks`] with a longer limit (100,000 writes on a loaded 2-core box).
+fn wait_acks_within(
+    record: &std::path::Path,
+    from: usize,
+    n: usize,
+    limit: std::time::Duration,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let mut last = 0;
+    loop {
+        // Counting lines of a growing file: check at most every half second.
+        let got = acked_lines(record).len();
+        if got >= from + n {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "only {} of {n} writes acknowledged within {limit:?}",
+            got - from
+        );
+        if got == last {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        last = got;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
