@@ -1,6 +1,7 @@
 //! Server configuration: defaults, then a TOML file, then `CKPT_*`
 //! environment variables, then command-line flags; then `validate()`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,10 @@ pub struct Config {
     /// This node's cluster (the file's `[[nodes]]` and replication keys)
     /// and its id in it; `None` is the embedded single node.
     pub cluster: Option<(ClusterConfig, NodeId)>,
+    /// Peers this node reaches at another address than their `peer_addr`
+    /// (`--peer-via`): a proxy or NAT in between. Only the connections
+    /// this node opens change; the cluster file stays the same everywhere.
+    pub peer_via: BTreeMap<NodeId, SocketAddr>,
 }
 
 impl Default for Config {
@@ -84,6 +89,7 @@ impl Default for Config {
             reserve_bytes: 64 * 1024 * 1024,
             shutdown_drain_ms: 10_000,
             cluster: None,
+            peer_via: BTreeMap::new(),
         }
     }
 }
@@ -174,6 +180,55 @@ pub struct Cli {
     /// This node's id in the cluster file's `[[nodes]]` (cluster mode only).
     #[arg(long, env = "CKPT_NODE_ID")]
     pub node_id: Option<NodeId>,
+    /// Connect to node ID at IP:PORT instead of its peer_addr from the
+    /// cluster file (a proxy or NAT in between; cluster mode only).
+    /// Repeatable, or comma-separated.
+    #[arg(
+        long,
+        env = "CKPT_PEER_VIA",
+        value_name = "ID=IP:PORT",
+        value_delimiter = ','
+    )]
+    pub peer_via: Vec<String>,
+}
+
+/// The `--peer-via ID=IP:PORT` values of node `me` of `cluster`: each a
+/// peer (not `me`) of the file, at most once.
+fn peer_via(
+    values: &[String],
+    cluster: &ClusterConfig,
+    me: NodeId,
+) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError> {
+    let mut via = BTreeMap::new();
+    for value in values {
+        let bad = |why: String| ConfigError(format!("--peer-via {value}: {why}"));
+        let (id, addr) = value
+            .split_once('=')
+            .ok_or_else(|| bad("expected ID=IP:PORT".into()))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("{id:?} is not a node id")))?;
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|e| bad(format!("{addr:?} is not an IP:PORT address ({e})")))?;
+        if id == me {
+            return Err(bad(format!(
+                "node {id} is this node (--node-id); a node does not connect to itself"
+            )));
+        }
+        if cluster.node(id).is_none() {
+            return Err(bad(format!(
+                "no [[nodes]] entry with id = {id} in the cluster file (ids: {:?})",
+                cluster.node_ids()
+            )));
+        }
+        if via.insert(id, addr).is_some() {
+            return Err(bad(format!("node {id} is given more than once")));
+        }
+    }
+    Ok(via)
 }
 
 /// A configuration that cannot be used.
@@ -208,6 +263,7 @@ impl Config {
                 }
                 config.listen = node.client_addr;
                 config.admin_listen = node.admin_addr;
+                config.peer_via = peer_via(&cli.peer_via, &cluster, id)?;
                 config.cluster = Some((cluster, id));
             }
             (Some(_), None) => {
@@ -220,7 +276,14 @@ impl Config {
                     "--node-id: given without a cluster file (--config with [[nodes]])".into(),
                 ))
             }
-            (None, None) => {}
+            (None, None) => {
+                if !cli.peer_via.is_empty() {
+                    return Err(ConfigError(
+                        "--peer-via: given without a cluster file (--config with [[nodes]])"
+                            .into(),
+                    ));
+                }
+            }
         }
         if let Some(v) = &cli.data_dir {
             config.data_dir = v.clone();
@@ -452,5 +515,74 @@ mod tests {
         assert!(error.0.contains("wal_history_bytes"), "{error}");
         let missing = Config::load(&cli(&["--config", "/no/such/file.toml"])).unwrap_err();
         assert!(missing.0.contains("cannot read"), "{missing}");
+    }
+
+    /// A 3-node cluster file in `dir`.
+    fn cluster_file(dir: &Path) -> PathBuf {
+        let file = dir.join("cluster.toml");
+        let mut text = String::new();
+        for id in 1..=3 {
+            text.push_str(&format!(
+                "[[nodes]]\nid = {id}\nclient_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\nadmin_addr = \"127.0.0.1:{}\"\n",
+                7000 + 10 * id,
+                7001 + 10 * id,
+                7002 + 10 * id
+            ));
+        }
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    #[test]
+    fn peer_via_names_a_peer_and_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = cluster_file(dir.path());
+        let file = file.to_str().unwrap();
+        let base = ["--config", file, "--node-id", "1"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Config::load(&cli(&args))
+        };
+        let config = with(&[
+            "--peer-via",
+            "2=127.0.0.1:9002",
+            "--peer-via",
+            "3=[::1]:9003",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.peer_via.into_iter().collect::<Vec<_>>(),
+            vec![
+                (2, "127.0.0.1:9002".parse().unwrap()),
+                (3, "[::1]:9003".parse().unwrap())
+            ]
+        );
+        // Comma-separated, as CKPT_PEER_VIA takes it.
+        let config = with(&["--peer-via", "2=127.0.0.1:9002,3=127.0.0.1:9003"]).unwrap();
+        assert_eq!(config.peer_via.len(), 2);
+        assert!(with(&[]).unwrap().peer_via.is_empty());
+        for (value, says) in [
+            ("1=127.0.0.1:9001", "this node"),
+            ("4=127.0.0.1:9004", "no [[nodes]] entry with id = 4"),
+            ("2=localhost:9002", "not an IP:PORT address"),
+            ("2=127.0.0.1", "not an IP:PORT address"),
+            ("x=127.0.0.1:9002", "not a node id"),
+            ("127.0.0.1:9002", "expected ID=IP:PORT"),
+        ] {
+            let error = with(&["--peer-via", value]).unwrap_err();
+            assert!(
+                error.0.starts_with("--peer-via ") && error.0.contains(says),
+                "{value}: {error}"
+            );
+        }
+        let twice = with(&["--peer-via", "2=127.0.0.1:1,2=127.0.0.1:2"]).unwrap_err();
+        assert!(twice.0.contains("more than once"), "{twice}");
+        let single = Config::load(&cli(&["--peer-via", "2=127.0.0.1:9002"])).unwrap_err();
+        assert!(
+            single
+                .0
+                .starts_with("--peer-via: given without a cluster file"),
+            "{single}"
+        );
     }
 }

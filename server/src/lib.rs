@@ -109,6 +109,7 @@ pub async fn serve(
             cluster::Cluster::start(
                 cluster_config.clone(),
                 *node_id,
+                &config.peer_via,
                 store.clone(),
                 &config.data_dir.join("raft"),
                 metrics.registry(),

@@ -238,13 +238,15 @@ impl Cluster {
     /// Starts node `me` of `config`: opens the Raft log in `raft_dir`,
     /// binds the peer address, installs the store's append and durable
     /// listeners, registers the metrics on `registry` and starts the driver.
-    /// Everything stops when `shutdown` is cancelled.
+    /// Peers in `peer_via` are connected to at that address instead of
+    /// their `peer_addr`. Everything stops when `shutdown` is cancelled.
     ///
     /// # Errors
     /// See [`ClusterError`].
     pub async fn start(
         config: ClusterConfig,
         me: NodeId,
+        peer_via: &BTreeMap<NodeId, SocketAddr>,
         store: Arc<Store>,
         raft_dir: &Path,
         registry: &prometheus::Registry,
@@ -271,7 +273,7 @@ impl Cluster {
         data.set_read_bytes_max(4 * 1024 * 1024);
         let nodes: Vec<(NodeId, SocketAddr)> =
             config.nodes.iter().map(|n| (n.id, n.peer_addr)).collect();
-        let started = Transport::<PeerMessage>::start(me, &nodes, shutdown.clone())
+        let started = Transport::<PeerMessage>::start(me, &nodes, peer_via, shutdown.clone())
             .await
             .map_err(|error| ClusterError::Bind {
                 addr: peer_addr,

@@ -70,6 +70,7 @@ async fn start(config: &ClusterConfig, id: NodeId) -> Node {
     let cluster = Cluster::start(
         config.clone(),
         id,
+        &std::collections::BTreeMap::new(),
         store.clone(),
         &dir.path().join("raft"),
         &registry,

@@ -20,7 +20,7 @@
 //! instead of growing this node. A lost connection is reconnected with a
 //! backoff from [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,14 +104,18 @@ impl<M> Transport<M>
 where
     M: Serialize + DeserializeOwned + Send + 'static,
 {
-    /// Binds `me`'s peer address and starts a sender task per other node.
-    /// Everything stops when `shutdown` is cancelled.
+    /// Binds `me`'s peer address and starts a sender task per other node,
+    /// connecting to the address `via` gives for it, if any, instead of its
+    /// address in `nodes` (a proxy or NAT in between; the fingerprint
+    /// exchanged in `Hello` is still that of `nodes`). Everything stops
+    /// when `shutdown` is cancelled.
     ///
     /// # Errors
     /// The listen address cannot be bound, or `me` is not among `nodes`.
     pub async fn start(
         me: NodeId,
         nodes: &[(NodeId, SocketAddr)],
+        via: &BTreeMap<NodeId, SocketAddr>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Started<M>> {
         let Some(&(_, listen)) = nodes.iter().find(|(id, _)| *id == me) else {
@@ -122,16 +126,28 @@ where
         };
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
-        Ok(Self::start_with_listener(
-            me, nodes, listener, local_addr, shutdown,
+        Ok(Self::start_with_listener_via(
+            me, nodes, via, listener, local_addr, shutdown,
         ))
     }
 
     /// [`Transport::start`] on an already bound listener (tests bind port 0
-    /// first to learn the addresses).
+    /// first to learn the addresses), every peer at its address in `nodes`.
     pub fn start_with_listener(
         me: NodeId,
         nodes: &[(NodeId, SocketAddr)],
+        listener: TcpListener,
+        local_addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Started<M> {
+        Self::start_with_listener_via(me, nodes, &BTreeMap::new(), listener, local_addr, shutdown)
+    }
+
+    /// [`Transport::start`] on an already bound listener.
+    pub fn start_with_listener_via(
+        me: NodeId,
+        nodes: &[(NodeId, SocketAddr)],
+        via: &BTreeMap<NodeId, SocketAddr>,
         listener: TcpListener,
         local_addr: SocketAddr,
         shutdown: CancellationToken,
@@ -152,6 +168,13 @@ where
             if id == me {
                 continue;
             }
+            let addr = match via.get(&id) {
+                Some(&through) => {
+                    tracing::info!(peer = id, peer_addr = %addr, via = %through, "reaching a peer through another address (--peer-via)");
+                    through
+                }
+                None => addr,
+            };
             let (tx, rx) = mpsc::channel(SEND_QUEUE_MAX);
             tokio::spawn(sender_loop(me, check, id, addr, rx, shutdown.clone()));
             peers.insert(id, tx);
@@ -531,6 +554,27 @@ mod tests {
         while let Ok(more) = n1.inbound.try_recv() {
             assert_eq!(more, (2, Test::Ping(1)), "only the genuine peer's messages");
         }
+        shutdown.cancel();
+    }
+
+    /// With `via`, a node connects to the given address instead of the
+    /// peer's configured one; the `Hello` still carries the fingerprint of
+    /// the configured list, so the peer accepts it.
+    #[tokio::test]
+    async fn a_peer_is_reached_through_its_via_address() {
+        let shutdown = CancellationToken::new();
+        let (l1, a1) = bound().await;
+        let (l2, a2) = bound().await;
+        // The file's address of node 2: nothing listens there.
+        let (unused, configured) = bound().await;
+        drop(unused);
+        let nodes = [(1, a1), (2, configured)];
+        let via = BTreeMap::from([(2, a2)]);
+        let n1 =
+            Transport::<Test>::start_with_listener_via(1, &nodes, &via, l1, a1, shutdown.clone());
+        let mut n2 = Transport::<Test>::start_with_listener(2, &nodes, l2, a2, shutdown.clone());
+        let got = deliver(&n1.transport, 2, &mut n2.inbound, Test::Ping(3)).await;
+        assert_eq!(got, (1, Test::Ping(3)));
         shutdown.cancel();
     }
 
