@@ -1659,6 +1659,24 @@ impl Driver {
             return;
         };
         self.began.insert(instance, epoch);
+        if created && epoch == Epoch(1) {
+            tracing::debug!(
+                instance = instance.0,
+                epoch = epoch.0,
+                seq = position.seq.0,
+                "active replica of a new checkpoint"
+            );
+        } else {
+            // One line per epoch a node takes over (a failover or
+            // ActiveReplicaSet): who ordered which epoch can be read back
+            // from the logs (tests/cluster_partition.rs does).
+            tracing::info!(
+                instance = instance.0,
+                epoch = epoch.0,
+                seq = position.seq.0,
+                "epoch begun as active replica"
+            );
+        }
         self.publish_began();
         self.data.on_epoch_begun(position, self.cluster.now_ms());
         let recorded = meta.epoch_starts.iter().any(|(e, _)| *e == epoch);
