@@ -18,7 +18,9 @@
 //! data plane retransmit what matters. The queue towards a peer is bounded
 //! ([`SEND_QUEUE_MAX`]) for the same reason — a slow peer loses messages
 //! instead of growing this node. A lost connection is reconnected with a
-//! backoff from [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`].
+//! backoff from [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`], and so is
+//! one that ends within [`STABLE_AFTER`] of being opened (something in
+//! between accepted it for a peer it cannot reach).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -46,6 +48,9 @@ pub const SEND_QUEUE_MAX: usize = 4096;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(20);
 /// Longest reconnect delay.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A connection that lasted this long is reconnected at once when it ends;
+/// a shorter one counts as a failed attempt (backoff).
+pub const STABLE_AFTER: Duration = Duration::from_secs(1);
 /// How long a new inbound connection may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages received but not yet taken by the node.
@@ -397,31 +402,46 @@ async fn sender_loop(
         };
         let _ = stream.set_nodelay(true);
         let mut frames = FramedWrite::new(stream, codec());
-        if frames.send(hello.clone()).await.is_err() {
-            continue;
-        }
-        tracing::info!(peer, %addr, "connected to peer");
-        was_connected = true;
-        backoff = BACKOFF_MIN;
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = queue.recv() => next,
-            };
-            let Some(bytes) = next else { return };
-            // Batch what is queued behind it into one flush.
-            let mut failed = frames.feed(bytes).await.is_err();
-            while !failed {
-                match queue.try_recv() {
-                    Ok(more) => failed = frames.feed(more).await.is_err(),
-                    Err(_) => break,
+        let opened = tokio::time::Instant::now();
+        if frames.send(hello.clone()).await.is_ok() {
+            tracing::info!(peer, %addr, "connected to peer");
+            was_connected = true;
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = queue.recv() => next,
+                };
+                let Some(bytes) = next else { return };
+                // Batch what is queued behind it into one flush.
+                let mut failed = frames.feed(bytes).await.is_err();
+                while !failed {
+                    match queue.try_recv() {
+                        Ok(more) => failed = frames.feed(more).await.is_err(),
+                        Err(_) => break,
+                    }
+                }
+                if failed || SinkExt::<Bytes>::flush(&mut frames).await.is_err() {
+                    tracing::info!(peer, %addr, "lost the connection to a peer; reconnecting");
+                    break;
                 }
             }
-            if failed || SinkExt::<Bytes>::flush(&mut frames).await.is_err() {
-                tracing::info!(peer, %addr, "lost the connection to a peer; reconnecting");
-                break;
-            }
         }
+        if opened.elapsed() >= STABLE_AFTER {
+            // It was up: reconnect at once.
+            backoff = BACKOFF_MIN;
+            continue;
+        }
+        // It ended at once: something between the nodes (a proxy, a NAT, a
+        // load balancer) accepts connections for a peer it cannot reach, or
+        // the peer drops them. Back off as from a peer that is down, rather
+        // than reconnect in a loop (tests/cluster_partition.rs saw ~1,000
+        // connections a second through a partitioned proxy before this).
+        while queue.try_recv().is_ok() {}
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -575,6 +595,39 @@ mod tests {
         let mut n2 = Transport::<Test>::start_with_listener(2, &nodes, l2, a2, shutdown.clone());
         let got = deliver(&n1.transport, 2, &mut n2.inbound, Test::Ping(3)).await;
         assert_eq!(got, (1, Test::Ping(3)));
+        shutdown.cancel();
+    }
+
+    /// An address that accepts connections and closes them at once (a
+    /// proxy cut off from the peer) is retried with backoff, not in a loop.
+    #[tokio::test]
+    async fn an_address_that_accepts_and_closes_is_retried_with_backoff() {
+        let shutdown = CancellationToken::new();
+        let (l1, a1) = bound().await;
+        let (closer, a2) = bound().await;
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        {
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = closer.accept().await {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(stream);
+                }
+            });
+        }
+        let nodes = [(1, a1), (2, a2)];
+        let n1 = Transport::<Test>::start_with_listener(1, &nodes, l1, a1, shutdown.clone());
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while tokio::time::Instant::now() < until {
+            n1.transport.send(2, &Test::Ping(0));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Backoff 20, 40, 80, 160, 320, 500 ms: about 7 attempts a second.
+        let attempts = accepted.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            (1..=12).contains(&attempts),
+            "{attempts} connections in one second"
+        );
         shutdown.cancel();
     }
 
