@@ -490,3 +490,7 @@ pub fn text(output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A fault-injecting TCP proxy and a cluster whose peer links go through
+/// proxies (partition tests).
+pub mod proxy;
