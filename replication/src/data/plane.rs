@@ -189,9 +189,40 @@ struct Primary {
     fenced: bool,
     /// When members holding no replica were last proposed out of the in-sync set.
     stray_proposed_ms: Option<u64>,
+    /// `(tick time, last seq)` samples over the last lag timeout, oldest
+    /// first: where this log was a while ago, to tell how far behind *in
+    /// time* a backup is.
+    marks: VecDeque<(u64, Seq)>,
 }
 
 impl Primary {
+    /// Records where the log is at `now_ms`, keeping one sample at or
+    /// before `now_ms - keep_ms` and every later one.
+    fn mark(&mut self, now_ms: u64, keep_ms: u64) {
+        let last = seq_of(self.last);
+        if self
+            .marks
+            .back()
+            .is_none_or(|(t, s)| *t < now_ms || *s != last)
+        {
+            self.marks.push_back((now_ms, last));
+        }
+        let horizon = now_ms.saturating_sub(keep_ms);
+        while self.marks.get(1).is_some_and(|(t, _)| *t <= horizon) {
+            self.marks.pop_front();
+        }
+    }
+
+    /// The last seq as of `at_ms` (the oldest sample when none is that old).
+    fn last_as_of(&self, at_ms: u64) -> Seq {
+        self.marks
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at_ms)
+            .or(self.marks.front())
+            .map_or(Seq(0), |(_, s)| *s)
+    }
+
     /// The first remembered entry after `seq` (the window is in seq order).
     fn window_after(&self, seq: Seq) -> Option<(Seq, Lsn, u64)> {
         let index = self.window.partition_point(|(s, _, _)| *s <= seq);
@@ -363,6 +394,7 @@ impl DataPlane {
                         deferred: BTreeMap::new(),
                         fenced: false,
                         stray_proposed_ms: None,
+                        marks: VecDeque::new(),
                     })
                 }
             }
@@ -876,6 +908,13 @@ impl DataPlane {
             .released_through(instance)
             .max(Some(primary.begun_start.unwrap_or(last)));
         let holds_released = |peer: &Peer| peer.acked.is_some() && peer.acked >= watermark;
+        // And it must be close in time: holding where this log was half a
+        // lag timeout ago. Without ALL_SAFE writes holding the watermark up,
+        // a backup far behind would otherwise rejoin, and a failover to it
+        // would lose all it lacks.
+        primary.mark(now_ms, timeout);
+        let recent = primary.last_as_of(now_ms.saturating_sub(retry_ms));
+        let close = |peer: &Peer| peer.acked.is_some_and(|a| a >= recent);
         for (node, peer) in primary.peers.iter_mut() {
             let acked = peer.acked.unwrap_or_default();
             let behind = acked < last;
@@ -930,6 +969,7 @@ impl DataPlane {
                     give_up.push(*node);
                     peer.add_proposed_ms = None;
                 } else if holds_released(peer)
+                    && close(peer)
                     && !stalled
                     && peer.mode == PeerMode::Streaming
                     && due(peer.add_proposed_ms)
@@ -939,7 +979,7 @@ impl DataPlane {
                     peer.add_proposed_ms = Some(now_ms);
                     propose = true;
                 }
-            } else if peer.mode == PeerMode::Streaming && peer.acked.is_some() && !stalled {
+            } else if peer.mode == PeerMode::Streaming && close(peer) && !stalled {
                 if holds_released(peer) {
                     if due(peer.add_proposed_ms) {
                         add.insert(*node);

@@ -2328,3 +2328,49 @@ fn a_backup_of_an_epoch_the_new_primary_never_held_is_not_streamed_to() {
     };
     assert_eq!(show(1), show(2));
 }
+
+/// Holding the high watermark is not enough when no ALL_SAFE write holds it
+/// up (WR_ACTIVE_REPLICA checkpoints release on local durability): a backup
+/// acknowledging steadily but more than half a lag timeout behind in time
+/// must stay out of the in-sync set — a failover to it would lose that much.
+/// Once its lag is short it is proposed back.
+#[test]
+fn a_backup_far_behind_in_time_does_not_rejoin_until_it_is_close() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2]), Some(pos(1, 3)), 0);
+    drain(&mut dp);
+    let step_ms = 10;
+    let mut proposed_at = None;
+    for step in 0..300u64 {
+        let seq = 4 + step;
+        let now = step * step_ms;
+        dp.on_appended(&[shipped(1, seq)], now);
+        dp.on_local_durable(&[pos(1, seq)]);
+        // Node 3 is 60 writes (600 ms) behind for the first 150 steps,
+        // then one write behind.
+        let behind = if step < 150 { 60 } else { 1 };
+        for (node, acked) in [(2, seq), (3, seq.saturating_sub(behind).max(3))] {
+            dp.on_message(
+                node,
+                DataMessage::Ack {
+                    instance: I,
+                    epoch: Epoch(1),
+                    seq: Seq(acked),
+                },
+                now,
+            );
+        }
+        dp.tick(now + 1);
+        if !proposals(&mut dp).is_empty() && proposed_at.is_none() {
+            proposed_at = Some(step);
+        }
+    }
+    let at = proposed_at.expect("node 3 was never proposed back");
+    assert!(
+        (150..=210).contains(&at),
+        "proposed back at step {at}, while {} ms behind",
+        if at < 150 { 600 } else { 10 }
+    );
+}
