@@ -445,10 +445,16 @@ impl DataPlane {
                     .map(|(_, s)| *s)
                     .min()
                 {
-                    primary.begun = true;
                     primary.begun_start = Some(start);
-                    if primary.last.is_none_or(|l| l.1 < start) {
-                        primary.last = Some((rs.epoch, start));
+                    // An empty local log: this node has not created the
+                    // instance in its store yet (a new checkpoint). Catch-ups
+                    // wait for `on_epoch_begun`, or their WAL reads would
+                    // find nothing and the backups would wait for a probe.
+                    if primary.last.is_some() {
+                        primary.begun = true;
+                        if primary.last.is_some_and(|l| l.1 < start) {
+                            primary.last = Some((rs.epoch, start));
+                        }
                     }
                 }
             }

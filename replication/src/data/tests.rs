@@ -1148,6 +1148,9 @@ impl Sim {
     /// The active node `id` appends `count` entries of `epoch`.
     fn append(&mut self, id: NodeId, epoch: u64, count: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
+        // The first entry of an empty log creates the instance: like the
+        // runtime, tell the data plane once the creation is applied.
+        let creates = node.log.is_empty();
         let mut batch = Vec::new();
         for _ in 0..count {
             let seq = node.log.last().map_or(1, |e| e.seq.0 + 1);
@@ -1166,6 +1169,9 @@ impl Sim {
             });
         }
         node.plane.on_appended(&batch, self.now);
+        if creates && count > 0 {
+            node.plane.on_epoch_begun(pos(epoch, 1), self.now);
+        }
         let last = batch.last().map(|e| pos(e.epoch.0, e.seq.0));
         if let Some(last) = last {
             node.plane.on_local_durable(&[last]);
@@ -2373,4 +2379,29 @@ fn a_backup_far_behind_in_time_does_not_rejoin_until_it_is_close() {
         "proposed back at step {at}, while {} ms behind",
         if at < 150 { 600 } else { 10 }
     );
+}
+
+/// A new checkpoint: the control plane names this node active (epoch 1
+/// starting at seq 1) before its store created the instance. A backup's
+/// CatchUp that arrives then is answered once the creation is applied, not
+/// with a WAL read of an instance the store does not have yet (which failed,
+/// and left the backup unreplicated until a probe a retry interval later).
+#[test]
+fn a_catch_up_for_a_checkpoint_not_yet_created_here_waits_for_its_creation() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), None, 0);
+    assert!(!dp.is_primary(I), "nothing to ship before the creation");
+    dp.on_message(
+        2,
+        DataMessage::CatchUp {
+            instance: I,
+            epoch: Epoch(1),
+            last: None,
+        },
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_appended(&[shipped(1, 1)], 1);
+    dp.on_epoch_begun(pos(1, 1), 1);
+    assert_eq!(drain(&mut dp), vec![read(None, 2)]);
 }
