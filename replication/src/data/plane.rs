@@ -515,6 +515,28 @@ impl DataPlane {
             primary.last = Some(point(&pos));
         }
         self.run_deferred(pos.instance, now_ms);
+        // A backup's CatchUp may have come before this node knew the
+        // instance (and was dropped): ask the ones not heard from now
+        // rather than a retry interval later.
+        let Some(Role::Primary(primary)) =
+            self.instances.get_mut(&pos.instance).map(|i| &mut i.role)
+        else {
+            return;
+        };
+        let epoch = primary.epoch;
+        for (node, peer) in primary.peers.iter_mut() {
+            if peer.mode == PeerMode::AwaitCatchUp {
+                peer.probe_sent_ms = Some(now_ms);
+                peer.serving = None;
+                self.outputs.push(DataOutput::Send {
+                    to: *node,
+                    msg: DataMessage::Probe {
+                        instance: pos.instance,
+                        epoch,
+                    },
+                });
+            }
+        }
     }
 
     /// The store appended (and applied) these entries on this node, in log

@@ -1419,6 +1419,18 @@ fn a_lost_catch_up_is_retried_and_a_restarted_backup_catches_up() {
         );
     }
     sim.append(1, 1, 4);
+    // ... and so are the probes node 1 sends when the creation is applied.
+    let probes = sim.nodes.get_mut(&1).unwrap().plane.drain();
+    assert!(
+        probes.iter().all(|o| matches!(
+            o,
+            DataOutput::Send {
+                msg: DataMessage::Probe { .. },
+                ..
+            } | DataOutput::HoldWal(_)
+        )),
+        "{probes:?}"
+    );
     sim.run();
     assert!(sim.nodes[&2].log.is_empty());
     sim.now = TIMEOUT / 2;
@@ -1636,7 +1648,14 @@ fn a_resumed_epoch_of_unknown_start_streams_only_provable_prefixes() {
         assert_eq!(drain(&mut dp), vec![], "deferred until resumed");
         dp.on_epoch_resumed(pos(2, 9), 0);
         assert!(dp.is_primary(I));
-        assert_eq!(drain(&mut dp), vec![want], "{last:?}");
+        let probe3 = send(
+            3,
+            DataMessage::Probe {
+                instance: I,
+                epoch: Epoch(2),
+            },
+        );
+        assert_eq!(drain(&mut dp), vec![want, probe3], "{last:?}");
     }
     // Once the start is recorded, the exact rule applies.
     let mut dp = DataPlane::new(1, TIMEOUT);
@@ -2191,6 +2210,7 @@ fn a_backup_rejoins_only_once_it_holds_the_epoch_start() {
     let mut dp = DataPlane::new(1, TIMEOUT);
     dp.on_metadata(&rs(Some(1), 2, &[(1, 1), (2, 5)], &[1]), Some(pos(2, 5)), 0);
     dp.on_epoch_begun(pos(2, 5), 0);
+    drain(&mut dp); // probes of the backups not heard from
     dp.on_message(
         2,
         DataMessage::CatchUp {
@@ -2403,5 +2423,14 @@ fn a_catch_up_for_a_checkpoint_not_yet_created_here_waits_for_its_creation() {
     assert_eq!(drain(&mut dp), vec![]);
     dp.on_appended(&[shipped(1, 1)], 1);
     dp.on_epoch_begun(pos(1, 1), 1);
-    assert_eq!(drain(&mut dp), vec![read(None, 2)]);
+    // Node 2 is answered; node 3, not heard from (its CatchUp may have come
+    // before this node knew the checkpoint), is asked now.
+    let probe3 = send(
+        3,
+        DataMessage::Probe {
+            instance: I,
+            epoch: Epoch(1),
+        },
+    );
+    assert_eq!(drain(&mut dp), vec![read(None, 2), probe3]);
 }
