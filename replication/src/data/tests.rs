@@ -63,6 +63,29 @@ fn entries_msg(epoch: u64, prev: Option<(Epoch, Seq)>, entries: Vec<WireEntry>) 
     }
 }
 
+fn catch_up_msg(epoch: u64, last: Option<(Epoch, Seq)>) -> DataMessage {
+    DataMessage::CatchUp {
+        instance: I,
+        epoch: Epoch(epoch),
+        last,
+    }
+}
+
+fn ack_msg(epoch: u64, seq: u64) -> DataMessage {
+    DataMessage::Ack {
+        instance: I,
+        epoch: Epoch(epoch),
+        seq: Seq(seq),
+    }
+}
+
+fn probe_msg(epoch: u64) -> DataMessage {
+    DataMessage::Probe {
+        instance: I,
+        epoch: Epoch(epoch),
+    }
+}
+
 fn send(to: NodeId, msg: DataMessage) -> DataOutput {
     DataOutput::Send { to, msg }
 }
@@ -104,28 +127,12 @@ fn primary() -> DataPlane {
 
 /// Makes `node` a streaming backup that holds (1, 3) and acked it.
 fn stream(dp: &mut DataPlane, node: NodeId) {
-    dp.on_message(
-        node,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: Some(pt(1, 3)),
-        },
-        0,
-    );
+    dp.on_message(node, catch_up_msg(1, Some(pt(1, 3))), 0);
     assert_eq!(
         drain(dp),
         vec![send(node, entries_msg(1, Some(pt(1, 3)), vec![]))]
     );
-    dp.on_message(
-        node,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(3),
-        },
-        0,
-    );
+    dp.on_message(node, ack_msg(1, 3), 0);
     assert_eq!(drain(dp), vec![]);
 }
 
@@ -176,15 +183,7 @@ fn appended_entries_go_to_streaming_backups_only_one_message_per_call() {
 }
 
 fn stream_from(dp: &mut DataPlane, node: NodeId, last: (Epoch, Seq)) {
-    dp.on_message(
-        node,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: Some(last),
-        },
-        0,
-    );
+    dp.on_message(node, catch_up_msg(1, Some(last)), 0);
     assert_eq!(
         drain(dp),
         vec![send(node, entries_msg(1, Some(last), vec![]))]
@@ -330,34 +329,10 @@ fn catch_ups_wait_until_the_epoch_began_here() {
     // Epoch 2 named us active; its start is not recorded yet.
     dp.on_metadata(&rs(Some(1), 2, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 5)), 0);
     assert!(!dp.is_primary(I));
-    dp.on_message(
-        2,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(2),
-            last: Some(pt(1, 5)),
-        },
-        0,
-    );
-    dp.on_message(
-        3,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(2),
-            last: Some(pt(1, 7)),
-        },
-        0,
-    );
+    dp.on_message(2, catch_up_msg(2, Some(pt(1, 5))), 0);
+    dp.on_message(3, catch_up_msg(2, Some(pt(1, 7))), 0);
     // A CatchUp of an older epoch is ignored.
-    dp.on_message(
-        3,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: Some(pt(1, 7)),
-        },
-        0,
-    );
+    dp.on_message(3, catch_up_msg(1, Some(pt(1, 7))), 0);
     assert_eq!(drain(&mut dp), vec![]);
     dp.on_epoch_begun(pos(2, 6), 0);
     assert!(dp.is_primary(I));
@@ -374,15 +349,7 @@ fn catch_ups_wait_until_the_epoch_began_here() {
 fn reads_continue_until_the_backup_reaches_the_tail_then_it_streams() {
     let mut dp = DataPlane::new(1, TIMEOUT);
     dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 6)), 0);
-    dp.on_message(
-        2,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: Some(pt(1, 3)),
-        },
-        0,
-    );
+    dp.on_message(2, catch_up_msg(1, Some(pt(1, 3))), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
     dp.on_entries_read(2, I, vec![shipped(1, 4), shipped(1, 5)], 0);
     assert_eq!(
@@ -419,15 +386,7 @@ fn reads_continue_until_the_backup_reaches_the_tail_then_it_streams() {
 fn entries_gone_from_the_wal_are_replaced_by_a_snapshot_then_the_tail() {
     let mut dp = DataPlane::new(1, TIMEOUT);
     dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 9)), 0);
-    dp.on_message(
-        2,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: Some(pt(1, 2)),
-        },
-        0,
-    );
+    dp.on_message(2, catch_up_msg(1, Some(pt(1, 2))), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 2)), 2)]);
     dp.on_entries_gone(2, I);
     assert_eq!(
@@ -454,15 +413,7 @@ fn entries_gone_from_the_wal_are_replaced_by_a_snapshot_then_the_tail() {
     dp.on_read_failed(2, I);
     dp.on_entries_read(2, I, vec![shipped(1, 9)], 0);
     assert_eq!(drain(&mut dp), vec![]);
-    dp.on_message(
-        2,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: Some(pt(1, 8)),
-        },
-        0,
-    );
+    dp.on_message(2, catch_up_msg(1, Some(pt(1, 8))), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 8)), 2)]);
 }
 
@@ -534,16 +485,7 @@ fn a_backup_checks_each_message_against_its_log() {
         from: 1,
         entries,
     };
-    let catch_up = |last| {
-        send(
-            1,
-            DataMessage::CatchUp {
-                instance: I,
-                epoch: Epoch(1),
-                last: Some(last),
-            },
-        )
-    };
+    let catch_up = |last| send(1, catch_up_msg(1, Some(last)));
     // (name, message from node 1 to a backup holding (1, 3) whose first CatchUp
     // is a full retry interval old, expected outputs)
     let cases: Vec<(&str, NodeId, DataMessage, Vec<DataOutput>)> = vec![
@@ -630,14 +572,7 @@ fn a_backup_checks_each_message_against_its_log() {
 #[test]
 fn catch_up_requests_are_rate_limited_and_retried_on_tick() {
     let mut dp = backup(); // CatchUp sent at 0
-    let catch_up = send(
-        1,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: Some(pt(1, 3)),
-        },
-    );
+    let catch_up = send(1, catch_up_msg(1, Some(pt(1, 3))));
     dp.on_message(1, entries_msg(1, Some(pt(1, 5)), vec![wire(1, 6)]), 10);
     dp.tick(TIMEOUT / 2 - 1);
     assert_eq!(drain(&mut dp), vec![]);
@@ -771,15 +706,7 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
     stream(&mut dp, 3);
     dp.on_appended(&[shipped(1, 4)], 100);
     drain(&mut dp);
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(4),
-        },
-        200,
-    );
+    dp.on_message(2, ack_msg(1, 4), 200);
     let remove3 = DataOutput::Propose(Proposal::SetInSync {
         instance: I,
         epoch: Epoch(1),
@@ -807,15 +734,7 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
     dp.tick(100 + 5 * TIMEOUT);
     assert_eq!(proposals(&mut dp), vec![]);
     // Node 3 catches up: proposed back in, and waited for from now on.
-    dp.on_message(
-        3,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(4),
-        },
-        100 + 5 * TIMEOUT,
-    );
+    dp.on_message(3, ack_msg(1, 4), 100 + 5 * TIMEOUT);
     dp.tick(100 + 5 * TIMEOUT);
     assert_eq!(
         proposals(&mut dp),
@@ -840,15 +759,7 @@ fn a_backup_that_keeps_acknowledging_is_not_removed_while_behind() {
         dp.on_appended(&[shipped(1, 4 + step)], now);
         // Each acknowledges the previous entry: always one behind.
         for node in [2, 3] {
-            dp.on_message(
-                node,
-                DataMessage::Ack {
-                    instance: I,
-                    epoch: Epoch(1),
-                    seq: Seq(3 + step),
-                },
-                now,
-            );
+            dp.on_message(node, ack_msg(1, 3 + step), now);
         }
         dp.tick(now + TIMEOUT / 2 - 1);
     }
@@ -869,15 +780,7 @@ fn a_caught_up_backup_does_not_lag_until_entries_arrive() {
     // The lag clock starts when it falls behind, not at its last ack.
     dp.on_appended(&[shipped(1, 4)], 10 * TIMEOUT);
     drain(&mut dp);
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(4),
-        },
-        10 * TIMEOUT,
-    );
+    dp.on_message(2, ack_msg(1, 4), 10 * TIMEOUT);
     dp.tick(11 * TIMEOUT - 1);
     assert_eq!(proposals(&mut dp), vec![]);
     dp.tick(11 * TIMEOUT);
@@ -902,24 +805,8 @@ fn all_in_sync_tickets_are_released_by_durability_and_every_ack() {
     dp.register(2, pos(1, 4), Need::LocalDurable);
     dp.register(3, pos(1, 4), Need::Applied);
     assert_eq!(drain(&mut dp), vec![DataOutput::Released(vec![3])]);
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(4),
-        },
-        0,
-    );
-    dp.on_message(
-        3,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(4),
-        },
-        0,
-    );
+    dp.on_message(2, ack_msg(1, 4), 0);
+    dp.on_message(3, ack_msg(1, 4), 0);
     assert_eq!(drain(&mut dp), vec![]);
     dp.on_local_durable(&[pos(1, 4)]);
     assert_eq!(drain(&mut dp), vec![DataOutput::Released(vec![2, 1])]);
@@ -927,33 +814,9 @@ fn all_in_sync_tickets_are_released_by_durability_and_every_ack() {
     dp.on_appended(&[shipped(1, 5)], 0);
     dp.register(4, pos(1, 5), Need::AllInSync);
     dp.on_local_durable(&[pos(1, 5)]);
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(9),
-        },
-        0,
-    );
-    dp.on_message(
-        3,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(0),
-            seq: Seq(5),
-        },
-        0,
-    );
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(5),
-        },
-        0,
-    );
+    dp.on_message(2, ack_msg(1, 9), 0);
+    dp.on_message(3, ack_msg(0, 5), 0);
+    dp.on_message(2, ack_msg(1, 5), 0);
     assert!(!drain(&mut dp)
         .iter()
         .any(|o| matches!(o, DataOutput::Released(_))));
@@ -1040,42 +903,18 @@ fn lag_and_wal_hold_follow_the_slowest_backup() {
     dp.tick(0);
     assert_eq!(dp.drain(), vec![DataOutput::HoldWal(None)]);
     dp.on_appended(&[shipped(1, 4), shipped(1, 5), shipped(1, 6)], 0);
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(5),
-        },
-        0,
-    );
+    dp.on_message(2, ack_msg(1, 5), 0);
     assert_eq!(dp.lag(I), vec![(2, 1, 10), (3, 3, 30)]);
     dp.drain();
     dp.tick(1);
     assert_eq!(dp.drain(), vec![DataOutput::HoldWal(Some(Lsn(104)))]);
     dp.tick(2);
     assert_eq!(dp.drain(), vec![], "an unchanged hold is not repeated");
-    dp.on_message(
-        3,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(6),
-        },
-        3,
-    );
+    dp.on_message(3, ack_msg(1, 6), 3);
     dp.tick(3);
     assert_eq!(dp.drain(), vec![DataOutput::HoldWal(Some(Lsn(106)))]);
     assert_eq!(dp.lag(I), vec![(2, 1, 10), (3, 0, 0)]);
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(6),
-        },
-        4,
-    );
+    dp.on_message(2, ack_msg(1, 6), 4);
     dp.tick(4);
     assert_eq!(dp.drain(), vec![DataOutput::HoldWal(None)]);
     assert_eq!(dp.lag(I), vec![(2, 0, 0), (3, 0, 0)]);
@@ -1468,15 +1307,7 @@ fn a_lost_catch_up_is_retried_and_a_restarted_backup_catches_up() {
 fn a_silent_backup_is_probed_and_answers_with_a_catch_up() {
     let mut dp = primary();
     stream(&mut dp, 2);
-    let probe = |to| {
-        send(
-            to,
-            DataMessage::Probe {
-                instance: I,
-                epoch: Epoch(1),
-            },
-        )
-    };
+    let probe = |to| send(to, probe_msg(1));
     // Node 3 never asked to catch up (say its CatchUp was lost, or we restarted).
     dp.tick(TIMEOUT / 2 - 1);
     assert_eq!(drain(&mut dp), vec![]);
@@ -1498,14 +1329,7 @@ fn a_silent_backup_is_probed_and_answers_with_a_catch_up() {
     let mut b = backup();
     b.on_message(1, entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4)]), 0);
     drain(&mut b);
-    b.on_message(
-        1,
-        DataMessage::Probe {
-            instance: I,
-            epoch: Epoch(1),
-        },
-        5,
-    );
+    b.on_message(1, probe_msg(1), 5);
     assert_eq!(
         drain(&mut b),
         vec![send(
@@ -1518,22 +1342,8 @@ fn a_silent_backup_is_probed_and_answers_with_a_catch_up() {
         )]
     );
     // A probe of an older epoch is fenced, one from a stranger ignored.
-    b.on_message(
-        3,
-        DataMessage::Probe {
-            instance: I,
-            epoch: Epoch(1),
-        },
-        5,
-    );
-    b.on_message(
-        1,
-        DataMessage::Probe {
-            instance: I,
-            epoch: Epoch(0),
-        },
-        5,
-    );
+    b.on_message(3, probe_msg(1), 5);
+    b.on_message(1, probe_msg(0), 5);
     assert_eq!(
         drain(&mut b),
         vec![send(
@@ -1572,15 +1382,7 @@ fn backups_out_of_sync_hold_no_wal_unless_being_read_for() {
     stream(&mut dp, 2);
     dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2]), Some(pos(1, 3)), 0);
     dp.on_appended(&[shipped(1, 4), shipped(1, 5)], 0);
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(5),
-        },
-        0,
-    );
+    dp.on_message(2, ack_msg(1, 5), 0);
     dp.tick(0);
     let holds: Vec<DataOutput> = dp
         .drain()
@@ -1593,15 +1395,7 @@ fn backups_out_of_sync_hold_no_wal_unless_being_read_for() {
         "node 3 is out of sync"
     );
     // Reading the WAL for node 3 holds it from what was read.
-    dp.on_message(
-        3,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: Some(pt(1, 1)),
-        },
-        0,
-    );
+    dp.on_message(3, catch_up_msg(1, Some(pt(1, 1))), 0);
     dp.on_entries_read(3, I, vec![shipped(1, 2)], 0);
     dp.tick(1);
     let holds: Vec<DataOutput> = dp
@@ -1648,13 +1442,7 @@ fn a_resumed_epoch_of_unknown_start_streams_only_provable_prefixes() {
         assert_eq!(drain(&mut dp), vec![], "deferred until resumed");
         dp.on_epoch_resumed(pos(2, 9), 0);
         assert!(dp.is_primary(I));
-        let probe3 = send(
-            3,
-            DataMessage::Probe {
-                instance: I,
-                epoch: Epoch(2),
-            },
-        );
+        let probe3 = send(3, probe_msg(2));
         assert_eq!(drain(&mut dp), vec![want, probe3], "{last:?}");
     }
     // Once the start is recorded, the exact rule applies.
@@ -1667,15 +1455,7 @@ fn a_resumed_epoch_of_unknown_start_streams_only_provable_prefixes() {
         0,
     );
     drain(&mut dp);
-    dp.on_message(
-        2,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(2),
-            last: Some(pt(1, 3)),
-        },
-        0,
-    );
+    dp.on_message(2, catch_up_msg(2, Some(pt(1, 3))), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
 }
 
@@ -1688,15 +1468,7 @@ fn a_wal_read_with_a_hole_turns_into_a_snapshot() {
     ] {
         let mut dp = DataPlane::new(1, TIMEOUT);
         dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 4)), 0);
-        dp.on_message(
-            2,
-            DataMessage::CatchUp {
-                instance: I,
-                epoch: Epoch(1),
-                last: after,
-            },
-            0,
-        );
+        dp.on_message(2, catch_up_msg(1, after), 0);
         assert_eq!(drain(&mut dp), vec![read(after, 2)]);
         dp.on_entries_read(2, I, entries, 0);
         assert_eq!(
@@ -2004,15 +1776,7 @@ fn wal_reads_pause_while_too_much_is_unacknowledged() {
     let mut dp = DataPlane::new(1, TIMEOUT);
     dp.set_read_bytes_max(20); // reading pauses past 80 unacknowledged bytes
     dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 20)), 0);
-    dp.on_message(
-        2,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: None,
-        },
-        0,
-    );
+    dp.on_message(2, catch_up_msg(1, None), 0);
     let read = |after| DataOutput::ReadEntries {
         instance: I,
         after,
@@ -2034,36 +1798,12 @@ fn wal_reads_pause_while_too_much_is_unacknowledged() {
     }
     // An acknowledgement that leaves too much out changes nothing; one that
     // brings it under the bound resumes reading.
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(2),
-        },
-        0,
-    );
+    dp.on_message(2, ack_msg(1, 2), 0);
     assert_eq!(drain(&mut dp), vec![]);
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(3),
-        },
-        0,
-    );
+    dp.on_message(2, ack_msg(1, 3), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 9)))]);
     // An acknowledgement of everything ends the read: it streams.
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(20),
-        },
-        0,
-    );
+    dp.on_message(2, ack_msg(1, 20), 0);
     dp.on_entries_read(2, I, vec![shipped(1, 10)], 0);
     assert_eq!(drain(&mut dp), vec![]);
     dp.on_appended(&[shipped(1, 21)], 0);
@@ -2077,11 +1817,7 @@ fn wal_reads_pause_while_too_much_is_unacknowledged() {
 fn a_retried_catch_up_is_not_answered_twice_within_the_retry_interval() {
     let mut dp = DataPlane::new(1, TIMEOUT);
     dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 9)), 0);
-    let catch_up = DataMessage::CatchUp {
-        instance: I,
-        epoch: Epoch(1),
-        last: Some(pt(1, 2)),
-    };
+    let catch_up = catch_up_msg(1, Some(pt(1, 2)));
     dp.on_message(2, catch_up.clone(), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 2)), 2)]);
     dp.on_message(2, catch_up.clone(), TIMEOUT / 2 - 1);
@@ -2089,15 +1825,7 @@ fn a_retried_catch_up_is_not_answered_twice_within_the_retry_interval() {
     dp.on_message(2, catch_up.clone(), TIMEOUT / 2);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 2)), 2)]);
     // Another position is a new request.
-    dp.on_message(
-        2,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: Some(pt(1, 3)),
-        },
-        TIMEOUT / 2,
-    );
+    dp.on_message(2, catch_up_msg(1, Some(pt(1, 3))), TIMEOUT / 2);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
 }
 
@@ -2121,15 +1849,7 @@ fn a_member_being_added_that_stalls_is_given_up_only_after_its_proposal_settled(
     dp.on_appended(&[shipped(1, 4)], 0);
     dp.register(9, pos(1, 4), Need::AllInSync);
     dp.on_local_durable(&[pos(1, 4)]);
-    dp.on_message(
-        2,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(4),
-        },
-        0,
-    );
+    dp.on_message(2, ack_msg(1, 4), 0);
     drain(&mut dp);
     dp.tick(2 * TIMEOUT - 1);
     assert!(
@@ -2165,15 +1885,7 @@ fn a_streaming_backup_one_write_behind_rejoins_under_steady_writes() {
         dp.on_local_durable(&[pos(1, seq)]);
         // Node 2 acknowledges at once, node 3 one write late.
         for (node, acked) in [(2, seq), (3, seq - 1)] {
-            dp.on_message(
-                node,
-                DataMessage::Ack {
-                    instance: I,
-                    epoch: Epoch(1),
-                    seq: Seq(acked),
-                },
-                now,
-            );
+            dp.on_message(node, ack_msg(1, acked), now);
         }
         dp.tick(now + 5);
         for out in drain(&mut dp) {
@@ -2211,15 +1923,7 @@ fn a_backup_rejoins_only_once_it_holds_the_epoch_start() {
     dp.on_metadata(&rs(Some(1), 2, &[(1, 1), (2, 5)], &[1]), Some(pos(2, 5)), 0);
     dp.on_epoch_begun(pos(2, 5), 0);
     drain(&mut dp); // probes of the backups not heard from
-    dp.on_message(
-        2,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(2),
-            last: Some(pt(1, 3)),
-        },
-        0,
-    );
+    dp.on_message(2, catch_up_msg(2, Some(pt(1, 3))), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
     dp.on_entries_read(2, I, vec![shipped(1, 4), shipped(2, 5)], 0);
     drain(&mut dp);
@@ -2229,15 +1933,7 @@ fn a_backup_rejoins_only_once_it_holds_the_epoch_start() {
         in_sync: vec![1, 2],
     });
     for (acked, proposed) in [(4, false), (5, true)] {
-        dp.on_message(
-            2,
-            DataMessage::Ack {
-                instance: I,
-                epoch: Epoch(2),
-                seq: Seq(acked),
-            },
-            10,
-        );
+        dp.on_message(2, ack_msg(2, acked), 10);
         dp.tick(10);
         assert_eq!(
             proposals(&mut dp) == vec![add.clone()],
@@ -2261,23 +1957,9 @@ fn a_lost_ack_of_the_last_entry_is_sent_again_after_a_probe() {
         "{applied:?}"
     );
     b.on_replica_durable(pos(1, 4));
-    let ack = send(
-        1,
-        DataMessage::Ack {
-            instance: I,
-            epoch: Epoch(1),
-            seq: Seq(4),
-        },
-    );
+    let ack = send(1, ack_msg(1, 4));
     assert_eq!(drain(&mut b), vec![ack.clone()]); // ... and lost
-    b.on_message(
-        1,
-        DataMessage::Probe {
-            instance: I,
-            epoch: Epoch(1),
-        },
-        TIMEOUT,
-    );
+    b.on_message(1, probe_msg(1), TIMEOUT);
     drain(&mut b); // its CatchUp
     b.on_message(1, entries_msg(1, Some(pt(1, 4)), vec![]), TIMEOUT);
     assert_eq!(drain(&mut b), vec![ack]);
@@ -2378,15 +2060,7 @@ fn a_backup_far_behind_in_time_does_not_rejoin_until_it_is_close() {
         // then one write behind.
         let behind = if step < 150 { 60 } else { 1 };
         for (node, acked) in [(2, seq), (3, seq.saturating_sub(behind).max(3))] {
-            dp.on_message(
-                node,
-                DataMessage::Ack {
-                    instance: I,
-                    epoch: Epoch(1),
-                    seq: Seq(acked),
-                },
-                now,
-            );
+            dp.on_message(node, ack_msg(1, acked), now);
         }
         dp.tick(now + 1);
         if !proposals(&mut dp).is_empty() && proposed_at.is_none() {
@@ -2411,26 +2085,12 @@ fn a_catch_up_for_a_checkpoint_not_yet_created_here_waits_for_its_creation() {
     let mut dp = DataPlane::new(1, TIMEOUT);
     dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), None, 0);
     assert!(!dp.is_primary(I), "nothing to ship before the creation");
-    dp.on_message(
-        2,
-        DataMessage::CatchUp {
-            instance: I,
-            epoch: Epoch(1),
-            last: None,
-        },
-        0,
-    );
+    dp.on_message(2, catch_up_msg(1, None), 0);
     assert_eq!(drain(&mut dp), vec![]);
     dp.on_appended(&[shipped(1, 1)], 1);
     dp.on_epoch_begun(pos(1, 1), 1);
     // Node 2 is answered; node 3, not heard from (its CatchUp may have come
     // before this node knew the checkpoint), is asked now.
-    let probe3 = send(
-        3,
-        DataMessage::Probe {
-            instance: I,
-            epoch: Epoch(1),
-        },
-    );
+    let probe3 = send(3, probe_msg(1));
     assert_eq!(drain(&mut dp), vec![read(None, 2), probe3]);
 }
