@@ -16,6 +16,10 @@
 # (new data directories) and runs them one after the other, rounds
 # alternate, and the table gives medians with the per-round spread.
 #
+# Server CPU per write: user + system time of the system's server processes
+# (from /proc) during the bench, over the writes it made — the bench client
+# shares the two cores, so throughput alone undersells the cheaper server.
+#
 # Usage: benches/cluster_compare.sh [DURATION_S] [ROUNDS]   (defaults 15 and 3)
 #   SYSTEMS="etcd ckpt-all-safe ckpt-active ckpt-single"  which to run, in order
 #   KEEP=1   keep the work directory (logs, JSON) and print its path
@@ -67,6 +71,29 @@ for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
+# CPU seconds (user + system) the given processes have used so far.
+cpu_seconds() {
+  local pid ticks=0 hz
+  hz=$(getconf CLK_TCK)
+  for pid in "$@"; do
+    if [ -r "/proc/$pid/stat" ]; then
+      ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    fi
+  done
+  python3 -c "print($ticks / $hz)"
+}
+
+# Runs the bench command given, recording the servers' (the $pids')
+# CPU seconds during it into OUT.cpu.
+measured() { # OUT CMD...
+  local out=$1 before after
+  shift
+  before=$(cpu_seconds "${pids[@]}")
+  "$@" >"$out"
+  after=$(cpu_seconds "${pids[@]}")
+  python3 -c "print($after - $before)" >"$out.cpu"
+}
+
 json_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 
 # Waits until CMD succeeds, at most SECONDS (polls every 0.2 s).
@@ -97,8 +124,8 @@ run_etcd() { # DIR OUT
     pids+=($!)
   done
   wait_for 60 env ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health
-  "$tool" bench --target etcd --endpoints "$endpoints" --clients $clients \
-    --checkpoints $prefixes --value-size $value --duration-s "$duration" --json >"$out"
+  measured "$out" "$tool" bench --target etcd --endpoints "$endpoints" --clients $clients \
+    --checkpoints $prefixes --value-size $value --duration-s "$duration" --json
   stop_all
 }
 
@@ -131,8 +158,8 @@ run_ckpt_cluster() { # DIR OUT MODE
     pids+=($!)
   done
   wait_for 60 cluster_ready "$dir/cluster.toml"
-  "$tool" bench --addr "$addrs" --checkpoints $prefixes --clients $clients \
-    --size $value --mode "$mode" --duration-s "$duration" --json >"$out"
+  measured "$out" "$tool" bench --addr "$addrs" --checkpoints $prefixes --clients $clients \
+    --size $value --mode "$mode" --duration-s "$duration" --json
   stop_all
 }
 
@@ -143,8 +170,8 @@ run_ckpt_single() { # DIR OUT
     --admin-listen "127.0.0.1:${ports[1]}" 2>"$dir/server.log" &
   pids+=($!)
   wait_for 60 grep -q "ckpt-server ready" "$dir/server.log"
-  "$tool" bench --addr "127.0.0.1:${ports[0]}" --checkpoints $prefixes --clients $clients \
-    --size $value --mode active --duration-s "$duration" --json >"$out"
+  measured "$out" "$tool" bench --addr "127.0.0.1:${ports[0]}" --checkpoints $prefixes --clients $clients \
+    --size $value --mode active --duration-s "$duration" --json
   stop_all
 }
 
@@ -176,8 +203,8 @@ label = {
     "ckpt-single": "ckpt 1 node ACTIVE_REPLICA",
 }
 print(f"medians over {rounds} alternating rounds (64 clients, 1 KiB, 12 checkpoints/prefixes):")
-print("| system | writes/s (median) | per-round writes/s | p50 ms | p99 ms | errors |")
-print("|---|---:|---|---:|---:|---|")
+print("| system | writes/s (median) | per-round writes/s | p50 ms | p99 ms | server CPU µs/write (median) | errors |")
+print("|---|---:|---|---:|---:|---:|---|")
 medians = {}
 for system in systems:
     runs = [json.load(open(f"{work}/{system}-{r}.json")) for r in range(1, rounds + 1)]
@@ -188,10 +215,15 @@ for system in systems:
     for r in runs:
         for k, v in r.get("errors", {}).items():
             errors[k] = errors.get(k, 0) + v
+    # Server CPU (all of the system's server processes) per write.
+    cpu = statistics.median(
+        float(open(f"{work}/{system}-{i}.json.cpu").read()) * 1e6 / max(r["ops"], 1)
+        for i, r in enumerate(runs, start=1)
+    )
     medians[system] = statistics.median(ops)
     spread = ", ".join(f"{o:,.0f}" for o in ops)
     err = ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"
-    print(f"| {label.get(system, system)} | {medians[system]:,.0f} | {spread} | {p50:.2f} | {p99:.2f} | {err} |")
+    print(f"| {label.get(system, system)} | {medians[system]:,.0f} | {spread} | {p50:.2f} | {p99:.2f} | {cpu:,.0f} | {err} |")
 if "etcd" in medians:
     for system in systems:
         if system != "etcd" and medians["etcd"] > 0:
