@@ -85,7 +85,13 @@ fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
     cluster.kill(backup);
     let from = acked_lines(&record).len();
     let n = writes();
-    let took = wait_acks_within(&record, from, n, std::time::Duration::from_secs(600));
+    let took = wait_acks_within(
+        &record,
+        from,
+        n,
+        "writes while the backup is down",
+        std::time::Duration::from_secs(600),
+    );
     eprintln!("{n} writes with node {backup} down took {took:?}");
     // The active replica no longer holds the log the backup would need:
     // far less than the bytes written while it was down is left.
@@ -120,32 +126,4 @@ fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
     let (acked, lost, wrong) = check_acked(&cluster.addrs(), &record);
     assert!(acked as usize >= from + n, "{acked} acked");
     assert_eq!((lost, wrong), (0, 0), "of {acked} acknowledged writes");
-}
-
-/// [`wait_acks`] with a longer limit (100,000 writes on a loaded 2-core box).
-fn wait_acks_within(
-    record: &std::path::Path,
-    from: usize,
-    n: usize,
-    limit: std::time::Duration,
-) -> std::time::Duration {
-    let started = std::time::Instant::now();
-    let mut last = 0;
-    loop {
-        // Counting lines of a growing file: check at most every half second.
-        let got = acked_lines(record).len();
-        if got >= from + n {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "only {} of {n} writes acknowledged within {limit:?}",
-            got - from
-        );
-        if got == last {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
-        last = got;
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
 }

@@ -285,6 +285,24 @@ fn try_again(detail: String) -> CkptError {
     CkptError::new(ErrorCode::TryAgain, detail)
 }
 
+/// Asks backup `node` where it is (it answers with a CatchUp).
+fn probe(
+    outputs: &mut Vec<DataOutput>,
+    instance: InstanceId,
+    epoch: Epoch,
+    node: NodeId,
+    peer: &mut Peer,
+    now_ms: u64,
+) {
+    peer.probe_sent_ms = Some(now_ms);
+    // Its answer must not be taken for a retry.
+    peer.serving = None;
+    outputs.push(DataOutput::Send {
+        to: node,
+        msg: DataMessage::Probe { instance, epoch },
+    });
+}
+
 fn seq_of(point: Option<(Epoch, Seq)>) -> Seq {
     point.map_or(Seq(0), |(_, s)| s)
 }
@@ -526,15 +544,7 @@ impl DataPlane {
         let epoch = primary.epoch;
         for (node, peer) in primary.peers.iter_mut() {
             if peer.mode == PeerMode::AwaitCatchUp {
-                peer.probe_sent_ms = Some(now_ms);
-                peer.serving = None;
-                self.outputs.push(DataOutput::Send {
-                    to: *node,
-                    msg: DataMessage::Probe {
-                        instance: pos.instance,
-                        epoch,
-                    },
-                });
+                probe(&mut self.outputs, pos.instance, epoch, *node, peer, now_ms);
             }
         }
     }
@@ -963,16 +973,14 @@ impl DataPlane {
                     .probe_sent_ms
                     .is_none_or(|t| now_ms.saturating_sub(t) >= retry_ms)
             {
-                peer.probe_sent_ms = Some(now_ms);
-                // Its answer must not be taken for a retry.
-                peer.serving = None;
-                self.outputs.push(DataOutput::Send {
-                    to: *node,
-                    msg: DataMessage::Probe {
-                        instance,
-                        epoch: primary.epoch,
-                    },
-                });
+                probe(
+                    &mut self.outputs,
+                    instance,
+                    primary.epoch,
+                    *node,
+                    peer,
+                    now_ms,
+                );
             }
             if inst.rs.in_sync.contains(node) {
                 if stalled {
@@ -983,44 +991,36 @@ impl DataPlane {
                         propose = true;
                     }
                 }
-            } else if required.contains(node) {
-                // Its addition is pending (or it is being waited for before
-                // being proposed). If it fell behind, stop waiting for it (it
-                // is not in the applied set) — but only once the proposal is
+            } else {
+                // Not in the applied set. If its addition is pending (or it
+                // is being waited for before being proposed) and it fell
+                // behind, stop waiting for it — but only once the proposal is
                 // old enough to have been applied or lost: were it applied
                 // after we gave up, the control plane would name an in-sync
                 // member lacking writes released meanwhile.
+                let pending = required.contains(node);
                 let proposal_settled = peer
                     .add_proposed_ms
                     .is_none_or(|t| now_ms.saturating_sub(t) >= timeout.saturating_mul(2));
-                if stalled && proposal_settled {
+                if pending && stalled && proposal_settled {
                     give_up.push(*node);
                     peer.add_proposed_ms = None;
-                } else if holds_released(peer)
-                    && close(peer)
-                    && !stalled
-                    && peer.mode == PeerMode::Streaming
-                    && due(peer.add_proposed_ms)
-                {
-                    // First proposal, or the last one may have been lost.
-                    add.insert(*node);
-                    peer.add_proposed_ms = Some(now_ms);
-                    propose = true;
-                }
-            } else if peer.mode == PeerMode::Streaming && close(peer) && !stalled {
-                if holds_released(peer) {
-                    if due(peer.add_proposed_ms) {
-                        add.insert(*node);
-                        peer.add_proposed_ms = Some(now_ms);
-                        propose = true;
+                } else if peer.mode == PeerMode::Streaming && close(peer) && !stalled {
+                    if holds_released(peer) {
+                        // First proposal, or the last one may have been lost.
+                        if due(peer.add_proposed_ms) {
+                            add.insert(*node);
+                            peer.add_proposed_ms = Some(now_ms);
+                            propose = true;
+                        }
+                    } else if !pending {
+                        // Under steady writes a streaming backup is always a
+                        // round trip behind, so it would never hold the high
+                        // watermark at a tick: wait for it from now on (the
+                        // watermark stops passing it) and propose it once it
+                        // holds what was released before.
+                        expect.push(*node);
                     }
-                } else {
-                    // Under steady writes a streaming backup is always a
-                    // round trip behind, so it would never hold the high
-                    // watermark at a tick: wait for it from now on (the
-                    // watermark stops passing it) and propose it once it
-                    // holds what was released before.
-                    expect.push(*node);
                 }
             }
         }

@@ -383,65 +383,88 @@ async fn sender_loop(
             _ = shutdown.cancelled() => return,
             connected = TcpStream::connect(addr) => connected,
         };
-        let stream = match connected {
-            Ok(stream) => stream,
+        let lasted = match connected {
+            Ok(stream) => {
+                let opened = tokio::time::Instant::now();
+                match serve(stream, &hello, &mut queue, &shutdown, peer, addr).await {
+                    Served::Shutdown => return,
+                    Served::Ended => {}
+                }
+                was_connected = true;
+                opened.elapsed() >= STABLE_AFTER
+            }
             Err(error) => {
                 if was_connected {
                     tracing::info!(peer, %addr, %error, "peer unreachable; retrying");
                     was_connected = false;
                 }
-                // The peer is down: what was queued for it is dropped.
-                while queue.try_recv().is_ok() {}
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
+                false
             }
         };
-        let _ = stream.set_nodelay(true);
-        let mut frames = FramedWrite::new(stream, codec());
-        let opened = tokio::time::Instant::now();
-        if frames.send(hello.clone()).await.is_ok() {
-            tracing::info!(peer, %addr, "connected to peer");
-            was_connected = true;
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = queue.recv() => next,
-                };
-                let Some(bytes) = next else { return };
-                // Batch what is queued behind it into one flush.
-                let mut failed = frames.feed(bytes).await.is_err();
-                while !failed {
-                    match queue.try_recv() {
-                        Ok(more) => failed = frames.feed(more).await.is_err(),
-                        Err(_) => break,
-                    }
-                }
-                if failed || SinkExt::<Bytes>::flush(&mut frames).await.is_err() {
-                    tracing::info!(peer, %addr, "lost the connection to a peer; reconnecting");
-                    break;
-                }
-            }
-        }
-        if opened.elapsed() >= STABLE_AFTER {
+        if lasted {
             // It was up: reconnect at once.
             backoff = BACKOFF_MIN;
             continue;
         }
-        // It ended at once: something between the nodes (a proxy, a NAT, a
-        // load balancer) accepts connections for a peer it cannot reach, or
-        // the peer drops them. Back off as from a peer that is down, rather
-        // than reconnect in a loop (tests/cluster_partition.rs saw ~1,000
-        // connections a second through a partitioned proxy before this).
+        // The peer is down, or the connection ended at once: something
+        // between the nodes (a proxy, a NAT, a load balancer) accepts
+        // connections for a peer it cannot reach, or the peer drops them.
+        // Back off rather than reconnect in a loop (tests/cluster_partition.rs
+        // saw ~1,000 connections a second through a partitioned proxy), and
+        // drop what was queued for it.
         while queue.try_recv().is_ok() {}
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// How a connection to a peer ended.
+enum Served {
+    /// The node is shutting down.
+    Shutdown,
+    /// The connection failed (or `Hello` could not be sent).
+    Ended,
+}
+
+/// Says `Hello` on `stream`, then sends what `queue` holds until the
+/// connection fails.
+async fn serve(
+    stream: TcpStream,
+    hello: &Bytes,
+    queue: &mut mpsc::Receiver<Bytes>,
+    shutdown: &CancellationToken,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Served {
+    let _ = stream.set_nodelay(true);
+    let mut frames = FramedWrite::new(stream, codec());
+    if frames.send(hello.clone()).await.is_err() {
+        return Served::Ended;
+    }
+    tracing::info!(peer, %addr, "connected to peer");
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Served::Shutdown,
+            next = queue.recv() => next,
+        };
+        let Some(bytes) = next else {
+            return Served::Shutdown;
+        };
+        // Batch what is queued behind it into one flush.
+        let mut failed = frames.feed(bytes).await.is_err();
+        while !failed {
+            match queue.try_recv() {
+                Ok(more) => failed = frames.feed(more).await.is_err(),
+                Err(_) => break,
+            }
+        }
+        if failed || SinkExt::<Bytes>::flush(&mut frames).await.is_err() {
+            tracing::info!(peer, %addr, "lost the connection to a peer; reconnecting");
+            return Served::Ended;
+        }
     }
 }
 
