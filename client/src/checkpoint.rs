@@ -37,8 +37,10 @@ impl Checkpoint {
     }
 
     /// A second value for the same server handle, for the dispatch layer's
-    /// background tasks. Closing either closes the handle.
-    pub(crate) fn alias(&self) -> Checkpoint {
+    /// background tasks and for callers that share one handle between
+    /// threads (the C library closes a shared handle through an alias).
+    /// Closing either closes the handle.
+    pub fn alias(&self) -> Checkpoint {
         Checkpoint {
             client: self.client.clone(),
             handle: self.handle,
