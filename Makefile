@@ -4,6 +4,8 @@
 #   make bench  storage benchmarks (group commit vs raw fdatasync, 10k checkpoints)
 #   make bench-deps  etcd and redis for benches/compare.sh and cluster_compare.sh
 #   make lint   rustfmt and clippy, as CI expects them
+#   make install PREFIX=/usr/local   the C library (libckpt.so, libckpt.a),
+#               its headers (PREFIX/include/ckpt) and ckpt.pc for pkg-config
 #
 # Everything builds in the release profile: RocksDB's C++ build takes ~15
 # minutes on two cores, and sharing one profile between tests, benches and
@@ -12,13 +14,26 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps run test bench lint fuzz
+.PHONY: deps run test bench lint fuzz install
+
+# Where `make install` puts the C library; DESTDIR is prepended for staging.
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+CARGO_TARGET_DIR ?= target
+CAPI_VERSION := 0.1.0
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo (Rust) is required" >&2; exit 1; }
 	@command -v c++ >/dev/null || { echo "installing a C++ compiler for RocksDB"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++; }
 	@dpkg -s libclang-dev >/dev/null 2>&1 || { echo "installing libclang-dev for RocksDB's bindings"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libclang-dev; }
+	@# The C library's tests (tests/capi.rs) compile C with cc and pkg-config
+	@# and run one program under valgrind.
+	@command -v pkg-config >/dev/null || { echo "installing pkg-config for the C library's tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq pkg-config; }
+	@command -v valgrind >/dev/null || { echo "installing valgrind for the C library's tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq valgrind; }
 
 run: deps
 	$(CARGO) run --release -p ckpt-server --
@@ -52,6 +67,22 @@ bench-deps:
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# The C library: libckpt.so.$(CAPI_VERSION) (stripped; soname libckpt.so.0)
+# with its links, libckpt.a, the headers in $(INCLUDEDIR)/ckpt, and ckpt.pc so
+# that `cc app.c $$(pkg-config --cflags --libs ckpt)` builds an application.
+install:
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) $(CARGO) build --release -p ckpt-capi
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/ckpt
+	install -m 644 capi/include/*.h $(DESTDIR)$(INCLUDEDIR)/ckpt/
+	install -m 755 $(CARGO_TARGET_DIR)/release/libckpt.so $(DESTDIR)$(LIBDIR)/libckpt.so.$(CAPI_VERSION)
+	strip --strip-unneeded $(DESTDIR)$(LIBDIR)/libckpt.so.$(CAPI_VERSION)
+	ln -sf libckpt.so.$(CAPI_VERSION) $(DESTDIR)$(LIBDIR)/libckpt.so.0
+	ln -sf libckpt.so.0 $(DESTDIR)$(LIBDIR)/libckpt.so
+	install -m 644 $(CARGO_TARGET_DIR)/release/libckpt.a $(DESTDIR)$(LIBDIR)/libckpt.a
+	strip --strip-debug $(DESTDIR)$(LIBDIR)/libckpt.a
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+		-e 's|@VERSION@|$(CAPI_VERSION)|' capi/ckpt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ckpt.pc
 
 fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run wal_reader -- -max_total_time=300

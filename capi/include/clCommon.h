@@ -7,6 +7,8 @@
 #ifndef _CL_COMMON_H_
 #define _CL_COMMON_H_
 
+#include <stddef.h> /* NULL, in CL_CKPT_DEFAULT_SECTION_ID */
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -5,6 +5,8 @@
 #ifndef _SA_AIS_H
 #define _SA_AIS_H
 
+#include <stddef.h> /* NULL, in SA_CKPT_DEFAULT_SECTION_ID */
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -232,3 +232,165 @@ pub fn malloc_copy(bytes: &[u8]) -> Result<*mut u8, ClientError> {
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buffer, bytes.len()) };
     Ok(buffer)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+    use std::process::Command;
+
+    use super::*;
+
+    /// The C compiler's sizes and offsets of every structure in the headers,
+    /// for both APIs, are those of the Rust mirrors here.
+    #[test]
+    fn layouts_match_the_headers() {
+        let checks: Vec<(&str, usize)> = vec![
+            ("sizeof(ClNameT)", size_of::<NameC>()),
+            ("sizeof(SaNameT)", size_of::<NameC>()),
+            ("offsetof(ClNameT, value)", offset_of!(NameC, value)),
+            ("sizeof(ClVersionT)", size_of::<VersionC>()),
+            ("sizeof(SaVersionT)", size_of::<VersionC>()),
+            (
+                "sizeof(ClCkptCheckpointCreationAttributesT)",
+                size_of::<CreationAttributesC>(),
+            ),
+            (
+                "sizeof(SaCkptCheckpointCreationAttributesT)",
+                size_of::<CreationAttributesC>(),
+            ),
+            (
+                "offsetof(ClCkptCheckpointCreationAttributesT, checkpointSize)",
+                offset_of!(CreationAttributesC, checkpoint_size),
+            ),
+            (
+                "offsetof(ClCkptCheckpointCreationAttributesT, retentionDuration)",
+                offset_of!(CreationAttributesC, retention_duration),
+            ),
+            (
+                "offsetof(ClCkptCheckpointCreationAttributesT, maxSections)",
+                offset_of!(CreationAttributesC, max_sections),
+            ),
+            (
+                "offsetof(ClCkptCheckpointCreationAttributesT, maxSectionSize)",
+                offset_of!(CreationAttributesC, max_section_size),
+            ),
+            (
+                "offsetof(SaCkptCheckpointCreationAttributesT, maxSectionIdSize)",
+                offset_of!(CreationAttributesC, max_section_id_size),
+            ),
+            ("sizeof(ClCkptSectionIdT)", size_of::<SectionIdC>()),
+            ("offsetof(SaCkptSectionIdT, id)", offset_of!(SectionIdC, id)),
+            (
+                "sizeof(ClCkptSectionCreationAttributesT)",
+                size_of::<SectionCreationAttributesC>(),
+            ),
+            (
+                "offsetof(SaCkptSectionCreationAttributesT, expirationTime)",
+                offset_of!(SectionCreationAttributesC, expiration_time),
+            ),
+            (
+                "sizeof(ClCkptSectionDescriptorT)",
+                size_of::<SectionDescriptorC>(),
+            ),
+            (
+                "sizeof(SaCkptSectionDescriptorT)",
+                size_of::<SectionDescriptorC>(),
+            ),
+            (
+                "offsetof(ClCkptSectionDescriptorT, expirationTime)",
+                offset_of!(SectionDescriptorC, expiration_time),
+            ),
+            (
+                "offsetof(ClCkptSectionDescriptorT, sectionSize)",
+                offset_of!(SectionDescriptorC, section_size),
+            ),
+            (
+                "offsetof(SaCkptSectionDescriptorT, sectionState)",
+                offset_of!(SectionDescriptorC, section_state),
+            ),
+            (
+                "offsetof(ClCkptSectionDescriptorT, lastUpdate)",
+                offset_of!(SectionDescriptorC, last_update),
+            ),
+            (
+                "sizeof(ClCkptIOVectorElementT)",
+                size_of::<IoVectorElementC>(),
+            ),
+            (
+                "sizeof(SaCkptIOVectorElementT)",
+                size_of::<IoVectorElementC>(),
+            ),
+            (
+                "offsetof(ClCkptIOVectorElementT, dataBuffer)",
+                offset_of!(IoVectorElementC, data_buffer),
+            ),
+            (
+                "offsetof(SaCkptIOVectorElementT, dataSize)",
+                offset_of!(IoVectorElementC, data_size),
+            ),
+            (
+                "offsetof(ClCkptIOVectorElementT, dataOffset)",
+                offset_of!(IoVectorElementC, data_offset),
+            ),
+            (
+                "offsetof(SaCkptIOVectorElementT, readSize)",
+                offset_of!(IoVectorElementC, read_size),
+            ),
+            (
+                "sizeof(ClCkptCheckpointDescriptorT)",
+                size_of::<CheckpointDescriptorC>(),
+            ),
+            (
+                "sizeof(SaCkptCheckpointDescriptorT)",
+                size_of::<CheckpointDescriptorC>(),
+            ),
+            (
+                "offsetof(ClCkptCheckpointDescriptorT, numberOfSections)",
+                offset_of!(CheckpointDescriptorC, number_of_sections),
+            ),
+            (
+                "offsetof(SaCkptCheckpointDescriptorT, memoryUsed)",
+                offset_of!(CheckpointDescriptorC, memory_used),
+            ),
+            ("sizeof(ClCkptCallbacksT)", size_of::<CallbacksC>()),
+            ("sizeof(SaCkptCallbacksT)", size_of::<CallbacksC>()),
+            ("sizeof(ClCkptSectionsChosenT)", 4),
+            ("sizeof(SaAisErrorT)", 4),
+            ("sizeof(ClDispatchFlagsT)", 4),
+            ("sizeof(ClSelectionObjectT)", 8),
+            ("sizeof(ClTimeT)", 8),
+            ("sizeof(ClHandleT)", 8),
+        ];
+        let dir = std::env::temp_dir().join(format!("ckpt-capi-layout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut source = String::from(
+            "#include <stddef.h>\n#include <stdio.h>\n#include <clCkptApi.h>\n#include <saCkpt.h>\nint main(void) {\n",
+        );
+        for (expression, _) in &checks {
+            source.push_str(&format!(
+                "    printf(\"%zu\\n\", (size_t)({expression}));\n"
+            ));
+        }
+        source.push_str("    return 0;\n}\n");
+        std::fs::write(dir.join("layout.c"), source).unwrap();
+        let built = Command::new("cc")
+            .arg("-I")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/include"))
+            .arg(dir.join("layout.c"))
+            .arg("-o")
+            .arg(dir.join("layout"))
+            .status()
+            .expect("cc runs");
+        assert!(built.success());
+        let output = Command::new(dir.join("layout")).output().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let sizes: Vec<usize> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(sizes.len(), checks.len());
+        for ((expression, rust), c) in checks.iter().zip(sizes) {
+            assert_eq!(*rust, c, "{expression}: Rust {rust}, C {c}");
+        }
+    }
+}

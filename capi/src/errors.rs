@@ -146,4 +146,41 @@ mod tests {
         assert_eq!(sa_error(ErrorCode::NoSections), 27);
         assert_eq!(code_from_cl(CL_OK), None);
     }
+
+    /// docs/c-api.md's table, row by row, is what the saCkpt* and clCkpt*
+    /// calls return; and every code has its row.
+    #[test]
+    fn the_documented_table_is_the_mapping() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/c-api.md"))
+            .expect("docs/c-api.md");
+        let table = doc
+            .split_once("### ckpt ErrorCode → ClRcT → SaAisErrorT")
+            .expect("the table's heading")
+            .1;
+        let mut rows = 0;
+        for line in table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+        {
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().replace('`', ""))
+                .collect();
+            let rc = u32::from_str_radix(cells[2].trim_start_matches("0x"), 16).unwrap();
+            let code = code_from_cl(rc).unwrap();
+            assert_eq!(Api::Cl.error(code), rc, "{line}");
+            assert_eq!(code.cl_name(), cells[1], "{line}");
+            assert_eq!(
+                Api::Sa.error(code),
+                cells[4].parse::<u32>().unwrap(),
+                "{line}"
+            );
+            assert_eq!(sa_value(&cells[3]), Some(Api::Sa.error(code)), "{line}");
+            rows += 1;
+        }
+        assert_eq!(rows, ErrorCode::ALL.len());
+    }
 }

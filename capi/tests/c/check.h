@@ -34,7 +34,7 @@
     } while (0)
 
 /* Waits up to 10 s for fd to be readable; returns whether it is. */
-static int readable_within(int fd, int timeout_ms)
+static inline int readable_within(int fd, int timeout_ms)
 {
     struct pollfd p;
     p.fd = fd;
@@ -45,7 +45,7 @@ static int readable_within(int fd, int timeout_ms)
 }
 
 /* Whether fd is an open eventfd of this process. */
-static int is_eventfd(int fd)
+static inline int is_eventfd(int fd)
 {
     char path[64], target[128];
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
@@ -57,14 +57,14 @@ static int is_eventfd(int fd)
     return strstr(target, "eventfd") != NULL;
 }
 
-static long long now_ns(void)
+static inline long long now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static long long monotonic_ms(void)
+static inline long long monotonic_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
