@@ -35,6 +35,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Mutex;
 
 use ckpt_proto::{
     CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode, SectionId,
@@ -70,6 +71,20 @@ pub const ORIGINS_PER_SESSION: u64 = 4096;
 
 /// A session that applied nothing for this long (1 h) is forgotten.
 pub const SESSION_IDLE_NS: i64 = 3_600_000_000_000;
+
+/// A session's last-applied time (`Q`) is rewritten at most this often
+/// (60 s), not once per write: a put per write in the meta memtable costs
+/// every write a skip-list insert. [`Db::forget_idle_sessions`] allows for
+/// it, so a session is never forgotten before it was idle for the full
+/// [`SESSION_IDLE_NS`].
+pub const SESSION_MARK_NS: i64 = 60_000_000_000;
+
+/// Origins below a session's bound are swept once the bound has moved this
+/// many requests (and at a session's first write after the store opens),
+/// not by a range tombstone per write: tombstones pile up in the memtable
+/// and every read of the meta column family pays for them. A session holds
+/// at most [`ORIGINS_PER_SESSION`] + this many origins.
+pub const ORIGIN_SWEEP_STEP: u64 = 64;
 const CF_PREFIX: &str = "cf-";
 
 /// How RocksDB's own WAL is used (DESIGN.md §3).
@@ -148,6 +163,18 @@ pub struct Db {
     meta: CfPtr,
     options: DbOptions,
     db: DB,
+    /// Per session, the bookkeeping this process last wrote for it.
+    sessions: Mutex<HashMap<u64, SessionMark>>,
+}
+
+/// What was last written of a session's bookkeeping (not itself stored:
+/// after a restart every session's first write writes both again).
+#[derive(Debug, Clone, Copy)]
+struct SessionMark {
+    /// The time last written to its `Q` key.
+    time: i64,
+    /// Its origins below this request number have been swept (0: not yet).
+    swept_below: u64,
 }
 
 fn storage_error(context: &str, error: impl std::fmt::Display) -> CkptError {
@@ -450,6 +477,7 @@ impl Db {
             meta,
             options,
             db,
+            sessions: Mutex::new(HashMap::new()),
         };
         this.check_layout()?;
         let loaded = this.load()?;
@@ -597,19 +625,26 @@ impl Db {
     }
 
     /// Forgets every session whose last applied origin is older than
-    /// `idle_before` (ns); returns how many.
+    /// `idle_before` (ns); returns how many. The stored time of a session
+    /// may lag its last write by up to [`SESSION_MARK_NS`], so a session is
+    /// forgotten only when its stored time is that much older.
     ///
     /// # Errors
     /// RocksDB errors.
     pub fn forget_idle_sessions(&self, idle_before: i64) -> CkptResult<usize> {
+        let idle_before = idle_before.saturating_sub(SESSION_MARK_NS);
         let mut batch = WriteBatch::default();
         let mut forgotten = 0;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for (key, value) in self.scan_meta(b"Q")? {
             let last = <[u8; 8]>::try_from(value.as_slice())
                 .map(i64::from_le_bytes)
                 .unwrap_or(i64::MIN);
             if last >= idle_before || key.len() != 9 {
                 continue;
+            }
+            if let Ok(session) = <[u8; 8]>::try_from(&key[1..9]) {
+                sessions.remove(&u64::from_be_bytes(session));
             }
             let prefix = [&b"O"[..], &key[1..9]].concat();
             batch.delete_range_cf(&self.meta, prefix.clone(), prefix_end(&prefix));
@@ -686,13 +721,22 @@ impl Db {
         next_instance: u64,
     ) -> CkptResult<()> {
         let mut batch = WriteBatch::default();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for (origin, committed, now) in origins {
             let value = postcard::to_allocvec(committed)
                 .map_err(|e| storage_error("encoding an origin's outcome", e))?;
             batch.put_cf(&self.meta, keys::origin(*origin), value);
-            batch.put_cf(&self.meta, keys::session(origin.session), now.to_le_bytes());
-            if origin.request > ORIGINS_PER_SESSION {
-                let below = origin.request - ORIGINS_PER_SESSION;
+            let mark = sessions.entry(origin.session).or_insert(SessionMark {
+                time: i64::MIN,
+                swept_below: 0,
+            });
+            if *now < mark.time || now.saturating_sub(mark.time) >= SESSION_MARK_NS {
+                batch.put_cf(&self.meta, keys::session(origin.session), now.to_le_bytes());
+                mark.time = *now;
+            }
+            let below = origin.request.saturating_sub(ORIGINS_PER_SESSION);
+            let step_from = mark.swept_below.saturating_add(ORIGIN_SWEEP_STEP);
+            if below > 0 && (mark.swept_below == 0 || below >= step_from) {
                 let from = keys::origin(Origin {
                     session: origin.session,
                     request: 0,
@@ -702,8 +746,10 @@ impl Db {
                     request: below,
                 });
                 batch.delete_range_cf(&self.meta, from, to);
+                mark.swept_below = below;
             }
         }
+        drop(sessions);
         let mut overlay = Overlay::default();
         // An instance's metadata is rewritten by every record of it; within
         // one atomic batch only its last version matters.
@@ -1252,16 +1298,17 @@ mod tests {
     fn origins_are_kept_per_session_up_to_the_bound() {
         let (_dir, db) = open_db();
         let origin = |session, request| Origin { session, request };
+        const S: i64 = 1_000_000_000;
         let writes: Vec<_> = [(1, 1), (1, 2), (2, 1)]
             .into_iter()
-            .map(|(s, r)| (origin(s, r), done_at(r), 100))
+            .map(|(s, r)| (origin(s, r), done_at(r), 100 * S))
             .collect();
         db.apply_with(&[], &writes, Lsn(1), 2).unwrap();
         assert_eq!(db.origin(origin(1, 2)).unwrap(), Some(done_at(2)));
         assert_eq!(db.origin(origin(1, 3)).unwrap(), None);
         // Request ORIGINS_PER_SESSION + 2 of session 1 pushes out 1.
         let far = ORIGINS_PER_SESSION + 2;
-        db.apply_with(&[], &[(origin(1, far), done_at(far), 200)], Lsn(2), 2)
+        db.apply_with(&[], &[(origin(1, far), done_at(far), 200 * S)], Lsn(2), 2)
             .unwrap();
         assert_eq!(db.origin(origin(1, 1)).unwrap(), None);
         assert_eq!(db.origin(origin(1, 2)).unwrap(), Some(done_at(2)));
@@ -1270,11 +1317,58 @@ mod tests {
             Some(done_at(1)),
             "other sessions stay"
         );
-        // Sessions idle since before 150 are forgotten whole.
-        assert_eq!(db.forget_idle_sessions(150).unwrap(), 1);
+        // A stored time may lag the last write by SESSION_MARK_NS: session
+        // 2 (last write at 100 s) is not forgotten for idle_before 150 s,
+        // it is for 161 s.
+        assert_eq!(db.forget_idle_sessions(150 * S).unwrap(), 0);
+        assert_eq!(db.forget_idle_sessions(161 * S).unwrap(), 1);
         assert_eq!(db.origin(origin(2, 1)).unwrap(), None);
         assert_eq!(db.origin(origin(1, far)).unwrap(), Some(done_at(far)));
-        assert_eq!(db.forget_idle_sessions(150).unwrap(), 0);
+        assert_eq!(db.forget_idle_sessions(161 * S).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_busy_session_costs_no_tombstone_and_no_time_write_per_request() {
+        let (_dir, db) = open_db();
+        let origin = |request| Origin {
+            session: 7,
+            request,
+        };
+        let stored_time = |db: &Db| {
+            let value = db.get_meta(&keys::session(7)).unwrap().unwrap();
+            i64::from_le_bytes(value.try_into().unwrap())
+        };
+        let last = ORIGINS_PER_SESSION + 200;
+        for request in 1..=last {
+            let now = 1_000 + request as i64;
+            db.apply_with(
+                &[],
+                &[(origin(request), done_at(request), now)],
+                Lsn(request),
+                2,
+            )
+            .unwrap();
+        }
+        // Written once: every request came within SESSION_MARK_NS of the first.
+        assert_eq!(stored_time(&db), 1_001);
+        // Swept at the first request past the bound, then every
+        // ORIGIN_SWEEP_STEP: the last sweep was below 1 + 3 steps = 193.
+        let swept = 1 + 3 * ORIGIN_SWEEP_STEP;
+        assert_eq!(db.origin(origin(swept - 1)).unwrap(), None);
+        assert_eq!(db.origin(origin(swept)).unwrap(), Some(done_at(swept)));
+        let kept = db.scan_meta(&keys::origin(origin(0))[..9]).unwrap().len() as u64;
+        assert_eq!(kept, last - swept + 1);
+        assert!(kept <= ORIGINS_PER_SESSION + ORIGIN_SWEEP_STEP);
+        // A minute later the time is written again.
+        let later = 1_000 + SESSION_MARK_NS + last as i64;
+        db.apply_with(
+            &[],
+            &[(origin(last + 1), done_at(last + 1), later)],
+            Lsn(last + 1),
+            2,
+        )
+        .unwrap();
+        assert_eq!(stored_time(&db), later);
     }
 
     #[test]

@@ -751,6 +751,32 @@ impl Store {
     ) -> Result<(), Submission> {
         let work = Work::Plan { op, origin: None };
         let reply: Reply = Box::new(move |result| reply(result.map(|c| c.outcome)));
+        self.try_enqueue(work, durability, now, reply)
+    }
+
+    /// [`Store::submit_ordered`] without blocking, as [`Store::try_submit`]:
+    /// the active replica's write path, which runs on an async worker.
+    ///
+    /// # Errors
+    /// The queue is full.
+    pub fn try_submit_ordered(
+        &self,
+        op: Op,
+        origin: Option<Origin>,
+        durability: Durability,
+        now: i64,
+        reply: impl FnOnce(CkptResult<Committed>) + Send + 'static,
+    ) -> Result<(), Submission> {
+        self.try_enqueue(Work::Plan { op, origin }, durability, now, Box::new(reply))
+    }
+
+    fn try_enqueue(
+        &self,
+        work: Work,
+        durability: Durability,
+        now: i64,
+        reply: Reply,
+    ) -> Result<(), Submission> {
         let Some(request) = self.admit(work, durability, now, reply) else {
             return Ok(());
         };

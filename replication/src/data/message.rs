@@ -16,7 +16,9 @@ pub struct WireEntry {
     /// Sequence number within the instance.
     #[serde(with = "seq_serde")]
     pub seq: Seq,
-    /// `Entry::encode` of the entry.
+    /// `Entry::encode` of the entry (as bytes, not a sequence of u8: the
+    /// same postcard encoding without a call per byte).
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 
@@ -65,6 +67,7 @@ pub enum DataMessage {
         epoch: Epoch,
         #[serde(with = "point_serde")]
         last: (Epoch, Seq),
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Backup → sender: you sent entries of an epoch older than `epoch`, the

@@ -61,6 +61,7 @@ pub enum WireOp {
     CreateSection {
         instance: u64,
         attributes: SectionCreationAttributes,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     DeleteSection {
@@ -79,12 +80,14 @@ pub enum WireOp {
     Overwrite {
         instance: u64,
         section_id: SectionId,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     RestoreSection {
         instance: u64,
         section_id: SectionId,
         expiration_time: i64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     Barrier,

@@ -50,8 +50,8 @@ use ckpt_replication::data::{
 use ckpt_replication::raftlog::RaftLog;
 use ckpt_replication::NodeId;
 use ckpt_storage::{
-    Durability, EntriesAfter, Entry, Epoch, InstanceId, InstanceSnapshot, Lsn, Op, Origin, Outcome,
-    Position, Seq, Store,
+    Committed, Durability, EntriesAfter, Entry, Epoch, InstanceId, InstanceSnapshot, Lsn, Op,
+    Origin, Outcome, Position, Seq, Store,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -157,6 +157,18 @@ fn from_wire_need(need: WireNeed) -> Need {
 }
 
 /// What the driver is told.
+/// Answers a request waiting for its write to be safe per its need.
+type TicketReply = Box<dyn FnOnce(CkptResult<()>) + Send>;
+
+/// The writer's answer to an active replica's write.
+enum Written {
+    /// Final: an error, a write that logged nothing, or a write released
+    /// by its ticket.
+    Answered(CkptResult<Outcome>),
+    /// A retried origin first applied in an earlier epoch.
+    Earlier(Outcome),
+}
+
 enum Input {
     Control(NodeId, ControlMessage),
     Data(NodeId, DataMessage),
@@ -172,7 +184,7 @@ enum Input {
         ticket: u64,
         position: Position,
         need: Need,
-        reply: oneshot::Sender<CkptResult<()>>,
+        reply: TicketReply,
     },
     ReplicaDone {
         instance: InstanceId,
@@ -676,39 +688,74 @@ impl Cluster {
     ) -> CkptResult<Outcome> {
         let epoch = self.check_writable(instance)?;
         let (tx, rx) = oneshot::channel();
-        let store = self.store.clone();
-        // The store may block the caller while its queue is full: not on a
-        // runtime worker.
-        tokio::task::spawn_blocking(move || {
-            store.submit_ordered(op, origin, Durability::Written, now_ns(), move |result| {
-                let _ = tx.send(result);
-            })
-        })
-        .await
-        .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))?;
-        let committed = rx.await.map_err(|_| stopped())??;
-        let Some(mut position) = committed.position else {
-            return Ok(committed.outcome);
+        let inputs = self.inputs.clone();
+        let ticket = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Answered on the writer thread: a write of this epoch goes
+        // straight to the driver as a ticket, so the request's task wakes
+        // once, when the write may be answered.
+        let reply = move |result: CkptResult<Committed>| {
+            let committed = match result {
+                Ok(committed) => committed,
+                Err(error) => {
+                    let _ = tx.send(Written::Answered(Err(error)));
+                    return;
+                }
+            };
+            let Some(position) = committed.position else {
+                let _ = tx.send(Written::Answered(Ok(committed.outcome)));
+                return;
+            };
+            if position.epoch < epoch {
+                let _ = tx.send(Written::Earlier(committed.outcome));
+                return;
+            }
+            let outcome = committed.outcome;
+            let reply: TicketReply = Box::new(move |released: CkptResult<()>| {
+                let _ = tx.send(Written::Answered(released.map(|()| outcome)));
+            });
+            // A stopped driver drops the reply, and with it `tx`: the
+            // request is answered "stopped".
+            let _ = inputs.send(Input::Register {
+                ticket,
+                position,
+                need,
+                reply,
+            });
         };
-        if position.epoch < epoch {
-            // A retried origin first applied in an earlier epoch: it is
-            // safe once everything here is, up to the last entry.
-            if let Some(last) = self.store.position(instance)? {
-                position = last;
+        let now = now_ns();
+        if let Err(submission) =
+            self.store
+                .try_submit_ordered(op, origin, Durability::Written, now, reply)
+        {
+            // The writer's queue is full: wait for room on a blocking
+            // thread, never on a runtime worker.
+            tokio::task::spawn_blocking(move || submission.wait())
+                .await
+                .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))?;
+        }
+        match rx.await.map_err(|_| stopped())? {
+            Written::Answered(result) => result,
+            Written::Earlier(outcome) => {
+                // A retried origin first applied in an earlier epoch: it
+                // is safe once everything here is, up to the last entry.
+                if let Some(last) = self.store.position(instance)? {
+                    self.wait_ticket(last, need).await?;
+                }
+                Ok(outcome)
             }
         }
-        self.wait_ticket(position, need).await?;
-        Ok(committed.outcome)
     }
 
     async fn wait_ticket(&self, position: Position, need: Need) -> CkptResult<()> {
         let ticket = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         self.send_input(Input::Register {
             ticket,
             position,
             need,
-            reply,
+            reply: Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
         })?;
         rx.await.map_err(|_| stopped())?
     }
@@ -1166,7 +1213,7 @@ struct Driver {
     /// `None` only while a persist runs on a blocking thread.
     raftlog: Option<RaftLog>,
     proposals: HashMap<Ticket, oneshot::Sender<Result<Applied, CkptError>>>,
-    tickets: HashMap<u64, oneshot::Sender<CkptResult<()>>>,
+    tickets: HashMap<u64, TicketReply>,
     /// The state last published.
     shown: ClusterStateSnapshot,
     state_tx: watch::Sender<ClusterStateSnapshot>,
@@ -1217,7 +1264,7 @@ impl Driver {
         }
         // Whoever waits gets an answer.
         for (_, reply) in self.tickets.drain() {
-            let _ = reply.send(Err(stopped()));
+            reply(Err(stopped()));
         }
         for (_, reply) in self.proposals.drain() {
             let _ = reply.send(Err(stopped()));
@@ -1857,14 +1904,14 @@ impl Driver {
             DataOutput::Released(tickets) => {
                 for ticket in tickets {
                     if let Some(reply) = self.tickets.remove(&ticket) {
-                        let _ = reply.send(Ok(()));
+                        reply(Ok(()));
                     }
                 }
             }
             DataOutput::Failed(failed) => {
                 for (ticket, error) in failed {
                     if let Some(reply) = self.tickets.remove(&ticket) {
-                        let _ = reply.send(Err(error));
+                        reply(Err(error));
                     }
                 }
             }
