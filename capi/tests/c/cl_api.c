@@ -494,6 +494,18 @@ int main(void)
     EXPECT(clCkptSectionOverwrite(h, &s1, "x", 1), ERR(CL_ERR_INVALID_HANDLE));
     EXPECT(clCkptFinalize(svc), ERR(CL_ERR_INVALID_HANDLE));
     EXPECT(clCkptFinalize(0), ERR(CL_ERR_INVALID_HANDLE));
+
+    /* clHeapApi.h: what the library hands out is released with these. */
+    char *block = clHeapAllocate(16);
+    CHECK(block != NULL);
+    memset(block, 'x', 16);
+    block = clHeapRealloc(block, 4096);
+    CHECK(block != NULL && block[15] == 'x');
+    clHeapFree(block);
+    ClUint32T *zeros = clHeapCalloc(8, sizeof(ClUint32T));
+    CHECK(zeros != NULL && zeros[7] == 0);
+    clHeapFree(zeros);
+    clHeapFree(NULL);
     puts("PASS");
     return 0;
 }

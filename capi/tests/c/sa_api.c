@@ -2,6 +2,7 @@
  * arguments, and the callbacks driven through poll() on the selection
  * object. Run by tests/capi.rs with CKPT_SERVERS set. */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <saCkpt.h>
 
 #include "check.h"
@@ -41,6 +42,16 @@ static void on_sync(SaInvocationT invocation, SaAisErrorT error)
     sync_calls++;
     last_invocation = invocation;
     last_error = error;
+}
+
+static SaCkptHandleT blocking;
+static SaAisErrorT blocking_rc = (SaAisErrorT)0;
+
+static void *dispatch_blocking(void *arg)
+{
+    (void)arg;
+    blocking_rc = saCkptDispatch(blocking, SA_DISPATCH_BLOCKING);
+    return NULL;
 }
 
 int main(void)
@@ -228,6 +239,7 @@ int main(void)
     CHECK(readable_within(fd, 10000));
     EXPECT(saCkptDispatch(svc, SA_DISPATCH_ALL), SA_AIS_OK);
     CHECK(open_calls == 1 && last_invocation == 21 && last_error == SA_AIS_OK && opened != 0);
+    SaCkptCheckpointHandleT async_opened = opened;
     EXPECT(saCkptCheckpointSynchronizeAsync(opened, 22), SA_AIS_OK);
     EXPECT(saCkptCheckpointSynchronizeAsync(4321, 22), SA_AIS_ERR_BAD_HANDLE);
     CHECK(readable_within(fd, 10000));
@@ -240,6 +252,22 @@ int main(void)
     EXPECT(saCkptCheckpointOpenAsync(no_callbacks, 1, &name, NULL, rw), SA_AIS_ERR_INIT);
     EXPECT(saCkptFinalize(no_callbacks), SA_AIS_OK);
 
+    /* A blocking dispatch runs callbacks as they come, until Finalize. */
+    SaVersionT v3 = {'B', 2, 2};
+    EXPECT(saCkptInitialize(&blocking, &callbacks, &v3), SA_AIS_OK);
+    pthread_t dispatcher;
+    CHECK(pthread_create(&dispatcher, NULL, dispatch_blocking, NULL) == 0);
+    EXPECT(saCkptCheckpointOpenAsync(blocking, 23, &name, NULL, rw), SA_AIS_OK);
+    long long deadline = monotonic_ms() + 10000;
+    while (__atomic_load_n(&open_calls, __ATOMIC_SEQ_CST) < 2 && monotonic_ms() < deadline) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL); /* polling a condition the dispatcher thread sets */
+    }
+    CHECK(__atomic_load_n(&open_calls, __ATOMIC_SEQ_CST) == 2 && last_invocation == 23);
+    EXPECT(saCkptFinalize(blocking), SA_AIS_OK);
+    CHECK(pthread_join(dispatcher, NULL) == 0);
+    EXPECT(blocking_rc, SA_AIS_OK);
+
     /* saCkptSectionDelete, saCkptSectionIdFree */
     EXPECT(saCkptSectionDelete(h, NULL), SA_AIS_ERR_INVALID_PARAM);
     EXPECT(saCkptSectionDelete(h, &missing), SA_AIS_ERR_NOT_EXIST);
@@ -250,8 +278,10 @@ int main(void)
     EXPECT(saCkptSectionIdFree(h, generated.id), SA_AIS_ERR_INVALID_PARAM);
 
     /* saCkptCheckpointClose, saCkptCheckpointUnlink, saCkptFinalize */
-    EXPECT(saCkptCheckpointClose(opened), SA_AIS_OK);
+    /* The blocking service's checkpoint went with its Finalize. */
     EXPECT(saCkptCheckpointClose(opened), SA_AIS_ERR_BAD_HANDLE);
+    EXPECT(saCkptCheckpointClose(async_opened), SA_AIS_OK);
+    EXPECT(saCkptCheckpointClose(async_opened), SA_AIS_ERR_BAD_HANDLE);
     EXPECT(saCkptCheckpointClose(reader), SA_AIS_OK);
     SaNameT absent = make_name("capi-sa-absent");
     EXPECT(saCkptCheckpointUnlink(svc, NULL), SA_AIS_ERR_INVALID_PARAM);
