@@ -152,7 +152,7 @@ fn timeouts_expire_with_timeout_and_no_limit_waits() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let slow = Proxy::start(server.addr.parse().unwrap());
-    let delay_ms = 300;
+    let delay_ms = 600;
     slow.delay(delay_ms);
     let program = compile("timeout", dir.path());
     expect_pass(&program, &slow.addr.to_string(), &[&delay_ms.to_string()]);
