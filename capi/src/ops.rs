@@ -324,7 +324,14 @@ pub unsafe fn open_async(
 /// clCkptCheckpointClose / saCkptCheckpointClose.
 pub fn close(api: Api, handle: u64) -> Outcome {
     let checkpoint = state::remove_checkpoint(api, handle)?;
-    block_on(checkpoint.checkpoint.alias().close())
+    let outcome = block_on(checkpoint.checkpoint.alias().close());
+    // The close dropped the handle's pending callbacks: if none are left,
+    // the selection object stops being readable.
+    if let Ok(service) = state::service(api, checkpoint.service) {
+        let selection = service.service.selection_object();
+        service.signal.after_dispatch(|| selection.pending());
+    }
+    outcome
 }
 
 /// clCkptCheckpointDelete / saCkptCheckpointUnlink.

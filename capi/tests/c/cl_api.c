@@ -476,8 +476,17 @@ int main(void)
     EXPECT(clCkptCheckpointClose(third_handle), ERR(CL_ERR_INVALID_HANDLE));
     CHECK(atomic_load(&notifications) == before);
 
-    /* clCkptCheckpointClose, clCkptCheckpointDelete, clCkptFinalize */
+    /* Close drops the handle's pending callbacks: the selection object is
+     * no longer readable and Dispatch runs nothing of it. */
+    EXPECT(clCkptSectionOverwrite(h, &s1, "dropped", 7), CL_OK);
+    CHECK(readable_within(fd, 10000));
+    before = atomic_load(&notifications);
     EXPECT(clCkptCheckpointClose(async_handle), CL_OK);
+    CHECK(!readable_within(fd, 0));
+    EXPECT(clCkptDispatch(svc, CL_DISPATCH_ALL), CL_OK);
+    CHECK(atomic_load(&notifications) == before);
+
+    /* clCkptCheckpointClose, clCkptCheckpointDelete, clCkptFinalize */
     EXPECT(clCkptCheckpointClose(async_handle), ERR(CL_ERR_INVALID_HANDLE));
     EXPECT(clCkptSectionOverwrite(async_handle, &s1, "x", 1), ERR(CL_ERR_INVALID_HANDLE));
     EXPECT(clCkptCheckpointClose(reader), CL_OK);
