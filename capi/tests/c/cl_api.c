@@ -249,6 +249,17 @@ int main(void)
     EXPECT(clCkptCheckpointWrite(h, NULL, 1, &bad_index), ERR(CL_ERR_NULL_POINTER));
     EXPECT(clCkptCheckpointWrite(h, writes, 2, &bad_index), ERR(CL_ERR_NOT_EXIST));
     CHECK(bad_index == 1);
+    {
+        /* Atomic: the valid first element was not applied either. */
+        char check[8];
+        ClCkptIOVectorElementT one;
+        memset(&one, 0, sizeof one);
+        one.sectionId = s1;
+        one.dataBuffer = check;
+        one.dataSize = sizeof check;
+        EXPECT(clCkptCheckpointRead(h, &one, 1, NULL), CL_OK);
+        CHECK(one.readSize == 5 && memcmp(check, "world", 5) == 0);
+    }
     writes[1].sectionId = s1;
     writes[1].dataOffset = -1;
     EXPECT(clCkptCheckpointWrite(h, writes, 2, &bad_index), ERR(CL_ERR_INVALID_PARAMETER));
@@ -333,6 +344,28 @@ int main(void)
     }
     CHECK(CL_GET_ERROR_CODE(rc) == CL_CKPT_ERR_NO_SECTIONS && seen == 2);
     EXPECT(clCkptSectionIterationFinalize(iteration), CL_OK);
+
+    /* checkpointSize is enforced. */
+    {
+        char small_text[160];
+        snprintf(small_text, sizeof small_text, "%s-small", text);
+        ClNameT small_name = make_name(small_text);
+        ClCkptCheckpointCreationAttributesT small = attributes(CL_CKPT_WR_ALL_REPLICAS);
+        small.checkpointSize = 10;
+        small.maxSections = 2;
+        small.maxSectionSize = 10;
+        ClCkptHdlT hs;
+        EXPECT(clCkptCheckpointOpen(svc, &small_name, &small, rwc, CL_TIME_END, &hs), CL_OK);
+        ClCkptSectionIdT a = sid("a"), b = sid("b");
+        ClCkptSectionCreationAttributesT ca = {&a, CL_TIME_END}, cb = {&b, CL_TIME_END};
+        EXPECT(clCkptSectionCreate(hs, &ca, (const ClUint8T *)"123456", 6), CL_OK);
+        EXPECT(clCkptSectionCreate(hs, &cb, (const ClUint8T *)"123456", 6), ERR(CL_ERR_NO_SPACE));
+        EXPECT(clCkptSectionCreate(hs, &cb, (const ClUint8T *)"1234", 4), CL_OK);
+        EXPECT(clCkptSectionOverwrite(hs, &b, "12345", 5), ERR(CL_ERR_NO_SPACE));
+        EXPECT(clCkptCheckpointSynchronize(hs, CL_TIME_END), ERR(CL_ERR_BAD_OPERATION));
+        EXPECT(clCkptCheckpointClose(hs), CL_OK);
+        EXPECT(clCkptCheckpointDelete(svc, &small_name), CL_OK);
+    }
 
     /* clCkptCheckpointRetentionDurationSet, clCkptActiveReplicaSet */
     EXPECT(clCkptCheckpointRetentionDurationSet(h, -1), ERR(CL_ERR_INVALID_PARAMETER));
