@@ -638,9 +638,18 @@ fn sample_applications_build_with_pkg_config_against_an_installed_prefix() {
         .arg(&sa_static)
         .args(&static_flags));
 
+    // And from C++.
+    let sa_cpp = dir.path().join("sa_sample_cpp");
+    run(Command::new("c++")
+        .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-x", "c++"])
+        .arg(root().join("capi/tests/c/sa_sample.c"))
+        .args(["-x", "none", "-o"])
+        .arg(&sa_cpp)
+        .args(&flags));
+
     let server = Server::start(&dir.path().join("data"));
     let env = [("LD_LIBRARY_PATH", lib.display().to_string())];
-    for program in [&sa_sample, &sa_static] {
+    for program in [&sa_sample, &sa_static, &sa_cpp] {
         let output = run(Command::new(program)
             .env("CKPT_SERVERS", &server.addr)
             .envs(env.iter().cloned()));
