@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ckpt_client::{Checkpoint, CkptService, ClientError, SectionIterator};
 use ckpt_proto::wire::{Change, Notification};
@@ -123,7 +123,22 @@ impl Registry {
     }
 }
 
-static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
+/// Read by every call (a handle lookup), written by opens, closes and the
+/// SA Forum free calls: a reader-writer lock, so that many threads calling
+/// at once do not queue behind each other.
+static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(RwLock::default);
+
+fn read_registry() -> RwLockReadGuard<'static, Registry> {
+    REGISTRY
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_registry() -> RwLockWriteGuard<'static, Registry> {
+    REGISTRY
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Handles start high so that small integers (0, 1, a file descriptor)
 /// are never valid handles.
@@ -145,7 +160,7 @@ fn bad_handle(what: &str, handle: u64) -> ClientError {
 /// # Errors
 /// `INVALID_HANDLE` otherwise.
 pub fn service(api: Api, handle: u64) -> Result<Arc<Service>, ClientError> {
-    match lock(&REGISTRY).services.get(&handle) {
+    match read_registry().services.get(&handle) {
         Some(service) if service.api == api => Ok(service.clone()),
         _ => Err(bad_handle("service", handle)),
     }
@@ -156,7 +171,7 @@ pub fn service(api: Api, handle: u64) -> Result<Arc<Service>, ClientError> {
 /// # Errors
 /// `INVALID_HANDLE` otherwise.
 pub fn checkpoint(api: Api, handle: u64) -> Result<Arc<Ckpt>, ClientError> {
-    match lock(&REGISTRY).checkpoints.get(&handle) {
+    match read_registry().checkpoints.get(&handle) {
         Some(checkpoint) if checkpoint.api == api => Ok(checkpoint.clone()),
         _ => Err(bad_handle("checkpoint", handle)),
     }
@@ -167,21 +182,21 @@ pub fn checkpoint(api: Api, handle: u64) -> Result<Arc<Ckpt>, ClientError> {
 /// # Errors
 /// `INVALID_HANDLE` otherwise.
 pub fn iterator(api: Api, handle: u64) -> Result<Arc<Iter>, ClientError> {
-    match lock(&REGISTRY).iterators.get(&handle) {
+    match read_registry().iterators.get(&handle) {
         Some(iterator) if iterator.api == api => Ok(iterator.clone()),
         _ => Err(bad_handle("iteration", handle)),
     }
 }
 
 pub fn add_service(handle: u64, service: Arc<Service>) {
-    lock(&REGISTRY).services.insert(handle, service);
+    write_registry().services.insert(handle, service);
 }
 
 /// Registers an opened checkpoint of service `service`; `None` when that
 /// service was finalized meanwhile (the checkpoint is then just dropped:
 /// Finalize closed it on the server).
 pub fn add_checkpoint(api: Api, service: u64, checkpoint: Checkpoint) -> Option<u64> {
-    let mut registry = lock(&REGISTRY);
+    let mut registry = write_registry();
     if !registry.services.contains_key(&service) {
         return None;
     }
@@ -200,7 +215,7 @@ pub fn add_checkpoint(api: Api, service: u64, checkpoint: Checkpoint) -> Option<
 /// Registers an iteration of checkpoint `checkpoint`; `None` when that
 /// checkpoint was closed meanwhile.
 pub fn add_iterator(api: Api, checkpoint: u64, iterator: SectionIterator) -> Option<u64> {
-    let mut registry = lock(&REGISTRY);
+    let mut registry = write_registry();
     if !registry.checkpoints.contains_key(&checkpoint) {
         return None;
     }
@@ -219,7 +234,7 @@ pub fn add_iterator(api: Api, checkpoint: u64, iterator: SectionIterator) -> Opt
 
 /// Removes a service and everything opened through it.
 pub fn remove_service(api: Api, handle: u64) -> Result<Arc<Service>, ClientError> {
-    let mut registry = lock(&REGISTRY);
+    let mut registry = write_registry();
     match registry.services.get(&handle) {
         Some(service) if service.api == api => {}
         _ => return Err(bad_handle("service", handle)),
@@ -243,7 +258,7 @@ pub fn remove_service(api: Api, handle: u64) -> Result<Arc<Service>, ClientError
 
 /// Removes a checkpoint handle and its iterations.
 pub fn remove_checkpoint(api: Api, handle: u64) -> Result<Arc<Ckpt>, ClientError> {
-    let mut registry = lock(&REGISTRY);
+    let mut registry = write_registry();
     match registry.checkpoints.get(&handle) {
         Some(checkpoint) if checkpoint.api == api => {}
         _ => return Err(bad_handle("checkpoint", handle)),
@@ -258,7 +273,7 @@ pub fn remove_checkpoint(api: Api, handle: u64) -> Result<Arc<Ckpt>, ClientError
 
 /// Removes an iteration handle.
 pub fn remove_iterator(api: Api, handle: u64) -> Result<Arc<Iter>, ClientError> {
-    let mut registry = lock(&REGISTRY);
+    let mut registry = write_registry();
     match registry.iterators.get(&handle) {
         Some(iterator) if iterator.api == api => {}
         _ => return Err(bad_handle("iteration", handle)),
@@ -270,7 +285,7 @@ pub fn remove_iterator(api: Api, handle: u64) -> Result<Arc<Iter>, ClientError> 
 
 /// Records an SA Forum buffer handed to the application for `checkpoint`.
 pub fn add_sa_buffer(buffer: *mut u8, checkpoint: u64) {
-    lock(&REGISTRY)
+    write_registry()
         .sa_buffers
         .insert(buffer as usize, checkpoint);
 }
@@ -282,7 +297,7 @@ pub fn add_sa_buffer(buffer: *mut u8, checkpoint: u64) {
 /// `INVALID_PARAMETER` for a pointer the library did not hand out for it
 /// (NULL, freed already, or someone else's).
 pub fn free_sa_buffer(checkpoint: u64, buffer: *mut c_void) -> Result<(), ClientError> {
-    let mut registry = lock(&REGISTRY);
+    let mut registry = write_registry();
     match registry.checkpoints.get(&checkpoint) {
         Some(open) if open.api == Api::Sa => {}
         _ => return Err(bad_handle("checkpoint", checkpoint)),
