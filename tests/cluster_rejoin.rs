@@ -3,8 +3,14 @@
 //! past them; on restart it gets a snapshot of the checkpoint, then follows
 //! the log, and `cluster verify` finds the replicas identical.
 //!
+//! The same with a checkpoint of 24 MiB in 1 MiB sections: its snapshot
+//! streams in parts, each acknowledged before the next is read (any size
+//! goes, none has to fit in a peer frame).
+//!
 //! `CKPT_REJOIN_WRITES` sets the number of writes made while the backup is
-//! down (default 100,000).
+//! down (default 100,000); `CKPT_REJOIN_BIG_SECTIONS` the number of 1 MiB
+//! sections of the large checkpoint (default 24; 96 makes it larger than a
+//! peer frame, 80 MiB).
 
 #[path = "common/cluster.rs"]
 mod cluster_helpers;
@@ -13,11 +19,11 @@ mod common;
 use cluster_helpers::*;
 use common::{http_get, Cluster};
 
-fn writes() -> usize {
-    std::env::var("CKPT_REJOIN_WRITES")
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000)
+        .unwrap_or(default)
 }
 
 /// A counter of node `id`'s `/metrics` (0 when absent).
@@ -44,12 +50,42 @@ fn wal_bytes(cluster: &Cluster, id: u64) -> u64 {
 
 #[test]
 fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
+    let writes = env_or("CKPT_REJOIN_WRITES", 100_000);
+    let parts = rejoin_by_snapshot(256, 16, writes, Load::Kept);
+    assert!(parts >= 1.0);
+}
+
+#[test]
+fn a_checkpoint_of_many_parts_streams_its_snapshot_part_by_part() {
+    let sections = env_or("CKPT_REJOIN_BIG_SECTIONS", 24);
+    // Enough 1 MiB writes while the backup is down that the log moves on.
+    // The writes stop before it restarts: at full speed on two shared
+    // cores, 1 MiB writes outrun a replica catching up from the log after
+    // the snapshot, the held log overflows and another snapshot follows.
+    let parts = rejoin_by_snapshot(1 << 20, sections, 6 * sections, Load::Stopped);
+    assert!(
+        parts >= (sections / 5) as f64,
+        "a {sections} MiB checkpoint went in {parts} snapshot parts"
+    );
+}
+
+/// Whether the writes go on while the backup rejoins.
+#[derive(PartialEq)]
+enum Load {
+    Kept,
+    Stopped,
+}
+
+/// Stops a backup of a one-checkpoint cluster (`clients` sections of
+/// `size` bytes, ALL_SAFE) for `n` writes, restarts it, and checks that it
+/// rejoined by snapshot, follows the log, and that nothing acknowledged is
+/// lost. Returns the snapshot parts the active replica sent.
+fn rejoin_by_snapshot(size: usize, clients: usize, n: usize, load: Load) -> f64 {
     // Small segments and no history kept for subscribers: the log is
     // trimmed soon after RocksDB holds what it covers.
     let mut cluster = Cluster::start(3, "segment_bytes_max = 262144\nwal_history_bytes = 0");
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("acked.txt");
-    let size = 256;
     let bench = Bench::start(
         &cluster.addrs(),
         &record,
@@ -57,7 +93,7 @@ fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
             "--checkpoints",
             "1",
             "--clients",
-            "16",
+            &clients.to_string(),
             "--size",
             &size.to_string(),
             "--mode",
@@ -65,7 +101,9 @@ fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
             "--all-safe",
         ],
     );
-    wait_acks(&record, 0, 200, "bench starts writing");
+    // A few MiB of writes (every section written at least once).
+    let acks = ((4 << 20) / size).clamp(clients, 2000);
+    wait_acks(&record, 0, acks, "bench starts writing");
     let status = wait_settled(&mut cluster, &[1, 2, 3]);
     let checkpoint = &checkpoints(&status)[0];
     let active = checkpoint["active"].as_u64().expect("an active replica");
@@ -84,7 +122,6 @@ fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
 
     cluster.kill(backup);
     let from = acked_lines(&record).len();
-    let n = writes();
     let took = wait_acks_within(
         &record,
         from,
@@ -104,6 +141,17 @@ fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
     );
 
     let sent_before = metric(&cluster, active, "ckpt_replication_snapshots_sent_total");
+    let parts_before = metric(
+        &cluster,
+        active,
+        "ckpt_replication_snapshot_parts_sent_total",
+    );
+    let bench = if load == Load::Stopped {
+        drop(bench);
+        None
+    } else {
+        Some(bench)
+    };
     cluster.restart(backup);
     wait_settled(&mut cluster, &[1, 2, 3]);
     assert!(
@@ -117,8 +165,10 @@ fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
     assert!(metric(&cluster, active, "ckpt_replication_snapshots_sent_total") > sent_before);
     // Then it follows the log: writes keep being acknowledged by every
     // in-sync replica (ALL_SAFE), the restarted one included.
-    let resumed = acked_lines(&record).len();
-    wait_acks(&record, resumed, 2000, "writes after the rejoin");
+    if bench.is_some() {
+        let resumed = acked_lines(&record).len();
+        wait_acks(&record, resumed, acks, "writes after the rejoin");
+    }
     let status = wait_settled(&mut cluster, &[1, 2, 3]);
     assert!(ids(&checkpoints(&status)[0]["in_sync"]).contains(&backup));
     drop(bench);
@@ -126,4 +176,9 @@ fn a_backup_whose_position_left_the_log_rejoins_by_snapshot_then_follows() {
     let (acked, lost, wrong) = check_acked(&cluster.addrs(), &record);
     assert!(acked as usize >= from + n, "{acked} acked");
     assert_eq!((lost, wrong), (0, 0), "of {acked} acknowledged writes");
+    metric(
+        &cluster,
+        active,
+        "ckpt_replication_snapshot_parts_sent_total",
+    ) - parts_before
 }

@@ -39,7 +39,9 @@ pub mod wal;
 pub use db::{DbOptions, RocksWalMode, CHUNK_BYTES};
 pub use io::{FaultFs, OsFs, WalFile, WalFs};
 pub use lock::DataDirLock;
-pub use snapshot::{EntriesAfter, InstanceSnapshot, SnapshotSection};
+pub use snapshot::{
+    decode_entries, encode_entries, EntriesAfter, SnapshotPart, SNAPSHOT_PART_BYTES,
+};
 pub use state::{Committed, InstanceMeta, Op, Outcome, SectionMeta};
 #[cfg(feature = "engine")]
 pub use store::{

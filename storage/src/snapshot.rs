@@ -1,44 +1,77 @@
-//! A whole checkpoint instance as one value — what an active replica sends
-//! a backup whose log is too far behind or diverged — and the checksum
+//! A checkpoint instance streamed whole — what an active replica sends a
+//! backup whose log is too far behind or diverged — and the checksum
 //! replicas compare.
 //!
-//! A snapshot is installed as log entries (`SnapshotBegin`, one
-//! `SnapshotSection` per part of each section, `SnapshotEnd`), so recovery
-//! reproduces an install like any other change; the instance is stale
-//! between the first and the last, so an install cut short by a crash
-//! leaves it refusing service, never half-valid.
+//! A snapshot is a sequence of install entries (`SnapshotBegin`, one
+//! `SnapshotSection` per part of each section, `SnapshotEnd`), all stamped
+//! with the instance's position, cut into [`SnapshotPart`]s of a bounded
+//! size: the sender reads one part at a time from a consistent view, the
+//! backup logs and applies each with `Store::submit_replicated`, so memory
+//! stays flat whatever the checkpoint's size. Recovery reproduces an
+//! install like any other change; the instance is stale between the first
+//! entry and the last, so an install cut short (a crash, a lost connection)
+//! leaves it refusing service, never half-valid, until a snapshot is
+//! installed whole or a creation replaces it.
 
-use ckpt_proto::{CheckpointName, CkptResult, CreationAttributes, SectionId};
-use serde::{Deserialize, Serialize};
+use ckpt_proto::{CkptError, CkptResult, ErrorCode};
 
-use crate::wal::record::{Entry, Epoch, InstanceId, Lsn, RecordBody, Seq};
+use crate::wal::record::{Entry, Lsn, Position};
 
 /// Most section bytes in one `SnapshotSection` entry.
 pub const SNAPSHOT_PART_BYTES: usize = 4 * 1024 * 1024;
 
-/// One section of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotSection {
-    pub section_id: SectionId,
-    pub expiration_time: i64,
-    pub last_update: i64,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+/// One part of a streamed snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPart {
+    /// The instance's position the snapshot is of (every entry's epoch and seq).
+    pub last: Position,
+    /// 0 for the part that starts with `SnapshotBegin`, then 1, 2, …
+    pub index: u64,
+    /// The last part (it ends with `SnapshotEnd`).
+    pub done: bool,
+    /// Install entries, in order.
+    pub entries: Vec<Entry>,
 }
 
-/// An instance's whole state at one point (`epoch`, `seq`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceSnapshot {
-    pub instance: InstanceId,
-    pub name: CheckpointName,
-    pub attributes: CreationAttributes,
-    pub unlinked: bool,
-    pub epoch: Epoch,
-    pub seq: Seq,
-    pub generated_next: u64,
-    pub created_at: i64,
-    /// Every section, in id order.
-    pub sections: Vec<SnapshotSection>,
+/// Entries as one byte string (each `Entry::encode`, after its length as a
+/// u32 little-endian): how a part travels.
+pub fn encode_entries(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.iter().map(|e| e.encoded_len() + 4).sum());
+    for entry in entries {
+        let bytes = entry.encode();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// The entries of [`encode_entries`].
+///
+/// # Errors
+/// `INVALID_PARAMETER` for a truncated length or entry, or bytes that do
+/// not decode to an entry.
+pub fn decode_entries(mut bytes: &[u8]) -> CkptResult<Vec<Entry>> {
+    let mut entries = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| truncated("an entry length"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(truncated("an entry"));
+        }
+        let (entry, rest) = rest.split_at(len);
+        entries.push(Entry::decode(entry)?);
+        bytes = rest;
+    }
+    Ok(entries)
+}
+
+fn truncated(what: &str) -> CkptError {
+    CkptError::new(
+        ErrorCode::InvalidParameter,
+        format!("snapshot part: {what} is cut short"),
+    )
 }
 
 /// What the log still holds of an instance after a position.
@@ -50,72 +83,6 @@ pub enum EntriesAfter {
     /// The log no longer holds the entry right after the position: send a
     /// snapshot instead.
     Gone,
-}
-
-impl InstanceSnapshot {
-    /// The entries that install this snapshot, stamped `now`.
-    ///
-    /// # Errors
-    /// None today; kept fallible for validation.
-    pub fn entries(&self, now: i64) -> CkptResult<Vec<Entry>> {
-        let entry = |body| Entry {
-            instance: self.instance,
-            epoch: self.epoch,
-            seq: self.seq,
-            timestamp: now,
-            origin: None,
-            body,
-        };
-        let mut entries = vec![entry(RecordBody::SnapshotBegin {
-            name: self.name.clone(),
-            attributes: self.attributes.clone(),
-            unlinked: self.unlinked,
-            generated_next: self.generated_next,
-            created_at: self.created_at,
-        })];
-        for section in &self.sections {
-            let mut offset = 0usize;
-            loop {
-                let end = (offset + SNAPSHOT_PART_BYTES).min(section.data.len());
-                entries.push(entry(RecordBody::SnapshotSection {
-                    section_id: section.section_id.clone(),
-                    expiration_time: section.expiration_time,
-                    last_update: section.last_update,
-                    offset: offset as u64,
-                    data: section.data[offset..end].to_vec(),
-                }));
-                offset = end;
-                if offset >= section.data.len() {
-                    break;
-                }
-            }
-        }
-        entries.push(entry(RecordBody::SnapshotEnd));
-        Ok(entries)
-    }
-
-    /// Encoded with postcard (what replicas send each other).
-    ///
-    /// # Errors
-    /// Never in practice (postcard to a vector).
-    pub fn to_bytes(&self) -> CkptResult<Vec<u8>> {
-        postcard::to_allocvec(self).map_err(|e| {
-            ckpt_proto::CkptError::new(ckpt_proto::ErrorCode::Library, format!("snapshot: {e}"))
-        })
-    }
-
-    /// Decoded from [`InstanceSnapshot::to_bytes`].
-    ///
-    /// # Errors
-    /// `INVALID_PARAMETER` for bytes that are not a snapshot.
-    pub fn from_bytes(bytes: &[u8]) -> CkptResult<InstanceSnapshot> {
-        postcard::from_bytes(bytes).map_err(|e| {
-            ckpt_proto::CkptError::new(
-                ckpt_proto::ErrorCode::InvalidParameter,
-                format!("snapshot: {e}"),
-            )
-        })
-    }
 }
 
 /// FNV-1a, 64 bit: a checksum that is the same on every node and build.

@@ -819,13 +819,15 @@ impl StateMachine {
         );
         let meta = self.instances.get(&entry.instance).map(|i| &i.meta);
         match (&entry.body, meta) {
-            (RecordBody::CheckpointCreate { .. }, Some(_)) => {
+            // A stale instance (a snapshot install cut short) holds nothing
+            // valid: a creation replaces it, as a snapshot's start does.
+            (RecordBody::CheckpointCreate { .. }, Some(meta)) if !meta.stale => {
                 Err(format!("{at}: creates instance {instance}, which exists"))
             }
-            (RecordBody::CheckpointCreate { .. }, None) if entry.seq != Seq(1) => {
+            (RecordBody::CheckpointCreate { .. }, _) if entry.seq != Seq(1) => {
                 Err(format!("{at}: a creation must have seq 1"))
             }
-            (RecordBody::CheckpointCreate { .. }, None) => Ok(()),
+            (RecordBody::CheckpointCreate { .. }, _) => Ok(()),
             (RecordBody::SnapshotBegin { .. }, _) => Ok(()),
             (_, None) => Err(format!("{at}: instance {instance} does not exist")),
             (RecordBody::SnapshotSection { .. } | RecordBody::SnapshotEnd, Some(meta)) => {
@@ -922,6 +924,10 @@ impl StateMachine {
         let mut effects = Vec::new();
         match body {
             RecordBody::CheckpointCreate { name, attributes } => {
+                if self.instances.contains_key(&instance) {
+                    // Stale (check_entry refuses any other): replaced.
+                    self.drop_instance(backing, instance, &mut effects)?;
+                }
                 self.create_instance(
                     backing,
                     entry,

@@ -45,7 +45,7 @@ use crate::db::{Db, DbOptions, SESSION_IDLE_NS};
 use crate::io::{OsFs, WalFile, WalFs};
 use crate::lock::DataDirLock;
 use crate::reserve::Reserve;
-use crate::snapshot::{EntriesAfter, Fnv64, InstanceSnapshot, SnapshotSection};
+use crate::snapshot::{EntriesAfter, Fnv64, SnapshotPart, SNAPSHOT_PART_BYTES};
 use crate::state::{
     stale_error, Backing, Committed, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine,
 };
@@ -219,7 +219,6 @@ enum Work {
 enum LocalWork {
     BeginEpoch { instance: InstanceId, epoch: Epoch },
     Discard { instance: InstanceId },
-    Install { snapshot: InstanceSnapshot },
 }
 
 impl Work {
@@ -232,12 +231,6 @@ impl Work {
         match self {
             Work::Plan { op, .. } => op_bytes(op),
             Work::Replicated { entries } => entries.iter().map(Entry::encoded_len).sum(),
-            Work::Local(LocalWork::Install { snapshot }) => snapshot
-                .sections
-                .iter()
-                .map(|s| s.data.len() + 64)
-                .sum::<usize>()
-                .saturating_add(256),
             Work::Local(_) => 64,
         }
     }
@@ -248,7 +241,7 @@ impl Work {
         match self {
             Work::Plan { op, .. } => frees_space(op),
             Work::Local(LocalWork::Discard { .. } | LocalWork::BeginEpoch { .. }) => true,
-            Work::Replicated { .. } | Work::Local(LocalWork::Install { .. }) => false,
+            Work::Replicated { .. } => false,
         }
     }
 }
@@ -664,20 +657,6 @@ impl Store {
         self.enqueue(work, Durability::Durable, now_ns(), position_reply(reply));
     }
 
-    /// Replaces the instance's whole state with `snapshot` (creating it if
-    /// this node does not have it), logged as entries so that recovery
-    /// reproduces it; until the last is applied (after a crash in the
-    /// middle, until another install) the instance is stale. Answered
-    /// durable with the snapshot's position.
-    pub fn install_snapshot(
-        &self,
-        snapshot: InstanceSnapshot,
-        reply: impl FnOnce(CkptResult<Position>) + Send + 'static,
-    ) {
-        let work = Work::Local(LocalWork::Install { snapshot });
-        self.enqueue(work, Durability::Durable, now_ns(), position_reply(reply));
-    }
-
     fn enqueue(&self, work: Work, durability: Durability, now: i64, reply: Reply) {
         let Some(request) = self.admit(work, durability, now, reply) else {
             return;
@@ -838,6 +817,27 @@ impl Store {
             }))
     }
 
+    /// Like [`Store::position`], but `None` for a stale instance (a
+    /// snapshot install cut short, a discarded suffix): what a backup holds
+    /// that an active replica could continue.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn replica_position(&self, instance: InstanceId) -> CkptResult<Option<Position>> {
+        self.shared.check_readable()?;
+        Ok(self
+            .shared
+            .db
+            .snapshot()
+            .instance(instance)?
+            .filter(|meta| !meta.stale)
+            .map(|meta| Position {
+                instance,
+                epoch: meta.epoch,
+                seq: meta.seq,
+            }))
+    }
+
     /// The entries of `instance` after `(epoch, seq)` that the log still
     /// holds, at most about `max_bytes` of them (always at least one when
     /// there is one), or [`EntriesAfter::Gone`] when the entry right after
@@ -930,37 +930,87 @@ impl Store {
             .store(lsn.map_or(0, |l| l.0.max(1)), Ordering::Release);
     }
 
-    /// The whole instance at one consistent point, to install elsewhere.
+    /// Streams the instance's whole state as of one position, read from a
+    /// consistent view: `send` gets each [`SnapshotPart`] in order — install
+    /// entries stamped `now`, about `part_bytes` of section data each (at
+    /// least one entry) — and returns whether to go on. Only one part is in
+    /// memory at a time. Returns whether the last part was sent.
     ///
     /// # Errors
     /// `NOT_EXIST` for an unknown instance, `TRY_AGAIN` for a stale one;
     /// storage errors.
-    pub fn instance_snapshot(&self, instance: InstanceId) -> CkptResult<InstanceSnapshot> {
+    pub fn stream_snapshot(
+        &self,
+        instance: InstanceId,
+        part_bytes: usize,
+        now: i64,
+        mut send: impl FnMut(SnapshotPart) -> bool,
+    ) -> CkptResult<bool> {
         self.shared.check_readable()?;
         let view = self.shared.db.snapshot();
         let meta = serving(instance, view.instance(instance)?)?;
-        let mut sections = Vec::new();
-        for (section_id, section) in view.sections(instance)? {
-            let data =
-                view.read_data(meta.column_family, instance, &section_id, 0, section.size)?;
-            sections.push(SnapshotSection {
-                section_id,
-                expiration_time: section.expiration_time,
-                last_update: section.last_update,
-                data,
-            });
-        }
-        Ok(InstanceSnapshot {
+        let last = Position {
             instance,
-            name: meta.name,
-            attributes: meta.attributes,
-            unlinked: meta.unlinked,
             epoch: meta.epoch,
             seq: meta.seq,
+        };
+        let entry = |body| Entry {
+            instance,
+            epoch: meta.epoch,
+            seq: meta.seq,
+            timestamp: now,
+            origin: None,
+            body,
+        };
+        let mut entries = vec![entry(RecordBody::SnapshotBegin {
+            name: meta.name.clone(),
+            attributes: meta.attributes.clone(),
+            unlinked: meta.unlinked,
             generated_next: meta.generated_next,
             created_at: meta.created_at,
-            sections,
-        })
+        })];
+        let mut bytes = 0usize;
+        let mut index = 0u64;
+        for (section_id, section) in view.sections(instance)? {
+            let mut offset = 0u64;
+            loop {
+                let len = (section.size - offset).min(SNAPSHOT_PART_BYTES as u64);
+                let data =
+                    view.read_data(meta.column_family, instance, &section_id, offset, len)?;
+                bytes = bytes.saturating_add(data.len() + section_id.as_bytes().len() + 64);
+                entries.push(entry(RecordBody::SnapshotSection {
+                    section_id: section_id.clone(),
+                    expiration_time: section.expiration_time,
+                    last_update: section.last_update,
+                    offset,
+                    data,
+                }));
+                offset += len;
+                if bytes >= part_bytes {
+                    let part = SnapshotPart {
+                        last,
+                        index,
+                        done: false,
+                        entries: std::mem::take(&mut entries),
+                    };
+                    if !send(part) {
+                        return Ok(false);
+                    }
+                    index += 1;
+                    bytes = 0;
+                }
+                if offset >= section.size {
+                    break;
+                }
+            }
+        }
+        entries.push(entry(RecordBody::SnapshotEnd));
+        Ok(send(SnapshotPart {
+            last,
+            index,
+            done: true,
+            entries,
+        }))
     }
 
     /// The instance's position and a checksum of its metadata (name,
@@ -1935,7 +1985,6 @@ impl Writer {
                     RecordBody::SuffixDiscard,
                 )])
             }
-            LocalWork::Install { snapshot } => snapshot.entries(now),
         }
     }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use ckpt_proto::{CkptResult, ErrorCode, SectionCreationAttributes, SectionId, TIME_END};
 use ckpt_storage::{
-    Committed, Durability, EntriesAfter, Entry, Epoch, InstanceId, Lsn, Op, Origin, Outcome,
-    Position, RecordBody, RocksWalMode, Seq, Store, StoreConfig,
+    decode_entries, encode_entries, Committed, Durability, EntriesAfter, Entry, Epoch, InstanceId,
+    Lsn, Op, Origin, Outcome, Position, RecordBody, RocksWalMode, Seq, SnapshotPart, Store,
+    StoreConfig,
 };
 use common::*;
 
@@ -249,6 +250,35 @@ fn take(shipped: &Arc<Mutex<Vec<Entry>>>) -> Vec<Entry> {
     std::mem::take(&mut *shipped.lock().unwrap())
 }
 
+/// The snapshot of `instance` in parts of about `part_bytes`, each through
+/// the encoding it travels in.
+fn snapshot_parts(store: &Store, instance: InstanceId, part_bytes: usize) -> Vec<SnapshotPart> {
+    let mut parts = Vec::new();
+    let whole = store
+        .stream_snapshot(instance, part_bytes, NOW, |mut part| {
+            part.entries = decode_entries(&encode_entries(&part.entries)).unwrap();
+            parts.push(part);
+            true
+        })
+        .unwrap();
+    assert!(whole);
+    for (index, part) in parts.iter().enumerate() {
+        assert_eq!(part.index, index as u64);
+        assert_eq!(part.done, index + 1 == parts.len());
+    }
+    parts
+}
+
+/// Installs the parts on `store`, one submission each; returns the position
+/// the last left.
+fn install(store: &Store, parts: Vec<SnapshotPart>) -> Position {
+    let mut at = None;
+    for part in parts {
+        at = Some(replicate(store, part.entries).unwrap());
+    }
+    at.expect("a snapshot has parts")
+}
+
 #[test]
 fn a_backup_applies_shipped_entries_to_the_same_state() {
     let (_dir, primary, backup, shipped) = pair();
@@ -475,10 +505,16 @@ fn a_snapshot_replaces_a_diverged_instance_and_survives_restart() {
         backup.checksum(instance).unwrap_err().code,
         ErrorCode::TryAgain
     );
-    let snapshot = primary.instance_snapshot(instance).unwrap();
-    let snapshot =
-        ckpt_storage::InstanceSnapshot::from_bytes(&snapshot.to_bytes().unwrap()).unwrap();
-    let at = wait_position(|r| backup.install_snapshot(snapshot, r)).unwrap();
+    // 9 MiB in parts of about 1 MiB: the big section's three entries
+    // (4 MiB at most each) go one per part.
+    let parts = snapshot_parts(&primary, instance, 1 << 20);
+    assert_eq!(
+        parts.len(),
+        4,
+        "{:?}",
+        parts.iter().map(|p| p.entries.len()).collect::<Vec<_>>()
+    );
+    let at = install(&backup, parts);
     assert_eq!(Some(at), primary.position(instance).unwrap());
     let want = primary.checksum(instance).unwrap();
     assert_eq!(backup.checksum(instance).unwrap(), want);
@@ -500,19 +536,20 @@ fn a_snapshot_replaces_a_diverged_instance_and_survives_restart() {
 fn an_install_cut_short_leaves_the_instance_stale_not_half_valid() {
     let dir = tempfile::tempdir().unwrap();
     let primary = open_at(&dir.path().join("p"), |_| {});
+    let shipped = capture(&primary);
     let instance = create(&primary, "a", attrs(10, 100, 1000));
     section(&primary, instance, "s", b"x");
-    let snapshot = primary.instance_snapshot(instance).unwrap();
-    let mut entries = snapshot.entries(NOW).unwrap();
+    section(&primary, instance, "t", b"y");
+    let parts = snapshot_parts(&primary, instance, 1);
+    assert_eq!(parts.len(), 3);
     assert!(matches!(
-        entries.last().unwrap().body,
+        parts[2].entries.last().unwrap().body,
         RecordBody::SnapshotEnd
     ));
-    entries.pop();
     let backup_dir = dir.path().join("b");
     let backup = open_at(&backup_dir, |_| {});
-    // Logged as entries of the install, all but its end (a crash before it).
-    replicate(&backup, entries).unwrap();
+    // Every part but the last (a crash, or the connection lost, before it).
+    install(&backup, parts[..2].to_vec());
     drop(backup);
     let backup = open_at(&backup_dir, |_| {});
     assert_eq!(
@@ -521,12 +558,53 @@ fn an_install_cut_short_leaves_the_instance_stale_not_half_valid() {
     );
     let error = backup.execute(write(instance, "s", 0, b"y")).unwrap_err();
     assert_eq!(error.code, ErrorCode::TryAgain);
+    // Its own entries are refused, not applied over the stale state.
+    let log = take(&shipped);
+    let error = replicate(&backup, log[1..].to_vec()).unwrap_err();
+    assert!(error.detail.contains("stale"), "{}", error.detail);
     // Installing again completes it.
-    wait_position(|r| backup.install_snapshot(snapshot, r)).unwrap();
+    install(&backup, parts);
     assert_eq!(
         backup.checksum(instance).unwrap(),
         primary.checksum(instance).unwrap()
     );
+}
+
+#[test]
+fn a_creation_replaces_a_stale_instance() {
+    // A backup whose install was cut short is caught up from the start of
+    // the primary's log when the log still holds it.
+    let dir = tempfile::tempdir().unwrap();
+    let primary = open_at(&dir.path().join("p"), |_| {});
+    let shipped = capture(&primary);
+    let instance = create(&primary, "a", attrs(10, 100, 1000));
+    section(&primary, instance, "s", b"x");
+    let parts = snapshot_parts(&primary, instance, 1);
+    let backup = open_at(&dir.path().join("b"), |_| {});
+    install(&backup, parts[..1].to_vec());
+    assert_eq!(
+        backup.sections(instance).unwrap_err().code,
+        ErrorCode::TryAgain
+    );
+    replicate(&backup, take(&shipped)).unwrap();
+    assert_eq!(
+        backup.checksum(instance).unwrap(),
+        primary.checksum(instance).unwrap()
+    );
+    // A creation of an instance that is not stale stays refused.
+    let again = Entry {
+        instance,
+        epoch: Epoch(1),
+        seq: Seq(1),
+        timestamp: NOW,
+        origin: None,
+        body: RecordBody::CheckpointCreate {
+            name: name("a"),
+            attributes: attrs(10, 100, 1000),
+        },
+    };
+    let error = replicate(&backup, vec![again]).unwrap_err();
+    assert!(error.detail.contains("exists"), "{}", error.detail);
 }
 
 #[test]
@@ -547,8 +625,7 @@ fn entries_after_an_install_are_gone_so_a_snapshot_is_sent() {
     let instance = create(&primary, "a", attrs(10, 100, 1000));
     section(&primary, instance, "s", b"x");
     take(&shipped);
-    let snapshot = primary.instance_snapshot(instance).unwrap();
-    wait_position(|r| backup.install_snapshot(snapshot, r)).unwrap();
+    install(&backup, snapshot_parts(&primary, instance, 1 << 20));
     // The backup's log holds the install at seq 2, not the entries 1..2.
     assert_eq!(
         backup

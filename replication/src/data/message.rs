@@ -57,18 +57,38 @@ pub enum DataMessage {
         #[serde(with = "opt_point_serde")]
         last: Option<(Epoch, Seq)>,
     },
-    /// Primary → backup: the whole instance as of its entry `last` (the
-    /// storage crate's serialized `InstanceSnapshot`); installing it discards
-    /// whatever the backup held of the instance.
-    Snapshot {
+    /// Primary → backup: part `index` of a snapshot of the whole instance
+    /// as of its entry `last` (`bytes`: the storage crate's
+    /// `encode_entries` of install entries). Part 0 starts the install,
+    /// which discards whatever the backup held of the instance; `done`
+    /// marks the last part. The next part is sent once the backup
+    /// acknowledged this one ([`DataMessage::SnapshotAck`]).
+    SnapshotPart {
         #[serde(with = "instance_serde")]
         instance: InstanceId,
         #[serde(with = "epoch_serde")]
         epoch: Epoch,
         #[serde(with = "point_serde")]
         last: (Epoch, Seq),
+        /// The backup's position (from its CatchUp) this snapshot replaces:
+        /// a backup elsewhere ignores the stream.
+        #[serde(with = "opt_point_serde")]
+        answers: Option<(Epoch, Seq)>,
+        index: u64,
+        done: bool,
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
+    },
+    /// Backup → primary: snapshot part `index` (not the last) is durable
+    /// here; send the next.
+    SnapshotAck {
+        #[serde(with = "instance_serde")]
+        instance: InstanceId,
+        #[serde(with = "epoch_serde")]
+        epoch: Epoch,
+        #[serde(with = "point_serde")]
+        last: (Epoch, Seq),
+        index: u64,
     },
     /// Backup → sender: you sent entries of an epoch older than `epoch`, the
     /// one the control plane gave me; you are no longer the active replica.
@@ -95,7 +115,8 @@ impl DataMessage {
             DataMessage::Entries { instance, .. }
             | DataMessage::Ack { instance, .. }
             | DataMessage::CatchUp { instance, .. }
-            | DataMessage::Snapshot { instance, .. }
+            | DataMessage::SnapshotPart { instance, .. }
+            | DataMessage::SnapshotAck { instance, .. }
             | DataMessage::Fenced { instance, .. }
             | DataMessage::Probe { instance, .. } => *instance,
         }
@@ -210,11 +231,20 @@ mod tests {
                 epoch: Epoch(3),
                 last: Some((Epoch(2), Seq(4))),
             },
-            DataMessage::Snapshot {
+            DataMessage::SnapshotPart {
                 instance: InstanceId(7),
                 epoch: Epoch(3),
                 last: (Epoch(3), Seq(40)),
+                answers: Some((Epoch(2), Seq(7))),
+                index: 2,
+                done: true,
                 bytes: vec![9; 100],
+            },
+            DataMessage::SnapshotAck {
+                instance: InstanceId(7),
+                epoch: Epoch(3),
+                last: (Epoch(3), Seq(40)),
+                index: 1,
             },
             DataMessage::Fenced {
                 instance: InstanceId(7),

@@ -7,7 +7,10 @@
 //! each naming the entry before it (`prev`). A backup starts streaming only
 //! after its [`DataMessage::CatchUp`] was answered: per KIP-101
 //! ([`plan_catch_up`]) either with entries read from the WAL
-//! ([`DataOutput::ReadEntries`]) or with a snapshot ([`DataOutput::SendSnapshot`]).
+//! ([`DataOutput::ReadEntries`]) or with a snapshot ([`DataOutput::SendSnapshot`]),
+//! streamed one part at a time: the next part is read only once the backup
+//! acknowledged the last ([`DataMessage::SnapshotAck`]), so neither side
+//! holds more than a part whatever the checkpoint's size.
 //! In a new epoch, catch-ups wait until the epoch began on this node
 //! ([`DataPlane::on_epoch_begun`]). Acknowledgements feed the [`Tracker`]; on
 //! [`tick`](DataPlane::tick) a backup that is behind without acknowledging
@@ -20,16 +23,21 @@
 //! catch-up (its CatchUp or our answer may have been lost, or we restarted).
 //! WAL reads for a backup pause while more than four reads' worth of bytes
 //! are unacknowledged, and [`DataOutput::HoldWal`] keeps what lagging in-sync
-//! backups and backups being read for still need.
+//! backups, backups being read for and backups being sent a snapshot still
+//! need.
 //!
 //! Backup side. Entries from the active replica of the epoch the control plane
 //! named are appended in order ([`DataOutput::Apply`]) when their `prev` is
 //! this node's last entry; a gap or mismatch asks for a catch-up; entries of
 //! an older epoch are answered [`DataMessage::Fenced`]. Once the store made
 //! them durable ([`DataPlane::on_replica_durable`]) the backup acknowledges.
+//! Snapshot parts are applied in order from part 0, which discards what the
+//! backup held; a stream that breaks off leaves the backup holding nothing
+//! valid of the instance, and its next CatchUp (with no position) starts
+//! over.
 //!
 //! The driver carries out the outputs in order; per instance, `Apply` and
-//! `InstallSnapshot` must reach the store in the order they were output.
+//! `ApplySnapshotPart` must reach the store in the order they were output.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -86,17 +94,28 @@ pub enum DataOutput {
         for_node: NodeId,
         max_bytes: u64,
     },
-    /// Primary: take a snapshot of `instance` for `to`
-    /// (`store.instance_snapshot`), then call [`DataPlane::on_snapshot_ready`]
-    /// or [`DataPlane::on_read_failed`].
+    /// Primary: start streaming a snapshot of `instance` to `to`
+    /// (`store.stream_snapshot`, from one consistent view): hand its first
+    /// part to [`DataPlane::on_snapshot_part`], each later one only after
+    /// [`DataOutput::NextSnapshotPart`]; or call
+    /// [`DataPlane::on_read_failed`]. A new `SendSnapshot` for the same
+    /// backup replaces a stream under way.
     SendSnapshot { instance: InstanceId, to: NodeId },
-    /// Backup: install this snapshot (`store.install_snapshot`), then call
-    /// [`DataPlane::on_replica_durable`] with its position, or
+    /// Primary: the backup holds the part handed over last; read the next
+    /// part of the stream to `to` and hand it to
+    /// [`DataPlane::on_snapshot_part`].
+    NextSnapshotPart { instance: InstanceId, to: NodeId },
+    /// Backup: log and apply part `index` of a snapshot (`bytes` are
+    /// install entries: `store.submit_replicated`), in output order with
+    /// `Apply`; then call [`DataPlane::on_replica_durable`] with `last` when
+    /// `done`, else [`DataPlane::on_snapshot_part_durable`]; or
     /// [`DataPlane::on_replica_failed`].
-    InstallSnapshot {
+    ApplySnapshotPart {
         instance: InstanceId,
         from: NodeId,
         last: (Epoch, Seq),
+        index: u64,
+        done: bool,
         bytes: Vec<u8>,
     },
     /// Propose to the control plane.
@@ -115,7 +134,7 @@ enum PeerMode {
     AwaitCatchUp,
     /// A WAL read for it is out.
     Reading,
-    /// A snapshot for it is being taken.
+    /// A snapshot is being streamed to it, part by part.
     Snapshotting,
     /// Appended entries go to it as they come.
     Streaming,
@@ -136,12 +155,23 @@ struct Peer {
     /// of a message, its bytes). Reading pauses while they exceed the bound.
     read_inflight: VecDeque<(Seq, u64)>,
     read_paused: bool,
+    /// The snapshot part sent last, not yet acknowledged: (the snapshot's
+    /// position, the part's index).
+    snapshot_part: Option<((Epoch, Seq), u64)>,
     /// The `last` of the CatchUp being answered and when: a retry of it
     /// within the retry interval is ignored.
     serving: Option<(Option<(Epoch, Seq)>, u64)>,
     remove_proposed_ms: Option<u64>,
     add_proposed_ms: Option<u64>,
     probe_sent_ms: Option<u64>,
+    /// Its log cannot be continued, and it is in the in-sync set: it must
+    /// leave the set before a snapshot discards what it holds.
+    needs_snapshot: bool,
+    /// The backup position the snapshot under way replaces.
+    snapshot_answers: Option<(Epoch, Seq)>,
+    /// When the snapshot under way last made progress (started, a part
+    /// sent or acknowledged).
+    snapshot_progress_ms: u64,
 }
 
 impl Peer {
@@ -150,6 +180,7 @@ impl Peer {
         self.read_lsn = None;
         self.read_inflight.clear();
         self.read_paused = false;
+        self.snapshot_part = None;
     }
 
     fn new(now_ms: u64) -> Self {
@@ -161,10 +192,14 @@ impl Peer {
             read_lsn: None,
             read_inflight: VecDeque::new(),
             read_paused: false,
+            snapshot_part: None,
             serving: None,
             remove_proposed_ms: None,
             add_proposed_ms: None,
             probe_sent_ms: None,
+            needs_snapshot: false,
+            snapshot_answers: None,
+            snapshot_progress_ms: now_ms,
         }
     }
 }
@@ -230,6 +265,59 @@ impl Primary {
     }
 }
 
+/// Primary: `peer`'s log cannot be continued after `peer.sent` (where its
+/// CatchUp said it is, or what was sent to it since); stream it a snapshot
+/// that names that position, so that a backup never lets a stream meant for
+/// another of its positions discard what it holds. A backup elsewhere
+/// ignores the stream, which then stalls: the tick probes it after a retry
+/// interval without progress, and its CatchUp starts over.
+///
+/// Not while it is in the in-sync set, or may be put in it by an addition
+/// still pending: installing discards what the backup holds, released
+/// writes included, until the install ends, and were it made active
+/// meanwhile they would be lost. It leaves the set first (proposed on
+/// tick); its CatchUp after that gets the snapshot.
+fn start_snapshot(outputs: &mut Vec<DataOutput>, at: SnapshotAt, peer: &mut Peer, in_sync: bool) {
+    let SnapshotAt {
+        instance,
+        to,
+        now_ms,
+        settle_ms,
+    } = at;
+    let addition_pending = peer
+        .add_proposed_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) < settle_ms);
+    if in_sync || addition_pending {
+        peer.mode = PeerMode::AwaitCatchUp;
+        peer.serving = None;
+        peer.needs_snapshot = in_sync;
+        return;
+    }
+    peer.mode = PeerMode::Snapshotting;
+    peer.needs_snapshot = false;
+    peer.snapshot_answers = peer.sent;
+    peer.snapshot_progress_ms = now_ms;
+    outputs.push(DataOutput::SendSnapshot { instance, to });
+}
+
+/// Where a snapshot would go, for [`start_snapshot`].
+struct SnapshotAt {
+    instance: InstanceId,
+    to: NodeId,
+    now_ms: u64,
+    /// How long an in-sync addition may still be applied after its proposal.
+    settle_ms: u64,
+}
+
+/// A snapshot part as a backup receives it.
+struct SnapshotPartIn {
+    last: (Epoch, Seq),
+    answers: Option<(Epoch, Seq)>,
+    index: u64,
+    done: bool,
+    bytes: Vec<u8>,
+}
+
 #[derive(Debug)]
 struct Backup {
     epoch: Epoch,
@@ -243,6 +331,8 @@ struct Backup {
     synced: bool,
     catch_up_sent_ms: Option<u64>,
     acked_sent: Option<Seq>,
+    /// A snapshot being installed: (its position, the next part expected).
+    installing: Option<((Epoch, Seq), u64)>,
 }
 
 #[derive(Debug)]
@@ -443,6 +533,7 @@ impl DataPlane {
                         synced: false,
                         catch_up_sent_ms: None,
                         acked_sent: None,
+                        installing: None,
                     })
                 }
             }
@@ -676,7 +767,36 @@ impl DataPlane {
         backup.last = store_last.map(|p| point(&p));
         backup.synced = false;
         backup.catch_up_sent_ms = None;
+        backup.installing = None;
         Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, 0);
+    }
+
+    /// Backup: snapshot part `index` (not the last) of the snapshot at
+    /// `last` is durable here: ask the primary for the next.
+    pub fn on_snapshot_part_durable(
+        &mut self,
+        instance: InstanceId,
+        last: (Epoch, Seq),
+        index: u64,
+    ) {
+        let Some(Role::Backup(backup)) = self.instances.get_mut(&instance).map(|i| &mut i.role)
+        else {
+            return;
+        };
+        let Some(active) = backup.active else {
+            return;
+        };
+        if backup.installing.is_some_and(|(at, _)| at == last) {
+            self.outputs.push(DataOutput::Send {
+                to: active,
+                msg: DataMessage::SnapshotAck {
+                    instance,
+                    epoch: backup.epoch,
+                    last,
+                    index,
+                },
+            });
+        }
     }
 
     /// A message from a peer.
@@ -688,12 +808,33 @@ impl DataPlane {
                 prev,
                 entries,
             } => self.backup_entries(from, instance, epoch, prev, entries, now_ms),
-            DataMessage::Snapshot {
+            DataMessage::SnapshotPart {
                 instance,
                 epoch,
                 last,
+                answers,
+                index,
+                done,
                 bytes,
-            } => self.backup_snapshot(from, instance, epoch, last, bytes),
+            } => self.backup_snapshot_part(
+                from,
+                instance,
+                epoch,
+                SnapshotPartIn {
+                    last,
+                    answers,
+                    index,
+                    done,
+                    bytes,
+                },
+                now_ms,
+            ),
+            DataMessage::SnapshotAck {
+                instance,
+                epoch,
+                last,
+                index,
+            } => self.primary_snapshot_ack(from, instance, epoch, last, index, now_ms),
             DataMessage::Ack {
                 instance,
                 epoch,
@@ -746,11 +887,14 @@ impl DataPlane {
                 .windows(2)
                 .all(|w| w[1].seq.0 == w[0].seq.0.saturating_add(1));
         if !contiguous {
-            peer.mode = PeerMode::Snapshotting;
-            self.outputs.push(DataOutput::SendSnapshot {
+            let in_sync = inst.rs.in_sync.contains(&for_node);
+            let at = SnapshotAt {
                 instance,
                 to: for_node,
-            });
+                now_ms,
+                settle_ms: self.replica_lag_timeout_ms.saturating_mul(2),
+            };
+            start_snapshot(&mut self.outputs, at, peer, in_sync);
             return;
         }
         let _ = now_ms;
@@ -799,15 +943,25 @@ impl DataPlane {
     }
 
     /// Primary: the WAL no longer holds what `for_node` needs; send a snapshot.
-    pub fn on_entries_gone(&mut self, for_node: NodeId, instance: InstanceId) {
-        if let Some(peer) = self.peer_mut(instance, for_node) {
+    pub fn on_entries_gone(&mut self, for_node: NodeId, instance: InstanceId, now_ms: u64) {
+        let settle_ms = self.replica_lag_timeout_ms.saturating_mul(2);
+        let Some(inst) = self.instances.get_mut(&instance) else {
+            return;
+        };
+        let in_sync = inst.rs.in_sync.contains(&for_node);
+        let Role::Primary(primary) = &mut inst.role else {
+            return;
+        };
+        if let Some(peer) = primary.peers.get_mut(&for_node) {
             if peer.mode == PeerMode::Reading {
-                peer.mode = PeerMode::Snapshotting;
                 peer.reset_read();
-                self.outputs.push(DataOutput::SendSnapshot {
+                let at = SnapshotAt {
                     instance,
                     to: for_node,
-                });
+                    now_ms,
+                    settle_ms,
+                };
+                start_snapshot(&mut self.outputs, at, peer, in_sync);
             }
         }
     }
@@ -821,9 +975,18 @@ impl DataPlane {
         }
     }
 
-    /// Primary: the snapshot for `to` is ready: the instance as of its entry
-    /// `last`, serialized as `bytes`. Sends it, then the entries after it.
-    pub fn on_snapshot_ready(&mut self, to: NodeId, last: Position, bytes: Vec<u8>, now_ms: u64) {
+    /// Primary: part `index` of the snapshot streamed to `to` was read:
+    /// the instance as of its entry `last`, install entries encoded as
+    /// `bytes`. Sends it; after the last part, the entries that follow.
+    pub fn on_snapshot_part(
+        &mut self,
+        to: NodeId,
+        last: Position,
+        index: u64,
+        done: bool,
+        bytes: Vec<u8>,
+        now_ms: u64,
+    ) {
         let read_bytes_max = self.read_bytes_max;
         let instance = last.instance;
         let Some(inst) = self.instances.get_mut(&instance) else {
@@ -837,20 +1000,35 @@ impl DataPlane {
         let Some(peer) = primary.peers.get_mut(&to) else {
             return;
         };
-        if peer.mode != PeerMode::Snapshotting || primary.fenced {
+        let at = point(&last);
+        let expected = peer.snapshot_part.map_or(0, |(_, i)| i.saturating_add(1));
+        let same = peer.snapshot_part.is_none_or(|(a, _)| a == at);
+        if peer.mode != PeerMode::Snapshotting || primary.fenced || index != expected || !same {
             return;
         }
-        let _ = now_ms;
         self.outputs.push(DataOutput::Send {
             to,
-            msg: DataMessage::Snapshot {
+            msg: DataMessage::SnapshotPart {
                 instance,
                 epoch,
-                last: point(&last),
+                last: at,
+                answers: peer.snapshot_answers,
+                index,
+                done,
                 bytes,
             },
         });
-        peer.sent = Some(point(&last));
+        // Progress: a CatchUp retry now would restart the stream.
+        if let Some((_, at_ms)) = &mut peer.serving {
+            *at_ms = now_ms;
+        }
+        peer.snapshot_progress_ms = now_ms;
+        if !done {
+            peer.snapshot_part = Some((at, index));
+            return;
+        }
+        peer.snapshot_part = None;
+        peer.sent = Some(at);
         if last.seq < primary_last {
             peer.mode = PeerMode::Reading;
             self.outputs.push(DataOutput::ReadEntries {
@@ -862,6 +1040,37 @@ impl DataPlane {
         } else {
             peer.mode = PeerMode::Streaming;
         }
+    }
+
+    /// Primary: the backup holds snapshot part `index`: the next one.
+    fn primary_snapshot_ack(
+        &mut self,
+        from: NodeId,
+        instance: InstanceId,
+        epoch: Epoch,
+        last: (Epoch, Seq),
+        index: u64,
+        now_ms: u64,
+    ) {
+        let Some(Role::Primary(primary)) = self.instances.get_mut(&instance).map(|i| &mut i.role)
+        else {
+            return;
+        };
+        if epoch != primary.epoch || primary.fenced {
+            return;
+        }
+        let Some(peer) = primary.peers.get_mut(&from) else {
+            return;
+        };
+        if peer.mode != PeerMode::Snapshotting || peer.snapshot_part != Some((last, index)) {
+            return;
+        }
+        if let Some((_, at_ms)) = &mut peer.serving {
+            *at_ms = now_ms;
+        }
+        peer.snapshot_progress_ms = now_ms;
+        self.outputs
+            .push(DataOutput::NextSnapshotPart { instance, to: from });
     }
 
     /// Waits for `need` on the entry at `pos` (registered after it was
@@ -964,8 +1173,16 @@ impl DataPlane {
             let waiting = match peer.mode {
                 PeerMode::AwaitCatchUp => true,
                 PeerMode::Streaming | PeerMode::Reading => behind,
-                // Waiting for the driver's snapshot, not for the backup.
-                PeerMode::Snapshotting => false,
+                // A stream without progress (its parts ignored or lost, or
+                // the reading failed silently) is given up: ask again.
+                PeerMode::Snapshotting => {
+                    let stalled = now_ms.saturating_sub(peer.snapshot_progress_ms) >= retry_ms;
+                    if stalled {
+                        peer.mode = PeerMode::AwaitCatchUp;
+                        peer.reset_read();
+                    }
+                    stalled
+                }
             };
             if waiting
                 && idle_ms >= retry_ms
@@ -983,7 +1200,7 @@ impl DataPlane {
                 );
             }
             if inst.rs.in_sync.contains(node) {
-                if stalled {
+                if stalled || peer.needs_snapshot {
                     // Kept out of any set we propose; proposed once per timeout.
                     remove.insert(*node);
                     if due(peer.remove_proposed_ms) {
@@ -1338,13 +1555,13 @@ impl DataPlane {
         Self::request_catch_up(&mut self.outputs, instance, backup, now_ms, 0);
     }
 
-    fn backup_snapshot(
+    fn backup_snapshot_part(
         &mut self,
         from: NodeId,
         instance: InstanceId,
         epoch: Epoch,
-        last: (Epoch, Seq),
-        bytes: Vec<u8>,
+        part: SnapshotPartIn,
+        now_ms: u64,
     ) {
         let Some(inst) = self.instances.get_mut(&instance) else {
             return;
@@ -1369,16 +1586,49 @@ impl DataPlane {
         if epoch > backup.epoch || backup.active != Some(from) {
             return;
         }
-        backup.last = Some(last);
-        backup.floor = Some(last);
-        backup.synced = true;
-        backup.catch_up_sent_ms = None;
-        backup.acked_sent = None;
-        inst.durable = None;
-        self.outputs.push(DataOutput::InstallSnapshot {
+        let SnapshotPartIn {
+            last,
+            answers,
+            index,
+            done,
+            bytes,
+        } = part;
+        if index == 0 && (answers != backup.last || inst.rs.in_sync.contains(&self.me)) {
+            // A stream that answers another of our positions (a CatchUp we
+            // sent before the entries we hold now), or one that would
+            // discard the replica of an in-sync member: ignored.
+            return;
+        }
+        if index == 0 {
+            // The install discards what we held: nothing of it may be
+            // acknowledged, and if the stream breaks we hold nothing valid.
+            backup.installing = Some((last, 0));
+            backup.last = None;
+            backup.synced = false;
+            backup.acked_sent = None;
+            inst.durable = None;
+        } else if backup.installing != Some((last, index)) {
+            // A part of a stream we did not start, or after a gap: the
+            // primary starts again when our CatchUp comes back.
+            return;
+        }
+        // Parts arriving are progress: no CatchUp retry meanwhile.
+        backup.catch_up_sent_ms = Some(now_ms);
+        if done {
+            backup.installing = None;
+            backup.last = Some(last);
+            backup.floor = Some(last);
+            backup.synced = true;
+            backup.catch_up_sent_ms = None;
+        } else {
+            backup.installing = Some((last, index.saturating_add(1)));
+        }
+        self.outputs.push(DataOutput::ApplySnapshotPart {
             instance,
             from,
             last,
+            index,
+            done,
             bytes,
         });
     }
@@ -1538,6 +1788,14 @@ impl DataPlane {
         };
         peer.reset_read();
         peer.serving = Some((last, now_ms));
+        // Decided again below, from where it is now.
+        peer.needs_snapshot = false;
+        // It holds no more than it says (a snapshot install it abandoned
+        // discarded what it had acknowledged).
+        let holds = last.map(|(_, seq)| seq);
+        if peer.acked > holds {
+            peer.acked = holds;
+        }
         match plan {
             CatchUpPlan::Stream { after } => {
                 peer.sent = after;
@@ -1563,9 +1821,15 @@ impl DataPlane {
                 }
             }
             CatchUpPlan::Snapshot => {
-                peer.mode = PeerMode::Snapshotting;
-                self.outputs
-                    .push(DataOutput::SendSnapshot { instance, to: from });
+                let in_sync = inst.rs.in_sync.contains(&from);
+                peer.sent = last;
+                let at = SnapshotAt {
+                    instance,
+                    to: from,
+                    now_ms,
+                    settle_ms: self.replica_lag_timeout_ms.saturating_mul(2),
+                };
+                start_snapshot(&mut self.outputs, at, peer, in_sync);
             }
         }
     }
@@ -1581,6 +1845,18 @@ impl DataPlane {
             };
             let last = seq_of(primary.last);
             for (node, peer) in &primary.peers {
+                if peer.mode == PeerMode::Snapshotting {
+                    // The entries after the snapshot's point follow it: kept
+                    // while it streams, or it ends only to be followed by
+                    // another snapshot under a steady write load.
+                    let from = peer
+                        .snapshot_part
+                        .map_or(peer.acked.unwrap_or_default(), |(at, _)| at.1);
+                    if let Some((_, lsn, _)) = primary.window_after(from) {
+                        hold = Some(hold.map_or(lsn, |h| h.min(lsn)));
+                    }
+                    continue;
+                }
                 let reading = peer.mode == PeerMode::Reading;
                 if !reading && !inst.rs.in_sync.contains(node) {
                     continue;

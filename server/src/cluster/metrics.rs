@@ -31,6 +31,9 @@ pub struct ClusterMetrics {
     pub snapshots_sent: IntCounter,
     /// Snapshots this node received as a backup and installed.
     pub snapshots_installed: IntCounter,
+    /// Parts of snapshots this node sent (a snapshot streams in parts of
+    /// about 4 MiB, each acknowledged before the next is read).
+    pub snapshot_parts_sent: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -126,6 +129,11 @@ impl ClusterMetrics {
                 registry,
                 "ckpt_replication_snapshots_installed_total",
                 "Checkpoint snapshots received from the active replica and installed",
+            )?,
+            snapshot_parts_sent: counter(
+                registry,
+                "ckpt_replication_snapshot_parts_sent_total",
+                "Parts of checkpoint snapshots sent to backups (about 4 MiB each)",
             )?,
         })
     }

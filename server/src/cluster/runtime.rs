@@ -50,8 +50,8 @@ use ckpt_replication::data::{
 use ckpt_replication::raftlog::RaftLog;
 use ckpt_replication::NodeId;
 use ckpt_storage::{
-    Committed, Durability, EntriesAfter, Entry, Epoch, InstanceId, InstanceSnapshot, Lsn, Op,
-    Origin, Outcome, Position, Seq, Store,
+    decode_entries, encode_entries, Committed, Durability, EntriesAfter, Entry, Epoch, InstanceId,
+    Lsn, Op, Origin, Outcome, Position, Seq, Store, SNAPSHOT_PART_BYTES,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -113,6 +113,9 @@ const NO_LEADER_RETRY: Duration = Duration::from_secs(5);
 const LAG_REFRESH_MS: u64 = 250;
 /// Inputs the driver takes before carrying out outputs.
 const INPUT_BATCH_MAX: usize = 256;
+/// How long a snapshot stream waits for the backup to hold its last part
+/// before it gives up (the backup then starts over with a CatchUp).
+const SNAPSHOT_PART_WAIT: Duration = Duration::from_secs(30);
 
 fn try_again(detail: impl Into<String>) -> CkptError {
     CkptError::new(ErrorCode::TryAgain, detail)
@@ -195,10 +198,27 @@ enum Input {
         instance: InstanceId,
         result: CkptResult<EntriesAfter>,
     },
-    SnapshotReady {
+    /// A part of a snapshot streamed to `to` was read.
+    SnapshotPart {
+        to: NodeId,
+        last: Position,
+        index: u64,
+        done: bool,
+        bytes: Vec<u8>,
+    },
+    /// Reading a snapshot for `to` failed.
+    SnapshotFailed {
         to: NodeId,
         instance: InstanceId,
-        result: CkptResult<(Position, Vec<u8>)>,
+        error: CkptError,
+    },
+    /// A snapshot part from the active replica was applied here (or refused).
+    SnapshotPartDone {
+        instance: InstanceId,
+        last: (Epoch, Seq),
+        index: u64,
+        done: bool,
+        result: CkptResult<Position>,
     },
     Begun {
         instance: InstanceId,
@@ -355,6 +375,7 @@ impl Cluster {
             raftlog: Some(raftlog),
             proposals: HashMap::new(),
             tickets: HashMap::new(),
+            snapshot_streams: HashMap::new(),
             shown: empty,
             state_tx,
             began_tx,
@@ -889,7 +910,7 @@ impl Cluster {
                     let meta = state.get(instance).ok_or_else(|| not_exist(instance))?;
                     meta.in_sync.contains(&self.me)
                 };
-                if in_sync && matches!(self.store.position(instance), Ok(Some(_))) {
+                if in_sync && matches!(self.store.replica_position(instance), Ok(Some(_))) {
                     return Ok(());
                 }
                 // The store's replica grows without a state change: look
@@ -1214,6 +1235,8 @@ struct Driver {
     raftlog: Option<RaftLog>,
     proposals: HashMap<Ticket, oneshot::Sender<Result<Applied, CkptError>>>,
     tickets: HashMap<u64, TicketReply>,
+    /// Snapshots being streamed to backups: the permit to read the next part.
+    snapshot_streams: HashMap<(InstanceId, NodeId), std::sync::mpsc::SyncSender<()>>,
     /// The state last published.
     shown: ClusterStateSnapshot,
     state_tx: watch::Sender<ClusterStateSnapshot>,
@@ -1299,7 +1322,7 @@ impl Driver {
                 Ok(position) => self.data.on_replica_durable(position),
                 Err(error) => {
                     tracing::warn!(instance = instance.0, %error, "the store refused replicated entries; catching up");
-                    let last = self.cluster.store.position(instance).ok().flatten();
+                    let last = self.cluster.store.replica_position(instance).ok().flatten();
                     self.data.on_replica_failed(instance, last, now);
                 }
             },
@@ -1321,32 +1344,68 @@ impl Driver {
                         .collect();
                     self.data.on_entries_read(for_node, instance, shipped, now);
                 }
-                Ok(EntriesAfter::Gone) => self.data.on_entries_gone(for_node, instance),
+                Ok(EntriesAfter::Gone) => self.data.on_entries_gone(for_node, instance, now),
                 Err(error) => {
                     tracing::warn!(instance = instance.0, for_node, %error, "reading entries for a backup failed");
                     self.data.on_read_failed(for_node, instance);
                 }
             },
-            Input::SnapshotReady {
+            Input::SnapshotPart {
                 to,
-                instance,
-                result,
-            } => match result {
-                Ok((last, bytes)) => {
+                last,
+                index,
+                done,
+                bytes,
+            } => {
+                if index == 0 {
                     tracing::info!(
-                        instance = instance.0,
+                        instance = last.instance.0,
                         to,
                         epoch = last.epoch.0,
                         seq = last.seq.0,
-                        bytes = bytes.len(),
-                        "sending a snapshot to a backup whose log cannot be continued"
+                        "streaming a snapshot to a backup whose log cannot be continued"
                     );
-                    self.cluster.metrics.snapshots_sent.inc();
-                    self.data.on_snapshot_ready(to, last, bytes, now);
                 }
+                self.cluster.metrics.snapshot_parts_sent.inc();
+                if done {
+                    self.snapshot_streams.remove(&(last.instance, to));
+                    self.cluster.metrics.snapshots_sent.inc();
+                }
+                self.data
+                    .on_snapshot_part(to, last, index, done, bytes, now);
+            }
+            Input::SnapshotFailed {
+                to,
+                instance,
+                error,
+            } => {
+                tracing::warn!(instance = instance.0, to, %error, "a snapshot for a backup failed");
+                self.snapshot_streams.remove(&(instance, to));
+                self.data.on_read_failed(to, instance);
+            }
+            Input::SnapshotPartDone {
+                instance,
+                last,
+                index,
+                done,
+                result,
+            } => match result {
+                Ok(position) if done => {
+                    tracing::info!(
+                        instance = instance.0,
+                        epoch = position.epoch.0,
+                        seq = position.seq.0,
+                        parts = index + 1,
+                        "installed a snapshot from the active replica"
+                    );
+                    self.cluster.metrics.snapshots_installed.inc();
+                    self.data.on_replica_durable(position);
+                }
+                Ok(_) => self.data.on_snapshot_part_durable(instance, last, index),
                 Err(error) => {
-                    tracing::warn!(instance = instance.0, to, %error, "a snapshot for a backup failed");
-                    self.data.on_read_failed(to, instance);
+                    tracing::warn!(instance = instance.0, index, %error, "the store refused a snapshot part; catching up");
+                    let held = self.cluster.store.replica_position(instance).ok().flatten();
+                    self.data.on_replica_failed(instance, held, now);
                 }
             },
             Input::Begun {
@@ -1572,7 +1631,12 @@ impl Driver {
             if before.is_some_and(|b| b.epoch != meta.epoch) {
                 self.cluster.metrics.epoch_changes.inc();
             }
-            let local = self.cluster.store.position(meta.instance).ok().flatten();
+            let local = self
+                .cluster
+                .store
+                .replica_position(meta.instance)
+                .ok()
+                .flatten();
             self.data.on_metadata(&self.replica_set(meta), local, now);
             if meta.active == Some(me) {
                 if self.began.get(&meta.instance) != Some(&meta.epoch) {
@@ -1759,7 +1823,12 @@ impl Driver {
             .cloned()
             .collect();
         for meta in due {
-            let local = self.cluster.store.position(meta.instance).ok().flatten();
+            let local = self
+                .cluster
+                .store
+                .replica_position(meta.instance)
+                .ok()
+                .flatten();
             self.begin(&meta, local);
         }
     }
@@ -1818,7 +1887,7 @@ impl Driver {
                     }),
                     Err(error) => {
                         tracing::warn!(instance = instance.0, from, %error, "entries from a peer do not decode");
-                        let last = store.position(instance).ok().flatten();
+                        let last = store.replica_position(instance).ok().flatten();
                         self.data.on_replica_failed(instance, last, now);
                     }
                 }
@@ -1840,45 +1909,62 @@ impl Driver {
                 });
             }
             DataOutput::SendSnapshot { instance, to } => {
+                // One part in memory at a time: the reading thread waits for
+                // the backup to hold a part before it reads the next, and
+                // stops when the stream is replaced or left waiting.
+                let (permit, permits) = std::sync::mpsc::sync_channel::<()>(1);
+                self.snapshot_streams.insert((instance, to), permit);
                 tokio::task::spawn_blocking(move || {
-                    let result = store.instance_snapshot(instance).and_then(|snapshot| {
-                        let last = Position {
+                    let sent =
+                        store.stream_snapshot(instance, SNAPSHOT_PART_BYTES, now_ns(), |part| {
+                            let bytes = encode_entries(&part.entries);
+                            let input = Input::SnapshotPart {
+                                to,
+                                last: part.last,
+                                index: part.index,
+                                done: part.done,
+                                bytes,
+                            };
+                            if inputs.send(input).is_err() {
+                                return false;
+                            }
+                            part.done || permits.recv_timeout(SNAPSHOT_PART_WAIT).is_ok()
+                        });
+                    if let Err(error) = sent {
+                        let _ = inputs.send(Input::SnapshotFailed {
+                            to,
                             instance,
-                            epoch: snapshot.epoch,
-                            seq: snapshot.seq,
-                        };
-                        Ok((last, snapshot.to_bytes()?))
-                    });
-                    let _ = inputs.send(Input::SnapshotReady {
-                        to,
-                        instance,
-                        result,
-                    });
+                            error,
+                        });
+                    }
                 });
             }
-            DataOutput::InstallSnapshot {
+            DataOutput::NextSnapshotPart { instance, to } => {
+                if let Some(permit) = self.snapshot_streams.get(&(instance, to)) {
+                    let _ = permit.try_send(());
+                }
+            }
+            DataOutput::ApplySnapshotPart {
                 instance,
                 from,
-                last: _,
+                last,
+                index,
+                done,
                 bytes,
-            } => match InstanceSnapshot::from_bytes(&bytes) {
-                Ok(snapshot) => {
-                    tracing::info!(
-                        instance = instance.0,
-                        from,
-                        epoch = snapshot.epoch.0,
-                        seq = snapshot.seq.0,
-                        "installing a snapshot from the active replica"
-                    );
-                    self.cluster.metrics.snapshots_installed.inc();
-                    store.install_snapshot(snapshot, move |result| {
-                        let _ = inputs.send(Input::ReplicaDone { instance, result });
-                    })
-                }
+            } => match decode_entries(&bytes) {
+                Ok(entries) => store.submit_replicated(entries, move |result| {
+                    let _ = inputs.send(Input::SnapshotPartDone {
+                        instance,
+                        last,
+                        index,
+                        done,
+                        result,
+                    });
+                }),
                 Err(error) => {
-                    tracing::warn!(instance = instance.0, from, %error, "a snapshot from a peer does not decode");
-                    let last = store.position(instance).ok().flatten();
-                    self.data.on_replica_failed(instance, last, now);
+                    tracing::warn!(instance = instance.0, from, index, %error, "a snapshot part from a peer does not decode");
+                    let held = store.replica_position(instance).ok().flatten();
+                    self.data.on_replica_failed(instance, held, now);
                 }
             },
             DataOutput::Propose(Proposal::SetInSync {
