@@ -1,6 +1,6 @@
 //! The OpenClovis API: the 23 `clCkpt*` functions of `clCkptApi.h`. Each
 //! is [`crate::ops`] with `ClRcT` return codes, behind the panic guard.
-#![allow(non_snake_case, clippy::missing_safety_doc)]
+#![allow(non_snake_case)]
 
 use std::ffi::c_void;
 

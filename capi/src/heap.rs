@@ -1,6 +1,6 @@
 //! The OpenClovis heap calls of `clHeapApi.h`: malloc and free, so memory
 //! the library hands out can be released with clHeapFree (or free).
-#![allow(non_snake_case, clippy::missing_safety_doc)]
+#![allow(non_snake_case)]
 
 use std::ffi::c_void;
 

@@ -1,7 +1,7 @@
 //! The SA Forum API (AIS B.02.02): the `saCkpt*` functions of `saCkpt.h`.
 //! Each is [`crate::ops`] with `SaAisErrorT` return codes, behind the
 //! panic guard.
-#![allow(non_snake_case, clippy::missing_safety_doc)]
+#![allow(non_snake_case)]
 
 use std::ffi::c_void;
 
