@@ -746,17 +746,7 @@ fn a_backup_applies_snapshot_parts_in_order_and_acknowledges_each() {
     dp.on_message(1, part_msg(2, true, vec![3]), TIMEOUT);
     assert_eq!(drain(&mut dp), vec![apply(2, true, vec![3])]);
     dp.on_replica_durable(pos(1, 8));
-    assert_eq!(
-        drain(&mut dp),
-        vec![send(
-            1,
-            DataMessage::Ack {
-                instance: I,
-                epoch: Epoch(1),
-                seq: Seq(8)
-            }
-        )]
-    );
+    assert_eq!(drain(&mut dp), vec![send(1, ack_msg(1, 8))]);
 }
 
 #[test]
