@@ -658,24 +658,9 @@ impl Store {
     }
 
     fn enqueue(&self, work: Work, durability: Durability, now: i64, reply: Reply) {
-        let Some(request) = self.admit(work, durability, now, reply) else {
-            return;
-        };
-        let Some(sender) = &self.sender else {
-            (request.reply)(Err(CkptError::new(
-                ErrorCode::NotInitialized,
-                "store is closed",
-            )));
-            return;
-        };
-        match sender.try_send(request) {
-            Ok(()) => {}
-            Err(TrySendError::Full(request)) => {
-                if let Err(mpsc::SendError(request)) = sender.send(request) {
-                    (request.reply)(Err(self.gone_error()));
-                }
-            }
-            Err(TrySendError::Disconnected(request)) => {
+        if let Err(Submission { request, sender }) = self.try_enqueue(work, durability, now, reply)
+        {
+            if let Err(mpsc::SendError(request)) = sender.send(*request) {
                 (request.reply)(Err(self.gone_error()));
             }
         }
@@ -773,10 +758,7 @@ impl Store {
                 sender: sender.clone(),
             }),
             Err(TrySendError::Disconnected(request)) => {
-                (request.reply)(Err(CkptError::new(
-                    ErrorCode::NotInitialized,
-                    "store is closed",
-                )));
+                (request.reply)(Err(self.gone_error()));
                 Ok(())
             }
         }

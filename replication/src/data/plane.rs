@@ -778,11 +778,13 @@ impl DataPlane {
         instance: InstanceId,
         last: (Epoch, Seq),
         index: u64,
+        now_ms: u64,
     ) {
         let Some(Role::Backup(backup)) = self.instances.get_mut(&instance).map(|i| &mut i.role)
         else {
             return;
         };
+        backup.catch_up_sent_ms = Some(now_ms);
         let Some(active) = backup.active else {
             return;
         };
@@ -1092,6 +1094,13 @@ impl DataPlane {
             match &mut inst.role {
                 Role::Backup(backup) => {
                     if !backup.synced {
+                        // A snapshot part can take long to log (4 MiB on a
+                        // loaded disk): a stream is waited for longer.
+                        let retry_ms = if backup.installing.is_some() {
+                            self.replica_lag_timeout_ms.saturating_mul(2)
+                        } else {
+                            retry_ms
+                        };
                         Self::request_catch_up(
                             &mut self.outputs,
                             instance,
@@ -1176,7 +1185,8 @@ impl DataPlane {
                 // A stream without progress (its parts ignored or lost, or
                 // the reading failed silently) is given up: ask again.
                 PeerMode::Snapshotting => {
-                    let stalled = now_ms.saturating_sub(peer.snapshot_progress_ms) >= retry_ms;
+                    let idle = now_ms.saturating_sub(peer.snapshot_progress_ms);
+                    let stalled = idle >= timeout.saturating_mul(2);
                     if stalled {
                         peer.mode = PeerMode::AwaitCatchUp;
                         peer.reset_read();
@@ -1719,7 +1729,12 @@ impl DataPlane {
         }
         if let Some(peer) = primary.peers.get(&from) {
             let busy = matches!(peer.mode, PeerMode::Reading | PeerMode::Snapshotting);
-            let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
+            let retry_ms = if peer.mode == PeerMode::Snapshotting {
+                // Parts can take long to log; the backup waits as long.
+                self.replica_lag_timeout_ms.saturating_mul(2)
+            } else {
+                (self.replica_lag_timeout_ms / 2).max(1)
+            };
             let recent = peer
                 .serving
                 .is_some_and(|(l, at)| l == last && now_ms.saturating_sub(at) < retry_ms);

@@ -461,15 +461,21 @@ fn a_snapshot_stream_that_stalls_restarts_on_the_backups_next_catch_up() {
     assert_eq!(drain(&mut dp), vec![read(None, 2)]);
     dp.on_entries_gone(2, I, 0);
     drain(&mut dp);
-    let retry = TIMEOUT / 2;
+    // A part may take long to log: a stream is waited for two lag timeouts.
+    let patience = 2 * TIMEOUT;
     // Parts keep the stream alive: a CatchUp soon after one is a retry.
-    dp.on_snapshot_part(2, pos(1, 8), 0, false, vec![1], retry);
+    dp.on_snapshot_part(2, pos(1, 8), 0, false, vec![1], patience);
     drain(&mut dp);
-    dp.on_message(2, catch_up_msg(1, None), retry + 1);
+    dp.on_message(2, catch_up_msg(1, None), 2 * patience - 1);
     assert_eq!(drain(&mut dp), vec![]);
-    // Lost: no acknowledgement for a retry interval; the next CatchUp
-    // starts a new stream.
-    dp.on_message(2, catch_up_msg(1, None), 2 * retry + 1);
+    let probe2 = send(2, probe_msg(1));
+    dp.tick(2 * patience - 1);
+    assert!(!drain(&mut dp).contains(&probe2));
+    // Lost: no acknowledgement for that long; the primary gives the stream
+    // up and probes, and the next CatchUp starts a new stream.
+    dp.tick(2 * patience);
+    assert!(drain(&mut dp).contains(&probe2));
+    dp.on_message(2, catch_up_msg(1, None), 2 * patience + 1);
     assert_eq!(drain(&mut dp), vec![read(None, 2)]);
     dp.on_entries_gone(2, I, 0);
     assert_eq!(
@@ -477,7 +483,7 @@ fn a_snapshot_stream_that_stalls_restarts_on_the_backups_next_catch_up() {
         vec![DataOutput::SendSnapshot { instance: I, to: 2 }]
     );
     // The old stream's acknowledgement is not taken for the new one's.
-    dp.on_message(2, part_ack(pt(1, 8), 0), 2 * retry + 2);
+    dp.on_message(2, part_ack(pt(1, 8), 0), 2 * patience + 2);
     assert_eq!(drain(&mut dp), vec![]);
 }
 
@@ -724,12 +730,15 @@ fn a_backup_applies_snapshot_parts_in_order_and_acknowledges_each() {
     assert_eq!(drain(&mut dp), vec![]);
     dp.on_message(1, part_msg(0, false, vec![1]), 0);
     assert_eq!(drain(&mut dp), vec![apply(0, false, vec![1])]);
-    dp.on_snapshot_part_durable(I, pt(1, 8), 0);
+    dp.on_snapshot_part_durable(I, pt(1, 8), 0, 0);
     assert_eq!(drain(&mut dp), vec![send(1, part_ack(pt(1, 8), 0))]);
-    // While parts come, no CatchUp retry, however long the stream takes.
+    // While parts come, no CatchUp retry, however long the stream takes;
+    // a part being logged counts as progress too.
     dp.on_message(1, part_msg(1, false, vec![2]), TIMEOUT);
     assert_eq!(drain(&mut dp), vec![apply(1, false, vec![2])]);
-    dp.tick(TIMEOUT + TIMEOUT / 4);
+    dp.on_snapshot_part_durable(I, pt(1, 8), 1, 2 * TIMEOUT);
+    drain(&mut dp);
+    dp.tick(4 * TIMEOUT - 1);
     assert_eq!(drain(&mut dp), vec![]);
     // A gap (part 3 after 1) is ignored; the primary starts over.
     dp.on_message(1, part_msg(3, true, vec![4]), TIMEOUT);
@@ -737,17 +746,7 @@ fn a_backup_applies_snapshot_parts_in_order_and_acknowledges_each() {
     dp.on_message(1, part_msg(2, true, vec![3]), TIMEOUT);
     assert_eq!(drain(&mut dp), vec![apply(2, true, vec![3])]);
     dp.on_replica_durable(pos(1, 8));
-    assert_eq!(
-        drain(&mut dp),
-        vec![send(
-            1,
-            DataMessage::Ack {
-                instance: I,
-                epoch: Epoch(1),
-                seq: Seq(8)
-            }
-        )]
-    );
+    assert_eq!(drain(&mut dp), vec![send(1, ack_msg(1, 8))]);
 }
 
 #[test]
@@ -823,7 +822,7 @@ fn a_stream_broken_off_leaves_the_backup_asking_from_nothing() {
     dp.on_message(1, part_msg(0, false, vec![1]), 0);
     drain(&mut dp);
     // What it held before part 0 is gone: its CatchUp names no position.
-    dp.tick(TIMEOUT);
+    dp.tick(2 * TIMEOUT);
     assert_eq!(
         drain(&mut dp),
         vec![send(
@@ -1429,7 +1428,7 @@ impl Sim {
                     assert_eq!(node.log.last().map(|e| (e.epoch, e.seq)), Some(last));
                     node.plane.on_replica_durable(pos(last.0 .0, last.1 .0));
                 } else {
-                    node.plane.on_snapshot_part_durable(I, last, index);
+                    node.plane.on_snapshot_part_durable(I, last, index, now);
                 }
             }
             DataOutput::Propose(p) => self.proposals.push(p),

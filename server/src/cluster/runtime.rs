@@ -1401,7 +1401,9 @@ impl Driver {
                     self.cluster.metrics.snapshots_installed.inc();
                     self.data.on_replica_durable(position);
                 }
-                Ok(_) => self.data.on_snapshot_part_durable(instance, last, index),
+                Ok(_) => self
+                    .data
+                    .on_snapshot_part_durable(instance, last, index, now),
                 Err(error) => {
                     tracing::warn!(instance = instance.0, index, %error, "the store refused a snapshot part; catching up");
                     let held = self.cluster.store.replica_position(instance).ok().flatten();
