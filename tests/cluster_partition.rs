@@ -429,6 +429,18 @@ fn an_isolated_active_node_stops_acknowledging_and_rejoins_as_a_backup() {
     );
     cluster.heal(victim);
     let healed = Instant::now();
+    wait_acks(
+        &record,
+        acked_lines(&record).len(),
+        100,
+        "writes go on after the heal",
+    );
+    // The old active node catches up and rejoins once the load stops: on
+    // two cores shared by three nodes and the bench, ALL_SAFE writes at
+    // full speed (acknowledged by the two in-sync nodes) can outrun a
+    // replica catching up, which then stays out of the in-sync set, as a
+    // Kafka follower would (docs/replication.md, "Not yet").
+    drop(bench);
     let rejoined = |s: &Value| {
         is_settled(s, &[1, 2, 3])
             && moved
@@ -451,13 +463,6 @@ fn an_isolated_active_node_stops_acknowledging_and_rejoins_as_a_backup() {
         "node {victim} rejoined every in-sync set {:?} after the heal",
         healed.elapsed()
     );
-    wait_acks(
-        &record,
-        acked_lines(&record).len(),
-        100,
-        "writes go on after the heal",
-    );
-    drop(bench);
 
     // (d) Nothing acknowledged was lost.
     let (acked, lost, wrong) = check_acked(&cluster.addrs(), &record);

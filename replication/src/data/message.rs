@@ -70,8 +70,8 @@ pub enum DataMessage {
         epoch: Epoch,
         #[serde(with = "point_serde")]
         last: (Epoch, Seq),
-        /// The backup's position (from its CatchUp) this snapshot replaces:
-        /// a backup elsewhere ignores the stream.
+        /// The position named by the backup's CatchUp this snapshot
+        /// answers: a backup that asked again since ignores the stream.
         #[serde(with = "opt_point_serde")]
         answers: Option<(Epoch, Seq)>,
         index: u64,

@@ -167,7 +167,7 @@ struct Peer {
     /// Its log cannot be continued, and it is in the in-sync set: it must
     /// leave the set before a snapshot discards what it holds.
     needs_snapshot: bool,
-    /// The backup position the snapshot under way replaces.
+    /// The position named by the CatchUp the snapshot under way answers.
     snapshot_answers: Option<(Epoch, Seq)>,
     /// When the snapshot under way last made progress (started, a part
     /// sent or acknowledged).
@@ -265,12 +265,12 @@ impl Primary {
     }
 }
 
-/// Primary: `peer`'s log cannot be continued after `peer.sent` (where its
-/// CatchUp said it is, or what was sent to it since); stream it a snapshot
-/// that names that position, so that a backup never lets a stream meant for
-/// another of its positions discard what it holds. A backup elsewhere
-/// ignores the stream, which then stalls: the tick probes it after a retry
-/// interval without progress, and its CatchUp starts over.
+/// Primary: `peer`'s log cannot be continued; stream it a snapshot that
+/// names the position of the CatchUp it answers, so that a stream answering
+/// an older CatchUp (still on the wire when a newer one was answered) never
+/// discards what the backup got since. A stream the backup ignores stalls:
+/// the tick probes it after two lag timeouts without progress, and its
+/// CatchUp starts over.
 ///
 /// Not while it is in the in-sync set, or may be put in it by an addition
 /// still pending: installing discards what the backup holds, released
@@ -295,7 +295,9 @@ fn start_snapshot(outputs: &mut Vec<DataOutput>, at: SnapshotAt, peer: &mut Peer
     }
     peer.mode = PeerMode::Snapshotting;
     peer.needs_snapshot = false;
-    peer.snapshot_answers = peer.sent;
+    // The CatchUp being answered (or, after a probe reset it, what was
+    // sent last).
+    peer.snapshot_answers = peer.serving.map_or(peer.sent, |(last, _)| last);
     peer.snapshot_progress_ms = now_ms;
     outputs.push(DataOutput::SendSnapshot { instance, to });
 }
@@ -333,6 +335,9 @@ struct Backup {
     acked_sent: Option<Seq>,
     /// A snapshot being installed: (its position, the next part expected).
     installing: Option<((Epoch, Seq), u64)>,
+    /// The position named by the last CatchUp sent: a snapshot stream must
+    /// answer it, or it is stale.
+    asked: Option<Option<(Epoch, Seq)>>,
 }
 
 #[derive(Debug)]
@@ -534,6 +539,7 @@ impl DataPlane {
                         catch_up_sent_ms: None,
                         acked_sent: None,
                         installing: None,
+                        asked: None,
                     })
                 }
             }
@@ -1414,6 +1420,7 @@ impl DataPlane {
         }
         backup.synced = false;
         backup.catch_up_sent_ms = Some(now_ms);
+        backup.asked = Some(backup.last);
         // Whatever we acknowledged may have been lost (a probe means the
         // primary does not know where we are): once re-synced, acknowledge
         // what we hold again, even if no entry follows.
@@ -1603,10 +1610,10 @@ impl DataPlane {
             done,
             bytes,
         } = part;
-        if index == 0 && (answers != backup.last || inst.rs.in_sync.contains(&self.me)) {
-            // A stream that answers another of our positions (a CatchUp we
-            // sent before the entries we hold now), or one that would
-            // discard the replica of an in-sync member: ignored.
+        if index == 0 && (backup.asked != Some(answers) || inst.rs.in_sync.contains(&self.me)) {
+            // A stream answering a CatchUp before our last one (it may
+            // discard entries we got since), or one that would discard the
+            // replica of an in-sync member: ignored.
             return;
         }
         if index == 0 {

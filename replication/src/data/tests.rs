@@ -817,6 +817,52 @@ fn a_backup_ignores_a_stream_meant_for_another_of_its_positions_or_while_in_sync
 }
 
 #[test]
+fn a_returning_old_primary_takes_the_snapshot_that_answers_its_catch_up() {
+    // A returning old primary with a suffix of its own gets a snapshot that
+    // names the position it asked from, and takes it.
+    let mut dp = DataPlane::new(2, TIMEOUT);
+    dp.on_metadata(
+        &rs(Some(2), 2, &[(1, 1), (2, 6)], &[2, 3]),
+        Some(pos(2, 9)),
+        0,
+    );
+    drain(&mut dp);
+    dp.on_message(1, catch_up_msg(2, Some(pt(1, 8))), 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![DataOutput::SendSnapshot { instance: I, to: 1 }]
+    );
+    dp.on_snapshot_part(1, pos(2, 9), 0, true, vec![7], 0);
+    let sent = drain(&mut dp);
+    assert!(
+        sent.iter().any(|o| matches!(o, DataOutput::Send {
+            to: 1,
+            msg: DataMessage::SnapshotPart { answers, .. },
+        } if *answers == Some(pt(1, 8)))),
+        "{sent:?}"
+    );
+    // And the backup that asked from (1, 8) takes it.
+    let mut backup = DataPlane::new(1, TIMEOUT);
+    backup.on_metadata(
+        &rs(Some(2), 2, &[(1, 1), (2, 6)], &[2, 3]),
+        Some(pos(1, 8)),
+        0,
+    );
+    assert_eq!(
+        drain(&mut backup),
+        vec![send(2, catch_up_msg(2, Some(pt(1, 8))))]
+    );
+    for output in sent {
+        if let DataOutput::Send { msg, .. } = output {
+            backup.on_message(2, msg, 0);
+        }
+    }
+    assert!(drain(&mut backup)
+        .iter()
+        .any(|o| matches!(o, DataOutput::ApplySnapshotPart { index: 0, .. })));
+}
+
+#[test]
 fn a_stream_broken_off_leaves_the_backup_asking_from_nothing() {
     let mut dp = backup_out_of_sync();
     dp.on_message(1, part_msg(0, false, vec![1]), 0);
