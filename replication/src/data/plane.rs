@@ -871,6 +871,7 @@ impl DataPlane {
         entries: Vec<ShippedEntry>,
         now_ms: u64,
     ) {
+        let settle_ms = self.settle_ms();
         let read_bytes_max = self.read_bytes_max;
         let Some(inst) = self.instances.get_mut(&instance) else {
             return;
@@ -900,7 +901,7 @@ impl DataPlane {
                 instance,
                 to: for_node,
                 now_ms,
-                settle_ms: self.replica_lag_timeout_ms.saturating_mul(2),
+                settle_ms,
             };
             start_snapshot(&mut self.outputs, at, peer, in_sync);
             return;
@@ -952,7 +953,7 @@ impl DataPlane {
 
     /// Primary: the WAL no longer holds what `for_node` needs; send a snapshot.
     pub fn on_entries_gone(&mut self, for_node: NodeId, instance: InstanceId, now_ms: u64) {
-        let settle_ms = self.replica_lag_timeout_ms.saturating_mul(2);
+        let settle_ms = self.settle_ms();
         let Some(inst) = self.instances.get_mut(&instance) else {
             return;
         };
@@ -1091,6 +1092,7 @@ impl DataPlane {
     /// Time passed: catch-up retries and probes, in-sync removals and
     /// additions, the WAL hold.
     pub fn tick(&mut self, now_ms: u64) {
+        let settle_ms = self.settle_ms();
         let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
         let instances: Vec<InstanceId> = self.instances.keys().copied().collect();
         for instance in instances {
@@ -1103,7 +1105,7 @@ impl DataPlane {
                         // A snapshot part can take long to log (4 MiB on a
                         // loaded disk): a stream is waited for longer.
                         let retry_ms = if backup.installing.is_some() {
-                            self.replica_lag_timeout_ms.saturating_mul(2)
+                            settle_ms
                         } else {
                             retry_ms
                         };
@@ -1129,6 +1131,7 @@ impl DataPlane {
 
     fn tick_primary(&mut self, instance: InstanceId, now_ms: u64) {
         let timeout = self.replica_lag_timeout_ms;
+        let settle_ms = self.settle_ms();
         let retry_ms = (timeout / 2).max(1);
         let me = self.me;
         let required: BTreeSet<NodeId> = self.tracker.required(instance).into_iter().collect();
@@ -1192,7 +1195,7 @@ impl DataPlane {
                 // the reading failed silently) is given up: ask again.
                 PeerMode::Snapshotting => {
                     let idle = now_ms.saturating_sub(peer.snapshot_progress_ms);
-                    let stalled = idle >= timeout.saturating_mul(2);
+                    let stalled = idle >= settle_ms;
                     if stalled {
                         peer.mode = PeerMode::AwaitCatchUp;
                         peer.reset_read();
@@ -1234,7 +1237,7 @@ impl DataPlane {
                 let pending = required.contains(node);
                 let proposal_settled = peer
                     .add_proposed_ms
-                    .is_none_or(|t| now_ms.saturating_sub(t) >= timeout.saturating_mul(2));
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= settle_ms);
                 if pending && stalled && proposal_settled {
                     give_up.push(*node);
                     peer.add_proposed_ms = None;
@@ -1355,6 +1358,13 @@ impl DataPlane {
             Role::Primary(primary) => primary.peers.get_mut(&node),
             Role::Backup(_) => None,
         }
+    }
+
+    /// Two lag timeouts: how long an in-sync proposal may still be applied
+    /// after it was made, and how long a snapshot stream may go without
+    /// progress (a 4 MiB part can take long to log) before it is given up.
+    fn settle_ms(&self) -> u64 {
+        self.replica_lag_timeout_ms.saturating_mul(2)
     }
 
     fn flush_tracker(&mut self) {
@@ -1721,6 +1731,7 @@ impl DataPlane {
         last: Option<(Epoch, Seq)>,
         now_ms: u64,
     ) {
+        let settle_ms = self.settle_ms();
         let Some(inst) = self.instances.get_mut(&instance) else {
             return;
         };
@@ -1738,7 +1749,7 @@ impl DataPlane {
             let busy = matches!(peer.mode, PeerMode::Reading | PeerMode::Snapshotting);
             let retry_ms = if peer.mode == PeerMode::Snapshotting {
                 // Parts can take long to log; the backup waits as long.
-                self.replica_lag_timeout_ms.saturating_mul(2)
+                settle_ms
             } else {
                 (self.replica_lag_timeout_ms / 2).max(1)
             };
@@ -1776,6 +1787,7 @@ impl DataPlane {
         last: Option<(Epoch, Seq)>,
         now_ms: u64,
     ) {
+        let settle_ms = self.settle_ms();
         let read_bytes_max = self.read_bytes_max;
         let Some(inst) = self.instances.get_mut(&instance) else {
             return;
@@ -1849,7 +1861,7 @@ impl DataPlane {
                     instance,
                     to: from,
                     now_ms,
-                    settle_ms: self.replica_lag_timeout_ms.saturating_mul(2),
+                    settle_ms,
                 };
                 start_snapshot(&mut self.outputs, at, peer, in_sync);
             }

@@ -1322,8 +1322,7 @@ impl Driver {
                 Ok(position) => self.data.on_replica_durable(position),
                 Err(error) => {
                     tracing::warn!(instance = instance.0, %error, "the store refused replicated entries; catching up");
-                    let last = self.cluster.store.replica_position(instance).ok().flatten();
-                    self.data.on_replica_failed(instance, last, now);
+                    self.catch_up_again(instance, now);
                 }
             },
             Input::EntriesRead {
@@ -1406,8 +1405,7 @@ impl Driver {
                     .on_snapshot_part_durable(instance, last, index, now),
                 Err(error) => {
                     tracing::warn!(instance = instance.0, index, %error, "the store refused a snapshot part; catching up");
-                    let held = self.cluster.store.replica_position(instance).ok().flatten();
-                    self.data.on_replica_failed(instance, held, now);
+                    self.catch_up_again(instance, now);
                 }
             },
             Input::Begun {
@@ -1868,6 +1866,14 @@ impl Driver {
         );
     }
 
+    /// Backup: the store refused what the active replica sent (or it did
+    /// not decode): ask again from what this node holds that can be
+    /// continued (nothing, for a stale instance).
+    fn catch_up_again(&mut self, instance: InstanceId, now: u64) {
+        let held = self.cluster.store.replica_position(instance).ok().flatten();
+        self.data.on_replica_failed(instance, held, now);
+    }
+
     fn execute(&mut self, output: DataOutput) {
         let now = self.now_ms();
         let store = self.cluster.store.clone();
@@ -1889,8 +1895,7 @@ impl Driver {
                     }),
                     Err(error) => {
                         tracing::warn!(instance = instance.0, from, %error, "entries from a peer do not decode");
-                        let last = store.replica_position(instance).ok().flatten();
-                        self.data.on_replica_failed(instance, last, now);
+                        self.catch_up_again(instance, now);
                     }
                 }
             }
@@ -1965,8 +1970,7 @@ impl Driver {
                 }),
                 Err(error) => {
                     tracing::warn!(instance = instance.0, from, index, %error, "a snapshot part from a peer does not decode");
-                    let held = store.replica_position(instance).ok().flatten();
-                    self.data.on_replica_failed(instance, held, now);
+                    self.catch_up_again(instance, now);
                 }
             },
             DataOutput::Propose(Proposal::SetInSync {
