@@ -786,17 +786,7 @@ impl Store {
     /// # Errors
     /// Storage errors.
     pub fn position(&self, instance: InstanceId) -> CkptResult<Option<Position>> {
-        self.shared.check_readable()?;
-        Ok(self
-            .shared
-            .db
-            .snapshot()
-            .instance(instance)?
-            .map(|meta| Position {
-                instance,
-                epoch: meta.epoch,
-                seq: meta.seq,
-            }))
+        self.position_if(instance, |_| true)
     }
 
     /// Like [`Store::position`], but `None` for a stale instance (a
@@ -806,13 +796,21 @@ impl Store {
     /// # Errors
     /// Storage errors.
     pub fn replica_position(&self, instance: InstanceId) -> CkptResult<Option<Position>> {
+        self.position_if(instance, |meta| !meta.stale)
+    }
+
+    fn position_if(
+        &self,
+        instance: InstanceId,
+        keep: impl FnOnce(&InstanceMeta) -> bool,
+    ) -> CkptResult<Option<Position>> {
         self.shared.check_readable()?;
         Ok(self
             .shared
             .db
             .snapshot()
             .instance(instance)?
-            .filter(|meta| !meta.stale)
+            .filter(keep)
             .map(|meta| Position {
                 instance,
                 epoch: meta.epoch,
