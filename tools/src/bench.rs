@@ -9,9 +9,19 @@
 //! (`--record`) can later be checked byte for byte against the server
 //! (`check-acked`) even across reruns.
 //!
-//! Phases: set up the checkpoint (create it, or check that the existing one
-//! fits), set up every client (connect, open, find or create its section),
-//! then run the timed loop. A client stops at the deadline, on Ctrl-C, or on
+//! The bench is a guest on the server: each run writes checkpoints of its
+//! own, `bench-<run>` unless `--checkpoint` names one, and removes them at
+//! the end unless `--keep` or `--record` (whose file `check-acked` compares
+//! with them later). A checkpoint it creates holds an empty section
+//! [`MARKER_SECTION`] from its creation on, and a run writes into an
+//! existing checkpoint only when that marker is there: a user's checkpoint
+//! is refused, whatever its shape.
+//!
+//! Phases: set up the checkpoint (create and mark it, or check that the
+//! existing one is a bench's and fits), set up every client (connect, open,
+//! find or create its section), then run the timed loop, then remove what
+//! the run created. On a terminal a status line shows the last second's
+//! ops/s, p99 and errors while it runs. A client stops at the deadline, on Ctrl-C, or on
 //! its first error other than `TRY_AGAIN` (retried after
 //! [`TRY_AGAIN_PAUSE_MS`]); the summary covers what was acknowledged.
 //! Latency is measured around each call only (the record write is outside
@@ -22,6 +32,7 @@
 //! is one creation, its latency the whole cycle's.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +45,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::cli::{BenchArgs, BenchOp, BenchTarget};
-use crate::histogram::Histogram;
+use crate::histogram::{Histogram, LiveHistogram};
+use crate::progress::StatusLine;
 use crate::record::{decode_counter, fill_value, valid_field, Recorder};
 
 /// Pause before retrying a write the server answered with `TRY_AGAIN`.
@@ -45,6 +57,10 @@ pub const RECONNECT_PAUSE_MS: u64 = 100;
 pub const RECONNECT_S_DEFAULT_CLUSTER: f64 = 10.0;
 /// Longest section id the bench's checkpoint allows (`c<i>` needs 5).
 const SECTION_ID_BYTES_MAX: u64 = 64;
+/// The empty section that marks a checkpoint as created by the bench.
+pub const MARKER_SECTION: &str = "ckpt-tool-bench";
+/// How often the live status line is redrawn, ms.
+pub const STATUS_INTERVAL_MS: u64 = 1000;
 
 /// What a bench run did.
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +110,11 @@ pub struct BenchReport {
     pub client_errors: Vec<String>,
     /// The record file, if any.
     pub record: Option<String>,
+    /// Checkpoints this run created and removed at its end.
+    pub removed: Vec<String>,
+    /// Checkpoints the run wrote that are still on the server: created
+    /// with --keep or --record, or kept by an earlier run.
+    pub kept: Vec<String>,
 }
 
 impl BenchReport {
@@ -113,7 +134,7 @@ impl BenchReport {
             "bench: {} clients ({} ran), {:.1} s, {}-byte values, mode {}{}, {} {}{}\n\
              acknowledged {} writes in {:.2} s: {:.1} ops/s ({} retried after TRY_AGAIN)\n\
              latency us: p50 {:.1}  p99 {:.1}  p999 {:.1}  max {:.1}\n\
-             errors: {errors}; {} reconnects\n",
+             errors: {errors}; {} reconnects\n{}",
             self.clients,
             self.clients_running,
             self.duration_s,
@@ -140,22 +161,54 @@ impl BenchReport {
             self.p999_us,
             self.max_us,
             self.reconnects,
+            self.cleanup_text(),
         )
+    }
+
+    /// What was removed and what is left, one line each (none for etcd).
+    fn cleanup_text(&self) -> String {
+        let mut text = String::new();
+        if !self.removed.is_empty() {
+            text.push_str(&format!("removed: {}\n", self.removed.join(" ")));
+        }
+        if !self.kept.is_empty() {
+            text.push_str(&format!("kept: {}\n", self.kept.join(" ")));
+        }
+        text
     }
 }
 
-/// The checkpoint names of a run: `<checkpoint>` alone, or
-/// `<checkpoint>-0` .. `<checkpoint>-<K-1>`.
+/// The checkpoint name of a run: `--checkpoint`, or `bench-<s>-<pid>`
+/// (the start in seconds since the epoch and the process id), which no
+/// earlier run used.
+pub fn run_name(args: &BenchArgs) -> CheckpointName {
+    if let Some(name) = &args.checkpoint {
+        return name.clone();
+    }
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let pid = std::process::id();
+    CheckpointName::new(format!("bench-{seconds}-{pid}"))
+        .unwrap_or_else(|_| unreachable!("a short ASCII name is valid"))
+}
+
+/// The checkpoint names of a run: `<base>` alone, or `<base>-0` ..
+/// `<base>-<K-1>` for `--checkpoints K`.
 ///
 /// # Errors
 /// `INVALID_PARAMETER` when a suffixed name is too long.
-pub fn checkpoint_names(args: &BenchArgs) -> Result<Vec<CheckpointName>, ClientError> {
-    if args.checkpoints == 1 {
-        return Ok(vec![args.checkpoint.clone()]);
+pub fn checkpoint_names(
+    base: &CheckpointName,
+    checkpoints: u32,
+) -> Result<Vec<CheckpointName>, ClientError> {
+    if checkpoints == 1 {
+        return Ok(vec![base.clone()]);
     }
-    (0..args.checkpoints)
+    (0..checkpoints)
         .map(|j| {
-            let mut name = args.checkpoint.as_bytes().to_vec();
+            let mut name = base.as_bytes().to_vec();
             name.extend_from_slice(format!("-{j}").as_bytes());
             CheckpointName::new(name).map_err(|e| {
                 ClientError::new(
@@ -189,11 +242,13 @@ pub fn bench_attributes(args: &BenchArgs) -> CreationAttributes {
     if args.all_safe {
         creation_flags = creation_flags | CreationFlags::WR_ALL_SAFE;
     }
-    // Two at least: one section means only the default section exists.
-    let max_sections = clients_of(args.clients, args.checkpoints, 0).max(2);
+    // One section per client plus the (empty) marker: two at least, so
+    // there is no default section.
+    let writers = clients_of(args.clients, args.checkpoints, 0);
+    let max_sections = writers.saturating_add(1);
     CreationAttributes {
         creation_flags,
-        checkpoint_size: u64::from(max_sections).saturating_mul(args.value_size),
+        checkpoint_size: u64::from(writers).saturating_mul(args.value_size),
         retention_duration_ns: TIME_END,
         max_sections,
         max_section_size: args.value_size,
@@ -217,12 +272,11 @@ pub fn unfit_reason(
             existing.creation_flags.0, wanted.creation_flags.0
         ));
     }
-    if existing.max_sections < clients.max(2) {
+    let sections = clients.saturating_add(1);
+    if existing.max_sections < sections {
         return Some(format!(
-            "maxSections is {}, {} clients need {}",
+            "maxSections is {}, {clients} clients and the marker need {sections}",
             existing.max_sections,
-            clients,
-            clients.max(2)
         ));
     }
     if existing.max_section_size < wanted.max_section_size {
@@ -247,34 +301,187 @@ pub fn unfit_reason(
     None
 }
 
-/// Creates the bench checkpoint, or opens the existing one after checking it fits.
+/// Whether `checkpoint` holds the bench's [`MARKER_SECTION`].
+async fn has_marker(checkpoint: &Checkpoint) -> Result<bool, ClientError> {
+    let marker = vec![ReadElement {
+        section_id: SectionId::new(MARKER_SECTION.as_bytes()),
+        offset: 0,
+        size: None,
+    }];
+    match checkpoint.read(marker).await {
+        Ok(_) => Ok(true),
+        Err(error) if error.code == ErrorCode::NotExist => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Opens an existing checkpoint for the bench: only one a bench created
+/// (it holds the marker) and that fits this run.
+async fn reuse_bench_checkpoint(
+    checkpoint: Checkpoint,
+    name: &CheckpointName,
+    wanted: &CreationAttributes,
+    writers: u32,
+) -> Result<Checkpoint, ClientError> {
+    let refusal = match has_marker(&checkpoint).await {
+        Err(error) => Some(error),
+        Ok(false) => Some(ClientError::new(
+            ErrorCode::AlreadyExist,
+            format!(
+                "checkpoint {name} exists and was not created by ckpt-tool bench (it has no {MARKER_SECTION} section): the bench writes only checkpoints of its own; leave out --checkpoint or name another"
+            ),
+        )),
+        Ok(true) => match checkpoint.status().await {
+            Err(error) => Some(error),
+            Ok(status) => unfit_reason(&status.attributes, wanted, writers).map(|reason| {
+                ClientError::new(
+                    ErrorCode::AlreadyExist,
+                    format!(
+                        "checkpoint {name}, kept by an earlier bench, does not fit this one: {reason} (leave out --checkpoint, or ckpt-tool rm it)"
+                    ),
+                )
+            }),
+        },
+    };
+    match refusal {
+        Some(error) => {
+            let _ = checkpoint.close().await;
+            Err(error)
+        }
+        None => Ok(checkpoint),
+    }
+}
+
+/// Creates the bench checkpoint `name` and marks it, or opens an existing
+/// one an earlier bench created and kept; the flag says whether this run
+/// created it (and so removes it at the end).
 async fn open_bench_checkpoint(
     client: &Client,
     args: &BenchArgs,
     name: &CheckpointName,
-) -> Result<Checkpoint, ClientError> {
+) -> Result<(Checkpoint, bool), ClientError> {
     let wanted = bench_attributes(args);
     let writers = clients_of(args.clients, args.checkpoints, 0);
-    let flags = OpenFlags::CREATE | OpenFlags::READ | OpenFlags::WRITE;
-    match client.open(name, Some(wanted.clone()), flags).await {
-        Ok(checkpoint) => Ok(checkpoint),
-        Err(error) if error.code == ErrorCode::AlreadyExist => {
-            let checkpoint = client
-                .open(name, None, OpenFlags::READ | OpenFlags::WRITE)
-                .await?;
-            let existing = checkpoint.status().await?.attributes;
-            if let Some(reason) = unfit_reason(&existing, &wanted, writers) {
-                let _ = checkpoint.close().await;
-                return Err(ClientError::new(
-                    ErrorCode::AlreadyExist,
-                    format!(
-                        "checkpoint {name} exists but does not fit this bench: {reason} (use another --checkpoint, or ckpt-tool rm it)"
-                    ),
-                ));
-            }
-            Ok(checkpoint)
+    let read_write = OpenFlags::READ | OpenFlags::WRITE;
+    // Opened without CREATE first: with CREATE, a user's checkpoint of the
+    // same attributes would open as if the bench had made it.
+    match client.open(name, None, read_write).await {
+        Ok(checkpoint) => {
+            return reuse_bench_checkpoint(checkpoint, name, &wanted, writers)
+                .await
+                .map(|checkpoint| (checkpoint, false))
         }
-        Err(error) => Err(error),
+        Err(error) if error.code == ErrorCode::NotExist => {}
+        Err(error) => return Err(error),
+    }
+    let checkpoint = client
+        .open(name, Some(wanted.clone()), OpenFlags::CREATE | read_write)
+        .await?;
+    let marker = SectionCreationAttributes {
+        section_id: Some(SectionId::new(MARKER_SECTION.as_bytes())),
+        expiration_time: TIME_END,
+    };
+    match checkpoint.section_create(marker, Vec::new()).await {
+        Ok(_) => Ok((checkpoint, true)),
+        // Another bench created and marked it since the first open.
+        Err(error) if error.code == ErrorCode::AlreadyExist => {
+            reuse_bench_checkpoint(checkpoint, name, &wanted, writers)
+                .await
+                .map(|checkpoint| (checkpoint, false))
+        }
+        Err(error) => {
+            let _ = checkpoint.close().await;
+            let _ = client.delete(name).await;
+            Err(error)
+        }
+    }
+}
+
+/// Counters every client adds to as it goes; the status line reads them
+/// each second.
+#[derive(Default)]
+pub struct LiveStats {
+    ops: AtomicU64,
+    errors: AtomicU64,
+    latency_ns: LiveHistogram,
+}
+
+impl LiveStats {
+    fn acked(&self, latency_ns: u64) {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.latency_ns.record(latency_ns);
+    }
+
+    fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The status line's text for one interval.
+pub fn status_text(ops: u64, interval_s: f64, p99_ns: u64, total_ops: u64, errors: u64) -> String {
+    format!(
+        "{:.0} ops/s  p99 {:.1} ms  errors {errors}  acknowledged {total_ops}",
+        per_second(ops, interval_s),
+        p99_ns as f64 / 1e6,
+    )
+}
+
+/// Redraws `line` every [`STATUS_INTERVAL_MS`] from `stats` until aborted.
+fn spawn_status(stats: Arc<LiveStats>, line: Arc<StatusLine>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval = Duration::from_millis(STATUS_INTERVAL_MS);
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        let (mut last_ops, mut last_at) = (0, Instant::now());
+        loop {
+            tick.tick().await;
+            let ops = stats.ops.load(Ordering::Relaxed);
+            let (p99_ns, _) = stats.latency_ns.take_quantile(0.99);
+            let interval_s = last_at.elapsed().as_secs_f64();
+            line.set(status_text(
+                ops - last_ops,
+                interval_s,
+                p99_ns,
+                ops,
+                stats.errors.load(Ordering::Relaxed),
+            ));
+            (last_ops, last_at) = (ops, Instant::now());
+        }
+    })
+}
+
+/// The live status of a run: counters, and the line drawn from them on a
+/// terminal (none elsewhere: no counting either).
+struct Live {
+    stats: Option<Arc<LiveStats>>,
+    line: Arc<StatusLine>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Live {
+    fn start() -> Live {
+        let line = Arc::new(StatusLine::new("bench"));
+        if !line.is_drawn() {
+            return Live {
+                stats: None,
+                line,
+                task: None,
+            };
+        }
+        let stats = Arc::new(LiveStats::default());
+        let task = spawn_status(stats.clone(), line.clone());
+        Live {
+            stats: Some(stats),
+            line,
+            task: Some(task),
+        }
+    }
+
+    fn finish(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        self.line.finish();
     }
 }
 
@@ -407,6 +614,7 @@ async fn write_loop(
     deadline: Instant,
     stop: watch::Sender<bool>,
     recorder: Option<Arc<Recorder>>,
+    live: Option<Arc<LiveStats>>,
 ) -> WorkerOutcome {
     let mut outcome = WorkerOutcome::default();
     // Every byte derives from the checkpoint, section, counter and size, so
@@ -430,6 +638,9 @@ async fn write_loop(
             Ok(()) => {
                 outcome.latency_ns.record(latency_ns);
                 outcome.ops += 1;
+                if let Some(live) = &live {
+                    live.acked(latency_ns);
+                }
                 // Recorded only now that the server acknowledged it: a
                 // failed write, or one whose outcome is unknown, never is.
                 if let Some(recorder) = &recorder {
@@ -462,6 +673,9 @@ async fn write_loop(
             .errors
             .entry(error.code.cl_name().to_string())
             .or_default() += 1;
+        if let Some(live) = &live {
+            live.failed();
+        }
         match after_error(&error) {
             AfterError::Retry => {
                 outcome.retries += 1;
@@ -525,10 +739,11 @@ pub async fn run(
             ),
         )));
     }
-    let names = checkpoint_names(args).map_err(fail)?;
+    let base = run_name(args);
+    let names = checkpoint_names(&base, args.checkpoints).map_err(fail)?;
     let recorder = match &args.record {
         Some(path) => {
-            if !valid_field(&String::from_utf8_lossy(args.checkpoint.as_bytes())) {
+            if !valid_field(&String::from_utf8_lossy(base.as_bytes())) {
                 return Err(fail(ClientError::new(
                     ErrorCode::InvalidParameter,
                     "with --record the checkpoint name must not contain whitespace",
@@ -549,21 +764,72 @@ pub async fn run(
     // Checkpoint k is created through node k of the list (rotated), and a
     // cluster makes its creator the active replica: the checkpoints' active
     // replicas, and so the load, spread over every node.
-    let mut setup_clients = Vec::new();
-    let mut setup_checkpoints = Vec::new();
+    let mut setups = Vec::new();
+    let mut setup_error = None;
     for (k, name) in names.iter().enumerate() {
         let index = u32::try_from(k).unwrap_or(u32::MAX);
-        let client = connect_client(&rotated_addrs(addr, index), reconnect_window)
-            .await
-            .map_err(fail)?;
-        setup_checkpoints.push(
-            open_bench_checkpoint(&client, args, name)
-                .await
-                .map_err(fail)?,
-        );
-        setup_clients.push(client);
+        let client = match connect_client(&rotated_addrs(addr, index), reconnect_window).await {
+            Ok(client) => client,
+            Err(error) => {
+                setup_error = Some(error);
+                break;
+            }
+        };
+        match open_bench_checkpoint(&client, args, name).await {
+            Ok((checkpoint, created)) => setups.push((name, client, checkpoint, created)),
+            Err(error) => {
+                setup_error = Some(error);
+                break;
+            }
+        }
     }
+    let mut result = match setup_error {
+        Some(error) => Err((None, error)),
+        None => write_phase(addr, args, &base, &names, value_size, recorder).await,
+    };
 
+    // The guest leaves: what this run created goes, unless it is wanted
+    // later (--keep, or --record for check-acked).
+    let keep = args.keep || args.record.is_some();
+    let (mut removed, mut kept) = (Vec::new(), Vec::new());
+    for (name, client, checkpoint, created) in setups {
+        let _ = checkpoint.close().await;
+        let text = name.to_string();
+        if !created || keep {
+            kept.push(text);
+            continue;
+        }
+        match client.delete(name).await {
+            Ok(()) => removed.push(text),
+            Err(error) => {
+                eprintln!("warning: could not remove checkpoint {text} ({error}); remove it with ckpt-tool rm {text}");
+                kept.push(text);
+            }
+        }
+    }
+    let report = match &mut result {
+        Ok(report) | Err((Some(report), _)) => Some(report),
+        Err((None, _)) => None,
+    };
+    if let Some(report) = report {
+        report.removed = removed;
+        report.kept = kept;
+    }
+    result
+}
+
+/// Sets up the clients of a run on its checkpoints `names`, runs the timed
+/// loop and reports.
+async fn write_phase(
+    addr: &str,
+    args: &BenchArgs,
+    base: &CheckpointName,
+    names: &[CheckpointName],
+    value_size: usize,
+    recorder: Option<Arc<Recorder>>,
+) -> Result<BenchReport, (Option<BenchReport>, ClientError)> {
+    let fail = |error: ClientError| (None, error);
+    let reconnect_window = reconnect_window(args, addr);
     let setups = (0..args.clients).map(|index| {
         let name = &names[(index % args.checkpoints) as usize];
         set_up_worker(addr, reconnect_window, name, index)
@@ -588,6 +854,7 @@ pub async fn run(
 
     let (stop, _) = watch::channel(false);
     let interrupt = spawn_interrupt(&stop);
+    let live = Live::start();
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
@@ -601,6 +868,7 @@ pub async fn run(
                 deadline,
                 stop.clone(),
                 recorder.clone(),
+                live.stats.clone(),
             ));
             (section, task)
         })
@@ -632,13 +900,11 @@ pub async fn run(
         }
     }
     let elapsed_s = started.elapsed().as_secs_f64();
+    live.finish();
     interrupt.abort();
     let interrupted = *stop.borrow();
-    for checkpoint in setup_checkpoints {
-        let _ = checkpoint.close().await;
-    }
 
-    let checkpoint_text = String::from_utf8_lossy(args.checkpoint.as_bytes()).into_owned();
+    let checkpoint_text = base.to_string();
     let report = BenchReport {
         checkpoint: if args.checkpoints > 1 {
             format!(
@@ -669,6 +935,8 @@ pub async fn run(
         stopped_early: interrupted || !client_errors.is_empty(),
         client_errors,
         record: args.record.as_ref().map(|path| path.display().to_string()),
+        removed: Vec::new(),
+        kept: Vec::new(),
     };
     if let Some(error) = record_error {
         return Err((Some(report), error));
@@ -754,6 +1022,7 @@ async fn etcd_loop(
     deadline: Instant,
     reconnect_window: Duration,
     stopped: watch::Receiver<bool>,
+    live: Option<Arc<LiveStats>>,
 ) -> WorkerOutcome {
     use crate::cluster::HttpConnection;
     let timeout = Duration::from_millis(crate::cluster::ADMIN_TIMEOUT_MS);
@@ -804,6 +1073,9 @@ async fn etcd_loop(
             Ok(response) if response.status == 200 => {
                 outcome.latency_ns.record(latency_ns);
                 outcome.ops += 1;
+                if let Some(live) = &live {
+                    live.acked(latency_ns);
+                }
                 counter = counter.saturating_add(1);
                 connection = Some(current);
             }
@@ -812,6 +1084,9 @@ async fn etcd_loop(
                     .errors
                     .entry(etcd_error_name(&response))
                     .or_default() += 1;
+                if let Some(live) = &live {
+                    live.failed();
+                }
                 outcome.retries += 1;
                 connection = Some(current);
                 tokio::time::sleep(Duration::from_millis(TRY_AGAIN_PAUSE_MS)).await;
@@ -854,9 +1129,10 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
     let value_size = usize::try_from(args.value_size)
         .map_err(|_| invalid("--value-size does not fit in memory"))?;
     let reconnect_window = Duration::from_secs_f64(args.reconnect_s.unwrap_or(0.0));
-    let prefix = String::from_utf8_lossy(args.checkpoint.as_bytes()).into_owned();
+    let prefix = run_name(args).to_string();
     let (stop, _) = watch::channel(false);
     let interrupt = spawn_interrupt(&stop);
+    let live = Live::start();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let tasks: Vec<_> = (0..args.clients)
@@ -870,6 +1146,7 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
                 deadline,
                 reconnect_window,
                 stop.subscribe(),
+                live.stats.clone(),
             ))
         })
         .collect();
@@ -899,6 +1176,7 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
         }
     }
     let elapsed_s = started.elapsed().as_secs_f64();
+    live.finish();
     interrupt.abort();
     let interrupted = *stop.borrow();
     let report = BenchReport {
@@ -924,6 +1202,8 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
         stopped_early: interrupted || !client_errors.is_empty(),
         client_errors,
         record: None,
+        removed: Vec::new(),
+        kept: Vec::new(),
     };
     if ops == 0 {
         let first = report.client_errors.first().cloned().unwrap_or_default();
@@ -950,6 +1230,7 @@ async fn open_loop(
     attributes: CreationAttributes,
     deadline: Instant,
     stop: watch::Receiver<bool>,
+    live: Option<Arc<LiveStats>>,
 ) -> OpenOutcome {
     let mut outcome = OpenOutcome {
         ops: 0,
@@ -972,13 +1253,18 @@ async fn open_loop(
             client.delete(&name).await
         };
         if let Err(error) = cycle.await {
+            if let Some(live) = &live {
+                live.failed();
+            }
             outcome.error = Some(error);
             break;
         }
-        outcome
-            .latency_ns
-            .record(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        let latency_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        outcome.latency_ns.record(latency_ns);
         outcome.ops += 1;
+        if let Some(live) = &live {
+            live.acked(latency_ns);
+        }
     }
     outcome
 }
@@ -995,7 +1281,7 @@ async fn run_opens(
             "--record applies to --op write only",
         )));
     }
-    let checkpoint_text = String::from_utf8_lossy(args.checkpoint.as_bytes()).into_owned();
+    let checkpoint_text = run_name(args).to_string();
     let attributes = bench_attributes(args);
     let mut clients = Vec::new();
     for _ in 0..args.clients {
@@ -1006,6 +1292,7 @@ async fn run_opens(
         );
     }
     let (stop, _) = watch::channel(false);
+    let live = Live::start();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let run_id = std::process::id();
@@ -1019,6 +1306,7 @@ async fn run_opens(
                 attributes.clone(),
                 deadline,
                 stop.subscribe(),
+                live.stats.clone(),
             ))
         })
         .collect();
@@ -1040,6 +1328,7 @@ async fn run_opens(
         }
     }
     let elapsed_s = started.elapsed().as_secs_f64();
+    live.finish();
     let report = BenchReport {
         checkpoint: format!("{checkpoint_text}-o{run_id}-*"),
         checkpoints: 1,
@@ -1063,6 +1352,8 @@ async fn run_opens(
         stopped_early: !client_errors.is_empty(),
         client_errors,
         record: None,
+        removed: Vec::new(),
+        kept: Vec::new(),
     };
     if ops == 0 {
         let first = report.client_errors.first().cloned().unwrap_or_default();
@@ -1101,7 +1392,8 @@ mod tests {
             "100",
             "--all-safe",
         ]));
-        assert_eq!(wanted.max_sections, 4);
+        // One section per client and the marker.
+        assert_eq!(wanted.max_sections, 5);
         assert_eq!(wanted.max_section_size, 100);
         assert_eq!(wanted.checkpoint_size, 400);
         assert_eq!(
@@ -1123,7 +1415,8 @@ mod tests {
         bigger.checkpoint_size = 10_000;
         assert_eq!(unfit_reason(&bigger, &wanted, 4), None);
         let mut few = wanted.clone();
-        few.max_sections = 3;
+        // Room for the clients but not the marker.
+        few.max_sections = 4;
         assert!(unfit_reason(&few, &wanted, 4)
             .unwrap()
             .contains("maxSections"));
@@ -1161,21 +1454,46 @@ mod tests {
         assert_eq!((0..12).map(|j| clients_of(64, 12, j)).sum::<u32>(), 64);
         assert_eq!(clients_of(5, 1, 0), 5);
         let spread = args(&["--clients", "64", "--checkpoints", "12", "--size", "1024"]);
-        let names = checkpoint_names(&spread).unwrap();
+        let base = CheckpointName::new("b").unwrap();
+        let names = checkpoint_names(&base, spread.checkpoints).unwrap();
         assert_eq!(names.len(), 12);
-        assert_eq!(names[0].as_bytes(), b"bench-0");
-        assert_eq!(names[11].as_bytes(), b"bench-11");
+        assert_eq!(names[0].as_bytes(), b"b-0");
+        assert_eq!(names[11].as_bytes(), b"b-11");
         // Each checkpoint has room for its busiest share of the clients.
         let wanted = bench_attributes(&spread);
-        assert_eq!(wanted.max_sections, 6);
+        assert_eq!(wanted.max_sections, 7);
         assert_eq!(wanted.checkpoint_size, 6 * 1024);
         assert_eq!(unfit_reason(&wanted, &wanted, clients_of(64, 12, 0)), None);
+        assert_eq!(checkpoint_names(&base, 1).unwrap(), vec![base.clone()]);
+        let long = CheckpointName::new("n".repeat(255)).unwrap();
+        assert!(checkpoint_names(&long, 2).is_err());
+    }
+
+    #[test]
+    fn every_run_has_a_checkpoint_of_its_own() {
+        let name = run_name(&args(&[])).to_string();
+        let parts: Vec<&str> = name.split('-').collect();
+        assert_eq!(parts.len(), 3, "{name}");
+        assert_eq!(parts[0], "bench");
+        assert!(parts[1].parse::<u64>().unwrap() > 1_700_000_000, "{name}");
+        assert_eq!(parts[2], std::process::id().to_string());
+        assert_eq!(run_name(&args(&["--checkpoint", "x"])).as_bytes(), b"x");
+    }
+
+    #[test]
+    fn the_status_line_shows_rate_p99_and_errors() {
         assert_eq!(
-            checkpoint_names(&args(&["--checkpoint", "x"])).unwrap()[0].as_bytes(),
-            b"x"
+            status_text(2500, 0.5, 1_250_000, 10_000, 3),
+            "5000 ops/s  p99 1.2 ms  errors 3  acknowledged 10000"
         );
-        let long = "n".repeat(255);
-        assert!(checkpoint_names(&args(&["--checkpoint", &long, "--checkpoints", "2"])).is_err());
+        let stats = LiveStats::default();
+        stats.acked(2_000_000);
+        stats.failed();
+        assert_eq!(stats.ops.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 1);
+        let (p99, count) = stats.latency_ns.take_quantile(0.99);
+        assert_eq!(count, 1);
+        assert!((1_875_000..=2_000_000).contains(&p99), "{p99}");
     }
 
     #[test]
@@ -1273,8 +1591,11 @@ mod tests {
             stopped_early: false,
             client_errors: Vec::new(),
             record: None,
+            removed: vec!["bench-0".into()],
+            kept: Vec::new(),
         };
         let text = report.text();
+        assert!(text.ends_with("removed: bench-0\n"), "{text}");
         assert!(
             text.contains("checkpoint bench-0..bench-11 (12 checkpoints)"),
             "{text}"
@@ -1343,6 +1664,8 @@ mod tests {
             "16",
             "--duration-s",
             "0.2",
+            "--checkpoint",
+            "e",
         ]);
         let report = run("unused:1", &args).await.map_err(|(_, e)| e).unwrap();
         assert!(report.ops > 0);
@@ -1355,11 +1678,10 @@ mod tests {
             keys.insert(value["key"].as_str().unwrap().to_string());
             assert_eq!(value["value"].as_str().unwrap().len(), 24); // 16 bytes
         }
-        let expected: std::collections::BTreeSet<String> =
-            ["bench-0/c0", "bench-1/c1", "bench-0/c2"]
-                .iter()
-                .map(|k| base64(k.as_bytes()))
-                .collect();
+        let expected: std::collections::BTreeSet<String> = ["e-0/c0", "e-1/c1", "e-0/c2"]
+            .iter()
+            .map(|k| base64(k.as_bytes()))
+            .collect();
         assert_eq!(keys, expected);
     }
 

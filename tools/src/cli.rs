@@ -78,7 +78,13 @@ pub enum Command {
     /// Delete a checkpoint's name (open handles keep working until closed).
     Rm(RmArgs),
     /// Load generator: N clients, each on its own connection, overwrite
-    /// their own section `c<i>` in a loop; prints throughput and latency.
+    /// their own section `c<i>` in a loop; prints throughput and latency,
+    /// and live progress each second when stderr is a terminal.
+    ///
+    /// The bench is a guest: it writes only checkpoints it created (a fresh
+    /// `bench-<run>` per run unless --checkpoint names one an earlier bench
+    /// created and kept) and removes them at the end unless --keep or
+    /// --record (which keeps what `check-acked` reads).
     ///
     /// Each value is --value-size bytes whose first 8 bytes are an increasing
     /// u64 counter (little-endian), starting after the value stored, so
@@ -544,10 +550,15 @@ pub struct BenchArgs {
     /// close and delete checkpoints named `<checkpoint>-o<client>-<n>`).
     #[arg(long, value_enum, default_value_t = BenchOp::Write)]
     pub op: BenchOp,
-    /// The checkpoint to write (created if missing; an existing one must
-    /// have the same mode and room for the clients' sections).
-    #[arg(long, default_value = "bench", value_parser = parse_name)]
-    pub checkpoint: CheckpointName,
+    /// The checkpoint to write. Default: a new `bench-<run>` of this run's
+    /// own. A name that exists must be one an earlier bench created (kept
+    /// with --keep or --record) with the same mode and room for the
+    /// clients' sections; any other checkpoint is refused, never written.
+    #[arg(long, value_parser = parse_name)]
+    pub checkpoint: Option<CheckpointName>,
+    /// Keep the checkpoints this run created (default: removed at the end).
+    #[arg(long)]
+    pub keep: bool,
     /// Spread the clients over K checkpoints named `<checkpoint>-0` ..
     /// `<checkpoint>-<K-1>` (client i writes checkpoint i % K), so a
     /// cluster's active replicas on every node get load. 1 = the one
@@ -570,6 +581,7 @@ pub struct BenchArgs {
     pub endpoints: Option<String>,
     /// Append `CHECKPOINT SECTION COUNTER SIZE` for every acknowledged write to
     /// FILE, each line written to the file before the next write is sent.
+    /// Implies --keep: `check-acked FILE` reads the checkpoints back.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
     /// Print the summary as JSON.
@@ -725,8 +737,8 @@ mod tests {
             (16, 10.0, 1024)
         );
         assert_eq!(args.mode, Mode::Active);
-        assert_eq!(args.checkpoint.as_bytes(), b"bench");
-        assert!(args.record.is_none() && !args.json && !args.all_safe);
+        assert!(args.checkpoint.is_none());
+        assert!(args.record.is_none() && !args.json && !args.all_safe && !args.keep);
 
         let Command::Bench(args) = parse(&[
             "bench",
@@ -743,12 +755,18 @@ mod tests {
             "--json",
             "--checkpoint",
             "b2",
+            "--keep",
         ])
         .unwrap()
         .command
         else {
             panic!("not bench")
         };
+        assert_eq!(
+            args.checkpoint.as_ref().map(|c| c.as_bytes()),
+            Some(&b"b2"[..])
+        );
+        assert!(args.keep);
         assert_eq!(
             (args.clients, args.duration_s, args.value_size),
             (2, 0.5, 8)

@@ -1,6 +1,12 @@
 //! A fixed-size latency histogram: log-linear buckets with 128 steps per
 //! power of two (under 0.8% relative error), so a bench of any length uses
 //! the same ~57 KiB per client and histograms merge by adding counts.
+//!
+//! [`LiveHistogram`] is its coarse, shared sibling for the bench's live
+//! progress line: every client counts into the same atomics and the
+//! display takes (and resets) the last second's counts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Values below this are counted exactly.
 const EXACT_MAX: u64 = 256;
@@ -93,6 +99,77 @@ impl Histogram {
     }
 }
 
+/// Buckets per power of two of a [`LiveHistogram`] (under 6.25% error:
+/// enough for a progress line).
+const LIVE_STEPS_PER_OCTAVE: u64 = 16;
+/// Values below this are counted exactly by a [`LiveHistogram`].
+const LIVE_EXACT_MAX: u64 = 2 * LIVE_STEPS_PER_OCTAVE;
+const LIVE_BUCKETS: usize = (LIVE_EXACT_MAX + 59 * LIVE_STEPS_PER_OCTAVE) as usize;
+
+fn live_bucket_of(value: u64) -> usize {
+    if value < LIVE_EXACT_MAX {
+        return value as usize;
+    }
+    let msb = u64::from(63 - value.leading_zeros()); // 5..=63
+    let step = (value >> (msb - 4)) - LIVE_STEPS_PER_OCTAVE; // 0..16
+    (LIVE_EXACT_MAX + (msb - 5) * LIVE_STEPS_PER_OCTAVE + step) as usize
+}
+
+fn live_bucket_low(bucket: usize) -> u64 {
+    let bucket = bucket as u64;
+    if bucket < LIVE_EXACT_MAX {
+        return bucket;
+    }
+    let octave = (bucket - LIVE_EXACT_MAX) / LIVE_STEPS_PER_OCTAVE;
+    let step = (bucket - LIVE_EXACT_MAX) % LIVE_STEPS_PER_OCTAVE;
+    (LIVE_STEPS_PER_OCTAVE + step) << (octave + 1)
+}
+
+/// A histogram many threads count into at once (one relaxed atomic add
+/// per value) and one reader drains.
+pub struct LiveHistogram {
+    counts: Vec<AtomicU64>,
+}
+
+impl Default for LiveHistogram {
+    fn default() -> Self {
+        LiveHistogram {
+            counts: (0..LIVE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LiveHistogram {
+    /// Counts one value.
+    pub fn record(&self, value: u64) {
+        self.counts[live_bucket_of(value)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The value at quantile `q` of everything counted since the last
+    /// take (the low end of its bucket), and the count; both 0 when
+    /// nothing was counted. Resets the counts.
+    pub fn take_quantile(&self, q: f64) -> (u64, u64) {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|count| count.swap(0, Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return (0, 0);
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return (live_bucket_low(bucket), total);
+            }
+        }
+        (0, total)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +221,38 @@ mod tests {
         assert_eq!(a.count(), 3);
         assert_eq!(a.max(), 1_000_000);
         assert_eq!(a.quantile(0.5), 20);
+    }
+
+    #[test]
+    fn live_buckets_are_monotonic_and_coarse_but_close() {
+        let mut previous = 0;
+        for value in (0..5_000_000u64)
+            .step_by(13)
+            .chain([u64::MAX / 3, u64::MAX])
+        {
+            let bucket = live_bucket_of(value);
+            assert!(bucket < LIVE_BUCKETS, "{value}");
+            assert!(bucket >= previous, "bucket order broke at {value}");
+            previous = bucket;
+            let low = live_bucket_low(bucket);
+            assert!(low <= value, "{value} below its bucket's low end {low}");
+            assert!((value - low) as f64 <= value as f64 / 16.0, "{value}");
+        }
+    }
+
+    #[test]
+    fn live_quantiles_drain_the_counts() {
+        let live = LiveHistogram::default();
+        assert_eq!(live.take_quantile(0.99), (0, 0));
+        for value in 1..=1000u64 {
+            live.record(value * 1000);
+        }
+        let (p99, count) = live.take_quantile(0.99);
+        assert_eq!(count, 1000);
+        assert!((p99 as f64 - 990_000.0).abs() / 990_000.0 < 0.07, "{p99}");
+        // Taken: the next second starts empty.
+        assert_eq!(live.take_quantile(0.99), (0, 0));
+        live.record(7);
+        assert_eq!(live.take_quantile(0.5), (7, 1));
     }
 }

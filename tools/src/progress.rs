@@ -103,3 +103,57 @@ impl Progress {
         }
     }
 }
+
+/// A one-line live status (the bench's ops/s, p99, errors) redrawn in
+/// place on stderr when stderr is a terminal; nothing otherwise, so logs
+/// and pipes get only the final report.
+pub struct StatusLine {
+    bar: Option<ProgressBar>,
+}
+
+impl StatusLine {
+    /// A status line prefixed with `label`, drawn only on a terminal.
+    pub fn new(label: &'static str) -> StatusLine {
+        StatusLine::drawn_if(label, std::io::stderr().is_terminal())
+    }
+
+    /// A status line that is drawn when `drawn` (tests pass `false`).
+    pub fn drawn_if(label: &'static str, drawn: bool) -> StatusLine {
+        let bar = drawn.then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template("{prefix} [{elapsed_precise}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            bar.set_style(style);
+            bar.set_prefix(label);
+            bar
+        });
+        StatusLine { bar }
+    }
+
+    /// Whether the line is drawn.
+    pub fn is_drawn(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    /// Replaces the line's text.
+    pub fn set(&self, text: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(text);
+        }
+    }
+
+    /// Prints `line` above the status line (or plainly without one).
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Removes the line.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
