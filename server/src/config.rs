@@ -1,5 +1,13 @@
 //! Server configuration: defaults, then a TOML file, then `CKPT_*`
 //! environment variables, then command-line flags; then `validate()`.
+//!
+//! Every setting is one [`Key`] of [`KEYS`]: its TOML name is the
+//! [`Config`] field, its variable `CKPT_<NAME>` and its flag `--<name>`
+//! (underscores as dashes). `docs/configuration.md` is the reference an
+//! operator reads; a test compares it, the flags and the example
+//! `ckpt.toml` with [`KEYS`] and [`Config::default`], so none of them can
+//! drift from the code. Enumerated values are lowercase; the capitalized
+//! spellings of earlier versions are still accepted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +25,256 @@ const QUEUE_BYTES_MIN: u64 = 64 * 1024;
 const QUEUE_BYTES_MAX: u64 = 1 << 40;
 /// Most segments' worth of log kept as history.
 const WAL_HISTORY_SEGMENTS_MAX: u64 = 8;
+
+/// Largest `connections_max`: a bound beyond it is a typo, not a budget.
+const CONNECTIONS_MAX_MAX: usize = 1_000_000;
+/// Largest interval or drain time accepted, ms (one hour).
+const INTERVAL_MS_MAX: u64 = 3_600_000;
+
+/// One setting as an operator meets it: the TOML key `name`, the variable
+/// [`Key::env`] and the flag [`Key::flag`].
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// The TOML key (and [`Config`] field).
+    pub name: &'static str,
+    /// Whether the TOML file may set it (a few exist only on the command
+    /// line and in the environment).
+    pub in_file: bool,
+    /// What the number counts: `bytes`, `ms`, ... ("" when not a number).
+    pub unit: &'static str,
+    /// The values accepted.
+    pub allowed: &'static str,
+    /// What it sets.
+    pub about: &'static str,
+}
+
+impl Key {
+    /// `CKPT_<NAME>`.
+    pub fn env(&self) -> String {
+        format!("CKPT_{}", self.name.to_ascii_uppercase())
+    }
+
+    /// `--<name>` with dashes.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.name.replace('_', "-"))
+    }
+}
+
+/// Every setting of the server, in the order of `docs/configuration.md`.
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "config",
+        in_file: false,
+        unit: "path",
+        allowed: "a readable TOML file",
+        about: "The configuration file; its keys are the ones below (and a cluster's `[[nodes]]`).",
+    },
+    Key {
+        name: "data_dir",
+        in_file: true,
+        unit: "path",
+        allowed: "a directory",
+        about: "Where the store keeps its log and RocksDB files.",
+    },
+    Key {
+        name: "listen",
+        in_file: true,
+        unit: "IP:PORT",
+        allowed: "a socket address; port 0 picks a free port",
+        about: "The client API address.",
+    },
+    Key {
+        name: "admin_listen",
+        in_file: true,
+        unit: "IP:PORT",
+        allowed: "a socket address; port 0 picks a free port",
+        about: "The admin HTTP address (`/metrics`, `/health`, `/config`).",
+    },
+    Key {
+        name: "frame_body_bytes_max",
+        in_file: true,
+        unit: "bytes",
+        allowed: "4096 ..= 4294967295",
+        about: "Largest frame body accepted from a client.",
+    },
+    Key {
+        name: "in_flight_max",
+        in_file: true,
+        unit: "requests",
+        allowed: "1 ..= 65536",
+        about: "Requests one connection may have in flight.",
+    },
+    Key {
+        name: "connections_max",
+        in_file: true,
+        unit: "connections",
+        allowed: "1 ..= 1000000",
+        about: "Client connections served at once; more are refused.",
+    },
+    Key {
+        name: "reply_queue_bytes_max",
+        in_file: true,
+        unit: "bytes",
+        allowed: "65536 ..= 1099511627776",
+        about: "Reply bytes one connection may hold before its requests wait.",
+    },
+    Key {
+        name: "notification_queue_bytes_max",
+        in_file: true,
+        unit: "bytes",
+        allowed: "65536 ..= 1099511627776",
+        about: "Notification bytes queued per connection before its subscriptions fall behind (then `Resync`).",
+    },
+    Key {
+        name: "notification_history_bytes_max",
+        in_file: true,
+        unit: "bytes",
+        allowed: "0 ..= 1099511627776",
+        about: "Bytes of recent updates kept in memory, node-wide, for resuming subscribers.",
+    },
+    Key {
+        name: "wal_history_bytes",
+        in_file: true,
+        unit: "bytes",
+        allowed: "0 ..= 1099511627776 (at most 8 segments' worth is kept)",
+        about: "Bytes of log segments kept after RocksDB covers them, for resuming subscribers.",
+    },
+    Key {
+        name: "expiry_interval_ms",
+        in_file: true,
+        unit: "ms",
+        allowed: "1 ..= 3600000",
+        about: "How often due section expirations are applied.",
+    },
+    Key {
+        name: "segment_bytes_max",
+        in_file: true,
+        unit: "bytes",
+        allowed: "65536 ..= 1099511627776",
+        about: "Size of a write-ahead log segment file.",
+    },
+    Key {
+        name: "rocksdb_wal_mode",
+        in_file: true,
+        unit: "",
+        allowed: "`disabled`, `unsynced`",
+        about: "RocksDB's own WAL: `disabled` (atomic flush before the log is trimmed) or `unsynced` (on, synced before the log is trimmed).",
+    },
+    Key {
+        name: "reserve_bytes",
+        in_file: true,
+        unit: "bytes",
+        allowed: "0 ..= 1099511627776",
+        about: "Disk space kept back for deletes and recovery when the disk fills.",
+    },
+    Key {
+        name: "shutdown_drain_ms",
+        in_file: true,
+        unit: "ms",
+        allowed: "0 ..= 3600000",
+        about: "How long shutdown waits for connections to write the replies of requests in flight.",
+    },
+    Key {
+        name: "node_id",
+        in_file: false,
+        unit: "",
+        allowed: "an id of the cluster file's `[[nodes]]`",
+        about: "This node's id (cluster mode only).",
+    },
+    Key {
+        name: "peer_via",
+        in_file: false,
+        unit: "",
+        allowed: "`ID=IP:PORT`, comma-separated or repeated",
+        about: "Reach peer ID at another address than its `peer_addr` (a proxy or NAT; cluster mode only).",
+    },
+];
+
+/// The names `rocksdb_wal_mode` takes (lowercase; any case is accepted,
+/// as files of earlier versions say `Disabled` and `Unsynced`).
+///
+/// # Errors
+/// Any other value, with the key and the allowed values named.
+pub fn parse_wal_mode(text: &str) -> Result<RocksWalMode, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "disabled" => Ok(RocksWalMode::Disabled),
+        "unsynced" => Ok(RocksWalMode::Unsynced),
+        _ => Err(format!(
+            "rocksdb_wal_mode {text:?} is not one of: disabled, unsynced"
+        )),
+    }
+}
+
+/// The lowercase name of a RocksDB WAL mode.
+pub fn wal_mode_name(mode: RocksWalMode) -> &'static str {
+    match mode {
+        RocksWalMode::Disabled => "disabled",
+        RocksWalMode::Unsynced => "unsynced",
+    }
+}
+
+/// Environment variables that name no setting: `CKPT_*` variables of other
+/// programs are left alone, any other is most likely a misspelled setting.
+const OTHER_ENV: &[&str] = &["CKPT_LOG", "CKPT_ADDR"];
+
+/// The `CKPT_*` variables in `vars` that are no setting (a typo such as
+/// `CKPT_CONECTIONS_MAX` would otherwise be silently ignored).
+pub fn unknown_env<I: IntoIterator<Item = String>>(vars: I) -> Vec<String> {
+    let known: Vec<String> = KEYS.iter().map(Key::env).collect();
+    let mut unknown: Vec<String> = vars
+        .into_iter()
+        .filter(|name| name.starts_with("CKPT_"))
+        .filter(|name| !known.contains(name) && !OTHER_ENV.contains(&name.as_str()))
+        .filter(|name| !name.starts_with("CKPT_TEST_") && !name.starts_with("CKPT_BENCH_"))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// `67108864 (64 MiB)`-style numbers of bytes for the reference.
+fn bytes_text(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{bytes} ({} {unit})", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
+
+/// The table of `docs/configuration.md`: one row per key, its default
+/// taken from [`Config::default`].
+pub fn reference_table() -> String {
+    let defaults = Config::default().effective();
+    let mut table = String::from(
+        "| key (TOML) | environment | flag | default | unit | allowed values | what it sets |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for key in KEYS {
+        let toml = if key.in_file {
+            format!("`{}`", key.name)
+        } else {
+            "— (not in the file)".to_string()
+        };
+        let default = match defaults.get(key.name) {
+            Some(serde_json::Value::String(text)) => format!("`{text}`"),
+            Some(serde_json::Value::Number(n)) if key.unit == "bytes" => {
+                bytes_text(n.as_u64().unwrap_or_default())
+            }
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => "none".to_string(),
+        };
+        table.push_str(&format!(
+            "| {toml} | `{}` | `{}` | {default} | {} | {} | {} |\n",
+            key.env(),
+            key.flag(),
+            if key.unit.is_empty() { "—" } else { key.unit },
+            key.allowed,
+            key.about
+        ));
+    }
+    table
+}
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -61,6 +319,8 @@ pub struct Config {
     /// server exits anyway, so a client that does not read cannot keep it
     /// running (its unwritten replies are lost with the connection).
     pub shutdown_drain_ms: u64,
+    /// The configuration file read, if any.
+    pub config_file: Option<PathBuf>,
     /// This node's cluster (the file's `[[nodes]]` and replication keys)
     /// and its id in it; `None` is the embedded single node.
     pub cluster: Option<(ClusterConfig, NodeId)>,
@@ -88,6 +348,7 @@ impl Default for Config {
             rocksdb_wal_mode: RocksWalMode::Disabled,
             reserve_bytes: 64 * 1024 * 1024,
             shutdown_drain_ms: 10_000,
+            config_file: None,
             cluster: None,
             peer_via: BTreeMap::new(),
         }
@@ -110,7 +371,8 @@ struct FileConfig {
     wal_history_bytes: Option<u64>,
     expiry_interval_ms: Option<u64>,
     segment_bytes_max: Option<u64>,
-    rocksdb_wal_mode: Option<RocksWalMode>,
+    /// Parsed by [`parse_wal_mode`] (any case).
+    rocksdb_wal_mode: Option<String>,
     reserve_bytes: Option<u64>,
     shutdown_drain_ms: Option<u64>,
 }
@@ -177,6 +439,21 @@ pub struct Cli {
     /// How long shutdown waits for replies to be written, ms.
     #[arg(long, env = "CKPT_SHUTDOWN_DRAIN_MS")]
     pub shutdown_drain_ms: Option<u64>,
+    /// Client connections served at once [default: 4096].
+    #[arg(long, env = "CKPT_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+    /// How often due section expirations are applied, ms [default: 100].
+    #[arg(long, env = "CKPT_EXPIRY_INTERVAL_MS")]
+    pub expiry_interval_ms: Option<u64>,
+    /// Write-ahead log segment size, bytes [default: 64 MiB].
+    #[arg(long, env = "CKPT_SEGMENT_BYTES_MAX")]
+    pub segment_bytes_max: Option<u64>,
+    /// RocksDB's own WAL: disabled or unsynced [default: disabled].
+    #[arg(long, env = "CKPT_ROCKSDB_WAL_MODE", value_name = "MODE", value_parser = parse_wal_mode)]
+    pub rocksdb_wal_mode: Option<RocksWalMode>,
+    /// Disk space kept back for deletes and recovery, bytes [default: 64 MiB].
+    #[arg(long, env = "CKPT_RESERVE_BYTES")]
+    pub reserve_bytes: Option<u64>,
     /// This node's id in the cluster file's `[[nodes]]` (cluster mode only).
     #[arg(long, env = "CKPT_NODE_ID")]
     pub node_id: Option<NodeId>,
@@ -247,6 +524,7 @@ impl Config {
         let mut cluster = None;
         if let Some(path) = &cli.config {
             cluster = config.apply_file(path)?;
+            config.config_file = Some(path.clone());
         }
         match (cluster, cli.node_id) {
             (Some(cluster), Some(id)) => {
@@ -315,6 +593,21 @@ impl Config {
         if let Some(v) = cli.shutdown_drain_ms {
             config.shutdown_drain_ms = v;
         }
+        if let Some(v) = cli.connections_max {
+            config.connections_max = v;
+        }
+        if let Some(v) = cli.expiry_interval_ms {
+            config.expiry_interval_ms = v;
+        }
+        if let Some(v) = cli.segment_bytes_max {
+            config.segment_bytes_max = v;
+        }
+        if let Some(v) = cli.rocksdb_wal_mode {
+            config.rocksdb_wal_mode = v;
+        }
+        if let Some(v) = cli.reserve_bytes {
+            config.reserve_bytes = v;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -342,9 +635,13 @@ impl Config {
         } else {
             None
         };
-        let file: FileConfig = table
+        let mut file: FileConfig = table
             .try_into()
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        if let Some(text) = file.rocksdb_wal_mode.take() {
+            self.rocksdb_wal_mode = parse_wal_mode(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        }
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = file.$field { self.$field = v; } )* };
         }
@@ -361,7 +658,6 @@ impl Config {
             wal_history_bytes,
             expiry_interval_ms,
             segment_bytes_max,
-            rocksdb_wal_mode,
             reserve_bytes,
             shutdown_drain_ms
         );
@@ -385,16 +681,34 @@ impl Config {
                 self.frame_body_bytes_max
             )));
         }
-        if self.connections_max == 0 {
-            return Err(ConfigError("connections_max is 0".into()));
-        }
-        if self.expiry_interval_ms == 0 {
-            return Err(ConfigError("expiry_interval_ms is 0".into()));
-        }
-        if self.segment_bytes_max < 64 * 1024 {
+        if !(1..=CONNECTIONS_MAX_MAX).contains(&self.connections_max) {
             return Err(ConfigError(format!(
-                "segment_bytes_max {} is below 64 KiB",
+                "connections_max {} is not in 1..={CONNECTIONS_MAX_MAX}",
+                self.connections_max
+            )));
+        }
+        if !(1..=INTERVAL_MS_MAX).contains(&self.expiry_interval_ms) {
+            return Err(ConfigError(format!(
+                "expiry_interval_ms {} is not in 1..={INTERVAL_MS_MAX}",
+                self.expiry_interval_ms
+            )));
+        }
+        if self.shutdown_drain_ms > INTERVAL_MS_MAX {
+            return Err(ConfigError(format!(
+                "shutdown_drain_ms {} is over {INTERVAL_MS_MAX}",
+                self.shutdown_drain_ms
+            )));
+        }
+        if !(QUEUE_BYTES_MIN..=QUEUE_BYTES_MAX).contains(&self.segment_bytes_max) {
+            return Err(ConfigError(format!(
+                "segment_bytes_max {} is not in {QUEUE_BYTES_MIN}..={QUEUE_BYTES_MAX}",
                 self.segment_bytes_max
+            )));
+        }
+        if self.reserve_bytes > QUEUE_BYTES_MAX {
+            return Err(ConfigError(format!(
+                "reserve_bytes {} is over {QUEUE_BYTES_MAX}",
+                self.reserve_bytes
             )));
         }
         for (name, value) in [
@@ -431,6 +745,84 @@ impl Config {
         Ok(())
     }
 
+    /// The effective value of every setting, by TOML name (a path or
+    /// address as text, numbers as numbers; `null` when unset), as logged
+    /// at start and served at `/config`.
+    pub fn effective(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::{json, Value};
+        // Destructured in full: a new field does not compile until it is
+        // given its place here (and so in KEYS and the reference).
+        let Config {
+            data_dir,
+            listen,
+            admin_listen,
+            frame_body_bytes_max,
+            in_flight_max,
+            connections_max,
+            reply_queue_bytes_max,
+            notification_queue_bytes_max,
+            notification_history_bytes_max,
+            wal_history_bytes,
+            expiry_interval_ms,
+            segment_bytes_max,
+            rocksdb_wal_mode,
+            reserve_bytes,
+            shutdown_drain_ms,
+            config_file,
+            cluster,
+            peer_via,
+        } = self;
+        let peer_via: Vec<String> = peer_via
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect();
+        let mut values = serde_json::Map::new();
+        for (name, value) in [
+            (
+                "config",
+                config_file
+                    .as_ref()
+                    .map_or(Value::Null, |p| json!(p.display().to_string())),
+            ),
+            ("data_dir", json!(data_dir.display().to_string())),
+            ("listen", json!(listen.to_string())),
+            ("admin_listen", json!(admin_listen.to_string())),
+            ("frame_body_bytes_max", json!(frame_body_bytes_max)),
+            ("in_flight_max", json!(in_flight_max)),
+            ("connections_max", json!(connections_max)),
+            ("reply_queue_bytes_max", json!(reply_queue_bytes_max)),
+            (
+                "notification_queue_bytes_max",
+                json!(notification_queue_bytes_max),
+            ),
+            (
+                "notification_history_bytes_max",
+                json!(notification_history_bytes_max),
+            ),
+            ("wal_history_bytes", json!(wal_history_bytes)),
+            ("expiry_interval_ms", json!(expiry_interval_ms)),
+            ("segment_bytes_max", json!(segment_bytes_max)),
+            ("rocksdb_wal_mode", json!(wal_mode_name(*rocksdb_wal_mode))),
+            ("reserve_bytes", json!(reserve_bytes)),
+            ("shutdown_drain_ms", json!(shutdown_drain_ms)),
+            (
+                "node_id",
+                cluster.as_ref().map_or(Value::Null, |(_, id)| json!(id)),
+            ),
+            (
+                "peer_via",
+                if peer_via.is_empty() {
+                    Value::Null
+                } else {
+                    json!(peer_via.join(","))
+                },
+            ),
+        ] {
+            values.insert(name.to_string(), value);
+        }
+        values
+    }
+
     /// The store's configuration.
     pub fn store(&self) -> StoreConfig {
         let mut store = StoreConfig::new(&self.data_dir);
@@ -453,6 +845,216 @@ mod tests {
 
     fn cli(args: &[&str]) -> Cli {
         Cli::parse_from(std::iter::once("ckpt-server").chain(args.iter().copied()))
+    }
+
+    use clap::CommandFactory;
+
+    fn workspace_file(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name)
+    }
+
+    const REFERENCE_BEGIN: &str = "<!-- keys: generated from KEYS in server/src/config.rs; CKPT_TEST_WRITE_REFERENCE=1 cargo test -p ckpt-server rewrites it -->\n";
+    const REFERENCE_END: &str = "<!-- end of keys -->\n";
+
+    /// docs/configuration.md holds exactly the table the code generates:
+    /// a key added without its documentation (or a changed default) fails
+    /// here.
+    #[test]
+    fn the_reference_lists_every_key_as_the_code_has_it() {
+        let path = workspace_file("docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let begin = doc
+            .find(REFERENCE_BEGIN)
+            .expect("the generated-table marker")
+            + REFERENCE_BEGIN.len();
+        let end = doc[begin..].find(REFERENCE_END).expect("the end marker") + begin;
+        let table = reference_table();
+        if std::env::var_os("CKPT_TEST_WRITE_REFERENCE").is_some() {
+            std::fs::write(&path, format!("{}{table}{}", &doc[..begin], &doc[end..])).unwrap();
+            return;
+        }
+        assert_eq!(
+            doc[begin..end],
+            table,
+            "docs/configuration.md is not what the code says (CKPT_TEST_WRITE_REFERENCE=1 rewrites it)"
+        );
+        for key in KEYS {
+            assert!(table.contains(&format!("`{}`", key.env())), "{}", key.name);
+        }
+    }
+
+    /// Every flag is a key and every key has its flag and its `CKPT_*`
+    /// variable; the file takes exactly the keys marked `in_file`; the
+    /// effective configuration names every key.
+    #[test]
+    fn every_key_has_its_flag_variable_and_file_entry() {
+        let command = Cli::command();
+        let mut flags = Vec::new();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let key = KEYS
+                .iter()
+                .find(|k| k.flag() == format!("--{long}"))
+                .unwrap_or_else(|| panic!("--{long} is not in KEYS (nor docs/configuration.md)"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(key.env().as_str()),
+                "--{long} reads no or another variable"
+            );
+            flags.push(key.name);
+        }
+        for key in KEYS {
+            assert!(flags.contains(&key.name), "{} has no flag", key.name);
+        }
+        let in_file: Vec<&str> = KEYS.iter().filter(|k| k.in_file).map(|k| k.name).collect();
+        assert_eq!(SERVER_KEYS, in_file.as_slice());
+        let effective: Vec<String> = Config::default().effective().keys().cloned().collect();
+        let mut names: Vec<String> = KEYS.iter().map(|k| k.name.to_string()).collect();
+        names.sort();
+        let mut effective_sorted = effective.clone();
+        effective_sorted.sort();
+        assert_eq!(effective_sorted, names);
+        // Every file key is accepted by the file parser.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("all.toml");
+        let mut text = String::new();
+        for (name, value) in Config::default().effective() {
+            if in_file.contains(&name.as_str()) {
+                text.push_str(&format!("{name} = {value}\n"));
+            }
+        }
+        std::fs::write(&file, text).unwrap();
+        let config = Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap();
+        let mut expected = Config::default().effective();
+        expected.insert(
+            "config".into(),
+            serde_json::json!(file.display().to_string()),
+        );
+        assert_eq!(config.effective(), expected);
+    }
+
+    /// The example `ckpt.toml` at the top of the repository lists every
+    /// file key, commented out at its default: uncommented it parses to
+    /// the defaults.
+    #[test]
+    fn the_example_file_has_every_key_at_its_default() {
+        let example = std::fs::read_to_string(workspace_file("ckpt.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ckpt.toml");
+        // As shipped (everything commented out) it is valid too.
+        std::fs::write(&file, &example).unwrap();
+        Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap();
+        let mut uncommented = String::new();
+        for line in example.lines() {
+            if let Some(setting) = line.strip_prefix("# ") {
+                if let Some((name, _)) = setting.split_once(" = ") {
+                    if SERVER_KEYS.contains(&name) {
+                        uncommented.push_str(setting);
+                        uncommented.push('\n');
+                    }
+                }
+            }
+        }
+        for key in SERVER_KEYS {
+            assert!(
+                uncommented.contains(&format!("{key} = ")),
+                "ckpt.toml does not show {key}"
+            );
+        }
+        std::fs::write(&file, &uncommented).unwrap();
+        let config = Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap();
+        let mut expected = Config::default().effective();
+        expected.insert(
+            "config".into(),
+            serde_json::json!(file.display().to_string()),
+        );
+        assert_eq!(
+            config.effective(),
+            expected,
+            "ckpt.toml's values are not the defaults"
+        );
+    }
+
+    #[test]
+    fn wal_modes_are_lowercase_and_old_spellings_still_work() {
+        for (text, mode) in [
+            ("disabled", RocksWalMode::Disabled),
+            ("unsynced", RocksWalMode::Unsynced),
+            ("Disabled", RocksWalMode::Disabled),
+            ("Unsynced", RocksWalMode::Unsynced),
+            ("UNSYNCED", RocksWalMode::Unsynced),
+        ] {
+            assert_eq!(parse_wal_mode(text), Ok(mode));
+            assert_eq!(parse_wal_mode(wal_mode_name(mode)), Ok(mode));
+        }
+        let error = parse_wal_mode("bogus").unwrap_err();
+        assert!(
+            error.contains("rocksdb_wal_mode") && error.contains("disabled, unsynced"),
+            "{error}"
+        );
+        let error =
+            Cli::try_parse_from(["ckpt-server", "--rocksdb-wal-mode", "bogus"]).unwrap_err();
+        assert!(error.to_string().contains("rocksdb_wal_mode"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ckpt.toml");
+        std::fs::write(&file, "rocksdb_wal_mode = \"sometimes\"\n").unwrap();
+        let error = Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap_err();
+        assert!(error.0.contains("rocksdb_wal_mode"), "{error}");
+    }
+
+    #[test]
+    fn every_bound_names_its_key() {
+        for (flag, value, key) in [
+            ("--connections-max", "0", "connections_max"),
+            ("--connections-max", "1000001", "connections_max"),
+            ("--expiry-interval-ms", "0", "expiry_interval_ms"),
+            ("--shutdown-drain-ms", "3600001", "shutdown_drain_ms"),
+            ("--segment-bytes-max", "1000", "segment_bytes_max"),
+            ("--reserve-bytes", "2000000000000", "reserve_bytes"),
+            ("--frame-body-bytes-max", "100", "frame_body_bytes_max"),
+        ] {
+            let error = Config::load(&cli(&[flag, value])).unwrap_err();
+            assert!(error.0.starts_with(key), "{flag} {value}: {error}");
+        }
+        let config = Config::load(&cli(&[
+            "--connections-max",
+            "7",
+            "--expiry-interval-ms",
+            "5",
+            "--segment-bytes-max",
+            "65536",
+            "--reserve-bytes",
+            "0",
+            "--rocksdb-wal-mode",
+            "unsynced",
+        ]))
+        .unwrap();
+        assert_eq!(config.connections_max, 7);
+        assert_eq!(config.expiry_interval_ms, 5);
+        assert_eq!(config.segment_bytes_max, 65536);
+        assert_eq!(config.reserve_bytes, 0);
+        assert_eq!(config.rocksdb_wal_mode, RocksWalMode::Unsynced);
+    }
+
+    #[test]
+    fn misspelled_variables_are_found() {
+        let vars = [
+            "CKPT_CONECTIONS_MAX",
+            "CKPT_CONNECTIONS_MAX",
+            "CKPT_LOG",
+            "CKPT_ADDR",
+            "CKPT_TEST_SERVER_LOG",
+            "PATH",
+            "CKPT_DATADIR",
+        ]
+        .map(String::from);
+        assert_eq!(
+            unknown_env(vars),
+            vec!["CKPT_CONECTIONS_MAX", "CKPT_DATADIR"]
+        );
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub async fn serve(
         metrics.clone(),
         store.clone(),
         cluster.clone(),
+        serde_json::Value::Object(config.effective())
+            .to_string()
+            .into(),
         admin_shutdown.clone(),
     ));
     let expiry = {

@@ -2,11 +2,25 @@
 
 use std::io::IsTerminal;
 
+use ckpt_server::config::{unknown_env, KEYS};
 use ckpt_server::{Cli, Config};
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+/// The variables behind a flag named in a command-line error: the value
+/// came from the environment when the variable is set and the flag is not
+/// on the command line.
+fn env_sources(error: &str) -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    KEYS.iter()
+        .filter(|key| error.contains(&format!("{} ", key.flag())))
+        .filter(|key| std::env::var_os(key.env()).is_some())
+        .filter(|key| !args.iter().any(|a| a.starts_with(&key.flag())))
+        .map(|key| key.env())
+        .collect()
+}
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -16,7 +30,24 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            if error.use_stderr() {
+                for source in env_sources(&error.to_string()) {
+                    eprintln!("(the value comes from {source})");
+                }
+            }
+            return std::process::ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+        }
+    };
+    for name in unknown_env(std::env::vars().map(|(name, _)| name)) {
+        tracing::warn!(
+            variable = %name,
+            "{name} is set but names no ckpt-server setting (ignored; see docs/configuration.md)"
+        );
+    }
     let config = match Config::load(&cli) {
         Ok(config) => config,
         Err(error) => {
@@ -24,6 +55,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    tracing::info!(
+        config = %serde_json::Value::Object(config.effective()),
+        "effective configuration"
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

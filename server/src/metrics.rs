@@ -216,6 +216,19 @@ struct AdminState {
     metrics: Arc<Metrics>,
     store: Arc<Store>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The effective configuration as JSON, for `/config`.
+    config: Arc<str>,
+}
+
+/// `/config`: the effective configuration, every key by its TOML name
+/// (docs/configuration.md), as JSON.
+async fn config_page(
+    State(state): State<AdminState>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        format!("{}\n", state.config),
+    )
 }
 
 /// `/cluster`: nodes, leader, and every checkpoint's placement and lag
@@ -300,10 +313,12 @@ pub async fn serve_admin(
     metrics: Arc<Metrics>,
     store: Arc<Store>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    config: Arc<str>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_page))
+        .route("/config", get(config_page))
         .route("/health", get(health))
         .route("/cluster", get(cluster_page))
         .route("/checksums", get(checksums_page))
@@ -311,6 +326,7 @@ pub async fn serve_admin(
             metrics,
             store,
             cluster,
+            config,
         });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
