@@ -77,6 +77,13 @@ pub const KEYS: &[Key] = &[
         about: "Where the store keeps its log and RocksDB files.",
     },
     Key {
+        name: "create_data_dir",
+        in_file: true,
+        unit: "",
+        allowed: "`true`, `false`",
+        about: "Create `data_dir` with all its missing parents. Without it a missing `data_dir` is created only when its parent exists, so a mistyped path does not start an empty node.",
+    },
+    Key {
         name: "listen",
         in_file: true,
         unit: "IP:PORT",
@@ -262,6 +269,7 @@ pub fn reference_table() -> String {
                 bytes_text(n.as_u64().unwrap_or_default())
             }
             Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::Bool(b)) => format!("`{b}`"),
             _ => "none".to_string(),
         };
         table.push_str(&format!(
@@ -276,11 +284,54 @@ pub fn reference_table() -> String {
     table
 }
 
+/// Makes sure `dir` can be the data directory before the store opens it:
+/// an existing directory is used as it is; a missing one is created when
+/// its parent exists, or with all its parents when `create_all`
+/// (`--create-data-dir`). Returns whether it was created.
+///
+/// # Errors
+/// `dir` is not a directory, or it is missing along with its parent and
+/// `create_all` is off (a mistyped path must not start an empty node), or
+/// it cannot be created.
+pub fn prepare_data_dir(dir: &Path, create_all: bool) -> Result<bool, ConfigError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(false),
+        Ok(_) => {
+            return Err(ConfigError(format!(
+                "data_dir {} exists and is not a directory",
+                dir.display()
+            )))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(ConfigError(format!("data_dir {}: {error}", dir.display()))),
+    }
+    // "ckpt-data" has the parent "": the current directory, which exists.
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent_exists = parent.is_none_or(Path::is_dir);
+    if !parent_exists && !create_all {
+        return Err(ConfigError(format!(
+            "data_dir {} does not exist, and neither does its parent {}: check the path, or pass --create-data-dir (CKPT_CREATE_DATA_DIR=true) to create it",
+            dir.display(),
+            parent.map_or_else(String::new, |p| p.display().to_string())
+        )));
+    }
+    let created = if create_all {
+        std::fs::create_dir_all(dir)
+    } else {
+        std::fs::create_dir(dir)
+    };
+    created.map_err(|e| ConfigError(format!("data_dir {}: creating it: {e}", dir.display())))?;
+    Ok(true)
+}
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the store keeps its data (default `./ckpt-data`).
     pub data_dir: PathBuf,
+    /// Create `data_dir` and its missing parents; otherwise a missing
+    /// `data_dir` is created only when its parent exists.
+    pub create_data_dir: bool,
     /// Client API address (default `127.0.0.1:7400`).
     pub listen: SocketAddr,
     /// Admin HTTP address for `/metrics` and `/health` (default `127.0.0.1:7401`).
@@ -334,6 +385,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./ckpt-data"),
+            create_data_dir: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
             frame_body_bytes_max: ckpt_proto::wire::FRAME_BODY_BYTES_MAX,
@@ -360,6 +412,7 @@ impl Default for Config {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    create_data_dir: Option<bool>,
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
     frame_body_bytes_max: Option<u32>,
@@ -381,6 +434,7 @@ struct FileConfig {
 /// and every other key is the cluster's.
 const SERVER_KEYS: &[&str] = &[
     "data_dir",
+    "create_data_dir",
     "listen",
     "admin_listen",
     "frame_body_bytes_max",
@@ -411,6 +465,10 @@ pub struct Cli {
     /// Data directory [default: ./ckpt-data].
     #[arg(long, env = "CKPT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Create the data directory and its missing parents (without it, a
+    /// missing data directory is created only when its parent exists).
+    #[arg(long, env = "CKPT_CREATE_DATA_DIR")]
+    pub create_data_dir: bool,
     /// Client API listen address [default: 127.0.0.1:7400].
     #[arg(long, env = "CKPT_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -566,6 +624,9 @@ impl Config {
         if let Some(v) = &cli.data_dir {
             config.data_dir = v.clone();
         }
+        if cli.create_data_dir {
+            config.create_data_dir = true;
+        }
         if let Some(v) = cli.listen {
             config.listen = v;
         }
@@ -647,6 +708,7 @@ impl Config {
         }
         take!(
             data_dir,
+            create_data_dir,
             listen,
             admin_listen,
             frame_body_bytes_max,
@@ -754,6 +816,7 @@ impl Config {
         // given its place here (and so in KEYS and the reference).
         let Config {
             data_dir,
+            create_data_dir,
             listen,
             admin_listen,
             frame_body_bytes_max,
@@ -785,6 +848,7 @@ impl Config {
                     .map_or(Value::Null, |p| json!(p.display().to_string())),
             ),
             ("data_dir", json!(data_dir.display().to_string())),
+            ("create_data_dir", json!(create_data_dir)),
             ("listen", json!(listen.to_string())),
             ("admin_listen", json!(admin_listen.to_string())),
             ("frame_body_bytes_max", json!(frame_body_bytes_max)),
@@ -1037,6 +1101,42 @@ mod tests {
         assert_eq!(config.segment_bytes_max, 65536);
         assert_eq!(config.reserve_bytes, 0);
         assert_eq!(config.rocksdb_wal_mode, RocksWalMode::Unsynced);
+    }
+
+    #[test]
+    fn a_missing_data_dir_is_created_only_below_an_existing_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let existing = dir.path().join("existing");
+        std::fs::create_dir(&existing).unwrap();
+        assert!(!prepare_data_dir(&existing, false).unwrap());
+        let child = dir.path().join("new");
+        assert!(prepare_data_dir(&child, false).unwrap());
+        assert!(child.is_dir());
+        let typo = dir.path().join("no-such-parent").join("data");
+        let error = prepare_data_dir(&typo, false).unwrap_err();
+        assert!(
+            error
+                .0
+                .contains("does not exist, and neither does its parent")
+                && error.0.contains("--create-data-dir"),
+            "{error}"
+        );
+        assert!(!typo.parent().unwrap().exists());
+        assert!(prepare_data_dir(&typo, true).unwrap());
+        assert!(typo.is_dir());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(prepare_data_dir(&file, true)
+            .unwrap_err()
+            .0
+            .contains("is not a directory"));
+        // The flag and its variable.
+        assert!(
+            Config::load(&cli(&["--create-data-dir"]))
+                .unwrap()
+                .create_data_dir
+        );
+        assert!(!Config::load(&cli(&[])).unwrap().create_data_dir);
     }
 
     #[test]

@@ -44,9 +44,17 @@ pub enum ServerError {
         dir: String,
         error: ckpt_proto::CkptError,
     },
-    /// An address could not be bound.
-    #[error("binding {addr}: {error}")]
-    Bind { addr: String, error: std::io::Error },
+    /// The data directory cannot be used (missing along with its parent,
+    /// not a directory).
+    #[error("{0}")]
+    DataDir(String),
+    /// An address could not be bound; `what` names the port and its key.
+    #[error("binding the {what} at {addr}: {error}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        error: std::io::Error,
+    },
     /// Start-up recovery failed.
     #[error("recovering checkpoints: {0}")]
     Recover(ckpt_proto::CkptError),
@@ -65,6 +73,11 @@ pub enum ServerError {
 /// Start-up failures; a store that cannot be flushed at the end is logged.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
     let config = Arc::new(config);
+    let created = config::prepare_data_dir(&config.data_dir, config.create_data_dir)
+        .map_err(|error| ServerError::DataDir(error.0))?;
+    if created {
+        tracing::info!(data_dir = %config.data_dir.display(), "created the data directory");
+    }
     let store_config = config.store();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
@@ -126,12 +139,14 @@ pub async fn serve(
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|error| ServerError::Bind {
+            what: "client API port (listen)",
             addr: config.listen.to_string(),
             error,
         })?;
     let admin = metrics::bind_admin(config.admin_listen)
         .await
         .map_err(|error| ServerError::Bind {
+            what: "admin port (admin_listen)",
             addr: config.admin_listen.to_string(),
             error,
         })?;
@@ -192,6 +207,7 @@ pub async fn serve(
         })
     };
 
+    write_ports_file(&config.data_dir, &listen_addr, &admin_addr);
     metrics.set_serving(true);
     tracing::info!(
         listen = %listen_addr,
@@ -281,9 +297,27 @@ pub async fn serve(
             "store still referenced at shutdown; dropping it (the log keeps everything)"
         ),
     }
+    // The ports are no longer there: a script must not find them.
+    let _ = std::fs::remove_file(config.data_dir.join(PORTS_FILE));
     match failure {
         Some(cause) => Err(ServerError::StoreFailed(cause)),
         None => Ok(()),
+    }
+}
+
+/// The file in the data directory that names the bound addresses, for
+/// scripts that start a server on port 0: `listen=IP:PORT` and
+/// `admin_listen=IP:PORT`, one a line. Written once both are bound
+/// (atomically: a reader sees all of it or none), removed at shutdown.
+pub const PORTS_FILE: &str = "ports";
+
+fn write_ports_file(data_dir: &std::path::Path, listen: &str, admin: &str) {
+    let text = format!("listen={listen}\nadmin_listen={admin}\n");
+    let temporary = data_dir.join(format!("{PORTS_FILE}.tmp"));
+    let written = std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, data_dir.join(PORTS_FILE)));
+    if let Err(error) = written {
+        tracing::warn!(%error, "could not write the ports file");
     }
 }
 
