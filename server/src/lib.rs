@@ -6,7 +6,8 @@
 //!   checks, open counts, retention timers.
 //! - [`connection`]: the wire protocol on one TCP connection.
 //! - [`hub`]: notifications in log order with resumable history.
-//! - [`metrics`]: Prometheus metrics, `/metrics` and `/health`.
+//! - [`metrics`]: Prometheus metrics and the admin endpoint (`/livez`,
+//!   `/readyz`, `/metrics`, `/config`, ...), bound before recovery.
 //!
 //! Shutdown (SIGTERM/SIGINT): stop accepting, let every connection finish
 //! and answer the requests it has in flight, then close the store (which
@@ -27,6 +28,7 @@ pub mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ckpt_storage::store::RecoveryProgress;
 use ckpt_storage::Store;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -62,6 +64,9 @@ pub enum ServerError {
     /// the server stopped so that a restart recovers from the log.
     #[error("the store failed: {0}")]
     StoreFailed(String),
+    /// The signal handlers (SIGTERM, SIGINT, SIGHUP) could not be installed.
+    #[error("installing the signal handlers failed")]
+    Signals,
     /// The cluster runtime did not start (Raft log, peer address, ...).
     #[error("starting the cluster: {0}")]
     Cluster(String),
@@ -78,21 +83,87 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     if created {
         tracing::info!(data_dir = %config.data_dir.display(), "created the data directory");
     }
-    let store_config = config.store();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+    // The admin endpoint first: /livez and /readyz answer while the log
+    // is replayed, which on a big log takes a while.
+    let recovery = Arc::new(RecoveryProgress::default());
+    let admin = AdminEndpoint::start(&config, recovery.clone()).await?;
+    tracing::info!(
+        admin = %admin.addr,
+        data_dir = %config.data_dir.display(),
+        "admin endpoint up; recovering (/readyz answers 503 until ready)"
+    );
+    let mut store_config = config.store();
+    store_config.recovery_progress = Some(recovery);
+    let dir = config.data_dir.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .map_err(|e| ServerError::Store {
-            dir: config.data_dir.display().to_string(),
+            dir: dir.clone(),
             error: join_error(e),
-        })?
-        .map_err(|error| ServerError::Store {
-            dir: config.data_dir.display().to_string(),
-            error,
-        })?;
-    serve(config, Arc::new(store), shutdown).await
+        })
+        .and_then(|opened| opened.map_err(|error| ServerError::Store { dir, error }));
+    let result = match opened {
+        Ok(store) => serve_on(config, Arc::new(store), shutdown, &admin).await,
+        Err(error) => Err(error),
+    };
+    admin.stop().await;
+    result
 }
 
-/// Serves an open store until `shutdown` is cancelled or the store fails.
+/// The admin endpoint, bound and served from its [`metrics::Admin`] state.
+struct AdminEndpoint {
+    state: Arc<metrics::Admin>,
+    addr: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminEndpoint {
+    /// Binds `admin_listen` and serves it, recovering until told otherwise.
+    async fn start(
+        config: &Config,
+        recovery: Arc<RecoveryProgress>,
+    ) -> Result<AdminEndpoint, ServerError> {
+        let listener = metrics::bind_admin(config.admin_listen)
+            .await
+            .map_err(|error| ServerError::Bind {
+                what: "admin port (admin_listen)",
+                addr: config.admin_listen.to_string(),
+                error,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let state = metrics::Admin::new(
+            metrics::Metrics::new(),
+            serde_json::Value::Object(config.effective())
+                .to_string()
+                .into(),
+            recovery,
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(metrics::serve_admin(listener, state.clone(), stop.clone()));
+        Ok(AdminEndpoint {
+            state,
+            addr,
+            stop,
+            task,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the admin endpoint failed"),
+            Err(error) => tracing::warn!(%error, "the admin endpoint panicked"),
+        }
+    }
+}
+
+/// Serves an open store until `shutdown` is cancelled or the store fails
+/// (its admin endpoint bound here: tests open the store themselves).
 ///
 /// # Errors
 /// Start-up failures; [`ServerError::StoreFailed`] when the store failed
@@ -102,7 +173,22 @@ pub async fn serve(
     store: Arc<Store>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let metrics = metrics::Metrics::new();
+    let admin = AdminEndpoint::start(&config, Arc::default()).await?;
+    let result = serve_on(config, store, shutdown, &admin).await;
+    admin.stop().await;
+    result
+}
+
+/// [`serve`] with the admin endpoint already up.
+async fn serve_on(
+    config: Arc<Config>,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+    admin: &AdminEndpoint,
+) -> Result<(), ServerError> {
+    admin.state.set_store(&store);
+    admin.state.set_phase(metrics::Phase::Starting);
+    let metrics = admin.state.metrics().clone();
     let gauges = memory_gauges(&metrics, &config);
     // Everything recovery found is in the log: resuming subscribers may
     // read it back.
@@ -132,6 +218,9 @@ pub async fn serve(
             .map_err(|error| ServerError::Cluster(error.to_string()))?,
         ),
     };
+    if let Some(cluster) = &cluster {
+        admin.state.set_cluster(cluster);
+    }
     let front = cluster.clone().map(|c| c as Arc<dyn front::ClusterFront>);
     let service = service::Service::with_cluster(store.clone(), hub, metrics.clone(), front);
     service.recover().await.map_err(ServerError::Recover)?;
@@ -143,34 +232,13 @@ pub async fn serve(
             addr: config.listen.to_string(),
             error,
         })?;
-    let admin = metrics::bind_admin(config.admin_listen)
-        .await
-        .map_err(|error| ServerError::Bind {
-            what: "admin port (admin_listen)",
-            addr: config.admin_listen.to_string(),
-            error,
-        })?;
     let listen_addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let admin_addr = admin
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let admin_addr = admin.addr.clone();
 
     let tasks = TaskTracker::new();
-    let admin_shutdown = CancellationToken::new();
-    tasks.spawn(metrics::serve_admin(
-        admin,
-        metrics.clone(),
-        store.clone(),
-        cluster.clone(),
-        serde_json::Value::Object(config.effective())
-            .to_string()
-            .into(),
-        admin_shutdown.clone(),
-    ));
     let expiry = {
         let service = service.clone();
         let shutdown = shutdown.clone();
@@ -208,7 +276,7 @@ pub async fn serve(
     };
 
     write_ports_file(&config.data_dir, &listen_addr, &admin_addr);
-    metrics.set_serving(true);
+    admin.state.set_phase(metrics::Phase::Serving);
     tracing::info!(
         listen = %listen_addr,
         admin = %admin_addr,
@@ -253,10 +321,9 @@ pub async fn serve(
         });
     }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
-    metrics.set_serving(false);
+    admin.state.set_phase(metrics::Phase::Stopping);
     drop(listener);
     let _ = expiry.await;
-    admin_shutdown.cancel();
     tasks.close();
     let drain = Duration::from_millis(config.shutdown_drain_ms);
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {

@@ -72,19 +72,31 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();
+        // Installed before recovery starts: SIGHUP's default action would
+        // kill the process (a closed terminal, or `kill -HUP` sent by a
+        // log rotator out of habit). The log goes to stderr, which the
+        // supervisor owns, so there is no file to reopen: it is logged and
+        // otherwise ignored.
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return Err(ckpt_server::ServerError::Signals);
+        };
         tokio::spawn(async move {
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
+            loop {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP received: ignored (the log goes to stderr, nothing to reopen)");
+                        continue;
+                    }
+                }
+                trigger.cancel();
                 return;
-            };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
             }
-            trigger.cancel();
         });
         ckpt_server::run(config, shutdown).await
     });

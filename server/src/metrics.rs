@@ -1,9 +1,18 @@
-//! Prometheus metrics and the admin HTTP endpoint (`/metrics`, `/health`),
-//! and the watchdog that takes the server down when its store fails.
+//! Prometheus metrics and the admin HTTP endpoint, and the watchdog that
+//! takes the server down when its store fails.
+//!
+//! The admin endpoint is bound before recovery, so an orchestrator can tell
+//! a node that is replaying its log from one that is dead: `/livez` answers
+//! 200 as long as the process runs; `/readyz` answers 503 with
+//! `recovering: N of M records` while the log is replayed, 200 `ready` once
+//! clients are served, and 503 again when the store fails (poisoned, or a
+//! thread of it dead) or the server shuts down. `/health` is the older
+//! name of readiness (200 `serving` or 503 `not serving`). `/metrics`,
+//! `/config`, `/cluster` and `/checksums` complete it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -11,6 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use ckpt_proto::ErrorCode;
+use ckpt_storage::store::RecoveryProgress;
 use ckpt_storage::Store;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -176,8 +186,19 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the store's counters brought up to date.
-    pub fn render(&self, store: &Store) -> String {
+    /// The text exposition, with the store's counters brought up to date
+    /// when there is a store (there is none yet during recovery).
+    pub fn render(&self, store: Option<&Store>) -> String {
+        if let Some(store) = store {
+            self.update(store);
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Brings the metrics read from the store up to date.
+    fn update(&self, store: &Store) {
         let stats = store.stats();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let (records_before, batches_before) = (self.wal_records.get(), self.group_commits.get());
@@ -205,19 +226,157 @@ impl Metrics {
         {
             self.memtable_bytes.set(bytes);
         }
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-#[derive(Clone)]
-struct AdminState {
+/// Where start-up is, as `/readyz` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// The store is opening: RocksDB, then the log's replay.
+    Recovering = 0,
+    /// The log is replayed; checkpoints and the client port are being set up.
+    Starting = 1,
+    /// Clients are served.
+    Serving = 2,
+    /// Shutting down.
+    Stopping = 3,
+}
+
+/// What the admin endpoint serves from. It is bound before recovery and
+/// learns the store and the cluster as start-up reaches them; it holds
+/// them weakly, so shutdown can close the store while it still answers.
+pub struct Admin {
     metrics: Arc<Metrics>,
-    store: Arc<Store>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The effective configuration as JSON, for `/config`.
     config: Arc<str>,
+    phase: AtomicU8,
+    recovery: Arc<RecoveryProgress>,
+    store: OnceLock<Weak<Store>>,
+    cluster: OnceLock<Weak<crate::cluster::Cluster>>,
+}
+
+impl Admin {
+    /// The endpoint's state at the start: recovering, reported through
+    /// `recovery` (give it to the store's configuration).
+    pub fn new(
+        metrics: Arc<Metrics>,
+        config: Arc<str>,
+        recovery: Arc<RecoveryProgress>,
+    ) -> Arc<Admin> {
+        Arc::new(Admin {
+            metrics,
+            config,
+            phase: AtomicU8::new(Phase::Recovering as u8),
+            recovery,
+            store: OnceLock::new(),
+            cluster: OnceLock::new(),
+        })
+    }
+
+    /// The metrics it serves.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The store is open (recovery is over).
+    pub fn set_store(&self, store: &Arc<Store>) {
+        let _ = self.store.set(Arc::downgrade(store));
+    }
+
+    /// The cluster runtime is up.
+    pub fn set_cluster(&self, cluster: &Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(Arc::downgrade(cluster));
+    }
+
+    /// Moves start-up on (or to shutdown).
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+        self.metrics.set_serving(phase == Phase::Serving);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Recovering,
+            1 => Phase::Starting,
+            2 => Phase::Serving,
+            _ => Phase::Stopping,
+        }
+    }
+
+    fn store(&self) -> Option<Arc<Store>> {
+        self.store.get().and_then(Weak::upgrade)
+    }
+
+    fn cluster(&self) -> Option<Arc<crate::cluster::Cluster>> {
+        self.cluster.get().and_then(Weak::upgrade)
+    }
+
+    /// `/readyz`: 200 `ready` while clients are served by a working store;
+    /// otherwise 503 and why: `recovering: N of M records`, `starting`,
+    /// `store failed: CAUSE` (poisoned, or its writer, fsync or checkpoint
+    /// thread dead), or `shutting down`.
+    pub fn readiness(&self) -> (StatusCode, String) {
+        if let Some(cause) = self.store().and_then(|store| store.failure()) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store failed: {cause}\n"),
+            );
+        }
+        let text = match self.phase() {
+            Phase::Serving => return (StatusCode::OK, "ready\n".into()),
+            Phase::Recovering => {
+                let replayed = self.recovery.replayed.load(Ordering::Relaxed);
+                let total = self.recovery.total.load(Ordering::Relaxed);
+                if replayed == 0 && total == 0 {
+                    "recovering: opening the store\n".to_string()
+                } else {
+                    format!("recovering: {replayed} of {total} records\n")
+                }
+            }
+            Phase::Starting => format!(
+                "starting: the log is replayed ({} records); opening the client port\n",
+                self.recovery.replayed.load(Ordering::Relaxed)
+            ),
+            Phase::Stopping => "shutting down\n".to_string(),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, text)
+    }
+}
+
+type AdminState = Arc<Admin>;
+
+/// `/cluster`: nodes, leader, and every checkpoint's placement and lag
+/// (docs/replication.md); 404 on a single node (and 503 while starting).
+async fn cluster_page(State(state): State<AdminState>) -> (StatusCode, String) {
+    match (&state.cluster(), state.phase()) {
+        (Some(cluster), _) => (StatusCode::OK, cluster.cluster_json().to_string()),
+        (None, Phase::Recovering | Phase::Starting) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: no cluster state yet\n".into(),
+        ),
+        (None, _) => (
+            StatusCode::NOT_FOUND,
+            "not a cluster node: started without a cluster file\n".into(),
+        ),
+    }
+}
+
+/// `/checksums`: each local replica's position and checksum, for
+/// `ckpt-tool cluster verify`; 404 on a single node.
+async fn checksums_page(State(state): State<AdminState>) -> (StatusCode, String) {
+    match (&state.cluster(), state.phase()) {
+        (Some(cluster), _) => (StatusCode::OK, cluster.checksums_json().await.to_string()),
+        (None, Phase::Recovering | Phase::Starting) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: no cluster state yet\n".into(),
+        ),
+        (None, _) => (
+            StatusCode::NOT_FOUND,
+            "not a cluster node: started without a cluster file\n".into(),
+        ),
+    }
 }
 
 /// `/config`: the effective configuration, every key by its TOML name
@@ -231,46 +390,23 @@ async fn config_page(
     )
 }
 
-/// `/cluster`: nodes, leader, and every checkpoint's placement and lag
-/// (docs/replication.md); 404 on a single node.
-async fn cluster_page(State(state): State<AdminState>) -> (StatusCode, String) {
-    match &state.cluster {
-        Some(cluster) => (StatusCode::OK, cluster.cluster_json().to_string()),
-        None => (
-            StatusCode::NOT_FOUND,
-            "not a cluster node: started without a cluster file\n".into(),
-        ),
-    }
-}
-
-/// `/checksums`: each local replica's position and checksum, for
-/// `ckpt-tool cluster verify`; 404 on a single node.
-async fn checksums_page(State(state): State<AdminState>) -> (StatusCode, String) {
-    match &state.cluster {
-        Some(cluster) => (StatusCode::OK, cluster.checksums_json().await.to_string()),
-        None => (
-            StatusCode::NOT_FOUND,
-            "not a cluster node: started without a cluster file\n".into(),
-        ),
-    }
-}
-
 async fn metrics_page(State(state): State<AdminState>) -> String {
-    state.metrics.render(&state.store)
+    state.metrics.render(state.store().as_deref())
+}
+
+/// `/livez`: the process runs and its admin endpoint answers.
+async fn livez() -> &'static str {
+    "alive\n"
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
+    state.readiness()
 }
 
 async fn health(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    health_status(&state.metrics, &state.store)
-}
-
-/// `/health`: 200 while serving with a working store; 503 before start-up
-/// ends, during shutdown, and once the store is poisoned or a thread of it
-/// died (requests then fail until a restart).
-pub fn health_status(metrics: &Metrics, store: &Store) -> (StatusCode, &'static str) {
-    if metrics.serving.load(Ordering::Acquire) && store.failure().is_none() {
-        (StatusCode::OK, "serving\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    match state.readiness().0 {
+        StatusCode::OK => (StatusCode::OK, "serving\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "not serving\n"),
     }
 }
 
@@ -307,27 +443,21 @@ pub async fn watch_store(
 /// Serves the admin endpoint until `shutdown` fires.
 ///
 /// # Errors
-/// The address cannot be bound.
+/// Accepting connections failed.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    store: Arc<Store>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
-    config: Arc<str>,
+    admin: Arc<Admin>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
         .route("/metrics", get(metrics_page))
         .route("/config", get(config_page))
-        .route("/health", get(health))
         .route("/cluster", get(cluster_page))
         .route("/checksums", get(checksums_page))
-        .with_state(AdminState {
-            metrics,
-            store,
-            cluster,
-            config,
-        });
+        .with_state(admin);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -355,8 +485,8 @@ mod tests {
             Store::open_with_fs(StoreConfig::new(dir.path()), Arc::new(fs.clone())).unwrap(),
         );
         let metrics = Metrics::new();
-        metrics.set_serving(true);
-        assert_eq!(health_status(&metrics, &store).0, StatusCode::OK);
+        let admin = serving_admin(&metrics, &store);
+        assert_eq!(admin.readiness(), (StatusCode::OK, "ready\n".to_string()));
         let stop = tokio_util::sync::CancellationToken::new();
         let watchdog = tokio::spawn(watch_store(store.clone(), metrics.clone(), stop.clone()));
 
@@ -405,9 +535,84 @@ mod tests {
             .unwrap()
             .expect("the watchdog reports the failure");
         assert!(cause.contains("writer thread panicked"), "{cause}");
+        let (status, text) = admin.readiness();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.starts_with("store failed: ") && text.contains("writer thread panicked"),
+            "{text}"
+        );
+    }
+
+    fn serving_admin(metrics: &Arc<Metrics>, store: &Arc<Store>) -> Arc<Admin> {
+        let admin = Admin::new(metrics.clone(), "{}".into(), Arc::default());
+        admin.set_store(store);
+        admin.set_phase(Phase::Serving);
+        admin
+    }
+
+    #[test]
+    fn readiness_follows_recovery_and_start_up() {
+        let recovery = Arc::new(RecoveryProgress::default());
+        let admin = Admin::new(Metrics::new(), "{}".into(), recovery.clone());
+        let unavailable = |text: &str| (StatusCode::SERVICE_UNAVAILABLE, text.to_string());
         assert_eq!(
-            health_status(&metrics, &store).0,
-            StatusCode::SERVICE_UNAVAILABLE
+            admin.readiness(),
+            unavailable("recovering: opening the store\n")
+        );
+        recovery.total.store(1000, Ordering::Relaxed);
+        recovery.replayed.store(250, Ordering::Relaxed);
+        assert_eq!(
+            admin.readiness(),
+            unavailable("recovering: 250 of 1000 records\n")
+        );
+        recovery.replayed.store(1000, Ordering::Relaxed);
+        admin.set_phase(Phase::Starting);
+        assert!(admin
+            .readiness()
+            .1
+            .starts_with("starting: the log is replayed (1000 records)"));
+        admin.set_phase(Phase::Serving);
+        assert_eq!(admin.readiness(), (StatusCode::OK, "ready\n".to_string()));
+        admin.set_phase(Phase::Stopping);
+        assert_eq!(admin.readiness(), unavailable("shutting down\n"));
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_store_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultFs::new();
+        let store = Arc::new(
+            Store::open_with_fs(StoreConfig::new(dir.path()), Arc::new(fs.clone())).unwrap(),
+        );
+        let admin = serving_admin(&Metrics::new(), &store);
+        assert_eq!(admin.readiness().0, StatusCode::OK);
+        fs.fail_next_sync();
+        let create = Op::CreateCheckpoint {
+            name: CheckpointName::new("c").unwrap(),
+            attributes: CreationAttributes {
+                creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
+                checkpoint_size: 100,
+                retention_duration_ns: ckpt_proto::TIME_END,
+                max_sections: 1,
+                max_section_size: 100,
+                max_section_id_size: 0,
+            },
+            instance: None,
+            epoch: ckpt_storage::Epoch(1),
+        };
+        let writer = store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            writer.execute_with(create, Durability::Durable, ckpt_proto::now_ns())
+        })
+        .await
+        .unwrap();
+        assert!(result.is_err(), "the write whose fsync failed is refused");
+        let (status, text) = admin.readiness();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.starts_with("store failed: "), "{text}");
+        assert_eq!(
+            store.failure().map(|c| format!("store failed: {c}\n")),
+            Some(text)
         );
     }
 }

@@ -125,6 +125,20 @@ pub struct StoreConfig {
     pub wal_hold_bytes_max: u64,
     /// RocksDB tuning.
     pub db: DbOptions,
+    /// Where [`Store::open`] reports recovery's progress as it goes (a
+    /// server's readiness endpoint reads it); `None` reports nowhere.
+    pub recovery_progress: Option<Arc<RecoveryProgress>>,
+}
+
+/// Recovery's progress while [`Store::open`] replays the log.
+#[derive(Debug, Default)]
+pub struct RecoveryProgress {
+    /// Records replayed so far.
+    pub replayed: AtomicU64,
+    /// Records to replay: from the durable mark once it is read (it may
+    /// lag the log's end by `mark_sync_interval_ms`, so it is raised to
+    /// `replayed` when the log holds more); 0 until then.
+    pub total: AtomicU64,
 }
 
 impl StoreConfig {
@@ -145,6 +159,7 @@ impl StoreConfig {
             mark_sync_interval_ms: 1000,
             wal_hold_bytes_max: 1024 * 1024 * 1024,
             db: DbOptions::default(),
+            recovery_progress: None,
         }
     }
 }
@@ -1535,6 +1550,10 @@ fn recover(
         segments: segments.len(),
         ..Default::default()
     };
+    if let Some(progress) = &config.recovery_progress {
+        let marked = durable_mark.map_or(0, |mark| mark.0.saturating_sub(applied.0));
+        progress.total.store(marked, Ordering::Relaxed);
+    }
     let backing = DbBacking(db);
     let mut last_lsn = applied.0;
     // The highest lsn the log itself holds after recovery.
@@ -1586,6 +1605,10 @@ fn recover(
             }
             pending_records += 1;
             report.replayed += 1;
+            if let Some(progress) = &config.recovery_progress {
+                progress.replayed.store(report.replayed, Ordering::Relaxed);
+                progress.total.fetch_max(report.replayed, Ordering::Relaxed);
+            }
             expected += 1;
             last_lsn = record.lsn.0;
             if pending_records >= config.recovery_batch_records {

@@ -81,6 +81,28 @@ impl Process {
         );
     }
 
+    /// Waits until `count` logged lines contain `text`.
+    pub fn wait_lines(&mut self, text: &str, count: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.lines.iter().filter(|l| l.contains(text)).count() < count {
+            match self.log.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => self.lines.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {count} log lines with {text:?}:\n{}",
+                self.lines.join("\n")
+            );
+        }
+        assert!(
+            self.lines.iter().filter(|l| l.contains(text)).count() >= count,
+            "the log ended with fewer than {count} lines with {text:?}:\n{}",
+            self.lines.join("\n")
+        );
+    }
+
     /// Waits for the process to exit (at most [`WAIT`]); its status and
     /// everything it logged.
     pub fn wait_exit(&mut self) -> (ExitStatus, String) {
