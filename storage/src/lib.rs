@@ -45,7 +45,7 @@ pub use snapshot::{
 pub use state::{Committed, InstanceMeta, Op, Outcome, SectionMeta};
 #[cfg(feature = "engine")]
 pub use store::{
-    AppendListener, CommitListener, Durability, DurableListener, RecoveryReport, Store,
+    AppendListener, CommitListener, Durability, DurableListener, ReadAfter, RecoveryReport, Store,
     StoreConfig, StoreSnapshot, StoreStats, Submission,
 };
 pub use wal::history::InstanceHistory;

@@ -49,7 +49,7 @@ use crate::snapshot::{EntriesAfter, Fnv64, SnapshotPart, SNAPSHOT_PART_BYTES};
 use crate::state::{
     stale_error, Backing, Committed, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine,
 };
-use crate::wal::history::{instance_records_after, InstanceHistory};
+use crate::wal::history::{instance_records_after, records_after_many, InstanceHistory};
 use crate::wal::mark;
 use crate::wal::record::{
     encode_record, Entry, Epoch, InstanceId, Lsn, Origin, Position, Record, RecordBody, Seq,
@@ -183,8 +183,81 @@ pub struct RecoveryReport {
     pub segments: usize,
 }
 
+/// Upper bounds of [`StoreStats::fsync_ns`]'s buckets: 50 µs to 10 s.
+pub const FSYNC_BUCKETS_NS: &[u64] = &[
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    10_000_000_000,
+];
+
+/// Upper bounds of [`StoreStats::batch_records`]'s buckets: 1 to 4096.
+pub const BATCH_RECORDS_BUCKETS: &[u64] = &[
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
+];
+
+/// A histogram the store's threads count into (one relaxed add per value)
+/// and a metrics endpoint reads at any time.
+#[derive(Debug)]
+pub struct Buckets {
+    bounds: &'static [u64],
+    /// One per bound (values up to it and above the previous one), then
+    /// one for values above the last bound.
+    counts: Vec<AtomicU64>,
+    sum: AtomicU64,
+}
+
+impl Buckets {
+    /// Empty buckets with these upper bounds (inclusive, increasing).
+    pub fn new(bounds: &'static [u64]) -> Buckets {
+        Buckets {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one value.
+    pub fn observe(&self, value: u64) {
+        let bucket = self.bounds.partition_point(|&bound| bound < value);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// The upper bounds.
+    pub fn bounds(&self) -> &'static [u64] {
+        self.bounds
+    }
+
+    /// The cumulative count at each bound, the total count and the sum
+    /// (read without a lock: a value counted meanwhile may be in one and
+    /// not yet in another).
+    pub fn snapshot(&self) -> (Vec<u64>, u64, u64) {
+        let mut running = 0;
+        let mut cumulative = Vec::with_capacity(self.bounds.len());
+        for count in &self.counts[..self.bounds.len()] {
+            running += count.load(Ordering::Relaxed);
+            cumulative.push(running);
+        }
+        let total = running + self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        (cumulative, total, self.sum.load(Ordering::Relaxed))
+    }
+}
+
 /// Counters for metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StoreStats {
     /// Records appended.
     pub records: AtomicU64,
@@ -198,6 +271,25 @@ pub struct StoreStats {
     pub rocksdb_flushes: AtomicU64,
     /// Segments deleted.
     pub segments_deleted: AtomicU64,
+    /// How long each fdatasync of the log took, ns.
+    pub fsync_ns: Buckets,
+    /// Records per group commit.
+    pub batch_records: Buckets,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            records: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            wal_bytes: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            rocksdb_flushes: AtomicU64::new(0),
+            segments_deleted: AtomicU64::new(0),
+            fsync_ns: Buckets::new(FSYNC_BUCKETS_NS),
+            batch_records: Buckets::new(BATCH_RECORDS_BUCKETS),
+        }
+    }
 }
 
 type Reply = Box<dyn FnOnce(CkptResult<Committed>) + Send>;
@@ -850,71 +942,84 @@ impl Store {
         seq: Seq,
         max_bytes: u64,
     ) -> CkptResult<EntriesAfter> {
-        let last = self
-            .position(instance)?
-            .ok_or_else(|| missing_instance(instance))?;
+        let read = ReadAfter {
+            instance,
+            epoch,
+            seq,
+            max_bytes,
+        };
+        self.entries_after_many(&[read])
+            .pop()
+            .unwrap_or(Ok(EntriesAfter::Gone))
+    }
+
+    /// [`Store::entries_after`] for several reads, answered in order, with
+    /// one pass over the log for all of them (a failover catches thousands
+    /// of checkpoints up at once; a pass per checkpoint is quadratic).
+    pub fn entries_after_many(&self, reads: &[ReadAfter]) -> Vec<CkptResult<EntriesAfter>> {
+        let mut answers: Vec<Option<CkptResult<EntriesAfter>>> = Vec::with_capacity(reads.len());
+        let mut wants = Vec::new();
+        for read in reads {
+            let answer = self.entries_after_without_log(read);
+            if answer.is_none() {
+                wants.push((read.instance, read.seq));
+            }
+            answers.push(answer);
+        }
+        let upto = Lsn(self.shared.applied.load(Ordering::Acquire));
+        let mut histories = match records_after_many(self.wal_fs.as_ref(), &wants, upto) {
+            Ok(histories) => histories.into_iter(),
+            Err(e) => {
+                let error = io_error("reading the log back", &e);
+                return answers
+                    .into_iter()
+                    .map(|a| a.unwrap_or_else(|| Err(error.clone())))
+                    .collect();
+            }
+        };
+        answers
+            .into_iter()
+            .zip(reads)
+            .map(|(answer, read)| match answer {
+                Some(answer) => answer,
+                None => Ok(entries_from_history(
+                    histories.next().unwrap_or_default(),
+                    read,
+                )),
+            })
+            .collect()
+    }
+
+    /// The answer to `read` when the log need not be read (an error, or
+    /// the reader is at this node's last entry); `None` when it must be.
+    fn entries_after_without_log(&self, read: &ReadAfter) -> Option<CkptResult<EntriesAfter>> {
+        let ReadAfter {
+            instance,
+            epoch,
+            seq,
+            ..
+        } = *read;
+        let last = match self.position(instance) {
+            Ok(Some(last)) => last,
+            Ok(None) => return Some(Err(missing_instance(instance))),
+            Err(error) => return Some(Err(error)),
+        };
         if (epoch, seq) > (last.epoch, last.seq) {
-            return Err(CkptError::new(
+            return Some(Err(CkptError::new(
                 ErrorCode::BadOperation,
                 format!(
                     "instance {} is at epoch {} seq {} here: epoch {} seq {} is ahead of it",
                     instance.0, last.epoch.0, last.seq.0, epoch.0, seq.0
                 ),
-            ));
+            )));
         }
         if seq >= last.seq {
             if (epoch, seq) != (last.epoch, last.seq) {
-                return Ok(EntriesAfter::Gone);
+                return Some(Ok(EntriesAfter::Gone));
             }
-            return Ok(EntriesAfter::Entries(Vec::new()));
+            return Some(Ok(EntriesAfter::Entries(Vec::new())));
         }
-        let upto = Lsn(self.shared.applied.load(Ordering::Acquire));
-        let history = instance_records_after(self.wal_fs.as_ref(), instance, seq, upto)
-            .map_err(|e| io_error("reading the log back", &e))?;
-        if seq.0 > 0 {
-            // Streaming continues a log only from an entry both hold: our
-            // newest record at `seq` must be (epoch, seq) itself (an entry,
-            // or the install of a snapshot taken there). Anything else —
-            // another epoch's entry at that seq, a discard, or nothing left —
-            // means the reader needs a snapshot.
-            let continues = history.at_after.as_ref().is_some_and(|r| {
-                r.entry.seq == seq
-                    && r.entry.epoch == epoch
-                    && !matches!(r.entry.body, RecordBody::SuffixDiscard)
-            });
-            if !continues {
-                return Ok(EntriesAfter::Gone);
-            }
-        }
-        let mut out = Vec::new();
-        let mut bytes = 0u64;
-        for (expected, record) in (seq.0 + 1..).zip(history.records) {
-            // A snapshot install logs several entries at one seq, and a
-            // discard repeats the seq: what follows them is not a log to
-            // replay but a state to copy (send a snapshot).
-            let copies_state = matches!(
-                record.entry.body,
-                RecordBody::SnapshotBegin { .. }
-                    | RecordBody::SnapshotSection { .. }
-                    | RecordBody::SnapshotEnd
-                    | RecordBody::SuffixDiscard
-            );
-            if record.entry.seq.0 != expected || copies_state {
-                if out.is_empty() {
-                    return Ok(EntriesAfter::Gone);
-                }
-                break;
-            }
-            if !out.is_empty() && bytes >= max_bytes {
-                break;
-            }
-            bytes += record.entry.encoded_len() as u64;
-            out.push((record.lsn, record.entry));
-        }
-        if out.is_empty() {
-            return Ok(EntriesAfter::Gone);
-        }
-        Ok(EntriesAfter::Entries(out))
+        None
     }
 
     /// Keeps the log from `lsn` on (replication still reads it), within
@@ -1459,6 +1564,73 @@ fn serving(instance: InstanceId, meta: Option<InstanceMeta>) -> CkptResult<Insta
         Some(meta) if meta.stale => Err(stale_error(instance)),
         Some(meta) => Ok(meta),
     }
+}
+
+/// One read of [`Store::entries_after_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadAfter {
+    /// Which instance.
+    pub instance: InstanceId,
+    /// The reader's last entry's epoch...
+    pub epoch: Epoch,
+    /// ...and seq: the entries after it are wanted.
+    pub seq: Seq,
+    /// About how many entry bytes to answer with (at least one entry).
+    pub max_bytes: u64,
+}
+
+/// The entries after `read`'s position in what the log still holds.
+fn entries_from_history(history: InstanceHistory, read: &ReadAfter) -> EntriesAfter {
+    let ReadAfter {
+        epoch,
+        seq,
+        max_bytes,
+        ..
+    } = *read;
+    if seq.0 > 0 {
+        // Streaming continues a log only from an entry both hold: our
+        // newest record at `seq` must be (epoch, seq) itself (an entry,
+        // or the install of a snapshot taken there). Anything else —
+        // another epoch's entry at that seq, a discard, or nothing left —
+        // means the reader needs a snapshot.
+        let continues = history.at_after.as_ref().is_some_and(|r| {
+            r.entry.seq == seq
+                && r.entry.epoch == epoch
+                && !matches!(r.entry.body, RecordBody::SuffixDiscard)
+        });
+        if !continues {
+            return EntriesAfter::Gone;
+        }
+    }
+    let mut out = Vec::new();
+    let mut bytes = 0u64;
+    for (expected, record) in (seq.0 + 1..).zip(history.records) {
+        // A snapshot install logs several entries at one seq, and a
+        // discard repeats the seq: what follows them is not a log to
+        // replay but a state to copy (send a snapshot).
+        let copies_state = matches!(
+            record.entry.body,
+            RecordBody::SnapshotBegin { .. }
+                | RecordBody::SnapshotSection { .. }
+                | RecordBody::SnapshotEnd
+                | RecordBody::SuffixDiscard
+        );
+        if record.entry.seq.0 != expected || copies_state {
+            if out.is_empty() {
+                return EntriesAfter::Gone;
+            }
+            break;
+        }
+        if !out.is_empty() && bytes >= max_bytes {
+            break;
+        }
+        bytes += record.entry.encoded_len() as u64;
+        out.push((record.lsn, record.entry));
+    }
+    if out.is_empty() {
+        return EntriesAfter::Gone;
+    }
+    EntriesAfter::Entries(out)
 }
 
 fn missing_instance(instance: InstanceId) -> CkptError {
@@ -2107,6 +2279,7 @@ impl Writer {
         let stats = &self.shared.stats;
         stats.records.fetch_add(records, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.batch_records.observe(records);
         stats
             .wal_bytes
             .fetch_add(encoded.len() as u64, Ordering::Relaxed);
@@ -2326,11 +2499,14 @@ impl Syncer {
                 }
                 synced.push(&job.segment);
                 self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
                 let result = job
                     .segment
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .sync_data();
+                let took_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.shared.stats.fsync_ns.observe(took_ns);
                 if let Err(error) = result {
                     self.shared
                         .poison(format!("fsync of the log failed: {error}"));

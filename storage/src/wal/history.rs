@@ -10,6 +10,7 @@
 //! numbers it got are contiguous, because segments can be trimmed (or a
 //! damaged one cut short) at any time, between listing and reading too.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use super::record::{InstanceId, Lsn, Record, Seq};
@@ -45,6 +46,30 @@ pub fn instance_records_after(
     after: Seq,
     upto: Lsn,
 ) -> io::Result<InstanceHistory> {
+    let mut all = records_after_many(fs, &[(instance, after)], upto)?;
+    Ok(all.pop().unwrap_or_default())
+}
+
+/// [`instance_records_after`] for several `(instance, after)` at once, in
+/// one pass over the segments: each segment is read and decoded once for
+/// all of them, not once per instance (a failover catches thousands of
+/// checkpoints up at the same moment). The answers are in `wants` order.
+///
+/// # Errors
+/// IO errors listing the directory or reading a segment that exists.
+pub fn records_after_many(
+    fs: &dyn WalFs,
+    wants: &[(InstanceId, Seq)],
+    upto: Lsn,
+) -> io::Result<Vec<InstanceHistory>> {
+    let mut histories = vec![InstanceHistory::default(); wants.len()];
+    if wants.is_empty() {
+        return Ok(histories);
+    }
+    let mut by_instance: BTreeMap<InstanceId, Vec<usize>> = BTreeMap::new();
+    for (i, (instance, _)) in wants.iter().enumerate() {
+        by_instance.entry(*instance).or_default().push(i);
+    }
     let mut segments: Vec<(Lsn, String)> = fs
         .list()?
         .into_iter()
@@ -53,44 +78,66 @@ pub fn instance_records_after(
         .collect();
     // Newest first: the records wanted are the most recent ones.
     segments.sort_by_key(|(first, _)| std::cmp::Reverse(*first));
-    let mut history = InstanceHistory::default();
-    // Newest segment first, each segment's records in log order.
-    let mut found: Vec<Vec<Record>> = Vec::new();
+    // Per want: newest segment first, each segment's records in log order.
+    let mut found: Vec<Vec<Vec<Record>>> = vec![Vec::new(); wants.len()];
+    let mut reached_back = vec![false; wants.len()];
+    let mut pending = wants.len();
     for (_, name) in segments {
         let bytes = match fs.read(&name) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == io::ErrorKind::NotFound => break,
             Err(error) => return Err(error),
         };
-        history.bytes_read += bytes.len() as u64;
         let scan = scan_segment(&bytes);
-        let mut reached_back = false;
-        let mut mine = Vec::new();
+        let mut mine: BTreeMap<usize, Vec<Record>> = BTreeMap::new();
+        let mut reached_here: Vec<usize> = Vec::new();
         for (_, record) in scan.records {
-            if record.entry.instance != instance || record.lsn > upto {
+            if record.lsn > upto {
                 continue;
             }
-            if record.entry.seq <= after {
-                // Newest segment first: the first segment reaching back this
-                // far holds the newest such record (its last one).
-                reached_back = true;
-                if after.0 > 0 {
-                    history.at_after = Some(record);
+            let Some(indices) = by_instance.get(&record.entry.instance) else {
+                continue;
+            };
+            for &i in indices {
+                if reached_back[i] {
+                    continue;
                 }
-                continue;
+                let after = wants[i].1;
+                if record.entry.seq <= after {
+                    // Newest segment first: the first segment reaching back
+                    // this far holds the newest such record (its last one).
+                    reached_here.push(i);
+                    if after.0 > 0 {
+                        histories[i].at_after = Some(record.clone());
+                    }
+                    continue;
+                }
+                if after.0 == 0 && record.entry.seq.0 == 1 {
+                    reached_here.push(i);
+                }
+                mine.entry(i).or_default().push(record.clone());
             }
-            if after.0 == 0 && record.entry.seq.0 == 1 {
-                reached_back = true;
-            }
-            mine.push(record);
         }
-        found.push(mine);
-        if reached_back {
+        for (i, history) in histories.iter_mut().enumerate() {
+            if !reached_back[i] {
+                history.bytes_read += bytes.len() as u64;
+                found[i].push(mine.remove(&i).unwrap_or_default());
+            }
+        }
+        for i in reached_here {
+            if !reached_back[i] {
+                reached_back[i] = true;
+                pending -= 1;
+            }
+        }
+        if pending == 0 {
             break;
         }
     }
-    history.records = found.into_iter().rev().flatten().collect();
-    Ok(history)
+    for (history, segments) in histories.iter_mut().zip(found) {
+        history.records = segments.into_iter().rev().flatten().collect();
+    }
+    Ok(histories)
 }
 
 #[cfg(test)]
@@ -156,6 +203,36 @@ mod tests {
         // Nothing past `upto`.
         let durable = instance_records_after(&fs, InstanceId(1), Seq(17), Lsn(36)).unwrap();
         assert_eq!(seqs(&durable), vec![18]);
+    }
+
+    #[test]
+    fn many_reads_in_one_pass_answer_as_each_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = OsFs::new(dir.path()).unwrap();
+        log(&fs, 40, 10);
+        // Both instances, one twice, positions in different segments, one
+        // instance the log never held, and one read past `upto`.
+        let wants = [
+            (InstanceId(1), Seq(17)),
+            (InstanceId(2), Seq(3)),
+            (InstanceId(1), Seq(0)),
+            (InstanceId(9), Seq(4)),
+            (InstanceId(2), Seq(19)),
+        ];
+        for upto in [Lsn(40), Lsn(33)] {
+            let together = records_after_many(&fs, &wants, upto).unwrap();
+            assert_eq!(together.len(), wants.len());
+            for ((instance, after), got) in wants.iter().zip(&together) {
+                let alone = instance_records_after(&fs, *instance, *after, upto).unwrap();
+                assert_eq!(got.records, alone.records, "{instance:?} after {after:?}");
+                assert_eq!(got.at_after, alone.at_after, "{instance:?} after {after:?}");
+            }
+        }
+        let together = records_after_many(&fs, &wants, Lsn(40)).unwrap();
+        assert_eq!(seqs(&together[0]), vec![18, 19, 20]);
+        assert_eq!(seqs(&together[1]), (4..=20).collect::<Vec<_>>());
+        assert!(together[3].records.is_empty() && together[3].at_after.is_none());
+        assert!(records_after_many(&fs, &[], Lsn(40)).unwrap().is_empty());
     }
 
     #[test]
