@@ -26,8 +26,8 @@ pub mod raftlog;
 
 pub use config::{ClusterConfig, ConfigError, NodeConfig};
 pub use control::{
-    Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, ControlReady,
-    PersistedRaft, RaftPersist, Ticket,
+    Applied, Changes, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane,
+    ControlReady, PersistedRaft, RaftPersist, Ticket,
 };
 pub use raftlog::RaftLog;
 

@@ -43,7 +43,7 @@ use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, RawNode, Ready, StateRole, Storage};
 
 use super::message::{ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket};
-use super::state::{Applied, ClusterState, Command};
+use super::state::{Applied, Changes, ClusterState, Command};
 use crate::config::{ClusterConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
 use crate::{NodeId, ReplicationError};
 
@@ -342,6 +342,12 @@ impl ControlPlane {
     /// The replicated metadata as applied on this node.
     pub fn state(&self) -> &ClusterState {
         &self.state
+    }
+
+    /// What the applied commands changed since the last call (see
+    /// [`Changes`]).
+    pub fn take_changes(&mut self) -> Changes {
+        self.state.take_changes()
     }
 
     /// The Raft leader this node knows of.

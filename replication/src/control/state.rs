@@ -9,6 +9,7 @@
 //! applied leaves the state unchanged and yields [`Applied::Failed`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use ckpt_proto::{
     CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode,
@@ -426,10 +427,39 @@ pub enum Applied {
     Failed(CkptError),
 }
 
+/// What changed in a [`ClusterState`] since the last
+/// [`ClusterState::take_changes`], so that a reader acting on changes (the
+/// server's runtime) costs the size of the change, not of the registry: a
+/// failover of thousands of checkpoints applies thousands of commands.
+///
+/// Local bookkeeping, not replicated state: it is neither encoded nor
+/// compared (`==` ignores it), and it may name more than changed.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Instances created, changed or removed.
+    pub instances: BTreeSet<InstanceId>,
+    /// A node's liveness changed, or a node joined or left.
+    pub nodes: bool,
+    /// Anything may have changed (a new or restored state): compare all.
+    pub everything: bool,
+}
+
+impl PartialEq for Changes {
+    fn eq(&self, _: &Changes) -> bool {
+        true
+    }
+}
+
+impl Eq for Changes {}
+
 /// The replicated metadata. Equal on every node after the same commands.
+///
+/// Cloning is cheap in the registry's size (the metadata are shared
+/// `Arc`s, copied on write), so a reader can keep the previous state to
+/// compare with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterState {
-    checkpoints: BTreeMap<InstanceId, CheckpointMeta>,
+    checkpoints: BTreeMap<InstanceId, Arc<CheckpointMeta>>,
     names: BTreeMap<CheckpointName, InstanceId>,
     /// Every configured node and whether it is alive.
     nodes: BTreeMap<NodeId, bool>,
@@ -438,6 +468,7 @@ pub struct ClusterState {
     /// From the configuration (the same on every node): place the active
     /// replica away from the creator.
     avoid_creator: bool,
+    changes: Changes,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -470,7 +501,17 @@ impl ClusterState {
             next_instance: 1,
             replication_factor: replication_factor.max(1),
             avoid_creator: false,
+            changes: Changes {
+                everything: true,
+                ..Changes::default()
+            },
         }
+    }
+
+    /// What changed since the last call (everything, for a new or restored
+    /// state).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
     }
 
     /// Places active replicas away from their creator (configuration
@@ -482,17 +523,17 @@ impl ClusterState {
 
     /// The linked checkpoint of this name.
     pub fn lookup(&self, name: &CheckpointName) -> Option<&CheckpointMeta> {
-        self.names.get(name).and_then(|i| self.checkpoints.get(i))
+        self.names.get(name).and_then(|i| self.get(*i))
     }
 
     /// An instance, linked or not.
     pub fn get(&self, instance: InstanceId) -> Option<&CheckpointMeta> {
-        self.checkpoints.get(&instance)
+        self.checkpoints.get(&instance).map(|m| &**m)
     }
 
     /// Every instance, by id.
     pub fn checkpoints(&self) -> impl Iterator<Item = &CheckpointMeta> {
-        self.checkpoints.values()
+        self.checkpoints.values().map(|m| &**m)
     }
 
     /// Whether the node is configured and not declared dead.
@@ -512,15 +553,13 @@ impl ClusterState {
 
     /// Instances `node` is the active replica of.
     pub fn active_on(&self, node: NodeId) -> impl Iterator<Item = &CheckpointMeta> {
-        self.checkpoints
-            .values()
-            .filter(move |m| m.active == Some(node))
+        self.checkpoints().filter(move |m| m.active == Some(node))
     }
 
     /// Snapshot bytes (postcard); see [`ClusterState::restore`].
     pub fn encode(&self) -> Vec<u8> {
         let wire = StateWire {
-            checkpoints: self.checkpoints.values().cloned().collect(),
+            checkpoints: self.checkpoints().cloned().collect(),
             nodes: self.nodes.iter().map(|(n, a)| (*n, *a)).collect(),
             next_instance: self.next_instance,
         };
@@ -546,12 +585,16 @@ impl ClusterState {
             next_instance: wire.next_instance,
             replication_factor: replication_factor.max(1),
             avoid_creator: false,
+            changes: Changes {
+                everything: true,
+                ..Changes::default()
+            },
         };
         for meta in wire.checkpoints {
             if !meta.unlinked {
                 state.names.insert(meta.name.clone(), meta.instance);
             }
-            state.checkpoints.insert(meta.instance, meta);
+            state.checkpoints.insert(meta.instance, Arc::new(meta));
         }
         Ok(state)
     }
@@ -565,17 +608,34 @@ impl ClusterState {
     }
 
     fn meta_mut(&mut self, instance: InstanceId) -> CkptResult<&mut CheckpointMeta> {
-        self.checkpoints.get_mut(&instance).ok_or_else(|| {
+        let meta = self.checkpoints.get_mut(&instance).ok_or_else(|| {
             CkptError::new(
                 ErrorCode::NotExist,
                 format!("no checkpoint instance {}", instance.0),
             )
-        })
+        })?;
+        self.changes.instances.insert(instance);
+        Ok(Arc::make_mut(meta))
+    }
+
+    /// Runs `change` on every instance `affected` selects (and only those:
+    /// the others stay shared with earlier copies of the state).
+    fn change_where(
+        &mut self,
+        affected: impl Fn(&CheckpointMeta) -> bool,
+        mut change: impl FnMut(&mut CheckpointMeta) -> CkptResult<()>,
+    ) -> CkptResult<()> {
+        for (instance, meta) in self.checkpoints.iter_mut() {
+            if affected(meta) {
+                self.changes.instances.insert(*instance);
+                change(Arc::make_mut(meta))?;
+            }
+        }
+        Ok(())
     }
 
     fn load(&self, node: NodeId) -> usize {
-        self.checkpoints
-            .values()
+        self.checkpoints()
             .filter(|m| m.replicas.contains(&node))
             .count()
     }
@@ -607,6 +667,7 @@ impl ClusterState {
                 }
                 let name = meta.name.clone();
                 self.checkpoints.remove(instance);
+                self.changes.instances.insert(*instance);
                 if self.names.get(&name) == Some(instance) {
                     self.names.remove(&name);
                 }
@@ -628,19 +689,20 @@ impl ClusterState {
             Command::NodeRestarted { node } => {
                 self.known_node(*node)?;
                 // Check every epoch first so that a failure changes nothing.
-                for meta in self
-                    .checkpoints
-                    .values()
-                    .filter(|m| m.active == Some(*node))
-                {
+                for meta in self.active_on(*node) {
                     next_epoch(meta)?;
                 }
-                for meta in self.checkpoints.values_mut() {
-                    meta.open_on.remove(node);
-                    if meta.active == Some(*node) {
-                        meta.epoch = next_epoch(meta)?;
-                    }
-                }
+                let node = *node;
+                self.change_where(
+                    |m| m.open_on.contains(&node) || m.active == Some(node),
+                    |meta| {
+                        meta.open_on.remove(&node);
+                        if meta.active == Some(node) {
+                            meta.epoch = next_epoch(meta)?;
+                        }
+                        Ok(())
+                    },
+                )?;
                 Ok(Applied::Done)
             }
             Command::SetRetention { instance, ns } => {
@@ -843,15 +905,18 @@ impl ClusterState {
             retention_duration_ns: attributes.retention_duration_ns,
         };
         self.names.insert(name.clone(), instance);
-        self.checkpoints.insert(instance, meta.clone());
+        self.checkpoints.insert(instance, Arc::new(meta.clone()));
+        self.changes.instances.insert(instance);
         Ok(Applied::Created { meta })
     }
 
     fn failover(&mut self, node: NodeId) -> CkptResult<Applied> {
         self.known_node(node)?;
         self.nodes.insert(node, false);
+        self.changes.nodes = true;
         let alive = self.nodes.clone();
-        for meta in self.checkpoints.values_mut() {
+        let affected = |m: &CheckpointMeta| m.active == Some(node) || m.in_sync.contains(&node);
+        self.change_where(affected, |meta| {
             if meta.active == Some(node) {
                 let epoch = next_epoch(meta)?;
                 let candidate = meta
@@ -878,23 +943,35 @@ impl ClusterState {
                 // saves ALL_SAFE writers the replica_lag_timeout.
                 meta.in_sync.retain(|n| *n != node);
             }
-        }
+            Ok(())
+        })?;
         Ok(Applied::Done)
     }
 
     fn node_up(&mut self, node: NodeId) -> CkptResult<Applied> {
         self.known_node(node)?;
         self.nodes.insert(node, true);
+        self.changes.nodes = true;
         let factor = self.replication_factor;
-        for meta in self.checkpoints.values_mut() {
-            if meta.active.is_none() && !meta.collocated() && meta.in_sync.contains(&node) {
-                meta.epoch = next_epoch(meta)?;
-                meta.active = Some(node);
-            }
-            if meta.replicas.len() < factor && !meta.replicas.contains(&node) && !meta.unlinked {
-                meta.replicas.push(node);
-            }
-        }
+        let resumes = move |m: &CheckpointMeta| {
+            m.active.is_none() && !m.collocated() && m.in_sync.contains(&node)
+        };
+        let short = move |m: &CheckpointMeta| {
+            m.replicas.len() < factor && !m.replicas.contains(&node) && !m.unlinked
+        };
+        self.change_where(
+            |m| resumes(m) || short(m),
+            |meta| {
+                if resumes(meta) {
+                    meta.epoch = next_epoch(meta)?;
+                    meta.active = Some(node);
+                }
+                if short(meta) {
+                    meta.replicas.push(node);
+                }
+                Ok(())
+            },
+        )?;
         Ok(Applied::Done)
     }
 }

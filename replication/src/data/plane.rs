@@ -1134,7 +1134,6 @@ impl DataPlane {
         let settle_ms = self.settle_ms();
         let retry_ms = (timeout / 2).max(1);
         let me = self.me;
-        let required: BTreeSet<NodeId> = self.tracker.required(instance).into_iter().collect();
         let Some(inst) = self.instances.get_mut(&instance) else {
             return;
         };
@@ -1145,6 +1144,24 @@ impl DataPlane {
             return;
         }
         let last = seq_of(primary.last);
+        // Settled: every backup is in the in-sync set, streaming and holding
+        // the whole log, and the set names nobody else. Then nothing below
+        // applies (no probe, no addition, no removal) — the usual case, and
+        // a node ticks thousands of checkpoints every tick.
+        let in_sync = &inst.rs.in_sync;
+        let settled = primary.peers.iter().all(|(node, peer)| {
+            peer.mode == PeerMode::Streaming
+                && !peer.needs_snapshot
+                && peer.acked.is_some_and(|a| a >= last)
+                && in_sync.contains(node)
+        }) && in_sync
+            .iter()
+            .all(|n| *n == me || primary.peers.contains_key(n));
+        if settled {
+            primary.mark(now_ms, timeout);
+            return;
+        }
+        let required: BTreeSet<NodeId> = self.tracker.required(instance).into_iter().collect();
         let due = |at: Option<u64>| at.is_none_or(|t| now_ms.saturating_sub(t) >= timeout);
         // Members of the in-sync set that hold no replica: nobody will ever
         // acknowledge for them.
