@@ -51,7 +51,7 @@ use ckpt_replication::raftlog::RaftLog;
 use ckpt_replication::NodeId;
 use ckpt_storage::{
     decode_entries, encode_entries, Committed, Durability, EntriesAfter, Entry, Epoch, InstanceId,
-    Lsn, Op, Origin, Outcome, Position, Seq, Store, SNAPSHOT_PART_BYTES,
+    Lsn, Op, Origin, Outcome, Position, ReadAfter, Seq, Store, SNAPSHOT_PART_BYTES,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -110,7 +110,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a proposal is retried while no Raft leader is known.
 const NO_LEADER_RETRY: Duration = Duration::from_secs(5);
 /// How often the lag gauges and the admin view of lag are refreshed.
-const LAG_REFRESH_MS: u64 = 250;
+const LAG_REFRESH_MS: u64 = 1000;
 /// Inputs the driver takes before carrying out outputs.
 const INPUT_BATCH_MAX: usize = 256;
 /// How long a snapshot stream waits for the backup to hold its last part
@@ -376,9 +376,11 @@ impl Cluster {
             proposals: HashMap::new(),
             tickets: HashMap::new(),
             snapshot_streams: HashMap::new(),
+            log_reads: start_log_reader(store.clone(), inputs.clone()),
             shown: empty,
             state_tx,
             began_tx,
+            began_changed: false,
             began: BTreeMap::new(),
             beginning: BTreeSet::new(),
             restarted: false,
@@ -981,9 +983,15 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, PendingForward { to, reply });
         self.metrics.forwarded.inc();
-        if !self
-            .transport
-            .send(to, &PeerMessage::Forward { id, request })
+        // The route was chosen from an earlier state: if the target has died
+        // since, its failover may already have failed the forwards it found
+        // (the runtime publishes the state first, then fails them), and
+        // this one would wait out FORWARD_TIMEOUT.
+        let target_dead = !self.state().node_alive(to);
+        if target_dead
+            || !self
+                .transport
+                .send(to, &PeerMessage::Forward { id, request })
         {
             self.forget_forward(id);
             return Err(try_again(format!("node {to} is unreachable")));
@@ -1237,10 +1245,14 @@ struct Driver {
     tickets: HashMap<u64, TicketReply>,
     /// Snapshots being streamed to backups: the permit to read the next part.
     snapshot_streams: HashMap<(InstanceId, NodeId), std::sync::mpsc::SyncSender<()>>,
+    /// Catch-up reads of the log, answered by one thread in batches.
+    log_reads: std::sync::mpsc::Sender<LogRead>,
     /// The state last published.
     shown: ClusterStateSnapshot,
     state_tx: watch::Sender<ClusterStateSnapshot>,
     began_tx: watch::Sender<Arc<BTreeMap<InstanceId, Epoch>>>,
+    /// `began` changed since it was last published.
+    began_changed: bool,
     began: BTreeMap<InstanceId, Epoch>,
     /// Creations and epoch starts under way here.
     beginning: BTreeSet<(InstanceId, Epoch)>,
@@ -1268,6 +1280,11 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                // Before the inputs: a flood of them (a failover's catch-ups
+                // for thousands of checkpoints) must not starve Raft's
+                // heartbeats and the lease requests; a tick is ready at most
+                // once a tick_ms, so it cannot starve the inputs.
+                _ = tick.tick() => self.tick(),
                 input = inputs.recv() => {
                     let Some(input) = input else { break };
                     self.input(input);
@@ -1278,7 +1295,6 @@ impl Driver {
                         }
                     }
                 }
-                _ = tick.tick() => self.tick(),
             }
             if !self.process().await {
                 shutdown.cancel();
@@ -1596,71 +1612,86 @@ impl Driver {
                 }
             }
             if !progressed {
+                self.publish_began();
                 return true;
             }
         }
     }
 
-    /// Publishes the applied state and acts on what changed.
+    /// Publishes the applied state and acts on what changed: only the
+    /// instances the applied commands touched are compared, so a failover
+    /// of thousands of checkpoints (thousands of `EpochStarted` commits in
+    /// many readies) does not cost the whole registry per ready.
     fn sync_state(&mut self) {
+        let changes = self.control.take_changes();
         let new = Arc::new(self.control.state().clone());
         let old = std::mem::replace(&mut self.shown, new.clone());
         let me = self.cluster.me;
         let now = self.now_ms();
-        for (node, alive) in new.nodes() {
-            if !alive && old.node_alive(node) {
-                self.cluster.fail_forwards_to(node);
+        let instances: BTreeSet<InstanceId> = if changes.everything {
+            old.checkpoints()
+                .chain(new.checkpoints())
+                .map(|m| m.instance)
+                .collect()
+        } else {
+            changes.instances
+        };
+        {
+            let mut primary_of = self
+                .cluster
+                .primary_of
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for instance in &instances {
+                if new.get(*instance).is_some_and(|m| m.active == Some(me)) {
+                    primary_of.insert(*instance);
+                } else {
+                    primary_of.remove(instance);
+                }
             }
         }
-        let mut primary_of = HashSet::new();
-        for meta in new.checkpoints() {
-            if meta.active == Some(me) {
-                primary_of.insert(meta.instance);
-            }
-        }
-        *self
-            .cluster
-            .primary_of
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = primary_of;
-        for meta in new.checkpoints() {
-            let before = old.get(meta.instance);
+        for instance in instances {
+            let before = old.get(instance);
+            let Some(meta) = new.get(instance) else {
+                let Some(meta) = before else { continue };
+                self.data.on_instance_removed(instance);
+                if self.began.remove(&instance).is_some() {
+                    self.began_changed = true;
+                }
+                if meta.replicas.contains(&me) {
+                    self.destroy_locally(instance);
+                }
+                continue;
+            };
             if before == Some(meta) {
                 continue;
             }
             if before.is_some_and(|b| b.epoch != meta.epoch) {
                 self.cluster.metrics.epoch_changes.inc();
             }
-            let local = self
-                .cluster
-                .store
-                .replica_position(meta.instance)
-                .ok()
-                .flatten();
+            let local = self.cluster.store.replica_position(instance).ok().flatten();
             self.data.on_metadata(&self.replica_set(meta), local, now);
             if meta.active == Some(me) {
-                if self.began.get(&meta.instance) != Some(&meta.epoch) {
+                if self.began.get(&instance) != Some(&meta.epoch) {
                     self.begin(meta, local);
                 }
                 if meta.unlinked && !before.is_some_and(|b| b.unlinked) {
                     self.unlink_locally(meta);
                 }
-            } else if self.began.remove(&meta.instance).is_some() {
-                self.publish_began();
+            } else if self.began.remove(&instance).is_some() {
+                self.began_changed = true;
             }
         }
-        for meta in old.checkpoints() {
-            if new.get(meta.instance).is_none() {
-                self.data.on_instance_removed(meta.instance);
-                if self.began.remove(&meta.instance).is_some() {
-                    self.publish_began();
-                }
-                if meta.replicas.contains(&me) {
-                    self.destroy_locally(meta.instance);
+        let _ = self.state_tx.send(new.clone());
+        // After the publication: a forward registered after this scan finds
+        // its target dead in the published state (see `forward`).
+        if changes.everything || changes.nodes {
+            for (node, alive) in new.nodes() {
+                if !alive && old.node_alive(node) {
+                    self.cluster.fail_forwards_to(node);
                 }
             }
         }
-        let _ = self.state_tx.send(new);
     }
 
     fn replica_set(&self, meta: &CheckpointMeta) -> ReplicaSet {
@@ -1675,8 +1706,12 @@ impl Driver {
         }
     }
 
-    fn publish_began(&self) {
-        let _ = self.began_tx.send(Arc::new(self.began.clone()));
+    /// Publishes the epochs begun, once per pass of [`Self::process`]
+    /// however many changed (a copy per change is quadratic in a failover).
+    fn publish_began(&mut self) {
+        if std::mem::take(&mut self.began_changed) {
+            let _ = self.began_tx.send(Arc::new(self.began.clone()));
+        }
     }
 
     /// This node is the active replica of `meta`'s epoch: create the
@@ -1693,7 +1728,7 @@ impl Driver {
             Some(position) if position.epoch >= epoch => {
                 // Begun before (this node restarted as the active replica).
                 self.began.insert(instance, epoch);
-                self.publish_began();
+                self.began_changed = true;
                 self.data.on_epoch_resumed(position, self.cluster.now_ms());
             }
             Some(_) => {
@@ -1770,6 +1805,7 @@ impl Driver {
             return;
         };
         self.began.insert(instance, epoch);
+        self.began_changed = true;
         if created && epoch == Epoch(1) {
             tracing::debug!(
                 instance = instance.0,
@@ -1788,7 +1824,6 @@ impl Driver {
                 "epoch begun as active replica"
             );
         }
-        self.publish_began();
         self.data.on_epoch_begun(position, self.cluster.now_ms());
         let recorded = meta.epoch_starts.iter().any(|(e, _)| *e == epoch);
         if !created || !recorded {
@@ -1906,14 +1941,24 @@ impl Driver {
                 max_bytes,
             } => {
                 let (epoch, seq) = after.unwrap_or((Epoch(0), Seq(0)));
-                tokio::task::spawn_blocking(move || {
-                    let result = store.entries_after(instance, epoch, seq, max_bytes);
+                let read = ReadAfter {
+                    instance,
+                    epoch,
+                    seq,
+                    max_bytes,
+                };
+                // The reader thread lives as long as the runtime; should it
+                // have died, the read fails like an unreadable log.
+                if self.log_reads.send(LogRead { for_node, read }).is_err() {
                     let _ = inputs.send(Input::EntriesRead {
                         for_node,
                         instance,
-                        result,
+                        result: Err(CkptError::new(
+                            ErrorCode::Library,
+                            "the log reader thread has stopped",
+                        )),
                     });
-                });
+                }
             }
             DataOutput::SendSnapshot { instance, to } => {
                 // One part in memory at a time: the reading thread waits for
@@ -2010,4 +2055,57 @@ impl Driver {
             DataOutput::HoldWal(lsn) => store.set_wal_hold(lsn),
         }
     }
+}
+
+/// One catch-up read for the log reader thread.
+struct LogRead {
+    for_node: NodeId,
+    read: ReadAfter,
+}
+
+/// Most catch-up reads answered by one pass over the log.
+const LOG_READ_BATCH_MAX: usize = 4096;
+
+/// Starts the thread that answers catch-up reads of the log: it takes
+/// every read queued meanwhile and answers them with one pass over the
+/// segments ([`Store::entries_after_many`]). One thread, so that a
+/// failover's thousands of catch-ups neither read the log once each nor
+/// take every core from Raft's heartbeats. It stops when the runtime drops
+/// the sender or stops taking inputs.
+fn start_log_reader(
+    store: Arc<Store>,
+    inputs: mpsc::UnboundedSender<Input>,
+) -> std::sync::mpsc::Sender<LogRead> {
+    let (tx, rx) = std::sync::mpsc::channel::<LogRead>();
+    let spawned = std::thread::Builder::new()
+        .name("ckpt-log-reader".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < LOG_READ_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                let reads: Vec<ReadAfter> = batch.iter().map(|r| r.read).collect();
+                let results = store.entries_after_many(&reads);
+                for (job, result) in batch.into_iter().zip(results) {
+                    let input = Input::EntriesRead {
+                        for_node: job.for_node,
+                        instance: job.read.instance,
+                        result,
+                    };
+                    if inputs.send(input).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        // The sender's receiver is gone with the closure: every read then
+        // fails with LIBRARY (see `execute`).
+        tracing::error!(%error, "the log reader thread could not start");
+    }
+    tx
 }
