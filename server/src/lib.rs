@@ -95,6 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let mut store_config = config.store();
     store_config.recovery_progress = Some(recovery);
     let dir = config.data_dir.display().to_string();
+    let started = std::time::Instant::now();
     let opened = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .map_err(|e| ServerError::Store {
@@ -103,7 +104,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         })
         .and_then(|opened| opened.map_err(|error| ServerError::Store { dir, error }));
     let result = match opened {
-        Ok(store) => serve_on(config, Arc::new(store), shutdown, &admin).await,
+        Ok(store) => {
+            admin
+                .state
+                .metrics()
+                .recovered(started.elapsed(), store.recovery_report().replayed);
+            serve_on(config, Arc::new(store), shutdown, &admin).await
+        }
         Err(error) => Err(error),
     };
     admin.stop().await;
@@ -137,6 +144,7 @@ impl AdminEndpoint {
             .unwrap_or_default();
         let state = metrics::Admin::new(
             metrics::Metrics::new(),
+            &config.data_dir,
             serde_json::Value::Object(config.effective())
                 .to_string()
                 .into(),
@@ -299,6 +307,7 @@ async fn serve_on(
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics.connection_rejected();
             tracing::warn!(
                 limit = config.connections_max,
                 "refusing a connection over the limit"

@@ -11,7 +11,7 @@
 //! `/config`, `/cluster` and `/checksums` complete it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -20,14 +20,16 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use ckpt_proto::ErrorCode;
-use ckpt_storage::store::RecoveryProgress;
+use ckpt_storage::store::{Buckets, RecoveryProgress};
 use ckpt_storage::Store;
+use prometheus::proto::{Bucket, Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
-/// Every metric the server exports.
+/// Every metric the server exports (docs/operations.md lists them;
+/// docs/grafana-dashboard.json is built on them).
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -36,13 +38,65 @@ pub struct Metrics {
     wal_records: IntCounter,
     wal_fsyncs: IntCounter,
     group_commits: IntCounter,
-    batch_size: Histogram,
     rocksdb_flushes: IntCounter,
     wal_segments: IntGauge,
+    wal_disk_bytes: IntGauge,
+    sst_bytes: IntGauge,
     memtable_bytes: IntGauge,
+    checkpoints: IntGauge,
+    sections: IntGauge,
+    section_bytes: IntGauge,
     connections: IntGauge,
+    connections_rejected: IntCounter,
     disk_full: IntGauge,
-    serving: AtomicBool,
+    store_failed: IntGauge,
+    ready: IntGauge,
+    recovery_seconds: Gauge,
+    recovery_records: IntGauge,
+}
+
+/// A histogram family for `/metrics` from the store's [`Buckets`], each
+/// value and bound divided by `scale` (1e9 turns ns into seconds).
+fn histogram_family(name: &str, help: &str, buckets: &Buckets, scale: f64) -> MetricFamily {
+    let (cumulative, total, sum) = buckets.snapshot();
+    let mut histogram = prometheus::proto::Histogram::default();
+    histogram.set_sample_count(total);
+    histogram.set_sample_sum(sum as f64 / scale);
+    histogram.set_bucket(
+        buckets
+            .bounds()
+            .iter()
+            .zip(cumulative)
+            .map(|(&bound, count)| {
+                let mut bucket = Bucket::default();
+                bucket.set_upper_bound(bound as f64 / scale);
+                bucket.set_cumulative_count(count);
+                bucket
+            })
+            .collect(),
+    );
+    let mut metric = Metric::default();
+    metric.set_histogram(histogram);
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(MetricType::HISTOGRAM);
+    family.set_metric(vec![metric]);
+    family
+}
+
+/// Bytes of the files in `dir` whose names end in `suffix` (0 when it
+/// cannot be read).
+fn files_bytes(dir: &std::path::Path, suffix: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(suffix))
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|meta| meta.len())
+        .sum()
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -96,18 +150,35 @@ impl Metrics {
         registry
             .register(Box::new(latency.clone()))
             .expect("unique metric");
-        let batch_size = Histogram::with_opts(
-            HistogramOpts::new(
-                "ckpt_wal_batch_records",
-                "Mean records per group commit between scrapes, per commit",
-            )
-            .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-            ]),
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "ckpt_build_info",
+                "Always 1; the labels name the running build",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .expect("unique metric");
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_max_fds, process_start_time_seconds, ...
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
+        let recovery_seconds = Gauge::new(
+            "ckpt_recovery_duration_seconds",
+            "How long opening the store took at start (RocksDB and the log's replay), s",
         )
         .expect("valid metric");
         registry
-            .register(Box::new(batch_size.clone()))
+            .register(Box::new(recovery_seconds.clone()))
             .expect("unique metric");
         Arc::new(Metrics {
             wal_bytes: counter(
@@ -136,6 +207,48 @@ impl Metrics {
                 "Times RocksDB was made durable so the log could be trimmed",
             ),
             wal_segments: gauge(&registry, "ckpt_wal_segments", "WAL segment files on disk"),
+            wal_disk_bytes: gauge(
+                &registry,
+                "ckpt_wal_disk_bytes",
+                "Bytes of WAL segment files on disk",
+            ),
+            sst_bytes: gauge(
+                &registry,
+                "ckpt_rocksdb_sst_bytes",
+                "Bytes of RocksDB SST files on disk",
+            ),
+            checkpoints: gauge(&registry, "ckpt_checkpoints", "Checkpoints (by name)"),
+            sections: gauge(
+                &registry,
+                "ckpt_sections",
+                "Sections of all checkpoints",
+            ),
+            section_bytes: gauge(
+                &registry,
+                "ckpt_section_bytes",
+                "Bytes of section data of all checkpoints (their memoryUsed)",
+            ),
+            connections_rejected: counter(
+                &registry,
+                "ckpt_connections_rejected_total",
+                "Client connections refused at the connections_max bound",
+            ),
+            store_failed: gauge(
+                &registry,
+                "ckpt_store_poisoned",
+                "1 once the store refuses writes (poisoned by a failed fsync or write, or a thread of it dead; the server then stops), else 0",
+            ),
+            ready: gauge(
+                &registry,
+                "ckpt_ready",
+                "1 while /readyz answers 200 (clients served by a working store), else 0",
+            ),
+            recovery_seconds,
+            recovery_records: gauge(
+                &registry,
+                "ckpt_recovery_records_replayed",
+                "Log records replayed into RocksDB at start",
+            ),
             memtable_bytes: gauge(
                 &registry,
                 "ckpt_rocksdb_memtable_bytes",
@@ -149,9 +262,7 @@ impl Metrics {
             ),
             requests,
             latency,
-            batch_size,
             registry,
-            serving: AtomicBool::new(false),
         })
     }
 
@@ -174,9 +285,16 @@ impl Metrics {
         self.connections.add(delta);
     }
 
-    /// Whether `/health` answers 200.
-    pub fn set_serving(&self, serving: bool) {
-        self.serving.store(serving, Ordering::Release);
+    /// A connection was refused at the `connections_max` bound.
+    pub fn connection_rejected(&self) {
+        self.connections_rejected.inc();
+    }
+
+    /// What opening the store took.
+    pub fn recovered(&self, duration: Duration, records: u64) {
+        self.recovery_seconds.set(duration.as_secs_f64());
+        self.recovery_records
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
 
     fn catch_up(counter: &IntCounter, total: u64) {
@@ -192,8 +310,24 @@ impl Metrics {
         if let Some(store) = store {
             self.update(store);
         }
+        let mut families = self.registry.gather();
+        if let Some(store) = store {
+            let stats = store.stats();
+            families.push(histogram_family(
+                "ckpt_wal_fsync_duration_seconds",
+                "Duration of the write-ahead log's fdatasync calls, s",
+                &stats.fsync_ns,
+                1e9,
+            ));
+            families.push(histogram_family(
+                "ckpt_wal_batch_records",
+                "Records per group commit (the records one log write and fdatasync make durable)",
+                &stats.batch_records,
+                1.0,
+            ));
+        }
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 
@@ -201,25 +335,30 @@ impl Metrics {
     fn update(&self, store: &Store) {
         let stats = store.stats();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let (records_before, batches_before) = (self.wal_records.get(), self.group_commits.get());
         Self::catch_up(&self.wal_bytes, load(&stats.wal_bytes));
         Self::catch_up(&self.wal_records, load(&stats.records));
         Self::catch_up(&self.wal_fsyncs, load(&stats.fsyncs));
         Self::catch_up(&self.group_commits, load(&stats.batches));
         Self::catch_up(&self.rocksdb_flushes, load(&stats.rocksdb_flushes));
-        let (records, batches) = (
-            self.wal_records.get() - records_before,
-            self.group_commits.get() - batches_before,
-        );
-        if batches > 0 {
-            // The mean batch since the last scrape, weighted by batch count.
-            let mean = records as f64 / batches as f64;
-            for _ in 0..batches.min(10_000) {
-                self.batch_size.observe(mean);
-            }
-        }
         self.wal_segments.set(store.wal_segments() as i64);
+        let (wal_bytes, _) = store.wal_footprint();
+        self.wal_disk_bytes
+            .set(i64::try_from(wal_bytes).unwrap_or(i64::MAX));
         self.disk_full.set(i64::from(store.disk_full()));
+        self.store_failed.set(i64::from(store.failure().is_some()));
+        if let Ok(instances) = store.instances() {
+            let named = instances.iter().filter(|(_, meta)| !meta.unlinked);
+            let (mut checkpoints, mut sections, mut bytes) = (0i64, 0i64, 0u64);
+            for (_, meta) in named {
+                checkpoints += 1;
+                sections += i64::from(meta.section_count);
+                bytes = bytes.saturating_add(meta.memory_used);
+            }
+            self.checkpoints.set(checkpoints);
+            self.sections.set(sections);
+            self.section_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         if let Some(bytes) = store
             .rocksdb_property("rocksdb.cur-size-all-mem-tables")
             .and_then(|v| v.parse().ok())
@@ -248,6 +387,8 @@ pub enum Phase {
 /// them weakly, so shutdown can close the store while it still answers.
 pub struct Admin {
     metrics: Arc<Metrics>,
+    /// The data directory (for the size of RocksDB's files).
+    data_dir: std::path::PathBuf,
     /// The effective configuration as JSON, for `/config`.
     config: Arc<str>,
     phase: AtomicU8,
@@ -261,11 +402,13 @@ impl Admin {
     /// `recovery` (give it to the store's configuration).
     pub fn new(
         metrics: Arc<Metrics>,
+        data_dir: &std::path::Path,
         config: Arc<str>,
         recovery: Arc<RecoveryProgress>,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             metrics,
+            data_dir: data_dir.to_path_buf(),
             config,
             phase: AtomicU8::new(Phase::Recovering as u8),
             recovery,
@@ -292,7 +435,18 @@ impl Admin {
     /// Moves start-up on (or to shutdown).
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
-        self.metrics.set_serving(phase == Phase::Serving);
+    }
+
+    /// `/metrics`: the exposition, with readiness and the files' sizes
+    /// brought up to date.
+    pub fn render(&self) -> String {
+        let ready = self.readiness().0 == StatusCode::OK;
+        self.metrics.ready.set(i64::from(ready));
+        let sst_bytes = files_bytes(&self.data_dir.join("db"), ".sst");
+        self.metrics
+            .sst_bytes
+            .set(i64::try_from(sst_bytes).unwrap_or(i64::MAX));
+        self.metrics.render(self.store().as_deref())
     }
 
     /// The current phase.
@@ -391,7 +545,7 @@ async fn config_page(
 }
 
 async fn metrics_page(State(state): State<AdminState>) -> String {
-    state.metrics.render(state.store().as_deref())
+    state.render()
 }
 
 /// `/livez`: the process runs and its admin endpoint answers.
@@ -416,8 +570,8 @@ async fn health(State(state): State<AdminState>) -> (StatusCode, &'static str) {
 pub const STORE_WATCH_INTERVAL_MS: u64 = 200;
 
 /// Watches the store until `stop` fires. When the store fails (poisoned by a
-/// storage error, or its writer, fsync or checkpoint thread dead) `/health`
-/// turns 503, the cause is logged and returned: the caller shuts the server
+/// storage error, or its writer, fsync or checkpoint thread dead)
+/// `ckpt_store_poisoned` turns 1 (`/readyz` is 503 already), the cause is logged and returned: the caller shuts the server
 /// down so that a restart recovers from the log, instead of lingering with
 /// a store that refuses everything.
 pub async fn watch_store(
@@ -431,7 +585,7 @@ pub async fn watch_store(
             _ = stop.cancelled() => return None,
             _ = tick.tick() => {
                 if let Some(cause) = store.failure() {
-                    metrics.set_serving(false);
+                    metrics.store_failed.set(1);
                     tracing::error!(%cause, "the store failed; shutting down so that a restart recovers from the log");
                     return Some(cause);
                 }
@@ -544,7 +698,12 @@ mod tests {
     }
 
     fn serving_admin(metrics: &Arc<Metrics>, store: &Arc<Store>) -> Arc<Admin> {
-        let admin = Admin::new(metrics.clone(), "{}".into(), Arc::default());
+        let admin = Admin::new(
+            metrics.clone(),
+            std::path::Path::new("."),
+            "{}".into(),
+            Arc::default(),
+        );
         admin.set_store(store);
         admin.set_phase(Phase::Serving);
         admin
@@ -553,7 +712,12 @@ mod tests {
     #[test]
     fn readiness_follows_recovery_and_start_up() {
         let recovery = Arc::new(RecoveryProgress::default());
-        let admin = Admin::new(Metrics::new(), "{}".into(), recovery.clone());
+        let admin = Admin::new(
+            Metrics::new(),
+            std::path::Path::new("."),
+            "{}".into(),
+            recovery.clone(),
+        );
         let unavailable = |text: &str| (StatusCode::SERVICE_UNAVAILABLE, text.to_string());
         assert_eq!(
             admin.readiness(),
@@ -614,5 +778,131 @@ mod tests {
             store.failure().map(|c| format!("store failed: {c}\n")),
             Some(text)
         );
+    }
+
+    /// The value of the sample `name` (with its labels, if any) in `text`.
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn store_histograms_and_gauges_are_real() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(StoreConfig::new(dir.path())).unwrap());
+        let metrics = Metrics::new();
+        let admin = Admin::new(metrics.clone(), dir.path(), "{}".into(), Arc::default());
+        let empty = admin.render();
+        assert_eq!(sample(&empty, "ckpt_ready"), 0.0);
+        assert!(
+            !empty.contains("ckpt_wal_fsync_duration_seconds"),
+            "no store yet"
+        );
+        admin.set_store(&store);
+        admin.set_phase(Phase::Serving);
+
+        let attributes = CreationAttributes {
+            creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
+            checkpoint_size: 100,
+            retention_duration_ns: ckpt_proto::TIME_END,
+            max_sections: 1,
+            max_section_size: 100,
+            max_section_id_size: 0,
+        };
+        let writer = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let create = Op::CreateCheckpoint {
+                name: CheckpointName::new("c").unwrap(),
+                attributes,
+                instance: None,
+                epoch: ckpt_storage::Epoch(1),
+            };
+            let Outcome::Opened { instance, .. } = writer
+                .execute_with(create, Durability::Durable, ckpt_proto::now_ns())
+                .unwrap()
+            else {
+                panic!("create did not open");
+            };
+            for value in [&b"abc"[..], b"abcdef"] {
+                let write = Op::Write {
+                    instance,
+                    elements: vec![WriteElement {
+                        section_id: SectionId::DEFAULT,
+                        offset: 0,
+                        data: value.to_vec(),
+                    }],
+                };
+                writer
+                    .execute_with(write, Durability::Durable, ckpt_proto::now_ns())
+                    .unwrap();
+            }
+        })
+        .await
+        .unwrap();
+
+        let text = admin.render();
+        let fsyncs = sample(&text, "ckpt_wal_fsyncs_total");
+        assert!(fsyncs >= 1.0, "{text}");
+        // One observation per fsync, in seconds.
+        assert_eq!(
+            sample(&text, "ckpt_wal_fsync_duration_seconds_count"),
+            fsyncs
+        );
+        assert_eq!(
+            sample(&text, "ckpt_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}"),
+            fsyncs
+        );
+        let sum = sample(&text, "ckpt_wal_fsync_duration_seconds_sum");
+        assert!(sum > 0.0 && sum < 10.0 * fsyncs, "{sum}");
+        assert!(text.contains("ckpt_wal_fsync_duration_seconds_bucket{le=\"0.00005\"}"));
+        // Three commits of one record each: all in the first bucket.
+        let commits = sample(&text, "ckpt_wal_group_commits_total");
+        assert_eq!(sample(&text, "ckpt_wal_batch_records_count"), commits);
+        assert_eq!(sample(&text, "ckpt_wal_batch_records_sum"), 3.0);
+        assert_eq!(
+            sample(&text, "ckpt_wal_batch_records_bucket{le=\"1\"}"),
+            commits
+        );
+        assert!(text.contains("# HELP ckpt_wal_batch_records Records per group commit"));
+        assert_eq!(sample(&text, "ckpt_checkpoints"), 1.0);
+        // The default section.
+        assert_eq!(sample(&text, "ckpt_sections"), 1.0);
+        assert_eq!(sample(&text, "ckpt_section_bytes"), 6.0);
+        assert!(sample(&text, "ckpt_wal_disk_bytes") > 0.0);
+        assert_eq!(sample(&text, "ckpt_ready"), 1.0);
+        assert_eq!(sample(&text, "ckpt_store_poisoned"), 0.0);
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "ckpt_build_info{{version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            1.0
+        );
+        assert!(sample(&text, "process_resident_memory_bytes") > 0.0);
+        assert!(sample(&text, "process_open_fds") > 0.0);
+    }
+
+    #[test]
+    fn buckets_count_values_at_or_below_each_bound() {
+        let buckets = Buckets::new(&[1, 10, 100]);
+        for value in [0, 1, 2, 10, 11, 1000] {
+            buckets.observe(value);
+        }
+        assert_eq!(buckets.snapshot(), (vec![2, 4, 5], 6, 1024));
+        let family = histogram_family("x", "y", &buckets, 10.0);
+        let histogram = family.get_metric()[0].get_histogram();
+        assert_eq!(histogram.get_sample_count(), 6);
+        assert_eq!(histogram.get_sample_sum(), 102.4);
+        let bounds: Vec<f64> = histogram
+            .get_bucket()
+            .iter()
+            .map(|b| b.upper_bound())
+            .collect();
+        assert_eq!(bounds, vec![0.1, 1.0, 10.0]);
     }
 }

@@ -204,9 +204,8 @@ pub const FSYNC_BUCKETS_NS: &[u64] = &[
 ];
 
 /// Upper bounds of [`StoreStats::batch_records`]'s buckets: 1 to 4096.
-pub const BATCH_RECORDS_BUCKETS: &[u64] = &[
-    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
-];
+pub const BATCH_RECORDS_BUCKETS: &[u64] =
+    &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
 
 /// A histogram the store's threads count into (one relaxed add per value)
 /// and a metrics endpoint reads at any time.
