@@ -466,6 +466,14 @@ mod tests {
         let store = Arc::new(Store::open_with_fs(config.store(), Arc::new(fs.clone())).unwrap());
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(Arc::new(config), store.clone(), shutdown.clone()));
+        // Serving (the ports file is written then), so the failure is one
+        // while serving and not one of start-up's recovery.
+        let ports = dir.path().join(PORTS_FILE);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ports.exists() {
+            assert!(std::time::Instant::now() < deadline, "never served");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         fs.panic_next_write();
         let create = Op::CreateCheckpoint {
             name: CheckpointName::new("doomed").unwrap(),
