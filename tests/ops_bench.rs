@@ -4,6 +4,7 @@
 //! it shows live progress on a terminal and stays quiet in a pipe.
 
 mod common;
+mod ops_support;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -242,4 +243,44 @@ async fn progress_is_shown_each_second_on_a_terminal_and_not_in_a_pipe() {
         !stderr.contains("ops/s"),
         "a status line in a pipe: {stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_bench_and_still_removes_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let client = Client::connect(&server.addr).await.unwrap();
+    let bench = Command::new(bin("ckpt-tool"))
+        .args(["bench", "--addr", &server.addr, "--clients", "2"])
+        .args(["--duration-s", "600", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Running: its checkpoint holds the marker and both clients' sections.
+    let deadline = std::time::Instant::now() + ops_support::WAIT;
+    while !client
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .any(|info| info.status.number_of_sections == 3)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench never wrote"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(bench.id() as i32, libc::SIGINT) };
+    let output = tokio::task::spawn_blocking(move || bench.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["stopped_early"], true, "{report}");
+    assert_eq!(report["removed"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(names(&client).await, Vec::<String>::new());
 }

@@ -703,7 +703,7 @@ fn spawn_interrupt(stop: &watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
     let stop = stop.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: stopping the clients (Ctrl-C again to quit at once)");
+            eprintln!("interrupted: stopping the clients (Ctrl-C again to quit at once, leaving the bench's checkpoints)");
             let _ = stop.send(true);
             // Every acknowledged write is already in the record file.
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -761,12 +761,24 @@ pub async fn run(
     })?;
     let reconnect_window = reconnect_window(args, addr);
 
+    // From here on Ctrl-C stops the run and the checkpoints made so far
+    // are still removed.
+    let (stop, _) = watch::channel(false);
+    let interrupt = spawn_interrupt(&stop);
+
     // Checkpoint k is created through node k of the list (rotated), and a
     // cluster makes its creator the active replica: the checkpoints' active
     // replicas, and so the load, spread over every node.
     let mut setups = Vec::new();
     let mut setup_error = None;
     for (k, name) in names.iter().enumerate() {
+        if *stop.borrow() {
+            setup_error = Some(ClientError::new(
+                ErrorCode::FailedOperation,
+                "interrupted while setting up",
+            ));
+            break;
+        }
         let index = u32::try_from(k).unwrap_or(u32::MAX);
         let client = match connect_client(&rotated_addrs(addr, index), reconnect_window).await {
             Ok(client) => client,
@@ -785,7 +797,7 @@ pub async fn run(
     }
     let mut result = match setup_error {
         Some(error) => Err((None, error)),
-        None => write_phase(addr, args, &base, &names, value_size, recorder).await,
+        None => write_phase(addr, args, &base, &names, value_size, recorder, &stop).await,
     };
 
     // The guest leaves: what this run created goes, unless it is wanted
@@ -815,6 +827,7 @@ pub async fn run(
         report.removed = removed;
         report.kept = kept;
     }
+    interrupt.abort();
     result
 }
 
@@ -827,6 +840,7 @@ async fn write_phase(
     names: &[CheckpointName],
     value_size: usize,
     recorder: Option<Arc<Recorder>>,
+    stop: &watch::Sender<bool>,
 ) -> Result<BenchReport, (Option<BenchReport>, ClientError)> {
     let fail = |error: ClientError| (None, error);
     let reconnect_window = reconnect_window(args, addr);
@@ -852,8 +866,6 @@ async fn write_phase(
     }
     let clients_running = workers.len() as u32;
 
-    let (stop, _) = watch::channel(false);
-    let interrupt = spawn_interrupt(&stop);
     let live = Live::start();
 
     let started = Instant::now();
@@ -901,7 +913,6 @@ async fn write_phase(
     }
     let elapsed_s = started.elapsed().as_secs_f64();
     live.finish();
-    interrupt.abort();
     let interrupted = *stop.borrow();
 
     let checkpoint_text = base.to_string();
