@@ -2,6 +2,7 @@
 //! file on every node.
 //!
 //! ```toml
+//! cluster_name = "ckpt"       # default "ckpt"; peers of another name are refused
 //! replication_factor = 3      # default 3, capped by the node count
 //! min_in_sync = 2             # default 2, capped by replication_factor
 //! replica_lag_timeout_ms = 2000
@@ -41,6 +42,11 @@ pub const TIMEOUT_MS_MAX: u64 = 600_000;
 /// Largest control-plane tick accepted.
 pub const TICK_MS_MAX: u64 = 10_000;
 
+/// The cluster name when the file gives none.
+pub const CLUSTER_NAME_DEFAULT: &str = "ckpt";
+/// Longest `cluster_name` accepted.
+pub const CLUSTER_NAME_BYTES_MAX: usize = 64;
+
 const DEFAULT_REPLICATION_FACTOR: usize = 3;
 const DEFAULT_MIN_IN_SYNC: usize = 2;
 const DEFAULT_REPLICA_LAG_TIMEOUT_MS: u64 = 2000;
@@ -63,6 +69,13 @@ pub struct NodeConfig {
 /// The whole cluster file, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
+    /// The cluster's name (default `ckpt`): nodes of clusters with other
+    /// names refuse each other's peer connections.
+    pub cluster_name: String,
+    /// Not a file key: `ckpt-server --join` sets it. A node with an empty
+    /// Raft log joins a running cluster (no voter, no state until the
+    /// leader adds it) instead of starting one from the file's nodes.
+    pub join: bool,
     /// Replicas per checkpoint (default 3, capped by the node count).
     pub replication_factor: usize,
     /// Fewest in-sync replicas a checkpoint accepts writes with (default 2,
@@ -106,6 +119,7 @@ impl ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    cluster_name: Option<String>,
     replication_factor: Option<i64>,
     min_in_sync: Option<i64>,
     replica_lag_timeout_ms: Option<i64>,
@@ -278,7 +292,18 @@ impl ClusterConfig {
             1,
             TIMEOUT_MS_MAX,
         )?;
+        let cluster_name = raw
+            .cluster_name
+            .unwrap_or_else(|| CLUSTER_NAME_DEFAULT.to_string());
+        if cluster_name.is_empty() || cluster_name.len() > CLUSTER_NAME_BYTES_MAX {
+            return Err(ConfigError::new(
+                "cluster_name",
+                format!("must be 1 to {CLUSTER_NAME_BYTES_MAX} bytes"),
+            ));
+        }
         Ok(ClusterConfig {
+            cluster_name,
+            join: false,
             replication_factor,
             min_in_sync,
             replica_lag_timeout_ms,
@@ -326,6 +351,8 @@ impl ClusterConfig {
         admin_addr: SocketAddr,
     ) -> ClusterConfig {
         ClusterConfig {
+            cluster_name: CLUSTER_NAME_DEFAULT.to_string(),
+            join: false,
             replication_factor: 1,
             min_in_sync: 1,
             replica_lag_timeout_ms: DEFAULT_REPLICA_LAG_TIMEOUT_MS,

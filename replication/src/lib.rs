@@ -27,7 +27,7 @@ pub mod raftlog;
 pub use config::{ClusterConfig, ConfigError, NodeConfig};
 pub use control::{
     Applied, Changes, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane,
-    ControlReady, PersistedRaft, RaftPersist, Ticket,
+    ControlReady, NodeAddrs, PersistedRaft, RaftPersist, Ticket,
 };
 pub use raftlog::RaftLog;
 

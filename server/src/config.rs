@@ -195,6 +195,13 @@ pub const KEYS: &[Key] = &[
         allowed: "`ID=IP:PORT`, comma-separated or repeated",
         about: "Reach peer ID at another address than its `peer_addr` (a proxy or NAT; cluster mode only).",
     },
+    Key {
+        name: "join",
+        in_file: false,
+        unit: "",
+        allowed: "`true`, `false`",
+        about: "Join a running cluster as a new member: wait for `ckpt-tool cluster add-node` instead of starting a new cluster from the file (cluster mode only; see docs/replication.md).",
+    },
 ];
 
 /// The names `rocksdb_wal_mode` takes (lowercase; any case is accepted,
@@ -525,6 +532,10 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub peer_via: Vec<String>,
+    /// Join a running cluster as a new member (cluster mode only): the
+    /// Raft log starts empty and waits for `ckpt-tool cluster add-node`.
+    #[arg(long, env = "CKPT_JOIN")]
+    pub join: bool,
 }
 
 /// The `--peer-via ID=IP:PORT` values of node `me` of `cluster`: each a
@@ -600,6 +611,8 @@ impl Config {
                 config.listen = node.client_addr;
                 config.admin_listen = node.admin_addr;
                 config.peer_via = peer_via(&cli.peer_via, &cluster, id)?;
+                let mut cluster = cluster;
+                cluster.join = cli.join;
                 config.cluster = Some((cluster, id));
             }
             (Some(_), None) => {
@@ -613,6 +626,11 @@ impl Config {
                 ))
             }
             (None, None) => {
+                if cli.join {
+                    return Err(ConfigError(
+                        "--join: given without a cluster file (--config with [[nodes]])".into(),
+                    ));
+                }
                 if !cli.peer_via.is_empty() {
                     return Err(ConfigError(
                         "--peer-via: given without a cluster file (--config with [[nodes]])"
@@ -881,6 +899,7 @@ impl Config {
                     json!(peer_via.join(","))
                 },
             ),
+            ("join", json!(cluster.as_ref().is_some_and(|(c, _)| c.join))),
         ] {
             values.insert(name.to_string(), value);
         }

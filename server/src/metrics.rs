@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use ckpt_proto::ErrorCode;
 use ckpt_storage::store::{Buckets, RecoveryProgress};
@@ -517,6 +517,120 @@ async fn cluster_page(State(state): State<AdminState>) -> (StatusCode, String) {
     }
 }
 
+/// The query of `POST /cluster/add-node` and `/cluster/remove-node`.
+#[derive(Default)]
+struct MemberQuery {
+    id: ckpt_replication::NodeId,
+    client_addr: Option<SocketAddr>,
+    peer_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl MemberQuery {
+    /// `id=N&client_addr=IP:PORT&...`; every refusal names the parameter.
+    fn parse(query: Option<&str>) -> Result<MemberQuery, String> {
+        let mut parsed = MemberQuery::default();
+        let mut id = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let addr = |value: &str| {
+                value
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("{key}={value}: not an IP:PORT ({e})"))
+            };
+            match key {
+                "id" => {
+                    id = Some(
+                        value
+                            .parse()
+                            .map_err(|e| format!("id={value}: not a node id ({e})"))?,
+                    )
+                }
+                "client_addr" => parsed.client_addr = Some(addr(value)?),
+                "peer_addr" => parsed.peer_addr = Some(addr(value)?),
+                "admin_addr" => parsed.admin_addr = Some(addr(value)?),
+                other => return Err(format!("unknown parameter {other:?}")),
+            }
+        }
+        parsed.id = id.ok_or("missing parameter id")?;
+        Ok(parsed)
+    }
+}
+
+/// The answer to a membership change: 200 once applied on this node, or
+/// the refusal with its error code.
+fn member_answer(result: ckpt_proto::CkptResult<()>, what: String) -> (StatusCode, String) {
+    match result {
+        Ok(()) => (StatusCode::OK, format!("{what}\n")),
+        Err(error) => {
+            let status = match error.code {
+                ckpt_proto::ErrorCode::TryAgain | ckpt_proto::ErrorCode::Timeout => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                ckpt_proto::ErrorCode::NotExist => StatusCode::NOT_FOUND,
+                ckpt_proto::ErrorCode::AlreadyExist => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (
+                status,
+                format!("{}: {}\n", error.code.cl_name(), error.detail),
+            )
+        }
+    }
+}
+
+/// `POST /cluster/add-node?id=N&client_addr=..&peer_addr=..&admin_addr=..`
+/// (`ckpt-tool cluster add-node`).
+async fn add_node_page(
+    State(state): State<AdminState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> (StatusCode, String) {
+    let query = match MemberQuery::parse(query.as_deref()) {
+        Ok(query) => query,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")),
+    };
+    let Some(cluster) = state.cluster() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "not a cluster node: started without a cluster file\n".into(),
+        );
+    };
+    let (Some(client_addr), Some(peer_addr), Some(admin_addr)) =
+        (query.client_addr, query.peer_addr, query.admin_addr)
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "add-node needs client_addr, peer_addr and admin_addr\n".into(),
+        );
+    };
+    let addrs = ckpt_replication::NodeAddrs {
+        client_addr,
+        peer_addr,
+        admin_addr,
+    };
+    let result = cluster.add_node(query.id, addrs).await;
+    member_answer(result, format!("node {} added", query.id))
+}
+
+/// `POST /cluster/remove-node?id=N` (`ckpt-tool cluster remove-node`).
+async fn remove_node_page(
+    State(state): State<AdminState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> (StatusCode, String) {
+    let query = match MemberQuery::parse(query.as_deref()) {
+        Ok(query) => query,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")),
+    };
+    let Some(cluster) = state.cluster() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "not a cluster node: started without a cluster file\n".into(),
+        );
+    };
+    let result = cluster.remove_node(query.id).await;
+    member_answer(result, format!("node {} removed", query.id))
+}
+
 /// `/checksums`: each local replica's position and checksum, for
 /// `ckpt-tool cluster verify`; 404 on a single node.
 async fn checksums_page(State(state): State<AdminState>) -> (StatusCode, String) {
@@ -611,6 +725,8 @@ pub async fn serve_admin(
         .route("/config", get(config_page))
         .route("/cluster", get(cluster_page))
         .route("/checksums", get(checksums_page))
+        .route("/cluster/add-node", post(add_node_page))
+        .route("/cluster/remove-node", post(remove_node_page))
         .with_state(admin);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -59,6 +59,21 @@ impl Server {
         Server::spawn(data_dir, &args)
     }
 
+    /// Starts node `node_id` of the cluster described by `config`, with
+    /// `extra` flags.
+    pub fn start_node_with(config: &Path, node_id: u64, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "--config".to_string(),
+            config.display().to_string(),
+            "--node-id".to_string(),
+            node_id.to_string(),
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Server::spawn(data_dir, &args)
+    }
+
     /// Starts node `node_id` of the cluster described by `config`.
     pub fn start_node(config: &Path, node_id: u64, data_dir: &Path) -> Server {
         let args = vec![
@@ -286,11 +301,17 @@ impl Cluster {
         self.dir.path().join(format!("node-{id}"))
     }
 
-    /// (Re)starts node `id` on its data directory.
+    /// (Re)starts node `id` on its data directory (a node that joined
+    /// with [`Cluster::start_joining`] on its own file, with `--join`).
     pub fn restart(&mut self, id: u64) {
         let data = self.data_dir(id);
         std::fs::create_dir_all(&data).expect("node data dir");
-        let server = Server::start_node(&self.config, id, &data);
+        let joined = self.dir.path().join(format!("cluster-{id}.toml"));
+        let server = if joined.exists() {
+            Server::start_node_with(&joined, id, &data, &["--join"])
+        } else {
+            Server::start_node(&self.config, id, &data)
+        };
         self.nodes[(id - 1) as usize] = Some(server);
     }
 
@@ -307,9 +328,45 @@ impl Cluster {
         self.client_addrs.join(",")
     }
 
-    /// Every node's admin address, comma-separated.
+    /// The admin address of every running node, comma-separated.
     pub fn admins(&self) -> String {
-        self.admin_addrs.join(",")
+        self.admin_addrs
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, node)| node.is_some())
+            .map(|(addr, _)| addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts a new node with `ckpt-server --join` and an empty data
+    /// directory, its cluster file the others' plus its own `[[nodes]]`
+    /// entry: it waits for `ckpt-tool cluster add-node`. Returns its id and
+    /// its client, peer and admin addresses.
+    pub fn start_joining(&mut self) -> (u64, String, String, String) {
+        let id = self.nodes.len() as u64 + 1;
+        let held: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+            .collect();
+        let addrs: Vec<String> = held
+            .iter()
+            .map(|l| format!("127.0.0.1:{}", l.local_addr().expect("bound").port()))
+            .collect();
+        drop(held);
+        let (client, peer, admin) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
+        let mut text = std::fs::read_to_string(&self.config).expect("the cluster file");
+        text.push_str(&format!(
+            "[[nodes]]\nid = {id}\nclient_addr = \"{client}\"\npeer_addr = \"{peer}\"\nadmin_addr = \"{admin}\"\n"
+        ));
+        let config = self.dir.path().join(format!("cluster-{id}.toml"));
+        std::fs::write(&config, text).expect("write the joining node's cluster file");
+        let data = self.data_dir(id);
+        std::fs::create_dir_all(&data).expect("node data dir");
+        let server = Server::start_node_with(&config, id, &data, &["--join"]);
+        self.nodes.push(Some(server));
+        self.client_addrs.push(client.clone());
+        self.admin_addrs.push(admin.clone());
+        (id, client, peer, admin)
     }
 
     /// GET /cluster from the first live node that answers, as JSON text.

@@ -126,6 +126,46 @@ pub enum ClusterCommand {
     /// on any difference or unreachable node. Meaningful on a quiet cluster
     /// (writes in flight make backups lag).
     Verify(ClusterVerifyArgs),
+    /// Make a new node a member (POST /cluster/add-node to the first node
+    /// that takes it). Start the new node first with `ckpt-server --join`
+    /// and an empty data directory; once it asks for its lease, the
+    /// checkpoints short of replicas get one on it (snapshot, then the
+    /// log). `cluster status` shows how many are still filling.
+    AddNode(ClusterAddNodeArgs),
+    /// Remove a dead node for good (POST /cluster/remove-node): its
+    /// replicas are placed on the other live members. Refused for a live
+    /// node, the last one, or one holding the only in-sync copy of a
+    /// checkpoint.
+    RemoveNode(ClusterRemoveNodeArgs),
+}
+
+/// `cluster add-node`.
+#[derive(Debug, Args)]
+pub struct ClusterAddNodeArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    /// The new node's id (not a member's).
+    #[arg(long)]
+    pub id: u64,
+    /// Its client API address.
+    #[arg(long, value_name = "IP:PORT")]
+    pub client_addr: std::net::SocketAddr,
+    /// Its peer address.
+    #[arg(long, value_name = "IP:PORT")]
+    pub peer_addr: std::net::SocketAddr,
+    /// Its admin address.
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin_addr: std::net::SocketAddr,
+}
+
+/// `cluster remove-node`.
+#[derive(Debug, Args)]
+pub struct ClusterRemoveNodeArgs {
+    #[command(flatten)]
+    pub target: AdminTarget,
+    /// The node to remove.
+    #[arg(long)]
+    pub id: u64,
 }
 
 /// Where the admin ports of a cluster's nodes are: `--admin` or `--config`.

@@ -24,7 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::admin::{emit, emit_json};
-use crate::cli::{AdminTarget, ClusterStatusArgs, ClusterVerifyArgs};
+use crate::cli::{
+    AdminTarget, ClusterAddNodeArgs, ClusterRemoveNodeArgs, ClusterStatusArgs, ClusterVerifyArgs,
+};
 
 /// How long one admin request may take (connect, send, answer).
 pub const ADMIN_TIMEOUT_MS: u64 = 5_000;
@@ -447,7 +449,11 @@ pub struct ClusterView {
     pub leader: Option<u64>,
     /// The Raft term.
     pub term: u64,
-    /// Every configured node.
+    /// Checkpoints short of replicas or with replicas not in sync yet
+    /// (after a node was removed or added); absent from older servers.
+    #[serde(default)]
+    pub under_replicated: u64,
+    /// Every member node.
     pub nodes: Vec<NodeView>,
     /// Every checkpoint.
     pub checkpoints: Vec<CheckpointView>,
@@ -506,7 +512,14 @@ pub fn status_text(view: &ClusterView, from: &str) -> String {
             }
         ));
     }
-    text.push_str(&format!("checkpoints: {}\n", view.checkpoints.len()));
+    text.push_str(&format!(
+        "checkpoints: {} ({} fully replicated, {} filling)\n",
+        view.checkpoints.len(),
+        view.checkpoints
+            .len()
+            .saturating_sub(usize::try_from(view.under_replicated).unwrap_or(usize::MAX)),
+        view.under_replicated
+    ));
     for checkpoint in &view.checkpoints {
         let lag: Vec<String> = checkpoint
             .lag
@@ -573,6 +586,76 @@ pub async fn status(args: &ClusterStatusArgs) -> Result<(), ClientError> {
     let view: ClusterView = serde_json::from_slice(&body)
         .map_err(|e| http_error(&addr, format!("GET /cluster: unexpected JSON: {e}")))?;
     emit(status_text(&view, &addr).as_bytes())
+}
+
+/// POSTs a membership change to the first node that answers: a node
+/// that is not reachable is skipped, a refusal is final.
+async fn post_member(target: &AdminTarget, path: &str) -> Result<(), ClientError> {
+    let addrs = admin_addrs(target)?;
+    let timeout = Duration::from_millis(MEMBER_TIMEOUT_MS);
+    let mut failures = Vec::new();
+    for addr in &addrs {
+        let mut connection = match HttpConnection::connect(addr, timeout).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                failures.push(error.message);
+                continue;
+            }
+        };
+        let response = match connection.request("POST", path, None, timeout).await {
+            Ok(response) => response,
+            Err(error) => {
+                failures.push(error.message);
+                continue;
+            }
+        };
+        let text = String::from_utf8_lossy(&response.body).trim().to_string();
+        return match response.status {
+            200 => emit(format!("{text} (through {addr})\n").as_bytes()),
+            // No leader yet, or the change did not commit in time.
+            503 => {
+                failures.push(format!("{addr}: {text}"));
+                continue;
+            }
+            404 if text.starts_with("not a cluster node") => Err(http_error(addr, text)),
+            status => Err(ClientError::new(
+                ErrorCode::InvalidParameter,
+                format!("{addr} refused ({status}): {text}"),
+            )),
+        };
+    }
+    Err(ClientError::new(
+        ErrorCode::TryAgain,
+        format!("no node made the change: {}", failures.join("; ")),
+    ))
+}
+
+/// How long one membership change may take at one node.
+const MEMBER_TIMEOUT_MS: u64 = 15_000;
+
+/// `cluster add-node`.
+///
+/// # Errors
+/// No node reachable or none with a leader (`TRY_AGAIN`); the cluster
+/// refused (`INVALID_PARAMETER`, naming why).
+pub async fn add_node(args: &ClusterAddNodeArgs) -> Result<(), ClientError> {
+    let path = format!(
+        "/cluster/add-node?id={}&client_addr={}&peer_addr={}&admin_addr={}",
+        args.id, args.client_addr, args.peer_addr, args.admin_addr
+    );
+    post_member(&args.target, &path).await
+}
+
+/// `cluster remove-node`.
+///
+/// # Errors
+/// As [`add_node`].
+pub async fn remove_node(args: &ClusterRemoveNodeArgs) -> Result<(), ClientError> {
+    post_member(
+        &args.target,
+        &format!("/cluster/remove-node?id={}", args.id),
+    )
+    .await
 }
 
 /// One node's view of one instance, in a verify report.

@@ -77,6 +77,8 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Restore(args) => backup::restore(addr, args).await,
         Command::Cluster(ClusterCommand::Status(args)) => cluster::status(args).await,
         Command::Cluster(ClusterCommand::Verify(args)) => cluster::verify(args).await,
+        Command::Cluster(ClusterCommand::AddNode(args)) => cluster::add_node(args).await,
+        Command::Cluster(ClusterCommand::RemoveNode(args)) => cluster::remove_node(args).await,
         Command::Verify(args) => match (&args.data_dir, &args.file) {
             (Some(dir), _) => logtool::verify_data_dir(dir, args.json),
             (None, Some(file)) => verify_dump(file, args.json),

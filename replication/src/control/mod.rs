@@ -18,4 +18,4 @@ mod tests;
 
 pub use message::{ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket};
 pub use node::{ControlPlane, COMPACT_ENTRIES_DEFAULT};
-pub use state::{Applied, Changes, CheckpointMeta, ClusterState, Command};
+pub use state::{Applied, Changes, CheckpointMeta, ClusterState, Command, NodeAddrs};

@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, VecDeque};
 use ckpt_proto::{CkptError, CkptResult, ErrorCode, TIME_END};
 use ckpt_storage::InstanceId;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, RawNode, Ready, StateRole, Storage};
 
@@ -140,7 +140,10 @@ pub struct ControlPlane {
     id: NodeId,
     raw: RawNode<ControlStorage>,
     state: ClusterState,
-    nodes: Vec<NodeId>,
+    /// A membership change was applied: snapshot now, so that a joining
+    /// node is sent the state (it cannot replay the log from its start:
+    /// the first members come from the cluster file, not from the log).
+    compact_now: bool,
     replication_factor: usize,
     /// `placement_avoid_creator` from the configuration.
     avoid_creator: bool,
@@ -187,18 +190,46 @@ fn quorum_heard_ms(d: &LeaderDuties, nodes: &[NodeId]) -> u64 {
 }
 
 /// The command in a committed entry (none in the empty entries of new
-/// leaders).
-fn command_of(entry: &Entry) -> Option<Command> {
-    if entry.get_entry_type() != EntryType::EntryNormal || entry.get_data().is_empty() {
+/// leaders), with the Raft configuration change it carries, if any.
+fn command_of(entry: &Entry) -> Option<(Command, Option<ConfChange>)> {
+    let (bytes, change) = match entry.get_entry_type() {
+        EntryType::EntryNormal => (entry.get_data().to_vec(), None),
+        EntryType::EntryConfChange => match ConfChange::parse_from_bytes(entry.get_data()) {
+            Ok(cc) => (cc.get_context().to_vec(), Some(cc)),
+            Err(e) => {
+                tracing::error!(index = entry.index, error = %e, "committed raft configuration change does not decode");
+                return None;
+            }
+        },
+        EntryType::EntryConfChangeV2 => {
+            tracing::error!(index = entry.index, "unexpected joint configuration change");
+            return None;
+        }
+    };
+    if bytes.is_empty() {
         return None;
     }
-    match Command::decode(entry.get_data()) {
-        Ok(c) => Some(c),
+    match Command::decode(&bytes) {
+        Ok(c) => Some((c, change)),
         Err(e) => {
             tracing::error!(index = entry.index, error = %e, "committed raft entry is not a command");
             None
         }
     }
+}
+
+/// The Raft configuration change that carries a membership command.
+fn conf_change_of(cmd: &Command) -> Option<ConfChange> {
+    let (change_type, node) = match cmd {
+        Command::AddNode { node, .. } => (ConfChangeType::AddNode, *node),
+        Command::RemoveNode { node } => (ConfChangeType::RemoveNode, *node),
+        _ => return None,
+    };
+    let mut cc = ConfChange::default();
+    cc.set_change_type(change_type);
+    cc.node_id = node;
+    cc.context = cmd.encode().into();
+    Some(cc)
 }
 
 fn raft_error(e: impl std::fmt::Display) -> ReplicationError {
@@ -219,6 +250,32 @@ impl ControlPlane {
         persisted: PersistedRaft,
         now_ms: u64,
     ) -> Result<ControlPlane, ReplicationError> {
+        Self::open(id, config, persisted, now_ms, false)
+    }
+
+    /// A node joining a running cluster (`ckpt-server --join`): with an
+    /// empty log it is no voter and knows no state until the leader, once
+    /// `ckpt-tool cluster add-node` committed, sends it a snapshot. With a
+    /// log (it joined before and restarted) it is [`ControlPlane::new`].
+    ///
+    /// # Errors
+    /// As [`ControlPlane::new`].
+    pub fn joining(
+        id: NodeId,
+        config: &ClusterConfig,
+        persisted: PersistedRaft,
+        now_ms: u64,
+    ) -> Result<ControlPlane, ReplicationError> {
+        Self::open(id, config, persisted, now_ms, true)
+    }
+
+    fn open(
+        id: NodeId,
+        config: &ClusterConfig,
+        persisted: PersistedRaft,
+        now_ms: u64,
+        join: bool,
+    ) -> Result<ControlPlane, ReplicationError> {
         if config.node(id).is_none() {
             return Err(ReplicationError::Raft(format!(
                 "node id {id} is not in the cluster file (nodes: {:?})",
@@ -229,8 +286,10 @@ impl ControlPlane {
         let mem = MemStorage::new();
         let mut snapshot = Snapshot::default();
         let mut snapshot_index = 0;
+        let mut voters: Vec<NodeId> = nodes.clone();
         let state = match persisted.snapshot {
             Some(snap) => {
+                voters = snap.get_metadata().get_conf_state().voters.clone();
                 let state = ClusterState::restore(snap.get_data(), config.replication_factor)
                     .map_err(|e| ReplicationError::Raft(format!("raft snapshot: {}", e.detail)))?
                     .avoiding_creator(config.placement_avoid_creator);
@@ -238,6 +297,11 @@ impl ControlPlane {
                 mem.wl().apply_snapshot(snap.clone()).map_err(raft_error)?;
                 snapshot = snap;
                 state
+            }
+            None if join => {
+                voters.clear();
+                ClusterState::new(&[], config.replication_factor)
+                    .avoiding_creator(config.placement_avoid_creator)
             }
             None => {
                 mem.initialize_with_conf_state(ConfState::from((nodes.clone(), vec![])));
@@ -273,11 +337,29 @@ impl ControlPlane {
         let commit = mem.rl().hard_state().commit.max(snapshot_index);
         let mut state = state;
         let mut replayed = Vec::new();
+        let mut voters_changed = false;
         for e in entries.iter().filter(|e| e.index <= commit) {
-            if let Some(cmd) = command_of(e) {
+            if let Some((cmd, change)) = command_of(e) {
                 let applied = state.apply(&cmd);
+                // raft-rs starts from the configuration in the storage and
+                // takes everything up to `applied` as applied: the changes
+                // replayed here are applied to it by hand.
+                if let Some(cc) = change.filter(|_| !matches!(applied, Applied::Failed(_))) {
+                    match cc.get_change_type() {
+                        ConfChangeType::AddNode => voters.push(cc.node_id),
+                        ConfChangeType::RemoveNode => voters.retain(|v| *v != cc.node_id),
+                        ConfChangeType::AddLearnerNode => {}
+                    }
+                    voters_changed = true;
+                }
                 replayed.push((None, cmd, applied));
             }
+        }
+        if voters_changed {
+            voters.sort_unstable();
+            voters.dedup();
+            mem.wl()
+                .set_conf_state(ConfState::from((voters.clone(), vec![])));
         }
         let raft_config = raft::Config {
             id,
@@ -294,7 +376,7 @@ impl ControlPlane {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let storage = ControlStorage { mem, snapshot };
         let mut raw = RawNode::new(&raft_config, storage, &logger).map_err(raft_error)?;
-        if nodes == [id] {
+        if nodes == [id] && !join {
             // Alone in the cluster: no one to wait for, lead at once.
             raw.campaign().map_err(raft_error)?;
         }
@@ -303,7 +385,7 @@ impl ControlPlane {
             id,
             raw,
             state,
-            nodes,
+            compact_now: false,
             replication_factor: config.replication_factor,
             avoid_creator: config.placement_avoid_creator,
             lease_timeout_ms: config.lease_timeout_ms,
@@ -342,6 +424,11 @@ impl ControlPlane {
     /// The replicated metadata as applied on this node.
     pub fn state(&self) -> &ClusterState {
         &self.state
+    }
+
+    /// The Raft voters now.
+    fn voters(&self) -> Vec<NodeId> {
+        self.raw.raft.prs().conf().voters().ids().iter().collect()
     }
 
     /// What the applied commands changed since the last call (see
@@ -415,7 +502,7 @@ impl ControlPlane {
                 self.deferred.push_back(Deferred::Step(msg));
             }
             ControlMessage::LeaseRequest { sent_at_ms } => {
-                if !self.is_leader() || !self.nodes.contains(&from) {
+                if !self.is_leader() || !self.state.is_member(from) {
                     return;
                 }
                 let now = self.now_ms;
@@ -429,7 +516,16 @@ impl ControlPlane {
                 // election timeout: a leader cut off from the majority
                 // stops granting before a new leader can be elected, even
                 // though raft-rs may take two election timeouts to depose it.
-                let heard = quorum_heard_ms(d, &self.nodes);
+                let voters = self
+                    .raw
+                    .raft
+                    .prs()
+                    .conf()
+                    .voters()
+                    .ids()
+                    .iter()
+                    .collect::<Vec<_>>();
+                let heard = quorum_heard_ms(d, &voters);
                 if now <= heard.saturating_add(self.margin_ms) {
                     self.out_messages
                         .push((from, ControlMessage::LeaseGrant { sent_at_ms }));
@@ -489,7 +585,11 @@ impl ControlPlane {
             .expect("a proposal context always serializes"),
             None => Vec::new(),
         };
-        self.raw.propose(context, cmd.encode()).map_err(|e| {
+        let proposed = match conf_change_of(cmd) {
+            Some(cc) => self.raw.propose_conf_change(context, cc),
+            None => self.raw.propose(context, cmd.encode()),
+        };
+        proposed.map_err(|e| {
             CkptError::new(
                 ErrorCode::TryAgain,
                 format!("control-plane proposal dropped: {e}"),
@@ -618,7 +718,8 @@ impl ControlPlane {
 
     fn maybe_compact(&mut self) {
         let applied = self.raw.raft.raft_log.applied;
-        if applied < self.snapshot_index.saturating_add(self.compact_entries) {
+        let due = std::mem::take(&mut self.compact_now) && applied > self.snapshot_index;
+        if !due && applied < self.snapshot_index.saturating_add(self.compact_entries) {
             return;
         }
         let term = match self.raw.raft.raft_log.term(applied) {
@@ -647,7 +748,7 @@ impl ControlPlane {
 
     fn apply_entries(&mut self, entries: Vec<Entry>) {
         for entry in entries {
-            let Some(cmd) = command_of(&entry) else {
+            let Some((cmd, change)) = command_of(&entry) else {
                 continue;
             };
             let affected: Vec<InstanceId> = match &cmd {
@@ -664,6 +765,18 @@ impl ControlPlane {
                 _ => Vec::new(),
             };
             let applied = self.state.apply(&cmd);
+            if let Some(cc) = change.filter(|_| !matches!(applied, Applied::Failed(_))) {
+                match self.raw.apply_conf_change(&cc) {
+                    Ok(conf_state) => {
+                        tracing::info!(?cmd, voters = ?conf_state.voters, "membership changed");
+                        self.raw.mut_store().mem.wl().set_conf_state(conf_state);
+                        self.compact_now = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, ?cmd, "raft refused a committed configuration change")
+                    }
+                }
+            }
             if let Applied::Created { meta } = &applied {
                 self.retention_changed(&[meta.instance]);
             }
@@ -827,9 +940,10 @@ impl ControlPlane {
         // The leader's own lease runs from the last time a quorum had
         // contacted it (its own request counts, and so does its election).
         let me = self.id;
+        let voters = self.voters();
         if let Some(d) = self.duties.as_mut() {
             d.last_request_ms.insert(me, now);
-            let heard = quorum_heard_ms(d, &self.nodes);
+            let heard = quorum_heard_ms(d, &voters);
             self.lease_sent_at_ms = Some(self.lease_sent_at_ms.map_or(heard, |s| s.max(heard)));
         }
         self.last_lease_request_ms = Some(now);
@@ -839,9 +953,9 @@ impl ControlPlane {
         let deadline_ms = self.lease_timeout_ms.saturating_add(self.margin_ms);
         let dead: Vec<NodeId> = {
             let d = self.duties.as_ref().expect("duties set above");
-            self.nodes
-                .iter()
-                .copied()
+            self.state
+                .nodes()
+                .map(|(n, _)| n)
                 .filter(|n| *n != me && self.state.node_alive(*n))
                 .filter(|n| {
                     let last = d

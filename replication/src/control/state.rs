@@ -217,6 +217,35 @@ pub enum Command {
         /// The returning node.
         node: NodeId,
     },
+    /// A new node joins the cluster (`ckpt-tool cluster add-node`): known,
+    /// not alive until it asks for a lease, which places replicas on it
+    /// (NodeUp). Committed as a Raft configuration change adding a voter.
+    AddNode {
+        /// Its id (not a member now).
+        node: NodeId,
+        /// Where it is reached.
+        addrs: NodeAddrs,
+    },
+    /// A dead node leaves the cluster for good (`cluster remove-node`):
+    /// it leaves every checkpoint, and each checkpoint it held a replica of
+    /// gets one on another live node, if there is one. Committed as a Raft
+    /// configuration change removing the voter.
+    RemoveNode {
+        /// The node leaving.
+        node: NodeId,
+    },
+}
+
+/// Where a node added at run time is reached (the nodes of the cluster
+/// file are reached at the file's addresses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddrs {
+    /// Client API.
+    pub client_addr: std::net::SocketAddr,
+    /// Peer links (control plane and log shipping).
+    pub peer_addr: std::net::SocketAddr,
+    /// Admin HTTP endpoint.
+    pub admin_addr: std::net::SocketAddr,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -269,6 +298,13 @@ enum CommandWire {
         node: NodeId,
     },
     NodeUp {
+        node: NodeId,
+    },
+    AddNode {
+        node: NodeId,
+        addrs: NodeAddrs,
+    },
+    RemoveNode {
         node: NodeId,
     },
 }
@@ -330,6 +366,8 @@ impl From<Command> for CommandWire {
             },
             Command::Failover { node } => CommandWire::Failover { node },
             Command::NodeUp { node } => CommandWire::NodeUp { node },
+            Command::AddNode { node, addrs } => CommandWire::AddNode { node, addrs },
+            Command::RemoveNode { node } => CommandWire::RemoveNode { node },
         }
     }
 }
@@ -391,6 +429,8 @@ impl From<CommandWire> for Command {
             },
             CommandWire::Failover { node } => Command::Failover { node },
             CommandWire::NodeUp { node } => Command::NodeUp { node },
+            CommandWire::AddNode { node, addrs } => Command::AddNode { node, addrs },
+            CommandWire::RemoveNode { node } => Command::RemoveNode { node },
         }
     }
 }
@@ -461,8 +501,10 @@ impl Eq for Changes {}
 pub struct ClusterState {
     checkpoints: BTreeMap<InstanceId, Arc<CheckpointMeta>>,
     names: BTreeMap<CheckpointName, InstanceId>,
-    /// Every configured node and whether it is alive.
+    /// Every member node and whether it is alive.
     nodes: BTreeMap<NodeId, bool>,
+    /// Addresses of the members added at run time (AddNode).
+    addrs: BTreeMap<NodeId, NodeAddrs>,
     next_instance: u64,
     replication_factor: usize,
     /// From the configuration (the same on every node): place the active
@@ -476,6 +518,7 @@ struct StateWire {
     checkpoints: Vec<CheckpointMeta>,
     nodes: Vec<(NodeId, bool)>,
     next_instance: u64,
+    addrs: Vec<(NodeId, NodeAddrs)>,
 }
 
 fn fail<T>(code: ErrorCode, detail: String) -> Result<T, CkptError> {
@@ -498,6 +541,7 @@ impl ClusterState {
             checkpoints: BTreeMap::new(),
             names: BTreeMap::new(),
             nodes: nodes.iter().map(|n| (*n, true)).collect(),
+            addrs: BTreeMap::new(),
             next_instance: 1,
             replication_factor: replication_factor.max(1),
             avoid_creator: false,
@@ -546,6 +590,28 @@ impl ClusterState {
         self.nodes.iter().map(|(n, a)| (*n, *a))
     }
 
+    /// Whether the node is a member (alive or not).
+    pub fn is_member(&self, node: NodeId) -> bool {
+        self.nodes.contains_key(&node)
+    }
+
+    /// Addresses of the members added at run time, by id.
+    pub fn added_addrs(&self) -> impl Iterator<Item = (NodeId, &NodeAddrs)> + '_ {
+        self.addrs.iter().map(|(n, a)| (*n, a))
+    }
+
+    /// Checkpoints with fewer replicas than the replication factor allows
+    /// on the live members, or with replicas not in sync: what `cluster
+    /// status` shows while a replacement node fills.
+    pub fn under_replicated(&self) -> usize {
+        let live = self.nodes.values().filter(|a| **a).count();
+        let wanted = self.replication_factor.min(live.max(1));
+        self.checkpoints()
+            .filter(|m| !m.unlinked && !m.replica_per_opener())
+            .filter(|m| m.replicas.len() < wanted || m.in_sync.len() < m.replicas.len())
+            .count()
+    }
+
     /// The id the next Create will get.
     pub fn next_instance(&self) -> InstanceId {
         InstanceId(self.next_instance)
@@ -562,6 +628,7 @@ impl ClusterState {
             checkpoints: self.checkpoints().cloned().collect(),
             nodes: self.nodes.iter().map(|(n, a)| (*n, *a)).collect(),
             next_instance: self.next_instance,
+            addrs: self.addrs.iter().map(|(n, a)| (*n, a.clone())).collect(),
         };
         postcard::to_allocvec(&wire).expect("the cluster state always serializes")
     }
@@ -582,6 +649,7 @@ impl ClusterState {
             checkpoints: BTreeMap::new(),
             names: BTreeMap::new(),
             nodes: wire.nodes.into_iter().collect(),
+            addrs: wire.addrs.into_iter().collect(),
             next_instance: wire.next_instance,
             replication_factor: replication_factor.max(1),
             avoid_creator: false,
@@ -826,6 +894,8 @@ impl ClusterState {
             }
             Command::Failover { node } => self.failover(*node),
             Command::NodeUp { node } => self.node_up(*node),
+            Command::AddNode { node, addrs } => self.add_node(*node, addrs),
+            Command::RemoveNode { node } => self.remove_node(*node),
         }
     }
 
@@ -972,6 +1042,124 @@ impl ClusterState {
                 Ok(())
             },
         )?;
+        Ok(Applied::Done)
+    }
+}
+
+impl ClusterState {
+    fn add_node(&mut self, node: NodeId, addrs: &NodeAddrs) -> CkptResult<Applied> {
+        if node == 0 {
+            return fail(ErrorCode::InvalidParameter, "node id 0 is reserved".into());
+        }
+        if self.nodes.contains_key(&node) {
+            return fail(
+                ErrorCode::AlreadyExist,
+                format!("node {node} is already a member"),
+            );
+        }
+        self.nodes.insert(node, false);
+        self.addrs.insert(node, addrs.clone());
+        self.changes.nodes = true;
+        Ok(Applied::Done)
+    }
+
+    /// Why `node` may not be removed now, if it may not.
+    pub fn removal_refused(&self, node: NodeId) -> Option<CkptError> {
+        if !self.nodes.contains_key(&node) {
+            return Some(CkptError::new(
+                ErrorCode::NotExist,
+                format!("node {node} is not a member"),
+            ));
+        }
+        if self.node_alive(node) {
+            return Some(CkptError::new(
+                ErrorCode::BadOperation,
+                format!(
+                    "node {node} is alive: stop it first (it is removed once the cluster declared it dead)"
+                ),
+            ));
+        }
+        if self.nodes.len() <= 1 {
+            return Some(CkptError::new(
+                ErrorCode::BadOperation,
+                format!("node {node} is the last member"),
+            ));
+        }
+        let only_copy: Vec<String> = self
+            .checkpoints()
+            .filter(|m| !m.in_sync.is_empty() && m.in_sync.iter().all(|n| *n == node))
+            .map(|m| m.name.to_string())
+            .take(5)
+            .collect();
+        if !only_copy.is_empty() {
+            return Some(CkptError::new(
+                ErrorCode::BadOperation,
+                format!(
+                    "node {node} holds the only in-sync copy of {only_copy:?}: removing it would lose acknowledged writes; bring it back first"
+                ),
+            ));
+        }
+        None
+    }
+
+    fn remove_node(&mut self, node: NodeId) -> CkptResult<Applied> {
+        if let Some(refused) = self.removal_refused(node) {
+            return Err(refused);
+        }
+        self.nodes.remove(&node);
+        self.addrs.remove(&node);
+        self.changes.nodes = true;
+        // Replicas per live node, for placing the lost ones (least loaded
+        // first, then lowest id: the same choice on every node).
+        let mut load: BTreeMap<NodeId, usize> = self
+            .nodes
+            .iter()
+            .filter(|(_, alive)| **alive)
+            .map(|(n, _)| (*n, 0))
+            .collect();
+        for meta in self.checkpoints() {
+            for n in &meta.replicas {
+                if let Some(l) = load.get_mut(n) {
+                    *l += 1;
+                }
+            }
+        }
+        let factor = self.replication_factor;
+        let affected = |m: &CheckpointMeta| {
+            m.replicas.contains(&node)
+                || m.in_sync.contains(&node)
+                || m.open_on.contains(&node)
+                || m.active == Some(node)
+        };
+        self.change_where(affected, |meta| {
+            meta.replicas.retain(|n| *n != node);
+            meta.in_sync.retain(|n| *n != node);
+            meta.open_on.remove(&node);
+            if meta.active == Some(node) {
+                // Only a COLLOCATED checkpoint can still name a dead node
+                // (a failover moved the others): it waits for ActiveReplicaSet.
+                meta.active = None;
+                meta.epoch = next_epoch(meta)?;
+            }
+            if meta.unlinked || meta.replica_per_opener() {
+                return Ok(());
+            }
+            while meta.replicas.len() < factor {
+                let Some(next) = load
+                    .iter()
+                    .filter(|(n, _)| !meta.replicas.contains(n))
+                    .min_by_key(|(n, l)| (**l, **n))
+                    .map(|(n, _)| *n)
+                else {
+                    break;
+                };
+                meta.replicas.push(next);
+                if let Some(l) = load.get_mut(&next) {
+                    *l += 1;
+                }
+            }
+            Ok(())
+        })?;
         Ok(Applied::Done)
     }
 }
@@ -1227,6 +1415,130 @@ mod tests {
             s.get(a.instance).unwrap().epoch_starts,
             vec![(Epoch(1), Seq(1)), (Epoch(2), Seq(10))]
         );
+    }
+
+    fn addrs(port: u16) -> NodeAddrs {
+        NodeAddrs {
+            client_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            peer_addr: format!("127.0.0.1:{}", port + 1).parse().unwrap(),
+            admin_addr: format!("127.0.0.1:{}", port + 2).parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_removed_node_leaves_every_checkpoint_and_its_replicas_move() {
+        let mut s = ClusterState::new(&[1, 2, 3, 4], 3);
+        let metas: Vec<CheckpointMeta> = (0..8)
+            .map(|i| {
+                create(
+                    &mut s,
+                    &format!("c{i}"),
+                    CreationFlags::WR_ALL_REPLICAS,
+                    1 + i % 4,
+                )
+            })
+            .collect();
+        let on_3 = metas.iter().filter(|m| m.replicas.contains(&3)).count();
+        assert!(on_3 > 0);
+        // Alive: refused, nothing changes.
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&Command::RemoveNode { node: 3 }),
+            Applied::Failed(e) if e.code == ErrorCode::BadOperation && e.detail.contains("alive")
+        ));
+        assert_eq!(s, before);
+        assert!(matches!(
+            s.apply(&Command::RemoveNode { node: 9 }),
+            Applied::Failed(e) if e.code == ErrorCode::NotExist
+        ));
+        s.apply(&Command::Failover { node: 3 });
+        assert_eq!(s.apply(&Command::RemoveNode { node: 3 }), Applied::Done);
+        assert!(!s.is_member(3));
+        assert_eq!(s.nodes().map(|(n, _)| n).collect::<Vec<_>>(), vec![1, 2, 4]);
+        for m in s.checkpoints() {
+            assert!(!m.replicas.contains(&3) && !m.in_sync.contains(&3), "{m:?}");
+            assert_ne!(m.active, Some(3));
+            // Three live nodes left: every checkpoint has three replicas
+            // again, the new one not in sync until it caught up.
+            assert_eq!(m.replicas.len(), 3, "{m:?}");
+        }
+        assert_eq!(s.under_replicated(), on_3);
+        // The same commands give the same state on every node.
+        let mut t = ClusterState::new(&[1, 2, 3, 4], 3);
+        for i in 0..8 {
+            create(
+                &mut t,
+                &format!("c{i}"),
+                CreationFlags::WR_ALL_REPLICAS,
+                1 + i % 4,
+            );
+        }
+        t.apply(&Command::Failover { node: 3 });
+        t.apply(&Command::RemoveNode { node: 3 });
+        assert_eq!(s, t);
+    }
+
+    #[test]
+    fn removing_the_only_in_sync_copy_is_refused() {
+        let mut s = ClusterState::new(&[1, 2], 2);
+        let m = create(&mut s, "a", CreationFlags::WR_ACTIVE_REPLICA, 1);
+        s.apply(&Command::SetInSync {
+            instance: m.instance,
+            epoch: m.epoch,
+            in_sync: vec![1],
+        });
+        s.apply(&Command::Failover { node: 1 });
+        let refused = s.apply(&Command::RemoveNode { node: 1 });
+        assert!(
+            matches!(&refused, Applied::Failed(e) if e.detail.contains("only in-sync copy")),
+            "{refused:?}"
+        );
+        assert!(s.is_member(1));
+    }
+
+    #[test]
+    fn an_added_node_gets_replicas_when_it_comes_up() {
+        let mut s = ClusterState::new(&[1, 2], 3);
+        let m = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
+        assert_eq!(m.replicas.len(), 2);
+        assert_eq!(
+            s.under_replicated(),
+            0,
+            "as many replicas as live nodes, all in sync"
+        );
+        assert_eq!(
+            s.apply(&Command::AddNode {
+                node: 3,
+                addrs: addrs(9000)
+            }),
+            Applied::Done
+        );
+        assert!(s.is_member(3) && !s.node_alive(3));
+        assert!(matches!(
+            s.apply(&Command::AddNode { node: 3, addrs: addrs(9100) }),
+            Applied::Failed(e) if e.code == ErrorCode::AlreadyExist
+        ));
+        assert!(matches!(
+            s.apply(&Command::AddNode { node: 0, addrs: addrs(9100) }),
+            Applied::Failed(e) if e.code == ErrorCode::InvalidParameter
+        ));
+        assert_eq!(s.get(m.instance).unwrap().replicas.len(), 2);
+        s.apply(&Command::NodeUp { node: 3 });
+        assert_eq!(s.get(m.instance).unwrap().replicas, vec![1, 2, 3]);
+        assert_eq!(
+            s.under_replicated(),
+            1,
+            "the new replica is not in sync yet"
+        );
+        assert_eq!(s.added_addrs().collect::<Vec<_>>(), vec![(3, &addrs(9000))]);
+        let back = ClusterState::restore(&s.encode(), 3).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.added_addrs().count(), 1);
+        let cmd = Command::AddNode {
+            node: 3,
+            addrs: addrs(9000),
+        };
+        assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use ckpt_proto::{
 };
 use ckpt_replication::config::ClusterConfig;
 use ckpt_replication::control::{
-    Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, Ticket,
+    Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, NodeAddrs, Ticket,
 };
 use ckpt_replication::data::{
     DataMessage, DataOutput, DataPlane, Need, Proposal, ReplicaSet, ShippedEntry,
@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::messages::{ForwardOk, ForwardRequest, WireNeed, WireOp};
 use super::metrics::ClusterMetrics;
-use super::transport::Transport;
+use super::transport::{cluster_check, Transport};
 use crate::reads::{self, ReadReply, ReadRequest};
 
 /// The applied cluster metadata, shared (cheap to clone).
@@ -299,18 +299,25 @@ impl Cluster {
         let clock_base_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-        let control = ControlPlane::new(me, &config, persisted, clock_base_ms)
-            .map_err(|e| ClusterError::Control(e.to_string()))?;
+        let control = if config.join {
+            ControlPlane::joining(me, &config, persisted, clock_base_ms)
+        } else {
+            ControlPlane::new(me, &config, persisted, clock_base_ms)
+        }
+        .map_err(|e| ClusterError::Control(e.to_string()))?;
         let mut data = DataPlane::new(me, config.replica_lag_timeout_ms);
         data.set_read_bytes_max(4 * 1024 * 1024);
-        let nodes: Vec<(NodeId, SocketAddr)> =
-            config.nodes.iter().map(|n| (n.id, n.peer_addr)).collect();
-        let started = Transport::<PeerMessage>::start(me, &nodes, peer_via, shutdown.clone())
-            .await
-            .map_err(|error| ClusterError::Bind {
-                addr: peer_addr,
-                error,
-            })?;
+        // Members added at run time are peers too (the log replayed above
+        // knows their addresses); the runtime follows later changes.
+        let nodes = peer_addrs(&config, me, control.state());
+        let check = cluster_check(&config.cluster_name);
+        let started =
+            Transport::<PeerMessage>::start(me, &nodes, peer_via, check, shutdown.clone())
+                .await
+                .map_err(|error| ClusterError::Bind {
+                    addr: peer_addr,
+                    error,
+                })?;
         let (inputs, input_rx) = mpsc::unbounded_channel();
         let empty = Arc::new(ClusterState::new(
             &config.node_ids(),
@@ -437,6 +444,64 @@ impl Cluster {
 
     fn send_input(&self, input: Input) -> CkptResult<()> {
         self.inputs.send(input).map_err(|_| stopped())
+    }
+
+    /// `ckpt-tool cluster add-node`: makes `node` a member reached at
+    /// `addrs` (a Raft voter; it gets replicas once it asks for a lease).
+    ///
+    /// # Errors
+    /// `ALREADY_EXIST` for a member; `INVALID_PARAMETER` for id 0 or an
+    /// address a member uses; TRY_AGAIN without a leader.
+    pub async fn add_node(&self, node: NodeId, addrs: NodeAddrs) -> CkptResult<()> {
+        let state = self.state();
+        if node == 0 {
+            return Err(CkptError::new(
+                ErrorCode::InvalidParameter,
+                "node id 0 is reserved",
+            ));
+        }
+        if state.is_member(node) {
+            return Err(CkptError::new(
+                ErrorCode::AlreadyExist,
+                format!("node {node} is already a member"),
+            ));
+        }
+        let taken: Vec<SocketAddr> = self
+            .config
+            .nodes
+            .iter()
+            .filter(|n| state.is_member(n.id))
+            .flat_map(|n| [n.client_addr, n.peer_addr, n.admin_addr])
+            .chain(
+                state
+                    .added_addrs()
+                    .flat_map(|(_, a)| [a.client_addr, a.peer_addr, a.admin_addr]),
+            )
+            .collect();
+        for addr in [addrs.client_addr, addrs.peer_addr, addrs.admin_addr] {
+            if taken.contains(&addr) {
+                return Err(CkptError::new(
+                    ErrorCode::InvalidParameter,
+                    format!("address {addr} is already used by a member"),
+                ));
+            }
+        }
+        self.propose(Command::AddNode { node, addrs }).await?;
+        Ok(())
+    }
+
+    /// `ckpt-tool cluster remove-node`: `node` (dead) leaves the cluster;
+    /// its replicas are placed on the other live members.
+    ///
+    /// # Errors
+    /// `NOT_EXIST` for a non-member; `BAD_OPERATION` for a live node, the
+    /// last member, or one holding the only in-sync copy of a checkpoint.
+    pub async fn remove_node(&self, node: NodeId) -> CkptResult<()> {
+        if let Some(refused) = self.state().removal_refused(node) {
+            return Err(refused);
+        }
+        self.propose(Command::RemoveNode { node }).await?;
+        Ok(())
     }
 
     /// Proposes `command` and waits until it is applied on this node.
@@ -1077,16 +1142,29 @@ impl Cluster {
     pub fn cluster_json(&self) -> serde_json::Value {
         let state = self.state();
         let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        let nodes: Vec<serde_json::Value> = self
+        // The members: the file's nodes at the file's addresses, the ones
+        // added since at theirs (a node removed is no longer listed).
+        let mut nodes: Vec<(NodeId, SocketAddr, SocketAddr)> = self
             .config
             .nodes
             .iter()
-            .map(|n| {
+            .filter(|n| state.is_member(n.id))
+            .map(|n| (n.id, n.client_addr, n.admin_addr))
+            .collect();
+        for (id, addrs) in state.added_addrs() {
+            if !nodes.iter().any(|(n, _, _)| *n == id) {
+                nodes.push((id, addrs.client_addr, addrs.admin_addr));
+            }
+        }
+        nodes.sort_unstable();
+        let nodes: Vec<serde_json::Value> = nodes
+            .into_iter()
+            .map(|(id, client_addr, admin_addr)| {
                 serde_json::json!({
-                    "id": n.id,
-                    "client_addr": n.client_addr.to_string(),
-                    "admin_addr": n.admin_addr.to_string(),
-                    "alive": state.node_alive(n.id),
+                    "id": id,
+                    "client_addr": client_addr.to_string(),
+                    "admin_addr": admin_addr.to_string(),
+                    "alive": state.node_alive(id),
                 })
             })
             .collect();
@@ -1119,6 +1197,7 @@ impl Cluster {
             "node_id": self.me,
             "leader": published.leader,
             "term": published.term,
+            "under_replicated": state.under_replicated(),
             "nodes": nodes,
             "checkpoints": checkpoints,
         })
@@ -1683,6 +1762,9 @@ impl Driver {
             }
         }
         let _ = self.state_tx.send(new.clone());
+        if changes.everything || changes.nodes {
+            self.sync_peers(&new);
+        }
         // After the publication: a forward registered after this scan finds
         // its target dead in the published state (see `forward`).
         if changes.everything || changes.nodes {
@@ -1690,6 +1772,22 @@ impl Driver {
                 if !alive && old.node_alive(node) {
                     self.cluster.fail_forwards_to(node);
                 }
+            }
+        }
+    }
+
+    /// Peers follow the membership: a node added is connected to, a node
+    /// removed is no longer (nor accepted).
+    fn sync_peers(&self, state: &ClusterState) {
+        let transport = &self.cluster.transport;
+        let wanted = peer_addrs(&self.cluster.config, self.cluster.me, state);
+        for (id, addr) in &wanted {
+            transport.add_peer(*id, *addr);
+        }
+        for id in transport.peers() {
+            if !wanted.iter().any(|(n, _)| *n == id) {
+                tracing::info!(node = id, "no longer a member: its peer link is closed");
+                transport.remove_peer(id);
             }
         }
     }
@@ -2108,4 +2206,29 @@ fn start_log_reader(
         tracing::error!(%error, "the log reader thread could not start");
     }
     tx
+}
+
+/// Every member's peer address: the cluster file's, and for members added
+/// at run time the address their AddNode recorded. Nodes of the file that
+/// are no longer members are left out — unless the state knows no member
+/// yet (a node joining, before the leader's snapshot): then the file is all
+/// there is to reach the cluster by.
+fn peer_addrs(
+    config: &ClusterConfig,
+    me: NodeId,
+    state: &ClusterState,
+) -> Vec<(NodeId, SocketAddr)> {
+    let knows_members = state.nodes().next().is_some();
+    let mut nodes: Vec<(NodeId, SocketAddr)> = config
+        .nodes
+        .iter()
+        .filter(|n| !knows_members || state.is_member(n.id) || n.id == me)
+        .map(|n| (n.id, n.peer_addr))
+        .collect();
+    for (id, addrs) in state.added_addrs() {
+        if !nodes.iter().any(|(n, _)| *n == id) {
+            nodes.push((id, addrs.peer_addr));
+        }
+    }
+    nodes
 }

@@ -38,6 +38,8 @@ struct Node {
 
 fn config(ids: &[NodeId]) -> ClusterConfig {
     ClusterConfig {
+        cluster_name: ckpt_replication::config::CLUSTER_NAME_DEFAULT.to_string(),
+        join: false,
         replication_factor: 3,
         min_in_sync: 2,
         replica_lag_timeout_ms: 1000,

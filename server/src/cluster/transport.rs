@@ -22,7 +22,7 @@
 //! one that ends within [`STABLE_AFTER`] of being opened (something in
 //! between accepted it for a peer it cannot reach).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,27 +70,32 @@ pub enum Wire<M> {
     Message(M),
 }
 
-/// A fingerprint of the node list (ids and peer addresses): two nodes
-/// started with different cluster files refuse each other's connections.
-pub fn cluster_check(nodes: &[(NodeId, SocketAddr)]) -> u64 {
-    // FNV-1a over a canonical text: stable across builds and platforms.
-    let mut sorted: Vec<_> = nodes.to_vec();
-    sorted.sort();
+/// A fingerprint of the cluster's name (`cluster_name` in the cluster
+/// file): nodes of two clusters refuse each other's connections. Not of the
+/// node list: members join and leave at run time, and a joining node's file
+/// lists nodes the others' files do not.
+pub fn cluster_check(cluster_name: &str) -> u64 {
+    // FNV-1a: stable across builds and platforms.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (id, addr) in sorted {
-        for byte in format!("{id}={addr};").bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+    for byte in cluster_name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash
 }
+
+/// One peer's send queue, and what stops its sender task.
+type PeerQueues = HashMap<NodeId, (mpsc::Sender<Bytes>, CancellationToken)>;
 
 /// Sends to peers; cheap to clone.
 #[derive(Clone)]
 pub struct Transport<M> {
     me: NodeId,
-    peers: Arc<HashMap<NodeId, mpsc::Sender<Bytes>>>,
+    check: u64,
+    peers: Arc<std::sync::RwLock<PeerQueues>>,
+    /// Who may connect (the peers, updated with them).
+    known: Arc<std::sync::RwLock<BTreeSet<NodeId>>>,
+    shutdown: CancellationToken,
     _message: std::marker::PhantomData<fn(M)>,
 }
 
@@ -121,6 +126,7 @@ where
         me: NodeId,
         nodes: &[(NodeId, SocketAddr)],
         via: &BTreeMap<NodeId, SocketAddr>,
+        check: u64,
         shutdown: CancellationToken,
     ) -> std::io::Result<Started<M>> {
         let Some(&(_, listen)) = nodes.iter().find(|(id, _)| *id == me) else {
@@ -132,7 +138,7 @@ where
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self::start_with_listener_via(
-            me, nodes, via, listener, local_addr, shutdown,
+            me, nodes, via, check, listener, local_addr, shutdown,
         ))
     }
 
@@ -145,7 +151,16 @@ where
         local_addr: SocketAddr,
         shutdown: CancellationToken,
     ) -> Started<M> {
-        Self::start_with_listener_via(me, nodes, &BTreeMap::new(), listener, local_addr, shutdown)
+        let check = cluster_check(ckpt_replication::config::CLUSTER_NAME_DEFAULT);
+        Self::start_with_listener_via(
+            me,
+            nodes,
+            &BTreeMap::new(),
+            check,
+            listener,
+            local_addr,
+            shutdown,
+        )
     }
 
     /// [`Transport::start`] on an already bound listener.
@@ -153,46 +168,94 @@ where
         me: NodeId,
         nodes: &[(NodeId, SocketAddr)],
         via: &BTreeMap<NodeId, SocketAddr>,
+        check: u64,
         listener: TcpListener,
         local_addr: SocketAddr,
         shutdown: CancellationToken,
     ) -> Started<M> {
-        let check = cluster_check(nodes);
-        let known: Arc<Vec<NodeId>> = Arc::new(nodes.iter().map(|(id, _)| *id).collect());
+        let known = Arc::new(std::sync::RwLock::new(BTreeSet::new()));
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE_MAX);
         tokio::spawn(accept_loop::<M>(
             me,
             check,
-            known,
+            known.clone(),
             listener,
             inbound_tx,
             shutdown.clone(),
         ));
-        let mut peers = HashMap::new();
+        let transport = Transport {
+            me,
+            check,
+            peers: Arc::new(std::sync::RwLock::new(HashMap::new())),
+            known,
+            shutdown,
+            _message: std::marker::PhantomData,
+        };
         for &(id, addr) in nodes {
-            if id == me {
-                continue;
-            }
             let addr = match via.get(&id) {
-                Some(&through) => {
+                Some(&through) if id != me => {
                     tracing::info!(peer = id, peer_addr = %addr, via = %through, "reaching a peer through another address (--peer-via)");
                     through
                 }
-                None => addr,
+                _ => addr,
             };
-            let (tx, rx) = mpsc::channel(SEND_QUEUE_MAX);
-            tokio::spawn(sender_loop(me, check, id, addr, rx, shutdown.clone()));
-            peers.insert(id, tx);
+            transport.add_peer(id, addr);
         }
         Started {
-            transport: Transport {
-                me,
-                peers: Arc::new(peers),
-                _message: std::marker::PhantomData,
-            },
+            transport,
             inbound,
             local_addr,
         }
+    }
+
+    /// Starts sending to `id` at `addr` and accepts its connections (a
+    /// member added at run time); nothing if it is a peer already or me.
+    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
+        if id == self.me {
+            return;
+        }
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if peers.contains_key(&id) {
+            return;
+        }
+        let stop = self.shutdown.child_token();
+        let (tx, rx) = mpsc::channel(SEND_QUEUE_MAX);
+        tokio::spawn(sender_loop(self.me, self.check, id, addr, rx, stop.clone()));
+        peers.insert(id, (tx, stop));
+        self.known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+
+    /// Stops sending to `id` and refuses its new connections (a member
+    /// removed).
+    pub fn remove_peer(&self, id: NodeId) {
+        let removed = self
+            .peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some((_, stop)) = removed {
+            stop.cancel();
+        }
+        self.known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// The peers sent to now, ascending.
+    pub fn peers(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// This node.
@@ -203,7 +266,13 @@ where
     /// Queues `message` for `to`. Returns false when it was dropped: an
     /// unknown node, a full queue, or a message larger than a frame.
     pub fn send(&self, to: NodeId, message: &M) -> bool {
-        let Some(queue) = self.peers.get(&to) else {
+        let Some(queue) = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+            .map(|(queue, _)| queue.clone())
+        else {
             tracing::warn!(to, "dropping a message to a node that is not a peer");
             return false;
         };
@@ -240,7 +309,7 @@ fn codec() -> LengthDelimitedCodec {
 async fn accept_loop<M>(
     me: NodeId,
     check: u64,
-    known: Arc<Vec<NodeId>>,
+    known: Arc<std::sync::RwLock<BTreeSet<NodeId>>>,
     listener: TcpListener,
     inbound: mpsc::Sender<(NodeId, M)>,
     shutdown: CancellationToken,
@@ -277,7 +346,7 @@ async fn accept_loop<M>(
 async fn receive<M>(
     me: NodeId,
     check: u64,
-    known: Arc<Vec<NodeId>>,
+    known: Arc<std::sync::RwLock<BTreeSet<NodeId>>>,
     stream: TcpStream,
     remote: SocketAddr,
     inbound: mpsc::Sender<(NodeId, M)>,
@@ -297,7 +366,11 @@ async fn receive<M>(
                     tracing::warn!(%remote, from, "a peer with a different cluster configuration; dropping its connection");
                     return;
                 }
-                if from == me || !known.contains(&from) {
+                let is_peer = known
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&from);
+                if from == me || !is_peer {
                     tracing::warn!(%remote, from, "a peer connection claims a node id that is not a peer; dropped");
                     return;
                 }
@@ -570,7 +643,7 @@ mod tests {
         let mut impostor = FramedWrite::new(TcpStream::connect(a1).await.unwrap(), codec());
         let hello = postcard::to_stdvec(&Wire::<Test>::Hello {
             from: 7,
-            cluster: cluster_check(&nodes),
+            cluster: cluster_check(ckpt_replication::config::CLUSTER_NAME_DEFAULT),
         })
         .unwrap();
         impostor.send(Bytes::from(hello)).await.unwrap();
@@ -583,7 +656,7 @@ mod tests {
         let mut foreign = FramedWrite::new(TcpStream::connect(a1).await.unwrap(), codec());
         let hello = postcard::to_stdvec(&Wire::<Test>::Hello {
             from: 2,
-            cluster: cluster_check(&nodes) ^ 1,
+            cluster: cluster_check(ckpt_replication::config::CLUSTER_NAME_DEFAULT) ^ 1,
         })
         .unwrap();
         foreign.send(Bytes::from(hello)).await.unwrap();
@@ -613,8 +686,15 @@ mod tests {
         drop(unused);
         let nodes = [(1, a1), (2, configured)];
         let via = BTreeMap::from([(2, a2)]);
-        let n1 =
-            Transport::<Test>::start_with_listener_via(1, &nodes, &via, l1, a1, shutdown.clone());
+        let n1 = Transport::<Test>::start_with_listener_via(
+            1,
+            &nodes,
+            &via,
+            cluster_check(ckpt_replication::config::CLUSTER_NAME_DEFAULT),
+            l1,
+            a1,
+            shutdown.clone(),
+        );
         let mut n2 = Transport::<Test>::start_with_listener(2, &nodes, l2, a2, shutdown.clone());
         let got = deliver(&n1.transport, 2, &mut n2.inbound, Test::Ping(3)).await;
         assert_eq!(got, (1, Test::Ping(3)));
