@@ -321,7 +321,7 @@ impl Metrics {
             ));
             families.push(histogram_family(
                 "ckpt_wal_batch_records",
-                "Records per group commit (the records one log write and fdatasync make durable)",
+                "Records per group commit (one write to the log; the fsync thread makes one or more of them durable with one fdatasync)",
                 &stats.batch_records,
                 1.0,
             ));
