@@ -134,3 +134,38 @@ fn sighup_is_ignored_and_the_server_keeps_serving() {
     assert!(status.success(), "{log}");
     assert!(log.contains("store closed cleanly"), "{log}");
 }
+
+#[test]
+fn an_unfinished_admin_request_does_not_hold_up_the_exit() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Process::start(&server_args(data.to_str().unwrap(), "127.0.0.1:0"), &[]);
+    let ready = server.wait_line("ckpt-server ready");
+    let admin = field(&ready, "admin=");
+    // A scraper that sent half a request and waits.
+    let mut stalled = std::net::TcpStream::connect(&admin).unwrap();
+    stalled
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // And one on a kept-alive connection.
+    let mut idle = std::net::TcpStream::connect(&admin).unwrap();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let stopping = Instant::now();
+    server.signal(libc::SIGTERM);
+    let (status, log) = server.wait_exit();
+    assert!(status.success(), "{log}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "the exit took {:?}",
+        stopping.elapsed()
+    );
+    // It was the admin endpoint's bound on the wait that let it go.
+    assert!(
+        log.contains("admin requests still running at exit"),
+        "{log}"
+    );
+    drop((stalled, idle));
+}

@@ -117,6 +117,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     result
 }
 
+/// How long the admin endpoint's requests in flight may take at exit, ms.
+pub const ADMIN_STOP_MS: u64 = 2_000;
+
 /// The admin endpoint, bound and served from its [`metrics::Admin`] state.
 struct AdminEndpoint {
     state: Arc<metrics::Admin>,
@@ -160,12 +163,20 @@ impl AdminEndpoint {
         })
     }
 
+    /// Stops serving: requests in flight get [`ADMIN_STOP_MS`] to finish
+    /// (a scraper's open connection must not hold the exit up).
     async fn stop(self) {
         self.stop.cancel();
-        match self.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "the admin endpoint failed"),
-            Err(error) => tracing::warn!(%error, "the admin endpoint panicked"),
+        let mut task = self.task;
+        let stopped = tokio::time::timeout(Duration::from_millis(ADMIN_STOP_MS), &mut task).await;
+        match stopped {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the admin endpoint failed"),
+            Ok(Err(error)) => tracing::warn!(%error, "the admin endpoint panicked"),
+            Err(_) => {
+                tracing::warn!("admin requests still running at exit; dropping them");
+                task.abort();
+            }
         }
     }
 }
