@@ -144,6 +144,9 @@ fn a_destroyed_node_is_replaced_and_every_checkpoint_is_whole_again() {
         "writes go on with the new node",
     );
     drop(bench);
+    if std::env::var_os("CKPT_REPLACE_LOGS").is_some() {
+        dump_logs(&mut cluster, usize::MAX);
+    }
 
     let (ok, text) = cluster_tool(&cluster.admins(), &["status"]);
     assert!(ok, "{text}");
