@@ -579,21 +579,32 @@ fn member_answer(result: ckpt_proto::CkptResult<()>, what: String) -> (StatusCod
     }
 }
 
+/// The cluster and the parsed query of a membership request, or the
+/// answer refusing it.
+fn member_request(
+    state: &AdminState,
+    query: Option<&str>,
+) -> Result<(Arc<crate::cluster::Cluster>, MemberQuery), (StatusCode, String)> {
+    let query = MemberQuery::parse(query)
+        .map_err(|error| (StatusCode::BAD_REQUEST, format!("{error}\n")))?;
+    let cluster = state.cluster().ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            "not a cluster node: started without a cluster file\n".to_string(),
+        )
+    })?;
+    Ok((cluster, query))
+}
+
 /// `POST /cluster/add-node?id=N&client_addr=..&peer_addr=..&admin_addr=..`
 /// (`ckpt-tool cluster add-node`).
 async fn add_node_page(
     State(state): State<AdminState>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> (StatusCode, String) {
-    let query = match MemberQuery::parse(query.as_deref()) {
-        Ok(query) => query,
-        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")),
-    };
-    let Some(cluster) = state.cluster() else {
-        return (
-            StatusCode::NOT_FOUND,
-            "not a cluster node: started without a cluster file\n".into(),
-        );
+    let (cluster, query) = match member_request(&state, query.as_deref()) {
+        Ok(request) => request,
+        Err(refused) => return refused,
     };
     let (Some(client_addr), Some(peer_addr), Some(admin_addr)) =
         (query.client_addr, query.peer_addr, query.admin_addr)
@@ -617,15 +628,9 @@ async fn remove_node_page(
     State(state): State<AdminState>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> (StatusCode, String) {
-    let query = match MemberQuery::parse(query.as_deref()) {
-        Ok(query) => query,
-        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")),
-    };
-    let Some(cluster) = state.cluster() else {
-        return (
-            StatusCode::NOT_FOUND,
-            "not a cluster node: started without a cluster file\n".into(),
-        );
+    let (cluster, query) = match member_request(&state, query.as_deref()) {
+        Ok(request) => request,
+        Err(refused) => return refused,
     };
     let result = cluster.remove_node(query.id).await;
     member_answer(result, format!("node {} removed", query.id))

@@ -76,15 +76,7 @@ impl Server {
 
     /// Starts node `node_id` of the cluster described by `config`.
     pub fn start_node(config: &Path, node_id: u64, data_dir: &Path) -> Server {
-        let args = vec![
-            "--config".to_string(),
-            config.display().to_string(),
-            "--node-id".to_string(),
-            node_id.to_string(),
-            "--data-dir".to_string(),
-            data_dir.display().to_string(),
-        ];
-        Server::spawn(data_dir, &args)
+        Server::start_node_with(config, node_id, data_dir, &[])
     }
 
     fn spawn(data_dir: &Path, args: &[String]) -> Server {
