@@ -274,6 +274,16 @@ fn a_flood_of_large_notifications_cannot_grow_the_server_past_its_bounds() {
         expected < first_seq + UPDATES,
         "a subscriber that never read got all {UPDATES} updates queued"
     );
+    // /metrics counts the fall and the resync, and how many updates it
+    // covered (the subscriber's lag when it was resynced).
+    let missed = (next_seq - expected) as f64;
+    for (name, value) in [
+        ("ckpt_subscriber_fell_behind_total", 1.0),
+        ("ckpt_subscriber_resyncs_total", 1.0),
+        ("ckpt_subscriber_resync_missed_updates_total", missed),
+    ] {
+        assert_eq!(metric(&server.admin, name), Some(value), "{name}");
+    }
     let response = writer.call(&Request::SectionOverwrite {
         handle,
         section_id: SectionId::new("s"),

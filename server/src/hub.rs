@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ckpt_proto::wire::{Change, Handle, Notification};
 use ckpt_proto::{CheckpointName, SectionId, WriteElement};
 use ckpt_storage::{InstanceId, Lsn, Record, RecordBody, Seq, Store};
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Bytes counted for a notification besides its data: the frame header,
@@ -153,8 +153,15 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    /// Sends one update unless the subscriber is behind or it does not fit.
-    fn deliver(&mut self, name: &CheckpointName, seq: u64, change: &Change) {
+    /// Sends one update unless the subscriber is behind or it does not fit
+    /// (then it falls behind, counted in `metrics`).
+    fn deliver(
+        &mut self,
+        name: &CheckpointName,
+        seq: u64,
+        change: &Change,
+        metrics: &SubscriberMetrics,
+    ) {
         if self.behind {
             return;
         }
@@ -169,12 +176,17 @@ impl Subscriber {
             self.delivered = seq;
         } else {
             self.behind = true;
+            metrics.fell_behind.inc();
         }
     }
 
     /// Tells the subscriber to re-read: updates after `delivered` up to
-    /// `last_seq` are not coming.
-    fn resync(&mut self, last_seq: u64) {
+    /// `last_seq` are not coming (counted in `metrics`).
+    fn resync(&mut self, last_seq: u64, metrics: &SubscriberMetrics) {
+        metrics.resyncs.inc();
+        metrics
+            .missed
+            .inc_by(last_seq.saturating_sub(self.delivered));
         let note = Notification::Resync {
             handle: self.handle,
             after_seq: self.delivered,
@@ -235,10 +247,24 @@ pub struct SubscribeRequest {
 }
 
 /// The notification hub, shared by the commit listener and the sessions.
+/// What `/metrics` shows of the subscribers: how often one fell behind
+/// (its connection's notification queue full), how often one was told to
+/// re-read (`Resync`), and how many updates those re-reads covered.
+#[derive(Clone)]
+pub struct SubscriberMetrics {
+    /// `ckpt_subscriber_fell_behind_total`.
+    pub fell_behind: IntCounter,
+    /// `ckpt_subscriber_resyncs_total`.
+    pub resyncs: IntCounter,
+    /// `ckpt_subscriber_resync_missed_updates_total`.
+    pub missed: IntCounter,
+}
+
 pub struct Hub {
     state: Mutex<State>,
     history_bytes_max: u64,
     history_gauge: IntGauge,
+    metrics: SubscriberMetrics,
     /// One read of the log at a time: each holds a segment in memory.
     log_reads: tokio::sync::Semaphore,
 }
@@ -246,7 +272,12 @@ pub struct Hub {
 impl Hub {
     /// A hub keeping up to `history_bytes_max` bytes of recent updates,
     /// node-wide; everything up to `durable_lsn` is in the log already.
-    pub fn new(history_bytes_max: u64, durable_lsn: u64, history_gauge: IntGauge) -> Arc<Hub> {
+    pub fn new(
+        history_bytes_max: u64,
+        durable_lsn: u64,
+        history_gauge: IntGauge,
+        metrics: SubscriberMetrics,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::new(State {
                 durable_lsn,
@@ -254,6 +285,7 @@ impl Hub {
             }),
             history_bytes_max,
             history_gauge,
+            metrics,
             log_reads: tokio::sync::Semaphore::new(1),
         })
     }
@@ -282,7 +314,7 @@ impl Hub {
             feed.last_seq = seq;
             if let (Some(name), Some(change)) = (&feed.name, &change) {
                 for subscriber in &mut feed.subscribers {
-                    subscriber.deliver(name, seq, change);
+                    subscriber.deliver(name, seq, change, &self.metrics);
                 }
             }
             let bytes = change.as_ref().map_or(0, change_bytes) + NOTIFICATION_OVERHEAD_BYTES;
@@ -376,14 +408,14 @@ impl Hub {
             if gapless && reaches {
                 for (seq, change) in &missed {
                     if let Some(change) = change {
-                        subscriber.deliver(&name, *seq, change);
+                        subscriber.deliver(&name, *seq, change, &self.metrics);
                     }
                 }
                 if !subscriber.behind {
                     subscriber.delivered = feed.last_seq;
                 }
             } else {
-                subscriber.resync(feed.last_seq);
+                subscriber.resync(feed.last_seq, &self.metrics);
             }
         }
         feed.subscribers
@@ -435,7 +467,7 @@ impl Hub {
             let last_seq = feed.last_seq;
             for subscriber in &mut feed.subscribers {
                 if subscriber.session == session && subscriber.behind {
-                    subscriber.resync(last_seq);
+                    subscriber.resync(last_seq, &self.metrics);
                 }
             }
         }

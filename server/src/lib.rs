@@ -216,6 +216,20 @@ async fn serve_on(
         config.notification_history_bytes_max,
         recovered_lsn,
         gauges.history_bytes.clone(),
+        hub::SubscriberMetrics {
+            fell_behind: metrics.register_counter(
+                "ckpt_subscriber_fell_behind_total",
+                "Times a subscription fell behind: its connection's notification queue was full and updates were dropped",
+            ),
+            resyncs: metrics.register_counter(
+                "ckpt_subscriber_resyncs_total",
+                "Resync notifications sent: a subscriber told to re-read the updates it missed",
+            ),
+            missed: metrics.register_counter(
+                "ckpt_subscriber_resync_missed_updates_total",
+                "Updates the Resync notifications covered (the subscribers' lag when they were resynced)",
+            ),
+        },
     );
     {
         let hub = hub.clone();

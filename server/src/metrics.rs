@@ -280,6 +280,11 @@ impl Metrics {
         gauge(&self.registry, name, help)
     }
 
+    /// A counter on this registry (owned by the caller, exported here).
+    pub fn register_counter(&self, name: &str, help: &str) -> IntCounter {
+        counter(&self.registry, name, help)
+    }
+
     /// A connection opened (+1) or closed (-1).
     pub fn connection(&self, delta: i64) {
         self.connections.add(delta);
