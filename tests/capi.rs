@@ -595,6 +595,17 @@ fn sample_applications_build_with_pkg_config_against_an_installed_prefix() {
         .arg(format!("CARGO_TARGET_DIR={}", target.display()))
         .env_remove("MAKEFLAGS")
         .env_remove("MFLAGS"));
+    // The binaries are installed without their debug info (the release
+    // profile's line tables make them ~470 MB in target/), and run.
+    for bin in ["ckpt-server", "ckpt-tool"] {
+        let path = prefix.join("bin").join(bin);
+        let bytes = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{bin} installed: {e}"))
+            .len();
+        assert!(bytes < 64 << 20, "{bin} installed with {bytes} bytes");
+        let version = run(Command::new(&path).arg("--version"));
+        assert!(String::from_utf8_lossy(&version.stdout).starts_with(bin));
+    }
     let lib = prefix.join("lib");
     // The installed library is stripped and carries its soname.
     let symbols = run(Command::new("nm").arg(lib.join("libckpt.so.0.1.0")));

@@ -12,8 +12,11 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
 
 /// ckpt-tool: operate a ckpt checkpoint service from the shell.
 ///
-/// Every command talks to the server at --addr (or $CKPT_ADDR). On failure
-/// the tool prints `error: CL_ERR_NAME: message` on stderr and exits 1.
+/// The checkpoint commands talk to the server at --addr (or $CKPT_ADDR);
+/// `wal`, `salvage`, `verify FILE` and `dump`/`restore --data-dir` work on
+/// files offline; `cluster` talks to the nodes' admin ports. On failure the
+/// tool prints `error: CL_ERR_NAME: message` on stderr and exits 1; a
+/// command line it cannot parse exits 2.
 #[derive(Debug, Parser)]
 #[command(name = "ckpt-tool", version, propagate_version = true)]
 pub struct Cli {
