@@ -40,6 +40,7 @@ pub struct Metrics {
     group_commits: IntCounter,
     rocksdb_flushes: IntCounter,
     wal_segments: IntGauge,
+    wal_applied_lsn: IntGauge,
     wal_disk_bytes: IntGauge,
     sst_bytes: IntGauge,
     memtable_bytes: IntGauge,
@@ -207,6 +208,11 @@ impl Metrics {
                 "Times RocksDB was made durable so the log could be trimmed",
             ),
             wal_segments: gauge(&registry, "ckpt_wal_segments", "WAL segment files on disk"),
+            wal_applied_lsn: gauge(
+                &registry,
+                "ckpt_wal_applied_lsn",
+                "Log position of the last record applied to the state (ckpt-tool wal --from-lsn)",
+            ),
             wal_disk_bytes: gauge(
                 &registry,
                 "ckpt_wal_disk_bytes",
@@ -346,6 +352,8 @@ impl Metrics {
         Self::catch_up(&self.group_commits, load(&stats.batches));
         Self::catch_up(&self.rocksdb_flushes, load(&stats.rocksdb_flushes));
         self.wal_segments.set(store.wal_segments() as i64);
+        self.wal_applied_lsn
+            .set(i64::try_from(store.applied_lsn().0).unwrap_or(i64::MAX));
         let (wal_bytes, _) = store.wal_footprint();
         self.wal_disk_bytes
             .set(i64::try_from(wal_bytes).unwrap_or(i64::MAX));

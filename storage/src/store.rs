@@ -690,6 +690,11 @@ impl Store {
         self.shared.segments.load(Ordering::Relaxed)
     }
 
+    /// The log position of the last record applied to the state.
+    pub fn applied_lsn(&self) -> Lsn {
+        Lsn(self.shared.applied.load(Ordering::Acquire))
+    }
+
     /// Queues an operation; `reply` is called once, from the writer thread,
     /// when it is answered. Blocks while the queue is full.
     pub fn submit(

@@ -32,6 +32,16 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// One server at a glance, from its admin port (like `etcdctl endpoint
+    /// status` and redis `INFO`): version, uptime, data directory, ready or
+    /// not (and why), poisoned, WAL and RocksDB bytes on disk, applied lsn,
+    /// checkpoints and sections, connections. `--json` for scripts.
+    Status(StatusArgs),
+    /// Follow a checkpoint's updates as they commit (like `etcdctl watch`):
+    /// one line per update (`--json`: one object per line). `--from SEQ`
+    /// resumes after sequence number SEQ without a gap while the server's
+    /// log still holds it (else a `resync` line says what was missed).
+    Watch(WatchArgs),
     /// Create a checkpoint (open with CREATE|READ|WRITE, then close). An
     /// existing checkpoint with the same attributes is fine; with other
     /// attributes it is CL_ERR_ALREADY_EXIST.
@@ -140,6 +150,38 @@ pub enum ClusterCommand {
     /// node, the last one, or one holding the only in-sync copy of a
     /// checkpoint.
     RemoveNode(ClusterRemoveNodeArgs),
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The server's admin address.
+    #[arg(
+        long,
+        env = "CKPT_ADMIN",
+        default_value = "127.0.0.1:7401",
+        value_name = "HOST:PORT"
+    )]
+    pub admin: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Resume after this sequence number (the last one seen).
+    #[arg(long, value_name = "SEQ")]
+    pub from: Option<u64>,
+    /// Stop after this many updates (default: follow until interrupted).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `cluster add-node`.

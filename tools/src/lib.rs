@@ -36,6 +36,7 @@ pub mod histogram;
 pub mod logtool;
 pub mod progress;
 pub mod record;
+pub mod status;
 pub mod walscan;
 
 use ckpt_client::{Client, ClientError};
@@ -75,6 +76,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::CheckAcked(args) => check_acked(addr, &args.file).await,
         Command::Dump(args) => backup::dump(addr, args).await,
         Command::Restore(args) => backup::restore(addr, args).await,
+        Command::Status(args) => status::status(args).await,
         Command::Cluster(ClusterCommand::Status(args)) => cluster::status(args).await,
         Command::Cluster(ClusterCommand::Verify(args)) => cluster::verify(args).await,
         Command::Cluster(ClusterCommand::AddNode(args)) => cluster::add_node(args).await,
@@ -108,6 +110,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 Command::SectionCreate(args) => admin::section_create(&client, args).await,
                 Command::Write(args) => admin::write(&client, args).await,
                 Command::Read(args) => admin::read(&client, args).await,
+                Command::Watch(args) => status::watch(&client, args).await,
                 Command::SectionRm(args) => admin::section_rm(&client, args).await,
                 Command::Sections(args) => admin::sections(&client, args).await,
                 Command::Ls(args) => admin::ls(&client, args).await,
@@ -120,6 +123,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 | Command::Verify(_)
                 | Command::Wal(_)
                 | Command::Salvage(_)
+                | Command::Status(_)
                 | Command::Cluster(_) => unreachable!("handled above"),
             };
             // Release the handles and say goodbye; the command's own error
