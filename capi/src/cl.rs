@@ -14,300 +14,114 @@ use crate::runtime::guard;
 
 const API: Api = Api::Cl;
 
-/// `clCkptInitialize`: Initializes the library and connects to `CKPT_SERVERS`.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptInitialize(
-    handle: *mut u64,
-    callbacks: *const CallbacksC,
-    version: *mut VersionC,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::initialize(API, handle, callbacks, version) })
-    })
+export! {
+    /// `clCkptInitialize`: Initializes the library and connects to `CKPT_SERVERS`.
+    fn clCkptInitialize(handle: *mut u64, callbacks: *const CallbacksC, version: *mut VersionC) => initialize;
 }
 
-/// `clCkptFinalize`: Closes the service, its checkpoints and its selection object.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptFinalize(handle: u64) -> u32 {
-    guard(API, || API.result(&ops::finalize(API, handle)))
+export! {
+    /// `clCkptFinalize`: Closes the service, its checkpoints and its selection object.
+    fn clCkptFinalize(handle: u64) => finalize;
 }
 
-/// `clCkptSelectionObjectGet`: The eventfd that is readable while callbacks are pending.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptSelectionObjectGet(handle: u64, selection_object: *mut u64) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::selection_object_get(API, handle, selection_object) })
-    })
+export! {
+    /// `clCkptSelectionObjectGet`: The eventfd that is readable while callbacks are pending.
+    fn clCkptSelectionObjectGet(handle: u64, selection_object: *mut u64) => selection_object_get;
 }
 
-/// `clCkptDispatch`: Runs pending callbacks on the caller's thread.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptDispatch(handle: u64, flags: u32) -> u32 {
-    guard(API, || API.result(&ops::dispatch(API, handle, flags)))
+export! {
+    /// `clCkptDispatch`: Runs pending callbacks on the caller's thread.
+    fn clCkptDispatch(handle: u64, flags: u32) => dispatch;
 }
 
-/// `clCkptCheckpointOpen`: Opens (and creates) a checkpoint.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointOpen(
-    handle: u64,
-    name: *const NameC,
-    attributes: *const CreationAttributesC,
-    flags: u32,
-    timeout: i64,
-    checkpoint: *mut u64,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::open(API, handle, name, attributes, flags, timeout, checkpoint) })
-    })
+export! {
+    /// `clCkptCheckpointOpen`: Opens (and creates) a checkpoint.
+    fn clCkptCheckpointOpen(handle: u64, name: *const NameC, attributes: *const CreationAttributesC, flags: u32, timeout: i64, checkpoint: *mut u64) => open;
 }
 
-/// `clCkptCheckpointOpenAsync`: Opens a checkpoint; the open callback tells the outcome.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointOpenAsync(
-    handle: u64,
-    invocation: u64,
-    name: *const NameC,
-    attributes: *const CreationAttributesC,
-    flags: u32,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::open_async(API, handle, invocation, name, attributes, flags) })
-    })
+export! {
+    /// `clCkptCheckpointOpenAsync`: Opens a checkpoint; the open callback tells the outcome.
+    fn clCkptCheckpointOpenAsync(handle: u64, invocation: u64, name: *const NameC, attributes: *const CreationAttributesC, flags: u32) => open_async;
 }
 
-/// `clCkptCheckpointClose`: Closes a checkpoint handle.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointClose(checkpoint: u64) -> u32 {
-    guard(API, || API.result(&ops::close(API, checkpoint)))
+export! {
+    /// `clCkptCheckpointClose`: Closes a checkpoint handle.
+    fn clCkptCheckpointClose(checkpoint: u64) => close;
 }
 
-/// `clCkptCheckpointDelete`: Deletes a checkpoint's name.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointDelete(handle: u64, name: *const NameC) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::delete(API, handle, name) })
-    })
+export! {
+    /// `clCkptCheckpointDelete`: Deletes a checkpoint's name.
+    fn clCkptCheckpointDelete(handle: u64, name: *const NameC) => delete;
 }
 
-/// `clCkptCheckpointRetentionDurationSet`: Sets the retention duration.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointRetentionDurationSet(
-    checkpoint: u64,
-    retention: i64,
-) -> u32 {
-    guard(API, || {
-        API.result(&ops::retention_duration_set(API, checkpoint, retention))
-    })
+export! {
+    /// `clCkptCheckpointRetentionDurationSet`: Sets the retention duration.
+    fn clCkptCheckpointRetentionDurationSet(checkpoint: u64, retention: i64) => retention_duration_set;
 }
 
-/// `clCkptActiveReplicaSet`: Makes this node's replica the active one.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptActiveReplicaSet(checkpoint: u64) -> u32 {
-    guard(API, || {
-        API.result(&ops::active_replica_set(API, checkpoint))
-    })
+export! {
+    /// `clCkptActiveReplicaSet`: Makes this node's replica the active one.
+    fn clCkptActiveReplicaSet(checkpoint: u64) => active_replica_set;
 }
 
-/// `clCkptCheckpointStatusGet`: Attributes and usage of a checkpoint.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointStatusGet(
-    checkpoint: u64,
-    status: *mut CheckpointDescriptorC,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::status_get(API, checkpoint, status) })
-    })
+export! {
+    /// `clCkptCheckpointStatusGet`: Attributes and usage of a checkpoint.
+    fn clCkptCheckpointStatusGet(checkpoint: u64, status: *mut CheckpointDescriptorC) => status_get;
 }
 
-/// `clCkptSectionCreate`: Creates a section.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptSectionCreate(
-    checkpoint: u64,
-    attributes: *mut SectionCreationAttributesC,
-    data: *const u8,
-    size: u64,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::section_create(API, checkpoint, attributes, data, size) })
-    })
+export! {
+    /// `clCkptSectionCreate`: Creates a section.
+    fn clCkptSectionCreate(checkpoint: u64, attributes: *mut SectionCreationAttributesC, data: *const u8, size: u64) => section_create;
 }
 
-/// `clCkptSectionDelete`: Deletes a section.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptSectionDelete(
-    checkpoint: u64,
-    section_id: *const SectionIdC,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::section_delete(API, checkpoint, section_id) })
-    })
+export! {
+    /// `clCkptSectionDelete`: Deletes a section.
+    fn clCkptSectionDelete(checkpoint: u64, section_id: *const SectionIdC) => section_delete;
 }
 
-/// `clCkptSectionExpirationTimeSet`: Sets a section's expiration time.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptSectionExpirationTimeSet(
-    checkpoint: u64,
-    section_id: *const SectionIdC,
-    expiration_time: i64,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe {
-            ops::section_expiration_time_set(API, checkpoint, section_id, expiration_time)
-        })
-    })
+export! {
+    /// `clCkptSectionExpirationTimeSet`: Sets a section's expiration time.
+    fn clCkptSectionExpirationTimeSet(checkpoint: u64, section_id: *const SectionIdC, expiration_time: i64) => section_expiration_time_set;
 }
 
-/// `clCkptSectionIterationInitialize`: Starts an iteration over sections.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptSectionIterationInitialize(
-    checkpoint: u64,
-    chosen: u32,
-    expiration_time: i64,
-    iteration: *mut u64,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe {
-            ops::iteration_initialize(API, checkpoint, chosen, expiration_time, iteration)
-        })
-    })
+export! {
+    /// `clCkptSectionIterationInitialize`: Starts an iteration over sections.
+    fn clCkptSectionIterationInitialize(checkpoint: u64, chosen: u32, expiration_time: i64, iteration: *mut u64) => iteration_initialize;
 }
 
-/// `clCkptSectionIterationNext`: The next section of an iteration.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptSectionIterationNext(
-    iteration: u64,
-    descriptor: *mut SectionDescriptorC,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::iteration_next(API, iteration, descriptor) })
-    })
+export! {
+    /// `clCkptSectionIterationNext`: The next section of an iteration.
+    fn clCkptSectionIterationNext(iteration: u64, descriptor: *mut SectionDescriptorC) => iteration_next;
 }
 
-/// `clCkptSectionIterationFinalize`: Ends an iteration.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptSectionIterationFinalize(iteration: u64) -> u32 {
-    guard(API, || API.result(&ops::iteration_finalize(API, iteration)))
+export! {
+    /// `clCkptSectionIterationFinalize`: Ends an iteration.
+    fn clCkptSectionIterationFinalize(iteration: u64) => iteration_finalize;
 }
 
-/// `clCkptCheckpointWrite`: Writes several elements atomically.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointWrite(
-    checkpoint: u64,
-    vector: *const IoVectorElementC,
-    count: u32,
-    erroneous: *mut u32,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::write(API, checkpoint, vector, count, erroneous) })
-    })
+export! {
+    /// `clCkptCheckpointWrite`: Writes several elements atomically.
+    fn clCkptCheckpointWrite(checkpoint: u64, vector: *const IoVectorElementC, count: u32, erroneous: *mut u32) => write;
 }
 
-/// `clCkptSectionOverwrite`: Replaces a section's data.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptSectionOverwrite(
-    checkpoint: u64,
-    section_id: *const SectionIdC,
-    data: *const c_void,
-    size: u64,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::overwrite(API, checkpoint, section_id, data, size) })
-    })
+export! {
+    /// `clCkptSectionOverwrite`: Replaces a section's data.
+    fn clCkptSectionOverwrite(checkpoint: u64, section_id: *const SectionIdC, data: *const c_void, size: u64) => overwrite;
 }
 
-/// `clCkptCheckpointRead`: Reads several elements.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointRead(
-    checkpoint: u64,
-    vector: *mut IoVectorElementC,
-    count: u32,
-    erroneous: *mut u32,
-) -> u32 {
-    guard(API, || {
-        API.result(&unsafe { ops::read(API, checkpoint, vector, count, erroneous) })
-    })
+export! {
+    /// `clCkptCheckpointRead`: Reads several elements.
+    fn clCkptCheckpointRead(checkpoint: u64, vector: *mut IoVectorElementC, count: u32, erroneous: *mut u32) => read;
 }
 
-/// `clCkptCheckpointSynchronize`: Waits until every replica has every update.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointSynchronize(checkpoint: u64, timeout: i64) -> u32 {
-    guard(API, || {
-        API.result(&ops::synchronize(API, checkpoint, timeout))
-    })
+export! {
+    /// `clCkptCheckpointSynchronize`: Waits until every replica has every update.
+    fn clCkptCheckpointSynchronize(checkpoint: u64, timeout: i64) => synchronize;
 }
 
-/// `clCkptCheckpointSynchronizeAsync`: Synchronizes; the synchronize callback tells the outcome.
-///
-/// # Safety
-/// Pointer arguments are NULL or valid for their C types (checked for NULL).
-#[no_mangle]
-pub unsafe extern "C" fn clCkptCheckpointSynchronizeAsync(checkpoint: u64, invocation: u64) -> u32 {
-    guard(API, || {
-        API.result(&ops::synchronize_async(API, checkpoint, invocation))
-    })
+export! {
+    /// `clCkptCheckpointSynchronizeAsync`: Synchronizes; the synchronize callback tells the outcome.
+    fn clCkptCheckpointSynchronizeAsync(checkpoint: u64, invocation: u64) => synchronize_async;
 }
 
 /// `clCkptImmediateConsumptionRegister`: Registers a callback for every update of the checkpoint.

@@ -34,6 +34,24 @@
 //! `docs/c-api.md` in the repository says how to port an application, what
 //! differs from SAFplus and OpenSAF, and lists the exported symbols.
 
+/// One exported C function of `cl.rs` or `sa.rs` (each has its `API`): the
+/// call of `ops::$op` with the same arguments, its result in that API's
+/// return codes, behind the panic guard. The two APIs' functions differ in
+/// name and return codes only; this is their one body.
+macro_rules! export {
+    ($(#[doc = $doc:literal])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $op:ident;) => {
+        $(#[doc = $doc])*
+        ///
+        /// # Safety
+        /// Pointer arguments are NULL or valid for their C types (checked for NULL).
+        #[no_mangle]
+        #[allow(unused_unsafe)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
+            guard(API, || API.result(&unsafe { ops::$op(API, $($arg),*) }))
+        }
+    };
+}
+
 pub mod cl;
 pub mod ctypes;
 pub mod errors;
