@@ -961,15 +961,29 @@ impl Store {
     /// one pass over the log for all of them (a failover catches thousands
     /// of checkpoints up at once; a pass per checkpoint is quadratic).
     pub fn entries_after_many(&self, reads: &[ReadAfter]) -> Vec<CkptResult<EntriesAfter>> {
+        if let Err(error) = self.shared.check_readable() {
+            return reads.iter().map(|_| Err(error.clone())).collect();
+        }
+        // One consistent view for every position of the batch (taken before
+        // `upto` below, so none is past what the log is read up to).
+        let view = self.shared.db.snapshot();
         let mut answers: Vec<Option<CkptResult<EntriesAfter>>> = Vec::with_capacity(reads.len());
         let mut wants = Vec::new();
         for read in reads {
-            let answer = self.entries_after_without_log(read);
+            let last = view.instance(read.instance).map(|meta| {
+                meta.map(|meta| Position {
+                    instance: read.instance,
+                    epoch: meta.epoch,
+                    seq: meta.seq,
+                })
+            });
+            let answer = entries_after_without_log(read, last);
             if answer.is_none() {
                 wants.push((read.instance, read.seq));
             }
             answers.push(answer);
         }
+        drop(view);
         let upto = Lsn(self.shared.applied.load(Ordering::Acquire));
         let mut histories = match records_after_many(self.wal_fs.as_ref(), &wants, upto) {
             Ok(histories) => histories.into_iter(),
@@ -992,38 +1006,6 @@ impl Store {
                 )),
             })
             .collect()
-    }
-
-    /// The answer to `read` when the log need not be read (an error, or
-    /// the reader is at this node's last entry); `None` when it must be.
-    fn entries_after_without_log(&self, read: &ReadAfter) -> Option<CkptResult<EntriesAfter>> {
-        let ReadAfter {
-            instance,
-            epoch,
-            seq,
-            ..
-        } = *read;
-        let last = match self.position(instance) {
-            Ok(Some(last)) => last,
-            Ok(None) => return Some(Err(missing_instance(instance))),
-            Err(error) => return Some(Err(error)),
-        };
-        if (epoch, seq) > (last.epoch, last.seq) {
-            return Some(Err(CkptError::new(
-                ErrorCode::BadOperation,
-                format!(
-                    "instance {} is at epoch {} seq {} here: epoch {} seq {} is ahead of it",
-                    instance.0, last.epoch.0, last.seq.0, epoch.0, seq.0
-                ),
-            )));
-        }
-        if seq >= last.seq {
-            if (epoch, seq) != (last.epoch, last.seq) {
-                return Some(Ok(EntriesAfter::Gone));
-            }
-            return Some(Ok(EntriesAfter::Entries(Vec::new())));
-        }
-        None
     }
 
     /// Keeps the log from `lsn` on (replication still reads it), within
@@ -1581,6 +1563,41 @@ pub struct ReadAfter {
     pub seq: Seq,
     /// About how many entry bytes to answer with (at least one entry).
     pub max_bytes: u64,
+}
+
+/// The answer to `read` when the log need not be read (an error, or the
+/// reader is at this node's last entry `last`); `None` when it must be.
+fn entries_after_without_log(
+    read: &ReadAfter,
+    last: CkptResult<Option<Position>>,
+) -> Option<CkptResult<EntriesAfter>> {
+    let ReadAfter {
+        instance,
+        epoch,
+        seq,
+        ..
+    } = *read;
+    let last = match last {
+        Ok(Some(last)) => last,
+        Ok(None) => return Some(Err(missing_instance(instance))),
+        Err(error) => return Some(Err(error)),
+    };
+    if (epoch, seq) > (last.epoch, last.seq) {
+        return Some(Err(CkptError::new(
+            ErrorCode::BadOperation,
+            format!(
+                "instance {} is at epoch {} seq {} here: epoch {} seq {} is ahead of it",
+                instance.0, last.epoch.0, last.seq.0, epoch.0, seq.0
+            ),
+        )));
+    }
+    if seq >= last.seq {
+        if (epoch, seq) != (last.epoch, last.seq) {
+            return Some(Ok(EntriesAfter::Gone));
+        }
+        return Some(Ok(EntriesAfter::Entries(Vec::new())));
+    }
+    None
 }
 
 /// The entries after `read`'s position in what the log still holds.

@@ -54,9 +54,8 @@ pub struct ServerStatus {
     pub connections_rejected: Option<u64>,
 }
 
-/// `GET path` on `addr`: (status, body as text).
-async fn get(addr: &str, path: &str) -> Result<(u16, String), ClientError> {
-    let mut connection = HttpConnection::connect(addr, ADMIN_TIMEOUT).await?;
+/// `GET path` on the admin connection: (status, body as text).
+async fn get(connection: &mut HttpConnection, path: &str) -> Result<(u16, String), ClientError> {
     let response = connection.request("GET", path, None, ADMIN_TIMEOUT).await?;
     Ok((
         response.status,
@@ -179,15 +178,17 @@ pub fn status_text(s: &ServerStatus) -> String {
 /// `MESSAGE_ERROR` when the admin port does not answer HTTP (naming it).
 pub async fn status(args: &StatusArgs) -> Result<(), ClientError> {
     let admin = args.admin.as_str();
-    let readyz = get(admin, "/readyz").await?;
-    let (metrics_status, metrics) = get(admin, "/metrics").await?;
+    // One connection for the three pages (the admin port keeps it alive).
+    let mut connection = HttpConnection::connect(admin, ADMIN_TIMEOUT).await?;
+    let readyz = get(&mut connection, "/readyz").await?;
+    let (metrics_status, metrics) = get(&mut connection, "/metrics").await?;
     if metrics_status != 200 {
         return Err(ClientError::new(
             ErrorCode::MessageError,
             format!("{admin}: GET /metrics answered {metrics_status}"),
         ));
     }
-    let (_, config) = get(admin, "/config").await?;
+    let (_, config) = get(&mut connection, "/config").await?;
     let status = server_status(admin, &metrics, &config, (readyz.0, &readyz.1));
     if args.json {
         emit_json(&status)

@@ -506,6 +506,7 @@ impl ControlPlane {
                     return;
                 }
                 let now = self.now_ms;
+                let voters = self.voters();
                 let Some(d) = self.duties.as_mut() else {
                     // Leader since the last tick: duties start at the next one.
                     return;
@@ -516,15 +517,6 @@ impl ControlPlane {
                 // election timeout: a leader cut off from the majority
                 // stops granting before a new leader can be elected, even
                 // though raft-rs may take two election timeouts to depose it.
-                let voters = self
-                    .raw
-                    .raft
-                    .prs()
-                    .conf()
-                    .voters()
-                    .ids()
-                    .iter()
-                    .collect::<Vec<_>>();
                 let heard = quorum_heard_ms(d, &voters);
                 if now <= heard.saturating_add(self.margin_ms) {
                     self.out_messages

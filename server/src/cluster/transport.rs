@@ -266,13 +266,8 @@ where
     /// Queues `message` for `to`. Returns false when it was dropped: an
     /// unknown node, a full queue, or a message larger than a frame.
     pub fn send(&self, to: NodeId, message: &M) -> bool {
-        let Some(queue) = self
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&to)
-            .map(|(queue, _)| queue.clone())
-        else {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let Some((queue, _)) = peers.get(&to) else {
             tracing::warn!(to, "dropping a message to a node that is not a peer");
             return false;
         };
