@@ -252,7 +252,7 @@ async fn ctrl_c_stops_the_bench_and_still_removes_its_checkpoint() {
     let client = Client::connect(&server.addr).await.unwrap();
     let bench = Command::new(bin("ckpt-tool"))
         .args(["bench", "--addr", &server.addr, "--clients", "2"])
-        .args(["--duration-s", "600", "--json"])
+        .args(["--duration-s", "120", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

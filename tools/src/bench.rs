@@ -699,14 +699,24 @@ async fn write_loop(
 }
 
 /// Waits for Ctrl-C and raises `stop` (a second Ctrl-C exits at once).
+///
+/// The SIGINT handler is installed here, before the caller goes on, not at
+/// the spawned task's first poll: a Ctrl-C between the two would otherwise
+/// be lost (or kill the run without removing its checkpoints). CI saw it
+/// lost: the run went on for its whole `--duration-s`.
 fn spawn_interrupt(stop: &watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
     let stop = stop.clone();
+    let interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let Ok(mut interrupts) = interrupts else {
+            // No signal driver: Ctrl-C keeps its default action.
+            return;
+        };
+        if interrupts.recv().await.is_some() {
             eprintln!("interrupted: stopping the clients (Ctrl-C again to quit at once, leaving the bench's checkpoints)");
             let _ = stop.send(true);
             // Every acknowledged write is already in the record file.
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupts.recv().await.is_some() {
                 std::process::exit(130);
             }
         }
