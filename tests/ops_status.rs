@@ -42,10 +42,11 @@ fn status_shows_the_server_at_a_glance() {
     );
     assert!(json["uptime_s"].as_u64().is_some(), "{json}");
 
-    // Nothing listening: a clear failure naming the address, exit 1.
+    // Nothing listening: a clear failure naming the address, exit 4
+    // (server unreachable).
     let dead = common::free_port();
     let output = tool(&["status", "--admin", &format!("127.0.0.1:{dead}")]);
-    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output));
     assert!(
         text(&output).contains(&dead.to_string()),
         "{}",
@@ -119,8 +120,9 @@ fn watch_follows_updates_and_resumes_from_a_sequence_number() {
     assert!(update["change"]["SectionCreated"].is_object(), "{resumed}");
     drop(lines);
     writer.join().unwrap();
-    // A checkpoint that does not exist: the client error, exit 1.
+    // A checkpoint that does not exist: the client error, exit 3 (not
+    // found).
     let output = tool(&["--addr", addr, "watch", "nosuch", "--count", "1"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(3));
     assert!(text(&output).contains("NOT_EXIST"), "{}", text(&output));
 }

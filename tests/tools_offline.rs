@@ -81,7 +81,7 @@ fn offline_commands_refuse_a_directory_in_use() {
     // A missing directory is not created by an offline command.
     let missing = dir.path().join("missing");
     let output = tool(&["ls", "--data-dir", missing.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(3), "not found");
     assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
     assert!(!missing.exists());
 }

@@ -8,8 +8,8 @@ use ckpt_client::{Checkpoint, Client, ClientError};
 use ckpt_proto::wire::{CheckpointInfo, Reply, Request, ServerStatus};
 use ckpt_proto::{
     now_ns, CheckpointName, CreationAttributes, CreationFlags, ErrorCode, OpenFlags, ReadElement,
-    SectionCreationAttributes, SectionDescriptor, SectionState, SectionsChosen, WriteElement,
-    TIME_END,
+    SectionCreationAttributes, SectionDescriptor, SectionId, SectionState, SectionsChosen,
+    WriteElement, TIME_END,
 };
 use serde::Serialize;
 
@@ -144,7 +144,7 @@ pub fn create_attributes(args: &CreateArgs) -> Result<CreationAttributes, Client
     Ok(CreationAttributes {
         creation_flags,
         checkpoint_size,
-        retention_duration_ns: args.retention_ns,
+        retention_duration_ns: args.retention_duration_ns(),
         max_sections: args.max_sections,
         max_section_size: args.max_section_size,
         max_section_id_size: args.max_section_id_size,
@@ -244,11 +244,7 @@ fn state_name(state: SectionState) -> &'static str {
 }
 
 fn expiration_text(expiration_time: i64) -> String {
-    if expiration_time == TIME_END {
-        "forever".to_string()
-    } else {
-        expiration_time.to_string()
-    }
+    crate::duration::format_deadline(expiration_time, now_ns())
 }
 
 impl From<&SectionDescriptor> for SectionJson {
@@ -303,21 +299,177 @@ where
     Ok(value)
 }
 
+/// The update mode of `flags`, as `--mode` names it (without ALL_SAFE).
+fn mode_name(flags: CreationFlags) -> &'static str {
+    if flags.contains(CreationFlags::WR_ALL_REPLICAS) {
+        "all-replicas"
+    } else if flags.contains(CreationFlags::WR_ACTIVE_REPLICA_WEAK) {
+        "active-weak"
+    } else {
+        "active"
+    }
+}
+
+/// What differs between an existing checkpoint's attributes and the ones
+/// asked for, as `create`'s flags name them: `max-sections 2 (asked 3)`.
+/// Retention is not compared (a re-open may ask for another one).
+pub fn attribute_differences(
+    existing: &CreationAttributes,
+    asked: &CreationAttributes,
+) -> Vec<String> {
+    let mut differences = Vec::new();
+    let (old, new) = (existing.creation_flags, asked.creation_flags);
+    if mode_name(old) != mode_name(new) {
+        differences.push(format!(
+            "mode {} (asked {})",
+            mode_name(old),
+            mode_name(new)
+        ));
+    }
+    let yes_no = |set: bool| if set { "yes" } else { "no" };
+    for (flag, name) in [
+        (CreationFlags::WR_ALL_SAFE, "all-safe"),
+        (CreationFlags::CHECKPOINT_COLLOCATED, "collocated"),
+        (CreationFlags::DISTRIBUTED, "distributed"),
+    ] {
+        if old.contains(flag) != new.contains(flag) {
+            differences.push(format!(
+                "{name} {} (asked {})",
+                yes_no(old.contains(flag)),
+                yes_no(new.contains(flag))
+            ));
+        }
+    }
+    let mode_bits = CreationFlags::WR_ALL_REPLICAS
+        | CreationFlags::WR_ACTIVE_REPLICA
+        | CreationFlags::WR_ACTIVE_REPLICA_WEAK
+        | CreationFlags::WR_ALL_SAFE
+        | CreationFlags::CHECKPOINT_COLLOCATED
+        | CreationFlags::DISTRIBUTED;
+    let (old_rest, new_rest) = (old.0 & !mode_bits.0, new.0 & !mode_bits.0);
+    if old_rest != new_rest {
+        differences.push(format!(
+            "other creation flags 0x{old_rest:x} (asked 0x{new_rest:x})"
+        ));
+    }
+    for (name, old, new) in [
+        (
+            "max-sections",
+            u64::from(existing.max_sections),
+            u64::from(asked.max_sections),
+        ),
+        (
+            "max-section-size",
+            existing.max_section_size,
+            asked.max_section_size,
+        ),
+        ("size", existing.checkpoint_size, asked.checkpoint_size),
+        (
+            "max-section-id-size",
+            existing.max_section_id_size,
+            asked.max_section_id_size,
+        ),
+    ] {
+        if old != new {
+            differences.push(format!("{name} {old} (asked {new})"));
+        }
+    }
+    differences
+}
+
+/// The flags of `create` that only mean something with more than one
+/// replica.
+fn replication_flags(args: &CreateArgs) -> Vec<&'static str> {
+    let mut flags = Vec::new();
+    match args.mode {
+        crate::cli::Mode::AllReplicas => flags.push("--mode all-replicas"),
+        crate::cli::Mode::AllSafe => flags.push("--mode all-safe"),
+        crate::cli::Mode::Active | crate::cli::Mode::ActiveWeak => {}
+    }
+    for (set, name) in [
+        (args.all_safe, "--all-safe"),
+        (args.collocated, "--collocated"),
+        (args.distributed, "--distributed"),
+    ] {
+        if set {
+            flags.push(name);
+        }
+    }
+    flags
+}
+
+/// `create --json`.
+#[derive(Debug, Serialize)]
+struct CreatedJson {
+    name: String,
+    /// False: it existed with the same attributes.
+    created: bool,
+    /// Nodes holding a replica.
+    replicas: Option<u32>,
+    /// Warnings also printed on stderr.
+    warnings: Vec<String>,
+}
+
 /// `create`.
 pub async fn create(client: &Client, args: &CreateArgs) -> Result<(), ClientError> {
     let attributes = create_attributes(args)?;
     let flags = OpenFlags::CREATE | OpenFlags::READ | OpenFlags::WRITE;
-    let checkpoint = client
-        .open(&args.name.name, Some(attributes), flags)
-        .await?;
+    let name = &args.name.name;
+    let checkpoint = match client.open(name, Some(attributes.clone()), flags).await {
+        Ok(checkpoint) => checkpoint,
+        Err(error) if error.code == ErrorCode::AlreadyExist => {
+            // Name what differs (the server says only that something does).
+            let Ok(info) = client.stat(name).await else {
+                return Err(error);
+            };
+            let differences = attribute_differences(&info.status.attributes, &attributes);
+            if differences.is_empty() {
+                return Err(error);
+            }
+            return Err(ClientError::new(
+                ErrorCode::AlreadyExist,
+                format!(
+                    "checkpoint {name} exists with different attributes: {}",
+                    differences.join(", ")
+                ),
+            ));
+        }
+        Err(error) => return Err(error),
+    };
     let created = checkpoint.created();
     checkpoint.close().await?;
+    let mut warnings = Vec::new();
+    let mut replicas = None;
+    let replication = replication_flags(args);
+    if !replication.is_empty() {
+        if let Ok(info) = client.stat(name).await {
+            replicas = Some(info.replicas);
+            if info.replicas <= 1 {
+                warnings.push(format!(
+                    "{}: checkpoint {name} has 1 replica (a single node, or a cluster's \
+                     replication_factor 1): replication flags change nothing for it",
+                    replication.join(", ")
+                ));
+            }
+        }
+    }
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    if args.json {
+        return emit_json(&CreatedJson {
+            name: name.to_string(),
+            created,
+            replicas,
+            warnings,
+        });
+    }
     let what = if created {
         "created"
     } else {
         "exists with the same attributes:"
     };
-    emit(format!("{what} {}\n", args.name.name).as_bytes())
+    emit(format!("{what} {name}\n").as_bytes())
 }
 
 /// `section-create`.
@@ -326,14 +478,13 @@ pub async fn section_create(client: &Client, args: &SectionCreateArgs) -> Result
         Some(path) => read_input(Some(path))?,
         None => Vec::new(),
     };
-    let expiration_time = match args.expires_in_s {
+    let expiration_time = match args.expires_in_ns {
         None => TIME_END,
-        Some(seconds) => seconds
-            .checked_mul(1_000_000_000)
-            .and_then(|ns| i64::try_from(ns).ok())
-            .and_then(|ns| now_ns().checked_add(ns))
+        Some(ns) => now_ns()
+            .checked_add(ns)
+            .filter(|&at| at != TIME_END)
             .ok_or_else(|| {
-                ClientError::new(ErrorCode::InvalidParameter, "--expires-in-s is too large")
+                ClientError::new(ErrorCode::InvalidParameter, "--expires-in is too large")
             })?,
     };
     let section_id = args
@@ -351,13 +502,25 @@ pub async fn section_create(client: &Client, args: &SectionCreateArgs) -> Result
         async |checkpoint: &Checkpoint| checkpoint.section_create(attributes, initial_data).await,
     )
     .await?;
+    if args.json {
+        return emit_json(&serde_json::json!({
+            "name": args.name.name.to_string(),
+            "id": id.to_string(),
+            "expiration_time": (expiration_time != TIME_END).then_some(expiration_time),
+        }));
+    }
     emit(format!("{id}\n").as_bytes())
 }
 
-/// `write`.
-pub async fn write(client: &Client, args: &WriteArgs) -> Result<(), ClientError> {
+/// `write` (to `section_id`: the ID given, or the default section).
+pub async fn write(
+    client: &Client,
+    args: &WriteArgs,
+    section_id: SectionId,
+) -> Result<(), ClientError> {
     let data = read_input(args.file.as_deref())?;
-    let section_id = args.section.section_id();
+    let bytes = data.len();
+    let section_json = String::from_utf8_lossy(section_id.as_bytes()).into_owned();
     with_checkpoint(
         client,
         &args.name.name,
@@ -376,13 +539,50 @@ pub async fn write(client: &Client, args: &WriteArgs) -> Result<(), ClientError>
             }
         },
     )
-    .await
+    .await?;
+    if args.json {
+        return emit_json(&serde_json::json!({
+            "name": args.name.name.to_string(),
+            "section": section_json,
+            "offset": args.offset,
+            "bytes": bytes,
+            "overwrite": args.overwrite,
+        }));
+    }
+    Ok(())
 }
 
-/// `read`.
-pub async fn read(client: &Client, args: &ReadArgs) -> Result<(), ClientError> {
+/// Standard base64 with padding.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                text.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    text
+}
+
+/// `read` (from `section_id`: the ID given, or the default section).
+pub async fn read(
+    client: &Client,
+    args: &ReadArgs,
+    section_id: SectionId,
+) -> Result<(), ClientError> {
+    let section_json = String::from_utf8_lossy(section_id.as_bytes()).into_owned();
     let element = ReadElement {
-        section_id: args.section.section_id(),
+        section_id,
         offset: args.offset,
         size: args.size,
     };
@@ -393,19 +593,44 @@ pub async fn read(client: &Client, args: &ReadArgs) -> Result<(), ClientError> {
         async |checkpoint: &Checkpoint| checkpoint.read(vec![element]).await,
     )
     .await?;
-    emit(&data.concat())
+    let data = data.concat();
+    if args.json {
+        let mut json = serde_json::json!({
+            "name": args.name.name.to_string(),
+            "section": section_json,
+            "offset": args.offset,
+            "bytes": data.len(),
+        });
+        match std::str::from_utf8(&data) {
+            Ok(text) => json["data"] = text.into(),
+            Err(_) => json["data_base64"] = base64(&data).into(),
+        }
+        return emit_json(&json);
+    }
+    emit(&data)
 }
 
-/// `section-rm`.
-pub async fn section_rm(client: &Client, args: &SectionRmArgs) -> Result<(), ClientError> {
-    let section_id = args.section.section_id();
+/// `section-rm` (of `section_id`: the ID given, or the default section).
+pub async fn section_rm(
+    client: &Client,
+    args: &SectionRmArgs,
+    section_id: SectionId,
+) -> Result<(), ClientError> {
+    let section_json = String::from_utf8_lossy(section_id.as_bytes()).into_owned();
     with_checkpoint(
         client,
         &args.name.name,
         OpenFlags::WRITE,
         async |checkpoint: &Checkpoint| checkpoint.section_delete(&section_id).await,
     )
-    .await
+    .await?;
+    if args.json.json {
+        return emit_json(&serde_json::json!({
+            "name": args.name.name.to_string(),
+            "removed_section": section_json,
+        }));
+    }
+    Ok(())
 }
 
 /// `sections`.
@@ -539,11 +764,7 @@ pub async fn ls(client: &Client, args: &LsArgs) -> Result<(), ClientError> {
 /// The `stat` text.
 pub fn stat_text(info: &CheckpointInfo) -> String {
     let attributes = &info.status.attributes;
-    let retention = if attributes.retention_duration_ns == TIME_END {
-        "forever".to_string()
-    } else {
-        format!("{} ns", attributes.retention_duration_ns)
-    };
+    let retention = crate::duration::format_ns(attributes.retention_duration_ns);
     format!(
         "name: {}\nflags: {} (0x{:x})\ncheckpoint size: {} bytes\nmax sections: {}\nmax section size: {} bytes\n\
          max section id size: {} bytes\nretention: {}\nsections: {}\nmemory used: {} bytes\nopen handles: {}\nseq: {}\n\
@@ -667,7 +888,11 @@ pub fn stat_offline(dir: &Path, args: &StatArgs) -> Result<(), ClientError> {
 
 /// `rm`.
 pub async fn rm(client: &Client, args: &RmArgs) -> Result<(), ClientError> {
-    client.delete(&args.name.name).await
+    client.delete(&args.name.name).await?;
+    if args.json.json {
+        return emit_json(&serde_json::json!({ "removed": args.name.name.to_string() }));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -241,7 +241,7 @@ async fn dump_online(
     args: &DumpArgs,
     sink: &mut Sink,
 ) -> Result<DumpReport, ClientError> {
-    let client = Client::connect(addr).await?;
+    let client = crate::connect(addr).await?;
     let names = if args.all {
         Vec::new()
     } else {
@@ -758,11 +758,17 @@ pub fn verify_dump_file(
     path: &Path,
     label: &'static str,
 ) -> Result<(crate::dump::DumpSummary, Vec<crate::dump::DumpProblem>), ClientError> {
-    let file = File::open(path).map_err(|e| io_error("opening", path, &e))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // `-`: the dump comes on stdin, read once.
+    let (reader, size): (Box<dyn std::io::Read>, u64) = if path == Path::new("-") {
+        (Box::new(std::io::stdin().lock()), 0)
+    } else {
+        let file = File::open(path).map_err(|e| io_error("opening", path, &e))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        (Box::new(file), size)
+    };
     let mut progress = Progress::new(label, size);
     let mut last = 0u64;
-    let (summary, problems) = check_dump(BufReader::with_capacity(1 << 20, file), |offset, _| {
+    let (summary, problems) = check_dump(BufReader::with_capacity(1 << 20, reader), |offset, _| {
         progress.inc(offset - last);
         last = offset;
     });
@@ -827,7 +833,7 @@ pub async fn restore(addr: &str, args: &RestoreArgs) -> Result<(), ClientError> 
             print_restore(&report, args.json)
         }
         None => {
-            let client = Client::connect(addr).await?;
+            let client = crate::connect(addr).await?;
             let mut target = OnlineTarget {
                 client: client.clone(),
                 handle: None,

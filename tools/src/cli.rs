@@ -10,18 +10,44 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Default server address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
 
+/// Default port of a server's client API (`--addr HOST` means HOST:7400).
+pub const DEFAULT_PORT: u16 = 7400;
+
+/// Default port of a server's admin endpoint (`--admin HOST` means HOST:7401).
+pub const DEFAULT_ADMIN_PORT: u16 = 7401;
+
+/// The exit statuses, as `ckpt-tool --help` prints them.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success
+  1  failure (the server refused, a check found problems, a file is damaged, ...)
+  2  usage: the command line is wrong (unknown flag, missing or bad value)
+  3  not found: the checkpoint, section or file named does not exist
+  4  server unreachable: nothing answers at --addr/--admin, the connection
+     was lost, or what answered is not a ckpt server (e.g. an HTTP port)
+
+Errors go to stderr as `error: CL_ERR_NAME: message`; with --json also to
+stdout as {\"error\": {\"code\": N, \"name\": \"CL_ERR_NAME\", \"message\": \"...\"}}.
+Durations take units: 500ms, 30s, 5m, 1h30m, 2d, or `forever` where that
+means something (a bare number is seconds).";
+
 /// ckpt-tool: operate a ckpt checkpoint service from the shell.
 ///
 /// The checkpoint commands talk to the server at --addr (or $CKPT_ADDR);
 /// `wal`, `salvage`, `verify FILE` and `dump`/`restore --data-dir` work on
-/// files offline; `cluster` talks to the nodes' admin ports. On failure the
-/// tool prints `error: CL_ERR_NAME: message` on stderr and exits 1; a
-/// command line it cannot parse exits 2.
+/// files offline; `status` and `cluster` talk to admin ports. Every command
+/// takes --json.
 #[derive(Debug, Parser)]
-#[command(name = "ckpt-tool", version, propagate_version = true)]
+#[command(
+    name = "ckpt-tool",
+    version,
+    propagate_version = true,
+    after_help = EXIT_STATUS_HELP
+)]
 pub struct Cli {
-    /// Server address, host:port; a cluster's nodes as a comma-separated
-    /// list `h1:p1,h2:p2,...` (the first that answers is used).
+    /// Server address, host[:port] (port 7400 if left out); a cluster's
+    /// nodes as a comma-separated list `h1:p1,h2:p2,...` (the first that
+    /// answers is used).
     #[arg(long, global = true, env = "CKPT_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
 
@@ -44,20 +70,27 @@ pub enum Command {
     Watch(WatchArgs),
     /// Create a checkpoint (open with CREATE|READ|WRITE, then close). An
     /// existing checkpoint with the same attributes is fine; with other
-    /// attributes it is CL_ERR_ALREADY_EXIST.
+    /// attributes it is CL_ERR_ALREADY_EXIST, naming the attributes that
+    /// differ. Replication flags (--mode all-replicas/all-safe, --all-safe,
+    /// --collocated, --distributed) on a checkpoint with one replica (a
+    /// single node) draw a warning: they change nothing there.
     Create(CreateArgs),
     /// Create a section, with initial data from --file (empty without it).
     /// Prints the section's id.
     SectionCreate(SectionCreateArgs),
     /// Write bytes from stdin (or --file) into a section at --offset; with
-    /// --overwrite, replace the section's data and size.
+    /// --overwrite, replace the section's data and size. Without a section
+    /// ID: the default section (a checkpoint of --max-sections 1).
     Write(WriteArgs),
-    /// Read a section's bytes (from --offset, --size bytes or to the end) to stdout, raw.
+    /// Read a section's bytes (from --offset, --size bytes or to the end) to
+    /// stdout, raw (--json: as a string or base64). Without a section ID:
+    /// the default section.
     Read(ReadArgs),
     /// Delete a section.
     SectionRm(SectionRmArgs),
     /// List a checkpoint's sections: one line per section with its id, size
-    /// in bytes, expiration (ns since the epoch, or "forever") and state.
+    /// in bytes, expiration (UTC time and how far away, or "forever"; --json:
+    /// ns since the epoch) and state.
     Sections(SectionsArgs),
     /// List every checkpoint with its size, sections, replicas and RocksDB
     /// footprint, and the node's WAL footprint. Online, or offline with
@@ -155,12 +188,12 @@ pub enum ClusterCommand {
 /// `status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The server's admin address.
+    /// The server's admin address (port 7401 if left out).
     #[arg(
         long,
         env = "CKPT_ADMIN",
         default_value = "127.0.0.1:7401",
-        value_name = "HOST:PORT"
+        value_name = "HOST[:PORT]"
     )]
     pub admin: String,
     /// Print JSON.
@@ -201,6 +234,9 @@ pub struct ClusterAddNodeArgs {
     /// Its admin address.
     #[arg(long, value_name = "IP:PORT")]
     pub admin_addr: std::net::SocketAddr,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `cluster remove-node`.
@@ -211,6 +247,9 @@ pub struct ClusterRemoveNodeArgs {
     /// The node to remove.
     #[arg(long)]
     pub id: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the admin ports of a cluster's nodes are: `--admin` or `--config`.
@@ -302,14 +341,9 @@ pub enum BenchTarget {
     Etcd,
 }
 
-/// Parses `--reconnect-s`: a finite number of seconds, 0 or more.
+/// Parses `--reconnect`: a duration from 0 to 1 day, in seconds.
 pub fn parse_reconnect_s(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
-        _ => Err(format!(
-            "`{text}` is not a number of seconds from 0 to 86400"
-        )),
-    }
+    crate::duration::parse_seconds(text, 0.0, false, 86_400.0)
 }
 
 /// Parses a checkpoint name (its bytes are the argument's UTF-8 bytes).
@@ -317,8 +351,13 @@ pub fn parse_name(text: &str) -> Result<CheckpointName, String> {
     CheckpointName::new(text.as_bytes()).map_err(|e| e.detail)
 }
 
-/// Parses `--retention-ns`: a count of nanoseconds, or `forever`.
+/// Parses `--retention`: a duration, or `forever`.
 pub fn parse_retention(text: &str) -> Result<i64, String> {
+    crate::duration::parse_ns(text, true)
+}
+
+/// Parses the hidden `--retention-ns`: a count of nanoseconds, or `forever`.
+pub fn parse_retention_ns(text: &str) -> Result<i64, String> {
     if text == "forever" {
         return Ok(TIME_END);
     }
@@ -330,12 +369,15 @@ pub fn parse_retention(text: &str) -> Result<i64, String> {
     }
 }
 
-/// Parses `--duration-s`: a positive number of seconds, fractions allowed.
+/// Parses `--expires-in`: a duration (a bare number is seconds, as the old
+/// `--expires-in-s` took).
+pub fn parse_expires_in(text: &str) -> Result<i64, String> {
+    crate::duration::parse_ns(text, false)
+}
+
+/// Parses `--duration`: a positive duration up to 10^9 s, in seconds.
 pub fn parse_duration_s(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(s) if s > 0.0 && s.is_finite() && s <= 1e9 => Ok(s),
-        _ => Err(format!("`{text}` is not a positive number of seconds")),
-    }
+    crate::duration::parse_seconds(text, 0.0, true, 1e9)
 }
 
 /// The checkpoint a command works on.
@@ -346,16 +388,16 @@ pub struct NameArg {
     pub name: CheckpointName,
 }
 
-/// A section: an ID argument, or `--default-section`.
+/// A section: an ID argument; left out, the default section.
 #[derive(Debug, Args)]
 pub struct SectionArg {
-    /// Section id (the argument's UTF-8 bytes). For the default section
-    /// (CL_CKPT_DEFAULT_SECTION_ID, the only section of a checkpoint created
-    /// with --max-sections 1), leave it out and pass --default-section.
-    #[arg(value_name = "ID", required_unless_present = "default_section")]
+    /// Section id (the argument's UTF-8 bytes). Leave it out for the default
+    /// section (CL_CKPT_DEFAULT_SECTION_ID), the only section of a
+    /// checkpoint created with --max-sections 1.
+    #[arg(value_name = "ID")]
     pub id: Option<String>,
 
-    /// Use the default section instead of an ID.
+    /// The default section (the same as leaving the ID out).
     #[arg(long, conflicts_with = "id")]
     pub default_section: bool,
 }
@@ -368,6 +410,20 @@ impl SectionArg {
             _ => SectionId::DEFAULT,
         }
     }
+
+    /// Whether the ID was left out (neither an ID nor --default-section):
+    /// the checkpoint must then have only the default section.
+    pub fn left_out(&self) -> bool {
+        self.id.is_none() && !self.default_section
+    }
+}
+
+/// `--json`, for commands whose output is otherwise raw or nothing.
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print the result (and any error) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `create`.
@@ -388,9 +444,13 @@ pub struct CreateArgs {
     /// Longest section id, in bytes.
     #[arg(long, default_value_t = 64)]
     pub max_section_id_size: u64,
-    /// How long the checkpoint is kept once nobody has it open, in ns, or `forever`.
-    #[arg(long, default_value = "forever", value_parser = parse_retention)]
-    pub retention_ns: i64,
+    /// How long the checkpoint is kept once nobody has it open: a duration
+    /// (30s, 5m, 1h, 2d; 0 = deleted at its last close) or `forever`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_retention)]
+    pub retention: Option<i64>,
+    /// The same in nanoseconds (the old spelling, kept for scripts).
+    #[arg(long, hide = true, conflicts_with = "retention", value_parser = parse_retention_ns)]
+    pub retention_ns: Option<i64>,
     /// Update mode.
     #[arg(long, value_enum, default_value_t = Mode::Active)]
     pub mode: Mode,
@@ -403,6 +463,16 @@ pub struct CreateArgs {
     /// CL_CKPT_DISTRIBUTED.
     #[arg(long)]
     pub distributed: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl CreateArgs {
+    /// The retention asked for, in ns ([`TIME_END`] = forever, the default).
+    pub fn retention_duration_ns(&self) -> i64 {
+        self.retention.or(self.retention_ns).unwrap_or(TIME_END)
+    }
 }
 
 /// `section-create`.
@@ -419,9 +489,13 @@ pub struct SectionCreateArgs {
     /// Initial data from this file (`-` for stdin); empty without it.
     #[arg(long, value_name = "F")]
     pub file: Option<PathBuf>,
-    /// Expire the section this many seconds from now (default: never).
-    #[arg(long, value_name = "S")]
-    pub expires_in_s: Option<u64>,
+    /// Expire the section this long from now (30s, 5m, 1h, 2d; default:
+    /// never). `--expires-in-s N` (seconds) is the old spelling.
+    #[arg(long = "expires-in", alias = "expires-in-s", value_name = "DURATION", value_parser = parse_expires_in)]
+    pub expires_in_ns: Option<i64>,
+    /// Print the new section's id as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `write`.
@@ -440,6 +514,9 @@ pub struct WriteArgs {
     /// Replace the section's data and size (clCkptSectionOverwrite).
     #[arg(long)]
     pub overwrite: bool,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `read`.
@@ -455,6 +532,9 @@ pub struct ReadArgs {
     /// How many bytes (default: to the end of the section).
     #[arg(long)]
     pub size: Option<u64>,
+    /// Print the bytes as JSON: `data` (UTF-8 text) or `data_base64`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `section-rm`.
@@ -464,6 +544,8 @@ pub struct SectionRmArgs {
     pub name: NameArg,
     #[command(flatten)]
     pub section: SectionArg,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// `sections`.
@@ -532,7 +614,8 @@ pub struct DumpArgs {
 /// `restore`.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The dump file.
+    /// The dump file (`-` reads it from stdin; it is spooled to a temporary
+    /// file, since restore reads the dump twice).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// Restore only these checkpoints of the dump (default: all).
@@ -556,7 +639,7 @@ pub struct RestoreArgs {
 /// `verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// A dump file to check.
+    /// A dump file to check (`-` reads it from stdin).
     #[arg(
         value_name = "FILE",
         required_unless_present = "data_dir",
@@ -611,6 +694,8 @@ pub struct SalvageArgs {
 pub struct RmArgs {
     #[command(flatten)]
     pub name: NameArg,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// `bench`.
@@ -619,8 +704,9 @@ pub struct BenchArgs {
     /// Concurrent clients, each on its own connection.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub clients: u32,
-    /// How long to run, in seconds (fractions allowed).
-    #[arg(long, default_value = "10", value_parser = parse_duration_s)]
+    /// How long to run (10s, 500ms, 2m; a bare number is seconds).
+    /// `--duration-s` is the old spelling.
+    #[arg(long = "duration", alias = "duration-s", value_name = "DURATION", default_value = "10s", value_parser = parse_duration_s)]
     pub duration_s: f64,
     /// Bytes per value (at least 8: the counter).
     #[arg(long, alias = "size", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(8..=ckpt_proto::UPDATE_BYTES_MAX))]
@@ -655,7 +741,8 @@ pub struct BenchArgs {
     /// unanswered write (same request id: applied at most once); then it
     /// stops. 0 = stop at once. Default: 0 with one address, 10 with a
     /// list. With --target etcd: how long a client retries its endpoint.
-    #[arg(long, value_name = "S", value_parser = parse_reconnect_s)]
+    /// A duration (10s, 2m); `--reconnect-s` is the old spelling.
+    #[arg(long = "reconnect", alias = "reconnect-s", value_name = "DURATION", value_parser = parse_reconnect_s)]
     pub reconnect_s: Option<f64>,
     /// The system to load.
     #[arg(long, value_enum, default_value_t = BenchTarget::Ckpt)]
@@ -680,6 +767,9 @@ pub struct CheckAckedArgs {
     /// A file written by `bench --record`.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    /// Print the counts and problems as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]
@@ -712,7 +802,7 @@ mod tests {
             (1, 1024 * 1024, None)
         );
         assert_eq!(args.max_section_id_size, 64);
-        assert_eq!(args.retention_ns, TIME_END);
+        assert_eq!(args.retention_duration_ns(), TIME_END);
         assert_eq!(args.mode, Mode::Active);
         assert!(!args.all_safe && !args.collocated && !args.distributed);
     }
@@ -742,12 +832,21 @@ mod tests {
             panic!("not create")
         };
         assert_eq!(
-            (args.max_sections, args.size, args.retention_ns),
+            (args.max_sections, args.size, args.retention_duration_ns()),
             (4, Some(100), 5)
         );
         assert_eq!(args.mode, Mode::AllReplicas);
         assert!(args.all_safe && args.collocated && args.distributed);
         assert!(parse(&["create", "app", "--retention-ns", "-1"]).is_err());
+        let Command::Create(args) = parse(&["create", "app", "--retention", "1h30m"])
+            .unwrap()
+            .command
+        else {
+            panic!("not create")
+        };
+        assert_eq!(args.retention_duration_ns(), 5_400_000_000_000);
+        assert!(parse(&["create", "app", "--retention", "5m", "--retention-ns", "5"]).is_err());
+        assert!(parse(&["create", "app", "--retention", "soon"]).is_err());
         assert!(parse(&["create", "app", "--mode", "eventual"]).is_err());
         assert!(parse(&["create", ""]).is_err());
         assert!(parse(&["create", &"x".repeat(257)]).is_err());
@@ -774,8 +873,12 @@ mod tests {
         assert!(args.section.section_id().is_default());
         assert_eq!(args.size, Some(8));
 
-        // Exactly one of ID and --default-section.
-        assert!(parse(&["section-rm", "app"]).is_err());
+        // The ID left out: the default section, resolved against the
+        // checkpoint when the command runs.
+        let Command::SectionRm(args) = parse(&["section-rm", "app"]).unwrap().command else {
+            panic!("not section-rm")
+        };
+        assert!(args.section.left_out() && args.section.section_id().is_default());
         assert!(parse(&["section-rm", "app", "s1", "--default-section"]).is_err());
         // --overwrite replaces the whole section: no offset.
         assert!(parse(&["write", "app", "s1", "--overwrite", "--offset", "2"]).is_err());
@@ -809,7 +912,9 @@ mod tests {
             parse(&["sections", "a", "--json"]).unwrap().command,
             Command::Sections(SectionsArgs { json: true, .. })
         ));
-        assert!(parse(&["rm", "a", "--json"]).is_err());
+        assert!(parse(&["rm", "a", "--json"]).is_ok());
+        assert!(parse(&["create", "a", "--json"]).is_ok());
+        assert!(parse(&["read", "a", "--json"]).is_ok());
     }
 
     #[test]
@@ -862,6 +967,13 @@ mod tests {
         assert!(parse(&["bench", "--clients", "0"]).is_err());
         assert!(parse(&["bench", "--duration-s", "0"]).is_err());
         assert!(parse(&["bench", "--duration-s", "nan"]).is_err());
+        let Command::Bench(args) = parse(&["bench", "--duration", "1m30s", "--reconnect", "500ms"])
+            .unwrap()
+            .command
+        else {
+            panic!("not bench")
+        };
+        assert_eq!((args.duration_s, args.reconnect_s), (90.0, Some(0.5)));
     }
 
     #[test]
@@ -923,8 +1035,13 @@ mod tests {
     fn retention_parsing() {
         assert_eq!(parse_retention("forever"), Ok(TIME_END));
         assert_eq!(parse_retention("0"), Ok(0));
+        assert_eq!(parse_retention("30s"), Ok(30_000_000_000));
         assert!(parse_retention("-5").is_err());
         assert!(parse_retention("soon").is_err());
+        assert_eq!(parse_retention_ns("5"), Ok(5));
+        assert_eq!(parse_retention_ns("forever"), Ok(TIME_END));
+        assert_eq!(parse_expires_in("60"), Ok(60_000_000_000));
+        assert_eq!(parse_expires_in("5m"), Ok(300_000_000_000));
     }
     #[test]
     fn cluster_commands_need_admin_or_config() {

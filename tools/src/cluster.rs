@@ -590,7 +590,7 @@ pub async fn status(args: &ClusterStatusArgs) -> Result<(), ClientError> {
 
 /// POSTs a membership change to the first node that answers: a node
 /// that is not reachable is skipped, a refusal is final.
-async fn post_member(target: &AdminTarget, path: &str) -> Result<(), ClientError> {
+async fn post_member(target: &AdminTarget, path: &str, json: bool) -> Result<(), ClientError> {
     let addrs = admin_addrs(target)?;
     let timeout = Duration::from_millis(MEMBER_TIMEOUT_MS);
     let mut failures = Vec::new();
@@ -611,6 +611,10 @@ async fn post_member(target: &AdminTarget, path: &str) -> Result<(), ClientError
         };
         let text = String::from_utf8_lossy(&response.body).trim().to_string();
         return match response.status {
+            200 if json => crate::admin::emit_json(&serde_json::json!({
+                "result": text,
+                "through": addr,
+            })),
             200 => emit(format!("{text} (through {addr})\n").as_bytes()),
             // No leader yet, or the change did not commit in time.
             503 => {
@@ -643,7 +647,7 @@ pub async fn add_node(args: &ClusterAddNodeArgs) -> Result<(), ClientError> {
         "/cluster/add-node?id={}&client_addr={}&peer_addr={}&admin_addr={}",
         args.id, args.client_addr, args.peer_addr, args.admin_addr
     );
-    post_member(&args.target, &path).await
+    post_member(&args.target, &path, args.json).await
 }
 
 /// `cluster remove-node`.
@@ -654,6 +658,7 @@ pub async fn remove_node(args: &ClusterRemoveNodeArgs) -> Result<(), ClientError
     post_member(
         &args.target,
         &format!("/cluster/remove-node?id={}", args.id),
+        args.json,
     )
     .await
 }

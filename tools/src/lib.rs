@@ -10,8 +10,11 @@
 //! - [`record`]: the acknowledgement record of `bench --record` and the
 //!   `check-acked` comparison.
 //!
-//! Contract: every failure ends in [`run`] returning a [`ClientError`]; the
-//! binary prints it as `error: CL_ERR_NAME: message` and exits 1. Output
+//! Contract: every failure ends in [`run`] returning a [`Failure`] (a
+//! [`ClientError`] and its [`Exit`] status); the binary prints it as
+//! `error: CL_ERR_NAME: message` (and as JSON on stdout with `--json`) and
+//! exits with the status: 1 failure, 2 usage, 3 not found, 4 server
+//! unreachable. Output
 //! meant for scripts (read's bytes, JSON, `N acked, M lost`) goes to stdout;
 //! diagnostics go to stderr. Online, ckpt-tool talks to the server only
 //! through ckpt-client; offline (`--data-dir`) it takes the directory's
@@ -32,6 +35,7 @@ pub mod cli;
 pub mod cluster;
 pub mod datadir;
 pub mod dump;
+pub mod duration;
 pub mod histogram;
 pub mod logtool;
 pub mod progress;
@@ -44,26 +48,277 @@ use ckpt_proto::ErrorCode;
 
 use crate::cli::{Cli, ClusterCommand, Command};
 
+/// The exit status of a failed command (documented in `ckpt-tool --help`
+/// and docs/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 1: anything else (the server refused, a check found problems, ...).
+    Failure = 1,
+    /// 2: the command line is wrong.
+    Usage = 2,
+    /// 3: the checkpoint, section or file named does not exist.
+    NotFound = 3,
+    /// 4: no ckpt server answers: nothing listens, the connection was
+    /// lost, or the peer is not a ckpt server.
+    Unreachable = 4,
+}
+
+/// A failed command: the error and the exit status it maps to.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: ClientError,
+    /// The exit status.
+    pub exit: Exit,
+}
+
+impl Failure {
+    /// A usage error (exit 2), `CL_ERR_INVALID_PARAMETER`.
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            error: ClientError::new(ErrorCode::InvalidParameter, message),
+            exit: Exit::Usage,
+        }
+    }
+
+    /// The error as `--json` prints it:
+    /// `{"error": {"code": N, "name": "CL_ERR_…", "message": "…"}}`.
+    pub fn json(&self) -> serde_json::Value {
+        error_json(&self.error)
+    }
+}
+
+/// `{"error": {"code": N, "name": "CL_ERR_…", "message": "…"}}`.
+pub fn error_json(error: &ClientError) -> serde_json::Value {
+    serde_json::json!({
+        "error": {
+            "code": error.code.code(),
+            "name": error.code.cl_name(),
+            "message": error.message,
+        }
+    })
+}
+
+impl From<ClientError> for Failure {
+    /// Not found for `NOT_EXIST`, unreachable for a lost or failed
+    /// connection (`MESSAGE_ERROR`), failure otherwise.
+    fn from(error: ClientError) -> Failure {
+        let exit = match error.code {
+            ErrorCode::NotExist => Exit::NotFound,
+            ErrorCode::MessageError => Exit::Unreachable,
+            _ => Exit::Failure,
+        };
+        Failure { error, exit }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// `addrs` (one address or a comma-separated list) with `default_port`
+/// added to every entry that has none: `db1` → `db1:7400`,
+/// `[::1]` → `[::1]:7400`.
+///
+/// # Errors
+/// A usage error for an empty entry or a port that is not a number.
+pub fn with_default_port(addrs: &str, default_port: u16) -> Result<String, Failure> {
+    let mut out = Vec::new();
+    for entry in addrs.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Err(Failure::usage(format!(
+                "`{addrs}`: expected host[:port][,host[:port]...] without empty entries"
+            )));
+        }
+        let bracketed = entry.starts_with('[');
+        let port = if bracketed {
+            match entry.split_once(']') {
+                Some((_, "")) => None,
+                Some((_, rest)) => Some(rest.strip_prefix(':').unwrap_or(rest)),
+                None => {
+                    return Err(Failure::usage(format!("`{entry}`: unterminated [")));
+                }
+            }
+        } else if entry.matches(':').count() > 1 {
+            // A bare IPv6 address: no port can be told apart.
+            None
+        } else {
+            entry.split_once(':').map(|(_, port)| port)
+        };
+        match port {
+            None if !bracketed && entry.contains(':') => {
+                out.push(format!("[{entry}]:{default_port}"))
+            }
+            None => out.push(format!("{entry}:{default_port}")),
+            Some(port) if port.parse::<u16>().is_ok() => out.push(entry.to_string()),
+            Some(port) => {
+                return Err(Failure::usage(format!(
+                    "`{entry}`: `{port}` is not a port number"
+                )));
+            }
+        }
+    }
+    Ok(out.join(","))
+}
+
 /// Connects to `addrs`: one `host:port`, or a cluster's nodes as
 /// `h1:p1,h2:p2,...` ([`Client::connect`]: the first node that answers;
 /// the client moves to another node of the list by itself when its
-/// connection ends).
+/// connection ends). A handshake that fails because the peer answered
+/// HTTP (an admin port, a web server) says so.
 ///
 /// # Errors
 /// `INVALID_PARAMETER` for an empty list entry; otherwise the client's
 /// error, naming every node's failure.
 pub async fn connect(addrs: &str) -> Result<Client, ClientError> {
     cluster::split_addrs(addrs)?;
-    Client::connect(addrs).await
+    match Client::connect(addrs).await {
+        Ok(client) => Ok(client),
+        Err(error) if error.message.contains("handshake with") => {
+            let mut http = Vec::new();
+            for addr in addrs.split(',').map(str::trim) {
+                if speaks_http(addr).await {
+                    http.push(addr.to_string());
+                }
+            }
+            if http.is_empty() {
+                return Err(error);
+            }
+            Err(ClientError::new(
+                ErrorCode::MessageError,
+                format!(
+                    "{} is not a ckpt server (got HTTP): is it the admin port? The client API \
+                     is the server's `listen` address (default port {}); {}",
+                    http.join(", "),
+                    cli::DEFAULT_PORT,
+                    error.message
+                ),
+            ))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether `addr` answers a minimal HTTP request with `HTTP/` (within 2 s).
+pub async fn speaks_http(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(&head == b"HTTP/")
+    };
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// Reads stdin into a temporary file (for a dump given as `-`): the
+/// file's path, removed when the guard drops.
+struct Spooled(std::path::PathBuf);
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn spool_stdin() -> Result<Spooled, ClientError> {
+    let path = std::env::temp_dir().join(format!(
+        "ckpt-tool-stdin-{}-{}.ckd",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let spooled = Spooled(path.clone());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| {
+            ClientError::new(
+                ErrorCode::Library,
+                format!("creating {} to hold stdin: {e}", path.display()),
+            )
+        })?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut file).map_err(|e| {
+        ClientError::new(
+            ErrorCode::Library,
+            format!("copying stdin to {}: {e}", path.display()),
+        )
+    })?;
+    Ok(spooled)
+}
+
+/// The section a command names: its ID, or the default section when the
+/// ID is left out — which needs a checkpoint of `--max-sections 1`.
+///
+/// # Errors
+/// A usage error when the ID is left out for a checkpoint of several
+/// sections; the server's error when it cannot be looked at.
+async fn resolve_section(
+    client: &Client,
+    name: &ckpt_proto::CheckpointName,
+    section: &cli::SectionArg,
+) -> Result<ckpt_proto::SectionId, Failure> {
+    if section.left_out() {
+        let info = client.stat(name).await?;
+        let max_sections = info.status.attributes.max_sections;
+        if max_sections != 1 {
+            return Err(Failure::usage(format!(
+                "checkpoint {name} holds up to {max_sections} sections: name the section ID \
+                 (leaving it out means the default section, the only section of a checkpoint \
+                 created with --max-sections 1)"
+            )));
+        }
+    }
+    Ok(section.section_id())
 }
 
 /// Runs one command.
 ///
 /// # Errors
-/// Whatever made the command fail; the binary prints it and exits 1.
-pub async fn run(cli: Cli) -> Result<(), ClientError> {
+/// Whatever made the command fail, with its exit status.
+pub async fn run(mut cli: Cli) -> Result<(), Failure> {
+    cli.addr = with_default_port(&cli.addr, cli::DEFAULT_PORT)?;
+    match &mut cli.command {
+        Command::Status(args) => {
+            args.admin = with_default_port(&args.admin, cli::DEFAULT_ADMIN_PORT)?;
+        }
+        Command::Cluster(
+            ClusterCommand::Status(cli::ClusterStatusArgs { target, .. })
+            | ClusterCommand::Verify(cli::ClusterVerifyArgs { target, .. })
+            | ClusterCommand::AddNode(cli::ClusterAddNodeArgs { target, .. })
+            | ClusterCommand::RemoveNode(cli::ClusterRemoveNodeArgs { target, .. }),
+        ) => {
+            if let Some(admin) = &target.admin {
+                target.admin = Some(with_default_port(admin, cli::DEFAULT_ADMIN_PORT)?);
+            }
+        }
+        _ => {}
+    }
     let addr = cli.addr.as_str();
-    match &cli.command {
+    // A dump read from stdin: spooled to a file that lives as long as the
+    // command.
+    let mut _spooled = None;
+    if let Command::Restore(args) = &mut cli.command {
+        if args.file == std::path::Path::new("-") {
+            let spooled = spool_stdin()?;
+            args.file = spooled.0.clone();
+            _spooled = Some(spooled);
+        }
+    }
+    let command = &cli.command;
+    let result = match command {
         Command::Bench(args) => match bench::run(addr, args).await {
             Ok(report) => print_bench(&report, args.json),
             Err((report, error)) => {
@@ -73,7 +328,7 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 Err(error)
             }
         },
-        Command::CheckAcked(args) => check_acked(addr, &args.file).await,
+        Command::CheckAcked(args) => check_acked(addr, &args.file, args.json).await,
         Command::Dump(args) => backup::dump(addr, args).await,
         Command::Restore(args) => backup::restore(addr, args).await,
         Command::Status(args) => status::status(args).await,
@@ -84,10 +339,9 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Verify(args) => match (&args.data_dir, &args.file) {
             (Some(dir), _) => logtool::verify_data_dir(dir, args.json),
             (None, Some(file)) => verify_dump(file, args.json),
-            (None, None) => Err(ClientError::new(
-                ErrorCode::InvalidParameter,
-                "verify needs a dump FILE or --data-dir DIR",
-            )),
+            (None, None) => {
+                return Err(Failure::usage("verify needs a dump FILE or --data-dir DIR"))
+            }
         },
         Command::Wal(args) => logtool::wal(args),
         Command::Salvage(args) => logtool::salvage(args),
@@ -103,41 +357,93 @@ pub async fn run(cli: Cli) -> Result<(), ClientError> {
                 .unwrap_or(std::path::Path::new(".")),
             args,
         ),
-        command => {
-            let client = connect(addr).await?;
-            let result = match command {
-                Command::Create(args) => admin::create(&client, args).await,
-                Command::SectionCreate(args) => admin::section_create(&client, args).await,
-                Command::Write(args) => admin::write(&client, args).await,
-                Command::Read(args) => admin::read(&client, args).await,
-                Command::Watch(args) => status::watch(&client, args).await,
-                Command::SectionRm(args) => admin::section_rm(&client, args).await,
-                Command::Sections(args) => admin::sections(&client, args).await,
-                Command::Ls(args) => admin::ls(&client, args).await,
-                Command::Stat(args) => admin::stat(&client, args).await,
-                Command::Rm(args) => admin::rm(&client, args).await,
-                Command::Bench(_)
-                | Command::CheckAcked(_)
-                | Command::Dump(_)
-                | Command::Restore(_)
-                | Command::Verify(_)
-                | Command::Wal(_)
-                | Command::Salvage(_)
-                | Command::Status(_)
-                | Command::Cluster(_) => unreachable!("handled above"),
-            };
-            // Release the handles and say goodbye; the command's own error
-            // matters more than a failure to finalize.
-            let finalized = client.finalize().await;
-            result?;
-            if let Err(error) = finalized {
-                if !error.is_connection_lost() {
-                    return Err(error);
-                }
+        command => return run_online(addr, command).await,
+    };
+    result.map_err(Failure::from)
+}
+
+/// The commands that talk to a server through one client.
+async fn run_online(addr: &str, command: &Command) -> Result<(), Failure> {
+    let client = connect(addr).await?;
+    let result: Result<(), Failure> = async {
+        match command {
+            Command::Create(args) => admin::create(&client, args).await?,
+            Command::SectionCreate(args) => admin::section_create(&client, args).await?,
+            Command::Write(args) => {
+                let section = resolve_section(&client, &args.name.name, &args.section).await?;
+                admin::write(&client, args, section).await?;
             }
-            Ok(())
+            Command::Read(args) => {
+                let section = resolve_section(&client, &args.name.name, &args.section).await?;
+                admin::read(&client, args, section).await?;
+            }
+            Command::SectionRm(args) => {
+                let section = resolve_section(&client, &args.name.name, &args.section).await?;
+                admin::section_rm(&client, args, section).await?;
+            }
+            Command::Watch(args) => status::watch(&client, args).await?,
+            Command::Sections(args) => admin::sections(&client, args).await?,
+            Command::Ls(args) => admin::ls(&client, args).await?,
+            Command::Stat(args) => admin::stat(&client, args).await?,
+            Command::Rm(args) => admin::rm(&client, args).await?,
+            Command::Bench(_)
+            | Command::CheckAcked(_)
+            | Command::Dump(_)
+            | Command::Restore(_)
+            | Command::Verify(_)
+            | Command::Wal(_)
+            | Command::Salvage(_)
+            | Command::Status(_)
+            | Command::Cluster(_) => unreachable!("handled by run"),
+        }
+        Ok(())
+    }
+    .await;
+    // Release the handles and say goodbye; the command's own error
+    // matters more than a failure to finalize.
+    let finalized = client.finalize().await;
+    result?;
+    if let Err(error) = finalized {
+        if !error.is_connection_lost() {
+            return Err(error.into());
         }
     }
+    Ok(())
+}
+
+/// Whether the command line asked for `--json` (for how to print an
+/// error).
+pub fn wants_json(command: &Command) -> bool {
+    match command {
+        Command::Status(a) => a.json,
+        Command::Watch(a) => a.json,
+        Command::Create(a) => a.json,
+        Command::SectionCreate(a) => a.json,
+        Command::Write(a) => a.json,
+        Command::Read(a) => a.json,
+        Command::SectionRm(a) => a.json.json,
+        Command::Sections(a) => a.json,
+        Command::Ls(a) => a.json,
+        Command::Stat(a) => a.json,
+        Command::Dump(a) => a.json,
+        Command::Restore(a) => a.json,
+        Command::Verify(a) => a.json,
+        Command::Wal(a) => a.json,
+        Command::Salvage(a) => a.json,
+        Command::Rm(a) => a.json.json,
+        Command::Bench(a) => a.json,
+        Command::CheckAcked(a) => a.json,
+        Command::Cluster(ClusterCommand::Status(a)) => a.json,
+        Command::Cluster(ClusterCommand::Verify(a)) => a.json,
+        Command::Cluster(ClusterCommand::AddNode(a)) => a.json,
+        Command::Cluster(ClusterCommand::RemoveNode(a)) => a.json,
+    }
+}
+
+/// Whether the command's stdout carries data (a dump to `-`), so that a
+/// JSON error goes to stderr instead.
+pub fn stdout_is_data(command: &Command) -> bool {
+    matches!(command, Command::Dump(a) if a.output == std::path::Path::new("-"))
 }
 
 /// `verify FILE`: every record checksum, the structure, the whole-file
@@ -207,7 +513,7 @@ fn print_bench(report: &bench::BenchReport, json: bool) -> Result<(), ClientErro
     admin::emit(report.text().as_bytes())
 }
 
-async fn check_acked(addr: &str, path: &std::path::Path) -> Result<(), ClientError> {
+async fn check_acked(addr: &str, path: &std::path::Path, json: bool) -> Result<(), ClientError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ClientError::new(
             ErrorCode::Library,
@@ -226,13 +532,22 @@ async fn check_acked(addr: &str, path: &std::path::Path) -> Result<(), ClientErr
         eprintln!("{problem}");
     }
     let (lost, wrong) = (report.lost(), report.wrong());
-    admin::emit(
-        format!(
-            "{} acked, {lost} lost, {wrong} wrong\n",
-            report.acked.writes
-        )
-        .as_bytes(),
-    )?;
+    if json {
+        admin::emit_json(&serde_json::json!({
+            "acked": report.acked.writes,
+            "lost": lost,
+            "wrong": wrong,
+            "problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        admin::emit(
+            format!(
+                "{} acked, {lost} lost, {wrong} wrong\n",
+                report.acked.writes
+            )
+            .as_bytes(),
+        )?;
+    }
     if !report.problems.is_empty() {
         return Err(ClientError::new(
             ErrorCode::FailedOperation,
@@ -252,6 +567,32 @@ mod tests {
     async fn dead_addr() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap().to_string()
+    }
+
+    #[test]
+    fn addresses_without_a_port_get_the_default_one() {
+        let with = |text: &str| with_default_port(text, 7400).map_err(|f| f.exit);
+        assert_eq!(with("db1").unwrap(), "db1:7400");
+        assert_eq!(with("db1:9").unwrap(), "db1:9");
+        assert_eq!(with("a, b:1").unwrap(), "a:7400,b:1");
+        assert_eq!(with("[::1]").unwrap(), "[::1]:7400");
+        assert_eq!(with("[::1]:5").unwrap(), "[::1]:5");
+        assert_eq!(with("::1").unwrap(), "[::1]:7400");
+        assert_eq!(with("a:port"), Err(Exit::Usage));
+        assert_eq!(with("a,,b"), Err(Exit::Usage));
+        assert_eq!(with("a:70000"), Err(Exit::Usage));
+    }
+
+    #[test]
+    fn failures_map_to_exit_statuses() {
+        let exit = |code| Failure::from(ClientError::new(code, "x")).exit;
+        assert_eq!(exit(ErrorCode::NotExist), Exit::NotFound);
+        assert_eq!(exit(ErrorCode::MessageError), Exit::Unreachable);
+        assert_eq!(exit(ErrorCode::AlreadyExist), Exit::Failure);
+        let json = Failure::usage("bad").json();
+        assert_eq!(json["error"]["name"], "CL_ERR_INVALID_PARAMETER");
+        assert_eq!(json["error"]["code"], 2);
+        assert_eq!(json["error"]["message"], "bad");
     }
 
     #[tokio::test]

@@ -41,7 +41,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
-use ckpt_client::{Client, ClientError};
+use ckpt_client::ClientError;
 use ckpt_proto::{CheckpointName, ErrorCode, OpenFlags, ReadElement, SectionId};
 
 /// One acknowledged write.
@@ -413,7 +413,7 @@ impl CheckReport {
 /// # Errors
 /// Connection errors, or a server error other than "does not exist".
 pub async fn check_against_server(addr: &str, acked: Acked) -> Result<CheckReport, ClientError> {
-    let client = Client::connect(addr).await?;
+    let client = crate::connect(addr).await?;
     let mut by_checkpoint: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (checkpoint, section) in acked.highest.keys() {
         by_checkpoint.entry(checkpoint).or_default().push(section);
