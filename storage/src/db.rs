@@ -165,6 +165,166 @@ pub struct Db {
     db: DB,
     /// Per session, the bookkeeping this process last wrote for it.
     sessions: Mutex<HashMap<u64, SessionMark>>,
+    /// Opened read-only ([`Db::open_read_only`]): batches are applied to
+    /// this in-memory layer over RocksDB, never to RocksDB, and every read
+    /// sees the layer first.
+    memory: Option<Mutex<MemLayer>>,
+}
+
+/// A column family, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Family {
+    Meta,
+    Data(u32),
+}
+
+/// Where a batch's changes go: a RocksDB `WriteBatch`, or the in-memory
+/// layer of a read-only open. [`Db::apply_with`] builds both with the same
+/// code, so a replay in memory means exactly what it means in RocksDB.
+trait Batch {
+    fn put(&mut self, family: Family, key: &[u8], value: &[u8]);
+    fn delete(&mut self, family: Family, key: &[u8]);
+    fn delete_range(&mut self, family: Family, from: &[u8], to: &[u8]);
+}
+
+/// A RocksDB `WriteBatch` addressed by [`Family`].
+struct RocksBatch<'a> {
+    db: &'a Db,
+    batch: WriteBatch,
+}
+
+impl RocksBatch<'_> {
+    fn cf(&self, family: Family) -> CfPtr {
+        match family {
+            Family::Meta => self.db.meta,
+            // Every data family was resolved with `Db::cf` (which fails for
+            // a missing one) before anything is put into it.
+            Family::Data(slot) => self.db.slots[slot as usize].expect("a checked column family"),
+        }
+    }
+}
+
+impl Batch for RocksBatch<'_> {
+    fn put(&mut self, family: Family, key: &[u8], value: &[u8]) {
+        let cf = self.cf(family);
+        self.batch.put_cf(&cf, key, value);
+    }
+    fn delete(&mut self, family: Family, key: &[u8]) {
+        let cf = self.cf(family);
+        self.batch.delete_cf(&cf, key);
+    }
+    fn delete_range(&mut self, family: Family, from: &[u8], to: &[u8]) {
+        let cf = self.cf(family);
+        self.batch.delete_range_cf(&cf, from, to);
+    }
+}
+
+/// One change of a batch bound for the in-memory layer.
+enum MemOp {
+    Put(Family, Vec<u8>, Vec<u8>),
+    Delete(Family, Vec<u8>),
+    DeleteRange(Family, Vec<u8>, Vec<u8>),
+}
+
+/// A batch bound for the in-memory layer: applied whole at its end, as a
+/// `WriteBatch` is.
+#[derive(Default)]
+struct MemBatch(Vec<MemOp>);
+
+impl Batch for MemBatch {
+    fn put(&mut self, family: Family, key: &[u8], value: &[u8]) {
+        self.0
+            .push(MemOp::Put(family, key.to_vec(), value.to_vec()));
+    }
+    fn delete(&mut self, family: Family, key: &[u8]) {
+        self.0.push(MemOp::Delete(family, key.to_vec()));
+    }
+    fn delete_range(&mut self, family: Family, from: &[u8], to: &[u8]) {
+        self.0
+            .push(MemOp::DeleteRange(family, from.to_vec(), to.to_vec()));
+    }
+}
+
+/// What a read-only store's replay changed, over RocksDB's state: keys
+/// written or deleted (`None`), and ranges deleted (keys written after a
+/// range deletion are in `entries`, which is consulted first).
+#[derive(Default)]
+struct MemLayer {
+    entries: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>>,
+    ranges: Vec<(Family, Vec<u8>, Vec<u8>)>,
+}
+
+impl MemLayer {
+    fn apply(&mut self, batch: MemBatch) {
+        for op in batch.0 {
+            match op {
+                MemOp::Put(family, key, value) => {
+                    self.entries.insert((family, key), Some(value));
+                }
+                MemOp::Delete(family, key) => {
+                    self.entries.insert((family, key), None);
+                }
+                MemOp::DeleteRange(family, from, to) => {
+                    if from >= to {
+                        continue;
+                    }
+                    let doomed: Vec<_> = self
+                        .entries
+                        .range((family, from.clone())..(family, to.clone()))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in doomed {
+                        self.entries.remove(&key);
+                    }
+                    self.ranges.push((family, from, to));
+                }
+            }
+        }
+    }
+
+    /// `Some(value or None)` when the layer decides a key, `None` when
+    /// RocksDB does.
+    fn get(&self, family: Family, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if let Some(value) = self.entries.get(&(family, key.to_vec())) {
+            return Some(value.clone());
+        }
+        self.in_range(family, key).then_some(None)
+    }
+
+    fn in_range(&self, family: Family, key: &[u8]) -> bool {
+        self.ranges
+            .iter()
+            .any(|(f, from, to)| *f == family && key >= from.as_slice() && key < to.as_slice())
+    }
+
+    /// The layer's keys in `[from, to)` of `family` in order, and the
+    /// ranges it deleted there: what a scan must merge over RocksDB's.
+    fn over(&self, family: Family, from: &[u8], to: &[u8]) -> MergeOver {
+        let entries = if from < to {
+            self.entries
+                .range((family, from.to_vec())..(family, to.to_vec()))
+                .map(|((_, key), value)| (key.clone(), value.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        MergeOver {
+            entries,
+            ranges: self
+                .ranges
+                .iter()
+                .filter(|(f, _, _)| *f == family)
+                .map(|(_, from, to)| (from.clone(), to.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// What a scan merges over RocksDB's keys (see [`MemLayer::over`]).
+#[derive(Default)]
+struct MergeOver {
+    entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What was last written of a session's bookkeeping (not itself stored:
@@ -478,10 +638,171 @@ impl Db {
             options,
             db,
             sessions: Mutex::new(HashMap::new()),
+            memory: None,
         };
         this.check_layout()?;
         let loaded = this.load()?;
         Ok((this, loaded))
+    }
+
+    /// Opens the database at `path` for reading only, as a RocksDB
+    /// secondary instance whose own files (its info log) go to `secondary`,
+    /// a directory outside the data directory: nothing under `path` is
+    /// created or written, no lock is taken, and a server may have the
+    /// database open meanwhile (the view is of the moment of the open).
+    /// [`Db::apply_with`] then applies batches to memory, over RocksDB's
+    /// state, and every read sees them: a recovery replayed without
+    /// writing.
+    ///
+    /// # Errors
+    /// `NOT_EXIST` without a database at `path`; RocksDB errors;
+    /// undecodable metadata or another layout version.
+    pub fn open_read_only(path: &Path, secondary: &Path) -> CkptResult<(Db, Loaded)> {
+        if !path.join("CURRENT").is_file() {
+            return Err(CkptError::new(
+                ErrorCode::NotExist,
+                format!("{} holds no RocksDB database", path.display()),
+            ));
+        }
+        let mut db_options = Options::default();
+        // Every table file is opened now, so a compaction of a live
+        // server deleting one later cannot make it unreadable.
+        db_options.set_max_open_files(-1);
+        db_options.set_skip_stats_update_on_db_open(true);
+        let names = DB::list_cf(&db_options, path)
+            .map_err(|e| storage_error("opening RocksDB read-only", e))?;
+        let descriptors: Vec<ColumnFamilyDescriptor> = names
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
+            .collect();
+        let db = DB::open_cf_descriptors_as_secondary(&db_options, path, secondary, descriptors)
+            .map_err(|e| storage_error("opening RocksDB read-only", e))?;
+        let raw = |name: &str| {
+            db.cf_handle(name).map(|cf| CfPtr {
+                raw: AsColumnFamilyRef::inner(&cf),
+            })
+        };
+        let meta = raw(META_CF)
+            .ok_or_else(|| storage_error("opening RocksDB", "no meta column family"))?;
+        let mut slots: Vec<Option<CfPtr>> = Vec::new();
+        for name in &names {
+            if let Some(slot) = parse_slot(name) {
+                let slot = slot as usize;
+                if slots.len() <= slot {
+                    slots.resize(slot + 1, None);
+                }
+                slots[slot] = raw(name);
+            }
+        }
+        let options = DbOptions {
+            data_column_families: slots.len().max(1) as u32,
+            ..DbOptions::default()
+        };
+        let this = Db {
+            slots,
+            meta,
+            options,
+            db,
+            sessions: Mutex::new(HashMap::new()),
+            memory: Some(Mutex::new(MemLayer::default())),
+        };
+        this.check_layout()?;
+        let loaded = this.load()?;
+        Ok((this, loaded))
+    }
+
+    /// Whether this is a read-only open ([`Db::open_read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    fn memory(&self) -> Option<std::sync::MutexGuard<'_, MemLayer>> {
+        self.memory
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A key's value, through the in-memory layer of a read-only open.
+    fn get_merged(
+        &self,
+        family: Family,
+        key: &[u8],
+        base: impl FnOnce() -> Result<Option<Vec<u8>>, rocksdb::Error>,
+        context: &str,
+    ) -> CkptResult<Option<Vec<u8>>> {
+        if let Some(decided) = self.memory().and_then(|m| m.get(family, key)) {
+            return Ok(decided);
+        }
+        base().map_err(|e| storage_error(context, e))
+    }
+
+    /// Calls `each` with every `(key, value)` of `[from, to)` in
+    /// `family`, in order, read with `read` (a snapshot, perhaps), through
+    /// the in-memory layer of a read-only open; streams, holding nothing.
+    fn for_each_merged(
+        &self,
+        family: Family,
+        mut read: ReadOptions,
+        from: &[u8],
+        to: &[u8],
+        context: &str,
+        mut each: impl FnMut(&[u8], &[u8]),
+    ) -> CkptResult<()> {
+        let cf = match family {
+            Family::Meta => self.meta,
+            Family::Data(slot) => self.cf(slot)?,
+        };
+        let over = self
+            .memory()
+            .map(|m| m.over(family, from, to))
+            .unwrap_or_default();
+        let deleted = |key: &[u8]| {
+            over.ranges
+                .iter()
+                .any(|(from, to)| key >= from.as_slice() && key < to.as_slice())
+        };
+        let mut ours = over.entries.iter().peekable();
+        read.set_iterate_upper_bound(to.to_vec());
+        let mode = rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf_opt(&cf, read, mode) {
+            let (key, value) = item.map_err(|e| storage_error(context, e))?;
+            while let Some((k, v)) = ours.next_if(|(k, _)| k.as_slice() < &key[..]) {
+                if let Some(v) = v {
+                    each(k, v);
+                }
+            }
+            if let Some((_, v)) = ours.next_if(|(k, _)| k.as_slice() == &key[..]) {
+                if let Some(v) = v {
+                    each(&key, v);
+                }
+                continue;
+            }
+            if !deleted(&key) {
+                each(&key, &value);
+            }
+        }
+        for (k, v) in ours {
+            if let Some(v) = v {
+                each(k, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Db::for_each_merged`], collected.
+    fn scan_merged(
+        &self,
+        family: Family,
+        read: ReadOptions,
+        from: &[u8],
+        to: &[u8],
+        context: &str,
+    ) -> CkptResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.for_each_merged(family, read, from, to, context, |k, v| {
+            out.push((k.to_vec(), v.to_vec()))
+        })?;
+        Ok(out)
     }
 
     /// Refuses a database written with another key layout instead of
@@ -497,6 +818,8 @@ impl Db {
                 "opening RocksDB",
                 "the database predates layout versions (one column family per checkpoint); dump it with the ckpt-tool that wrote it",
             )),
+            // A read-only open stamps nothing (an empty database).
+            None if self.is_read_only() => Ok(()),
             None => self
                 .db
                 .put_cf(&self.meta, keys::LAYOUT, LAYOUT_VERSION.to_le_bytes())
@@ -569,9 +892,12 @@ impl Db {
     }
 
     fn get_meta(&self, key: &[u8]) -> CkptResult<Option<Vec<u8>>> {
-        self.db
-            .get_cf(&self.meta, key)
-            .map_err(|e| storage_error("reading metadata", e))
+        self.get_merged(
+            Family::Meta,
+            key,
+            || self.db.get_cf(&self.meta, key),
+            "reading metadata",
+        )
     }
 
     /// Every `(key, value)` of `meta` starting with `prefix`.
@@ -580,19 +906,13 @@ impl Db {
     }
 
     fn scan_meta_range(&self, from: &[u8], to: &[u8]) -> CkptResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut read = ReadOptions::default();
-        read.set_iterate_upper_bound(to.to_vec());
-        let iter = self.db.iterator_cf_opt(
-            &self.meta,
-            read,
-            rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in iter {
-            let (key, value) = item.map_err(|e| storage_error("scanning metadata", e))?;
-            out.push((key.to_vec(), value.to_vec()));
-        }
-        Ok(out)
+        self.scan_merged(
+            Family::Meta,
+            ReadOptions::default(),
+            from,
+            to,
+            "scanning metadata",
+        )
     }
 
     /// Every section of an instance.
@@ -720,18 +1040,50 @@ impl Db {
         applied: Lsn,
         next_instance: u64,
     ) -> CkptResult<()> {
-        let mut batch = WriteBatch::default();
+        if self.memory.is_some() {
+            let mut batch = MemBatch::default();
+            self.build_batch(&mut batch, effects, origins, applied, next_instance)?;
+            if let Some(mut memory) = self.memory() {
+                memory.apply(batch);
+            }
+            return Ok(());
+        }
+        let mut batch = RocksBatch {
+            db: self,
+            batch: WriteBatch::default(),
+        };
+        self.build_batch(&mut batch, effects, origins, applied, next_instance)?;
+        let mut write = WriteOptions::default();
+        write.disable_wal(self.options.wal_mode == RocksWalMode::Disabled);
+        self.db
+            .write_opt(batch.batch, &write)
+            .map_err(|e| storage_error("applying to RocksDB", e))
+    }
+
+    /// Puts a batch's changes into `batch` (see [`Db::apply_with`]).
+    fn build_batch(
+        &self,
+        batch: &mut impl Batch,
+        effects: &[Effect],
+        origins: &[(Origin, Committed, i64)],
+        applied: Lsn,
+        next_instance: u64,
+    ) -> CkptResult<()> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for (origin, committed, now) in origins {
             let value = postcard::to_allocvec(committed)
                 .map_err(|e| storage_error("encoding an origin's outcome", e))?;
-            batch.put_cf(&self.meta, keys::origin(*origin), value);
+            batch.put(Family::Meta, &keys::origin(*origin), &value);
             let mark = sessions.entry(origin.session).or_insert(SessionMark {
                 time: i64::MIN,
                 swept_below: 0,
             });
             if *now < mark.time || now.saturating_sub(mark.time) >= SESSION_MARK_NS {
-                batch.put_cf(&self.meta, keys::session(origin.session), now.to_le_bytes());
+                batch.put(
+                    Family::Meta,
+                    &keys::session(origin.session),
+                    &now.to_le_bytes(),
+                );
                 mark.time = *now;
             }
             let below = origin.request.saturating_sub(ORIGINS_PER_SESSION);
@@ -745,7 +1097,7 @@ impl Db {
                     session: origin.session,
                     request: below,
                 });
-                batch.delete_range_cf(&self.meta, from, to);
+                batch.delete_range(Family::Meta, &from, &to);
                 mark.swept_below = below;
             }
         }
@@ -765,63 +1117,63 @@ impl Db {
                     continue;
                 }
             }
-            self.apply_effect(&mut batch, &mut overlay, effect)?;
+            self.apply_effect(batch, &mut overlay, effect)?;
         }
         let mut position = Vec::with_capacity(16);
         position.extend_from_slice(&applied.0.to_le_bytes());
         position.extend_from_slice(&next_instance.to_le_bytes());
-        batch.put_cf(&self.meta, keys::APPLIED, position);
-        let mut write = WriteOptions::default();
-        write.disable_wal(self.options.wal_mode == RocksWalMode::Disabled);
-        self.db
-            .write_opt(batch, &write)
-            .map_err(|e| storage_error("applying to RocksDB", e))
+        batch.put(Family::Meta, keys::APPLIED, &position);
+        Ok(())
     }
 
     fn apply_effect(
         &self,
-        batch: &mut WriteBatch,
+        batch: &mut impl Batch,
         overlay: &mut Overlay,
         effect: &Effect,
     ) -> CkptResult<()> {
         match effect {
             Effect::PutInstance { instance, meta } => {
-                batch.put_cf(&self.meta, keys::instance(*instance), encode_instance(meta));
+                batch.put(
+                    Family::Meta,
+                    &keys::instance(*instance),
+                    &encode_instance(meta),
+                );
             }
             Effect::DeleteInstance { instance } => {
-                batch.delete_cf(&self.meta, keys::instance(*instance));
+                batch.delete(Family::Meta, &keys::instance(*instance));
                 let prefix = keys::section_prefix(*instance);
-                batch.delete_range_cf(&self.meta, prefix.clone(), prefix_end(&prefix));
+                batch.delete_range(Family::Meta, &prefix, &prefix_end(&prefix));
             }
             Effect::PutName { name, instance } => {
-                batch.put_cf(&self.meta, keys::name(name), instance.0.to_be_bytes());
+                batch.put(Family::Meta, &keys::name(name), &instance.0.to_be_bytes());
             }
-            Effect::DeleteName { name } => batch.delete_cf(&self.meta, keys::name(name)),
+            Effect::DeleteName { name } => batch.delete(Family::Meta, &keys::name(name)),
             Effect::PutSection {
                 instance,
                 section_id,
                 meta,
             } => {
-                batch.put_cf(
-                    &self.meta,
-                    keys::section(*instance, section_id),
-                    encode_section(meta),
+                batch.put(
+                    Family::Meta,
+                    &keys::section(*instance, section_id),
+                    &encode_section(meta),
                 );
             }
             Effect::DeleteSection {
                 instance,
                 section_id,
             } => {
-                batch.delete_cf(&self.meta, keys::section(*instance, section_id));
+                batch.delete(Family::Meta, &keys::section(*instance, section_id));
             }
             Effect::PutExpiry {
                 expiration_time,
                 instance,
                 section_id,
             } => {
-                batch.put_cf(
-                    &self.meta,
-                    keys::expiry(*expiration_time, *instance, section_id),
+                batch.put(
+                    Family::Meta,
+                    &keys::expiry(*expiration_time, *instance, section_id),
                     b"",
                 );
             }
@@ -830,9 +1182,9 @@ impl Db {
                 instance,
                 section_id,
             } => {
-                batch.delete_cf(
-                    &self.meta,
-                    keys::expiry(*expiration_time, *instance, section_id),
+                batch.delete(
+                    Family::Meta,
+                    &keys::expiry(*expiration_time, *instance, section_id),
                 );
             }
             Effect::WriteData {
@@ -844,6 +1196,7 @@ impl Db {
                 size_after,
             } => {
                 let cf = self.cf(*column_family)?;
+                let family = Family::Data(*column_family);
                 let prefix = keys::data_prefix(*instance, section_id);
                 let end = offset + data.len() as u64;
                 let mut chunk = offset / CHUNK_BYTES;
@@ -869,7 +1222,7 @@ impl Db {
                     }
                     let src = &data[(from - offset) as usize..(to - offset) as usize];
                     value[(from - chunk_start) as usize..needed].copy_from_slice(src);
-                    batch.put_cf(&cf, &key, &value);
+                    batch.put(family, &key, &value);
                     overlay.chunks.insert((*column_family, key), Some(value));
                     chunk += 1;
                 }
@@ -881,21 +1234,21 @@ impl Db {
                 data,
                 size_before,
             } => {
-                let cf = self.cf(*column_family)?;
+                self.cf(*column_family)?;
+                let family = Family::Data(*column_family);
                 let prefix = keys::data_prefix(*instance, section_id);
                 let chunks_after = (data.len() as u64).div_ceil(CHUNK_BYTES);
                 self.delete_chunks(
                     batch,
                     overlay,
                     *column_family,
-                    &cf,
                     &prefix,
                     chunks_after,
                     size_before.div_ceil(CHUNK_BYTES),
                 )?;
                 for (chunk, piece) in data.chunks(CHUNK_BYTES as usize).enumerate() {
                     let key = keys::chunk(&prefix, chunk as u64)?;
-                    batch.put_cf(&cf, &key, piece);
+                    batch.put(family, &key, piece);
                     overlay
                         .chunks
                         .insert((*column_family, key), Some(piece.to_vec()));
@@ -907,13 +1260,12 @@ impl Db {
                 section_id,
                 size_before,
             } => {
-                let cf = self.cf(*column_family)?;
+                self.cf(*column_family)?;
                 let prefix = keys::data_prefix(*instance, section_id);
                 self.delete_chunks(
                     batch,
                     overlay,
                     *column_family,
-                    &cf,
                     &prefix,
                     0,
                     size_before.div_ceil(CHUNK_BYTES),
@@ -923,9 +1275,9 @@ impl Db {
                 column_family,
                 instance,
             } => {
-                let cf = self.cf(*column_family)?;
+                self.cf(*column_family)?;
                 let from = instance.0.to_be_bytes();
-                batch.delete_range_cf(&cf, &from[..], &prefix_end(&from)[..]);
+                batch.delete_range(Family::Data(*column_family), &from, &prefix_end(&from));
                 overlay.cleared.insert((*column_family, *instance));
                 overlay
                     .chunks
@@ -938,13 +1290,11 @@ impl Db {
     /// Deletes a section's chunks `from..to` (every chunk from `from` on:
     /// no chunk lies past a section's size), one by one when few, else as
     /// one range deletion to the end of the section's key prefix.
-    #[allow(clippy::too_many_arguments)]
     fn delete_chunks(
         &self,
-        batch: &mut WriteBatch,
+        batch: &mut impl Batch,
         overlay: &mut Overlay,
         slot: u32,
-        cf: &CfPtr,
         prefix: &[u8],
         from: u64,
         to: u64,
@@ -955,14 +1305,14 @@ impl Db {
         if to - from < RANGE_DELETE_CHUNKS_MIN {
             for chunk in from..to {
                 let key = keys::chunk(prefix, chunk)?;
-                batch.delete_cf(cf, &key);
+                batch.delete(Family::Data(slot), &key);
                 overlay.chunks.insert((slot, key), None);
             }
             return Ok(());
         }
         let start = keys::chunk(prefix, from)?;
         let end = prefix_end(prefix);
-        batch.delete_range_cf(cf, &start, &end);
+        batch.delete_range(Family::Data(slot), &start, &end);
         overlay.clear_range(slot, start, end);
         Ok(())
     }
@@ -981,9 +1331,12 @@ impl Db {
         if overlay.cleared.contains(&(slot, instance)) || overlay.in_cleared_range(slot, key) {
             return Ok(None);
         }
-        self.db
-            .get_cf(cf, key)
-            .map_err(|e| storage_error("reading section data", e))
+        self.get_merged(
+            Family::Data(slot),
+            key,
+            || self.db.get_cf(cf, key),
+            "reading section data",
+        )
     }
 
     /// Makes everything applied so far durable in RocksDB, so the log below
@@ -1035,16 +1388,16 @@ impl Db {
     /// # Errors
     /// RocksDB errors.
     pub fn count_data_keys(&self, slot: u32, instance: InstanceId) -> CkptResult<u64> {
-        let cf = self.cf(slot)?;
         let from = instance.0.to_be_bytes();
-        let mut read = ReadOptions::default();
-        read.set_iterate_upper_bound(prefix_end(&from));
-        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
         let mut count = 0;
-        for item in self.db.iterator_cf_opt(&cf, read, mode) {
-            item.map_err(|e| storage_error("scanning section data", e))?;
-            count += 1;
-        }
+        self.for_each_merged(
+            Family::Data(slot),
+            ReadOptions::default(),
+            &from,
+            &prefix_end(&from),
+            "scanning section data",
+            |_, _| count += 1,
+        )?;
         Ok(count)
     }
 
@@ -1052,7 +1405,10 @@ impl Db {
     pub fn snapshot(&self) -> View<'_> {
         View {
             db: self,
-            snapshot: self.db.snapshot(),
+            // A secondary instance has no snapshots; it stands still
+            // anyway (it never catches up with its primary after the
+            // open), and so does its in-memory layer after the replay.
+            snapshot: (!self.is_read_only()).then(|| self.db.snapshot()),
         }
     }
 
@@ -1065,7 +1421,7 @@ impl Db {
 /// Reads from one point in time.
 pub struct View<'a> {
     db: &'a Db,
-    snapshot: rocksdb::SnapshotWithThreadMode<'a, DB>,
+    snapshot: Option<rocksdb::SnapshotWithThreadMode<'a, DB>>,
 }
 
 impl View<'_> {
@@ -1074,20 +1430,24 @@ impl View<'_> {
     /// # Errors
     /// RocksDB errors, undecodable metadata.
     pub fn instances(&self) -> CkptResult<Vec<(InstanceId, InstanceMeta)>> {
-        let mut read = self.read_options();
-        read.set_iterate_upper_bound(b"D".to_vec());
-        let mode = rocksdb::IteratorMode::From(b"C", rocksdb::Direction::Forward);
-        let mut out = Vec::new();
-        for item in self.db.db.iterator_cf_opt(&self.db.meta, read, mode) {
-            let (key, value) = item.map_err(|e| storage_error("scanning instances", e))?;
-            out.push((InstanceId(u64_be(&key[1..])?), decode_instance(&value)?));
-        }
-        Ok(out)
+        self.db
+            .scan_merged(
+                Family::Meta,
+                self.read_options(),
+                b"C",
+                b"D",
+                "scanning instances",
+            )?
+            .into_iter()
+            .map(|(key, value)| Ok((InstanceId(u64_be(&key[1..])?), decode_instance(&value)?)))
+            .collect()
     }
 
     fn read_options(&self) -> ReadOptions {
         let mut read = ReadOptions::default();
-        read.set_snapshot(&self.snapshot);
+        if let Some(snapshot) = &self.snapshot {
+            read.set_snapshot(snapshot);
+        }
         read
     }
 
@@ -1096,10 +1456,17 @@ impl View<'_> {
     /// # Errors
     /// RocksDB errors, undecodable metadata.
     pub fn instance(&self, instance: InstanceId) -> CkptResult<Option<InstanceMeta>> {
-        let value = self
-            .snapshot
-            .get_cf(&self.db.meta, keys::instance(instance))
-            .map_err(|e| storage_error("reading metadata", e))?;
+        let key = keys::instance(instance);
+        let value = self.db.get_merged(
+            Family::Meta,
+            &key,
+            || {
+                self.db
+                    .db
+                    .get_cf_opt(&self.db.meta, &key, &self.read_options())
+            },
+            "reading metadata",
+        )?;
         value.map(|v| decode_instance(&v)).transpose()
     }
 
@@ -1108,10 +1475,17 @@ impl View<'_> {
     /// # Errors
     /// RocksDB errors, undecodable metadata.
     pub fn section(&self, instance: InstanceId, id: &SectionId) -> CkptResult<Option<SectionMeta>> {
-        let value = self
-            .snapshot
-            .get_cf(&self.db.meta, keys::section(instance, id))
-            .map_err(|e| storage_error("reading metadata", e))?;
+        let key = keys::section(instance, id);
+        let value = self.db.get_merged(
+            Family::Meta,
+            &key,
+            || {
+                self.db
+                    .db
+                    .get_cf_opt(&self.db.meta, &key, &self.read_options())
+            },
+            "reading metadata",
+        )?;
         value.map(|v| decode_section(&v)).transpose()
     }
 
@@ -1121,18 +1495,22 @@ impl View<'_> {
     /// RocksDB errors, undecodable metadata.
     pub fn sections(&self, instance: InstanceId) -> CkptResult<Vec<(SectionId, SectionMeta)>> {
         let prefix = keys::section_prefix(instance);
-        let mut read = self.read_options();
-        read.set_iterate_upper_bound(prefix_end(&prefix));
-        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
-        let mut out = Vec::new();
-        for item in self.db.db.iterator_cf_opt(&self.db.meta, read, mode) {
-            let (key, value) = item.map_err(|e| storage_error("scanning sections", e))?;
-            out.push((
-                SectionId::new(key[prefix.len()..].to_vec()),
-                decode_section(&value)?,
-            ));
-        }
-        Ok(out)
+        self.db
+            .scan_merged(
+                Family::Meta,
+                self.read_options(),
+                &prefix,
+                &prefix_end(&prefix),
+                "scanning sections",
+            )?
+            .into_iter()
+            .map(|(key, value)| {
+                Ok((
+                    SectionId::new(key[prefix.len()..].to_vec()),
+                    decode_section(&value)?,
+                ))
+            })
+            .collect()
     }
 
     /// `len` bytes of a section's data from `offset`; the caller has
@@ -1152,41 +1530,43 @@ impl View<'_> {
         if len == 0 {
             return Ok(out);
         }
-        let cf = self.db.cf(column_family)?;
         let prefix = keys::data_prefix(instance, id);
         let first = offset / CHUNK_BYTES;
         let last = (offset + len - 1) / CHUNK_BYTES;
         let start_key = keys::chunk(&prefix, first)?;
-        let mut read = self.read_options();
         // The last chunk may be the highest index: bound by the prefix's end
         // then, so the bound itself never needs an index past u32.
         let upper = match keys::chunk(&prefix, last + 1) {
             Ok(key) => key,
             Err(_) => prefix_end(&prefix),
         };
-        read.set_iterate_upper_bound(upper);
-        let mode = rocksdb::IteratorMode::From(&start_key, rocksdb::Direction::Forward);
-        for item in self.db.db.iterator_cf_opt(&cf, read, mode) {
-            let (key, value) = item.map_err(|e| storage_error("reading section data", e))?;
-            if key.len() != prefix.len() + 4 || !key.starts_with(&prefix) {
-                continue;
-            }
-            let index = u64::from(u32::from_be_bytes([
-                key[prefix.len()],
-                key[prefix.len() + 1],
-                key[prefix.len() + 2],
-                key[prefix.len() + 3],
-            ]));
-            let chunk_start = index * CHUNK_BYTES;
-            let chunk_end = chunk_start + value.len() as u64;
-            let from = offset.max(chunk_start);
-            let to = (offset + len).min(chunk_end);
-            if from < to {
-                out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
-                    &value[(from - chunk_start) as usize..(to - chunk_start) as usize],
-                );
-            }
-        }
+        self.db.for_each_merged(
+            Family::Data(column_family),
+            self.read_options(),
+            &start_key,
+            &upper,
+            "reading section data",
+            |key, value| {
+                if key.len() != prefix.len() + 4 || !key.starts_with(&prefix) {
+                    return;
+                }
+                let index = u64::from(u32::from_be_bytes([
+                    key[prefix.len()],
+                    key[prefix.len() + 1],
+                    key[prefix.len() + 2],
+                    key[prefix.len() + 3],
+                ]));
+                let chunk_start = index * CHUNK_BYTES;
+                let chunk_end = chunk_start + value.len() as u64;
+                let from = offset.max(chunk_start);
+                let to = (offset + len).min(chunk_end);
+                if from < to {
+                    out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                        &value[(from - chunk_start) as usize..(to - chunk_start) as usize],
+                    );
+                }
+            },
+        )?;
         Ok(out)
     }
 }
@@ -1405,17 +1785,23 @@ mod tests {
             section_id: id.clone(),
             size_before,
         };
-        let mut batch = WriteBatch::default();
+        let mut batch = RocksBatch {
+            db: &db,
+            batch: WriteBatch::default(),
+        };
         db.apply_effect(&mut batch, &mut Overlay::default(), &remove)
             .unwrap();
-        assert!(batch.len() <= 2, "{} operations", batch.len());
-        let mut batch = WriteBatch::default();
+        assert!(batch.batch.len() <= 2, "{} operations", batch.batch.len());
+        let mut batch = RocksBatch {
+            db: &db,
+            batch: WriteBatch::default(),
+        };
         db.apply_effect(
             &mut batch,
             &mut Overlay::default(),
             &replace(instance, &id, b"small", size_before),
         )
         .unwrap();
-        assert!(batch.len() <= 3, "{} operations", batch.len());
+        assert!(batch.batch.len() <= 3, "{} operations", batch.batch.len());
     }
 }

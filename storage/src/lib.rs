@@ -10,6 +10,9 @@
 //! - [`db`]: RocksDB layout: a fixed set of data column families keyed by
 //!   instance id, the metadata column family, chunked section data.
 //! - [`store`]: group commit, recovery, reads.
+//! - [`inspect`]: the same store read-only — recovery replayed in memory
+//!   over a read-only RocksDB, a WAL reader and `verify` — for offline
+//!   inspection that changes no byte.
 //! - [`reserve`]: space kept back so deletes and recovery work on a full disk.
 //!
 //! Invariants:
@@ -26,6 +29,8 @@
 
 #[cfg(feature = "engine")]
 pub mod db;
+#[cfg(feature = "engine")]
+pub mod inspect;
 pub mod io;
 pub mod lock;
 pub mod reserve;
@@ -37,6 +42,8 @@ pub mod wal;
 
 #[cfg(feature = "engine")]
 pub use db::{DbOptions, RocksWalMode, CHUNK_BYTES};
+#[cfg(feature = "engine")]
+pub use inspect::{ReadOnlyStore, WalReader};
 pub use io::{FaultFs, OsFs, WalFile, WalFs};
 pub use lock::DataDirLock;
 pub use snapshot::{

@@ -346,6 +346,14 @@ impl StateMachine {
         self.instances.get(&instance).map(|i| &i.meta)
     }
 
+    /// Every instance's id and name (in no particular order).
+    pub fn instance_names(&self) -> Vec<(InstanceId, CheckpointName)> {
+        self.instances
+            .iter()
+            .map(|(id, i)| (*id, i.meta.name.clone()))
+            .collect()
+    }
+
     /// Forgets an instance's in-memory state so the next use reloads it from
     /// storage (after a batch failed to reach the log).
     pub fn forget(&mut self, instance: InstanceId) {

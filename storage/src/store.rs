@@ -1307,7 +1307,7 @@ impl Store {
         let view: crate::db::View<'static> = unsafe { std::mem::transmute(view) };
         StoreSnapshot {
             view,
-            shared: self.shared.clone(),
+            owner: SnapshotOwner::Store(self.shared.clone()),
         }
     }
 
@@ -1480,7 +1480,36 @@ impl Drop for Store {
 /// later writes. Holding one keeps RocksDB from discarding old versions.
 pub struct StoreSnapshot {
     view: crate::db::View<'static>,
-    shared: Arc<Shared>,
+    owner: SnapshotOwner,
+}
+
+/// What keeps a [`StoreSnapshot`]'s database alive (held, never read).
+enum SnapshotOwner {
+    Store(Arc<Shared>),
+    ReadOnly(#[allow(dead_code)] Arc<Db>),
+}
+
+impl SnapshotOwner {
+    fn check_readable(&self) -> CkptResult<()> {
+        match self {
+            SnapshotOwner::Store(shared) => shared.check_readable(),
+            SnapshotOwner::ReadOnly(_) => Ok(()),
+        }
+    }
+}
+
+impl StoreSnapshot {
+    /// A snapshot of a read-only open's database (`crate::inspect`).
+    pub(crate) fn of_read_only(db: &Arc<Db>) -> StoreSnapshot {
+        let view = db.snapshot();
+        // SAFETY: as in `Store::snapshot`: the view borrows the Db behind
+        // the Arc the snapshot holds, and is dropped before it.
+        let view: crate::db::View<'static> = unsafe { std::mem::transmute(view) };
+        StoreSnapshot {
+            view,
+            owner: SnapshotOwner::ReadOnly(db.clone()),
+        }
+    }
 }
 
 impl StoreSnapshot {
@@ -1489,7 +1518,7 @@ impl StoreSnapshot {
     /// # Errors
     /// Storage errors.
     pub fn instances(&self) -> CkptResult<Vec<(InstanceId, InstanceMeta)>> {
-        self.shared.check_readable()?;
+        self.owner.check_readable()?;
         self.view.instances()
     }
 
@@ -1498,7 +1527,7 @@ impl StoreSnapshot {
     /// # Errors
     /// Storage errors.
     pub fn sections(&self, instance: InstanceId) -> CkptResult<Vec<SectionDescriptor>> {
-        self.shared.check_readable()?;
+        self.owner.check_readable()?;
         Ok(self
             .view
             .sections(instance)?
@@ -1518,7 +1547,7 @@ impl StoreSnapshot {
         offset: u64,
         len: u64,
     ) -> CkptResult<Vec<u8>> {
-        self.shared.check_readable()?;
+        self.owner.check_readable()?;
         let meta = serving(instance, self.view.instance(instance)?)?;
         let section = self.view.section(instance, section_id)?.ok_or_else(|| {
             CkptError::new(
@@ -1661,7 +1690,7 @@ fn missing_instance(instance: InstanceId) -> CkptError {
     )
 }
 
-fn descriptor(section_id: SectionId, meta: &SectionMeta) -> SectionDescriptor {
+pub(crate) fn descriptor(section_id: SectionId, meta: &SectionMeta) -> SectionDescriptor {
     SectionDescriptor {
         section_id,
         expiration_time: meta.expiration_time,
@@ -1711,24 +1740,85 @@ fn spawn_checkpointer(shared: Arc<Shared>, requests: Receiver<u64>) -> CkptResul
         .map_err(|e| io_error("starting the checkpoint thread", &e))
 }
 
-/// Reads the log, replays what RocksDB lacks, cuts a torn tail, makes what
-/// it kept durable, records that in the durable mark, and starts a fresh
-/// segment. Returns the writer and the mark file, open for the fsync
-/// thread's updates.
-///
-/// What is torn and what is corrupt is decided by
-/// [`scan_segment_with`] under a [`TailRule`] — the same code
-/// `ckpt-tool verify` and `salvage` use — and by [`check_durable_end`].
-/// Every step is safe to interrupt: a crash during recovery leaves a state
-/// the next recovery accepts (the cut is durable before the new segment
-/// exists; the mark only ever states what is durable).
-fn recover(
-    config: &StoreConfig,
-    fs: Arc<dyn WalFs>,
+/// What [`replay_log`] found: the segments it keeps (first lsn, name,
+/// valid length), the last lsn applied (RocksDB's applied position or the
+/// last replayed record), the durable mark, and the report so far.
+pub(crate) struct Replayed {
+    pub(crate) kept: Vec<(Lsn, String, u64)>,
+    pub(crate) last_lsn: u64,
+    pub(crate) log_last: Option<u64>,
+    pub(crate) durable_mark: Option<Lsn>,
+    pub(crate) report: RecoveryReport,
+}
+
+/// Why [`replay_log`] stopped.
+#[derive(Debug)]
+pub(crate) enum ReplayError {
+    /// The log is damaged where recovery will not cut it (or records are
+    /// missing): segment, offset, reason; the highest lsn of the records
+    /// read before it; whether the log is whole but ends below the durable
+    /// mark.
+    Corrupt {
+        segment: String,
+        offset: u64,
+        reason: String,
+        kept_last: Option<u64>,
+        durable_end: bool,
+    },
+    /// Any other failure (IO, RocksDB).
+    Other(CkptError),
+}
+
+impl From<CkptError> for ReplayError {
+    fn from(error: CkptError) -> Self {
+        ReplayError::Other(error)
+    }
+}
+
+impl From<ReplayError> for CkptError {
+    fn from(error: ReplayError) -> Self {
+        match error {
+            ReplayError::Corrupt {
+                segment,
+                offset,
+                reason,
+                ..
+            } => corrupt(&segment, offset, &reason),
+            ReplayError::Other(error) => error,
+        }
+    }
+}
+
+fn corrupt_at(segment: &str, offset: u64, reason: &str, kept_last: Option<u64>) -> ReplayError {
+    ReplayError::Corrupt {
+        segment: segment.to_string(),
+        offset,
+        reason: reason.to_string(),
+        kept_last,
+        durable_end: false,
+    }
+}
+
+/// Recovery's reading of the log, shared by [`Store::open`] and the
+/// read-only store (`crate::inspect`): lists the segments and reads the
+/// durable mark, judges each segment with [`scan_segment_with`] under its
+/// [`TailRule`], requires the records above `applied` to follow each other,
+/// applies them through the state machine to `db` in batches of
+/// `batch_records` (a read-only `db` applies them to memory), checks that
+/// the log reaches the durable mark ([`check_durable_end`]), and fails with
+/// the corruption message on damage before the tail. `cut_torn(name,
+/// scan, whole records in the tail)` is told of a torn tail (recovery cuts
+/// it off; a read-only replay only reports it) and says whether the segment
+/// is kept.
+pub(crate) fn replay_log(
+    fs: &dyn WalFs,
     db: &Db,
     state: &mut StateMachine,
     applied: Lsn,
-) -> CkptResult<(WalWriter, MarkWriter, RecoveryReport)> {
+    batch_records: usize,
+    progress: Option<&RecoveryProgress>,
+    mut cut_torn: impl FnMut(&str, &crate::wal::segment::SegmentScan, u64) -> CkptResult<bool>,
+) -> Result<Replayed, ReplayError> {
     let mut segments: Vec<(Lsn, String)> = fs
         .list()
         .map_err(|e| io_error("listing WAL segments", &e))?
@@ -1736,14 +1826,13 @@ fn recover(
         .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
         .collect();
     segments.sort();
-    let durable_mark =
-        mark::read(fs.as_ref()).map_err(|e| io_error("reading the durable mark", &e))?;
+    let durable_mark = mark::read(fs).map_err(|e| io_error("reading the durable mark", &e))?;
     let mut report = RecoveryReport {
         applied_at_open: applied.0,
         segments: segments.len(),
         ..Default::default()
     };
-    if let Some(progress) = &config.recovery_progress {
+    if let Some(progress) = progress {
         let marked = durable_mark.map_or(0, |mark| mark.0.saturating_sub(applied.0));
         progress.total.store(marked, Ordering::Relaxed);
     }
@@ -1766,27 +1855,35 @@ fn recover(
         let rule = TailRule::for_segment(position, count, durable_mark);
         let scan = scan_segment_with(&bytes, first_lsn, rule);
         if scan.first_lsn.is_some_and(|lsn| lsn != first_lsn) {
-            return Err(corrupt(&name, 0, "header lsn does not match the file name"));
+            return Err(corrupt_at(
+                &name,
+                0,
+                "header lsn does not match the file name",
+                log_last,
+            ));
         }
         for (offset, record) in &scan.records {
-            log_last = Some(log_last.map_or(record.lsn.0, |l| l.max(record.lsn.0)));
+            let highest = Some(log_last.map_or(record.lsn.0, |l: u64| l.max(record.lsn.0)));
             if record.lsn.0 <= applied.0 {
+                log_last = highest;
                 last_lsn = last_lsn.max(record.lsn.0);
                 continue;
             }
             if record.lsn.0 != expected {
-                return Err(corrupt(
+                return Err(corrupt_at(
                     &name,
                     *offset,
                     &format!(
                         "expected lsn {expected}, found {} (records are missing)",
                         record.lsn.0
                     ),
+                    log_last,
                 ));
             }
             let effects = state
                 .apply(&backing, &record.entry)
-                .map_err(|e| corrupt(&name, *offset, &e.detail))?;
+                .map_err(|e| corrupt_at(&name, *offset, &e.detail, log_last))?;
+            log_last = highest;
             pending.extend(effects);
             if let Some(origin) = record.entry.origin {
                 // Remembered again as a node that did not plan it would:
@@ -1798,13 +1895,13 @@ fn recover(
             }
             pending_records += 1;
             report.replayed += 1;
-            if let Some(progress) = &config.recovery_progress {
+            if let Some(progress) = progress {
                 progress.replayed.store(report.replayed, Ordering::Relaxed);
                 progress.total.fetch_max(report.replayed, Ordering::Relaxed);
             }
             expected += 1;
             last_lsn = record.lsn.0;
-            if pending_records >= config.recovery_batch_records {
+            if pending_records >= batch_records {
                 db.apply_with(
                     &pending,
                     &origin_writes(&replayed_origins),
@@ -1815,29 +1912,23 @@ fn recover(
                 pending_records = 0;
             }
         }
-        match scan.end {
+        match &scan.end {
             SegmentEnd::Clean => kept.push((first_lsn, name, scan.valid_len)),
             SegmentEnd::Torn { offset, reason } => {
                 // Only the last segment can be torn (TailRule).
-                let mut after = offset as usize;
+                let mut after = *offset as usize;
                 let mut last = scan.records.last().map_or(Lsn(0), |(_, r)| r.lsn);
                 while let Some((at, lsn)) = next_record_after(&bytes, after, last) {
                     report.torn_records += 1;
                     (after, last) = (at, lsn);
                 }
-                tracing::warn!(segment = %name, offset, %reason, whole_records_dropped = report.torn_records, "cutting off a torn tail of the log (never acknowledged as durable)");
-                report.torn_tail = Some((name.clone(), offset, reason));
-                if scan.first_lsn.is_none() {
-                    fs.remove(&name)
-                        .map_err(|e| io_error("removing a torn segment", &e))?;
-                } else {
-                    fs.truncate(&name, scan.valid_len)
-                        .map_err(|e| io_error("cutting a torn tail", &e))?;
+                report.torn_tail = Some((name.clone(), *offset, reason.clone()));
+                if cut_torn(&name, &scan, report.torn_records)? {
                     kept.push((first_lsn, name, scan.valid_len));
                 }
             }
             SegmentEnd::Corrupt { offset, reason } => {
-                return Err(corrupt(&name, offset, &reason));
+                return Err(corrupt_at(&name, *offset, reason, log_last));
             }
         }
     }
@@ -1846,7 +1937,13 @@ fn recover(
             .last()
             .map_or_else(|| "(none)".to_string(), |(_, name, _)| name.clone());
         let end = kept.last().map_or(0, |(_, _, len)| *len);
-        return Err(corrupt(&last, end, &reason));
+        return Err(ReplayError::Corrupt {
+            segment: last,
+            offset: end,
+            reason,
+            kept_last: log_last,
+            durable_end: true,
+        });
     }
     if pending_records > 0 {
         db.apply_with(
@@ -1856,6 +1953,61 @@ fn recover(
             state.next_instance(),
         )?;
     }
+    Ok(Replayed {
+        kept,
+        last_lsn,
+        log_last,
+        durable_mark,
+        report,
+    })
+}
+
+/// Reads the log, replays what RocksDB lacks, cuts a torn tail, makes what
+/// it kept durable, records that in the durable mark, and starts a fresh
+/// segment. Returns the writer and the mark file, open for the fsync
+/// thread's updates.
+///
+/// What is torn and what is corrupt is decided by [`replay_log`] — the
+/// same code the read-only store (`crate::inspect`, and so `ckpt-tool`)
+/// runs. Every step is safe to interrupt: a crash during recovery leaves a
+/// state the next recovery accepts (the cut is durable before the new
+/// segment exists; the mark only ever states what is durable).
+fn recover(
+    config: &StoreConfig,
+    fs: Arc<dyn WalFs>,
+    db: &Db,
+    state: &mut StateMachine,
+    applied: Lsn,
+) -> CkptResult<(WalWriter, MarkWriter, RecoveryReport)> {
+    let Replayed {
+        kept,
+        last_lsn,
+        log_last,
+        durable_mark,
+        mut report,
+    } = replay_log(
+        fs.as_ref(),
+        db,
+        state,
+        applied,
+        config.recovery_batch_records,
+        config.recovery_progress.as_deref(),
+        |name, scan, torn_records| {
+            if let SegmentEnd::Torn { offset, reason } = &scan.end {
+                tracing::warn!(segment = %name, offset, %reason, whole_records_dropped = torn_records, "cutting off a torn tail of the log (never acknowledged as durable)");
+            }
+            if scan.first_lsn.is_none() {
+                fs.remove(name)
+                    .map_err(|e| io_error("removing a torn segment", &e))?;
+                Ok(false)
+            } else {
+                fs.truncate(name, scan.valid_len)
+                    .map_err(|e| io_error("cutting a torn tail", &e))?;
+                Ok(true)
+            }
+        },
+    )
+    .map_err(CkptError::from)?;
     let next_lsn = last_lsn.max(applied.0) + 1;
     report.next_lsn = next_lsn;
     // A segment starting at or after next_lsn can hold no record (every

@@ -215,6 +215,27 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
+    /// The kind's name, as docs/storage.md and `ckpt-tool wal` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::CheckpointCreate => "CheckpointCreate",
+            RecordKind::CheckpointUnlink => "CheckpointUnlink",
+            RecordKind::CheckpointDestroy => "CheckpointDestroy",
+            RecordKind::RetentionSet => "RetentionSet",
+            RecordKind::SectionCreate => "SectionCreate",
+            RecordKind::SectionDelete => "SectionDelete",
+            RecordKind::SectionExpirationSet => "SectionExpirationSet",
+            RecordKind::Write => "Write",
+            RecordKind::Overwrite => "Overwrite",
+            RecordKind::GeneratedIdSet => "GeneratedIdSet",
+            RecordKind::EpochStart => "EpochStart",
+            RecordKind::SnapshotBegin => "SnapshotBegin",
+            RecordKind::SnapshotSection => "SnapshotSection",
+            RecordKind::SnapshotEnd => "SnapshotEnd",
+            RecordKind::SuffixDiscard => "SuffixDiscard",
+        }
+    }
+
     /// The kind of a kind byte, if it is one.
     pub fn from_u8(value: u8) -> Option<Self> {
         Some(match value {
