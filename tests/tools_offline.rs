@@ -1,13 +1,16 @@
-//! Offline `ckpt-tool` commands refuse a data directory a running server
-//! holds, with a message naming the directory, the holder's pid and what
-//! to do — and change nothing; once the server stops they work.
+//! Offline `ckpt-tool` commands on a data directory a running server holds:
+//! the ones that change it (`restore --data-dir`, `salvage`) refuse, with a
+//! message naming the directory, the holder's pid and what to do, and
+//! change nothing; the ones that only look (`ls`, `stat`, `dump`, `wal`,
+//! `verify`) open it read-only, show the server's data and leave the
+//! server undisturbed. Once the server stops every command works.
 
 mod common;
 
-use common::{tool, Server};
+use common::{text, tool, Server};
 
 #[test]
-fn offline_commands_refuse_a_directory_in_use() {
+fn offline_commands_that_change_refuse_a_directory_in_use_and_looking_works() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = Server::start(&data);
@@ -23,21 +26,23 @@ fn offline_commands_refuse_a_directory_in_use() {
         .success());
     let out = dir.path().join("offline.ckd");
     let out_s = out.to_str().unwrap().to_string();
-    let commands: Vec<Vec<&str>> = vec![
+    let changing: Vec<Vec<&str>> = vec![
+        vec!["restore", &dump_s, "--replace", "--data-dir", &data_s],
+        vec!["salvage", "--data-dir", &data_s],
+    ];
+    let looking: Vec<Vec<&str>> = vec![
         vec!["ls", "--data-dir", &data_s],
         vec!["stat", "held", "--data-dir", &data_s],
         vec!["dump", "--all", "-o", &out_s, "--data-dir", &data_s],
-        vec!["restore", &dump_s, "--replace", "--data-dir", &data_s],
         vec!["verify", "--data-dir", &data_s],
         vec!["wal", "--data-dir", &data_s],
-        vec!["salvage", "--data-dir", &data_s],
     ];
     let pid = server.pid().to_string();
     let wal_before: Vec<_> = std::fs::read_dir(data.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    for args in &commands {
+    for args in &changing {
         let output = tool(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(
@@ -58,8 +63,26 @@ fn offline_commands_refuse_a_directory_in_use() {
             String::from_utf8_lossy(&output.stdout)
         );
     }
-    assert!(!out.exists(), "a refused dump must not leave a file");
-    assert!(!dir.path().join("offline.ckd.partial").exists());
+    for args in &looking {
+        let output = tool(args);
+        assert!(
+            output.status.success(),
+            "{args:?} on a live directory: {}",
+            text(&output)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("read-only")
+                || args[0] == "verify"
+                || args[0] == "wal",
+            "{args:?} does not say it looks at a live directory: {}",
+            text(&output)
+        );
+    }
+    let listed = tool(&["ls", "--data-dir", &data_s]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("held"));
+    let verified = tool(&["verify", out.to_str().unwrap()]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    std::fs::remove_file(&out).unwrap();
     let wal_after: Vec<_> = std::fs::read_dir(data.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -70,7 +93,7 @@ fn offline_commands_refuse_a_directory_in_use() {
 
     // Stopped, the directory is the tool's.
     assert!(server.terminate().success());
-    for args in &commands {
+    for args in changing.iter().chain(&looking) {
         let output = tool(args);
         assert!(
             output.status.success(),

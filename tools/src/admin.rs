@@ -817,12 +817,13 @@ pub async fn stat(client: &Client, args: &StatArgs) -> Result<(), ClientError> {
 }
 
 /// Every named checkpoint of a data directory, as `ls` shows them, and
-/// the node's figures (opens the store: takes the lock and recovers).
+/// the node's figures (opens the store read-only: recovery replayed in
+/// memory, no byte changed, no lock).
 ///
 /// # Errors
 /// `IN_USE` for a held directory; storage errors.
 pub fn offline_infos(dir: &Path) -> Result<(Vec<CheckpointInfo>, ServerStatus), ClientError> {
-    let store = crate::datadir::open_store(dir, true)?;
+    let store = crate::datadir::open_read_only(dir)?;
     let result = (|| {
         let mut infos = Vec::new();
         for (instance, meta) in store.instances()? {

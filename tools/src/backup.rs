@@ -357,7 +357,7 @@ async fn dump_online_body(
 }
 
 fn dump_offline(dir: &Path, args: &DumpArgs, sink: &mut Sink) -> Result<DumpReport, ClientError> {
-    let store = crate::datadir::open_store(dir, true)?;
+    let store = crate::datadir::open_read_only(dir)?;
     let result = dump_store(&store, dir, args, sink);
     let report = result?;
     // The dump is complete and was read from one snapshot; a failure to
@@ -373,7 +373,7 @@ fn dump_offline(dir: &Path, args: &DumpArgs, sink: &mut Sink) -> Result<DumpRepo
 }
 
 fn dump_store(
-    store: &Store,
+    store: &ckpt_storage::ReadOnlyStore,
     dir: &Path,
     args: &DumpArgs,
     sink: &mut Sink,

@@ -1,14 +1,16 @@
-//! Offline access to a data directory: every command that works without a
-//! server first makes sure the directory exists and that no process holds
-//! it (`DataDirLock`; the store takes the same lock), so the tool can never
-//! read or repair a directory a running server is writing.
+//! Offline access to a data directory. Every command first makes sure the
+//! directory exists (a typo must not create an empty store). Looking (`ls`,
+//! `stat`, `dump`, `wal`, `verify`) opens it read-only with the store's own
+//! code (`ckpt_storage::inspect`): no lock, no byte changed, a running
+//! server undisturbed. Changing it (`restore`, `salvage`) takes the
+//! directory's lock (`DataDirLock`, the store's own), so the tool never
+//! repairs a directory a running server is writing.
 
 use std::path::{Path, PathBuf};
 
 use ckpt_client::ClientError;
 use ckpt_proto::ErrorCode;
-use ckpt_storage::db::{Db, DbOptions, Loaded};
-use ckpt_storage::{DataDirLock, Store, StoreConfig};
+use ckpt_storage::{DataDirLock, ReadOnlyStore, Store, StoreConfig};
 
 /// A `LIBRARY` error with a message.
 pub fn library(message: impl Into<String>) -> ClientError {
@@ -68,7 +70,7 @@ pub fn lock(dir: &Path) -> Result<DataDirLock, ClientError> {
     DataDirLock::acquire(dir).map_err(ClientError::from)
 }
 
-/// Opens the store (takes the lock, recovers from the log).
+/// Opens the store to change it (takes the lock, recovers from the log).
 ///
 /// # Errors
 /// `IN_USE` when the directory is held; recovery errors (a corrupt log
@@ -80,18 +82,20 @@ pub fn open_store(dir: &Path, must_exist: bool) -> Result<Store, ClientError> {
     Store::open(StoreConfig::new(dir)).map_err(ClientError::from)
 }
 
-/// Opens RocksDB alone, without touching the log (the caller holds the
-/// lock): for reading metadata as it is on disk.
+/// Opens the store read-only: the log replayed over RocksDB in memory, as
+/// recovery would, changing nothing; a server may be running on it.
 ///
 /// # Errors
-/// `NOT_EXIST` without a db/ directory; RocksDB errors.
-pub fn open_db(dir: &Path) -> Result<(Db, Loaded), ClientError> {
-    let path = db_dir(dir);
-    if !path.join("CURRENT").is_file() {
-        return Err(ClientError::new(
-            ErrorCode::NotExist,
-            format!("{} holds no RocksDB database", path.display()),
-        ));
+/// `NOT_EXIST` for a missing directory; recovery's errors (a corrupt log
+/// names the segment and offset and points at `salvage`).
+pub fn open_read_only(dir: &Path) -> Result<ReadOnlyStore, ClientError> {
+    require_data_dir(dir)?;
+    let store = ReadOnlyStore::open(dir).map_err(ClientError::from)?;
+    if store.live() {
+        eprintln!(
+            "note: a server is running on {}; this is a read-only view of its state now",
+            dir.display()
+        );
     }
-    Db::open(&path, DbOptions::default()).map_err(ClientError::from)
+    Ok(store)
 }

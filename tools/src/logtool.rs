@@ -1,7 +1,11 @@
 //! Offline commands on a data directory's log and RocksDB: `wal` (print
 //! records), `verify --data-dir` (every checksum and invariant) and
 //! `salvage` (cut the log back to its sound prefix after corruption).
-//! Each takes the directory's lock first and refuses a directory in use.
+//! Reading and judging is the store's own code (`ckpt_storage::inspect`:
+//! the WAL reader recovery's rule decides, `verify`, recovery replayed
+//! read-only), so the tool cannot judge the data differently from
+//! recovery. `wal` and `verify` change nothing and take no lock (a server
+//! may be running); `salvage` takes the directory's lock.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,51 +13,39 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ckpt_client::ClientError;
-use ckpt_proto::{ErrorCode, SectionId};
-use ckpt_storage::db::Loaded;
-use ckpt_storage::wal::segment::SEGMENT_HEADER_BYTES;
-use ckpt_storage::{Record, RecordBody};
+use ckpt_proto::ErrorCode;
+use ckpt_storage::inspect::{
+    self, rocksdb_facts, tail_reason, torn_from, walk_with_resync, Finding, Gap, SegmentFile,
+    VerifyProgress, VerifyReport, WalReader,
+};
+use ckpt_storage::wal::segment::{SegmentEnd, SEGMENT_HEADER_BYTES};
+use ckpt_storage::{Lsn, Record, RecordBody};
 use serde::Serialize;
 
 use crate::cli::{SalvageArgs, WalArgs};
-use crate::datadir::{io_error, library, lock, open_db, wal_dir};
+use crate::datadir::{io_error, library, lock, require_data_dir, wal_dir};
 use crate::progress::{human_bytes, Progress};
-use crate::walscan::{
-    judge_segment, list_segments, read_mark, record_json, record_line, walk_with_resync, Gap,
-    SegmentFile, Tail,
-};
-use ckpt_storage::wal::segment::check_durable_end;
-use ckpt_storage::Lsn;
+use crate::walscan::{record_json, record_line};
 
-fn read_segment(segment: &SegmentFile) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(&segment.path).map_err(|e| io_error("reading", &segment.path, &e))
-}
-
-/// Instance ids to names, from RocksDB's metadata (as on disk).
-fn names_from_db(loaded: &Loaded) -> BTreeMap<u64, String> {
-    loaded
-        .instances
-        .iter()
-        .map(|(id, meta)| (id.0, meta.name.to_string()))
-        .collect()
-}
-
-/// RocksDB's applied position and instance names, if RocksDB opens.
+/// RocksDB's applied position and instance names, read-only.
 fn db_facts(dir: &Path) -> Result<(u64, BTreeMap<u64, String>), ClientError> {
-    let (db, loaded) = open_db(dir)?;
-    let facts = (loaded.applied.0, names_from_db(&loaded));
-    drop(db);
-    Ok(facts)
+    let facts = rocksdb_facts(dir).map_err(ClientError::from)?;
+    let names = facts
+        .names
+        .into_iter()
+        .map(|(id, name)| (id.0, name.to_string()))
+        .collect();
+    Ok((facts.applied.0, names))
 }
 
-/// `wal`.
+/// `wal`: every record of the log, read-only.
 ///
 /// # Errors
-/// `IN_USE` for a held directory; `FAILED_OPERATION` when the log holds
-/// damage (after printing everything decodable).
+/// `NOT_EXIST` for a missing directory; `FAILED_OPERATION` when the log
+/// holds damage (after printing everything decodable).
 pub fn wal(args: &WalArgs) -> Result<(), ClientError> {
     let dir = &args.data_dir;
-    let _lock = lock(dir)?;
+    require_data_dir(dir)?;
     let mut names = match db_facts(dir) {
         Ok((_, names)) => names,
         Err(error) => {
@@ -62,17 +54,15 @@ pub fn wal(args: &WalArgs) -> Result<(), ClientError> {
         }
     };
     let wanted = args.checkpoint.as_ref().map(|n| n.to_string());
-    let (segments, _) = list_segments(&wal_dir(dir))?;
+    let log = WalReader::open(&wal_dir(dir)).map_err(ClientError::from)?;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut problems = 0usize;
     let mut shown = 0u64;
-    let count = segments.len();
-    let durable_mark = read_mark(&wal_dir(dir))?;
-    for (position, segment) in segments.iter().enumerate() {
-        let bytes = read_segment(segment)?;
-        let judged = judge_segment(&bytes, segment, position, count, durable_mark);
+    for (position, segment) in log.segments().iter().enumerate() {
+        let bytes = log.read(position).map_err(ClientError::from)?;
+        let judged = log.judge(position, &bytes);
         if judged.first_lsn.is_none() {
-            let torn = matches!(judged.end, Tail::Torn { .. });
+            let torn = matches!(judged.end, SegmentEnd::Torn { .. });
             eprintln!(
                 "{}: {} offset 0: {}",
                 if torn { "note" } else { "problem" },
@@ -159,117 +149,46 @@ pub fn wal(args: &WalArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn tail_reason(tail: &Tail) -> String {
-    match tail {
-        Tail::Clean => "clean".into(),
-        Tail::Torn { reason, .. } => format!("torn: {reason}"),
-        Tail::Corrupt { reason, .. } => reason.clone(),
+/// A progress bar (created once the total is known) for the store's
+/// `verify`.
+struct VerifyBar(Option<Progress>);
+
+impl VerifyProgress for VerifyBar {
+    fn total(&mut self, bytes: u64) {
+        self.0 = Some(Progress::new("verify", bytes));
+    }
+    fn step(&mut self, what: String) {
+        if let Some(bar) = &mut self.0 {
+            bar.step(what);
+        }
+    }
+    fn advance(&mut self, bytes: u64) {
+        if let Some(bar) = &mut self.0 {
+            bar.inc(bytes);
+        }
+    }
+    fn problem(&mut self, finding: &Finding) {
+        if let Some(bar) = &self.0 {
+            bar.println(&format!(
+                "problem: {}: {}",
+                finding.location, finding.message
+            ));
+        }
     }
 }
 
-/// Whether recovery cuts the segment judged `end` off as torn at or before
-/// `offset`: everything from a torn tail on is cut, decodable or not.
-fn torn_from(end: &Tail, offset: u64) -> bool {
-    matches!(end, Tail::Torn { offset: torn, .. } if *torn <= offset)
-}
-
-/// One finding of `verify --data-dir`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    /// `wal/wal-….log offset 4096`, `rocksdb checkpoint "x" (instance 7) section "s"`.
-    pub location: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// What `verify --data-dir` found.
-#[derive(Debug, Default, Serialize)]
-pub struct DataDirReport {
-    /// The directory.
-    pub data_dir: String,
-    /// WAL segments read.
-    pub segments: u64,
-    /// Records decoded.
-    pub records: u64,
-    /// Lowest lsn in the log.
-    pub first_lsn: Option<u64>,
-    /// Highest lsn in the log.
-    pub last_lsn: Option<u64>,
-    /// RocksDB's applied position.
-    pub applied_lsn: Option<u64>,
-    /// Checkpoint instances in RocksDB.
-    pub checkpoints: u64,
-    /// Sections in RocksDB.
-    pub sections: u64,
-    /// Section bytes read back.
-    pub data_bytes: u64,
-    /// Problems (exit status 1).
-    pub problems: Vec<Finding>,
-    /// Things worth knowing that need no action.
-    pub warnings: Vec<Finding>,
-}
-
-/// `verify --data-dir DIR`.
+/// `verify --data-dir DIR`: the store's own checks, read-only.
 ///
 /// # Errors
-/// `IN_USE` for a held directory; `FAILED_OPERATION` when problems were
-/// found (each printed).
+/// `NOT_EXIST` for a missing directory; `FAILED_OPERATION` when problems
+/// were found (each printed).
 pub fn verify_data_dir(dir: &Path, json: bool) -> Result<(), ClientError> {
-    let _lock = lock(dir)?;
-    let mut report = DataDirReport {
-        data_dir: dir.display().to_string(),
-        ..Default::default()
-    };
-    let db = match open_db(dir) {
-        Ok(db) => Some(db),
-        Err(error) => {
-            report.problems.push(Finding {
-                location: "db/".into(),
-                message: format!("RocksDB does not open: {}", error.message),
-            });
-            None
-        }
-    };
-    let applied = db.as_ref().map(|(_, loaded)| loaded.applied.0);
-    report.applied_lsn = applied;
-    let (segments, others) = list_segments(&wal_dir(dir))?;
-    let wal_total: u64 = segments.iter().map(|s| s.len).sum();
-    let data_total: u64 = db
-        .as_ref()
-        .map(|(_, loaded)| loaded.instances.values().map(|m| m.memory_used).sum())
-        .unwrap_or(0);
-    let mut progress = Progress::new("verify", wal_total + data_total);
-    for other in &others {
-        if other.ends_with(".damaged") || other.contains(".damaged.") {
-            report.warnings.push(Finding {
-                location: format!("wal/{other}"),
-                message: "a segment moved aside by salvage; not part of the log (keep it for analysis or delete it)".into(),
-            });
-        }
+    require_data_dir(dir)?;
+    let mut bar = VerifyBar(None);
+    let report = inspect::verify(dir, &mut bar).map_err(ClientError::from)?;
+    if let Some(bar) = bar.0 {
+        bar.finish();
     }
-    verify_wal(
-        &wal_dir(dir),
-        &segments,
-        applied,
-        &mut report,
-        &mut progress,
-    )?;
-    if let (Some(applied), Some(last)) = (applied, report.last_lsn) {
-        if last > applied {
-            report.warnings.push(Finding {
-                location: "db/".into(),
-                message: format!(
-                    "RocksDB is {} records behind the log (applied lsn {applied}, the log ends at {last}); the server replays them at start; the RocksDB checks cover the state at lsn {applied}",
-                    last - applied
-                ),
-            });
-        }
-    }
-    if let Some((db, loaded)) = &db {
-        verify_rocksdb(db, loaded, &mut report, &mut progress);
-    }
-    progress.finish();
-    drop(db);
     print_findings(&report, json)?;
     if !report.problems.is_empty() {
         return Err(ClientError::new(
@@ -285,7 +204,7 @@ pub fn verify_data_dir(dir: &Path, json: bool) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn print_findings(report: &DataDirReport, json: bool) -> Result<(), ClientError> {
+fn print_findings(report: &VerifyReport, json: bool) -> Result<(), ClientError> {
     if json {
         return crate::admin::emit_json(report);
     }
@@ -315,405 +234,6 @@ fn print_findings(report: &DataDirReport, json: bool) -> Result<(), ClientError>
         report.warnings.len()
     ));
     crate::admin::emit(text.as_bytes())
-}
-
-fn verify_wal(
-    wal: &Path,
-    segments: &[SegmentFile],
-    applied: Option<u64>,
-    report: &mut DataDirReport,
-    progress: &mut Progress,
-) -> Result<(), ClientError> {
-    let applied_or_zero = applied.unwrap_or(0);
-    let previous: std::cell::Cell<Option<u64>> = std::cell::Cell::new(None);
-    let after_gap = std::cell::Cell::new(false);
-    let count = segments.len();
-    let durable_mark = read_mark(wal)?;
-    // The highest lsn recovery would keep in the log.
-    let mut kept_last: Option<u64> = None;
-    for (position, segment) in segments.iter().enumerate() {
-        progress.step(format!("WAL {}", segment.name));
-        report.segments += 1;
-        let bytes = read_segment(segment)?;
-        let at = |offset: u64| format!("wal/{} offset {offset}", segment.name);
-        let judged = judge_segment(&bytes, segment, position, count, durable_mark);
-        if let Some((_, record)) = judged.records.last() {
-            kept_last = Some(kept_last.map_or(record.lsn.0, |k| k.max(record.lsn.0)));
-        }
-        let mut problems: Vec<Finding> = Vec::new();
-        let mut warnings: Vec<Finding> = Vec::new();
-        match (&judged.end, judged.first_lsn) {
-            (problem, None) => {
-                let finding = Finding {
-                    location: at(0),
-                    message: tail_reason(problem),
-                };
-                if matches!(problem, Tail::Torn { .. }) {
-                    warnings.push(finding);
-                } else {
-                    problems.push(finding);
-                }
-            }
-            (_, Some(lsn)) if lsn.0 != segment.first_lsn => problems.push(Finding {
-                location: at(16),
-                message: format!(
-                    "the header names first lsn {}, the file name {}",
-                    lsn.0, segment.first_lsn
-                ),
-            }),
-            _ => {}
-        }
-        let mut first_in_segment = true;
-        let mut gaps: Vec<Gap> = Vec::new();
-        walk_with_resync(
-            &segment.name,
-            &bytes,
-            SEGMENT_HEADER_BYTES.min(bytes.len()),
-            segment.first_lsn.saturating_sub(1),
-            |offset, _, record| {
-                if torn_from(&judged.end, offset) {
-                    // In the torn tail recovery cuts off: written but never
-                    // acknowledged as durable (pages written back out of
-                    // order can leave whole records there).
-                    return;
-                }
-                let lsn = record.lsn.0;
-                report.records += 1;
-                report.first_lsn = Some(report.first_lsn.map_or(lsn, |f| f.min(lsn)));
-                report.last_lsn = Some(report.last_lsn.map_or(lsn, |l| l.max(lsn)));
-                if first_in_segment && lsn != segment.first_lsn {
-                    problems.push(Finding {
-                        location: at(offset),
-                        message: format!(
-                            "the segment's first record has lsn {lsn}, its header says {}",
-                            segment.first_lsn
-                        ),
-                    });
-                }
-                first_in_segment = false;
-                let expected = match previous.get() {
-                    // Right after an undecodable stretch: whatever follows
-                    // is not compared with what preceded it.
-                    _ if after_gap.replace(false) => lsn,
-                    Some(p) => p + 1,
-                    // The log may start anywhere at or below the applied
-                    // position; above it recovery needs applied + 1.
-                    None if lsn <= applied_or_zero + 1 => lsn,
-                    None => applied_or_zero + 1,
-                };
-                if lsn != expected {
-                    if lsn > expected && lsn - 1 <= applied_or_zero {
-                        warnings.push(Finding {
-                            location: at(offset),
-                            message: format!(
-                                "records {expected}..{} are not in the log; RocksDB already holds them (applied lsn {applied_or_zero})",
-                                lsn - 1
-                            ),
-                        });
-                    } else if lsn > expected {
-                        problems.push(Finding {
-                            location: at(offset),
-                            message: format!(
-                                "lsn {lsn} follows lsn {}: records {expected}..{} are missing (RocksDB applied lsn {applied_or_zero})",
-                                expected - 1,
-                                lsn - 1
-                            ),
-                        });
-                    } else {
-                        problems.push(Finding {
-                            location: at(offset),
-                            message: format!(
-                                "lsn {lsn} where {expected} was expected (lsns go backwards)"
-                            ),
-                        });
-                    }
-                }
-                previous.set(Some(lsn));
-            },
-            |gap| {
-                if !torn_from(&judged.end, gap.start) {
-                    after_gap.set(true);
-                }
-                gaps.push(gap);
-            },
-        );
-        for gap in gaps {
-            let torn = torn_from(&judged.end, gap.start);
-            let finding = Finding {
-                location: at(gap.start),
-                message: if torn {
-                    format!(
-                        "torn tail ({} bytes: {}); the server cuts it off at start — normal after a crash or power loss",
-                        gap.end - gap.start,
-                        gap.reason
-                    )
-                } else {
-                    format!(
-                        "{} bytes do not decode ({}); records there are unreadable — run `ckpt-tool salvage` to recover the log's prefix",
-                        gap.end - gap.start,
-                        gap.reason
-                    )
-                },
-            };
-            if torn {
-                warnings.push(finding);
-            } else {
-                problems.push(finding);
-            }
-        }
-        for p in &problems {
-            progress.println(&format!("problem: {}: {}", p.location, p.message));
-        }
-        report.problems.extend(problems);
-        report.warnings.extend(warnings);
-        progress.inc(segment.len);
-    }
-    if let Err(reason) = check_durable_end(durable_mark, kept_last.map(Lsn), Lsn(applied_or_zero)) {
-        // Where recovery names it: the end of the last segment.
-        let location = segments.last().map_or_else(
-            || format!("wal/{}", ckpt_storage::wal::mark::MARK_FILE),
-            |last| format!("wal/{} offset {}", last.name, last.len),
-        );
-        report.problems.push(Finding {
-            location,
-            message: reason,
-        });
-    }
-    Ok(())
-}
-
-fn verify_rocksdb(
-    db: &ckpt_storage::db::Db,
-    loaded: &Loaded,
-    report: &mut DataDirReport,
-    progress: &mut Progress,
-) {
-    let view = db.snapshot();
-    let instances = match view.instances() {
-        Ok(instances) => instances,
-        Err(error) => {
-            report.problems.push(Finding {
-                location: "rocksdb metadata".into(),
-                message: format!("cannot list checkpoints: {}", error.detail),
-            });
-            return;
-        }
-    };
-    for (instance, meta) in &instances {
-        report.checkpoints += 1;
-        let place = format!(
-            "rocksdb checkpoint \"{}\" (instance {})",
-            meta.name, instance.0
-        );
-        progress.step(format!("RocksDB checkpoint \"{}\"", meta.name));
-        let mut found: Vec<Finding> = Vec::new();
-        let mut all_zero: Vec<Finding> = Vec::new();
-        let mut problem = |location: String, message: String| {
-            found.push(Finding { location, message });
-        };
-        if instance.0 >= loaded.next_instance {
-            problem(
-                place.clone(),
-                format!(
-                    "instance id {} is not below the next instance id {}",
-                    instance.0, loaded.next_instance
-                ),
-            );
-        }
-        if !meta.unlinked && loaded.names.get(&meta.name) != Some(instance) {
-            problem(
-                place.clone(),
-                format!(
-                    "the name index points {} at {:?}, not at this instance",
-                    meta.name,
-                    loaded.names.get(&meta.name).map(|i| i.0)
-                ),
-            );
-        }
-        let sections = match view.sections(*instance) {
-            Ok(sections) => sections,
-            Err(error) => {
-                problem(
-                    place.clone(),
-                    format!("cannot list sections: {}", error.detail),
-                );
-                for f in found {
-                    progress.println(&format!("problem: {}: {}", f.location, f.message));
-                    report.problems.push(f);
-                }
-                continue;
-            }
-        };
-        let a = &meta.attributes;
-        let used: u64 = sections.iter().map(|(_, s)| s.size).sum();
-        if sections.len() as u64 != u64::from(meta.section_count) {
-            problem(
-                place.clone(),
-                format!(
-                    "metadata counts {} sections, {} are stored",
-                    meta.section_count,
-                    sections.len()
-                ),
-            );
-        }
-        if used != meta.memory_used {
-            problem(
-                place.clone(),
-                format!(
-                    "metadata says {} bytes used, the sections' sizes sum to {used}",
-                    meta.memory_used
-                ),
-            );
-        }
-        if sections.len() as u64 > u64::from(a.max_sections) {
-            problem(
-                place.clone(),
-                format!(
-                    "{} sections, maxSections is {}",
-                    sections.len(),
-                    a.max_sections
-                ),
-            );
-        }
-        if used > a.checkpoint_size {
-            problem(
-                place.clone(),
-                format!("{used} bytes used, checkpointSize is {}", a.checkpoint_size),
-            );
-        }
-        for (id, section) in &sections {
-            report.sections += 1;
-            let at = format!("{place} section \"{id}\"");
-            if section.size > a.max_section_size {
-                problem(
-                    at.clone(),
-                    format!(
-                        "{} bytes, maxSectionSize is {}",
-                        section.size, a.max_section_size
-                    ),
-                );
-            }
-            if !id.is_default() && id.as_bytes().len() as u64 > a.max_section_id_size {
-                problem(
-                    at.clone(),
-                    format!(
-                        "id of {} bytes, maxSectionIdSize is {}",
-                        id.as_bytes().len(),
-                        a.max_section_id_size
-                    ),
-                );
-            }
-            match read_back(
-                &view,
-                meta.column_family,
-                *instance,
-                id,
-                section.size,
-                progress,
-            ) {
-                Ok(false) => {}
-                Ok(true) => all_zero.push(Finding {
-                    location: at.clone(),
-                    message: format!(
-                        "all {} bytes read as zeros: a section never written, or its data chunks are missing",
-                        section.size
-                    ),
-                }),
-                Err(message) => problem(at.clone(), message),
-            }
-            report.data_bytes += section.size;
-        }
-        for f in found {
-            progress.println(&format!("problem: {}: {}", f.location, f.message));
-            report.problems.push(f);
-        }
-        // Every stored chunk belongs to a section and lies below its size
-        // (this scan also reads, and so checksums, every data block).
-        let chunks_max: u64 = sections
-            .iter()
-            .map(|(_, s)| s.size.div_ceil(ckpt_storage::CHUNK_BYTES))
-            .sum();
-        match db.count_data_keys(meta.column_family, *instance) {
-            Ok(stored) if stored > chunks_max => {
-                let location = place.clone();
-                let message = format!(
-                    "{stored} data chunks are stored, the sections' sizes allow at most {chunks_max}: data past a section's end or of deleted sections"
-                );
-                progress.println(&format!("problem: {location}: {message}"));
-                report.problems.push(Finding { location, message });
-            }
-            Ok(_) => {}
-            Err(error) => {
-                let location = place.clone();
-                let message = format!("data unreadable: {}", error.detail);
-                progress.println(&format!("problem: {location}: {message}"));
-                report.problems.push(Finding { location, message });
-            }
-        }
-        report.warnings.extend(all_zero);
-    }
-    for (name, instance) in &loaded.names {
-        let target = instances.iter().find(|(i, _)| i == instance);
-        match target {
-            None => {
-                let location = format!("rocksdb name index \"{name}\"");
-                let message = format!("points at instance {}, which does not exist", instance.0);
-                progress.println(&format!("problem: {location}: {message}"));
-                report.problems.push(Finding { location, message });
-            }
-            Some((_, meta)) if meta.unlinked || &meta.name != name => {
-                let location = format!("rocksdb name index \"{name}\"");
-                let message = format!(
-                    "points at instance {} named \"{}\"{}",
-                    instance.0,
-                    meta.name,
-                    if meta.unlinked { " (unlinked)" } else { "" }
-                );
-                progress.println(&format!("problem: {location}: {message}"));
-                report.problems.push(Finding { location, message });
-            }
-            Some(_) => {}
-        }
-    }
-}
-
-/// Reads a whole section back (RocksDB checks its block checksums on
-/// read); says whether a non-empty section read as nothing but zeros
-/// (possible, but also what missing data chunks look like).
-fn read_back(
-    view: &ckpt_storage::db::View<'_>,
-    column_family: u32,
-    instance: ckpt_storage::InstanceId,
-    id: &SectionId,
-    size: u64,
-    progress: &mut Progress,
-) -> Result<bool, String> {
-    const STEP: u64 = 4 * 1024 * 1024;
-    let mut offset = 0;
-    let mut nonzero = false;
-    while offset < size {
-        let len = (size - offset).min(STEP);
-        match view.read_data(column_family, instance, id, offset, len) {
-            Ok(data) if data.len() as u64 == len => {
-                nonzero = nonzero || data.iter().any(|&b| b != 0);
-            }
-            Ok(data) => {
-                return Err(format!(
-                    "reading {len} bytes at offset {offset} returned {}",
-                    data.len()
-                ))
-            }
-            Err(error) => {
-                return Err(format!(
-                    "data unreadable at offset {offset}: {}",
-                    error.detail
-                ))
-            }
-        }
-        progress.inc(len);
-        offset += len;
-    }
-    Ok(size > 0 && !nonzero)
 }
 
 /// Records of one checkpoint instance that a salvage drops.
@@ -800,7 +320,7 @@ pub struct SalvageReport {
     pub torn_tail: Option<Finding>,
 }
 
-/// Where recovery would stop, scanning as the store does.
+/// Where recovery would stop, in the listing salvage works on.
 struct Fatal {
     segment: usize,
     offset: u64,
@@ -819,109 +339,60 @@ struct Scan {
     names: BTreeMap<u64, String>,
 }
 
-/// Scans segments from `from` like recovery: each judged by
-/// [`judge_segment`] (recovery's own rule, under the durable mark); records
-/// above `applied` must follow each other; damage stops it.
-fn scan_like_recovery(
+/// Recovery's own verdict on the directory (`inspect::recovery_verdict`:
+/// recovery replayed read-only, with `set_aside` treated as moved away),
+/// placed in `segments` (the listing without `set_aside`).
+fn recovery_scan(
+    dir: &Path,
     segments: &[SegmentFile],
-    from: usize,
-    applied: u64,
-    durable_mark: Option<Lsn>,
-    names: &mut BTreeMap<u64, String>,
+    set_aside: &[String],
 ) -> Result<Scan, ClientError> {
-    let mut expected = applied + 1;
-    let mut kept_last_lsn = None;
-    let mut torn_tail = None;
-    let count = segments.len();
-    for (index, segment) in segments.iter().enumerate().skip(from) {
-        let covered = segments
-            .get(index + 1)
-            .is_some_and(|next| next.first_lsn <= applied + 1);
-        let bytes = read_segment(segment)?;
-        let fatal = |offset: u64, reason: String| Fatal {
-            segment: index,
-            offset,
-            reason,
-            covered,
-            durable_end: false,
-        };
-        let judged = judge_segment(&bytes, segment, index, count, durable_mark);
-        if let Some(lsn) = judged.first_lsn {
-            if lsn.0 != segment.first_lsn {
-                return Ok(Scan {
-                    fatal: Some(fatal(
-                        0,
-                        format!(
-                            "the header names first lsn {}, the file name {}",
-                            lsn.0, segment.first_lsn
-                        ),
-                    )),
-                    kept_last_lsn,
-                    torn_tail,
-                    names: std::mem::take(names),
-                });
-            }
+    let verdict = inspect::recovery_verdict(dir, set_aside).map_err(ClientError::from)?;
+    let applied = verdict.applied.0;
+    let fatal = verdict.refusal.map(|refusal| {
+        let segment = segments
+            .iter()
+            .position(|s| s.name == refusal.segment)
+            .unwrap_or(segments.len().saturating_sub(1));
+        Fatal {
+            segment,
+            offset: refusal.offset,
+            reason: refusal.reason,
+            covered: !refusal.durable_end
+                && segments
+                    .get(segment + 1)
+                    .is_some_and(|next| next.first_lsn <= applied + 1),
+            durable_end: refusal.durable_end,
         }
-        for (offset, record) in &judged.records {
-            let lsn = record.lsn.0;
-            if lsn > applied {
-                if lsn != expected {
-                    return Ok(Scan {
-                        fatal: Some(fatal(
-                            *offset,
-                            format!("expected lsn {expected}, found {lsn} (records are missing)"),
-                        )),
-                        kept_last_lsn,
-                        torn_tail,
-                        names: std::mem::take(names),
-                    });
-                }
-                expected += 1;
-            }
-            if let RecordBody::CheckpointCreate { name, .. } = &record.entry.body {
-                names.insert(record.entry.instance.0, name.to_string());
-            }
-            kept_last_lsn = Some(kept_last_lsn.map_or(lsn, |k: u64| k.max(lsn)));
-        }
-        match judged.end {
-            Tail::Clean => {}
-            Tail::Torn { offset, reason } => {
-                torn_tail = Some(Finding {
-                    location: format!("wal/{} offset {offset}", segment.name),
-                    message: reason,
-                });
-            }
-            Tail::Corrupt { offset, reason } => {
-                return Ok(Scan {
-                    fatal: Some(fatal(offset, reason)),
-                    kept_last_lsn,
-                    torn_tail,
-                    names: std::mem::take(names),
-                })
-            }
-        }
-    }
-    if let Err(reason) = check_durable_end(durable_mark, kept_last_lsn.map(Lsn), Lsn(applied)) {
-        let last = count.saturating_sub(1);
-        return Ok(Scan {
-            fatal: Some(Fatal {
-                segment: last,
-                offset: segments.get(last).map_or(0, |s| s.len),
-                reason,
-                covered: false,
-                durable_end: true,
-            }),
-            kept_last_lsn,
-            torn_tail,
-            names: std::mem::take(names),
-        });
-    }
+    });
     Ok(Scan {
-        fatal: None,
-        kept_last_lsn,
-        torn_tail,
-        names: std::mem::take(names),
+        fatal,
+        kept_last_lsn: verdict.kept_last,
+        torn_tail: verdict.torn_tail.map(|(segment, offset, reason)| Finding {
+            location: format!("wal/{segment} offset {offset}"),
+            message: reason,
+        }),
+        names: verdict
+            .names
+            .into_iter()
+            .map(|(id, name)| (id.0, name.to_string()))
+            .collect(),
     })
+}
+
+/// The log's segments, without those in `set_aside`.
+fn list_segments(wal: &Path, set_aside: &[String]) -> Result<Vec<SegmentFile>, ClientError> {
+    let log = WalReader::open(wal).map_err(ClientError::from)?;
+    Ok(log
+        .segments()
+        .iter()
+        .filter(|s| !set_aside.contains(&s.name))
+        .cloned()
+        .collect())
+}
+
+fn read_segment(segment: &SegmentFile) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(&segment.path).map_err(|e| io_error("reading", &segment.path, &e))
 }
 
 /// Replaces the durable mark by one stating `lsn`, durably (a fresh file
@@ -972,28 +443,30 @@ pub fn salvage(args: &SalvageArgs) -> Result<(), ClientError> {
         data_dir: dir.display().to_string(),
         ..Default::default()
     };
-    let (applied, mut names) = match db_facts(dir) {
-        Ok(facts) => facts,
-        Err(error) => {
-            eprintln!(
-                "warning: RocksDB's applied position is unknown ({error}); every record is treated as needed"
-            );
-            (0, BTreeMap::new())
-        }
-    };
+    let (applied, mut names) = db_facts(dir).map_err(|error| {
+        ClientError::new(
+            error.code,
+            format!(
+                "RocksDB does not open ({}): the server cannot start whatever the log holds, and salvage repairs only the log; restore from a dump",
+                error.message
+            ),
+        )
+    })?;
     report.applied_lsn = applied;
-    let (mut segments, _) = list_segments(&wal)?;
-    let durable_mark = read_mark(&wal)?;
+    // Segments a dry run plans to move aside (it moves nothing).
+    let mut set_aside: Vec<String> = Vec::new();
+    let mut segments = list_segments(&wal, &set_aside)?;
     let total: u64 = segments.iter().map(|s| s.len).sum();
     let mut progress = Progress::new("salvage", total);
     progress.step(format!("scanning {} segments", segments.len()));
     let mut dropped: BTreeMap<u64, DroppedCheckpoint> = BTreeMap::new();
     let undecodable: std::cell::RefCell<Vec<Undecodable>> = Default::default();
     let pending: std::cell::RefCell<Vec<usize>> = Default::default();
-    let mut from = 0usize;
     loop {
-        let scan = scan_like_recovery(&segments, from, applied, durable_mark, &mut names)?;
-        names = scan.names;
+        let scan = recovery_scan(dir, &segments, &set_aside)?;
+        for (id, name) in scan.names {
+            names.insert(id, name);
+        }
         report.kept_last_lsn = scan.kept_last_lsn.or(report.kept_last_lsn);
         report.torn_tail = scan.torn_tail;
         let Some(fatal) = scan.fatal else { break };
@@ -1136,19 +609,15 @@ pub fn salvage(args: &SalvageArgs) -> Result<(), ClientError> {
             if !fatal.covered {
                 break;
             }
-            // Nothing changes: go on after the segment that would be set aside.
-            from = fatal.segment + 1;
+            // Nothing changes: go on as if the segment were set aside.
+            set_aside.push(segment.name.clone());
+            segments = list_segments(&wal, &set_aside)?;
             continue;
         }
-        let (relisted, _) = list_segments(&wal)?;
-        segments = relisted;
-        from = segments
-            .iter()
-            .position(|s| s.first_lsn > segment.first_lsn)
-            .unwrap_or(segments.len());
         if !fatal.covered {
             break;
         }
+        segments = list_segments(&wal, &set_aside)?;
     }
     progress.finish();
     report.undecodable = undecodable.into_inner();
@@ -1161,9 +630,8 @@ pub fn salvage(args: &SalvageArgs) -> Result<(), ClientError> {
             // Records the mark vouched for may have been set aside.
             reset_mark(&wal, report.kept_last_lsn.unwrap_or(0).max(applied))?;
         }
-        let (segments, _) = list_segments(&wal)?;
-        let mut scratch = BTreeMap::new();
-        scan_like_recovery(&segments, 0, applied, read_mark(&wal)?, &mut scratch)?.fatal
+        let segments = list_segments(&wal, &[])?;
+        recovery_scan(dir, &segments, &[])?.fatal
     } else {
         None
     };

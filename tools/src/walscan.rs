@@ -1,207 +1,10 @@
-//! Reading WAL segment files directly (docs/storage.md): listing them in log
-//! order, judging each segment with the store's own recovery rule
-//! ([`judge_segment`]: the same `scan_segment_with` and `TailRule` recovery
-//! calls, fed the same durable mark), re-synchronising after damage to
-//! decode what follows it, and formatting records for people and scripts.
+//! Formatting the log's records for people and scripts (`ckpt-tool wal`).
+//! Reading and judging the segments is the store's own code:
+//! `ckpt_storage::inspect::WalReader`, the reader recovery's rule decides.
 
-use std::path::{Path, PathBuf};
-
-use ckpt_client::ClientError;
 use ckpt_proto::TIME_END;
-use ckpt_storage::wal::mark;
-use ckpt_storage::wal::segment::{
-    self, parse_segment_name, scan_segment_with, SegmentScan, TailRule,
-};
-use ckpt_storage::{Lsn, Record, RecordBody};
+use ckpt_storage::{Record, RecordBody};
 use serde_json::{json, Map, Value};
-
-use crate::datadir::io_error;
-
-/// One segment file.
-#[derive(Debug, Clone)]
-pub struct SegmentFile {
-    /// File name, `wal-<20 digits>.log`.
-    pub name: String,
-    /// First lsn, from the name.
-    pub first_lsn: u64,
-    /// Full path.
-    pub path: PathBuf,
-    /// Size in bytes.
-    pub len: u64,
-}
-
-/// The segments of a WAL directory in log order, and the other files there.
-///
-/// # Errors
-/// An unreadable directory.
-pub fn list_segments(wal: &Path) -> Result<(Vec<SegmentFile>, Vec<String>), ClientError> {
-    let mut segments = Vec::new();
-    let mut others = Vec::new();
-    if !wal.is_dir() {
-        return Ok((segments, others));
-    }
-    let entries = std::fs::read_dir(wal).map_err(|e| io_error("listing", wal, &e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| io_error("listing", wal, &e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        match parse_segment_name(&name) {
-            Some(lsn) => segments.push(SegmentFile {
-                path: entry.path(),
-                len: entry.metadata().map(|m| m.len()).unwrap_or(0),
-                name,
-                first_lsn: lsn.0,
-            }),
-            None => others.push(name),
-        }
-    }
-    segments.sort_by_key(|s| s.first_lsn);
-    others.sort();
-    Ok((segments, others))
-}
-
-/// How a segment's bytes end: the store's own classification.
-pub use ckpt_storage::wal::segment::SegmentEnd as Tail;
-
-/// A checked segment header.
-#[derive(Debug, Clone)]
-pub struct Header {
-    /// The first lsn it names, when the header is sound.
-    pub first_lsn: Option<u64>,
-    /// Why it is not, at offset 0 (torn or corrupt).
-    pub problem: Option<Tail>,
-}
-
-/// Checks a segment's header as the store does.
-pub fn check_header(bytes: &[u8]) -> Header {
-    match segment::check_header(bytes) {
-        Ok(lsn) => Header {
-            first_lsn: Some(lsn.0),
-            problem: None,
-        },
-        Err(problem) => Header {
-            first_lsn: None,
-            problem: Some(problem),
-        },
-    }
-}
-
-/// The durable mark of a WAL directory, as recovery reads it (`None` when
-/// the file is missing or no slot is readable).
-///
-/// # Errors
-/// An unreadable mark file.
-pub fn read_mark(wal: &Path) -> Result<Option<Lsn>, ClientError> {
-    let path = wal.join(mark::MARK_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(mark::decode(&bytes)),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(io_error("reading", &path, &error)),
-    }
-}
-
-/// Judges the segment at `position` of `count` exactly as recovery does:
-/// its records, where they end, and whether the rest is clean, torn or
-/// corrupt.
-pub fn judge_segment(
-    bytes: &[u8],
-    segment: &SegmentFile,
-    position: usize,
-    count: usize,
-    durable_mark: Option<Lsn>,
-) -> SegmentScan {
-    scan_segment_with(
-        bytes,
-        Lsn(segment.first_lsn),
-        TailRule::for_segment(position, count, durable_mark),
-    )
-}
-
-/// Walks the records of a segment from `start` (after the header), calling
-/// `on_record(offset, encoded length, record)`; returns where valid records
-/// end and, if they end before the bytes do, why the next one did not
-/// decode. It does not judge torn versus corrupt: [`judge_segment`] does.
-pub fn walk_records(
-    bytes: &[u8],
-    start: usize,
-    mut on_record: impl FnMut(u64, u64, Record),
-) -> (u64, Option<String>) {
-    let mut offset = start;
-    loop {
-        if offset >= bytes.len() {
-            return (offset as u64, None);
-        }
-        let rest = &bytes[offset..];
-        match Record::decode(rest) {
-            Ok((record, used)) => {
-                on_record(offset as u64, used as u64, record);
-                offset += used;
-            }
-            Err(error) => return (offset as u64, Some(error.to_string())),
-        }
-    }
-}
-
-/// Looks for the next offset after `from` where a whole, checksummed record
-/// with an lsn in `(after_lsn, after_lsn + 2^32)` starts (the store's own
-/// forward scan).
-pub fn resync(bytes: &[u8], from: usize, after_lsn: u64) -> Option<usize> {
-    segment::next_record_after(bytes, from, Lsn(after_lsn)).map(|(at, _)| at)
-}
-
-/// A stretch of bytes that holds no decodable record.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Gap {
-    /// Segment file name.
-    pub segment: String,
-    /// First byte.
-    pub start: u64,
-    /// One past the last byte.
-    pub end: u64,
-    /// What the first undecodable bytes were.
-    pub reason: String,
-}
-
-/// Walks a segment from `start`, re-synchronising after damage: every
-/// decodable record is passed to `on_record`, every undecodable stretch to
-/// `on_gap`. A torn tail is reported as a gap too.
-pub fn walk_with_resync(
-    segment: &str,
-    bytes: &[u8],
-    start: usize,
-    mut after_lsn: u64,
-    mut on_record: impl FnMut(u64, u64, Record),
-    mut on_gap: impl FnMut(Gap),
-) {
-    let mut offset = start;
-    loop {
-        let (end, failure) = walk_records(bytes, offset, |at, len, record| {
-            after_lsn = after_lsn.max(record.lsn.0);
-            on_record(at, len, record);
-        });
-        let Some(reason) = failure else { return };
-        let from = end as usize;
-        match resync(bytes, from, after_lsn.saturating_sub(1 << 20)) {
-            Some(next) => {
-                on_gap(Gap {
-                    segment: segment.to_string(),
-                    start: end,
-                    end: next as u64,
-                    reason,
-                });
-                offset = next;
-            }
-            None => {
-                on_gap(Gap {
-                    segment: segment.to_string(),
-                    start: end,
-                    end: bytes.len() as u64,
-                    reason,
-                });
-                return;
-            }
-        }
-    }
-}
 
 /// `2026-11-24T21:15:53.123456789Z` for ns since the Unix epoch.
 pub fn rfc3339(ns: i64) -> String {
@@ -228,25 +31,9 @@ pub fn rfc3339(ns: i64) -> String {
     )
 }
 
-/// The name of a record's kind.
+/// The name of a record's kind (the store's own table).
 pub fn kind_name(body: &RecordBody) -> &'static str {
-    match body {
-        RecordBody::CheckpointCreate { .. } => "CheckpointCreate",
-        RecordBody::CheckpointUnlink => "CheckpointUnlink",
-        RecordBody::CheckpointDestroy => "CheckpointDestroy",
-        RecordBody::RetentionSet { .. } => "RetentionSet",
-        RecordBody::SectionCreate { .. } => "SectionCreate",
-        RecordBody::SectionDelete { .. } => "SectionDelete",
-        RecordBody::SectionExpirationSet { .. } => "SectionExpirationSet",
-        RecordBody::Write { .. } => "Write",
-        RecordBody::Overwrite { .. } => "Overwrite",
-        RecordBody::GeneratedIdSet { .. } => "GeneratedIdSet",
-        RecordBody::EpochStart { .. } => "EpochStart",
-        RecordBody::SnapshotBegin { .. } => "SnapshotBegin",
-        RecordBody::SnapshotSection { .. } => "SnapshotSection",
-        RecordBody::SnapshotEnd => "SnapshotEnd",
-        RecordBody::SuffixDiscard => "SuffixDiscard",
-    }
+    body.kind().name()
 }
 
 fn time_text(t: i64) -> String {
@@ -471,145 +258,6 @@ pub fn record_json(segment: &str, offset: u64, record: &Record, name: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ckpt_proto::{CheckpointName, CreationAttributes, CreationFlags, SectionId};
-    use ckpt_storage::wal::segment::{
-        encode_header, scan_segment, SegmentEnd, SEGMENT_HEADER_BYTES,
-    };
-    use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
-
-    fn records() -> Vec<Record> {
-        let attributes = CreationAttributes {
-            creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
-            checkpoint_size: 100,
-            retention_duration_ns: TIME_END,
-            max_sections: 2,
-            max_section_size: 50,
-            max_section_id_size: 8,
-        };
-        let mut out = vec![Record {
-            lsn: Lsn(5),
-            entry: ckpt_storage::Entry {
-                instance: InstanceId(1),
-                epoch: Epoch(1),
-                seq: Seq(1),
-                timestamp: 1_700_000_000_000_000_000,
-                body: RecordBody::CheckpointCreate {
-                    name: CheckpointName::new("a").unwrap(),
-                    attributes,
-                },
-                origin: None,
-            },
-        }];
-        for i in 0..6u64 {
-            out.push(Record {
-                lsn: Lsn(6 + i),
-                entry: ckpt_storage::Entry {
-                    instance: InstanceId(1),
-                    epoch: Epoch(1),
-                    seq: Seq(2 + i),
-                    timestamp: 1_700_000_000_000_000_000,
-                    body: RecordBody::Overwrite {
-                        section_id: SectionId::new("s"),
-                        data: vec![i as u8; 20],
-                    },
-                    origin: None,
-                },
-            });
-        }
-        out
-    }
-
-    fn segment() -> Vec<u8> {
-        let mut bytes = encode_header(Lsn(5)).to_vec();
-        for record in records() {
-            record.encode_into(&mut bytes);
-        }
-        bytes
-    }
-
-    fn same_end(tail: &Tail, end: &SegmentEnd) -> bool {
-        match (tail, end) {
-            (Tail::Clean, SegmentEnd::Clean) => true,
-            (Tail::Torn { offset: a, .. }, SegmentEnd::Torn { offset: b, .. }) => a == b,
-            (Tail::Corrupt { offset: a, .. }, SegmentEnd::Corrupt { offset: b, .. }) => a == b,
-            _ => false,
-        }
-    }
-
-    /// The tool's judgement is recovery's on every flip and cut, for every
-    /// place a segment can have in the log and every durable mark.
-    #[test]
-    fn agrees_with_the_store_scanner() {
-        let good = segment();
-        let mut inputs = Vec::new();
-        for i in 0..good.len() {
-            let mut bad = good.clone();
-            bad[i] ^= 0x40;
-            inputs.push(bad);
-            inputs.push(good[..i].to_vec());
-        }
-        let file = SegmentFile {
-            name: "wal-00000000000000000005.log".into(),
-            first_lsn: 5,
-            path: PathBuf::new(),
-            len: 0,
-        };
-        for bytes in inputs {
-            for (position, count) in [(0, 1), (0, 2)] {
-                for durable_mark in [None, Some(Lsn(0)), Some(Lsn(7)), Some(Lsn(11))] {
-                    let ours = judge_segment(&bytes, &file, position, count, durable_mark);
-                    let rule = TailRule::for_segment(position, count, durable_mark);
-                    let store = ckpt_storage::wal::segment::scan_segment_with(&bytes, Lsn(5), rule);
-                    assert!(
-                        same_end(&ours.end, &store.end),
-                        "{:?} {:?}",
-                        ours.end,
-                        store.end
-                    );
-                    assert_eq!(ours.valid_len, store.valid_len);
-                    assert_eq!(ours.records.len(), store.records.len());
-                    if count == 2 {
-                        assert!(
-                            !matches!(ours.end, SegmentEnd::Torn { .. }),
-                            "only the last segment can be torn"
-                        );
-                    }
-                }
-            }
-            let header = check_header(&bytes);
-            if header.problem.is_none() {
-                let mut count = 0;
-                let (valid, _) = walk_records(&bytes, SEGMENT_HEADER_BYTES, |_, _, _| count += 1);
-                assert_eq!(count, scan_segment(&bytes).records.len());
-                assert_eq!(valid, scan_segment(&bytes).valid_len);
-            }
-        }
-    }
-
-    #[test]
-    fn resync_finds_the_records_after_damage() {
-        let mut bytes = segment();
-        let offsets: Vec<u64> = scan_segment(&bytes)
-            .records
-            .iter()
-            .map(|(o, _)| *o)
-            .collect();
-        bytes[offsets[2] as usize + 20] ^= 1;
-        let mut seen = Vec::new();
-        let mut gaps = Vec::new();
-        walk_with_resync(
-            "s",
-            &bytes,
-            SEGMENT_HEADER_BYTES,
-            0,
-            |_, _, r| seen.push(r.lsn.0),
-            |g| gaps.push(g),
-        );
-        assert_eq!(seen, [5, 6, 8, 9, 10, 11]);
-        assert_eq!(gaps.len(), 1);
-        assert_eq!(gaps[0].start, offsets[2]);
-        assert_eq!(gaps[0].end, offsets[3]);
-    }
 
     #[test]
     fn times_print_as_utc() {
@@ -622,5 +270,11 @@ mod tests {
             rfc3339(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000000Z"
         );
+    }
+
+    #[test]
+    fn kinds_are_named_as_the_format_names_them() {
+        assert_eq!(kind_name(&RecordBody::CheckpointUnlink), "CheckpointUnlink");
+        assert_eq!(kind_name(&RecordBody::SuffixDiscard), "SuffixDiscard");
     }
 }
