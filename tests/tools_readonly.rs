@@ -223,3 +223,21 @@ fn offline_inspection_after_a_crash_shows_what_recovery_will_and_changes_no_byte
     assert_eq!(names(&offline_ls), names(&online_ls));
     assert_eq!(names(&offline_ls).len(), 2, "{offline_ls}");
 }
+
+/// Each looking command's --help says that --data-dir is read-only.
+#[test]
+fn the_help_says_offline_inspection_is_read_only() {
+    for command in ["ls", "stat", "dump", "wal", "verify"] {
+        let output = ok(&[command, "--help"]);
+        let help = String::from_utf8_lossy(&output.stdout);
+        let data_dir = help
+            .lines()
+            .skip_while(|line| !line.contains("--data-dir"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            data_dir.contains("Read-only") && data_dir.contains("no lock"),
+            "{command} --help: {help}"
+        );
+    }
+}

@@ -36,7 +36,8 @@ means something (a bare number is seconds).";
 /// The checkpoint commands talk to the server at --addr (or $CKPT_ADDR);
 /// `wal`, `salvage`, `verify FILE` and `dump`/`restore --data-dir` work on
 /// files offline; `status` and `cluster` talk to admin ports. Every command
-/// takes --json.
+/// takes --json. Offline looking (`ls`, `stat`, `dump`, `wal`, `verify`
+/// with --data-dir) is read-only: it changes no byte and takes no lock.
 #[derive(Debug, Parser)]
 #[command(
     name = "ckpt-tool",
@@ -94,14 +95,14 @@ pub enum Command {
     Sections(SectionsArgs),
     /// List every checkpoint with its size, sections, replicas and RocksDB
     /// footprint, and the node's WAL footprint. Online, or offline with
-    /// --data-dir.
+    /// --data-dir (read-only).
     Ls(LsArgs),
     /// Show one checkpoint's attributes, usage, replicas and footprint.
-    /// Online, or offline with --data-dir.
+    /// Online, or offline with --data-dir (read-only).
     Stat(StatArgs),
     /// Write checkpoints to a portable dump file (docs/dump-format.md): one
     /// consistent point in time, taken while writers go on. Online through
-    /// the server, or offline from a data directory no server holds.
+    /// the server, or offline from a data directory (read-only).
     Dump(DumpArgs),
     /// Recreate the checkpoints of a dump exactly (attributes, sections,
     /// expiration times, generated-id counters). The whole dump is checked
@@ -114,7 +115,7 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Print the write-ahead log's records, one per line (or JSON lines):
     /// lsn, segment and offset, time, checkpoint, epoch, seq, kind, ids,
-    /// offsets and sizes — never the data. Offline only.
+    /// offsets and sizes — never the data. Offline only (read-only).
     Wal(WalArgs),
     /// Recover a data directory whose log is damaged before its tail: keep
     /// every record up to the damage, move the damaged segment and the
@@ -564,7 +565,9 @@ pub struct LsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Read a data directory instead of asking a server (no server may hold it).
+    /// Read a data directory instead of asking a server. Read-only: the log
+    /// is replayed in memory as recovery would, no file is changed, no lock
+    /// taken (a running server's directory works too).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }
@@ -577,7 +580,9 @@ pub struct StatArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Read a data directory instead of asking a server (no server may hold it).
+    /// Read a data directory instead of asking a server. Read-only: the log
+    /// is replayed in memory as recovery would, no file is changed, no lock
+    /// taken (a running server's directory works too).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }
@@ -603,7 +608,8 @@ pub struct DumpArgs {
     /// then renamed, so FILE is always a complete dump.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
-    /// Dump from a data directory instead of a server (no server may hold it).
+    /// Dump from a data directory instead of a server. Read-only: no file is
+    /// changed, no lock taken (a running server's directory works too).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Print the summary as JSON.
@@ -646,7 +652,8 @@ pub struct VerifyArgs {
         conflicts_with = "data_dir"
     )]
     pub file: Option<PathBuf>,
-    /// A data directory to check (no server may hold it).
+    /// A data directory to check. Read-only: no file is changed, no lock
+    /// taken (a running server's directory works too).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Print the findings as JSON.
@@ -657,7 +664,8 @@ pub struct VerifyArgs {
 /// `wal`.
 #[derive(Debug, Args)]
 pub struct WalArgs {
-    /// The data directory (no server may hold it).
+    /// The data directory. Read-only: no file is changed, no lock taken (a
+    /// running server's directory works too).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
     /// Only records whose checkpoint sequence number is at least SEQ
