@@ -20,6 +20,12 @@
 //! * `skip-line PREFIX (REASON)` leaves out the line starting with PREFIX;
 //!   `skip (REASON)` the whole block.
 //!
+//! A ```text block whose marker says `transcript` (with the same
+//! `setup` and `replace`) is a terminal session: each `$ ` line runs, and
+//! what it prints (stderr and stdout) must match the lines after it up to
+//! whitespace and the values of numbers; a shown `error: ` line means a
+//! non-zero exit.
+//!
 //! A ```sh block without a marker fails the test, and so does a skip that
 //! is not in [`SKIPPED`]: nothing is left out silently. Each remaining line
 //! runs with `sh -c` in a temporary directory ($WORK) with the built
@@ -47,30 +53,34 @@ const SKIPPED: &[(&str, &str)] = &[
     ("docs/operations.md", "scp orders.ckd new-host:"),
 ];
 
-/// One fenced shell block and its marker.
+/// One fenced shell block (or marked transcript) and its marker.
 #[derive(Debug)]
 struct Block {
     file: &'static str,
     /// 1-based line of the opening fence.
     line: usize,
     marker: Option<String>,
+    /// A ```text block marked `transcript`: `$ ` lines and their output.
+    transcript: bool,
+    /// Shell blocks: the command lines (not comments), with line numbers.
     commands: Vec<(usize, String)>,
+    /// Every line of the block, with line numbers.
+    lines: Vec<(usize, String)>,
 }
 
-/// The ```sh (```bash, ```shell) blocks of `text`.
+/// The ```sh (```bash, ```shell) blocks of `text`, and the ```text blocks
+/// whose marker says `transcript`.
 fn shell_blocks(file: &'static str, text: &str) -> Vec<Block> {
     let lines: Vec<&str> = text.lines().collect();
     let mut blocks = Vec::new();
     let mut i = 0;
     while i < lines.len() {
-        let fence = lines[i].trim_start();
-        let is_shell = ["```sh", "```bash", "```shell"]
-            .iter()
-            .any(|f| fence.trim_end() == *f);
-        if !is_shell {
+        let fence = lines[i].trim();
+        if !fence.starts_with("```") {
             i += 1;
             continue;
         }
+        let language = fence.trim_start_matches('`').trim();
         // The marker: an HTML comment ending on the line before the fence.
         let mut marker = None;
         if i > 0 && lines[i - 1].trim_end().ends_with("-->") {
@@ -86,25 +96,65 @@ fn shell_blocks(file: &'static str, text: &str) -> Vec<Block> {
                 marker = Some(body);
             }
         }
-        let mut commands = Vec::new();
         let open = i;
         i += 1;
+        let mut body = Vec::new();
         while i < lines.len() && !lines[i].trim_start().starts_with("```") {
-            let line = lines[i].trim();
-            if !line.is_empty() && !line.starts_with('#') {
-                commands.push((i + 1, line.to_string()));
-            }
+            body.push((i + 1, lines[i].to_string()));
             i += 1;
         }
+        // Past the closing fence.
+        i += 1;
+        let shell = matches!(language, "sh" | "bash" | "shell");
+        let transcript = language == "text"
+            && marker
+                .as_deref()
+                .is_some_and(|m| m.split(';').any(|c| c.trim() == "transcript"));
+        if !shell && !transcript {
+            continue;
+        }
+        let commands = body
+            .iter()
+            .map(|(n, l)| (*n, l.trim().to_string()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .collect();
         blocks.push(Block {
             file,
             line: open + 1,
             marker,
+            transcript,
             commands,
+            lines: body,
         });
-        i += 1;
     }
     blocks
+}
+
+/// Whether `actual` is `expected` up to runs of whitespace and the values
+/// of numbers: a run of digits in `expected` stands for any run of digits
+/// (sizes, pids, sequence numbers differ from run to run).
+fn same_shape(expected: &str, actual: &str) -> bool {
+    let squeeze = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (expected, actual) = (squeeze(expected), squeeze(actual));
+    let (mut e, mut a) = (expected.chars().peekable(), actual.chars().peekable());
+    loop {
+        match (e.peek().copied(), a.peek().copied()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                while e.peek().is_some_and(char::is_ascii_digit) {
+                    e.next();
+                }
+                while a.peek().is_some_and(char::is_ascii_digit) {
+                    a.next();
+                }
+            }
+            (Some(x), Some(y)) if x == y => {
+                e.next();
+                a.next();
+            }
+            _ => return false,
+        }
+    }
 }
 
 /// What a marker says.
@@ -145,7 +195,7 @@ fn parse_marker(text: &str) -> Marker {
             marker
                 .replace
                 .push((from.trim().to_string(), to.trim().to_string()));
-        } else if clause != "run" {
+        } else if clause != "run" && clause != "transcript" {
             panic!("unknown docs-test clause {clause:?}");
         }
     }
@@ -261,6 +311,21 @@ fn setup(world: &mut World, name: &str) {
         }
         // The README's first steps on a fresh server.
         "fresh" => {}
+        // A checkpoint orders exists (created by ckpt-tool create, not by a
+        // bench), with --max-sections 4 and the default section size.
+        "orders" => world.ensure("orders"),
+        // orders is the server's only checkpoint.
+        "only-orders" => {
+            let listed: serde_json::Value =
+                serde_json::from_str(&world.tool(&["ls", "--json"])).unwrap();
+            for checkpoint in listed.as_array().unwrap() {
+                let name = checkpoint["name"].as_str().unwrap();
+                if name != "orders" {
+                    world.tool(&["rm", name]);
+                }
+            }
+            world.ensure("orders");
+        }
         other => panic!("unknown docs-test setup {other:?}"),
     }
 }
@@ -294,6 +359,10 @@ fn run_file(file: &'static str) -> Vec<(String, String, String)> {
         }
         if let Some(name) = &marker.setup {
             setup(&mut world, name);
+        }
+        if block.transcript {
+            run_transcript(&world, block, &marker);
+            continue;
         }
         let mut used = vec![false; marker.skip_lines.len()];
         for (line_no, command) in &block.commands {
@@ -352,6 +421,78 @@ fn run_file(file: &'static str) -> Vec<(String, String, String)> {
     skipped
 }
 
+/// Runs the `$ ` lines of a transcript (stderr and stdout together, as a
+/// terminal shows them) and compares what they print with the lines that
+/// follow them in the docs ([`same_shape`]). Replacements apply to both,
+/// with the environment's values.
+fn run_transcript(world: &World, block: &Block, marker: &Marker) {
+    let expand = |text: &str| {
+        let mut text = text.to_string();
+        for (from, to) in &marker.replace {
+            let mut to = to.clone();
+            for (name, value) in &world.env {
+                to = to.replace(&format!("${name}"), value);
+            }
+            text = text.replace(from.as_str(), &to);
+        }
+        text
+    };
+    let mut steps: Vec<(usize, String, Vec<String>)> = Vec::new();
+    for (line_no, line) in &block.lines {
+        if let Some(command) = line.trim_start().strip_prefix("$ ") {
+            steps.push((*line_no, command.to_string(), Vec::new()));
+        } else if let Some(step) = steps.last_mut() {
+            step.2.push(line.clone());
+        } else {
+            panic!(
+                "{}:{line_no}: transcript output before any `$ ` line",
+                block.file
+            );
+        }
+    }
+    assert!(
+        !steps.is_empty(),
+        "{}:{}: a transcript without `$ ` lines",
+        block.file,
+        block.line
+    );
+    for (line_no, command, expected) in steps {
+        let shell = expand(&command);
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{shell} 2>&1"))
+            .current_dir(world.work.path())
+            .env_clear()
+            .envs(&world.env)
+            .env("HOME", world.work.path())
+            .output()
+            .unwrap();
+        let actual = String::from_utf8_lossy(&output.stdout);
+        let actual: Vec<&str> = actual.lines().collect();
+        let expected: Vec<String> = expected.iter().map(|l| expand(l)).collect();
+        let matches = actual.len() == expected.len()
+            && expected.iter().zip(&actual).all(|(e, a)| same_shape(e, a));
+        assert!(
+            matches,
+            "{}:{line_no}: `{command}` (run as `{shell}`) printed\n{}\nwhere the docs show\n{}",
+            block.file,
+            actual.join("\n"),
+            expected.join("\n")
+        );
+        let failed = expected
+            .iter()
+            .any(|l| l.trim_start().starts_with("error: "));
+        assert_eq!(
+            !output.status.success(),
+            failed,
+            "{}:{line_no}: `{command}` exited {:?}",
+            block.file,
+            output.status.code()
+        );
+        eprintln!("ran {}:{line_no}: `{shell}` (transcript)", block.file);
+    }
+}
+
 fn check_skips(file: &str, skipped: &[(String, String, String)]) {
     let listed: Vec<&str> = SKIPPED
         .iter()
@@ -402,6 +543,11 @@ fn blocks_and_markers_are_found() {
         vec![("scp".to_string(), "no host".to_string())]
     );
     assert!(blocks[1].marker.is_none());
+    assert!(same_shape("orders  2/4   5000  WR_X", "orders 0/4 12 WR_X"));
+    assert!(same_shape("(pid 4242)", "(pid 7)"));
+    assert!(!same_shape("2/4", "2-4"));
+    assert!(!same_shape("pid 4242", "pid x"));
+    assert!(!same_shape("a", "a b"));
     let skip = parse_marker("skip (make run serves until Ctrl-C)");
     assert_eq!(skip.skip.as_deref(), Some("make run serves until Ctrl-C"));
 }
