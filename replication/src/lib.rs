@@ -23,6 +23,8 @@ pub mod config;
 pub mod control;
 pub mod data;
 pub mod raftlog;
+#[cfg(test)]
+mod sim;
 
 pub use config::{ClusterConfig, ConfigError, NodeConfig};
 pub use control::{

@@ -232,6 +232,20 @@ impl RaftLog {
     }
 }
 
+/// Applies `p` to an in-memory model of the log exactly as
+/// [`RaftLog::persist`] does before writing it: the simulator's durable
+/// Raft state.
+#[cfg(test)]
+pub(crate) fn apply_persist(model: &mut PersistedRaft, p: &RaftPersist) -> Result<(), String> {
+    let frame = Frame {
+        entries: p.entries.iter().map(encode).collect(),
+        hard_state: p.hard_state.as_ref().map(encode),
+        snapshot: p.snapshot.as_ref().map(encode),
+        compacted: p.compacted.as_ref().map(encode),
+    };
+    apply_frame(model, &frame)
+}
+
 fn frame_bytes(frame: &Frame) -> Result<Vec<u8>, ReplicationError> {
     let payload = postcard::to_allocvec(frame).expect("a raft log frame always serializes");
     if payload.len() > FRAME_BYTES_MAX {

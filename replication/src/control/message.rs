@@ -24,10 +24,16 @@ pub enum ControlMessage {
         /// When the request left (requester's clock).
         sent_at_ms: u64,
     },
-    /// The leader grants the lease asked for at `sent_at_ms`.
+    /// The leader grants the lease asked for at `sent_at_ms`. It holds
+    /// only once the requester has applied the log up to `commit`: a node
+    /// whose state is behind (restarted from an old log, or just out of a
+    /// partition) must not serve as an active replica the control plane
+    /// has replaced meanwhile.
     LeaseGrant {
         /// The request's `sent_at_ms`.
         sent_at_ms: u64,
+        /// The leader's commit index when it granted.
+        commit: u64,
     },
 }
 

@@ -50,6 +50,14 @@ use crate::{NodeId, ReplicationError};
 /// Applied entries kept in the in-memory log before a compaction snapshot.
 pub const COMPACT_ENTRIES_DEFAULT: u64 = 1024;
 
+#[cfg(test)]
+thread_local! {
+    /// Set by the simulator: the election timeout, in ticks, of the next
+    /// control plane made on this thread (instead of a random one).
+    pub(crate) static SIM_ELECTION_TICKS: std::cell::Cell<Option<usize>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// raft-rs storage: MemStorage plus the latest snapshot *with* the cluster
 /// state in its data (MemStorage's own snapshots carry no data, so a
 /// lagging follower could not be brought up to date from them).
@@ -166,9 +174,15 @@ pub struct ControlPlane {
     state_replaced: bool,
     snapshot_index: u64,
     lease_sent_at_ms: Option<u64>,
+    /// Grants received and not yet held: (sent_at_ms, commit index the
+    /// log must be applied up to first).
+    lease_grants: Vec<(u64, u64)>,
     last_lease_request_ms: Option<u64>,
     duties: Option<LeaderDuties>,
 }
+
+/// Grants kept while the log catches up (the newest win).
+const LEASE_GRANTS_PENDING_MAX: usize = 16;
 
 /// The latest time by which a quorum of the nodes had asked this leader
 /// for a lease (a node not heard from yet counts from the election, which a
@@ -372,6 +386,18 @@ impl ControlPlane {
             max_inflight_msgs: 256,
             ..Default::default()
         };
+        #[cfg(test)]
+        let raft_config = {
+            // The simulator's runs must repeat exactly: raft-rs draws the
+            // election timeout from `thread_rng` in [min, max), so a
+            // range of one is drawn by the simulator instead.
+            let mut raft_config = raft_config;
+            if let Some(ticks) = SIM_ELECTION_TICKS.with(std::cell::Cell::get) {
+                raft_config.min_election_tick = ticks;
+                raft_config.max_election_tick = ticks + 1;
+            }
+            raft_config
+        };
         raft_config.validate().map_err(raft_error)?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let storage = ControlStorage { mem, snapshot };
@@ -411,6 +437,7 @@ impl ControlPlane {
             state_replaced: false,
             snapshot_index,
             lease_sent_at_ms: None,
+            lease_grants: Vec::new(),
             last_lease_request_ms: None,
             duties: None,
         })
@@ -518,20 +545,27 @@ impl ControlPlane {
                 // stops granting before a new leader can be elected, even
                 // though raft-rs may take two election timeouts to depose it.
                 let heard = quorum_heard_ms(d, &voters);
-                if now <= heard.saturating_add(self.margin_ms) {
-                    self.out_messages
-                        .push((from, ControlMessage::LeaseGrant { sent_at_ms }));
+                // The grant names the commit index the requester must have
+                // applied before its lease holds; a leader that has not yet
+                // committed an entry of its own term does not know it.
+                if let Some(commit) = self.committed_in_term() {
+                    if now <= heard.saturating_add(self.margin_ms) {
+                        self.out_messages
+                            .push((from, ControlMessage::LeaseGrant { sent_at_ms, commit }));
+                    }
                 }
                 if !self.state.node_alive(from) {
                     self.propose_duty(Duty::NodeUp(from), vec![Command::NodeUp { node: from }]);
                 }
             }
-            ControlMessage::LeaseGrant { sent_at_ms } => {
+            ControlMessage::LeaseGrant { sent_at_ms, commit } => {
                 if sent_at_ms <= self.now_ms {
-                    self.lease_sent_at_ms = Some(
-                        self.lease_sent_at_ms
-                            .map_or(sent_at_ms, |s| s.max(sent_at_ms)),
-                    );
+                    // Held once the log is applied up to `commit` (see
+                    // `promote_grants`, run by `drive` below).
+                    self.lease_grants.push((sent_at_ms, commit));
+                    if self.lease_grants.len() > LEASE_GRANTS_PENDING_MAX {
+                        self.lease_grants.remove(0);
+                    }
                 }
             }
         }
@@ -876,8 +910,33 @@ impl ControlPlane {
             // A long pause: do not replay every missed tick.
             self.last_tick_ms = self.now_ms;
         }
+        self.promote_grants();
         self.lease_and_duties();
         self.expire_tickets();
+    }
+
+    /// The commit index, once an entry of this leader's own term is
+    /// committed (before that, entries of earlier terms may be committed
+    /// without this leader knowing it).
+    fn committed_in_term(&self) -> Option<u64> {
+        let log = &self.raw.raft.raft_log;
+        let committed = log.committed;
+        (self.is_leader() && log.term(committed).ok() == Some(self.term())).then_some(committed)
+    }
+
+    /// Grants whose commit index this node has applied now hold.
+    fn promote_grants(&mut self) {
+        let applied = self.applied_index();
+        let mut held = self.lease_sent_at_ms;
+        self.lease_grants.retain(|(sent, commit)| {
+            if *commit <= applied {
+                held = Some(held.map_or(*sent, |h| h.max(*sent)));
+                false
+            } else {
+                true
+            }
+        });
+        self.lease_sent_at_ms = held;
     }
 
     fn expire_tickets(&mut self) {
@@ -933,10 +992,18 @@ impl ControlPlane {
         // contacted it (its own request counts, and so does its election).
         let me = self.id;
         let voters = self.voters();
+        // ... and only once it has applied everything committed, its
+        // own term's entry included: a new leader's state may still be
+        // behind the one the cluster acts on.
+        let caught_up = self
+            .committed_in_term()
+            .is_some_and(|commit| self.applied_index() >= commit);
         if let Some(d) = self.duties.as_mut() {
             d.last_request_ms.insert(me, now);
-            let heard = quorum_heard_ms(d, &voters);
-            self.lease_sent_at_ms = Some(self.lease_sent_at_ms.map_or(heard, |s| s.max(heard)));
+            if caught_up {
+                let heard = quorum_heard_ms(d, &voters);
+                self.lease_sent_at_ms = Some(self.lease_sent_at_ms.map_or(heard, |s| s.max(heard)));
+            }
         }
         self.last_lease_request_ms = Some(now);
         if !self.state.node_alive(me) {

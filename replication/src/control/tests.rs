@@ -774,3 +774,46 @@ fn an_isolated_leader_loses_its_lease_before_it_is_failed_over() {
         lost_at - cut_at
     );
 }
+
+/// Found by the cluster simulator (run 93): a node restarted with a Raft
+/// log from before its failover got a lease at once, while its replayed
+/// state still named it the active replica of epoch 1, and served reads
+/// that missed the writes acknowledged by the new active replica.
+#[test]
+fn a_lease_holds_only_once_the_node_applied_what_the_leader_had_committed() {
+    let mut sim = Sim::new();
+    let leader = sim.elect();
+    let lagging = sim.follower();
+    sim.run_until("every node holds its lease", 5_000, |s| {
+        s.nodes.values().all(|n| n.cp.holds_lease(s.now_ms))
+    });
+    sim.isolated.insert(lagging);
+    sim.run_for(2 * sim.config.lease_timeout_ms);
+    assert!(!sim.cp(lagging).holds_lease(sim.now_ms));
+    // What the lagging node has not seen.
+    sim.create(leader, "unseen", TIME_END);
+    let commit = sim.cp(leader).applied_index();
+    assert!(sim.cp(lagging).applied_index() < commit);
+    // A grant reaches it before the log does.
+    let now = sim.now_ms;
+    sim.cp_mut(lagging).step(
+        leader,
+        ControlMessage::LeaseGrant {
+            sent_at_ms: now,
+            commit,
+        },
+        now,
+    );
+    assert!(
+        !sim.cp(lagging).holds_lease(now),
+        "a lease held with a log {} entries behind the grant",
+        commit - sim.cp(lagging).applied_index()
+    );
+    // Once it has applied the leader's log, the lease holds.
+    sim.isolated.clear();
+    sim.run_until("the lagging node holds its lease again", 5_000, |s| {
+        s.cp(lagging).holds_lease(s.now_ms)
+    });
+    assert!(sim.cp(lagging).applied_index() >= commit);
+    assert!(sim.cp(lagging).state().lookup(&name("unseen")).is_some());
+}

@@ -172,6 +172,9 @@ struct Peer {
     /// When the snapshot under way last made progress (started, a part
     /// sent or acknowledged).
     snapshot_progress_ms: u64,
+    /// It sent a message of this epoch: it applied the metadata that
+    /// started it (and so no longer acts as an earlier epoch's primary).
+    heard: bool,
 }
 
 impl Peer {
@@ -200,6 +203,7 @@ impl Peer {
             needs_snapshot: false,
             snapshot_answers: None,
             snapshot_progress_ms: now_ms,
+            heard: false,
         }
     }
 }
@@ -809,6 +813,26 @@ impl DataPlane {
 
     /// A message from a peer.
     pub fn on_message(&mut self, from: NodeId, msg: DataMessage, now_ms: u64) {
+        if let DataMessage::CatchUp {
+            instance, epoch, ..
+        }
+        | DataMessage::Ack {
+            instance, epoch, ..
+        }
+        | DataMessage::SnapshotAck {
+            instance, epoch, ..
+        } = &msg
+        {
+            if let Some(Role::Primary(primary)) =
+                self.instances.get_mut(instance).map(|i| &mut i.role)
+            {
+                if primary.epoch == *epoch {
+                    if let Some(peer) = primary.peers.get_mut(&from) {
+                        peer.heard = true;
+                    }
+                }
+            }
+        }
         match msg {
             DataMessage::Entries {
                 instance,
@@ -1334,6 +1358,16 @@ impl DataPlane {
                 (*node, records, bytes)
             })
             .collect()
+    }
+
+    /// Primary: `node` sent a message of this epoch, so it applied the
+    /// metadata that started it (a handover's previous active replica has
+    /// stepped down).
+    pub fn heard_in_epoch(&self, instance: InstanceId, node: NodeId) -> bool {
+        match self.instances.get(&instance).map(|i| &i.role) {
+            Some(Role::Primary(primary)) => primary.peers.get(&node).is_some_and(|p| p.heard),
+            _ => false,
+        }
     }
 
     /// Whether this node is the primary of `instance` and may ship (the epoch

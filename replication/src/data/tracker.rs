@@ -39,6 +39,19 @@ pub enum Need {
     AllInSync,
 }
 
+impl Need {
+    /// The durability a checkpoint's writes need, from its creation flags
+    /// (DESIGN.md §4 "Modes"). Shared by the server and the simulator.
+    pub fn for_flags(flags: ckpt_proto::CreationFlags) -> Need {
+        match flags.update_mode() {
+            Ok(ckpt_proto::UpdateMode::ActiveReplicaWeak) => Need::Applied,
+            Ok(ckpt_proto::UpdateMode::AllReplicas) => Need::AllInSync,
+            _ if flags.contains(ckpt_proto::CreationFlags::WR_ALL_SAFE) => Need::AllInSync,
+            _ => Need::LocalDurable,
+        }
+    }
+}
+
 /// Pending tickets and what is known of one instance.
 #[derive(Debug, Default)]
 struct Track {

@@ -135,12 +135,7 @@ fn not_exist(instance: InstanceId) -> CkptError {
 /// The durability a checkpoint's writes need, from its creation flags
 /// (DESIGN.md §4 "Modes").
 pub fn need_for(flags: CreationFlags) -> Need {
-    match flags.update_mode() {
-        Ok(ckpt_proto::UpdateMode::ActiveReplicaWeak) => Need::Applied,
-        Ok(ckpt_proto::UpdateMode::AllReplicas) => Need::AllInSync,
-        _ if flags.contains(CreationFlags::WR_ALL_SAFE) => Need::AllInSync,
-        _ => Need::LocalDurable,
-    }
+    Need::for_flags(flags)
 }
 
 fn wire_need(need: Need) -> WireNeed {
@@ -392,6 +387,10 @@ impl Cluster {
             beginning: BTreeSet::new(),
             restarted: false,
             restart_ticket: None,
+            restart_applied: false,
+            handovers: BTreeMap::new(),
+            began_pending: BTreeMap::new(),
+            life_start_ms: cluster.now_ms(),
             lag_refreshed_ms: 0,
             had_lease: false,
         };
@@ -1339,6 +1338,20 @@ struct Driver {
     restarted: bool,
     /// The ticket of this life's NodeRestarted proposal.
     restart_ticket: Option<Ticket>,
+    /// Epochs this node became active in by a handover (ActiveReplicaSet,
+    /// or an epoch of unknown origin at start): (epoch, the previous active
+    /// replica if known, until when it may still hold its lease). Writes
+    /// wait until it stepped down (it sent a message of the new epoch) or
+    /// its lease must have expired.
+    handovers: BTreeMap<InstanceId, (Epoch, Option<NodeId>, u64)>,
+    /// Epochs begun in the store that wait for their handover to end.
+    began_pending: BTreeMap<InstanceId, Epoch>,
+    /// When this life started (the runtime's clock).
+    life_start_ms: u64,
+    /// This life's NodeRestarted was applied: every checkpoint this node
+    /// was active for before is in a new epoch. Until then it begins none
+    /// (see `begin`).
+    restart_applied: bool,
     lag_refreshed_ms: u64,
     had_lease: bool,
 }
@@ -1574,6 +1587,7 @@ impl Driver {
             self.lag_refreshed_ms = now;
             self.refresh_lag();
         }
+        self.end_handovers();
         self.retry_begins();
     }
 
@@ -1661,11 +1675,14 @@ impl Driver {
                         Command::NodeRestarted { node }
                             if *node == self.cluster.me
                                 && ticket.is_some()
-                                && ticket == self.restart_ticket
-                                && matches!(outcome, Applied::Failed(_)) =>
+                                && ticket == self.restart_ticket =>
                         {
-                            self.restarted = false;
-                            self.restart_ticket = None;
+                            if matches!(outcome, Applied::Failed(_)) {
+                                self.restarted = false;
+                                self.restart_ticket = None;
+                            } else {
+                                self.restart_applied = true;
+                            }
                         }
                         _ => {}
                     }
@@ -1734,6 +1751,8 @@ impl Driver {
             let Some(meta) = new.get(instance) else {
                 let Some(meta) = before else { continue };
                 self.data.on_instance_removed(instance);
+                self.handovers.remove(&instance);
+                self.began_pending.remove(&instance);
                 if self.began.remove(&instance).is_some() {
                     self.began_changed = true;
                 }
@@ -1751,14 +1770,21 @@ impl Driver {
             let local = self.cluster.store.replica_position(instance).ok().flatten();
             self.data.on_metadata(&self.replica_set(meta), local, now);
             if meta.active == Some(me) {
+                if before.is_none_or(|b| b.epoch != meta.epoch) {
+                    self.note_handover(before, meta, &new, now);
+                }
                 if self.began.get(&instance) != Some(&meta.epoch) {
                     self.begin(meta, local);
                 }
                 if meta.unlinked && !before.is_some_and(|b| b.unlinked) {
                     self.unlink_locally(meta);
                 }
-            } else if self.began.remove(&instance).is_some() {
-                self.began_changed = true;
+            } else {
+                self.handovers.remove(&instance);
+                self.began_pending.remove(&instance);
+                if self.began.remove(&instance).is_some() {
+                    self.began_changed = true;
+                }
             }
         }
         let _ = self.state_tx.send(new.clone());
@@ -1820,13 +1846,21 @@ impl Driver {
         if self.beginning.contains(&(instance, epoch)) {
             return;
         }
+        // Not before this life's NodeRestarted has moved every checkpoint
+        // this node was active for to a new epoch: resuming the old one
+        // after a power cut could reuse the positions of entries the
+        // backups hold and this log lost, and the replicas would differ at
+        // the same (epoch, seq) (the cluster simulator's run 101).
+        // `retry_begins` comes back to it.
+        if !self.restart_applied {
+            return;
+        }
         let store = &self.cluster.store;
         let inputs = self.cluster.inputs.clone();
         match local {
             Some(position) if position.epoch >= epoch => {
                 // Begun before (this node restarted as the active replica).
-                self.began.insert(instance, epoch);
-                self.began_changed = true;
+                self.serve(instance, epoch);
                 self.data.on_epoch_resumed(position, self.cluster.now_ms());
             }
             Some(_) => {
@@ -1902,8 +1936,7 @@ impl Driver {
             // Superseded meanwhile.
             return;
         };
-        self.began.insert(instance, epoch);
-        self.began_changed = true;
+        self.serve(instance, epoch);
         if created && epoch == Epoch(1) {
             tracing::debug!(
                 instance = instance.0,
@@ -1942,6 +1975,85 @@ impl Driver {
         }
     }
 
+    /// This node became the active replica of `meta`'s new epoch. When the
+    /// previous active replica is alive (ActiveReplicaSet), it may still
+    /// hold a lease granted before the change and, until it applies it,
+    /// serve reads and acknowledge WR_ACTIVE_REPLICA writes as the active
+    /// replica: this node waits for it to step down (it sends a message of
+    /// the new epoch) or for that lease to have expired. A failover needs
+    /// no wait (the failed node's lease expired before it was failed over),
+    /// nor a creation; an epoch whose origin this life never saw waits from
+    /// the start of the life. Found by the cluster simulator (run 94).
+    fn note_handover(
+        &mut self,
+        before: Option<&CheckpointMeta>,
+        meta: &CheckpointMeta,
+        state: &ClusterState,
+        now: u64,
+    ) {
+        let me = self.cluster.me;
+        let wait = handover_wait_ms(&self.cluster.config);
+        let entry = match before {
+            Some(b) => match b.active {
+                Some(previous) if previous != me && state.node_alive(previous) => {
+                    Some((Some(previous), now.saturating_add(wait)))
+                }
+                _ => None,
+            },
+            None if meta.epoch > Epoch(1) => Some((None, self.life_start_ms.saturating_add(wait))),
+            None => None,
+        };
+        match entry {
+            Some((previous, until)) if until > now => {
+                self.handovers
+                    .insert(meta.instance, (meta.epoch, previous, until));
+            }
+            _ => {
+                self.handovers.remove(&meta.instance);
+            }
+        }
+    }
+
+    /// The epoch is begun here: writes are taken once its handover is over.
+    fn serve(&mut self, instance: InstanceId, epoch: Epoch) {
+        if self.handover_over(instance, epoch) {
+            self.began_pending.remove(&instance);
+            self.began.insert(instance, epoch);
+            self.began_changed = true;
+        } else {
+            tracing::info!(
+                instance = instance.0,
+                epoch = epoch.0,
+                "epoch begun; writes wait for the previous active replica to step down"
+            );
+            self.began_pending.insert(instance, epoch);
+        }
+    }
+
+    fn handover_over(&mut self, instance: InstanceId, epoch: Epoch) -> bool {
+        let Some((e, previous, until)) = self.handovers.get(&instance).copied() else {
+            return true;
+        };
+        let over = e != epoch
+            || self.now_ms() >= until
+            || previous.is_some_and(|p| self.data.heard_in_epoch(instance, p));
+        if over {
+            self.handovers.remove(&instance);
+        }
+        over
+    }
+
+    /// Epochs whose handover ended since the last tick.
+    fn end_handovers(&mut self) {
+        let pending: Vec<(InstanceId, Epoch)> =
+            self.began_pending.iter().map(|(i, e)| (*i, *e)).collect();
+        for (instance, epoch) in pending {
+            if self.handover_over(instance, epoch) {
+                self.serve(instance, epoch);
+            }
+        }
+    }
+
     /// Epochs this node should have begun but has not (a failed attempt).
     fn retry_begins(&mut self) {
         let me = self.cluster.me;
@@ -1951,6 +2063,7 @@ impl Driver {
             .filter(|m| {
                 m.active == Some(me)
                     && self.began.get(&m.instance) != Some(&m.epoch)
+                    && self.began_pending.get(&m.instance) != Some(&m.epoch)
                     && !self.beginning.contains(&(m.instance, m.epoch))
             })
             .cloned()
@@ -2153,6 +2266,15 @@ impl Driver {
             DataOutput::HoldWal(lsn) => store.set_wal_hold(lsn),
         }
     }
+}
+
+/// How long a new active replica waits for the previous one's lease: the
+/// lease plus the margin the control plane keeps before a failover.
+fn handover_wait_ms(config: &ClusterConfig) -> u64 {
+    let margin = config
+        .tick_ms
+        .saturating_mul(ckpt_replication::config::ELECTION_TICKS as u64);
+    config.lease_timeout_ms.saturating_add(margin)
 }
 
 /// One catch-up read for the log reader thread.
