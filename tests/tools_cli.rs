@@ -343,6 +343,14 @@ fn an_http_port_is_named_as_not_a_ckpt_server() {
         "{stderr}"
     );
     assert!(stderr.contains("admin port"), "{stderr}");
+    // The bench's own clients say the same.
+    let output = tool(&["--addr", &server.admin, "bench", "--duration", "1s"]);
+    assert_eq!(code(&output), Some(4), "{}", text(&output));
+    assert!(
+        text(&output).contains("is not a ckpt server (got HTTP)"),
+        "{}",
+        text(&output)
+    );
 }
 
 #[test]

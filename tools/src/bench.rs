@@ -511,7 +511,10 @@ fn next_counter(stored: Option<&Vec<u8>>) -> Result<u64, ClientError> {
 /// resends unanswered writes with their request ids for up to `window`.
 async fn connect_client(addr: &str, window: Duration) -> Result<Client, ClientError> {
     crate::cluster::split_addrs(addr)?;
-    Client::connect_with_options(addr, ClientOptions::new().reconnect_timeout(window)).await
+    match Client::connect_with_options(addr, ClientOptions::new().reconnect_timeout(window)).await {
+        Ok(client) => Ok(client),
+        Err(error) => Err(crate::explain_connect_error(addr, error).await),
+    }
 }
 
 /// The node list for client `index`: `addr` rotated to start at node

@@ -176,29 +176,36 @@ pub async fn connect(addrs: &str) -> Result<Client, ClientError> {
     cluster::split_addrs(addrs)?;
     match Client::connect(addrs).await {
         Ok(client) => Ok(client),
-        Err(error) if error.message.contains("handshake with") => {
-            let mut http = Vec::new();
-            for addr in addrs.split(',').map(str::trim) {
-                if speaks_http(addr).await {
-                    http.push(addr.to_string());
-                }
-            }
-            if http.is_empty() {
-                return Err(error);
-            }
-            Err(ClientError::new(
-                ErrorCode::MessageError,
-                format!(
-                    "{} is not a ckpt server (got HTTP): is it the admin port? The client API \
-                     is the server's `listen` address (default port {}); {}",
-                    http.join(", "),
-                    cli::DEFAULT_PORT,
-                    error.message
-                ),
-            ))
-        }
-        Err(error) => Err(error),
+        Err(error) => Err(explain_connect_error(addrs, error).await),
     }
+}
+
+/// A failed connection's error, or, when the handshake failed because a
+/// node of `addrs` answers HTTP (an admin port, a web server), an error
+/// that says so.
+pub async fn explain_connect_error(addrs: &str, error: ClientError) -> ClientError {
+    if !error.message.contains("handshake with") {
+        return error;
+    }
+    let mut http = Vec::new();
+    for addr in addrs.split(',').map(str::trim) {
+        if speaks_http(addr).await {
+            http.push(addr.to_string());
+        }
+    }
+    if http.is_empty() {
+        return error;
+    }
+    ClientError::new(
+        ErrorCode::MessageError,
+        format!(
+            "{} is not a ckpt server (got HTTP): is it the admin port? The client API \
+             is the server's `listen` address (default port {}); {}",
+            http.join(", "),
+            cli::DEFAULT_PORT,
+            error.message
+        ),
+    )
 }
 
 /// Whether `addr` answers a minimal HTTP request with `HTTP/` (within 2 s).
