@@ -39,16 +39,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{bin, text, tool, Server};
+use common::{bin, text, tool, Cluster, Server};
 
 /// Every block or line the docs skip, as (file, the first command of the
 /// block or the skipped line): a new skip must be added here too.
 const SKIPPED: &[(&str, &str)] = &[
     ("README.md", "make run"),
-    (
-        "README.md",
-        "ckpt-server --config cluster.toml --node-id N --data-dir DIR",
-    ),
+    ("README.md", "ckpt-server --config cluster.toml"),
+    ("README.md", "ckpt-tool cluster remove-node"),
+    ("README.md", "ckpt-tool cluster add-node"),
     ("README.md", "ckpt-server [--config FILE]"),
     ("docs/operations.md", "scp orders.ckd new-host:"),
 ];
@@ -208,6 +207,7 @@ struct World {
     work: tempfile::TempDir,
     server: Server,
     others: Vec<Server>,
+    clusters: Vec<Cluster>,
     env: BTreeMap<String, String>,
 }
 
@@ -232,6 +232,7 @@ impl World {
             work,
             server,
             others: Vec::new(),
+            clusters: Vec::new(),
             env,
         }
     }
@@ -308,6 +309,15 @@ fn setup(world: &mut World, name: &str) {
             let new = Server::start(&world.path("new-cluster-data"));
             world.env.insert("NEW_ADDR".to_string(), new.addr.clone());
             world.others.push(new);
+        }
+        // A formed 3-node cluster; $CLUSTER_CONFIG is its file.
+        "cluster" => {
+            let cluster = Cluster::start(3, "");
+            world.env.insert(
+                "CLUSTER_CONFIG".to_string(),
+                cluster.config.display().to_string(),
+            );
+            world.clusters.push(cluster);
         }
         // The README's first steps on a fresh server.
         "fresh" => {}
