@@ -257,7 +257,7 @@ pub struct ClusterRemoveNodeArgs {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct AdminTarget {
-    /// The nodes' admin addresses, `h1:p1,h2:p2,...`.
+    /// The nodes' admin addresses, `h1:p1,h2:p2,...` (port 7401 where left out).
     #[arg(long, value_name = "LIST")]
     pub admin: Option<String>,
     /// A cluster.toml: the `admin_addr` of every `[[nodes]]` entry.
