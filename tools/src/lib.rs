@@ -17,15 +17,18 @@
 //! unreachable. Output
 //! meant for scripts (read's bytes, JSON, `N acked, M lost`) goes to stdout;
 //! diagnostics go to stderr. Online, ckpt-tool talks to the server only
-//! through ckpt-client; offline (`--data-dir`) it takes the directory's
-//! lock first and refuses a directory a server holds.
+//! through ckpt-client; offline (`--data-dir`) it looks read-only through
+//! the store's own code (`ckpt_storage::inspect`, no lock, no byte
+//! changed), and changes a directory (`restore`, `salvage`) only under its
+//! lock, refusing one a server holds.
 //!
 //! Operator commands:
 //! - [`dump`]: the portable dump format (writer, reader, checker);
 //!   [`backup`]: `dump` and `restore`, online and offline.
-//! - [`walscan`]: reading WAL segments directly; [`logtool`]: `wal`,
+//! - [`walscan`]: formatting log records; [`logtool`]: `wal`,
 //!   `verify --data-dir` and `salvage`.
-//! - [`datadir`]: locking and opening a data directory; [`progress`]:
+//! - [`datadir`]: opening a data directory (read-only, or locked to
+//!   change it); [`progress`]:
 //!   progress bars or log lines.
 
 pub mod admin;

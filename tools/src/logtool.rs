@@ -395,22 +395,18 @@ fn read_segment(segment: &SegmentFile) -> Result<Vec<u8>, ClientError> {
     std::fs::read(&segment.path).map_err(|e| io_error("reading", &segment.path, &e))
 }
 
-/// Replaces the durable mark by one stating `lsn`, durably (a fresh file
-/// renamed over the old one): after salvage dropped records the old mark
-/// may claim more than the log holds.
+/// Replaces the durable mark by one stating `lsn` (the store's
+/// `mark::replace_file`): after salvage dropped records the old mark may
+/// claim more than the log holds.
 fn reset_mark(wal: &Path, lsn: u64) -> Result<(), ClientError> {
-    let path = wal.join(ckpt_storage::wal::mark::MARK_FILE);
-    let temporary = wal.join(format!("{}.salvage", ckpt_storage::wal::mark::MARK_FILE));
-    let mut bytes = vec![0u8; ckpt_storage::wal::mark::BASELINE_BYTES as usize];
-    bytes[..ckpt_storage::wal::mark::MARK_SLOT_BYTES]
-        .copy_from_slice(&ckpt_storage::wal::mark::encode_slot(Lsn(lsn)));
-    let mut file = File::create(&temporary).map_err(|e| io_error("creating", &temporary, &e))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error("writing", &temporary, &e))?;
-    drop(file);
-    std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming to", &path, &e))?;
-    sync_dir(wal)
+    ckpt_storage::wal::mark::replace_file(wal, Lsn(lsn)).map_err(|e| {
+        let code = if e.raw_os_error() == Some(28) {
+            ErrorCode::NoSpace
+        } else {
+            ErrorCode::Library
+        };
+        ClientError::new(code, format!("resetting the durable mark: {e}"))
+    })
 }
 
 fn damaged_name(wal: &Path, name: &str) -> PathBuf {

@@ -121,6 +121,35 @@ pub fn read(fs: &dyn WalFs) -> io::Result<Option<Lsn>> {
     }
 }
 
+/// Replaces the mark file of the log directory `wal_dir` by a fresh one
+/// stating `lsn` in its first baseline slot, durably: written to a
+/// temporary file, synced, renamed over the old one, the directory synced.
+/// For `ckpt-tool salvage`, after it dropped records the old mark may claim
+/// (no process may be using the log).
+///
+/// # Errors
+/// IO errors, naming the file.
+pub fn replace_file(wal_dir: &std::path::Path, lsn: Lsn) -> io::Result<()> {
+    use std::io::Write;
+    let path = wal_dir.join(MARK_FILE);
+    let temporary = wal_dir.join(format!("{MARK_FILE}.salvage"));
+    let named = |what: &str, path: &std::path::Path, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
+    let mut bytes = vec![0u8; BASELINE_BYTES as usize];
+    bytes[..MARK_SLOT_BYTES].copy_from_slice(&encode_slot(lsn));
+    let mut file =
+        std::fs::File::create(&temporary).map_err(|e| named("creating", &temporary, e))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| named("writing", &temporary, e))?;
+    drop(file);
+    std::fs::rename(&temporary, &path).map_err(|e| named("renaming to", &path, e))?;
+    std::fs::File::open(wal_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| named("syncing", wal_dir, e))
+}
+
 /// Durably records that every record up to `lsn` is durable (in a baseline
 /// slot, fsynced, and the file's directory entry synced), and returns the
 /// file open for [`write_rolling`] and the baseline slot to write next.
