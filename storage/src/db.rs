@@ -1773,6 +1773,189 @@ mod tests {
         );
     }
 
+    fn section_meta(size: u64) -> SectionMeta {
+        SectionMeta {
+            size,
+            expiration_time: ckpt_proto::TIME_END,
+            state: SectionState::Valid,
+            last_update: 1,
+        }
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+
+    /// Everything the readers see: sections (meta scan), their data
+    /// (chunk scan), the data keys' count and the metadata point reads.
+    fn observe(db: &Db, instance: InstanceId) -> Vec<String> {
+        let view = db.snapshot();
+        let mut seen = vec![format!("{:?}", view.instance(instance).unwrap())];
+        for (id, meta) in view.sections(instance).unwrap() {
+            let data = view.read_data(0, instance, &id, 0, meta.size).unwrap();
+            let sum: u64 = data.iter().map(|&b| u64::from(b)).sum();
+            seen.push(format!("{id}: {meta:?} sum {sum}"));
+            assert_eq!(view.section(instance, &id).unwrap(), Some(meta));
+        }
+        seen.push(format!("keys {}", db.count_data_keys(0, instance).unwrap()));
+        seen
+    }
+
+    /// A read-only open applies batches to memory; every read then answers
+    /// as RocksDB answers after the same batches were written: puts over
+    /// range deletions, range deletions over earlier puts, in one batch and
+    /// across batches, over data RocksDB already holds.
+    #[test]
+    fn the_in_memory_layer_reads_as_rocksdb_after_the_same_batches() {
+        let base = tempfile::tempdir().unwrap();
+        let options = || DbOptions {
+            data_column_families: 1,
+            ..DbOptions::default()
+        };
+        let (instance, a, b) = (InstanceId(1), SectionId::new("a"), SectionId::new("b"));
+        let meta = |memory_used| InstanceMeta {
+            name: CheckpointName::new("n").unwrap(),
+            attributes: CreationAttributes {
+                creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
+                checkpoint_size: 1 << 30,
+                retention_duration_ns: -1,
+                max_sections: 4,
+                max_section_size: 1 << 28,
+                max_section_id_size: 8,
+            },
+            column_family: 0,
+            unlinked: false,
+            epoch: Epoch(1),
+            seq: Seq(memory_used),
+            generated_next: 0,
+            section_count: 2,
+            memory_used,
+            created_at: 0,
+            stale: false,
+        };
+        let big: Vec<u8> = (0..40 * CHUNK_BYTES).map(|i| (i % 253) as u8).collect();
+        {
+            let (db, _) = Db::open(base.path(), options()).unwrap();
+            let first = [
+                Effect::PutInstance {
+                    instance,
+                    meta: meta(1),
+                },
+                Effect::PutSection {
+                    instance,
+                    section_id: a.clone(),
+                    meta: section_meta(big.len() as u64),
+                },
+                replace(instance, &a, &big, 0),
+                Effect::PutSection {
+                    instance,
+                    section_id: b.clone(),
+                    meta: section_meta(3 * CHUNK_BYTES),
+                },
+                replace(instance, &b, &big[..3 * CHUNK_BYTES as usize], 0),
+            ];
+            db.apply(&first, Lsn(1), 2).unwrap();
+            db.flush_all().unwrap();
+        }
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), copy.path());
+        let batches: Vec<Vec<Effect>> = vec![
+            // Shrink a (a range deletion of 39 chunks), then write into it
+            // past its new end in the same batch.
+            vec![
+                replace(instance, &a, &big[..1000], big.len() as u64),
+                Effect::WriteData {
+                    column_family: 0,
+                    instance,
+                    section_id: a.clone(),
+                    offset: 5 * CHUNK_BYTES + 10,
+                    data: vec![7; 100_000],
+                    size_after: 5 * CHUNK_BYTES + 100_010,
+                },
+                Effect::PutSection {
+                    instance,
+                    section_id: a.clone(),
+                    meta: section_meta(5 * CHUNK_BYTES + 100_010),
+                },
+                Effect::PutInstance {
+                    instance,
+                    meta: meta(2),
+                },
+            ],
+            // Into a chunk RocksDB holds; then b removed and re-created.
+            vec![
+                Effect::WriteData {
+                    column_family: 0,
+                    instance,
+                    section_id: b.clone(),
+                    offset: CHUNK_BYTES - 5,
+                    data: vec![9; 20],
+                    size_after: 3 * CHUNK_BYTES,
+                },
+                Effect::RemoveData {
+                    column_family: 0,
+                    instance,
+                    section_id: b.clone(),
+                    size_before: 3 * CHUNK_BYTES,
+                },
+                Effect::DeleteSection {
+                    instance,
+                    section_id: b.clone(),
+                },
+            ],
+            vec![
+                Effect::PutSection {
+                    instance,
+                    section_id: b.clone(),
+                    meta: section_meta(4),
+                },
+                replace(instance, &b, b"back", 0),
+                Effect::PutInstance {
+                    instance,
+                    meta: meta(3),
+                },
+            ],
+        ];
+        let (written, _) = Db::open(base.path(), options()).unwrap();
+        let secondary = tempfile::tempdir().unwrap();
+        let (memory, _) = Db::open_read_only(copy.path(), secondary.path()).unwrap();
+        assert!(memory.is_read_only() && !written.is_read_only());
+        assert_eq!(observe(&written, instance), observe(&memory, instance));
+        for (index, batch) in batches.iter().enumerate() {
+            let lsn = Lsn(2 + index as u64);
+            written.apply(batch, lsn, 2).unwrap();
+            memory.apply(batch, lsn, 2).unwrap();
+            assert_eq!(
+                observe(&written, instance),
+                observe(&memory, instance),
+                "after batch {index}"
+            );
+        }
+        assert_eq!(written.reload().unwrap().applied, Lsn(4));
+        assert_eq!(memory.reload().unwrap().applied, Lsn(4));
+        // Destroying the instance: its metadata and data ranges go.
+        let destroy = [
+            Effect::ClearInstance {
+                column_family: 0,
+                instance,
+            },
+            Effect::DeleteInstance { instance },
+        ];
+        written.apply(&destroy, Lsn(5), 2).unwrap();
+        memory.apply(&destroy, Lsn(5), 2).unwrap();
+        assert_eq!(observe(&written, instance), observe(&memory, instance));
+        assert_eq!(memory.count_data_keys(0, instance).unwrap(), 0);
+        // Nothing reached the copy's files: a fresh open sees batch 0.
+        drop(memory);
+        let (fresh, loaded) = Db::open_read_only(copy.path(), secondary.path()).unwrap();
+        assert_eq!(loaded.applied, Lsn(1));
+        assert_eq!(fresh.count_data_keys(0, instance).unwrap(), 43);
+    }
+
     #[test]
     fn removing_or_replacing_a_huge_sparse_section_is_a_range_delete() {
         let (_dir, db) = open_db();
