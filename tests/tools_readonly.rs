@@ -175,6 +175,11 @@ fn offline_inspection_after_a_clean_shutdown_changes_no_byte() {
     assert_eq!(stat["memory_used"], 40_000_000);
     assert_eq!(stat["wal_bytes"], log_bytes);
     assert_unchanged(&before, &files(&data), "after everything");
+    println!(
+        "clean shutdown: {} files ({} bytes of log, {records} records) unchanged by every read-only command",
+        before.len(),
+        log_bytes
+    );
 }
 
 #[test]
@@ -194,6 +199,11 @@ fn offline_inspection_after_a_crash_shows_what_recovery_will_and_changes_no_byte
     let offline_ls = stat_json(&["ls", "--json", "--data-dir", data_s]);
     look_everywhere(&data, dir.path(), &before, 2);
     assert_unchanged(&before, &files(&data), "after everything");
+    println!(
+        "crash: {} files unchanged; the offline view showed {} checkpoints",
+        before.len(),
+        offline_ls.as_array().map_or(0, Vec::len)
+    );
 
     // The server recovers to exactly what the offline view showed.
     let server = Server::start(&data);
@@ -240,4 +250,67 @@ fn the_help_says_offline_inspection_is_read_only() {
             "{command} --help: {help}"
         );
     }
+}
+
+/// Looking at a running server's directory while it writes (and rotates
+/// and trims its log) works every time and does not disturb it.
+#[test]
+fn offline_inspection_of_a_server_under_load_works_and_disturbs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let server = Server::start(&data);
+    let mut bench = std::process::Command::new(common::bin("ckpt-tool"))
+        .args([
+            "bench",
+            "--addr",
+            &server.addr,
+            "--clients",
+            "8",
+            "--value-size",
+            "65536",
+            "--duration",
+            "6s",
+            "--keep",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut looks = 0;
+    while bench.try_wait().unwrap().is_none() {
+        let listed = ok(&["ls", "--data-dir", data_s]);
+        assert!(
+            String::from_utf8_lossy(&listed.stderr).contains("a server is running"),
+            "{}",
+            text(&listed)
+        );
+        looks += 1;
+    }
+    let bench = bench.wait_with_output().unwrap();
+    assert!(bench.status.success(), "{}", text(&bench));
+    assert!(
+        String::from_utf8_lossy(&bench.stdout).contains("errors: none"),
+        "{}",
+        text(&bench)
+    );
+    assert!(looks >= 2, "only {looks} looks while the bench ran");
+    println!("{looks} offline ls of the live directory while the bench ran");
+    let listed = ok(&["ls", "--json", "--data-dir", data_s]);
+    let offline: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let online = stat_json(&["ls", "--json", "--addr", &server.addr]);
+    let seqs = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["seq"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // The load is over: the read-only view and the server agree.
+    assert_eq!(seqs(&offline), seqs(&online));
 }
