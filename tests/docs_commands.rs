@@ -319,6 +319,25 @@ fn setup(world: &mut World, name: &str) {
             );
             world.clusters.push(cluster);
         }
+        // $WORK/wal-node: a stopped node's data directory whose log holds
+        // orders' creation (seq 1), the creation of its section s1 (seq 2)
+        // and one write to it (seq 3).
+        "wal-node" => {
+            let mut node = Server::start(&world.path("wal-node"));
+            let data = world.path("wal-node.data");
+            std::fs::write(&data, b"hello").unwrap();
+            for args in [
+                &["create", "orders", "--max-sections", "4"][..],
+                &["section-create", "orders", "s1"],
+                &["write", "orders", "s1", "--file", data.to_str().unwrap()],
+            ] {
+                let mut all = vec!["--addr", node.addr.as_str()];
+                all.extend_from_slice(args);
+                let output = tool(&all);
+                assert!(output.status.success(), "{all:?}: {}", text(&output));
+            }
+            assert!(node.terminate().success());
+        }
         // The README's first steps on a fresh server.
         "fresh" => {}
         // A checkpoint orders exists (created by ckpt-tool create, not by a
