@@ -92,10 +92,23 @@ pub fn open_read_only(dir: &Path) -> Result<ReadOnlyStore, ClientError> {
     require_data_dir(dir)?;
     let store = ReadOnlyStore::open(dir).map_err(ClientError::from)?;
     if store.live() {
-        eprintln!(
-            "note: a server is running on {}; this is a read-only view of its state now",
-            dir.display()
-        );
+        note_live(dir);
     }
     Ok(store)
+}
+
+/// Says on stderr that a server is running on `dir` (looking at it is
+/// fine: the view is of the moment).
+pub fn note_live(dir: &Path) {
+    eprintln!(
+        "note: a server is running on {}; this is a read-only view of its state now",
+        dir.display()
+    );
+}
+
+/// [`note_live`] if a server holds `dir`.
+pub fn note_if_live(dir: &Path) {
+    if ckpt_storage::inspect::held_by_another_process(dir) {
+        note_live(dir);
+    }
 }

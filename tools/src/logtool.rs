@@ -46,6 +46,7 @@ fn db_facts(dir: &Path) -> Result<(u64, BTreeMap<u64, String>), ClientError> {
 pub fn wal(args: &WalArgs) -> Result<(), ClientError> {
     let dir = &args.data_dir;
     require_data_dir(dir)?;
+    crate::datadir::note_if_live(dir);
     let mut names = match db_facts(dir) {
         Ok((_, names)) => names,
         Err(error) => {
@@ -184,6 +185,7 @@ impl VerifyProgress for VerifyBar {
 /// were found (each printed).
 pub fn verify_data_dir(dir: &Path, json: bool) -> Result<(), ClientError> {
     require_data_dir(dir)?;
+    crate::datadir::note_if_live(dir);
     let mut bar = VerifyBar(None);
     let report = inspect::verify(dir, &mut bar).map_err(ClientError::from)?;
     if let Some(bar) = bar.0 {

@@ -10,7 +10,9 @@ use std::path::Path;
 use ckpt_proto::{CkptError, SectionId};
 use serde::Serialize;
 
-use super::{require_data_dir, ReadOnlyFs, SecondaryDir, WalReader};
+use super::{
+    held_by_another_process, require_data_dir, ReadOnlyFs, SecondaryDir, WalReader, LIVE_ATTEMPTS,
+};
 use crate::db::{Db, Loaded, View, CHUNK_BYTES};
 use crate::state::StateMachine;
 use crate::store::{replay_log, ReplayError};
@@ -74,13 +76,29 @@ impl VerifyProgress for () {}
 /// Checks the data directory `dir` without changing it (see the module
 /// documentation). Problems are what would stop recovery or were damaged;
 /// a directory recovery refuses always has at least one, at the place
-/// recovery names.
+/// recovery names. On a running server's directory a check that found
+/// problems is repeated (up to three times in all) before they are
+/// reported.
 ///
 /// # Errors
 /// `NOT_EXIST` for a path that is not a data directory; IO errors listing
 /// the log. Damage is reported as findings, not errors.
 pub fn verify(dir: &Path, progress: &mut dyn VerifyProgress) -> Result<VerifyReport, CkptError> {
     require_data_dir(dir)?;
+    let live = held_by_another_process(dir);
+    let mut attempt = 1;
+    loop {
+        let report = verify_once(dir, progress)?;
+        // On a live directory a problem may be the server trimming the log
+        // between the RocksDB open and the log scan: look again.
+        if report.problems.is_empty() || !live || attempt == LIVE_ATTEMPTS {
+            return Ok(report);
+        }
+        attempt += 1;
+    }
+}
+
+fn verify_once(dir: &Path, progress: &mut dyn VerifyProgress) -> Result<VerifyReport, CkptError> {
     let mut report = VerifyReport {
         data_dir: dir.display().to_string(),
         ..Default::default()
