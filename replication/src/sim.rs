@@ -708,6 +708,7 @@ impl Node {
                 after,
                 for_node,
                 max_bytes,
+                ..
             } => self.reader.push_back(ReadOp::Entries {
                 instance,
                 after,
@@ -1742,9 +1743,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
 ///   it applied the change, still held its lease and served stale reads
 ///   while the new one acknowledged writes (the new one now waits for the
 ///   previous one to step down, or for its lease to have expired).
+/// - 2890: a failover right after a creation named a backup that never
+///   received it (every replica was in sync from the start): an active
+///   replica that could not begin, a checkpoint unwritable for good (the
+///   in-sync set now starts with the active replica alone).
 #[test]
 fn cluster_sim_regression_seeds() {
-    for n in [93, 94, 101] {
+    for n in [93, 94, 101, 2890] {
         let _replay = Replay(n);
         run(sim_seed(n));
     }

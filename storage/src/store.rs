@@ -49,7 +49,9 @@ use crate::snapshot::{EntriesAfter, Fnv64, SnapshotPart, SNAPSHOT_PART_BYTES};
 use crate::state::{
     stale_error, Backing, Committed, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine,
 };
-use crate::wal::history::{instance_records_after, records_after_many, InstanceHistory};
+use crate::wal::history::{
+    instance_records_after, records_after_hinted, records_after_many, InstanceHistory,
+};
 use crate::wal::mark;
 use crate::wal::record::{
     encode_record, Entry, Epoch, InstanceId, Lsn, Origin, Position, Record, RecordBody, Seq,
@@ -951,6 +953,7 @@ impl Store {
             epoch,
             seq,
             max_bytes,
+            after_lsn: None,
         };
         self.entries_after_many(&[read])
             .pop()
@@ -969,6 +972,8 @@ impl Store {
         let view = self.shared.db.snapshot();
         let mut answers: Vec<Option<CkptResult<EntriesAfter>>> = Vec::with_capacity(reads.len());
         let mut wants = Vec::new();
+        // Reads whose hint holds are answered from where they left off.
+        let mut hinted: Vec<Option<InstanceHistory>> = Vec::with_capacity(reads.len());
         for read in reads {
             let last = view.instance(read.instance).map(|meta| {
                 meta.map(|meta| Position {
@@ -978,13 +983,32 @@ impl Store {
                 })
             });
             let answer = entries_after_without_log(read, last);
-            if answer.is_none() {
-                wants.push((read.instance, read.seq));
-            }
             answers.push(answer);
         }
         drop(view);
         let upto = Lsn(self.shared.applied.load(Ordering::Acquire));
+        for (read, answer) in reads.iter().zip(&answers) {
+            let mut history = None;
+            if let (None, Some(at_lsn)) = (answer, read.after_lsn) {
+                match records_after_hinted(
+                    self.wal_fs.as_ref(),
+                    read.instance,
+                    read.seq,
+                    at_lsn,
+                    upto,
+                    read.max_bytes,
+                ) {
+                    Ok(found) => history = found,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a hinted log read failed; reading back instead")
+                    }
+                }
+            }
+            if answer.is_none() && history.is_none() {
+                wants.push((read.instance, read.seq));
+            }
+            hinted.push(history);
+        }
         let mut histories = match records_after_many(self.wal_fs.as_ref(), &wants, upto) {
             Ok(histories) => histories.into_iter(),
             Err(e) => {
@@ -998,9 +1022,11 @@ impl Store {
         answers
             .into_iter()
             .zip(reads)
-            .map(|(answer, read)| match answer {
-                Some(answer) => answer,
-                None => Ok(entries_from_history(
+            .zip(hinted)
+            .map(|((answer, read), hinted)| match (answer, hinted) {
+                (Some(answer), _) => answer,
+                (None, Some(history)) => Ok(entries_from_history(history, read)),
+                (None, None) => Ok(entries_from_history(
                     histories.next().unwrap_or_default(),
                     read,
                 )),
@@ -1592,6 +1618,12 @@ pub struct ReadAfter {
     pub seq: Seq,
     /// About how many entry bytes to answer with (at least one entry).
     pub max_bytes: u64,
+    /// Where the log holds the `(epoch, seq)` entry, if the reader knows
+    /// (an earlier read returned it): the read starts at that segment and
+    /// stops after `max_bytes`, instead of reading back from the newest
+    /// segment. A hint that does not hold (the segment is gone, another
+    /// record is there) falls back to reading back.
+    pub after_lsn: Option<Lsn>,
 }
 
 /// The answer to `read` when the log need not be read (an error, or the

@@ -954,7 +954,17 @@ impl ClusterState {
             .next_instance
             .checked_add(1)
             .ok_or_else(|| CkptError::new(ErrorCode::NoResource, "instance ids exhausted"))?;
-        let mut in_sync = replicas.clone();
+        // In sync: the members known to hold every acknowledged write. At
+        // creation that is the active replica alone, which logs the
+        // creation; a backup joins once it holds it (the active replica
+        // proposes it), so a failover never names a node that never got
+        // the checkpoint (the cluster simulator's run 2890 wedged there).
+        // A COLLOCATED checkpoint has no data until its first
+        // ActiveReplicaSet, which may name any replica.
+        let mut in_sync = match active {
+            Some(active) => vec![active],
+            None => replicas.clone(),
+        };
         in_sync.sort_unstable();
         let meta = CheckpointMeta {
             name: name.clone(),
@@ -1184,24 +1194,47 @@ mod tests {
         CheckpointName::new(s).unwrap()
     }
 
+    /// Creates a checkpoint whose backups then caught up (joined the
+    /// in-sync set, as its active replica proposes once they hold it).
     fn create(
         state: &mut ClusterState,
         n: &str,
         flags: CreationFlags,
         creator: NodeId,
     ) -> CheckpointMeta {
-        match state.apply(&Command::Create {
+        let meta = match state.apply(&Command::Create {
             name: name(n),
             attributes: attrs(flags),
             creator,
         }) {
             Applied::Created { meta } => meta,
             other => panic!("create {n}: {other:?}"),
+        };
+        if meta.active.is_none() {
+            return meta;
         }
+        let caught_up = Command::SetInSync {
+            instance: meta.instance,
+            epoch: meta.epoch,
+            in_sync: meta.replicas.clone(),
+        };
+        assert_eq!(state.apply(&caught_up), Applied::Done);
+        state.get(meta.instance).unwrap().clone()
     }
 
     #[test]
     fn create_places_on_least_loaded_nodes_creator_first() {
+        let mut s = ClusterState::new(&[1, 2, 3, 4], 3);
+        // In sync at creation: the active replica alone (it logs the creation).
+        let created = s.apply(&Command::Create {
+            name: name("z"),
+            attributes: attrs(CreationFlags::WR_ALL_REPLICAS),
+            creator: 2,
+        });
+        assert!(
+            matches!(&created, Applied::Created { meta } if meta.in_sync == vec![2] && meta.active == Some(2)),
+            "{created:?}"
+        );
         let mut s = ClusterState::new(&[1, 2, 3, 4], 3);
         let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 2);
         assert_eq!(a.instance, InstanceId(1));

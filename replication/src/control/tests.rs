@@ -243,10 +243,18 @@ impl Sim {
             attributes: attrs(retention_ns, CreationFlags::WR_ALL_REPLICAS),
             creator: node,
         };
-        match self.propose(node, cmd) {
+        let meta = match self.propose(node, cmd) {
             Applied::Created { meta } => meta,
             other => panic!("create {n}: {other:?}"),
-        }
+        };
+        // Its backups caught up: the active replica proposes them in.
+        let caught_up = Command::SetInSync {
+            instance: meta.instance,
+            epoch: meta.epoch,
+            in_sync: meta.replicas.clone(),
+        };
+        assert_eq!(self.propose(node, caught_up), Applied::Done);
+        self.cp(node).state().get(meta.instance).unwrap().clone()
     }
 
     fn states_equal(&self) -> bool {

@@ -91,6 +91,11 @@ pub enum DataOutput {
     ReadEntries {
         instance: InstanceId,
         after: Option<(Epoch, Seq)>,
+        /// Where this node's WAL holds the `after` entry, when an earlier
+        /// read returned it: the read can start there and stop after
+        /// `max_bytes` instead of reading back from the newest segment (a
+        /// catch-up costs what it ships, not the backlog per read).
+        after_lsn: Option<Lsn>,
         for_node: NodeId,
         max_bytes: u64,
     },
@@ -175,12 +180,23 @@ struct Peer {
     /// It sent a message of this epoch: it applied the metadata that
     /// started it (and so no longer acts as an earlier epoch's primary).
     heard: bool,
+    /// The last entry a WAL read returned for it and its lsn (a hint for
+    /// the next read, see [`DataOutput::ReadEntries`]).
+    read_at: Option<((Epoch, Seq), Lsn)>,
 }
 
 impl Peer {
+    /// Where the WAL holds `after`, if a read for this peer returned it.
+    fn lsn_of(&self, after: Option<(Epoch, Seq)>) -> Option<Lsn> {
+        self.read_at
+            .filter(|(at, lsn)| Some(*at) == after && lsn.0 > 0)
+            .map(|(_, lsn)| lsn)
+    }
+
     /// Forgets any read or snapshot under way.
     fn reset_read(&mut self) {
         self.read_lsn = None;
+        self.read_at = None;
         self.read_inflight.clear();
         self.read_paused = false;
         self.snapshot_part = None;
@@ -204,6 +220,7 @@ impl Peer {
             snapshot_answers: None,
             snapshot_progress_ms: now_ms,
             heard: false,
+            read_at: None,
         }
     }
 }
@@ -710,6 +727,7 @@ impl DataPlane {
                 self.outputs.push(DataOutput::ReadEntries {
                     instance,
                     after: peer.sent,
+                    after_lsn: peer.lsn_of(peer.sent),
                     for_node: *node,
                     max_bytes: self.read_bytes_max,
                 });
@@ -935,6 +953,7 @@ impl DataPlane {
         if let Some(last) = fresh.last() {
             peer.sent = Some((last.epoch, last.seq));
             peer.read_lsn = Some(last.lsn);
+            peer.read_at = Some(((last.epoch, last.seq), last.lsn));
         }
         let done = fresh.is_empty() || seq_of(peer.sent) >= primary_last;
         let batch_bytes: u64 = fresh.iter().map(|e| e.bytes.len() as u64).sum();
@@ -969,6 +988,7 @@ impl DataPlane {
             self.outputs.push(DataOutput::ReadEntries {
                 instance,
                 after: peer.sent,
+                after_lsn: peer.lsn_of(peer.sent),
                 for_node,
                 max_bytes: read_bytes_max,
             });
@@ -1067,6 +1087,7 @@ impl DataPlane {
             self.outputs.push(DataOutput::ReadEntries {
                 instance,
                 after: peer.sent,
+                after_lsn: peer.lsn_of(peer.sent),
                 for_node: to,
                 max_bytes: read_bytes_max,
             });
@@ -1757,6 +1778,7 @@ impl DataPlane {
             self.outputs.push(DataOutput::ReadEntries {
                 instance,
                 after: peer.sent,
+                after_lsn: peer.lsn_of(peer.sent),
                 for_node: from,
                 max_bytes: self.read_bytes_max,
             });
@@ -1900,6 +1922,7 @@ impl DataPlane {
                     self.outputs.push(DataOutput::ReadEntries {
                         instance,
                         after,
+                        after_lsn: peer.lsn_of(after),
                         for_node: from,
                         max_bytes: read_bytes_max,
                     });

@@ -94,6 +94,7 @@ fn read(after: Option<(Epoch, Seq)>, for_node: NodeId) -> DataOutput {
     DataOutput::ReadEntries {
         instance: I,
         after,
+        after_lsn: None,
         for_node,
         max_bytes: READ_BYTES_MAX_DEFAULT,
     }
@@ -367,7 +368,14 @@ fn reads_continue_until_the_backup_reaches_the_tail_then_it_streams() {
                 2,
                 entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4), wire(1, 5)])
             ),
-            read(Some(pt(1, 5)), 2)
+            // The next read starts where this one ended (lsn 105).
+            DataOutput::ReadEntries {
+                instance: I,
+                after: Some(pt(1, 5)),
+                after_lsn: Some(Lsn(105)),
+                for_node: 2,
+                max_bytes: READ_BYTES_MAX_DEFAULT,
+            }
         ]
     );
     dp.on_appended(&[shipped(1, 7)], 0);
@@ -2143,9 +2151,12 @@ fn wal_reads_pause_while_too_much_is_unacknowledged() {
     dp.set_read_bytes_max(20); // reading pauses past 80 unacknowledged bytes
     dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 20)), 0);
     dp.on_message(2, catch_up_msg(1, None), 0);
-    let read = |after| DataOutput::ReadEntries {
+    let read = |after: Option<(Epoch, Seq)>| DataOutput::ReadEntries {
         instance: I,
         after,
+        // After the first, each read starts where the last one ended (the
+        // entries of `shipped` are at lsn 100 + seq).
+        after_lsn: after.map(|(_, s)| Lsn(100 + s.0)),
         for_node: 2,
         max_bytes: 20,
     };

@@ -1016,15 +1016,32 @@ impl Cluster {
                                 self.me, instance.0
                             )))
                         }
+                        // Writes that need every in-sync replica are refused
+                        // below `min_in_sync`; a new checkpoint's backups
+                        // join the set once they hold its creation.
+                        Some(meta)
+                            if Need::for_flags(meta.attributes.creation_flags)
+                                == Need::AllInSync
+                                && meta.in_sync.len()
+                                    < self.config.min_in_sync.min(meta.replicas.len()) =>
+                        {
+                            None
+                        }
                         Some(meta) => Some(meta.epoch),
                     }
                 };
-                if epoch.is_some() && began.borrow_and_update().get(&instance) == epoch.as_ref() {
+                let begun =
+                    epoch.is_some() && began.borrow_and_update().get(&instance) == epoch.as_ref();
+                // Writable means the lease too: a node that just started or
+                // just caught up its Raft log gets it a heartbeat later.
+                if begun && self.holds_lease() {
                     return Ok(());
                 }
+                let tick = Duration::from_millis(self.config.tick_ms.max(1));
                 tokio::select! {
                     changed = began.changed() => changed.map_err(|_| stopped())?,
                     changed = state.changed() => changed.map_err(|_| stopped())?,
+                    () = tokio::time::sleep(tick), if begun => {}
                 }
             }
         };
@@ -2148,6 +2165,7 @@ impl Driver {
             DataOutput::ReadEntries {
                 instance,
                 after,
+                after_lsn,
                 for_node,
                 max_bytes,
             } => {
@@ -2157,6 +2175,7 @@ impl Driver {
                     epoch,
                     seq,
                     max_bytes,
+                    after_lsn,
                 };
                 // The reader thread lives as long as the runtime; should it
                 // have died, the read fails like an unreadable log.

@@ -140,6 +140,79 @@ pub fn records_after_many(
     Ok(histories)
 }
 
+/// The records of `instance` after the one at log position `at_lsn`, which
+/// the caller knows holds its sequence number `after` (an earlier read
+/// returned it), read forward from the segment holding it and no further
+/// than `max_bytes` of entries: a replica catching up pays for what it is
+/// sent, not for the whole log written since its position, each read.
+///
+/// `Ok(None)` when the hint does not hold — the segment is gone, the record
+/// at `at_lsn` is not `(instance, after)`, or a later record of the
+/// instance is at `after` or below (a discard or a snapshot install
+/// rewrote its history) — and the caller reads back with
+/// [`records_after_many`] instead. The answer is the one that would give
+/// for the entries it holds: `at_after` is the record at `at_lsn`.
+///
+/// # Errors
+/// IO errors listing the directory or reading a segment that exists.
+pub fn records_after_hinted(
+    fs: &dyn WalFs,
+    instance: InstanceId,
+    after: Seq,
+    at_lsn: Lsn,
+    upto: Lsn,
+    max_bytes: u64,
+) -> io::Result<Option<InstanceHistory>> {
+    if at_lsn > upto || after.0 == 0 {
+        return Ok(None);
+    }
+    let mut segments: Vec<(Lsn, String)> = fs
+        .list()?
+        .into_iter()
+        .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
+        .filter(|(first, _)| *first <= upto)
+        .collect();
+    segments.sort_by_key(|(first, _)| *first);
+    let Some(start) = segments.iter().rposition(|(first, _)| *first <= at_lsn) else {
+        return Ok(None);
+    };
+    let mut history = InstanceHistory::default();
+    let mut bytes = 0u64;
+    for (_, name) in &segments[start..] {
+        let data = match fs.read(name) {
+            Ok(data) => data,
+            // Trimmed meanwhile: what was read so far is still true.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => break,
+            Err(error) => return Err(error),
+        };
+        history.bytes_read += data.len() as u64;
+        for (_, record) in scan_segment(&data).records {
+            if record.lsn > upto {
+                return Ok(history.at_after.is_some().then_some(history));
+            }
+            if record.entry.instance != instance || record.lsn < at_lsn {
+                continue;
+            }
+            if record.lsn == at_lsn {
+                if record.entry.seq != after {
+                    return Ok(None);
+                }
+                history.at_after = Some(record);
+                continue;
+            }
+            if history.at_after.is_none() || record.entry.seq <= after {
+                return Ok(None);
+            }
+            bytes = bytes.saturating_add(record.entry.encoded_len() as u64);
+            history.records.push(record);
+            if bytes >= max_bytes {
+                return Ok(Some(history));
+            }
+        }
+    }
+    Ok(history.at_after.is_some().then_some(history))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +258,74 @@ mod tests {
 
     fn seqs(history: &InstanceHistory) -> Vec<u64> {
         history.records.iter().map(|r| r.entry.seq.0).collect()
+    }
+
+    #[test]
+    fn a_hinted_read_starts_at_its_segment_and_stops_after_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = OsFs::new(dir.path()).unwrap();
+        log(&fs, 400, 10); // instance 1 has seqs 1..=200, 5 per segment
+        let upto = Lsn(400);
+        // Instance 1 has the even lsns: its seq 10 is at lsn 20.
+        let back = records_after_many(&fs, &[(InstanceId(1), Seq(10))], upto).unwrap();
+        let at = back[0].at_after.clone().unwrap();
+        assert_eq!(at.entry.seq, Seq(10));
+        let one = record(1, 1, 1).entry.encoded_len() as u64;
+        let hinted = records_after_hinted(&fs, InstanceId(1), Seq(10), at.lsn, upto, 3 * one)
+            .unwrap()
+            .expect("the hint holds");
+        assert_eq!(seqs(&hinted), vec![11, 12, 13]);
+        assert_eq!(hinted.at_after.as_ref().map(|r| r.lsn), Some(at.lsn));
+        // The same records as reading back, which read the whole log after it.
+        assert_eq!(hinted.records[..], back[0].records[..3]);
+        assert!(
+            hinted.bytes_read * 10 < back[0].bytes_read,
+            "hinted {} bytes, back {} bytes",
+            hinted.bytes_read,
+            back[0].bytes_read
+        );
+        // Everything up to `upto` when max_bytes is large.
+        let all = records_after_hinted(&fs, InstanceId(1), Seq(10), at.lsn, upto, u64::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs(&all), (11..=200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_hint_that_does_not_hold_asks_for_a_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = OsFs::new(dir.path()).unwrap();
+        log(&fs, 40, 10);
+        let upto = Lsn(40);
+        let at = records_after_many(&fs, &[(InstanceId(1), Seq(10))], upto).unwrap()[0]
+            .at_after
+            .clone()
+            .unwrap();
+        // Another record at that lsn (instance 2's), another seq, past upto.
+        let other = Lsn(at.lsn.0 + 1);
+        assert!(
+            records_after_hinted(&fs, InstanceId(1), Seq(10), other, upto, 100)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            records_after_hinted(&fs, InstanceId(1), Seq(9), at.lsn, upto, 100)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            records_after_hinted(&fs, InstanceId(1), Seq(10), at.lsn, Lsn(at.lsn.0 - 1), 100)
+                .unwrap()
+                .is_none()
+        );
+        // Its segment trimmed.
+        let first = (at.lsn.0 - 1) / 10 * 10 + 1;
+        fs.remove(&segment_name(Lsn(first))).unwrap();
+        assert!(
+            records_after_hinted(&fs, InstanceId(1), Seq(10), at.lsn, upto, 100)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
