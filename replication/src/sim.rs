@@ -1774,6 +1774,11 @@ fn cluster_sim_seeds() {
         total.partitions += s.partitions;
         total.set_actives += s.set_actives;
         total.reads_checked += s.reads_checked;
+        total.trims += s.trims;
+        total.creates += s.creates;
+        total.deletes += s.deletes;
+        total.duplicated += s.duplicated;
+        total.dropped += s.dropped;
     }
     eprintln!("runs {from}..={seeds}: {total:?}");
     assert!(total.acked_safe > 0, "no safe write was acknowledged");

@@ -183,6 +183,15 @@ struct Peer {
     /// The last entry a WAL read returned for it and its lsn (a hint for
     /// the next read, see [`DataOutput::ReadEntries`]).
     read_at: Option<((Epoch, Seq), Lsn)>,
+    /// Entries appended since the read under way was asked for, kept for
+    /// it (while `Some`, at most `read_bytes_max` bytes): when the read
+    /// comes back ending where they begin, the backup is sent both and
+    /// streams from there. Without it, a backup catching up under steady
+    /// writes chased the log forever — every read came back a little
+    /// behind the entries appended while it ran — and never got back into
+    /// the in-sync set.
+    tail: Option<Vec<ShippedEntry>>,
+    tail_bytes: u64,
 }
 
 impl Peer {
@@ -197,6 +206,8 @@ impl Peer {
     fn reset_read(&mut self) {
         self.read_lsn = None;
         self.read_at = None;
+        self.tail = None;
+        self.tail_bytes = 0;
         self.read_inflight.clear();
         self.read_paused = false;
         self.snapshot_part = None;
@@ -221,6 +232,8 @@ impl Peer {
             snapshot_progress_ms: now_ms,
             heard: false,
             read_at: None,
+            tail: None,
+            tail_bytes: 0,
         }
     }
 }
@@ -711,7 +724,22 @@ impl DataPlane {
         if primary.fenced || !primary.begun {
             return;
         }
+        let read_bytes_max = self.read_bytes_max;
         for (node, peer) in primary.peers.iter_mut() {
+            if peer.mode == PeerMode::Reading {
+                if let Some(tail) = peer.tail.as_mut() {
+                    for entry in run {
+                        peer.tail_bytes = peer.tail_bytes.saturating_add(entry.bytes.len() as u64);
+                        tail.push((*entry).clone());
+                    }
+                    if peer.tail_bytes > read_bytes_max {
+                        // Too much for memory: plain reads go on.
+                        peer.tail = None;
+                        peer.tail_bytes = 0;
+                    }
+                }
+                continue;
+            }
             if peer.mode != PeerMode::Streaming {
                 continue;
             }
@@ -950,10 +978,31 @@ impl DataPlane {
         }
         let _ = now_ms;
         let prev = peer.sent;
+        let mut fresh = fresh;
         if let Some(last) = fresh.last() {
             peer.sent = Some((last.epoch, last.seq));
             peer.read_lsn = Some(last.lsn);
             peer.read_at = Some(((last.epoch, last.seq), last.lsn));
+        }
+        // The entries appended while the read ran, if they continue it up
+        // to our last entry: send them too, and stream from there.
+        if let Some(tail) = peer.tail.take() {
+            peer.tail_bytes = 0;
+            let read_to = seq_of(peer.sent);
+            let rest: Vec<ShippedEntry> = tail.into_iter().filter(|e| e.seq > read_to).collect();
+            let bridges = rest
+                .first()
+                .is_some_and(|f| f.seq.0 == read_to.0.saturating_add(1))
+                && rest
+                    .windows(2)
+                    .all(|w| w[1].seq.0 == w[0].seq.0.saturating_add(1))
+                && rest.last().is_some_and(|l| l.seq == primary_last);
+            if bridges {
+                if let Some(last) = rest.last() {
+                    peer.sent = Some((last.epoch, last.seq));
+                }
+                fresh.extend(rest);
+            }
         }
         let done = fresh.is_empty() || seq_of(peer.sent) >= primary_last;
         let batch_bytes: u64 = fresh.iter().map(|e| e.bytes.len() as u64).sum();
@@ -985,6 +1034,7 @@ impl DataPlane {
             // behind must not pull the whole WAL into the send queue.
             peer.read_paused = true;
         } else {
+            peer.tail = Some(Vec::new());
             self.outputs.push(DataOutput::ReadEntries {
                 instance,
                 after: peer.sent,
@@ -1775,6 +1825,7 @@ impl DataPlane {
             && read_inflight_bytes(peer) <= read_ahead_bytes_max(self.read_bytes_max)
         {
             peer.read_paused = false;
+            peer.tail = Some(Vec::new());
             self.outputs.push(DataOutput::ReadEntries {
                 instance,
                 after: peer.sent,

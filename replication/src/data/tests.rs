@@ -2477,3 +2477,53 @@ fn a_catch_up_for_a_checkpoint_not_yet_created_here_waits_for_its_creation() {
     let probe3 = send(3, probe_msg(1));
     assert_eq!(drain(&mut dp), vec![read(None, 2), probe3]);
 }
+
+/// Under steady writes every read came back a little behind the entries
+/// appended while it ran, so a catching-up backup was read for forever and
+/// never streamed (nor rejoined the in-sync set): the partition test with
+/// the load kept on (`CKPT_PARTITION_KEEP_LOAD=1`) failed 3 runs of 3.
+#[test]
+fn entries_appended_during_a_read_bridge_the_backup_to_streaming() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 3]), Some(pos(1, 6)), 0);
+    dp.on_message(2, catch_up_msg(1, Some(pt(1, 3))), 0);
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
+    // The first read stops short of the end (its byte limit).
+    dp.on_entries_read(2, I, vec![shipped(1, 4), shipped(1, 5)], 0);
+    let next_read = DataOutput::ReadEntries {
+        instance: I,
+        after: Some(pt(1, 5)),
+        after_lsn: Some(Lsn(105)),
+        for_node: 2,
+        max_bytes: READ_BYTES_MAX_DEFAULT,
+    };
+    assert_eq!(
+        drain(&mut dp),
+        vec![
+            send(
+                2,
+                entries_msg(1, Some(pt(1, 3)), vec![wire(1, 4), wire(1, 5)])
+            ),
+            next_read
+        ]
+    );
+    // Writes go on while the next read runs.
+    dp.on_appended(&[shipped(1, 7)], 0);
+    dp.on_appended(&[shipped(1, 8)], 0);
+    assert_eq!(drain(&mut dp), vec![]);
+    // The read ends where it was asked (6): with 7 and 8 it reaches our
+    // last entry, and the backup streams from there.
+    dp.on_entries_read(2, I, vec![shipped(1, 6)], 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(
+            2,
+            entries_msg(1, Some(pt(1, 5)), vec![wire(1, 6), wire(1, 7), wire(1, 8)])
+        )]
+    );
+    dp.on_appended(&[shipped(1, 9)], 0);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(2, entries_msg(1, Some(pt(1, 8)), vec![wire(1, 9)]))]
+    );
+}
