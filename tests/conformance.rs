@@ -413,10 +413,24 @@ async fn reopen_with_different_attributes_is_already_exist() {
             ..base.clone()
         },
     ];
-    for attributes in different {
-        expect_code(
-            client.open(&name, Some(attributes), rwc()).await,
-            ErrorCode::AlreadyExist,
+    // The error names the attribute that differs (issue #12, point 8).
+    let named = [
+        "creationFlags",
+        "creationFlags",
+        "checkpointSize",
+        "maxSections",
+        "maxSectionSize",
+        "maxSectionIdSize",
+    ];
+    for (attributes, attribute) in different.into_iter().zip(named) {
+        let refused = client.open(&name, Some(attributes), rwc()).await;
+        let Err(error) = refused else {
+            panic!("reopened with other attributes: {refused:?}")
+        };
+        assert_eq!(error.code, ErrorCode::AlreadyExist, "{error:?}");
+        assert!(
+            error.message.contains(attribute) && error.message.contains("(asked "),
+            "{attribute} not named: {error:?}"
         );
     }
     let status = checkpoint.status().await.unwrap();

@@ -345,6 +345,45 @@ impl CreationAttributes {
         }
     }
 
+    /// What differs from `asked`, retention aside (it may be changed
+    /// later), as `name value (asked value)` in the API's attribute names:
+    /// what an "exists with different attributes" error names.
+    pub fn differences(&self, asked: &CreationAttributes) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.creation_flags != asked.creation_flags {
+            out.push(format!(
+                "creationFlags {:#x} (asked {:#x})",
+                self.creation_flags.0, asked.creation_flags.0
+            ));
+        }
+        let mut number = |name: &str, have: u64, want: u64| {
+            if have != want {
+                out.push(format!("{name} {have} (asked {want})"));
+            }
+        };
+        number(
+            "checkpointSize",
+            self.checkpoint_size,
+            asked.checkpoint_size,
+        );
+        number(
+            "maxSections",
+            u64::from(self.max_sections),
+            u64::from(asked.max_sections),
+        );
+        number(
+            "maxSectionSize",
+            self.max_section_size,
+            asked.max_section_size,
+        );
+        number(
+            "maxSectionIdSize",
+            self.max_section_id_size,
+            asked.max_section_id_size,
+        );
+        out
+    }
+
     /// Whether the checkpoint has exactly one, default, section.
     pub fn has_default_section(&self) -> bool {
         self.max_sections == 1
@@ -617,5 +656,28 @@ mod tests {
         assert!(!SectionsChosen::Corrupted.matches(6, Valid, 5));
         assert!(SectionsChosen::Any.matches(6, Valid, 5));
         assert!(SectionsChosen::from_u32(0).is_err());
+    }
+
+    #[test]
+    fn differences_name_each_attribute_but_retention() {
+        let a = attrs();
+        assert!(a.differences(&a).is_empty());
+        let b = CreationAttributes {
+            retention_duration_ns: 5,
+            ..a.clone()
+        };
+        assert!(a.differences(&b).is_empty(), "retention may differ");
+        let c = CreationAttributes {
+            creation_flags: CreationFlags::WR_ALL_REPLICAS,
+            max_sections: 11,
+            ..a.clone()
+        };
+        assert_eq!(
+            a.differences(&c),
+            vec![
+                "creationFlags 0x2 (asked 0x1)".to_string(),
+                "maxSections 10 (asked 11)".to_string()
+            ]
+        );
     }
 }

@@ -435,7 +435,10 @@ impl StateMachine {
                     }
                     return Err(err(
                         ErrorCode::AlreadyExist,
-                        format!("checkpoint {name} exists with different attributes"),
+                        format!(
+                            "checkpoint {name} exists with different attributes: {}",
+                            meta.attributes.differences(attributes).join(", ")
+                        ),
                     ));
                 }
                 let instance = self.new_instance_id(*instance)?;

@@ -418,7 +418,8 @@ pub async fn create(client: &Client, args: &CreateArgs) -> Result<(), ClientErro
     let checkpoint = match client.open(name, Some(attributes.clone()), flags).await {
         Ok(checkpoint) => checkpoint,
         Err(error) if error.code == ErrorCode::AlreadyExist => {
-            // Name what differs (the server says only that something does).
+            // Name what differs in create's own flag names (the server
+            // names the API's attributes: creationFlags, maxSections, ...).
             let Ok(info) = client.stat(name).await else {
                 return Err(error);
             };

@@ -567,9 +567,12 @@ impl Cluster {
                         self.await_ready(meta.instance).await?;
                         Ok((meta.instance, false))
                     }
-                    Some(_) => Err(CkptError::new(
+                    Some(meta) => Err(CkptError::new(
                         ErrorCode::AlreadyExist,
-                        format!("checkpoint {name} exists with other creation attributes"),
+                        format!(
+                            "checkpoint {name} exists with different attributes: {}",
+                            meta.attributes.differences(&attributes).join(", ")
+                        ),
                     )),
                     None => Err(error),
                 }
