@@ -15,7 +15,9 @@
 //! acknowledge writes of one checkpoint in one epoch; after healing every
 //! replica of every checkpoint is in sync and byte-identical; a read on the
 //! active replica within its lease sees every safe write acknowledged so
-//! far; writes acknowledged in the weaker modes and lost are counted.
+//! far; WR_ACTIVE_REPLICA writes lost at a failover or handover are no more
+//! than the lag the active replica reported (plus what it acknowledged after
+//! its last report); WEAK losses are counted.
 //!
 //! One seed is one run, exactly. `CKPT_SIM_SEEDS=n` runs seeds 1..=n (200
 //! in `make test`), `CKPT_SIM_FROM=k` starts at k, `CKPT_SIM_TRACE=1` prints
@@ -263,6 +265,8 @@ struct Ack {
     entry: WireEntry,
     /// The epoch the node was active in when it acknowledged.
     epoch: Epoch,
+    /// When (simulated time; set by the checker).
+    at: u64,
 }
 
 struct Node {
@@ -298,6 +302,9 @@ struct Node {
     streams: BTreeMap<(InstanceId, NodeId), Stream>,
     outbox: Vec<(NodeId, Wire)>,
     acks: Vec<Ack>,
+    /// Replication lag the active replica reported at its ticks: (instance,
+    /// epoch, the most records any backup was behind).
+    lags: Vec<(InstanceId, Epoch, u64)>,
 }
 
 impl Node {
@@ -338,6 +345,7 @@ impl Node {
             streams: BTreeMap::new(),
             outbox: Vec::new(),
             acks: Vec::new(),
+            lags: Vec::new(),
         };
         node.dp.set_read_bytes_max(200);
         node
@@ -438,6 +446,16 @@ impl Node {
         }
         self.end_handovers(now);
         self.retry_begins(now);
+        // What `/cluster` and the lag metrics report (refreshed per tick here).
+        for (instance, epoch) in &self.began {
+            let behind = self
+                .dp
+                .lag(*instance)
+                .iter()
+                .map(|(_, records, _)| *records)
+                .max();
+            self.lags.push((*instance, *epoch, behind.unwrap_or(0)));
+        }
         self.process(now);
     }
 
@@ -757,6 +775,7 @@ impl Node {
                             need,
                             entry,
                             epoch,
+                            at: 0,
                         });
                     }
                 }
@@ -1112,6 +1131,10 @@ struct Sim {
     safe: Vec<Ack>,
     weak: Vec<Ack>,
     acked_epochs: BTreeMap<(InstanceId, Epoch), NodeId>,
+    /// The most records a backup was reported behind, per (instance,
+    /// epoch), and when the active replica last reported.
+    lag_max: BTreeMap<(InstanceId, Epoch), u64>,
+    lag_at: BTreeMap<(InstanceId, Epoch), u64>,
     stats: Stats,
 }
 
@@ -1121,6 +1144,8 @@ struct Stats {
     acked_safe: u64,
     acked_weak: u64,
     lost_weak: u64,
+    /// Of `lost_weak`, WR_ACTIVE_REPLICA writes (checked against the lag).
+    lost_active: u64,
     crashes: u64,
     power_cuts: u64,
     cluster_power_cuts: u64,
@@ -1176,6 +1201,8 @@ impl Sim {
             safe: Vec::new(),
             weak: Vec::new(),
             acked_epochs: BTreeMap::new(),
+            lag_max: BTreeMap::new(),
+            lag_at: BTreeMap::new(),
             stats: Stats::default(),
         }
     }
@@ -1190,6 +1217,11 @@ impl Sim {
         let node = self.nodes.get_mut(&id).unwrap();
         let outbox = std::mem::take(&mut node.outbox);
         let acks = std::mem::take(&mut node.acks);
+        for (instance, epoch, records) in std::mem::take(&mut node.lags) {
+            let max = self.lag_max.entry((instance, epoch)).or_default();
+            *max = (*max).max(records);
+            self.lag_at.insert((instance, epoch), self.now);
+        }
         let life = node.life;
         for (to, wire) in outbox {
             self.send(id, to, life, wire);
@@ -1224,7 +1256,8 @@ impl Sim {
         }
     }
 
-    fn record_ack(&mut self, ack: Ack) {
+    fn record_ack(&mut self, mut ack: Ack) {
+        ack.at = self.now;
         trace(|| format!("t={} ack {ack:?}", self.now));
         let key = (ack.instance, ack.epoch);
         if let Some(other) = self.acked_epochs.insert(key, ack.node) {
@@ -1638,11 +1671,42 @@ impl Sim {
                     self.seed
                 );
             }
-            self.stats.lost_weak += self
+            let lost: Vec<&Ack> = self
                 .weak
                 .iter()
                 .filter(|a| a.instance == meta.instance && !holds(want, &a.entry))
-                .count() as u64;
+                .collect();
+            self.stats.lost_weak += lost.len() as u64;
+            // WR_ACTIVE_REPLICA (durable on the active replica) loses, at a
+            // failover or handover, at most what its backups were reported
+            // behind, plus what it acknowledged after its last report.
+            let mut lost_by_epoch: BTreeMap<Epoch, u64> = BTreeMap::new();
+            for ack in lost.iter().filter(|a| a.need == Need::LocalDurable) {
+                *lost_by_epoch.entry(ack.epoch).or_default() += 1;
+            }
+            for (epoch, lost) in lost_by_epoch {
+                self.stats.lost_active += lost;
+                let key = (meta.instance, epoch);
+                let reported = self.lag_max.get(&key).copied().unwrap_or(0);
+                let last_report = self.lag_at.get(&key).copied().unwrap_or(0);
+                let unreported = self
+                    .weak
+                    .iter()
+                    .filter(|a| {
+                        a.instance == meta.instance
+                            && a.epoch == epoch
+                            && a.need == Need::LocalDurable
+                            && a.at >= last_report
+                    })
+                    .count() as u64;
+                assert!(
+                    lost <= reported + unreported,
+                    "seed {}: instance {} epoch {}: {lost} WR_ACTIVE_REPLICA writes lost, more than the lag reported ({reported} records) plus the {unreported} acknowledged after the last report",
+                    self.seed,
+                    meta.instance.0,
+                    epoch.0
+                );
+            }
         }
     }
 }
@@ -1768,6 +1832,7 @@ fn cluster_sim_seeds() {
         total.acked_safe += s.acked_safe;
         total.acked_weak += s.acked_weak;
         total.lost_weak += s.lost_weak;
+        total.lost_active += s.lost_active;
         total.crashes += s.crashes;
         total.power_cuts += s.power_cuts;
         total.cluster_power_cuts += s.cluster_power_cuts;
