@@ -428,7 +428,6 @@ impl Node {
 
     fn tick(&mut self, now: u64) {
         self.cp.tick(now);
-        self.dp.tick(now);
         let mut until = 0;
         for k in [8u64, 4, 2, 1] {
             let at = now + TICK_MS * k;
@@ -438,6 +437,8 @@ impl Node {
             }
         }
         self.lease_until = until;
+        self.dp.set_control_fresh(until > now);
+        self.dp.tick(now);
         if !self.restarted && self.cp.leader().is_some() {
             if let Ok(ticket) = self.cp.propose(Command::NodeRestarted { node: self.id }) {
                 self.restarted = true;
@@ -1810,10 +1811,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// - 2890: a failover right after a creation named a backup that never
 ///   received it (every replica was in sync from the start): an active
 ///   replica that could not begin, a checkpoint unwritable for good (the
-///   in-sync set now starts with the active replica alone).
+///   in-sync set now starts with the active replica alone);
+/// - 3212: an active replica cut off from the control plane gave up waiting
+///   for a backup whose addition it had proposed (the proposal was "old
+///   enough") and released ALL_SAFE writes without it; the addition had been
+///   committed meanwhile and a failover named that backup: the writes were
+///   lost (a primary now gives up on a pending addition only while it holds
+///   its lease, i.e. has applied what the leader had committed).
 #[test]
 fn cluster_sim_regression_seeds() {
-    for n in [93, 94, 101, 2890] {
+    for n in [93, 94, 101, 2890, 3212] {
         let _replay = Replay(n);
         run(sim_seed(n));
     }

@@ -398,6 +398,10 @@ pub struct DataPlane {
     instances: BTreeMap<InstanceId, Instance>,
     outputs: Vec<DataOutput>,
     hold_sent: Option<Option<Lsn>>,
+    /// This node's view of the control plane is fresh (it holds its lease,
+    /// which it does only once it applied what the Raft leader had
+    /// committed when it granted it); see [`DataPlane::set_control_fresh`].
+    control_fresh: bool,
 }
 
 /// Bytes read from the WAL for one backup that may be unacknowledged before
@@ -448,7 +452,19 @@ impl DataPlane {
             instances: BTreeMap::new(),
             outputs: Vec::new(),
             hold_sent: None,
+            control_fresh: true,
         }
+    }
+
+    /// Whether this node's view of the control plane is fresh (the driver
+    /// sets it every tick: whether it holds its lease). A primary gives up
+    /// waiting for a backup whose addition to the in-sync set it proposed
+    /// only while fresh: the proposal may have been committed without this
+    /// node having applied it yet (it was cut off), and a failover could
+    /// then name that backup, which lacks what was released without it
+    /// (the cluster simulator's run 3212).
+    pub fn set_control_fresh(&mut self, fresh: bool) {
+        self.control_fresh = fresh;
     }
 
     /// Sets the bytes one catch-up WAL read returns at most.
@@ -1227,6 +1243,7 @@ impl DataPlane {
     fn tick_primary(&mut self, instance: InstanceId, now_ms: u64) {
         let timeout = self.replica_lag_timeout_ms;
         let settle_ms = self.settle_ms();
+        let control_fresh = self.control_fresh;
         let retry_ms = (timeout / 2).max(1);
         let me = self.me;
         let Some(inst) = self.instances.get_mut(&instance) else {
@@ -1343,14 +1360,16 @@ impl DataPlane {
                 // Not in the applied set. If its addition is pending (or it
                 // is being waited for before being proposed) and it fell
                 // behind, stop waiting for it — but only once the proposal is
-                // old enough to have been applied or lost: were it applied
-                // after we gave up, the control plane would name an in-sync
-                // member lacking writes released meanwhile.
+                // old enough to have been applied or lost, and while this
+                // node's view of the control plane is fresh (a node cut off
+                // from it may not have applied a proposal long committed):
+                // were it applied after we gave up, the control plane would
+                // name an in-sync member lacking writes released meanwhile.
                 let pending = required.contains(node);
                 let proposal_settled = peer
                     .add_proposed_ms
                     .is_none_or(|t| now_ms.saturating_sub(t) >= settle_ms);
-                if pending && stalled && proposal_settled {
+                if pending && stalled && proposal_settled && control_fresh {
                     give_up.push(*node);
                     peer.add_proposed_ms = None;
                 } else if peer.mode == PeerMode::Streaming && close(peer) && !stalled {

@@ -2240,6 +2240,42 @@ fn a_member_being_added_that_stalls_is_given_up_only_after_its_proposal_settled(
     assert_eq!(dp.tracker().required(I), vec![2]);
 }
 
+/// The cluster simulator's run 3212: a primary cut off from the control
+/// plane cannot know that its proposal to add node 3 was not committed
+/// meanwhile (and a failover may then name node 3): however old the
+/// proposal, it keeps waiting for node 3 until its view is fresh again.
+#[test]
+fn a_member_being_added_is_not_given_up_while_the_control_plane_view_is_stale() {
+    let mut dp = primary();
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2]), Some(pos(1, 3)), 0);
+    drain(&mut dp);
+    dp.tick(0);
+    assert_eq!(proposals(&mut dp).len(), 1, "node 3's addition");
+    dp.on_appended(&[shipped(1, 4)], 0);
+    dp.register(9, pos(1, 4), Need::AllInSync);
+    dp.on_local_durable(&[pos(1, 4)]);
+    dp.on_message(2, ack_msg(1, 4), 0);
+    drain(&mut dp);
+    // Cut off: no lease, so the view of the control plane may be stale.
+    dp.set_control_fresh(false);
+    for now in [2 * TIMEOUT, 5 * TIMEOUT, 50 * TIMEOUT] {
+        dp.tick(now);
+        assert!(
+            !drain(&mut dp)
+                .iter()
+                .any(|o| matches!(o, DataOutput::Released(_))),
+            "released without node 3 at {now} while cut off"
+        );
+        assert_eq!(dp.tracker().required(I), vec![2, 3]);
+    }
+    // Back in touch (and node 3's addition evidently not applied): give up.
+    dp.set_control_fresh(true);
+    dp.tick(51 * TIMEOUT);
+    assert!(drain(&mut dp).contains(&DataOutput::Released(vec![9])));
+}
+
 /// Under steady writes a backup that streams is always a round trip behind:
 /// `acked == last` never holds at a tick. It must still be proposed back into
 /// the in-sync set once it holds every write released so far (Kafka: the

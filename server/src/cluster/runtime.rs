@@ -1548,7 +1548,6 @@ impl Driver {
     fn tick(&mut self) {
         let now = self.now_ms();
         self.control.tick(now);
-        self.data.tick(now);
         // The lease as seen from this node's clock, conservatively: the
         // longest of a few steps ahead for which it still holds.
         let step = self.cluster.config.tick_ms.max(1);
@@ -1562,6 +1561,9 @@ impl Driver {
         }
         self.cluster.lease_until_ms.store(until, Ordering::Release);
         let held = until > now;
+        // Before the data plane's tick, which decides on it.
+        self.data.set_control_fresh(held);
+        self.data.tick(now);
         let active_somewhere = !self.began.is_empty();
         if self.had_lease && !held && active_somewhere {
             self.cluster.metrics.lease_expiries.inc();

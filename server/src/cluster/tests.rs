@@ -216,7 +216,46 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
     })
     .await;
     // ALL_SAFE: acknowledged means on every in-sync replica, so each
-    // replica's own copy has it now, without waiting.
+    // in-sync replica's own copy has it now, without waiting. (A new
+    // checkpoint's in-sync set starts with its active replica; a backup
+    // joins once it holds the creation, and creation waited for
+    // `min_in_sync` of them.)
+    let in_sync = {
+        let active_node = nodes.iter().find(|n| n.id == active).unwrap();
+        active_node
+            .cluster
+            .state()
+            .get(instance)
+            .unwrap()
+            .in_sync
+            .clone()
+    };
+    assert!(in_sync.len() >= 2, "in sync: {in_sync:?}");
+    for node in nodes.iter().filter(|n| in_sync.contains(&n.id)) {
+        assert_eq!(
+            read_local(node, instance, &id).await,
+            b"first+second",
+            "node {}",
+            node.id
+        );
+    }
+    // The third replica catches up and joins the set.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while nodes[0]
+        .cluster
+        .state()
+        .get(instance)
+        .unwrap()
+        .in_sync
+        .len()
+        < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the third replica never joined the in-sync set"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for node in &nodes {
         assert_eq!(
             read_local(node, instance, &id).await,
