@@ -615,23 +615,7 @@ impl Db {
                 storage_error("opening RocksDB", text)
             }
         })?;
-        let raw = |name: &str| {
-            db.cf_handle(name).map(|cf| CfPtr {
-                raw: AsColumnFamilyRef::inner(&cf),
-            })
-        };
-        let meta = raw(META_CF)
-            .ok_or_else(|| storage_error("opening RocksDB", "no meta column family"))?;
-        let mut slots: Vec<Option<CfPtr>> = Vec::new();
-        for name in &names {
-            if let Some(slot) = parse_slot(name) {
-                let slot = slot as usize;
-                if slots.len() <= slot {
-                    slots.resize(slot + 1, None);
-                }
-                slots[slot] = raw(name);
-            }
-        }
+        let (meta, slots) = column_families(&db, &names)?;
         let this = Db {
             slots,
             meta,
@@ -677,23 +661,7 @@ impl Db {
             .collect();
         let db = DB::open_cf_descriptors_as_secondary(&db_options, path, secondary, descriptors)
             .map_err(|e| storage_error("opening RocksDB read-only", e))?;
-        let raw = |name: &str| {
-            db.cf_handle(name).map(|cf| CfPtr {
-                raw: AsColumnFamilyRef::inner(&cf),
-            })
-        };
-        let meta = raw(META_CF)
-            .ok_or_else(|| storage_error("opening RocksDB", "no meta column family"))?;
-        let mut slots: Vec<Option<CfPtr>> = Vec::new();
-        for name in &names {
-            if let Some(slot) = parse_slot(name) {
-                let slot = slot as usize;
-                if slots.len() <= slot {
-                    slots.resize(slot + 1, None);
-                }
-                slots[slot] = raw(name);
-            }
-        }
+        let (meta, slots) = column_families(&db, &names)?;
         let options = DbOptions {
             data_column_families: slots.len().max(1) as u32,
             ..DbOptions::default()
@@ -1589,6 +1557,29 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0xff; prefix.len() + 1]
+}
+
+/// The meta column family and the data slots' column families of an open
+/// database, by slot number (a slot not in `names` is `None`).
+fn column_families(db: &DB, names: &[String]) -> CkptResult<(CfPtr, Vec<Option<CfPtr>>)> {
+    let raw = |name: &str| {
+        db.cf_handle(name).map(|cf| CfPtr {
+            raw: AsColumnFamilyRef::inner(&cf),
+        })
+    };
+    let meta =
+        raw(META_CF).ok_or_else(|| storage_error("opening RocksDB", "no meta column family"))?;
+    let mut slots: Vec<Option<CfPtr>> = Vec::new();
+    for name in names {
+        if let Some(slot) = parse_slot(name) {
+            let slot = slot as usize;
+            if slots.len() <= slot {
+                slots.resize(slot + 1, None);
+            }
+            slots[slot] = raw(name);
+        }
+    }
+    Ok((meta, slots))
 }
 
 #[cfg(test)]

@@ -168,10 +168,15 @@ pub fn format_deadline(at_ns: i64, now_ns: i64) -> String {
 
 /// `2026-11-24T21:15:53Z` for ns since the Unix epoch (whole seconds).
 pub fn rfc3339_seconds(ns: i64) -> String {
-    let secs = ns.div_euclid(NS_PER_S);
+    let (y, m, d, hour, minute, second) = civil_utc(ns.div_euclid(NS_PER_S));
+    format!("{y:04}-{m:02}-{d:02}T{hour:02}:{minute:02}:{second:02}Z")
+}
+
+/// (year, month, day, hour, minute, second) in UTC of `secs` seconds since
+/// the Unix epoch (Howard Hinnant's civil_from_days).
+pub fn civil_utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -182,12 +187,7 @@ pub fn rfc3339_seconds(ns: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    (y, m, d, rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 #[cfg(test)]
