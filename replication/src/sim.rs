@@ -1817,10 +1817,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
 ///   enough") and released ALL_SAFE writes without it; the addition had been
 ///   committed meanwhile and a failover named that backup: the writes were
 ///   lost (a primary now gives up on a pending addition only while it holds
-///   its lease, i.e. has applied what the leader had committed).
+///   its lease, i.e. has applied what the leader had committed);
+/// - 7212: after ActiveReplicaSet, a write the previous active replica had
+///   taken landed in its log as an entry of the old epoch at a seq the new
+///   primary used in the new epoch; as a backup it acknowledged that seq in
+///   the new epoch, and the primary released a write it did not hold
+///   (a backup now acknowledges only entries of the current epoch).
 #[test]
 fn cluster_sim_regression_seeds() {
-    for n in [93, 94, 101, 2890, 3212] {
+    for n in [93, 94, 101, 2890, 3212, 7212] {
         let _replay = Replay(n);
         run(sim_seed(n));
     }

@@ -1601,6 +1601,17 @@ impl DataPlane {
         if backup.last.is_none_or(|l| durable > l) {
             return;
         }
+        // Only an entry of the current epoch is known to be the primary's:
+        // a durable entry of an older epoch may be this node's own divergent
+        // suffix (say, a write it took as the previous active replica that
+        // landed after the handover), which `(epoch, seq)` order puts below
+        // the primary's entries of the new epoch. Acknowledging its seq in
+        // this epoch let the primary release writes this node did not hold
+        // (the cluster simulator's run 7212). Acknowledgements of older
+        // epochs release nothing anyway: their tickets ended with them.
+        if durable.0 != backup.epoch {
+            return;
+        }
         if backup.acked_sent.is_some_and(|a| a >= durable.1) {
             return;
         }

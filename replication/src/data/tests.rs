@@ -2563,3 +2563,60 @@ fn entries_appended_during_a_read_bridge_the_backup_to_streaming() {
         vec![send(2, entries_msg(1, Some(pt(1, 8)), vec![wire(1, 9)]))]
     );
 }
+
+/// The cluster simulator's run 7212: after a handover, a write this node
+/// took as the previous active replica landed in its log as (1, 5) — at a
+/// seq the new primary used for (2, 5). Its durable position (1, 5) sorts
+/// below the primary's (2, 5), and acknowledging seq 5 in epoch 2 let the
+/// primary release a write this node never held.
+#[test]
+fn a_backup_acknowledges_only_entries_of_the_current_epoch() {
+    let mut dp = DataPlane::new(2, TIMEOUT);
+    dp.on_metadata(
+        &rs(Some(1), 2, &[(1, 1), (2, 4)], &[1, 2, 3]),
+        Some(pos(1, 3)),
+        0,
+    );
+    drain(&mut dp);
+    dp.on_message(
+        1,
+        entries_msg(2, Some(pt(1, 3)), vec![wire(2, 4), wire(2, 5)]),
+        0,
+    );
+    let out = drain(&mut dp);
+    assert!(
+        out.iter().any(|o| matches!(o, DataOutput::Apply { .. })),
+        "{out:?}"
+    );
+    // The old write lands first: the store's last entry is (1, 4), durable.
+    dp.on_local_durable(&[pos(1, 4)]);
+    let acks: Vec<DataOutput> = drain(&mut dp)
+        .into_iter()
+        .filter(|o| {
+            matches!(
+                o,
+                DataOutput::Send {
+                    msg: DataMessage::Ack { .. },
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(acks, vec![], "an entry of epoch 1 acknowledged in epoch 2");
+    // Entries of the current epoch are acknowledged.
+    let mut dp = DataPlane::new(2, TIMEOUT);
+    dp.on_metadata(
+        &rs(Some(1), 2, &[(1, 1), (2, 4)], &[1, 2, 3]),
+        Some(pos(1, 3)),
+        0,
+    );
+    drain(&mut dp);
+    dp.on_message(
+        1,
+        entries_msg(2, Some(pt(1, 3)), vec![wire(2, 4), wire(2, 5)]),
+        0,
+    );
+    drain(&mut dp);
+    dp.on_replica_durable(pos(2, 5));
+    assert_eq!(drain(&mut dp), vec![send(1, ack_msg(2, 5))]);
+}
