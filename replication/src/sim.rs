@@ -1822,10 +1822,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
 ///   taken landed in its log as an entry of the old epoch at a seq the new
 ///   primary used in the new epoch; as a backup it acknowledged that seq in
 ///   the new epoch, and the primary released a write it did not hold
-///   (a backup now acknowledges only entries of the current epoch).
+///   (a backup now acknowledges only entries of the current epoch);
+/// - 3796: a duplicated first part of a snapshot stream, arriving after the
+///   backup had installed that snapshot, caught up and joined the in-sync
+///   set, emptied its replica (the CatchUp it answered counted as still
+///   open); ActiveReplicaSet then named it and the checkpoint's writes were
+///   lost (a CatchUp is closed once a snapshot or entries answered it).
 #[test]
 fn cluster_sim_regression_seeds() {
-    for n in [93, 94, 101, 2890, 3212, 7212] {
+    for n in [93, 94, 101, 2890, 3212, 7212, 3796] {
         let _replay = Replay(n);
         run(sim_seed(n));
     }

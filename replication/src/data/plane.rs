@@ -1697,6 +1697,9 @@ impl DataPlane {
         backup.synced = true;
         backup.catch_up_sent_ms = None;
         if let Some(last) = accepted.last() {
+            // Entries past the CatchUp's position answer it: a snapshot
+            // stream answering it would discard them.
+            backup.asked = None;
             backup.last = Some((last.epoch, last.seq));
             self.outputs.push(DataOutput::Apply {
                 instance,
@@ -1799,6 +1802,10 @@ impl DataPlane {
             backup.floor = Some(last);
             backup.synced = true;
             backup.catch_up_sent_ms = None;
+            // That CatchUp is answered: a stream answering it again (a
+            // duplicated or late first part) would discard what we hold
+            // now (the cluster simulator's run 3796).
+            backup.asked = None;
         } else {
             backup.installing = Some((last, index.saturating_add(1)));
         }

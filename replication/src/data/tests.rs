@@ -2620,3 +2620,41 @@ fn a_backup_acknowledges_only_entries_of_the_current_epoch() {
     dp.on_replica_durable(pos(2, 5));
     assert_eq!(drain(&mut dp), vec![send(1, ack_msg(2, 5))]);
 }
+
+/// The cluster simulator's run 3796: the network delivered the first part
+/// of a snapshot stream twice, the second time after the backup had
+/// installed that snapshot and taken the entries after it. Installing it
+/// again would have emptied a replica about to join the in-sync set.
+#[test]
+fn a_snapshot_part_answering_a_catch_up_already_answered_is_ignored() {
+    // A backup out of the in-sync set, which asked to catch up from (1, 3).
+    let mut b = DataPlane::new(2, TIMEOUT);
+    b.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 3]), Some(pos(1, 3)), 0);
+    drain(&mut b);
+    let part = |index: u64, done: bool| DataMessage::SnapshotPart {
+        instance: I,
+        epoch: Epoch(1),
+        last: pt(1, 5),
+        answers: Some(pt(1, 3)),
+        index,
+        done,
+        bytes: vec![index as u8],
+    };
+    b.on_message(1, part(0, false), 0);
+    b.on_message(1, part(1, true), 0);
+    let applied = drain(&mut b)
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::ApplySnapshotPart { .. }))
+        .count();
+    assert_eq!(applied, 2);
+    b.on_replica_durable(pos(1, 5));
+    b.on_message(1, entries_msg(1, Some(pt(1, 5)), vec![wire(1, 6)]), 0);
+    drain(&mut b);
+    // The first part again (duplicated, or late): ignored.
+    b.on_message(1, part(0, false), 0);
+    let again: Vec<DataOutput> = drain(&mut b)
+        .into_iter()
+        .filter(|o| matches!(o, DataOutput::ApplySnapshotPart { .. }))
+        .collect();
+    assert_eq!(again, vec![], "a stale stream would empty the replica");
+}
