@@ -495,7 +495,7 @@ impl Node {
             if !outputs.is_empty() {
                 progressed = true;
                 for output in outputs {
-                    self.execute(output, now);
+                    self.execute(output);
                 }
             }
             if !progressed {
@@ -711,7 +711,7 @@ impl Node {
         self.dp.on_replica_failed(instance, held, now);
     }
 
-    fn execute(&mut self, output: DataOutput, now: u64) {
+    fn execute(&mut self, output: DataOutput) {
         match output {
             DataOutput::Send { to, msg } => {
                 self.outbox
@@ -788,7 +788,6 @@ impl Node {
             }
             DataOutput::HoldWal(_) => {}
         }
-        let _ = now;
     }
 
     // ---- the store ----
@@ -1286,15 +1285,13 @@ impl Sim {
     }
 
     /// Runs `f` on node `id` at its local time, then collects its output.
-    fn on_node(&mut self, id: NodeId, f: impl FnOnce(&mut Node, u64, &mut u64)) {
+    fn on_node(&mut self, id: NodeId, f: impl FnOnce(&mut Node, u64)) {
         let now = self.local(id);
-        let mut next_id = self.next_id;
         let node = self.nodes.get_mut(&id).unwrap();
         if !node.up {
             return;
         }
-        f(node, now, &mut next_id);
-        self.next_id = next_id;
+        f(node, now);
         self.collect(id);
     }
 
@@ -1307,7 +1304,7 @@ impl Sim {
             if self.cut.contains(&(from, to)) || !self.nodes[&to].up {
                 continue;
             }
-            self.on_node(to, |node, now, _| {
+            self.on_node(to, |node, now| {
                 match wire {
                     Wire::Control(bytes) => {
                         let msg = ControlMessage::decode(&bytes).unwrap();
@@ -1335,18 +1332,18 @@ impl Sim {
             while self.nodes[&id].next_tick <= local {
                 let node = self.nodes.get_mut(&id).unwrap();
                 node.next_tick += TICK_MS;
-                self.on_node(id, |node, now, _| node.tick(now));
+                self.on_node(id, |node, now| node.tick(now));
             }
             // The store and reader threads run at their own pace.
             let progress = if self.chaos { 500 } else { 900 };
             while self.rng.chance(progress) && !self.nodes[&id].writer.is_empty() {
-                self.on_node(id, |node, now, _| node.store_step(now));
+                self.on_node(id, |node, now| node.store_step(now));
             }
             while self.rng.chance(progress) && !self.nodes[&id].reader.is_empty() {
-                self.on_node(id, |node, now, _| node.read_step(now));
+                self.on_node(id, |node, now| node.read_step(now));
             }
             if self.rng.chance(if self.chaos { 300 } else { 900 }) {
-                self.on_node(id, |node, now, _| node.fsync(now));
+                self.on_node(id, |node, now| node.fsync(now));
             }
         }
         if self.chaos {
@@ -1412,7 +1409,7 @@ impl Sim {
                 self.next_id += 1;
                 self.stats.writes += 1;
                 let need = Need::for_flags(meta.attributes.creation_flags);
-                self.on_node(active, |node, now, _| {
+                self.on_node(active, |node, now| {
                     if node.writable(meta.instance, now).is_err() {
                         return;
                     }
@@ -1488,7 +1485,7 @@ impl Sim {
                     max_section_size: 1 << 18,
                     max_section_id_size: 16,
                 };
-                self.on_node(via, |node, now, _| {
+                self.on_node(via, |node, now| {
                     let _ = node.cp.propose(Command::Create {
                         name,
                         attributes,
@@ -1504,7 +1501,7 @@ impl Sim {
                     return;
                 };
                 self.stats.deletes += 1;
-                self.on_node(via, |node, now, _| {
+                self.on_node(via, |node, now| {
                     let _ = node.cp.propose(Command::Unlink {
                         name: meta.name.clone(),
                     });
@@ -1526,7 +1523,7 @@ impl Sim {
                     return;
                 };
                 self.stats.set_actives += 1;
-                self.on_node(via, |node, now, _| {
+                self.on_node(via, |node, now| {
                     let _ = node.cp.propose(Command::SetActive {
                         instance: meta.instance,
                         node: to,
@@ -1741,7 +1738,7 @@ fn run(seed: u64) -> Stats {
         expected.push((meta.instance, id));
         let need = Need::for_flags(meta.attributes.creation_flags);
         let instance = meta.instance;
-        sim.on_node(active, |node, now, _| {
+        sim.on_node(active, |node, now| {
             assert!(
                 node.writable(instance, now).is_ok(),
                 "not writable after healing"

@@ -1424,18 +1424,23 @@ impl View<'_> {
     /// # Errors
     /// RocksDB errors, undecodable metadata.
     pub fn instance(&self, instance: InstanceId) -> CkptResult<Option<InstanceMeta>> {
-        let key = keys::instance(instance);
-        let value = self.db.get_merged(
+        self.meta_value(&keys::instance(instance))?
+            .map(|v| decode_instance(&v))
+            .transpose()
+    }
+
+    /// A metadata value at `key` as this view sees it.
+    fn meta_value(&self, key: &[u8]) -> CkptResult<Option<Vec<u8>>> {
+        self.db.get_merged(
             Family::Meta,
-            &key,
+            key,
             || {
                 self.db
                     .db
-                    .get_cf_opt(&self.db.meta, &key, &self.read_options())
+                    .get_cf_opt(&self.db.meta, key, &self.read_options())
             },
             "reading metadata",
-        )?;
-        value.map(|v| decode_instance(&v)).transpose()
+        )
     }
 
     /// A section's metadata.
@@ -1443,18 +1448,9 @@ impl View<'_> {
     /// # Errors
     /// RocksDB errors, undecodable metadata.
     pub fn section(&self, instance: InstanceId, id: &SectionId) -> CkptResult<Option<SectionMeta>> {
-        let key = keys::section(instance, id);
-        let value = self.db.get_merged(
-            Family::Meta,
-            &key,
-            || {
-                self.db
-                    .db
-                    .get_cf_opt(&self.db.meta, &key, &self.read_options())
-            },
-            "reading metadata",
-        )?;
-        value.map(|v| decode_section(&v)).transpose()
+        self.meta_value(&keys::section(instance, id))?
+            .map(|v| decode_section(&v))
+            .transpose()
     }
 
     /// Every section of an instance, in id order.

@@ -50,7 +50,8 @@ use crate::state::{
     stale_error, Backing, Committed, Effect, InstanceMeta, Op, Outcome, SectionMeta, StateMachine,
 };
 use crate::wal::history::{
-    instance_records_after, records_after_hinted, records_after_many, InstanceHistory,
+    instance_records_after, records_after_hinted, records_after_many, segments_upto,
+    InstanceHistory,
 };
 use crate::wal::mark;
 use crate::wal::record::{
@@ -987,17 +988,27 @@ impl Store {
         }
         drop(view);
         let upto = Lsn(self.shared.applied.load(Ordering::Acquire));
+        // Listed once for every hinted read of the batch.
+        let mut segments: Option<Vec<(Lsn, String)>> = None;
         for (read, answer) in reads.iter().zip(&answers) {
             let mut history = None;
             if let (None, Some(at_lsn)) = (answer, read.after_lsn) {
-                match records_after_hinted(
-                    self.wal_fs.as_ref(),
-                    read.instance,
-                    read.seq,
-                    at_lsn,
-                    upto,
-                    read.max_bytes,
-                ) {
+                let listed = match &mut segments {
+                    Some(listed) => Ok(&*listed),
+                    None => segments_upto(self.wal_fs.as_ref(), upto)
+                        .map(|listed| &*segments.insert(listed)),
+                };
+                match listed.and_then(|listed| {
+                    records_after_hinted(
+                        self.wal_fs.as_ref(),
+                        listed,
+                        read.instance,
+                        read.seq,
+                        at_lsn,
+                        upto,
+                        read.max_bytes,
+                    )
+                }) {
                     Ok(found) => history = found,
                     Err(e) => {
                         tracing::debug!(error = %e, "a hinted log read failed; reading back instead")

@@ -154,8 +154,6 @@ struct Peer {
     acked: Option<Seq>,
     /// When it last acknowledged progress, or fell behind after being caught up.
     progress_ms: u64,
-    /// Lsn of the last entry a WAL read returned for it.
-    read_lsn: Option<Lsn>,
     /// Entries read from the WAL and sent, not yet acknowledged: (last seq
     /// of a message, its bytes). Reading pauses while they exceed the bound.
     read_inflight: VecDeque<(Seq, u64)>,
@@ -180,8 +178,9 @@ struct Peer {
     /// It sent a message of this epoch: it applied the metadata that
     /// started it (and so no longer acts as an earlier epoch's primary).
     heard: bool,
-    /// The last entry a WAL read returned for it and its lsn (a hint for
-    /// the next read, see [`DataOutput::ReadEntries`]).
+    /// The last entry a WAL read returned for it and its lsn: where the log
+    /// must be held for it, and a hint for the next read (see
+    /// [`DataOutput::ReadEntries`]).
     read_at: Option<((Epoch, Seq), Lsn)>,
     /// Entries appended since the read under way was asked for, kept for
     /// it (while `Some`, at most `read_bytes_max` bytes): when the read
@@ -204,7 +203,6 @@ impl Peer {
 
     /// Forgets any read or snapshot under way.
     fn reset_read(&mut self) {
-        self.read_lsn = None;
         self.read_at = None;
         self.tail = None;
         self.tail_bytes = 0;
@@ -219,7 +217,6 @@ impl Peer {
             sent: None,
             acked: None,
             progress_ms: now_ms,
-            read_lsn: None,
             read_inflight: VecDeque::new(),
             read_paused: false,
             snapshot_part: None,
@@ -997,7 +994,6 @@ impl DataPlane {
         let mut fresh = fresh;
         if let Some(last) = fresh.last() {
             peer.sent = Some((last.epoch, last.seq));
-            peer.read_lsn = Some(last.lsn);
             peer.read_at = Some(((last.epoch, last.seq), last.lsn));
         }
         // The entries appended while the read ran, if they continue it up
@@ -2066,7 +2062,7 @@ impl DataPlane {
                 } else {
                     primary.window_after(acked).map(|(_, lsn, _)| lsn)
                 };
-                let needed = match (needed, peer.read_lsn) {
+                let needed = match (needed, peer.read_at.map(|(_, lsn)| lsn)) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };

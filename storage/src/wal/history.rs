@@ -70,14 +70,9 @@ pub fn records_after_many(
     for (i, (instance, _)) in wants.iter().enumerate() {
         by_instance.entry(*instance).or_default().push(i);
     }
-    let mut segments: Vec<(Lsn, String)> = fs
-        .list()?
-        .into_iter()
-        .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
-        .filter(|(first, _)| *first <= upto)
-        .collect();
+    let mut segments = segments_upto(fs, upto)?;
     // Newest first: the records wanted are the most recent ones.
-    segments.sort_by_key(|(first, _)| std::cmp::Reverse(*first));
+    segments.reverse();
     // Per want: newest segment first, each segment's records in log order.
     let mut found: Vec<Vec<Vec<Record>>> = vec![Vec::new(); wants.len()];
     let mut reached_back = vec![false; wants.len()];
@@ -146,7 +141,8 @@ pub fn records_after_many(
 /// than `max_bytes` of entries: a replica catching up pays for what it is
 /// sent, not for the whole log written since its position, each read.
 ///
-/// `Ok(None)` when the hint does not hold — the segment is gone, the record
+/// `segments` is [`segments_upto`]`(fs, upto)` (listed once for a batch of
+/// reads). `Ok(None)` when the hint does not hold — the segment is gone, the record
 /// at `at_lsn` is not `(instance, after)`, or a later record of the
 /// instance is at `after` or below (a discard or a snapshot install
 /// rewrote its history) — and the caller reads back with
@@ -157,6 +153,7 @@ pub fn records_after_many(
 /// IO errors listing the directory or reading a segment that exists.
 pub fn records_after_hinted(
     fs: &dyn WalFs,
+    segments: &[(Lsn, String)],
     instance: InstanceId,
     after: Seq,
     at_lsn: Lsn,
@@ -166,13 +163,6 @@ pub fn records_after_hinted(
     if at_lsn > upto || after.0 == 0 {
         return Ok(None);
     }
-    let mut segments: Vec<(Lsn, String)> = fs
-        .list()?
-        .into_iter()
-        .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
-        .filter(|(first, _)| *first <= upto)
-        .collect();
-    segments.sort_by_key(|(first, _)| *first);
     let Some(start) = segments.iter().rposition(|(first, _)| *first <= at_lsn) else {
         return Ok(None);
     };
@@ -211,6 +201,22 @@ pub fn records_after_hinted(
         }
     }
     Ok(history.at_after.is_some().then_some(history))
+}
+
+/// The log's segments whose first record is at or before `upto`, oldest
+/// first: `(first lsn, file name)`.
+///
+/// # Errors
+/// IO errors listing the directory.
+pub fn segments_upto(fs: &dyn WalFs, upto: Lsn) -> io::Result<Vec<(Lsn, String)>> {
+    let mut segments: Vec<(Lsn, String)> = fs
+        .list()?
+        .into_iter()
+        .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
+        .filter(|(first, _)| *first <= upto)
+        .collect();
+    segments.sort_by_key(|(first, _)| *first);
+    Ok(segments)
 }
 
 #[cfg(test)]
@@ -271,9 +277,17 @@ mod tests {
         let at = back[0].at_after.clone().unwrap();
         assert_eq!(at.entry.seq, Seq(10));
         let one = record(1, 1, 1).entry.encoded_len() as u64;
-        let hinted = records_after_hinted(&fs, InstanceId(1), Seq(10), at.lsn, upto, 3 * one)
-            .unwrap()
-            .expect("the hint holds");
+        let hinted = records_after_hinted(
+            &fs,
+            &segments_upto(&fs, upto).unwrap(),
+            InstanceId(1),
+            Seq(10),
+            at.lsn,
+            upto,
+            3 * one,
+        )
+        .unwrap()
+        .expect("the hint holds");
         assert_eq!(seqs(&hinted), vec![11, 12, 13]);
         assert_eq!(hinted.at_after.as_ref().map(|r| r.lsn), Some(at.lsn));
         // The same records as reading back, which read the whole log after it.
@@ -285,9 +299,17 @@ mod tests {
             back[0].bytes_read
         );
         // Everything up to `upto` when max_bytes is large.
-        let all = records_after_hinted(&fs, InstanceId(1), Seq(10), at.lsn, upto, u64::MAX)
-            .unwrap()
-            .unwrap();
+        let all = records_after_hinted(
+            &fs,
+            &segments_upto(&fs, upto).unwrap(),
+            InstanceId(1),
+            Seq(10),
+            at.lsn,
+            upto,
+            u64::MAX,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(seqs(&all), (11..=200).collect::<Vec<_>>());
     }
 
@@ -303,29 +325,53 @@ mod tests {
             .unwrap();
         // Another record at that lsn (instance 2's), another seq, past upto.
         let other = Lsn(at.lsn.0 + 1);
-        assert!(
-            records_after_hinted(&fs, InstanceId(1), Seq(10), other, upto, 100)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            records_after_hinted(&fs, InstanceId(1), Seq(9), at.lsn, upto, 100)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            records_after_hinted(&fs, InstanceId(1), Seq(10), at.lsn, Lsn(at.lsn.0 - 1), 100)
-                .unwrap()
-                .is_none()
-        );
+        assert!(records_after_hinted(
+            &fs,
+            &segments_upto(&fs, upto).unwrap(),
+            InstanceId(1),
+            Seq(10),
+            other,
+            upto,
+            100
+        )
+        .unwrap()
+        .is_none());
+        assert!(records_after_hinted(
+            &fs,
+            &segments_upto(&fs, upto).unwrap(),
+            InstanceId(1),
+            Seq(9),
+            at.lsn,
+            upto,
+            100
+        )
+        .unwrap()
+        .is_none());
+        assert!(records_after_hinted(
+            &fs,
+            &segments_upto(&fs, upto).unwrap(),
+            InstanceId(1),
+            Seq(10),
+            at.lsn,
+            Lsn(at.lsn.0 - 1),
+            100
+        )
+        .unwrap()
+        .is_none());
         // Its segment trimmed.
         let first = (at.lsn.0 - 1) / 10 * 10 + 1;
         fs.remove(&segment_name(Lsn(first))).unwrap();
-        assert!(
-            records_after_hinted(&fs, InstanceId(1), Seq(10), at.lsn, upto, 100)
-                .unwrap()
-                .is_none()
-        );
+        assert!(records_after_hinted(
+            &fs,
+            &segments_upto(&fs, upto).unwrap(),
+            InstanceId(1),
+            Seq(10),
+            at.lsn,
+            upto,
+            100
+        )
+        .unwrap()
+        .is_none());
     }
 
     #[test]
