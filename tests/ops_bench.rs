@@ -284,3 +284,76 @@ async fn ctrl_c_stops_the_bench_and_still_removes_its_checkpoint() {
     assert_eq!(report["removed"].as_array().unwrap().len(), 1, "{report}");
     assert_eq!(names(&client).await, Vec::<String>::new());
 }
+
+/// `--op read` reads back each client's own section, `--mix R:W`
+/// interleaves reads and writes (every read checked against the client's
+/// last acknowledged write), and `--server-pid` reports the server's CPU
+/// time per operation (issue #11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_and_mixed_benches_report_server_cpu_per_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let pid = server.pid().to_string();
+
+    let (output, report) = bench(
+        &server.addr,
+        &["--clients", "3", "--op", "read", "--server-pid", &pid],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let report = report.unwrap();
+    assert_eq!(report["op"], "read", "{report}");
+    let ops = report["ops"].as_u64().unwrap();
+    assert!(ops > 0, "{report}");
+    assert_eq!(report["reads"].as_u64().unwrap(), ops, "{report}");
+    assert_eq!(report["writes"], 0, "{report}");
+    assert!(report["server_cpu_s"].as_f64().unwrap() >= 0.0, "{report}");
+    assert!(report["server_cpu_us_per_op"].is_number(), "{report}");
+
+    let (output, report) = bench(
+        &server.addr,
+        &["--clients", "2", "--mix", "3:1", "--server-pid", &pid],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let report = report.unwrap();
+    assert_eq!(report["op"], "mix 3:1", "{report}");
+    let (reads, writes) = (
+        report["reads"].as_u64().unwrap(),
+        report["writes"].as_u64().unwrap(),
+    );
+    assert!(writes > 0 && reads >= 2 * writes, "{report}");
+    assert!(report["read_p99_us"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["write_p99_us"].as_f64().unwrap() > 0.0, "{report}");
+
+    // The human summary says what ran.
+    let output = tool(&[
+        "bench",
+        "--addr",
+        &server.addr,
+        "--duration",
+        "0.2s",
+        "--clients",
+        "1",
+        "--mix",
+        "1:1",
+        "--server-pid",
+        &pid,
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        summary.contains("reads,") && summary.contains("writes)"),
+        "{summary}"
+    );
+    assert!(summary.contains("server CPU:"), "{summary}");
+
+    // A pid that is no server's is refused before anything runs.
+    let (output, _) = bench(&server.addr, &["--server-pid", "4194305"]);
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    let client = Client::connect(&server.addr).await.unwrap();
+    assert_eq!(names(&client).await, Vec::<String>::new());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--server-pid 4194305"),
+        "{}",
+        text(&output)
+    );
+}

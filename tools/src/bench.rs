@@ -85,10 +85,25 @@ pub struct BenchReport {
     pub mode: String,
     /// `--all-safe`.
     pub all_safe: bool,
-    /// Acknowledged writes.
+    /// What the clients did: `write`, `read`, `mix R:W`, `open`.
+    pub op: String,
+    /// Acknowledged operations (reads and writes; creations for `open`).
     pub ops: u64,
-    /// Acknowledged writes per second of the write phase.
+    /// Acknowledged operations per second of the timed phase.
     pub ops_per_s: f64,
+    /// Of `ops`, the reads (each checked against the last write).
+    pub reads: u64,
+    /// Of `ops`, the writes.
+    pub writes: u64,
+    /// 99th percentile of the reads alone, µs (when there were reads).
+    pub read_p99_us: Option<f64>,
+    /// 99th percentile of the writes alone, µs (when the run mixed them).
+    pub write_p99_us: Option<f64>,
+    /// CPU time (user + system) of the `--server-pid` processes during
+    /// the timed phase, s.
+    pub server_cpu_s: Option<f64>,
+    /// `server_cpu_s` per acknowledged operation, µs.
+    pub server_cpu_us_per_op: Option<f64>,
     /// Writes answered `TRY_AGAIN` and retried.
     pub retries: u64,
     /// Failed attempts by error name (`CL_ERR_TRY_AGAIN`, ...; for etcd
@@ -96,7 +111,7 @@ pub struct BenchReport {
     pub errors: BTreeMap<String, u64>,
     /// Times a client reconnected after losing its connection.
     pub reconnects: u64,
-    /// Latency quantiles of acknowledged writes, µs.
+    /// Latency quantiles of acknowledged operations, µs.
     pub p50_us: f64,
     /// 99th percentile, µs.
     pub p99_us: f64,
@@ -130,11 +145,30 @@ impl BenchReport {
                 .collect();
             errors.join(", ")
         };
+        let done = match self.op.as_str() {
+            "write" => format!("acknowledged {} writes", self.ops),
+            "read" => format!("read back {} values", self.ops),
+            "open" => format!("created {} checkpoints", self.ops),
+            _ => format!(
+                "completed {} ops ({} reads, {} writes)",
+                self.ops, self.reads, self.writes
+            ),
+        };
+        let mut split = String::new();
+        if let (Some(read), Some(write)) = (self.read_p99_us, self.write_p99_us) {
+            split = format!("  (reads p99 {read:.1}, writes p99 {write:.1})");
+        }
+        let cpu = match (self.server_cpu_s, self.server_cpu_us_per_op) {
+            (Some(total), Some(per_op)) => {
+                format!("server CPU: {total:.2} s, {per_op:.1} us per op\n")
+            }
+            _ => String::new(),
+        };
         format!(
             "bench: {} clients ({} ran), {:.1} s, {}-byte values, mode {}{}, {} {}{}\n\
-             acknowledged {} writes in {:.2} s: {:.1} ops/s ({} retried after TRY_AGAIN)\n\
-             latency us: p50 {:.1}  p99 {:.1}  p999 {:.1}  max {:.1}\n\
-             errors: {errors}; {} reconnects\n{}",
+             {done} in {:.2} s: {:.1} ops/s ({} retried after TRY_AGAIN)\n\
+             latency us: p50 {:.1}  p99 {:.1}  p999 {:.1}  max {:.1}{split}\n\
+             {cpu}errors: {errors}; {} reconnects\n{}",
             self.clients,
             self.clients_running,
             self.duration_s,
@@ -152,7 +186,6 @@ impl BenchReport {
             } else {
                 String::new()
             },
-            self.ops,
             self.elapsed_s,
             self.ops_per_s,
             self.retries,
@@ -495,6 +528,9 @@ struct Worker {
     checkpoint: Checkpoint,
     /// The next counter to write.
     counter: u64,
+    /// The last value this client wrote and had acknowledged (empty until
+    /// it wrote one): what its reads must return.
+    value: Vec<u8>,
 }
 
 /// The counter after `stored`, or 1 for a section without one.
@@ -573,6 +609,7 @@ async fn set_up_worker(
         section,
         checkpoint,
         counter,
+        value: Vec::new(),
     })
 }
 
@@ -580,7 +617,10 @@ async fn set_up_worker(
 #[derive(Default)]
 struct WorkerOutcome {
     latency_ns: Histogram,
+    read_latency_ns: Histogram,
+    write_latency_ns: Histogram,
     ops: u64,
+    reads: u64,
     retries: u64,
     reconnects: u64,
     /// Failed attempts by error name.
@@ -611,8 +651,51 @@ pub fn after_error(error: &ClientError) -> AfterError {
     }
 }
 
-async fn write_loop(
+/// Writes the worker's section once with its next counter (untimed), so
+/// that its reads have a value to read back.
+async fn prime(
+    worker: &mut Worker,
+    value_size: usize,
+    recorder: Option<&Recorder>,
+) -> Result<(), ClientError> {
+    let mut value = vec![0u8; value_size];
+    fill_value(
+        &worker.checkpoint_text,
+        &worker.section_text,
+        worker.counter,
+        &mut value,
+    );
+    worker
+        .checkpoint
+        .section_overwrite(&worker.section, value.clone())
+        .await?;
+    if let Some(recorder) = recorder {
+        recorder.append(
+            &worker.checkpoint_text,
+            &worker.section_text,
+            worker.counter,
+            value.len() as u64,
+        )?;
+    }
+    worker.counter = worker
+        .counter
+        .checked_add(1)
+        .ok_or_else(|| ClientError::new(ErrorCode::OutOfRange, "the counter reached u64::MAX"))?;
+    worker.value = value;
+    Ok(())
+}
+
+/// Whether op `index` of a client's loop is a read under `mix` (R reads,
+/// then W writes, over and over).
+pub fn is_read(mix: (u32, u32), index: u64) -> bool {
+    let period = u64::from(mix.0) + u64::from(mix.1);
+    index % period < u64::from(mix.0)
+}
+
+/// One client's timed loop: reads and writes of its own section per `mix`.
+async fn op_loop(
     mut worker: Worker,
+    mix: (u32, u32),
     value_size: usize,
     deadline: Instant,
     stop: watch::Sender<bool>,
@@ -621,29 +704,65 @@ async fn write_loop(
 ) -> WorkerOutcome {
     let mut outcome = WorkerOutcome::default();
     // Every byte derives from the checkpoint, section, counter and size, so
-    // `check-acked` can tell a wrong body from the right one.
+    // `check-acked` can tell a wrong body from the right one. `worker.value`
+    // is the last acknowledged write, what a read must return.
     let mut value = vec![0u8; value_size];
+    let whole = vec![ReadElement {
+        section_id: worker.section.clone(),
+        offset: 0,
+        size: None,
+    }];
     let stopped = stop.subscribe();
+    let mut index = 0u64;
     while Instant::now() < deadline && !*stopped.borrow() {
-        fill_value(
-            &worker.checkpoint_text,
-            &worker.section_text,
-            worker.counter,
-            &mut value,
-        );
+        let reading = is_read(mix, index);
         let started = Instant::now();
-        let result = worker
-            .checkpoint
-            .section_overwrite(&worker.section, value.clone())
-            .await;
+        let result = if reading {
+            match worker.checkpoint.read(whole.clone()).await {
+                Ok(data) if data.len() == 1 && data[0] == worker.value => Ok(()),
+                Ok(data) => {
+                    outcome.error = Some(ClientError::new(
+                        ErrorCode::FailedOperation,
+                        format!(
+                            "a read of section {} returned {} bytes that are not its last acknowledged write ({} bytes, counter {})",
+                            worker.section_text,
+                            data.first().map_or(0, Vec::len),
+                            worker.value.len(),
+                            worker.counter.saturating_sub(1),
+                        ),
+                    ));
+                    let _ = stop.send(true);
+                    break;
+                }
+                Err(error) => Err(error),
+            }
+        } else {
+            fill_value(
+                &worker.checkpoint_text,
+                &worker.section_text,
+                worker.counter,
+                &mut value,
+            );
+            worker
+                .checkpoint
+                .section_overwrite(&worker.section, value.clone())
+                .await
+        };
         let latency_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let error = match result {
             Ok(()) => {
                 outcome.latency_ns.record(latency_ns);
                 outcome.ops += 1;
+                index += 1;
                 if let Some(live) = &live {
                     live.acked(latency_ns);
                 }
+                if reading {
+                    outcome.reads += 1;
+                    outcome.read_latency_ns.record(latency_ns);
+                    continue;
+                }
+                outcome.write_latency_ns.record(latency_ns);
                 // Recorded only now that the server acknowledged it: a
                 // failed write, or one whose outcome is unknown, never is.
                 if let Some(recorder) = &recorder {
@@ -660,6 +779,7 @@ async fn write_loop(
                         break;
                     }
                 }
+                std::mem::swap(&mut worker.value, &mut value);
                 let Some(next) = worker.counter.checked_add(1) else {
                     outcome.error = Some(ClientError::new(
                         ErrorCode::OutOfRange,
@@ -668,6 +788,9 @@ async fn write_loop(
                     break;
                 };
                 worker.counter = next;
+                if value.len() != value_size {
+                    value = vec![0u8; value_size];
+                }
                 continue;
             }
             Err(error) => error,
@@ -736,6 +859,8 @@ pub async fn run(
     addr: &str,
     args: &BenchArgs,
 ) -> Result<BenchReport, (Option<BenchReport>, ClientError)> {
+    // A --server-pid that names no process is refused before anything runs.
+    CpuMeter::start(args).map_err(|e| (None, e))?;
     if args.target == BenchTarget::Etcd {
         return run_etcd(args).await;
     }
@@ -844,6 +969,27 @@ pub async fn run(
     result
 }
 
+/// The reads and writes of a client's loop: `--mix`, else `--op`.
+pub fn loop_mix(args: &BenchArgs) -> (u32, u32) {
+    match (args.mix, args.op) {
+        (Some(mix), _) => mix,
+        (None, BenchOp::Read) => (1, 0),
+        (None, _) => (0, 1),
+    }
+}
+
+/// The report's name for what the clients did.
+pub fn op_name(args: &BenchArgs) -> String {
+    match (args.mix, args.op) {
+        (Some((0, _)), _) => "write".to_string(),
+        (Some((_, 0)), _) => "read".to_string(),
+        (Some((r, w)), _) => format!("mix {r}:{w}"),
+        (None, BenchOp::Read) => "read".to_string(),
+        (None, BenchOp::Write) => "write".to_string(),
+        (None, BenchOp::Open) => "open".to_string(),
+    }
+}
+
 /// Sets up the clients of a run on its checkpoints `names`, runs the timed
 /// loop and reports.
 async fn write_phase(
@@ -877,18 +1023,47 @@ async fn write_phase(
             format!("no client could start ({first})"),
         )));
     }
+    let mix = loop_mix(args);
+    if mix.0 > 0 {
+        // Something to read back: one write per client before the clock.
+        let primed = futures::future::join_all(
+            workers
+                .iter_mut()
+                .map(|worker| prime(worker, value_size, recorder.as_deref())),
+        )
+        .await;
+        let mut kept = Vec::new();
+        for (worker, primed) in workers.into_iter().zip(primed) {
+            match primed {
+                Ok(()) => kept.push(worker),
+                Err(error) => {
+                    client_errors.push(format!("{}: first write: {error}", worker.section_text))
+                }
+            }
+        }
+        workers = kept;
+        if workers.is_empty() {
+            let first = client_errors.first().cloned().unwrap_or_default();
+            return Err(fail(ClientError::new(
+                ErrorCode::FailedOperation,
+                format!("no client could write its first value ({first})"),
+            )));
+        }
+    }
     let clients_running = workers.len() as u32;
 
     let live = Live::start();
 
+    let cpu = CpuMeter::start(args).map_err(fail)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let tasks: Vec<_> = workers
         .into_iter()
         .map(|worker| {
             let section = worker.section_text.clone();
-            let task = tokio::spawn(write_loop(
+            let task = tokio::spawn(op_loop(
                 worker,
+                mix,
                 value_size,
                 deadline,
                 stop.clone(),
@@ -899,7 +1074,9 @@ async fn write_phase(
         })
         .collect();
     let mut latency_ns = Histogram::default();
-    let (mut ops, mut retries, mut reconnects) = (0, 0, 0);
+    let mut read_latency_ns = Histogram::default();
+    let mut write_latency_ns = Histogram::default();
+    let (mut ops, mut reads, mut retries, mut reconnects) = (0, 0, 0, 0);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut record_error = None;
     for (section, task) in tasks {
@@ -911,7 +1088,10 @@ async fn write_phase(
             }
         };
         latency_ns.merge(&outcome.latency_ns);
+        read_latency_ns.merge(&outcome.read_latency_ns);
+        write_latency_ns.merge(&outcome.write_latency_ns);
         ops += outcome.ops;
+        reads += outcome.reads;
         retries += outcome.retries;
         reconnects += outcome.reconnects;
         for (name, count) in outcome.errors {
@@ -947,8 +1127,15 @@ async fn write_phase(
         value_size: args.value_size,
         mode: args.mode.name().to_string(),
         all_safe: args.all_safe,
+        op: op_name(args),
         ops,
         ops_per_s: per_second(ops, elapsed_s),
+        reads,
+        writes: ops - reads,
+        read_p99_us: (reads > 0).then(|| us(read_latency_ns.quantile(0.99))),
+        write_p99_us: (reads > 0 && reads < ops).then(|| us(write_latency_ns.quantile(0.99))),
+        server_cpu_s: None,
+        server_cpu_us_per_op: None,
         retries,
         errors,
         reconnects,
@@ -962,6 +1149,8 @@ async fn write_phase(
         removed: Vec::new(),
         kept: Vec::new(),
     };
+    let mut report = report;
+    add_cpu(&mut report, cpu.as_ref());
     if let Some(error) = record_error {
         return Err((Some(report), error));
     }
@@ -973,7 +1162,7 @@ async fn write_phase(
             .unwrap_or_else(|| "none".to_string());
         let error = ClientError::new(
             ErrorCode::FailedOperation,
-            format!("no write was acknowledged (first error: {first})"),
+            format!("no operation was acknowledged (first error: {first})"),
         );
         return Err((Some(report), error));
     }
@@ -983,6 +1172,83 @@ async fn write_phase(
 /// Nanoseconds as microseconds.
 pub fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s CPU times (USER_HZ,
+/// 100 on Linux whatever the kernel's own tick rate).
+const PROC_TICKS_PER_S: f64 = 100.0;
+
+/// The CPU time (user + system) a process has used, from `/proc`, s.
+///
+/// # Errors
+/// `NOT_EXIST` when the process is gone or `/proc` is unreadable.
+pub fn process_cpu_s(pid: u32) -> Result<f64, ClientError> {
+    let path = format!("/proc/{pid}/stat");
+    let gone =
+        |why: String| ClientError::new(ErrorCode::NotExist, format!("--server-pid {pid}: {why}"));
+    let stat = std::fs::read_to_string(&path).map_err(|e| gone(format!("{path}: {e}")))?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // count fields after its closing one. utime and stime are fields 14
+    // and 15, so the 12th and 13th after it.
+    let after = stat
+        .rfind(')')
+        .map(|at| &stat[at + 1..])
+        .ok_or_else(|| gone(format!("{path} has no command name")))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64, ClientError> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| gone(format!("{path} has no CPU times")))
+    };
+    Ok(ticks(11)?.saturating_add(ticks(12)?) as f64 / PROC_TICKS_PER_S)
+}
+
+/// Server CPU over a timed phase: `--server-pid`'s processes, read at the
+/// start and at the end.
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    start_s: f64,
+}
+
+impl CpuMeter {
+    /// Reads the processes' CPU times now; `None` without `--server-pid`.
+    ///
+    /// # Errors
+    /// A process that does not exist.
+    pub fn start(args: &BenchArgs) -> Result<Option<CpuMeter>, ClientError> {
+        let Some(pids) = &args.server_pid else {
+            return Ok(None);
+        };
+        let mut start_s = 0.0;
+        for &pid in &pids.0 {
+            start_s += process_cpu_s(pid)?;
+        }
+        Ok(Some(CpuMeter {
+            pids: pids.0.clone(),
+            start_s,
+        }))
+    }
+
+    /// `(CPU seconds since start, µs per op)`; a process gone meanwhile
+    /// counts what it had used at the start only.
+    pub fn finish(&self, ops: u64) -> (f64, Option<f64>) {
+        let mut now_s = 0.0;
+        for &pid in &self.pids {
+            now_s += process_cpu_s(pid).unwrap_or(0.0);
+        }
+        let used = (now_s - self.start_s).max(0.0);
+        (used, (ops > 0).then(|| used * 1e6 / ops as f64))
+    }
+}
+
+/// Fills a report's CPU fields from `meter`.
+fn add_cpu(report: &mut BenchReport, meter: Option<&CpuMeter>) {
+    if let Some(meter) = meter {
+        let (used, per_op) = meter.finish(report.ops);
+        report.server_cpu_s = Some(used);
+        report.server_cpu_us_per_op = per_op;
+    }
 }
 
 /// Operations per second, 0 for an empty interval.
@@ -1141,8 +1407,10 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
     if args.record.is_some() {
         return Err(invalid("--record applies to --target ckpt only"));
     }
-    if args.op != BenchOp::Write {
-        return Err(invalid("--target etcd runs --op write only"));
+    if args.op != BenchOp::Write || loop_mix(args).0 > 0 {
+        return Err(invalid(
+            "--target etcd runs writes only (--op write, no reads in --mix)",
+        ));
     }
     let endpoints = crate::cluster::split_addrs(
         args.endpoints
@@ -1157,6 +1425,7 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
     let (stop, _) = watch::channel(false);
     let interrupt = spawn_interrupt(&stop);
     let live = Live::start();
+    let cpu = CpuMeter::start(args).map_err(fail)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let tasks: Vec<_> = (0..args.clients)
@@ -1214,8 +1483,15 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
         value_size: args.value_size,
         mode: "etcd put".to_string(),
         all_safe: false,
+        op: "write".to_string(),
         ops,
         ops_per_s: per_second(ops, elapsed_s),
+        reads: 0,
+        writes: ops,
+        read_p99_us: None,
+        write_p99_us: None,
+        server_cpu_s: None,
+        server_cpu_us_per_op: None,
         retries,
         errors,
         reconnects,
@@ -1229,6 +1505,8 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
         removed: Vec::new(),
         kept: Vec::new(),
     };
+    let mut report = report;
+    add_cpu(&mut report, cpu.as_ref());
     if ops == 0 {
         let first = report.client_errors.first().cloned().unwrap_or_default();
         let error = ClientError::new(
@@ -1317,6 +1595,7 @@ async fn run_opens(
     }
     let (stop, _) = watch::channel(false);
     let live = Live::start();
+    let cpu = CpuMeter::start(args).map_err(|e| (None, e))?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let run_id = std::process::id();
@@ -1366,6 +1645,13 @@ async fn run_opens(
         all_safe: args.all_safe,
         ops,
         ops_per_s: per_second(ops, elapsed_s),
+        op: "open".to_string(),
+        reads: 0,
+        writes: 0,
+        read_p99_us: None,
+        write_p99_us: None,
+        server_cpu_s: None,
+        server_cpu_us_per_op: None,
         retries: 0,
         errors,
         reconnects: 0,
@@ -1379,6 +1665,8 @@ async fn run_opens(
         removed: Vec::new(),
         kept: Vec::new(),
     };
+    let mut report = report;
+    add_cpu(&mut report, cpu.as_ref());
     if ops == 0 {
         let first = report.client_errors.first().cloned().unwrap_or_default();
         let error = ClientError::new(
@@ -1603,8 +1891,15 @@ mod tests {
             value_size: 1024,
             mode: "all-safe".into(),
             all_safe: false,
+            op: "mix 9:1".into(),
             ops: 10,
             ops_per_s: 10.0,
+            reads: 9,
+            writes: 1,
+            read_p99_us: Some(1.5),
+            write_p99_us: Some(2.5),
+            server_cpu_s: Some(0.25),
+            server_cpu_us_per_op: Some(25000.0),
             retries: 3,
             errors,
             reconnects: 2,
@@ -1628,9 +1923,66 @@ mod tests {
             text.contains("errors: CL_ERR_TRY_AGAIN 3; 2 reconnects"),
             "{text}"
         );
+        assert!(
+            text.contains("completed 10 ops (9 reads, 1 writes) in 1.00 s"),
+            "{text}"
+        );
+        assert!(text.contains("(reads p99 1.5, writes p99 2.5)"), "{text}");
+        assert!(
+            text.contains("server CPU: 0.25 s, 25000.0 us per op"),
+            "{text}"
+        );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["errors"]["CL_ERR_TRY_AGAIN"], 3);
         assert_eq!(json["p999_us"], 3.0);
+        assert_eq!(json["server_cpu_us_per_op"], 25000.0);
+    }
+
+    #[test]
+    fn mixes_alternate_reads_and_writes() {
+        assert_eq!(loop_mix(&args(&[])), (0, 1));
+        assert_eq!(loop_mix(&args(&["--op", "read"])), (1, 0));
+        assert_eq!(loop_mix(&args(&["--mix", "9:1"])), (9, 1));
+        assert_eq!(op_name(&args(&["--mix", "9:1"])), "mix 9:1");
+        assert_eq!(op_name(&args(&["--mix", "0:3"])), "write");
+        assert_eq!(op_name(&args(&["--mix", "2:0"])), "read");
+        let pattern: Vec<bool> = (0..8).map(|i| is_read((3, 1), i)).collect();
+        assert_eq!(pattern, [true, true, true, false, true, true, true, false]);
+        assert!((0..5).all(|i| !is_read((0, 1), i)));
+        assert!((0..5).all(|i| is_read((1, 0), i)));
+        for bad in ["0:0", "1", "a:1", "1:-1", "4294967295:1", ""] {
+            assert!(crate::cli::parse_mix(bad).is_err(), "{bad}");
+        }
+        let parse = |argv: &[&str]| {
+            Cli::try_parse_from(
+                ["ckpt-tool", "bench"]
+                    .into_iter()
+                    .chain(argv.iter().copied()),
+            )
+        };
+        assert!(parse(&["--mix", "1:1", "--op", "open"]).is_err());
+        assert!(parse(&["--server-pid", "0"]).is_err());
+        assert!(parse(&["--server-pid", "1,x"]).is_err());
+    }
+
+    #[test]
+    fn server_cpu_is_read_from_proc() {
+        let mine = process_cpu_s(std::process::id()).unwrap();
+        // Burn a little CPU: the reading must not go down, and moves.
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_s(std::process::id()).unwrap() >= mine);
+        let error = process_cpu_s(u32::MAX).unwrap_err();
+        assert_eq!(error.code, ErrorCode::NotExist);
+        assert!(
+            error.message.contains("--server-pid 4294967295"),
+            "{}",
+            error.message
+        );
     }
 
     #[tokio::test]

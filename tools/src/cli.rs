@@ -327,6 +327,9 @@ impl Mode {
 pub enum BenchOp {
     /// Overwrite the client's own section.
     Write,
+    /// Write the client's own section once, then read it back whole in the
+    /// loop (each read checked against the value written); ops are reads.
+    Read,
     /// Create a checkpoint of the client's own, close it and delete it;
     /// ops are creations.
     Open,
@@ -374,6 +377,36 @@ pub fn parse_retention_ns(text: &str) -> Result<i64, String> {
 /// `--expires-in-s` took).
 pub fn parse_expires_in(text: &str) -> Result<i64, String> {
     crate::duration::parse_ns(text, false)
+}
+
+/// Parses `--mix R:W`: R reads, then W writes, over and over; R + W > 0.
+pub fn parse_mix(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("`{text}` is not R:W (two whole numbers, not both 0, e.g. 9:1)");
+    let (reads, writes) = text.split_once(':').ok_or_else(bad)?;
+    let reads: u32 = reads.trim().parse().map_err(|_| bad())?;
+    let writes: u32 = writes.trim().parse().map_err(|_| bad())?;
+    if reads.checked_add(writes).is_none_or(|sum| sum == 0) {
+        return Err(bad());
+    }
+    Ok((reads, writes))
+}
+
+/// `--server-pid`: the processes whose CPU time a bench reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pids(pub Vec<u32>);
+
+/// Parses `--server-pid`: process ids, comma-separated.
+pub fn parse_pids(text: &str) -> Result<Pids, String> {
+    text.split(',')
+        .map(|pid| {
+            pid.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&pid| pid > 0)
+                .ok_or_else(|| format!("`{pid}` is not a process id"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Pids)
 }
 
 /// Parses `--duration`: a positive duration up to 10^9 s, in seconds.
@@ -729,6 +762,18 @@ pub struct BenchArgs {
     /// close and delete checkpoints named `<checkpoint>-o<client>-<n>`).
     #[arg(long, value_enum, default_value_t = BenchOp::Write)]
     pub op: BenchOp,
+    /// Each client does R reads of its own section, then W writes of it,
+    /// over and over (e.g. `9:1`); every read is checked against the
+    /// client's last acknowledged write. `--mix 1:0` is `--op read`. Not
+    /// with `--op open`.
+    #[arg(long, value_name = "R:W", value_parser = parse_mix, conflicts_with = "op")]
+    pub mix: Option<(u32, u32)>,
+    /// The server's process ids (comma-separated; a cluster's or etcd's
+    /// every node): their CPU time (user + system, from /proc) during the
+    /// timed phase is reported per operation, which, on a machine the
+    /// bench shares with the server, says more than ops/s alone.
+    #[arg(long, value_name = "PID,...", value_parser = parse_pids)]
+    pub server_pid: Option<Pids>,
     /// The checkpoint to write. Default: a new `bench-<run>` of this run's
     /// own. A name that exists must be one an earlier bench created (kept
     /// with --keep or --record) with the same mode and room for the
