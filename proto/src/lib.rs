@@ -10,6 +10,7 @@
 //! Invariants: every user-visible failure is an [`ErrorCode`]; every numeric
 //! value here equals the one in `clCkptApi.h` / `clCommonErrors.h`.
 
+pub mod bytes_list;
 pub mod error;
 pub mod types;
 pub mod wire;

@@ -544,7 +544,7 @@ pub enum Reply {
     /// `StatusGet`.
     Status(CheckpointStatus),
     /// `Read`: the bytes read for each element.
-    Data(Vec<Vec<u8>>),
+    Data(#[serde(with = "crate::bytes_list")] Vec<Vec<u8>>),
     /// `IterationInitialize`.
     Iterator { iterator: IteratorHandle },
     /// `IterationNext`.

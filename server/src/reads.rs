@@ -5,9 +5,12 @@
 //! both paths give the same answers and errors.
 
 use ckpt_proto::{
-    CheckpointName, CheckpointStatus, CkptResult, CreationAttributes, ReadElement,
+    CheckpointName, CheckpointStatus, CkptError, CkptResult, CreationAttributes, ReadElement,
     SectionDescriptor, SectionId,
 };
+use std::sync::Arc;
+
+use ckpt_proto::ErrorCode;
 use ckpt_storage::{InstanceId, Store};
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +50,7 @@ pub enum ReadReply {
     /// For [`ReadRequest::Status`].
     Status(CheckpointStatus),
     /// For [`ReadRequest::Read`]: one buffer per element.
-    Data(Vec<Vec<u8>>),
+    Data(#[serde(with = "ckpt_proto::bytes_list")] Vec<Vec<u8>>),
     /// For [`ReadRequest::ReadSize`].
     Size(u64),
     /// For [`ReadRequest::Sections`].
@@ -93,4 +96,25 @@ pub fn serve(store: &Store, instance: InstanceId, request: &ReadRequest) -> Ckpt
             })
         }
     })
+}
+
+/// [`serve`] from async code: answered on the calling thread, with no
+/// hand-off, when everything it reads is in memory (RocksDB's memtables and
+/// block cache, as a hot checkpoint's are); otherwise on the blocking pool,
+/// so a read that waits for the disk never stalls the async threads.
+///
+/// # Errors
+/// As [`serve`]; `LIBRARY` if the blocking task fails.
+pub async fn serve_async(
+    store: &Arc<Store>,
+    instance: InstanceId,
+    request: ReadRequest,
+) -> CkptResult<ReadReply> {
+    if let Some(answer) = ckpt_storage::memory_only(|| serve(store, instance, &request)) {
+        return answer;
+    }
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || serve(&store, instance, &request))
+        .await
+        .map_err(|e| CkptError::new(ErrorCode::Library, format!("read task failed: {e}")))?
 }

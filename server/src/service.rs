@@ -428,11 +428,7 @@ impl Service {
     /// cluster the active replica's, or this node's where the handle allows.
     async fn read(&self, h: &OpenHandle, request: ReadRequest) -> CkptResult<ReadReply> {
         match &self.cluster {
-            None => {
-                let instance = h.instance;
-                self.blocking(move |s| crate::reads::serve(s, instance, &request))
-                    .await
-            }
+            None => crate::reads::serve_async(&self.store, h.instance, request).await,
             Some(cluster) => cluster.read(h.instance, request, h.local_reads).await,
         }
     }

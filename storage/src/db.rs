@@ -53,6 +53,9 @@ use crate::wal::record::{Epoch, InstanceId, Lsn, Origin, Seq};
 /// Bytes of section data per RocksDB value.
 pub const CHUNK_BYTES: u64 = 64 * 1024;
 
+/// Reads of up to this many chunks look each one up; longer ones scan.
+const POINT_READ_CHUNKS_MAX: u64 = 8;
+
 /// Dropping more chunks than this from one section uses one range deletion
 /// instead of a delete per chunk: a sparse section of maxSectionSize may
 /// span 2^24 chunk indexes, nearly all never stored, and a delete per index
@@ -339,6 +342,44 @@ struct SessionMark {
 
 fn storage_error(context: &str, error: impl std::fmt::Display) -> CkptError {
     CkptError::new(ErrorCode::Library, format!("{context}: {error}"))
+}
+
+thread_local! {
+    /// Whether this thread's views read only the memtables and the block
+    /// cache ([`memory_only`]).
+    static MEMORY_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether a memory-only read on this thread needed the disk.
+    static NEEDED_DISK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `reads` with every view it takes reading only what is in memory
+/// (RocksDB's memtables and block cache): `Some` of its result when that
+/// sufficed, `None` when some read would have had to go to the disk (the
+/// caller then runs it again where blocking is fine). So a server can
+/// answer a read that hits memory on its async thread, with no hand-off,
+/// and send only the rest to a blocking pool.
+pub fn memory_only<T>(reads: impl FnOnce() -> T) -> Option<T> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MEMORY_ONLY.with(|m| m.set(false));
+        }
+    }
+    MEMORY_ONLY.with(|m| m.set(true));
+    NEEDED_DISK.with(|n| n.set(false));
+    let reset = Reset;
+    let result = reads();
+    drop(reset);
+    (!NEEDED_DISK.with(std::cell::Cell::get)).then_some(result)
+}
+
+/// A RocksDB error as a storage error; a memory-only read that would have
+/// gone to the disk (`Incomplete`) is noted for [`memory_only`].
+fn rocks_error(context: &str, error: rocksdb::Error) -> CkptError {
+    if error.kind() == rocksdb::ErrorKind::Incomplete {
+        NEEDED_DISK.with(|n| n.set(true));
+    }
+    storage_error(context, error)
 }
 
 fn slot_name(slot: u32) -> String {
@@ -701,7 +742,7 @@ impl Db {
         if let Some(decided) = self.memory().and_then(|m| m.get(family, key)) {
             return Ok(decided);
         }
-        base().map_err(|e| storage_error(context, e))
+        base().map_err(|e| rocks_error(context, e))
     }
 
     /// Calls `each` with every `(key, value)` of `[from, to)` in
@@ -733,7 +774,7 @@ impl Db {
         read.set_iterate_upper_bound(to.to_vec());
         let mode = rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward);
         for item in self.db.iterator_cf_opt(&cf, read, mode) {
-            let (key, value) = item.map_err(|e| storage_error(context, e))?;
+            let (key, value) = item.map_err(|e| rocks_error(context, e))?;
             while let Some((k, v)) = ours.next_if(|(k, _)| k.as_slice() < &key[..]) {
                 if let Some(v) = v {
                     each(k, v);
@@ -1416,6 +1457,9 @@ impl View<'_> {
         if let Some(snapshot) = &self.snapshot {
             read.set_snapshot(snapshot);
         }
+        if MEMORY_ONLY.with(std::cell::Cell::get) {
+            read.set_read_tier(rocksdb::ReadTier::BlockCache);
+        }
         read
     }
 
@@ -1497,6 +1541,39 @@ impl View<'_> {
         let prefix = keys::data_prefix(instance, id);
         let first = offset / CHUNK_BYTES;
         let last = (offset + len - 1) / CHUNK_BYTES;
+        let copy = |out: &mut [u8], index: u64, value: &[u8]| {
+            let chunk_start = index * CHUNK_BYTES;
+            let chunk_end = chunk_start + value.len() as u64;
+            let from = offset.max(chunk_start);
+            let to = (offset + len).min(chunk_end);
+            if from < to {
+                out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                    &value[(from - chunk_start) as usize..(to - chunk_start) as usize],
+                );
+            }
+        };
+        if last - first < POINT_READ_CHUNKS_MAX {
+            // A few chunks: one point lookup each. An iterator would seek,
+            // then step over every older version of the chunk still in
+            // the memtable (a section overwritten in a loop leaves many)
+            // to find the range's end; a lookup stops at the newest.
+            let family = Family::Data(column_family);
+            let cf = self.db.cf(column_family)?;
+            for index in first..=last {
+                let key = keys::chunk(&prefix, index)?;
+                let read = self.read_options();
+                let value = self.db.get_merged(
+                    family,
+                    &key,
+                    || self.db.db.get_cf_opt(&cf, &key, &read),
+                    "reading section data",
+                )?;
+                if let Some(value) = value {
+                    copy(&mut out, index, &value);
+                }
+            }
+            return Ok(out);
+        }
         let start_key = keys::chunk(&prefix, first)?;
         // The last chunk may be the highest index: bound by the prefix's end
         // then, so the bound itself never needs an index past u32.
@@ -1520,15 +1597,7 @@ impl View<'_> {
                     key[prefix.len() + 2],
                     key[prefix.len() + 3],
                 ]));
-                let chunk_start = index * CHUNK_BYTES;
-                let chunk_end = chunk_start + value.len() as u64;
-                let from = offset.max(chunk_start);
-                let to = (offset + len).min(chunk_end);
-                if from < to {
-                    out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
-                        &value[(from - chunk_start) as usize..(to - chunk_start) as usize],
-                    );
-                }
+                copy(&mut out, index, value);
             },
         )?;
         Ok(out)

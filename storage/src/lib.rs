@@ -41,7 +41,7 @@ pub mod store;
 pub mod wal;
 
 #[cfg(feature = "engine")]
-pub use db::{DbOptions, RocksWalMode, CHUNK_BYTES};
+pub use db::{memory_only, DbOptions, RocksWalMode, CHUNK_BYTES};
 #[cfg(feature = "engine")]
 pub use inspect::{ReadOnlyStore, WalReader};
 pub use io::{FaultFs, OsFs, WalFile, WalFs};

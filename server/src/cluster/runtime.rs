@@ -892,10 +892,7 @@ impl Cluster {
         instance: InstanceId,
         request: ReadRequest,
     ) -> CkptResult<ReadReply> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || reads::serve(&store, instance, &request))
-            .await
-            .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))?
+        reads::serve_async(&self.store, instance, request).await
     }
 
     /// Waits until every in-sync replica holds everything written to
