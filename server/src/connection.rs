@@ -100,6 +100,19 @@ impl ReplyBudget {
         }
     }
 
+    /// Holds `bytes` (at most the whole budget) if they are free now;
+    /// never waits. Room freed goes to waiters first, so this never
+    /// overtakes one.
+    pub fn try_reserve(&self, bytes: u64) -> Option<Reservation> {
+        let units = self.units(bytes);
+        let permit = self.units.clone().try_acquire_many_owned(units).ok()?;
+        self.gauge.add(i64::from(units) * BUDGET_UNIT_BYTES as i64);
+        Some(Reservation {
+            permit: Some(permit),
+            gauge: self.gauge.clone(),
+        })
+    }
+
     /// Grows `reservation` to cover `bytes` if the room is free now (a
     /// reply larger than estimated); never waits.
     pub fn top_up(&self, reservation: &mut Reservation, bytes: u64) {
@@ -446,4 +459,54 @@ async fn write_frames(
     frames.close();
     while frames.recv().await.is_some() {}
     outbox.discard();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(bytes: u64) -> (Arc<ReplyBudget>, IntGauge) {
+        let gauge = IntGauge::new("reply_bytes", "test").unwrap();
+        (ReplyBudget::new(bytes, gauge.clone()), gauge)
+    }
+
+    #[test]
+    fn try_reserve_takes_free_room_only_and_gives_it_back() {
+        let (budget, gauge) = budget(4 * BUDGET_UNIT_BYTES);
+        let first = budget.try_reserve(2500).expect("3 units of 4 are free");
+        assert_eq!(gauge.get(), 3 * BUDGET_UNIT_BYTES as i64);
+        assert!(budget.try_reserve(2 * BUDGET_UNIT_BYTES).is_none());
+        let second = budget.try_reserve(1).expect("the last unit");
+        assert!(budget.try_reserve(1).is_none());
+        drop(first);
+        assert_eq!(gauge.get(), BUDGET_UNIT_BYTES as i64);
+        // More than the whole budget is capped at the whole budget.
+        drop(second);
+        let all = budget.try_reserve(u64::MAX).expect("capped at the budget");
+        assert_eq!(gauge.get(), 4 * BUDGET_UNIT_BYTES as i64);
+        drop(all);
+        assert_eq!(gauge.get(), 0);
+    }
+
+    /// On a current-thread runtime a spawned task runs, and queues, at
+    /// the first yield: no timing involved.
+    #[tokio::test(flavor = "current_thread")]
+    async fn try_reserve_never_overtakes_a_waiter() {
+        let (budget, _gauge) = budget(4 * BUDGET_UNIT_BYTES);
+        let held = budget.try_reserve(4 * BUDGET_UNIT_BYTES).unwrap();
+        let waiter = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.reserve(3 * BUDGET_UNIT_BYTES).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the waiter is queued");
+        drop(held);
+        // The freed room went to the waiter first (3 units): one is left,
+        // even before the waiter runs again.
+        assert!(budget.try_reserve(2 * BUDGET_UNIT_BYTES).is_none());
+        let last = budget.try_reserve(1).expect("the unit the waiter left");
+        let waited = waiter.await.unwrap();
+        drop((waited, last));
+        assert!(budget.try_reserve(4 * BUDGET_UNIT_BYTES).is_some());
+    }
 }
