@@ -294,6 +294,12 @@ pub async fn serve(
                 continue;
             }
         };
+        // A read that memory answers at once is answered here: no task, no
+        // hand-off (DESIGN.md §2 lets answers come in any order).
+        if let Some((response, room)) = service.answer_now(&session, &request) {
+            answer(&out_tx, &budget, request_id, response, room, permit);
+            continue;
+        }
         let (service, session, out_tx, budget) = (
             service.clone(),
             session.clone(),
@@ -301,21 +307,8 @@ pub async fn serve(
             budget.clone(),
         );
         tokio::spawn(async move {
-            let (response, mut room) = service.handle(&session, request, request_id).await;
-            let encoded = Frame::new(FrameKind::Response, request_id, &response);
-            // Only the encoded copy waits for the socket.
-            drop(response);
-            match encoded {
-                Ok(frame) => {
-                    budget.top_up(&mut room, frame.body.len() as u64);
-                    let _ = out_tx.send(Outgoing {
-                        frame,
-                        _reservation: Some(room),
-                        _in_flight: Some(permit),
-                    });
-                }
-                Err(error) => tracing::error!(%error, "encoding a response failed"),
-            }
+            let (response, room) = service.handle(&session, request, request_id).await;
+            answer(&out_tx, &budget, request_id, response, room, permit);
         });
     }
     // Let every request in flight finish and be answered (the writer
@@ -335,6 +328,32 @@ async fn reserve_or_stop(
     tokio::select! {
         _ = shutdown.cancelled() => None,
         room = budget.reserve(SMALL_REPLY_BYTES) => Some(room),
+    }
+}
+
+/// Encodes a request's answer and queues it for the writer, holding its
+/// reply room (grown to the encoded size if free) and in-flight slot until
+/// it is written. Only the encoded copy waits for the socket.
+fn answer(
+    out: &mpsc::UnboundedSender<Outgoing>,
+    budget: &ReplyBudget,
+    request_id: u64,
+    response: Response,
+    mut room: Reservation,
+    in_flight: OwnedSemaphorePermit,
+) {
+    let encoded = Frame::new(FrameKind::Response, request_id, &response);
+    drop(response);
+    match encoded {
+        Ok(frame) => {
+            budget.top_up(&mut room, frame.body.len() as u64);
+            let _ = out.send(Outgoing {
+                frame,
+                _reservation: Some(room),
+                _in_flight: Some(in_flight),
+            });
+        }
+        Err(error) => tracing::error!(%error, "encoding a response failed"),
     }
 }
 

@@ -477,6 +477,33 @@ impl Service {
         (response, room)
     }
 
+    /// The answer to `request` if it can be given now without waiting: a
+    /// read on a single node that memory answers (RocksDB's memtables and
+    /// block cache) and that the session's reply budget has room for. The
+    /// caller then needs no task for it. `None` for everything else, errors
+    /// included: [`Service::handle`] answers those (and finds the same error).
+    pub fn answer_now(
+        &self,
+        session: &Session,
+        request: &Request,
+    ) -> Option<(Response, Reservation)> {
+        let Request::Read { handle, elements } = request else {
+            return None;
+        };
+        if self.cluster.is_some() || request.validate().is_err() {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let h = self.readable(session, *handle, "Read").ok()?;
+        let data = ckpt_storage::memory_only(|| self.store.read(h.instance, elements))?.ok()?;
+        // No await between the read and the try: the bytes held before
+        // they are reserved are those of one read per async thread.
+        let bytes = data.iter().map(|d| d.len() as u64).sum();
+        let room = session.budget.try_reserve(bytes)?;
+        self.metrics.observe("read", started.elapsed(), None);
+        Some((Ok(Reply::Data(data)), room))
+    }
+
     async fn dispatch(
         self: &Arc<Self>,
         session: &Session,
@@ -607,22 +634,8 @@ impl Service {
             }
             Request::Read { handle, elements } => {
                 let h = self.readable(session, handle, "Read")?;
-                if self.cluster.is_none() {
-                    // One pass when memory answers and the budget has room
-                    // now: read, then reserve what it returned. The bytes
-                    // held before they are reserved are those of the reads
-                    // running on the async threads right now, one each, as
-                    // there is no await between the read and the try.
-                    let read = ckpt_storage::memory_only(|| self.store.read(h.instance, &elements));
-                    if let Some(read) = read {
-                        let data = read?;
-                        let bytes = data.iter().map(|d| d.len() as u64).sum();
-                        if let Some(reservation) = session.budget.try_reserve(bytes) {
-                            *room = Some(reservation);
-                            return Ok(Reply::Data(data));
-                        }
-                    }
-                }
+                // (A read that memory answers and the budget has room for
+                // was answered by `answer_now` before it got here.)
                 // What the read returns, from the sections' sizes now (a
                 // section growing meanwhile makes the reply a little larger).
                 let sizing = ReadRequest::ReadSize {
