@@ -357,3 +357,65 @@ async fn read_and_mixed_benches_report_server_cpu_per_op() {
         text(&output)
     );
 }
+
+/// `--op fill` creates exactly `--total` checkpoints of `--sections`
+/// sections and keeps them, and only with `--keep`: it is the one bench
+/// that leaves data behind, for a scale test to restart on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_creates_the_total_and_keeps_it_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let client = Client::connect(&server.addr).await.unwrap();
+
+    let (output, _) = bench(&server.addr, &["--op", "fill", "--total", "5"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("add --keep"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(names(&client).await, Vec::<String>::new());
+
+    let (output, report) = bench(
+        &server.addr,
+        &[
+            "--op",
+            "fill",
+            "--keep",
+            "--total",
+            "20",
+            "--sections",
+            "3",
+            "--value-size",
+            "16",
+            "--clients",
+            "4",
+            "--checkpoint",
+            "scale",
+            "--duration-s",
+            "60",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let report = report.unwrap();
+    assert_eq!(report["ops"], 20, "{report}");
+    assert_eq!(report["writes"], 60, "{report}");
+    assert_eq!(report["kept"][0], "scale-0..scale-19", "{report}");
+    let mut expected: Vec<String> = (0..20).map(|n| format!("scale-{n}")).collect();
+    expected.sort();
+    assert_eq!(names(&client).await, expected);
+    let name = CheckpointName::new("scale-7").unwrap();
+    let checkpoint = client.open(&name, None, OpenFlags::READ).await.unwrap();
+    for s in 0..3 {
+        let data = checkpoint
+            .read(vec![ReadElement {
+                section_id: SectionId::new(format!("s{s}")),
+                offset: 0,
+                size: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(data, vec![vec![0x5a; 16]]);
+    }
+    assert_eq!(checkpoint.status().await.unwrap().number_of_sections, 3);
+}

@@ -149,6 +149,12 @@ impl BenchReport {
             "write" => format!("acknowledged {} writes", self.ops),
             "read" => format!("read back {} values", self.ops),
             "open" => format!("created {} checkpoints", self.ops),
+            "fill" => format!(
+                "created {} checkpoints ({} sections, p99 {:.1} us each)",
+                self.ops,
+                self.writes,
+                self.write_p99_us.unwrap_or(0.0)
+            ),
             _ => format!(
                 "completed {} ops ({} reads, {} writes)",
                 self.ops, self.reads, self.writes
@@ -867,6 +873,9 @@ pub async fn run(
     if args.op == BenchOp::Open {
         return run_opens(addr, args).await;
     }
+    if args.op == BenchOp::Fill {
+        return run_fill(addr, args).await;
+    }
     let fail = |error: ClientError| (None, error);
     if args.checkpoints > args.clients {
         return Err(fail(ClientError::new(
@@ -987,6 +996,7 @@ pub fn op_name(args: &BenchArgs) -> String {
         (None, BenchOp::Read) => "read".to_string(),
         (None, BenchOp::Write) => "write".to_string(),
         (None, BenchOp::Open) => "open".to_string(),
+        (None, BenchOp::Fill) => "fill".to_string(),
     }
 }
 
@@ -1512,6 +1522,230 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
         let error = ClientError::new(
             ErrorCode::FailedOperation,
             format!("no etcd put succeeded (first error: {first})"),
+        );
+        return Err((Some(report), error));
+    }
+    Ok(report)
+}
+
+/// What one `--op fill` client did.
+struct FillOutcome {
+    /// Checkpoints created, with all their sections.
+    ops: u64,
+    /// Creation (open with CREATE) latencies.
+    latency_ns: Histogram,
+    /// Section creation latencies.
+    section_latency_ns: Histogram,
+    error: Option<ClientError>,
+}
+
+/// One `--op fill` client: claims the next checkpoint number from `next`
+/// until `total` (or the deadline), creates it, fills its sections and
+/// closes it.
+#[allow(clippy::too_many_arguments)]
+async fn fill_loop(
+    client: Client,
+    prefix: String,
+    attributes: CreationAttributes,
+    sections: u32,
+    value: Vec<u8>,
+    next: Arc<AtomicU64>,
+    total: u64,
+    deadline: Instant,
+    stop: watch::Receiver<bool>,
+    live: Option<Arc<LiveStats>>,
+) -> FillOutcome {
+    let mut outcome = FillOutcome {
+        ops: 0,
+        latency_ns: Histogram::default(),
+        section_latency_ns: Histogram::default(),
+        error: None,
+    };
+    let flags = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE;
+    while Instant::now() < deadline && !*stop.borrow() {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if n >= total {
+            break;
+        }
+        let name = match CheckpointName::new(format!("{prefix}-{n}")) {
+            Ok(name) => name,
+            Err(error) => {
+                outcome.error = Some(ClientError::new(error.code, error.detail));
+                break;
+            }
+        };
+        let started = Instant::now();
+        let checkpoint = match client.open(&name, Some(attributes.clone()), flags).await {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
+                outcome.error = Some(error);
+                break;
+            }
+        };
+        let latency_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        outcome.latency_ns.record(latency_ns);
+        if let Some(live) = &live {
+            live.acked(latency_ns);
+        }
+        for s in 0..sections {
+            let started = Instant::now();
+            let created = checkpoint
+                .section_create(
+                    SectionCreationAttributes {
+                        section_id: Some(SectionId::new(format!("s{s}"))),
+                        expiration_time: TIME_END,
+                    },
+                    value.clone(),
+                )
+                .await;
+            if let Err(error) = created {
+                outcome.error = Some(error);
+                break;
+            }
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            outcome.section_latency_ns.record(ns);
+        }
+        let closed = checkpoint.close().await;
+        if outcome.error.is_some() {
+            break;
+        }
+        if let Err(error) = closed {
+            outcome.error = Some(error);
+            break;
+        }
+        outcome.ops += 1;
+    }
+    if outcome.error.is_some() {
+        if let Some(live) = &live {
+            live.failed();
+        }
+    }
+    outcome
+}
+
+/// `--op fill`: checkpoints of `--sections` sections created by
+/// `--clients` connections and kept, for scale tests.
+async fn run_fill(
+    addr: &str,
+    args: &BenchArgs,
+) -> Result<BenchReport, (Option<BenchReport>, ClientError)> {
+    let fail = |error: ClientError| (None, error);
+    let invalid = |text: &str| fail(ClientError::new(ErrorCode::InvalidParameter, text));
+    if args.record.is_some() {
+        return Err(invalid("--record applies to --op write only"));
+    }
+    if !args.keep {
+        return Err(invalid(
+            "--op fill leaves the checkpoints it creates, for a scale test to use: add --keep (and remove them afterwards with ckpt-tool rm)",
+        ));
+    }
+    let value_size = usize::try_from(args.value_size)
+        .map_err(|_| invalid("--value-size does not fit in memory"))?;
+    let prefix = run_name(args).to_string();
+    let mut attributes = bench_attributes(args);
+    // s0..s<S-1>; two sections at least, so there is no default section.
+    attributes.max_sections = args.sections.max(2);
+    attributes.max_section_size = args.value_size;
+    attributes.checkpoint_size = u64::from(args.sections).saturating_mul(args.value_size);
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        clients.push(
+            connect_client(addr, reconnect_window(args, addr))
+                .await
+                .map_err(fail)?,
+        );
+    }
+    let (stop, _) = watch::channel(false);
+    let interrupt = spawn_interrupt(&stop);
+    let live = Live::start();
+    let cpu = CpuMeter::start(args).map_err(fail)?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration_s);
+    let next = Arc::new(AtomicU64::new(0));
+    let total = args.total.unwrap_or(u64::MAX);
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
+            tokio::spawn(fill_loop(
+                client,
+                prefix.clone(),
+                attributes.clone(),
+                args.sections,
+                vec![0x5a; value_size],
+                next.clone(),
+                total,
+                deadline,
+                stop.subscribe(),
+                live.stats.clone(),
+            ))
+        })
+        .collect();
+    let mut latency_ns = Histogram::default();
+    let mut section_latency_ns = Histogram::default();
+    let mut ops = 0;
+    let mut client_errors = Vec::new();
+    for (index, task) in tasks.into_iter().enumerate() {
+        match task.await {
+            Ok(outcome) => {
+                latency_ns.merge(&outcome.latency_ns);
+                section_latency_ns.merge(&outcome.section_latency_ns);
+                ops += outcome.ops;
+                if let Some(error) = outcome.error {
+                    client_errors.push(format!("c{index}: {error}"));
+                }
+            }
+            Err(error) => client_errors.push(format!("c{index}: the client task failed: {error}")),
+        }
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    live.finish();
+    interrupt.abort();
+    let interrupted = *stop.borrow();
+    // Claimed numbers past the last created one may be missing (a client
+    // that failed); the range names what exists at most.
+    let claimed = next.load(Ordering::Relaxed).min(total);
+    let mut report = BenchReport {
+        checkpoint: format!("{prefix}-0..{prefix}-{}", claimed.saturating_sub(1)),
+        checkpoints: u32::try_from(ops).unwrap_or(u32::MAX),
+        target: "ckpt".to_string(),
+        clients: args.clients,
+        clients_running: args.clients,
+        duration_s: args.duration_s,
+        elapsed_s,
+        value_size: args.value_size,
+        mode: format!("{} (op fill)", args.mode.name()),
+        all_safe: args.all_safe,
+        op: "fill".to_string(),
+        ops,
+        ops_per_s: per_second(ops, elapsed_s),
+        reads: 0,
+        writes: ops.saturating_mul(u64::from(args.sections)),
+        read_p99_us: None,
+        write_p99_us: Some(us(section_latency_ns.quantile(0.99))),
+        server_cpu_s: None,
+        server_cpu_us_per_op: None,
+        retries: 0,
+        errors: BTreeMap::new(),
+        reconnects: 0,
+        p50_us: us(latency_ns.quantile(0.5)),
+        p99_us: us(latency_ns.quantile(0.99)),
+        p999_us: us(latency_ns.quantile(0.999)),
+        max_us: us(latency_ns.max()),
+        stopped_early: interrupted || !client_errors.is_empty(),
+        client_errors,
+        record: None,
+        removed: Vec::new(),
+        kept: vec![format!(
+            "{prefix}-0..{prefix}-{}",
+            claimed.saturating_sub(1)
+        )],
+    };
+    add_cpu(&mut report, cpu.as_ref());
+    if ops == 0 {
+        let first = report.client_errors.first().cloned().unwrap_or_default();
+        let error = ClientError::new(
+            ErrorCode::FailedOperation,
+            format!("no checkpoint was created (first error: {first})"),
         );
         return Err((Some(report), error));
     }

@@ -333,6 +333,11 @@ pub enum BenchOp {
     /// Create a checkpoint of the client's own, close it and delete it;
     /// ops are creations.
     Open,
+    /// Fill the server: create checkpoints `<checkpoint>-<n>` of
+    /// `--sections` sections of `--value-size` bytes each and keep them
+    /// (needs --keep); ops are checkpoints created, until `--total` (or the
+    /// deadline). For scale tests: restart the server afterwards and see.
+    Fill,
 }
 
 /// `bench --target`: what system the bench loads.
@@ -768,6 +773,13 @@ pub struct BenchArgs {
     /// with `--op open`.
     #[arg(long, value_name = "R:W", value_parser = parse_mix, conflicts_with = "op")]
     pub mix: Option<(u32, u32)>,
+    /// With `--op fill`: stop after this many checkpoints (default: run
+    /// until `--duration` ends).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub total: Option<u64>,
+    /// With `--op fill`: sections per checkpoint.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub sections: u32,
     /// The server's process ids (comma-separated; a cluster's or etcd's
     /// every node): their CPU time (user + system, from /proc) during the
     /// timed phase is reported per operation, which, on a machine the
