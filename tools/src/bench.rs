@@ -63,7 +63,7 @@ pub const MARKER_SECTION: &str = "ckpt-tool-bench";
 pub const STATUS_INTERVAL_MS: u64 = 1000;
 
 /// What a bench run did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchReport {
     /// The checkpoint written (`<name>-0..<name>-<K-1>` with --checkpoints K).
     pub checkpoint: String,
@@ -1144,8 +1144,6 @@ async fn write_phase(
         writes: ops - reads,
         read_p99_us: (reads > 0).then(|| us(read_latency_ns.quantile(0.99))),
         write_p99_us: (reads > 0 && reads < ops).then(|| us(write_latency_ns.quantile(0.99))),
-        server_cpu_s: None,
-        server_cpu_us_per_op: None,
         retries,
         errors,
         reconnects,
@@ -1156,8 +1154,7 @@ async fn write_phase(
         stopped_early: interrupted || !client_errors.is_empty(),
         client_errors,
         record: args.record.as_ref().map(|path| path.display().to_string()),
-        removed: Vec::new(),
-        kept: Vec::new(),
+        ..BenchReport::default()
     };
     let mut report = report;
     add_cpu(&mut report, cpu.as_ref());
@@ -1492,16 +1489,10 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
         elapsed_s,
         value_size: args.value_size,
         mode: "etcd put".to_string(),
-        all_safe: false,
         op: "write".to_string(),
         ops,
         ops_per_s: per_second(ops, elapsed_s),
-        reads: 0,
         writes: ops,
-        read_p99_us: None,
-        write_p99_us: None,
-        server_cpu_s: None,
-        server_cpu_us_per_op: None,
         retries,
         errors,
         reconnects,
@@ -1511,9 +1502,7 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
         max_us: us(latency_ns.max()),
         stopped_early: interrupted || !client_errors.is_empty(),
         client_errors,
-        record: None,
-        removed: Vec::new(),
-        kept: Vec::new(),
+        ..BenchReport::default()
     };
     let mut report = report;
     add_cpu(&mut report, cpu.as_ref());
@@ -1718,27 +1707,19 @@ async fn run_fill(
         op: "fill".to_string(),
         ops,
         ops_per_s: per_second(ops, elapsed_s),
-        reads: 0,
         writes: ops.saturating_mul(u64::from(args.sections)),
-        read_p99_us: None,
         write_p99_us: Some(us(section_latency_ns.quantile(0.99))),
-        server_cpu_s: None,
-        server_cpu_us_per_op: None,
-        retries: 0,
-        errors: BTreeMap::new(),
-        reconnects: 0,
         p50_us: us(latency_ns.quantile(0.5)),
         p99_us: us(latency_ns.quantile(0.99)),
         p999_us: us(latency_ns.quantile(0.999)),
         max_us: us(latency_ns.max()),
         stopped_early: interrupted || !client_errors.is_empty(),
         client_errors,
-        record: None,
-        removed: Vec::new(),
         kept: vec![format!(
             "{prefix}-0..{prefix}-{}",
             claimed.saturating_sub(1)
         )],
+        ..BenchReport::default()
     };
     add_cpu(&mut report, cpu.as_ref());
     if ops == 0 {
@@ -1880,24 +1861,15 @@ async fn run_opens(
         ops,
         ops_per_s: per_second(ops, elapsed_s),
         op: "open".to_string(),
-        reads: 0,
         writes: 0,
-        read_p99_us: None,
-        write_p99_us: None,
-        server_cpu_s: None,
-        server_cpu_us_per_op: None,
-        retries: 0,
         errors,
-        reconnects: 0,
         p50_us: us(latency_ns.quantile(0.5)),
         p99_us: us(latency_ns.quantile(0.99)),
         p999_us: us(latency_ns.quantile(0.999)),
         max_us: us(latency_ns.max()),
         stopped_early: !client_errors.is_empty(),
         client_errors,
-        record: None,
-        removed: Vec::new(),
-        kept: Vec::new(),
+        ..BenchReport::default()
     };
     let mut report = report;
     add_cpu(&mut report, cpu.as_ref());
