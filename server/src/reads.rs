@@ -4,13 +4,12 @@
 //! it with [`serve`] — the same function a node uses for its local reads, so
 //! both paths give the same answers and errors.
 
-use ckpt_proto::{
-    CheckpointName, CheckpointStatus, CkptError, CkptResult, CreationAttributes, ReadElement,
-    SectionDescriptor, SectionId,
-};
 use std::sync::Arc;
 
-use ckpt_proto::ErrorCode;
+use ckpt_proto::{
+    CheckpointName, CheckpointStatus, CkptError, CkptResult, CreationAttributes, ErrorCode,
+    ReadElement, SectionDescriptor, SectionId,
+};
 use ckpt_storage::{InstanceId, Store};
 use serde::{Deserialize, Serialize};
 
