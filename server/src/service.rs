@@ -276,10 +276,12 @@ impl Service {
                 tracing::info!(name = %meta.name, instance = instance.0, "destroying a checkpoint deleted before the restart");
                 self.exec(Op::Destroy { instance }, Durability::Durable)
                     .await?;
-            } else {
+            } else if meta.attributes.retention_duration_ns != TIME_END {
                 // A crash is not a close: retention 0 means "deleted at the
                 // last close", and a checkpoint with it that exists now was
                 // open at the crash; its owner must be able to open it again.
+                // (Kept forever, a checkpoint needs no timer, nor its
+                // name's lock: at a million checkpoints that was a second.)
                 let mut fresh = meta.clone();
                 let retention = &mut fresh.attributes.retention_duration_ns;
                 if *retention == 0 {

@@ -53,6 +53,9 @@ use crate::wal::record::{Epoch, InstanceId, Lsn, Origin, Seq};
 /// Bytes of section data per RocksDB value.
 pub const CHUNK_BYTES: u64 = 64 * 1024;
 
+/// Most entries the maps of a loaded store reserve room for up front.
+const LOAD_RESERVE_MAX: u64 = 1 << 24;
+
 /// Reads of up to this many chunks look each one up; longer ones scan.
 const POINT_READ_CHUNKS_MAX: u64 = 8;
 
@@ -853,15 +856,55 @@ impl Db {
             }
             None => (Lsn(0), 1),
         };
-        let mut names = HashMap::new();
-        for (key, value) in self.scan_meta(b"N")? {
-            let name = CheckpointName::new(key[1..].to_vec())
-                .map_err(|e| storage_error("name index", e))?;
-            names.insert(name, InstanceId(u64_be(&value)?));
-        }
-        let mut instances = HashMap::new();
-        for (key, value) in self.scan_meta(b"C")? {
-            instances.insert(InstanceId(u64_be(&key[1..])?), decode_instance(&value)?);
+        // Streamed, not collected first, into maps sized once: at a million
+        // checkpoints the copies and rehashing were most of a restart.
+        // Instance ids are handed out in order, so `next_instance` bounds
+        // the count (capped, should ids ever be sparse).
+        let expected = usize::try_from(next_instance.min(LOAD_RESERVE_MAX)).unwrap_or(0);
+        let mut names = HashMap::with_capacity(expected);
+        let mut failed = None;
+        self.for_each_merged(
+            Family::Meta,
+            ReadOptions::default(),
+            b"N",
+            &prefix_end(b"N"),
+            "scanning metadata",
+            |key, value| {
+                if failed.is_some() {
+                    return;
+                }
+                let entry = CheckpointName::new(key[1..].to_vec())
+                    .map_err(|e| storage_error("name index", e))
+                    .and_then(|name| Ok((name, InstanceId(u64_be(value)?))));
+                match entry {
+                    Ok((name, instance)) => {
+                        names.insert(name, instance);
+                    }
+                    Err(error) => failed = Some(error),
+                }
+            },
+        )?;
+        let mut instances = HashMap::with_capacity(expected);
+        self.for_each_merged(
+            Family::Meta,
+            ReadOptions::default(),
+            b"C",
+            &prefix_end(b"C"),
+            "scanning metadata",
+            |key, value| {
+                if failed.is_some() {
+                    return;
+                }
+                match u64_be(&key[1..]).and_then(|id| Ok((id, decode_instance(value)?))) {
+                    Ok((id, meta)) => {
+                        instances.insert(InstanceId(id), meta);
+                    }
+                    Err(error) => failed = Some(error),
+                }
+            },
+        )?;
+        if let Some(error) = failed {
+            return Err(error);
         }
         Ok(Loaded {
             applied,
