@@ -384,6 +384,15 @@ impl CreationAttributes {
         out
     }
 
+    /// The detail of the `ALREADY_EXIST` error for reopening checkpoint
+    /// `name`, which has these attributes, with `asked`: names what differs.
+    pub fn mismatch(&self, name: &CheckpointName, asked: &CreationAttributes) -> String {
+        format!(
+            "checkpoint {name} exists with different attributes: {}",
+            self.differences(asked).join(", ")
+        )
+    }
+
     /// Whether the checkpoint has exactly one, default, section.
     pub fn has_default_section(&self) -> bool {
         self.max_sections == 1

@@ -281,7 +281,14 @@ pub async fn serve(
             let Some(room) = reserve_or_stop(&budget, &shutdown).await else {
                 break;
             };
-            respond(&out_tx, request_id, &Response::Err(error), room, None);
+            answer(
+                &out_tx,
+                &budget,
+                request_id,
+                Response::Err(error),
+                room,
+                None,
+            );
             continue;
         };
         let request = match frame.decode::<Request>() {
@@ -290,14 +297,21 @@ pub async fn serve(
                 let Some(room) = reserve_or_stop(&budget, &shutdown).await else {
                     break;
                 };
-                respond(&out_tx, request_id, &Response::Err(error), room, None);
+                answer(
+                    &out_tx,
+                    &budget,
+                    request_id,
+                    Response::Err(error),
+                    room,
+                    None,
+                );
                 continue;
             }
         };
         // A read that memory answers at once is answered here: no task, no
-        // hand-off (DESIGN.md §2 lets answers come in any order).
+        // hand-off (answers may come in any order: docs/protocol.md).
         if let Some((response, room)) = service.answer_now(&session, &request) {
-            answer(&out_tx, &budget, request_id, response, room, permit);
+            answer(&out_tx, &budget, request_id, response, room, Some(permit));
             continue;
         }
         let (service, session, out_tx, budget) = (
@@ -308,7 +322,7 @@ pub async fn serve(
         );
         tokio::spawn(async move {
             let (response, room) = service.handle(&session, request, request_id).await;
-            answer(&out_tx, &budget, request_id, response, room, permit);
+            answer(&out_tx, &budget, request_id, response, room, Some(permit));
         });
     }
     // Let every request in flight finish and be answered (the writer
@@ -332,15 +346,16 @@ async fn reserve_or_stop(
 }
 
 /// Encodes a request's answer and queues it for the writer, holding its
-/// reply room (grown to the encoded size if free) and in-flight slot until
-/// it is written. Only the encoded copy waits for the socket.
+/// reply room (grown to the encoded size if free) and in-flight slot (none
+/// for a request refused before it got one) until it is written. Only the
+/// encoded copy waits for the socket.
 fn answer(
     out: &mpsc::UnboundedSender<Outgoing>,
     budget: &ReplyBudget,
     request_id: u64,
     response: Response,
     mut room: Reservation,
-    in_flight: OwnedSemaphorePermit,
+    in_flight: Option<OwnedSemaphorePermit>,
 ) {
     let encoded = Frame::new(FrameKind::Response, request_id, &response);
     drop(response);
@@ -350,29 +365,10 @@ fn answer(
             let _ = out.send(Outgoing {
                 frame,
                 _reservation: Some(room),
-                _in_flight: Some(in_flight),
-            });
-        }
-        Err(error) => tracing::error!(%error, "encoding a response failed"),
-    }
-}
-
-fn respond(
-    out: &mpsc::UnboundedSender<Outgoing>,
-    request_id: u64,
-    response: &Response,
-    room: Reservation,
-    in_flight: Option<OwnedSemaphorePermit>,
-) {
-    match Frame::new(FrameKind::Response, request_id, response) {
-        Ok(frame) => {
-            let _ = out.send(Outgoing {
-                frame,
-                _reservation: Some(room),
                 _in_flight: in_flight,
             });
         }
-        Err(error) => tracing::error!(%error, "encoding a frame failed"),
+        Err(error) => tracing::error!(%error, "encoding a response failed"),
     }
 }
 

@@ -862,50 +862,17 @@ impl Db {
         // the count (capped, should ids ever be sparse).
         let expected = usize::try_from(next_instance.min(LOAD_RESERVE_MAX)).unwrap_or(0);
         let mut names = HashMap::with_capacity(expected);
-        let mut failed = None;
-        self.for_each_merged(
-            Family::Meta,
-            ReadOptions::default(),
-            b"N",
-            &prefix_end(b"N"),
-            "scanning metadata",
-            |key, value| {
-                if failed.is_some() {
-                    return;
-                }
-                let entry = CheckpointName::new(key[1..].to_vec())
-                    .map_err(|e| storage_error("name index", e))
-                    .and_then(|name| Ok((name, InstanceId(u64_be(value)?))));
-                match entry {
-                    Ok((name, instance)) => {
-                        names.insert(name, instance);
-                    }
-                    Err(error) => failed = Some(error),
-                }
-            },
-        )?;
+        self.for_each_meta(b"N", |key, value| {
+            let name = CheckpointName::new(key[1..].to_vec())
+                .map_err(|e| storage_error("name index", e))?;
+            names.insert(name, InstanceId(u64_be(value)?));
+            Ok(())
+        })?;
         let mut instances = HashMap::with_capacity(expected);
-        self.for_each_merged(
-            Family::Meta,
-            ReadOptions::default(),
-            b"C",
-            &prefix_end(b"C"),
-            "scanning metadata",
-            |key, value| {
-                if failed.is_some() {
-                    return;
-                }
-                match u64_be(&key[1..]).and_then(|id| Ok((id, decode_instance(value)?))) {
-                    Ok((id, meta)) => {
-                        instances.insert(InstanceId(id), meta);
-                    }
-                    Err(error) => failed = Some(error),
-                }
-            },
-        )?;
-        if let Some(error) = failed {
-            return Err(error);
-        }
+        self.for_each_meta(b"C", |key, value| {
+            instances.insert(InstanceId(u64_be(&key[1..])?), decode_instance(value)?);
+            Ok(())
+        })?;
         Ok(Loaded {
             applied,
             next_instance,
@@ -950,6 +917,29 @@ impl Db {
             || self.db.get_cf(&self.meta, key),
             "reading metadata",
         )
+    }
+
+    /// Calls `each` with every `(key, value)` of `meta` starting with
+    /// `prefix`, in order, streaming; stops at its first error.
+    fn for_each_meta(
+        &self,
+        prefix: &[u8],
+        mut each: impl FnMut(&[u8], &[u8]) -> CkptResult<()>,
+    ) -> CkptResult<()> {
+        let mut failed = None;
+        self.for_each_merged(
+            Family::Meta,
+            ReadOptions::default(),
+            prefix,
+            &prefix_end(prefix),
+            "scanning metadata",
+            |key, value| {
+                if failed.is_none() {
+                    failed = each(key, value).err();
+                }
+            },
+        )?;
+        failed.map_or(Ok(()), Err)
     }
 
     /// Every `(key, value)` of `meta` starting with `prefix`.

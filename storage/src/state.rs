@@ -435,10 +435,7 @@ impl StateMachine {
                     }
                     return Err(err(
                         ErrorCode::AlreadyExist,
-                        format!(
-                            "checkpoint {name} exists with different attributes: {}",
-                            meta.attributes.differences(attributes).join(", ")
-                        ),
+                        meta.attributes.mismatch(name, attributes),
                     ));
                 }
                 let instance = self.new_instance_id(*instance)?;

@@ -2564,13 +2564,9 @@ fn entries_appended_during_a_read_bridge_the_backup_to_streaming() {
     );
 }
 
-/// The cluster simulator's run 7212: after a handover, a write this node
-/// took as the previous active replica landed in its log as (1, 5) — at a
-/// seq the new primary used for (2, 5). Its durable position (1, 5) sorts
-/// below the primary's (2, 5), and acknowledging seq 5 in epoch 2 let the
-/// primary release a write this node never held.
-#[test]
-fn a_backup_acknowledges_only_entries_of_the_current_epoch() {
+/// Node 2, a backup in epoch 2 (node 1 primary from seq 4), its store at
+/// (1, 3), handed the primary's (2, 4) and (2, 5).
+fn backup_given_epoch_2_entries() -> DataPlane {
     let mut dp = DataPlane::new(2, TIMEOUT);
     dp.on_metadata(
         &rs(Some(1), 2, &[(1, 1), (2, 4)], &[1, 2, 3]),
@@ -2583,6 +2579,17 @@ fn a_backup_acknowledges_only_entries_of_the_current_epoch() {
         entries_msg(2, Some(pt(1, 3)), vec![wire(2, 4), wire(2, 5)]),
         0,
     );
+    dp
+}
+
+/// The cluster simulator's run 7212: after a handover, a write this node
+/// took as the previous active replica landed in its log as (1, 5) — at a
+/// seq the new primary used for (2, 5). Its durable position (1, 5) sorts
+/// below the primary's (2, 5), and acknowledging seq 5 in epoch 2 let the
+/// primary release a write this node never held.
+#[test]
+fn a_backup_acknowledges_only_entries_of_the_current_epoch() {
+    let mut dp = backup_given_epoch_2_entries();
     let out = drain(&mut dp);
     assert!(
         out.iter().any(|o| matches!(o, DataOutput::Apply { .. })),
@@ -2604,18 +2611,7 @@ fn a_backup_acknowledges_only_entries_of_the_current_epoch() {
         .collect();
     assert_eq!(acks, vec![], "an entry of epoch 1 acknowledged in epoch 2");
     // Entries of the current epoch are acknowledged.
-    let mut dp = DataPlane::new(2, TIMEOUT);
-    dp.on_metadata(
-        &rs(Some(1), 2, &[(1, 1), (2, 4)], &[1, 2, 3]),
-        Some(pos(1, 3)),
-        0,
-    );
-    drain(&mut dp);
-    dp.on_message(
-        1,
-        entries_msg(2, Some(pt(1, 3)), vec![wire(2, 4), wire(2, 5)]),
-        0,
-    );
+    let mut dp = backup_given_epoch_2_entries();
     drain(&mut dp);
     dp.on_replica_durable(pos(2, 5));
     assert_eq!(drain(&mut dp), vec![send(1, ack_msg(2, 5))]);

@@ -569,10 +569,7 @@ impl Cluster {
                     }
                     Some(meta) => Err(CkptError::new(
                         ErrorCode::AlreadyExist,
-                        format!(
-                            "checkpoint {name} exists with different attributes: {}",
-                            meta.attributes.differences(&attributes).join(", ")
-                        ),
+                        meta.attributes.mismatch(&name, &attributes),
                     )),
                     None => Err(error),
                 }

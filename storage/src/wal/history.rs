@@ -150,7 +150,7 @@ pub fn records_after_many(
 /// for the entries it holds: `at_after` is the record at `at_lsn`.
 ///
 /// # Errors
-/// IO errors listing the directory or reading a segment that exists.
+/// IO errors reading a segment that exists.
 pub fn records_after_hinted(
     fs: &dyn WalFs,
     segments: &[(Lsn, String)],
@@ -222,6 +222,18 @@ pub fn segments_upto(fs: &dyn WalFs, upto: Lsn) -> io::Result<Vec<(Lsn, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`records_after_hinted`] over the segments listed now.
+    fn read_hinted(
+        fs: &dyn WalFs,
+        after: Seq,
+        at_lsn: Lsn,
+        upto: Lsn,
+        max_bytes: u64,
+    ) -> io::Result<Option<InstanceHistory>> {
+        let segments = segments_upto(fs, upto)?;
+        records_after_hinted(fs, &segments, InstanceId(1), after, at_lsn, upto, max_bytes)
+    }
     use crate::io::{OsFs, WalFs};
     use crate::wal::record::{Entry, Epoch, RecordBody};
     use crate::wal::segment::{encode_header, segment_name};
@@ -277,17 +289,9 @@ mod tests {
         let at = back[0].at_after.clone().unwrap();
         assert_eq!(at.entry.seq, Seq(10));
         let one = record(1, 1, 1).entry.encoded_len() as u64;
-        let hinted = records_after_hinted(
-            &fs,
-            &segments_upto(&fs, upto).unwrap(),
-            InstanceId(1),
-            Seq(10),
-            at.lsn,
-            upto,
-            3 * one,
-        )
-        .unwrap()
-        .expect("the hint holds");
+        let hinted = read_hinted(&fs, Seq(10), at.lsn, upto, 3 * one)
+            .unwrap()
+            .expect("the hint holds");
         assert_eq!(seqs(&hinted), vec![11, 12, 13]);
         assert_eq!(hinted.at_after.as_ref().map(|r| r.lsn), Some(at.lsn));
         // The same records as reading back, which read the whole log after it.
@@ -299,17 +303,9 @@ mod tests {
             back[0].bytes_read
         );
         // Everything up to `upto` when max_bytes is large.
-        let all = records_after_hinted(
-            &fs,
-            &segments_upto(&fs, upto).unwrap(),
-            InstanceId(1),
-            Seq(10),
-            at.lsn,
-            upto,
-            u64::MAX,
-        )
-        .unwrap()
-        .unwrap();
+        let all = read_hinted(&fs, Seq(10), at.lsn, upto, u64::MAX)
+            .unwrap()
+            .unwrap();
         assert_eq!(seqs(&all), (11..=200).collect::<Vec<_>>());
     }
 
@@ -325,53 +321,21 @@ mod tests {
             .unwrap();
         // Another record at that lsn (instance 2's), another seq, past upto.
         let other = Lsn(at.lsn.0 + 1);
-        assert!(records_after_hinted(
-            &fs,
-            &segments_upto(&fs, upto).unwrap(),
-            InstanceId(1),
-            Seq(10),
-            other,
-            upto,
-            100
-        )
-        .unwrap()
-        .is_none());
-        assert!(records_after_hinted(
-            &fs,
-            &segments_upto(&fs, upto).unwrap(),
-            InstanceId(1),
-            Seq(9),
-            at.lsn,
-            upto,
-            100
-        )
-        .unwrap()
-        .is_none());
-        assert!(records_after_hinted(
-            &fs,
-            &segments_upto(&fs, upto).unwrap(),
-            InstanceId(1),
-            Seq(10),
-            at.lsn,
-            Lsn(at.lsn.0 - 1),
-            100
-        )
-        .unwrap()
-        .is_none());
+        assert!(read_hinted(&fs, Seq(10), other, upto, 100)
+            .unwrap()
+            .is_none());
+        assert!(read_hinted(&fs, Seq(9), at.lsn, upto, 100)
+            .unwrap()
+            .is_none());
+        assert!(read_hinted(&fs, Seq(10), at.lsn, Lsn(at.lsn.0 - 1), 100)
+            .unwrap()
+            .is_none());
         // Its segment trimmed.
         let first = (at.lsn.0 - 1) / 10 * 10 + 1;
         fs.remove(&segment_name(Lsn(first))).unwrap();
-        assert!(records_after_hinted(
-            &fs,
-            &segments_upto(&fs, upto).unwrap(),
-            InstanceId(1),
-            Seq(10),
-            at.lsn,
-            upto,
-            100
-        )
-        .unwrap()
-        .is_none());
+        assert!(read_hinted(&fs, Seq(10), at.lsn, upto, 100)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
