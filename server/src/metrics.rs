@@ -37,6 +37,7 @@ pub struct Metrics {
     wal_bytes: IntCounter,
     wal_records: IntCounter,
     wal_fsyncs: IntCounter,
+    wal_syncs_on_writer: IntCounter,
     group_commits: IntCounter,
     rocksdb_flushes: IntCounter,
     wal_segments: IntGauge,
@@ -197,6 +198,11 @@ impl Metrics {
                 "ckpt_wal_fsyncs_total",
                 "fdatasync calls on the write-ahead log",
             ),
+            wal_syncs_on_writer: counter(
+                &registry,
+                "ckpt_wal_syncs_on_writer_total",
+                "Group commits synced by the writer thread itself (the fsync thread idle, nothing queued)",
+            ),
             group_commits: counter(
                 &registry,
                 "ckpt_wal_group_commits_total",
@@ -349,6 +355,7 @@ impl Metrics {
         Self::catch_up(&self.wal_bytes, load(&stats.wal_bytes));
         Self::catch_up(&self.wal_records, load(&stats.records));
         Self::catch_up(&self.wal_fsyncs, load(&stats.fsyncs));
+        Self::catch_up(&self.wal_syncs_on_writer, load(&stats.syncs_on_writer));
         Self::catch_up(&self.group_commits, load(&stats.batches));
         Self::catch_up(&self.rocksdb_flushes, load(&stats.rocksdb_flushes));
         self.wal_segments.set(store.wal_segments() as i64);

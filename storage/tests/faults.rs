@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
+
 use ckpt_proto::ErrorCode;
 use ckpt_storage::{Durability, FaultFs, Op, Outcome, RocksWalMode, Store};
 use common::*;
@@ -273,4 +275,30 @@ fn recovery_releases_the_reserve_first_and_holds_it_after() {
         std::fs::metadata(&reserve).unwrap().len(),
         ckpt_storage::StoreConfig::new(dir.path()).reserve_bytes
     );
+}
+
+#[test]
+fn a_lone_write_is_synced_by_the_writer_itself_and_survives_a_power_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let c = create(&store, "lone", attrs(2, 100, 200));
+    section(&store, c, "a", b"start");
+    let stats = store.stats();
+    let fsyncs_before = stats.fsyncs.load(Ordering::Relaxed);
+    let here_before = stats.syncs_on_writer.load(Ordering::Relaxed);
+    // One request at a time: the fsync thread is idle and nothing is
+    // queued behind each, so the writer thread syncs every one itself.
+    for i in 0..20u8 {
+        run(&store, write(c, "a", 0, &[b'0' + i % 10; 5])).unwrap();
+    }
+    let fsyncs = stats.fsyncs.load(Ordering::Relaxed) - fsyncs_before;
+    let here = stats.syncs_on_writer.load(Ordering::Relaxed) - here_before;
+    assert_eq!(fsyncs, 20, "one fsync per write");
+    assert_eq!(here, 20, "all synced on the writer thread");
+    // Acknowledged means durable on this path too.
+    drop(store);
+    fs.power_loss();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    assert_eq!(read_all(&store, c, "a"), b"99999");
 }
