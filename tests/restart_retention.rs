@@ -38,3 +38,47 @@ async fn a_retention_0_checkpoint_open_at_a_crash_survives_the_restart() {
     eventually_gone(&client, &name).await;
     expect_code(client.open(&name, None, rw()).await, ErrorCode::NotExist);
 }
+
+/// A checkpoint deleted while open is only unlinked: its data goes at the
+/// last close. A crash is no close, so the restart destroys it (and starts
+/// retention timers) from the list the store picked at open, not a scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_deleted_while_open_at_a_crash_is_destroyed_at_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let kept = unique("kept");
+    let gone = unique("gone");
+    {
+        let client = connect_to(&server.addr).await;
+        let keeper = create(&client, &kept, attrs()).await;
+        section(&keeper, "s", b"kept").await;
+        let doomed = create(&client, &gone, attrs()).await;
+        section(&doomed, "s", b"doomed").await;
+        client.delete(&gone).await.unwrap();
+        server.kill();
+        drop((keeper, doomed));
+    }
+    let mut server = Server::start(dir.path());
+    let destroyed = server
+        .drain_log()
+        .iter()
+        .any(|line| line.contains("destroying a checkpoint deleted before the restart"));
+    assert!(destroyed, "{}", server.drain_log().join("\n"));
+    let client = connect_to(&server.addr).await;
+    expect_code(client.open(&gone, None, rw()).await, ErrorCode::NotExist);
+    let keeper = client.open(&kept, None, rw()).await.unwrap();
+    assert_eq!(read_str(&keeper, "s").await, b"kept");
+    drop((keeper, client));
+    assert!(server.terminate().success());
+    // Nothing of it is left in the store.
+    let mut config = ckpt_storage::StoreConfig::new(dir.path());
+    config.reserve_bytes = 0;
+    let store = ckpt_storage::Store::open(config).unwrap();
+    let names: Vec<_> = store
+        .instances()
+        .unwrap()
+        .into_iter()
+        .map(|(_, meta)| meta.name)
+        .collect();
+    assert_eq!(names, vec![kept]);
+}

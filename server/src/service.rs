@@ -267,10 +267,15 @@ impl Service {
             // it restarts the timers of unopened checkpoints itself.
             return Ok(());
         }
-        let store = self.store.clone();
-        let instances = tokio::task::spawn_blocking(move || store.instances())
-            .await
-            .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))??;
+        let instances = match self.store.take_not_kept_forever() {
+            Some(instances) => instances,
+            None => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.instances())
+                    .await
+                    .map_err(|e| CkptError::new(ErrorCode::Library, e.to_string()))??
+            }
+        };
         for (instance, meta) in instances {
             if meta.unlinked {
                 tracing::info!(name = %meta.name, instance = instance.0, "destroying a checkpoint deleted before the restart");

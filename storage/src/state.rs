@@ -354,6 +354,19 @@ impl StateMachine {
             .collect()
     }
 
+    /// Every instance whose metadata passes `keep`, with that metadata (in
+    /// no particular order).
+    pub fn instances_where(
+        &self,
+        keep: impl Fn(&InstanceMeta) -> bool,
+    ) -> Vec<(InstanceId, InstanceMeta)> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| keep(&i.meta))
+            .map(|(id, i)| (*id, i.meta.clone()))
+            .collect()
+    }
+
     /// Forgets an instance's in-memory state so the next use reloads it from
     /// storage (after a batch failed to reach the log).
     pub fn forget(&mut self, instance: InstanceId) {

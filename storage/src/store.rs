@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use ckpt_proto::{
     now_ns, CheckpointName, CheckpointStatus, CkptError, CkptResult, ErrorCode, ReadElement,
-    SectionDescriptor, SectionId, ELEMENTS_MAX, UPDATE_BYTES_MAX,
+    SectionDescriptor, SectionId, ELEMENTS_MAX, TIME_END, UPDATE_BYTES_MAX,
 };
 
 use crate::db::{Db, DbOptions, SESSION_IDLE_NS};
@@ -388,6 +388,8 @@ impl Submission {
 }
 
 struct Shared {
+    /// See [`Store::take_not_kept_forever`].
+    not_kept_forever: Mutex<Option<Vec<(InstanceId, InstanceMeta)>>>,
     db: Db,
     poisoned: Mutex<Option<String>>,
     /// Why a thread of the store died, once one has.
@@ -593,7 +595,13 @@ impl Store {
             segments = report.segments,
             "store recovered"
         );
+        // Picked from the recovered state now, so a server need not scan a
+        // million instances for the few that need it at start-up.
+        let not_kept_forever = state.instances_where(|meta| {
+            meta.unlinked || meta.attributes.retention_duration_ns != TIME_END
+        });
         let shared = Arc::new(Shared {
+            not_kept_forever: Mutex::new(Some(not_kept_forever)),
             db,
             poisoned: Mutex::new(None),
             dead: Mutex::new(None),
@@ -1310,6 +1318,20 @@ impl Store {
     pub fn instances(&self) -> CkptResult<Vec<(InstanceId, InstanceMeta)>> {
         self.shared.check_readable()?;
         self.shared.db.list_instances()
+    }
+
+    /// The instances that, in the state recovered when the store opened,
+    /// were unlinked or had a retention other than forever (`TIME_END`):
+    /// what a single-node server destroys or starts retention timers for
+    /// at start-up, without a scan of every instance (a second at a million
+    /// checkpoints). Handed out once; `None` afterwards, when
+    /// [`Store::instances`] gives the current state.
+    pub fn take_not_kept_forever(&self) -> Option<Vec<(InstanceId, InstanceMeta)>> {
+        self.shared
+            .not_kept_forever
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// `clCkptCheckpointStatusGet`.

@@ -6,7 +6,9 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use ckpt_proto::{ErrorCode, SectionCreationAttributes, SectionId, WriteElement, TIME_END};
+use ckpt_proto::{
+    CreationAttributes, ErrorCode, SectionCreationAttributes, SectionId, WriteElement, TIME_END,
+};
 use ckpt_storage::wal::segment::scan_segment;
 use ckpt_storage::{FaultFs, Op, RocksWalMode, Store, WalFs};
 use common::*;
@@ -534,4 +536,45 @@ fn the_durable_mark_on_disk_trails_the_log_by_at_most_its_sync_interval() {
             mark.0
         );
     }
+}
+
+#[test]
+fn the_instances_not_kept_forever_are_picked_at_open_and_handed_out_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let forever = create(&store, "forever", attrs(1, 10, 10));
+    let timed = create(
+        &store,
+        "timed",
+        CreationAttributes {
+            retention_duration_ns: 5_000_000_000,
+            ..attrs(1, 10, 10)
+        },
+    );
+    let unlinked = create(&store, "unlinked", attrs(1, 10, 10));
+    run(
+        &store,
+        Op::Unlink {
+            name: name("unlinked"),
+        },
+    )
+    .unwrap();
+    // The state at open: nothing yet.
+    assert_eq!(store.take_not_kept_forever().map(|l| l.len()), Some(0));
+    assert!(store.take_not_kept_forever().is_none(), "handed out once");
+    drop(store);
+    // Recovered from the log (RocksDB's memtables were never flushed).
+    fs.power_loss();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let mut picked: Vec<_> = store
+        .take_not_kept_forever()
+        .expect("the list at open")
+        .into_iter()
+        .map(|(id, meta)| (id, meta.unlinked))
+        .collect();
+    picked.sort();
+    assert_eq!(picked, vec![(timed, false), (unlinked, true)]);
+    assert!(!picked.iter().any(|(id, _)| *id == forever));
+    assert!(store.take_not_kept_forever().is_none());
 }
