@@ -337,11 +337,6 @@ enum LocalWork {
 }
 
 impl Work {
-    /// Whether the request is committed in a batch of its own.
-    fn alone(&self) -> bool {
-        matches!(self, Work::Replicated { .. })
-    }
-
     fn bytes(&self) -> usize {
         match self {
             Work::Plan { op, .. } => op_bytes(op),
@@ -2163,6 +2158,15 @@ struct Accepted {
     committed: Committed,
 }
 
+/// A batch planned: what to log, apply and answer.
+struct Planned {
+    encoded: Vec<u8>,
+    effects: Vec<Effect>,
+    accepted: Vec<Accepted>,
+    logged: Vec<Entry>,
+    lsns: Vec<Lsn>,
+}
+
 /// A batch written and applied, waiting for its fsync.
 struct SyncJob {
     segment: SyncHandle,
@@ -2209,17 +2213,11 @@ impl Writer {
                 },
             };
             let mut bytes: usize = first.work.bytes();
-            let alone = first.work.alone();
             let mut batch = vec![first];
-            while !alone
-                && batch.len() < self.config.batch_requests_max
+            while batch.len() < self.config.batch_requests_max
                 && bytes < self.config.batch_bytes_max
             {
                 match requests.try_recv() {
-                    Ok(request) if request.work.alone() => {
-                        carried = Some(request);
-                        break;
-                    }
                     Ok(request) => {
                         bytes += request.work.bytes();
                         batch.push(request);
@@ -2348,8 +2346,8 @@ impl Writer {
                 Ok((entries, committed))
             }
             Work::Replicated { entries: incoming } => {
-                // Committed alone (see `Writer::run`): on an error the
-                // caller undoes the whole batch.
+                // On an error the caller undoes the whole batch (see
+                // `Writer::plan_batch`).
                 if incoming.is_empty() {
                     return Err(CkptError::new(
                         ErrorCode::BadOperation,
@@ -2477,7 +2475,7 @@ impl Writer {
 
     /// Validates, appends and applies one batch; answers what can be
     /// answered now and returns what waits for the fsync.
-    fn commit(&mut self, batch: Vec<Request>) -> Option<SyncJob> {
+    fn commit(&mut self, mut batch: Vec<Request>) -> Option<SyncJob> {
         if let Some(error) = self.shared.poisoned_error() {
             for request in batch {
                 (request.reply)(Err(error.clone()));
@@ -2485,35 +2483,21 @@ impl Writer {
             return None;
         }
         let first_lsn = self.next_lsn;
-        self.origins.clear();
-        let mut encoded = Vec::new();
-        let mut effects = Vec::new();
-        let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
-        let mut logged: Vec<Entry> = Vec::new();
-        let mut lsns: Vec<Lsn> = Vec::new();
-        for request in batch {
-            let alone = matches!(request.work, Work::Replicated { .. });
-            let (entries, committed) =
-                match self.plan_request(&request.work, request.now, &mut effects) {
-                    Ok(planned) => planned,
-                    Err(error) => {
-                        if alone {
-                            // Entries before the refused one may have been
-                            // applied in memory: forget them all.
-                            self.undo(first_lsn);
-                        }
-                        (request.reply)(Err(error));
-                        continue;
-                    }
-                };
-            for entry in entries {
-                encode_record(Lsn(self.next_lsn), &entry, &mut encoded);
-                lsns.push(Lsn(self.next_lsn));
-                self.next_lsn += 1;
-                logged.push(entry);
+        let planned = loop {
+            match self.plan_batch(batch) {
+                Ok(planned) => break planned,
+                // A refused replicated request was answered and the batch
+                // undone: plan the others again, from the state before it.
+                Err(rest) => batch = rest,
             }
-            accepted.push(Accepted { request, committed });
-        }
+        };
+        let Planned {
+            encoded,
+            effects,
+            accepted,
+            logged,
+            lsns,
+        } = planned;
         let records = logged.len() as u64;
         if records == 0 {
             // Nothing to log (rejections, an existing checkpoint opened, a
@@ -2610,6 +2594,53 @@ impl Writer {
             positions,
             last_lsn: Some(last_lsn),
         })
+    }
+
+    /// Plans every request of a batch: validated and applied to the state
+    /// machine, its records encoded; a refused request is answered at once.
+    /// A replicated request may be refused after some of its entries were
+    /// applied in memory: then the whole batch is undone and the others are
+    /// handed back, to be planned again (refusals are rare: a backup that
+    /// diverged), so replicated requests batch like any other.
+    fn plan_batch(&mut self, batch: Vec<Request>) -> Result<Planned, Vec<Request>> {
+        let first_lsn = self.next_lsn;
+        self.origins.clear();
+        let mut planned = Planned {
+            encoded: Vec::new(),
+            effects: Vec::new(),
+            accepted: Vec::with_capacity(batch.len()),
+            logged: Vec::new(),
+            lsns: Vec::new(),
+        };
+        let mut requests = batch.into_iter();
+        while let Some(request) = requests.next() {
+            let replicated = matches!(request.work, Work::Replicated { .. });
+            let (entries, committed) =
+                match self.plan_request(&request.work, request.now, &mut planned.effects) {
+                    Ok(planned) => planned,
+                    Err(error) => {
+                        (request.reply)(Err(error));
+                        if replicated {
+                            // Entries before the refused one may have been
+                            // applied in memory: forget the whole batch.
+                            self.undo(first_lsn);
+                            let mut rest: Vec<Request> =
+                                planned.accepted.into_iter().map(|a| a.request).collect();
+                            rest.extend(requests);
+                            return Err(rest);
+                        }
+                        continue;
+                    }
+                };
+            for entry in entries {
+                encode_record(Lsn(self.next_lsn), &entry, &mut planned.encoded);
+                planned.lsns.push(Lsn(self.next_lsn));
+                self.next_lsn += 1;
+                planned.logged.push(entry);
+            }
+            planned.accepted.push(Accepted { request, committed });
+        }
+        Ok(planned)
     }
 
     /// Forgets a batch that never reached the log: lsns are reused and the

@@ -720,3 +720,96 @@ fn entries_after_an_entry_of_another_epoch_are_gone() {
         );
     }
 }
+
+/// Replicated requests share group commits (a backup gets one per
+/// checkpoint per shipment). One refused after part of it was applied in
+/// memory undoes the batch, and the others in it are planned again: they
+/// are applied, durable, and nothing of the refused one is.
+#[test]
+fn a_refused_replicated_request_in_a_shared_batch_leaves_the_others_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = ckpt_storage::FaultFs::new();
+    let primary = open_at(&dir.path().join("p"), |_| {});
+    let shipped = capture(&primary);
+    let backup_config = || {
+        let mut config = config(&dir.path().join("b"), RocksWalMode::Disabled);
+        config.reserve_bytes = 0;
+        config
+    };
+    let backup = Store::open_with_fs(backup_config(), Arc::new(fs.clone())).unwrap();
+    let a = create(&primary, "a", attrs(4, 100, 400));
+    section(&primary, a, "s", b"of a");
+    let for_a = take(&shipped);
+    let b = create(&primary, "b", attrs(4, 100, 400));
+    section(&primary, b, "s", b"of b");
+    let for_b = take(&shipped);
+    let c = create(&primary, "c", attrs(4, 100, 400));
+    section(&primary, c, "s", b"of c");
+    let for_c = take(&shipped);
+    // B's creation, then its section twice: the second is a seq gap, found
+    // after the first two entries were applied in memory.
+    let mut bad = for_b.clone();
+    bad.push(for_b[1].clone());
+
+    // Hold the writer thread in a reply (WEAK replies run on it) while the
+    // three requests queue, so that they make one batch.
+    let (gate, held) = mpsc::sync_channel::<()>(0);
+    let (entered, writer_held) = mpsc::sync_channel::<()>(1);
+    backup.submit(
+        create_op("blocker", Some(InstanceId(1000)), 1),
+        Durability::Written,
+        NOW,
+        move |result| {
+            result.unwrap();
+            entered.send(()).unwrap();
+            held.recv().unwrap();
+        },
+    );
+    writer_held.recv().unwrap();
+    let batches_before = backup
+        .stats()
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let answers: Vec<_> = [for_a, bad, for_c]
+        .into_iter()
+        .map(|entries| {
+            let (tx, rx) = mpsc::sync_channel(1);
+            backup.submit_replicated(entries, move |r| {
+                let _ = tx.send(r);
+            });
+            rx
+        })
+        .collect();
+    gate.send(()).unwrap();
+    let results: Vec<CkptResult<Position>> = answers.iter().map(|rx| rx.recv().unwrap()).collect();
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    let refused = results[1].as_ref().unwrap_err();
+    assert_eq!(refused.code, ErrorCode::BadOperation, "{refused}");
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    let batches = backup
+        .stats()
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - batches_before;
+    assert_eq!(
+        batches, 1,
+        "the two accepted requests were committed together"
+    );
+    assert_eq!(backup.failure(), None);
+    let same = |store: &Store, instance| {
+        store.checksum(instance).unwrap() == primary.checksum(instance).unwrap()
+    };
+    assert!(same(&backup, a) && same(&backup, c));
+    assert_eq!(
+        backup.position(b).unwrap(),
+        None,
+        "nothing of the refused request"
+    );
+    // Durable: a power cut keeps both, and the refused one stays absent.
+    drop(backup);
+    fs.power_loss();
+    let backup = Store::open_with_fs(backup_config(), Arc::new(fs.clone())).unwrap();
+    assert!(same(&backup, a) && same(&backup, c));
+    assert_eq!(backup.position(b).unwrap(), None);
+    assert_eq!(read_all(&backup, c, "s"), b"of c");
+}
