@@ -191,10 +191,42 @@ impl Drop for Server {
 /// A port free on loopback now (bound, then released): a cluster's file
 /// names every node's addresses before any node starts.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    free_ports(1)[0]
+}
+
+/// `count` distinct ports free on loopback now, all bound at once, then
+/// released. They are drawn below the kernel's ephemeral range: a port
+/// taken from that range (`bind` to port 0) can be handed, before the
+/// server that was given it binds it, to the local end of any outgoing
+/// connection — another node connecting to its peers, say — and the
+/// server then fails with "Address already in use".
+pub fn free_ports(count: usize) -> Vec<u16> {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 {
+        (10_000, ephemeral_low)
+    } else {
+        // An unusual range: any port the kernel picks.
+        (0, 0)
+    };
+    let mut rng = rand::rng();
+    let mut held = Vec::with_capacity(count);
+    while held.len() < count {
+        let port = if high > low {
+            rng.random_range(low..high)
+        } else {
+            0
+        };
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    held.iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
 }
 
 /// A cluster of real `ckpt-server` processes on loopback, one data
@@ -218,15 +250,7 @@ impl Cluster {
         let mut text = format!("{extra}\n");
         let mut client_addrs = Vec::new();
         let mut admin_addrs = Vec::new();
-        // Every port bound at once, so none is handed out twice.
-        let held: Vec<std::net::TcpListener> = (0..3 * n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-            .collect();
-        let ports: Vec<u16> = held
-            .iter()
-            .map(|l| l.local_addr().expect("bound").port())
-            .collect();
-        drop(held);
+        let ports = free_ports(3 * n);
         for id in 1..=n {
             let (client, peer, admin) = (ports[3 * id - 3], ports[3 * id - 2], ports[3 * id - 1]);
             client_addrs.push(format!("127.0.0.1:{client}"));

@@ -262,15 +262,9 @@ impl ProxiedCluster {
         let mut client_addrs = Vec::new();
         let mut admin_addrs = Vec::new();
         let mut peer_addrs = Vec::new();
-        // Every node port bound until the proxies hold theirs, so none is
-        // handed out twice.
-        let held: Vec<TcpListener> = (0..3 * n)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-            .collect();
-        let ports: Vec<u16> = held
-            .iter()
-            .map(|l| l.local_addr().expect("bound").port())
-            .collect();
+        // Below the ephemeral range the proxies' own ports come from (see
+        // `free_ports`), so none is handed out twice.
+        let ports = super::free_ports(3 * n);
         for id in 1..=n {
             let (client, peer, admin) = (ports[3 * id - 3], ports[3 * id - 2], ports[3 * id - 1]);
             client_addrs.push(format!("127.0.0.1:{client}"));
@@ -288,7 +282,6 @@ impl ProxiedCluster {
                 }
             }
         }
-        drop(held);
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, text).expect("write cluster.toml");
         let mut proxied = ProxiedCluster {
