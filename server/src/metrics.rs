@@ -366,19 +366,11 @@ impl Metrics {
             .set(i64::try_from(wal_bytes).unwrap_or(i64::MAX));
         self.disk_full.set(i64::from(store.disk_full()));
         self.store_failed.set(i64::from(store.failure().is_some()));
-        if let Ok(instances) = store.instances() {
-            let named = instances.iter().filter(|(_, meta)| !meta.unlinked);
-            let (mut checkpoints, mut sections, mut bytes) = (0i64, 0i64, 0u64);
-            for (_, meta) in named {
-                checkpoints += 1;
-                sections += i64::from(meta.section_count);
-                bytes = bytes.saturating_add(meta.memory_used);
-            }
-            self.checkpoints.set(checkpoints);
-            self.sections.set(sections);
-            self.section_bytes
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        }
+        let totals = store.totals();
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.checkpoints.set(gauge(totals.checkpoints));
+        self.sections.set(gauge(totals.sections));
+        self.section_bytes.set(gauge(totals.bytes));
         if let Some(bytes) = store
             .rocksdb_property("rocksdb.cur-size-all-mem-tables")
             .and_then(|v| v.parse().ok())

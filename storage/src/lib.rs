@@ -49,7 +49,7 @@ pub use lock::DataDirLock;
 pub use snapshot::{
     decode_entries, encode_entries, EntriesAfter, SnapshotPart, SNAPSHOT_PART_BYTES,
 };
-pub use state::{Committed, InstanceMeta, Op, Outcome, SectionMeta};
+pub use state::{Committed, InstanceMeta, Op, Outcome, SectionMeta, Totals};
 #[cfg(feature = "engine")]
 pub use store::{
     AppendListener, CommitListener, Durability, DurableListener, ReadAfter, RecoveryReport, Store,

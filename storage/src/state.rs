@@ -304,6 +304,7 @@ pub struct StateMachine {
     names: HashMap<CheckpointName, InstanceId>,
     instances: HashMap<InstanceId, Instance>,
     next_instance: u64,
+    totals: Totals,
 }
 
 fn err(code: ErrorCode, detail: impl Into<String>) -> CkptError {
@@ -317,9 +318,11 @@ impl StateMachine {
         instances: HashMap<InstanceId, InstanceMeta>,
         next_instance: u64,
     ) -> Self {
+        let mut totals = Totals::default();
         let instances = instances
             .into_iter()
             .map(|(id, meta)| {
+                totals.add(Totals::of(&meta));
                 (
                     id,
                     Instance {
@@ -333,7 +336,36 @@ impl StateMachine {
             names,
             instances,
             next_instance,
+            totals,
         }
+    }
+
+    /// What the named checkpoints hold, in all.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// The totals of the instances an entry may change: its own, and for
+    /// a creation the one that held its name until then.
+    fn totals_touched(&self, entry: &Entry) -> Totals {
+        let mut totals = Totals::default();
+        if let Some(i) = self.instances.get(&entry.instance) {
+            totals.add(Totals::of(&i.meta));
+        }
+        let name = match &entry.body {
+            RecordBody::CheckpointCreate { name, .. } | RecordBody::SnapshotBegin { name, .. } => {
+                Some(name)
+            }
+            _ => None,
+        };
+        if let Some(previous) = name.and_then(|n| self.names.get(n)) {
+            if *previous != entry.instance {
+                if let Some(i) = self.instances.get(previous) {
+                    totals.add(Totals::of(&i.meta));
+                }
+            }
+        }
+        totals
     }
 
     /// The next instance id to hand out.
@@ -370,7 +402,9 @@ impl StateMachine {
     /// Forgets an instance's in-memory state so the next use reloads it from
     /// storage (after a batch failed to reach the log).
     pub fn forget(&mut self, instance: InstanceId) {
-        self.instances.remove(&instance);
+        if let Some(forgotten) = self.instances.remove(&instance) {
+            self.totals.sub(Totals::of(&forgotten.meta));
+        }
     }
 
     /// Replaces names and instances from storage (after a failed batch).
@@ -834,10 +868,8 @@ impl StateMachine {
     /// Returns why not.
     pub fn check_entry(&self, entry: &Entry) -> Result<(), String> {
         let instance = entry.instance.0;
-        let at = format!(
-            "instance {instance} entry epoch {} seq {}",
-            entry.epoch.0, entry.seq.0
-        );
+        // Formatted only into an error: this runs for every entry.
+        let at = EntryAt(entry);
         let meta = self.instances.get(&entry.instance).map(|i| &i.meta);
         match (&entry.body, meta) {
             // A stale instance (a snapshot install cut short) holds nothing
@@ -924,6 +956,19 @@ impl StateMachine {
     /// `LIBRARY` when the entry does not fit the state (a log that does not
     /// belong to this store); a storage error while loading sections.
     pub fn apply(&mut self, backing: &dyn Backing, entry: &Entry) -> CkptResult<Vec<Effect>> {
+        // Names are looked up before: a creation may take one from another
+        // instance, whose totals change with it.
+        let before = self.totals_touched(entry);
+        let result = self.apply_entry(backing, entry);
+        // (After a creation the name is the entry's own; the instance it
+        // was taken from is unlinked now and counts nothing.)
+        let after = self.totals_touched(entry);
+        self.totals.sub(before);
+        self.totals.add(after);
+        result
+    }
+
+    fn apply_entry(&mut self, backing: &dyn Backing, entry: &Entry) -> CkptResult<Vec<Effect>> {
         let Entry {
             instance,
             epoch,
@@ -1396,6 +1441,57 @@ impl StateMachine {
         }
         self.instances.remove(&instance);
         Ok(())
+    }
+}
+
+/// "instance I entry epoch E seq S", for errors about an entry.
+struct EntryAt<'a>(&'a Entry);
+
+impl std::fmt::Display for EntryAt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entry = self.0;
+        write!(
+            f,
+            "instance {} entry epoch {} seq {}",
+            entry.instance.0, entry.epoch.0, entry.seq.0
+        )
+    }
+}
+
+/// What the named checkpoints hold, in all: kept up to date as entries
+/// are applied, so that reporting it needs no scan of every instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Checkpoints with a name (unlinked ones are not counted).
+    pub checkpoints: u64,
+    /// Their sections.
+    pub sections: u64,
+    /// Their data bytes (`memory_used`).
+    pub bytes: u64,
+}
+
+impl Totals {
+    fn of(meta: &InstanceMeta) -> Totals {
+        if meta.unlinked {
+            return Totals::default();
+        }
+        Totals {
+            checkpoints: 1,
+            sections: u64::from(meta.section_count),
+            bytes: meta.memory_used,
+        }
+    }
+
+    fn add(&mut self, other: Totals) {
+        self.checkpoints = self.checkpoints.saturating_add(other.checkpoints);
+        self.sections = self.sections.saturating_add(other.sections);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+
+    fn sub(&mut self, other: Totals) {
+        self.checkpoints = self.checkpoints.saturating_sub(other.checkpoints);
+        self.sections = self.sections.saturating_sub(other.sections);
+        self.bytes = self.bytes.saturating_sub(other.bytes);
     }
 }
 

@@ -855,3 +855,86 @@ fn deleting_or_shrinking_a_huge_sparse_section_is_quick_and_complete() {
     assert_eq!(s.data_keys(c).unwrap(), 2);
     assert_eq!(s.status(c).unwrap().memory_used, 8);
 }
+
+/// The totals the store keeps as it applies entries (what metrics report)
+/// equal a scan of every instance, through random creations, sections,
+/// writes, deletions, unlinks, names taken over and destroys, and after a
+/// restart.
+#[test]
+fn the_kept_totals_equal_a_scan_of_every_instance() {
+    use rand::{Rng, SeedableRng};
+    fn scanned(store: &ckpt_storage::Store) -> ckpt_storage::Totals {
+        let mut totals = ckpt_storage::Totals::default();
+        for (_, meta) in store.instances().unwrap() {
+            if !meta.unlinked {
+                totals.checkpoints += 1;
+                totals.sections += u64::from(meta.section_count);
+                totals.bytes += meta.memory_used;
+            }
+        }
+        totals
+    }
+    let (dir, fs, store) = store();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut instances: Vec<ckpt_storage::InstanceId> = Vec::new();
+    let mut changed = 0;
+    for step in 0..400 {
+        let pick = |rng: &mut rand::rngs::StdRng, instances: &[ckpt_storage::InstanceId]| {
+            instances[rng.random_range(0..instances.len())]
+        };
+        let id = ["a", "b", "c", "d"][rng.random_range(0..4)];
+        let op = match (rng.random_range(0..8), instances.is_empty()) {
+            (0, _) | (_, true) => Op::CreateCheckpoint {
+                name: name(["p", "q", "r"][rng.random_range(0..3)]),
+                attributes: attrs(4, 64, 200),
+                instance: None,
+                epoch: ckpt_storage::Epoch(1),
+            },
+            (1, _) => Op::Unlink {
+                name: name(["p", "q", "r"][rng.random_range(0..3)]),
+            },
+            (2, _) => Op::Destroy {
+                instance: pick(&mut rng, &instances),
+            },
+            (3, _) => Op::DeleteSection {
+                instance: pick(&mut rng, &instances),
+                section_id: SectionId::new(id),
+            },
+            (4 | 5, _) => Op::CreateSection {
+                instance: pick(&mut rng, &instances),
+                attributes: SectionCreationAttributes {
+                    section_id: Some(SectionId::new(id)),
+                    expiration_time: TIME_END,
+                },
+                data: vec![b'x'; rng.random_range(0..40)],
+            },
+            _ => Op::Overwrite {
+                instance: pick(&mut rng, &instances),
+                section_id: SectionId::new(id),
+                data: vec![b'y'; rng.random_range(0..64)],
+            },
+        };
+        let destroyed = match &op {
+            Op::Destroy { instance } => Some(*instance),
+            _ => None,
+        };
+        match run(&store, op) {
+            Ok(Outcome::Opened { instance, .. }) => {
+                instances.push(instance);
+                changed += 1;
+            }
+            Ok(_) => {
+                instances.retain(|i| Some(*i) != destroyed);
+                changed += 1;
+            }
+            Err(_) => {}
+        }
+        assert_eq!(store.totals(), scanned(&store), "after step {step}");
+    }
+    assert!(changed > 150, "many operations did something: {changed}");
+    assert!(scanned(&store).checkpoints > 0);
+    drop(store);
+    fs.power_loss();
+    let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
+    assert_eq!(store.totals(), scanned(&store), "after a restart");
+}
