@@ -2242,7 +2242,7 @@ impl Writer {
             *self.shared.totals.lock().unwrap_or_else(|p| p.into_inner()) = self.state.totals();
             if let Some(job) = job {
                 if syncer_thread.is_none() {
-                    lock_syncer(&self.syncer).sync(vec![job], || {});
+                    lock_syncer(&self.syncer).sync(vec![job]);
                 } else if let Some(job) = self.sync_here_if_idle(job, &requests, &mut carried) {
                     self.sync_pending.fetch_add(1, Ordering::AcqRel);
                     if let Err(mpsc::SendError(job)) = jobs.send(job) {
@@ -2281,20 +2281,23 @@ impl Writer {
             }
             Err(mpsc::TryRecvError::Disconnected) | Err(mpsc::TryRecvError::Empty) => {}
         }
-        // Nothing is pending, so the fsync thread has at most the answers
-        // of its last batch left to give (it counts a batch off once synced,
-        // before answering): waiting for the lock waits for those, which
-        // keeps the answers in log order. Only this thread raises the count.
-        let Ok(mut syncer) = self.syncer.lock() else {
-            // The fsync thread died holding it: let the send fail.
+        // The fsync thread counts a batch off only after answering it, still
+        // holding the syncer: with nothing pending it has nothing left to
+        // answer, so answers stay in log order. (Counting off before the
+        // answers would make this path run under load too, while the fsync
+        // thread answers — serializing fsyncs with the next batch's work.)
+        let Ok(mut syncer) = self.syncer.try_lock() else {
             return Some(job);
         };
+        if self.sync_pending.load(Ordering::Acquire) > 0 {
+            return Some(job);
+        }
         // Counted before the answers, so whoever is answered sees it.
         self.shared
             .stats
             .syncs_on_writer
             .fetch_add(1, Ordering::Relaxed);
-        syncer.sync(vec![job], || {});
+        syncer.sync(vec![job]);
         None
     }
 
@@ -2822,9 +2825,8 @@ fn lock_syncer(syncer: &Mutex<Syncer>) -> std::sync::MutexGuard<'_, Syncer> {
 
 impl Syncer {
     /// The fsync thread: syncs what the writer hands over, all that queued
-    /// in one go, and counts it off `pending` once synced, before its
-    /// answers, holding the syncer throughout (see
-    /// [`Writer::sync_here_if_idle`]).
+    /// in one go, and counts it off `pending` once answered, before letting
+    /// go of the syncer (see [`Writer::sync_here_if_idle`]).
     fn run(syncer: &Mutex<Syncer>, pending: &AtomicU64, jobs: Receiver<SyncJob>) {
         while let Ok(first) = jobs.recv() {
             let mut syncer = lock_syncer(syncer);
@@ -2833,15 +2835,12 @@ impl Syncer {
                 batch.push(job);
             }
             let count = batch.len() as u64;
-            syncer.sync(batch, || {
-                pending.fetch_sub(count, Ordering::AcqRel);
-            });
+            syncer.sync(batch);
+            pending.fetch_sub(count, Ordering::AcqRel);
         }
     }
 
-    /// Syncs the batch, calls `counted` (also after a failure), then
-    /// answers the batch's requests and tells the listeners.
-    fn sync(&mut self, batch: Vec<SyncJob>, counted: impl FnOnce()) {
+    fn sync(&mut self, batch: Vec<SyncJob>) {
         let needs_sync = batch
             .iter()
             .any(|job| job.last_lsn.is_some() || !job.durable.is_empty());
@@ -2879,7 +2878,6 @@ impl Syncer {
                 self.mark.advance(last);
             }
         }
-        counted();
         let listeners = self.shared.listeners();
         if let (Some(listener), None) = (&listeners.durable, &failure) {
             // Before the answers, so that whoever is answered finds the
