@@ -150,6 +150,12 @@ struct Subscriber {
     delivered: u64,
     /// Updates after `delivered` were dropped; a `Resync` is owed.
     behind: bool,
+    /// The sequence number it registered at (0 once passed). A record is
+    /// applied, and its writer answered, before the hub hears it is
+    /// durable: one the hub hears of after the registration but numbered
+    /// at or below this was already in the state the subscriber reads, and
+    /// it was told that the next update is the one after.
+    registered_at: u64,
 }
 
 impl Subscriber {
@@ -314,6 +320,10 @@ impl Hub {
             feed.last_seq = seq;
             if let (Some(name), Some(change)) = (&feed.name, &change) {
                 for subscriber in &mut feed.subscribers {
+                    if seq <= subscriber.registered_at {
+                        continue;
+                    }
+                    subscriber.registered_at = 0;
                     subscriber.deliver(name, seq, change, &self.metrics);
                 }
             }
@@ -388,6 +398,7 @@ impl Hub {
             outbox,
             delivered: feed.last_seq,
             behind: false,
+            registered_at: 0,
         };
         if let Some(after) = resume_after.filter(|after| *after < feed.last_seq) {
             // The log's records, then memory's from where they end.
@@ -418,6 +429,7 @@ impl Hub {
                 subscriber.resync(feed.last_seq, &self.metrics);
             }
         }
+        subscriber.registered_at = feed.last_seq;
         feed.subscribers
             .retain(|s| !(s.session == session && s.handle == handle));
         feed.subscribers.push(subscriber);
@@ -565,4 +577,77 @@ fn change_of(body: &RecordBody) -> Option<Change> {
             data: data.clone(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ckpt_storage::{Entry, Epoch, Lsn, Seq, StoreConfig};
+    use prometheus::{IntCounter, IntGauge};
+
+    fn retention_record(lsn: u64, seq: u64) -> Record {
+        Record {
+            lsn: Lsn(lsn),
+            entry: Entry {
+                instance: InstanceId(7),
+                epoch: Epoch(1),
+                seq: Seq(seq),
+                timestamp: 0,
+                origin: None,
+                body: RecordBody::RetentionSet {
+                    retention_duration_ns: seq as i64,
+                },
+            },
+        }
+    }
+
+    /// A write is applied (its seq stored) before the hub hears it is
+    /// durable, so a subscriber may register with the store's seq past
+    /// the hub's. The record arriving after must not reach it: it was
+    /// told that the next update it gets is the one after.
+    #[tokio::test]
+    async fn a_subscriber_registered_past_a_commit_not_yet_heard_does_not_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.reserve_bytes = 0;
+        let store = Arc::new(Store::open(config).unwrap());
+        let counter = |name: &str| IntCounter::new(name, name).unwrap();
+        let hub = Hub::new(
+            1 << 20,
+            0,
+            IntGauge::new("history", "history").unwrap(),
+            SubscriberMetrics {
+                fell_behind: counter("fell_behind"),
+                resyncs: counter("resyncs"),
+                missed: counter("missed"),
+            },
+        );
+        hub.on_commit(&[retention_record(1, 1)]);
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let outbox = Outbox::new(sender, 1 << 20, IntGauge::new("queued", "q").unwrap());
+        let next = hub
+            .subscribe(
+                &store,
+                SubscribeRequest {
+                    instance: InstanceId(7),
+                    name: CheckpointName::new("c").unwrap(),
+                    current_seq: 2,
+                    session: 1,
+                    handle: 1,
+                    resume_after: None,
+                    outbox,
+                },
+            )
+            .await;
+        assert_eq!(next, 3);
+        hub.on_commit(&[retention_record(2, 2)]);
+        hub.on_commit(&[retention_record(3, 3)]);
+        let mut seqs = Vec::new();
+        while let Ok(queued) = receiver.try_recv() {
+            if let Notification::Update { seq, .. } = queued.0 {
+                seqs.push(seq);
+            }
+        }
+        assert_eq!(seqs, vec![3], "only what follows the seq it registered at");
+    }
 }
