@@ -262,12 +262,14 @@ impl Service {
     /// # Errors
     /// Storage errors.
     pub async fn recover(self: &Arc<Self>) -> CkptResult<()> {
+        // Taken in any case, so that a cluster node does not keep it.
+        let picked = self.store.take_not_kept_forever();
         if self.cluster.is_some() {
             // Retention and deletion are the control plane's, cluster-wide;
             // it restarts the timers of unopened checkpoints itself.
             return Ok(());
         }
-        let instances = match self.store.take_not_kept_forever() {
+        let instances = match picked {
             Some(instances) => instances,
             None => {
                 let store = self.store.clone();

@@ -399,14 +399,6 @@ impl StateMachine {
             .collect()
     }
 
-    /// Forgets an instance's in-memory state so the next use reloads it from
-    /// storage (after a batch failed to reach the log).
-    pub fn forget(&mut self, instance: InstanceId) {
-        if let Some(forgotten) = self.instances.remove(&instance) {
-            self.totals.sub(Totals::of(&forgotten.meta));
-        }
-    }
-
     /// Replaces names and instances from storage (after a failed batch).
     pub fn reset(
         &mut self,

@@ -2633,13 +2633,20 @@ impl Writer {
         };
         let mut requests = batch.into_iter();
         while let Some(request) = requests.next() {
-            let replicated = matches!(request.work, Work::Replicated { .. });
+            // A replicated request refused at its first entry applied
+            // nothing (the common refusal: a gap, an old epoch): no undo.
+            let may_apply = match &request.work {
+                Work::Replicated { entries } => entries
+                    .first()
+                    .is_some_and(|first| self.state.check_entry(first).is_ok()),
+                _ => false,
+            };
             let (entries, committed) =
                 match self.plan_request(&request.work, request.now, &mut planned.effects) {
                     Ok(planned) => planned,
                     Err(error) => {
                         (request.reply)(Err(error));
-                        if replicated {
+                        if may_apply {
                             // Entries before the refused one may have been
                             // applied in memory: forget the whole batch.
                             self.undo(first_lsn);
