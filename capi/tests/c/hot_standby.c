@@ -156,47 +156,63 @@ static int standby(const ClNameT *name)
         }
     }
 
-    /* Take over: what the checkpoint holds is the state. */
+    /* Take over: what the checkpoint holds is the state. A DISTRIBUTED
+     * checkpoint is read from this node's own replica, which may not yet
+     * hold an update the active wrote just before it died and never saw
+     * acknowledged; the active replica does, and refuses our next update
+     * with ALREADY_EXIST. Then read again: the replica catches up. */
     clCkptDispatch(svc, CL_DISPATCH_ALL);
-    ClHandleT iteration;
-    rc = clCkptSectionIterationInitialize(handle, CL_CKPT_SECTIONS_ANY, 0, &iteration);
-    if (rc != CL_OK) {
-        fail("clCkptSectionIterationInitialize", rc);
-    }
-    printf("have");
+    static char have[MAX_UPDATES * 8];
     int last = 0;
-    ClCkptSectionDescriptorT descriptor;
-    while ((rc = clCkptSectionIterationNext(iteration, &descriptor)) == CL_OK) {
-        char buffer[40] = {0};
-        ClCkptIOVectorElementT element;
-        memset(&element, 0, sizeof element);
-        element.sectionId = descriptor.sectionId;
-        element.dataBuffer = buffer;
-        element.dataSize = sizeof buffer - 1;
-        ClUint32T bad;
-        ClRcT read = clCkptCheckpointRead(handle, &element, 1, &bad);
-        if (read != CL_OK) {
-            fail("clCkptCheckpointRead", read);
+    for (int attempt = 0;; attempt++) {
+        ClHandleT iteration;
+        rc = clCkptSectionIterationInitialize(handle, CL_CKPT_SECTIONS_ANY, 0, &iteration);
+        if (rc != CL_OK) {
+            fail("clCkptSectionIterationInitialize", rc);
         }
-        int n = 0;
-        if (sscanf(buffer, "update %d", &n) == 1) {
-            printf(" %d", n);
-            if (n > last) {
-                last = n;
+        size_t used = 0;
+        have[0] = '\0';
+        last = 0;
+        ClCkptSectionDescriptorT descriptor;
+        while ((rc = clCkptSectionIterationNext(iteration, &descriptor)) == CL_OK) {
+            char buffer[40] = {0};
+            ClCkptIOVectorElementT element;
+            memset(&element, 0, sizeof element);
+            element.sectionId = descriptor.sectionId;
+            element.dataBuffer = buffer;
+            element.dataSize = sizeof buffer - 1;
+            ClUint32T bad;
+            ClRcT read = clCkptCheckpointRead(handle, &element, 1, &bad);
+            if (read != CL_OK) {
+                fail("clCkptCheckpointRead", read);
             }
+            int n = 0;
+            if (sscanf(buffer, "update %d", &n) == 1) {
+                if (used + 16 < sizeof have) {
+                    used += (size_t)snprintf(have + used, sizeof have - used, " %d", n);
+                }
+                if (n > last) {
+                    last = n;
+                }
+            }
+            clHeapFree(descriptor.sectionId.id);
         }
-        clHeapFree(descriptor.sectionId.id);
+        if (CL_GET_ERROR_CODE(rc) != CL_CKPT_ERR_NO_SECTIONS) {
+            fail("clCkptSectionIterationNext", rc);
+        }
+        clCkptSectionIterationFinalize(iteration);
+        rc = write_update(handle, last + 1);
+        if (CL_GET_ERROR_CODE(rc) == CL_ERR_ALREADY_EXIST && attempt < 100) {
+            usleep(100 * 1000);
+            continue;
+        }
+        if (rc != CL_OK) {
+            fail("clCkptSectionCreate (as the new active)", rc);
+        }
+        break;
     }
-    printf("\n");
-    if (CL_GET_ERROR_CODE(rc) != CL_CKPT_ERR_NO_SECTIONS) {
-        fail("clCkptSectionIterationNext", rc);
-    }
-    clCkptSectionIterationFinalize(iteration);
+    printf("have%s\n", have);
     printf("notified %d max %d\n", notified, notified_max);
-    rc = write_update(handle, last + 1);
-    if (rc != CL_OK) {
-        fail("clCkptSectionCreate (as the new active)", rc);
-    }
     printf("active now, wrote %d\n", last + 1);
     clCkptCheckpointClose(handle);
     clCkptFinalize(svc);
