@@ -268,32 +268,23 @@ pub async fn serve(
             }
         }
         let request_id = frame.request_id;
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let error = CkptError::new(
+        // A request refused before it is looked at: too many in flight, or
+        // undecodable.
+        let admitted = match permits.clone().try_acquire_owned() {
+            Err(_) => Err(CkptError::new(
                 ErrorCode::NoResource,
                 format!(
                     "more than {} requests in flight on this connection",
                     config.in_flight_max
                 ),
-            );
-            // Answers made here wait for room too, so a client that sends
-            // without reading stops being read.
-            let Some(room) = reserve_or_stop(&budget, &shutdown).await else {
-                break;
-            };
-            answer(
-                &out_tx,
-                &budget,
-                request_id,
-                Response::Err(error),
-                room,
-                None,
-            );
-            continue;
+            )),
+            Ok(permit) => frame.decode::<Request>().map(|request| (permit, request)),
         };
-        let request = match frame.decode::<Request>() {
-            Ok(request) => request,
+        let (permit, request) = match admitted {
+            Ok(admitted) => admitted,
             Err(error) => {
+                // Answers made here wait for room too, so a client that
+                // sends without reading stops being read.
                 let Some(room) = reserve_or_stop(&budget, &shutdown).await else {
                     break;
                 };
