@@ -75,22 +75,23 @@ lint: deps
 #
 # And ckpt-server and ckpt-tool in $(BINDIR), without their debug info: the
 # release profile keeps line tables (debug = 1) for perf and backtraces in
-# target/, which makes each binary ~470 MB; installed, they are ~21 MB.
+# target/. Each file is written stripped (strip -o), never staged whole, so
+# the prefix needs only the installed size.
 install:
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) $(CARGO) build --release -p ckpt-capi
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) $(CARGO) build --release -p ckpt-server -p ckpt-tool --bins
 	install -d $(DESTDIR)$(BINDIR)
 	for b in ckpt-server ckpt-tool; do \
-		install -m 755 $(CARGO_TARGET_DIR)/release/$$b $(DESTDIR)$(BINDIR)/$$b && \
-		strip --strip-debug $(DESTDIR)$(BINDIR)/$$b || exit 1; done
+		strip --strip-debug -o $(DESTDIR)$(BINDIR)/$$b $(CARGO_TARGET_DIR)/release/$$b && \
+		chmod 755 $(DESTDIR)$(BINDIR)/$$b || exit 1; done
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/ckpt
 	install -m 644 capi/include/*.h $(DESTDIR)$(INCLUDEDIR)/ckpt/
-	install -m 755 $(CARGO_TARGET_DIR)/release/libckpt.so $(DESTDIR)$(LIBDIR)/libckpt.so.$(CAPI_VERSION)
-	strip --strip-unneeded $(DESTDIR)$(LIBDIR)/libckpt.so.$(CAPI_VERSION)
+	strip --strip-unneeded -o $(DESTDIR)$(LIBDIR)/libckpt.so.$(CAPI_VERSION) $(CARGO_TARGET_DIR)/release/libckpt.so
+	chmod 755 $(DESTDIR)$(LIBDIR)/libckpt.so.$(CAPI_VERSION)
 	ln -sf libckpt.so.$(CAPI_VERSION) $(DESTDIR)$(LIBDIR)/libckpt.so.0
 	ln -sf libckpt.so.0 $(DESTDIR)$(LIBDIR)/libckpt.so
-	install -m 644 $(CARGO_TARGET_DIR)/release/libckpt.a $(DESTDIR)$(LIBDIR)/libckpt.a
-	strip --strip-debug $(DESTDIR)$(LIBDIR)/libckpt.a
+	strip --strip-debug -o $(DESTDIR)$(LIBDIR)/libckpt.a $(CARGO_TARGET_DIR)/release/libckpt.a
+	chmod 644 $(DESTDIR)$(LIBDIR)/libckpt.a
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 		-e 's|@VERSION@|$(CAPI_VERSION)|' capi/ckpt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ckpt.pc
 

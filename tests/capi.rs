@@ -583,9 +583,15 @@ fn hot_standby_pair(
 #[test]
 fn sample_applications_build_with_pkg_config_against_an_installed_prefix() {
     library();
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = dir.path().join("prefix");
+    // The prefix is staged beside the build, not in /tmp: the build's volume
+    // is known to have room for binaries, and a CI machine's /tmp did not
+    // (an install there failed with ENOSPC).
     let target = release_dir().parent().unwrap().to_path_buf();
+    let dir = tempfile::Builder::new()
+        .prefix("capi-install-")
+        .tempdir_in(&target)
+        .unwrap();
+    let prefix = dir.path().join("prefix");
     let make = std::env::var("MAKE").unwrap_or_else(|_| "make".into());
     run(Command::new(make)
         .arg("-C")
@@ -596,7 +602,7 @@ fn sample_applications_build_with_pkg_config_against_an_installed_prefix() {
         .env_remove("MAKEFLAGS")
         .env_remove("MFLAGS"));
     // The binaries are installed without their debug info (the release
-    // profile's line tables make them ~470 MB in target/), and run.
+    // profile keeps line tables in target/), and run.
     for bin in ["ckpt-server", "ckpt-tool"] {
         let path = prefix.join("bin").join(bin);
         let bytes = std::fs::metadata(&path)
