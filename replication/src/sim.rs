@@ -758,11 +758,13 @@ impl Node {
             DataOutput::Propose(Proposal::SetInSync {
                 instance,
                 epoch,
+                from,
                 in_sync,
             }) => {
                 let _ = self.cp.propose(Command::SetInSync {
                     instance,
                     epoch,
+                    from: Some(from),
                     in_sync,
                 });
             }
@@ -1825,9 +1827,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
 ///   set, emptied its replica (the CatchUp it answered counted as still
 ///   open); ActiveReplicaSet then named it and the checkpoint's writes were
 ///   lost (a CatchUp is closed once a snapshot or entries answered it).
+/// - 31130: two in-sync changes computed from one set: the first dropped a
+///   stalled backup, the second (a re-proposal of another backup's addition)
+///   still named it; once the first applied, an ALL_SAFE write was released
+///   without the dropped backup, then the second applied and brought it back,
+///   and a failover to it lost the write (a change now names the set it was
+///   computed from and is refused if that set changed).
 #[test]
 fn cluster_sim_regression_seeds() {
-    for n in [93, 94, 101, 2890, 3212, 7212, 3796] {
+    for n in [93, 94, 101, 2890, 3212, 7212, 3796, 31130] {
         let _replay = Replay(n);
         run(sim_seed(n));
     }

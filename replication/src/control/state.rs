@@ -180,13 +180,20 @@ pub enum Command {
         /// The new active replica.
         node: NodeId,
     },
-    /// The active replica of `epoch` sets the in-sync set (refused for any
-    /// other epoch).
+    /// The active replica of `epoch` replaces the in-sync set `from` by
+    /// `in_sync` (refused for any other epoch, and when the set is no longer
+    /// `from`: a proposal computed from a set since changed could otherwise
+    /// bring back a member removed meanwhile, one that lacks writes
+    /// acknowledged without it).
     SetInSync {
         /// Which instance.
         instance: InstanceId,
         /// The proposer's epoch.
         epoch: Epoch,
+        /// The set the proposer saw applied and computed `in_sync` from;
+        /// `None` only in Raft logs written before this check (applied as
+        /// they were then, unconditionally).
+        from: Option<Vec<NodeId>>,
         /// Replicas holding every acknowledged write.
         in_sync: Vec<NodeId>,
     },
@@ -307,6 +314,14 @@ enum CommandWire {
     RemoveNode {
         node: NodeId,
     },
+    // Appended, so that Raft logs written before it still decode (postcard
+    // numbers variants in order): SetInSync with the set it replaces.
+    SetInSyncFrom {
+        instance: u64,
+        epoch: u64,
+        from: Vec<NodeId>,
+        in_sync: Vec<NodeId>,
+    },
 }
 
 impl From<Command> for CommandWire {
@@ -345,10 +360,22 @@ impl From<Command> for CommandWire {
             Command::SetInSync {
                 instance,
                 epoch,
+                from: None,
                 in_sync,
             } => CommandWire::SetInSync {
                 instance: instance.0,
                 epoch: epoch.0,
+                in_sync,
+            },
+            Command::SetInSync {
+                instance,
+                epoch,
+                from: Some(from),
+                in_sync,
+            } => CommandWire::SetInSyncFrom {
+                instance: instance.0,
+                epoch: epoch.0,
+                from,
                 in_sync,
             },
             Command::EpochStarted {
@@ -412,6 +439,18 @@ impl From<CommandWire> for Command {
             } => Command::SetInSync {
                 instance: InstanceId(instance),
                 epoch: Epoch(epoch),
+                from: None,
+                in_sync,
+            },
+            CommandWire::SetInSyncFrom {
+                instance,
+                epoch,
+                from,
+                in_sync,
+            } => Command::SetInSync {
+                instance: InstanceId(instance),
+                epoch: Epoch(epoch),
+                from: Some(from),
                 in_sync,
             },
             CommandWire::EpochStarted {
@@ -808,6 +847,7 @@ impl ClusterState {
             Command::SetInSync {
                 instance,
                 epoch,
+                from,
                 in_sync,
             } => {
                 let meta = self.meta_mut(*instance)?;
@@ -819,6 +859,20 @@ impl ClusterState {
                             epoch.0, instance.0, meta.epoch.0
                         ),
                     );
+                }
+                if let Some(from) = from {
+                    let same = |a: &[NodeId], b: &[NodeId]| {
+                        a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+                    };
+                    if !same(from, &meta.in_sync) {
+                        return fail(
+                            ErrorCode::TryAgain,
+                            format!(
+                                "in-sync set of instance {} is {:?}, not the {from:?} the change was computed from",
+                                instance.0, meta.in_sync
+                            ),
+                        );
+                    }
                 }
                 let mut set = in_sync.clone();
                 set.sort_unstable();
@@ -1216,6 +1270,7 @@ mod tests {
         let caught_up = Command::SetInSync {
             instance: meta.instance,
             epoch: meta.epoch,
+            from: Some(meta.in_sync.clone()),
             in_sync: meta.replicas.clone(),
         };
         assert_eq!(state.apply(&caught_up), Applied::Done);
@@ -1303,6 +1358,36 @@ mod tests {
         assert_eq!(s.get(a.instance).unwrap().active, Some(2));
     }
 
+    /// Two in-sync changes computed by the active replica from one applied
+    /// set (cluster simulator, run 31130): the first drops a stalled node 2
+    /// and adds node 3; the second, a tick later, only re-proposes node 3
+    /// and so still names node 2. Applied in that order without the check,
+    /// node 2 came back into the set lacking a write released (ALL_SAFE)
+    /// once the first had applied, and a failover to it lost that write.
+    #[test]
+    fn an_in_sync_change_computed_from_a_set_since_changed_is_refused() {
+        let mut s = ClusterState::new(&[1, 2, 3], 3);
+        let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
+        let set = |s: &mut ClusterState, from: &[NodeId], to: &[NodeId]| {
+            s.apply(&Command::SetInSync {
+                instance: a.instance,
+                epoch: a.epoch,
+                from: Some(from.to_vec()),
+                in_sync: to.to_vec(),
+            })
+        };
+        assert_eq!(set(&mut s, &[1, 2, 3], &[1, 2]), Applied::Done);
+        assert_eq!(set(&mut s, &[1, 2], &[1, 3]), Applied::Done);
+        assert!(matches!(
+            set(&mut s, &[1, 2], &[1, 2, 3]),
+            Applied::Failed(e) if e.code == ErrorCode::TryAgain && e.detail.contains("[1, 3]")
+        ));
+        assert_eq!(s.get(a.instance).unwrap().in_sync, vec![1, 3]);
+        // The set it was computed from is compared as a set, in any order.
+        assert_eq!(set(&mut s, &[3, 1], &[1, 2, 3]), Applied::Done);
+        assert_eq!(s.get(a.instance).unwrap().in_sync, vec![1, 2, 3]);
+    }
+
     #[test]
     fn failover_without_a_live_in_sync_member_waits_for_the_node() {
         let mut s = ClusterState::new(&[1, 2, 3], 3);
@@ -1311,6 +1396,7 @@ mod tests {
             s.apply(&Command::SetInSync {
                 instance: a.instance,
                 epoch: Epoch(e),
+                from: None,
                 in_sync: v,
             })
         };
@@ -1364,6 +1450,7 @@ mod tests {
         s.apply(&Command::SetInSync {
             instance: c.instance,
             epoch: Epoch(2),
+            from: None,
             in_sync: vec![3, 1],
         });
         assert!(matches!(
@@ -1518,6 +1605,7 @@ mod tests {
         s.apply(&Command::SetInSync {
             instance: m.instance,
             epoch: m.epoch,
+            from: Some(m.in_sync.clone()),
             in_sync: vec![1],
         });
         s.apply(&Command::Failover { node: 1 });
@@ -1583,12 +1671,17 @@ mod tests {
         s.apply(&Command::Failover { node: 3 });
         let back = ClusterState::restore(&s.encode(), 3).unwrap();
         assert_eq!(back, s);
-        let cmd = Command::SetInSync {
-            instance: b.instance,
-            epoch: Epoch(4),
-            in_sync: vec![1, 2],
-        };
-        assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+        // Both forms: a log written before SetInSync carried the set it
+        // replaces still decodes, as a change applied unconditionally.
+        for from in [None, Some(vec![1, 2, 3])] {
+            let cmd = Command::SetInSync {
+                instance: b.instance,
+                epoch: Epoch(4),
+                from,
+                in_sync: vec![1, 2],
+            };
+            assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+        }
         assert!(Command::decode(&[0xff, 0xff]).is_err());
     }
 }

@@ -251,6 +251,7 @@ impl Sim {
         let caught_up = Command::SetInSync {
             instance: meta.instance,
             epoch: meta.epoch,
+            from: Some(meta.in_sync.clone()),
             in_sync: meta.replicas.clone(),
         };
         assert_eq!(self.propose(node, caught_up), Applied::Done);
@@ -427,12 +428,14 @@ fn epochs_in_sync_sets_and_active_handover_go_through_raft() {
     let stale = Command::SetInSync {
         instance: m.instance,
         epoch: Epoch(9),
+        from: Some(m.in_sync.clone()),
         in_sync: vec![f],
     };
     assert!(matches!(sim.propose(f, stale), Applied::Failed(e) if e.code == ErrorCode::TryAgain));
     let shrink = Command::SetInSync {
         instance: m.instance,
         epoch: Epoch(1),
+        from: Some(m.in_sync.clone()),
         in_sync: vec![f, m.replicas[1]],
     };
     assert_eq!(sim.propose(f, shrink), Applied::Done);

@@ -58,11 +58,15 @@ pub const LAG_WINDOW_ENTRIES_MAX: usize = 1 << 16;
 /// A change the data plane asks the control plane for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proposal {
-    /// Replace the in-sync set of `instance` in `epoch` (ignored by the
-    /// control plane if the epoch moved on).
+    /// Replace the in-sync set `from` of `instance` in `epoch` by `in_sync`
+    /// (refused by the control plane if the epoch moved on or the set is no
+    /// longer `from`: two proposals computed from one set must not both
+    /// apply, or the later one would bring back a member the earlier one
+    /// removed, after writes were released without it).
     SetInSync {
         instance: InstanceId,
         epoch: Epoch,
+        from: Vec<NodeId>,
         in_sync: Vec<NodeId>,
     },
 }
@@ -1405,6 +1409,7 @@ impl DataPlane {
             self.outputs.push(DataOutput::Propose(Proposal::SetInSync {
                 instance,
                 epoch,
+                from: inst.rs.in_sync.clone(),
                 in_sync: in_sync.into_iter().collect(),
             }));
         }

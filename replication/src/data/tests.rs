@@ -778,6 +778,7 @@ fn an_in_sync_backup_leaves_the_set_before_a_snapshot_discards_its_replica() {
         vec![DataOutput::Propose(Proposal::SetInSync {
             instance: I,
             epoch: Epoch(1),
+            from: vec![1, 2, 3],
             in_sync: vec![1, 3],
         })]
     );
@@ -964,6 +965,7 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
     let remove3 = DataOutput::Propose(Proposal::SetInSync {
         instance: I,
         epoch: Epoch(1),
+        from: vec![1, 2, 3],
         in_sync: vec![1, 2],
     });
     dp.tick(100 + TIMEOUT - 1);
@@ -995,6 +997,7 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
         vec![DataOutput::Propose(Proposal::SetInSync {
             instance: I,
             epoch: Epoch(1),
+            from: vec![1, 2],
             in_sync: vec![1, 2, 3]
         })]
     );
@@ -1043,6 +1046,7 @@ fn a_caught_up_backup_does_not_lag_until_entries_arrive() {
         vec![DataOutput::Propose(Proposal::SetInSync {
             instance: I,
             epoch: Epoch(1),
+            from: vec![1, 2, 3],
             in_sync: vec![1, 2]
         })]
     );
@@ -1553,6 +1557,7 @@ fn three_nodes_converge_through_failover_and_a_divergent_suffix() {
         vec![Proposal::SetInSync {
             instance: I,
             epoch: Epoch(2),
+            from: vec![2, 3],
             in_sync: vec![1, 2, 3]
         }]
     );
@@ -1610,6 +1615,7 @@ fn a_lost_catch_up_is_retried_and_a_restarted_backup_catches_up() {
         vec![Proposal::SetInSync {
             instance: I,
             epoch: Epoch(1),
+            from: vec![1, 2, 3],
             in_sync: vec![1, 2]
         }]
     );
@@ -1686,6 +1692,7 @@ fn in_sync_members_without_a_replica_are_proposed_out_at_once() {
     let remove4 = DataOutput::Propose(Proposal::SetInSync {
         instance: I,
         epoch: Epoch(1),
+        from: vec![1, 2, 4],
         in_sync: vec![1, 2],
     });
     assert_eq!(proposals(&mut dp), vec![remove4.clone()]);
@@ -2219,6 +2226,7 @@ fn a_member_being_added_that_stalls_is_given_up_only_after_its_proposal_settled(
         vec![DataOutput::Propose(Proposal::SetInSync {
             instance: I,
             epoch: Epoch(1),
+            from: vec![1, 2],
             in_sync: vec![1, 2, 3]
         })]
     );
@@ -2343,6 +2351,7 @@ fn a_backup_rejoins_only_once_it_holds_the_epoch_start() {
     let add = DataOutput::Propose(Proposal::SetInSync {
         instance: I,
         epoch: Epoch(2),
+        from: vec![1],
         in_sync: vec![1, 2],
     });
     for (acked, proposed) in [(4, false), (5, true)] {

@@ -2250,11 +2250,13 @@ impl Driver {
             DataOutput::Propose(Proposal::SetInSync {
                 instance,
                 epoch,
+                from,
                 in_sync,
             }) => {
                 let command = Command::SetInSync {
                     instance,
                     epoch,
+                    from: Some(from),
                     in_sync,
                 };
                 match self.control.propose(command) {
