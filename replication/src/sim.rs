@@ -1833,9 +1833,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
 ///   without the dropped backup, then the second applied and brought it back,
 ///   and a failover to it lost the write (a change now names the set it was
 ///   computed from and is refused if that set changed).
+/// - 47420: a node back from a partition got a lease grant naming the
+///   leader's commit index, while its own failover (proposed by a new leader
+///   just before) was in the leader's log but not yet committed; it served
+///   reads as the active replica of an epoch the failover then ended, missing
+///   the next active replica's ALL_SAFE writes (a grant now names the last
+///   index of the leader's log, and none is made while a failover of the
+///   requester is about to be proposed).
 #[test]
 fn cluster_sim_regression_seeds() {
-    for n in [93, 94, 101, 2890, 3212, 7212, 3796, 31130] {
+    for n in [93, 94, 101, 2890, 3212, 7212, 3796, 31130, 47420] {
         let _replay = Replay(n);
         run(sim_seed(n));
     }

@@ -32,7 +32,10 @@ pub enum ControlMessage {
     LeaseGrant {
         /// The request's `sent_at_ms`.
         sent_at_ms: u64,
-        /// The leader's commit index when it granted.
+        /// The index the requester must have applied: the last entry of
+        /// the leader's log when it granted, committed or not (a failover
+        /// of the requester proposed just before the grant must reach it
+        /// first).
         commit: u64,
     },
 }

@@ -545,10 +545,24 @@ impl ControlPlane {
                 // stops granting before a new leader can be elected, even
                 // though raft-rs may take two election timeouts to depose it.
                 let heard = quorum_heard_ms(d, &voters);
-                // The grant names the commit index the requester must have
-                // applied before its lease holds; a leader that has not yet
-                // committed an entry of its own term does not know it.
-                if let Some(commit) = self.committed_in_term() {
+                // A failover of the requester proposed by this leader and not
+                // yet in its log (deferred) or applied: no grant. Once in the
+                // log, the index below covers it.
+                let failing_over = self.state.node_alive(from)
+                    && d.proposed_ms
+                        .get(&Duty::Failover(from))
+                        .is_some_and(|at| now < at.saturating_add(self.lease_timeout_ms));
+                // The grant names the index the requester must have applied
+                // before its lease holds: not the commit index but the last
+                // entry of this leader's log, so that a Failover of the
+                // requester proposed before this grant and committed after
+                // it is applied first (cluster simulator, run 47420: a node
+                // back from a partition got a lease between the proposal and
+                // the commit of its own failover, and served reads in the
+                // epoch the failover ended). A leader that has not yet
+                // committed an entry of its own term grants nothing.
+                if self.committed_in_term().is_some() && !failing_over {
+                    let commit = self.raw.raft.raft_log.last_index();
                     if now <= heard.saturating_add(self.margin_ms) {
                         self.out_messages
                             .push((from, ControlMessage::LeaseGrant { sent_at_ms, commit }));
