@@ -389,9 +389,8 @@ impl Hub {
                 let notified = self.heard.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if lock(&self.state).durable_lsn >= target
-                    || tokio::time::timeout_at(deadline, notified).await.is_err()
-                {
+                let heard = lock(&self.state).durable_lsn >= target;
+                if heard || tokio::time::timeout_at(deadline, notified).await.is_err() {
                     break;
                 }
             }
@@ -706,16 +705,19 @@ mod tests {
                 missed: counter("missed"),
             },
         );
-        // Commits reach the hub while `hear` is set; else they are held.
-        let hear = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let held = Arc::new(Mutex::new(Vec::<Record>::new()));
+        // Commits reach the hub while it may hear them; else they are held.
+        // Both under one lock, so that the hub hears everything in log
+        // order whenever the listener runs (after the writer's reply: a
+        // commit answered before the gate closed may still be held).
+        let gate = Arc::new(Mutex::new((true, Vec::<Record>::new())));
         {
-            let (hub, hear, held) = (hub.clone(), hear.clone(), held.clone());
+            let (hub, gate) = (hub.clone(), gate.clone());
             store.set_commit_listener(Arc::new(move |records: &[Record]| {
-                if hear.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut gate = lock(&gate);
+                if gate.0 {
                     hub.on_commit(records);
                 } else {
-                    lock(&held).extend_from_slice(records);
+                    gate.1.extend_from_slice(records);
                 }
             }));
         }
@@ -741,7 +743,7 @@ mod tests {
         };
         run(retention(1));
         let seen = store.instance(instance).unwrap().seq.0;
-        hear.store(false, std::sync::atomic::Ordering::SeqCst);
+        lock(&gate).0 = false;
         for ns in 2..=4 {
             run(retention(ns));
         }
@@ -749,9 +751,11 @@ mod tests {
         assert_eq!(current_seq, seen + 3);
         // The commits reach the hub once the subscription has started.
         let release = {
-            let (hub, held) = (hub.clone(), held.clone());
+            let (hub, gate) = (hub.clone(), gate.clone());
             tokio::spawn(async move {
-                let records = std::mem::take(&mut *lock(&held));
+                let mut gate = lock(&gate);
+                gate.0 = true;
+                let records = std::mem::take(&mut gate.1);
                 hub.on_commit(&records);
             })
         };
