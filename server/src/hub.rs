@@ -630,44 +630,67 @@ mod tests {
         }
     }
 
-    /// A write is applied (its seq stored) before the hub hears it is
-    /// durable, so a subscriber may register with the store's seq past
-    /// the hub's. The record arriving after must not reach it: it was
-    /// told that the next update it gets is the one after.
-    #[tokio::test]
-    async fn a_subscriber_registered_past_a_commit_not_yet_heard_does_not_get_it() {
+    /// An empty store in a temporary directory.
+    fn store() -> (tempfile::TempDir, Arc<Store>) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = StoreConfig::new(dir.path());
         config.reserve_bytes = 0;
         let store = Arc::new(Store::open(config).unwrap());
+        (dir, store)
+    }
+
+    /// A hub keeping `history_bytes_max` of history, having heard up to
+    /// `durable_lsn`, with metrics of its own.
+    fn hub(history_bytes_max: u64, durable_lsn: u64) -> Arc<Hub> {
         let counter = |name: &str| IntCounter::new(name, name).unwrap();
-        let hub = Hub::new(
-            1 << 20,
-            0,
+        Hub::new(
+            history_bytes_max,
+            durable_lsn,
             IntGauge::new("history", "history").unwrap(),
             SubscriberMetrics {
                 fell_behind: counter("fell_behind"),
                 resyncs: counter("resyncs"),
                 missed: counter("missed"),
             },
-        );
-        hub.on_commit(&[retention_record(1, 1)]);
-        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        )
+    }
+
+    /// Subscribes session 1's handle 1 to `instance` (checkpoint "c"):
+    /// the next seq it is told of, and what it is sent.
+    async fn subscribe(
+        hub: &Hub,
+        store: &Arc<Store>,
+        instance: InstanceId,
+        current_seq: u64,
+        resume_after: Option<u64>,
+    ) -> (
+        u64,
+        tokio::sync::mpsc::UnboundedReceiver<QueuedNotification>,
+    ) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let outbox = Outbox::new(sender, 1 << 20, IntGauge::new("queued", "q").unwrap());
-        let next = hub
-            .subscribe(
-                &store,
-                SubscribeRequest {
-                    instance: InstanceId(7),
-                    name: CheckpointName::new("c").unwrap(),
-                    current_seq: 2,
-                    session: 1,
-                    handle: 1,
-                    resume_after: None,
-                    outbox,
-                },
-            )
-            .await;
+        let request = SubscribeRequest {
+            instance,
+            name: CheckpointName::new("c").unwrap(),
+            current_seq,
+            session: 1,
+            handle: 1,
+            resume_after,
+            outbox,
+        };
+        (hub.subscribe(store, request).await, receiver)
+    }
+
+    /// A write is applied (its seq stored) before the hub hears it is
+    /// durable, so a subscriber may register with the store's seq past
+    /// the hub's. The record arriving after must not reach it: it was
+    /// told that the next update it gets is the one after.
+    #[tokio::test]
+    async fn a_subscriber_registered_past_a_commit_not_yet_heard_does_not_get_it() {
+        let (_dir, store) = store();
+        let hub = hub(1 << 20, 0);
+        hub.on_commit(&[retention_record(1, 1)]);
+        let (next, mut receiver) = subscribe(&hub, &store, InstanceId(7), 2, None).await;
         assert_eq!(next, 3);
         hub.on_commit(&[retention_record(2, 2)]);
         hub.on_commit(&[retention_record(3, 3)]);
@@ -689,22 +712,9 @@ mod tests {
     #[tokio::test]
     async fn a_resume_past_commits_not_yet_heard_gets_them_from_the_log() {
         use ckpt_storage::{Durability, Op, Outcome};
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = StoreConfig::new(dir.path());
-        config.reserve_bytes = 0;
-        let store = Arc::new(Store::open(config).unwrap());
-        let counter = |name: &str| IntCounter::new(name, name).unwrap();
+        let (_dir, store) = store();
         // No history in memory: missed updates can only come from the log.
-        let hub = Hub::new(
-            0,
-            store.applied_lsn().0,
-            IntGauge::new("history", "history").unwrap(),
-            SubscriberMetrics {
-                fell_behind: counter("fell_behind"),
-                resyncs: counter("resyncs"),
-                missed: counter("missed"),
-            },
-        );
+        let hub = hub(0, store.applied_lsn().0);
         // Commits reach the hub while it may hear them; else they are held.
         // Both under one lock, so that the hub hears everything in log
         // order whenever the listener runs (after the writer's reply: a
@@ -759,22 +769,7 @@ mod tests {
                 hub.on_commit(&records);
             })
         };
-        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
-        let outbox = Outbox::new(sender, 1 << 20, IntGauge::new("queued", "q").unwrap());
-        let next = hub
-            .subscribe(
-                &store,
-                SubscribeRequest {
-                    instance,
-                    name: CheckpointName::new("c").unwrap(),
-                    current_seq,
-                    session: 1,
-                    handle: 1,
-                    resume_after: Some(seen),
-                    outbox,
-                },
-            )
-            .await;
+        let (next, mut receiver) = subscribe(&hub, &store, instance, current_seq, Some(seen)).await;
         release.await.unwrap();
         assert_eq!(next, current_seq + 1);
         let mut got = Vec::new();
