@@ -47,6 +47,7 @@ use rocksdb::{
     WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 
+use crate::read_cache::ReadCache;
 use crate::state::{Committed, Effect, InstanceMeta, SectionMeta};
 use crate::wal::record::{Epoch, InstanceId, Lsn, Origin, Seq};
 
@@ -118,6 +119,9 @@ pub struct DbOptions {
     pub open_files_max: i32,
     /// Data column families new checkpoints are spread over.
     pub data_column_families: u32,
+    /// Bytes of whole small sections kept for reads
+    /// ([`crate::read_cache`]); 0 turns the cache off.
+    pub read_cache_bytes: u64,
 }
 
 impl Default for DbOptions {
@@ -128,6 +132,7 @@ impl Default for DbOptions {
             write_buffer_bytes_per_cf: 64 * 1024 * 1024,
             open_files_max: 1024,
             data_column_families: 16,
+            read_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -175,6 +180,8 @@ pub struct Db {
     /// this in-memory layer over RocksDB, never to RocksDB, and every read
     /// sees the layer first.
     memory: Option<Mutex<MemLayer>>,
+    /// Whole small sections for reads; every change is announced to it.
+    pub(crate) read_cache: ReadCache,
 }
 
 /// A column family, by role.
@@ -663,6 +670,7 @@ impl Db {
         let this = Db {
             slots,
             meta,
+            read_cache: ReadCache::new(options.read_cache_bytes),
             options,
             db,
             sessions: Mutex::new(HashMap::new()),
@@ -713,6 +721,7 @@ impl Db {
         let this = Db {
             slots,
             meta,
+            read_cache: ReadCache::new(options.read_cache_bytes),
             options,
             db,
             sessions: Mutex::new(HashMap::new()),
@@ -1082,6 +1091,11 @@ impl Db {
         applied: Lsn,
         next_instance: u64,
     ) -> CkptResult<()> {
+        // Cached reads of these instances stop before any of the batch can
+        // be seen, and fills start again once it all can (read_cache.rs).
+        let _writing = self
+            .read_cache
+            .writing(effects.iter().filter_map(Effect::instance));
         if self.memory.is_some() {
             let mut batch = MemBatch::default();
             self.build_batch(&mut batch, effects, origins, applied, next_instance)?;

@@ -135,6 +135,26 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// The instance whose reads the effect changes (None for names, which
+    /// reads never go through).
+    pub fn instance(&self) -> Option<InstanceId> {
+        match self {
+            Effect::PutName { .. } | Effect::DeleteName { .. } => None,
+            Effect::PutInstance { instance, .. }
+            | Effect::DeleteInstance { instance }
+            | Effect::PutSection { instance, .. }
+            | Effect::DeleteSection { instance, .. }
+            | Effect::PutExpiry { instance, .. }
+            | Effect::DeleteExpiry { instance, .. }
+            | Effect::WriteData { instance, .. }
+            | Effect::ReplaceData { instance, .. }
+            | Effect::RemoveData { instance, .. }
+            | Effect::ClearInstance { instance, .. } => Some(*instance),
+        }
+    }
+}
+
 /// An operation on the store, before validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {

@@ -702,6 +702,11 @@ impl Store {
         &self.shared.stats
     }
 
+    /// Hits, misses and bytes of the read cache ([`crate::read_cache`]).
+    pub fn read_cache_stats(&self) -> crate::read_cache::ReadCacheStats {
+        self.shared.db.read_cache.stats()
+    }
+
     /// Number of WAL segment files.
     pub fn wal_segments(&self) -> u64 {
         self.shared.segments.load(Ordering::Relaxed)
@@ -1449,51 +1454,72 @@ impl Store {
             ));
         }
         self.shared.check_readable()?;
+        if let Some(out) = self.read_cached(instance, elements) {
+            return Ok(out);
+        }
+        let cache = &self.shared.db.read_cache;
+        // Taken before the snapshot: what it reads may then be kept.
+        let tag = cache.tag(instance);
         let view = self.shared.db.snapshot();
         let meta = serving(instance, view.instance(instance)?)?;
         let mut total = 0u64;
         let mut out = Vec::with_capacity(elements.len());
         for (index, element) in elements.iter().enumerate() {
-            let at = |e: CkptError| e.at_index(index as u32);
             let section = view
                 .section(instance, &element.section_id)?
                 .ok_or_else(|| {
-                    at(CkptError::new(
+                    CkptError::new(
                         ErrorCode::NotExist,
                         format!("section {} does not exist", element.section_id),
-                    ))
+                    )
+                    .at_index(index as u32)
                 })?;
-            // DESIGN.md §2 "read": at or past the end, within
-            // maxSectionSize, reads nothing; only beyond maxSectionSize
-            // is the offset itself wrong.
             let max_section_size = meta.attributes.max_section_size;
-            if element.offset > max_section_size {
-                return Err(at(CkptError::new(
-                    ErrorCode::InvalidParameter,
-                    format!(
-                        "offset {} is past maxSectionSize ({max_section_size})",
-                        element.offset
-                    ),
-                )));
-            }
-            let available = section.size.saturating_sub(element.offset);
-            let len = element.size.map_or(available, |size| size.min(available));
-            total = total.saturating_add(len);
-            if total > UPDATE_BYTES_MAX {
-                return Err(at(CkptError::new(
-                    ErrorCode::TooBig,
-                    format!("read would return more than {UPDATE_BYTES_MAX} bytes; read in parts"),
-                )));
-            }
-            out.push(view.read_data(
+            let (offset, len) =
+                read_range(max_section_size, section.size, element, index, &mut total)?;
+            let data = view.read_data(
                 meta.column_family,
                 instance,
                 &element.section_id,
-                element.offset,
+                offset,
                 len,
-            )?);
+            )?;
+            let whole = offset == 0 && len == section.size;
+            if let Some(tag) = tag.filter(|_| whole) {
+                cache.insert(instance, &element.section_id, tag, max_section_size, &data);
+            }
+            out.push(data);
         }
         Ok(out)
+    }
+
+    /// [`Store::read`] from the read cache: None unless every element's
+    /// section is cached, unchanged, and all as of the same moment, and
+    /// the read is valid (an error is left to the full read, which finds
+    /// it in order).
+    fn read_cached(&self, instance: InstanceId, elements: &[ReadElement]) -> Option<Vec<Vec<u8>>> {
+        let cache = &self.shared.db.read_cache;
+        let mut tag = None;
+        let mut total = 0u64;
+        let mut out = Vec::with_capacity(elements.len());
+        for (index, element) in elements.iter().enumerate() {
+            let cached = cache.get(instance, &element.section_id)?;
+            if *tag.get_or_insert(cached.tag) != cached.tag {
+                return None;
+            }
+            let size = cached.data.len() as u64;
+            let (offset, len) =
+                read_range(cached.max_section_size, size, element, index, &mut total).ok()?;
+            // An offset at or past the end reads nothing (len is then 0);
+            // otherwise offset + len is within the data.
+            out.push(if len == 0 {
+                Vec::new()
+            } else {
+                cached.data[offset as usize..(offset + len) as usize].to_vec()
+            });
+        }
+        // No elements: the full read still says whether the instance exists.
+        tag.map(|_| out)
     }
 
     /// Whether the store refuses writes, and why.
@@ -1644,6 +1670,42 @@ fn position_reply(reply: impl FnOnce(CkptResult<Position>) + Send + 'static) -> 
                 .ok_or_else(|| CkptError::new(ErrorCode::Library, "the operation logged no entry"))
         }))
     })
+}
+
+/// Where element `index` of a read starts in its section and how many
+/// bytes it returns, adding them to `total` (checked against the most one
+/// read may return).
+///
+/// DESIGN.md §2 "read": at or past the end, within maxSectionSize, reads
+/// nothing; only beyond maxSectionSize is the offset itself wrong.
+fn read_range(
+    max_section_size: u64,
+    section_size: u64,
+    element: &ReadElement,
+    index: usize,
+    total: &mut u64,
+) -> CkptResult<(u64, u64)> {
+    if element.offset > max_section_size {
+        return Err(CkptError::new(
+            ErrorCode::InvalidParameter,
+            format!(
+                "offset {} is past maxSectionSize ({max_section_size})",
+                element.offset
+            ),
+        )
+        .at_index(index as u32));
+    }
+    let available = section_size.saturating_sub(element.offset);
+    let len = element.size.map_or(available, |size| size.min(available));
+    *total = total.saturating_add(len);
+    if *total > UPDATE_BYTES_MAX {
+        return Err(CkptError::new(
+            ErrorCode::TooBig,
+            format!("read would return more than {UPDATE_BYTES_MAX} bytes; read in parts"),
+        )
+        .at_index(index as u32));
+    }
+    Ok((element.offset, len))
 }
 
 /// An instance's metadata if it exists and is not stale.

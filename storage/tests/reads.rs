@@ -1,6 +1,7 @@
 //! The read path: chunked section data read back by point lookups (short
-//! reads) and by scans (long ones) against a model, and reads that answer
-//! only from memory (`memory_only`) telling when they would need the disk.
+//! reads) and by scans (long ones) against a model, reads that answer only
+//! from memory (`memory_only`) telling when they would need the disk, and
+//! the read cache of small sections never answering with changed bytes.
 
 mod common;
 
@@ -101,7 +102,12 @@ fn memory_only_reads_say_when_they_need_the_disk() {
     assert_eq!(hot, vec![7u8; 1000]);
     store.close().expect("close flushes the memtables");
 
-    let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
+    // Without the read cache, which would answer the warm read below
+    // before RocksDB's block cache is asked.
+    let mut uncached = config(dir.path(), RocksWalMode::Unsynced);
+    uncached.db.read_cache_bytes = 0;
+    let store = ckpt_storage::Store::open_with_fs(uncached, std::sync::Arc::new(fs.clone()))
+        .expect("store opens");
     let element = [ReadElement {
         section_id: SectionId::new("s"),
         offset: 0,
@@ -127,4 +133,189 @@ fn memory_only_reads_say_when_they_need_the_disk() {
         .expect("a missing section is known from memory")
         .expect_err("no such section");
     assert_eq!(error.code, ckpt_proto::ErrorCode::NotExist);
+}
+
+fn element(id: &str, offset: u64, size: Option<u64>) -> ReadElement {
+    ReadElement {
+        section_id: SectionId::new(id),
+        offset,
+        size,
+    }
+}
+
+/// Every kind of change to cached sections, each followed by reads that
+/// fill and then hit the cache, compared with a model: writes, overwrites,
+/// a section deleted and created again, partial and past-the-end reads,
+/// two-section reads, and the checkpoint destroyed.
+#[test]
+fn cached_reads_follow_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Unsynced);
+    let max = CHUNK_BYTES;
+    let instance = create(&store, "c", attrs(4, max, 4 * max));
+    section(&store, instance, "a", b"first");
+    section(&store, instance, "b", b"");
+    let mut model: [Vec<u8>; 2] = [b"first".to_vec(), Vec::new()];
+    let ids = ["a", "b"];
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for round in 0..400u64 {
+        let which = rng.below(2) as usize;
+        let id = ids[which];
+        match rng.below(6) {
+            0 | 1 => {
+                let offset = rng.below(max);
+                let len = (1 + rng.below(2048)).min(max - offset);
+                let data = vec![(round as u8) | 1; len as usize];
+                run(&store, write(instance, id, offset, &data)).expect("write");
+                let end = (offset + len) as usize;
+                if model[which].len() < end {
+                    model[which].resize(end, 0);
+                }
+                model[which][offset as usize..end].copy_from_slice(&data);
+            }
+            2 => {
+                let data = vec![round as u8; rng.below(3000) as usize];
+                run(
+                    &store,
+                    ckpt_storage::Op::Overwrite {
+                        instance,
+                        section_id: SectionId::new(id),
+                        data: data.clone(),
+                    },
+                )
+                .expect("overwrite");
+                model[which] = data;
+            }
+            3 => {
+                run(
+                    &store,
+                    ckpt_storage::Op::DeleteSection {
+                        instance,
+                        section_id: SectionId::new(id),
+                    },
+                )
+                .expect("delete");
+                let gone = store
+                    .read(instance, &[element(id, 0, None)])
+                    .expect_err("deleted");
+                assert_eq!(gone.code, ckpt_proto::ErrorCode::NotExist, "round {round}");
+                section(&store, instance, id, b"again");
+                model[which] = b"again".to_vec();
+            }
+            _ => {}
+        }
+        // Twice: the first may fill, the second may hit.
+        for _ in 0..2 {
+            assert_eq!(
+                read_all(&store, instance, id),
+                model[which],
+                "round {round}"
+            );
+            let both = store
+                .read(instance, &[element("a", 0, None), element("b", 0, None)])
+                .expect("read both");
+            assert_eq!(both, model.to_vec(), "round {round}");
+            let from = rng.below(model[which].len() as u64 + 100);
+            let size = rng.below(500);
+            let got = store
+                .read(instance, &[element(id, from, Some(size))])
+                .expect("read part")
+                .remove(0);
+            let len = model[which].len();
+            let expected =
+                &model[which][(from as usize).min(len)..((from + size) as usize).min(len)];
+            assert_eq!(got, expected, "round {round}: {from}+{size}");
+        }
+    }
+    let stats = store.read_cache_stats();
+    assert!(
+        stats.hits > 1000 && stats.misses > 100,
+        "the cache must have been used and invalidated: {stats:?}"
+    );
+    // Errors come from the full read, as before: past maxSectionSize, and
+    // a destroyed checkpoint.
+    let past = store
+        .read(instance, &[element("a", max + 1, Some(1))])
+        .expect_err("past maxSectionSize");
+    assert_eq!(past.code, ckpt_proto::ErrorCode::InvalidParameter);
+    run(&store, ckpt_storage::Op::Destroy { instance }).expect("destroy");
+    let gone = store
+        .read(instance, &[element("a", 0, None)])
+        .expect_err("destroyed");
+    assert_eq!(gone.code, ckpt_proto::ErrorCode::NotExist);
+}
+
+/// One thread overwrites two sections with the same counter in one write
+/// while readers read both in one read: a reader never sees the two
+/// differ (one point in time), never goes back, and never sees less than
+/// what was acknowledged before its read began. Every 100 writes the
+/// writer waits for a few reads, so that reads fill the cache and hit it
+/// between writes as well as miss it during them.
+#[test]
+fn cached_reads_are_current_and_consistent_under_concurrent_writes() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    const WAIT_MAX: Duration = Duration::from_secs(60);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = std::sync::Arc::new(open(dir.path(), &fs, RocksWalMode::Unsynced));
+    let instance = create(&store, "k", attrs(2, 64, 128));
+    section(&store, instance, "x", &0u64.to_le_bytes());
+    section(&store, instance, "y", &0u64.to_le_bytes());
+    let acked = std::sync::Arc::new(AtomicU64::new(0));
+    let reads = std::sync::Arc::new(AtomicU64::new(0));
+    const WRITES: u64 = 3000;
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, acked, reads) = (store.clone(), acked.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut last = 0u64;
+                while last < WRITES {
+                    let floor = acked.load(Ordering::SeqCst);
+                    let got = store
+                        .read(instance, &[element("x", 0, None), element("y", 0, None)])
+                        .expect("read");
+                    let counter = |d: &[u8]| u64::from_le_bytes(d.try_into().unwrap());
+                    let (x, y) = (counter(&got[0]), counter(&got[1]));
+                    assert_eq!(x, y, "one point in time");
+                    assert!(x >= floor, "read {x} after {floor} was acknowledged");
+                    assert!(x >= last, "went back from {last} to {x}");
+                    last = x;
+                    reads.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for n in 1..=WRITES {
+        if n % 100 == 0 {
+            // A quiet moment: the first read in it fills, the rest hit.
+            let (from, deadline) = (reads.load(Ordering::SeqCst), Instant::now() + WAIT_MAX);
+            while reads.load(Ordering::SeqCst) < from + 6 {
+                assert!(Instant::now() < deadline, "the readers stopped reading");
+                std::thread::yield_now();
+            }
+        }
+        let bytes = n.to_le_bytes();
+        let op = ckpt_storage::Op::Write {
+            instance,
+            elements: ["x", "y"]
+                .iter()
+                .map(|id| ckpt_proto::WriteElement {
+                    section_id: SectionId::new(*id),
+                    offset: 0,
+                    data: bytes.to_vec(),
+                })
+                .collect(),
+        };
+        store
+            .execute_with(op, ckpt_storage::Durability::Written, NOW)
+            .expect("write");
+        acked.store(n, Ordering::SeqCst);
+    }
+    for reader in readers {
+        reader.join().expect("reader");
+    }
+    let stats = store.read_cache_stats();
+    assert!(stats.hits >= 5 * (WRITES / 100), "{stats:?}");
 }
