@@ -67,8 +67,9 @@ fn a_loaded_server_exports_what_the_dashboard_shows() {
     let ready = server.wait_line("ckpt-server ready");
     let (addr, admin) = (field(&ready, "listen="), field(&ready, "admin="));
 
-    // Load: two clients writing two kept checkpoints' sections (four
-    // connections with the bench's own two).
+    // Load: two clients writing two kept checkpoints' sections and reading
+    // each twice after each write (four connections with the bench's own
+    // two).
     let bench = Command::new(bin("ckpt-tool"))
         .args([
             "bench",
@@ -78,6 +79,8 @@ fn a_loaded_server_exports_what_the_dashboard_shows() {
             "2",
             "--checkpoints",
             "2",
+            "--mix",
+            "2:1",
         ])
         .args(["--value-size", "100", "--duration-s", "1", "--keep"])
         .output()
@@ -116,6 +119,10 @@ fn a_loaded_server_exports_what_the_dashboard_shows() {
     assert_eq!(value("ckpt_sections"), 4.0);
     assert_eq!(value("ckpt_section_bytes"), 200.0);
     assert!(value("ckpt_wal_disk_bytes") > 0.0);
+    // The first read after a write fills the read cache, the second hits.
+    assert!(value("ckpt_read_cache_misses_total") >= 1.0);
+    assert!(value("ckpt_read_cache_hits_total") >= 1.0);
+    assert!(value("ckpt_read_cache_bytes") > 0.0);
     assert!(value("ckpt_rocksdb_sst_bytes") >= 0.0);
     assert_eq!(value("ckpt_ready"), 1.0);
     assert_eq!(value("ckpt_store_poisoned"), 0.0);

@@ -38,6 +38,9 @@ pub struct Metrics {
     wal_records: IntCounter,
     wal_fsyncs: IntCounter,
     wal_syncs_on_writer: IntCounter,
+    read_cache_hits: IntCounter,
+    read_cache_misses: IntCounter,
+    read_cache_bytes: IntGauge,
     group_commits: IntCounter,
     rocksdb_flushes: IntCounter,
     wal_segments: IntGauge,
@@ -203,6 +206,21 @@ impl Metrics {
                 "ckpt_wal_syncs_on_writer_total",
                 "Group commits synced by the writer thread itself (the fsync thread idle, nothing queued)",
             ),
+            read_cache_hits: counter(
+                &registry,
+                "ckpt_read_cache_hits_total",
+                "Section reads answered from the read cache",
+            ),
+            read_cache_misses: counter(
+                &registry,
+                "ckpt_read_cache_misses_total",
+                "Section reads the read cache could not answer (read from RocksDB)",
+            ),
+            read_cache_bytes: gauge(
+                &registry,
+                "ckpt_read_cache_bytes",
+                "Bytes held by the read cache of small sections",
+            ),
             group_commits: counter(
                 &registry,
                 "ckpt_wal_group_commits_total",
@@ -356,6 +374,11 @@ impl Metrics {
         Self::catch_up(&self.wal_records, load(&stats.records));
         Self::catch_up(&self.wal_fsyncs, load(&stats.fsyncs));
         Self::catch_up(&self.wal_syncs_on_writer, load(&stats.syncs_on_writer));
+        let cache = store.read_cache_stats();
+        Self::catch_up(&self.read_cache_hits, cache.hits);
+        Self::catch_up(&self.read_cache_misses, cache.misses);
+        self.read_cache_bytes
+            .set(i64::try_from(cache.bytes).unwrap_or(i64::MAX));
         Self::catch_up(&self.group_commits, load(&stats.batches));
         Self::catch_up(&self.rocksdb_flushes, load(&stats.rocksdb_flushes));
         self.wal_segments.set(store.wal_segments() as i64);
