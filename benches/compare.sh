@@ -20,6 +20,13 @@
 # Redis runs as many requests as ckpt completed in the same round (at
 # least 100000), so both run about as long.
 #
+# Threads: redis-server serves from one thread and redis-benchmark runs on
+# one. By default ckpt does the same here (ckpt-server --worker-threads 1,
+# ckpt-tool bench --threads 1): on two cores, two busy threads per side
+# get preempted for whole scheduler slices, which is what the read p99
+# then measures. SERVER_THREADS=0 CLIENT_THREADS=0 runs both with one
+# thread per core (their defaults).
+#
 # Usage: benches/compare.sh [DURATION_S] [ROUNDS]   (defaults 20 and 3)
 #   CLUSTER=1  then also benches/cluster_compare.sh (3-node ALL_SAFE and
 #              ACTIVE_REPLICA against a 3-node etcd) with the same arguments
@@ -30,6 +37,8 @@ duration=${1:-20}
 rounds=${2:-3}
 clients=64
 value=1024
+server_threads=${SERVER_THREADS:-1}
+client_threads=${CLIENT_THREADS:-1}
 
 make -s bench-deps
 cargo build --release -p ckpt-server -p ckpt-tool >/dev/null
@@ -67,13 +76,13 @@ run_ckpt() { # ROUND -> $work/ckpt-ROUND-{write,read}.json
   local round=$1 port admin pid
   port=$(free_port); admin=$(free_port)
   target/release/ckpt-server --data-dir "$work/ckpt-$round" --listen "127.0.0.1:$port" \
-    --admin-listen "127.0.0.1:$admin" 2>"$work/ckpt-$round.log" &
+    --admin-listen "127.0.0.1:$admin" --worker-threads "$server_threads" 2>"$work/ckpt-$round.log" &
   pid=$!; pids+=("$pid")
   wait_for grep -q "ckpt-server ready" "$work/ckpt-$round.log"
   "$tool" bench --addr "127.0.0.1:$port" --clients $clients --value-size $value \
-    --duration "$duration" --server-pid "$pid" --json >"$work/ckpt-$round-write.json"
+    --threads "$client_threads" --duration "$duration" --server-pid "$pid" --json >"$work/ckpt-$round-write.json"
   "$tool" bench --addr "127.0.0.1:$port" --clients $clients --value-size $value \
-    --duration "$duration" --op read --server-pid "$pid" --json >"$work/ckpt-$round-read.json"
+    --threads "$client_threads" --duration "$duration" --op read --server-pid "$pid" --json >"$work/ckpt-$round-read.json"
   kill -TERM "$pid"; wait "$pid" || true
 }
 
@@ -110,7 +119,7 @@ for round in $(seq "$rounds"); do
   echo "round $round done" >&2
 done
 
-python3 - "$work" "$rounds" <<'PY'
+SERVER_THREADS=$server_threads CLIENT_THREADS=$client_threads python3 - "$work" "$rounds" <<'PY'
 import csv, json, statistics, sys
 work, rounds = sys.argv[1], int(sys.argv[2])
 med = statistics.median
@@ -126,7 +135,9 @@ def redis(r, test):
     cpu_s = float(open(f"{work}/redis-{r}-{test}.cpu").read())
     return float(row[1]), float(row[6]), cpu_s * 1e6 / requests
 
-print(f"one node, {rounds} alternating rounds, 64 clients x 1 KiB, 64 keys")
+import os
+print(f"one node, {rounds} alternating rounds, 64 clients x 1 KiB, 64 keys; ckpt-server "
+      f"--worker-threads {os.environ['SERVER_THREADS']}, bench --threads {os.environ['CLIENT_THREADS']} (0: one per core)")
 print("| | ckpt ops/s | Redis ops/s | ratio (per round) | ckpt p99 ms | Redis p99 ms | server CPU us/op, ckpt vs Redis |")
 print("|---|---:|---:|---|---:|---:|---:|")
 for op, test, what in (("write", "set", "durable writes (Redis appendfsync always)"),

@@ -26,6 +26,8 @@ const QUEUE_BYTES_MAX: u64 = 1 << 40;
 /// Most segments' worth of log kept as history.
 const WAL_HISTORY_SEGMENTS_MAX: u64 = 8;
 
+/// Most `worker_threads`: more is a typo, not a machine.
+const WORKER_THREADS_MAX: usize = 1024;
 /// Largest `connections_max`: a bound beyond it is a typo, not a budget.
 const CONNECTIONS_MAX_MAX: usize = 1_000_000;
 /// Largest interval or drain time accepted, ms (one hour).
@@ -180,6 +182,20 @@ pub const KEYS: &[Key] = &[
         unit: "ms",
         allowed: "0 ..= 3600000",
         about: "How long shutdown waits for connections to write the replies of requests in flight.",
+    },
+    Key {
+        name: "read_cache_bytes",
+        in_file: true,
+        unit: "bytes",
+        allowed: "0 ..= 1099511627776",
+        about: "Memory for whole sections of up to 64 KiB kept for reads (0: off); see docs/storage.md.",
+    },
+    Key {
+        name: "worker_threads",
+        in_file: true,
+        unit: "threads",
+        allowed: "0 ..= 1024",
+        about: "Threads serving connections (0: one per CPU core). The log writer and fsync threads come on top.",
     },
     Key {
         name: "node_id",
@@ -377,6 +393,10 @@ pub struct Config {
     /// server exits anyway, so a client that does not read cannot keep it
     /// running (its unwritten replies are lost with the connection).
     pub shutdown_drain_ms: u64,
+    /// Bytes of whole small sections kept in memory for reads (0: off).
+    pub read_cache_bytes: u64,
+    /// Threads serving connections; 0 is one per CPU core.
+    pub worker_threads: usize,
     /// The configuration file read, if any.
     pub config_file: Option<PathBuf>,
     /// This node's cluster (the file's `[[nodes]]` and replication keys)
@@ -407,6 +427,8 @@ impl Default for Config {
             rocksdb_wal_mode: RocksWalMode::Disabled,
             reserve_bytes: 64 * 1024 * 1024,
             shutdown_drain_ms: 10_000,
+            read_cache_bytes: 64 * 1024 * 1024,
+            worker_threads: 0,
             config_file: None,
             cluster: None,
             peer_via: BTreeMap::new(),
@@ -435,6 +457,8 @@ struct FileConfig {
     rocksdb_wal_mode: Option<String>,
     reserve_bytes: Option<u64>,
     shutdown_drain_ms: Option<u64>,
+    read_cache_bytes: Option<u64>,
+    worker_threads: Option<usize>,
 }
 
 /// The keys of [`FileConfig`]: in a cluster file, these are the server's
@@ -456,6 +480,8 @@ const SERVER_KEYS: &[&str] = &[
     "rocksdb_wal_mode",
     "reserve_bytes",
     "shutdown_drain_ms",
+    "read_cache_bytes",
+    "worker_threads",
 ];
 
 /// `ckpt-server [--config FILE] [--data-dir DIR] [--listen ADDR] [--admin-listen ADDR]`
@@ -519,6 +545,12 @@ pub struct Cli {
     /// Disk space kept back for deletes and recovery, bytes [default: 64 MiB].
     #[arg(long, env = "CKPT_RESERVE_BYTES")]
     pub reserve_bytes: Option<u64>,
+    /// Memory for small sections kept for reads, bytes (0: off) [default: 64 MiB].
+    #[arg(long, env = "CKPT_READ_CACHE_BYTES")]
+    pub read_cache_bytes: Option<u64>,
+    /// Threads serving connections (0: one per CPU core) [default: 0].
+    #[arg(long, env = "CKPT_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// This node's id in the cluster file's `[[nodes]]` (cluster mode only).
     #[arg(long, env = "CKPT_NODE_ID")]
     pub node_id: Option<NodeId>,
@@ -687,6 +719,12 @@ impl Config {
         if let Some(v) = cli.reserve_bytes {
             config.reserve_bytes = v;
         }
+        if let Some(v) = cli.read_cache_bytes {
+            config.read_cache_bytes = v;
+        }
+        if let Some(v) = cli.worker_threads {
+            config.worker_threads = v;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -739,7 +777,9 @@ impl Config {
             expiry_interval_ms,
             segment_bytes_max,
             reserve_bytes,
-            shutdown_drain_ms
+            shutdown_drain_ms,
+            read_cache_bytes,
+            worker_threads
         );
         Ok(cluster)
     }
@@ -789,6 +829,18 @@ impl Config {
             return Err(ConfigError(format!(
                 "reserve_bytes {} is over {QUEUE_BYTES_MAX}",
                 self.reserve_bytes
+            )));
+        }
+        if self.read_cache_bytes > QUEUE_BYTES_MAX {
+            return Err(ConfigError(format!(
+                "read_cache_bytes {} is over {QUEUE_BYTES_MAX}",
+                self.read_cache_bytes
+            )));
+        }
+        if self.worker_threads > WORKER_THREADS_MAX {
+            return Err(ConfigError(format!(
+                "worker_threads {} is over {WORKER_THREADS_MAX}",
+                self.worker_threads
             )));
         }
         for (name, value) in [
@@ -849,6 +901,8 @@ impl Config {
             rocksdb_wal_mode,
             reserve_bytes,
             shutdown_drain_ms,
+            read_cache_bytes,
+            worker_threads,
             config_file,
             cluster,
             peer_via,
@@ -887,6 +941,8 @@ impl Config {
             ("rocksdb_wal_mode", json!(wal_mode_name(*rocksdb_wal_mode))),
             ("reserve_bytes", json!(reserve_bytes)),
             ("shutdown_drain_ms", json!(shutdown_drain_ms)),
+            ("read_cache_bytes", json!(read_cache_bytes)),
+            ("worker_threads", json!(worker_threads)),
             (
                 "node_id",
                 cluster.as_ref().map_or(Value::Null, |(_, id)| json!(id)),
@@ -912,6 +968,7 @@ impl Config {
         store.segment_bytes_max = self.segment_bytes_max;
         store.db.wal_mode = self.rocksdb_wal_mode;
         store.reserve_bytes = self.reserve_bytes;
+        store.db.read_cache_bytes = self.read_cache_bytes;
         // Kept history counts towards the segments the store allows before
         // it forces RocksDB flushes; leave it half of them.
         store.wal_history_bytes = self.wal_history_bytes.min(
@@ -1098,6 +1155,8 @@ mod tests {
             ("--segment-bytes-max", "1000", "segment_bytes_max"),
             ("--reserve-bytes", "2000000000000", "reserve_bytes"),
             ("--frame-body-bytes-max", "100", "frame_body_bytes_max"),
+            ("--read-cache-bytes", "2000000000000", "read_cache_bytes"),
+            ("--worker-threads", "1025", "worker_threads"),
         ] {
             let error = Config::load(&cli(&[flag, value])).unwrap_err();
             assert!(error.0.starts_with(key), "{flag} {value}: {error}");
@@ -1113,8 +1172,14 @@ mod tests {
             "0",
             "--rocksdb-wal-mode",
             "unsynced",
+            "--read-cache-bytes",
+            "0",
+            "--worker-threads",
+            "1",
         ]))
         .unwrap();
+        assert_eq!(config.store().db.read_cache_bytes, 0);
+        assert_eq!(config.worker_threads, 1);
         assert_eq!(config.connections_max, 7);
         assert_eq!(config.expiry_interval_ms, 5);
         assert_eq!(config.segment_bytes_max, 65536);

@@ -786,6 +786,11 @@ pub struct BenchArgs {
     /// bench shares with the server, says more than ops/s alone.
     #[arg(long, value_name = "PID,...", value_parser = parse_pids)]
     pub server_pid: Option<Pids>,
+    /// Threads the bench's clients run on (0: one per CPU core).
+    /// `redis-benchmark` runs on one unless told otherwise; on a machine
+    /// shared with the server, one leaves the server the other cores.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub threads: u16,
     /// The checkpoint to write. Default: a new `bench-<run>` of this run's
     /// own. A name that exists must be one an earlier bench created (kept
     /// with --keep or --record) with the same mode and room for the
@@ -992,6 +997,12 @@ mod tests {
             (16, 10.0, 1024)
         );
         assert_eq!(args.mode, Mode::Active);
+        assert_eq!(args.threads, 0, "one thread per core unless told");
+        let Command::Bench(one) = parse(&["bench", "--threads", "1"]).unwrap().command else {
+            panic!("not bench")
+        };
+        assert_eq!(one.threads, 1);
+        assert!(parse(&["bench", "--threads", "1025"]).is_err());
         assert!(args.checkpoint.is_none());
         assert!(args.record.is_none() && !args.json && !args.all_safe && !args.keep);
 
