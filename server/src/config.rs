@@ -825,17 +825,21 @@ impl Config {
                 self.segment_bytes_max
             )));
         }
-        if self.reserve_bytes > QUEUE_BYTES_MAX {
-            return Err(ConfigError(format!(
-                "reserve_bytes {} is over {QUEUE_BYTES_MAX}",
-                self.reserve_bytes
-            )));
-        }
-        if self.read_cache_bytes > QUEUE_BYTES_MAX {
-            return Err(ConfigError(format!(
-                "read_cache_bytes {} is over {QUEUE_BYTES_MAX}",
-                self.read_cache_bytes
-            )));
+        // Byte amounts where 0 is allowed (nothing kept).
+        for (name, value) in [
+            ("reserve_bytes", self.reserve_bytes),
+            ("read_cache_bytes", self.read_cache_bytes),
+            (
+                "notification_history_bytes_max",
+                self.notification_history_bytes_max,
+            ),
+            ("wal_history_bytes", self.wal_history_bytes),
+        ] {
+            if value > QUEUE_BYTES_MAX {
+                return Err(ConfigError(format!(
+                    "{name} {value} is over {QUEUE_BYTES_MAX}"
+                )));
+            }
         }
         if self.worker_threads > WORKER_THREADS_MAX {
             return Err(ConfigError(format!(
@@ -855,18 +859,6 @@ impl Config {
                     "{name} {value} is not in {QUEUE_BYTES_MIN}..={QUEUE_BYTES_MAX}"
                 )));
             }
-        }
-        if self.notification_history_bytes_max > QUEUE_BYTES_MAX {
-            return Err(ConfigError(format!(
-                "notification_history_bytes_max {} is over {QUEUE_BYTES_MAX}",
-                self.notification_history_bytes_max
-            )));
-        }
-        if self.wal_history_bytes > QUEUE_BYTES_MAX {
-            return Err(ConfigError(format!(
-                "wal_history_bytes {} is over {QUEUE_BYTES_MAX}",
-                self.wal_history_bytes
-            )));
         }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(ConfigError(format!(
