@@ -209,12 +209,12 @@ impl Metrics {
             read_cache_hits: counter(
                 &registry,
                 "ckpt_read_cache_hits_total",
-                "Section reads answered from the read cache",
+                "Section lookups answered by the read cache",
             ),
             read_cache_misses: counter(
                 &registry,
                 "ckpt_read_cache_misses_total",
-                "Section reads the read cache could not answer (read from RocksDB)",
+                "Section lookups the read cache could not answer (the read goes to RocksDB)",
             ),
             read_cache_bytes: gauge(
                 &registry,

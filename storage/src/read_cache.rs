@@ -106,9 +106,10 @@ impl Drop for Writing<'_> {
 /// Hit and miss counts, and the bytes held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadCacheStats {
-    /// Section reads answered from the cache.
+    /// Section lookups the cache answered (a read of several sections
+    /// looks them up in order and stops at the first miss).
     pub hits: u64,
-    /// Section reads that went to RocksDB.
+    /// Section lookups it could not answer (none while it is off).
     pub misses: u64,
     /// Bytes held (data, ids and per-entry overhead).
     pub bytes: u64,
@@ -224,7 +225,8 @@ impl ReadCache {
         max_section_size: u64,
         data: &[u8],
     ) {
-        if data.len() as u64 > ENTRY_BYTES_MAX
+        if self.shard_bytes_max == 0
+            || data.len() as u64 > ENTRY_BYTES_MAX
             || self.started[stripe(instance)].load(Ordering::SeqCst) != tag
         {
             return;
@@ -247,6 +249,8 @@ impl ReadCache {
             .iter()
             .position(|e| e.instance == instance && &e.section_id == section_id)
         {
+            // A fill that took its tag later got here first: keep it.
+            Some(at) if entries[at].tag > tag => return,
             Some(at) => std::mem::replace(&mut entries[at], entry).bytes(),
             None => {
                 entries.push(entry);
