@@ -33,6 +33,7 @@ pub mod db;
 pub mod inspect;
 pub mod io;
 pub mod lock;
+#[cfg(feature = "engine")]
 pub mod read_cache;
 pub mod reserve;
 pub mod snapshot;
@@ -47,6 +48,7 @@ pub use db::{memory_only, DbOptions, RocksWalMode, CHUNK_BYTES};
 pub use inspect::{ReadOnlyStore, WalReader};
 pub use io::{FaultFs, OsFs, WalFile, WalFs};
 pub use lock::DataDirLock;
+#[cfg(feature = "engine")]
 pub use read_cache::ReadCacheStats;
 pub use snapshot::{
     decode_entries, encode_entries, EntriesAfter, SnapshotPart, SNAPSHOT_PART_BYTES,
