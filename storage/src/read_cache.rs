@@ -57,8 +57,9 @@ pub struct ReadCache {
 
 #[derive(Default)]
 struct Shard {
-    /// By hash of (instance, section id); a collision shares the vector.
-    entries: HashMap<u64, Vec<Entry>>,
+    /// By hash of (instance, section id). Two sections whose hashes
+    /// collide take turns in the one slot (each fill replaces the other).
+    entries: HashMap<u64, Entry>,
     bytes: usize,
 }
 
@@ -71,6 +72,10 @@ struct Entry {
 }
 
 impl Entry {
+    fn is(&self, instance: InstanceId, section_id: &SectionId) -> bool {
+        self.instance == instance && &self.section_id == section_id
+    }
+
     fn bytes(&self) -> usize {
         self.data.len() + self.section_id.as_bytes().len() + ENTRY_OVERHEAD_BYTES
     }
@@ -181,29 +186,21 @@ impl ReadCache {
         let key = self.key(instance, section_id);
         let current = self.started[stripe(instance)].load(Ordering::SeqCst);
         let mut shard = self.shard(key);
-        let found = shard.entries.get(&key).and_then(|entries| {
-            entries
-                .iter()
-                .position(|e| e.instance == instance && &e.section_id == section_id)
-        });
-        let answer = found.and_then(|at| {
-            let entries = shard.entries.get_mut(&key)?;
-            if entries[at].tag == current {
-                let entry = &entries[at];
-                return Some(Cached {
-                    tag: entry.tag,
-                    max_section_size: entry.max_section_size,
-                    data: entry.data.clone(),
-                });
-            }
+        let answer = match shard.entries.get(&key) {
+            Some(entry) if entry.is(instance, section_id) && entry.tag == current => Some(Cached {
+                tag: entry.tag,
+                max_section_size: entry.max_section_size,
+                data: entry.data.clone(),
+            }),
             // Changed since: drop it now rather than when evicted.
-            let gone = entries.swap_remove(at);
-            if entries.is_empty() {
-                shard.entries.remove(&key);
+            Some(entry) if entry.is(instance, section_id) => {
+                if let Some(gone) = shard.entries.remove(&key) {
+                    shard.bytes -= gone.bytes();
+                }
+                None
             }
-            shard.bytes -= gone.bytes();
-            None
-        });
+            _ => None,
+        };
         drop(shard);
         let counter = if answer.is_some() {
             &self.hits
@@ -244,31 +241,24 @@ impl ReadCache {
         }
         let key = self.key(instance, section_id);
         let mut shard = self.shard(key);
-        let entries = shard.entries.entry(key).or_default();
-        let replaced = match entries
-            .iter()
-            .position(|e| e.instance == instance && &e.section_id == section_id)
-        {
-            // A fill that took its tag later got here first: keep it.
-            Some(at) if entries[at].tag > tag => return,
-            Some(at) => std::mem::replace(&mut entries[at], entry).bytes(),
-            None => {
-                entries.push(entry);
-                0
+        // A fill of this section that took its tag later got here first:
+        // keep it.
+        if let Some(held) = shard.entries.get(&key) {
+            if held.is(instance, section_id) && held.tag > tag {
+                return;
             }
-        };
+        }
+        let replaced = shard.entries.insert(key, entry).map_or(0, |e| e.bytes());
         shard.bytes = shard.bytes - replaced + bytes;
-        // Over budget: drop whole buckets in the map's (arbitrary) order,
-        // never the one just filled.
+        // Over budget: drop entries in the map's (arbitrary) order, never
+        // the one just filled (which fits: checked above).
         while shard.bytes > self.shard_bytes_max {
             let Some(victim) = shard.entries.keys().copied().find(|k| *k != key) else {
                 break;
             };
-            let freed: usize = shard
-                .entries
-                .remove(&victim)
-                .map_or(0, |gone| gone.iter().map(Entry::bytes).sum());
-            shard.bytes -= freed;
+            if let Some(gone) = shard.entries.remove(&victim) {
+                shard.bytes -= gone.bytes();
+            }
         }
     }
 
