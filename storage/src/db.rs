@@ -404,8 +404,9 @@ impl StoredMax {
 const DATA_HINT_PREFIX: usize = 64;
 
 /// Memtable insert hints of `meta`: per tag and instance (`C`, `S`) or
-/// session (`O`, `Q`), so a section's metadata lands near its instance's
-/// and an origin after its session's previous one.
+/// session (`O`, `Q`), so an instance's metadata lands next to its previous
+/// version, a section's near its instance's other sections, and an origin
+/// after its session's previous one.
 const META_HINT_PREFIX: usize = 9;
 
 /// `base` with memtable insert hints per key prefix of up to `prefix`
@@ -1118,6 +1119,10 @@ impl Db {
         let mut batch = WriteBatch::default();
         let mut forgotten = 0;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        // Sessions only looked up (their requests changed nothing) have no
+        // `Q` key to be found idle by: their marks go on every sweep, and
+        // their next lookup seeks again.
+        sessions.retain(|_, mark| mark.time != i64::MIN);
         for (key, value) in self.scan_meta(b"Q")? {
             let last = <[u8; 8]>::try_from(value.as_slice())
                 .map(i64::from_le_bytes)
@@ -1207,9 +1212,20 @@ impl Db {
         let _writing = self
             .read_cache
             .writing(effects.iter().filter_map(Effect::instance));
+        // Held until the batch is written: a concurrent `origin` must not
+        // seek a session's stored maximum between the bound's raise and the
+        // write it was raised for.
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if self.memory.is_some() {
             let mut batch = MemBatch::default();
-            self.build_batch(&mut batch, effects, origins, applied, next_instance)?;
+            self.build_batch(
+                &mut batch,
+                &mut sessions,
+                effects,
+                origins,
+                applied,
+                next_instance,
+            )?;
             if let Some(mut memory) = self.memory() {
                 memory.apply(batch);
             }
@@ -1219,7 +1235,14 @@ impl Db {
             db: self,
             batch: WriteBatch::default(),
         };
-        self.build_batch(&mut batch, effects, origins, applied, next_instance)?;
+        self.build_batch(
+            &mut batch,
+            &mut sessions,
+            effects,
+            origins,
+            applied,
+            next_instance,
+        )?;
         let mut write = WriteOptions::default();
         write.disable_wal(self.options.wal_mode == RocksWalMode::Disabled);
         self.db
@@ -1231,12 +1254,12 @@ impl Db {
     fn build_batch(
         &self,
         batch: &mut impl Batch,
+        sessions: &mut HashMap<u64, SessionMark>,
         effects: &[Effect],
         origins: &[(Origin, Committed, i64)],
         applied: Lsn,
         next_instance: u64,
     ) -> CkptResult<()> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for (origin, committed, now) in origins {
             let value = postcard::to_allocvec(committed)
                 .map_err(|e| storage_error("encoding an origin's outcome", e))?;
@@ -1266,7 +1289,6 @@ impl Db {
                 mark.swept_below = below;
             }
         }
-        drop(sessions);
         let mut overlay = Overlay::default();
         // An instance's metadata is rewritten by every record of it; within
         // one atomic batch only its last version matters.
@@ -1967,35 +1989,60 @@ mod tests {
             ..DbOptions::default()
         };
         let origin = |session, request| Origin { session, request };
-        let at = |r| (origin(1, r), done_at(r), 1_000);
+        let at = |session, r| (origin(session, r), done_at(r), 1_000);
         {
             let (db, _) = Db::open(dir.path(), options()).unwrap();
             // Pipelined requests may apply out of order: 60 before 10.
-            db.apply_with(&[], &[at(60), at(10)], Lsn(1), 2).unwrap();
+            db.apply_with(&[], &[at(1, 60), at(1, 10), at(4, 60)], Lsn(1), 2)
+                .unwrap();
+            db.flush_all().unwrap();
+            // Session 6's origin in a second table file.
+            db.apply_with(&[], &[at(6, 9)], Lsn(2), 2).unwrap();
             db.flush_all().unwrap();
         }
         let (db, _) = Db::open(dir.path(), options()).unwrap();
-        // The first origin after the open is below the stored ones.
+        // Session 1: the first thing after the open is the lookup of an
+        // origin below the stored ones, then its put.
         assert_eq!(db.origin(origin(1, 5)).unwrap(), None);
-        db.apply_with(&[], &[at(5)], Lsn(2), 2).unwrap();
+        db.apply_with(&[], &[at(1, 5)], Lsn(3), 2).unwrap();
         for r in [5, 10, 60] {
             assert_eq!(db.origin(origin(1, r)).unwrap(), Some(done_at(r)), "{r}");
         }
         for r in [6, 59, 61, u64::MAX] {
             assert_eq!(db.origin(origin(1, r)).unwrap(), None, "{r}");
         }
-        // Raised by a put after the lookup, including the largest number.
-        db.apply_with(&[], &[at(u64::MAX)], Lsn(3), 2).unwrap();
+        // Session 4: the first thing after the open is a put below the
+        // stored ones, without a lookup before it.
+        db.apply_with(&[], &[at(4, 5)], Lsn(4), 2).unwrap();
+        assert_eq!(db.origin(origin(4, 60)).unwrap(), Some(done_at(60)));
+        assert_eq!(db.origin(origin(4, 5)).unwrap(), Some(done_at(5)));
+        assert_eq!(db.origin(origin(4, 61)).unwrap(), None);
+        assert_eq!(db.origin(origin(6, 9)).unwrap(), Some(done_at(9)));
+        // Raised by a put after the lookup, including the largest number,
+        // whose sweep removes the session's others.
+        db.apply_with(&[], &[at(1, u64::MAX)], Lsn(5), 2).unwrap();
         assert_eq!(
             db.origin(origin(1, u64::MAX)).unwrap(),
             Some(done_at(u64::MAX))
         );
-        // A session never seen, and one whose first touch is a put.
+        for r in [5, 10, 60] {
+            assert_eq!(db.origin(origin(1, r)).unwrap(), None, "swept {r}");
+        }
+        // In the memtable only: a session never seen, and one whose first
+        // touch is a put.
         assert_eq!(db.origin(origin(2, 1)).unwrap(), None);
-        db.apply_with(&[], &[(origin(3, 4), done_at(4), 1_000)], Lsn(4), 2)
-            .unwrap();
+        db.apply_with(&[], &[at(3, 4)], Lsn(6), 2).unwrap();
         assert_eq!(db.origin(origin(3, 4)).unwrap(), Some(done_at(4)));
         assert_eq!(db.origin(origin(3, 5)).unwrap(), None);
+        // The idle sweep drops the marks of sessions 2 and 6 (only looked
+        // up since the open) and keeps the others; lookups after it still
+        // find what is stored.
+        assert_eq!(db.sessions.lock().unwrap().len(), 5);
+        db.forget_idle_sessions(0).unwrap();
+        assert_eq!(db.sessions.lock().unwrap().len(), 3);
+        assert_eq!(db.origin(origin(6, 9)).unwrap(), Some(done_at(9)));
+        assert_eq!(db.origin(origin(4, 60)).unwrap(), Some(done_at(60)));
+        assert_eq!(db.origin(origin(3, 4)).unwrap(), Some(done_at(4)));
     }
 
     #[test]
