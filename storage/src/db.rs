@@ -1212,20 +1212,10 @@ impl Db {
         let _writing = self
             .read_cache
             .writing(effects.iter().filter_map(Effect::instance));
-        // Held until the batch is written: a concurrent `origin` must not
-        // seek a session's stored maximum between the bound's raise and the
-        // write it was raised for.
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if self.memory.is_some() {
             let mut batch = MemBatch::default();
-            self.build_batch(
-                &mut batch,
-                &mut sessions,
-                effects,
-                origins,
-                applied,
-                next_instance,
-            )?;
+            let _sessions =
+                self.build_batch(&mut batch, effects, origins, applied, next_instance)?;
             if let Some(mut memory) = self.memory() {
                 memory.apply(batch);
             }
@@ -1235,14 +1225,10 @@ impl Db {
             db: self,
             batch: WriteBatch::default(),
         };
-        self.build_batch(
-            &mut batch,
-            &mut sessions,
-            effects,
-            origins,
-            applied,
-            next_instance,
-        )?;
+        // Held until the batch is written: a concurrent `origin` must not
+        // seek a session's stored maximum between the bound's raise and the
+        // write it was raised for.
+        let _sessions = self.build_batch(&mut batch, effects, origins, applied, next_instance)?;
         let mut write = WriteOptions::default();
         write.disable_wal(self.options.wal_mode == RocksWalMode::Disabled);
         self.db
@@ -1250,16 +1236,18 @@ impl Db {
             .map_err(|e| storage_error("applying to RocksDB", e))
     }
 
-    /// Puts a batch's changes into `batch` (see [`Db::apply_with`]).
+    /// Puts a batch's changes into `batch` (see [`Db::apply_with`]);
+    /// returns the sessions' marks, still locked, for the caller to hold
+    /// until the batch is written.
     fn build_batch(
         &self,
         batch: &mut impl Batch,
-        sessions: &mut HashMap<u64, SessionMark>,
         effects: &[Effect],
         origins: &[(Origin, Committed, i64)],
         applied: Lsn,
         next_instance: u64,
-    ) -> CkptResult<()> {
+    ) -> CkptResult<std::sync::MutexGuard<'_, HashMap<u64, SessionMark>>> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for (origin, committed, now) in origins {
             let value = postcard::to_allocvec(committed)
                 .map_err(|e| storage_error("encoding an origin's outcome", e))?;
@@ -1310,7 +1298,7 @@ impl Db {
         position.extend_from_slice(&applied.0.to_le_bytes());
         position.extend_from_slice(&next_instance.to_le_bytes());
         batch.put(Family::Meta, keys::APPLIED, &position);
-        Ok(())
+        Ok(sessions)
     }
 
     fn apply_effect(
@@ -1877,13 +1865,17 @@ mod tests {
         assert!(decode_instance(&encode_instance(&meta)[..20]).is_err());
     }
 
-    fn open_db() -> (tempfile::TempDir, Db) {
-        let dir = tempfile::tempdir().unwrap();
-        let options = DbOptions {
+    /// Options of a test database: one data column family.
+    fn one_family() -> DbOptions {
+        DbOptions {
             data_column_families: 1,
             ..DbOptions::default()
-        };
-        let (db, _) = Db::open(dir.path(), options).unwrap();
+        }
+    }
+
+    fn open_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), one_family()).unwrap();
         (dir, db)
     }
 
@@ -1984,14 +1976,10 @@ mod tests {
     #[test]
     fn origins_applied_before_a_reopen_are_found_whatever_comes_first_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let options = || DbOptions {
-            data_column_families: 1,
-            ..DbOptions::default()
-        };
         let origin = |session, request| Origin { session, request };
         let at = |session, r| (origin(session, r), done_at(r), 1_000);
         {
-            let (db, _) = Db::open(dir.path(), options()).unwrap();
+            let (db, _) = Db::open(dir.path(), one_family()).unwrap();
             // Pipelined requests may apply out of order: 60 before 10.
             db.apply_with(&[], &[at(1, 60), at(1, 10), at(4, 60)], Lsn(1), 2)
                 .unwrap();
@@ -2000,7 +1988,7 @@ mod tests {
             db.apply_with(&[], &[at(6, 9)], Lsn(2), 2).unwrap();
             db.flush_all().unwrap();
         }
-        let (db, _) = Db::open(dir.path(), options()).unwrap();
+        let (db, _) = Db::open(dir.path(), one_family()).unwrap();
         // Session 1: the first thing after the open is the lookup of an
         // origin below the stored ones, then its put.
         assert_eq!(db.origin(origin(1, 5)).unwrap(), None);
@@ -2150,10 +2138,6 @@ mod tests {
     #[test]
     fn the_in_memory_layer_reads_as_rocksdb_after_the_same_batches() {
         let base = tempfile::tempdir().unwrap();
-        let options = || DbOptions {
-            data_column_families: 1,
-            ..DbOptions::default()
-        };
         let (instance, a, b) = (InstanceId(1), SectionId::new("a"), SectionId::new("b"));
         let meta = |memory_used| InstanceMeta {
             name: CheckpointName::new("n").unwrap(),
@@ -2177,7 +2161,7 @@ mod tests {
         };
         let big: Vec<u8> = (0..40 * CHUNK_BYTES).map(|i| (i % 253) as u8).collect();
         {
-            let (db, _) = Db::open(base.path(), options()).unwrap();
+            let (db, _) = Db::open(base.path(), one_family()).unwrap();
             let first = [
                 Effect::PutInstance {
                     instance,
@@ -2258,7 +2242,7 @@ mod tests {
                 },
             ],
         ];
-        let (written, _) = Db::open(base.path(), options()).unwrap();
+        let (written, _) = Db::open(base.path(), one_family()).unwrap();
         let secondary = tempfile::tempdir().unwrap();
         let (memory, _) = Db::open_read_only(copy.path(), secondary.path()).unwrap();
         assert!(memory.is_read_only() && !written.is_read_only());
