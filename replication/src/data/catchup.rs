@@ -11,7 +11,10 @@
 //! did. So a backup whose last entry is `(e, s)` holds a prefix of the
 //! primary's log iff the primary knows epoch `e` and
 //! `start(e) <= s <= min(start of every later epoch) - 1` (and `s` is not past
-//! the primary's own last entry). Then the primary streams what follows;
+//! the primary's own last entry, nor at it in another epoch: an epoch whose
+//! primary died before its start was recorded is in no list). Then the
+//! primary streams what follows (a read checks that its entry at `s` is
+//! `(e, s)`);
 //! otherwise the backup gets a snapshot, whose installation discards its
 //! divergent suffix.
 
@@ -43,6 +46,18 @@ pub fn plan_catch_up(
     };
     if seq.0 == 0 || seq > primary_last.1 || epoch > primary_last.0 {
         return CatchUpPlan::Snapshot;
+    }
+    // At our last seq the entries match exactly when the epochs do (one
+    // primary per epoch). This must be decided here, not by the starts: a
+    // backup at our last seq is streamed without a read (the read is what
+    // checks an earlier entry), and the recorded starts miss an epoch whose
+    // primary died before recording it.
+    if seq == primary_last.1 {
+        return if epoch == primary_last.0 {
+            CatchUpPlan::Stream { after: backup_last }
+        } else {
+            CatchUpPlan::Snapshot
+        };
     }
     let Some(start) = epoch_starts
         .iter()
@@ -156,6 +171,27 @@ mod tests {
             plan_catch_up(Some(p(1, 7)), &starts, last),
             CatchUpPlan::Stream {
                 after: Some(p(1, 7))
+            }
+        );
+    }
+
+    #[test]
+    fn our_last_seq_in_another_epoch_is_a_divergence_even_when_its_start_was_never_recorded() {
+        // Seed 100502 of the cluster simulator: the primary of epoch 5
+        // wrote its begin entry at 168 and crashed before the control plane
+        // recorded the start; back as primary of epoch 6 (recorded at 169,
+        // its begin entry not yet appended) its last entry is (5, 168). The
+        // old primary of epoch 4 wrote its own 168. By the recorded starts
+        // epoch 4 runs to 168, but the entries at 168 differ: no stream.
+        let starts = [p(1, 1), p(4, 138), p(6, 169)];
+        assert_eq!(
+            plan_catch_up(Some(p(4, 168)), &starts, p(5, 168)),
+            CatchUpPlan::Snapshot
+        );
+        assert_eq!(
+            plan_catch_up(Some(p(5, 168)), &starts, p(5, 168)),
+            CatchUpPlan::Stream {
+                after: Some(p(5, 168))
             }
         );
     }
