@@ -1023,7 +1023,8 @@ impl Node {
                                 bytes: e.bytes.clone(),
                             });
                         }
-                        self.dp.on_entries_read(for_node, instance, entries, now);
+                        self.dp
+                            .on_entries_read(for_node, instance, after, entries, now);
                     }
                     _ => self.dp.on_entries_gone(for_node, instance, now),
                 }

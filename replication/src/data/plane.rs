@@ -950,11 +950,13 @@ impl DataPlane {
         self.flush_tracker();
     }
 
-    /// Primary: the WAL read for `for_node` returned these entries (in order).
+    /// Primary: the WAL read for `for_node` that followed `after` (as in its
+    /// [`DataOutput::ReadEntries`]) returned these entries (in order).
     pub fn on_entries_read(
         &mut self,
         for_node: NodeId,
         instance: InstanceId,
+        after: Option<(Epoch, Seq)>,
         entries: Vec<ShippedEntry>,
         now_ms: u64,
     ) {
@@ -972,6 +974,13 @@ impl DataPlane {
             return;
         };
         if peer.mode != PeerMode::Reading || primary.fenced {
+            return;
+        }
+        // A read issued for an earlier catch-up (the backup asked again
+        // while it ran) checked its own `after`, not the one we stand at
+        // now: its entries may follow another epoch's entry at this seq.
+        // The read issued for the current position answers in its place.
+        if after != peer.sent {
             return;
         }
         let sent_seq = seq_of(peer.sent);

@@ -261,7 +261,13 @@ fn a_gap_in_what_a_streaming_backup_got_is_read_from_the_wal() {
     // While reading, appended entries are not shipped directly.
     dp.on_appended(&[shipped(1, 6)], 0);
     assert_eq!(drain(&mut dp), vec![]);
-    dp.on_entries_read(2, I, vec![shipped(1, 4), shipped(1, 5), shipped(1, 6)], 0);
+    dp.on_entries_read(
+        2,
+        I,
+        Some(pt(1, 3)),
+        vec![shipped(1, 4), shipped(1, 5), shipped(1, 6)],
+        0,
+    );
     assert_eq!(
         drain(&mut dp),
         vec![send(
@@ -354,13 +360,48 @@ fn catch_ups_wait_until_the_epoch_began_here() {
     );
 }
 
+/// Run 100502 of the cluster simulator: this node, primary of epoch 3,
+/// holds (1, 3), (2, 4), (2, 5), (3, 6), but epoch 2's primary died before
+/// its start was recorded. A backup asked to catch up after (1, 3), then,
+/// having appended an entry of its own meanwhile, after (1, 4). By the
+/// recorded starts both are inside epoch 1. The read for the first request
+/// (which checked (1, 3)) must not answer the second: streaming its entries
+/// after seq 4 would leave the backup's (1, 4) under our (2, 5).
+#[test]
+fn a_read_for_an_earlier_catch_up_does_not_answer_a_later_one() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(
+        &rs(Some(1), 3, &[(1, 1), (3, 6)], &[1, 2, 3]),
+        Some(pos(3, 6)),
+        0,
+    );
+    dp.on_message(2, catch_up_msg(3, Some(pt(1, 3))), 0);
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
+    dp.on_message(2, catch_up_msg(3, Some(pt(1, 4))), 0);
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 4)), 2)]);
+    dp.on_entries_read(
+        2,
+        I,
+        Some(pt(1, 3)),
+        vec![shipped(2, 4), shipped(2, 5), shipped(3, 6)],
+        0,
+    );
+    assert_eq!(drain(&mut dp), vec![], "the earlier read is dropped");
+    // This node does not hold (1, 4): the current read finds it gone, and
+    // the backup (in sync) waits for a snapshot instead of entries.
+    dp.on_entries_gone(2, I, 0);
+    assert_eq!(drain(&mut dp), vec![]);
+    dp.on_entries_read(2, I, Some(pt(1, 4)), vec![shipped(2, 5)], 0);
+    assert_eq!(drain(&mut dp), vec![], "nothing is streamed after (1, 4)");
+}
+
 #[test]
 fn reads_continue_until_the_backup_reaches_the_tail_then_it_streams() {
     let mut dp = DataPlane::new(1, TIMEOUT);
     dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 6)), 0);
     dp.on_message(2, catch_up_msg(1, Some(pt(1, 3))), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
-    dp.on_entries_read(2, I, vec![shipped(1, 4), shipped(1, 5)], 0);
+    dp.on_entries_read(2, I, Some(pt(1, 3)), vec![shipped(1, 4), shipped(1, 5)], 0);
     assert_eq!(
         drain(&mut dp),
         vec![
@@ -380,7 +421,7 @@ fn reads_continue_until_the_backup_reaches_the_tail_then_it_streams() {
     );
     dp.on_appended(&[shipped(1, 7)], 0);
     assert_eq!(drain(&mut dp), vec![]);
-    dp.on_entries_read(2, I, vec![shipped(1, 6), shipped(1, 7)], 0);
+    dp.on_entries_read(2, I, Some(pt(1, 5)), vec![shipped(1, 6), shipped(1, 7)], 0);
     assert_eq!(
         drain(&mut dp),
         vec![send(
@@ -394,7 +435,7 @@ fn reads_continue_until_the_backup_reaches_the_tail_then_it_streams() {
         vec![send(2, entries_msg(1, Some(pt(1, 7)), vec![wire(1, 8)]))]
     );
     // A read answer nobody waits for any more is dropped.
-    dp.on_entries_read(2, I, vec![shipped(1, 8)], 0);
+    dp.on_entries_read(2, I, Some(pt(1, 7)), vec![shipped(1, 8)], 0);
     assert_eq!(drain(&mut dp), vec![]);
 }
 
@@ -434,7 +475,7 @@ fn entries_gone_from_the_wal_are_replaced_by_a_snapshot_then_the_tail() {
     );
     // A read that fails leaves the backup to ask again.
     dp.on_read_failed(2, I);
-    dp.on_entries_read(2, I, vec![shipped(1, 9)], 0);
+    dp.on_entries_read(2, I, Some(pt(1, 8)), vec![shipped(1, 9)], 0);
     assert_eq!(drain(&mut dp), vec![]);
     dp.on_message(2, catch_up_msg(1, Some(pt(1, 8))), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 8)), 2)]);
@@ -1449,7 +1490,7 @@ impl Sim {
                         bytes: e.bytes.clone(),
                     })
                     .collect();
-                node.plane.on_entries_read(for_node, I, entries, now);
+                node.plane.on_entries_read(for_node, I, after, entries, now);
             }
             DataOutput::SendSnapshot { to, .. } => {
                 // The log as the snapshot, in three parts (some empty).
@@ -1722,7 +1763,7 @@ fn backups_out_of_sync_hold_no_wal_unless_being_read_for() {
     );
     // Reading the WAL for node 3 holds it from what was read.
     dp.on_message(3, catch_up_msg(1, Some(pt(1, 1))), 0);
-    dp.on_entries_read(3, I, vec![shipped(1, 2)], 0);
+    dp.on_entries_read(3, I, Some(pt(1, 1)), vec![shipped(1, 2)], 0);
     dp.tick(1);
     let holds: Vec<DataOutput> = dp
         .drain()
@@ -1811,7 +1852,7 @@ fn a_wal_read_with_a_hole_turns_into_a_snapshot() {
         dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 3]), Some(pos(1, 4)), 0);
         dp.on_message(2, catch_up_msg(1, after), 0);
         assert_eq!(drain(&mut dp), vec![read(after, 2)]);
-        dp.on_entries_read(2, I, entries, 0);
+        dp.on_entries_read(2, I, after, entries, 0);
         assert_eq!(
             drain(&mut dp),
             vec![DataOutput::SendSnapshot { instance: I, to: 2 }],
@@ -2170,7 +2211,9 @@ fn wal_reads_pause_while_too_much_is_unacknowledged() {
     assert_eq!(drain(&mut dp), vec![read(None)]);
     // Reads of 30 bytes each: after the third (90 bytes out) it waits.
     for (first, want_more) in [(1, true), (4, true), (7, false)] {
-        dp.on_entries_read(2, I, (first..first + 3).map(|s| shipped(1, s)).collect(), 0);
+        let after = (first > 1).then(|| pt(1, first - 1));
+        let entries = (first..first + 3).map(|s| shipped(1, s)).collect();
+        dp.on_entries_read(2, I, after, entries, 0);
         let out = drain(&mut dp);
         assert!(matches!(out[0], DataOutput::Send { to: 2, .. }), "{out:?}");
         let last = first + 2;
@@ -2188,7 +2231,7 @@ fn wal_reads_pause_while_too_much_is_unacknowledged() {
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 9)))]);
     // An acknowledgement of everything ends the read: it streams.
     dp.on_message(2, ack_msg(1, 20), 0);
-    dp.on_entries_read(2, I, vec![shipped(1, 10)], 0);
+    dp.on_entries_read(2, I, Some(pt(1, 9)), vec![shipped(1, 10)], 0);
     assert_eq!(drain(&mut dp), vec![]);
     dp.on_appended(&[shipped(1, 21)], 0);
     assert_eq!(
@@ -2346,7 +2389,7 @@ fn a_backup_rejoins_only_once_it_holds_the_epoch_start() {
     drain(&mut dp); // probes of the backups not heard from
     dp.on_message(2, catch_up_msg(2, Some(pt(1, 3))), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
-    dp.on_entries_read(2, I, vec![shipped(1, 4), shipped(2, 5)], 0);
+    dp.on_entries_read(2, I, Some(pt(1, 3)), vec![shipped(1, 4), shipped(2, 5)], 0);
     drain(&mut dp);
     let add = DataOutput::Propose(Proposal::SetInSync {
         instance: I,
@@ -2534,7 +2577,7 @@ fn entries_appended_during_a_read_bridge_the_backup_to_streaming() {
     dp.on_message(2, catch_up_msg(1, Some(pt(1, 3))), 0);
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
     // The first read stops short of the end (its byte limit).
-    dp.on_entries_read(2, I, vec![shipped(1, 4), shipped(1, 5)], 0);
+    dp.on_entries_read(2, I, Some(pt(1, 3)), vec![shipped(1, 4), shipped(1, 5)], 0);
     let next_read = DataOutput::ReadEntries {
         instance: I,
         after: Some(pt(1, 5)),
@@ -2558,7 +2601,7 @@ fn entries_appended_during_a_read_bridge_the_backup_to_streaming() {
     assert_eq!(drain(&mut dp), vec![]);
     // The read ends where it was asked (6): with 7 and 8 it reaches our
     // last entry, and the backup streams from there.
-    dp.on_entries_read(2, I, vec![shipped(1, 6)], 0);
+    dp.on_entries_read(2, I, Some(pt(1, 5)), vec![shipped(1, 6)], 0);
     assert_eq!(
         drain(&mut dp),
         vec![send(

@@ -191,6 +191,8 @@ enum Input {
     EntriesRead {
         for_node: NodeId,
         instance: InstanceId,
+        /// The entry the read was asked to follow.
+        after: Option<(Epoch, Seq)>,
         result: CkptResult<EntriesAfter>,
     },
     /// A part of a snapshot streamed to `to` was read.
@@ -1450,6 +1452,7 @@ impl Driver {
             Input::EntriesRead {
                 for_node,
                 instance,
+                after,
                 result,
             } => match result {
                 Ok(EntriesAfter::Entries(entries)) => {
@@ -1463,7 +1466,8 @@ impl Driver {
                             bytes: e.encode(),
                         })
                         .collect();
-                    self.data.on_entries_read(for_node, instance, shipped, now);
+                    self.data
+                        .on_entries_read(for_node, instance, after, shipped, now);
                 }
                 Ok(EntriesAfter::Gone) => self.data.on_entries_gone(for_node, instance, now),
                 Err(error) => {
@@ -2178,10 +2182,19 @@ impl Driver {
                 };
                 // The reader thread lives as long as the runtime; should it
                 // have died, the read fails like an unreadable log.
-                if self.log_reads.send(LogRead { for_node, read }).is_err() {
+                if self
+                    .log_reads
+                    .send(LogRead {
+                        for_node,
+                        after,
+                        read,
+                    })
+                    .is_err()
+                {
                     let _ = inputs.send(Input::EntriesRead {
                         for_node,
                         instance,
+                        after,
                         result: Err(CkptError::new(
                             ErrorCode::Library,
                             "the log reader thread has stopped",
@@ -2300,6 +2313,8 @@ fn handover_wait_ms(config: &ClusterConfig) -> u64 {
 /// One catch-up read for the log reader thread.
 struct LogRead {
     for_node: NodeId,
+    /// The entry the read follows, as the data plane asked for it.
+    after: Option<(Epoch, Seq)>,
     read: ReadAfter,
 }
 
@@ -2334,6 +2349,7 @@ fn start_log_reader(
                     let input = Input::EntriesRead {
                         for_node: job.for_node,
                         instance: job.read.instance,
+                        after: job.after,
                         result,
                     };
                     if inputs.send(input).is_err() {
