@@ -130,6 +130,25 @@ fn a_loaded_server_exports_what_the_dashboard_shows() {
     assert_eq!(value("ckpt_recovery_records_replayed"), 0.0);
     assert!(value("process_resident_memory_bytes") > 1e6);
     assert!(text.contains("ckpt_build_info{version=\""), "{text}");
+    // Where requests' time went, hop by hop: the store's stages count
+    // each durable write once, the server's every request it handled.
+    let stage = |name: &str, what: &str| {
+        value(&format!(
+            "ckpt_request_stage_seconds_{what}{{stage=\"{name}\"}}"
+        ))
+    };
+    let durable = stage("fsync", "count");
+    assert!(durable > 10.0, "{durable}");
+    for name in ["queue", "commit", "sync_wait", "answer"] {
+        assert_eq!(stage(name, "count"), durable, "stage {name}");
+    }
+    for name in ["spawn", "wake", "out"] {
+        assert!(stage(name, "count") >= 1.0, "stage {name}");
+    }
+    // Every answer queued was written (the connections are closed).
+    assert!(stage("out", "count") >= stage("spawn", "count"));
+    // A durable write waits for its fsync at least as long as it takes.
+    assert!(stage("fsync", "sum") >= value("ckpt_wal_fsync_duration_seconds_sum") * 0.99);
     // The HELP of the group-commit histogram says what it counts.
     assert!(
         text.contains("# HELP ckpt_wal_batch_records Records per group commit"),

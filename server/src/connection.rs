@@ -18,7 +18,7 @@
 //! not decode, or that cannot be served, gets an error response.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ckpt_proto::wire::{
     ApiVersion, Frame, FrameCodec, FrameKind, Goodbye, Hello, HelloReply, Request, Response,
@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::hub::{Outbox, QueuedNotification};
+use crate::metrics::{ns_since, Metrics};
 use crate::service::Service;
 
 /// The unit the reply budget counts in: whole KiB, so that a bound of up
@@ -149,6 +150,8 @@ struct Outgoing {
     frame: Frame,
     _reservation: Option<Reservation>,
     _in_flight: Option<OwnedSemaphorePermit>,
+    /// When an answer was queued (the `out` stage).
+    queued: Option<Instant>,
 }
 
 /// How long a client has to say hello.
@@ -184,6 +187,7 @@ pub async fn serve(
         out_rx,
         note_rx,
         outbox.clone(),
+        service.metrics().clone(),
     ));
 
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, frames.next()).await {
@@ -268,6 +272,7 @@ pub async fn serve(
             }
         }
         let request_id = frame.request_id;
+        let received = Instant::now();
         // A request refused before it is looked at: too many in flight, or
         // undecodable.
         let admitted = match permits.clone().try_acquire_owned() {
@@ -312,6 +317,7 @@ pub async fn serve(
             budget.clone(),
         );
         tokio::spawn(async move {
+            service.metrics().stages.spawn.observe(ns_since(received));
             let (response, room) = service.handle(&session, request, request_id).await;
             answer(&out_tx, &budget, request_id, response, room, Some(permit));
         });
@@ -357,6 +363,7 @@ fn answer(
                 frame,
                 _reservation: Some(room),
                 _in_flight: in_flight,
+                queued: Some(Instant::now()),
             });
         }
         Err(error) => tracing::error!(%error, "encoding a response failed"),
@@ -375,6 +382,7 @@ fn send<T: serde::Serialize>(
                 frame,
                 _reservation: None,
                 _in_flight: None,
+                queued: None,
             });
         }
         Err(error) => tracing::error!(%error, "encoding a frame failed"),
@@ -398,6 +406,7 @@ async fn write_frames(
     mut frames: mpsc::UnboundedReceiver<Outgoing>,
     mut notifications: mpsc::UnboundedReceiver<QueuedNotification>,
     outbox: Arc<Outbox>,
+    metrics: Arc<Metrics>,
 ) {
     let mut written: Vec<Outgoing> = Vec::new();
     let mut notes_written: u64 = 0;
@@ -411,7 +420,7 @@ async fn write_frames(
             Some((note, bytes)) = notifications.recv() => {
                 notes_written += bytes;
                 match Frame::new(FrameKind::Notification, 0, &note) {
-                    Ok(frame) => written.push(Outgoing { frame, _reservation: None, _in_flight: None }),
+                    Ok(frame) => written.push(Outgoing { frame, _reservation: None, _in_flight: None, queued: None }),
                     Err(error) => tracing::error!(%error, "encoding a notification failed"),
                 }
             }
@@ -430,6 +439,7 @@ async fn write_frames(
                     frame,
                     _reservation: None,
                     _in_flight: None,
+                    queued: None,
                 }),
                 Err(error) => tracing::error!(%error, "encoding a notification failed"),
             }
@@ -442,15 +452,21 @@ async fn write_frames(
             frame,
             _reservation,
             _in_flight,
+            queued,
         } in written.drain(..)
         {
-            held.push((_reservation, _in_flight));
+            held.push((_reservation, _in_flight, queued));
             if !failed && sink.feed(frame).await.is_err() {
                 failed = true;
             }
         }
         if failed || sink.flush().await.is_err() {
             break 'serve;
+        }
+        for (_, _, queued) in &held {
+            if let Some(queued) = queued {
+                metrics.stages.out.observe(ns_since(*queued));
+            }
         }
         drop(held);
         if notes_written > 0 {

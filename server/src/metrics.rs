@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use ckpt_proto::ErrorCode;
-use ckpt_storage::store::{Buckets, RecoveryProgress};
+use ckpt_storage::store::{Buckets, RecoveryProgress, STAGE_BUCKETS_NS};
 use ckpt_storage::Store;
 use prometheus::proto::{Bucket, Metric, MetricFamily, MetricType};
 use prometheus::{
@@ -58,11 +58,75 @@ pub struct Metrics {
     ready: IntGauge,
     recovery_seconds: Gauge,
     recovery_records: IntGauge,
+    /// The server's hops of a request (the store counts its own).
+    pub stages: ServerStages,
+}
+
+/// The hops of a request outside the store, ns, one value per request
+/// (exported with the store's [`ckpt_storage::WriteStages`] as
+/// `ckpt_request_stage_seconds`).
+pub struct ServerStages {
+    /// Read from the socket, until the task that handles it starts.
+    pub spawn: Buckets,
+    /// The store answered, until the task waiting for it resumes.
+    pub wake: Buckets,
+    /// The answer queued for the connection, until it is written to the
+    /// socket.
+    pub out: Buckets,
+}
+
+impl ServerStages {
+    fn new() -> ServerStages {
+        ServerStages {
+            spawn: Buckets::new(STAGE_BUCKETS_NS),
+            wake: Buckets::new(STAGE_BUCKETS_NS),
+            out: Buckets::new(STAGE_BUCKETS_NS),
+        }
+    }
+}
+
+/// Nanoseconds since `since`, for [`Buckets::observe`].
+pub fn ns_since(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A histogram family for `/metrics` from the store's [`Buckets`], each
 /// value and bound divided by `scale` (1e9 turns ns into seconds).
 fn histogram_family(name: &str, help: &str, buckets: &Buckets, scale: f64) -> MetricFamily {
+    labelled_histograms(name, help, "", &[("", buckets)], scale)
+}
+
+/// One histogram family of several [`Buckets`], each labelled `label`
+/// with its name (no label when `label` is empty).
+fn labelled_histograms(
+    name: &str,
+    help: &str,
+    label: &str,
+    buckets: &[(&str, &Buckets)],
+    scale: f64,
+) -> MetricFamily {
+    let metrics = buckets
+        .iter()
+        .map(|(value, buckets)| {
+            let mut metric = histogram_metric(buckets, scale);
+            if !label.is_empty() {
+                let mut pair = prometheus::proto::LabelPair::default();
+                pair.set_name(label.to_string());
+                pair.set_value(value.to_string());
+                metric.set_label(vec![pair]);
+            }
+            metric
+        })
+        .collect();
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(MetricType::HISTOGRAM);
+    family.set_metric(metrics);
+    family
+}
+
+fn histogram_metric(buckets: &Buckets, scale: f64) -> Metric {
     let (cumulative, total, sum) = buckets.snapshot();
     let mut histogram = prometheus::proto::Histogram::default();
     histogram.set_sample_count(total);
@@ -82,12 +146,7 @@ fn histogram_family(name: &str, help: &str, buckets: &Buckets, scale: f64) -> Me
     );
     let mut metric = Metric::default();
     metric.set_histogram(histogram);
-    let mut family = MetricFamily::default();
-    family.set_name(name.to_string());
-    family.set_help(help.to_string());
-    family.set_field_type(MetricType::HISTOGRAM);
-    family.set_metric(vec![metric]);
-    family
+    metric
 }
 
 /// Bytes of the files in `dir` whose names end in `suffix` (0 when it
@@ -293,6 +352,7 @@ impl Metrics {
             requests,
             latency,
             registry,
+            stages: ServerStages::new(),
         })
     }
 
@@ -352,6 +412,24 @@ impl Metrics {
                 "ckpt_wal_fsync_duration_seconds",
                 "Duration of the write-ahead log's fdatasync calls, s",
                 &stats.fsync_ns,
+                1e9,
+            ));
+            let [queue, commit, sync_wait, fsync, answer] = stats.write_stages.named();
+            families.push(labelled_histograms(
+                "ckpt_request_stage_seconds",
+                "Where requests' time goes, hop by hop, s (one value per request and stage; \
+                 docs/operations.md): spawn, queue, commit, sync_wait, fsync, answer, wake, out",
+                "stage",
+                &[
+                    ("spawn", &self.stages.spawn),
+                    queue,
+                    commit,
+                    sync_wait,
+                    fsync,
+                    answer,
+                    ("wake", &self.stages.wake),
+                    ("out", &self.stages.out),
+                ],
                 1e9,
             ));
             families.push(histogram_family(

@@ -42,7 +42,7 @@ use tokio::task::AbortHandle;
 use crate::connection::{ReplyBudget, Reservation, SMALL_REPLY_BYTES};
 use crate::front::{ClusterFront, WriteNeed, WriteOrigin};
 use crate::hub::{Hub, Outbox, SubscribeRequest};
-use crate::metrics::Metrics;
+use crate::metrics::{ns_since, Metrics};
 use crate::reads::{ReadReply, ReadRequest};
 
 /// One open handle.
@@ -256,6 +256,11 @@ impl Service {
         &self.store
     }
 
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Start-up: destroy instances left unlinked, start every checkpoint's
     /// retention timer afresh.
     ///
@@ -389,15 +394,20 @@ impl Service {
     async fn exec(&self, op: Op, durability: Durability) -> CkptResult<Outcome> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let reply = move |result| {
-            let _ = tx.send(result);
+            let _ = tx.send((result, std::time::Instant::now()));
         };
         if let Err(submission) = self.store.try_submit(op, durability, now_ns(), reply) {
             // The writer's queue is full: wait for room on a blocking
             // thread, never on a runtime worker.
             let _ = tokio::task::spawn_blocking(move || submission.wait()).await;
         }
-        rx.await
-            .unwrap_or_else(|_| Err(CkptError::new(ErrorCode::Library, "the store stopped")))
+        match rx.await {
+            Ok((result, answered)) => {
+                self.metrics.stages.wake.observe(ns_since(answered));
+                result
+            }
+            Err(_) => Err(CkptError::new(ErrorCode::Library, "the store stopped")),
+        }
     }
 
     async fn blocking<T: Send + 'static>(

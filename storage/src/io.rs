@@ -181,6 +181,8 @@ struct Faults {
     panic_next_write: bool,
     /// Bytes that may still be written before writes fail with ENOSPC.
     free_bytes: Option<u64>,
+    /// How long every sync takes (a slow disk).
+    sync_delay: std::time::Duration,
     /// Changing calls left before the power goes: then that call is cut
     /// short (it may have taken partial, unsynced effect) and every later
     /// call fails without effect until `power_loss`.
@@ -544,6 +546,11 @@ impl FaultFs {
         self.lock().faults.fail_next_sync = true;
     }
 
+    /// From now on every sync takes `delay` longer, as on a slow disk.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.lock().faults.sync_delay = delay;
+    }
+
     /// From now on only `bytes` more bytes fit; a write that does not fit
     /// writes what fits and fails with ENOSPC. `None` lifts the limit.
     pub fn set_free_bytes(&self, bytes: Option<u64>) {
@@ -646,6 +653,17 @@ impl WalFile for FaultFile {
         }
         if std::mem::take(&mut state.faults.fail_next_sync) {
             return Err(io::Error::other("injected fsync failure"));
+        }
+        let delay = state.faults.sync_delay;
+        if !delay.is_zero() {
+            // Slept without the file system's lock, as a disk would take
+            // its time without stopping other files' calls.
+            drop(state);
+            std::thread::sleep(delay);
+            state = self.fs.lock();
+            if state.faults.crashed {
+                return Err(powered_off());
+            }
         }
         // As with POSIX, a file removed while open can still be synced.
         if let Some(file) = state.inodes.get_mut(&self.inode) {

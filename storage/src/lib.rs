@@ -57,7 +57,7 @@ pub use state::{Committed, InstanceMeta, Op, Outcome, SectionMeta, Totals};
 #[cfg(feature = "engine")]
 pub use store::{
     AppendListener, CommitListener, Durability, DurableListener, ReadAfter, RecoveryReport, Store,
-    StoreConfig, StoreSnapshot, StoreStats, Submission,
+    StoreConfig, StoreSnapshot, StoreStats, Submission, WriteStages,
 };
 pub use wal::history::InstanceHistory;
 pub use wal::{Entry, Epoch, InstanceId, Lsn, Origin, Position, Record, RecordBody, Seq};

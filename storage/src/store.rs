@@ -213,6 +213,77 @@ pub const FSYNC_BUCKETS_NS: &[u64] = &[
 pub const BATCH_RECORDS_BUCKETS: &[u64] =
     &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
 
+/// Upper bounds of the [`WriteStages`] buckets, ns: 1 µs to 10 s.
+pub const STAGE_BUCKETS_NS: &[u64] = &[
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
+/// Where the time of requests answered after their fsync went, hop by
+/// hop inside the store: one histogram per stage, ns, one value per
+/// request, so that the stages' means add up to the store's share of a
+/// durable write's latency.
+#[derive(Debug)]
+pub struct WriteStages {
+    /// Submitted, until the writer thread takes it into a batch.
+    pub queue: Buckets,
+    /// The batch taken, until it is written to the log and applied.
+    pub commit: Buckets,
+    /// Written and applied, until the fsync that covers it starts (behind
+    /// an fsync already running, or the hand-off to the fsync thread).
+    pub sync_wait: Buckets,
+    /// The `fdatasync` (or those of two segments) that made it durable.
+    pub fsync: Buckets,
+    /// The fsync done, until its reply is called (the listeners and the
+    /// replies of the batch's earlier requests come first).
+    pub answer: Buckets,
+}
+
+impl WriteStages {
+    fn new() -> WriteStages {
+        WriteStages {
+            queue: Buckets::new(STAGE_BUCKETS_NS),
+            commit: Buckets::new(STAGE_BUCKETS_NS),
+            sync_wait: Buckets::new(STAGE_BUCKETS_NS),
+            fsync: Buckets::new(STAGE_BUCKETS_NS),
+            answer: Buckets::new(STAGE_BUCKETS_NS),
+        }
+    }
+
+    /// The stages in the order a request passes them, with their names.
+    pub fn named(&self) -> [(&'static str, &Buckets); 5] {
+        [
+            ("queue", &self.queue),
+            ("commit", &self.commit),
+            ("sync_wait", &self.sync_wait),
+            ("fsync", &self.fsync),
+            ("answer", &self.answer),
+        ]
+    }
+}
+
+/// Nanoseconds from `earlier` to `later` (0 if `later` is not later).
+fn ns_between(earlier: Instant, later: Instant) -> u64 {
+    u64::try_from(later.saturating_duration_since(earlier).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A histogram the store's threads count into (one relaxed add per value)
 /// and a metrics endpoint reads at any time.
 #[derive(Debug)]
@@ -283,6 +354,8 @@ pub struct StoreStats {
     pub fsync_ns: Buckets,
     /// Records per group commit.
     pub batch_records: Buckets,
+    /// Where durable requests' time went inside the store.
+    pub write_stages: WriteStages,
 }
 
 impl Default for StoreStats {
@@ -297,6 +370,7 @@ impl Default for StoreStats {
             segments_deleted: AtomicU64::new(0),
             fsync_ns: Buckets::new(FSYNC_BUCKETS_NS),
             batch_records: Buckets::new(BATCH_RECORDS_BUCKETS),
+            write_stages: WriteStages::new(),
         }
     }
 }
@@ -362,6 +436,8 @@ struct Request {
     durability: Durability,
     now: i64,
     reply: Reply,
+    /// When it was submitted.
+    queued: Instant,
 }
 
 /// An operation [`Store::try_submit`] could not queue without blocking.
@@ -821,6 +897,7 @@ impl Store {
             work,
             durability,
             now,
+            queued: Instant::now(),
             reply: Box::new(move |result: CkptResult<Committed>| {
                 if let Err(error) = &result {
                     // The writer's wording for a log append that hit ENOSPC.
@@ -2252,6 +2329,10 @@ struct SyncJob {
     positions: Vec<Position>,
     /// The batch's last lsn, if it logged anything.
     last_lsn: Option<Lsn>,
+    /// When the writer took the batch, and when it had written and
+    /// applied it ([`WriteStages`]).
+    picked: Instant,
+    committed: Instant,
 }
 
 impl Writer {
@@ -2300,7 +2381,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let job = self.commit(batch);
+            let job = self.commit(batch, Instant::now());
             *self.shared.totals.lock().unwrap_or_else(|p| p.into_inner()) = self.state.totals();
             if let Some(job) = job {
                 if syncer_thread.is_none() {
@@ -2556,7 +2637,7 @@ impl Writer {
 
     /// Validates, appends and applies one batch; answers what can be
     /// answered now and returns what waits for the fsync.
-    fn commit(&mut self, mut batch: Vec<Request>) -> Option<SyncJob> {
+    fn commit(&mut self, mut batch: Vec<Request>, picked: Instant) -> Option<SyncJob> {
         if let Some(error) = self.shared.poisoned_error() {
             for request in batch {
                 (request.reply)(Err(error.clone()));
@@ -2590,6 +2671,8 @@ impl Writer {
                 records: Vec::new(),
                 positions: Vec::new(),
                 last_lsn: None,
+                picked,
+                committed: Instant::now(),
             });
         }
         if let Some(error) = self.shared.poisoned_error() {
@@ -2674,6 +2757,8 @@ impl Writer {
             records,
             positions,
             last_lsn: Some(last_lsn),
+            picked,
+            committed: Instant::now(),
         })
     }
 
@@ -2915,6 +3000,7 @@ impl Syncer {
             .any(|job| job.last_lsn.is_some() || !job.durable.is_empty());
         let mut synced: Vec<&SyncHandle> = Vec::new();
         let mut failure = self.shared.poisoned_error();
+        let sync_started = Instant::now();
         if needs_sync && failure.is_none() {
             for job in &batch {
                 if synced.iter().any(|h| Arc::ptr_eq(h, &job.segment)) {
@@ -2942,6 +3028,7 @@ impl Syncer {
                 }
             }
         }
+        let sync_ended = Instant::now();
         if needs_sync && failure.is_none() {
             if let Some(last) = batch.iter().filter_map(|job| job.last_lsn).max() {
                 self.mark.advance(last);
@@ -2969,7 +3056,20 @@ impl Syncer {
             match &failure {
                 Some(error) => fail_all(job.durable, error),
                 None => {
+                    let stages = &self.shared.stats.write_stages;
+                    let fsync_ns = ns_between(sync_started, sync_ended);
                     for Accepted { request, committed } in job.durable {
+                        stages.queue.observe(ns_between(request.queued, job.picked));
+                        stages.commit.observe(ns_between(job.picked, job.committed));
+                        stages
+                            .sync_wait
+                            .observe(ns_between(job.committed, sync_started));
+                        stages.fsync.observe(fsync_ns);
+                        // Counted before the reply: whoever is answered
+                        // finds its request counted.
+                        stages
+                            .answer
+                            .observe(ns_between(sync_ended, Instant::now()));
                         (request.reply)(Ok(committed));
                     }
                     if let (Some(listener), false) = (&listeners.commit, job.records.is_empty()) {

@@ -302,3 +302,45 @@ fn a_lone_write_is_synced_by_the_writer_itself_and_survives_a_power_cut() {
     let store = open(dir.path(), &fs, RocksWalMode::Disabled);
     assert_eq!(read_all(&store, c, "a"), b"99999");
 }
+
+#[test]
+fn a_slow_disk_shows_in_the_fsync_stage_of_every_durable_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new();
+    let store = open(dir.path(), &fs, RocksWalMode::Disabled);
+    let c = create(&store, "slow", attrs(2, 100, 200));
+    section(&store, c, "a", b"start");
+    let stages = &store.stats().write_stages;
+    let counts = || stages.named().map(|(_, buckets)| buckets.snapshot().1);
+    let delay = std::time::Duration::from_millis(20);
+    let delay_ns = u64::try_from(delay.as_nanos()).unwrap();
+    // The bucket of fsync stage values up to half the delay.
+    let fast = ckpt_storage::store::STAGE_BUCKETS_NS
+        .iter()
+        .rposition(|&bound| bound <= delay_ns / 2)
+        .unwrap();
+    let before = counts();
+    let (fsync_cumulative, _, fsync_sum) = stages.fsync.snapshot();
+    fs.set_sync_delay(delay);
+    for i in 0..5u8 {
+        run(&store, write(c, "a", 0, &[b'0' + i; 5])).unwrap();
+    }
+    // Answered before its fsync: not a durable write, in no stage.
+    store
+        .execute_with(write(c, "a", 0, b"weak!"), Durability::Written, NOW)
+        .unwrap();
+    let after = counts();
+    for ((name, _), (b, a)) in stages.named().iter().zip(before.iter().zip(after)) {
+        assert_eq!(a - b, 5, "stage {name}: one value per durable write");
+    }
+    let (cumulative, _, sum) = stages.fsync.snapshot();
+    assert!(
+        sum - fsync_sum >= 5 * delay_ns,
+        "the slow syncs are in the fsync stage: {} ns",
+        sum - fsync_sum
+    );
+    assert_eq!(
+        cumulative[fast], fsync_cumulative[fast],
+        "no write's fsync stage is under half the disk's delay"
+    );
+}

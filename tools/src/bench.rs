@@ -104,6 +104,9 @@ pub struct BenchReport {
     pub server_cpu_s: Option<f64>,
     /// `server_cpu_s` per acknowledged operation, µs.
     pub server_cpu_us_per_op: Option<f64>,
+    /// With `--server-metrics`: the server's hops during the timed phase,
+    /// in the order a request passes them.
+    pub server_stages: Vec<StageMean>,
     /// Writes answered `TRY_AGAIN` and retried.
     pub retries: u64,
     /// Failed attempts by error name (`CL_ERR_TRY_AGAIN`, ...; for etcd
@@ -164,12 +167,23 @@ impl BenchReport {
         if let (Some(read), Some(write)) = (self.read_p99_us, self.write_p99_us) {
             split = format!("  (reads p99 {read:.1}, writes p99 {write:.1})");
         }
-        let cpu = match (self.server_cpu_s, self.server_cpu_us_per_op) {
+        let mut cpu = match (self.server_cpu_s, self.server_cpu_us_per_op) {
             (Some(total), Some(per_op)) => {
                 format!("server CPU: {total:.2} s, {per_op:.1} us per op\n")
             }
             _ => String::new(),
         };
+        if !self.server_stages.is_empty() {
+            let hops: Vec<String> = self
+                .server_stages
+                .iter()
+                .map(|s| format!("{} {:.1}", s.stage, s.mean_us))
+                .collect();
+            cpu.push_str(&format!(
+                "server hops, mean us per request: {}\n",
+                hops.join("  ")
+            ));
+        }
         format!(
             "bench: {} clients ({} ran), {:.1} s, {}-byte values, mode {}{}, {} {}{}\n\
              {done} in {:.2} s: {:.1} ops/s ({} retried after TRY_AGAIN)\n\
@@ -1065,6 +1079,7 @@ async fn write_phase(
     let live = Live::start();
 
     let cpu = CpuMeter::start(args).map_err(fail)?;
+    let stages = StageMeter::start(args).await.map_err(fail)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let tasks: Vec<_> = workers
@@ -1158,6 +1173,9 @@ async fn write_phase(
     };
     let mut report = report;
     add_cpu(&mut report, cpu.as_ref());
+    if let Some(stages) = &stages {
+        report.server_stages = stages.finish().await;
+    }
     if let Some(error) = record_error {
         return Err((Some(report), error));
     }
@@ -1247,6 +1265,122 @@ impl CpuMeter {
         let used = (now_s - self.start_s).max(0.0);
         (used, (ops > 0).then(|| used * 1e6 / ops as f64))
     }
+}
+
+/// One hop of the server's `ckpt_request_stage_seconds` over a timed phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageMean {
+    /// `spawn`, `queue`, `commit`, `sync_wait`, `fsync`, `answer`, `wake`, `out`.
+    pub stage: String,
+    /// Requests that passed it.
+    pub count: u64,
+    /// Their mean time in it, µs.
+    pub mean_us: f64,
+}
+
+/// `(stage, count, sum in s)` of every `ckpt_request_stage_seconds`
+/// stage in a `/metrics` text, in the order it lists them.
+pub fn parse_stages(text: &str) -> Vec<(String, f64, f64)> {
+    let mut stages: Vec<(String, f64, f64)> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("ckpt_request_stage_seconds_") else {
+            continue;
+        };
+        let (is_count, rest) = match (rest.strip_prefix("count{"), rest.strip_prefix("sum{")) {
+            (Some(rest), _) => (true, rest),
+            (_, Some(rest)) => (false, rest),
+            _ => continue,
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let Some(stage) = labels
+            .strip_prefix("stage=\"")
+            .and_then(|l| l.strip_suffix('"'))
+        else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let at = match stages.iter().position(|(name, _, _)| name == stage) {
+            Some(at) => at,
+            None => {
+                stages.push((stage.to_string(), 0.0, 0.0));
+                stages.len() - 1
+            }
+        };
+        if is_count {
+            stages[at].1 = value;
+        } else {
+            stages[at].2 = value;
+        }
+    }
+    stages
+}
+
+/// The server's hop histograms over a timed phase (`--server-metrics`).
+pub struct StageMeter {
+    addr: String,
+    start: Vec<(String, f64, f64)>,
+}
+
+impl StageMeter {
+    /// Reads the server's stages now; `None` without `--server-metrics`.
+    ///
+    /// # Errors
+    /// The address does not answer `/metrics`, or its answer has no stages.
+    pub async fn start(args: &BenchArgs) -> Result<Option<StageMeter>, ClientError> {
+        let Some(addr) = &args.server_metrics else {
+            return Ok(None);
+        };
+        let start = Self::read(addr).await?;
+        if start.is_empty() {
+            return Err(ClientError::new(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "--server-metrics {addr}: its /metrics lists no ckpt_request_stage_seconds \
+                     (is it a ckpt-server's --admin-listen address?)"
+                ),
+            ));
+        }
+        Ok(Some(StageMeter {
+            addr: addr.clone(),
+            start,
+        }))
+    }
+
+    async fn read(addr: &str) -> Result<Vec<(String, f64, f64)>, ClientError> {
+        let body = crate::cluster::http_get(addr, "/metrics").await?;
+        Ok(parse_stages(&String::from_utf8_lossy(&body)))
+    }
+
+    /// Each stage's requests and mean since the start (stages no request
+    /// passed are left out); empty if the server cannot be read now.
+    pub async fn finish(&self) -> Vec<StageMean> {
+        match Self::read(&self.addr).await {
+            Ok(end) => stage_means(&self.start, &end),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// What passed each stage between two readings, and its mean.
+pub fn stage_means(start: &[(String, f64, f64)], end: &[(String, f64, f64)]) -> Vec<StageMean> {
+    end.iter()
+        .filter_map(|(stage, count, sum)| {
+            let (count0, sum0) = start
+                .iter()
+                .find(|(name, _, _)| name == stage)
+                .map_or((0.0, 0.0), |(_, c, s)| (*c, *s));
+            let count = (count - count0).max(0.0);
+            (count >= 1.0).then(|| StageMean {
+                stage: stage.clone(),
+                count: count as u64,
+                mean_us: (sum - sum0).max(0.0) * 1e6 / count,
+            })
+        })
+        .collect()
 }
 
 /// Fills a report's CPU fields from `meter`.
@@ -1433,6 +1567,7 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
     let interrupt = spawn_interrupt(&stop);
     let live = Live::start();
     let cpu = CpuMeter::start(args).map_err(fail)?;
+    let stages = StageMeter::start(args).await.map_err(fail)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let tasks: Vec<_> = (0..args.clients)
@@ -1506,6 +1641,9 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
     };
     let mut report = report;
     add_cpu(&mut report, cpu.as_ref());
+    if let Some(stages) = &stages {
+        report.server_stages = stages.finish().await;
+    }
     if ops == 0 {
         let first = report.client_errors.first().cloned().unwrap_or_default();
         let error = ClientError::new(
@@ -1648,6 +1786,7 @@ async fn run_fill(
     let interrupt = spawn_interrupt(&stop);
     let live = Live::start();
     let cpu = CpuMeter::start(args).map_err(fail)?;
+    let stages = StageMeter::start(args).await.map_err(fail)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let next = Arc::new(AtomicU64::new(0));
@@ -1722,6 +1861,9 @@ async fn run_fill(
         ..BenchReport::default()
     };
     add_cpu(&mut report, cpu.as_ref());
+    if let Some(stages) = &stages {
+        report.server_stages = stages.finish().await;
+    }
     if ops == 0 {
         let first = report.client_errors.first().cloned().unwrap_or_default();
         let error = ClientError::new(
@@ -1811,6 +1953,7 @@ async fn run_opens(
     let (stop, _) = watch::channel(false);
     let live = Live::start();
     let cpu = CpuMeter::start(args).map_err(|e| (None, e))?;
+    let stages = StageMeter::start(args).await.map_err(|e| (None, e))?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration_s);
     let run_id = std::process::id();
@@ -1873,6 +2016,9 @@ async fn run_opens(
     };
     let mut report = report;
     add_cpu(&mut report, cpu.as_ref());
+    if let Some(stages) = &stages {
+        report.server_stages = stages.finish().await;
+    }
     if ops == 0 {
         let first = report.client_errors.first().cloned().unwrap_or_default();
         let error = ClientError::new(
@@ -2106,6 +2252,7 @@ mod tests {
             write_p99_us: Some(2.5),
             server_cpu_s: Some(0.25),
             server_cpu_us_per_op: Some(25000.0),
+            server_stages: Vec::new(),
             retries: 3,
             errors,
             reconnects: 2,
@@ -2169,6 +2316,53 @@ mod tests {
         assert!(parse(&["--mix", "1:1", "--op", "open"]).is_err());
         assert!(parse(&["--server-pid", "0"]).is_err());
         assert!(parse(&["--server-pid", "1,x"]).is_err());
+    }
+
+    #[test]
+    fn server_hops_are_the_stage_histograms_grown_over_the_phase() {
+        let before = "# HELP ckpt_request_stage_seconds Where requests' time goes\n\
+            ckpt_request_stage_seconds_bucket{stage=\"queue\",le=\"0.001\"} 3\n\
+            ckpt_request_stage_seconds_sum{stage=\"queue\"} 0.0005\n\
+            ckpt_request_stage_seconds_count{stage=\"queue\"} 3\n\
+            ckpt_request_stage_seconds_sum{stage=\"fsync\"} 0.003\n\
+            ckpt_request_stage_seconds_count{stage=\"fsync\"} 3\n\
+            ckpt_request_stage_seconds_sum{stage=\"wake\"} 0\n\
+            ckpt_request_stage_seconds_count{stage=\"wake\"} 0\n\
+            ckpt_wal_fsync_duration_seconds_sum 0.003\n";
+        let after = before
+            .replace(
+                "_sum{stage=\"queue\"} 0.0005",
+                "_sum{stage=\"queue\"} 0.0025",
+            )
+            .replace("_count{stage=\"queue\"} 3", "_count{stage=\"queue\"} 7")
+            .replace("_sum{stage=\"fsync\"} 0.003", "_sum{stage=\"fsync\"} 0.005")
+            .replace("_count{stage=\"fsync\"} 3", "_count{stage=\"fsync\"} 7");
+        let start = parse_stages(before);
+        assert_eq!(start.len(), 3, "{start:?}");
+        let means = stage_means(&start, &parse_stages(&after));
+        // In the server's order; a stage nothing passed is left out.
+        let got: Vec<(&str, u64, f64)> = means
+            .iter()
+            .map(|m| {
+                (
+                    m.stage.as_str(),
+                    m.count,
+                    (m.mean_us * 1000.0).round() / 1000.0,
+                )
+            })
+            .collect();
+        assert_eq!(got, vec![("queue", 4, 500.0), ("fsync", 4, 500.0)]);
+        let report = BenchReport {
+            server_stages: means,
+            ..BenchReport::default()
+        };
+        assert!(
+            report
+                .text()
+                .contains("server hops, mean us per request: queue 500.0  fsync 500.0\n"),
+            "{}",
+            report.text()
+        );
     }
 
     #[test]

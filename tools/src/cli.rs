@@ -786,6 +786,13 @@ pub struct BenchArgs {
     /// bench shares with the server, says more than ops/s alone.
     #[arg(long, value_name = "PID,...", value_parser = parse_pids)]
     pub server_pid: Option<Pids>,
+    /// The server's admin address (`--admin-listen`): its
+    /// `ckpt_request_stage_seconds` are read before and after the timed
+    /// phase, and the report says where the requests' time went, hop by
+    /// hop (mean per request: read → task, writer queue, log write and
+    /// apply, wait for the fsync, fsync, answer, task wake-up, socket).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server_metrics: Option<String>,
     /// Threads the bench's clients run on (0: one per CPU core).
     /// `redis-benchmark` runs on one unless told otherwise; on a machine
     /// shared with the server, one leaves the server the other cores.
