@@ -189,8 +189,22 @@ pub struct RecoveryReport {
     pub segments: usize,
 }
 
-/// Upper bounds of [`StoreStats::fsync_ns`]'s buckets: 50 µs to 10 s.
-pub const FSYNC_BUCKETS_NS: &[u64] = &[
+/// Upper bounds of [`StoreStats::fsync_ns`]'s buckets: 50 µs to 10 s
+/// (the [`WriteStages`] bounds from 50 µs on).
+pub const FSYNC_BUCKETS_NS: &[u64] = STAGE_BUCKETS_NS.split_at(5).1;
+
+/// Upper bounds of [`StoreStats::batch_records`]'s buckets: 1 to 4096.
+pub const BATCH_RECORDS_BUCKETS: &[u64] =
+    &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+
+/// Upper bounds of the [`WriteStages`] buckets, ns: 1 µs to 10 s.
+pub const STAGE_BUCKETS_NS: &[u64] = &[
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    // FSYNC_BUCKETS_NS from here.
     50_000,
     100_000,
     250_000,
@@ -206,33 +220,6 @@ pub const FSYNC_BUCKETS_NS: &[u64] = &[
     500_000_000,
     1_000_000_000,
     2_500_000_000,
-    10_000_000_000,
-];
-
-/// Upper bounds of [`StoreStats::batch_records`]'s buckets: 1 to 4096.
-pub const BATCH_RECORDS_BUCKETS: &[u64] =
-    &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
-
-/// Upper bounds of the [`WriteStages`] buckets, ns: 1 µs to 10 s.
-pub const STAGE_BUCKETS_NS: &[u64] = &[
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    1_000_000_000,
     10_000_000_000,
 ];
 
