@@ -1849,6 +1849,33 @@ fn cluster_sim_regression_seeds() {
     }
 }
 
+/// Runs that still fail, kept here to be replayed until they are fixed
+/// (then they move to [`cluster_sim_regression_seeds`]). Run with
+/// `cargo test --release -p ckpt-replication --lib sim::cluster_sim_known_failures -- --ignored --nocapture`.
+///
+/// - 117047: the active replica (node 1) proposed adding a backup that had
+///   acknowledged only the epoch's first entry to the in-sync set (allowed:
+///   no ALL_SAFE write was released yet) and waited for it. Cut off one
+///   way, it gave up waiting once the proposal was "settled" while it still
+///   held its lease, and released four ALL_SAFE writes without that backup.
+///   The proposal had been committed meanwhile (the other two nodes applied
+///   it; node 1 only saw its ticket time out), and a failover named that
+///   backup, which lacked the writes. Holding the lease (run 3212's fix)
+///   does not prove that a proposal made earlier can no longer commit. The
+///   fix wants a fence: an in-sync change that names the set's generation,
+///   so that giving up can first commit a change that makes the pending
+///   addition impossible, then drop the backup (docs/replication.md,
+///   "Known issue").
+#[test]
+#[ignore = "known failure, not fixed yet: see the list above"]
+fn cluster_sim_known_failures() {
+    const KNOWN: &[u64] = &[117_047];
+    for &n in KNOWN {
+        let _replay = Replay(n);
+        run(sim_seed(n));
+    }
+}
+
 #[test]
 fn cluster_sim_seeds() {
     let seeds = env_u64("CKPT_SIM_SEEDS", 200);
