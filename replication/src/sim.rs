@@ -416,6 +416,7 @@ impl Node {
             epoch: meta.epoch,
             epoch_starts: meta.epoch_starts.clone(),
             in_sync: meta.in_sync.clone(),
+            in_sync_generation: meta.in_sync_generation,
             min_in_sync: self.config.min_in_sync,
         }
     }
@@ -759,12 +760,14 @@ impl Node {
                 instance,
                 epoch,
                 from,
+                generation,
                 in_sync,
             }) => {
                 let _ = self.cp.propose(Command::SetInSync {
                     instance,
                     epoch,
                     from: Some(from),
+                    generation: Some(generation),
                     in_sync,
                 });
             }
@@ -1841,36 +1844,17 @@ fn env_u64(name: &str, default: u64) -> u64 {
 ///   the next active replica's ALL_SAFE writes (a grant now names the last
 ///   index of the leader's log, and none is made while a failover of the
 ///   requester is about to be proposed).
+/// - 117047: an active replica, cut off one way but still holding its lease,
+///   gave up on a backup whose addition it had proposed; the addition was
+///   committed afterwards (a new Raft leader committed it from the other
+///   nodes' logs) and a failover to that backup lost the ALL_SAFE writes
+///   released without it (the in-sync set now has a generation every change
+///   names: the active replica first commits a change at the addition's
+///   generation without it, a fence, and gives up only once a later
+///   generation is applied without it).
 #[test]
 fn cluster_sim_regression_seeds() {
-    for n in [93, 94, 101, 2890, 3212, 7212, 3796, 31130, 47420] {
-        let _replay = Replay(n);
-        run(sim_seed(n));
-    }
-}
-
-/// Runs that still fail, kept here to be replayed until they are fixed
-/// (then they move to [`cluster_sim_regression_seeds`]). Run with
-/// `cargo test --release -p ckpt-replication --lib sim::cluster_sim_known_failures -- --ignored --nocapture`.
-///
-/// - 117047: the active replica (node 1) proposed adding a backup that had
-///   acknowledged only the epoch's first entry to the in-sync set (allowed:
-///   no ALL_SAFE write was released yet) and waited for it. Cut off one
-///   way, it gave up waiting once the proposal was "settled" while it still
-///   held its lease, and released four ALL_SAFE writes without that backup.
-///   The proposal had been committed meanwhile (the other two nodes applied
-///   it; node 1 only saw its ticket time out), and a failover named that
-///   backup, which lacked the writes. Holding the lease (run 3212's fix)
-///   does not prove that a proposal made earlier can no longer commit. The
-///   fix wants a fence: an in-sync change that names the set's generation,
-///   so that giving up can first commit a change that makes the pending
-///   addition impossible, then drop the backup (docs/replication.md,
-///   "Known issue").
-#[test]
-#[ignore = "known failure, not fixed yet: see the list above"]
-fn cluster_sim_known_failures() {
-    const KNOWN: &[u64] = &[117_047];
-    for &n in KNOWN {
+    for n in [93, 94, 101, 2890, 3212, 7212, 3796, 31130, 47420, 117047] {
         let _replay = Replay(n);
         run(sim_seed(n));
     }

@@ -47,6 +47,11 @@ pub struct CheckpointMeta {
     pub open_on: BTreeSet<NodeId>,
     /// Current retention (SetRetention changes it).
     pub retention_duration_ns: i64,
+    /// Bumped by every in-sync change applied: a change naming the
+    /// generation it was computed at applies only at that generation, so
+    /// of two changes computed at one generation at most one applies (an
+    /// active replica fences off its own pending proposal that way).
+    pub in_sync_generation: u64,
 }
 
 impl CheckpointMeta {
@@ -78,6 +83,42 @@ struct MetaWire {
     unlinked: bool,
     open_on: BTreeSet<NodeId>,
     retention_duration_ns: i64,
+    in_sync_generation: u64,
+}
+
+/// [`MetaWire`] as snapshots wrote it before `in_sync_generation`.
+#[derive(Serialize, Deserialize)]
+struct MetaWireV1 {
+    name: CheckpointName,
+    instance: u64,
+    attributes: CreationAttributes,
+    replicas: Vec<NodeId>,
+    active: Option<NodeId>,
+    epoch: u64,
+    epoch_starts: Vec<(u64, u64)>,
+    in_sync: Vec<NodeId>,
+    unlinked: bool,
+    open_on: BTreeSet<NodeId>,
+    retention_duration_ns: i64,
+}
+
+impl From<MetaWireV1> for CheckpointMeta {
+    fn from(m: MetaWireV1) -> Self {
+        CheckpointMeta::from(MetaWire {
+            name: m.name,
+            instance: m.instance,
+            attributes: m.attributes,
+            replicas: m.replicas,
+            active: m.active,
+            epoch: m.epoch,
+            epoch_starts: m.epoch_starts,
+            in_sync: m.in_sync,
+            unlinked: m.unlinked,
+            open_on: m.open_on,
+            retention_duration_ns: m.retention_duration_ns,
+            in_sync_generation: 0,
+        })
+    }
 }
 
 impl From<CheckpointMeta> for MetaWire {
@@ -94,6 +135,7 @@ impl From<CheckpointMeta> for MetaWire {
             unlinked: m.unlinked,
             open_on: m.open_on,
             retention_duration_ns: m.retention_duration_ns,
+            in_sync_generation: m.in_sync_generation,
         }
     }
 }
@@ -116,6 +158,7 @@ impl From<MetaWire> for CheckpointMeta {
             unlinked: m.unlinked,
             open_on: m.open_on,
             retention_duration_ns: m.retention_duration_ns,
+            in_sync_generation: m.in_sync_generation,
         }
     }
 }
@@ -194,6 +237,9 @@ pub enum Command {
         /// `None` only in Raft logs written before this check (applied as
         /// they were then, unconditionally).
         from: Option<Vec<NodeId>>,
+        /// The set's generation the proposer saw applied (refused at any
+        /// other); `None` in Raft logs written before it.
+        generation: Option<u64>,
         /// Replicas holding every acknowledged write.
         in_sync: Vec<NodeId>,
     },
@@ -322,6 +368,14 @@ enum CommandWire {
         from: Vec<NodeId>,
         in_sync: Vec<NodeId>,
     },
+    // Appended too: SetInSyncFrom at a generation of the set.
+    SetInSyncAt {
+        instance: u64,
+        epoch: u64,
+        from: Vec<NodeId>,
+        generation: u64,
+        in_sync: Vec<NodeId>,
+    },
 }
 
 impl From<Command> for CommandWire {
@@ -361,6 +415,7 @@ impl From<Command> for CommandWire {
                 instance,
                 epoch,
                 from: None,
+                generation: _,
                 in_sync,
             } => CommandWire::SetInSync {
                 instance: instance.0,
@@ -371,11 +426,25 @@ impl From<Command> for CommandWire {
                 instance,
                 epoch,
                 from: Some(from),
+                generation: None,
                 in_sync,
             } => CommandWire::SetInSyncFrom {
                 instance: instance.0,
                 epoch: epoch.0,
                 from,
+                in_sync,
+            },
+            Command::SetInSync {
+                instance,
+                epoch,
+                from: Some(from),
+                generation: Some(generation),
+                in_sync,
+            } => CommandWire::SetInSyncAt {
+                instance: instance.0,
+                epoch: epoch.0,
+                from,
+                generation,
                 in_sync,
             },
             Command::EpochStarted {
@@ -440,6 +509,7 @@ impl From<CommandWire> for Command {
                 instance: InstanceId(instance),
                 epoch: Epoch(epoch),
                 from: None,
+                generation: None,
                 in_sync,
             },
             CommandWire::SetInSyncFrom {
@@ -451,6 +521,20 @@ impl From<CommandWire> for Command {
                 instance: InstanceId(instance),
                 epoch: Epoch(epoch),
                 from: Some(from),
+                generation: None,
+                in_sync,
+            },
+            CommandWire::SetInSyncAt {
+                instance,
+                epoch,
+                from,
+                generation,
+                in_sync,
+            } => Command::SetInSync {
+                instance: InstanceId(instance),
+                epoch: Epoch(epoch),
+                from: Some(from),
+                generation: Some(generation),
                 in_sync,
             },
             CommandWire::EpochStarted {
@@ -555,6 +639,15 @@ pub struct ClusterState {
 #[derive(Serialize, Deserialize)]
 struct StateWire {
     checkpoints: Vec<CheckpointMeta>,
+    nodes: Vec<(NodeId, bool)>,
+    next_instance: u64,
+    addrs: Vec<(NodeId, NodeAddrs)>,
+}
+
+/// [`StateWire`] as snapshots wrote it before the in-sync generation.
+#[derive(Serialize, Deserialize)]
+struct StateWireV1 {
+    checkpoints: Vec<MetaWireV1>,
     nodes: Vec<(NodeId, bool)>,
     next_instance: u64,
     addrs: Vec<(NodeId, NodeAddrs)>,
@@ -678,12 +771,35 @@ impl ClusterState {
     /// # Errors
     /// `BAD_OPERATION` when the bytes do not decode.
     pub fn restore(bytes: &[u8], replication_factor: usize) -> CkptResult<ClusterState> {
-        let wire: StateWire = postcard::from_bytes(bytes).map_err(|e| {
-            CkptError::new(
-                ErrorCode::BadOperation,
-                format!("undecodable control snapshot: {e}"),
-            )
-        })?;
+        // Whole: the old layout must not pass for the new one by leaving
+        // bytes over.
+        let whole = |r: Result<(StateWire, &[u8]), postcard::Error>| match r {
+            Ok((wire, [])) => Ok(wire),
+            Ok(_) => Err(postcard::Error::DeserializeBadEncoding),
+            Err(e) => Err(e),
+        };
+        let wire: StateWire = match whole(postcard::take_from_bytes(bytes)) {
+            Ok(wire) => wire,
+            // A snapshot written before the in-sync generation.
+            Err(e) => match postcard::take_from_bytes::<StateWireV1>(bytes) {
+                Ok((old, [])) => StateWire {
+                    checkpoints: old
+                        .checkpoints
+                        .into_iter()
+                        .map(CheckpointMeta::from)
+                        .collect(),
+                    nodes: old.nodes,
+                    next_instance: old.next_instance,
+                    addrs: old.addrs,
+                },
+                _ => {
+                    return Err(CkptError::new(
+                        ErrorCode::BadOperation,
+                        format!("undecodable control snapshot: {e}"),
+                    ))
+                }
+            },
+        };
         let mut state = ClusterState {
             checkpoints: BTreeMap::new(),
             names: BTreeMap::new(),
@@ -848,9 +964,21 @@ impl ClusterState {
                 instance,
                 epoch,
                 from,
+                generation,
                 in_sync,
             } => {
                 let meta = self.meta_mut(*instance)?;
+                if let Some(generation) = generation {
+                    if *generation != meta.in_sync_generation {
+                        return fail(
+                            ErrorCode::TryAgain,
+                            format!(
+                                "in-sync set of instance {} is at generation {}, not the {generation} the change was computed at",
+                                instance.0, meta.in_sync_generation
+                            ),
+                        );
+                    }
+                }
                 if *epoch != meta.epoch {
                     return fail(
                         ErrorCode::TryAgain,
@@ -895,6 +1023,7 @@ impl ClusterState {
                     }
                 }
                 meta.in_sync = set;
+                meta.in_sync_generation = meta.in_sync_generation.saturating_add(1);
                 Ok(Applied::Done)
             }
             Command::EpochStarted {
@@ -1037,6 +1166,7 @@ impl ClusterState {
                 BTreeSet::new()
             },
             retention_duration_ns: attributes.retention_duration_ns,
+            in_sync_generation: 0,
         };
         self.names.insert(name.clone(), instance);
         self.checkpoints.insert(instance, Arc::new(meta.clone()));
@@ -1271,6 +1401,7 @@ mod tests {
             instance: meta.instance,
             epoch: meta.epoch,
             from: Some(meta.in_sync.clone()),
+            generation: None,
             in_sync: meta.replicas.clone(),
         };
         assert_eq!(state.apply(&caught_up), Applied::Done);
@@ -1373,6 +1504,7 @@ mod tests {
                 instance: a.instance,
                 epoch: a.epoch,
                 from: Some(from.to_vec()),
+                generation: None,
                 in_sync: to.to_vec(),
             })
         };
@@ -1388,6 +1520,85 @@ mod tests {
         assert_eq!(s.get(a.instance).unwrap().in_sync, vec![1, 2, 3]);
     }
 
+    /// Of two in-sync changes computed at one generation, only the first
+    /// applies, even when both name the same set (the active replica's
+    /// fence against its own pending addition: cluster simulator run
+    /// 117047); a change without a generation (older Raft logs) applies as
+    /// before, and every applied change moves the generation on.
+    #[test]
+    fn an_in_sync_change_at_a_generation_since_passed_is_refused() {
+        let mut s = ClusterState::new(&[1, 2, 3], 3);
+        let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
+        let from = s.get(a.instance).unwrap().in_sync.clone();
+        let g0 = s.get(a.instance).unwrap().in_sync_generation;
+        let at = |generation: Option<u64>, to: &[NodeId]| Command::SetInSync {
+            instance: a.instance,
+            epoch: a.epoch,
+            from: Some(from.clone()),
+            generation,
+            in_sync: to.to_vec(),
+        };
+        let addition = at(Some(g0), &[1, 2]);
+        let fence = at(Some(g0), &from);
+        assert_eq!(s.apply(&fence), Applied::Done);
+        assert_eq!(s.get(a.instance).unwrap().in_sync_generation, g0 + 1);
+        let now_at = format!("generation {}", g0 + 1);
+        assert!(matches!(
+            s.apply(&addition),
+            Applied::Failed(e) if e.code == ErrorCode::TryAgain && e.detail.contains(&now_at)
+        ));
+        assert_eq!(s.get(a.instance).unwrap().in_sync, from);
+        assert_eq!(s.apply(&at(None, &[1, 2])), Applied::Done);
+        assert_eq!(s.get(a.instance).unwrap().in_sync, vec![1, 2]);
+        assert_eq!(s.get(a.instance).unwrap().in_sync_generation, g0 + 2);
+        // It travels in commands and snapshots.
+        let cmd = at(Some(7), &[1]);
+        assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+        let back = ClusterState::restore(&s.encode(), 3).unwrap();
+        assert_eq!(back.get(a.instance).unwrap().in_sync_generation, g0 + 2);
+    }
+
+    /// A snapshot written before the in-sync generation still restores
+    /// (every set at generation 0).
+    #[test]
+    fn a_snapshot_without_in_sync_generations_restores_at_generation_zero() {
+        let mut s = ClusterState::new(&[1, 2, 3], 3);
+        let a = create(&mut s, "a", CreationFlags::WR_ALL_REPLICAS, 1);
+        let b = create(&mut s, "b", CreationFlags::WR_ALL_REPLICAS, 2);
+        let old = StateWireV1 {
+            checkpoints: s
+                .checkpoints()
+                .map(|m| {
+                    let m = MetaWire::from(m.clone());
+                    MetaWireV1 {
+                        name: m.name,
+                        instance: m.instance,
+                        attributes: m.attributes,
+                        replicas: m.replicas,
+                        active: m.active,
+                        epoch: m.epoch,
+                        epoch_starts: m.epoch_starts,
+                        in_sync: m.in_sync,
+                        unlinked: m.unlinked,
+                        open_on: m.open_on,
+                        retention_duration_ns: m.retention_duration_ns,
+                    }
+                })
+                .collect(),
+            nodes: s.nodes.iter().map(|(n, a)| (*n, *a)).collect(),
+            next_instance: s.next_instance,
+            addrs: s.addrs.iter().map(|(n, a)| (*n, a.clone())).collect(),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let back = ClusterState::restore(&bytes, 3).unwrap();
+        for m in [&a, &b] {
+            let mut want = s.get(m.instance).unwrap().clone();
+            want.in_sync_generation = 0;
+            assert_eq!(back.get(m.instance).unwrap(), &want);
+        }
+        assert!(ClusterState::restore(&bytes[..bytes.len() - 1], 3).is_err());
+    }
+
     #[test]
     fn failover_without_a_live_in_sync_member_waits_for_the_node() {
         let mut s = ClusterState::new(&[1, 2, 3], 3);
@@ -1397,6 +1608,7 @@ mod tests {
                 instance: a.instance,
                 epoch: Epoch(e),
                 from: None,
+                generation: None,
                 in_sync: v,
             })
         };
@@ -1451,6 +1663,7 @@ mod tests {
             instance: c.instance,
             epoch: Epoch(2),
             from: None,
+            generation: None,
             in_sync: vec![3, 1],
         });
         assert!(matches!(
@@ -1606,6 +1819,7 @@ mod tests {
             instance: m.instance,
             epoch: m.epoch,
             from: Some(m.in_sync.clone()),
+            generation: None,
             in_sync: vec![1],
         });
         s.apply(&Command::Failover { node: 1 });
@@ -1678,6 +1892,7 @@ mod tests {
                 instance: b.instance,
                 epoch: Epoch(4),
                 from,
+                generation: None,
                 in_sync: vec![1, 2],
             };
             assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);

@@ -252,6 +252,7 @@ impl Sim {
             instance: meta.instance,
             epoch: meta.epoch,
             from: Some(meta.in_sync.clone()),
+            generation: None,
             in_sync: meta.replicas.clone(),
         };
         assert_eq!(self.propose(node, caught_up), Applied::Done);
@@ -429,6 +430,7 @@ fn epochs_in_sync_sets_and_active_handover_go_through_raft() {
         instance: m.instance,
         epoch: Epoch(9),
         from: Some(m.in_sync.clone()),
+        generation: None,
         in_sync: vec![f],
     };
     assert!(matches!(sim.propose(f, stale), Applied::Failed(e) if e.code == ErrorCode::TryAgain));
@@ -436,6 +438,7 @@ fn epochs_in_sync_sets_and_active_handover_go_through_raft() {
         instance: m.instance,
         epoch: Epoch(1),
         from: Some(m.in_sync.clone()),
+        generation: None,
         in_sync: vec![f, m.replicas[1]],
     };
     assert_eq!(sim.propose(f, shrink), Applied::Done);

@@ -90,6 +90,9 @@ pub struct ReplicaSet {
     pub epoch_starts: Vec<(Epoch, Seq)>,
     /// Members holding every acknowledged write, the active one included.
     pub in_sync: Vec<NodeId>,
+    /// The in-sync set's generation (bumped by every change applied): a
+    /// proposal names it and applies only at it.
+    pub in_sync_generation: u64,
     /// Writes needing every in-sync replica fail with TRY_AGAIN below this.
     pub min_in_sync: usize,
 }

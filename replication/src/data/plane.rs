@@ -67,6 +67,8 @@ pub enum Proposal {
         instance: InstanceId,
         epoch: Epoch,
         from: Vec<NodeId>,
+        /// The set's generation `from` was read at (refused at any other).
+        generation: u64,
         in_sync: Vec<NodeId>,
     },
 }
@@ -170,6 +172,11 @@ struct Peer {
     serving: Option<(Option<(Epoch, Seq)>, u64)>,
     remove_proposed_ms: Option<u64>,
     add_proposed_ms: Option<u64>,
+    /// The in-sync generation its last addition was proposed at: once the
+    /// applied generation is past it, that addition can never apply.
+    add_generation: Option<u64>,
+    /// When a change fencing off its pending addition was last proposed.
+    fence_proposed_ms: Option<u64>,
     probe_sent_ms: Option<u64>,
     /// Its log cannot be continued, and it is in the in-sync set: it must
     /// leave the set before a snapshot discards what it holds.
@@ -227,6 +234,8 @@ impl Peer {
             serving: None,
             remove_proposed_ms: None,
             add_proposed_ms: None,
+            add_generation: None,
+            fence_proposed_ms: None,
             probe_sent_ms: None,
             needs_snapshot: false,
             snapshot_answers: None,
@@ -1316,6 +1325,7 @@ impl DataPlane {
         // a backup far behind would otherwise rejoin, and a failover to it
         // would lose all it lacks.
         primary.mark(now_ms, timeout);
+        let generation = inst.rs.in_sync_generation;
         let recent = primary.last_as_of(now_ms.saturating_sub(retry_ms));
         let close = |peer: &Peer| peer.acked.is_some_and(|a| a >= recent);
         for (node, peer) in primary.peers.iter_mut() {
@@ -1378,15 +1388,31 @@ impl DataPlane {
                 let proposal_settled = peer
                     .add_proposed_ms
                     .is_none_or(|t| now_ms.saturating_sub(t) >= settle_ms);
+                // No timer proves a proposal dead: one made before this
+                // node's lease can still be committed after it (the
+                // cluster simulator's run 117047). The addition named the
+                // set's generation, so it can never apply once the set
+                // applied here is past that generation (without it: this
+                // branch). Until then, propose a change at that generation
+                // without it (a fence): whichever of the two commits first
+                // refuses the other.
+                let addition_dead = peer.add_generation.is_none_or(|g| generation > g);
                 if pending && stalled && proposal_settled && control_fresh {
-                    give_up.push(*node);
-                    peer.add_proposed_ms = None;
+                    if addition_dead {
+                        give_up.push(*node);
+                        peer.add_proposed_ms = None;
+                        peer.add_generation = None;
+                    } else if due(peer.fence_proposed_ms) {
+                        peer.fence_proposed_ms = Some(now_ms);
+                        propose = true;
+                    }
                 } else if peer.mode == PeerMode::Streaming && close(peer) && !stalled {
                     if holds_released(peer) {
                         // First proposal, or the last one may have been lost.
                         if due(peer.add_proposed_ms) {
                             add.insert(*node);
                             peer.add_proposed_ms = Some(now_ms);
+                            peer.add_generation = Some(generation);
                             propose = true;
                         }
                     } else if !pending {
@@ -1419,6 +1445,7 @@ impl DataPlane {
                 instance,
                 epoch,
                 from: inst.rs.in_sync.clone(),
+                generation: inst.rs.in_sync_generation,
                 in_sync: in_sync.into_iter().collect(),
             }));
         }

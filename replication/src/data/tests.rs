@@ -44,6 +44,7 @@ fn wire(epoch: u64, seq: u64) -> WireEntry {
 
 fn rs(active: Option<NodeId>, epoch: u64, starts: &[(u64, u64)], in_sync: &[NodeId]) -> ReplicaSet {
     ReplicaSet {
+        in_sync_generation: 0,
         instance: I,
         replicas: vec![1, 2, 3],
         active,
@@ -820,6 +821,7 @@ fn an_in_sync_backup_leaves_the_set_before_a_snapshot_discards_its_replica() {
             instance: I,
             epoch: Epoch(1),
             from: vec![1, 2, 3],
+            generation: 0,
             in_sync: vec![1, 3],
         })]
     );
@@ -1007,6 +1009,7 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
         instance: I,
         epoch: Epoch(1),
         from: vec![1, 2, 3],
+        generation: 0,
         in_sync: vec![1, 2],
     });
     dp.tick(100 + TIMEOUT - 1);
@@ -1039,6 +1042,7 @@ fn a_stalled_in_sync_backup_is_proposed_out_once_per_timeout() {
             instance: I,
             epoch: Epoch(1),
             from: vec![1, 2],
+            generation: 0,
             in_sync: vec![1, 2, 3]
         })]
     );
@@ -1088,6 +1092,7 @@ fn a_caught_up_backup_does_not_lag_until_entries_arrive() {
             instance: I,
             epoch: Epoch(1),
             from: vec![1, 2, 3],
+            generation: 0,
             in_sync: vec![1, 2]
         })]
     );
@@ -1599,6 +1604,7 @@ fn three_nodes_converge_through_failover_and_a_divergent_suffix() {
             instance: I,
             epoch: Epoch(2),
             from: vec![2, 3],
+            generation: 0,
             in_sync: vec![1, 2, 3]
         }]
     );
@@ -1657,6 +1663,7 @@ fn a_lost_catch_up_is_retried_and_a_restarted_backup_catches_up() {
             instance: I,
             epoch: Epoch(1),
             from: vec![1, 2, 3],
+            generation: 0,
             in_sync: vec![1, 2]
         }]
     );
@@ -1734,6 +1741,7 @@ fn in_sync_members_without_a_replica_are_proposed_out_at_once() {
         instance: I,
         epoch: Epoch(1),
         from: vec![1, 2, 4],
+        generation: 0,
         in_sync: vec![1, 2],
     });
     assert_eq!(proposals(&mut dp), vec![remove4.clone()]);
@@ -2256,12 +2264,22 @@ fn a_retried_catch_up_is_not_answered_twice_within_the_retry_interval() {
     assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 2)]);
 }
 
-#[test]
-fn a_member_being_added_that_stalls_is_given_up_only_after_its_proposal_settled() {
+/// The in-sync set `in_sync` at `generation` (what the control plane
+/// applied), for the primary of [`primary`].
+fn applied_set(in_sync: &[NodeId], generation: u64) -> ReplicaSet {
+    ReplicaSet {
+        in_sync_generation: generation,
+        ..rs(Some(1), 1, &[(1, 1)], in_sync)
+    }
+}
+
+/// Node 3's addition proposed at generation 0, node 3 then stalls while a
+/// write waits for it; returns the primary at `2 * TIMEOUT - 1`.
+fn stalled_addition() -> DataPlane {
     let mut dp = primary();
     stream(&mut dp, 2);
     stream(&mut dp, 3);
-    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2]), Some(pos(1, 3)), 0);
+    dp.on_metadata(&applied_set(&[1, 2], 0), Some(pos(1, 3)), 0);
     drain(&mut dp);
     dp.tick(0);
     assert_eq!(
@@ -2270,6 +2288,7 @@ fn a_member_being_added_that_stalls_is_given_up_only_after_its_proposal_settled(
             instance: I,
             epoch: Epoch(1),
             from: vec![1, 2],
+            generation: 0,
             in_sync: vec![1, 2, 3]
         })]
     );
@@ -2280,50 +2299,106 @@ fn a_member_being_added_that_stalls_is_given_up_only_after_its_proposal_settled(
     dp.on_message(2, ack_msg(1, 4), 0);
     drain(&mut dp);
     dp.tick(2 * TIMEOUT - 1);
-    assert!(
-        !drain(&mut dp)
-            .iter()
-            .any(|o| matches!(o, DataOutput::Released(_))),
-        "still waiting for node 3"
-    );
+    assert!(!released(&mut dp), "still waiting for node 3");
+    dp
+}
+
+fn released(dp: &mut DataPlane) -> bool {
+    drain(dp)
+        .iter()
+        .any(|o| matches!(o, DataOutput::Released(_)))
+}
+
+/// The fence: the set as applied, at the addition's generation, without node 3.
+fn fence() -> DataOutput {
+    DataOutput::Propose(Proposal::SetInSync {
+        instance: I,
+        epoch: Epoch(1),
+        from: vec![1, 2],
+        generation: 0,
+        in_sync: vec![1, 2],
+    })
+}
+
+/// Once its proposal settled, a stalled member being added is not simply
+/// given up (the cluster simulator's run 117047: the addition was committed
+/// after the primary, still holding its lease, had given up on it, and a
+/// failover to that member lost what was released without it). The primary
+/// proposes a change at the addition's generation without it, and gives up
+/// only once a later generation is applied without it.
+#[test]
+fn a_stalled_member_being_added_is_given_up_once_a_fence_against_its_addition_applied() {
+    let mut dp = stalled_addition();
     dp.tick(2 * TIMEOUT);
+    let out = drain(&mut dp);
+    assert!(out.contains(&fence()), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, DataOutput::Released(_))));
+    assert_eq!(dp.tracker().required(I), vec![2, 3]);
+    // However long the fence takes, nothing is released without node 3.
+    dp.tick(20 * TIMEOUT);
+    assert!(!released(&mut dp), "released before the fence applied");
+    // The fence applied: the addition can never apply now.
+    dp.on_metadata(&applied_set(&[1, 2], 1), Some(pos(1, 4)), 20 * TIMEOUT);
+    drain(&mut dp);
+    dp.tick(20 * TIMEOUT + 1);
     assert!(drain(&mut dp).contains(&DataOutput::Released(vec![9])));
     assert_eq!(dp.tracker().required(I), vec![2]);
 }
 
+/// The other way the race ends: the addition committed first (the fence is
+/// then refused). Node 3 is in the set, so it is proposed out like any
+/// stalled member, and nothing is released without it until that applies.
+#[test]
+fn a_stalled_member_whose_addition_won_the_race_is_proposed_out_before_anything_is_released() {
+    let mut dp = stalled_addition();
+    dp.tick(2 * TIMEOUT);
+    assert!(drain(&mut dp).contains(&fence()));
+    dp.on_metadata(&applied_set(&[1, 2, 3], 1), Some(pos(1, 4)), 2 * TIMEOUT);
+    drain(&mut dp);
+    dp.tick(3 * TIMEOUT);
+    let out = drain(&mut dp);
+    assert!(
+        out.contains(&DataOutput::Propose(Proposal::SetInSync {
+            instance: I,
+            epoch: Epoch(1),
+            from: vec![1, 2, 3],
+            generation: 1,
+            in_sync: vec![1, 2],
+        })),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|o| matches!(o, DataOutput::Released(_))));
+    // Its removal applied: released.
+    dp.on_metadata(&applied_set(&[1, 2], 2), Some(pos(1, 4)), 3 * TIMEOUT);
+    dp.tick(3 * TIMEOUT + 1);
+    assert!(drain(&mut dp).contains(&DataOutput::Released(vec![9])));
+}
+
 /// The cluster simulator's run 3212: a primary cut off from the control
-/// plane cannot know that its proposal to add node 3 was not committed
+/// plane cannot know whether its proposal to add node 3 was committed
 /// meanwhile (and a failover may then name node 3): however old the
-/// proposal, it keeps waiting for node 3 until its view is fresh again.
+/// proposal, it keeps waiting for node 3 and proposes nothing until its
+/// view is fresh again; then it fences the addition off as above.
 #[test]
 fn a_member_being_added_is_not_given_up_while_the_control_plane_view_is_stale() {
-    let mut dp = primary();
-    stream(&mut dp, 2);
-    stream(&mut dp, 3);
-    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2]), Some(pos(1, 3)), 0);
-    drain(&mut dp);
-    dp.tick(0);
-    assert_eq!(proposals(&mut dp).len(), 1, "node 3's addition");
-    dp.on_appended(&[shipped(1, 4)], 0);
-    dp.register(9, pos(1, 4), Need::AllInSync);
-    dp.on_local_durable(&[pos(1, 4)]);
-    dp.on_message(2, ack_msg(1, 4), 0);
-    drain(&mut dp);
+    let mut dp = stalled_addition();
     // Cut off: no lease, so the view of the control plane may be stale.
     dp.set_control_fresh(false);
     for now in [2 * TIMEOUT, 5 * TIMEOUT, 50 * TIMEOUT] {
         dp.tick(now);
         assert!(
-            !drain(&mut dp)
-                .iter()
-                .any(|o| matches!(o, DataOutput::Released(_))),
+            !released(&mut dp),
             "released without node 3 at {now} while cut off"
         );
         assert_eq!(dp.tracker().required(I), vec![2, 3]);
     }
-    // Back in touch (and node 3's addition evidently not applied): give up.
+    // Back in touch: the fence, and once it applied, the release.
     dp.set_control_fresh(true);
     dp.tick(51 * TIMEOUT);
+    assert!(drain(&mut dp).contains(&fence()));
+    dp.on_metadata(&applied_set(&[1, 2], 1), Some(pos(1, 4)), 51 * TIMEOUT);
+    drain(&mut dp);
+    dp.tick(51 * TIMEOUT + 1);
     assert!(drain(&mut dp).contains(&DataOutput::Released(vec![9])));
 }
 
@@ -2395,6 +2470,7 @@ fn a_backup_rejoins_only_once_it_holds_the_epoch_start() {
         instance: I,
         epoch: Epoch(2),
         from: vec![1],
+        generation: 0,
         in_sync: vec![1, 2],
     });
     for (acked, proposed) in [(4, false), (5, true)] {

@@ -1846,6 +1846,7 @@ impl Driver {
             epoch: meta.epoch,
             epoch_starts: meta.epoch_starts.clone(),
             in_sync: meta.in_sync.clone(),
+            in_sync_generation: meta.in_sync_generation,
             min_in_sync: self.cluster.config.min_in_sync,
         }
     }
@@ -2264,12 +2265,14 @@ impl Driver {
                 instance,
                 epoch,
                 from,
+                generation,
                 in_sync,
             }) => {
                 let command = Command::SetInSync {
                     instance,
                     epoch,
                     from: Some(from),
+                    generation: Some(generation),
                     in_sync,
                 };
                 match self.control.propose(command) {
