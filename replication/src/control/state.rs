@@ -70,23 +70,7 @@ impl CheckpointMeta {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct MetaWire {
-    name: CheckpointName,
-    instance: u64,
-    attributes: CreationAttributes,
-    replicas: Vec<NodeId>,
-    active: Option<NodeId>,
-    epoch: u64,
-    epoch_starts: Vec<(u64, u64)>,
-    in_sync: Vec<NodeId>,
-    unlinked: bool,
-    open_on: BTreeSet<NodeId>,
-    retention_duration_ns: i64,
-    in_sync_generation: u64,
-}
-
-/// [`MetaWire`] as snapshots wrote it before `in_sync_generation`.
+/// A checkpoint as snapshots have always written it.
 #[derive(Serialize, Deserialize)]
 struct MetaWireV1 {
     name: CheckpointName,
@@ -102,20 +86,19 @@ struct MetaWireV1 {
     retention_duration_ns: i64,
 }
 
+/// A checkpoint in a snapshot: postcard writes a nested struct's fields in
+/// line, so this is [`MetaWireV1`]'s layout with the in-sync generation
+/// after it.
+#[derive(Serialize, Deserialize)]
+struct MetaWire {
+    base: MetaWireV1,
+    in_sync_generation: u64,
+}
+
 impl From<MetaWireV1> for CheckpointMeta {
-    fn from(m: MetaWireV1) -> Self {
+    fn from(base: MetaWireV1) -> Self {
         CheckpointMeta::from(MetaWire {
-            name: m.name,
-            instance: m.instance,
-            attributes: m.attributes,
-            replicas: m.replicas,
-            active: m.active,
-            epoch: m.epoch,
-            epoch_starts: m.epoch_starts,
-            in_sync: m.in_sync,
-            unlinked: m.unlinked,
-            open_on: m.open_on,
-            retention_duration_ns: m.retention_duration_ns,
+            base,
             in_sync_generation: 0,
         })
     }
@@ -124,17 +107,19 @@ impl From<MetaWireV1> for CheckpointMeta {
 impl From<CheckpointMeta> for MetaWire {
     fn from(m: CheckpointMeta) -> Self {
         MetaWire {
-            name: m.name,
-            instance: m.instance.0,
-            attributes: m.attributes,
-            replicas: m.replicas,
-            active: m.active,
-            epoch: m.epoch.0,
-            epoch_starts: m.epoch_starts.iter().map(|(e, s)| (e.0, s.0)).collect(),
-            in_sync: m.in_sync,
-            unlinked: m.unlinked,
-            open_on: m.open_on,
-            retention_duration_ns: m.retention_duration_ns,
+            base: MetaWireV1 {
+                name: m.name,
+                instance: m.instance.0,
+                attributes: m.attributes,
+                replicas: m.replicas,
+                active: m.active,
+                epoch: m.epoch.0,
+                epoch_starts: m.epoch_starts.iter().map(|(e, s)| (e.0, s.0)).collect(),
+                in_sync: m.in_sync,
+                unlinked: m.unlinked,
+                open_on: m.open_on,
+                retention_duration_ns: m.retention_duration_ns,
+            },
             in_sync_generation: m.in_sync_generation,
         }
     }
@@ -142,22 +127,23 @@ impl From<CheckpointMeta> for MetaWire {
 
 impl From<MetaWire> for CheckpointMeta {
     fn from(m: MetaWire) -> Self {
+        let b = m.base;
         CheckpointMeta {
-            name: m.name,
-            instance: InstanceId(m.instance),
-            attributes: m.attributes,
-            replicas: m.replicas,
-            active: m.active,
-            epoch: Epoch(m.epoch),
-            epoch_starts: m
+            name: b.name,
+            instance: InstanceId(b.instance),
+            attributes: b.attributes,
+            replicas: b.replicas,
+            active: b.active,
+            epoch: Epoch(b.epoch),
+            epoch_starts: b
                 .epoch_starts
                 .iter()
                 .map(|(e, s)| (Epoch(*e), Seq(*s)))
                 .collect(),
-            in_sync: m.in_sync,
-            unlinked: m.unlinked,
-            open_on: m.open_on,
-            retention_duration_ns: m.retention_duration_ns,
+            in_sync: b.in_sync,
+            unlinked: b.unlinked,
+            open_on: b.open_on,
+            retention_duration_ns: b.retention_duration_ns,
             in_sync_generation: m.in_sync_generation,
         }
     }
@@ -636,22 +622,18 @@ pub struct ClusterState {
     changes: Changes,
 }
 
+/// A control snapshot: [`StateWire`] now, [`StateWireV1`] before the
+/// in-sync generation.
 #[derive(Serialize, Deserialize)]
-struct StateWire {
-    checkpoints: Vec<CheckpointMeta>,
+struct StateWireOf<M> {
+    checkpoints: Vec<M>,
     nodes: Vec<(NodeId, bool)>,
     next_instance: u64,
     addrs: Vec<(NodeId, NodeAddrs)>,
 }
 
-/// [`StateWire`] as snapshots wrote it before the in-sync generation.
-#[derive(Serialize, Deserialize)]
-struct StateWireV1 {
-    checkpoints: Vec<MetaWireV1>,
-    nodes: Vec<(NodeId, bool)>,
-    next_instance: u64,
-    addrs: Vec<(NodeId, NodeAddrs)>,
-}
+type StateWire = StateWireOf<CheckpointMeta>;
+type StateWireV1 = StateWireOf<MetaWireV1>;
 
 fn fail<T>(code: ErrorCode, detail: String) -> Result<T, CkptError> {
     Err(CkptError::new(code, detail))
@@ -1568,22 +1550,7 @@ mod tests {
         let old = StateWireV1 {
             checkpoints: s
                 .checkpoints()
-                .map(|m| {
-                    let m = MetaWire::from(m.clone());
-                    MetaWireV1 {
-                        name: m.name,
-                        instance: m.instance,
-                        attributes: m.attributes,
-                        replicas: m.replicas,
-                        active: m.active,
-                        epoch: m.epoch,
-                        epoch_starts: m.epoch_starts,
-                        in_sync: m.in_sync,
-                        unlinked: m.unlinked,
-                        open_on: m.open_on,
-                        retention_duration_ns: m.retention_duration_ns,
-                    }
-                })
+                .map(|m| MetaWire::from(m.clone()).base)
                 .collect(),
             nodes: s.nodes.iter().map(|(n, a)| (*n, *a)).collect(),
             next_instance: s.next_instance,
