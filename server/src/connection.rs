@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::hub::{Outbox, QueuedNotification};
-use crate::metrics::{ns_since, Metrics};
+use crate::metrics::Metrics;
 use crate::service::Service;
 
 /// The unit the reply budget counts in: whole KiB, so that a bound of up
@@ -317,7 +317,7 @@ pub async fn serve(
             budget.clone(),
         );
         tokio::spawn(async move {
-            service.metrics().stages.spawn.observe(ns_since(received));
+            service.metrics().stages.spawn.observe_since(received);
             let (response, room) = service.handle(&session, request, request_id).await;
             answer(&out_tx, &budget, request_id, response, room, Some(permit));
         });
@@ -465,7 +465,7 @@ async fn write_frames(
         }
         for (_, _, queued) in &held {
             if let Some(queued) = queued {
-                metrics.stages.out.observe(ns_since(*queued));
+                metrics.stages.out.observe_since(*queued);
             }
         }
         drop(held);

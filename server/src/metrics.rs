@@ -85,11 +85,6 @@ impl ServerStages {
     }
 }
 
-/// Nanoseconds since `since`, for [`Buckets::observe`].
-pub fn ns_since(since: std::time::Instant) -> u64 {
-    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// A histogram family for `/metrics` from the store's [`Buckets`], each
 /// value and bound divided by `scale` (1e9 turns ns into seconds).
 fn histogram_family(name: &str, help: &str, buckets: &Buckets, scale: f64) -> MetricFamily {

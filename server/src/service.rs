@@ -42,7 +42,7 @@ use tokio::task::AbortHandle;
 use crate::connection::{ReplyBudget, Reservation, SMALL_REPLY_BYTES};
 use crate::front::{ClusterFront, WriteNeed, WriteOrigin};
 use crate::hub::{Hub, Outbox, SubscribeRequest};
-use crate::metrics::{ns_since, Metrics};
+use crate::metrics::Metrics;
 use crate::reads::{ReadReply, ReadRequest};
 
 /// One open handle.
@@ -403,7 +403,7 @@ impl Service {
         }
         match rx.await {
             Ok((result, answered)) => {
-                self.metrics.stages.wake.observe(ns_since(answered));
+                self.metrics.stages.wake.observe_since(answered);
                 result
             }
             Err(_) => Err(CkptError::new(ErrorCode::Library, "the store stopped")),

@@ -299,6 +299,11 @@ impl Buckets {
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
 
+    /// Counts the nanoseconds since `since`.
+    pub fn observe_since(&self, since: Instant) {
+        self.observe(ns_between(since, Instant::now()));
+    }
+
     /// The upper bounds.
     pub fn bounds(&self) -> &'static [u64] {
         self.bounds
@@ -3054,9 +3059,7 @@ impl Syncer {
                         stages.fsync.observe(fsync_ns);
                         // Counted before the reply: whoever is answered
                         // finds its request counted.
-                        stages
-                            .answer
-                            .observe(ns_between(sync_ended, Instant::now()));
+                        stages.answer.observe_since(sync_ended);
                         (request.reply)(Ok(committed));
                     }
                     if let (Some(listener), false) = (&listeners.commit, job.records.is_empty()) {

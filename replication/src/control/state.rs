@@ -354,11 +354,11 @@ enum CommandWire {
         from: Vec<NodeId>,
         in_sync: Vec<NodeId>,
     },
-    // Appended too: SetInSyncFrom at a generation of the set.
+    // Appended too: SetInSync at a generation of the set.
     SetInSyncAt {
         instance: u64,
         epoch: u64,
-        from: Vec<NodeId>,
+        from: Option<Vec<NodeId>>,
         generation: u64,
         in_sync: Vec<NodeId>,
     },
@@ -401,7 +401,7 @@ impl From<Command> for CommandWire {
                 instance,
                 epoch,
                 from: None,
-                generation: _,
+                generation: None,
                 in_sync,
             } => CommandWire::SetInSync {
                 instance: instance.0,
@@ -423,7 +423,7 @@ impl From<Command> for CommandWire {
             Command::SetInSync {
                 instance,
                 epoch,
-                from: Some(from),
+                from,
                 generation: Some(generation),
                 in_sync,
             } => CommandWire::SetInSyncAt {
@@ -519,7 +519,7 @@ impl From<CommandWire> for Command {
             } => Command::SetInSync {
                 instance: InstanceId(instance),
                 epoch: Epoch(epoch),
-                from: Some(from),
+                from,
                 generation: Some(generation),
                 in_sync,
             },
@@ -1536,6 +1536,17 @@ mod tests {
         // It travels in commands and snapshots.
         let cmd = at(Some(7), &[1]);
         assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+        let without_from = Command::SetInSync {
+            instance: a.instance,
+            epoch: a.epoch,
+            from: None,
+            generation: Some(7),
+            in_sync: vec![1],
+        };
+        assert_eq!(
+            Command::decode(&without_from.encode()).unwrap(),
+            without_from
+        );
         let back = ClusterState::restore(&s.encode(), 3).unwrap();
         assert_eq!(back.get(a.instance).unwrap().in_sync_generation, g0 + 2);
     }
