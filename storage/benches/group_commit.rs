@@ -10,7 +10,8 @@
 //! - `CKPT_BENCH_SECONDS` [5]: measured seconds per run (after a 1 s warm-up);
 //! - `CKPT_BENCH_WRITERS` [1,8,64]: writer thread counts;
 //! - `CKPT_BENCH_MODES` [unsynced,disabled]: RocksDB WAL modes of the store
-//!   (`-inline` appended: fsync on the writer thread);
+//!   (`-inline` appended: fsync on the writer thread; `-grow`: segments
+//!   grow as written instead of being zero-filled ahead);
 //! - `CKPT_BENCH_ROUNDS` [1]: repeat raw + modes back to back this many times
 //!   per writer count and add a table of medians (the machine is noisy).
 //!
@@ -309,24 +310,36 @@ fn run_raw(dir: &Path, writers: usize, seconds: f64) -> RunResult {
 // --------------------------------------------------------------- ckpt --
 
 /// A mode name: `unsynced` or `disabled` (RocksDB WAL), optionally with
-/// `-inline` (fsync on the writer thread instead of the fsync thread).
-fn mode_of(name: &str) -> (RocksWalMode, bool) {
-    let (wal, fsync_thread) = match name.strip_suffix("-inline") {
-        Some(wal) => (wal, false),
-        None => (name, true),
-    };
+/// `-inline` (fsync on the writer thread instead of the fsync thread) and
+/// `-grow` (segments grow as written instead of being zero-filled ahead).
+fn mode_of(name: &str) -> (RocksWalMode, bool, bool) {
+    let mut wal = name;
+    let mut fsync_thread = true;
+    let mut preallocate = true;
+    loop {
+        if let Some(rest) = wal.strip_suffix("-inline") {
+            (wal, fsync_thread) = (rest, false);
+        } else if let Some(rest) = wal.strip_suffix("-grow") {
+            (wal, preallocate) = (rest, false);
+        } else {
+            break;
+        }
+    }
     let wal = match wal {
         "unsynced" => RocksWalMode::Unsynced,
         "disabled" => RocksWalMode::Disabled,
-        other => panic!("unknown CKPT_BENCH_MODES entry {other:?} (unsynced|disabled[-inline])"),
+        other => {
+            panic!("unknown CKPT_BENCH_MODES entry {other:?} (unsynced|disabled[-inline][-grow])")
+        }
     };
-    (wal, fsync_thread)
+    (wal, fsync_thread, preallocate)
 }
 
 fn run_ckpt(dir: &Path, mode_name: &str, writers: usize, seconds: f64) -> RunResult {
     let mut config = StoreConfig::new(dir);
-    let (wal_mode, fsync_thread) = mode_of(mode_name);
+    let (wal_mode, fsync_thread, preallocate) = mode_of(mode_name);
     config.fsync_thread = fsync_thread;
+    config.preallocate_segments = preallocate;
     config.db = DbOptions {
         wal_mode,
         ..DbOptions::default()

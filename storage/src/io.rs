@@ -46,6 +46,8 @@ pub trait WalFs: Send + Sync {
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes creations and removals in the directory durable.
     fn sync_dir(&self) -> io::Result<()>;
+    /// Bytes still free for files in the directory, if known.
+    fn free_bytes(&self) -> Option<u64>;
 }
 
 /// One file open for appending.
@@ -168,6 +170,10 @@ impl WalFs for OsFs {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        crate::reserve::free_bytes(&self.dir)
     }
 }
 
@@ -818,6 +824,10 @@ impl WalFs for FaultFs {
         }
         state.durable_names = state.names.clone();
         Ok(())
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        self.lock().faults.free_bytes
     }
 }
 

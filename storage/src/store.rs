@@ -90,6 +90,11 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// A segment is closed once it holds this many bytes.
     pub segment_bytes_max: u64,
+    /// Whether the next segment is zero-filled and synced ahead of time by
+    /// a helper thread, so that each group commit's fsync overwrites
+    /// existing blocks instead of growing the file (docs/storage.md,
+    /// "Preallocated segments"). Costs one segment of disk space.
+    pub preallocate_segments: bool,
     /// Segments kept at most: past this the writer makes RocksDB durable
     /// itself instead of waiting for the background checkpoint, so the log
     /// stays bounded even when the background falls behind.
@@ -153,6 +158,7 @@ impl StoreConfig {
         StoreConfig {
             data_dir: data_dir.into(),
             segment_bytes_max: 64 * 1024 * 1024,
+            preallocate_segments: true,
             wal_segments_max: 16,
             batch_requests_max: 1024,
             batch_bytes_max: 16 * 1024 * 1024,
@@ -2254,8 +2260,14 @@ fn recover(
         synced_at: Instant::now(),
         sync_interval: Duration::from_millis(config.mark_sync_interval_ms),
     };
-    let writer = WalWriter::start(fs, Lsn(next_lsn), kept, config.segment_bytes_max)
-        .map_err(|e| io_error("starting a WAL segment", &e))?;
+    let writer = WalWriter::start(
+        fs,
+        Lsn(next_lsn),
+        kept,
+        config.segment_bytes_max,
+        config.preallocate_segments,
+    )
+    .map_err(|e| io_error("starting a WAL segment", &e))?;
     Ok((writer, mark_file, report))
 }
 

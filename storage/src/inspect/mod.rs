@@ -107,6 +107,9 @@ impl WalFs for ReadOnlyFs {
     fn remove(&self, _: &str) -> io::Result<()> {
         Err(refused("removing a file"))
     }
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
     fn rename(&self, _: &str, _: &str) -> io::Result<()> {
         Err(refused("renaming a file"))
     }

@@ -269,7 +269,15 @@ pub fn classify(
     rule: TailRule,
 ) -> SegmentEnd {
     let at = offset as u64;
-    let reason = error.to_string();
+    let reason = if bytes[offset.min(bytes.len())..].iter().all(|&b| b == 0) {
+        // What a preallocated segment holds past its last record.
+        format!(
+            "{} bytes of zeros to the end of the segment (preallocated, not yet written)",
+            bytes.len().saturating_sub(offset)
+        )
+    } else {
+        error.to_string()
+    };
     let next = last.0.saturating_add(1);
     if !rule.is_last {
         return SegmentEnd::Corrupt {
@@ -337,8 +345,11 @@ pub fn check_durable_end(
 /// lsn above `after` (and less than 2^32 above it, which garbage that
 /// happens to checksum would hardly meet) starts, scanning byte by byte.
 pub fn next_record_after(bytes: &[u8], from: usize, after: Lsn) -> Option<(usize, Lsn)> {
+    // A record's kind byte is never zero, so none starts in the trailing
+    // zeros of a preallocated segment: skip them in one pass.
+    let nonzero_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
     let mut p = from + 1;
-    while p + RECORD_HEADER_BYTES <= bytes.len() {
+    while p + RECORD_HEADER_BYTES <= bytes.len() && p + 16 < nonzero_end {
         // Cheap tests first: the kind byte, the lsn, and a length that fits.
         let kind = bytes[p + 16];
         if RecordKind::from_u8(kind).is_some() {

@@ -20,6 +20,12 @@ pub fn config(dir: &Path, mode: RocksWalMode) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
     config.db.wal_mode = mode;
     config.db.write_buffer_bytes_total = 64 * 1024 * 1024;
+    // One-shot injected faults (`fail_next_write`, `fail_next_sync`, a
+    // panic, a byte budget) must land on the writer's own calls, not on the
+    // spare-segment filler's, whose timing no test controls. Preallocated
+    // segments are exercised by tests/crash.rs (a power cut at every call)
+    // and the writer's unit tests.
+    config.preallocate_segments = false;
     config
 }
 
