@@ -348,6 +348,9 @@ pub struct StoreStats {
     pub rocksdb_flushes: AtomicU64,
     /// Segments deleted.
     pub segments_deleted: AtomicU64,
+    /// Segments started on a zero-filled spare (see
+    /// [`StoreConfig::preallocate_segments`]).
+    pub segments_preallocated: AtomicU64,
     /// How long each fdatasync of the log took, ns.
     pub fsync_ns: Buckets,
     /// Records per group commit.
@@ -366,6 +369,7 @@ impl Default for StoreStats {
             syncs_on_writer: AtomicU64::new(0),
             rocksdb_flushes: AtomicU64::new(0),
             segments_deleted: AtomicU64::new(0),
+            segments_preallocated: AtomicU64::new(0),
             fsync_ns: Buckets::new(FSYNC_BUCKETS_NS),
             batch_records: Buckets::new(BATCH_RECORDS_BUCKETS),
             write_stages: WriteStages::new(),
@@ -2852,6 +2856,12 @@ impl Writer {
         if self.wal.is_full() {
             match self.wal.rotate(Lsn(self.next_lsn)) {
                 Ok(()) => {
+                    if self.wal.is_preallocated() {
+                        self.shared
+                            .stats
+                            .segments_preallocated
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     // Ask for RocksDB to be made durable up to here; if a
                     // request is already pending it covers less, and the next
                     // rotation asks again.

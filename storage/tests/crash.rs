@@ -850,6 +850,8 @@ struct Coverage {
     /// Power cuts during recovery.
     recovery_crashes: u64,
     segments_deleted: u64,
+    /// Segments started on a zero-filled spare.
+    segments_preallocated: u64,
     rocksdb_flushes: u64,
 }
 
@@ -904,6 +906,7 @@ fn crash_cycles(mode: RocksWalMode, seed: u64, cycles: u64, seen: &mut Coverage)
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         seen.group_commits += stats.batches.load(relaxed);
         seen.segments_deleted += stats.segments_deleted.load(relaxed);
+        seen.segments_preallocated += stats.segments_preallocated.load(relaxed);
         seen.rocksdb_flushes += stats.rocksdb_flushes.load(relaxed);
         drop(store);
         let before = if std::env::var("CKPT_CRASH_DEBUG").is_ok() {
@@ -959,6 +962,7 @@ fn crash_test(mode: RocksWalMode, salt: u64) {
             seen.torn_tails > 0
                 && seen.recovery_crashes > 0
                 && seen.segments_deleted > 0
+                && seen.segments_preallocated > 0
                 && seen.rocksdb_flushes > 0,
             "{seen:?}"
         );
