@@ -751,7 +751,7 @@ async fn op_loop(
                             worker.counter.saturating_sub(1),
                         ),
                     ));
-                    let _ = stop.send(true);
+                    raise_stop(&stop);
                     break;
                 }
                 Err(error) => Err(error),
@@ -795,7 +795,7 @@ async fn op_loop(
                     if let Err(error) = appended {
                         outcome.error = Some(error);
                         outcome.record_failed = true;
-                        let _ = stop.send(true);
+                        raise_stop(&stop);
                         break;
                     }
                 }
@@ -844,6 +844,14 @@ async fn op_loop(
     outcome
 }
 
+/// Raises the run's stop flag. `watch::Sender::send` drops the value when
+/// no receiver exists yet — a Ctrl-C after the clients' sections were made
+/// but before their loops subscribed was lost that way, and the run went on
+/// for its whole `--duration-s` — so the value is always stored.
+fn raise_stop(stop: &watch::Sender<bool>) {
+    stop.send_replace(true);
+}
+
 /// Waits for Ctrl-C and raises `stop` (a second Ctrl-C exits at once).
 ///
 /// The SIGINT handler is installed here, before the caller goes on, not at
@@ -860,7 +868,7 @@ fn spawn_interrupt(stop: &watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
         };
         if interrupts.recv().await.is_some() {
             eprintln!("interrupted: stopping the clients (Ctrl-C again to quit at once, leaving the bench's checkpoints)");
-            let _ = stop.send(true);
+            raise_stop(&stop);
             // Every acknowledged write is already in the record file.
             if interrupts.recv().await.is_some() {
                 std::process::exit(130);
@@ -2035,6 +2043,16 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn a_stop_raised_before_any_client_subscribed_is_seen_by_them() {
+        // Ctrl-C between the setup and the clients' loops: nobody listens
+        // yet, and the clients that subscribe afterwards must still stop.
+        let (stop, first) = watch::channel(false);
+        drop(first);
+        raise_stop(&stop);
+        assert!(*stop.subscribe().borrow());
+    }
     use crate::cli::{Cli, Command};
 
     fn args(extra: &[&str]) -> BenchArgs {
