@@ -38,6 +38,38 @@ fn offline_commands_that_change_refuse_a_directory_in_use_and_looking_works() {
         vec!["wal", "--data-dir", &data_s],
     ];
     let pid = server.pid().to_string();
+    // The server itself changes the listing once: at its first commit after
+    // the zero-filled spare is ready it moves from the segment it started
+    // with to the spare, then fills the next spare (docs/storage.md,
+    // "Preallocated segments"). Let that happen first, so that below only
+    // the tool could change it.
+    let listing = || -> Vec<String> {
+        std::fs::read_dir(data.join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut commits = 0;
+    loop {
+        let names = listing();
+        let segments = names.iter().filter(|n| n.ends_with(".log")).count();
+        let spare = names.iter().any(|n| n == "wal-spare.tmp");
+        if segments >= 2 && spare {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never moved to a preallocated segment: {names:?}"
+        );
+        if spare && segments < 2 {
+            // A commit, for the server to rotate at once the spare is ready.
+            let name = format!("settle-{commits}");
+            commits += 1;
+            assert!(tool(&["create", &name, "--addr", &addr]).status.success());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let wal_before: Vec<_> = std::fs::read_dir(data.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().file_name())

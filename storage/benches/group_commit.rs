@@ -11,7 +11,8 @@
 //! - `CKPT_BENCH_WRITERS` [1,8,64]: writer thread counts;
 //! - `CKPT_BENCH_MODES` [unsynced,disabled]: RocksDB WAL modes of the store
 //!   (`-inline` appended: fsync on the writer thread; `-grow`: segments
-//!   grow as written instead of being zero-filled ahead);
+//!   grow as written instead of being zero-filled ahead); `raw-zeroed` is
+//!   the raw loop writing over a zero-filled, synced file instead;
 //! - `CKPT_BENCH_ROUNDS` [1]: repeat raw + modes back to back this many times
 //!   per writer count and add a table of medians (the machine is noisy).
 //!
@@ -242,11 +243,13 @@ struct RawRequest {
 
 /// The syncer: take every queued request, one write, one fdatasync, answer all.
 fn syncer(
-    mut file: File,
+    file: File,
     requests: mpsc::Receiver<RawRequest>,
     fsyncs: &AtomicU64,
     records: &AtomicU64,
 ) {
+    use std::os::unix::fs::FileExt;
+    let mut end = 0u64;
     let mut buffer = Vec::new();
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
@@ -257,7 +260,8 @@ fn syncer(
         for request in &batch {
             buffer.extend_from_slice(&request.data);
         }
-        file.write_all(&buffer).expect("raw append");
+        file.write_all_at(&buffer, end).expect("raw append");
+        end += buffer.len() as u64;
         file.sync_data().expect("raw fdatasync");
         fsyncs.fetch_add(1, Ordering::Relaxed);
         records.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -267,12 +271,27 @@ fn syncer(
     }
 }
 
-fn run_raw(dir: &Path, writers: usize, seconds: f64) -> RunResult {
-    let file = File::options()
+/// Bytes a `raw-zeroed` run fills with zeros (and syncs) before it starts:
+/// more than any run here writes.
+const RAW_ZEROED_BYTES: usize = 512 << 20;
+
+/// The raw loop, appending to a file that grows (`raw`, the baseline every
+/// ratio is against) or writing over a file zero-filled and synced first
+/// (`raw-zeroed`, what the store's preallocated segments do).
+fn run_raw(dir: &Path, writers: usize, seconds: f64, zeroed: bool) -> RunResult {
+    let mut file = File::options()
         .create(true)
-        .append(true)
+        .truncate(true)
+        .write(true)
         .open(dir.join("raw.log"))
         .expect("open raw log");
+    if zeroed {
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..RAW_ZEROED_BYTES >> 20 {
+            file.write_all(&zeros).expect("zero-fill");
+        }
+        file.sync_all().expect("sync zeros");
+    }
     let fsyncs = AtomicU64::new(0);
     let records = AtomicU64::new(0);
     let (sender, receiver) = mpsc::sync_channel::<RawRequest>(8192);
@@ -304,7 +323,8 @@ fn run_raw(dir: &Path, writers: usize, seconds: f64) -> RunResult {
         syncer_thread.join().expect("syncer panicked");
         result
     });
-    summarize(writers, "raw", logs, seconds, f, r)
+    let system = if zeroed { "raw-zeroed" } else { "raw" };
+    summarize(writers, system, logs, seconds, f, r)
 }
 
 // --------------------------------------------------------------- ckpt --
@@ -445,7 +465,7 @@ fn main() {
         .map(|m| m.trim().to_lowercase())
         .filter(|m| !m.is_empty())
         .collect();
-    for mode in &modes {
+    for mode in modes.iter().filter(|m| *m != "raw-zeroed") {
         mode_of(mode);
     }
     let rounds: usize = env_or("CKPT_BENCH_ROUNDS", "1")
@@ -475,13 +495,17 @@ fn main() {
                 );
             }
             let raw_dir = tempfile::tempdir_in(base.path()).expect("temp dir");
-            let raw = run_raw(raw_dir.path(), n, seconds);
+            let raw = run_raw(raw_dir.path(), n, seconds, false);
             raw.print();
             drop(raw_dir);
             let mut ckpt = Vec::new();
             for mode in &modes {
                 let dir = tempfile::tempdir_in(base.path()).expect("temp dir");
-                let result = run_ckpt(dir.path(), mode, n, seconds);
+                let result = if mode == "raw-zeroed" {
+                    run_raw(dir.path(), n, seconds, true)
+                } else {
+                    run_ckpt(dir.path(), mode, n, seconds)
+                };
                 result.print();
                 drop(dir);
                 ckpt.push(result);
@@ -530,7 +554,13 @@ fn main() {
         println!("| writers | system | median ops/s | median p50 µs | median p99 µs | median ratio vs raw | ratios per round |");
         println!("|---:|---|---:|---:|---:|---:|---|");
         let mut systems: Vec<String> = vec!["raw".to_string()];
-        systems.extend(modes.iter().map(|m| format!("ckpt-{m}")));
+        systems.extend(modes.iter().map(|m| {
+            if m == "raw-zeroed" {
+                m.clone()
+            } else {
+                format!("ckpt-{m}")
+            }
+        }));
         for &n in &writers {
             for system in &systems {
                 let runs: Vec<&(usize, RunResult)> = results
