@@ -244,6 +244,9 @@ fn verify_and_salvage_judge_the_log_as_recovery_does() {
     let mut config = StoreConfig::new(&base);
     config.db.wal_mode = RocksWalMode::Disabled;
     config.reserve_bytes = 0;
+    // Every record in one segment, the one the cases damage (with
+    // preallocation the store would move to a spare segment part way).
+    config.preallocate_segments = false;
     let store = Store::open(config).unwrap();
     let name = ckpt_proto::CheckpointName::new("agree").unwrap();
     let attributes = ckpt_proto::CreationAttributes {
@@ -348,6 +351,16 @@ fn verify_and_salvage_judge_the_log_as_recovery_does() {
         None,
     ));
 
+    // What a crash leaves of a preallocated segment: the records, then
+    // zeros to the end of the file, all above the durable mark.
+    let mut preallocated = bytes.clone();
+    preallocated.resize(bytes.len() + (64 << 10), 0);
+    cases.push((
+        "zeros to the end of a preallocated segment".into(),
+        preallocated,
+        None,
+    ));
+
     let mut opened = 0;
     for (index, (what, damaged, mark)) in cases.iter().enumerate() {
         let for_tool = dir.path().join(format!("tool-{index}"));
@@ -417,5 +430,8 @@ fn verify_and_salvage_judge_the_log_as_recovery_does() {
             std::fs::remove_dir_all(copy).unwrap();
         }
     }
-    assert_eq!(opened, 1, "only the power-cut tail above the mark opens");
+    assert_eq!(
+        opened, 2,
+        "only the power-cut tail above the mark and a preallocated segment's zeros open"
+    );
 }

@@ -488,7 +488,10 @@ mod tests {
             ..Config::default()
         };
         let fs = FaultFs::new();
-        let store = Arc::new(Store::open_with_fs(config.store(), Arc::new(fs.clone())).unwrap());
+        // The injected panic must hit the writer, not the spare-segment filler.
+        let mut store_config = config.store();
+        store_config.preallocate_segments = false;
+        let store = Arc::new(Store::open_with_fs(store_config, Arc::new(fs.clone())).unwrap());
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(Arc::new(config), store.clone(), shutdown.clone()));
         // Serving (the ports file is written then), so the failure is one

@@ -860,12 +860,20 @@ mod tests {
     use ckpt_proto::{CheckpointName, CreationAttributes, CreationFlags, SectionId, WriteElement};
     use ckpt_storage::{Durability, FaultFs, Op, Outcome, StoreConfig};
 
+    /// A store whose injected faults hit the writer's own calls, not the
+    /// spare-segment filler's.
+    fn growing_segments(dir: &std::path::Path) -> StoreConfig {
+        let mut config = StoreConfig::new(dir);
+        config.preallocate_segments = false;
+        config
+    }
+
     #[tokio::test]
     async fn a_dead_store_writer_turns_health_unhealthy_and_stops_the_server() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
         let store = Arc::new(
-            Store::open_with_fs(StoreConfig::new(dir.path()), Arc::new(fs.clone())).unwrap(),
+            Store::open_with_fs(growing_segments(dir.path()), Arc::new(fs.clone())).unwrap(),
         );
         let metrics = Metrics::new();
         let admin = serving_admin(&metrics, &store);
@@ -975,7 +983,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultFs::new();
         let store = Arc::new(
-            Store::open_with_fs(StoreConfig::new(dir.path()), Arc::new(fs.clone())).unwrap(),
+            Store::open_with_fs(growing_segments(dir.path()), Arc::new(fs.clone())).unwrap(),
         );
         let admin = serving_admin(&Metrics::new(), &store);
         assert_eq!(admin.readiness().0, StatusCode::OK);
