@@ -310,6 +310,23 @@ pub async fn serve(
             answer(&out_tx, &budget, request_id, response, room, Some(permit));
             continue;
         }
+        // A write on a single node goes to the store with its answer
+        // attached: the store's thread queues the answer, no task waits.
+        let request = match service.write_now(&session, request) {
+            Ok(write) => {
+                let (out, room_of) = (out_tx.clone(), budget.clone());
+                let submitted = write.submit(move |response, room| {
+                    answer(&out, &room_of, request_id, response, room, Some(permit));
+                });
+                if let Err(submission) = submitted {
+                    // The writer's queue is full: this connection waits
+                    // for room (on a blocking thread) before reading on.
+                    let _ = tokio::task::spawn_blocking(move || submission.wait()).await;
+                }
+                continue;
+            }
+            Err(request) => request,
+        };
         let (service, session, out_tx, budget) = (
             service.clone(),
             session.clone(),

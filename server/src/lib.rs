@@ -539,4 +539,114 @@ mod tests {
         }
         assert!(shutdown.is_cancelled(), "the failure shut the server down");
     }
+
+    /// Writes go to the store from the connection's reader with their
+    /// answer attached; when the writer's queue is full the reader waits
+    /// for room on a blocking thread. A queue of one keeps it full: every
+    /// pipelined write must still be answered, and applied.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_writes_behind_a_full_writer_queue_are_all_answered_and_applied() {
+        use ckpt_proto::{OpenFlags, ReadElement, SectionCreationAttributes, SectionId};
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let mut store_config = config.store();
+        store_config.queue_depth_max = 1;
+        let store = Arc::new(Store::open(store_config).unwrap());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(Arc::new(config), store.clone(), shutdown.clone()));
+        let ports = dir.path().join(PORTS_FILE);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let listen = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports) {
+                if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("listen=")) {
+                    break addr.to_string();
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "never served");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+
+        const SECTIONS: usize = 16;
+        const WRITES: usize = 40;
+        let client = ckpt_client::Client::connect(&listen).await.unwrap();
+        let attributes = CreationAttributes {
+            creation_flags: CreationFlags::WR_ACTIVE_REPLICA,
+            checkpoint_size: SECTIONS as u64 * 1024,
+            retention_duration_ns: TIME_END,
+            max_sections: SECTIONS as u32,
+            max_section_size: 1024,
+            max_section_id_size: 16,
+        };
+        let checkpoint = Arc::new(
+            client
+                .open(
+                    &CheckpointName::new("pipelined").unwrap(),
+                    Some(attributes),
+                    OpenFlags::CREATE | OpenFlags::READ | OpenFlags::WRITE,
+                )
+                .await
+                .unwrap(),
+        );
+        let ids: Vec<SectionId> = (0..SECTIONS)
+            .map(|i| SectionId::new(format!("s{i}").into_bytes()))
+            .collect();
+        for id in &ids {
+            let attributes = SectionCreationAttributes {
+                section_id: Some(id.clone()),
+                expiration_time: TIME_END,
+            };
+            checkpoint
+                .section_create(attributes, Vec::new())
+                .await
+                .unwrap();
+        }
+        // One task per section, all on one connection: up to SECTIONS
+        // writes in flight against a writer queue of one.
+        let value = |section: usize, n: usize| format!("{section}:{n}").repeat(20).into_bytes();
+        let writers: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(section, id)| {
+                let (checkpoint, id) = (checkpoint.clone(), id.clone());
+                tokio::spawn(async move {
+                    for n in 0..WRITES {
+                        checkpoint
+                            .section_overwrite(&id, value(section, n))
+                            .await
+                            .unwrap_or_else(|e| panic!("write {n} of section {section}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            tokio::time::timeout(std::time::Duration::from_secs(60), writer)
+                .await
+                .expect("every write is answered")
+                .unwrap();
+        }
+        for (section, id) in ids.iter().enumerate() {
+            let read = checkpoint
+                .read(vec![ReadElement {
+                    section_id: id.clone(),
+                    offset: 0,
+                    size: None,
+                }])
+                .await
+                .unwrap();
+            assert_eq!(read, vec![value(section, WRITES - 1)], "section {section}");
+        }
+        drop(checkpoint);
+        drop(client);
+        shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(30), server)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
+    }
 }

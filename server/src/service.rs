@@ -36,7 +36,7 @@ use ckpt_proto::{
     now_ns, CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode,
     OpenFlags, SectionsChosen, UpdateMode, TIME_END,
 };
-use ckpt_storage::{Durability, InstanceId, InstanceMeta, Op, Outcome, Store};
+use ckpt_storage::{Durability, InstanceId, InstanceMeta, Op, Outcome, Store, Submission};
 use tokio::task::AbortHandle;
 
 use crate::connection::{ReplyBudget, Reservation, SMALL_REPLY_BYTES};
@@ -214,6 +214,52 @@ pub struct Service {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
+}
+
+/// A single node's write ready for the store, from [`Service::write_now`].
+pub struct WriteNow {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    op: Op,
+    durability: Durability,
+    room: Reservation,
+    name: &'static str,
+    started: std::time::Instant,
+}
+
+impl WriteNow {
+    /// Hands the write to the store; `answer` is called with its response
+    /// and reply room on the store's thread once the write is done (per the
+    /// handle's durability) or refused.
+    ///
+    /// # Errors
+    /// The writer's queue is full: the write is handed back, answer
+    /// attached, to be queued with [`Submission::wait`] on a thread that may
+    /// block.
+    pub fn submit(
+        self,
+        answer: impl FnOnce(Response, Reservation) + Send + 'static,
+    ) -> Result<(), Submission> {
+        let WriteNow {
+            store,
+            metrics,
+            op,
+            durability,
+            room,
+            name,
+            started,
+        } = self;
+        let reply = move |result: CkptResult<Outcome>| {
+            let response = result.map(|_| Reply::Done);
+            metrics.observe(
+                name,
+                started.elapsed(),
+                response.as_ref().err().map(|e| e.code),
+            );
+            answer(response, room);
+        };
+        store.try_submit(op, durability, now_ns(), reply)
+    }
 }
 
 fn permission(what: &str, needed: &str) -> CkptError {
@@ -521,6 +567,53 @@ impl Service {
         let room = session.budget.try_reserve(bytes)?;
         self.metrics.observe("read", started.elapsed(), None);
         Some((Ok(Reply::Data(data)), room))
+    }
+
+    /// A write on a single node made ready to go to the store with its
+    /// answer attached, so that the store's thread answers it and no task
+    /// waits for it: an overwrite or write through a handle that may write,
+    /// with room for its answer at once. The request comes back unchanged
+    /// for everything else (a cluster, an invalid request, no room):
+    /// [`Service::handle`] serves those, errors included.
+    pub fn write_now(&self, session: &Session, request: Request) -> Result<WriteNow, Request> {
+        let (handle, what) = match &request {
+            Request::SectionOverwrite { handle, .. } => (*handle, "SectionOverwrite"),
+            Request::Write { handle, .. } => (*handle, "Write"),
+            _ => return Err(request),
+        };
+        if self.cluster.is_some() || request.validate().is_err() {
+            return Err(request);
+        }
+        let Ok(h) = self.writable(session, handle, what) else {
+            return Err(request);
+        };
+        let Some(room) = session.budget.try_reserve(SMALL_REPLY_BYTES) else {
+            return Err(request);
+        };
+        let name = request_name(&request);
+        let op = match request {
+            Request::SectionOverwrite {
+                section_id, data, ..
+            } => Op::Overwrite {
+                instance: h.instance,
+                section_id,
+                data,
+            },
+            Request::Write { elements, .. } => Op::Write {
+                instance: h.instance,
+                elements,
+            },
+            other => return Err(other),
+        };
+        Ok(WriteNow {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            op,
+            durability: h.durability,
+            room,
+            name,
+            started: std::time::Instant::now(),
+        })
     }
 
     async fn dispatch(
