@@ -224,6 +224,8 @@ pub struct WriteNow {
     durability: Durability,
     room: Reservation,
     name: &'static str,
+    /// A section creation, answered with the section's id.
+    creates: bool,
     started: std::time::Instant,
 }
 
@@ -247,10 +249,11 @@ impl WriteNow {
             durability,
             room,
             name,
+            creates,
             started,
         } = self;
         let reply = move |result: CkptResult<Outcome>| {
-            let response = result.map(|_| Reply::Done);
+            let response = result.and_then(|outcome| section_write_reply(creates, outcome));
             metrics.observe(
                 name,
                 started.elapsed(),
@@ -571,15 +574,14 @@ impl Service {
 
     /// A write on a single node made ready to go to the store with its
     /// answer attached, so that the store's thread answers it and no task
-    /// waits for it: an overwrite or write through a handle that may write,
-    /// with room for its answer at once. The request comes back unchanged
+    /// waits for it: a section write (create, delete, expiration time,
+    /// overwrite, write) through a handle that may write, with room for its
+    /// answer at once. The request comes back unchanged
     /// for everything else (a cluster, an invalid request, no room):
     /// [`Service::handle`] serves those, errors included.
     pub fn write_now(&self, session: &Session, request: Request) -> Result<WriteNow, Request> {
-        let (handle, what) = match &request {
-            Request::SectionOverwrite { handle, .. } => (*handle, "SectionOverwrite"),
-            Request::Write { handle, .. } => (*handle, "Write"),
-            _ => return Err(request),
+        let Some((handle, what)) = section_write_handle(&request) else {
+            return Err(request);
         };
         if self.cluster.is_some() || request.validate().is_err() {
             return Err(request);
@@ -591,20 +593,8 @@ impl Service {
             return Err(request);
         };
         let name = request_name(&request);
-        let op = match request {
-            Request::SectionOverwrite {
-                section_id, data, ..
-            } => Op::Overwrite {
-                instance: h.instance,
-                section_id,
-                data,
-            },
-            Request::Write { elements, .. } => Op::Write {
-                instance: h.instance,
-                elements,
-            },
-            other => return Err(other),
-        };
+        let creates = matches!(request, Request::SectionCreate { .. });
+        let op = section_write_op(request, h.instance)?;
         Ok(WriteNow {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
@@ -612,6 +602,7 @@ impl Service {
             durability: h.durability,
             room,
             name,
+            creates,
             started: std::time::Instant::now(),
         })
     }
@@ -680,69 +671,20 @@ impl Service {
                     other => Err(unexpected_read(other)),
                 }
             }
-            Request::SectionCreate {
-                handle,
-                attributes,
-                initial_data,
-            } => {
-                let h = self.writable(session, handle, "SectionCreate")?;
-                let op = Op::CreateSection {
-                    instance: h.instance,
-                    attributes,
-                    data: initial_data,
+            Request::SectionCreate { .. }
+            | Request::SectionDelete { .. }
+            | Request::SectionExpirationTimeSet { .. }
+            | Request::SectionOverwrite { .. }
+            | Request::Write { .. } => {
+                let Some((handle, what)) = section_write_handle(&request) else {
+                    return Err(CkptError::new(ErrorCode::Library, "not a section write"));
                 };
-                match self.write(session, &h, op, request_id).await? {
-                    Outcome::SectionCreated { section_id } => {
-                        Ok(Reply::SectionCreated { section_id })
-                    }
-                    other => Err(unexpected(other)),
-                }
-            }
-            Request::SectionDelete { handle, section_id } => {
-                let h = self.writable(session, handle, "SectionDelete")?;
-                let op = Op::DeleteSection {
-                    instance: h.instance,
-                    section_id,
-                };
-                self.write(session, &h, op, request_id).await?;
-                Ok(Reply::Done)
-            }
-            Request::SectionExpirationTimeSet {
-                handle,
-                section_id,
-                expiration_time,
-            } => {
-                let h = self.writable(session, handle, "SectionExpirationTimeSet")?;
-                let op = Op::SetExpiration {
-                    instance: h.instance,
-                    section_id,
-                    expiration_time,
-                };
-                self.write(session, &h, op, request_id).await?;
-                Ok(Reply::Done)
-            }
-            Request::SectionOverwrite {
-                handle,
-                section_id,
-                data,
-            } => {
-                let h = self.writable(session, handle, "SectionOverwrite")?;
-                let op = Op::Overwrite {
-                    instance: h.instance,
-                    section_id,
-                    data,
-                };
-                self.write(session, &h, op, request_id).await?;
-                Ok(Reply::Done)
-            }
-            Request::Write { handle, elements } => {
-                let h = self.writable(session, handle, "Write")?;
-                let op = Op::Write {
-                    instance: h.instance,
-                    elements,
-                };
-                self.write(session, &h, op, request_id).await?;
-                Ok(Reply::Done)
+                let h = self.writable(session, handle, what)?;
+                let creates = matches!(request, Request::SectionCreate { .. });
+                let op = section_write_op(request, h.instance)
+                    .map_err(|_| CkptError::new(ErrorCode::Library, "not a section write"))?;
+                let outcome = self.write(session, &h, op, request_id).await?;
+                section_write_reply(creates, outcome)
             }
             Request::Read { handle, elements } => {
                 let h = self.readable(session, handle, "Read")?;
@@ -1538,6 +1480,70 @@ fn unexpected_read(reply: ReadReply) -> CkptError {
         ErrorCode::Library,
         format!("unexpected read reply {reply:?}"),
     )
+}
+
+/// The handle and operation name of a section write, the requests a single
+/// node hands to the store with their answer attached
+/// ([`Service::write_now`]); `None` for every other request.
+fn section_write_handle(request: &Request) -> Option<(Handle, &'static str)> {
+    match request {
+        Request::SectionCreate { handle, .. } => Some((*handle, "SectionCreate")),
+        Request::SectionDelete { handle, .. } => Some((*handle, "SectionDelete")),
+        Request::SectionExpirationTimeSet { handle, .. } => {
+            Some((*handle, "SectionExpirationTimeSet"))
+        }
+        Request::SectionOverwrite { handle, .. } => Some((*handle, "SectionOverwrite")),
+        Request::Write { handle, .. } => Some((*handle, "Write")),
+        _ => None,
+    }
+}
+
+/// The store operation of a section write through a handle of `instance`;
+/// every other request comes back unchanged.
+fn section_write_op(request: Request, instance: InstanceId) -> Result<Op, Request> {
+    Ok(match request {
+        Request::SectionCreate {
+            attributes,
+            initial_data,
+            ..
+        } => Op::CreateSection {
+            instance,
+            attributes,
+            data: initial_data,
+        },
+        Request::SectionDelete { section_id, .. } => Op::DeleteSection {
+            instance,
+            section_id,
+        },
+        Request::SectionExpirationTimeSet {
+            section_id,
+            expiration_time,
+            ..
+        } => Op::SetExpiration {
+            instance,
+            section_id,
+            expiration_time,
+        },
+        Request::SectionOverwrite {
+            section_id, data, ..
+        } => Op::Overwrite {
+            instance,
+            section_id,
+            data,
+        },
+        Request::Write { elements, .. } => Op::Write { instance, elements },
+        other => return Err(other),
+    })
+}
+
+/// The answer to a section write the store applied: a creation's section
+/// id, `Done` for the others.
+fn section_write_reply(creates: bool, outcome: Outcome) -> Response {
+    match (creates, outcome) {
+        (true, Outcome::SectionCreated { section_id }) => Ok(Reply::SectionCreated { section_id }),
+        (true, other) => Err(unexpected(other)),
+        (false, _) => Ok(Reply::Done),
+    }
 }
 
 fn unexpected(outcome: Outcome) -> CkptError {
