@@ -31,6 +31,7 @@ fn active_on(status: &serde_json::Value, node: u64) -> Vec<String> {
 
 #[test]
 fn all_safe_failover_under_load_loses_nothing_and_the_victim_rejoins() {
+    let _loaded = one_loaded_cluster_at_a_time();
     let mut cluster = Cluster::start(3, "");
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("acked.txt");
@@ -94,6 +95,7 @@ fn all_safe_failover_under_load_loses_nothing_and_the_victim_rejoins() {
 
 #[test]
 fn a_whole_cluster_killed_at_once_keeps_every_acknowledged_write() {
+    let _loaded = one_loaded_cluster_at_a_time();
     let mut cluster = Cluster::start(3, "");
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("acked.txt");
@@ -132,6 +134,7 @@ fn a_whole_cluster_killed_at_once_keeps_every_acknowledged_write() {
 /// lag `/cluster` showed just before the kill (DESIGN.md §4's table).
 #[test]
 fn active_replica_and_weak_losses_are_reported_and_bounded_by_the_lag() {
+    let _loaded = one_loaded_cluster_at_a_time();
     for mode in ["active", "weak"] {
         let mut cluster = Cluster::start(3, "");
         let dir = tempfile::tempdir().unwrap();
