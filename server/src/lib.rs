@@ -478,15 +478,20 @@ mod tests {
     use ckpt_proto::{CheckpointName, CreationAttributes, CreationFlags, TIME_END};
     use ckpt_storage::{Durability, FaultFs, Op};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_store_whose_writer_dies_stops_the_server_with_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            data_dir: dir.path().to_path_buf(),
+    /// A server's configuration on `data_dir`, listening on free ports.
+    fn on_free_ports(data_dir: &std::path::Path) -> Config {
+        Config {
+            data_dir: data_dir.to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             ..Config::default()
-        };
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_whose_writer_dies_stops_the_server_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = on_free_ports(dir.path());
         let fs = FaultFs::new();
         // The injected panic must hit the writer, not the spare-segment filler.
         let mut store_config = config.store();
@@ -548,12 +553,7 @@ mod tests {
     async fn pipelined_writes_behind_a_full_writer_queue_are_all_answered_and_applied() {
         use ckpt_proto::{OpenFlags, ReadElement, SectionCreationAttributes, SectionId};
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            ..Config::default()
-        };
+        let config = on_free_ports(dir.path());
         let mut store_config = config.store();
         store_config.queue_depth_max = 1;
         let store = Arc::new(Store::open(store_config).unwrap());
