@@ -163,6 +163,13 @@ pub const KEYS: &[Key] = &[
         about: "Size of a write-ahead log segment file.",
     },
     Key {
+        name: "preallocate_segments",
+        in_file: true,
+        unit: "",
+        allowed: "`true`, `false`",
+        about: "Zero-fill and sync the next log segment ahead of time, so that a group commit's fdatasync overwrites blocks instead of growing the file (docs/storage.md, \"Preallocated segments\"); `false`: segments grow.",
+    },
+    Key {
         name: "rocksdb_wal_mode",
         in_file: true,
         unit: "",
@@ -384,6 +391,8 @@ pub struct Config {
     pub expiry_interval_ms: u64,
     /// WAL segment size, bytes.
     pub segment_bytes_max: u64,
+    /// Whether the next log segment is zero-filled ahead of time.
+    pub preallocate_segments: bool,
     /// RocksDB WAL strategy.
     pub rocksdb_wal_mode: RocksWalMode,
     /// Space kept back for deletes and recovery on a full disk, bytes.
@@ -424,6 +433,7 @@ impl Default for Config {
             wal_history_bytes: 64 * 1024 * 1024,
             expiry_interval_ms: 100,
             segment_bytes_max: 64 * 1024 * 1024,
+            preallocate_segments: true,
             rocksdb_wal_mode: RocksWalMode::Disabled,
             reserve_bytes: 64 * 1024 * 1024,
             shutdown_drain_ms: 10_000,
@@ -453,6 +463,7 @@ struct FileConfig {
     wal_history_bytes: Option<u64>,
     expiry_interval_ms: Option<u64>,
     segment_bytes_max: Option<u64>,
+    preallocate_segments: Option<bool>,
     /// Parsed by [`parse_wal_mode`] (any case).
     rocksdb_wal_mode: Option<String>,
     reserve_bytes: Option<u64>,
@@ -477,6 +488,7 @@ const SERVER_KEYS: &[&str] = &[
     "wal_history_bytes",
     "expiry_interval_ms",
     "segment_bytes_max",
+    "preallocate_segments",
     "rocksdb_wal_mode",
     "reserve_bytes",
     "shutdown_drain_ms",
@@ -539,6 +551,9 @@ pub struct Cli {
     /// Write-ahead log segment size, bytes [default: 64 MiB].
     #[arg(long, env = "CKPT_SEGMENT_BYTES_MAX")]
     pub segment_bytes_max: Option<u64>,
+    /// Zero-fill the next log segment ahead of time: true or false [default: true].
+    #[arg(long, env = "CKPT_PREALLOCATE_SEGMENTS", value_name = "BOOL")]
+    pub preallocate_segments: Option<bool>,
     /// RocksDB's own WAL: disabled or unsynced [default: disabled].
     #[arg(long, env = "CKPT_ROCKSDB_WAL_MODE", value_name = "MODE", value_parser = parse_wal_mode)]
     pub rocksdb_wal_mode: Option<RocksWalMode>,
@@ -713,6 +728,9 @@ impl Config {
         if let Some(v) = cli.segment_bytes_max {
             config.segment_bytes_max = v;
         }
+        if let Some(v) = cli.preallocate_segments {
+            config.preallocate_segments = v;
+        }
         if let Some(v) = cli.rocksdb_wal_mode {
             config.rocksdb_wal_mode = v;
         }
@@ -776,6 +794,7 @@ impl Config {
             wal_history_bytes,
             expiry_interval_ms,
             segment_bytes_max,
+            preallocate_segments,
             reserve_bytes,
             shutdown_drain_ms,
             read_cache_bytes,
@@ -890,6 +909,7 @@ impl Config {
             wal_history_bytes,
             expiry_interval_ms,
             segment_bytes_max,
+            preallocate_segments,
             rocksdb_wal_mode,
             reserve_bytes,
             shutdown_drain_ms,
@@ -930,6 +950,7 @@ impl Config {
             ("wal_history_bytes", json!(wal_history_bytes)),
             ("expiry_interval_ms", json!(expiry_interval_ms)),
             ("segment_bytes_max", json!(segment_bytes_max)),
+            ("preallocate_segments", json!(preallocate_segments)),
             ("rocksdb_wal_mode", json!(wal_mode_name(*rocksdb_wal_mode))),
             ("reserve_bytes", json!(reserve_bytes)),
             ("shutdown_drain_ms", json!(shutdown_drain_ms)),
@@ -958,6 +979,7 @@ impl Config {
     pub fn store(&self) -> StoreConfig {
         let mut store = StoreConfig::new(&self.data_dir);
         store.segment_bytes_max = self.segment_bytes_max;
+        store.preallocate_segments = self.preallocate_segments;
         store.db.wal_mode = self.rocksdb_wal_mode;
         store.reserve_bytes = self.reserve_bytes;
         store.db.read_cache_bytes = self.read_cache_bytes;
@@ -1276,6 +1298,33 @@ mod tests {
         std::fs::write(&file, "segment_bytes_max = 65536\n").unwrap();
         let config = Config::load(&cli(&["--config", file.to_str().unwrap()])).unwrap();
         assert_eq!(config.store().wal_history_bytes, 8 * 65536);
+    }
+
+    /// Preallocation is on unless the file, a flag or the variable turns
+    /// it off; a value other than true or false is refused.
+    #[test]
+    fn preallocated_segments_can_be_turned_off() {
+        assert!(
+            Config::load(&cli(&[]))
+                .unwrap()
+                .store()
+                .preallocate_segments
+        );
+        let off = Config::load(&cli(&["--preallocate-segments", "false"])).unwrap();
+        assert!(!off.store().preallocate_segments);
+        assert_eq!(off.effective()["preallocate_segments"], false);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ckpt.toml");
+        std::fs::write(&file, "preallocate_segments = false\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = Config::load(&cli(&["--config", path])).unwrap();
+        assert!(!from_file.store().preallocate_segments);
+        // The flag overrides the file.
+        let flag = Config::load(&cli(&["--config", path, "--preallocate-segments", "true"]));
+        assert!(flag.unwrap().store().preallocate_segments);
+        assert!(Cli::try_parse_from(["ckpt-server", "--preallocate-segments", "maybe"]).is_err());
+        std::fs::write(&file, "preallocate_segments = 1\n").unwrap();
+        assert!(Config::load(&cli(&["--config", path])).is_err());
     }
 
     #[test]
