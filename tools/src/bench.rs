@@ -1187,19 +1187,26 @@ async fn write_phase(
     if let Some(error) = record_error {
         return Err((Some(report), error));
     }
-    if ops == 0 {
-        let first = report
-            .client_errors
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "none".to_string());
-        let error = ClientError::new(
-            ErrorCode::FailedOperation,
-            format!("no operation was acknowledged (first error: {first})"),
-        );
+    if let Some(error) = nothing_done(&report, interrupted, "no operation was acknowledged") {
         return Err((Some(report), error));
     }
     Ok(report)
+}
+
+/// The error of a run that did nothing (`ops` 0): its clients failed, or
+/// it ran out of time without an answer. `None` when it did something, or
+/// when Ctrl-C stopped it before any client finished an operation and
+/// none failed: it stopped as asked, and the report says so
+/// (`stopped_early`, no operations).
+fn nothing_done(report: &BenchReport, interrupted: bool, what: &str) -> Option<ClientError> {
+    if report.ops > 0 || (interrupted && report.client_errors.is_empty()) {
+        return None;
+    }
+    let first = report.client_errors.first().map_or("none", String::as_str);
+    Some(ClientError::new(
+        ErrorCode::FailedOperation,
+        format!("{what} (first error: {first})"),
+    ))
 }
 
 /// Nanoseconds as microseconds.
@@ -1652,12 +1659,7 @@ async fn run_etcd(args: &BenchArgs) -> Result<BenchReport, (Option<BenchReport>,
     if let Some(stages) = &stages {
         report.server_stages = stages.finish().await;
     }
-    if ops == 0 {
-        let first = report.client_errors.first().cloned().unwrap_or_default();
-        let error = ClientError::new(
-            ErrorCode::FailedOperation,
-            format!("no etcd put succeeded (first error: {first})"),
-        );
+    if let Some(error) = nothing_done(&report, interrupted, "no etcd put succeeded") {
         return Err((Some(report), error));
     }
     Ok(report)
@@ -1872,12 +1874,7 @@ async fn run_fill(
     if let Some(stages) = &stages {
         report.server_stages = stages.finish().await;
     }
-    if ops == 0 {
-        let first = report.client_errors.first().cloned().unwrap_or_default();
-        let error = ClientError::new(
-            ErrorCode::FailedOperation,
-            format!("no checkpoint was created (first error: {first})"),
-        );
+    if let Some(error) = nothing_done(&report, interrupted, "no checkpoint was created") {
         return Err((Some(report), error));
     }
     Ok(report)
@@ -2027,12 +2024,7 @@ async fn run_opens(
     if let Some(stages) = &stages {
         report.server_stages = stages.finish().await;
     }
-    if ops == 0 {
-        let first = report.client_errors.first().cloned().unwrap_or_default();
-        let error = ClientError::new(
-            ErrorCode::FailedOperation,
-            format!("no checkpoint was created (first error: {first})"),
-        );
+    if let Some(error) = nothing_done(&report, false, "no checkpoint was created") {
         return Err((Some(report), error));
     }
     Ok(report)
@@ -2043,6 +2035,33 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    /// A run that did nothing is an error, except one the user stopped
+    /// before any client finished an operation or failed.
+    #[test]
+    fn a_run_stopped_by_ctrl_c_before_its_first_answer_is_no_error() {
+        let idle = BenchReport::default();
+        assert!(nothing_done(&idle, true, "none done").is_none());
+        let error = nothing_done(&idle, false, "none done").expect("not stopped: an error");
+        assert!(
+            error.message.contains("none done (first error: none)"),
+            "{error}"
+        );
+        let failed = BenchReport {
+            client_errors: vec!["c0: refused".to_string()],
+            ..BenchReport::default()
+        };
+        let error = nothing_done(&failed, true, "none done").expect("a client failed");
+        assert!(
+            error.message.contains("first error: c0: refused"),
+            "{error}"
+        );
+        let done = BenchReport {
+            ops: 1,
+            ..BenchReport::default()
+        };
+        assert!(nothing_done(&done, false, "none done").is_none());
+    }
 
     #[test]
     fn a_stop_raised_before_any_client_subscribed_is_seen_by_them() {
