@@ -488,6 +488,22 @@ mod tests {
         }
     }
 
+    /// Waits until the server on `data_dir` serves (it writes the ports
+    /// file then) and returns its client address.
+    async fn serving_at(data_dir: &std::path::Path) -> String {
+        let ports = data_dir.join(PORTS_FILE);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ports) {
+                if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("listen=")) {
+                    return addr.to_string();
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "never served");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_whose_writer_dies_stops_the_server_with_an_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -499,14 +515,9 @@ mod tests {
         let store = Arc::new(Store::open_with_fs(store_config, Arc::new(fs.clone())).unwrap());
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(Arc::new(config), store.clone(), shutdown.clone()));
-        // Serving (the ports file is written then), so the failure is one
-        // while serving and not one of start-up's recovery.
-        let ports = dir.path().join(PORTS_FILE);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !ports.exists() {
-            assert!(std::time::Instant::now() < deadline, "never served");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        // Serving, so the failure is one while serving and not one of
+        // start-up's recovery.
+        serving_at(dir.path()).await;
         fs.panic_next_write();
         let create = Op::CreateCheckpoint {
             name: CheckpointName::new("doomed").unwrap(),
@@ -559,17 +570,7 @@ mod tests {
         let store = Arc::new(Store::open(store_config).unwrap());
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(Arc::new(config), store.clone(), shutdown.clone()));
-        let ports = dir.path().join(PORTS_FILE);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let listen = loop {
-            if let Ok(text) = std::fs::read_to_string(&ports) {
-                if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("listen=")) {
-                    break addr.to_string();
-                }
-            }
-            assert!(std::time::Instant::now() < deadline, "never served");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        };
+        let listen = serving_at(dir.path()).await;
 
         const SECTIONS: usize = 16;
         const WRITES: usize = 40;
