@@ -131,18 +131,30 @@ fn a_whole_cluster_killed_at_once_keeps_every_acknowledged_write() {
 
 /// WR_ACTIVE_REPLICA and WEAK may lose the unshipped tail when the active
 /// replica dies; the test reports how much, next to the largest replication
-/// lag `/cluster` showed just before the kill (DESIGN.md §4's table).
+/// lag `/cluster` showed just before the kill (DESIGN.md §4's table), and
+/// checks it against the lag bound: at most `replica_lag_records_max`
+/// records per checkpoint.
 #[test]
 fn active_replica_and_weak_losses_are_reported_and_bounded_by_the_lag() {
     let _loaded = one_loaded_cluster_at_a_time();
+    const LAG_RECORDS_MAX: u64 = 2;
+    const CHECKPOINTS: u64 = 12;
     for mode in ["active", "weak"] {
-        let mut cluster = Cluster::start(3, "");
+        let mut cluster =
+            Cluster::start(3, &format!("replica_lag_records_max = {LAG_RECORDS_MAX}"));
         let dir = tempfile::tempdir().unwrap();
         let record = dir.path().join("acked.txt");
         let bench = Bench::start(
             &cluster.addrs(),
             &record,
-            &["--checkpoints", "12", "--clients", "24", "--mode", mode],
+            &[
+                "--checkpoints",
+                &CHECKPOINTS.to_string(),
+                "--clients",
+                "24",
+                "--mode",
+                mode,
+            ],
         );
         wait_acks(&record, 0, 500, "bench writes");
         let status = wait_settled(&mut cluster, &[1, 2, 3]);
@@ -167,6 +179,10 @@ fn active_replica_and_weak_losses_are_reported_and_bounded_by_the_lag() {
         assert!(
             lost <= lag + 24,
             "mode {mode}: lost {lost}, more than lag {lag} + 24 in flight"
+        );
+        assert!(
+            lost <= LAG_RECORDS_MAX * CHECKPOINTS,
+            "mode {mode}: lost {lost}, more than the lag bound of {LAG_RECORDS_MAX} records on each of {CHECKPOINTS} checkpoints"
         );
     }
 }

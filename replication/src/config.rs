@@ -6,6 +6,7 @@
 //! replication_factor = 3      # default 3, capped by the node count
 //! min_in_sync = 2             # default 2, capped by replication_factor
 //! replica_lag_timeout_ms = 2000
+//! replica_lag_records_max = 1000  # WR_ACTIVE_REPLICA(_WEAK): most records a failover may lose
 //! lease_timeout_ms = 1500
 //! tick_ms = 50                # control-plane tick (Raft heartbeat = 2 ticks, election = 10)
 //! [[nodes]]
@@ -39,6 +40,8 @@ pub const NODES_MAX: usize = 64;
 pub const REPLICATION_FACTOR_MAX: usize = 16;
 /// Largest timeout accepted for any `*_ms` key (10 minutes).
 pub const TIMEOUT_MS_MAX: u64 = 600_000;
+/// Largest `replica_lag_records_max` accepted.
+pub const LAG_RECORDS_MAX_MAX: u64 = 1_000_000_000;
 /// Largest control-plane tick accepted.
 pub const TICK_MS_MAX: u64 = 10_000;
 
@@ -83,6 +86,10 @@ pub struct ClusterConfig {
     pub min_in_sync: usize,
     /// A backup that has not acknowledged for this long leaves the in-sync set.
     pub replica_lag_timeout_ms: u64,
+    /// The most records a WR_ACTIVE_REPLICA or WEAK write may be answered
+    /// ahead of an in-sync backup (default 1000): what a failover loses at
+    /// most, per checkpoint. Writes wait while a backup is further behind.
+    pub replica_lag_records_max: u64,
     /// How long a granted lease lasts after its request was sent.
     pub lease_timeout_ms: u64,
     /// Control-plane tick; Raft elections take [`ELECTION_TICKS`] ticks.
@@ -123,6 +130,7 @@ struct RawConfig {
     replication_factor: Option<i64>,
     min_in_sync: Option<i64>,
     replica_lag_timeout_ms: Option<i64>,
+    replica_lag_records_max: Option<i64>,
     lease_timeout_ms: Option<i64>,
     tick_ms: Option<i64>,
     placement_avoid_creator: Option<bool>,
@@ -292,6 +300,13 @@ impl ClusterConfig {
             1,
             TIMEOUT_MS_MAX,
         )?;
+        let replica_lag_records_max = number(
+            "replica_lag_records_max",
+            raw.replica_lag_records_max,
+            crate::data::LAG_RECORDS_MAX_DEFAULT,
+            1,
+            LAG_RECORDS_MAX_MAX,
+        )?;
         let cluster_name = raw
             .cluster_name
             .unwrap_or_else(|| CLUSTER_NAME_DEFAULT.to_string());
@@ -307,6 +322,7 @@ impl ClusterConfig {
             replication_factor,
             min_in_sync,
             replica_lag_timeout_ms,
+            replica_lag_records_max,
             lease_timeout_ms,
             tick_ms,
             nodes,
@@ -356,6 +372,7 @@ impl ClusterConfig {
             replication_factor: 1,
             min_in_sync: 1,
             replica_lag_timeout_ms: DEFAULT_REPLICA_LAG_TIMEOUT_MS,
+            replica_lag_records_max: crate::data::LAG_RECORDS_MAX_DEFAULT,
             lease_timeout_ms: DEFAULT_LEASE_TIMEOUT_MS,
             tick_ms: DEFAULT_TICK_MS,
             placement_avoid_creator: false,
@@ -404,6 +421,9 @@ mod tests {
             "replication_factor = 3\nmin_in_sync = 2\nreplica_lag_timeout_ms = 2000\nlease_timeout_ms = 1500",
         ))
         .unwrap();
+        assert_eq!(c.replica_lag_records_max, 1000);
+        let c = ClusterConfig::parse(&three("replica_lag_records_max = 64")).unwrap();
+        assert_eq!(c.replica_lag_records_max, 64);
         assert_eq!(c.replication_factor, 3);
         assert_eq!(c.min_in_sync, 2);
         assert_eq!(c.replica_lag_timeout_ms, 2000);
@@ -490,6 +510,12 @@ mod tests {
             (
                 "replica_lag_timeout_ms = 99999999999",
                 "replica_lag_timeout_ms",
+            ),
+            ("replica_lag_records_max = 0", "replica_lag_records_max"),
+            ("replica_lag_records_max = -5", "replica_lag_records_max"),
+            (
+                "replica_lag_records_max = 1000000000000",
+                "replica_lag_records_max",
             ),
             ("lease_timeout_ms = 0", "lease_timeout_ms"),
             ("lease_timeout_ms = 100", "lease_timeout_ms"), // shorter than an election

@@ -16,8 +16,9 @@
 //! replica of every checkpoint is in sync and byte-identical; a read on the
 //! active replica within its lease sees every safe write acknowledged so
 //! far; WR_ACTIVE_REPLICA writes lost at a failover or handover are no more
-//! than the lag the active replica reported (plus what it acknowledged after
-//! its last report); WEAK losses are counted.
+//! than the lag bound (`replica_lag_records_max`) and the lag the active
+//! replica reported (plus what it acknowledged after its last report); WEAK
+//! losses are counted.
 //!
 //! One seed is one run, exactly. `CKPT_SIM_SEEDS=n` runs seeds 1..=n (200
 //! in `make test`), `CKPT_SIM_FROM=k` starts at k, `CKPT_SIM_TRACE=1` prints
@@ -48,6 +49,10 @@ const NODES: [NodeId; 3] = [1, 2, 3];
 const TICK_MS: u64 = 50;
 const LEASE_MS: u64 = 1500;
 const LAG_TIMEOUT_MS: u64 = 1000;
+/// WR_ACTIVE_REPLICA and WEAK writes are held while more than this many
+/// records ahead of an in-sync backup (`replica_lag_records_max`; small, so
+/// that runs hit it).
+const LAG_RECORDS_MAX: u64 = 3;
 /// Simulated time with faults, then with a healed cluster.
 const CHAOS_MS: u64 = 20_000;
 const HEAL_MS: u64 = 25_000;
@@ -325,7 +330,7 @@ impl Node {
             raft: PersistedRaft::default(),
             store: BTreeMap::new(),
             cp,
-            dp: DataPlane::new(id, LAG_TIMEOUT_MS),
+            dp: DataPlane::new(id, LAG_TIMEOUT_MS).with_lag_records_max(LAG_RECORDS_MAX),
             shown: ClusterState::new(&config.node_ids(), config.replication_factor),
             primary_of: BTreeSet::new(),
             began: BTreeMap::new(),
@@ -364,7 +369,7 @@ impl Node {
             local,
             election_ticks,
         );
-        self.dp = DataPlane::new(self.id, LAG_TIMEOUT_MS);
+        self.dp = DataPlane::new(self.id, LAG_TIMEOUT_MS).with_lag_records_max(LAG_RECORDS_MAX);
         self.dp.set_read_bytes_max(200);
         self.shown = ClusterState::new(&self.config.node_ids(), self.config.replication_factor);
         self.primary_of.clear();
@@ -1703,6 +1708,16 @@ impl Sim {
                             && a.at >= last_report
                     })
                     .count() as u64;
+                // And never more than the lag bound: a failover names an
+                // in-sync member, which held every answered write but the
+                // last LAG_RECORDS_MAX records.
+                assert!(
+                    lost <= LAG_RECORDS_MAX,
+                    "seed {}: instance {} epoch {}: {lost} WR_ACTIVE_REPLICA writes lost, more than the lag bound of {LAG_RECORDS_MAX} records",
+                    self.seed,
+                    meta.instance.0,
+                    epoch.0
+                );
                 assert!(
                     lost <= reported + unreported,
                     "seed {}: instance {} epoch {}: {lost} WR_ACTIVE_REPLICA writes lost, more than the lag reported ({reported} records) plus the {unreported} acknowledged after the last report",

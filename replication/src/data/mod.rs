@@ -42,7 +42,7 @@ mod tests;
 pub use catchup::{plan_catch_up, CatchUpPlan};
 pub use message::{DataMessage, WireEntry};
 pub use plane::{DataOutput, DataPlane, Proposal, LAG_WINDOW_ENTRIES_MAX, READ_BYTES_MAX_DEFAULT};
-pub use tracker::{Need, Tracker};
+pub use tracker::{Need, Tracker, LAG_RECORDS_MAX_DEFAULT};
 
 use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
 

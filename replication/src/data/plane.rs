@@ -466,6 +466,15 @@ impl DataPlane {
         }
     }
 
+    /// The same data plane with WEAK and ACTIVE writes held while they
+    /// would be more than `lag` records ahead of an in-sync backup
+    /// (`replica_lag_records_max`; [`Tracker`] has the rule).
+    #[must_use]
+    pub fn with_lag_records_max(mut self, lag: u64) -> Self {
+        self.tracker = Tracker::with_lag_max(self.me, lag);
+        self
+    }
+
     /// Whether this node's view of the control plane is fresh (the driver
     /// sets it every tick: whether it holds its lease). A primary gives up
     /// waiting for a backup whose addition to the in-sync set it proposed
@@ -1320,6 +1329,16 @@ impl DataPlane {
             .released_through(instance)
             .max(Some(primary.begun_start.unwrap_or(last)));
         let holds_released = |peer: &Peer| peer.acked.is_some() && peer.acked >= watermark;
+        // And hold the log up to the lag bound before every write released
+        // in this epoch: a failover to it then loses no more than the bound.
+        let released_max = self.tracker.released_max(instance);
+        let lag_max = self.tracker.lag_max();
+        let within_lag = |peer: &Peer| {
+            released_max.is_none_or(|r| {
+                peer.acked
+                    .is_some_and(|a| a.0.saturating_add(lag_max) >= r.0)
+            })
+        };
         // And it must be close in time: holding where this log was half a
         // lag timeout ago. Without ALL_SAFE writes holding the watermark up,
         // a backup far behind would otherwise rejoin, and a failover to it
@@ -1407,7 +1426,7 @@ impl DataPlane {
                         propose = true;
                     }
                 } else if peer.mode == PeerMode::Streaming && close(peer) && !stalled {
-                    if holds_released(peer) {
+                    if holds_released(peer) && within_lag(peer) {
                         // First proposal, or the last one may have been lost.
                         if due(peer.add_proposed_ms) {
                             add.insert(*node);

@@ -2782,3 +2782,73 @@ fn a_snapshot_part_answering_a_catch_up_already_answered_is_ignored() {
         .collect();
     assert_eq!(again, vec![], "a stale stream would empty the replica");
 }
+
+/// DESIGN.md §4: WR_ACTIVE_REPLICA's lag "is bounded". A write is not
+/// answered while it would be more than `replica_lag_records_max` records
+/// ahead of an in-sync backup, and a backup joins the set only within that
+/// bound of every write released: a failover to it then loses at most the
+/// bound.
+#[test]
+fn active_writes_are_held_within_the_lag_bound_of_every_in_sync_backup() {
+    const LAG: u64 = 2;
+    let mut dp = DataPlane::new(1, TIMEOUT).with_lag_records_max(LAG);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 3)), 0);
+    drain(&mut dp);
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    // Node 3 stops acknowledging at 3; node 2 keeps up.
+    let mut released = Vec::new();
+    for seq in 4..=7 {
+        dp.on_appended(&[shipped(1, seq)], 0);
+        dp.register(seq, pos(1, seq), Need::LocalDurable);
+        dp.on_local_durable(&[pos(1, seq)]);
+        dp.on_message(2, ack_msg(1, seq), 0);
+        for out in drain(&mut dp) {
+            if let DataOutput::Released(t) = out {
+                released.extend(t);
+            }
+        }
+    }
+    assert_eq!(
+        released,
+        vec![4, 5],
+        "6 and 7 are more than 2 past node 3's 3"
+    );
+    dp.on_message(3, ack_msg(1, 5), 0);
+    assert_eq!(drain(&mut dp), vec![DataOutput::Released(vec![6, 7])]);
+
+    // Node 3 leaves the set; writes go on without it, and it follows
+    // five writes behind, within a lag timeout.
+    dp.on_metadata(&applied_set(&[1, 2], 1), Some(pos(1, 7)), 0);
+    drain(&mut dp);
+    let mut released: Vec<u64> = Vec::new();
+    let mut proposed = false;
+    for step in 0..40u64 {
+        let seq = 8 + step;
+        let now = step * 10;
+        dp.on_appended(&[shipped(1, seq)], now);
+        dp.register(seq, pos(1, seq), Need::LocalDurable);
+        dp.on_local_durable(&[pos(1, seq)]);
+        let acked3 = seq - 5;
+        for (node, acked) in [(2, seq), (3, acked3)] {
+            dp.on_message(node, ack_msg(1, acked), now);
+        }
+        dp.tick(now + 5);
+        for out in drain(&mut dp) {
+            match out {
+                DataOutput::Released(t) => released.extend(t),
+                DataOutput::Propose(Proposal::SetInSync { in_sync, .. }) => {
+                    assert_eq!(in_sync, vec![1, 2, 3]);
+                    let highest = released.iter().max().copied().unwrap_or(0);
+                    assert!(
+                        highest <= acked3 + LAG,
+                        "node 3 proposed back holding {acked3} while {highest} was answered"
+                    );
+                    proposed = true;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(proposed, "node 3 was never proposed back");
+}

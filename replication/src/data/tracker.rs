@@ -5,9 +5,17 @@
 //!
 //! | need | released when |
 //! |---|---|
-//! | [`Need::Applied`] (WEAK) | at once: registration happens after apply |
-//! | [`Need::LocalDurable`] (ACTIVE_REPLICA) | this node's log is durable up to the ticket's seq |
+//! | [`Need::Applied`] (WEAK) | within the lag bound: registration happens after apply |
+//! | [`Need::LocalDurable`] (ACTIVE_REPLICA) | this node's log is durable up to the ticket's seq, within the lag bound |
 //! | [`Need::AllInSync`] (ALL_SAFE, ALL_REPLICAS) | locally durable *and* every in-sync member but this node acknowledged the seq in the current epoch |
+//!
+//! The lag bound (DESIGN.md §4: WR_ACTIVE_REPLICA's "lag is bounded"): a
+//! WEAK or ACTIVE write is answered only once every in-sync member but this
+//! node acknowledged, in the current epoch, the log up to at most `lag_max`
+//! records before it. A failover names an in-sync member, so it loses at
+//! most `lag_max` acknowledged records of a checkpoint. A member that does
+//! not acknowledge holds such writes back until the control plane removed
+//! it (as ALL_SAFE writes are held); a slow one slows them to its pace.
 //!
 //! The in-sync set is the one the control plane *applied* ([`Tracker::set_in_sync`]
 //! is called from control apply), plus members whose addition was proposed
@@ -52,6 +60,10 @@ impl Need {
     }
 }
 
+/// Records a WEAK or ACTIVE write may be ahead of the in-sync backups by
+/// default (`replica_lag_records_max`).
+pub const LAG_RECORDS_MAX_DEFAULT: u64 = 1000;
+
 /// Pending tickets and what is known of one instance.
 #[derive(Debug, Default)]
 struct Track {
@@ -71,6 +83,10 @@ struct Track {
     local: BTreeMap<(Seq, u64), Epoch>,
     /// AllInSync tickets by (seq, ticket) → the epoch they were ordered in.
     all: BTreeMap<(Seq, u64), Epoch>,
+    /// Applied tickets held by the lag bound, by (seq, ticket) → epoch.
+    weak: BTreeMap<(Seq, u64), Epoch>,
+    /// Highest seq of any ticket released in `epoch`.
+    released_max: Option<Seq>,
     /// Highest seq of an AllInSync ticket released in `epoch` (the high
     /// watermark): a member may join the in-sync set once it holds it.
     released_all: Option<Seq>,
@@ -80,6 +96,7 @@ struct Track {
 #[derive(Debug)]
 pub struct Tracker {
     me: NodeId,
+    lag_max: u64,
     tracks: BTreeMap<InstanceId, Track>,
     released: Vec<u64>,
     failed: Vec<(u64, CkptError)>,
@@ -90,10 +107,18 @@ fn try_again(detail: String) -> CkptError {
 }
 
 impl Tracker {
-    /// A tracker for node `me` (never counted among the replicas to wait for).
+    /// A tracker for node `me` (never counted among the replicas to wait for)
+    /// with the default lag bound.
     pub fn new(me: NodeId) -> Self {
+        Self::with_lag_max(me, LAG_RECORDS_MAX_DEFAULT)
+    }
+
+    /// A tracker for node `me` whose WEAK and ACTIVE writes may be at most
+    /// `lag_max` records ahead of every in-sync backup.
+    pub fn with_lag_max(me: NodeId, lag_max: u64) -> Self {
         Tracker {
             me,
+            lag_max,
             tracks: BTreeMap::new(),
             released: Vec::new(),
             failed: Vec::new(),
@@ -104,11 +129,8 @@ impl Tracker {
     /// on this node. The outcome comes out of [`take_released`](Self::take_released)
     /// or [`take_failed`](Self::take_failed), possibly at once.
     pub fn register(&mut self, ticket: u64, pos: Position, need: Need) {
-        if need == Need::Applied {
-            self.released.push(ticket);
-            return;
-        }
         let me = self.me;
+        let lag_max = self.lag_max;
         let track = self.tracks.entry(pos.instance).or_default();
         if track.known && pos.epoch < track.epoch {
             self.failed.push((
@@ -121,7 +143,9 @@ impl Tracker {
             return;
         }
         match need {
-            Need::Applied => {}
+            Need::Applied => {
+                track.weak.insert((pos.seq, ticket), pos.epoch);
+            }
             Need::LocalDurable => {
                 track.local.insert((pos.seq, ticket), pos.epoch);
             }
@@ -145,6 +169,7 @@ impl Tracker {
         }
         Self::evaluate(
             me,
+            lag_max,
             pos.instance,
             track,
             &mut self.released,
@@ -161,6 +186,7 @@ impl Tracker {
             }
             Self::evaluate(
                 self.me,
+                self.lag_max,
                 pos.instance,
                 track,
                 &mut self.released,
@@ -184,6 +210,7 @@ impl Tracker {
         }
         Self::evaluate(
             self.me,
+            self.lag_max,
             instance,
             track,
             &mut self.released,
@@ -211,16 +238,19 @@ impl Tracker {
             track.acked.clear();
             track.adding.clear();
             track.released_all = None;
+            track.released_max = None;
             let old: Vec<((Seq, u64), Epoch)> = track
                 .local
                 .iter()
                 .chain(track.all.iter())
+                .chain(track.weak.iter())
                 .filter(|(_, e)| **e < epoch)
                 .map(|(k, e)| (*k, *e))
                 .collect();
             for ((seq, ticket), ticket_epoch) in old {
                 track.local.remove(&(seq, ticket));
                 track.all.remove(&(seq, ticket));
+                track.weak.remove(&(seq, ticket));
                 self.failed.push((
                     ticket,
                     try_again(format!(
@@ -238,6 +268,7 @@ impl Tracker {
         track.min_in_sync = min_in_sync;
         Self::evaluate(
             self.me,
+            self.lag_max,
             instance,
             track,
             &mut self.released,
@@ -265,6 +296,7 @@ impl Tracker {
             if track.adding.remove(&node) {
                 Self::evaluate(
                     self.me,
+                    self.lag_max,
                     instance,
                     track,
                     &mut self.released,
@@ -284,6 +316,7 @@ impl Tracker {
         for ((_, ticket), _) in std::mem::take(&mut track.local)
             .into_iter()
             .chain(std::mem::take(&mut track.all))
+            .chain(std::mem::take(&mut track.weak))
         {
             out.push((ticket, err.clone()));
         }
@@ -311,7 +344,19 @@ impl Tracker {
     pub fn pending(&self, instance: InstanceId) -> usize {
         self.tracks
             .get(&instance)
-            .map_or(0, |t| t.local.len() + t.all.len())
+            .map_or(0, |t| t.local.len() + t.all.len() + t.weak.len())
+    }
+
+    /// The highest seq of `instance` any ticket was released at in the
+    /// current epoch: a backup joining the in-sync set must hold the log up
+    /// to at most the lag bound before it.
+    pub fn released_max(&self, instance: InstanceId) -> Option<Seq> {
+        self.tracks.get(&instance).and_then(|t| t.released_max)
+    }
+
+    /// Records a WEAK or ACTIVE write may be ahead of the in-sync backups.
+    pub fn lag_max(&self) -> u64 {
+        self.lag_max
     }
 
     /// The highest seq of `instance` an AllInSync ticket was released at in
@@ -334,20 +379,43 @@ impl Tracker {
 
     fn evaluate(
         me: NodeId,
+        lag_max: u64,
         instance: InstanceId,
         track: &mut Track,
         released: &mut Vec<u64>,
         failed: &mut Vec<(u64, CkptError)>,
     ) {
         let durable = track.durable.map(|(_, s)| s);
+        // The highest seq the lag bound lets out: `lag_max` past the least
+        // any in-sync member (or member being added) acknowledged in this
+        // epoch; no bound without such members.
+        let bound = track
+            .in_sync
+            .union(&track.adding)
+            .filter(|n| **n != me)
+            .map(|n| track.acked.get(n).copied().unwrap_or_default())
+            .min()
+            .map(|least| Seq(least.0.saturating_add(lag_max)));
+        let within = |seq: Seq| bound.is_none_or(|b| seq <= b);
         if let Some(durable) = durable {
             while let Some(entry) = track.local.first_entry() {
-                if entry.key().0 > durable {
+                let seq = entry.key().0;
+                if seq > durable || !within(seq) {
                     break;
                 }
+                track.released_max = track.released_max.max(Some(seq));
                 released.push(entry.key().1);
                 entry.remove();
             }
+        }
+        while let Some(entry) = track.weak.first_entry() {
+            let seq = entry.key().0;
+            if !within(seq) {
+                break;
+            }
+            track.released_max = track.released_max.max(Some(seq));
+            released.push(entry.key().1);
+            entry.remove();
         }
         if track.all.is_empty() {
             return;
@@ -374,6 +442,7 @@ impl Tracker {
             }
             let seq = entry.key().0;
             track.released_all = track.released_all.max(Some(seq));
+            track.released_max = track.released_max.max(Some(seq));
             released.push(entry.key().1);
             entry.remove();
         }
@@ -627,6 +696,86 @@ mod tests {
         assert!(t.take_released().is_empty());
         t.local_durable(&[pos(1, 1)]);
         assert_eq!(t.take_released(), vec![1]);
+    }
+
+    #[test]
+    fn active_and_weak_writes_wait_while_an_in_sync_backup_is_more_than_the_bound_behind() {
+        // In-sync {1, 2, 3}; no write may be acknowledged more than 3
+        // records ahead of what every in-sync backup holds.
+        let mut t = Tracker::with_lag_max(1, 3);
+        t.set_in_sync(I, Epoch(1), &[1, 2, 3], 2);
+        t.replica_acked(2, I, Epoch(1), Seq(5));
+        t.replica_acked(3, I, Epoch(1), Seq(2));
+        t.register(1, pos(1, 5), Need::LocalDurable);
+        t.register(2, pos(1, 6), Need::LocalDurable);
+        t.register(3, pos(1, 7), Need::Applied);
+        t.local_durable(&[pos(1, 7)]);
+        assert_eq!(
+            t.take_released(),
+            vec![1],
+            "seq 5 is within 3 of node 3's 2"
+        );
+        assert_eq!(t.pending(I), 2);
+        t.replica_acked(3, I, Epoch(1), Seq(3));
+        assert_eq!(t.take_released(), vec![2]);
+        t.replica_acked(3, I, Epoch(1), Seq(4));
+        assert_eq!(t.take_released(), vec![3]);
+        assert!(t.take_failed().is_empty());
+        assert_eq!(t.pending(I), 0);
+        // Within the bound a weak write is released at once, before any
+        // fsync, and an active one as soon as it is durable.
+        t.register(4, pos(1, 7), Need::Applied);
+        assert_eq!(t.take_released(), vec![4]);
+        // Once the control plane removed the lagging member, it bounds
+        // nothing.
+        t.register(5, pos(1, 20), Need::Applied);
+        t.register(6, pos(1, 21), Need::LocalDurable);
+        t.local_durable(&[pos(1, 21)]);
+        assert!(t.take_released().is_empty());
+        t.set_in_sync(I, Epoch(1), &[1, 2], 2);
+        assert!(t.take_released().is_empty(), "node 2 holds 5");
+        t.replica_acked(2, I, Epoch(1), Seq(18));
+        let mut got = t.take_released();
+        got.sort_unstable();
+        assert_eq!(got, vec![5, 6]);
+        // A member being added bounds writes from its proposal on.
+        t.expect_in_sync(I, 3);
+        t.register(7, pos(1, 21), Need::Applied);
+        assert!(t.take_released().is_empty(), "node 3 holds 4");
+        t.replica_acked(3, I, Epoch(1), Seq(19));
+        assert_eq!(t.take_released(), vec![7]);
+        assert_eq!(t.released_max(I), Some(Seq(21)));
+    }
+
+    #[test]
+    fn the_lag_bound_restarts_with_each_epoch_and_needs_backups() {
+        let mut t = Tracker::with_lag_max(1, 3);
+        t.set_in_sync(I, Epoch(1), &[1, 2], 1);
+        t.replica_acked(2, I, Epoch(1), Seq(10));
+        t.register(1, pos(1, 12), Need::Applied);
+        assert_eq!(t.take_released(), vec![1]);
+        // A new epoch forgets the acks: node 2 must acknowledge in it first.
+        t.set_in_sync(I, Epoch(2), &[1, 2], 1);
+        assert_eq!(t.released_max(I), None);
+        t.register(2, pos(2, 13), Need::Applied);
+        assert!(t.take_released().is_empty());
+        t.replica_acked(2, I, Epoch(2), Seq(10));
+        assert_eq!(t.take_released(), vec![2]);
+        // A weak write held when the epoch changes fails with TRY_AGAIN.
+        t.register(3, pos(2, 20), Need::Applied);
+        t.set_in_sync(I, Epoch(3), &[1, 2], 1);
+        assert_eq!(codes(&t.take_failed()), vec![(3, ErrorCode::TryAgain)]);
+        // Without backups in the set nothing bounds the writes.
+        t.set_in_sync(I, Epoch(4), &[1], 1);
+        t.register(4, pos(4, 100), Need::Applied);
+        assert_eq!(t.take_released(), vec![4]);
+        let err = CkptError::new(ErrorCode::TryAgain, "fenced");
+        t.set_in_sync(I, Epoch(4), &[1, 2], 1);
+        t.register(5, pos(4, 101), Need::Applied);
+        assert_eq!(
+            codes(&t.fail_instance(I, err)),
+            vec![(5, ErrorCode::TryAgain)]
+        );
     }
 
     #[test]

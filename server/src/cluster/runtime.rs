@@ -302,7 +302,8 @@ impl Cluster {
             ControlPlane::new(me, &config, persisted, clock_base_ms)
         }
         .map_err(|e| ClusterError::Control(e.to_string()))?;
-        let mut data = DataPlane::new(me, config.replica_lag_timeout_ms);
+        let mut data = DataPlane::new(me, config.replica_lag_timeout_ms)
+            .with_lag_records_max(config.replica_lag_records_max);
         data.set_read_bytes_max(4 * 1024 * 1024);
         // Members added at run time are peers too (the log replayed above
         // knows their addresses); the runtime follows later changes.

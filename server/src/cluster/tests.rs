@@ -43,6 +43,7 @@ fn config(ids: &[NodeId]) -> ClusterConfig {
         replication_factor: 3,
         min_in_sync: 2,
         replica_lag_timeout_ms: 1000,
+        replica_lag_records_max: ckpt_replication::data::LAG_RECORDS_MAX_DEFAULT,
         lease_timeout_ms: 600,
         tick_ms: 10,
         placement_avoid_creator: false,
