@@ -360,3 +360,74 @@ async fn an_active_replica_restarted_before_any_failover_resumes_in_a_new_epoch(
     checkpoint.write(vec![we("s", 0, b"AFTER!")]).await.unwrap();
     assert_eq!(read_str(&checkpoint, "s").await, b"AFTER!");
 }
+
+/// DESIGN.md §4: WR_ACTIVE_REPLICA's lag "is bounded". With a bound of 4
+/// records and one in-sync backup stopped (SIGSTOP; its lag timeout and the
+/// leases long enough that it stays in the in-sync set meanwhile), ACTIVE
+/// writes go on until they are 4 records ahead of it, then wait — the
+/// active replica's `ckpt_replication_writes_held_by_lag` shows them — and
+/// complete once it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_writes_wait_past_the_lag_bound_for_a_stopped_in_sync_backup() {
+    let mut cluster = Cluster::start(
+        3,
+        "replica_lag_records_max = 4\nreplica_lag_timeout_ms = 600000\nlease_timeout_ms = 60000",
+    );
+    let client = Client::connect(&node(&cluster, 1)).await.unwrap();
+    let name = unique("lag-bound");
+    let checkpoint = create(
+        &client,
+        &name,
+        flags_attrs(CreationFlags::WR_ACTIVE_REPLICA),
+    )
+    .await;
+    section(&checkpoint, "s", b"").await;
+    checkpoint.write(vec![we("s", 0, b"first")]).await.unwrap();
+    wait_settled(&mut cluster, &[1, 2, 3]);
+    let (active, in_sync) = placement(&cluster, &name.to_string());
+    let active = active.expect("an active replica");
+    let backup = in_sync.into_iter().find(|n| *n != active).unwrap();
+    let pid = cluster.nodes[(backup - 1) as usize]
+        .as_ref()
+        .expect("the backup runs")
+        .pid()
+        .to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let writer = tokio::spawn(async move {
+        for i in 0..20u32 {
+            checkpoint
+                .write(vec![we("s", 0, format!("w{i:04}").as_bytes())])
+                .await
+                .unwrap();
+        }
+    });
+    let held = |cluster: &Cluster| -> u64 {
+        let (_, body) = common::http_get(&cluster.admin_addrs[(active - 1) as usize], "/metrics");
+        body.lines()
+            .filter(|l| l.starts_with("ckpt_replication_writes_held_by_lag{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<u64>().ok())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while held(&cluster) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write was held back while backup {backup} was stopped"
+        );
+        assert!(
+            !writer.is_finished(),
+            "all 20 writes were answered while backup {backup} was stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!writer.is_finished());
+    signal("-CONT");
+    tokio::time::timeout(std::time::Duration::from_secs(60), writer)
+        .await
+        .expect("the held writes were answered once the backup ran again")
+        .unwrap();
+}

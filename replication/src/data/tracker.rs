@@ -347,6 +347,21 @@ impl Tracker {
             .map_or(0, |t| t.local.len() + t.all.len() + t.weak.len())
     }
 
+    /// WEAK and ACTIVE tickets of `instance` that wait only for the lag
+    /// bound (applied, and for ACTIVE durable here): writes an in-sync
+    /// backup holds back.
+    pub fn held_by_lag(&self, instance: InstanceId) -> usize {
+        self.tracks.get(&instance).map_or(0, |t| {
+            let durable = t.durable.map(|(_, s)| s);
+            let local = t
+                .local
+                .keys()
+                .take_while(|(seq, _)| durable.is_some_and(|d| *seq <= d))
+                .count();
+            t.weak.len() + local
+        })
+    }
+
     /// The highest seq of `instance` any ticket was released at in the
     /// current epoch: a backup joining the in-sync set must hold the log up
     /// to at most the lag bound before it.
@@ -722,6 +737,7 @@ mod tests {
         assert_eq!(t.take_released(), vec![3]);
         assert!(t.take_failed().is_empty());
         assert_eq!(t.pending(I), 0);
+        assert_eq!(t.held_by_lag(I), 0);
         // Within the bound a weak write is released at once, before any
         // fsync, and an active one as soon as it is durable.
         t.register(4, pos(1, 7), Need::Applied);
@@ -730,14 +746,21 @@ mod tests {
         // nothing.
         t.register(5, pos(1, 20), Need::Applied);
         t.register(6, pos(1, 21), Need::LocalDurable);
+        t.register(8, pos(1, 21), Need::LocalDurable);
+        assert_eq!(
+            t.held_by_lag(I),
+            1,
+            "only the weak write waits for nothing but the bound"
+        );
         t.local_durable(&[pos(1, 21)]);
         assert!(t.take_released().is_empty());
+        assert_eq!(t.held_by_lag(I), 3);
         t.set_in_sync(I, Epoch(1), &[1, 2], 2);
         assert!(t.take_released().is_empty(), "node 2 holds 5");
         t.replica_acked(2, I, Epoch(1), Seq(18));
         let mut got = t.take_released();
         got.sort_unstable();
-        assert_eq!(got, vec![5, 6]);
+        assert_eq!(got, vec![5, 6, 8]);
         // A member being added bounds writes from its proposal on.
         t.expect_in_sync(I, 3);
         t.register(7, pos(1, 21), Need::Applied);

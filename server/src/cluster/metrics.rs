@@ -11,6 +11,9 @@ pub struct ClusterMetrics {
     pub lag_bytes: IntGaugeVec,
     /// In-sync set size, by instance (of the checkpoints this node is active for).
     pub in_sync: IntGaugeVec,
+    /// WR_ACTIVE_REPLICA and WEAK writes held back by the lag bound, by
+    /// instance (of the checkpoints this node is active for).
+    pub held_by_lag: IntGaugeVec,
     /// Epoch changes applied (any checkpoint).
     pub epoch_changes: IntCounter,
     /// Failovers applied (one per dead node, however many checkpoints).
@@ -82,6 +85,12 @@ impl ClusterMetrics {
                 registry,
                 "ckpt_in_sync_replicas",
                 "In-sync set size of the checkpoints this node is active for",
+                &["instance"],
+            )?,
+            held_by_lag: gauge_vec(
+                registry,
+                "ckpt_replication_writes_held_by_lag",
+                "WR_ACTIVE_REPLICA and WEAK writes waiting for a backup within replica_lag_records_max",
                 &["instance"],
             )?,
             epoch_changes: counter(

@@ -1636,6 +1636,13 @@ impl Driver {
                 .in_sync
                 .with_label_values(&[instance.as_str()])
                 .set(i64::try_from(meta.in_sync.len()).unwrap_or(i64::MAX));
+            metrics
+                .held_by_lag
+                .with_label_values(&[instance.as_str()])
+                .set(
+                    i64::try_from(self.data.tracker().held_by_lag(meta.instance))
+                        .unwrap_or(i64::MAX),
+                );
             lag.insert(meta.instance, behind);
         }
         self.cluster
