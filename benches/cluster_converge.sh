@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Does a fresh 3-node cluster bring every backup into the in-sync set under
+# a full-speed WR_ACTIVE_REPLICA load? One run: start 3 nodes, run
+# `ckpt-tool bench --checkpoints 12 --clients 64 --size 1024 --mode active`
+# for 12 s, and print `ckpt-tool cluster status`'s checkpoint summary
+# ("N fully replicated, M filling") 5 and 10 s into the load, then the
+# writes per second.
+#
+# Usage: benches/cluster_converge.sh [RUNS]   (default 3)
+#   BIN_DIR=DIR  take ckpt-server and ckpt-tool from DIR (default target/release)
+#   EXTRA='key = value'  extra top-level cluster.toml lines
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+bin=${BIN_DIR:-target/release}
+work=$(mktemp -d)
+pids=()
+stop_all() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+}
+trap 'stop_all; rm -rf "$work"' EXIT
+for run in $(seq "$runs"); do
+  read -r -a ports < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(9)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
+  dir="$work/$run"; mkdir -p "$dir"
+  {
+    echo "replication_factor = 3"
+    echo "min_in_sync = 2"
+    echo "${EXTRA:-}"
+    for i in 0 1 2; do
+      printf '\n[[nodes]]\nid = %d\nclient_addr = "127.0.0.1:%s"\npeer_addr = "127.0.0.1:%s"\nadmin_addr = "127.0.0.1:%s"\n' \
+        $((i + 1)) "${ports[$i]}" "${ports[$((3 + i))]}" "${ports[$((6 + i))]}"
+    done
+  } >"$dir/cluster.toml"
+  for i in 1 2 3; do
+    "$bin/ckpt-server" --config "$dir/cluster.toml" --node-id $i --data-dir "$dir/n$i" 2>"$dir/n$i.log" &
+    pids+=($!)
+  done
+  deadline=$((SECONDS + 60))
+  until "$bin/ckpt-tool" cluster status --config "$dir/cluster.toml" 2>/dev/null | grep -q leader; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "run $run: no leader" >&2; exit 1; }
+    sleep 0.2
+  done
+  "$bin/ckpt-tool" bench --addr "127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}" \
+    --checkpoints 12 --clients 64 --size 1024 --mode active --duration-s 12 --json >"$dir/bench.json" 2>/dev/null &
+  bench=$!
+  sleep 5; at5=$("$bin/ckpt-tool" cluster status --config "$dir/cluster.toml" | grep "checkpoints:")
+  sleep 5; at10=$("$bin/ckpt-tool" cluster status --config "$dir/cluster.toml" | grep "checkpoints:")
+  wait "$bench"
+  ops=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["ops_per_s"]))' "$dir/bench.json")
+  echo "run $run | 5 s: ${at5#checkpoints: } | 10 s: ${at10#checkpoints: } | $ops writes/s"
+  stop_all
+done
