@@ -2402,6 +2402,27 @@ fn a_member_being_added_is_not_given_up_while_the_control_plane_view_is_stale() 
     assert!(drain(&mut dp).contains(&DataOutput::Released(vec![9])));
 }
 
+/// One write of a steady load on a primary of epoch 1: entry (1,
+/// `seq`) appended at `now` and registered with `need`, made durable here,
+/// acknowledged by each `(node, seq)` of `acks`, then a tick 5 ms later.
+/// Returns what the data plane output.
+fn steady_write(
+    dp: &mut DataPlane,
+    seq: u64,
+    now: u64,
+    need: Need,
+    acks: &[(NodeId, u64)],
+) -> Vec<DataOutput> {
+    dp.on_appended(&[shipped(1, seq)], now);
+    dp.register(seq, pos(1, seq), need);
+    dp.on_local_durable(&[pos(1, seq)]);
+    for (node, acked) in acks {
+        dp.on_message(*node, ack_msg(1, *acked), now);
+    }
+    dp.tick(now + 5);
+    drain(dp)
+}
+
 /// Under steady writes a backup that streams is always a round trip behind:
 /// `acked == last` never holds at a tick. It must still be proposed back into
 /// the in-sync set once it holds every write released so far (Kafka: the
@@ -2418,16 +2439,15 @@ fn a_streaming_backup_one_write_behind_rejoins_under_steady_writes() {
     let mut proposed_at = None;
     for step in 0..20u64 {
         let seq = 4 + step;
-        let now = step * 10;
-        dp.on_appended(&[shipped(1, seq)], now);
-        dp.register(seq, pos(1, seq), Need::AllInSync);
-        dp.on_local_durable(&[pos(1, seq)]);
         // Node 2 acknowledges at once, node 3 one write late.
-        for (node, acked) in [(2, seq), (3, seq - 1)] {
-            dp.on_message(node, ack_msg(1, acked), now);
-        }
-        dp.tick(now + 5);
-        for out in drain(&mut dp) {
+        let outputs = steady_write(
+            &mut dp,
+            seq,
+            step * 10,
+            Need::AllInSync,
+            &[(2, seq), (3, seq - 1)],
+        );
+        for out in outputs {
             match out {
                 DataOutput::Released(t) => released.extend(t),
                 DataOutput::Propose(Proposal::SetInSync { in_sync, .. }) => {
@@ -2825,16 +2845,15 @@ fn active_writes_are_held_within_the_lag_bound_of_every_in_sync_backup() {
     let mut proposed = false;
     for step in 0..40u64 {
         let seq = 8 + step;
-        let now = step * 10;
-        dp.on_appended(&[shipped(1, seq)], now);
-        dp.register(seq, pos(1, seq), Need::LocalDurable);
-        dp.on_local_durable(&[pos(1, seq)]);
         let acked3 = seq - 5;
-        for (node, acked) in [(2, seq), (3, acked3)] {
-            dp.on_message(node, ack_msg(1, acked), now);
-        }
-        dp.tick(now + 5);
-        for out in drain(&mut dp) {
+        let outputs = steady_write(
+            &mut dp,
+            seq,
+            step * 10,
+            Need::LocalDurable,
+            &[(2, seq), (3, acked3)],
+        );
+        for out in outputs {
             match out {
                 DataOutput::Released(t) => released.extend(t),
                 DataOutput::Propose(Proposal::SetInSync { in_sync, .. }) => {
