@@ -92,6 +92,24 @@ struct Track {
     released_all: Option<Seq>,
 }
 
+impl Track {
+    /// The members writes wait for: in-sync or being added, but not `me`.
+    fn members(&self, me: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.in_sync
+            .union(&self.adding)
+            .copied()
+            .filter(move |n| *n != me)
+    }
+
+    /// The least seq any of [`members`](Self::members) acknowledged in
+    /// this epoch (0 for one that has not); `None` without members.
+    fn least_acked(&self, me: NodeId) -> Option<Seq> {
+        self.members(me)
+            .map(|n| self.acked.get(&n).copied().unwrap_or_default())
+            .min()
+    }
+}
+
 /// The pure reply rule for every instance of one node.
 #[derive(Debug)]
 pub struct Tracker {
@@ -383,13 +401,9 @@ impl Tracker {
 
     /// The members (other than this node) AllInSync tickets of `instance` wait for.
     pub fn required(&self, instance: InstanceId) -> Vec<NodeId> {
-        self.tracks.get(&instance).map_or_else(Vec::new, |t| {
-            t.in_sync
-                .union(&t.adding)
-                .copied()
-                .filter(|n| *n != self.me)
-                .collect()
-        })
+        self.tracks
+            .get(&instance)
+            .map_or_else(Vec::new, |t| t.members(self.me).collect())
     }
 
     fn evaluate(
@@ -404,13 +418,8 @@ impl Tracker {
         // The highest seq the lag bound lets out: `lag_max` past the least
         // any in-sync member (or member being added) acknowledged in this
         // epoch; no bound without such members.
-        let bound = track
-            .in_sync
-            .union(&track.adding)
-            .filter(|n| **n != me)
-            .map(|n| track.acked.get(n).copied().unwrap_or_default())
-            .min()
-            .map(|least| Seq(least.0.saturating_add(lag_max)));
+        let least_acked = track.least_acked(me);
+        let bound = least_acked.map(|least| Seq(least.0.saturating_add(lag_max)));
         let within = |seq: Seq| bound.is_none_or(|b| seq <= b);
         if let Some(durable) = durable {
             while let Some(entry) = track.local.first_entry() {
@@ -442,15 +451,10 @@ impl Tracker {
             }
             return;
         }
-        let Some(mut threshold) = durable else {
+        let Some(durable) = durable else {
             return;
         };
-        for node in track.in_sync.union(&track.adding) {
-            if *node == me {
-                continue;
-            }
-            threshold = threshold.min(track.acked.get(node).copied().unwrap_or_default());
-        }
+        let threshold = least_acked.map_or(durable, |least| durable.min(least));
         while let Some(entry) = track.all.first_entry() {
             if entry.key().0 > threshold {
                 break;
