@@ -52,7 +52,7 @@ use crate::state::{
 };
 use crate::wal::history::{
     instance_records_after, records_after_hinted, records_after_many, segments_upto,
-    InstanceHistory,
+    InstanceHistory, SegmentCache,
 };
 use crate::wal::mark;
 use crate::wal::record::{
@@ -1088,6 +1088,7 @@ impl Store {
         let upto = Lsn(self.shared.applied.load(Ordering::Acquire));
         // Listed once for every hinted read of the batch.
         let mut segments: Option<Vec<(Lsn, String)>> = None;
+        let mut cache = SegmentCache::default();
         for (read, answer) in reads.iter().zip(&answers) {
             let mut history = None;
             if let (None, Some(at_lsn)) = (answer, read.after_lsn) {
@@ -1100,6 +1101,7 @@ impl Store {
                     records_after_hinted(
                         self.wal_fs.as_ref(),
                         listed,
+                        &mut cache,
                         read.instance,
                         read.seq,
                         at_lsn,
