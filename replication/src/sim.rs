@@ -1867,9 +1867,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
 ///   names: the active replica first commits a change at the addition's
 ///   generation without it, a fence, and gives up only once a later
 ///   generation is applied without it).
+/// - 429 (with pacing): the tick judged a backup's addition against the
+///   high watermark, then stopped pacing for it, which released an
+///   ALL_SAFE write before the addition was required: the backup joined
+///   the set without that write, and a failover to it lost it (pacing now
+///   changes last in the tick).
 #[test]
 fn cluster_sim_regression_seeds() {
-    for n in [93, 94, 101, 2890, 3212, 7212, 3796, 31130, 47420, 117047] {
+    for n in [
+        93, 94, 101, 429, 2890, 3212, 7212, 3796, 31130, 47420, 117047,
+    ] {
         let _replay = Replay(n);
         run(sim_seed(n));
     }

@@ -1298,6 +1298,7 @@ impl DataPlane {
             .all(|n| *n == me || primary.peers.contains_key(n));
         if settled {
             primary.mark(now_ms, timeout);
+            self.tracker.pace(instance, &BTreeSet::new());
             return;
         }
         let required: BTreeSet<NodeId> = self.tracker.required(instance).into_iter().collect();
@@ -1318,6 +1319,7 @@ impl DataPlane {
         let mut give_up = Vec::new();
         let mut add = BTreeSet::new();
         let mut expect = Vec::new();
+        let mut pace = BTreeSet::new();
         // A backup may join the in-sync set once it acknowledged, in this
         // epoch, this node's log up to the epoch's start (which holds every
         // write released in earlier epochs) and every AllInSync write
@@ -1425,8 +1427,12 @@ impl DataPlane {
                         peer.fence_proposed_ms = Some(now_ms);
                         propose = true;
                     }
-                } else if peer.mode == PeerMode::Streaming && close(peer) && !stalled {
-                    if holds_released(peer) && within_lag(peer) {
+                } else if peer.mode == PeerMode::Streaming
+                    && close(peer)
+                    && within_lag(peer)
+                    && !stalled
+                {
+                    if holds_released(peer) {
                         // First proposal, or the last one may have been lost.
                         if due(peer.add_proposed_ms) {
                             add.insert(*node);
@@ -1442,6 +1448,17 @@ impl DataPlane {
                         // holds what was released before.
                         expect.push(*node);
                     }
+                } else if peer.mode == PeerMode::Streaming && !pending && idle_ms < retry_ms {
+                    // Streaming and acknowledging, but too far behind to
+                    // join — in time, or in records past the lag bound
+                    // (waiting for it as a member would stop the writes
+                    // until it is within the bound). Were the writes left
+                    // at full speed, a backup slower than they are would
+                    // never get closer: pace them to half its progress.
+                    // Not while it reads the log or takes a snapshot (a
+                    // returning node far behind does not slow the writes),
+                    // nor once silent for half a lag timeout.
+                    pace.insert(*node);
                 }
             }
         }
@@ -1468,6 +1485,12 @@ impl DataPlane {
                 in_sync: in_sync.into_iter().collect(),
             }));
         }
+        // Last: a backup no longer paced may release writes held for it,
+        // and the watermark the additions above were judged against must
+        // not move before they are required (the cluster simulator's run
+        // 429 answered an ALL_SAFE write without a backup proposed into the
+        // set, when pacing ended before its addition was registered).
+        self.tracker.pace(instance, &pace);
     }
 
     /// Everything to carry out, in order.

@@ -2871,3 +2871,126 @@ fn active_writes_are_held_within_the_lag_bound_of_every_in_sync_backup() {
     }
     assert!(proposed, "node 3 was never proposed back");
 }
+
+/// Closed-loop writers on the primary of `dp`, whose log ends at `last`:
+/// `clients` WR_ACTIVE_REPLICA writes outstanding at most, one step every
+/// 10 ms; node 2 (in sync) acknowledges each at once, node 3 (outside the
+/// set, streaming, holding `acked3`) `node3_per_step` records a step after
+/// `silent_steps` steps of silence. Returns the step at which node 3 was
+/// first proposed into the in-sync set, the tickets (= seqs) released at
+/// each step and node 3's acknowledgement at each step.
+fn paced_load(
+    dp: &mut DataPlane,
+    (mut last, mut acked3): (u64, u64),
+    clients: u64,
+    node3_per_step: u64,
+    silent_steps: u64,
+    steps: u64,
+) -> (Option<u64>, Vec<Vec<u64>>, Vec<u64>) {
+    let mut outstanding = 0u64;
+    let mut proposed = None;
+    let mut released_by_step = Vec::new();
+    let mut acked3_by_step = Vec::new();
+    for step in 0..steps {
+        let now = step * 10;
+        while outstanding < clients {
+            last += 1;
+            outstanding += 1;
+            dp.on_appended(&[shipped(1, last)], now);
+            dp.register(last, pos(1, last), Need::LocalDurable);
+            dp.on_local_durable(&[pos(1, last)]);
+            dp.on_message(2, ack_msg(1, last), now);
+        }
+        if step >= silent_steps {
+            acked3 = (acked3 + node3_per_step).min(last);
+            dp.on_message(3, ack_msg(1, acked3), now);
+        }
+        dp.tick(now + 5);
+        let mut released = Vec::new();
+        for out in drain(dp) {
+            match out {
+                DataOutput::Released(t) => released.extend(t),
+                DataOutput::Propose(Proposal::SetInSync { in_sync, .. })
+                    if in_sync.contains(&3) =>
+                {
+                    proposed.get_or_insert(step);
+                }
+                _ => {}
+            }
+        }
+        outstanding -= released.len() as u64;
+        released_by_step.push(released);
+        acked3_by_step.push(acked3);
+    }
+    (proposed, released_by_step, acked3_by_step)
+}
+
+/// A backup outside the in-sync set that streams, but acknowledges slower
+/// than the checkpoint is written (on a few shared cores it gets less CPU
+/// than the writers), falls ever further behind and never gets back into
+/// the set: the checkpoint is left without a failover candidate. Writes
+/// are paced to half its progress until it is close enough to join —
+/// slowed, never stopped.
+#[test]
+fn writes_are_paced_until_a_slow_streaming_backup_rejoins() {
+    let mut dp = DataPlane::new(1, TIMEOUT).with_lag_records_max(20);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), Some(pos(1, 3)), 0);
+    drain(&mut dp);
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.on_metadata(&applied_set(&[1, 2], 1), Some(pos(1, 3)), 0);
+    drain(&mut dp);
+    // Writers at 4 records a step, node 3 at 1 after 300 ms of silence.
+    let (proposed, released, _) = paced_load(&mut dp, (3, 3), 4, 1, 30, 600);
+    let at = proposed.expect("node 3 never got back into the in-sync set");
+    assert!(at < 400, "node 3 proposed only at step {at}");
+    // Slowed, never stopped: something is answered every 40 steps (400 ms,
+    // under the lag timeout), the silence included.
+    for (i, window) in released.windows(40).enumerate() {
+        assert!(
+            window.iter().any(|r| !r.is_empty()),
+            "nothing answered in steps {i}..{}",
+            i + 40
+        );
+    }
+}
+
+/// A backup that comes back far behind reads the log at full speed, writes
+/// going on unpaced; once it streams, 400 records behind and acknowledging
+/// 2 records a step against writers that would do 4, writes slow to half
+/// its pace — never further — until it is close enough to join.
+#[test]
+fn a_backup_streaming_far_behind_after_its_reads_is_paced_from_its_lag() {
+    let mut dp = DataPlane::new(1, TIMEOUT).with_lag_records_max(20);
+    dp.on_metadata(&applied_set(&[1, 2], 1), Some(pos(1, 3)), 0);
+    drain(&mut dp);
+    stream(&mut dp, 2);
+    // The log grows to 403 while node 3 is away.
+    for seq in 4..=403 {
+        steady_write(&mut dp, seq, 0, Need::LocalDurable, &[(2, seq)]);
+    }
+    dp.on_message(3, catch_up_msg(1, Some(pt(1, 3))), 0);
+    assert_eq!(drain(&mut dp), vec![read(Some(pt(1, 3)), 3)]);
+    let tail: Vec<ShippedEntry> = (4..=403).map(|seq| shipped(1, seq)).collect();
+    dp.on_entries_read(3, I, Some(pt(1, 3)), tail, 0);
+    drain(&mut dp);
+    assert_eq!(dp.tracker().paced(I), vec![], "not paced before a tick");
+    let (proposed, released, acked3) = paced_load(&mut dp, (403, 3), 4, 2, 0, 800);
+    assert_eq!(dp.tracker().paced(I), vec![], "paced after joining");
+    let at = proposed.expect("node 3 never got back into the in-sync set") as usize;
+    // Its lag of ~400 shrinks by a record a step: ~400 steps.
+    assert!((300..500).contains(&at), "node 3 proposed at step {at}");
+    // From the first tick on (the first step's writes went before it).
+    for step in 11..at {
+        let done: usize = released[step - 10..step].iter().map(Vec::len).sum();
+        let done = done as u64;
+        let progress = acked3[step] - acked3[step - 10];
+        // Slowed to half its pace (give or take a write in flight), and
+        // not further.
+        assert!(
+            (progress / 2 - 1..=progress / 2 + 1).contains(&done),
+            "{done} writes answered in steps {}..{step} while node 3 advanced {progress}",
+            step - 10
+        );
+    }
+}

@@ -17,6 +17,15 @@
 //! not acknowledge holds such writes back until the control plane removed
 //! it (as ALL_SAFE writes are held); a slow one slows them to its pace.
 //!
+//! Pacing (DESIGN.md is silent; docs/replication.md "Pacing"): a backup
+//! outside the in-sync set that streams but acknowledges slower than the
+//! checkpoint is written would never get back into the set. While the data
+//! plane names it ([`Tracker::pace`]), every write of the checkpoint is
+//! answered only within a window of records past its acknowledgement; the
+//! window starts at its lag when pacing starts (nothing answerable is held
+//! back then) and shrinks by half of each advance of its acknowledgement, so
+//! writes go on at half its pace and its lag shrinks to nothing.
+//!
 //! The in-sync set is the one the control plane *applied* ([`Tracker::set_in_sync`]
 //! is called from control apply), plus members whose addition was proposed
 //! ([`Tracker::expect_in_sync`], Kafka's "maximal ISR"): a member is never
@@ -87,6 +96,9 @@ struct Track {
     weak: BTreeMap<(Seq, u64), Epoch>,
     /// Highest seq of any ticket released in `epoch`.
     released_max: Option<Seq>,
+    /// Backups being paced back into the in-sync set → the records a write
+    /// may be past their acknowledgement.
+    paced: BTreeMap<NodeId, u64>,
     /// Highest seq of an AllInSync ticket released in `epoch` (the high
     /// watermark): a member may join the in-sync set once it holds it.
     released_all: Option<Seq>,
@@ -106,6 +118,18 @@ impl Track {
     fn least_acked(&self, me: NodeId) -> Option<Seq> {
         self.members(me)
             .map(|n| self.acked.get(&n).copied().unwrap_or_default())
+            .min()
+    }
+
+    /// The highest seq pacing lets out: the least acknowledgement plus
+    /// window of the paced backups; `None` without any.
+    fn pace_bound(&self) -> Option<Seq> {
+        self.paced
+            .iter()
+            .map(|(n, window)| {
+                let acked = self.acked.get(n).copied().unwrap_or_default();
+                Seq(acked.0.saturating_add(*window))
+            })
             .min()
     }
 }
@@ -224,7 +248,11 @@ impl Tracker {
         }
         let acked = track.acked.entry(node).or_default();
         if *acked < seq {
+            let advance = seq.0 - acked.0;
             *acked = seq;
+            if let Some(window) = track.paced.get_mut(&node) {
+                *window = window.saturating_sub(advance.div_ceil(2));
+            }
         }
         Self::evaluate(
             self.me,
@@ -255,6 +283,7 @@ impl Tracker {
         if !track.known || epoch > track.epoch {
             track.acked.clear();
             track.adding.clear();
+            track.paced.clear();
             track.released_all = None;
             track.released_max = None;
             let old: Vec<((Seq, u64), Epoch)> = track
@@ -283,6 +312,7 @@ impl Tracker {
         track.in_sync = in_sync.iter().copied().collect();
         let in_sync_now = &track.in_sync;
         track.adding.retain(|n| !in_sync_now.contains(n));
+        track.paced.retain(|n, _| !in_sync_now.contains(n));
         track.min_in_sync = min_in_sync;
         Self::evaluate(
             self.me,
@@ -304,6 +334,8 @@ impl Tracker {
         if let Some(track) = self.tracks.get_mut(&instance) {
             if track.known && !track.in_sync.contains(&node) {
                 track.adding.insert(node);
+                // The lag bound holds writes for it from now on.
+                track.paced.remove(&node);
             }
         }
     }
@@ -322,6 +354,57 @@ impl Tracker {
                 );
             }
         }
+    }
+
+    /// Paces the writes of `instance` for exactly these backups outside the
+    /// in-sync set (see the module doc). A backup newly named starts with
+    /// its lag behind the highest released write as its window, so nothing
+    /// answerable now is held back; one no longer named stops holding
+    /// writes. Members of the set or being added are ignored: the lag bound
+    /// holds writes for them.
+    pub fn pace(&mut self, instance: InstanceId, nodes: &BTreeSet<NodeId>) {
+        let me = self.me;
+        let Some(track) = self.tracks.get_mut(&instance) else {
+            return;
+        };
+        if track.paced.is_empty() && nodes.is_empty() {
+            return;
+        }
+        let before = track.paced.len();
+        track.paced.retain(|n, _| nodes.contains(n));
+        let dropped = track.paced.len() != before;
+        let released_max = track.released_max.unwrap_or_default();
+        for node in nodes {
+            if *node == me
+                || !track.known
+                || track.in_sync.contains(node)
+                || track.adding.contains(node)
+            {
+                continue;
+            }
+            let acked = track.acked.get(node).copied().unwrap_or_default();
+            track
+                .paced
+                .entry(*node)
+                .or_insert_with(|| released_max.0.saturating_sub(acked.0));
+        }
+        if dropped {
+            Self::evaluate(
+                me,
+                self.lag_max,
+                instance,
+                track,
+                &mut self.released,
+                &mut self.failed,
+            );
+        }
+    }
+
+    /// The backups writes of `instance` are paced for, with their windows.
+    pub fn paced(&self, instance: InstanceId) -> Vec<(NodeId, u64)> {
+        self.tracks.get(&instance).map_or_else(Vec::new, |t| {
+            t.paced.iter().map(|(n, w)| (*n, *w)).collect()
+        })
     }
 
     /// Fails every pending ticket of `instance` with `err` and returns them
@@ -366,7 +449,7 @@ impl Tracker {
     }
 
     /// WEAK and ACTIVE tickets of `instance` that wait only for the lag
-    /// bound (applied, and for ACTIVE durable here): writes an in-sync
+    /// bound or pacing (applied, and for ACTIVE durable here): writes a
     /// backup holds back.
     pub fn held_by_lag(&self, instance: InstanceId) -> usize {
         self.tracks.get(&instance).map_or(0, |t| {
@@ -420,7 +503,9 @@ impl Tracker {
         // epoch; no bound without such members.
         let least_acked = track.least_acked(me);
         let bound = least_acked.map(|least| Seq(least.0.saturating_add(lag_max)));
-        let within = |seq: Seq| bound.is_none_or(|b| seq <= b);
+        // And pacing, for every need.
+        let paced = track.pace_bound();
+        let within = |seq: Seq| bound.is_none_or(|b| seq <= b) && paced.is_none_or(|p| seq <= p);
         if let Some(durable) = durable {
             while let Some(entry) = track.local.first_entry() {
                 let seq = entry.key().0;
@@ -454,7 +539,10 @@ impl Tracker {
         let Some(durable) = durable else {
             return;
         };
-        let threshold = least_acked.map_or(durable, |least| durable.min(least));
+        let mut threshold = least_acked.map_or(durable, |least| durable.min(least));
+        if let Some(paced) = paced {
+            threshold = threshold.min(paced);
+        }
         while let Some(entry) = track.all.first_entry() {
             if entry.key().0 > threshold {
                 break;
@@ -803,6 +891,54 @@ mod tests {
             codes(&t.fail_instance(I, err)),
             vec![(5, ErrorCode::TryAgain)]
         );
+    }
+
+    #[test]
+    fn pacing_holds_every_need_to_a_window_that_shrinks_by_half_the_progress() {
+        let mut t = Tracker::with_lag_max(1, 1000);
+        t.set_in_sync(I, Epoch(1), &[1, 2], 1);
+        t.local_durable(&[pos(1, 100)]);
+        t.replica_acked(2, I, Epoch(1), Seq(100));
+        t.replica_acked(3, I, Epoch(1), Seq(60));
+        t.register(1, pos(1, 80), Need::LocalDurable);
+        assert_eq!(t.take_released(), vec![1]);
+        // Paced from 20 behind the highest released write: a window of 20.
+        let three = BTreeSet::from([3]);
+        t.pace(I, &three);
+        assert_eq!(t.paced(I), vec![(3, 20)]);
+        t.register(2, pos(1, 79), Need::Applied);
+        t.register(3, pos(1, 80), Need::AllInSync);
+        assert_eq!(t.take_released(), vec![2, 3], "within 60 + 20");
+        t.register(4, pos(1, 81), Need::Applied);
+        t.register(5, pos(1, 90), Need::LocalDurable);
+        t.register(6, pos(1, 95), Need::AllInSync);
+        assert!(t.take_released().is_empty(), "past 60 + 20: held");
+        // Node 3 advances 10: the window shrinks by 5, the bound moves 5.
+        t.replica_acked(3, I, Epoch(1), Seq(70));
+        assert_eq!(t.paced(I), vec![(3, 15)]);
+        assert_eq!(t.take_released(), vec![4], "81 <= 70 + 15 < 90");
+        // Naming it again keeps its window; an odd advance rounds up.
+        t.pace(I, &three);
+        t.replica_acked(3, I, Epoch(1), Seq(73));
+        assert_eq!(t.paced(I), vec![(3, 13)]);
+        assert!(t.take_released().is_empty());
+        // No longer paced (say, silent): the held writes go.
+        t.pace(I, &BTreeSet::new());
+        assert_eq!(t.take_released(), vec![5, 6]);
+        // Joining the set, being added or a new epoch ends pacing; members
+        // of the set are never paced.
+        t.pace(I, &three);
+        t.expect_in_sync(I, 3);
+        assert_eq!(t.paced(I), vec![]);
+        t.drop_expected(I, 3);
+        t.pace(I, &BTreeSet::from([2, 3]));
+        assert_eq!(t.paced(I).len(), 1);
+        t.set_in_sync(I, Epoch(1), &[1, 2, 3], 1);
+        assert_eq!(t.paced(I), vec![]);
+        t.set_in_sync(I, Epoch(1), &[1, 2], 1);
+        t.pace(I, &three);
+        t.set_in_sync(I, Epoch(2), &[1, 2], 1);
+        assert_eq!(t.paced(I), vec![]);
     }
 
     #[test]
