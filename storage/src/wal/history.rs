@@ -113,6 +113,9 @@ pub struct InstanceHistory {
     pub at_after: Option<Record>,
     /// Segment bytes read to find them.
     pub bytes_read: u64,
+    /// Records decoded to find them (the others were skipped by their
+    /// length fields and headers).
+    pub decoded: u64,
 }
 
 /// The records of `instance` after sequence number `after`, up to log
@@ -177,6 +180,9 @@ pub fn records_after_many(
             let Some(indices) = by_instance.get(&frame.instance) else {
                 continue;
             };
+            for &i in indices {
+                histories[i].decoded += 1;
+            }
             let Some(record) = frame.decode() else {
                 // Checksummed yet not a valid record: like recovery's
                 // scanner, nothing past it in this segment is taken.
@@ -285,6 +291,7 @@ pub fn records_after_hinted(
                 if frame.lsn > at_lsn || frame.instance != instance {
                     return Ok(None);
                 }
+                history.decoded += 1;
                 match frame.decode() {
                     Some(record) if record.entry.seq == after => {
                         history.at_after = Some(record);
@@ -304,6 +311,7 @@ pub fn records_after_hinted(
             if frame.instance != instance {
                 continue;
             }
+            history.decoded += 1;
             let Some(record) = frame.decode() else {
                 break;
             };
@@ -454,6 +462,14 @@ mod tests {
             hinted.bytes_read,
             back[0].bytes_read
         );
+        // Decoded: the record at the hint and the three returned, not the
+        // records before them in its segment nor instance 2's among them
+        // (before 73d9815 a hinted read decoded every record of each
+        // segment it read).
+        assert_eq!(hinted.decoded, 4);
+        // Reading back decodes only instance 1's records: seqs 6..=200 in
+        // the segments from the newest back to the one holding seq 10.
+        assert_eq!(back[0].decoded, 195);
         // Everything up to `upto` when max_bytes is large.
         let all = read_hinted(&fs, Seq(10), at.lsn, upto, u64::MAX)
             .unwrap()
