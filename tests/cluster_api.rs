@@ -431,3 +431,55 @@ async fn active_writes_wait_past_the_lag_bound_for_a_stopped_in_sync_backup() {
         .expect("the held writes were answered once the backup ran again")
         .unwrap();
 }
+
+/// The per-checkpoint gauges of the active replica (lag, in-sync set size,
+/// writes held) name only checkpoints it is active for now: a deleted
+/// checkpoint's series go, rather than show its last values forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_checkpoints_replication_gauges_are_dropped() {
+    let mut cluster = Cluster::start(3, "");
+    let client = Client::connect(&node(&cluster, 1)).await.unwrap();
+    let name = unique("gauges");
+    let checkpoint = create(
+        &client,
+        &name,
+        flags_attrs(CreationFlags::WR_ACTIVE_REPLICA),
+    )
+    .await;
+    section(&checkpoint, "s", b"").await;
+    checkpoint.write(vec![we("s", 0, b"x")]).await.unwrap();
+    wait_settled(&mut cluster, &[1, 2, 3]);
+    let (active, _) = placement(&cluster, &name.to_string());
+    let admin = cluster.admin_addrs[(active.expect("an active replica") - 1) as usize].clone();
+    let series = || -> Vec<String> {
+        let (_, body) = common::http_get(&admin, "/metrics");
+        body.lines()
+            .filter(|l| {
+                l.starts_with("ckpt_replication_lag_records{")
+                    || l.starts_with("ckpt_replication_lag_bytes{")
+                    || l.starts_with("ckpt_in_sync_replicas{")
+                    || l.starts_with("ckpt_replication_writes_held_by_lag{")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let wait_for = |what: &str, done: &dyn Fn(&[String]) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let now = series();
+            if done(&now) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}; the active replica shows {now:#?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // Two lag series per backup, an in-sync size and a held count.
+    wait_for("the checkpoint's gauges never appeared", &|s| s.len() == 6);
+    checkpoint.close().await.unwrap();
+    client.delete(&name).await.unwrap();
+    wait_for("the deleted checkpoint's gauges stayed", &|s| s.is_empty());
+}

@@ -18,8 +18,9 @@ pub const SETTLE: Duration = Duration::from_secs(60);
 
 /// One loaded cluster at a time: a test that keeps a bench writing at full
 /// speed while it waits for every replica to be in sync holds this for its
-/// whole run. Nothing throttles writes to a backup's pace (docs/replication.md,
-/// "Not yet"), and three such clusters with their benches on two cores
+/// whole run. Writes are paced only for a backup that streams, not for one
+/// catching up from the log (docs/replication.md, "Pacing"), and three such
+/// clusters with their benches on two cores
 /// starve each other's backups for longer than [`SETTLE`]: on a 2-core
 /// machine one or two of `cluster_failover`'s three tests failed to settle
 /// in each of 3 runs, at 12b6e5d as after it; one at a time they passed.

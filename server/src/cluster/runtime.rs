@@ -395,6 +395,7 @@ impl Cluster {
             began_pending: BTreeMap::new(),
             life_start_ms: cluster.now_ms(),
             lag_refreshed_ms: 0,
+            gauge_labels: BTreeSet::new(),
             had_lease: false,
         };
         tokio::spawn(driver.run(input_rx));
@@ -1370,6 +1371,10 @@ struct Driver {
     /// (see `begin`).
     restart_applied: bool,
     lag_refreshed_ms: u64,
+    /// The per-checkpoint gauges' labels set at the last refresh:
+    /// `(instance, Some(node))` for the lag, `(instance, None)` for the
+    /// in-sync size and writes held. Those not set again are removed.
+    gauge_labels: BTreeSet<(String, Option<String>)>,
     had_lease: bool,
 }
 
@@ -1615,14 +1620,17 @@ impl Driver {
     fn refresh_lag(&mut self) {
         let metrics = &self.cluster.metrics;
         let mut lag = BTreeMap::new();
+        let mut labels = BTreeSet::new();
         for meta in self.shown.checkpoints() {
             if meta.active != Some(self.cluster.me) {
                 continue;
             }
             let behind = self.data.lag(meta.instance);
             let instance = meta.instance.0.to_string();
+            labels.insert((instance.clone(), None));
             for (node, records, bytes) in &behind {
                 let node = node.to_string();
+                labels.insert((instance.clone(), Some(node.clone())));
                 metrics
                     .lag_records
                     .with_label_values(&[instance.as_str(), node.as_str()])
@@ -1645,6 +1653,29 @@ impl Driver {
                 );
             lag.insert(meta.instance, behind);
         }
+        // Checkpoints deleted, or no longer active here, and backups no
+        // longer replicas: their series go rather than show stale values.
+        for (instance, node) in self.gauge_labels.difference(&labels) {
+            let _ = match node {
+                Some(node) => metrics
+                    .lag_records
+                    .remove_label_values(&[instance.as_str(), node.as_str()])
+                    .and(
+                        metrics
+                            .lag_bytes
+                            .remove_label_values(&[instance.as_str(), node.as_str()]),
+                    ),
+                None => metrics
+                    .in_sync
+                    .remove_label_values(&[instance.as_str()])
+                    .and(
+                        metrics
+                            .held_by_lag
+                            .remove_label_values(&[instance.as_str()]),
+                    ),
+            };
+        }
+        self.gauge_labels = labels;
         self.cluster
             .published
             .lock()
