@@ -51,8 +51,7 @@ use crate::state::{
     Totals,
 };
 use crate::wal::history::{
-    instance_records_after, records_after_hinted, records_after_many, segments_upto,
-    InstanceHistory, SegmentCache,
+    instance_records_after, records_after_hinted, records_after_many, InstanceHistory, SegmentReads,
 };
 use crate::wal::mark;
 use crate::wal::record::{
@@ -1086,22 +1085,20 @@ impl Store {
         }
         drop(view);
         let upto = Lsn(self.shared.applied.load(Ordering::Acquire));
-        // Listed once for every hinted read of the batch.
-        let mut segments: Option<Vec<(Lsn, String)>> = None;
-        let mut cache = SegmentCache::default();
+        // Listed once for every hinted read of the batch, each segment
+        // read once for all of them.
+        let mut segments: Option<SegmentReads> = None;
         for (read, answer) in reads.iter().zip(&answers) {
             let mut history = None;
             if let (None, Some(at_lsn)) = (answer, read.after_lsn) {
                 let listed = match &mut segments {
-                    Some(listed) => Ok(&*listed),
-                    None => segments_upto(self.wal_fs.as_ref(), upto)
-                        .map(|listed| &*segments.insert(listed)),
+                    Some(listed) => Ok(listed),
+                    None => SegmentReads::list(self.wal_fs.as_ref(), upto)
+                        .map(|listed| segments.insert(listed)),
                 };
                 match listed.and_then(|listed| {
                     records_after_hinted(
-                        self.wal_fs.as_ref(),
                         listed,
-                        &mut cache,
                         read.instance,
                         read.seq,
                         at_lsn,

@@ -236,8 +236,8 @@ pub fn records_after_many(
 /// than `max_bytes` of entries: a replica catching up pays for what it is
 /// sent, not for the whole log written since its position, each read.
 ///
-/// `segments` is [`segments_upto`]`(fs, upto)` (listed once for a batch of
-/// reads). `Ok(None)` when the hint does not hold — the segment is gone, the record
+/// `segments` is [`SegmentReads::list`]`(fs, upto)` (listed once for a
+/// batch of reads, each segment read once for the batch). `Ok(None)` when the hint does not hold — the segment is gone, the record
 /// at `at_lsn` is not `(instance, after)`, or a later record of the
 /// instance is at `after` or below (a discard or a snapshot install
 /// rewrote its history) — and the caller reads back with
@@ -247,9 +247,7 @@ pub fn records_after_many(
 /// # Errors
 /// IO errors reading a segment that exists.
 pub fn records_after_hinted(
-    fs: &dyn WalFs,
-    segments: &[(Lsn, String)],
-    cache: &mut SegmentCache,
+    segments: &mut SegmentReads,
     instance: InstanceId,
     after: Seq,
     at_lsn: Lsn,
@@ -259,13 +257,17 @@ pub fn records_after_hinted(
     if at_lsn > upto || after.0 == 0 {
         return Ok(None);
     }
-    let Some(start) = segments.iter().rposition(|(first, _)| *first <= at_lsn) else {
+    let Some(start) = segments
+        .listed
+        .iter()
+        .rposition(|(first, _)| *first <= at_lsn)
+    else {
         return Ok(None);
     };
     let mut history = InstanceHistory::default();
     let mut bytes = 0u64;
-    for (_, name) in &segments[start..] {
-        let data = match cache.read(fs, name) {
+    for index in start..segments.listed.len() {
+        let data = match segments.read(index) {
             Ok(data) => data,
             // Trimmed meanwhile: what was read so far is still true.
             Err(error) if error.kind() == io::ErrorKind::NotFound => break,
@@ -328,27 +330,42 @@ pub fn records_after_hinted(
     Ok(history.at_after.is_some().then_some(history))
 }
 
-/// Segments read by one batch of hinted reads, shared by the reads: a
+/// The log's segments as listed for one batch of hinted reads
+/// ([`segments_upto`]), and the bytes of those read, shared by the reads: a
 /// failover's or a loaded node's catch-up reads mostly start in the same
-/// recent segments. Holds the last [`SegmentCache::SEGMENTS_MAX`] read.
-#[derive(Default)]
-pub struct SegmentCache {
-    held: std::collections::VecDeque<(String, std::sync::Arc<Vec<u8>>)>,
+/// recent segments. Holds the last [`SegmentReads::HELD_MAX`] read.
+pub struct SegmentReads<'a> {
+    fs: &'a dyn WalFs,
+    listed: Vec<(Lsn, String)>,
+    held: std::collections::VecDeque<(usize, std::sync::Arc<Vec<u8>>)>,
 }
 
-impl SegmentCache {
+impl<'a> SegmentReads<'a> {
     /// Segments held at most (each up to the segment size, 64 MiB by default).
-    pub const SEGMENTS_MAX: usize = 4;
+    pub const HELD_MAX: usize = 4;
 
-    fn read(&mut self, fs: &dyn WalFs, name: &str) -> io::Result<std::sync::Arc<Vec<u8>>> {
-        if let Some((_, bytes)) = self.held.iter().find(|(n, _)| n == name) {
+    /// Lists the segments of `fs` whose first record is at or before `upto`.
+    ///
+    /// # Errors
+    /// IO errors listing the directory.
+    pub fn list(fs: &'a dyn WalFs, upto: Lsn) -> io::Result<Self> {
+        Ok(SegmentReads {
+            fs,
+            listed: segments_upto(fs, upto)?,
+            held: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// The bytes of the `index`th segment listed.
+    fn read(&mut self, index: usize) -> io::Result<std::sync::Arc<Vec<u8>>> {
+        if let Some((_, bytes)) = self.held.iter().find(|(i, _)| *i == index) {
             return Ok(bytes.clone());
         }
-        let bytes = std::sync::Arc::new(fs.read(name)?);
-        if self.held.len() == Self::SEGMENTS_MAX {
+        let bytes = std::sync::Arc::new(self.fs.read(&self.listed[index].1)?);
+        if self.held.len() == Self::HELD_MAX {
             self.held.pop_front();
         }
-        self.held.push_back((name.to_string(), bytes.clone()));
+        self.held.push_back((index, bytes.clone()));
         Ok(bytes)
     }
 }
@@ -381,18 +398,8 @@ mod tests {
         upto: Lsn,
         max_bytes: u64,
     ) -> io::Result<Option<InstanceHistory>> {
-        let segments = segments_upto(fs, upto)?;
-        let mut cache = SegmentCache::default();
-        records_after_hinted(
-            fs,
-            &segments,
-            &mut cache,
-            InstanceId(1),
-            after,
-            at_lsn,
-            upto,
-            max_bytes,
-        )
+        let mut segments = SegmentReads::list(fs, upto)?;
+        records_after_hinted(&mut segments, InstanceId(1), after, at_lsn, upto, max_bytes)
     }
     use crate::io::{OsFs, WalFs};
     use crate::wal::record::{Entry, Epoch, RecordBody};
