@@ -361,6 +361,40 @@ async fn an_active_replica_restarted_before_any_failover_resumes_in_a_new_epoch(
     assert_eq!(read_str(&checkpoint, "s").await, b"AFTER!");
 }
 
+/// A WR_ACTIVE_REPLICA checkpoint created through node 1 with one section
+/// `s` written, once every replica is in sync: the client, the checkpoint,
+/// its name, its active replica and its in-sync set.
+async fn settled_active_checkpoint(
+    cluster: &mut Cluster,
+    tag: &str,
+) -> (
+    Client,
+    ckpt_client::Checkpoint,
+    ckpt_proto::CheckpointName,
+    u64,
+    Vec<u64>,
+) {
+    let client = Client::connect(&node(cluster, 1)).await.unwrap();
+    let name = unique(tag);
+    let checkpoint = create(
+        &client,
+        &name,
+        flags_attrs(CreationFlags::WR_ACTIVE_REPLICA),
+    )
+    .await;
+    section(&checkpoint, "s", b"").await;
+    checkpoint.write(vec![we("s", 0, b"first")]).await.unwrap();
+    wait_settled(cluster, &[1, 2, 3]);
+    let (active, in_sync) = placement(cluster, &name.to_string());
+    (
+        client,
+        checkpoint,
+        name,
+        active.expect("an active replica"),
+        in_sync,
+    )
+}
+
 /// DESIGN.md §4: WR_ACTIVE_REPLICA's lag "is bounded". With a bound of 4
 /// records and one in-sync backup stopped (SIGSTOP; its lag timeout and the
 /// leases long enough that it stays in the in-sync set meanwhile), ACTIVE
@@ -373,19 +407,8 @@ async fn active_writes_wait_past_the_lag_bound_for_a_stopped_in_sync_backup() {
         3,
         "replica_lag_records_max = 4\nreplica_lag_timeout_ms = 600000\nlease_timeout_ms = 60000",
     );
-    let client = Client::connect(&node(&cluster, 1)).await.unwrap();
-    let name = unique("lag-bound");
-    let checkpoint = create(
-        &client,
-        &name,
-        flags_attrs(CreationFlags::WR_ACTIVE_REPLICA),
-    )
-    .await;
-    section(&checkpoint, "s", b"").await;
-    checkpoint.write(vec![we("s", 0, b"first")]).await.unwrap();
-    wait_settled(&mut cluster, &[1, 2, 3]);
-    let (active, in_sync) = placement(&cluster, &name.to_string());
-    let active = active.expect("an active replica");
+    let (_client, checkpoint, _, active, in_sync) =
+        settled_active_checkpoint(&mut cluster, "lag-bound").await;
     let backup = in_sync.into_iter().find(|n| *n != active).unwrap();
     let pid = cluster.nodes[(backup - 1) as usize]
         .as_ref()
@@ -438,19 +461,9 @@ async fn active_writes_wait_past_the_lag_bound_for_a_stopped_in_sync_backup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_checkpoints_replication_gauges_are_dropped() {
     let mut cluster = Cluster::start(3, "");
-    let client = Client::connect(&node(&cluster, 1)).await.unwrap();
-    let name = unique("gauges");
-    let checkpoint = create(
-        &client,
-        &name,
-        flags_attrs(CreationFlags::WR_ACTIVE_REPLICA),
-    )
-    .await;
-    section(&checkpoint, "s", b"").await;
-    checkpoint.write(vec![we("s", 0, b"x")]).await.unwrap();
-    wait_settled(&mut cluster, &[1, 2, 3]);
-    let (active, _) = placement(&cluster, &name.to_string());
-    let admin = cluster.admin_addrs[(active.expect("an active replica") - 1) as usize].clone();
+    let (client, checkpoint, name, active, _) =
+        settled_active_checkpoint(&mut cluster, "gauges").await;
+    let admin = cluster.admin_addrs[(active - 1) as usize].clone();
     let series = || -> Vec<String> {
         let (_, body) = common::http_get(&admin, "/metrics");
         body.lines()
