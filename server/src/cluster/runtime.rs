@@ -1656,24 +1656,17 @@ impl Driver {
         // Checkpoints deleted, or no longer active here, and backups no
         // longer replicas: their series go rather than show stale values.
         for (instance, node) in self.gauge_labels.difference(&labels) {
-            let _ = match node {
-                Some(node) => metrics
-                    .lag_records
-                    .remove_label_values(&[instance.as_str(), node.as_str()])
-                    .and(
-                        metrics
-                            .lag_bytes
-                            .remove_label_values(&[instance.as_str(), node.as_str()]),
-                    ),
-                None => metrics
-                    .in_sync
-                    .remove_label_values(&[instance.as_str()])
-                    .and(
-                        metrics
-                            .held_by_lag
-                            .remove_label_values(&[instance.as_str()]),
-                    ),
-            };
+            // Absent series are not an error: nothing to remove.
+            if let Some(node) = node {
+                let labels = [instance.as_str(), node.as_str()];
+                let _ = metrics.lag_records.remove_label_values(&labels);
+                let _ = metrics.lag_bytes.remove_label_values(&labels);
+            } else {
+                let _ = metrics.in_sync.remove_label_values(&[instance.as_str()]);
+                let _ = metrics
+                    .held_by_lag
+                    .remove_label_values(&[instance.as_str()]);
+            }
         }
         self.gauge_labels = labels;
         self.cluster

@@ -13,93 +13,9 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use super::record::{InstanceId, Lsn, Record, Seq, RECORD_BYTES_MAX, RECORD_HEADER_BYTES};
-use super::segment::{check_header, parse_segment_name, SEGMENT_HEADER_BYTES};
+use super::record::{InstanceId, Lsn, Record, Seq};
+use super::segment::{parse_segment_name, Frames};
 use crate::io::WalFs;
-
-/// One record of a segment, its entry not decoded: readers of one
-/// checkpoint's history decode only that checkpoint's records. Decoding
-/// every record of a 64 MiB segment (an allocation per payload) took a
-/// catch-up read of a loaded node over a second, so a backup catching up
-/// under load fell further behind each read.
-struct Frame<'a> {
-    lsn: Lsn,
-    instance: InstanceId,
-    /// The whole record, length and checksum included.
-    bytes: &'a [u8],
-}
-
-impl Frame<'_> {
-    /// The record, checksummed and decoded; `None` when it is not valid.
-    fn decode(&self) -> Option<Record> {
-        Record::decode(self.bytes).ok().map(|(record, _)| record)
-    }
-
-    fn checksum_holds(&self) -> bool {
-        let stored =
-            u32::from_le_bytes([self.bytes[4], self.bytes[5], self.bytes[6], self.bytes[7]]);
-        crc32fast::hash(&self.bytes[8..]) == stored
-    }
-}
-
-/// The records of one segment's bytes in log order, read by their length
-/// fields. [`Frames::next_checked`] stops at the first record that is not
-/// whole and checksummed — the valid prefix recovery's scanner keeps;
-/// [`Frames::next_unchecked`] trusts the length and header fields, for
-/// records the reader only skips (a flipped length then derails the walk,
-/// which a reader must detect: see [`records_after_hinted`]).
-struct Frames<'a> {
-    bytes: &'a [u8],
-    offset: usize,
-}
-
-impl<'a> Frames<'a> {
-    /// `None` when the segment's header is not valid (it holds no record).
-    fn new(bytes: &'a [u8]) -> Option<Self> {
-        check_header(bytes).ok()?;
-        Some(Frames {
-            bytes,
-            offset: SEGMENT_HEADER_BYTES,
-        })
-    }
-
-    fn next_unchecked(&mut self) -> Option<Frame<'a>> {
-        let rest = self.bytes.get(self.offset..)?;
-        if rest.len() < RECORD_HEADER_BYTES {
-            return None;
-        }
-        let field = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&rest[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let length = u64::from(u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]));
-        let total = length + 8;
-        if total < RECORD_HEADER_BYTES as u64
-            || total > RECORD_BYTES_MAX
-            || total > rest.len() as u64
-        {
-            return None;
-        }
-        let total = total as usize;
-        // Length, crc, lsn, then the entry: kind, instance.
-        let frame = Frame {
-            lsn: Lsn(field(8)),
-            instance: InstanceId(field(17)),
-            bytes: &rest[..total],
-        };
-        self.offset += total;
-        Some(frame)
-    }
-
-    fn next_checked(&mut self) -> Option<Frame<'a>> {
-        let frame = self.next_unchecked().filter(Frame::checksum_holds);
-        if frame.is_none() {
-            self.offset = self.bytes.len();
-        }
-        frame
-    }
-}
 
 /// What the log still holds of one instance.
 #[derive(Debug, Clone, Default)]
@@ -284,7 +200,7 @@ pub fn records_after_hinted(
             // it ends in `None` and the caller reads back with the
             // recovery-grade scan.
             let found = loop {
-                let Some(frame) = frames.next_unchecked() else {
+                let Some((frame, _)) = frames.next_unchecked() else {
                     break false;
                 };
                 if frame.lsn < at_lsn {
@@ -403,7 +319,7 @@ mod tests {
     }
     use crate::io::{OsFs, WalFs};
     use crate::wal::record::{Entry, Epoch, RecordBody};
-    use crate::wal::segment::{encode_header, segment_name};
+    use crate::wal::segment::{encode_header, segment_name, SEGMENT_HEADER_BYTES};
 
     fn record(lsn: u64, instance: u64, seq: u64) -> Record {
         Record {

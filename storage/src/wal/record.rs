@@ -596,6 +596,56 @@ impl Record {
     }
 }
 
+/// The fixed fields at the start of an encoded record, read without its
+/// checksum or payload: walkers of a segment use them to skip records they
+/// do not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Bytes of the whole record, length and checksum included.
+    pub total: usize,
+    pub lsn: Lsn,
+    /// The entry's kind byte, not checked against [`RecordKind`].
+    pub kind: u8,
+    pub instance: InstanceId,
+}
+
+impl RecordHeader {
+    /// The header of the record at the start of `bytes`, if its length
+    /// field claims a size between the smallest record and
+    /// [`RECORD_BYTES_MAX`] that `bytes` holds. Nothing is checksummed.
+    pub fn peek(bytes: &[u8]) -> Option<RecordHeader> {
+        if bytes.len() < RECORD_HEADER_BYTES {
+            return None;
+        }
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let total = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])) + 8;
+        if total < RECORD_HEADER_BYTES as u64
+            || total > RECORD_BYTES_MAX
+            || total > bytes.len() as u64
+        {
+            return None;
+        }
+        // Length, crc, lsn, then the entry: kind, instance, ...
+        Some(RecordHeader {
+            total: total as usize,
+            lsn: Lsn(u64_at(8)),
+            kind: bytes[16],
+            instance: InstanceId(u64_at(17)),
+        })
+    }
+
+    /// Whether the checksum of the record at the start of `bytes` (whose
+    /// header this is) holds.
+    pub fn checksum_holds(&self, bytes: &[u8]) -> bool {
+        let stored = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        crc32fast::hash(&bytes[8..self.total]) == stored
+    }
+}
+
 /// A bounds-checked reader over a checksummed record body.
 struct Cursor<'a> {
     bytes: &'a [u8],
