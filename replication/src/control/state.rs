@@ -635,6 +635,13 @@ struct StateWireOf<M> {
 type StateWire = StateWireOf<CheckpointMeta>;
 type StateWireV1 = StateWireOf<MetaWireV1>;
 
+fn no_instance(instance: InstanceId) -> CkptError {
+    CkptError::new(
+        ErrorCode::NotExist,
+        format!("no checkpoint instance {}", instance.0),
+    )
+}
+
 fn fail<T>(code: ErrorCode, detail: String) -> Result<T, CkptError> {
     Err(CkptError::new(code, detail))
 }
@@ -813,12 +820,10 @@ impl ClusterState {
     }
 
     fn meta_mut(&mut self, instance: InstanceId) -> CkptResult<&mut CheckpointMeta> {
-        let meta = self.checkpoints.get_mut(&instance).ok_or_else(|| {
-            CkptError::new(
-                ErrorCode::NotExist,
-                format!("no checkpoint instance {}", instance.0),
-            )
-        })?;
+        let meta = self
+            .checkpoints
+            .get_mut(&instance)
+            .ok_or_else(|| no_instance(instance))?;
         self.changes.instances.insert(instance);
         Ok(Arc::make_mut(meta))
     }
@@ -915,6 +920,21 @@ impl ClusterState {
                     return fail(
                         ErrorCode::InvalidParameter,
                         format!("retention {ns} ns is negative"),
+                    );
+                }
+                let meta = self.get(*instance).ok_or_else(|| no_instance(*instance))?;
+                // DESIGN.md §2 "retention set": an unlinked instance is
+                // destroyed at its last close whatever its retention. Refused
+                // here, where a cluster learns of the unlink first, so that
+                // a SetRetention after a Delete does not reach the active
+                // replica's store before the unlink does.
+                if meta.unlinked {
+                    return fail(
+                        ErrorCode::BadOperation,
+                        format!(
+                            "checkpoint {} was deleted: its retention no longer applies",
+                            meta.name
+                        ),
                     );
                 }
                 self.meta_mut(*instance)?.retention_duration_ns = *ns;
@@ -1704,6 +1724,34 @@ mod tests {
         );
         assert!(s.get(a.instance).is_none());
         assert_eq!(s.lookup(&name("a")).unwrap().instance, b.instance);
+    }
+
+    #[test]
+    fn retention_of_an_unlinked_instance_is_refused_and_kept() {
+        // DESIGN.md §2 "retention set": an unlinked instance is destroyed at
+        // its last close whatever its retention. The control plane is where
+        // a cluster learns of the unlink first; refusing here is what keeps
+        // a SetRetention that follows a Delete from racing the Unlink record
+        // on its way to the active replica's store.
+        let mut s = ClusterState::new(&[1, 2, 3], 2);
+        let a = create(&mut s, "a", CreationFlags::WR_ACTIVE_REPLICA, 1);
+        assert_eq!(
+            s.apply(&Command::SetRetention {
+                instance: a.instance,
+                ns: 5,
+            }),
+            Applied::Done
+        );
+        assert_eq!(s.apply(&Command::Unlink { name: name("a") }), Applied::Done);
+        let Applied::Failed(error) = s.apply(&Command::SetRetention {
+            instance: a.instance,
+            ns: 7,
+        }) else {
+            panic!("retention set on an unlinked instance was applied");
+        };
+        assert_eq!(error.code, ErrorCode::BadOperation, "{error}");
+        assert!(error.detail.contains("deleted"), "{error}");
+        assert_eq!(s.get(a.instance).unwrap().retention_duration_ns, 5);
     }
 
     #[test]
