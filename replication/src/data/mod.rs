@@ -41,7 +41,10 @@ mod tests;
 
 pub use catchup::{plan_catch_up, CatchUpPlan};
 pub use message::{DataMessage, WireEntry};
-pub use plane::{DataOutput, DataPlane, Proposal, LAG_WINDOW_ENTRIES_MAX, READ_BYTES_MAX_DEFAULT};
+pub use plane::{
+    DataOutput, DataPlane, Proposal, EARLY_BYTES_MAX, LAG_WINDOW_ENTRIES_MAX,
+    READ_BYTES_MAX_DEFAULT,
+};
 pub use tracker::{Need, Tracker, LAG_RECORDS_MAX_DEFAULT};
 
 use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};

@@ -55,6 +55,10 @@ pub const READ_BYTES_MAX_DEFAULT: u64 = 4 * 1024 * 1024;
 /// Appended entries remembered per instance for lag bytes and WAL holds.
 pub const LAG_WINDOW_ENTRIES_MAX: usize = 1 << 16;
 
+/// Bytes of a new checkpoint's first entries its primary keeps in memory
+/// until every backup streams (see `Primary::early`).
+pub const EARLY_BYTES_MAX: u64 = 64 * 1024;
+
 /// A change the data plane asks the control plane for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proposal {
@@ -272,9 +276,59 @@ struct Primary {
     /// first: where this log was a while ago, to tell how far behind *in
     /// time* a backup is.
     marks: VecDeque<(u64, Seq)>,
+    /// Every entry of a checkpoint new on this node, from its first (seq 1)
+    /// on, kept while some backup does not stream yet and they come to at
+    /// most [`EARLY_BYTES_MAX`] bytes: a new checkpoint's backups ask to be
+    /// caught up from nothing just after its first entries went by, and are
+    /// answered from here instead of by a WAL read, which reads whole
+    /// segments (creating checkpoints in a cluster spent a third of its CPU
+    /// copying them).
+    early: Option<Vec<ShippedEntry>>,
+    early_bytes: u64,
 }
 
 impl Primary {
+    /// Adds an entry appended after `last` to [`Primary::early`], or stops
+    /// keeping them: past the bound, or when the entries would not be the
+    /// whole log from its first.
+    fn keep_early(&mut self, entry: &ShippedEntry) {
+        let Some(early) = self.early.as_mut() else {
+            return;
+        };
+        // From seq 1 on, without a gap (`begin` may have moved `last` past
+        // an entry never appended here: then the last kept is not `last`,
+        // and `early_after` answers nothing).
+        let follows = match early.last() {
+            Some(kept) => kept.seq.0.checked_add(1) == Some(entry.seq.0),
+            None => entry.seq == Seq(1),
+        };
+        let bytes = self.early_bytes.saturating_add(entry.bytes.len() as u64);
+        if follows && bytes <= EARLY_BYTES_MAX {
+            early.push(entry.clone());
+            self.early_bytes = bytes;
+        } else {
+            self.early = None;
+            self.early_bytes = 0;
+        }
+    }
+
+    /// The kept entries that follow `after`, up to `last`: what a WAL read
+    /// after `after` would return, when they are all kept.
+    fn early_after(&self, after: Option<(Epoch, Seq)>) -> Option<Vec<ShippedEntry>> {
+        let early = self.early.as_ref()?;
+        let from = usize::try_from(seq_of(after).0).ok()?;
+        if let Some((epoch, seq)) = after {
+            // `after` must be our entry, not another epoch's at that seq.
+            let ours = early.get(from.checked_sub(1)?)?;
+            if (ours.epoch, ours.seq) != (epoch, seq) {
+                return None;
+            }
+        }
+        let rest = early.get(from..)?;
+        let reaches = rest.last().map(|e| (e.epoch, e.seq)) == self.last;
+        (reaches && !rest.is_empty()).then(|| rest.to_vec())
+    }
+
     /// Records where the log is at `now_ms`, keeping one sample at or
     /// before `now_ms - keep_ms` and every later one.
     fn mark(&mut self, now_ms: u64, keep_ms: u64) {
@@ -577,6 +631,9 @@ impl DataPlane {
                         fenced: false,
                         stray_proposed_ms: None,
                         marks: VecDeque::new(),
+                        // Only a log that starts here can be kept whole.
+                        early: last.is_none().then(Vec::new),
+                        early_bytes: 0,
                     })
                 }
             }
@@ -747,6 +804,7 @@ impl DataPlane {
             if primary.last.is_some_and(|l| l >= (entry.epoch, entry.seq)) {
                 continue;
             }
+            primary.keep_early(entry);
             primary.last = Some((entry.epoch, entry.seq));
             primary
                 .window
@@ -1297,6 +1355,9 @@ impl DataPlane {
             .iter()
             .all(|n| *n == me || primary.peers.contains_key(n));
         if settled {
+            // Every backup streams: nobody will ask for the first entries.
+            primary.early = None;
+            primary.early_bytes = 0;
             primary.mark(now_ms, timeout);
             self.tracker.pace(instance, &BTreeSet::new());
             return;
@@ -2057,6 +2118,12 @@ impl DataPlane {
             },
         };
         let epoch = primary.epoch;
+        let early = match plan {
+            CatchUpPlan::Stream { after } if seq_of(after) < primary_last.1 => primary
+                .early_after(after)
+                .filter(|e| e.iter().map(|e| e.bytes.len() as u64).sum::<u64>() <= read_bytes_max),
+            _ => None,
+        };
         let Some(peer) = primary.peers.get_mut(&from) else {
             return;
         };
@@ -2084,6 +2151,11 @@ impl DataPlane {
                             entries: Vec::new(),
                         },
                     });
+                } else if let Some(entries) = early {
+                    // A new checkpoint's first entries, still in memory:
+                    // answered as the WAL read would be.
+                    peer.mode = PeerMode::Reading;
+                    self.on_entries_read(from, instance, after, entries, now_ms);
                 } else {
                     peer.mode = PeerMode::Reading;
                     self.outputs.push(DataOutput::ReadEntries {
