@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Where a 3-node cluster's CPU goes, thread by thread: starts a fresh
+# 3-node cluster on loopback (replication_factor 3, min_in_sync 2), runs one
+# `ckpt-tool bench` against it, and prints the servers' CPU time (user +
+# system, from /proc/PID/task/*/stat) per operation for each thread name
+# (tokio-rt-worker, ckpt-wal, ckpt-fsync, ckpt-log-reader, rocksdb:*) and
+# per node. The bench client shares the two cores; these figures do not
+# count it.
+#
+# Usage: benches/cluster_threads.sh [BENCH ARGS...]
+#   default bench: --checkpoints 12 --clients 64 --value-size 1024
+#                  --mode all-safe --duration 10s
+#   e.g. checkpoint creation: benches/cluster_threads.sh --op fill --keep \
+#          --total 3000 --sections 10 --value-size 100 --clients 64 --mode all-safe
+#   BIN_DIR=DIR  take ckpt-server and ckpt-tool from DIR (default
+#                target/release, built first); for A/B runs of two builds
+#   PERF=FILE    also `perf record` all three servers for 8 s into FILE,
+#                starting PERF_DELAY seconds (default 2) into the bench
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --release -p ckpt-server -p ckpt-tool >/dev/null
+fi
+bin=${BIN_DIR:-target/release}
+if [ $# -eq 0 ]; then
+  set -- --checkpoints 12 --clients 64 --value-size 1024 --mode all-safe --duration 10s
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+read -r -a ports < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(9)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
+{
+  echo "replication_factor = 3"
+  echo "min_in_sync = 2"
+  for i in 0 1 2; do
+    echo
+    echo "[[nodes]]"
+    echo "id = $((i + 1))"
+    echo "client_addr = \"127.0.0.1:${ports[$i]}\""
+    echo "peer_addr = \"127.0.0.1:${ports[$((3 + i))]}\""
+    echo "admin_addr = \"127.0.0.1:${ports[$((6 + i))]}\""
+  done
+} >"$work/cluster.toml"
+addrs=""
+for i in 0 1 2; do
+  addrs+="${addrs:+,}127.0.0.1:${ports[$i]}"
+  "$bin/ckpt-server" --config "$work/cluster.toml" --node-id $((i + 1)) \
+    --data-dir "$work/n$((i + 1))" 2>"$work/n$((i + 1)).log" &
+  pids+=($!)
+done
+ready() {
+  "$bin/ckpt-tool" cluster status --config "$work/cluster.toml" --json 2>/dev/null | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if d.get("leader") and all(n["alive"] for n in d["nodes"]) else 1)'
+}
+deadline=$((SECONDS + 60))
+until ready; do
+  if [ "$SECONDS" -ge "$deadline" ]; then echo "the cluster did not come up" >&2; exit 1; fi
+  sleep 0.2
+done
+
+# pid, thread name, CPU ticks so far
+snapshot() {
+  local pid task
+  for pid in "${pids[@]}"; do
+    for task in /proc/"$pid"/task/*; do
+      echo "$pid $(tr ' ' _ <"$task/comm") $(awk '{print $14 + $15}' "$task/stat")"
+    done
+  done
+}
+snapshot >"$work/before"
+perf_pid=
+if [ -n "${PERF:-}" ]; then
+  (sleep "${PERF_DELAY:-2}"
+   perf record -F 499 -o "$PERF" -p "$(IFS=,; echo "${pids[*]}")" -- sleep 8 >/dev/null 2>&1) &
+  perf_pid=$!
+fi
+"$bin/ckpt-tool" bench --addr "$addrs" "$@" --json >"$work/out.json"
+snapshot >"$work/after"
+if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
+
+python3 - "$work" "$(getconf CLK_TCK)" <<'PY'
+import collections, json, sys
+work, hz = sys.argv[1], int(sys.argv[2])
+def load(path):
+    ticks = collections.defaultdict(int)
+    for line in open(path):
+        pid, name, t = line.split()
+        ticks[(pid, name)] += int(t)
+    return ticks
+before, after = load(work + "/before"), load(work + "/after")
+out = json.load(open(work + "/out.json"))
+ops = out["ops"]
+print(f"{out['op'] if 'op' in out else 'write'}: {ops} ops, {out['ops_per_s']:.1f}/s, "
+      f"p50 {out['p50_us'] / 1000:.2f} ms, p99 {out['p99_us'] / 1000:.2f} ms")
+per_thread, per_node = collections.defaultdict(int), collections.defaultdict(int)
+for key, t in after.items():
+    d = t - before.get(key, 0)
+    per_thread[key[1]] += d
+    per_node[key[0]] += d
+us = lambda t: t * 1e6 / hz / max(ops, 1)
+print(f"server CPU per op: {us(sum(per_thread.values())):.1f} us")
+for name, t in sorted(per_thread.items(), key=lambda kv: -kv[1]):
+    if t:
+        print(f"  {name:20s} {us(t):10.1f} us")
+print("per node:", ", ".join(f"{us(t):.1f} us" for _, t in sorted(per_node.items())))
+PY
