@@ -15,6 +15,7 @@ use ckpt_proto::{
     CheckpointName, CkptError, CkptResult, CreationAttributes, CreationFlags, ErrorCode,
 };
 use ckpt_storage::{Epoch, InstanceId, Seq};
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
@@ -601,15 +602,57 @@ impl PartialEq for Changes {
 
 impl Eq for Changes {}
 
+/// How many replicas each node holds, kept up to date from the instances
+/// changed since it was last brought up to date, so that placing a new
+/// checkpoint does not count every checkpoint (it did, once per node, on
+/// every node, for every creation: creating checkpoints in a cluster slowed
+/// as it filled).
+///
+/// Local bookkeeping like [`Changes`]: derived from the replicated state,
+/// neither encoded nor compared.
+#[derive(Debug, Clone, Default)]
+struct Loads {
+    /// Replicas per node, as of the last [`ClusterState::loads`].
+    per_node: BTreeMap<NodeId, usize>,
+    /// Instances created, changed or removed since, with the replicas they
+    /// were counted with then (none for a new one).
+    changed: BTreeMap<InstanceId, Vec<NodeId>>,
+    /// Count from scratch (a new or restored state).
+    recount: bool,
+}
+
+impl Loads {
+    /// `instance`, counted with `replicas`, is about to change.
+    fn note(&mut self, instance: InstanceId, replicas: &[NodeId]) {
+        if !self.recount {
+            self.changed
+                .entry(instance)
+                .or_insert_with(|| replicas.to_vec());
+        }
+    }
+}
+
+impl PartialEq for Loads {
+    fn eq(&self, _: &Loads) -> bool {
+        true
+    }
+}
+
+impl Eq for Loads {}
+
 /// The replicated metadata. Equal on every node after the same commands.
 ///
-/// Cloning is cheap in the registry's size (the metadata are shared
-/// `Arc`s, copied on write), so a reader can keep the previous state to
-/// compare with.
+/// Cloning costs the same whatever the registry's size: the two maps that
+/// grow with it are persistent B-trees (a clone shares every node, a change
+/// copies the path to it) of shared `Arc`s, copied on write. The runtime
+/// publishes a clone after every Raft ready, and keeps the previous one to
+/// compare with; with `BTreeMap`s that clone copied every name, and
+/// creating checkpoints in a cluster slowed as it filled (docs/benchmarks.md,
+/// "Creating checkpoints in a cluster").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterState {
-    checkpoints: BTreeMap<InstanceId, Arc<CheckpointMeta>>,
-    names: BTreeMap<CheckpointName, InstanceId>,
+    checkpoints: OrdMap<InstanceId, Arc<CheckpointMeta>>,
+    names: OrdMap<Arc<CheckpointName>, InstanceId>,
     /// Every member node and whether it is alive.
     nodes: BTreeMap<NodeId, bool>,
     /// Addresses of the members added at run time (AddNode).
@@ -620,6 +663,7 @@ pub struct ClusterState {
     /// replica away from the creator.
     avoid_creator: bool,
     changes: Changes,
+    loads: Loads,
 }
 
 /// A control snapshot: [`StateWire`] now, [`StateWireV1`] before the
@@ -659,8 +703,8 @@ impl ClusterState {
     /// The state before any command: every configured node alive, no checkpoint.
     pub fn new(nodes: &[NodeId], replication_factor: usize) -> ClusterState {
         ClusterState {
-            checkpoints: BTreeMap::new(),
-            names: BTreeMap::new(),
+            checkpoints: OrdMap::new(),
+            names: OrdMap::new(),
             nodes: nodes.iter().map(|n| (*n, true)).collect(),
             addrs: BTreeMap::new(),
             next_instance: 1,
@@ -669,6 +713,10 @@ impl ClusterState {
             changes: Changes {
                 everything: true,
                 ..Changes::default()
+            },
+            loads: Loads {
+                recount: true,
+                ..Loads::default()
             },
         }
     }
@@ -790,8 +838,8 @@ impl ClusterState {
             },
         };
         let mut state = ClusterState {
-            checkpoints: BTreeMap::new(),
-            names: BTreeMap::new(),
+            checkpoints: OrdMap::new(),
+            names: OrdMap::new(),
             nodes: wire.nodes.into_iter().collect(),
             addrs: wire.addrs.into_iter().collect(),
             next_instance: wire.next_instance,
@@ -801,10 +849,16 @@ impl ClusterState {
                 everything: true,
                 ..Changes::default()
             },
+            loads: Loads {
+                recount: true,
+                ..Loads::default()
+            },
         };
         for meta in wire.checkpoints {
             if !meta.unlinked {
-                state.names.insert(meta.name.clone(), meta.instance);
+                state
+                    .names
+                    .insert(Arc::new(meta.name.clone()), meta.instance);
             }
             state.checkpoints.insert(meta.instance, Arc::new(meta));
         }
@@ -825,6 +879,7 @@ impl ClusterState {
             .get_mut(&instance)
             .ok_or_else(|| no_instance(instance))?;
         self.changes.instances.insert(instance);
+        self.loads.note(instance, &meta.replicas);
         Ok(Arc::make_mut(meta))
     }
 
@@ -835,19 +890,48 @@ impl ClusterState {
         affected: impl Fn(&CheckpointMeta) -> bool,
         mut change: impl FnMut(&mut CheckpointMeta) -> CkptResult<()>,
     ) -> CkptResult<()> {
-        for (instance, meta) in self.checkpoints.iter_mut() {
-            if affected(meta) {
-                self.changes.instances.insert(*instance);
+        let chosen: Vec<InstanceId> = self
+            .checkpoints
+            .iter()
+            .filter(|(_, meta)| affected(meta))
+            .map(|(instance, _)| *instance)
+            .collect();
+        for instance in chosen {
+            if let Some(meta) = self.checkpoints.get_mut(&instance) {
+                self.changes.instances.insert(instance);
+                self.loads.note(instance, &meta.replicas);
                 change(Arc::make_mut(meta))?;
             }
         }
         Ok(())
     }
 
-    fn load(&self, node: NodeId) -> usize {
-        self.checkpoints()
-            .filter(|m| m.replicas.contains(&node))
-            .count()
+    /// Replicas per node (a node holding none may be missing).
+    fn loads(&mut self) -> &BTreeMap<NodeId, usize> {
+        let loads = &mut self.loads;
+        if loads.recount {
+            loads.per_node.clear();
+            loads.changed.clear();
+            for meta in self.checkpoints.values() {
+                for n in &meta.replicas {
+                    *loads.per_node.entry(*n).or_default() += 1;
+                }
+            }
+            loads.recount = false;
+        }
+        for (instance, before) in std::mem::take(&mut loads.changed) {
+            for n in before {
+                if let Some(count) = loads.per_node.get_mut(&n) {
+                    *count = count.saturating_sub(1);
+                }
+            }
+            if let Some(meta) = self.checkpoints.get(&instance) {
+                for n in &meta.replicas {
+                    *loads.per_node.entry(*n).or_default() += 1;
+                }
+            }
+        }
+        &loads.per_node
     }
 
     fn try_apply(&mut self, cmd: &Command) -> CkptResult<Applied> {
@@ -1108,11 +1192,13 @@ impl ClusterState {
         }
         // Least-loaded live nodes, the creator first when it is alive (last
         // with `avoid_creator`).
+        let loads = self.loads().clone();
+        let load = |n: &NodeId| loads.get(n).copied().unwrap_or(0);
         let mut candidates: Vec<(bool, usize, NodeId)> = self
             .nodes
             .iter()
             .filter(|(_, alive)| **alive)
-            .map(|(n, _)| ((*n != creator) != self.avoid_creator, self.load(*n), *n))
+            .map(|(n, _)| ((*n != creator) != self.avoid_creator, load(n), *n))
             .collect();
         if candidates.is_empty() {
             return fail(
@@ -1170,7 +1256,8 @@ impl ClusterState {
             retention_duration_ns: attributes.retention_duration_ns,
             in_sync_generation: 0,
         };
-        self.names.insert(name.clone(), instance);
+        self.names.insert(Arc::new(name.clone()), instance);
+        self.loads.note(instance, &[]);
         self.checkpoints.insert(instance, Arc::new(meta.clone()));
         self.changes.instances.insert(instance);
         Ok(Applied::Created { meta })
@@ -1782,6 +1869,86 @@ mod tests {
             peer_addr: format!("127.0.0.1:{}", port + 1).parse().unwrap(),
             admin_addr: format!("127.0.0.1:{}", port + 2).parse().unwrap(),
         }
+    }
+
+    /// Replicas per node counted over every checkpoint: what [`ClusterState::loads`]
+    /// keeps up to date.
+    fn counted(s: &ClusterState) -> BTreeMap<NodeId, usize> {
+        let mut per_node = BTreeMap::new();
+        for m in s.checkpoints() {
+            for n in &m.replicas {
+                *per_node.entry(*n).or_insert(0) += 1;
+            }
+        }
+        per_node
+    }
+
+    fn loads_of(s: &mut ClusterState) -> BTreeMap<NodeId, usize> {
+        s.loads()
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|(n, c)| (*n, *c))
+            .collect()
+    }
+
+    #[test]
+    fn loads_kept_up_to_date_match_a_count_of_every_checkpoint() {
+        let mut s = ClusterState::new(&[1, 2, 3, 4], 2);
+        let mut metas = Vec::new();
+        for i in 0..12u64 {
+            let flags = if i % 3 == 0 {
+                CreationFlags::WR_ALL_REPLICAS | CreationFlags::DISTRIBUTED
+            } else {
+                CreationFlags::WR_ACTIVE_REPLICA
+            };
+            metas.push(create(&mut s, &format!("c{i}"), flags, 1 + i % 4));
+            assert_eq!(loads_of(&mut s), counted(&s), "after creating c{i}");
+        }
+        // Placement spreads them: no node holds more than one above another.
+        let loads = loads_of(&mut s);
+        let (min, max) = (loads.values().min(), loads.values().max());
+        assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{loads:?}");
+        let commands = [
+            // A DISTRIBUTED opener gets a replica.
+            Command::Opened {
+                instance: metas[0].instance,
+                node: 4,
+            },
+            Command::Opened {
+                instance: metas[3].instance,
+                node: 3,
+            },
+            Command::Unlink { name: name("c5") },
+            Command::Closed {
+                instance: metas[5].instance,
+                node: metas[5].open_on.first().copied().unwrap_or(1),
+            },
+            Command::Destroy {
+                instance: metas[5].instance,
+            },
+            // Refused (still open): counted as before.
+            Command::Destroy {
+                instance: metas[6].instance,
+            },
+            Command::Failover { node: 2 },
+            Command::RemoveNode { node: 2 },
+        ];
+        for command in &commands {
+            s.apply(command);
+            assert_eq!(loads_of(&mut s), counted(&s), "after {command:?}");
+        }
+        assert!(!counted(&s).contains_key(&2));
+        // Several commands between two placements, and a restored state.
+        let mut t = s.clone();
+        t.apply(&Command::Opened {
+            instance: metas[9].instance,
+            node: 1,
+        });
+        t.apply(&Command::Unlink { name: name("c7") });
+        create(&mut t, "late", CreationFlags::WR_ACTIVE_REPLICA, 3);
+        assert_eq!(loads_of(&mut t), counted(&t));
+        let mut restored = ClusterState::restore(&t.encode(), 2).unwrap();
+        assert_eq!(loads_of(&mut restored), counted(&t));
     }
 
     #[test]

@@ -329,15 +329,14 @@ impl Primary {
         (reaches && !rest.is_empty()).then(|| rest.to_vec())
     }
 
-    /// Records where the log is at `now_ms`, keeping one sample at or
-    /// before `now_ms - keep_ms` and every later one.
+    /// Records where the log is at `now_ms` if it moved since the last
+    /// sample (a sample holds from its time until the next one's), keeping
+    /// one sample at or before `now_ms - keep_ms` and every later one. An
+    /// idle checkpoint keeps its one sample: every tick visits every
+    /// checkpoint, and most are idle.
     fn mark(&mut self, now_ms: u64, keep_ms: u64) {
         let last = seq_of(self.last);
-        if self
-            .marks
-            .back()
-            .is_none_or(|(t, s)| *t < now_ms || *s != last)
-        {
+        if self.marks.back().is_none_or(|(_, s)| *s != last) {
             self.marks.push_back((now_ms, last));
         }
         let horizon = now_ms.saturating_sub(keep_ms);
