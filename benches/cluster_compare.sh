@@ -62,14 +62,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Ports: n distinct free loopback ports, held until all are chosen.
-free_ports() {
-  python3 -c '
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
-}
+# shellcheck source=benches/cluster_lib.sh
+. benches/cluster_lib.sh
 
 # CPU seconds (user + system) the given processes have used so far.
 cpu_seconds() {
@@ -129,36 +123,10 @@ run_etcd() { # DIR OUT
   stop_all
 }
 
-cluster_ready() { # CONFIG: a leader, every node alive
-  "$tool" cluster status --config "$1" --json | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-sys.exit(0 if d.get("leader") and all(n["alive"] for n in d["nodes"]) else 1)'
-}
-
 run_ckpt_cluster() { # DIR OUT MODE
-  local dir=$1 out=$2 mode=$3 ports i addrs=""
-  read -r -a ports < <(free_ports 9)
-  {
-    echo "replication_factor = 3"
-    echo "min_in_sync = 2"
-    for i in 0 1 2; do
-      echo
-      echo "[[nodes]]"
-      echo "id = $((i + 1))"
-      echo "client_addr = \"127.0.0.1:${ports[$i]}\""
-      echo "peer_addr = \"127.0.0.1:${ports[$((3 + i))]}\""
-      echo "admin_addr = \"127.0.0.1:${ports[$((6 + i))]}\""
-    done
-  } >"$dir/cluster.toml"
-  for i in 0 1 2; do
-    addrs+="${addrs:+,}127.0.0.1:${ports[$i]}"
-    "$server" --config "$dir/cluster.toml" --node-id $((i + 1)) \
-      --data-dir "$dir/n$((i + 1))" 2>"$dir/n$((i + 1)).log" &
-    pids+=($!)
-  done
-  wait_for 60 cluster_ready "$dir/cluster.toml"
-  measured "$out" "$tool" bench --addr "$addrs" --checkpoints $prefixes --clients $clients \
+  local dir=$1 out=$2 mode=$3
+  start_cluster "$dir" "$bin_dir"
+  measured "$out" "$tool" bench --addr "$cluster_addrs" --checkpoints $prefixes --clients $clients \
     --size $value --mode "$mode" --duration-s "$duration" --json
   stop_all
 }

@@ -22,32 +22,12 @@ stop_all() {
   pids=()
 }
 trap 'stop_all; rm -rf "$work"' EXIT
+# shellcheck source=benches/cluster_lib.sh
+. benches/cluster_lib.sh
 for run in $(seq "$runs"); do
-  read -r -a ports < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(9)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')
   dir="$work/$run"; mkdir -p "$dir"
-  {
-    echo "replication_factor = 3"
-    echo "min_in_sync = 2"
-    echo "${EXTRA:-}"
-    for i in 0 1 2; do
-      printf '\n[[nodes]]\nid = %d\nclient_addr = "127.0.0.1:%s"\npeer_addr = "127.0.0.1:%s"\nadmin_addr = "127.0.0.1:%s"\n' \
-        $((i + 1)) "${ports[$i]}" "${ports[$((3 + i))]}" "${ports[$((6 + i))]}"
-    done
-  } >"$dir/cluster.toml"
-  for i in 1 2 3; do
-    "$bin/ckpt-server" --config "$dir/cluster.toml" --node-id $i --data-dir "$dir/n$i" 2>"$dir/n$i.log" &
-    pids+=($!)
-  done
-  deadline=$((SECONDS + 60))
-  until "$bin/ckpt-tool" cluster status --config "$dir/cluster.toml" 2>/dev/null | grep -q leader; do
-    [ "$SECONDS" -lt "$deadline" ] || { echo "run $run: no leader" >&2; exit 1; }
-    sleep 0.2
-  done
-  "$bin/ckpt-tool" bench --addr "127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}" \
+  start_cluster "$dir" "$bin" "${EXTRA:-}"
+  "$bin/ckpt-tool" bench --addr "$cluster_addrs" \
     --checkpoints 12 --clients 64 --size 1024 --mode active --duration-s 12 --json >"$dir/bench.json" 2>/dev/null &
   bench=$!
   sleep 5; at5=$("$bin/ckpt-tool" cluster status --config "$dir/cluster.toml" | grep "checkpoints:")

@@ -36,41 +36,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r -a ports < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(9)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')
-{
-  echo "replication_factor = 3"
-  echo "min_in_sync = 2"
-  for i in 0 1 2; do
-    echo
-    echo "[[nodes]]"
-    echo "id = $((i + 1))"
-    echo "client_addr = \"127.0.0.1:${ports[$i]}\""
-    echo "peer_addr = \"127.0.0.1:${ports[$((3 + i))]}\""
-    echo "admin_addr = \"127.0.0.1:${ports[$((6 + i))]}\""
-  done
-} >"$work/cluster.toml"
-addrs=""
-for i in 0 1 2; do
-  addrs+="${addrs:+,}127.0.0.1:${ports[$i]}"
-  "$bin/ckpt-server" --config "$work/cluster.toml" --node-id $((i + 1)) \
-    --data-dir "$work/n$((i + 1))" 2>"$work/n$((i + 1)).log" &
-  pids+=($!)
-done
-ready() {
-  "$bin/ckpt-tool" cluster status --config "$work/cluster.toml" --json 2>/dev/null | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-sys.exit(0 if d.get("leader") and all(n["alive"] for n in d["nodes"]) else 1)'
-}
-deadline=$((SECONDS + 60))
-until ready; do
-  if [ "$SECONDS" -ge "$deadline" ]; then echo "the cluster did not come up" >&2; exit 1; fi
-  sleep 0.2
-done
+# shellcheck source=benches/cluster_lib.sh
+. benches/cluster_lib.sh
+start_cluster "$work" "$bin"
 
 # pid, thread name, CPU ticks so far
 snapshot() {
@@ -88,7 +56,7 @@ if [ -n "${PERF:-}" ]; then
    perf record -F 499 -o "$PERF" -p "$(IFS=,; echo "${pids[*]}")" -- sleep 8 >/dev/null 2>&1) &
   perf_pid=$!
 fi
-"$bin/ckpt-tool" bench --addr "$addrs" "$@" --json >"$work/out.json"
+"$bin/ckpt-tool" bench --addr "$cluster_addrs" "$@" --json >"$work/out.json"
 snapshot >"$work/after"
 if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
 

@@ -622,13 +622,25 @@ struct Loads {
 }
 
 impl Loads {
+    /// Instances remembered as changed at most: past it (a failover of
+    /// thousands of checkpoints, say) the next placement counts from
+    /// scratch once, rather than every published copy of the state carrying
+    /// thousands of entries until then.
+    const CHANGED_MAX: usize = 1024;
+
     /// `instance`, counted with `replicas`, is about to change.
     fn note(&mut self, instance: InstanceId, replicas: &[NodeId]) {
-        if !self.recount {
-            self.changed
-                .entry(instance)
-                .or_insert_with(|| replicas.to_vec());
+        if self.recount {
+            return;
         }
+        if self.changed.len() >= Self::CHANGED_MAX && !self.changed.contains_key(&instance) {
+            self.recount = true;
+            self.changed.clear();
+            return;
+        }
+        self.changed
+            .entry(instance)
+            .or_insert_with(|| replicas.to_vec());
     }
 }
 
@@ -1949,6 +1961,29 @@ mod tests {
         assert_eq!(loads_of(&mut t), counted(&t));
         let mut restored = ClusterState::restore(&t.encode(), 2).unwrap();
         assert_eq!(loads_of(&mut restored), counted(&t));
+    }
+
+    #[test]
+    fn loads_after_more_changes_than_are_remembered_are_counted_again() {
+        // Every checkpoint on every node.
+        let mut s = ClusterState::new(&[1, 2, 3], 3);
+        let count = Loads::CHANGED_MAX + 200;
+        for i in 0..count {
+            create(
+                &mut s,
+                &format!("c{i}"),
+                CreationFlags::WR_ACTIVE_REPLICA,
+                1,
+            );
+        }
+        assert_eq!(loads_of(&mut s), counted(&s));
+        // Node 3 dies and leaves: every checkpoint it held changes.
+        s.apply(&Command::Failover { node: 3 });
+        s.apply(&Command::RemoveNode { node: 3 });
+        assert!(s.loads.recount, "more changed than remembered");
+        assert!(s.loads.changed.is_empty());
+        assert_eq!(loads_of(&mut s), counted(&s));
+        assert!(!counted(&s).contains_key(&3));
     }
 
     #[test]

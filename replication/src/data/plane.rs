@@ -285,6 +285,10 @@ struct Primary {
     /// copying them).
     early: Option<Vec<ShippedEntry>>,
     early_bytes: u64,
+    /// When it started keeping them: they are let go a lag timeout later
+    /// even if a backup never asked (a node down while thousands of
+    /// checkpoints are created must not pin their first entries).
+    early_since_ms: u64,
 }
 
 impl Primary {
@@ -633,6 +637,7 @@ impl DataPlane {
                         // Only a log that starts here can be kept whole.
                         early: last.is_none().then(Vec::new),
                         early_bytes: 0,
+                        early_since_ms: now_ms,
                     })
                 }
             }
@@ -1340,6 +1345,10 @@ impl DataPlane {
             return;
         }
         let last = seq_of(primary.last);
+        if primary.early.is_some() && now_ms.saturating_sub(primary.early_since_ms) >= timeout {
+            primary.early = None;
+            primary.early_bytes = 0;
+        }
         // Settled: every backup is in the in-sync set, streaming and holding
         // the whole log, and the set names nobody else. Then nothing below
         // applies (no probe, no addition, no removal) — the usual case, and

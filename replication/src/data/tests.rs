@@ -2716,6 +2716,31 @@ fn a_new_checkpoints_backups_are_caught_up_from_memory_until_they_stream() {
     assert_eq!(drain(&mut dp), vec![read(None, 2)]);
 }
 
+/// A backup that does not ask within a lag timeout (its node is down) does
+/// not keep a new checkpoint's first entries in memory: creating thousands
+/// of checkpoints while a node is down would otherwise pin all of theirs.
+#[test]
+fn a_new_checkpoints_first_entries_are_let_go_a_lag_timeout_later() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    dp.on_metadata(&rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]), None, 0);
+    dp.on_appended(&[shipped(1, 1)], 1);
+    dp.on_epoch_begun(pos(1, 1), 1);
+    dp.on_appended(&[shipped(1, 2)], 1);
+    drain(&mut dp);
+    dp.tick(TIMEOUT - 1);
+    drain(&mut dp);
+    // Still kept just before the timeout.
+    dp.on_message(2, catch_up_msg(1, None), TIMEOUT - 1);
+    assert_eq!(
+        drain(&mut dp),
+        vec![send(2, entries_msg(1, None, vec![wire(1, 1), wire(1, 2)]))]
+    );
+    dp.tick(TIMEOUT);
+    drain(&mut dp);
+    dp.on_message(3, catch_up_msg(1, None), TIMEOUT + 1);
+    assert_eq!(drain(&mut dp), vec![read(None, 3)]);
+}
+
 /// Past [`EARLY_BYTES_MAX`] a new checkpoint's first entries are not kept
 /// (a backup slow to ask could otherwise pin them for every checkpoint
 /// created): its backups are caught up from the WAL as before.
