@@ -2126,10 +2126,13 @@ impl DataPlane {
             },
         };
         let epoch = primary.epoch;
+        // At most what one read returns (the kept bytes bound those sent).
         let early = match plan {
-            CatchUpPlan::Stream { after } if seq_of(after) < primary_last.1 => primary
-                .early_after(after)
-                .filter(|e| e.iter().map(|e| e.bytes.len() as u64).sum::<u64>() <= read_bytes_max),
+            CatchUpPlan::Stream { after }
+                if seq_of(after) < primary_last.1 && primary.early_bytes <= read_bytes_max =>
+            {
+                primary.early_after(after)
+            }
             _ => None,
         };
         let Some(peer) = primary.peers.get_mut(&from) else {
