@@ -455,6 +455,97 @@ struct Instance {
     role: Role,
 }
 
+impl Instance {
+    /// Nothing for a tick to do until something touches this instance: a
+    /// synced backup, or a begun primary whose backups all stream, hold its
+    /// whole log, need no snapshot and are its in-sync set, which names
+    /// nobody else. Such a primary also holds no WAL (see `wal_hold`).
+    fn settled(&self, me: NodeId) -> bool {
+        match &self.role {
+            Role::Backup(backup) => backup.synced,
+            Role::Primary(primary) => {
+                if primary.fenced || !primary.begun {
+                    return false;
+                }
+                let last = seq_of(primary.last);
+                let in_sync = &self.rs.in_sync;
+                primary.peers.iter().all(|(node, peer)| {
+                    peer.mode == PeerMode::Streaming
+                        && !peer.needs_snapshot
+                        && peer.acked.is_some_and(|a| a >= last)
+                        && in_sync.contains(node)
+                }) && in_sync
+                    .iter()
+                    .all(|n| *n == me || primary.peers.contains_key(n))
+            }
+        }
+    }
+}
+
+/// A data plane's instances, and which of them its next tick visits: those
+/// handed out mutably (or added) since the last tick, and those the last
+/// tick left unsettled. A settled instance ([`Instance::settled`]) has
+/// nothing for a tick to do, and only a change to it can unsettle it, so a
+/// tick costs what is in flight rather than everything a node holds (a
+/// node ticks every 50 ms and may hold a million checkpoints).
+#[derive(Debug, Default)]
+struct Instances {
+    map: BTreeMap<InstanceId, Instance>,
+    /// Added or handed out by `get_mut` since the last tick.
+    touched: BTreeSet<InstanceId>,
+    /// Not settled at the last tick.
+    unsettled: BTreeSet<InstanceId>,
+    /// Visited by a tick since the last [`DataPlane::take_visited`]: every
+    /// instance whose lag may have changed since.
+    visited: BTreeSet<InstanceId>,
+}
+
+impl Instances {
+    fn get(&self, instance: &InstanceId) -> Option<&Instance> {
+        self.map.get(instance)
+    }
+
+    fn get_mut(&mut self, instance: &InstanceId) -> Option<&mut Instance> {
+        let inst = self.map.get_mut(instance)?;
+        self.touched.insert(*instance);
+        Some(inst)
+    }
+
+    fn insert(&mut self, instance: InstanceId, inst: Instance) {
+        self.touched.insert(instance);
+        self.map.insert(instance, inst);
+    }
+
+    fn remove(&mut self, instance: &InstanceId) -> Option<Instance> {
+        self.touched.remove(instance);
+        self.unsettled.remove(instance);
+        self.visited.remove(instance);
+        self.map.remove(instance)
+    }
+
+    /// What this tick visits, in instance order; each visit tells
+    /// [`Instances::visited`] whether to come back.
+    fn take_due(&mut self) -> Vec<InstanceId> {
+        let touched = std::mem::take(&mut self.touched);
+        let unsettled = std::mem::take(&mut self.unsettled);
+        let mut due: Vec<InstanceId> = touched.union(&unsettled).copied().collect();
+        due.retain(|i| self.map.contains_key(i));
+        self.visited.extend(due.iter().copied());
+        due
+    }
+
+    fn visited(&mut self, instance: InstanceId, settled: bool) {
+        if !settled {
+            self.unsettled.insert(instance);
+        }
+    }
+
+    /// Every instance the last tick left unsettled.
+    fn unsettled(&self) -> impl Iterator<Item = &Instance> {
+        self.unsettled.iter().filter_map(|i| self.map.get(i))
+    }
+}
+
 /// The data plane of one node, for all checkpoint instances it holds.
 #[derive(Debug)]
 pub struct DataPlane {
@@ -462,7 +553,7 @@ pub struct DataPlane {
     replica_lag_timeout_ms: u64,
     read_bytes_max: u64,
     tracker: Tracker,
-    instances: BTreeMap<InstanceId, Instance>,
+    instances: Instances,
     outputs: Vec<DataOutput>,
     hold_sent: Option<Option<Lsn>>,
     /// This node's view of the control plane is fresh (it holds its lease,
@@ -516,7 +607,7 @@ impl DataPlane {
             replica_lag_timeout_ms: replica_lag_timeout_ms.max(1),
             read_bytes_max: READ_BYTES_MAX_DEFAULT,
             tracker: Tracker::new(me),
-            instances: BTreeMap::new(),
+            instances: Instances::default(),
             outputs: Vec::new(),
             hold_sent: None,
             control_fresh: true,
@@ -1294,9 +1385,8 @@ impl DataPlane {
     pub fn tick(&mut self, now_ms: u64) {
         let settle_ms = self.settle_ms();
         let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
-        let instances: Vec<InstanceId> = self.instances.keys().copied().collect();
-        for instance in instances {
-            let Some(inst) = self.instances.get_mut(&instance) else {
+        for instance in self.instances.take_due() {
+            let Some(inst) = self.instances.map.get_mut(&instance) else {
                 continue;
             };
             match &mut inst.role {
@@ -1320,8 +1410,15 @@ impl DataPlane {
                 }
                 Role::Primary(_) => self.tick_primary(instance, now_ms),
             }
+            let settled = self
+                .instances
+                .get(&instance)
+                .is_some_and(|inst| inst.settled(self.me));
+            self.instances.visited(instance, settled);
         }
         self.flush_tracker();
+        #[cfg(test)]
+        self.check_unvisited_settled();
         let hold = self.wal_hold();
         if self.hold_sent != Some(hold) {
             self.hold_sent = Some(hold);
@@ -1335,9 +1432,11 @@ impl DataPlane {
         let control_fresh = self.control_fresh;
         let retry_ms = (timeout / 2).max(1);
         let me = self.me;
-        let Some(inst) = self.instances.get_mut(&instance) else {
+        // Not `Instances::get_mut`: visiting is not touching.
+        let Some(inst) = self.instances.map.get_mut(&instance) else {
             return;
         };
+        let settled = inst.settled(me);
         let Role::Primary(primary) = &mut inst.role else {
             return;
         };
@@ -1349,19 +1448,8 @@ impl DataPlane {
             primary.early = None;
             primary.early_bytes = 0;
         }
-        // Settled: every backup is in the in-sync set, streaming and holding
-        // the whole log, and the set names nobody else. Then nothing below
-        // applies (no probe, no addition, no removal) — the usual case, and
-        // a node ticks thousands of checkpoints every tick.
-        let in_sync = &inst.rs.in_sync;
-        let settled = primary.peers.iter().all(|(node, peer)| {
-            peer.mode == PeerMode::Streaming
-                && !peer.needs_snapshot
-                && peer.acked.is_some_and(|a| a >= last)
-                && in_sync.contains(node)
-        }) && in_sync
-            .iter()
-            .all(|n| *n == me || primary.peers.contains_key(n));
+        // Settled: nothing below applies (no probe, no addition, no
+        // removal), and later ticks pass this instance by until it changes.
         if settled {
             // Every backup streams: nobody will ask for the first entries.
             primary.early = None;
@@ -1598,6 +1686,15 @@ impl DataPlane {
             .collect()
     }
 
+    /// The instances ticks visited since the last call: any whose
+    /// [`DataPlane::lag`] changed since is among them (an instance changes
+    /// only when touched, and the next tick visits whatever was touched).
+    /// For a driver that refreshes per-checkpoint figures without looking
+    /// at every checkpoint.
+    pub fn take_visited(&mut self) -> BTreeSet<InstanceId> {
+        std::mem::take(&mut self.instances.visited)
+    }
+
     /// Primary: `node` sent a message of this epoch, so it applied the
     /// metadata that started it (a handover's previous active replica has
     /// stepped down).
@@ -1614,6 +1711,12 @@ impl DataPlane {
         self.instances
             .get(&instance)
             .is_some_and(|inst| matches!(&inst.role, Role::Primary(p) if p.begun && !p.fenced))
+    }
+
+    /// The instances the last tick left for the next one to come back to.
+    #[cfg(test)]
+    pub(crate) fn unsettled_instances(&self) -> Vec<InstanceId> {
+        self.instances.unsettled.iter().copied().collect()
     }
 
     #[cfg(test)]
@@ -2192,12 +2295,39 @@ impl DataPlane {
         }
     }
 
+    /// Tests (and so every simulated run): a tick may pass by only what
+    /// is settled, and the WAL hold over the unsettled instances is the
+    /// hold over all of them.
+    #[cfg(test)]
+    fn check_unvisited_settled(&self) {
+        for (instance, inst) in &self.instances.map {
+            assert!(
+                self.instances.unsettled.contains(instance) || inst.settled(self.me),
+                "node {}: instance {} left out of the next tick but not settled",
+                self.me,
+                instance.0
+            );
+        }
+        assert_eq!(
+            Self::wal_hold_of(self.instances.unsettled()),
+            Self::wal_hold_of(self.instances.map.values()),
+            "node {}: the WAL hold over the unsettled instances differs",
+            self.me
+        );
+    }
+
     /// The lowest lsn a lagging in-sync backup, or a backup being caught up
     /// from the WAL, still needs, over every instance this node is primary of.
     /// Backups out of sync hold nothing: they get a snapshot if the WAL moved on.
     fn wal_hold(&self) -> Option<Lsn> {
+        Self::wal_hold_of(self.instances.unsettled())
+    }
+
+    /// The hold of [`DataPlane::wal_hold`] over `instances`: a settled
+    /// instance holds nothing, so the unsettled ones are enough.
+    fn wal_hold_of<'a>(instances: impl Iterator<Item = &'a Instance>) -> Option<Lsn> {
         let mut hold: Option<Lsn> = None;
-        for inst in self.instances.values() {
+        for inst in instances {
             let Role::Primary(primary) = &inst.role else {
                 continue;
             };

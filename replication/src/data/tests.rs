@@ -1224,6 +1224,38 @@ fn lag_and_wal_hold_follow_the_slowest_backup() {
     assert_eq!(dp.lag(I), vec![(2, 0, 0), (3, 0, 0)]);
 }
 
+/// A tick visits what is in flight, not everything held: once every
+/// backup streams and holds the whole log, the instance is passed by until
+/// something touches it (each tick of a test build also checks that
+/// whatever it passes by is settled).
+#[test]
+fn a_tick_passes_settled_instances_by_until_they_change() {
+    let mut dp = primary();
+    dp.tick(0);
+    assert_eq!(dp.unsettled_instances(), vec![I], "no backup streams yet");
+    stream(&mut dp, 2);
+    stream(&mut dp, 3);
+    dp.tick(1);
+    assert_eq!(dp.unsettled_instances(), vec![]);
+    dp.tick(2);
+    assert_eq!(dp.unsettled_instances(), vec![]);
+    dp.on_appended(&[shipped(1, 4)], 3);
+    dp.on_message(2, ack_msg(1, 4), 3);
+    dp.tick(4);
+    assert_eq!(dp.unsettled_instances(), vec![I], "node 3 lacks (1, 4)");
+    dp.on_message(3, ack_msg(1, 4), 5);
+    dp.tick(6);
+    assert_eq!(dp.unsettled_instances(), vec![]);
+
+    // A backup is visited until its primary showed it the logs match.
+    let mut backup = backup();
+    backup.tick(0);
+    assert_eq!(backup.unsettled_instances(), vec![I]);
+    backup.on_message(1, entries_msg(1, Some(pt(1, 3)), vec![]), 1);
+    backup.tick(2);
+    assert_eq!(backup.unsettled_instances(), vec![]);
+}
+
 // ---- a deterministic simulation of three nodes ----
 
 /// One node: its data plane and an in-memory log of one instance.
