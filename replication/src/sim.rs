@@ -38,7 +38,7 @@ use ckpt_storage::{Epoch, InstanceId, Lsn, Position, Seq};
 use crate::config::ClusterConfig;
 use crate::control::{
     Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, PersistedRaft,
-    Ticket,
+    Ticket, Unbegun,
 };
 use crate::data::{
     DataMessage, DataOutput, DataPlane, Need, Proposal, ReplicaSet, ShippedEntry, WireEntry,
@@ -289,6 +289,7 @@ struct Node {
     shown: ClusterState,
     primary_of: BTreeSet<InstanceId>,
     began: BTreeMap<InstanceId, Epoch>,
+    unbegun: Unbegun,
     beginning: BTreeSet<(InstanceId, Epoch)>,
     restarted: bool,
     restart_ticket: Option<Ticket>,
@@ -334,6 +335,7 @@ impl Node {
             shown: ClusterState::new(&config.node_ids(), config.replication_factor),
             primary_of: BTreeSet::new(),
             began: BTreeMap::new(),
+            unbegun: Unbegun::default(),
             beginning: BTreeSet::new(),
             restarted: false,
             restart_ticket: None,
@@ -374,6 +376,7 @@ impl Node {
         self.shown = ClusterState::new(&self.config.node_ids(), self.config.replication_factor);
         self.primary_of.clear();
         self.began.clear();
+        self.unbegun.clear();
         self.beginning.clear();
         self.restarted = false;
         self.restart_ticket = None;
@@ -530,7 +533,7 @@ impl Node {
                 self.primary_of.remove(instance);
             }
         }
-        for instance in instances {
+        for &instance in &instances {
             let before = old.get(instance);
             let Some(meta) = new.get(instance) else {
                 let Some(meta) = before else { continue };
@@ -561,6 +564,9 @@ impl Node {
                 self.handovers.remove(&instance);
                 self.began_pending.remove(&instance);
             }
+        }
+        for instance in instances {
+            self.unbegun.note(me, instance, &self.shown, &self.began);
         }
     }
 
@@ -665,6 +671,8 @@ impl Node {
         if self.handover_over(instance, epoch, now) {
             self.began_pending.remove(&instance);
             self.began.insert(instance, epoch);
+            self.unbegun
+                .note(self.id, instance, &self.shown, &self.began);
         } else {
             self.began_pending.insert(instance, epoch);
         }
@@ -696,8 +704,9 @@ impl Node {
     fn retry_begins(&mut self, now: u64) {
         let me = self.id;
         let due: Vec<CheckpointMeta> = self
-            .shown
-            .checkpoints()
+            .unbegun
+            .iter()
+            .filter_map(|instance| self.shown.get(instance))
             .filter(|m| {
                 m.active == Some(me)
                     && self.began.get(&m.instance) != Some(&m.epoch)

@@ -100,8 +100,8 @@ pub trait ClusterFront: Send + Sync {
     fn synchronize(&self, instance: InstanceId) -> BoxFuture<'_, CkptResult<()>>;
     /// Every named checkpoint.
     fn checkpoints(&self) -> Vec<ClusterCheckpoint>;
-    /// The instances this node is the active replica of now.
-    fn active_here(&self) -> Vec<InstanceId>;
+    /// Whether this node is the active replica of `instance` now.
+    fn is_active_here(&self, instance: InstanceId) -> bool;
 }
 
 impl ClusterFront for crate::cluster::Cluster {
@@ -241,20 +241,15 @@ impl ClusterFront for crate::cluster::Cluster {
             .collect()
     }
 
-    fn active_here(&self) -> Vec<InstanceId> {
-        self.active_instances()
+    fn is_active_here(&self, instance: InstanceId) -> bool {
+        let me = self.me();
+        self.state()
+            .get(instance)
+            .is_some_and(|meta| meta.active == Some(me))
     }
 }
 
 impl crate::cluster::Cluster {
-    fn active_instances(&self) -> Vec<InstanceId> {
-        let me = self.me();
-        self.state()
-            .checkpoints()
-            .filter(|meta| meta.active == Some(me))
-            .map(|meta| meta.instance)
-            .collect()
-    }
 
     /// The control plane's view of `instance` (`NOT_EXIST` once destroyed).
     fn checkpoint(&self, instance: InstanceId) -> CkptResult<ClusterCheckpoint> {

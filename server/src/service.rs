@@ -376,9 +376,8 @@ impl Service {
             let due = self
                 .blocking(move |s| s.instances_with_expiry_due(now))
                 .await?;
-            let active = cluster.active_here();
             let mut count = 0u32;
-            for instance in due.into_iter().filter(|i| active.contains(i)) {
+            for instance in due.into_iter().filter(|i| cluster.is_active_here(*i)) {
                 let op = Op::ExpireDueIn { instance };
                 match cluster
                     .write(instance, op, None, WriteNeed::LocalDurable)

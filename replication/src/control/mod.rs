@@ -12,6 +12,7 @@
 pub mod message;
 pub mod node;
 pub mod state;
+pub mod unbegun;
 
 #[cfg(test)]
 mod tests;
@@ -19,3 +20,4 @@ mod tests;
 pub use message::{ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket};
 pub use node::{ControlPlane, COMPACT_ENTRIES_DEFAULT};
 pub use state::{Applied, Changes, CheckpointMeta, ClusterState, Command, NodeAddrs};
+pub use unbegun::Unbegun;

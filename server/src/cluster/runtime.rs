@@ -42,7 +42,8 @@ use ckpt_proto::{
 };
 use ckpt_replication::config::ClusterConfig;
 use ckpt_replication::control::{
-    Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, NodeAddrs, Ticket,
+    Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, NodeAddrs,
+    Ticket, Unbegun,
 };
 use ckpt_replication::data::{
     DataMessage, DataOutput, DataPlane, Need, Proposal, ReplicaSet, ShippedEntry,
@@ -387,6 +388,7 @@ impl Cluster {
             began_tx,
             began_changed: false,
             began: BTreeMap::new(),
+            unbegun: Unbegun::default(),
             beginning: BTreeSet::new(),
             restarted: false,
             restart_ticket: None,
@@ -395,7 +397,8 @@ impl Cluster {
             began_pending: BTreeMap::new(),
             life_start_ms: cluster.now_ms(),
             lag_refreshed_ms: 0,
-            gauge_labels: BTreeSet::new(),
+            lag_due: BTreeSet::new(),
+            gauge_nodes: BTreeMap::new(),
             had_lease: false,
         };
         tokio::spawn(driver.run(input_rx));
@@ -1350,6 +1353,8 @@ struct Driver {
     /// `began` changed since it was last published.
     began_changed: bool,
     began: BTreeMap<InstanceId, Epoch>,
+    /// Active here in an epoch not begun yet: what `retry_begins` visits.
+    unbegun: Unbegun,
     /// Creations and epoch starts under way here.
     beginning: BTreeSet<(InstanceId, Epoch)>,
     /// NodeRestarted{me} was applied in this life.
@@ -1371,10 +1376,11 @@ struct Driver {
     /// (see `begin`).
     restart_applied: bool,
     lag_refreshed_ms: u64,
-    /// The per-checkpoint gauges' labels set at the last refresh:
-    /// `(instance, Some(node))` for the lag, `(instance, None)` for the
-    /// in-sync size and writes held. Those not set again are removed.
-    gauge_labels: BTreeSet<(String, Option<String>)>,
+    /// Instances whose metadata changed since the last lag refresh.
+    lag_due: BTreeSet<InstanceId>,
+    /// The checkpoints with per-checkpoint gauges (the in-sync size and
+    /// writes held), and the backups each has a lag series for.
+    gauge_nodes: BTreeMap<InstanceId, Vec<NodeId>>,
     had_lease: bool,
 }
 
@@ -1617,63 +1623,79 @@ impl Driver {
         self.retry_begins();
     }
 
+    /// Sets the per-checkpoint gauges (lag per backup, in-sync size, writes
+    /// held) and the lag `/cluster` shows, for the checkpoints this node is
+    /// active for. Only those whose metadata changed, or that the data
+    /// plane visited, since the last refresh are looked at: the others'
+    /// figures still hold, and a node may hold a million checkpoints.
     fn refresh_lag(&mut self) {
+        let me = self.cluster.me;
+        let mut due = std::mem::take(&mut self.lag_due);
+        due.extend(self.data.take_visited());
         let metrics = &self.cluster.metrics;
-        let mut lag = BTreeMap::new();
-        let mut labels = BTreeSet::new();
-        for meta in self.shown.checkpoints() {
-            if meta.active != Some(self.cluster.me) {
+        let mut lag = Vec::with_capacity(due.len());
+        for instance in due {
+            let id = instance.0.to_string();
+            let old_nodes = self.gauge_nodes.remove(&instance).unwrap_or_default();
+            let Some(meta) = self.shown.get(instance).filter(|m| m.active == Some(me)) else {
+                // Deleted, or no longer active here: its series go rather
+                // than show stale values (absent ones are not an error).
+                for node in old_nodes {
+                    let labels = [id.as_str(), &node.to_string()];
+                    let _ = metrics.lag_records.remove_label_values(&labels);
+                    let _ = metrics.lag_bytes.remove_label_values(&labels);
+                }
+                let _ = metrics.in_sync.remove_label_values(&[id.as_str()]);
+                let _ = metrics.held_by_lag.remove_label_values(&[id.as_str()]);
+                lag.push((instance, None));
                 continue;
-            }
-            let behind = self.data.lag(meta.instance);
-            let instance = meta.instance.0.to_string();
-            labels.insert((instance.clone(), None));
+            };
+            let behind = self.data.lag(instance);
             for (node, records, bytes) in &behind {
                 let node = node.to_string();
-                labels.insert((instance.clone(), Some(node.clone())));
                 metrics
                     .lag_records
-                    .with_label_values(&[instance.as_str(), node.as_str()])
+                    .with_label_values(&[id.as_str(), node.as_str()])
                     .set(i64::try_from(*records).unwrap_or(i64::MAX));
                 metrics
                     .lag_bytes
-                    .with_label_values(&[instance.as_str(), node.as_str()])
+                    .with_label_values(&[id.as_str(), node.as_str()])
                     .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+            }
+            // Backups no longer replicas.
+            for node in old_nodes {
+                if !behind.iter().any(|(n, _, _)| *n == node) {
+                    let labels = [id.as_str(), &node.to_string()];
+                    let _ = metrics.lag_records.remove_label_values(&labels);
+                    let _ = metrics.lag_bytes.remove_label_values(&labels);
+                }
             }
             metrics
                 .in_sync
-                .with_label_values(&[instance.as_str()])
+                .with_label_values(&[id.as_str()])
                 .set(i64::try_from(meta.in_sync.len()).unwrap_or(i64::MAX));
             metrics
                 .held_by_lag
-                .with_label_values(&[instance.as_str()])
-                .set(
-                    i64::try_from(self.data.tracker().held_by_lag(meta.instance))
-                        .unwrap_or(i64::MAX),
-                );
-            lag.insert(meta.instance, behind);
+                .with_label_values(&[id.as_str()])
+                .set(i64::try_from(self.data.tracker().held_by_lag(instance)).unwrap_or(i64::MAX));
+            self.gauge_nodes
+                .insert(instance, behind.iter().map(|(n, _, _)| *n).collect());
+            lag.push((instance, Some(behind)));
         }
-        // Checkpoints deleted, or no longer active here, and backups no
-        // longer replicas: their series go rather than show stale values.
-        for (instance, node) in self.gauge_labels.difference(&labels) {
-            // Absent series are not an error: nothing to remove.
-            if let Some(node) = node {
-                let labels = [instance.as_str(), node.as_str()];
-                let _ = metrics.lag_records.remove_label_values(&labels);
-                let _ = metrics.lag_bytes.remove_label_values(&labels);
-            } else {
-                let _ = metrics.in_sync.remove_label_values(&[instance.as_str()]);
-                let _ = metrics
-                    .held_by_lag
-                    .remove_label_values(&[instance.as_str()]);
-            }
+        if lag.is_empty() {
+            return;
         }
-        self.gauge_labels = labels;
-        self.cluster
+        let mut published = self
+            .cluster
             .published
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .lag = lag;
+            .unwrap_or_else(|p| p.into_inner());
+        for (instance, behind) in lag {
+            match behind {
+                Some(behind) => published.lag.insert(instance, behind),
+                None => published.lag.remove(&instance),
+            };
+        }
     }
 
     /// Carries out what the cores asked for. False: a fatal failure (the
@@ -1798,7 +1820,7 @@ impl Driver {
                 }
             }
         }
-        for instance in instances {
+        for &instance in &instances {
             let before = old.get(instance);
             let Some(meta) = new.get(instance) else {
                 let Some(meta) = before else { continue };
@@ -1838,6 +1860,10 @@ impl Driver {
                     self.began_changed = true;
                 }
             }
+        }
+        for instance in instances {
+            self.unbegun.note(me, instance, &new, &self.began);
+            self.lag_due.insert(instance);
         }
         let _ = self.state_tx.send(new.clone());
         if changes.everything || changes.nodes {
@@ -2073,6 +2099,8 @@ impl Driver {
             self.began_pending.remove(&instance);
             self.began.insert(instance, epoch);
             self.began_changed = true;
+            self.unbegun
+                .note(self.cluster.me, instance, &self.shown, &self.began);
         } else {
             tracing::info!(
                 instance = instance.0,
@@ -2111,8 +2139,9 @@ impl Driver {
     fn retry_begins(&mut self) {
         let me = self.cluster.me;
         let due: Vec<CheckpointMeta> = self
-            .shown
-            .checkpoints()
+            .unbegun
+            .iter()
+            .filter_map(|instance| self.shown.get(instance))
             .filter(|m| {
                 m.active == Some(me)
                     && self.began.get(&m.instance) != Some(&m.epoch)
