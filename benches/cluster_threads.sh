@@ -16,6 +16,9 @@
 #                target/release, built first); for A/B runs of two builds
 #   PERF=FILE    also `perf record` all three servers for 8 s into FILE,
 #                starting PERF_DELAY seconds (default 2) into the bench
+#   IDLE=SECS    then, 5 s after the bench, the servers' CPU per thread
+#                over SECS seconds without load (what holding the bench's
+#                checkpoints costs; with --keep)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${BIN_DIR:-}" ]; then
@@ -86,3 +89,32 @@ for name, t in sorted(per_thread.items(), key=lambda kv: -kv[1]):
         print(f"  {name:20s} {us(t):10.1f} us")
 print("per node:", ", ".join(f"{us(t):.1f} us" for _, t in sorted(per_node.items())))
 PY
+
+if [ -n "${IDLE:-}" ]; then
+  sleep 5
+  snapshot >"$work/idle_before"
+  sleep "$IDLE"
+  snapshot >"$work/idle_after"
+  python3 - "$work" "$(getconf CLK_TCK)" "$IDLE" <<'PY'
+import collections, sys
+work, hz, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+def load(path):
+    ticks = collections.defaultdict(int)
+    for line in open(path):
+        pid, name, t = line.split()
+        ticks[(pid, name)] += int(t)
+    return ticks
+before, after = load(work + "/idle_before"), load(work + "/idle_after")
+per_thread, per_node = collections.defaultdict(int), collections.defaultdict(int)
+for key, t in after.items():
+    d = t - before.get(key, 0)
+    per_thread[key[1]] += d
+    per_node[key[0]] += d
+ms = lambda t: t * 1e3 / hz / secs
+print(f"idle for {secs:.0f} s, server CPU: {ms(sum(per_thread.values())):.1f} ms/s")
+for name, t in sorted(per_thread.items(), key=lambda kv: -kv[1]):
+    if t:
+        print(f"  {name:20s} {ms(t):10.1f} ms/s")
+print("per node:", ", ".join(f"{ms(t):.1f} ms/s" for _, t in sorted(per_node.items())))
+PY
+fi
