@@ -33,9 +33,9 @@
 //!   whole-cluster restart); on expiry the leader proposes `Unlink` then
 //!   `Destroy`; an unlinked checkpoint open nowhere gets `Destroy`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use ckpt_proto::{CkptError, CkptResult, ErrorCode, TIME_END};
+use ckpt_proto::{CheckpointName, CkptError, CkptResult, ErrorCode, TIME_END};
 use ckpt_storage::InstanceId;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
@@ -133,9 +133,51 @@ struct LeaderDuties {
     /// tick (retried after `retry_ms`).
     proposed_ms: BTreeMap<Duty, u64>,
     /// Retention deadlines of linked checkpoints open nowhere.
-    retention_deadline_ms: BTreeMap<InstanceId, u64>,
-    /// The open sets changed: reconcile the timers.
-    retention_dirty: bool,
+    retention_timers: RetentionTimers,
+    /// Instances changed since the last pass: reconcile their timers.
+    retention_dirty: BTreeSet<InstanceId>,
+    /// Reconcile every checkpoint's timer (a new leader, a state installed).
+    retention_all: bool,
+    /// Unlinked and open nowhere: their Destroy is proposed (again after a
+    /// retry interval, should it be lost) until they are gone.
+    destroy_due: BTreeSet<InstanceId>,
+}
+
+/// Retention deadlines (leader's clock, ms), by instance and by time, so
+/// that a tick looks only at those due rather than at every checkpoint
+/// closed everywhere.
+#[derive(Default)]
+struct RetentionTimers {
+    by_instance: BTreeMap<InstanceId, u64>,
+    by_deadline: BTreeSet<(u64, InstanceId)>,
+}
+
+impl RetentionTimers {
+    /// Starts `instance`'s timer unless one runs.
+    fn start(&mut self, instance: InstanceId, at_ms: u64) {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.by_instance.entry(instance) {
+            e.insert(at_ms);
+            self.by_deadline.insert((at_ms, instance));
+        }
+    }
+
+    fn cancel(&mut self, instance: InstanceId) {
+        if let Some(at) = self.by_instance.remove(&instance) {
+            self.by_deadline.remove(&(at, instance));
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_instance.clear();
+        self.by_deadline.clear();
+    }
+
+    /// The instances whose deadline is `now_ms` or earlier.
+    fn due(&self, now_ms: u64) -> impl Iterator<Item = InstanceId> + '_ {
+        self.by_deadline
+            .range(..=(now_ms, InstanceId(u64::MAX)))
+            .map(|(_, i)| *i)
+    }
 }
 
 enum Deferred {
@@ -148,6 +190,9 @@ pub struct ControlPlane {
     id: NodeId,
     raw: RawNode<ControlStorage>,
     state: ClusterState,
+    /// What the state changed since the driver last took it (moved out of
+    /// the state as commands apply, so the retention pass sees it too).
+    changes: Changes,
     /// A membership change was applied: snapshot now, so that a joining
     /// node is sent the state (it cannot replay the log from its start:
     /// the first members come from the cluster file, not from the log).
@@ -411,6 +456,7 @@ impl ControlPlane {
             id,
             raw,
             state,
+            changes: Changes::default(),
             compact_now: false,
             replication_factor: config.replication_factor,
             avoid_creator: config.placement_avoid_creator,
@@ -461,7 +507,22 @@ impl ControlPlane {
     /// What the applied commands changed since the last call (see
     /// [`Changes`]).
     pub fn take_changes(&mut self) -> Changes {
-        self.state.take_changes()
+        self.note_changes();
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Moves what the state changed into what the driver will take, and
+    /// has the leader's retention pass look at it.
+    fn note_changes(&mut self) {
+        let changes = self.state.take_changes();
+        if let Some(d) = self.duties.as_mut() {
+            if changes.everything {
+                d.retention_all = true;
+            } else {
+                d.retention_dirty.extend(changes.instances.iter().copied());
+            }
+        }
+        self.changes.merge(changes);
     }
 
     /// The Raft leader this node knows of.
@@ -742,8 +803,8 @@ impl ControlPlane {
                 self.state = state;
                 self.state_replaced = true;
                 if let Some(d) = self.duties.as_mut() {
-                    d.retention_deadline_ms.clear();
-                    d.retention_dirty = true;
+                    d.retention_timers.clear();
+                    d.retention_all = true;
                 }
             }
             Err(e) => tracing::error!(error = %e, "raft snapshot without a cluster state"),
@@ -828,15 +889,18 @@ impl ControlPlane {
                 .and_then(|c| self.tickets.remove(&c.ticket).map(|_| Ticket(c.ticket)));
             self.out_applied.push((ticket, cmd, applied));
         }
+        self.note_changes();
     }
 
+    /// Opened, closed or given a new retention: a running timer starts
+    /// over (at the next pass, if the checkpoint is still open nowhere).
     fn retention_changed(&mut self, instances: &[InstanceId]) {
         if let Some(d) = self.duties.as_mut() {
             for i in instances {
-                d.retention_deadline_ms.remove(i);
+                d.retention_timers.cancel(*i);
                 d.proposed_ms.remove(&Duty::Expire(*i));
+                d.retention_dirty.insert(*i);
             }
-            d.retention_dirty = true;
         }
     }
 
@@ -998,8 +1062,10 @@ impl ControlPlane {
                 since_ms: now,
                 last_request_ms: BTreeMap::new(),
                 proposed_ms: BTreeMap::new(),
-                retention_deadline_ms: BTreeMap::new(),
-                retention_dirty: true,
+                retention_timers: RetentionTimers::default(),
+                retention_dirty: BTreeSet::new(),
+                retention_all: true,
+                destroy_due: BTreeSet::new(),
             });
         }
         // The leader's own lease runs from the last time a quorum had
@@ -1049,42 +1115,54 @@ impl ControlPlane {
 
     fn retention(&mut self) {
         let now = self.now_ms;
-        let mut destroy = Vec::new();
-        let mut expire = Vec::new();
+        let destroy: Vec<InstanceId>;
+        let expire: Vec<(InstanceId, CheckpointName)>;
         {
             let Some(d) = self.duties.as_mut() else {
                 return;
             };
-            if d.retention_dirty {
-                d.retention_dirty = false;
-                d.retention_deadline_ms
-                    .retain(|i, _| self.state.get(*i).is_some());
-                for meta in self.state.checkpoints() {
-                    if !meta.open_on.is_empty() {
-                        d.retention_deadline_ms.remove(&meta.instance);
-                    } else if meta.unlinked {
-                        destroy.push(meta.instance);
-                    } else if meta.retention_duration_ns != TIME_END
-                        && meta.retention_duration_ns >= 0
+            let check: BTreeSet<InstanceId> = if std::mem::take(&mut d.retention_all) {
+                d.retention_dirty.clear();
+                self.state
+                    .checkpoints()
+                    .map(|m| m.instance)
+                    .chain(d.retention_timers.by_instance.keys().copied())
+                    .chain(d.destroy_due.iter().copied())
+                    .collect()
+            } else {
+                std::mem::take(&mut d.retention_dirty)
+            };
+            for instance in check {
+                let meta = self.state.get(instance);
+                let open_nowhere = meta.is_some_and(|m| m.open_on.is_empty());
+                if open_nowhere && meta.is_some_and(|m| m.unlinked) {
+                    d.destroy_due.insert(instance);
+                } else {
+                    d.destroy_due.remove(&instance);
+                }
+                match meta {
+                    Some(meta)
+                        if open_nowhere
+                            && !meta.unlinked
+                            && meta.retention_duration_ns != TIME_END
+                            && meta.retention_duration_ns >= 0 =>
                     {
                         let ms = (meta.retention_duration_ns as u64).div_ceil(1_000_000);
-                        d.retention_deadline_ms
-                            .entry(meta.instance)
-                            .or_insert(now.saturating_add(ms));
-                    } else {
-                        d.retention_deadline_ms.remove(&meta.instance);
+                        d.retention_timers.start(instance, now.saturating_add(ms));
                     }
+                    _ => d.retention_timers.cancel(instance),
                 }
             }
-            for (instance, deadline) in &d.retention_deadline_ms {
-                if now >= *deadline {
-                    if let Some(meta) = self.state.get(*instance) {
-                        if meta.open_on.is_empty() && !meta.unlinked {
-                            expire.push((*instance, meta.name.clone()));
-                        }
-                    }
-                }
-            }
+            destroy = d.destroy_due.iter().copied().collect();
+            expire = d
+                .retention_timers
+                .due(now)
+                .filter_map(|instance| {
+                    let meta = self.state.get(instance)?;
+                    (meta.open_on.is_empty() && !meta.unlinked)
+                        .then(|| (instance, meta.name.clone()))
+                })
+                .collect();
         }
         for instance in destroy {
             self.propose_duty(Duty::Destroy(instance), vec![Command::Destroy { instance }]);

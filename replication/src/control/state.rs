@@ -594,6 +594,15 @@ pub struct Changes {
     pub everything: bool,
 }
 
+impl Changes {
+    /// Adds what `other` names.
+    pub fn merge(&mut self, other: Changes) {
+        self.instances.extend(other.instances);
+        self.nodes |= other.nodes;
+        self.everything |= other.everything;
+    }
+}
+
 impl PartialEq for Changes {
     fn eq(&self, _: &Changes) -> bool {
         true

@@ -509,6 +509,67 @@ fn retention_runs_on_the_leader_after_the_last_close_and_destroys() {
     }
 }
 
+/// The leader's retention pass looks only at checkpoints that changed: a
+/// checkpoint kept forever, closed everywhere and then deleted with nothing
+/// else happening, is destroyed; one reopened before its retention elapsed
+/// is kept, and its timer starts over at its next close.
+#[test]
+fn retention_follows_each_change_of_a_checkpoint() {
+    let mut sim = Sim::new();
+    sim.elect();
+    let f = sim.follower();
+    let gone_everywhere = |s: &Sim, i: ckpt_storage::InstanceId| {
+        s.nodes.values().all(|n| n.cp.state().get(i).is_none())
+    };
+    let forever = sim.create(f, "forever", TIME_END);
+    let closed = Command::Closed {
+        instance: forever.instance,
+        node: f,
+    };
+    assert_eq!(sim.propose(f, closed), Applied::Done);
+    sim.run_for(2_000);
+    assert!(!gone_everywhere(&sim, forever.instance));
+    let unlink = Command::Unlink {
+        name: name("forever"),
+    };
+    assert_eq!(sim.propose(f, unlink), Applied::Done);
+    for (id, v) in &sim.applied {
+        for (_, c, a) in v {
+            eprintln!("{id}: {c:?} {a:?}");
+        }
+    }
+    sim.run_until("the deleted checkpoint destroyed", 5_000, |s| {
+        gone_everywhere(s, forever.instance)
+    });
+
+    let m = sim.create(f, "reopened", 2_000_000_000); // 2 s
+    let close = Command::Closed {
+        instance: m.instance,
+        node: f,
+    };
+    assert_eq!(sim.propose(f, close.clone()), Applied::Done);
+    sim.run_for(1_500);
+    let open = Command::Opened {
+        instance: m.instance,
+        node: f,
+    };
+    assert_eq!(sim.propose(f, open), Applied::Done);
+    sim.run_for(2_000);
+    assert!(
+        !gone_everywhere(&sim, m.instance),
+        "destroyed while open again"
+    );
+    assert_eq!(sim.propose(f, close), Applied::Done);
+    let closed_again_at = sim.now_ms;
+    sim.run_until("destroyed after its second close", 6_000, |s| {
+        gone_everywhere(s, m.instance)
+    });
+    assert!(
+        sim.now_ms >= closed_again_at + 2_000,
+        "the timer of the first close went on after the reopen"
+    );
+}
+
 #[test]
 fn an_unanswered_proposal_times_out_with_try_again_exactly_once() {
     let mut sim = Sim::new();
