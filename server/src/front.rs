@@ -250,7 +250,6 @@ impl ClusterFront for crate::cluster::Cluster {
 }
 
 impl crate::cluster::Cluster {
-
     /// The control plane's view of `instance` (`NOT_EXIST` once destroyed).
     fn checkpoint(&self, instance: InstanceId) -> CkptResult<ClusterCheckpoint> {
         self.state()
