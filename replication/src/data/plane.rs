@@ -482,19 +482,29 @@ impl Instance {
     }
 }
 
-/// A data plane's instances, and which of them its next tick visits: those
-/// handed out mutably (or added) since the last tick, and those the last
-/// tick left unsettled. A settled instance ([`Instance::settled`]) has
-/// nothing for a tick to do, and only a change to it can unsettle it, so a
-/// tick costs what is in flight rather than everything a node holds (a
+/// Instances a tick visits at most: a failover or a dead backup can leave
+/// every checkpoint a node holds unsettled at once (tens of thousands), and
+/// a tick that visited them all would hold the runtime past its lease. The
+/// rest wait for the next ticks, in instance order from where the last
+/// tick stopped; their timers (probes, removals, additions) fire that much
+/// later, and nothing waits on a tick to be correct.
+pub const TICK_VISITS_MAX: usize = 512;
+
+/// A data plane's instances, and which of them its ticks visit: those
+/// handed out mutably (or added) since they were last visited, and those
+/// a visit left unsettled. A settled instance ([`Instance::settled`]) has
+/// nothing for a tick to do, and only a change to it can unsettle it, so
+/// ticks cost what is in flight rather than everything a node holds (a
 /// node ticks every 50 ms and may hold a million checkpoints).
 #[derive(Debug, Default)]
 struct Instances {
     map: BTreeMap<InstanceId, Instance>,
     /// Added or handed out by `get_mut` since the last tick.
     touched: BTreeSet<InstanceId>,
-    /// Not settled at the last tick.
+    /// Not known to be settled: touched, or unsettled at its last visit.
     unsettled: BTreeSet<InstanceId>,
+    /// Where the last tick stopped.
+    cursor: Option<InstanceId>,
     /// Visited by a tick since the last [`DataPlane::take_visited`]: every
     /// instance whose lag may have changed since.
     visited: BTreeSet<InstanceId>,
@@ -523,24 +533,43 @@ impl Instances {
         self.map.remove(instance)
     }
 
-    /// What this tick visits, in instance order; each visit tells
-    /// [`Instances::visited`] whether to come back.
-    fn take_due(&mut self) -> Vec<InstanceId> {
+    /// What this tick visits: at most `max` of the instances not known to
+    /// be settled, in instance order from where the last tick stopped,
+    /// wrapping around (all of them, in instance order, when they fit).
+    /// Each visit tells [`Instances::visited`] whether to come back; those
+    /// not visited stay for the next ticks.
+    fn take_due(&mut self, max: usize) -> Vec<InstanceId> {
         let touched = std::mem::take(&mut self.touched);
-        let unsettled = std::mem::take(&mut self.unsettled);
-        let mut due: Vec<InstanceId> = touched.union(&unsettled).copied().collect();
-        due.retain(|i| self.map.contains_key(i));
+        self.unsettled.extend(touched);
+        let mut due: Vec<InstanceId>;
+        if self.unsettled.len() <= max {
+            due = self.unsettled.iter().copied().collect();
+            self.cursor = None;
+        } else {
+            let from = self
+                .cursor
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            due = self
+                .unsettled
+                .range((from, std::ops::Bound::Unbounded))
+                .take(max)
+                .copied()
+                .collect();
+            let rest = max - due.len();
+            due.extend(self.unsettled.iter().take(rest).copied());
+            self.cursor = due.last().copied();
+        }
         self.visited.extend(due.iter().copied());
         due
     }
 
     fn visited(&mut self, instance: InstanceId, settled: bool) {
-        if !settled {
-            self.unsettled.insert(instance);
+        if settled {
+            self.unsettled.remove(&instance);
         }
     }
 
-    /// Every instance the last tick left unsettled.
+    /// Every instance not known to be settled.
     fn unsettled(&self) -> impl Iterator<Item = &Instance> {
         self.unsettled.iter().filter_map(|i| self.map.get(i))
     }
@@ -1385,7 +1414,7 @@ impl DataPlane {
     pub fn tick(&mut self, now_ms: u64) {
         let settle_ms = self.settle_ms();
         let retry_ms = (self.replica_lag_timeout_ms / 2).max(1);
-        for instance in self.instances.take_due() {
+        for instance in self.instances.take_due(TICK_VISITS_MAX) {
             let Some(inst) = self.instances.map.get_mut(&instance) else {
                 continue;
             };

@@ -1,7 +1,7 @@
 //! Scenario tests of the data plane: one node driven by hand, and a small
 //! deterministic simulation of three nodes with in-memory logs.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ckpt_proto::ErrorCode;
 use ckpt_storage::{Epoch, InstanceId, Lsn, Seq};
@@ -1254,6 +1254,41 @@ fn a_tick_passes_settled_instances_by_until_they_change() {
     backup.on_message(1, entries_msg(1, Some(pt(1, 3)), vec![]), 1);
     backup.tick(2);
     assert_eq!(backup.unsettled_instances(), vec![]);
+}
+
+/// A failover or a dead backup can leave every checkpoint a node holds
+/// unsettled at once: a tick visits at most `TICK_VISITS_MAX` of them,
+/// the next ticks go on from where it stopped, and every one is visited.
+#[test]
+fn a_tick_visits_a_bounded_number_and_comes_round_to_every_instance() {
+    let mut dp = DataPlane::new(1, TIMEOUT);
+    let n = (plane::TICK_VISITS_MAX * 2 + 10) as u64;
+    for i in 1..=n {
+        let mut set = rs(Some(1), 1, &[(1, 1)], &[1, 2, 3]);
+        set.instance = InstanceId(i);
+        let local = Position {
+            instance: InstanceId(i),
+            ..pos(1, 3)
+        };
+        dp.on_metadata(&set, Some(local), 0);
+    }
+    dp.drain();
+    let mut seen = BTreeSet::new();
+    for t in 1..=3 {
+        dp.tick(t);
+        let visited = dp.take_visited();
+        assert_eq!(visited.len(), plane::TICK_VISITS_MAX, "tick {t}");
+        if t < 3 {
+            assert!(seen.is_disjoint(&visited), "tick {t} came back early");
+        }
+        seen.extend(visited);
+    }
+    assert_eq!(seen.len() as u64, n, "an instance was never visited");
+    assert_eq!(
+        dp.unsettled_instances().len() as u64,
+        n,
+        "no backup streams"
+    );
 }
 
 // ---- a deterministic simulation of three nodes ----
