@@ -611,9 +611,27 @@ type AdminState = Arc<Admin>;
 
 /// `/cluster`: nodes, leader, and every checkpoint's placement and lag
 /// (docs/replication.md); 404 on a single node (and 503 while starting).
+/// Runs `page` on a blocking thread: the pages that grow with the number of
+/// checkpoints (`/cluster`, `/metrics`: tens of megabytes at a million)
+/// must not hold a runtime thread the cluster's driver needs to renew its
+/// lease on time.
+async fn off_runtime<T: Send + 'static>(
+    page: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(page)
+        .await
+        .map_err(|e| format!("rendering the page failed: {e}\n"))
+}
+
 async fn cluster_page(State(state): State<AdminState>) -> (StatusCode, String) {
     match (&state.cluster(), state.phase()) {
-        (Some(cluster), _) => (StatusCode::OK, cluster.cluster_json().to_string()),
+        (Some(cluster), _) => {
+            let cluster = cluster.clone();
+            match off_runtime(move || cluster.cluster_json().to_string()).await {
+                Ok(body) => (StatusCode::OK, body),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
         (None, Phase::Recovering | Phase::Starting) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "starting: no cluster state yet\n".into(),
@@ -771,8 +789,11 @@ async fn config_page(
     )
 }
 
-async fn metrics_page(State(state): State<AdminState>) -> String {
-    state.render()
+async fn metrics_page(State(state): State<AdminState>) -> (StatusCode, String) {
+    match off_runtime(move || state.render()).await {
+        Ok(body) => (StatusCode::OK, body),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 /// `/livez`: the process runs and its admin endpoint answers.
