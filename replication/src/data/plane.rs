@@ -490,6 +490,10 @@ impl Instance {
 /// later, and nothing waits on a tick to be correct.
 pub const TICK_VISITS_MAX: usize = 512;
 
+/// How often the WAL hold is computed while more instances are unsettled
+/// than a tick visits.
+const HOLD_EVERY_MS: u64 = 1000;
+
 /// A data plane's instances, and which of them its ticks visit: those
 /// handed out mutably (or added) since they were last visited, and those
 /// a visit left unsettled. A settled instance ([`Instance::settled`]) has
@@ -585,6 +589,8 @@ pub struct DataPlane {
     instances: Instances,
     outputs: Vec<DataOutput>,
     hold_sent: Option<Option<Lsn>>,
+    /// When the WAL hold was last computed.
+    hold_at_ms: u64,
     /// This node's view of the control plane is fresh (it holds its lease,
     /// which it does only once it applied what the Raft leader had
     /// committed when it granted it); see [`DataPlane::set_control_fresh`].
@@ -639,6 +645,7 @@ impl DataPlane {
             instances: Instances::default(),
             outputs: Vec::new(),
             hold_sent: None,
+            hold_at_ms: 0,
             control_fresh: true,
         }
     }
@@ -1448,10 +1455,18 @@ impl DataPlane {
         self.flush_tracker();
         #[cfg(test)]
         self.check_unvisited_settled();
-        let hold = self.wal_hold();
-        if self.hold_sent != Some(hold) {
-            self.hold_sent = Some(hold);
-            self.outputs.push(DataOutput::HoldWal(hold));
+        // The hold walks every unsettled instance: every tick while they
+        // are few, at most once a second while a tick cannot visit them all
+        // (a dead node's thousands). A hold a second stale at worst lets a
+        // segment go that a lagging backup then gets as a snapshot.
+        let many = self.instances.unsettled.len() > TICK_VISITS_MAX;
+        if !many || now_ms.saturating_sub(self.hold_at_ms) >= HOLD_EVERY_MS {
+            self.hold_at_ms = now_ms;
+            let hold = self.wal_hold();
+            if self.hold_sent != Some(hold) {
+                self.hold_sent = Some(hold);
+                self.outputs.push(DataOutput::HoldWal(hold));
+            }
         }
     }
 
