@@ -331,6 +331,34 @@ fn exit_codes_are_distinct_and_documented() {
     assert_eq!(code(&output), Some(4), "{}", text(&output));
 }
 
+/// A reader that went away (`ckpt-tool ... --json | head -c0`, a script
+/// that failed) is not a crash: the error still goes to stderr, with the
+/// command's exit status, and nothing panics.
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic() {
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    for args in [
+        vec!["--addr", dead.as_str(), "ls", "--json"],
+        vec!["--addr", dead.as_str(), "ls", "--bogus", "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(bin("ckpt-tool"))
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            matches!(code(&output), Some(2 | 4)),
+            "{args:?}: {:?} {stderr}",
+            output.status
+        );
+    }
+}
+
 #[test]
 fn an_http_port_is_named_as_not_a_ckpt_server() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,14 @@ use ckpt_proto::ErrorCode;
 use ckpt_tool::{error_json, Exit, Failure};
 use clap::Parser;
 
+/// Writes `text` and a newline on stdout, ignoring a reader that went
+/// away: what fails is already on stderr, and `println!` would panic.
+fn print_json(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
 /// Prints `failure` on stderr, and as JSON on stdout (stderr when stdout
 /// carries data) when asked to.
 fn report(failure: &Failure, json: bool, json_to_stderr: bool) -> ExitCode {
@@ -19,7 +27,7 @@ fn report(failure: &Failure, json: bool, json_to_stderr: bool) -> ExitCode {
         if json_to_stderr {
             eprintln!("{text}");
         } else {
-            println!("{text}");
+            print_json(&text);
         }
     }
     ExitCode::from(failure.exit as u8)
@@ -44,7 +52,7 @@ fn main() -> ExitCode {
                 error: ClientError::new(ErrorCode::InvalidParameter, message),
                 exit: Exit::Usage,
             };
-            println!("{}", error_json(&failure.error));
+            print_json(&error_json(&failure.error).to_string());
             eprint!("{text}");
             return ExitCode::from(Exit::Usage as u8);
         }
