@@ -50,20 +50,13 @@ server=$bin_dir/ckpt-server
 
 work=$(mktemp -d)
 pids=()
-stop_all() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
+# shellcheck source=benches/cluster_lib.sh
+. benches/cluster_lib.sh
 cleanup() {
   stop_all
   if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-
-# shellcheck source=benches/cluster_lib.sh
-. benches/cluster_lib.sh
 
 # CPU seconds (user + system) the given processes have used so far.
 cpu_seconds() {

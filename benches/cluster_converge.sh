@@ -15,15 +15,9 @@ runs=${1:-3}
 bin=${BIN_DIR:-target/release}
 work=$(mktemp -d)
 pids=()
-stop_all() {
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  pids=()
-}
-trap 'stop_all; rm -rf "$work"' EXIT
 # shellcheck source=benches/cluster_lib.sh
 . benches/cluster_lib.sh
+trap 'stop_all; rm -rf "$work"' EXIT
 for run in $(seq "$runs"); do
   dir="$work/$run"; mkdir -p "$dir"
   start_cluster "$dir" "$bin" "${EXTRA:-}"

@@ -1,7 +1,15 @@
 # Shared by the benches that start a 3-node ckpt cluster on loopback
-# (cluster_compare.sh, cluster_converge.sh, cluster_threads.sh); sourced,
-# not run. The caller keeps its server pids in the array `pids` and stops
-# them.
+# (cluster_compare.sh, cluster_converge.sh, cluster_restart.sh,
+# cluster_threads.sh); sourced, not run. The caller keeps its server pids
+# in the array `pids` and stops them with `stop_all`.
+
+# Stops every process in `pids` (SIGTERM, then waits for each) and empties it.
+stop_all() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
 
 # N distinct free loopback ports, held until all are chosen.
 free_ports() {

@@ -22,16 +22,9 @@ total=${1:-20000}
 
 work=$(mktemp -d)
 pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 # shellcheck source=benches/cluster_lib.sh
 . benches/cluster_lib.sh
+trap 'stop_all; rm -rf "$work"' EXIT
 start_cluster "$work" "$bin"
 "$bin/ckpt-tool" bench --addr "$cluster_addrs" --op fill --keep --total "$total" \
   --sections 2 --value-size 100 --clients 64 --mode all-safe --duration 600s --json |

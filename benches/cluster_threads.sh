@@ -31,16 +31,9 @@ fi
 
 work=$(mktemp -d)
 pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 # shellcheck source=benches/cluster_lib.sh
 . benches/cluster_lib.sh
+trap 'stop_all; rm -rf "$work"' EXIT
 start_cluster "$work" "$bin"
 
 # pid, thread name, CPU ticks so far
@@ -63,58 +56,48 @@ fi
 snapshot >"$work/after"
 if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
 
-python3 - "$work" "$(getconf CLK_TCK)" <<'PY'
+# CPU per thread name and per node between two snapshots: KIND "op"
+# divides by the ops of out.json (and prints its summary), "s" by SECS.
+cpu_report() { # BEFORE AFTER KIND [SECS]
+  python3 - "$work" "$(getconf CLK_TCK)" "$@" <<'PY'
 import collections, json, sys
-work, hz = sys.argv[1], int(sys.argv[2])
+work, hz, before_file, after_file, kind = sys.argv[1:6]
+hz = int(hz)
 def load(path):
     ticks = collections.defaultdict(int)
     for line in open(path):
         pid, name, t = line.split()
         ticks[(pid, name)] += int(t)
     return ticks
-before, after = load(work + "/before"), load(work + "/after")
-out = json.load(open(work + "/out.json"))
-ops = out["ops"]
-print(f"{out['op'] if 'op' in out else 'write'}: {ops} ops, {out['ops_per_s']:.1f}/s, "
-      f"p50 {out['p50_us'] / 1000:.2f} ms, p99 {out['p99_us'] / 1000:.2f} ms")
+before, after = load(before_file), load(after_file)
 per_thread, per_node = collections.defaultdict(int), collections.defaultdict(int)
 for key, t in after.items():
     d = t - before.get(key, 0)
     per_thread[key[1]] += d
     per_node[key[0]] += d
-us = lambda t: t * 1e6 / hz / max(ops, 1)
-print(f"server CPU per op: {us(sum(per_thread.values())):.1f} us")
+if kind == "op":
+    out = json.load(open(work + "/out.json"))
+    ops = out["ops"]
+    print(f"{out['op'] if 'op' in out else 'write'}: {ops} ops, {out['ops_per_s']:.1f}/s, "
+          f"p50 {out['p50_us'] / 1000:.2f} ms, p99 {out['p99_us'] / 1000:.2f} ms")
+    unit, scale = "us", 1e6 / hz / max(ops, 1)
+    print(f"server CPU per op: {sum(per_thread.values()) * scale:.1f} {unit}")
+else:
+    secs = float(sys.argv[6])
+    unit, scale = "ms/s", 1e3 / hz / secs
+    print(f"idle for {secs:.0f} s, server CPU: {sum(per_thread.values()) * scale:.1f} {unit}")
 for name, t in sorted(per_thread.items(), key=lambda kv: -kv[1]):
     if t:
-        print(f"  {name:20s} {us(t):10.1f} us")
-print("per node:", ", ".join(f"{us(t):.1f} us" for _, t in sorted(per_node.items())))
+        print(f"  {name:20s} {t * scale:10.1f} {unit}")
+print("per node:", ", ".join(f"{t * scale:.1f} {unit}" for _, t in sorted(per_node.items())))
 PY
+}
+cpu_report "$work/before" "$work/after" op
 
 if [ -n "${IDLE:-}" ]; then
   sleep 5
   snapshot >"$work/idle_before"
   sleep "$IDLE"
   snapshot >"$work/idle_after"
-  python3 - "$work" "$(getconf CLK_TCK)" "$IDLE" <<'PY'
-import collections, sys
-work, hz, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-def load(path):
-    ticks = collections.defaultdict(int)
-    for line in open(path):
-        pid, name, t = line.split()
-        ticks[(pid, name)] += int(t)
-    return ticks
-before, after = load(work + "/idle_before"), load(work + "/idle_after")
-per_thread, per_node = collections.defaultdict(int), collections.defaultdict(int)
-for key, t in after.items():
-    d = t - before.get(key, 0)
-    per_thread[key[1]] += d
-    per_node[key[0]] += d
-ms = lambda t: t * 1e3 / hz / secs
-print(f"idle for {secs:.0f} s, server CPU: {ms(sum(per_thread.values())):.1f} ms/s")
-for name, t in sorted(per_thread.items(), key=lambda kv: -kv[1]):
-    if t:
-        print(f"  {name:20s} {ms(t):10.1f} ms/s")
-print("per node:", ", ".join(f"{ms(t):.1f} ms/s" for _, t in sorted(per_node.items())))
-PY
+  cpu_report "$work/idle_before" "$work/idle_after" s "$IDLE"
 fi
