@@ -1730,11 +1730,12 @@ impl DataPlane {
             .collect()
     }
 
-    /// The instances ticks visited since the last call: any whose
-    /// [`DataPlane::lag`] changed since is among them (an instance changes
-    /// only when touched, and the next tick visits whatever was touched).
-    /// For a driver that refreshes per-checkpoint figures without looking
-    /// at every checkpoint.
+    /// The instances ticks visited since the last call. An instance
+    /// changes only when touched, and a touched instance is visited by one
+    /// of the next ticks (the next, unless more than [`TICK_VISITS_MAX`]
+    /// wait), so one whose [`DataPlane::lag`] changed shows up here soon
+    /// after. For a driver that refreshes per-checkpoint figures without
+    /// looking at every checkpoint.
     pub fn take_visited(&mut self) -> BTreeSet<InstanceId> {
         std::mem::take(&mut self.instances.visited)
     }
