@@ -112,6 +112,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const NO_LEADER_RETRY: Duration = Duration::from_secs(5);
 /// How often the lag gauges and the admin view of lag are refreshed.
 const LAG_REFRESH_MS: u64 = 1000;
+/// Checkpoints whose gauges one lag refresh sets at most.
+const LAG_REFRESH_MAX: usize = 4096;
 /// Inputs the driver takes before carrying out outputs.
 const INPUT_BATCH_MAX: usize = 256;
 /// How long a snapshot stream waits for the backup to hold its last part
@@ -1376,7 +1378,8 @@ struct Driver {
     /// (see `begin`).
     restart_applied: bool,
     lag_refreshed_ms: u64,
-    /// Instances whose metadata changed since the last lag refresh.
+    /// Instances whose gauges are to be refreshed: their metadata changed,
+    /// or the data plane visited them, since their last refresh.
     lag_due: BTreeSet<InstanceId>,
     /// The checkpoints with per-checkpoint gauges (the in-sync size and
     /// writes held), and the backups each has a lag series for.
@@ -1630,8 +1633,13 @@ impl Driver {
     /// figures still hold, and a node may hold a million checkpoints.
     fn refresh_lag(&mut self) {
         let me = self.cluster.me;
-        let mut due = std::mem::take(&mut self.lag_due);
-        due.extend(self.data.take_visited());
+        self.lag_due.extend(self.data.take_visited());
+        // At most LAG_REFRESH_MAX per refresh, the rest at the next ones:
+        // a start or a failover changes every checkpoint at once.
+        let due: Vec<InstanceId> = self.lag_due.iter().take(LAG_REFRESH_MAX).copied().collect();
+        for instance in &due {
+            self.lag_due.remove(instance);
+        }
         let metrics = &self.cluster.metrics;
         let mut lag = Vec::with_capacity(due.len());
         for instance in due {
