@@ -1425,6 +1425,11 @@ impl DataPlane {
             let Some(inst) = self.instances.map.get_mut(&instance) else {
                 continue;
             };
+            // A visit changes nothing `settled` looks at (probes, proposals,
+            // catch-up requests, a stalled snapshot given up: all of an
+            // unsettled instance), so one look serves the visit and the
+            // decision to come back; test builds check it every tick.
+            let settled = inst.settled(self.me);
             match &mut inst.role {
                 Role::Backup(backup) => {
                     if !backup.synced {
@@ -1444,12 +1449,8 @@ impl DataPlane {
                         );
                     }
                 }
-                Role::Primary(_) => self.tick_primary(instance, now_ms),
+                Role::Primary(_) => self.tick_primary(instance, settled, now_ms),
             }
-            let settled = self
-                .instances
-                .get(&instance)
-                .is_some_and(|inst| inst.settled(self.me));
             self.instances.visited(instance, settled);
         }
         self.flush_tracker();
@@ -1470,7 +1471,7 @@ impl DataPlane {
         }
     }
 
-    fn tick_primary(&mut self, instance: InstanceId, now_ms: u64) {
+    fn tick_primary(&mut self, instance: InstanceId, settled: bool, now_ms: u64) {
         let timeout = self.replica_lag_timeout_ms;
         let settle_ms = self.settle_ms();
         let control_fresh = self.control_fresh;
@@ -1480,7 +1481,6 @@ impl DataPlane {
         let Some(inst) = self.instances.map.get_mut(&instance) else {
             return;
         };
-        let settled = inst.settled(me);
         let Role::Primary(primary) = &mut inst.role else {
             return;
         };
