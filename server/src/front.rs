@@ -120,13 +120,11 @@ impl ClusterFront for crate::cluster::Cluster {
         &self,
         name: CheckpointName,
         attributes: CreationAttributes,
-        _origin: Option<WriteOrigin>,
+        origin: Option<WriteOrigin>,
     ) -> BoxFuture<'_, CkptResult<(ClusterCheckpoint, bool)>> {
-        // A create is idempotent by itself: a retried one finds the
-        // checkpoint it created, with the same attributes (created: false).
         Box::pin(async move {
             let (instance, created) =
-                crate::cluster::Cluster::create(self, name, attributes).await?;
+                crate::cluster::Cluster::create(self, name, attributes, origin).await?;
             Ok((self.checkpoint(instance)?, created))
         })
     }

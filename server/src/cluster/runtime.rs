@@ -61,6 +61,7 @@ use tokio_util::sync::CancellationToken;
 use super::messages::{ForwardOk, ForwardRequest, WireNeed, WireOp};
 use super::metrics::ClusterMetrics;
 use super::transport::{cluster_check, Transport};
+use crate::front::WriteOrigin;
 use crate::reads::{self, ReadReply, ReadRequest};
 
 /// The applied cluster metadata, shared (cheap to clone).
@@ -259,6 +260,8 @@ pub struct Cluster {
     next_id: AtomicU64,
     /// The lease holds until this many ms of `clock` (0: not held).
     lease_until_ms: AtomicU64,
+    /// Creates made by this node whose request answered TRY_AGAIN.
+    unready_creates: UnreadyCreates,
     published: Mutex<Published>,
     metrics: ClusterMetrics,
     clock: Instant,
@@ -338,6 +341,7 @@ impl Cluster {
             forwards: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             lease_until_ms: AtomicU64::new(0),
+            unready_creates: UnreadyCreates::default(),
             published: Mutex::new(Published::default()),
             metrics,
             clock,
@@ -545,7 +549,9 @@ impl Cluster {
     /// Creates checkpoint `name` (or opens the identical existing one):
     /// proposes `Create`, then waits until its active replica created the
     /// instance (COLLOCATED: until it is in the registry). Returns the
-    /// instance and whether it was created by this call.
+    /// instance and whether it was created by this call, or by an earlier
+    /// attempt of the same client request (`origin`) that created it and
+    /// then answered TRY_AGAIN because it did not become writable in time.
     ///
     /// # Errors
     /// `ALREADY_EXIST` when `name` exists with other attributes; TRY_AGAIN
@@ -554,6 +560,7 @@ impl Cluster {
         &self,
         name: CheckpointName,
         attributes: CreationAttributes,
+        origin: Option<WriteOrigin>,
     ) -> CkptResult<(InstanceId, bool)> {
         let command = Command::Create {
             name: name.clone(),
@@ -562,7 +569,12 @@ impl Cluster {
         };
         match self.propose(command).await {
             Ok(Applied::Created { meta }) => {
-                self.await_ready(meta.instance).await?;
+                if let Err(error) = self.await_ready(meta.instance).await {
+                    if let Some(origin) = origin {
+                        self.unready_creates.note(origin, meta.instance);
+                    }
+                    return Err(error);
+                }
                 Ok((meta.instance, true))
             }
             Ok(other) => Err(CkptError::new(
@@ -574,7 +586,9 @@ impl Cluster {
                 match existing {
                     Some(meta) if same_attributes(&meta.attributes, &attributes) => {
                         self.await_ready(meta.instance).await?;
-                        Ok((meta.instance, false))
+                        let created = origin
+                            .is_some_and(|o| self.unready_creates.take(o) == Some(meta.instance));
+                        Ok((meta.instance, created))
                     }
                     Some(meta) => Err(CkptError::new(
                         ErrorCode::AlreadyExist,
@@ -2370,6 +2384,36 @@ impl Driver {
             }
             DataOutput::HoldWal(lsn) => store.set_wal_hold(lsn),
         }
+    }
+}
+
+/// The most creates [`UnreadyCreates`] remembers (the oldest go first).
+const UNREADY_CREATES_MAX: usize = 4096;
+
+/// Checkpoints created for a client request that then answered TRY_AGAIN
+/// (created, not writable within [`READY_TIMEOUT`]), by the request: the
+/// client retries the same request, and that retry is answered as the
+/// first attempt's outcome, "created" (DESIGN.md §4, exactly once). Kept
+/// on the node that proposed the create, in memory: a retry through
+/// another node, or after this node restarted, finds the checkpoint
+/// existing (created: false).
+#[derive(Default)]
+struct UnreadyCreates(Mutex<std::collections::VecDeque<(WriteOrigin, InstanceId)>>);
+
+impl UnreadyCreates {
+    fn note(&self, origin: WriteOrigin, instance: InstanceId) {
+        let mut creates = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if creates.len() >= UNREADY_CREATES_MAX {
+            creates.pop_front();
+        }
+        creates.push_back((origin, instance));
+    }
+
+    /// The instance `origin` created, forgotten now that it is answered.
+    fn take(&self, origin: WriteOrigin) -> Option<InstanceId> {
+        let mut creates = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let at = creates.iter().position(|(o, _)| *o == origin)?;
+        creates.remove(at).map(|(_, instance)| instance)
     }
 }
 

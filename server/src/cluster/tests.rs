@@ -16,6 +16,7 @@ use ckpt_storage::{InstanceId, Op, Origin, Outcome, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::Cluster;
+use crate::front::WriteOrigin;
 use crate::reads::{ReadReply, ReadRequest};
 
 /// Conditions are waited for up to this long, never slept for.
@@ -157,7 +158,7 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
     let attempts = std::cell::Cell::new(0_u32);
     let (instance, created) = retrying("create", || {
         attempts.set(attempts.get() + 1);
-        nodes[0].cluster.create(name.clone(), all_safe())
+        nodes[0].cluster.create(name.clone(), all_safe(), None)
     })
     .await;
     // An attempt that answered TRY_AGAIN (a leader change or a lease expiry
@@ -341,7 +342,7 @@ async fn a_dead_backup_leaves_the_in_sync_set_and_all_safe_writes_go_on() {
     }
     let name = CheckpointName::new("backup-dies").unwrap();
     let (instance, _) = retrying("create", || {
-        nodes[0].cluster.create(name.clone(), all_safe())
+        nodes[0].cluster.create(name.clone(), all_safe(), None)
     })
     .await;
     let meta = nodes[0].cluster.state().get(instance).cloned().unwrap();
@@ -406,6 +407,69 @@ async fn a_dead_backup_leaves_the_in_sync_set_and_all_safe_writes_go_on() {
             node.id
         );
     }
+    for node in &nodes {
+        node.shutdown.cancel();
+    }
+}
+
+/// A create whose checkpoint was made but did not become writable in time
+/// answers TRY_AGAIN; the client's retry, with the same request, is told
+/// it created the checkpoint (its first outcome), not that it found one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_retried_after_try_again_is_answered_as_created() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let ids = [1, 2, 3];
+    let mut config = config(&ids);
+    // Writable only once all three replicas are in sync: with node 3 not
+    // started, the first attempt times out after the Create applied.
+    config.min_in_sync = 3;
+    let mut nodes = vec![start(&config, 1).await, start(&config, 2).await];
+    let name = CheckpointName::new("retried-create").unwrap();
+    let origin = Some(WriteOrigin {
+        session: 11,
+        request: 1,
+    });
+    let first = loop {
+        match nodes[0]
+            .cluster
+            .create(name.clone(), all_safe(), origin)
+            .await
+        {
+            Err(error) if error.code == ErrorCode::TryAgain => {
+                if nodes[0].cluster.state().lookup(&name).is_some() {
+                    break error;
+                }
+                // Refused before the Create applied (no leader yet).
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("node 3 is down, yet the create answered {other:?}"),
+        }
+    };
+    eprintln!("first attempt: {first}");
+    nodes.push(start(&config, 3).await);
+    let (instance, created) = retrying("retried create", || {
+        nodes[0].cluster.create(name.clone(), all_safe(), origin)
+    })
+    .await;
+    assert!(created, "the retry of the request that created it");
+    assert_eq!(
+        nodes[0].cluster.state().lookup(&name).map(|m| m.instance),
+        Some(instance)
+    );
+    // Another request finds it.
+    let other = Some(WriteOrigin {
+        session: 12,
+        request: 1,
+    });
+    let (again, created) = retrying("another create", || {
+        nodes[0].cluster.create(name.clone(), all_safe(), other)
+    })
+    .await;
+    assert_eq!(again, instance);
+    assert!(!created, "another request opens the existing checkpoint");
     for node in &nodes {
         node.shutdown.cancel();
     }
