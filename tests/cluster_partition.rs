@@ -295,20 +295,18 @@ fn an_isolated_active_node_stops_acknowledging_and_rejoins_as_a_backup() {
     // to catch up) — a loss the mode allows, not what this test is about.
     let probe_names: Vec<&str> = probe_specs.iter().map(|(probe, _, _)| *probe).collect();
     wait_replicas_identical(&mut cluster, &probe_names);
-    // Who ordered epoch 1 of each checkpoint: its active replica now,
-    // provided nothing failed over yet.
+    // Who ordered epoch 1 of each checkpoint: the first of its replicas
+    // (placement names it the active replica at creation, and only a
+    // RemoveNode reorders them). Not "its active replica now": on a loaded
+    // machine a lease may have lapsed during the warm-up already.
     let mut first_writer: BTreeMap<u64, (String, u64)> = BTreeMap::new();
     for c in checkpoints(&before) {
         let name = c["name"].as_str().unwrap().to_string();
-        assert_eq!(
-            c["epoch"].as_u64(),
-            Some(1),
-            "{name} failed over before the partition: {before:#}"
-        );
-        first_writer.insert(
-            c["instance"].as_u64().unwrap(),
-            (name, c["active"].as_u64().unwrap()),
-        );
+        let first = ids(&c["replicas"])[0];
+        if c["epoch"].as_u64() == Some(1) {
+            assert_eq!(c["active"].as_u64(), Some(first), "{name}: {before:#}");
+        }
+        first_writer.insert(c["instance"].as_u64().unwrap(), (name, first));
     }
     for (probe, _, _) in &probe_specs[..2] {
         assert_eq!(find(&before, probe)["active"].as_u64(), Some(victim));
@@ -537,8 +535,8 @@ fn wal_entries(data_dir: &Path) -> Vec<Value> {
 ///    would differ (timestamps at least) wherever both were logged. Snapshot
 ///    installs and suffix discards are left out: a node logs them itself,
 ///    at the position of the snapshot or the discard.
-/// 2. Each epoch has one writer: epoch 1 the checkpoint's active replica
-///    before the partition (asserted to be still at epoch 1 then), every
+/// 2. Each epoch has one writer: epoch 1 the checkpoint's first replica
+///    (its active replica at creation), every
 ///    later epoch the one node that logged "epoch begun as active replica"
 ///    for it — two nodes beginning one epoch fail here. The writer's own WAL
 ///    holds every entry of its epoch that any node holds: nothing in that

@@ -111,14 +111,19 @@ fn rejoin_by_snapshot(size: usize, clients: usize, n: usize, load: Load) -> f64 
         .into_iter()
         .find(|n| *n != active)
         .expect("a backup");
-    assert_eq!(
-        metric(
-            &cluster,
-            backup,
-            "ckpt_replication_snapshots_installed_total"
-        ),
-        0.0
+    // Usually 0; a backup starved of CPU on a loaded machine may already
+    // have needed one.
+    let installed_before = metric(
+        &cluster,
+        backup,
+        "ckpt_replication_snapshots_installed_total",
     );
+    let survivors: Vec<u64> = (1..=3).filter(|n| *n != backup).collect();
+    // The snapshot comes from whichever survivor is active by then (a lease
+    // lapsing on a loaded machine can move the role): counted over both.
+    let sent = |cluster: &Cluster, name: &str| -> f64 {
+        survivors.iter().map(|n| metric(cluster, *n, name)).sum()
+    };
 
     cluster.kill(backup);
     let from = acked_lines(&record).len();
@@ -149,12 +154,8 @@ fn rejoin_by_snapshot(size: usize, clients: usize, n: usize, load: Load) -> f64 
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
-    let sent_before = metric(&cluster, active, "ckpt_replication_snapshots_sent_total");
-    let parts_before = metric(
-        &cluster,
-        active,
-        "ckpt_replication_snapshot_parts_sent_total",
-    );
+    let sent_before = sent(&cluster, "ckpt_replication_snapshots_sent_total");
+    let parts_before = sent(&cluster, "ckpt_replication_snapshot_parts_sent_total");
     let bench = if load == Load::Stopped {
         drop(bench);
         None
@@ -168,10 +169,10 @@ fn rejoin_by_snapshot(size: usize, clients: usize, n: usize, load: Load) -> f64 
             &cluster,
             backup,
             "ckpt_replication_snapshots_installed_total"
-        ) >= 1.0,
+        ) > installed_before,
         "node {backup} rejoined without installing a snapshot"
     );
-    assert!(metric(&cluster, active, "ckpt_replication_snapshots_sent_total") > sent_before);
+    assert!(sent(&cluster, "ckpt_replication_snapshots_sent_total") > sent_before);
     // Then it follows the log: writes keep being acknowledged by every
     // in-sync replica (ALL_SAFE), the restarted one included.
     if bench.is_some() {
@@ -185,9 +186,5 @@ fn rejoin_by_snapshot(size: usize, clients: usize, n: usize, load: Load) -> f64 
     let (acked, lost, wrong) = check_acked(&cluster.addrs(), &record);
     assert!(acked as usize >= from + n, "{acked} acked");
     assert_eq!((lost, wrong), (0, 0), "of {acked} acknowledged writes");
-    metric(
-        &cluster,
-        active,
-        "ckpt_replication_snapshot_parts_sent_total",
-    ) - parts_before
+    sent(&cluster, "ckpt_replication_snapshot_parts_sent_total") - parts_before
 }

@@ -152,7 +152,21 @@ fn an_unfinished_admin_request_does_not_hold_up_the_exit() {
     let mut idle = std::net::TcpStream::connect(&admin).unwrap();
     idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Its answer shows the server took both connections (accepted in the
+    // order they came), rather than a sleep hoping it did.
+    {
+        use std::io::Read;
+        idle.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = idle.read(&mut buf).expect("the /livez answer");
+            assert!(n > 0, "the admin endpoint closed the kept-alive connection");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    }
     let stopping = Instant::now();
     server.signal(libc::SIGTERM);
     let (status, log) = server.wait_exit();
