@@ -383,23 +383,40 @@ pub fn raw_open_with_name(
     }
     spliced.extend_from_slice(name_bytes);
     spliced.extend_from_slice(&body[12..]);
-    let mut raw = RawClient::connect(addr);
+    // A session of its own, and TRY_AGAIN retried with the same request
+    // number, as the client library does: in a cluster on a loaded
+    // machine a create can answer TRY_AGAIN, and its retry is then still
+    // answered "created".
+    let session = rand::random::<u64>() | 1;
+    let mut raw = RawClient::connect_session(addr, session);
     let request_id = 4242;
-    raw.send_frame(Frame {
-        kind: FrameKind::Request,
-        request_id,
-        body: spliced.into(),
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let spliced = bytes::Bytes::from(spliced);
     loop {
-        let frame = raw.read_frame().expect("a response to the spliced Open");
-        if frame.kind == FrameKind::Response && frame.request_id == request_id {
-            return frame.decode().expect("response body");
+        raw.send_frame(Frame {
+            kind: FrameKind::Request,
+            request_id,
+            body: spliced.clone(),
+        });
+        let response: Response = loop {
+            let frame = raw.read_frame().expect("a response to the spliced Open");
+            if frame.kind == FrameKind::Response && frame.request_id == request_id {
+                break frame.decode().expect("response body");
+            }
+            assert_ne!(
+                frame.kind,
+                FrameKind::Goodbye,
+                "the server closed the connection instead of answering"
+            );
+        };
+        match response {
+            Err(error)
+                if error.code == ErrorCode::TryAgain && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            response => return response,
         }
-        assert_ne!(
-            frame.kind,
-            FrameKind::Goodbye,
-            "the server closed the connection instead of answering"
-        );
     }
 }
 
