@@ -35,7 +35,7 @@ print("filled %d checkpoints at %.0f/s" % (d["ops"], d["ops_per_s"]))'
 
 # "UNDER_REPLICATED ALL_ALIVE"
 status() {
-  "$bin/ckpt-tool" cluster status --config "$work/cluster.toml" --json 2>/dev/null | python3 -c '
+  cluster_summary "$bin" "$work/cluster.toml" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 print(d.get("under_replicated"), all(n["alive"] for n in d["nodes"]))' || echo "? ?"

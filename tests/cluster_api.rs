@@ -354,9 +354,79 @@ async fn a_returning_backup_catches_up_and_rejoins_the_in_sync_set() {
             .await
             .unwrap();
     }
+    // `/cluster?checkpoints=`: the summary alone, or the checkpoints
+    // needing attention — this one, its backup down, and only it.
+    let admin = cluster.admin_addrs[(active.unwrap() - 1) as usize].clone();
+    let listed = |query: &str| -> serde_json::Value {
+        let (code, body) = common::http_get(&admin, &format!("/cluster{query}"));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let names = |page: &serde_json::Value| -> Vec<String> {
+        checkpoints(page)
+            .iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let unsettled = wait_status(&cluster, "the backup's failure seen", |status| {
+        ids(&checkpoints(status)[0]["in_sync"]).len() == 2
+    });
+    assert_eq!(unsettled["under_replicated"], 1, "{unsettled:#}");
+    let none = listed("?checkpoints=none");
+    assert_eq!(
+        (none["checkpoint_count"].as_u64(), names(&none).len()),
+        (Some(1), 0),
+        "{none:#}"
+    );
+    assert_eq!(none["listed"], "none");
+    assert_eq!(
+        names(&listed("?checkpoints=unsettled")),
+        vec![name.to_string()]
+    );
+    assert_eq!(names(&listed("?checkpoints=all")), vec![name.to_string()]);
+    let (code, body) = common::http_get(&admin, "/cluster?checkpoints=some");
+    assert_eq!(code, 400);
+    assert!(body.contains("expected all, none or unsettled"), "{body}");
+    let (code, body) = common::http_get(&admin, "/cluster?colour=red");
+    assert_eq!(code, 400);
+    assert!(body.contains("colour"), "{body}");
+    let tool = |listed: &str| -> String {
+        let output = Command::new(bin("ckpt-tool"))
+            .args([
+                "cluster",
+                "status",
+                "--admin",
+                &admin,
+                "--checkpoints",
+                listed,
+            ])
+            .output()
+            .expect("ckpt-tool runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let text = tool("none");
+    assert!(
+        text.contains("checkpoints: 1 (0 fully replicated, 1 filling)"),
+        "{text}"
+    );
+    assert!(!text.contains(&name.to_string()), "{text}");
+    let text = tool("unsettled");
+    assert!(text.contains("needing attention"), "{text}");
+    assert!(text.contains(&format!("{name}\tinstance")), "{text}");
+
     cluster.restart(backup);
     wait_settled(&mut cluster, &[1, 2, 3]);
     wait_verified(&cluster);
+    // Settled: nothing needs attention.
+    let settled = wait_status(&cluster, "nothing behind", |status| {
+        checkpoints(status)[0]["lag"]
+            .as_array()
+            .is_some_and(|lag| lag.iter().all(|l| l["records"] == 0))
+    });
+    assert_eq!(settled["under_replicated"], 0);
+    let quiet = listed("?checkpoints=unsettled");
+    assert_eq!(names(&quiet), Vec::<String>::new(), "{quiet:#}");
 }
 
 /// An active replica that restarts before anyone fails it over may have

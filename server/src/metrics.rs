@@ -623,11 +623,21 @@ async fn off_runtime<T: Send + 'static>(
         .map_err(|e| format!("rendering the page failed: {e}\n"))
 }
 
-async fn cluster_page(State(state): State<AdminState>) -> (StatusCode, String) {
+///
+/// `?checkpoints=all|none|unsettled` says which checkpoints are listed
+/// (default all); the summary (leader, nodes, counts) is always there.
+async fn cluster_page(
+    State(state): State<AdminState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> (StatusCode, String) {
+    let listed = match cluster_listed(query.as_deref()) {
+        Ok(listed) => listed,
+        Err(error) => return (StatusCode::BAD_REQUEST, error),
+    };
     match (&state.cluster(), state.phase()) {
         (Some(cluster), _) => {
             let cluster = cluster.clone();
-            match off_runtime(move || cluster.cluster_json().to_string()).await {
+            match off_runtime(move || cluster.cluster_json(listed).to_string()).await {
                 Ok(body) => (StatusCode::OK, body),
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e),
             }
@@ -641,6 +651,18 @@ async fn cluster_page(State(state): State<AdminState>) -> (StatusCode, String) {
             "not a cluster node: started without a cluster file\n".into(),
         ),
     }
+}
+
+/// The query of `GET /cluster`: `checkpoints=all|none|unsettled`.
+fn cluster_listed(query: Option<&str>) -> Result<crate::cluster::Listed, String> {
+    let mut listed = crate::cluster::Listed::All;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("checkpoints", value)) => listed = crate::cluster::Listed::parse(value)?,
+            _ => return Err(format!("unknown parameter {pair:?}\n")),
+        }
+    }
+    Ok(listed)
 }
 
 /// The query of `POST /cluster/add-node` and `/cluster/remove-node`.

@@ -273,6 +273,23 @@ pub struct ClusterStatusArgs {
     /// Print the node's JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Which checkpoints to list after the summary: every one, none (what
+    /// a poll of a large cluster wants: the node renders tens of thousands
+    /// of lines otherwise), or those needing attention (under-replicated,
+    /// without an active replica, or with a backup behind).
+    #[arg(long, value_enum, default_value = "all")]
+    pub checkpoints: ListedCheckpoints,
+}
+
+/// `cluster status --checkpoints`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListedCheckpoints {
+    /// Every checkpoint.
+    All,
+    /// None: the summary only.
+    None,
+    /// Under-replicated, without an active replica, or with a backup behind.
+    Unsettled,
 }
 
 /// `cluster verify`.

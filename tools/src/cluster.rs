@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use crate::admin::{emit, emit_json};
 use crate::cli::{
     AdminTarget, ClusterAddNodeArgs, ClusterRemoveNodeArgs, ClusterStatusArgs, ClusterVerifyArgs,
+    ListedCheckpoints,
 };
 
 /// How long one admin request may take (connect, send, answer).
@@ -453,9 +454,16 @@ pub struct ClusterView {
     /// (after a node was removed or added); absent from older servers.
     #[serde(default)]
     pub under_replicated: u64,
+    /// How many checkpoints there are; absent from older servers (then
+    /// every one is listed).
+    #[serde(default)]
+    pub checkpoint_count: Option<u64>,
+    /// Which are listed: all, none or unsettled (`?checkpoints=`).
+    #[serde(default)]
+    pub listed: Option<String>,
     /// Every member node.
     pub nodes: Vec<NodeView>,
-    /// Every checkpoint.
+    /// The checkpoints listed.
     pub checkpoints: Vec<CheckpointView>,
 }
 
@@ -512,14 +520,22 @@ pub fn status_text(view: &ClusterView, from: &str) -> String {
             }
         ));
     }
+    let count = view
+        .checkpoint_count
+        .unwrap_or(u64::try_from(view.checkpoints.len()).unwrap_or(u64::MAX));
     text.push_str(&format!(
-        "checkpoints: {} ({} fully replicated, {} filling)\n",
-        view.checkpoints.len(),
-        view.checkpoints
-            .len()
-            .saturating_sub(usize::try_from(view.under_replicated).unwrap_or(usize::MAX)),
+        "checkpoints: {count} ({} fully replicated, {} filling)\n",
+        count.saturating_sub(view.under_replicated),
         view.under_replicated
     ));
+    match view.listed.as_deref() {
+        Some("none") => {}
+        Some("unsettled") => text.push_str(&format!(
+            "needing attention (under-replicated, without an active replica or with a backup behind): {}\n",
+            view.checkpoints.len()
+        )),
+        _ => {}
+    }
     for checkpoint in &view.checkpoints {
         let lag: Vec<String> = checkpoint
             .lag
@@ -553,10 +569,16 @@ pub fn status_text(view: &ClusterView, from: &str) -> String {
 /// `MESSAGE_ERROR` when no node answers (naming each failure).
 pub async fn fetch_cluster(
     addrs: &[String],
+    listed: ListedCheckpoints,
 ) -> Result<(String, Vec<u8>, Vec<String>), ClientError> {
+    let path = match listed {
+        ListedCheckpoints::All => "/cluster",
+        ListedCheckpoints::None => "/cluster?checkpoints=none",
+        ListedCheckpoints::Unsettled => "/cluster?checkpoints=unsettled",
+    };
     let mut failures = Vec::new();
     for addr in addrs {
-        match http_get(addr, "/cluster").await {
+        match http_get(addr, path).await {
             Ok(body) => return Ok((addr.clone(), body, failures)),
             Err(error) => failures.push(error.message),
         }
@@ -574,7 +596,7 @@ pub async fn fetch_cluster(
 /// expected.
 pub async fn status(args: &ClusterStatusArgs) -> Result<(), ClientError> {
     let addrs = admin_addrs(&args.target)?;
-    let (addr, body, failures) = fetch_cluster(&addrs).await?;
+    let (addr, body, failures) = fetch_cluster(&addrs, args.checkpoints).await?;
     for failure in &failures {
         eprintln!("warning: {failure}");
     }
@@ -1123,9 +1145,10 @@ mod tests {
     async fn status_uses_the_first_node_that_answers() {
         let dead = dead_addr().await;
         let live = serve(&[("/cluster", CLUSTER)], false).await;
-        let (addr, body, failures) = fetch_cluster(&[dead.clone(), live.addr.clone()])
-            .await
-            .unwrap();
+        let (addr, body, failures) =
+            fetch_cluster(&[dead.clone(), live.addr.clone()], ListedCheckpoints::All)
+                .await
+                .unwrap();
         assert_eq!(addr, live.addr);
         assert_eq!(failures.len(), 1);
         assert!(failures[0].starts_with(&dead));
@@ -1147,7 +1170,7 @@ mod tests {
             "{text}"
         );
 
-        let error = fetch_cluster(std::slice::from_ref(&dead))
+        let error = fetch_cluster(std::slice::from_ref(&dead), ListedCheckpoints::All)
             .await
             .unwrap_err();
         assert_eq!(error.code, ErrorCode::MessageError);

@@ -795,11 +795,23 @@ impl ClusterState {
     /// status` shows while a replacement node fills.
     pub fn under_replicated(&self) -> usize {
         let live = self.nodes.values().filter(|a| **a).count();
-        let wanted = self.replication_factor.min(live.max(1));
         self.checkpoints()
-            .filter(|m| !m.unlinked && !m.replica_per_opener())
-            .filter(|m| m.replicas.len() < wanted || m.in_sync.len() < m.replicas.len())
+            .filter(|m| self.is_under_replicated(m, live))
             .count()
+    }
+
+    /// Whether `meta` counts in [`Self::under_replicated`], with `live`
+    /// nodes alive.
+    pub fn is_under_replicated(&self, meta: &CheckpointMeta, live: usize) -> bool {
+        let wanted = self.replication_factor.min(live.max(1));
+        !meta.unlinked
+            && !meta.replica_per_opener()
+            && (meta.replicas.len() < wanted || meta.in_sync.len() < meta.replicas.len())
+    }
+
+    /// How many checkpoints there are (unlinked ones too).
+    pub fn checkpoint_count(&self) -> usize {
+        self.checkpoints.len()
     }
 
     /// The id the next Create will get.

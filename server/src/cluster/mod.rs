@@ -19,4 +19,4 @@ pub mod transport;
 #[cfg(test)]
 mod tests;
 
-pub use runtime::{need_for, Cluster, ClusterError, ClusterStateSnapshot, PeerMessage};
+pub use runtime::{need_for, Cluster, ClusterError, ClusterStateSnapshot, Listed, PeerMessage};

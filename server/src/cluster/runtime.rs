@@ -235,7 +235,10 @@ struct Published {
     leader: Option<NodeId>,
     term: u64,
     /// By instance this node is primary of: `(node, records, bytes)` behind.
-    lag: BTreeMap<InstanceId, Vec<(NodeId, u64, u64)>>,
+    /// Persistent: `/cluster` takes a copy in O(1) and renders it without
+    /// holding the lock the driver takes to publish (a render of 50,000
+    /// checkpoints under it stalled the driver past its lease).
+    lag: imbl::OrdMap<InstanceId, Vec<(NodeId, u64, u64)>>,
 }
 
 struct PendingForward {
@@ -1175,9 +1178,12 @@ impl Cluster {
     /// GET /cluster (plan8.md): nodes, leader, term, and every checkpoint
     /// with its replicas, active replica, epoch, in-sync set and — on its
     /// active node — each backup's lag.
-    pub fn cluster_json(&self) -> serde_json::Value {
+    pub fn cluster_json(&self, listed: Listed) -> serde_json::Value {
         let state = self.state();
-        let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let (leader, term, lag) = {
+            let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            (published.leader, published.term, published.lag.clone())
+        };
         // The members: the file's nodes at the file's addresses, the ones
         // added since at theirs (a node removed is no longer listed).
         let mut nodes: Vec<(NodeId, SocketAddr, SocketAddr)> = self
@@ -1204,11 +1210,22 @@ impl Cluster {
                 })
             })
             .collect();
+        let live = state.nodes().filter(|(_, alive)| *alive).count();
         let checkpoints: Vec<serde_json::Value> = state
             .checkpoints()
+            .filter(|m| match listed {
+                Listed::All => true,
+                Listed::None => false,
+                Listed::Unsettled => {
+                    state.is_under_replicated(m, live)
+                        || m.active.is_none()
+                        || lag.get(&m.instance).is_some_and(|behind| {
+                            behind.iter().any(|(_, records, _)| *records > 0)
+                        })
+                }
+            })
             .map(|m| {
-                let lag: Vec<serde_json::Value> = published
-                    .lag
+                let lag: Vec<serde_json::Value> = lag
                     .get(&m.instance)
                     .map(|lag| {
                         lag.iter()
@@ -1231,9 +1248,11 @@ impl Cluster {
             .collect();
         serde_json::json!({
             "node_id": self.me,
-            "leader": published.leader,
-            "term": published.term,
+            "leader": leader,
+            "term": term,
             "under_replicated": state.under_replicated(),
+            "checkpoint_count": state.checkpoint_count(),
+            "listed": listed.as_str(),
             "nodes": nodes,
             "checkpoints": checkpoints,
         })
@@ -2383,6 +2402,46 @@ impl Driver {
                 }
             }
             DataOutput::HoldWal(lsn) => store.set_wal_hold(lsn),
+        }
+    }
+}
+
+/// Which checkpoints `/cluster` lists (`?checkpoints=`): every one, none
+/// (the summary alone: what a status poll of a large cluster needs), or
+/// those needing attention — under-replicated (a replica short or not in
+/// sync), without an active replica, or with a backup behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// Every checkpoint (the default).
+    All,
+    /// None.
+    None,
+    /// Those needing attention.
+    Unsettled,
+}
+
+impl Listed {
+    /// The query value naming it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listed::All => "all",
+            Listed::None => "none",
+            Listed::Unsettled => "unsettled",
+        }
+    }
+
+    /// From the query value.
+    ///
+    /// # Errors
+    /// A message naming the values allowed.
+    pub fn parse(value: &str) -> Result<Listed, String> {
+        match value {
+            "all" => Ok(Listed::All),
+            "none" => Ok(Listed::None),
+            "unsettled" => Ok(Listed::Unsettled),
+            other => Err(format!(
+                "checkpoints={other:?}: expected all, none or unsettled\n"
+            )),
         }
     }
 }
