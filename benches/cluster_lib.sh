@@ -24,8 +24,11 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 # of every checkpoint costs the node answering it a core at 50,000); a
 # tool older than `--checkpoints` (BIN_DIR) gets the whole page.
 cluster_summary() { # BIN CONFIG
-  "$1/ckpt-tool" cluster status --config "$2" --checkpoints none --json 2>/dev/null ||
-    "$1/ckpt-tool" cluster status --config "$2" --json 2>/dev/null
+  local listed=()
+  if "$1/ckpt-tool" cluster status --help | grep -q -- --checkpoints; then
+    listed=(--checkpoints none)
+  fi
+  "$1/ckpt-tool" cluster status --config "$2" "${listed[@]}" --json 2>/dev/null
 }
 
 # Exit status 0 once the cluster of CONFIG has a leader and every node is
