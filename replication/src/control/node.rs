@@ -565,6 +565,12 @@ impl ControlPlane {
             .is_some_and(|sent| now_ms < sent.saturating_add(self.lease_timeout_ms))
     }
 
+    /// How long a proposal may take to commit before it is answered TRY_AGAIN.
+    #[cfg(test)]
+    pub(crate) fn proposal_timeout_ms(&self) -> u64 {
+        self.proposal_timeout_ms
+    }
+
     /// Applied entries kept before compacting into a snapshot (tests use small values).
     pub fn set_compact_entries(&mut self, entries: u64) {
         self.compact_entries = entries.max(1);
@@ -1031,24 +1037,26 @@ impl ControlPlane {
         self.lease_sent_at_ms = held;
     }
 
+    /// Answers the proposals older than the proposal timeout TRY_AGAIN.
+    /// Tickets are numbered in proposal order and stamped with `now_ms`,
+    /// which never goes back, so the expired ones are the first few: this
+    /// runs at every step, and scanning every pending ticket there (a
+    /// failover proposes one per checkpoint) took a fifth of a node's CPU
+    /// at 50,000 checkpoints.
     fn expire_tickets(&mut self) {
         let now = self.now_ms;
         let timeout = self.proposal_timeout_ms;
-        let expired: Vec<u64> = self
-            .tickets
-            .iter()
-            .filter(|(_, (at, _))| now > at.saturating_add(timeout))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in expired {
-            if let Some((_, cmd)) = self.tickets.remove(&t) {
-                let e = CkptError::new(
-                    ErrorCode::TryAgain,
-                    format!("control-plane proposal not committed within {timeout} ms"),
-                );
-                self.out_applied
-                    .push((Some(Ticket(t)), cmd, Applied::Failed(e)));
+        while let Some(oldest) = self.tickets.first_entry() {
+            if now <= oldest.get().0.saturating_add(timeout) {
+                break;
             }
+            let (t, (_, cmd)) = oldest.remove_entry();
+            let e = CkptError::new(
+                ErrorCode::TryAgain,
+                format!("control-plane proposal not committed within {timeout} ms"),
+            );
+            self.out_applied
+                .push((Some(Ticket(t)), cmd, Applied::Failed(e)));
         }
     }
 

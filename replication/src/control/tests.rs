@@ -729,6 +729,66 @@ fn compactions_space_out_as_the_registry_grows() {
     assert!((taken.len() as u64) < last / 4, "{taken:?}");
 }
 
+/// A proposal that cannot commit (no quorum) is answered TRY_AGAIN once
+/// the proposal timeout passed since it was made, each in its turn.
+#[test]
+fn proposals_without_a_quorum_expire_each_after_the_timeout() {
+    let mut sim = Sim::new();
+    let leader = sim.elect();
+    for other in sim.config.node_ids() {
+        if other != leader {
+            sim.kill(other);
+        }
+    }
+    let first = sim
+        .cp_mut(leader)
+        .propose(Command::Unlink { name: name("a") })
+        .unwrap();
+    let first_at = sim.now_ms;
+    sim.run_for(sim.config.tick_ms * 2);
+    let second = sim
+        .cp_mut(leader)
+        .propose(Command::Unlink { name: name("b") })
+        .unwrap();
+    let second_at = sim.now_ms;
+    let answered_at = |sim: &Sim, ticket| {
+        sim.applied.get(&leader).and_then(|v| {
+            v.iter()
+                .find(|(t, _, _)| *t == Some(ticket))
+                .map(|(_, _, a)| a.clone())
+        })
+    };
+    let mut first_seen = None;
+    let mut second_seen = None;
+    sim.run_until("both answered", 60_000, |s| {
+        if first_seen.is_none() && answered_at(s, first).is_some() {
+            first_seen = Some((s.now_ms, answered_at(s, first).unwrap()));
+        }
+        if second_seen.is_none() && answered_at(s, second).is_some() {
+            second_seen = Some((s.now_ms, answered_at(s, second).unwrap()));
+        }
+        first_seen.is_some() && second_seen.is_some()
+    });
+    let (first_ms, first_outcome) = first_seen.unwrap();
+    let (second_ms, second_outcome) = second_seen.unwrap();
+    for outcome in [&first_outcome, &second_outcome] {
+        assert!(
+            matches!(outcome, Applied::Failed(e) if e.code == ErrorCode::TryAgain),
+            "{outcome:?}"
+        );
+    }
+    let proposal_timeout = sim.cp(leader).proposal_timeout_ms();
+    assert!(
+        first_ms > first_at + proposal_timeout,
+        "{first_ms} {first_at}"
+    );
+    assert!(
+        second_ms > second_at + proposal_timeout,
+        "{second_ms} {second_at}"
+    );
+    assert!(first_ms < second_ms);
+}
+
 #[test]
 fn a_torn_raft_log_tail_is_dropped_and_the_node_rejoins() {
     let dir = tempfile::tempdir().unwrap();
