@@ -558,6 +558,15 @@ impl ControlPlane {
         self.raw.raft.raft_log.applied
     }
 
+    /// Whether this node leads and has applied everything committed, its
+    /// own term's first entry included: only then is a name missing from
+    /// its state missing from the cluster's (a leader just elected may
+    /// not have applied a Create that committed under its predecessor).
+    pub fn leader_caught_up(&self) -> bool {
+        self.committed_in_term()
+            .is_some_and(|commit| self.applied_index() >= commit)
+    }
+
     /// Whether this node holds its lease at `now_ms`: an active replica
     /// serves writes only while this is true.
     pub fn holds_lease(&self, now_ms: u64) -> bool {
@@ -1097,9 +1106,7 @@ impl ControlPlane {
         // ... and only once it has applied everything committed, its
         // own term's entry included: a new leader's state may still be
         // behind the one the cluster acts on.
-        let caught_up = self
-            .committed_in_term()
-            .is_some_and(|commit| self.applied_index() >= commit);
+        let caught_up = self.leader_caught_up();
         if let Some(d) = self.duties.as_mut() {
             d.last_request_ms.insert(me, now);
             if caught_up {

@@ -234,6 +234,9 @@ enum Input {
 struct Published {
     leader: Option<NodeId>,
     term: u64,
+    /// This node leads and has applied everything committed (its
+    /// published state is the cluster's, up to creates still in flight).
+    leader_caught_up: bool,
     /// By instance this node is primary of: `(node, records, bytes)` behind.
     /// Persistent: `/cluster` takes a copy in O(1) and renders it without
     /// holding the lock the driver takes to publish (a render of 50,000
@@ -604,11 +607,32 @@ impl Cluster {
         }
     }
 
+    /// Ok when a name missing from this node's state is missing from the
+    /// cluster: this node leads, has applied everything committed and
+    /// holds its lease (a quorum heard from it lately: no newer leader).
+    /// Otherwise TRY_AGAIN: a leader just elected may not have applied a
+    /// Create its predecessor committed, and a deposed one may not know.
+    fn miss_is_final(&self) -> CkptResult<()> {
+        let (leader, caught_up) = {
+            let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            (published.leader, published.leader_caught_up)
+        };
+        if leader == Some(self.me) && caught_up && self.holds_lease() {
+            Ok(())
+        } else {
+            Err(try_again(format!(
+                "node {} is not a control-plane leader that has applied its log",
+                self.me
+            )))
+        }
+    }
+
     /// The instance `name` refers to. On a local miss the Raft leader is
     /// asked (this node may be behind), and the answer is waited for here.
     ///
     /// # Errors
-    /// `NOT_EXIST`; TRY_AGAIN when no leader is known.
+    /// `NOT_EXIST`; TRY_AGAIN when no leader is known, or the leader has
+    /// not applied its log yet (just elected).
     pub async fn lookup(&self, name: &CheckpointName) -> CkptResult<InstanceId> {
         if let Some(meta) = self.state().lookup(name) {
             return Ok(meta.instance);
@@ -621,7 +645,9 @@ impl Cluster {
         };
         let (leader, _) = self.leader_and_term();
         let leader = match leader {
-            Some(leader) if leader == self.me => return Err(missing()),
+            Some(leader) if leader == self.me => {
+                return Err(self.miss_is_final().map_or_else(|e| e, |()| missing()))
+            }
             Some(leader) => leader,
             None => return Err(try_again("no Raft leader is known")),
         };
@@ -1167,9 +1193,10 @@ impl Cluster {
                 .await_ready_local(InstanceId(instance))
                 .await
                 .map(|()| ForwardOk::Done),
-            ForwardRequest::Lookup { name } => Ok(ForwardOk::Found(
-                self.state().lookup(&name).map(|m| m.instance.0),
-            )),
+            ForwardRequest::Lookup { name } => match self.state().lookup(&name) {
+                Some(meta) => Ok(ForwardOk::Found(Some(meta.instance.0))),
+                None => self.miss_is_final().map(|()| ForwardOk::Found(None)),
+            },
         };
         self.transport
             .send(from, &PeerMessage::ForwardReply { id, result });
@@ -1638,6 +1665,7 @@ impl Driver {
                 .unwrap_or_else(|p| p.into_inner());
             published.leader = leader;
             published.term = term;
+            published.leader_caught_up = self.control.leader_caught_up();
         }
         if !self.restarted && leader.is_some() && self.proposals.len() < 1024 {
             // A restart closed every handle this node had: tell the

@@ -91,6 +91,14 @@ async fn start(config: &ClusterConfig, id: NodeId) -> Node {
     }
 }
 
+/// The runtimes' info lines in the test's output (shown when it fails).
+fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+}
+
 /// Retries `attempt` while it answers TRY_AGAIN, until [`DEADLINE`].
 async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> T
 where
@@ -144,10 +152,7 @@ async fn read_local(node: &Node, instance: InstanceId, id: &SectionId) -> Vec<u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     let ids = [1, 2, 3];
     let config = config(&ids);
     let mut nodes = Vec::new();
@@ -330,10 +335,7 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backup_leaves_the_in_sync_set_and_all_safe_writes_go_on() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     let ids = [1, 2, 3];
     let config = config(&ids);
     let mut nodes = Vec::new();
@@ -422,10 +424,7 @@ async fn a_dead_backup_leaves_the_in_sync_set_and_all_safe_writes_go_on() {
 /// it created the checkpoint (its first outcome), not that it found one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_retried_after_try_again_is_answered_as_created() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     let ids = [1, 2, 3];
     let mut config = config(&ids);
     // Writable only once all three replicas are in sync: with node 3 not
