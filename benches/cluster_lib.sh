@@ -22,13 +22,23 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 
 # `ckpt-tool cluster status --json` without the checkpoint list (a poll
 # of every checkpoint costs the node answering it a core at 50,000); a
-# tool older than `--checkpoints` (BIN_DIR) gets the whole page.
-cluster_summary() { # BIN CONFIG
-  local listed=()
-  if "$1/ckpt-tool" cluster status --help | grep -q -- --checkpoints; then
-    listed=(--checkpoints none)
+# tool older than `--checkpoints` (BIN_DIR) gets the whole page. Whether
+# the tool has it is looked up once per BIN: start_cluster does it in the
+# calling shell, as the polls run in subshells that would forget it.
+summary_bin=""
+summary_args=()
+summary_args_for() { # BIN
+  if [ "$summary_bin" != "$1" ]; then
+    summary_bin=$1
+    summary_args=()
+    if "$1/ckpt-tool" cluster status --help | grep -q -- --checkpoints; then
+      summary_args=(--checkpoints none)
+    fi
   fi
-  "$1/ckpt-tool" cluster status --config "$2" "${listed[@]}" --json 2>/dev/null
+}
+cluster_summary() { # BIN CONFIG
+  summary_args_for "$1"
+  "$1/ckpt-tool" cluster status --config "$2" "${summary_args[@]}" --json 2>/dev/null
 }
 
 # Exit status 0 once the cluster of CONFIG has a leader and every node is
@@ -47,6 +57,7 @@ sys.exit(0 if d.get("leader") and all(n["alive"] for n in d["nodes"]) else 1)'
 # leader and every node alive.
 start_cluster() { # DIR BIN [EXTRA]
   local dir=$1 bin=$2 extra=${3:-} ports i deadline
+  summary_args_for "$bin"
   read -r -a ports < <(free_ports 9)
   {
     echo "replication_factor = 3"

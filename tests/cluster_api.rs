@@ -391,19 +391,9 @@ async fn a_returning_backup_catches_up_and_rejoins_the_in_sync_set() {
     assert_eq!(code, 400);
     assert!(body.contains("colour"), "{body}");
     let tool = |listed: &str| -> String {
-        let output = Command::new(bin("ckpt-tool"))
-            .args([
-                "cluster",
-                "status",
-                "--admin",
-                &admin,
-                "--checkpoints",
-                listed,
-            ])
-            .output()
-            .expect("ckpt-tool runs");
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let (ok, text) = cluster_tool(&admin, &["status", "--checkpoints", listed]);
+        assert!(ok, "{text}");
+        text
     };
     let text = tool("none");
     assert!(

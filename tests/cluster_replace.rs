@@ -15,28 +15,8 @@
 mod cluster_helpers;
 mod common;
 
-use std::process::Command;
-
 use cluster_helpers::*;
-use common::{bin, Cluster};
-
-/// `ckpt-tool cluster ARGS --admin ADMINS`: (success, stdout + stderr).
-fn cluster_tool(admins: &str, args: &[&str]) -> (bool, String) {
-    let output = Command::new(bin("ckpt-tool"))
-        .arg("cluster")
-        .args(args)
-        .args(["--admin", admins])
-        .output()
-        .expect("ckpt-tool runs");
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
-}
+use common::Cluster;
 
 fn node_alive(status: &serde_json::Value, id: u64) -> Option<bool> {
     status["nodes"]

@@ -323,3 +323,21 @@ pub fn wait_verified(cluster: &Cluster) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `ckpt-tool cluster ARGS --admin ADMINS`: (success, stdout + stderr).
+pub fn cluster_tool(admins: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(bin("ckpt-tool"))
+        .arg("cluster")
+        .args(args)
+        .args(["--admin", admins])
+        .output()
+        .expect("ckpt-tool runs");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}

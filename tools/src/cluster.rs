@@ -528,13 +528,11 @@ pub fn status_text(view: &ClusterView, from: &str) -> String {
         count.saturating_sub(view.under_replicated),
         view.under_replicated
     ));
-    match view.listed.as_deref() {
-        Some("none") => {}
-        Some("unsettled") => text.push_str(&format!(
+    if view.listed.as_deref() == Some("unsettled") {
+        text.push_str(&format!(
             "needing attention (under-replicated, without an active replica or with a backup behind): {}\n",
             view.checkpoints.len()
-        )),
-        _ => {}
+        ));
     }
     for checkpoint in &view.checkpoints {
         let lag: Vec<String> = checkpoint
@@ -571,14 +569,19 @@ pub async fn fetch_cluster(
     addrs: &[String],
     listed: ListedCheckpoints,
 ) -> Result<(String, Vec<u8>, Vec<String>), ClientError> {
+    // Plain `/cluster` for all: what servers before `?checkpoints=` serve.
     let path = match listed {
-        ListedCheckpoints::All => "/cluster",
-        ListedCheckpoints::None => "/cluster?checkpoints=none",
-        ListedCheckpoints::Unsettled => "/cluster?checkpoints=unsettled",
+        ListedCheckpoints::All => "/cluster".to_string(),
+        other => format!(
+            "/cluster?checkpoints={}",
+            clap::ValueEnum::to_possible_value(&other)
+                .expect("every value is named")
+                .get_name()
+        ),
     };
     let mut failures = Vec::new();
     for addr in addrs {
-        match http_get(addr, path).await {
+        match http_get(addr, &path).await {
             Ok(body) => return Ok((addr.clone(), body, failures)),
             Err(error) => failures.push(error.message),
         }

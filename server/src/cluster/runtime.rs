@@ -646,7 +646,10 @@ impl Cluster {
         let (leader, _) = self.leader_and_term();
         let leader = match leader {
             Some(leader) if leader == self.me => {
-                return Err(self.miss_is_final().map_or_else(|e| e, |()| missing()))
+                return Err(match self.miss_is_final() {
+                    Ok(()) => missing(),
+                    Err(not_final) => not_final,
+                })
             }
             Some(leader) => leader,
             None => return Err(try_again("no Raft leader is known")),
