@@ -22,7 +22,9 @@
 //!
 //! One seed is one run, exactly. `CKPT_SIM_SEEDS=n` runs seeds 1..=n (200
 //! in `make test`), `CKPT_SIM_FROM=k` starts at k, `CKPT_SIM_TRACE=1` prints
-//! every event; a failing run prints the command that replays it.
+//! every event; a failing run prints the command that replays it. Odd runs
+//! spread each state change over passes as the runtime does at scale (one
+//! to three checkpoints acted on per pass; `CKPT_SIM_SLICE=k` sets it).
 //!
 //! The store is a model (a log per checkpoint, what is fsynced, a WAL
 //! floor), checked by the same rules as the real store's `check_entry`
@@ -38,7 +40,7 @@ use ckpt_storage::{Epoch, InstanceId, Lsn, Position, Seq};
 use crate::config::ClusterConfig;
 use crate::control::{
     Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, PersistedRaft,
-    Ticket, Unbegun,
+    Ticket, Unbegun, Unsynced,
 };
 use crate::data::{
     DataMessage, DataOutput, DataPlane, Need, Proposal, ReplicaSet, ShippedEntry, WireEntry,
@@ -290,6 +292,10 @@ struct Node {
     primary_of: BTreeSet<InstanceId>,
     began: BTreeMap<InstanceId, Epoch>,
     unbegun: Unbegun,
+    /// Changed instances not acted on yet, and how many a pass acts on (the
+    /// runtime's SYNC_SLICE; drawn per run).
+    unsynced: Unsynced,
+    sync_slice: usize,
     beginning: BTreeSet<(InstanceId, Epoch)>,
     restarted: bool,
     restart_ticket: Option<Ticket>,
@@ -336,6 +342,8 @@ impl Node {
             primary_of: BTreeSet::new(),
             began: BTreeMap::new(),
             unbegun: Unbegun::default(),
+            unsynced: Unsynced::default(),
+            sync_slice: usize::MAX,
             beginning: BTreeSet::new(),
             restarted: false,
             restart_ticket: None,
@@ -377,6 +385,7 @@ impl Node {
         self.primary_of.clear();
         self.began.clear();
         self.unbegun.clear();
+        self.unsynced.clear();
         self.beginning.clear();
         self.restarted = false;
         self.restart_ticket = None;
@@ -395,7 +404,7 @@ impl Node {
             replica.installing.clear();
             replica.installing_next = 0;
         }
-        self.sync_state(local);
+        self.sync_state();
         self.process(local);
     }
 
@@ -446,7 +455,8 @@ impl Node {
             }
         }
         self.lease_until = until;
-        self.dp.set_control_fresh(until > now);
+        self.dp
+            .set_control_fresh(until > now && self.unsynced.is_empty());
         self.dp.tick(now);
         if !self.restarted && self.cp.leader().is_some() {
             if let Ok(ticket) = self.cp.propose(Command::NodeRestarted { node: self.id }) {
@@ -470,6 +480,7 @@ impl Node {
     }
 
     fn process(&mut self, now: u64) {
+        let mut sliced = false;
         loop {
             let mut progressed = false;
             while let Some(mut ready) = self.cp.ready() {
@@ -497,8 +508,12 @@ impl Node {
                 }
                 self.cp.advance(ready);
                 if changed {
-                    self.sync_state(now);
+                    self.sync_state();
                 }
+            }
+            if !sliced {
+                sliced = true;
+                self.sync_slice(now);
             }
             let outputs = self.dp.drain();
             if !outputs.is_empty() {
@@ -513,60 +528,74 @@ impl Node {
         }
     }
 
-    fn sync_state(&mut self, now: u64) {
+    fn sync_state(&mut self) {
         let changes = self.cp.take_changes();
         let new = self.cp.state().clone();
         let old = std::mem::replace(&mut self.shown, new.clone());
-        let me = self.id;
-        let instances: BTreeSet<InstanceId> = if changes.everything {
-            old.checkpoints()
-                .chain(new.checkpoints())
-                .map(|m| m.instance)
-                .collect()
+        if changes.everything {
+            for meta in old.checkpoints() {
+                self.unsynced
+                    .note(meta.instance, old.get_shared(meta.instance));
+            }
+            for meta in new.checkpoints() {
+                self.unsynced.note(meta.instance, None);
+            }
         } else {
-            changes.instances
+            for instance in changes.instances {
+                self.unsynced.note(instance, old.get_shared(instance));
+            }
+        }
+    }
+
+    fn sync_slice(&mut self, now: u64) {
+        let me = self.id;
+        let state = self.shown.clone();
+        for (instance, before) in self.unsynced.take(self.sync_slice) {
+            if state.get(instance).is_some_and(|m| m.active == Some(me)) {
+                self.primary_of.insert(instance);
+            } else {
+                self.primary_of.remove(&instance);
+            }
+            self.act_on(&state, instance, before.as_deref(), now);
+            self.unbegun.note(me, instance, &state, &self.began);
+        }
+    }
+
+    fn act_on(
+        &mut self,
+        state: &ClusterState,
+        instance: InstanceId,
+        before: Option<&CheckpointMeta>,
+        now: u64,
+    ) {
+        let me = self.id;
+        let Some(meta) = state.get(instance) else {
+            let Some(meta) = before else { return };
+            self.dp.on_instance_removed(instance);
+            self.began.remove(&instance);
+            self.handovers.remove(&instance);
+            self.began_pending.remove(&instance);
+            if meta.replicas.contains(&me) {
+                self.writer.push_back(StoreOp::Destroy { instance });
+            }
+            return;
         };
-        for instance in &instances {
-            if new.get(*instance).is_some_and(|m| m.active == Some(me)) {
-                self.primary_of.insert(*instance);
-            } else {
-                self.primary_of.remove(instance);
-            }
+        if before == Some(meta) {
+            return;
         }
-        for &instance in &instances {
-            let before = old.get(instance);
-            let Some(meta) = new.get(instance) else {
-                let Some(meta) = before else { continue };
-                self.dp.on_instance_removed(instance);
-                self.began.remove(&instance);
-                self.handovers.remove(&instance);
-                self.began_pending.remove(&instance);
-                if meta.replicas.contains(&me) {
-                    self.writer.push_back(StoreOp::Destroy { instance });
-                }
-                continue;
-            };
-            if before == Some(meta) {
-                continue;
+        let local = self.local_position(instance);
+        self.dp.on_metadata(&self.replica_set(meta), local, now);
+        if meta.active == Some(me) {
+            if before.is_none_or(|b| b.epoch != meta.epoch) {
+                self.note_handover(before, meta, state, now);
             }
-            let local = self.local_position(instance);
-            self.dp.on_metadata(&self.replica_set(meta), local, now);
-            if meta.active == Some(me) {
-                if before.is_none_or(|b| b.epoch != meta.epoch) {
-                    self.note_handover(before, meta, &new, now);
-                }
-                if self.began.get(&instance) != Some(&meta.epoch) {
-                    let meta = meta.clone();
-                    self.begin(&meta, local, now);
-                }
-            } else {
-                self.began.remove(&instance);
-                self.handovers.remove(&instance);
-                self.began_pending.remove(&instance);
+            if self.began.get(&instance) != Some(&meta.epoch) {
+                self.begin(meta, local, now);
             }
-        }
-        for instance in instances {
-            self.unbegun.note(me, instance, &self.shown, &self.began);
+        } else {
+            self.began.remove(&instance);
+            self.handovers.remove(&instance);
+            self.began_pending.remove(&instance);
         }
     }
 
@@ -706,6 +735,7 @@ impl Node {
         let due: Vec<CheckpointMeta> = self
             .unbegun
             .iter()
+            .filter(|instance| !self.unsynced.contains(*instance))
             .filter_map(|instance| self.shown.get(instance))
             .filter(|m| {
                 m.active == Some(me)
@@ -1741,8 +1771,13 @@ impl Sim {
 
 /// One run: chaos, healing, convergence, then a safe write on every
 /// checkpoint must be acknowledged.
-fn run(seed: u64) -> Stats {
+/// One run; each node's driver acts on `sync_slice` changed checkpoints per
+/// pass (`usize::MAX`: all at once).
+fn run(seed: u64, sync_slice: usize) -> Stats {
     let mut sim = Sim::new(seed);
+    for node in sim.nodes.values_mut() {
+        node.sync_slice = sync_slice;
+    }
     // A first checkpoint of each mode, once a leader is there.
     while sim.now < CHAOS_MS {
         sim.step();
@@ -1796,18 +1831,35 @@ fn election_ticks(rng: &mut Rng) -> usize {
     crate::config::ELECTION_TICKS + rng.below(crate::config::ELECTION_TICKS as u64) as usize
 }
 
+/// Even runs act on every changed checkpoint in one pass (the trajectories
+/// the regression seeds were found on); odd runs on one, two or three per
+/// pass, as the runtime does at scale.
+fn sync_slice(n: u64) -> usize {
+    if n.is_multiple_of(2) {
+        usize::MAX
+    } else {
+        1 + usize::try_from(n / 2 % 3).expect("below 3")
+    }
+}
+
 fn sim_seed(n: u64) -> u64 {
     n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC3C3_5A5A_0F0F_F0F0
 }
 
-struct Replay(u64);
+/// Run `n` with `slice` changed checkpoints acted on per pass.
+struct Replay(u64, usize);
 
 impl Drop for Replay {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let n = self.0;
+            let Replay(n, slice) = *self;
+            let slice = if slice == sync_slice(n) {
+                String::new()
+            } else {
+                format!("CKPT_SIM_SLICE={slice} ")
+            };
             eprintln!(
-                "replay run {n} with a trace: CKPT_SIM_FROM={n} CKPT_SIM_SEEDS={n} CKPT_SIM_TRACE=1 \
+                "replay run {n} with a trace: CKPT_SIM_FROM={n} CKPT_SIM_SEEDS={n} {slice}CKPT_SIM_TRACE=1 \
                  cargo test --release -p ckpt-replication --lib sim::cluster_sim_seeds -- --nocapture"
             );
         }
@@ -1886,8 +1938,10 @@ fn cluster_sim_regression_seeds() {
     for n in [
         93, 94, 101, 429, 2890, 3212, 7212, 3796, 31130, 47420, 117047,
     ] {
-        let _replay = Replay(n);
-        run(sim_seed(n));
+        for slice in [usize::MAX, 1] {
+            let _replay = Replay(n, slice);
+            run(sim_seed(n), slice);
+        }
     }
 }
 
@@ -1897,8 +1951,12 @@ fn cluster_sim_seeds() {
     let from = env_u64("CKPT_SIM_FROM", 1);
     let mut total = Stats::default();
     for n in from..=seeds {
-        let _replay = Replay(n);
-        let s = run(sim_seed(n));
+        let slice = std::env::var("CKPT_SIM_SLICE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| sync_slice(n));
+        let _replay = Replay(n, slice);
+        let s = run(sim_seed(n), slice);
         eprintln!("run {n}: {s:?}");
         total.writes += s.writes;
         total.acked_safe += s.acked_safe;

@@ -13,6 +13,7 @@ pub mod message;
 pub mod node;
 pub mod state;
 pub mod unbegun;
+pub mod unsynced;
 
 #[cfg(test)]
 mod tests;
@@ -21,3 +22,4 @@ pub use message::{ControlMessage, ControlReady, PersistedRaft, RaftPersist, Tick
 pub use node::{ControlPlane, COMPACT_ENTRIES_DEFAULT};
 pub use state::{Applied, Changes, CheckpointMeta, ClusterState, Command, NodeAddrs};
 pub use unbegun::Unbegun;
+pub use unsynced::Unsynced;

@@ -765,6 +765,12 @@ impl ClusterState {
         self.checkpoints.get(&instance).map(|m| &**m)
     }
 
+    /// The instance's metadata, shared (a copy of the pointer, not of the
+    /// metadata).
+    pub fn get_shared(&self, instance: InstanceId) -> Option<Arc<CheckpointMeta>> {
+        self.checkpoints.get(&instance).cloned()
+    }
+
     /// Every instance, by id.
     pub fn checkpoints(&self) -> impl Iterator<Item = &CheckpointMeta> {
         self.checkpoints.values().map(|m| &**m)

@@ -37,6 +37,12 @@ pub struct ClusterMetrics {
     /// Parts of snapshots this node sent (a snapshot streams in parts of
     /// about 4 MiB, each acknowledged before the next is read).
     pub snapshot_parts_sent: IntCounter,
+    /// Checkpoints whose metadata changed and that this node has not yet
+    /// acted on (a failover or a restart changes every checkpoint at once;
+    /// the runtime takes them a slice per pass).
+    pub sync_backlog: IntGauge,
+    /// Passes of the runtime that left checkpoints for a later pass.
+    pub sync_deferred: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -143,6 +149,16 @@ impl ClusterMetrics {
                 registry,
                 "ckpt_replication_snapshot_parts_sent_total",
                 "Parts of checkpoint snapshots sent to backups (about 4 MiB each)",
+            )?,
+            sync_backlog: gauge(
+                registry,
+                "ckpt_cluster_sync_backlog",
+                "Checkpoints whose metadata changed and that this node has not yet acted on",
+            )?,
+            sync_deferred: counter(
+                registry,
+                "ckpt_cluster_sync_deferred_total",
+                "Runtime passes that left checkpoints' metadata changes for a later pass",
             )?,
         })
     }

@@ -43,7 +43,7 @@ use ckpt_proto::{
 use ckpt_replication::config::ClusterConfig;
 use ckpt_replication::control::{
     Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, NodeAddrs,
-    Ticket, Unbegun,
+    Ticket, Unbegun, Unsynced,
 };
 use ckpt_replication::data::{
     DataMessage, DataOutput, DataPlane, Need, Proposal, ReplicaSet, ShippedEntry,
@@ -117,6 +117,14 @@ const LAG_REFRESH_MS: u64 = 1000;
 const LAG_REFRESH_MAX: usize = 4096;
 /// Inputs the driver takes before carrying out outputs.
 const INPUT_BATCH_MAX: usize = 256;
+/// Checkpoints whose metadata changed that the driver acts on per pass
+/// (see [`Unsynced`]): about 10 ms of work. Two in the crate's tests, so
+/// that the in-process cluster tests spread even a few checkpoints' changes
+/// over passes.
+#[cfg(not(test))]
+const SYNC_SLICE: usize = 1024;
+#[cfg(test)]
+const SYNC_SLICE: usize = 2;
 /// How long a snapshot stream waits for the backup to hold its last part
 /// before it gives up (the backup then starts over with a CatchUp).
 const SNAPSHOT_PART_WAIT: Duration = Duration::from_secs(30);
@@ -401,6 +409,7 @@ impl Cluster {
             began_changed: false,
             began: BTreeMap::new(),
             unbegun: Unbegun::default(),
+            unsynced: Unsynced::default(),
             beginning: BTreeSet::new(),
             restarted: false,
             restart_ticket: None,
@@ -1420,6 +1429,8 @@ struct Driver {
     began: BTreeMap<InstanceId, Epoch>,
     /// Active here in an epoch not begun yet: what `retry_begins` visits.
     unbegun: Unbegun,
+    /// Checkpoints changed in `shown` that the driver has not acted on yet.
+    unsynced: Unsynced,
     /// Creations and epoch starts under way here.
     beginning: BTreeSet<(InstanceId, Epoch)>,
     /// NodeRestarted{me} was applied in this life.
@@ -1481,6 +1492,8 @@ impl Driver {
                         }
                     }
                 }
+                // Changes left for a later pass: no waiting.
+                () = std::future::ready(()), if !self.unsynced.is_empty() => {}
             }
             if !self.process().await {
                 shutdown.cancel();
@@ -1637,8 +1650,11 @@ impl Driver {
         }
         self.cluster.lease_until_ms.store(until, Ordering::Release);
         let held = until > now;
-        // Before the data plane's tick, which decides on it.
-        self.data.set_control_fresh(held);
+        // Before the data plane's tick, which decides on it. Fresh means
+        // the data plane knows what this node applied: not while changes
+        // wait for a later pass.
+        self.data
+            .set_control_fresh(held && self.unsynced.is_empty());
         self.data.tick(now);
         let active_somewhere = !self.began.is_empty();
         if self.had_lease && !held && active_somewhere {
@@ -1773,6 +1789,7 @@ impl Driver {
     /// Carries out what the cores asked for. False: a fatal failure (the
     /// Raft log could not be made durable); the runtime stops.
     async fn process(&mut self) -> bool {
+        let mut sliced = false;
         loop {
             let mut progressed = false;
             while let Some(mut ready) = self.control.ready() {
@@ -1846,6 +1863,12 @@ impl Driver {
                     let _ = reply.send(Ok(outcome));
                 }
             }
+            // One slice per pass: a failover's changes to every checkpoint
+            // must not keep Raft's ticks and the lease waiting.
+            if !sliced {
+                sliced = true;
+                self.sync_slice();
+            }
             let outputs = self.data.drain();
             if !outputs.is_empty() {
                 progressed = true;
@@ -1860,83 +1883,32 @@ impl Driver {
         }
     }
 
-    /// Publishes the applied state and acts on what changed: only the
-    /// instances the applied commands touched are compared, so a failover
-    /// of thousands of checkpoints (thousands of `EpochStarted` commits in
-    /// many readies) does not cost the whole registry per ready.
+    /// Publishes the applied state and notes what changed, to be acted on
+    /// a slice per pass ([`Self::sync_slice`]): only the instances the
+    /// applied commands touched are compared, so a failover of thousands of
+    /// checkpoints (thousands of `EpochStarted` commits in many readies)
+    /// does not cost the whole registry per ready.
     fn sync_state(&mut self) {
         let changes = self.control.take_changes();
         let new = Arc::new(self.control.state().clone());
         let old = std::mem::replace(&mut self.shown, new.clone());
-        let me = self.cluster.me;
-        let now = self.now_ms();
-        let instances: BTreeSet<InstanceId> = if changes.everything {
-            old.checkpoints()
-                .chain(new.checkpoints())
-                .map(|m| m.instance)
-                .collect()
+        if changes.everything {
+            for meta in old.checkpoints() {
+                self.unsynced
+                    .note(meta.instance, old.get_shared(meta.instance));
+            }
+            for meta in new.checkpoints() {
+                self.unsynced.note(meta.instance, None);
+            }
         } else {
-            changes.instances
-        };
-        {
-            let mut primary_of = self
-                .cluster
-                .primary_of
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            for instance in &instances {
-                if new.get(*instance).is_some_and(|m| m.active == Some(me)) {
-                    primary_of.insert(*instance);
-                } else {
-                    primary_of.remove(instance);
-                }
+            for instance in changes.instances {
+                self.unsynced.note(instance, old.get_shared(instance));
             }
         }
-        for &instance in &instances {
-            let before = old.get(instance);
-            let Some(meta) = new.get(instance) else {
-                let Some(meta) = before else { continue };
-                self.data.on_instance_removed(instance);
-                self.handovers.remove(&instance);
-                self.began_pending.remove(&instance);
-                if self.began.remove(&instance).is_some() {
-                    self.began_changed = true;
-                }
-                if meta.replicas.contains(&me) {
-                    self.destroy_locally(instance);
-                }
-                continue;
-            };
-            if before == Some(meta) {
-                continue;
-            }
-            if before.is_some_and(|b| b.epoch != meta.epoch) {
-                self.cluster.metrics.epoch_changes.inc();
-            }
-            let local = self.cluster.store.replica_position(instance).ok().flatten();
-            self.data.on_metadata(&self.replica_set(meta), local, now);
-            if meta.active == Some(me) {
-                if before.is_none_or(|b| b.epoch != meta.epoch) {
-                    self.note_handover(before, meta, &new, now);
-                }
-                if self.began.get(&instance) != Some(&meta.epoch) {
-                    self.begin(meta, local);
-                }
-                if meta.unlinked && !before.is_some_and(|b| b.unlinked) {
-                    self.unlink_locally(meta);
-                }
-            } else {
-                self.handovers.remove(&instance);
-                self.began_pending.remove(&instance);
-                if self.began.remove(&instance).is_some() {
-                    self.began_changed = true;
-                }
-            }
-        }
-        for instance in instances {
-            self.unbegun.note(me, instance, &new, &self.began);
-            self.lag_due.insert(instance);
-        }
+        self.cluster
+            .metrics
+            .sync_backlog
+            .set(i64::try_from(self.unsynced.len()).unwrap_or(i64::MAX));
         let _ = self.state_tx.send(new.clone());
         if changes.everything || changes.nodes {
             self.sync_peers(&new);
@@ -1948,6 +1920,108 @@ impl Driver {
                 if !alive && old.node_alive(node) {
                     self.cluster.fail_forwards_to(node);
                 }
+            }
+        }
+    }
+
+    /// Acts on up to [`SYNC_SLICE`] of the checkpoints whose metadata
+    /// changed, lowest instance first: the data plane learns the replica
+    /// set, epochs this node is now active for begin, those it no longer is
+    /// end.
+    fn sync_slice(&mut self) {
+        if self.unsynced.is_empty() {
+            return;
+        }
+        let me = self.cluster.me;
+        let now = self.now_ms();
+        let state = self.shown.clone();
+        let slice = self.unsynced.take(SYNC_SLICE);
+        {
+            let mut primary_of = self
+                .cluster
+                .primary_of
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for (instance, _) in &slice {
+                if state.get(*instance).is_some_and(|m| m.active == Some(me)) {
+                    primary_of.insert(*instance);
+                } else {
+                    primary_of.remove(instance);
+                }
+            }
+        }
+        for (instance, before) in slice {
+            self.sync_instance(&state, instance, before.as_deref(), now);
+        }
+        let left = self.unsynced.len();
+        if left > 0 {
+            self.cluster.metrics.sync_deferred.inc();
+        }
+        self.cluster
+            .metrics
+            .sync_backlog
+            .set(i64::try_from(left).unwrap_or(i64::MAX));
+    }
+
+    /// Acts on `instance`'s change from `before` (what this node last acted
+    /// on) to its metadata in `state`.
+    fn sync_instance(
+        &mut self,
+        state: &ClusterState,
+        instance: InstanceId,
+        before: Option<&CheckpointMeta>,
+        now: u64,
+    ) {
+        let me = self.cluster.me;
+        self.act_on(state, instance, before, now);
+        self.unbegun.note(me, instance, state, &self.began);
+        self.lag_due.insert(instance);
+    }
+
+    fn act_on(
+        &mut self,
+        state: &ClusterState,
+        instance: InstanceId,
+        before: Option<&CheckpointMeta>,
+        now: u64,
+    ) {
+        let me = self.cluster.me;
+        let Some(meta) = state.get(instance) else {
+            let Some(meta) = before else { return };
+            self.data.on_instance_removed(instance);
+            self.handovers.remove(&instance);
+            self.began_pending.remove(&instance);
+            if self.began.remove(&instance).is_some() {
+                self.began_changed = true;
+            }
+            if meta.replicas.contains(&me) {
+                self.destroy_locally(instance);
+            }
+            return;
+        };
+        if before == Some(meta) {
+            return;
+        }
+        if before.is_some_and(|b| b.epoch != meta.epoch) {
+            self.cluster.metrics.epoch_changes.inc();
+        }
+        let local = self.cluster.store.replica_position(instance).ok().flatten();
+        self.data.on_metadata(&self.replica_set(meta), local, now);
+        if meta.active == Some(me) {
+            if before.is_none_or(|b| b.epoch != meta.epoch) {
+                self.note_handover(before, meta, state, now);
+            }
+            if self.began.get(&instance) != Some(&meta.epoch) {
+                self.begin(meta, local);
+            }
+            if meta.unlinked && !before.is_some_and(|b| b.unlinked) {
+                self.unlink_locally(meta);
+            }
+        } else {
+            self.handovers.remove(&instance);
+            self.began_pending.remove(&instance);
+            if self.began.remove(&instance).is_some() {
+                self.began_changed = true;
             }
         }
     }
@@ -2213,6 +2287,8 @@ impl Driver {
         let due: Vec<CheckpointMeta> = self
             .unbegun
             .iter()
+            // Acted on, with its newest metadata, in a coming slice.
+            .filter(|instance| !self.unsynced.contains(*instance))
             .filter_map(|instance| self.shown.get(instance))
             .filter(|m| {
                 m.active == Some(me)

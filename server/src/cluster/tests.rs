@@ -34,7 +34,25 @@ struct Node {
     cluster: Arc<Cluster>,
     store: Arc<Store>,
     shutdown: CancellationToken,
+    registry: prometheus::Registry,
     _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// The value of an unlabelled counter or gauge the runtime registered.
+    fn metric(&self, name: &str) -> f64 {
+        let family = self
+            .registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == name)
+            .unwrap_or_else(|| panic!("no metric {name}"));
+        let metric = &family.get_metric()[0];
+        match family.get_field_type() {
+            prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+            _ => metric.get_gauge().get_value(),
+        }
+    }
 }
 
 fn config(ids: &[NodeId]) -> ClusterConfig {
@@ -87,6 +105,7 @@ async fn start(config: &ClusterConfig, id: NodeId) -> Node {
         cluster,
         store,
         shutdown,
+        registry,
         _dir: dir,
     }
 }
@@ -474,6 +493,140 @@ async fn a_create_retried_after_try_again_is_answered_as_created() {
     .await;
     assert_eq!(again, instance);
     assert!(!created, "another request opens the existing checkpoint");
+    for node in &nodes {
+        node.shutdown.cancel();
+    }
+}
+
+/// A failover changes every checkpoint at once (with three nodes each has a
+/// replica on the dead one); the runtime acts on a slice of them per pass
+/// (two in these tests), so that Raft's ticks and the lease go on between.
+/// The ALL_SAFE writes acknowledged before survive, and every checkpoint
+/// takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_acted_on_over_several_passes_keeps_every_acknowledged_write() {
+    log_to_test_output();
+    let ids = [1, 2, 3];
+    let config = config(&ids);
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(start(&config, id).await);
+    }
+    let id = section("s");
+    let origin = |request| {
+        Some(Origin {
+            session: 11,
+            request,
+        })
+    };
+    let mut instances = Vec::new();
+    for i in 0..6_u64 {
+        let name = CheckpointName::new(format!("spread{i}")).unwrap();
+        let (instance, _) = retrying("create", || {
+            nodes[0].cluster.create(name.clone(), all_safe(), None)
+        })
+        .await;
+        retrying("section create", || {
+            nodes[0].cluster.write(
+                instance,
+                Op::CreateSection {
+                    instance,
+                    attributes: SectionCreationAttributes {
+                        section_id: Some(id.clone()),
+                        expiration_time: TIME_END,
+                    },
+                    data: format!("one-{i}").into_bytes(),
+                },
+                origin(2 * i),
+                Need::AllInSync,
+            )
+        })
+        .await;
+        instances.push(instance);
+    }
+    // Every replica in sync, so that the failover has a choice.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !instances
+        .iter()
+        .all(|i| nodes[0].cluster.state().get(*i).unwrap().in_sync.len() == 3)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backups never joined the in-sync sets"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let victim_id = nodes[0]
+        .cluster
+        .state()
+        .get(instances[0])
+        .unwrap()
+        .active
+        .unwrap();
+    let victim = nodes.iter().position(|n| n.id == victim_id).unwrap();
+    let deferred_before: Vec<f64> = nodes
+        .iter()
+        .map(|n| n.metric("ckpt_cluster_sync_deferred_total"))
+        .collect();
+    let dead = nodes.remove(victim);
+    dead.shutdown.cancel();
+    let deferred_before: Vec<f64> = deferred_before
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, v)| v)
+        .collect();
+
+    for (i, instance) in instances.iter().enumerate() {
+        let i = u64::try_from(i).unwrap();
+        retrying("write after the failover", || {
+            nodes[0].cluster.write(
+                *instance,
+                Op::Write {
+                    instance: *instance,
+                    elements: vec![WriteElement {
+                        section_id: id.clone(),
+                        offset: 0,
+                        data: b"TWO".to_vec(),
+                    }],
+                },
+                origin(2 * i + 1),
+                Need::AllInSync,
+            )
+        })
+        .await;
+    }
+    for (i, instance) in instances.iter().enumerate() {
+        let meta = nodes[0].cluster.state().get(*instance).cloned().unwrap();
+        assert_ne!(meta.active, Some(victim_id), "{meta:?}");
+        for node in nodes.iter().filter(|n| meta.in_sync.contains(&n.id)) {
+            assert_eq!(
+                read_local(node, *instance, &id).await,
+                format!("TWO-{i}").into_bytes(),
+                "node {}, instance {}",
+                node.id,
+                instance.0
+            );
+        }
+    }
+    for (node, before) in nodes.iter().zip(deferred_before) {
+        assert!(
+            node.metric("ckpt_cluster_sync_deferred_total") > before,
+            "node {} acted on the failover's six changes in one pass",
+            node.id
+        );
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while node.metric("ckpt_cluster_sync_backlog") > 0.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {}'s backlog never drained",
+                node.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    drop(dead);
     for node in &nodes {
         node.shutdown.cancel();
     }
