@@ -1,6 +1,6 @@
 //! The cluster's Prometheus metrics, registered on the server's registry.
 
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every metric of the cluster runtime.
 #[derive(Clone)]
@@ -43,6 +43,17 @@ pub struct ClusterMetrics {
     pub sync_backlog: IntGauge,
     /// Passes of the runtime that left checkpoints for a later pass.
     pub sync_deferred: IntCounter,
+    /// Checkpoints this node is the active replica of (exported whether or
+    /// not the per-checkpoint series are).
+    pub active_checkpoints: IntGauge,
+    /// Of those, the ones with a replica outside the in-sync set.
+    pub active_out_of_sync: IntGauge,
+    /// The most records any backup of a checkpoint this node is active for
+    /// is behind.
+    pub lag_records_max: IntGauge,
+    /// How long each pass of the runtime's driver took (Raft ticks wait
+    /// for a pass to end).
+    pub pass_seconds: Histogram,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -160,6 +171,32 @@ impl ClusterMetrics {
                 "ckpt_cluster_sync_deferred_total",
                 "Runtime passes that left checkpoints' metadata changes for a later pass",
             )?,
+            active_checkpoints: gauge(
+                registry,
+                "ckpt_active_checkpoints",
+                "Checkpoints this node is the active replica of",
+            )?,
+            active_out_of_sync: gauge(
+                registry,
+                "ckpt_active_checkpoints_out_of_sync",
+                "Checkpoints this node is active for with a replica outside the in-sync set",
+            )?,
+            lag_records_max: gauge(
+                registry,
+                "ckpt_replication_lag_records_max",
+                "The most records a backup of a checkpoint this node is active for is behind",
+            )?,
+            pass_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ckpt_cluster_pass_seconds",
+                        "Time of each pass of the cluster runtime's driver (Raft ticks wait for it)",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
         })
     }
 }

@@ -180,7 +180,8 @@ enum Written {
 }
 
 enum Input {
-    Control(NodeId, ControlMessage),
+    /// A Raft message, and when it was queued.
+    Control(NodeId, ControlMessage, Instant),
     Data(NodeId, DataMessage),
     Appended(Vec<ShippedEntry>),
     Durable(Vec<Position>),
@@ -420,6 +421,10 @@ impl Cluster {
             lag_refreshed_ms: 0,
             lag_due: BTreeSet::new(),
             gauge_nodes: BTreeMap::new(),
+            summary: ActiveSummary::default(),
+            pass: PassTimes::default(),
+            control_wait_max: Duration::ZERO,
+            waits_logged: Instant::now(),
             had_lease: false,
         };
         tokio::spawn(driver.run(input_rx));
@@ -1368,7 +1373,9 @@ async fn dispatch(cluster: Arc<Cluster>, mut inbound: mpsc::Receiver<(NodeId, Pe
         let Some((from, message)) = next else { return };
         match message {
             PeerMessage::Control(msg) => {
-                let _ = cluster.inputs.send(Input::Control(from, msg));
+                let _ = cluster
+                    .inputs
+                    .send(Input::Control(from, msg, Instant::now()));
             }
             PeerMessage::Data(msg) => {
                 let _ = cluster.inputs.send(Input::Data(from, msg));
@@ -1405,6 +1412,80 @@ async fn dispatch(cluster: Arc<Cluster>, mut inbound: mpsc::Receiver<(NodeId, Pe
             }
         }
     }
+}
+
+/// The node's summary of the checkpoints it is active for, kept from each
+/// checkpoint's refresh (a node may be active for a hundred thousand:
+/// nothing here walks them all).
+#[derive(Debug, Default)]
+struct ActiveSummary {
+    /// By instance: the most records a backup is behind, and whether a
+    /// replica is outside the in-sync set.
+    each: HashMap<InstanceId, (u64, bool)>,
+    /// How many checkpoints have each most-behind figure.
+    lags: BTreeMap<u64, usize>,
+    out_of_sync: usize,
+}
+
+impl ActiveSummary {
+    /// `instance`'s figures now (`None`: not active here).
+    fn set(&mut self, instance: InstanceId, figures: Option<(u64, bool)>) {
+        if let Some((lag, out)) = self.each.remove(&instance) {
+            if let Some(count) = self.lags.get_mut(&lag) {
+                *count -= 1;
+                if *count == 0 {
+                    self.lags.remove(&lag);
+                }
+            }
+            if out {
+                self.out_of_sync -= 1;
+            }
+        }
+        if let Some((lag, out)) = figures {
+            self.each.insert(instance, (lag, out));
+            *self.lags.entry(lag).or_default() += 1;
+            if out {
+                self.out_of_sync += 1;
+            }
+        }
+    }
+
+    fn active(&self) -> usize {
+        self.each.len()
+    }
+
+    fn out_of_sync(&self) -> usize {
+        self.out_of_sync
+    }
+
+    fn lag_max(&self) -> u64 {
+        self.lags.last_key_value().map_or(0, |(lag, _)| *lag)
+    }
+}
+
+/// What woke the driver for a pass.
+enum Woke {
+    Tick,
+    Input(Input),
+    /// Changes left for a later pass (see [`Unsynced`]).
+    Unsynced,
+}
+
+/// Where one pass of the driver spent its time (logged when it held up
+/// Raft's ticks).
+#[derive(Debug, Default)]
+struct PassTimes {
+    /// In the control plane: stepping Raft and applying committed entries.
+    raft: Duration,
+    /// Waiting for the Raft log to be durable.
+    persist: Duration,
+    persisted_entries: usize,
+    /// Whether a persist held a snapshot (a compaction).
+    snapshot: bool,
+    /// Publishing the state and acting on changed checkpoints.
+    sync: Duration,
+    /// Carrying out the data plane's outputs.
+    outputs: Duration,
 }
 
 /// The task owning the cores.
@@ -1458,6 +1539,14 @@ struct Driver {
     /// The checkpoints with per-checkpoint gauges (the in-sync size and
     /// writes held), and the backups each has a lag series for.
     gauge_nodes: BTreeMap<InstanceId, Vec<NodeId>>,
+    /// The node's summary of the checkpoints it is active for.
+    summary: ActiveSummary,
+    /// Where the current pass spends its time.
+    pass: PassTimes,
+    /// The longest a Raft message waited in the input queue since
+    /// `waits_logged` (logged at most once a second).
+    control_wait_max: Duration,
+    waits_logged: Instant,
     had_lease: bool,
 }
 
@@ -1471,33 +1560,87 @@ impl Driver {
         let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let shutdown = self.cluster.shutdown.clone();
+        // A pass this long holds up Raft's heartbeats and lease renewals
+        // for half an election timeout: logged, with where it went, and so
+        // is a Raft message that waited this long behind other inputs.
+        let slow = Duration::from_millis(self.cluster.config.election_timeout_ms() / 2);
         // Everything the log held: publish it and act on it.
         self.sync_state();
         loop {
-            tokio::select! {
+            let woke = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 // Before the inputs: a flood of them (a failover's catch-ups
                 // for thousands of checkpoints) must not starve Raft's
                 // heartbeats and the lease requests; a tick is ready at most
                 // once a tick_ms, so it cannot starve the inputs.
-                _ = tick.tick() => self.tick(),
-                input = inputs.recv() => {
-                    let Some(input) = input else { break };
+                _ = tick.tick() => Woke::Tick,
+                input = inputs.recv() => match input {
+                    Some(input) => Woke::Input(input),
+                    None => break,
+                },
+                // Changes left for a later pass: no waiting.
+                () = std::future::ready(()), if !self.unsynced.is_empty() => Woke::Unsynced,
+            };
+            let started = Instant::now();
+            let what = match &woke {
+                Woke::Tick => "tick",
+                Woke::Input(_) => "inputs",
+                Woke::Unsynced => "changes left",
+            };
+            self.pass = PassTimes::default();
+            let mut inputs_taken = 0;
+            match woke {
+                Woke::Tick => self.tick(),
+                Woke::Input(input) => {
                     self.input(input);
-                    for _ in 1..INPUT_BATCH_MAX {
+                    inputs_taken = 1;
+                    while inputs_taken < INPUT_BATCH_MAX {
                         match inputs.try_recv() {
                             Ok(more) => self.input(more),
                             Err(_) => break,
                         }
+                        inputs_taken += 1;
                     }
                 }
-                // Changes left for a later pass: no waiting.
-                () = std::future::ready(()), if !self.unsynced.is_empty() => {}
+                Woke::Unsynced => {}
             }
+            let handled = started.elapsed();
             if !self.process().await {
                 shutdown.cancel();
                 break;
+            }
+            let took = started.elapsed();
+            self.cluster
+                .metrics
+                .pass_seconds
+                .observe(took.as_secs_f64());
+            if self.waits_logged.elapsed() >= Duration::from_secs(1) {
+                let waited = std::mem::take(&mut self.control_wait_max);
+                self.waits_logged = Instant::now();
+                if waited >= slow {
+                    tracing::warn!(
+                        waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                        "a Raft message waited behind other inputs in the runtime's queue"
+                    );
+                }
+            }
+            if took >= slow {
+                let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let pass = &self.pass;
+                tracing::warn!(
+                    took_ms = ms(took),
+                    woke = what,
+                    inputs = inputs_taken,
+                    handled_ms = ms(handled),
+                    raft_ms = ms(pass.raft),
+                    persist_ms = ms(pass.persist),
+                    persisted_entries = pass.persisted_entries,
+                    snapshot = pass.snapshot,
+                    sync_ms = ms(pass.sync),
+                    outputs_ms = ms(pass.outputs),
+                    "a runtime pass held up Raft's ticks"
+                );
             }
         }
         // Whoever waits gets an answer.
@@ -1512,7 +1655,10 @@ impl Driver {
     fn input(&mut self, input: Input) {
         let now = self.now_ms();
         match input {
-            Input::Control(from, msg) => self.control.step(from, msg, now),
+            Input::Control(from, msg, queued) => {
+                self.control_wait_max = self.control_wait_max.max(queued.elapsed());
+                self.control.step(from, msg, now);
+            }
             Input::Data(from, msg) => self.data.on_message(from, msg, now),
             Input::Appended(entries) => self.data.on_appended(&entries, now),
             Input::Durable(positions) => self.data.on_local_durable(&positions),
@@ -1707,12 +1853,14 @@ impl Driver {
     }
 
     /// Sets the per-checkpoint gauges (lag per backup, in-sync size, writes
-    /// held) and the lag `/cluster` shows, for the checkpoints this node is
+    /// held; unless `checkpoint_metrics` is off), the node's summary of
+    /// them and the lag `/cluster` shows, for the checkpoints this node is
     /// active for. Only those whose metadata changed, or that the data
     /// plane visited, since the last refresh are looked at: the others'
     /// figures still hold, and a node may hold a million checkpoints.
     fn refresh_lag(&mut self) {
         let me = self.cluster.me;
+        let per_checkpoint = self.cluster.config.checkpoint_metrics;
         self.lag_due.extend(self.data.take_visited());
         // At most LAG_REFRESH_MAX per refresh, the rest at the next ones:
         // a start or a failover changes every checkpoint at once.
@@ -1735,10 +1883,20 @@ impl Driver {
                 }
                 let _ = metrics.in_sync.remove_label_values(&[id.as_str()]);
                 let _ = metrics.held_by_lag.remove_label_values(&[id.as_str()]);
+                self.summary.set(instance, None);
                 lag.push((instance, None));
                 continue;
             };
             let behind = self.data.lag(instance);
+            let most = behind.iter().map(|(_, records, _)| *records).max();
+            self.summary.set(
+                instance,
+                Some((most.unwrap_or(0), meta.in_sync.len() < meta.replicas.len())),
+            );
+            if !per_checkpoint {
+                lag.push((instance, Some(behind)));
+                continue;
+            }
             for (node, records, bytes) in &behind {
                 let node = node.to_string();
                 metrics
@@ -1770,6 +1928,15 @@ impl Driver {
                 .insert(instance, behind.iter().map(|(n, _, _)| *n).collect());
             lag.push((instance, Some(behind)));
         }
+        metrics
+            .active_checkpoints
+            .set(i64::try_from(self.summary.active()).unwrap_or(i64::MAX));
+        metrics
+            .active_out_of_sync
+            .set(i64::try_from(self.summary.out_of_sync()).unwrap_or(i64::MAX));
+        metrics
+            .lag_records_max
+            .set(i64::try_from(self.summary.lag_max()).unwrap_or(i64::MAX));
         if lag.is_empty() {
             return;
         }
@@ -1792,18 +1959,27 @@ impl Driver {
         let mut sliced = false;
         loop {
             let mut progressed = false;
-            while let Some(mut ready) = self.control.ready() {
+            loop {
+                let raft = Instant::now();
+                let ready = self.control.ready();
+                self.pass.raft += raft.elapsed();
+                let Some(mut ready) = ready else { break };
                 progressed = true;
                 if let Some(persist) = ready.persist.take() {
                     if !persist.is_empty() {
                         let Some(mut log) = self.raftlog.take() else {
                             return false;
                         };
+                        self.pass.persisted_entries += persist.entries.len();
+                        self.pass.snapshot |=
+                            persist.snapshot.is_some() || persist.compacted.is_some();
+                        let persisting = Instant::now();
                         let done = tokio::task::spawn_blocking(move || {
                             let result = log.persist(&persist);
                             (log, result)
                         })
                         .await;
+                        self.pass.persist += persisting.elapsed();
                         match done {
                             Ok((log, Ok(()))) => self.raftlog = Some(log),
                             Ok((_, Err(error))) => {
@@ -1855,9 +2031,13 @@ impl Driver {
                         }
                     }
                 }
+                let raft = Instant::now();
                 self.control.advance(ready);
+                self.pass.raft += raft.elapsed();
                 if changed {
+                    let sync = Instant::now();
                     self.sync_state();
+                    self.pass.sync += sync.elapsed();
                 }
                 for (reply, outcome) in answers {
                     let _ = reply.send(Ok(outcome));
@@ -1867,8 +2047,11 @@ impl Driver {
             // must not keep Raft's ticks and the lease waiting.
             if !sliced {
                 sliced = true;
+                let sync = Instant::now();
                 self.sync_slice();
+                self.pass.sync += sync.elapsed();
             }
+            let executing = Instant::now();
             let outputs = self.data.drain();
             if !outputs.is_empty() {
                 progressed = true;
@@ -1876,6 +2059,7 @@ impl Driver {
                     self.execute(output);
                 }
             }
+            self.pass.outputs += executing.elapsed();
             if !progressed {
                 self.publish_began();
                 return true;
@@ -2671,4 +2855,45 @@ fn peer_addrs(
         }
     }
     nodes
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_follows_each_checkpoint_in_and_out() {
+        let mut summary = ActiveSummary::default();
+        assert_eq!(
+            (summary.active(), summary.out_of_sync(), summary.lag_max()),
+            (0, 0, 0)
+        );
+        summary.set(InstanceId(1), Some((5, false)));
+        summary.set(InstanceId(2), Some((9, true)));
+        summary.set(InstanceId(3), Some((9, true)));
+        assert_eq!(
+            (summary.active(), summary.out_of_sync(), summary.lag_max()),
+            (3, 2, 9)
+        );
+        // One of the two furthest behind catches up and rejoins.
+        summary.set(InstanceId(2), Some((0, false)));
+        assert_eq!(
+            (summary.active(), summary.out_of_sync(), summary.lag_max()),
+            (3, 1, 9)
+        );
+        // The other moves away (a handover, a deletion).
+        summary.set(InstanceId(3), None);
+        assert_eq!(
+            (summary.active(), summary.out_of_sync(), summary.lag_max()),
+            (2, 0, 5)
+        );
+        summary.set(InstanceId(3), None);
+        summary.set(InstanceId(1), None);
+        summary.set(InstanceId(2), None);
+        assert_eq!(
+            (summary.active(), summary.out_of_sync(), summary.lag_max()),
+            (0, 0, 0)
+        );
+        assert!(summary.lags.is_empty());
+    }
 }

@@ -66,6 +66,7 @@ fn config(ids: &[NodeId]) -> ClusterConfig {
         lease_timeout_ms: 600,
         tick_ms: 10,
         placement_avoid_creator: false,
+        checkpoint_metrics: true,
         nodes: ids
             .iter()
             .map(|id| NodeConfig {
@@ -137,6 +138,15 @@ where
             }
             Err(error) => panic!("{what}: {error}"),
         }
+    }
+}
+
+/// Waits until `done`, for up to [`DEADLINE`].
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -545,17 +555,12 @@ async fn a_failover_acted_on_over_several_passes_keeps_every_acknowledged_write(
         instances.push(instance);
     }
     // Every replica in sync, so that the failover has a choice.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !instances
-        .iter()
-        .all(|i| nodes[0].cluster.state().get(*i).unwrap().in_sync.len() == 3)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backups never joined the in-sync sets"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the backups never joined the in-sync sets", || {
+        instances
+            .iter()
+            .all(|i| nodes[0].cluster.state().get(*i).unwrap().in_sync.len() == 3)
+    })
+    .await;
 
     let victim_id = nodes[0]
         .cluster
@@ -616,16 +621,108 @@ async fn a_failover_acted_on_over_several_passes_keeps_every_acknowledged_write(
             "node {} acted on the failover's six changes in one pass",
             node.id
         );
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while node.metric("ckpt_cluster_sync_backlog") > 0.0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node {}'s backlog never drained",
-                node.id
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until("a backlog never drained", || {
+            node.metric("ckpt_cluster_sync_backlog") == 0.0
+        })
+        .await;
     }
+    drop(dead);
+    for node in &nodes {
+        node.shutdown.cancel();
+    }
+}
+
+/// With `checkpoint_metrics = false` a node exports none of the series per
+/// checkpoint, and its summary still tells an operator what they would:
+/// how many checkpoints it is active for, how many have a replica out of
+/// the in-sync set, and how far the furthest backup is behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_per_checkpoint_series_the_summary_still_shows_a_dead_backup() {
+    log_to_test_output();
+    let ids = [1, 2, 3];
+    let mut config = config(&ids);
+    config.checkpoint_metrics = false;
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(start(&config, id).await);
+    }
+    let mut instances = Vec::new();
+    for i in 0..2_u64 {
+        let name = CheckpointName::new(format!("summary{i}")).unwrap();
+        let (instance, _) = retrying("create", || {
+            nodes[0].cluster.create(name.clone(), all_safe(), None)
+        })
+        .await;
+        instances.push(instance);
+    }
+    let sum = |nodes: &[Node], name: &str| nodes.iter().map(|n| n.metric(name)).sum::<f64>();
+    wait_until(
+        "every checkpoint active somewhere, all replicas in sync",
+        || {
+            sum(&nodes, "ckpt_active_checkpoints") == 2.0
+                && sum(&nodes, "ckpt_active_checkpoints_out_of_sync") == 0.0
+        },
+    )
+    .await;
+    let per_checkpoint = [
+        "ckpt_replication_lag_records",
+        "ckpt_replication_lag_bytes",
+        "ckpt_in_sync_replicas",
+        "ckpt_replication_writes_held_by_lag",
+    ];
+    for node in &nodes {
+        let series: usize = node
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| per_checkpoint.contains(&f.name()))
+            .map(|f| f.get_metric().len())
+            .sum();
+        assert_eq!(series, 0, "node {} exports per-checkpoint series", node.id);
+    }
+
+    // A backup of both dies: they are out of sync, and it falls behind as
+    // they are written.
+    let active: Vec<NodeId> = instances
+        .iter()
+        .map(|i| nodes[0].cluster.state().get(*i).unwrap().active.unwrap())
+        .collect();
+    let victim = nodes
+        .iter()
+        .position(|n| !active.contains(&n.id))
+        .unwrap_or(2);
+    let dead = nodes.remove(victim);
+    dead.shutdown.cancel();
+    let id = section("s");
+    for (i, instance) in (0_u64..).zip(&instances) {
+        retrying("section create", || {
+            nodes[0].cluster.write(
+                *instance,
+                Op::CreateSection {
+                    instance: *instance,
+                    attributes: SectionCreationAttributes {
+                        section_id: Some(id.clone()),
+                        expiration_time: TIME_END,
+                    },
+                    data: b"written without the dead backup".to_vec(),
+                },
+                Some(Origin {
+                    session: 13,
+                    request: i,
+                }),
+                Need::AllInSync,
+            )
+        })
+        .await;
+    }
+    wait_until("a replica out of sync, and a backup behind", || {
+        sum(&nodes, "ckpt_active_checkpoints") == 2.0
+            && sum(&nodes, "ckpt_active_checkpoints_out_of_sync") == 2.0
+            && nodes
+                .iter()
+                .any(|n| n.metric("ckpt_replication_lag_records_max") > 0.0)
+    })
+    .await;
     drop(dead);
     for node in &nodes {
         node.shutdown.cancel();
