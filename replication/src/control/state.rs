@@ -832,8 +832,12 @@ impl ClusterState {
 
     /// Snapshot bytes (postcard); see [`ClusterState::restore`].
     pub fn encode(&self) -> Vec<u8> {
-        let wire = StateWire {
-            checkpoints: self.checkpoints().cloned().collect(),
+        // The checkpoints by reference: serde writes a reference as what it
+        // refers to, so these are a `StateWire`'s bytes without a copy of
+        // every checkpoint's metadata (a compaction encodes the whole
+        // registry on the runtime's driver).
+        let wire: StateWireOf<&CheckpointMeta> = StateWireOf {
+            checkpoints: self.checkpoints().collect(),
             nodes: self.nodes.iter().map(|(n, a)| (*n, *a)).collect(),
             next_instance: self.next_instance,
             addrs: self.addrs.iter().map(|(n, a)| (*n, a.clone())).collect(),
@@ -1928,6 +1932,26 @@ mod tests {
             .filter(|(_, count)| **count > 0)
             .map(|(n, c)| (*n, *c))
             .collect()
+    }
+
+    #[test]
+    fn a_snapshot_encoded_by_reference_has_the_owned_layout() {
+        let mut s = ClusterState::new(&[1, 2, 3], 3);
+        for i in 0..5u64 {
+            create(
+                &mut s,
+                &format!("c{i}"),
+                CreationFlags::WR_ALL_REPLICAS,
+                1 + i % 3,
+            );
+        }
+        let owned = StateWire {
+            checkpoints: s.checkpoints().cloned().collect(),
+            nodes: s.nodes.iter().map(|(n, a)| (*n, *a)).collect(),
+            next_instance: s.next_instance,
+            addrs: s.addrs.iter().map(|(n, a)| (*n, a.clone())).collect(),
+        };
+        assert_eq!(s.encode(), postcard::to_allocvec(&owned).unwrap());
     }
 
     #[test]
