@@ -2135,7 +2135,9 @@ impl Driver {
             }
         }
         for (instance, before) in slice {
-            self.sync_instance(&state, instance, before.as_deref(), now);
+            self.act_on(&state, instance, before.as_deref(), now);
+            self.unbegun.note(me, instance, &state, &self.began);
+            self.lag_due.insert(instance);
         }
         let left = self.unsynced.len();
         if left > 0 {
@@ -2149,19 +2151,6 @@ impl Driver {
 
     /// Acts on `instance`'s change from `before` (what this node last acted
     /// on) to its metadata in `state`.
-    fn sync_instance(
-        &mut self,
-        state: &ClusterState,
-        instance: InstanceId,
-        before: Option<&CheckpointMeta>,
-        now: u64,
-    ) {
-        let me = self.cluster.me;
-        self.act_on(state, instance, before, now);
-        self.unbegun.note(me, instance, state, &self.began);
-        self.lag_due.insert(instance);
-    }
-
     fn act_on(
         &mut self,
         state: &ClusterState,

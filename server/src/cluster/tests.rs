@@ -111,6 +111,15 @@ async fn start(config: &ClusterConfig, id: NodeId) -> Node {
     }
 }
 
+/// Every node of `config`, started.
+async fn start_all(config: &ClusterConfig) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for node in &config.nodes {
+        nodes.push(start(config, node.id).await);
+    }
+    nodes
+}
+
 /// The runtimes' info lines in the test's output (shown when it fails).
 fn log_to_test_output() {
     let _ = tracing_subscriber::fmt()
@@ -184,10 +193,7 @@ async fn all_safe_writes_reach_every_replica_and_survive_the_active_node() {
     log_to_test_output();
     let ids = [1, 2, 3];
     let config = config(&ids);
-    let mut nodes = Vec::new();
-    for id in ids {
-        nodes.push(start(&config, id).await);
-    }
+    let mut nodes = start_all(&config).await;
     let name = CheckpointName::new("replicated").unwrap();
     let attempts = std::cell::Cell::new(0_u32);
     let (instance, created) = retrying("create", || {
@@ -367,10 +373,7 @@ async fn a_dead_backup_leaves_the_in_sync_set_and_all_safe_writes_go_on() {
     log_to_test_output();
     let ids = [1, 2, 3];
     let config = config(&ids);
-    let mut nodes = Vec::new();
-    for id in ids {
-        nodes.push(start(&config, id).await);
-    }
+    let mut nodes = start_all(&config).await;
     let name = CheckpointName::new("backup-dies").unwrap();
     let (instance, _) = retrying("create", || {
         nodes[0].cluster.create(name.clone(), all_safe(), None)
@@ -518,10 +521,7 @@ async fn a_failover_acted_on_over_several_passes_keeps_every_acknowledged_write(
     log_to_test_output();
     let ids = [1, 2, 3];
     let config = config(&ids);
-    let mut nodes = Vec::new();
-    for id in ids {
-        nodes.push(start(&config, id).await);
-    }
+    let mut nodes = start_all(&config).await;
     let id = section("s");
     let origin = |request| {
         Some(Origin {
@@ -642,10 +642,7 @@ async fn without_per_checkpoint_series_the_summary_still_shows_a_dead_backup() {
     let ids = [1, 2, 3];
     let mut config = config(&ids);
     config.checkpoint_metrics = false;
-    let mut nodes = Vec::new();
-    for id in ids {
-        nodes.push(start(&config, id).await);
-    }
+    let mut nodes = start_all(&config).await;
     let mut instances = Vec::new();
     for i in 0..2_u64 {
         let name = CheckpointName::new(format!("summary{i}")).unwrap();
