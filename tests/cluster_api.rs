@@ -614,3 +614,43 @@ async fn a_deleted_checkpoints_replication_gauges_are_dropped() {
     client.delete(&name).await.unwrap();
     wait_for("the deleted checkpoint's gauges stayed", &|s| s.is_empty());
 }
+
+/// A dump can be taken from a cluster node, but not yet restored into a
+/// cluster (docs/replication.md, "Not yet"): the refusal says so, and where
+/// a dump can be restored, instead of pointing at a way that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_into_a_cluster_is_refused_saying_where_a_dump_restores() {
+    let mut cluster = Cluster::start(3, "");
+    let (_client, _checkpoint, name, _, _) =
+        settled_active_checkpoint(&mut cluster, "dumped").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.ckd");
+    let addr = node(&cluster, 1);
+    let dump = Command::new(bin("ckpt-tool"))
+        .args(["dump", &name.to_string(), "-o"])
+        .arg(&file)
+        .args(["--addr", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let restore = Command::new(bin("ckpt-tool"))
+        .arg("restore")
+        .arg(&file)
+        .args(["--rename", &format!("{name}={name}-copy"), "--addr", &addr])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&restore.stdout),
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    assert!(!restore.status.success(), "{said}");
+    assert!(
+        said.contains("not supported on a cluster") && said.contains("single-node server"),
+        "{said}"
+    );
+}

@@ -1098,7 +1098,7 @@ impl Service {
         if self.cluster.is_some() {
             return Err(CkptError::new(
                 ErrorCode::BadOperation,
-                "restore works on a single node only: restore the dump into a single-node server, then let the cluster's nodes catch up by copying it (docs/replication.md)",
+                "restore is not supported on a cluster yet: restore the dump into a single-node server (ckpt-tool restore --addr of one, or --data-dir of a stopped one) to read it back; docs/replication.md, \"Not yet\"",
             ));
         }
         let name_lock = self.names.lock(&name).await;
