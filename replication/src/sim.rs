@@ -24,7 +24,9 @@
 //! in `make test`), `CKPT_SIM_FROM=k` starts at k, `CKPT_SIM_TRACE=1` prints
 //! every event; a failing run prints the command that replays it. Odd runs
 //! spread each state change over passes as the runtime does at scale (one
-//! to three checkpoints acted on per pass; `CKPT_SIM_SLICE=k` sets it).
+//! to three checkpoints acted on per pass; `CKPT_SIM_SLICE=k` sets it), and
+//! every third run compacts the Raft log every 8 to 39 entries
+//! (`CKPT_SIM_COMPACT=k` sets it).
 //!
 //! The store is a model (a log per checkpoint, what is fsynced, a WAL
 //! floor), checked by the same rules as the real store's `check_entry`
@@ -296,6 +298,8 @@ struct Node {
     /// runtime's SYNC_SLICE; drawn per run).
     unsynced: Unsynced,
     sync_slice: usize,
+    /// Applied entries between Raft compactions (drawn per run).
+    compact_entries: u64,
     beginning: BTreeSet<(InstanceId, Epoch)>,
     restarted: bool,
     restart_ticket: Option<Ticket>,
@@ -344,6 +348,7 @@ impl Node {
             unbegun: Unbegun::default(),
             unsynced: Unsynced::default(),
             sync_slice: usize::MAX,
+            compact_entries: crate::control::COMPACT_ENTRIES_DEFAULT,
             beginning: BTreeSet::new(),
             restarted: false,
             restart_ticket: None,
@@ -379,6 +384,7 @@ impl Node {
             local,
             election_ticks,
         );
+        self.cp.set_compact_entries(self.compact_entries);
         self.dp = DataPlane::new(self.id, LAG_TIMEOUT_MS).with_lag_records_max(LAG_RECORDS_MAX);
         self.dp.set_read_bytes_max(200);
         self.shown = ClusterState::new(&self.config.node_ids(), self.config.replication_factor);
@@ -1772,11 +1778,14 @@ impl Sim {
 /// One run: chaos, healing, convergence, then a safe write on every
 /// checkpoint must be acknowledged.
 /// One run; each node's driver acts on `sync_slice` changed checkpoints per
-/// pass (`usize::MAX`: all at once).
-fn run(seed: u64, sync_slice: usize) -> Stats {
+/// pass (`usize::MAX`: all at once), and its control plane compacts its
+/// Raft log every `compact_entries` applied entries.
+fn run(seed: u64, sync_slice: usize, compact_entries: u64) -> Stats {
     let mut sim = Sim::new(seed);
     for node in sim.nodes.values_mut() {
         node.sync_slice = sync_slice;
+        node.compact_entries = compact_entries;
+        node.cp.set_compact_entries(compact_entries);
     }
     // A first checkpoint of each mode, once a leader is there.
     while sim.now < CHAOS_MS {
@@ -1842,22 +1851,38 @@ fn sync_slice(n: u64) -> usize {
     }
 }
 
+/// Every third run compacts every 8 to 39 entries, so that nodes behind the
+/// compacted log catch up by Raft snapshot (a lost snapshot left a node
+/// behind for good until these runs); the others keep the default, which
+/// a run rarely reaches.
+fn compact_entries(n: u64) -> u64 {
+    if n.is_multiple_of(3) {
+        8 + n / 3 % 32
+    } else {
+        crate::control::COMPACT_ENTRIES_DEFAULT
+    }
+}
+
 fn sim_seed(n: u64) -> u64 {
     n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC3C3_5A5A_0F0F_F0F0
 }
 
-/// Run `n` with `slice` changed checkpoints acted on per pass.
-struct Replay(u64, usize);
+/// Run `n` with `slice` changed checkpoints acted on per pass and a Raft
+/// compaction every `compact` entries.
+struct Replay(u64, usize, u64);
 
 impl Drop for Replay {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let Replay(n, slice) = *self;
-            let slice = if slice == sync_slice(n) {
+            let Replay(n, slice, compact) = *self;
+            let mut slice = if slice == sync_slice(n) {
                 String::new()
             } else {
                 format!("CKPT_SIM_SLICE={slice} ")
             };
+            if compact != compact_entries(n) {
+                slice += &format!("CKPT_SIM_COMPACT={compact} ");
+            }
             eprintln!(
                 "replay run {n} with a trace: CKPT_SIM_FROM={n} CKPT_SIM_SEEDS={n} {slice}CKPT_SIM_TRACE=1 \
                  cargo test --release -p ckpt-replication --lib sim::cluster_sim_seeds -- --nocapture"
@@ -1939,8 +1964,9 @@ fn cluster_sim_regression_seeds() {
         93, 94, 101, 429, 2890, 3212, 7212, 3796, 31130, 47420, 117047,
     ] {
         for slice in [usize::MAX, 1] {
-            let _replay = Replay(n, slice);
-            run(sim_seed(n), slice);
+            let compact = crate::control::COMPACT_ENTRIES_DEFAULT;
+            let _replay = Replay(n, slice, compact);
+            run(sim_seed(n), slice, compact);
         }
     }
 }
@@ -1951,12 +1977,14 @@ fn cluster_sim_seeds() {
     let from = env_u64("CKPT_SIM_FROM", 1);
     let mut total = Stats::default();
     for n in from..=seeds {
-        let slice = std::env::var("CKPT_SIM_SLICE")
+        let slice = env_u64("CKPT_SIM_SLICE", 0);
+        let slice = usize::try_from(slice)
             .ok()
-            .and_then(|v| v.parse().ok())
+            .filter(|s| *s > 0)
             .unwrap_or_else(|| sync_slice(n));
-        let _replay = Replay(n, slice);
-        let s = run(sim_seed(n), slice);
+        let compact = env_u64("CKPT_SIM_COMPACT", compact_entries(n));
+        let _replay = Replay(n, slice, compact);
+        let s = run(sim_seed(n), slice, compact);
         eprintln!("run {n}: {s:?}");
         total.writes += s.writes;
         total.acked_safe += s.acked_safe;
