@@ -54,6 +54,9 @@ pub struct ClusterMetrics {
     /// How long each pass of the runtime's driver took (Raft ticks wait
     /// for a pass to end).
     pub pass_seconds: Histogram,
+    /// Messages to peers dropped before they were sent (a full send queue,
+    /// a node that is not a peer, a message larger than a frame).
+    pub peer_dropped: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -185,6 +188,11 @@ impl ClusterMetrics {
                 registry,
                 "ckpt_replication_lag_records_max",
                 "The most records a backup of a checkpoint this node is active for is behind",
+            )?,
+            peer_dropped: counter(
+                registry,
+                "ckpt_peer_messages_dropped_total",
+                "Messages to peers dropped before they were sent (a full send queue: a slow or unreachable peer)",
             )?,
             pass_seconds: {
                 let h = Histogram::with_opts(

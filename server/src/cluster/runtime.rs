@@ -1812,6 +1812,12 @@ impl Driver {
         }
         self.had_lease = held;
         self.cluster.metrics.lease_held.set(i64::from(held));
+        let dropped = self.cluster.transport.dropped();
+        let counted = self.cluster.metrics.peer_dropped.get();
+        self.cluster
+            .metrics
+            .peer_dropped
+            .inc_by(dropped.saturating_sub(counted));
         let leader = self.control.leader();
         let term = self.control.term();
         self.cluster

@@ -95,6 +95,8 @@ pub struct Transport<M> {
     peers: Arc<std::sync::RwLock<PeerQueues>>,
     /// Who may connect (the peers, updated with them).
     known: Arc<std::sync::RwLock<BTreeSet<NodeId>>>,
+    /// Messages `send` dropped (see [`Transport::dropped`]).
+    dropped: Arc<std::sync::atomic::AtomicU64>,
     shutdown: CancellationToken,
     _message: std::marker::PhantomData<fn(M)>,
 }
@@ -188,6 +190,7 @@ where
             check,
             peers: Arc::new(std::sync::RwLock::new(HashMap::new())),
             known,
+            dropped: Arc::default(),
             shutdown,
             _message: std::marker::PhantomData,
         };
@@ -263,9 +266,26 @@ where
         self.me
     }
 
+    /// Messages [`Transport::send`] has dropped so far: to a peer whose
+    /// queue was full (slow or unreachable), to a node that is not a peer,
+    /// or larger than a frame. Raft and the data plane send again what
+    /// matters, but a rising count means a peer link cannot keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Queues `message` for `to`. Returns false when it was dropped: an
     /// unknown node, a full queue, or a message larger than a frame.
     pub fn send(&self, to: NodeId, message: &M) -> bool {
+        let sent = self.try_send(to, message);
+        if !sent {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        sent
+    }
+
+    fn try_send(&self, to: NodeId, message: &M) -> bool {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         let Some((queue, _)) = peers.get(&to) else {
             tracing::warn!(to, "dropping a message to a node that is not a peer");
@@ -614,6 +634,28 @@ mod tests {
             (2, blob)
         );
         assert!(!n1.transport.send(9, &Test::Ping(1)), "not a peer");
+        shutdown.cancel();
+    }
+
+    /// A peer nobody answers for: its queue fills, and what does not fit is
+    /// dropped and counted.
+    #[tokio::test]
+    async fn messages_beyond_a_full_queue_are_dropped_and_counted() {
+        let shutdown = CancellationToken::new();
+        let (l1, a1) = bound().await;
+        // A port that refuses connections: bound, then released.
+        let (l2, a2) = bound().await;
+        drop(l2);
+        let nodes = [(1, a1), (2, a2)];
+        let n1 = Transport::<Test>::start_with_listener(1, &nodes, l1, a1, shutdown.clone());
+        let total = SEND_QUEUE_MAX as u64 + 100;
+        let queued = (0..total)
+            .filter(|i| n1.transport.send(2, &Test::Ping(*i)))
+            .count() as u64;
+        assert!(queued <= SEND_QUEUE_MAX as u64 + 1, "queued {queued}");
+        assert_eq!(n1.transport.dropped(), total - queued);
+        assert!(!n1.transport.send(9, &Test::Ping(0)), "not a peer");
+        assert_eq!(n1.transport.dropped(), total - queued + 1);
         shutdown.cancel();
     }
 
