@@ -692,9 +692,10 @@ fn a_whole_cluster_restart_from_raft_logs_keeps_the_registry_and_restarts_retent
     assert_eq!(next.instance.0, timed.instance.0 + 1);
 }
 
-#[test]
-fn a_node_behind_the_compacted_log_catches_up_by_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
+/// Raft logs in `dir`, a compaction every 4 entries, and a follower that
+/// was down while 10 checkpoints were created: it can be caught up only by
+/// a Raft snapshot once started.
+fn behind_the_compacted_log(dir: &tempfile::TempDir) -> (Sim, NodeId) {
     let mut sim = Sim::with_logs(dir.path().to_path_buf(), Some(4));
     let leader = sim.elect();
     let lagging = sim.follower();
@@ -702,6 +703,13 @@ fn a_node_behind_the_compacted_log_catches_up_by_snapshot() {
     for i in 0..10 {
         sim.create(leader, &format!("c{i}"), TIME_END);
     }
+    (sim, lagging)
+}
+
+#[test]
+fn a_node_behind_the_compacted_log_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sim, lagging) = behind_the_compacted_log(&dir);
     sim.start(lagging);
     sim.run_until("the lagging node caught up", 20_000, |s| s.states_equal());
     assert_eq!(sim.cp(lagging).state().checkpoints().count(), 10);
@@ -733,13 +741,7 @@ fn is_raft_snapshot(msg: &ControlMessage) -> bool {
 #[test]
 fn a_raft_snapshot_lost_on_the_way_is_sent_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::with_logs(dir.path().to_path_buf(), Some(4));
-    let leader = sim.elect();
-    let lagging = sim.follower();
-    sim.kill(lagging);
-    for i in 0..10 {
-        sim.create(leader, &format!("c{i}"), TIME_END);
-    }
+    let (mut sim, lagging) = behind_the_compacted_log(&dir);
     sim.snapshots_to_lose = 1;
     sim.start(lagging);
     sim.run_until("the lagging node caught up", 20_000, |s| s.states_equal());
