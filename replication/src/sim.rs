@@ -538,19 +538,7 @@ impl Node {
         let changes = self.cp.take_changes();
         let new = self.cp.state().clone();
         let old = std::mem::replace(&mut self.shown, new.clone());
-        if changes.everything {
-            for meta in old.checkpoints() {
-                self.unsynced
-                    .note(meta.instance, old.get_shared(meta.instance));
-            }
-            for meta in new.checkpoints() {
-                self.unsynced.note(meta.instance, None);
-            }
-        } else {
-            for instance in changes.instances {
-                self.unsynced.note(instance, old.get_shared(instance));
-            }
-        }
+        self.unsynced.note_changes(&changes, &old, &new);
     }
 
     fn sync_slice(&mut self, now: u64) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ckpt_storage::InstanceId;
 
-use super::state::CheckpointMeta;
+use super::state::{Changes, CheckpointMeta, ClusterState};
 
 /// The instances a state change touched that the driver has not yet told
 /// its data plane about, each with the metadata it last acted on (`None`:
@@ -36,6 +36,23 @@ impl Unsynced {
     /// pass applies several commands).
     pub fn note(&mut self, instance: InstanceId, acted_on: Option<Arc<CheckpointMeta>>) {
         self.0.entry(instance).or_insert(acted_on);
+    }
+
+    /// Notes what one applied ready changed from `old` to `new` (every
+    /// checkpoint of both when the whole state changed).
+    pub fn note_changes(&mut self, changes: &Changes, old: &ClusterState, new: &ClusterState) {
+        if changes.everything {
+            for meta in old.checkpoints() {
+                self.note(meta.instance, old.get_shared(meta.instance));
+            }
+            for meta in new.checkpoints() {
+                self.note(meta.instance, None);
+            }
+        } else {
+            for &instance in &changes.instances {
+                self.note(instance, old.get_shared(instance));
+            }
+        }
     }
 
     /// Up to `max` of them, lowest instance first, each with the metadata

@@ -2082,19 +2082,7 @@ impl Driver {
         let changes = self.control.take_changes();
         let new = Arc::new(self.control.state().clone());
         let old = std::mem::replace(&mut self.shown, new.clone());
-        if changes.everything {
-            for meta in old.checkpoints() {
-                self.unsynced
-                    .note(meta.instance, old.get_shared(meta.instance));
-            }
-            for meta in new.checkpoints() {
-                self.unsynced.note(meta.instance, None);
-            }
-        } else {
-            for instance in changes.instances {
-                self.unsynced.note(instance, old.get_shared(instance));
-            }
-        }
+        self.unsynced.note_changes(&changes, &old, &new);
         self.cluster
             .metrics
             .sync_backlog
