@@ -9,6 +9,7 @@
 //! replica_lag_records_max = 1000  # WR_ACTIVE_REPLICA(_WEAK): most records a failover may lose
 //! lease_timeout_ms = 1500
 //! tick_ms = 50                # control-plane tick (Raft heartbeat = 2 ticks, election = 10)
+//! raft_compact_entries = 1024 # Raft entries between compactions (at least a quarter of the checkpoints)
 //! [[nodes]]
 //! id = 1
 //! client_addr = "127.0.0.1:7400"
@@ -44,6 +45,11 @@ pub const TIMEOUT_MS_MAX: u64 = 600_000;
 pub const LAG_RECORDS_MAX_MAX: u64 = 1_000_000_000;
 /// Largest control-plane tick accepted.
 pub const TICK_MS_MAX: u64 = 10_000;
+/// Fewest Raft entries between compactions accepted.
+pub const RAFT_COMPACT_ENTRIES_MIN: u64 = 8;
+/// Most Raft entries between compactions accepted (the log between
+/// compactions is kept in memory and replayed at a start).
+pub const RAFT_COMPACT_ENTRIES_MAX: u64 = 10_000_000;
 
 /// The cluster name when the file gives none.
 pub const CLUSTER_NAME_DEFAULT: &str = "ckpt";
@@ -107,6 +113,10 @@ pub struct ClusterConfig {
     /// 100,000 checkpoints exports 600,000. The per-node summaries are
     /// exported either way.
     pub checkpoint_metrics: bool,
+    /// Applied Raft entries between compactions of the control plane's log
+    /// (default 1024; never fewer than a quarter of the checkpoints). Fewer
+    /// make a start replay less and compact more often.
+    pub raft_compact_entries: u64,
 }
 
 /// A refused cluster file. `Display` starts with the offending key.
@@ -141,6 +151,7 @@ struct RawConfig {
     tick_ms: Option<i64>,
     placement_avoid_creator: Option<bool>,
     checkpoint_metrics: Option<bool>,
+    raft_compact_entries: Option<i64>,
     nodes: Option<Vec<RawNode>>,
 }
 
@@ -314,6 +325,13 @@ impl ClusterConfig {
             1,
             LAG_RECORDS_MAX_MAX,
         )?;
+        let raft_compact_entries = number(
+            "raft_compact_entries",
+            raw.raft_compact_entries,
+            crate::control::COMPACT_ENTRIES_DEFAULT,
+            RAFT_COMPACT_ENTRIES_MIN,
+            RAFT_COMPACT_ENTRIES_MAX,
+        )?;
         let cluster_name = raw
             .cluster_name
             .unwrap_or_else(|| CLUSTER_NAME_DEFAULT.to_string());
@@ -335,6 +353,7 @@ impl ClusterConfig {
             nodes,
             placement_avoid_creator: raw.placement_avoid_creator.unwrap_or(false),
             checkpoint_metrics: raw.checkpoint_metrics.unwrap_or(true),
+            raft_compact_entries,
         })
     }
 
@@ -385,6 +404,7 @@ impl ClusterConfig {
             tick_ms: DEFAULT_TICK_MS,
             placement_avoid_creator: false,
             checkpoint_metrics: true,
+            raft_compact_entries: crate::control::COMPACT_ENTRIES_DEFAULT,
             nodes: vec![NodeConfig {
                 id,
                 client_addr,
@@ -558,6 +578,21 @@ mod tests {
         assert!(!c.checkpoint_metrics);
         let e = refused(&three("checkpoint_metrics = \"no\""));
         assert!(e.to_string().contains("checkpoint_metrics"), "{e}");
+    }
+
+    #[test]
+    fn the_raft_compaction_interval_defaults_and_is_bounded() {
+        let c = ClusterConfig::parse(&three("")).unwrap();
+        assert_eq!(
+            c.raft_compact_entries,
+            crate::control::COMPACT_ENTRIES_DEFAULT
+        );
+        let c = ClusterConfig::parse(&three("raft_compact_entries = 64")).unwrap();
+        assert_eq!(c.raft_compact_entries, 64);
+        for bad in ["0", "7", "-1", "10000001", "\"many\""] {
+            let e = refused(&three(&format!("raft_compact_entries = {bad}")));
+            assert!(e.to_string().contains("raft_compact_entries"), "{bad}: {e}");
+        }
     }
 
     #[test]

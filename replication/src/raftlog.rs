@@ -6,7 +6,11 @@
 //! frame    := length u32 LE | crc32 u32 LE (of payload) | payload
 //! payload  := postcard Frame { entries: [protobuf Entry], hard_state: protobuf?,
 //!                              snapshot: protobuf? (replaces the log),
-//!                              compacted: protobuf? (covers entries up to its index) }
+//!                              compacted: protobuf? (covers entries up to its
+//!                                         index; written by earlier versions) }
+//!
+//! raft.snap := magic "CKPTSNAP" | version u32 LE | length u32 LE | crc32 u32 LE
+//!              | protobuf Snapshot (the latest local compaction)
 //! ```
 //!
 //! One [`RaftLog::persist`] call writes one frame and fsyncs it before
@@ -16,9 +20,21 @@
 //! corruption and the log is refused rather than silently shortened.
 //!
 //! The file stays bounded: the control plane compacts its log into a
-//! snapshot every [`crate::control::COMPACT_ENTRIES_DEFAULT`] entries, and
-//! once the file grows past a multiple of its live content it is rewritten
-//! (new file, fsync, rename, fsync of the directory) as a single frame.
+//! snapshot every [`crate::control::COMPACT_ENTRIES_DEFAULT`] entries (or
+//! more, with a large registry), and once the file grows past a multiple of
+//! its live content it is rewritten (new file, fsync, rename, fsync of the
+//! directory) as a single frame.
+//!
+//! A compaction's snapshot goes to a file of its own, `raft.snap`, written
+//! whole the same way (temporary file, fsync, rename, fsync of the
+//! directory) by [`write_snapshot`] on a thread other than the one that
+//! persists the log: it is the whole registry, 3.5 MB at 50,000
+//! checkpoints, and writing it in line held up the log's next appends and
+//! Raft's ticks. Once it is durable the log may forget the entries it
+//! covers ([`RaftLog::snapshot_written`]); until then they stay. On open the
+//! newer of the log's snapshot (one installed from the leader) and
+//! `raft.snap` wins, and the log's entries it covers are dropped: both are
+//! of committed entries, which never change.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -35,6 +51,12 @@ use crate::ReplicationError;
 pub const FILE_NAME: &str = "raft.log";
 const MAGIC: &[u8; 8] = b"CKPTRAFT";
 const VERSION: u32 = 1;
+/// The latest compaction's snapshot, inside the directory.
+pub const SNAPSHOT_FILE_NAME: &str = "raft.snap";
+const SNAPSHOT_TMP_NAME: &str = "raft.snap.tmp";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CKPTSNAP";
+const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_HEADER_BYTES: usize = 20;
 const HEADER_BYTES: usize = 12;
 const FRAME_HEADER_BYTES: usize = 8;
 /// Largest frame accepted (a snapshot of a very large registry).
@@ -60,6 +82,9 @@ pub struct RaftLog {
     rewrite_bytes_min: u64,
     last_rewrite_bytes: u64,
     model: PersistedRaft,
+    /// The index of the snapshot in `raft.snap` (0: none): a rewrite need
+    /// not carry a snapshot that old.
+    file_snapshot_index: u64,
 }
 
 fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> ReplicationError {
@@ -141,6 +166,13 @@ impl RaftLog {
                 }
             }
         };
+        let file_snapshot = read_snapshot(dir)?;
+        let file_snapshot_index = file_snapshot
+            .as_ref()
+            .map_or(0, |snap| snap.get_metadata().index);
+        if let Some(snap) = &file_snapshot {
+            merge_snapshot(&mut model, snap);
+        }
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -157,6 +189,7 @@ impl RaftLog {
             rewrite_bytes_min: REWRITE_BYTES_MIN_DEFAULT,
             last_rewrite_bytes: good_end as u64,
             model: model.clone(),
+            file_snapshot_index,
         };
         Ok((log, model))
     }
@@ -190,7 +223,7 @@ impl RaftLog {
             entries: p.entries.iter().map(encode).collect(),
             hard_state: p.hard_state.as_ref().map(encode),
             snapshot: p.snapshot.as_ref().map(encode),
-            compacted: p.compacted.as_ref().map(encode),
+            compacted: None,
         };
         apply_frame(&mut self.model, &frame).map_err(|e| io_error(&self.path, "persist", e))?;
         let bytes = frame_bytes(&frame)?;
@@ -207,12 +240,37 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Replaces the file by one frame holding its current content.
+    /// [`write_snapshot`] made `snap` durable in `raft.snap`: the entries
+    /// it covers need not be carried by the next rewrite. Snapshots must be
+    /// written in ascending order (the control plane carries out one
+    /// compaction at a time).
+    pub fn snapshot_written(&mut self, snap: &Snapshot) {
+        let index = snap.get_metadata().index;
+        if index < self.file_snapshot_index {
+            tracing::error!(
+                index,
+                previous = self.file_snapshot_index,
+                "raft snapshot file went backwards"
+            );
+            return;
+        }
+        self.file_snapshot_index = index;
+        merge_snapshot(&mut self.model, snap);
+    }
+
+    /// Replaces the file by one frame holding its current content (a
+    /// snapshot only if it is newer than `raft.snap`'s).
     fn rewrite(&mut self) -> Result<(), ReplicationError> {
+        let file_snapshot_index = self.file_snapshot_index;
         let frame = Frame {
             entries: self.model.entries.iter().map(encode).collect(),
             hard_state: Some(encode(&self.model.hard_state)),
-            snapshot: self.model.snapshot.as_ref().map(encode),
+            snapshot: self
+                .model
+                .snapshot
+                .as_ref()
+                .filter(|snap| snap.get_metadata().index > file_snapshot_index)
+                .map(encode),
             compacted: None,
         };
         let dir = self
@@ -241,9 +299,113 @@ pub(crate) fn apply_persist(model: &mut PersistedRaft, p: &RaftPersist) -> Resul
         entries: p.entries.iter().map(encode).collect(),
         hard_state: p.hard_state.as_ref().map(encode),
         snapshot: p.snapshot.as_ref().map(encode),
-        compacted: p.compacted.as_ref().map(encode),
+        compacted: None,
     };
     apply_frame(model, &frame)
+}
+
+/// A compaction's snapshot, durable: `model` takes it if it is newer than
+/// its own and drops the entries it covers. What [`RaftLog::open`] does
+/// with `raft.snap`, and the simulator's durable Raft state with a
+/// snapshot written.
+pub(crate) fn merge_snapshot(model: &mut PersistedRaft, snap: &Snapshot) {
+    let index = snap.get_metadata().index;
+    if model
+        .snapshot
+        .as_ref()
+        .is_some_and(|own| own.get_metadata().index >= index)
+    {
+        return;
+    }
+    model.entries.retain(|e| e.index > index);
+    model.snapshot = Some(snap.clone());
+}
+
+/// Makes `snap` durable as `dir`'s `raft.snap` (temporary file, fsync,
+/// rename, fsync of the directory): a power cut leaves the old file or the
+/// new one. Returns the bytes written. Call it off the thread that
+/// persists the log; then [`RaftLog::snapshot_written`].
+///
+/// # Errors
+/// IO failures; a snapshot larger than [`FRAME_BYTES_MAX`].
+pub fn write_snapshot(dir: &Path, snap: &Snapshot) -> Result<u64, ReplicationError> {
+    let payload = snap
+        .write_to_bytes()
+        .expect("raft protobuf messages always encode");
+    let path = dir.join(SNAPSHOT_FILE_NAME);
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|len| *len as usize <= FRAME_BYTES_MAX)
+        .ok_or_else(|| {
+            io_error(
+                &path,
+                "write",
+                format!(
+                    "snapshot of {} bytes exceeds {FRAME_BYTES_MAX}",
+                    payload.len()
+                ),
+            )
+        })?;
+    let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + payload.len());
+    bytes.extend_from_slice(SNAPSHOT_MAGIC);
+    bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    let tmp = dir.join(SNAPSHOT_TMP_NAME);
+    let mut f = File::create(&tmp).map_err(|e| io_error(&tmp, "create", e))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_error(&tmp, "write", e))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, "rename", e))?;
+    sync_dir(dir)?;
+    Ok(bytes.len() as u64)
+}
+
+/// `raft.snap`, if there is one; a leftover temporary file (a crash while
+/// writing) is removed. A damaged file is refused, not ignored: the log may
+/// no longer hold the entries it covers.
+fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, ReplicationError> {
+    let tmp = dir.join(SNAPSHOT_TMP_NAME);
+    if tmp.exists() {
+        std::fs::remove_file(&tmp).map_err(|e| io_error(&tmp, "remove", e))?;
+    }
+    let path = dir.join(SNAPSHOT_FILE_NAME);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path, "read", e)),
+    };
+    let damaged = |why: String| {
+        io_error(
+            &path,
+            "open",
+            format!("{why}: the snapshot file is damaged, and the log may no longer hold the entries it covers; refusing to start (replace the node: docs/replication.md)"),
+        )
+    };
+    if bytes.len() < SNAPSHOT_HEADER_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(damaged("not a ckpt raft snapshot (bad magic)".into()));
+    }
+    let field = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let version = field(8);
+    if version != SNAPSHOT_VERSION {
+        return Err(damaged(format!("unsupported version {version}")));
+    }
+    let len = field(12) as usize;
+    let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if payload.len() != len {
+        return Err(damaged(format!(
+            "{} bytes after the header, the header says {len}",
+            payload.len()
+        )));
+    }
+    if crc32fast::hash(payload) != field(16) {
+        return Err(damaged("checksum mismatch".into()));
+    }
+    Snapshot::parse_from_bytes(payload)
+        .map(Some)
+        .map_err(|e| damaged(format!("checksummed but undecodable: {e}")))
 }
 
 fn frame_bytes(frame: &Frame) -> Result<Vec<u8>, ReplicationError> {
@@ -383,6 +545,14 @@ mod tests {
         h
     }
 
+    fn snapshot(index: u64, term: u64, data: &[u8]) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.set_data(data.to_vec().into());
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap
+    }
+
     fn persist_entries(log: &mut RaftLog, from: u64, to: u64, term: u64) {
         let p = RaftPersist {
             entries: (from..=to)
@@ -403,15 +573,9 @@ mod tests {
             persist_entries(&mut log, 1, 5, 1);
             // A new leader overwrites 4..: the old 4 and 5 go.
             persist_entries(&mut log, 4, 6, 2);
-            let mut snap = Snapshot::default();
-            snap.set_data(b"state".to_vec().into());
-            snap.mut_metadata().index = 3;
-            snap.mut_metadata().term = 1;
-            log.persist(&RaftPersist {
-                compacted: Some(snap),
-                ..Default::default()
-            })
-            .unwrap();
+            let snap = snapshot(3, 1, b"state");
+            write_snapshot(dir.path(), &snap).unwrap();
+            log.snapshot_written(&snap);
         }
         let (_, p) = RaftLog::open(dir.path()).unwrap();
         assert_eq!(
@@ -517,15 +681,9 @@ mod tests {
             let base = round * 10;
             persist_entries(&mut log, base + 1, base + 10, 1);
             // Compact everything but the last 10 entries.
-            let mut snap = Snapshot::default();
-            snap.set_data(vec![7u8; 100].into());
-            snap.mut_metadata().index = base;
-            snap.mut_metadata().term = 1;
-            log.persist(&RaftPersist {
-                compacted: Some(snap),
-                ..Default::default()
-            })
-            .unwrap();
+            let snap = snapshot(base, 1, &[7u8; 100]);
+            write_snapshot(dir.path(), &snap).unwrap();
+            log.snapshot_written(&snap);
             max_bytes = max_bytes.max(log.file_bytes());
         }
         assert!(max_bytes < 16 * 1024, "file grew to {max_bytes}");
@@ -535,5 +693,132 @@ mod tests {
         assert_eq!(p.entries.last().unwrap().index, 2000);
         assert_eq!(p.snapshot.unwrap().get_metadata().index, 1990);
         assert_eq!(p.hard_state, hs(1, 2000));
+    }
+
+    /// A compaction written by an earlier version, as a frame of the log,
+    /// still reads back.
+    #[test]
+    fn a_compaction_frame_of_an_earlier_version_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
+        persist_entries(&mut log, 1, 6, 1);
+        let frame = Frame {
+            compacted: Some(encode(&snapshot(4, 1, b"old"))),
+            ..Default::default()
+        };
+        log.file.write_all(&frame_bytes(&frame).unwrap()).unwrap();
+        log.file.sync_data().unwrap();
+        drop(log);
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(p.snapshot.unwrap().get_metadata().index, 4);
+        assert_eq!(
+            p.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![5, 6]
+        );
+    }
+
+    /// Until the log is told that `raft.snap` is durable it keeps every
+    /// entry; a crash between the two, or while writing the file, loses
+    /// nothing.
+    #[test]
+    fn a_snapshot_file_covers_the_log_only_once_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
+        log.set_rewrite_bytes_min(0);
+        persist_entries(&mut log, 1, 8, 1);
+        // A crash while writing the file: a temporary file, no raft.snap.
+        std::fs::write(dir.path().join(SNAPSHOT_TMP_NAME), b"half a snap").unwrap();
+        drop(log);
+        let (log, p) = RaftLog::open(dir.path()).unwrap();
+        assert!(p.snapshot.is_none());
+        assert_eq!(p.entries.len(), 8);
+        assert!(!dir.path().join(SNAPSHOT_TMP_NAME).exists());
+        // Written, and the process dies before the log is told: the file
+        // alone covers entries 1..=5 at the next open.
+        let snap = snapshot(5, 1, b"five");
+        write_snapshot(dir.path(), &snap).unwrap();
+        drop(log);
+        let (mut log, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(p.snapshot.as_ref().unwrap().get_data(), b"five");
+        assert_eq!(
+            p.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![6, 7, 8]
+        );
+        // Told, and rewritten (every persist rewrites here): the log no
+        // longer carries entries 1..=5 nor a copy of the snapshot.
+        log.snapshot_written(&snap);
+        persist_entries(&mut log, 9, 9, 1);
+        let file = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!file.windows(4).any(|w| w == b"five"));
+        drop(log);
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(p.snapshot.unwrap().get_metadata().index, 5);
+        assert_eq!(
+            p.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![6, 7, 8, 9]
+        );
+    }
+
+    /// A snapshot installed from the leader after the last compaction is
+    /// newer than `raft.snap` and wins at the next open, also once the log
+    /// is rewritten.
+    #[test]
+    fn an_installed_snapshot_newer_than_the_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
+        log.set_rewrite_bytes_min(0);
+        persist_entries(&mut log, 1, 4, 1);
+        let compacted = snapshot(3, 1, b"compacted");
+        write_snapshot(dir.path(), &compacted).unwrap();
+        log.snapshot_written(&compacted);
+        log.persist(&RaftPersist {
+            snapshot: Some(snapshot(20, 2, b"installed")),
+            ..Default::default()
+        })
+        .unwrap();
+        persist_entries(&mut log, 21, 22, 2);
+        drop(log);
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(p.snapshot.unwrap().get_data(), b"installed");
+        assert_eq!(
+            p.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![21, 22]
+        );
+    }
+
+    /// A damaged `raft.snap` stops the node with an error naming the file,
+    /// at every kind of damage.
+    #[test]
+    fn a_damaged_snapshot_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
+        persist_entries(&mut log, 1, 4, 1);
+        let snap = snapshot(3, 1, b"compacted state");
+        write_snapshot(dir.path(), &snap).unwrap();
+        log.snapshot_written(&snap);
+        drop(log);
+        let path = dir.path().join(SNAPSHOT_FILE_NAME);
+        let good = std::fs::read(&path).unwrap();
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        for (what, bytes) in [
+            ("checksum", flipped),
+            ("magic", bad_magic),
+            ("after the header", good[..good.len() - 1].to_vec()),
+            ("magic", good[..10].to_vec()),
+        ] {
+            std::fs::write(&path, &bytes).unwrap();
+            let err = match RaftLog::open(dir.path()) {
+                Ok(_) => panic!("a snapshot file with a bad {what} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(SNAPSHOT_FILE_NAME), "{err}");
+            assert!(err.contains(what), "{what}: {err}");
+        }
+        std::fs::write(&path, &good).unwrap();
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert_eq!(p.snapshot.unwrap().get_data(), b"compacted state");
     }
 }

@@ -26,7 +26,10 @@
 //! spread each state change over passes as the runtime does at scale (one
 //! to three checkpoints acted on per pass; `CKPT_SIM_SLICE=k` sets it), and
 //! every third run compacts the Raft log every 8 to 39 entries
-//! (`CKPT_SIM_COMPACT=k` sets it).
+//! (`CKPT_SIM_COMPACT=k` sets it). A compaction is carried out as the
+//! runtime's blocking thread does it, some steps later: its snapshot made
+//! durable, then handed back to the control plane, with crashes and power
+//! cuts before, between and after.
 //!
 //! The store is a model (a log per checkpoint, what is fsynced, a WAL
 //! floor), checked by the same rules as the real store's `check_entry`
@@ -41,8 +44,8 @@ use ckpt_storage::{Epoch, InstanceId, Lsn, Position, Seq};
 
 use crate::config::ClusterConfig;
 use crate::control::{
-    Applied, CheckpointMeta, ClusterState, Command, ControlMessage, ControlPlane, PersistedRaft,
-    Ticket, Unbegun, Unsynced,
+    Applied, CheckpointMeta, ClusterState, Command, Compaction, ControlMessage, ControlPlane,
+    PersistedRaft, Ticket, Unbegun, Unsynced,
 };
 use crate::data::{
     DataMessage, DataOutput, DataPlane, Need, Proposal, ReplicaSet, ShippedEntry, WireEntry,
@@ -207,6 +210,14 @@ impl Replica {
     }
 }
 
+/// A Raft compaction on the runtime's blocking thread, in two steps.
+enum CompactionStep {
+    /// To encode and write (`raft.snap`).
+    Write(Compaction),
+    /// Durable; the driver has not been told yet.
+    Written(raft::eraftpb::Snapshot),
+}
+
 /// Work for the store's writer thread, carried out in order.
 #[derive(Debug)]
 enum StoreOp {
@@ -300,6 +311,8 @@ struct Node {
     sync_slice: usize,
     /// Applied entries between Raft compactions (drawn per run).
     compact_entries: u64,
+    /// The compaction being carried out, if any.
+    compaction: Option<CompactionStep>,
     beginning: BTreeSet<(InstanceId, Epoch)>,
     restarted: bool,
     restart_ticket: Option<Ticket>,
@@ -349,6 +362,7 @@ impl Node {
             unsynced: Unsynced::default(),
             sync_slice: usize::MAX,
             compact_entries: crate::control::COMPACT_ENTRIES_DEFAULT,
+            compaction: None,
             beginning: BTreeSet::new(),
             restarted: false,
             restart_ticket: None,
@@ -392,6 +406,7 @@ impl Node {
         self.began.clear();
         self.unbegun.clear();
         self.unsynced.clear();
+        self.compaction = None;
         self.beginning.clear();
         self.restarted = false;
         self.restart_ticket = None;
@@ -493,6 +508,14 @@ impl Node {
                 progressed = true;
                 if let Some(persist) = ready.persist.take() {
                     crate::raftlog::apply_persist(&mut self.raft, &persist).unwrap();
+                }
+                if let Some(compaction) = ready.compaction.take() {
+                    assert!(
+                        self.compaction.is_none(),
+                        "node {}: a second compaction while one is carried out",
+                        self.id
+                    );
+                    self.compaction = Some(CompactionStep::Write(compaction));
                 }
                 for (to, msg) in std::mem::take(&mut ready.messages) {
                     self.outbox.push((to, Wire::Control(msg.encode())));
@@ -868,6 +891,30 @@ impl Node {
         }
     }
 
+    /// The runtime's compaction thread: writes the snapshot (atomically:
+    /// durable at once), then, a step later, tells the driver.
+    fn compaction_step(&mut self, now: u64) {
+        match self.compaction.take() {
+            None => {}
+            Some(CompactionStep::Write(compaction)) => {
+                let snap = compaction.encode();
+                trace(|| {
+                    format!(
+                        "node {} raft snapshot at {} durable",
+                        self.id,
+                        snap.get_metadata().index
+                    )
+                });
+                crate::raftlog::merge_snapshot(&mut self.raft, &snap);
+                self.compaction = Some(CompactionStep::Written(snap));
+            }
+            Some(CompactionStep::Written(snap)) => {
+                self.cp.compacted(snap);
+                self.process(now);
+            }
+        }
+    }
+
     /// The writer thread carries out its next op.
     fn store_step(&mut self, now: u64) {
         let Some(op) = self.writer.pop_front() else {
@@ -1201,6 +1248,10 @@ struct Stats {
     reads_checked: u64,
     duplicated: u64,
     dropped: u64,
+    /// Raft compactions carried out to the end, and nodes that went down
+    /// with one under way.
+    compactions: u64,
+    compactions_interrupted: u64,
 }
 
 impl Sim {
@@ -1385,6 +1436,16 @@ impl Sim {
             }
             while self.rng.chance(progress) && !self.nodes[&id].reader.is_empty() {
                 self.on_node(id, |node, now| node.read_step(now));
+            }
+            // Drawn only while there is one: runs without compactions keep
+            // their trajectories. Slow (an encoding of the whole registry
+            // and a write of it: tens of steps), so that entries apply,
+            // snapshots arrive from the leader and nodes go down meanwhile.
+            while self.nodes[&id].compaction.is_some() && self.rng.chance(100) {
+                if matches!(self.nodes[&id].compaction, Some(CompactionStep::Written(_))) {
+                    self.stats.compactions += 1;
+                }
+                self.on_node(id, |node, now| node.compaction_step(now));
             }
             if self.rng.chance(if self.chaos { 300 } else { 900 }) {
                 self.on_node(id, |node, now| node.fsync(now));
@@ -1596,6 +1657,9 @@ impl Sim {
                         if power { "power cut" } else { "crashes" }
                     )
                 });
+                if self.nodes[&id].compaction.is_some() {
+                    self.stats.compactions_interrupted += 1;
+                }
                 if power {
                     self.stats.power_cuts += 1;
                     self.nodes.get_mut(&id).unwrap().power_cut();
@@ -1610,6 +1674,9 @@ impl Sim {
                 trace(|| format!("t={} whole-cluster power cut", self.now));
                 self.stats.cluster_power_cuts += 1;
                 for id in NODES {
+                    if self.nodes[&id].compaction.is_some() {
+                        self.stats.compactions_interrupted += 1;
+                    }
                     self.nodes.get_mut(&id).unwrap().power_cut();
                     let back = self.now + 100 + self.rng.below(2_000);
                     self.down_until.insert(id, back);
@@ -1990,6 +2057,8 @@ fn cluster_sim_seeds() {
         total.deletes += s.deletes;
         total.duplicated += s.duplicated;
         total.dropped += s.dropped;
+        total.compactions += s.compactions;
+        total.compactions_interrupted += s.compactions_interrupted;
     }
     eprintln!("runs {from}..={seeds}: {total:?}");
     assert!(total.acked_safe > 0, "no safe write was acknowledged");

@@ -18,8 +18,10 @@ pub mod unsynced;
 #[cfg(test)]
 mod tests;
 
-pub use message::{ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket};
+pub use message::{Compaction, ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket};
 pub use node::{ControlPlane, COMPACT_ENTRIES_DEFAULT};
+/// The Raft snapshot a [`Compaction`] encodes to.
+pub use raft::eraftpb::Snapshot as RaftSnapshot;
 pub use state::{Applied, Changes, CheckpointMeta, ClusterState, Command, NodeAddrs};
 pub use unbegun::Unbegun;
 pub use unsynced::Unsynced;

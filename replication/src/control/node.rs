@@ -44,7 +44,9 @@ use raft::eraftpb::{
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, RawNode, Ready, SnapshotStatus, StateRole, Storage};
 
-use super::message::{ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket};
+use super::message::{
+    Compaction, ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket,
+};
 use super::state::{Applied, Changes, ClusterState, Command};
 use crate::config::{ClusterConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
 use crate::{NodeId, ReplicationError};
@@ -227,7 +229,11 @@ pub struct ControlPlane {
     deferred: VecDeque<Deferred>,
     out_messages: Vec<(NodeId, ControlMessage)>,
     out_applied: Vec<(Option<Ticket>, Command, Applied)>,
-    out_compacted: Option<Snapshot>,
+    /// A compaction not yet handed to the driver.
+    out_compaction: Option<Compaction>,
+    /// The index of the compaction the driver is carrying out: no other
+    /// starts until it is handed back ([`ControlPlane::compacted`]).
+    compacting: Option<u64>,
     /// Followers sent a Raft snapshot in the ready being carried out: its
     /// status is reported once it is advanced (see `advance`).
     snapshots_sent: Vec<u64>,
@@ -481,7 +487,7 @@ impl ControlPlane {
             proposal_timeout_ms: config
                 .lease_timeout_ms
                 .saturating_add(election_ms.saturating_mul(2)),
-            compact_entries: COMPACT_ENTRIES_DEFAULT,
+            compact_entries: config.raft_compact_entries,
             now_ms,
             last_tick_ms: now_ms,
             // Distinguishes this life's tickets from a previous life's
@@ -494,7 +500,8 @@ impl ControlPlane {
             deferred: VecDeque::new(),
             out_messages: Vec::new(),
             out_applied: replayed,
-            out_compacted: None,
+            out_compaction: None,
+            compacting: None,
             snapshots_sent: Vec::new(),
             state_replaced: false,
             snapshot_index,
@@ -735,10 +742,7 @@ impl ControlPlane {
         if self.pending.is_some() {
             return None;
         }
-        let mut persist = RaftPersist {
-            compacted: self.out_compacted.take(),
-            ..Default::default()
-        };
+        let mut persist = RaftPersist::default();
         let mut raft_ready = None;
         if self.raw.has_ready() {
             let mut rd = self.raw.ready();
@@ -748,7 +752,6 @@ impl ControlPlane {
                 let snap = rd.snapshot().clone();
                 self.install_snapshot(&snap);
                 persist.snapshot = Some(snap);
-                persist.compacted = None;
             }
             let committed = rd.take_committed_entries();
             self.apply_entries(committed);
@@ -772,6 +775,7 @@ impl ControlPlane {
             && self.out_messages.is_empty()
             && self.out_applied.is_empty()
             && !state_replaced
+            && self.out_compaction.is_none()
         {
             return None;
         }
@@ -786,6 +790,7 @@ impl ControlPlane {
             messages: std::mem::take(&mut self.out_messages),
             applied: std::mem::take(&mut self.out_applied),
             state_replaced,
+            compaction: self.out_compaction.take(),
         })
     }
 
@@ -860,16 +865,44 @@ impl ControlPlane {
         }
         store.snapshot = snap.clone();
         self.snapshot_index = snap.get_metadata().index;
+        // The leader's snapshot covers more than a compaction not yet
+        // handed out; one being carried out is ignored when it comes back.
+        if self.out_compaction.take().is_some() {
+            self.compacting = None;
+        }
+    }
+
+    /// The driver made the snapshot of [`ControlReady::compaction`] durable:
+    /// the in-memory log is compacted up to it, and it is what a follower
+    /// behind the log is sent from now on. One that an installed snapshot
+    /// has overtaken meanwhile is dropped.
+    pub fn compacted(&mut self, snap: Snapshot) {
+        let index = snap.get_metadata().index;
+        if self.compacting == Some(index) {
+            self.compacting = None;
+        }
+        if index <= self.snapshot_index {
+            return;
+        }
+        let store = self.raw.mut_store();
+        if let Err(e) = store.mem.wl().compact(index) {
+            tracing::error!(error = %e, index, "raft log compaction failed");
+            return;
+        }
+        store.snapshot = snap;
+        self.snapshot_index = index;
     }
 
     fn maybe_compact(&mut self) {
         let applied = self.raw.raft.raft_log.applied;
-        let due = std::mem::take(&mut self.compact_now) && applied > self.snapshot_index;
+        let now = std::mem::take(&mut self.compact_now) && applied > self.snapshot_index;
         let checkpoints = u64::try_from(self.state.checkpoint_count()).unwrap_or(u64::MAX);
         let interval = self
             .compact_entries
             .max(checkpoints / COMPACT_CHECKPOINTS_PER_ENTRY);
-        if !due && applied < self.snapshot_index.saturating_add(interval) {
+        if !now
+            && (self.compacting.is_some() || applied < self.snapshot_index.saturating_add(interval))
+        {
             return;
         }
         let term = match self.raw.raft.raft_log.term(applied) {
@@ -879,13 +912,24 @@ impl ControlPlane {
                 return;
             }
         };
-        let conf_state = self.raw.raft.prs().conf().to_conf_state();
-        let mut snap = Snapshot::default();
-        snap.set_data(self.state.encode().into());
-        let meta = snap.mut_metadata();
-        meta.index = applied;
-        meta.term = term;
-        meta.set_conf_state(conf_state);
+        let compaction = Compaction::of_state(
+            applied,
+            term,
+            self.raw.raft.prs().conf().to_conf_state(),
+            self.state.clone(),
+        );
+        if !now {
+            self.compacting = Some(applied);
+            self.out_compaction = Some(compaction);
+            return;
+        }
+        // A membership change: the log in memory is compacted at once, on
+        // this thread, so that the very next message to a joining node is
+        // this snapshot and not the log from its first entry. Making it
+        // durable is only a shorter replay at the next start: handed to the
+        // driver unless a compaction is being carried out already (one at a
+        // time; the next one covers this).
+        let snap = compaction.encode();
         let store = self.raw.mut_store();
         if let Err(e) = store.mem.wl().compact(applied) {
             tracing::error!(error = %e, "raft log compaction failed");
@@ -893,7 +937,10 @@ impl ControlPlane {
         }
         store.snapshot = snap.clone();
         self.snapshot_index = applied;
-        self.out_compacted = Some(snap);
+        if self.compacting.is_none() {
+            self.compacting = Some(applied);
+            self.out_compaction = Some(Compaction::encoded(snap));
+        }
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>) {

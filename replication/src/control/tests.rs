@@ -141,16 +141,24 @@ impl Sim {
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
-        while let Some(rd) = node.cp.ready() {
+        while let Some(mut rd) = node.cp.ready() {
             if let (Some(p), Some(log)) = (&rd.persist, node.log.as_mut()) {
                 log.persist(p).unwrap();
             }
-            if let Some(snap) = rd.persist.as_ref().and_then(|p| p.compacted.as_ref()) {
+            // Carried out at once here (the runtime does it on a thread of
+            // its own, the simulator some steps later).
+            if let Some(compaction) = rd.compaction.take() {
+                let snap = compaction.encode();
+                if let (Some(log), Some(dir)) = (node.log.as_mut(), &self.dir) {
+                    crate::raftlog::write_snapshot(&dir.join(format!("node{id}")), &snap).unwrap();
+                    log.snapshot_written(&snap);
+                }
                 let state = ClusterState::restore(snap.get_data(), 3).unwrap();
                 self.compactions
                     .entry(id)
                     .or_default()
                     .push((snap.get_metadata().index, state.checkpoint_count()));
+                node.cp.compacted(snap);
             }
             for (to, msg) in &rd.messages {
                 assert_ne!(*to, id, "a node never messages itself");

@@ -54,6 +54,9 @@ pub struct ClusterMetrics {
     /// How long each pass of the runtime's driver took (Raft ticks wait
     /// for a pass to end).
     pub pass_seconds: Histogram,
+    /// How long each Raft log compaction took off the driver (encoding the
+    /// whole cluster state and writing it durably).
+    pub raft_compaction_seconds: Histogram,
     /// Messages to peers dropped before they were sent (a full send queue,
     /// a node that is not a peer, a message larger than a frame).
     pub peer_dropped: IntCounter,
@@ -201,6 +204,17 @@ impl ClusterMetrics {
                         "Time of each pass of the cluster runtime's driver (Raft ticks wait for it)",
                     )
                     .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            raft_compaction_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ckpt_cluster_raft_compaction_seconds",
+                        "Time of each Raft log compaction, off the driver: encoding the cluster state and writing raft.snap durably",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
                 )?;
                 registry.register(Box::new(h.clone()))?;
                 h

@@ -67,6 +67,8 @@ fn config(ids: &[NodeId]) -> ClusterConfig {
         tick_ms: 10,
         placement_avoid_creator: false,
         checkpoint_metrics: true,
+        // Compactions (off the driver, raft.snap) in every test here.
+        raft_compact_entries: 16,
         nodes: ids
             .iter()
             .map(|id| NodeConfig {
