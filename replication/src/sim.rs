@@ -26,7 +26,8 @@
 //! spread each state change over passes as the runtime does at scale (one
 //! to three checkpoints acted on per pass; `CKPT_SIM_SLICE=k` sets it), and
 //! every third run compacts the Raft log every 8 to 39 entries
-//! (`CKPT_SIM_COMPACT=k` sets it). A compaction is carried out as the
+//! (`CKPT_SIM_COMPACT=k` sets it) and sends Raft messages over 128 bytes
+//! in parts. A compaction is carried out as the
 //! runtime's blocking thread does it, some steps later: its snapshot made
 //! durable, then handed back to the control plane, with crashes and power
 //! cuts before, between and after.
@@ -399,6 +400,8 @@ impl Node {
             election_ticks,
         );
         self.cp.set_compact_entries(self.compact_entries);
+        self.cp
+            .set_raft_part_bytes(raft_part_bytes(self.compact_entries));
         self.dp = DataPlane::new(self.id, LAG_TIMEOUT_MS).with_lag_records_max(LAG_RECORDS_MAX);
         self.dp.set_read_bytes_max(200);
         self.shown = ClusterState::new(&self.config.node_ids(), self.config.replication_factor);
@@ -1252,6 +1255,9 @@ struct Stats {
     /// with one under way.
     compactions: u64,
     compactions_interrupted: u64,
+    /// Parts of Raft messages delivered (runs that compact often send
+    /// messages over 128 bytes in parts).
+    raft_parts: u64,
 }
 
 impl Sim {
@@ -1398,6 +1404,11 @@ impl Sim {
             let (from, to, _life, wire) = self.net.remove(&(when, seq)).unwrap();
             if self.cut.contains(&(from, to)) || !self.nodes[&to].up {
                 continue;
+            }
+            if let Wire::Control(bytes) = &wire {
+                if let Ok(ControlMessage::RaftPart { .. }) = ControlMessage::decode(bytes) {
+                    self.stats.raft_parts += 1;
+                }
             }
             self.on_node(to, |node, now| {
                 match wire {
@@ -1841,6 +1852,8 @@ fn run(seed: u64, sync_slice: usize, compact_entries: u64) -> Stats {
         node.sync_slice = sync_slice;
         node.compact_entries = compact_entries;
         node.cp.set_compact_entries(compact_entries);
+        node.cp
+            .set_raft_part_bytes(raft_part_bytes(compact_entries));
     }
     // A first checkpoint of each mode, once a leader is there.
     while sim.now < CHAOS_MS {
@@ -1903,6 +1916,17 @@ fn sync_slice(n: u64) -> usize {
         usize::MAX
     } else {
         1 + usize::try_from(n / 2 % 3).expect("below 3")
+    }
+}
+
+/// Runs that compact often also send every Raft message over 128 bytes
+/// (their snapshots, mostly) in parts, which the network loses, duplicates
+/// and reorders like any message.
+fn raft_part_bytes(compact_entries: u64) -> usize {
+    if compact_entries < crate::control::COMPACT_ENTRIES_DEFAULT {
+        128
+    } else {
+        crate::control::parts::RAFT_PART_BYTES
     }
 }
 
@@ -2059,6 +2083,7 @@ fn cluster_sim_seeds() {
         total.dropped += s.dropped;
         total.compactions += s.compactions;
         total.compactions_interrupted += s.compactions_interrupted;
+        total.raft_parts += s.raft_parts;
     }
     eprintln!("runs {from}..={seeds}: {total:?}");
     assert!(total.acked_safe > 0, "no safe write was acknowledged");

@@ -38,6 +38,21 @@ pub enum ControlMessage {
         /// first).
         commit: u64,
     },
+    /// One part of a Raft message larger than one peer message may be (a
+    /// snapshot of a large registry; see [`super::parts`]).
+    RaftPart {
+        /// The sender's life (its control plane's incarnation).
+        incarnation: u64,
+        /// The message's number among the sender's messages in parts.
+        message: u64,
+        /// This part's number, from 0.
+        part: u32,
+        /// How many parts the message has.
+        parts: u32,
+        /// The part's bytes of the protobuf-encoded message.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 impl ControlMessage {

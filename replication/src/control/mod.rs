@@ -11,6 +11,7 @@
 
 pub mod message;
 pub mod node;
+pub mod parts;
 pub mod state;
 pub mod unbegun;
 pub mod unsynced;

@@ -47,6 +47,7 @@ use raft::{GetEntriesContext, RaftState, RawNode, Ready, SnapshotStatus, StateRo
 use super::message::{
     Compaction, ControlMessage, ControlReady, PersistedRaft, RaftPersist, Ticket,
 };
+use super::parts::{self, Assembler, RAFT_PART_BYTES};
 use super::state::{Applied, Changes, ClusterState, Command};
 use crate::config::{ClusterConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
 use crate::{NodeId, ReplicationError};
@@ -237,6 +238,12 @@ pub struct ControlPlane {
     /// Followers sent a Raft snapshot in the ready being carried out: its
     /// status is reported once it is advanced (see `advance`).
     snapshots_sent: Vec<u64>,
+    /// A Raft message larger than this goes in parts (see [`parts`]).
+    part_bytes: usize,
+    /// Raft messages sent in parts so far in this life.
+    messages_in_parts: u64,
+    /// Parts received, by sender.
+    assembler: Assembler,
     state_replaced: bool,
     snapshot_index: u64,
     lease_sent_at_ms: Option<u64>,
@@ -503,6 +510,9 @@ impl ControlPlane {
             out_compaction: None,
             compacting: None,
             snapshots_sent: Vec::new(),
+            part_bytes: RAFT_PART_BYTES,
+            messages_in_parts: 0,
+            assembler: Assembler::default(),
             state_replaced: false,
             snapshot_index,
             lease_sent_at_ms: None,
@@ -598,6 +608,11 @@ impl ControlPlane {
         self.compact_entries = entries.max(1);
     }
 
+    /// Largest Raft message sent whole (tests use small values).
+    pub fn set_raft_part_bytes(&mut self, bytes: usize) {
+        self.part_bytes = bytes.max(1);
+    }
+
     /// Advances time: Raft ticks, lease requests, leader duties, proposal timeouts.
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
@@ -626,6 +641,20 @@ impl ControlPlane {
                     return;
                 }
                 self.deferred.push_back(Deferred::Step(msg));
+            }
+            ControlMessage::RaftPart {
+                incarnation,
+                message,
+                part,
+                parts,
+                bytes,
+            } => {
+                if let Some(whole) =
+                    self.assembler
+                        .add(from, (incarnation, message), part, parts, bytes)
+                {
+                    self.step(from, ControlMessage::Raft(whole), now_ms);
+                }
             }
             ControlMessage::LeaseRequest { sent_at_ms } => {
                 if !self.is_leader() || !self.state.is_member(from) {
@@ -839,9 +868,33 @@ impl ControlPlane {
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 self.snapshots_sent.push(m.to);
             }
-            match m.write_to_bytes() {
-                Ok(bytes) => self.out_messages.push((m.to, ControlMessage::Raft(bytes))),
-                Err(e) => tracing::error!(error = %e, "raft message could not be encoded"),
+            let bytes = match m.write_to_bytes() {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!(error = %e, "raft message could not be encoded");
+                    continue;
+                }
+            };
+            if bytes.len() <= self.part_bytes {
+                self.out_messages.push((m.to, ControlMessage::Raft(bytes)));
+                continue;
+            }
+            self.messages_in_parts += 1;
+            match parts::split(
+                self.incarnation,
+                self.messages_in_parts,
+                &bytes,
+                self.part_bytes,
+            ) {
+                Some(parts) => self
+                    .out_messages
+                    .extend(parts.into_iter().map(|part| (m.to, part))),
+                None => tracing::error!(
+                    to = m.to,
+                    bytes = bytes.len(),
+                    bytes_max = parts::RAFT_MESSAGE_BYTES_MAX,
+                    "raft message too large to send, even in parts"
+                ),
             }
         }
     }

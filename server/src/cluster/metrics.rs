@@ -60,6 +60,9 @@ pub struct ClusterMetrics {
     /// Messages to peers dropped before they were sent (a full send queue,
     /// a node that is not a peer, a message larger than a frame).
     pub peer_dropped: IntCounter,
+    /// Parts of Raft messages received (a snapshot larger than 1 MiB, sent
+    /// to a node behind the compacted Raft log, goes in parts).
+    pub raft_parts: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -191,6 +194,11 @@ impl ClusterMetrics {
                 registry,
                 "ckpt_replication_lag_records_max",
                 "The most records a backup of a checkpoint this node is active for is behind",
+            )?,
+            raft_parts: counter(
+                registry,
+                "ckpt_cluster_raft_message_parts_total",
+                "Parts of Raft messages received (a Raft snapshot over 1 MiB goes in parts)",
             )?,
             peer_dropped: counter(
                 registry,

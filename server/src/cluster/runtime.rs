@@ -320,12 +320,17 @@ impl Cluster {
         let clock_base_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-        let control = if config.join {
+        #[allow(unused_mut)]
+        let mut control = if config.join {
             ControlPlane::joining(me, &config, persisted, clock_base_ms)
         } else {
             ControlPlane::new(me, &config, persisted, clock_base_ms)
         }
         .map_err(|e| ClusterError::Control(e.to_string()))?;
+        // The in-process cluster tests send Raft messages over 128 bytes in
+        // parts (1 MiB otherwise: only snapshots of large registries).
+        #[cfg(test)]
+        control.set_raft_part_bytes(128);
         let mut data = DataPlane::new(me, config.replica_lag_timeout_ms)
             .with_lag_records_max(config.replica_lag_records_max);
         data.set_read_bytes_max(4 * 1024 * 1024);
@@ -1706,6 +1711,9 @@ impl Driver {
             }
             Input::Control(from, msg, queued) => {
                 self.control_wait_max = self.control_wait_max.max(queued.elapsed());
+                if matches!(msg, ControlMessage::RaftPart { .. }) {
+                    self.cluster.metrics.raft_parts.inc();
+                }
                 self.control.step(from, msg, now);
             }
             Input::Data(from, msg) => self.data.on_message(from, msg, now),
