@@ -5,9 +5,11 @@
 # declares it dead, restarts it, and prints how long until every
 # checkpoint is fully replicated again (`ckpt-tool cluster status`:
 # under_replicated 0, every node alive), then every node's log lines about
-# failovers, elections and lease expiries. A node's runtime that falls
-# behind shows there as "lease expired" and, at worst, as a failover of a
-# second node.
+# failovers, elections, lease expiries and passes that held Raft up, and
+# each node's runtime passes over 50/100/250/500 ms, Raft compactions and
+# Raft message parts received (from /metrics). A node's runtime that
+# falls behind shows there as "lease expired" and, at worst, as a failover
+# of a second node.
 #
 # Usage: benches/cluster_restart.sh [TOTAL]   (default 20000)
 #   BIN_DIR=DIR  take ckpt-server and ckpt-tool from DIR (default
@@ -62,6 +64,28 @@ else
   echo "NOT fully replicated ${took} s after node 2's restart: $(status)"
 fi
 for i in 1 2 3; do
-  grep -h "failover applied\|control-plane leader node\|lease expired" "$work/n$i.log" |
-    sed "s/^/n$i: /" | cut -c1-150 || true
+  grep -h "failover applied\|control-plane leader node\|lease expired\|held up\|waited in" "$work/n$i.log" |
+    sed "s/^/n$i: /" | cut -c1-420 || true
 done | sort -k2
+i=0
+for admin in $(grep admin_addr "$work/cluster.toml" | cut -d'"' -f2); do
+  i=$((i + 1))
+  python3 -c '
+import re, sys, urllib.request
+passes, other = {}, {}
+text = urllib.request.urlopen("http://%s/metrics" % sys.argv[2], timeout=10).read().decode()
+for line in text.splitlines():
+    m = re.match(r"ckpt_cluster_pass_seconds_bucket\{le=\"([^\"]+)\"\} (\S+)", line)
+    if m:
+        passes[m.group(1)] = float(m.group(2))
+    m = re.match(r"(ckpt_cluster_raft_compaction_seconds_(?:sum|count)|ckpt_cluster_raft_message_parts_total) (\S+)", line)
+    if m:
+        other[m.group(1)] = float(m.group(2))
+n = passes.get("+Inf", 0)
+over = lambda le: int(n - passes.get(le, 0))
+print("n%s: %d passes, over 50/100/250/500 ms: %d/%d/%d/%d; %d compactions (%.2f s off the driver); %d Raft message parts received" % (
+    sys.argv[1], n, over("0.05"), over("0.1"), over("0.25"), over("0.5"),
+    other.get("ckpt_cluster_raft_compaction_seconds_count", 0),
+    other.get("ckpt_cluster_raft_compaction_seconds_sum", 0),
+    other.get("ckpt_cluster_raft_message_parts_total", 0)))' "$i" "$admin" || true
+done
