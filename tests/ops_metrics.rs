@@ -155,31 +155,10 @@ fn a_loaded_server_exports_what_the_dashboard_shows() {
         "{text}"
     );
 
-    // Every metric the dashboard names is exported.
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana-dashboard.json");
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let mut named = BTreeSet::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            named.extend(metric_names(target["expr"].as_str().unwrap()));
-        }
-    }
-    named.extend(metric_names(
-        dashboard["templating"]["list"][1]["query"]
-            .as_str()
-            .unwrap(),
-    ));
+    // Every metric the dashboard names above its cluster row is exported.
+    let (named, _) = dashboard_names();
     assert!(named.len() >= 25, "{named:?}");
-    let exported: BTreeSet<&str> = text
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.split(['{', ' ']).next())
-        .collect();
-    let missing: Vec<&String> = named
-        .iter()
-        .filter(|n| !exported.contains(n.as_str()))
-        .collect();
+    let missing = not_exported(&named, &text);
     assert!(
         missing.is_empty(),
         "the dashboard names metrics the server does not export: {missing:?}"
@@ -194,6 +173,79 @@ fn a_loaded_server_exports_what_the_dashboard_shows() {
         "ckpt_connections_rejected_total",
     ] {
         assert!(named.contains(wanted), "{wanted} is not on the dashboard");
+    }
+}
+
+/// The metric names of the dashboard's panels: those of every server
+/// (and its node variable), and those under its "Cluster" row.
+fn dashboard_names() -> (BTreeSet<String>, BTreeSet<String>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let (mut every, mut cluster) = (BTreeSet::new(), BTreeSet::new());
+    let mut in_cluster_row = false;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["type"] == "row" {
+            in_cluster_row = panel["title"].as_str().unwrap().starts_with("Cluster");
+            continue;
+        }
+        let names = if in_cluster_row {
+            &mut cluster
+        } else {
+            &mut every
+        };
+        for target in panel["targets"].as_array().unwrap() {
+            names.extend(metric_names(target["expr"].as_str().unwrap()));
+        }
+    }
+    every.extend(metric_names(
+        dashboard["templating"]["list"][1]["query"]
+            .as_str()
+            .unwrap(),
+    ));
+    (every, cluster)
+}
+
+/// Of `named`, those `text` (a `/metrics` page) has no sample of.
+fn not_exported<'a>(named: &'a BTreeSet<String>, text: &str) -> Vec<&'a String> {
+    let exported: BTreeSet<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    named
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect()
+}
+
+/// The dashboard's cluster row shows only what a cluster node exports from
+/// its start (no per-checkpoint series: those are optional), and the
+/// essentials of a cluster are on it.
+#[test]
+fn a_cluster_node_exports_what_the_dashboard_shows_of_a_cluster() {
+    let (_, named) = dashboard_names();
+    for wanted in [
+        "ckpt_raft_leader",
+        "ckpt_lease_expiries_total",
+        "ckpt_failovers_total",
+        "ckpt_active_checkpoints_out_of_sync",
+        "ckpt_replication_lag_records_max",
+        "ckpt_cluster_pass_seconds_bucket",
+        "ckpt_cluster_raft_compaction_seconds_count",
+        "ckpt_peer_messages_dropped_total",
+    ] {
+        assert!(named.contains(wanted), "{wanted} is not in the cluster row");
+    }
+    let cluster = common::Cluster::start(3, "checkpoint_metrics = false");
+    for admin in &cluster.admin_addrs {
+        let (code, text) = common::http_get(admin, "/metrics");
+        assert_eq!(code, 200, "{text}");
+        let missing = not_exported(&named, &text);
+        assert!(
+            missing.is_empty(),
+            "the dashboard's cluster row names metrics node {admin} does not export: {missing:?}"
+        );
     }
 }
 
