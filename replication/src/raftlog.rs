@@ -545,6 +545,10 @@ mod tests {
         h
     }
 
+    fn indices(p: &PersistedRaft) -> Vec<u64> {
+        p.entries.iter().map(|e| e.index).collect()
+    }
+
     fn snapshot(index: u64, term: u64, data: &[u8]) -> Snapshot {
         let mut snap = Snapshot::default();
         snap.set_data(data.to_vec().into());
@@ -710,11 +714,8 @@ mod tests {
         log.file.sync_data().unwrap();
         drop(log);
         let (_, p) = RaftLog::open(dir.path()).unwrap();
-        assert_eq!(p.snapshot.unwrap().get_metadata().index, 4);
-        assert_eq!(
-            p.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![5, 6]
-        );
+        assert_eq!(p.snapshot.as_ref().unwrap().get_metadata().index, 4);
+        assert_eq!(indices(&p), vec![5, 6]);
     }
 
     /// Until the log is told that `raft.snap` is durable it keeps every
@@ -740,10 +741,7 @@ mod tests {
         drop(log);
         let (mut log, p) = RaftLog::open(dir.path()).unwrap();
         assert_eq!(p.snapshot.as_ref().unwrap().get_data(), b"five");
-        assert_eq!(
-            p.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![6, 7, 8]
-        );
+        assert_eq!(indices(&p), vec![6, 7, 8]);
         // Told, and rewritten (every persist rewrites here): the log no
         // longer carries entries 1..=5 nor a copy of the snapshot.
         log.snapshot_written(&snap);
@@ -752,11 +750,13 @@ mod tests {
         assert!(!file.windows(4).any(|w| w == b"five"));
         drop(log);
         let (_, p) = RaftLog::open(dir.path()).unwrap();
-        assert_eq!(p.snapshot.unwrap().get_metadata().index, 5);
-        assert_eq!(
-            p.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![6, 7, 8, 9]
-        );
+        assert_eq!(p.snapshot.as_ref().unwrap().get_metadata().index, 5);
+        assert_eq!(indices(&p), vec![6, 7, 8, 9]);
+        // The log alone holds only what the file does not cover.
+        std::fs::remove_file(dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
+        let (_, p) = RaftLog::open(dir.path()).unwrap();
+        assert!(p.snapshot.is_none());
+        assert_eq!(indices(&p), vec![6, 7, 8, 9]);
     }
 
     /// A snapshot installed from the leader after the last compaction is
@@ -779,11 +779,8 @@ mod tests {
         persist_entries(&mut log, 21, 22, 2);
         drop(log);
         let (_, p) = RaftLog::open(dir.path()).unwrap();
-        assert_eq!(p.snapshot.unwrap().get_data(), b"installed");
-        assert_eq!(
-            p.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![21, 22]
-        );
+        assert_eq!(p.snapshot.as_ref().unwrap().get_data(), b"installed");
+        assert_eq!(indices(&p), vec![21, 22]);
     }
 
     /// A damaged `raft.snap` stops the node with an error naming the file,

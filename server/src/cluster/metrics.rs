@@ -71,6 +71,17 @@ fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<In
     Ok(c)
 }
 
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> prometheus::Result<Histogram> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
     let g = IntGauge::new(name, help)?;
     registry.register(Box::new(g.clone()))?;
@@ -205,28 +216,18 @@ impl ClusterMetrics {
                 "ckpt_peer_messages_dropped_total",
                 "Messages to peers dropped before they were sent (a full send queue: a slow or unreachable peer)",
             )?,
-            pass_seconds: {
-                let h = Histogram::with_opts(
-                    HistogramOpts::new(
-                        "ckpt_cluster_pass_seconds",
-                        "Time of each pass of the cluster runtime's driver (Raft ticks wait for it)",
-                    )
-                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
-            raft_compaction_seconds: {
-                let h = Histogram::with_opts(
-                    HistogramOpts::new(
-                        "ckpt_cluster_raft_compaction_seconds",
-                        "Time of each Raft log compaction, off the driver: encoding the cluster state and writing raft.snap durably",
-                    )
-                    .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
+            pass_seconds: histogram(
+                registry,
+                "ckpt_cluster_pass_seconds",
+                "Time of each pass of the cluster runtime's driver (Raft ticks wait for it)",
+                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            )?,
+            raft_compaction_seconds: histogram(
+                registry,
+                "ckpt_cluster_raft_compaction_seconds",
+                "Time of each Raft log compaction, off the driver: encoding the cluster state and writing raft.snap durably",
+                vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+            )?,
         })
     }
 }
