@@ -545,6 +545,19 @@ mod tests {
         h
     }
 
+    /// Persists one entry at a time from `from` until the file is
+    /// rewritten; returns the last entry's index.
+    fn persist_until_rewritten(log: &mut RaftLog, from: u64, term: u64) -> u64 {
+        for last in from..from + 10_000 {
+            let before = log.file_bytes();
+            persist_entries(log, last, last, term);
+            if log.file_bytes() < before {
+                return last;
+            }
+        }
+        panic!("the log was never rewritten");
+    }
+
     fn indices(p: &PersistedRaft) -> Vec<u64> {
         p.entries.iter().map(|e| e.index).collect()
     }
@@ -725,7 +738,6 @@ mod tests {
     fn a_snapshot_file_covers_the_log_only_once_written_whole() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = RaftLog::open(dir.path()).unwrap();
-        log.set_rewrite_bytes_min(0);
         persist_entries(&mut log, 1, 8, 1);
         // A crash while writing the file: a temporary file, no raft.snap.
         std::fs::write(dir.path().join(SNAPSHOT_TMP_NAME), b"half a snap").unwrap();
@@ -740,23 +752,24 @@ mod tests {
         write_snapshot(dir.path(), &snap).unwrap();
         drop(log);
         let (mut log, p) = RaftLog::open(dir.path()).unwrap();
+        log.set_rewrite_bytes_min(0);
         assert_eq!(p.snapshot.as_ref().unwrap().get_data(), b"five");
         assert_eq!(indices(&p), vec![6, 7, 8]);
-        // Told, and rewritten (every persist rewrites here): the log no
+        // Told, and the file grown until it is rewritten: the log no
         // longer carries entries 1..=5 nor a copy of the snapshot.
         log.snapshot_written(&snap);
-        persist_entries(&mut log, 9, 9, 1);
+        let last = persist_until_rewritten(&mut log, 9, 1);
         let file = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
         assert!(!file.windows(4).any(|w| w == b"five"));
         drop(log);
         let (_, p) = RaftLog::open(dir.path()).unwrap();
         assert_eq!(p.snapshot.as_ref().unwrap().get_metadata().index, 5);
-        assert_eq!(indices(&p), vec![6, 7, 8, 9]);
+        assert_eq!(indices(&p), (6..=last).collect::<Vec<_>>());
         // The log alone holds only what the file does not cover.
         std::fs::remove_file(dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
         let (_, p) = RaftLog::open(dir.path()).unwrap();
         assert!(p.snapshot.is_none());
-        assert_eq!(indices(&p), vec![6, 7, 8, 9]);
+        assert_eq!(indices(&p), (6..=last).collect::<Vec<_>>());
     }
 
     /// A snapshot installed from the leader after the last compaction is
@@ -776,11 +789,11 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        persist_entries(&mut log, 21, 22, 2);
+        let last = persist_until_rewritten(&mut log, 21, 2);
         drop(log);
         let (_, p) = RaftLog::open(dir.path()).unwrap();
         assert_eq!(p.snapshot.as_ref().unwrap().get_data(), b"installed");
-        assert_eq!(indices(&p), vec![21, 22]);
+        assert_eq!(indices(&p), (21..=last).collect::<Vec<_>>());
     }
 
     /// A damaged `raft.snap` stops the node with an error naming the file,
