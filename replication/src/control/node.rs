@@ -616,6 +616,7 @@ impl ControlPlane {
     /// Advances time: Raft ticks, lease requests, leader duties, proposal timeouts.
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.assembler.expire(self.now_ms, parts::RAFT_PART_WAIT_MS);
         self.drive();
     }
 
@@ -649,10 +650,13 @@ impl ControlPlane {
                 parts,
                 bytes,
             } => {
-                if let Some(whole) =
-                    self.assembler
-                        .add(from, (incarnation, message), part, parts, bytes)
-                {
+                if let Some(whole) = self.assembler.add(
+                    from,
+                    (incarnation, message),
+                    (part, parts),
+                    bytes,
+                    self.now_ms,
+                ) {
                     self.step(from, ControlMessage::Raft(whole), now_ms);
                 }
             }

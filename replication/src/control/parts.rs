@@ -12,7 +12,8 @@
 //! Parts may arrive twice, out of order, or not at all (a full send queue
 //! drops messages, a connection breaks): a duplicate is ignored, an
 //! incomplete message is dropped when a part of another one comes from the
-//! same sender, and Raft sends a lost snapshot again (the leader reports
+//! same sender or when no part of it came for [`RAFT_PART_WAIT_MS`], and
+//! Raft sends a lost snapshot again (the leader reports
 //! each snapshot as sent, probes the follower, and sends another when the
 //! probe is refused).
 
@@ -23,6 +24,10 @@ use crate::NodeId;
 
 /// Largest Raft message sent whole; a larger one goes in parts of this size.
 pub const RAFT_PART_BYTES: usize = 1 << 20;
+
+/// A message in parts no part of which came for this long is dropped (its
+/// sender died or gave it up; Raft sends what matters again).
+pub const RAFT_PART_WAIT_MS: u64 = 30_000;
 
 /// Largest message put back together: what the Raft log accepts as one
 /// frame (an installed snapshot is persisted whole).
@@ -61,6 +66,8 @@ struct Assembly {
     parts: u32,
     got: BTreeMap<u32, Vec<u8>>,
     bytes: usize,
+    /// When its last part came.
+    last_ms: u64,
 }
 
 /// Puts parts back together, one message per sender at a time.
@@ -79,9 +86,9 @@ impl Assembler {
         &mut self,
         from: NodeId,
         (incarnation, message): (u64, u64),
-        part: u32,
-        parts: u32,
+        (part, parts): (u32, u32),
         bytes: Vec<u8>,
+        now_ms: u64,
     ) -> Option<Vec<u8>> {
         let key = (incarnation, message);
         if part >= parts {
@@ -94,20 +101,18 @@ impl Assembler {
             self.by_sender.remove(&from);
             return None;
         }
-        let assembly = self.by_sender.entry(from).or_insert_with(|| Assembly {
+        let fresh = || Assembly {
             key,
             parts,
             got: BTreeMap::new(),
             bytes: 0,
-        });
+            last_ms: now_ms,
+        };
+        let assembly = self.by_sender.entry(from).or_insert_with(fresh);
         if assembly.key != key {
-            *assembly = Assembly {
-                key,
-                parts,
-                got: BTreeMap::new(),
-                bytes: 0,
-            };
+            *assembly = fresh();
         }
+        assembly.last_ms = now_ms;
         if assembly.parts != parts {
             tracing::warn!(
                 from,
@@ -150,6 +155,24 @@ impl Assembler {
     pub fn held_bytes(&self) -> usize {
         self.by_sender.values().map(|a| a.bytes).sum()
     }
+
+    /// Drops what was put together of messages no part of which came for
+    /// `max_age_ms`: a sender that died or stopped sending a message midway
+    /// must not keep up to [`RAFT_MESSAGE_BYTES_MAX`] held here.
+    pub fn expire(&mut self, now_ms: u64, max_age_ms: u64) {
+        self.by_sender.retain(|from, a| {
+            let keep = now_ms.saturating_sub(a.last_ms) < max_age_ms;
+            if !keep {
+                tracing::info!(
+                    from,
+                    parts = a.got.len(),
+                    of = a.parts,
+                    "an incomplete raft message in parts dropped"
+                );
+            }
+            keep
+        });
+    }
 }
 
 #[cfg(test)]
@@ -185,7 +208,7 @@ mod tests {
         let mut done = Vec::new();
         for i in order {
             let (part, n, bytes) = parts[i].clone();
-            if let Some(m) = a.add(2, (7, 1), part, n, bytes) {
+            if let Some(m) = a.add(2, (7, 1), (part, n), bytes, 0) {
                 done.push(m);
             }
         }
@@ -199,18 +222,18 @@ mod tests {
         let second = message(200);
         let mut a = Assembler::default();
         for (part, n, bytes) in parts_of(1, &first, 100).into_iter().skip(1) {
-            assert!(a.add(2, (7, 1), part, n, bytes).is_none());
+            assert!(a.add(2, (7, 1), (part, n), bytes, 0).is_none());
         }
         assert_eq!(a.held_bytes(), 200);
         // Another sender's message is put together beside it.
         for (part, n, bytes) in parts_of(1, &first, 100) {
-            if let Some(m) = a.add(3, (9, 1), part, n, bytes) {
+            if let Some(m) = a.add(3, (9, 1), (part, n), bytes, 0) {
                 assert_eq!(m, first);
             }
         }
         let mut got = None;
         for (part, n, bytes) in parts_of(2, &second, 100) {
-            got = a.add(2, (7, 2), part, n, bytes).or(got);
+            got = a.add(2, (7, 2), (part, n), bytes, 0).or(got);
         }
         assert_eq!(got, Some(second));
         assert_eq!(a.held_bytes(), 0);
@@ -219,17 +242,38 @@ mod tests {
     #[test]
     fn parts_that_cannot_be_right_are_dropped() {
         let mut a = Assembler::default();
-        assert!(a.add(2, (7, 1), 3, 3, vec![1]).is_none());
+        assert!(a.add(2, (7, 1), (3, 3), vec![1], 0).is_none());
         assert_eq!(a.held_bytes(), 0);
-        assert!(a.add(2, (7, 1), 0, 3, vec![1]).is_none());
-        assert!(a.add(2, (7, 1), 1, 4, vec![2]).is_none(), "count changed");
+        assert!(a.add(2, (7, 1), (0, 3), vec![1], 0).is_none());
+        assert!(
+            a.add(2, (7, 1), (1, 4), vec![2], 0).is_none(),
+            "count changed"
+        );
         assert_eq!(a.held_bytes(), 0);
         // Larger in all than a message may be.
         let big = vec![0u8; RAFT_MESSAGE_BYTES_MAX / 2 + 1];
-        assert!(a.add(2, (7, 2), 0, 3, big.clone()).is_none());
-        assert!(a.add(2, (7, 2), 1, 3, big).is_none());
+        assert!(a.add(2, (7, 2), (0, 3), big.clone(), 0).is_none());
+        assert!(a.add(2, (7, 2), (1, 3), big, 0).is_none());
         assert_eq!(a.held_bytes(), 0, "the oversize message was dropped");
         assert!(split(7, 3, &vec![0u8; RAFT_MESSAGE_BYTES_MAX + 1], 1 << 20).is_none());
+    }
+
+    #[test]
+    fn an_incomplete_message_is_dropped_once_its_parts_stop_coming() {
+        let whole = message(300);
+        let parts = parts_of(1, &whole, 100);
+        let mut a = Assembler::default();
+        let (part, n, bytes) = parts[0].clone();
+        assert!(a.add(2, (7, 1), (part, n), bytes, 1_000).is_none());
+        let (part, n, bytes) = parts[1].clone();
+        assert!(a.add(2, (7, 1), (part, n), bytes, 5_000).is_none());
+        a.expire(9_999, 5_000);
+        assert_eq!(a.held_bytes(), 200, "the last part came 4,999 ms ago");
+        a.expire(10_000, 5_000);
+        assert_eq!(a.held_bytes(), 0);
+        // The last part alone no longer completes it.
+        let (part, n, bytes) = parts[2].clone();
+        assert!(a.add(2, (7, 1), (part, n), bytes, 10_001).is_none());
     }
 
     #[test]
@@ -238,6 +282,6 @@ mod tests {
         let parts = parts_of(1, &whole, 64);
         assert_eq!(parts, vec![(0, 1, whole.clone())]);
         let mut a = Assembler::default();
-        assert_eq!(a.add(2, (7, 1), 0, 1, whole.clone()), Some(whole));
+        assert_eq!(a.add(2, (7, 1), (0, 1), whole.clone(), 0), Some(whole));
     }
 }
