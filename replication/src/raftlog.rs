@@ -2,12 +2,14 @@
 //! latest snapshot, in one append-only file per node.
 //!
 //! ```text
-//! raft.log := magic "CKPTRAFT" | version u32 LE | frame*
+//! raft.log := magic "CKPTRAFT" | version u32 LE (2; 1 is read) | frame*
 //! frame    := length u32 LE | crc32 u32 LE (of payload) | payload
 //! payload  := postcard Frame { entries: [protobuf Entry], hard_state: protobuf?,
 //!                              snapshot: protobuf? (replaces the log),
 //!                              compacted: protobuf? (covers entries up to its
-//!                                         index; written by earlier versions) }
+//!                                         index; written by version 1),
+//!                              needs_snapshot_file: u64 (0, or the raft.snap
+//!                                         index the entries follow; not in 1) }
 //!
 //! raft.snap := magic "CKPTSNAP" | version u32 LE | length u32 LE | crc32 u32 LE
 //!              | protobuf Snapshot (the latest local compaction)
@@ -35,6 +37,14 @@
 //! newer of the log's snapshot (one installed from the leader) and
 //! `raft.snap` wins, and the log's entries it covers are dropped: both are
 //! of committed entries, which never change.
+//!
+//! A rewrite that leaves out entries because `raft.snap` covers them says
+//! so in its frame (`needs_snapshot_file`), and the log is refused at open
+//! when that file is missing or older: without it the node would start
+//! from an empty registry with its old term and vote. Version 1 logs never
+//! relied on another file; one is rewritten as version 2 when opened, and
+//! an earlier ckpt-server refuses version 2 ("unsupported version") rather
+//! than ignore `raft.snap`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -50,7 +60,9 @@ use crate::ReplicationError;
 /// File name inside the directory.
 pub const FILE_NAME: &str = "raft.log";
 const MAGIC: &[u8; 8] = b"CKPTRAFT";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Frames without `needs_snapshot_file`.
+const VERSION_1: u32 = 1;
 /// The latest compaction's snapshot, inside the directory.
 pub const SNAPSHOT_FILE_NAME: &str = "raft.snap";
 const SNAPSHOT_TMP_NAME: &str = "raft.snap.tmp";
@@ -72,6 +84,30 @@ struct Frame {
     hard_state: Option<serde_bytes::ByteBuf>,
     snapshot: Option<serde_bytes::ByteBuf>,
     compacted: Option<serde_bytes::ByteBuf>,
+    /// The entries that follow rely on `raft.snap` at this index or newer
+    /// (0: on no file).
+    needs_snapshot_file: u64,
+}
+
+/// A frame of a version 1 log.
+#[derive(Serialize, Deserialize, Default)]
+struct FrameV1 {
+    entries: Vec<serde_bytes::ByteBuf>,
+    hard_state: Option<serde_bytes::ByteBuf>,
+    snapshot: Option<serde_bytes::ByteBuf>,
+    compacted: Option<serde_bytes::ByteBuf>,
+}
+
+impl From<FrameV1> for Frame {
+    fn from(v1: FrameV1) -> Frame {
+        Frame {
+            entries: v1.entries,
+            hard_state: v1.hard_state,
+            snapshot: v1.snapshot,
+            compacted: v1.compacted,
+            needs_snapshot_file: 0,
+        }
+    }
 }
 
 /// The open log (see the module docs).
@@ -127,7 +163,7 @@ impl RaftLog {
             return Err(io_error(&path, "open", "not a ckpt raft log (bad magic)"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(io_error(
                 &path,
                 "open",
@@ -135,6 +171,7 @@ impl RaftLog {
             ));
         }
         let mut model = PersistedRaft::default();
+        let mut needs_snapshot_file = 0;
         let mut pos = HEADER_BYTES;
         let good_end = loop {
             if pos == bytes.len() {
@@ -142,13 +179,19 @@ impl RaftLog {
             }
             match read_frame(&bytes, pos) {
                 FrameRead::Good(payload, next) => {
-                    let frame: Frame = postcard::from_bytes(payload).map_err(|e| {
+                    let frame: Result<Frame, _> = if version == VERSION_1 {
+                        postcard::from_bytes::<FrameV1>(payload).map(Frame::from)
+                    } else {
+                        postcard::from_bytes(payload)
+                    };
+                    let frame = frame.map_err(|e| {
                         io_error(
                             &path,
                             &format!("frame at byte {pos}"),
                             format!("checksummed but undecodable: {e}"),
                         )
                     })?;
+                    needs_snapshot_file = needs_snapshot_file.max(frame.needs_snapshot_file);
                     apply_frame(&mut model, &frame)
                         .map_err(|e| io_error(&path, &format!("frame at byte {pos}"), e))?;
                     pos = next;
@@ -173,6 +216,23 @@ impl RaftLog {
         if let Some(snap) = &file_snapshot {
             merge_snapshot(&mut model, snap);
         }
+        let covered = model
+            .snapshot
+            .as_ref()
+            .map_or(0, |snap| snap.get_metadata().index);
+        if covered < needs_snapshot_file {
+            return Err(io_error(
+                &path,
+                "open",
+                format!(
+                    "the log relies on {SNAPSHOT_FILE_NAME} at index {needs_snapshot_file} or later for the entries before its own, and {}: refusing to start without them (restore the file, or replace the node: docs/replication.md)",
+                    match &file_snapshot {
+                        None => "that file is missing".to_string(),
+                        Some(_) => format!("that file is at index {file_snapshot_index}"),
+                    }
+                ),
+            ));
+        }
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -182,7 +242,7 @@ impl RaftLog {
                 .and_then(|_| file.sync_all())
                 .map_err(|e| io_error(&path, "cut the torn tail", e))?;
         }
-        let log = RaftLog {
+        let mut log = RaftLog {
             path,
             file,
             file_bytes: good_end as u64,
@@ -191,6 +251,10 @@ impl RaftLog {
             model: model.clone(),
             file_snapshot_index,
         };
+        // Frames are appended in the current version only.
+        if version == VERSION_1 {
+            log.rewrite()?;
+        }
         Ok((log, model))
     }
 
@@ -224,6 +288,7 @@ impl RaftLog {
             hard_state: p.hard_state.as_ref().map(encode),
             snapshot: p.snapshot.as_ref().map(encode),
             compacted: None,
+            needs_snapshot_file: 0,
         };
         apply_frame(&mut self.model, &frame).map_err(|e| io_error(&self.path, "persist", e))?;
         let bytes = frame_bytes(&frame)?;
@@ -262,15 +327,23 @@ impl RaftLog {
     /// snapshot only if it is newer than `raft.snap`'s).
     fn rewrite(&mut self) -> Result<(), ReplicationError> {
         let file_snapshot_index = self.file_snapshot_index;
+        let snapshot = self
+            .model
+            .snapshot
+            .as_ref()
+            .filter(|snap| snap.get_metadata().index > file_snapshot_index)
+            .map(encode);
         let frame = Frame {
             entries: self.model.entries.iter().map(encode).collect(),
             hard_state: Some(encode(&self.model.hard_state)),
-            snapshot: self
-                .model
-                .snapshot
-                .as_ref()
-                .filter(|snap| snap.get_metadata().index > file_snapshot_index)
-                .map(encode),
+            // Without a snapshot of its own, what the entries follow is
+            // raft.snap's.
+            needs_snapshot_file: if snapshot.is_none() {
+                file_snapshot_index
+            } else {
+                0
+            },
+            snapshot,
             compacted: None,
         };
         let dir = self
@@ -300,6 +373,7 @@ pub(crate) fn apply_persist(model: &mut PersistedRaft, p: &RaftPersist) -> Resul
         hard_state: p.hard_state.as_ref().map(encode),
         snapshot: p.snapshot.as_ref().map(encode),
         compacted: None,
+        needs_snapshot_file: 0,
     };
     apply_frame(model, &frame)
 }
@@ -408,7 +482,7 @@ fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, ReplicationError> {
         .map_err(|e| damaged(format!("checksummed but undecodable: {e}")))
 }
 
-fn frame_bytes(frame: &Frame) -> Result<Vec<u8>, ReplicationError> {
+fn frame_bytes<F: Serialize>(frame: &F) -> Result<Vec<u8>, ReplicationError> {
     let payload = postcard::to_allocvec(frame).expect("a raft log frame always serializes");
     if payload.len() > FRAME_BYTES_MAX {
         return Err(ReplicationError::RaftLog {
@@ -712,23 +786,70 @@ mod tests {
         assert_eq!(p.hard_state, hs(1, 2000));
     }
 
-    /// A compaction written by an earlier version, as a frame of the log,
-    /// still reads back.
+    /// A version 1 log, with a compaction as a frame of the log, still
+    /// reads back, and is rewritten as version 2 (an earlier ckpt-server
+    /// refuses it then rather than ignore raft.snap).
     #[test]
-    fn a_compaction_frame_of_an_earlier_version_reads_back() {
+    fn a_version_1_log_reads_back_and_becomes_version_2() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
-        persist_entries(&mut log, 1, 6, 1);
-        let frame = Frame {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION_1.to_le_bytes());
+        let entries = FrameV1 {
+            entries: (1..=6).map(|i| encode(&entry(i, 1, b"e"))).collect(),
+            hard_state: Some(encode(&hs(1, 6))),
+            ..Default::default()
+        };
+        let compacted = FrameV1 {
             compacted: Some(encode(&snapshot(4, 1, b"old"))),
             ..Default::default()
         };
-        log.file.write_all(&frame_bytes(&frame).unwrap()).unwrap();
-        log.file.sync_data().unwrap();
+        bytes.extend_from_slice(&frame_bytes(&entries).unwrap());
+        bytes.extend_from_slice(&frame_bytes(&compacted).unwrap());
+        std::fs::write(dir.path().join(FILE_NAME), &bytes).unwrap();
+        for _ in 0..2 {
+            let (log, p) = RaftLog::open(dir.path()).unwrap();
+            assert_eq!(p.snapshot.as_ref().unwrap().get_data(), b"old");
+            assert_eq!(indices(&p), vec![5, 6]);
+            assert_eq!(p.hard_state, hs(1, 6));
+            drop(log);
+            let file = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+            assert_eq!(file[8..12], VERSION.to_le_bytes());
+        }
+    }
+
+    /// A log rewritten without the entries raft.snap covers refuses to open
+    /// without that file (or with an older one): it would start from an
+    /// empty registry with its old term and vote.
+    #[test]
+    fn a_log_that_relies_on_the_snapshot_file_is_refused_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RaftLog::open(dir.path()).unwrap();
+        log.set_rewrite_bytes_min(0);
+        persist_entries(&mut log, 1, 8, 1);
+        let older = snapshot(5, 1, b"five");
+        write_snapshot(dir.path(), &older).unwrap();
+        let path = dir.path().join(SNAPSHOT_FILE_NAME);
+        let older_bytes = std::fs::read(&path).unwrap();
+        let snap = snapshot(8, 1, b"eight");
+        write_snapshot(dir.path(), &snap).unwrap();
+        log.snapshot_written(&snap);
+        let last = persist_until_rewritten(&mut log, 9, 1);
         drop(log);
+        let good = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let err = RaftLog::open(dir.path())
+            .err()
+            .expect("opened without raft.snap");
+        assert!(err.to_string().contains("that file is missing"), "{err}");
+        std::fs::write(&path, &older_bytes).unwrap();
+        let err = RaftLog::open(dir.path())
+            .err()
+            .expect("opened with an older raft.snap");
+        assert!(err.to_string().contains("at index 5"), "{err}");
+        std::fs::write(&path, &good).unwrap();
         let (_, p) = RaftLog::open(dir.path()).unwrap();
-        assert_eq!(p.snapshot.as_ref().unwrap().get_metadata().index, 4);
-        assert_eq!(indices(&p), vec![5, 6]);
+        assert_eq!(p.snapshot.as_ref().unwrap().get_data(), b"eight");
+        assert_eq!(indices(&p), (9..=last).collect::<Vec<_>>());
     }
 
     /// Until the log is told that `raft.snap` is durable it keeps every
@@ -765,11 +886,12 @@ mod tests {
         let (_, p) = RaftLog::open(dir.path()).unwrap();
         assert_eq!(p.snapshot.as_ref().unwrap().get_metadata().index, 5);
         assert_eq!(indices(&p), (6..=last).collect::<Vec<_>>());
-        // The log alone holds only what the file does not cover.
+        // The log alone no longer holds entries 1..=5, and says so.
         std::fs::remove_file(dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
-        let (_, p) = RaftLog::open(dir.path()).unwrap();
-        assert!(p.snapshot.is_none());
-        assert_eq!(indices(&p), (6..=last).collect::<Vec<_>>());
+        let err = RaftLog::open(dir.path())
+            .err()
+            .expect("opened without raft.snap");
+        assert!(err.to_string().contains("at index 5 or later"), "{err}");
     }
 
     /// A snapshot installed from the leader after the last compaction is

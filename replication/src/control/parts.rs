@@ -29,6 +29,10 @@ pub const RAFT_PART_BYTES: usize = 1 << 20;
 /// sender died or gave it up; Raft sends what matters again).
 pub const RAFT_PART_WAIT_MS: u64 = 30_000;
 
+/// Most parts one message may have (256 at [`RAFT_PART_BYTES`]): what the
+/// receiver keeps per part is bounded by it, not only by the bytes.
+pub const RAFT_PARTS_MAX: u32 = 1 << 16;
+
 /// Largest message put back together: what the Raft log accepts as one
 /// frame (an installed snapshot is persisted whole).
 pub const RAFT_MESSAGE_BYTES_MAX: usize = crate::raftlog::FRAME_BYTES_MAX;
@@ -46,7 +50,9 @@ pub fn split(
         return None;
     }
     let chunks = bytes.chunks(part_bytes.max(1));
-    let parts = u32::try_from(chunks.len()).ok()?;
+    let parts = u32::try_from(chunks.len())
+        .ok()
+        .filter(|parts| *parts <= RAFT_PARTS_MAX)?;
     Some(
         chunks
             .enumerate()
@@ -91,14 +97,24 @@ impl Assembler {
         now_ms: u64,
     ) -> Option<Vec<u8>> {
         let key = (incarnation, message);
-        if part >= parts {
+        if part >= parts || parts > RAFT_PARTS_MAX || bytes.is_empty() {
             tracing::warn!(
                 from,
                 part,
                 parts,
-                "raft message part past its count dropped"
+                bytes = bytes.len(),
+                "raft message part that cannot be right dropped"
             );
             self.by_sender.remove(&from);
+            return None;
+        }
+        // A late part of an earlier message of the same life: the one
+        // being put together is newer.
+        if self
+            .by_sender
+            .get(&from)
+            .is_some_and(|a| a.key.0 == incarnation && message < a.key.1)
+        {
             return None;
         }
         let fresh = || Assembly {
@@ -256,6 +272,30 @@ mod tests {
         assert!(a.add(2, (7, 2), (1, 3), big, 0).is_none());
         assert_eq!(a.held_bytes(), 0, "the oversize message was dropped");
         assert!(split(7, 3, &vec![0u8; RAFT_MESSAGE_BYTES_MAX + 1], 1 << 20).is_none());
+        // Empty parts, or more parts than a message may have, would hold
+        // memory without counting bytes.
+        assert!(a.add(2, (7, 4), (0, 3), Vec::new(), 0).is_none());
+        assert!(a
+            .add(2, (7, 4), (0, RAFT_PARTS_MAX + 1), vec![1], 0)
+            .is_none());
+        assert_eq!(a.held_bytes(), 0);
+        let many = vec![0u8; RAFT_PARTS_MAX as usize + 1];
+        assert!(split(7, 5, &many, 1).is_none());
+    }
+
+    #[test]
+    fn a_late_part_of_an_earlier_message_leaves_the_newer_one_alone() {
+        let first = message(300);
+        let second = message(200);
+        let old_parts = parts_of(1, &first, 100);
+        let new_parts = parts_of(2, &second, 100);
+        let mut a = Assembler::default();
+        let (part, n, bytes) = new_parts[0].clone();
+        assert!(a.add(2, (7, 2), (part, n), bytes, 0).is_none());
+        let (part, n, bytes) = old_parts[2].clone();
+        assert!(a.add(2, (7, 1), (part, n), bytes, 0).is_none());
+        let (part, n, bytes) = new_parts[1].clone();
+        assert_eq!(a.add(2, (7, 2), (part, n), bytes, 0), Some(second));
     }
 
     #[test]

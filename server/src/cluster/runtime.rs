@@ -1673,10 +1673,18 @@ impl Driver {
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let index = compaction.index();
-            let snap = compaction.encode();
-            let result = raftlog::write_snapshot(&dir, &snap)
-                .map(|_| (snap, started.elapsed()))
-                .map_err(|e| format!("Raft log compaction at index {index}: {e}"));
+            // Answered whatever happens: without an answer the control
+            // plane would start no other compaction, and the log would grow
+            // for the rest of the process's life.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let snap = compaction.encode();
+                raftlog::write_snapshot(&dir, &snap).map(|_| snap)
+            }));
+            let result = match result {
+                Ok(Ok(snap)) => Ok((snap, started.elapsed())),
+                Ok(Err(e)) => Err(format!("Raft log compaction at index {index}: {e}")),
+                Err(_) => Err(format!("Raft log compaction at index {index} panicked")),
+            };
             let _ = inputs.send(Input::Compacted(result));
         });
     }
