@@ -399,9 +399,7 @@ impl Node {
             local,
             election_ticks,
         );
-        self.cp.set_compact_entries(self.compact_entries);
-        self.cp
-            .set_raft_part_bytes(raft_part_bytes(self.compact_entries));
+        self.set_compaction();
         self.dp = DataPlane::new(self.id, LAG_TIMEOUT_MS).with_lag_records_max(LAG_RECORDS_MAX);
         self.dp.set_read_bytes_max(200);
         self.shown = ClusterState::new(&self.config.node_ids(), self.config.replication_factor);
@@ -430,6 +428,14 @@ impl Node {
         }
         self.sync_state();
         self.process(local);
+    }
+
+    /// The control plane compacts every `compact_entries` entries (and, in
+    /// runs that compact often, sends Raft messages in parts).
+    fn set_compaction(&mut self) {
+        self.cp.set_compact_entries(self.compact_entries);
+        self.cp
+            .set_raft_part_bytes(raft_part_bytes(self.compact_entries));
     }
 
     /// The process dies: what it wrote is in the page cache and survives.
@@ -1851,9 +1857,7 @@ fn run(seed: u64, sync_slice: usize, compact_entries: u64) -> Stats {
     for node in sim.nodes.values_mut() {
         node.sync_slice = sync_slice;
         node.compact_entries = compact_entries;
-        node.cp.set_compact_entries(compact_entries);
-        node.cp
-            .set_raft_part_bytes(raft_part_bytes(compact_entries));
+        node.set_compaction();
     }
     // A first checkpoint of each mode, once a leader is there.
     while sim.now < CHAOS_MS {

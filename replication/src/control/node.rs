@@ -938,16 +938,23 @@ impl ControlPlane {
         if self.compacting == Some(index) {
             self.compacting = None;
         }
-        if index <= self.snapshot_index {
-            return;
+        if index > self.snapshot_index {
+            self.compact_in_memory(snap);
         }
+    }
+
+    /// Drops the in-memory log up to `snap`'s index and makes `snap` what a
+    /// follower behind the log is sent. False if raft-rs refused.
+    fn compact_in_memory(&mut self, snap: Snapshot) -> bool {
+        let index = snap.get_metadata().index;
         let store = self.raw.mut_store();
         if let Err(e) = store.mem.wl().compact(index) {
             tracing::error!(error = %e, index, "raft log compaction failed");
-            return;
+            return false;
         }
         store.snapshot = snap;
         self.snapshot_index = index;
+        true
     }
 
     fn maybe_compact(&mut self) {
@@ -987,13 +994,9 @@ impl ControlPlane {
         // driver unless a compaction is being carried out already (one at a
         // time; the next one covers this).
         let snap = compaction.encode();
-        let store = self.raw.mut_store();
-        if let Err(e) = store.mem.wl().compact(applied) {
-            tracing::error!(error = %e, "raft log compaction failed");
+        if !self.compact_in_memory(snap.clone()) {
             return;
         }
-        store.snapshot = snap.clone();
-        self.snapshot_index = applied;
         if self.compacting.is_none() {
             self.compacting = Some(applied);
             self.out_compaction = Some(Compaction::encoded(snap));

@@ -71,31 +71,15 @@ struct Sim {
 
 impl Sim {
     fn new() -> Sim {
-        let config = config();
-        let mut sim = Sim {
-            config,
-            now_ms: 1_000,
-            nodes: BTreeMap::new(),
-            isolated: BTreeSet::new(),
-            net: Vec::new(),
-            applied: BTreeMap::new(),
-            dir: None,
-            compact_entries: None,
-            compactions: BTreeMap::new(),
-            snapshots_to_lose: 0,
-            snapshots_lost: 0,
-            part_bytes: None,
-            parts_seen: 0,
-            parts_to_lose: 0,
-            parts_lost: 0,
-        };
-        for id in sim.config.node_ids() {
-            sim.start(id);
-        }
-        sim
+        Sim::built(None, None)
     }
 
     fn with_logs(dir: PathBuf, compact_entries: Option<u64>) -> Sim {
+        Sim::built(Some(dir), compact_entries)
+    }
+
+    /// Every node started, with Raft logs in `dir` when there is one.
+    fn built(dir: Option<PathBuf>, compact_entries: Option<u64>) -> Sim {
         let mut sim = Sim {
             config: config(),
             now_ms: 1_000,
@@ -103,7 +87,7 @@ impl Sim {
             isolated: BTreeSet::new(),
             net: Vec::new(),
             applied: BTreeMap::new(),
-            dir: Some(dir),
+            dir,
             compact_entries,
             compactions: BTreeMap::new(),
             snapshots_to_lose: 0,
